@@ -1,0 +1,234 @@
+//! The simulated machine's configuration, read once from the environment at `cuInit` /
+//! `nvmlInit`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Device capacities: comma-separated byte quantities, one per device.
+pub const ENV_DEVICES: &str = "FAKECUDA_DEVICES";
+/// Directory of the shared per-device state files.
+pub const ENV_STATE_DIR: &str = "FAKECUDA_STATE_DIR";
+/// Device memory each live context takes.
+pub const ENV_CONTEXT_FOOTPRINT: &str = "FAKECUDA_CONTEXT_FOOTPRINT";
+
+/// The most devices a simulated machine may have.
+pub const MAX_DEVICES: usize = 16;
+/// Capacity of the single device simulated when `FAKECUDA_DEVICES` is unset: 80 GiB.
+pub const DEFAULT_CAPACITY: u64 = 80 << 30;
+/// Default context footprint: 64 MiB.
+pub const DEFAULT_CONTEXT_FOOTPRINT: u64 = 64 << 20;
+
+const QUANTITY_FORM: &str = "a byte quantity such as 80Gi, 512Mi, 8G or 1073741824";
+
+/// The configuration of the simulated machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Memory capacity of each device, in bytes; the index is the device ordinal.
+    pub devices: Vec<u64>,
+    /// Directory holding the shared per-device state files.
+    pub state_dir: PathBuf,
+    /// Bytes of device memory each live context takes.
+    pub context_footprint: u64,
+}
+
+/// An environment variable with a value fakecuda cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// The value found.
+    pub value: String,
+    /// What the variable accepts.
+    pub expected: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "fakecuda: {}={:?} is invalid: expected {}",
+            self.var, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// Reads the configuration through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
+        let text = |var: &'static str| -> Result<Option<String>, ConfigError> {
+            match lookup(var) {
+                None => Ok(None),
+                Some(v) => v.into_string().map(Some).map_err(|v| ConfigError {
+                    var,
+                    value: v.to_string_lossy().into_owned(),
+                    expected: "valid UTF-8".to_owned(),
+                }),
+            }
+        };
+
+        let devices = match text(ENV_DEVICES)? {
+            None => vec![DEFAULT_CAPACITY],
+            Some(value) => parse_devices(&value).ok_or_else(|| ConfigError {
+                var: ENV_DEVICES,
+                value: value.clone(),
+                expected: format!(
+                    "1 to {MAX_DEVICES} comma-separated non-zero capacities, each {QUANTITY_FORM}"
+                ),
+            })?,
+        };
+
+        let context_footprint = match text(ENV_CONTEXT_FOOTPRINT)? {
+            None => DEFAULT_CONTEXT_FOOTPRINT,
+            Some(value) => parse_quantity(&value).ok_or_else(|| ConfigError {
+                var: ENV_CONTEXT_FOOTPRINT,
+                value: value.clone(),
+                expected: QUANTITY_FORM.to_owned(),
+            })?,
+        };
+
+        let state_dir = match lookup(ENV_STATE_DIR) {
+            Some(dir) if dir.is_empty() => {
+                return Err(ConfigError {
+                    var: ENV_STATE_DIR,
+                    value: String::new(),
+                    expected: "a directory path".to_owned(),
+                });
+            }
+            Some(dir) => PathBuf::from(dir),
+            None => default_state_dir(),
+        };
+
+        Ok(Config {
+            devices,
+            state_dir,
+            context_footprint,
+        })
+    }
+}
+
+/// `/tmp/fakecuda-<uid>`: per user, so that users of one machine never share a device.
+fn default_state_dir() -> PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    PathBuf::from(format!("/tmp/fakecuda-{uid}"))
+}
+
+fn parse_devices(value: &str) -> Option<Vec<u64>> {
+    let devices = value
+        .split(',')
+        .map(|part| parse_quantity(part).filter(|&bytes| bytes > 0))
+        .collect::<Option<Vec<u64>>>()?;
+    (1..=MAX_DEVICES).contains(&devices.len()).then_some(devices)
+}
+
+/// Parses a byte quantity the way Kubernetes writes them: an integer with an optional binary
+/// (`Ki`, `Mi`, `Gi`, `Ti`, `Pi`, `Ei`) or decimal (`k`, `M`, `G`, `T`, `P`, `E`) suffix.
+/// Surrounding whitespace is ignored; overflow and anything else is `None`.
+pub fn parse_quantity(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(digits_end);
+    if digits.is_empty() {
+        return None;
+    }
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn quantities_accept_binary_and_decimal_suffixes() {
+        assert_eq!(parse_quantity("1073741824"), Some(1 << 30));
+        assert_eq!(parse_quantity("80Gi"), Some(80 << 30));
+        assert_eq!(parse_quantity("512Mi"), Some(512 << 20));
+        assert_eq!(parse_quantity("4Ki"), Some(4096));
+        assert_eq!(parse_quantity("8G"), Some(8_000_000_000));
+        assert_eq!(parse_quantity("3k"), Some(3_000));
+        assert_eq!(parse_quantity(" 1Ti "), Some(1 << 40));
+        assert_eq!(parse_quantity("0"), Some(0));
+    }
+
+    #[test]
+    fn quantities_reject_garbage_and_overflow() {
+        for bad in ["", "Gi", "1.5Gi", "-1", "10GB", "10gi", "1 Gi", "99999999999Ei", "0x10"] {
+            assert_eq!(parse_quantity(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_one_80gi_device_and_64mi_footprint() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.devices, vec![80 << 30]);
+        assert_eq!(c.context_footprint, 64 << 20);
+        assert!(c.state_dir.to_string_lossy().starts_with("/tmp/fakecuda-"));
+    }
+
+    #[test]
+    fn devices_list_sets_count_and_capacities() {
+        let c = config(&[
+            (ENV_DEVICES, "80Gi,512Mi,1073741824"),
+            (ENV_STATE_DIR, "/x/y"),
+            (ENV_CONTEXT_FOOTPRINT, "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.devices, vec![80 << 30, 512 << 20, 1 << 30]);
+        assert_eq!(c.state_dir, PathBuf::from("/x/y"));
+        assert_eq!(c.context_footprint, 0);
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (var, value) in [
+            (ENV_DEVICES, "lots"),
+            (ENV_DEVICES, ""),
+            (ENV_DEVICES, "1Gi,,2Gi"),
+            (ENV_DEVICES, "0"),
+            (ENV_CONTEXT_FOOTPRINT, "64MB"),
+            (ENV_STATE_DIR, ""),
+        ] {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var);
+            let line = err.to_string();
+            assert!(line.contains(var) && !line.contains('\n'), "{line}");
+        }
+        let too_many = vec!["1Gi"; MAX_DEVICES + 1].join(",");
+        assert_eq!(config(&[(ENV_DEVICES, &too_many)]).unwrap_err().var, ENV_DEVICES);
+    }
+}

@@ -1,0 +1,370 @@
+//! The per-device state file shared by every process that uses a simulated device: how much
+//! of the device's memory is in use, and by whom.
+//!
+//! The file is mapped by every process. Each process claims a slot by taking an OFD lock
+//! (`F_OFD_SETLK`) on the slot's first byte and counts its memory there, so that the memory of
+//! a process killed with SIGKILL (whose lock the kernel drops) can be reclaimed by any other
+//! process: a slot that holds memory but whose lock can be taken belongs to a dead process.
+//! The header's `used` is the device-wide total, reserved with a compare-and-swap so that two
+//! processes can never together pass the capacity.
+//!
+//! Layout (native endian, version 1): a 64-byte header (`magic` "FAKECUDA", `version`,
+//! `slot_count`, `used`) followed by `slot_count` 64-byte slots (`used`, `pid`).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::mapping::Mapping;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"FAKECUDA");
+const VERSION: u32 = 1;
+/// Slots per device: the most processes that can hold memory on one device at once.
+pub const SLOTS: usize = 1024;
+const HEADER_SIZE: usize = 64;
+const SLOT_SIZE: usize = 64;
+const FILE_SIZE: usize = HEADER_SIZE + SLOTS * SLOT_SIZE;
+
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,
+    version: AtomicU32,
+    slot_count: AtomicU32,
+    used: AtomicU64,
+    _reserved: [AtomicU64; 5],
+}
+
+#[repr(C)]
+struct Slot {
+    used: AtomicU64,
+    pid: AtomicU32,
+    _reserved: [AtomicU32; 13],
+}
+
+const _: () = assert!(size_of::<Header>() == HEADER_SIZE && size_of::<Slot>() == SLOT_SIZE);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnSlot {
+    Unclaimed,
+    Claimed { index: usize, pid: u32 },
+    /// Given back at exit: nothing more is counted.
+    Released,
+}
+
+/// One device's shared state file, mapped into this process.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    file: File,
+    map: Mapping,
+    own: Mutex<OwnSlot>,
+}
+
+fn saturating_sub(counter: &AtomicU64, bytes: u64) {
+    // The closure always returns Some, so fetch_update cannot fail.
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        Some(v.saturating_sub(bytes))
+    });
+}
+
+fn slot_offset(index: usize) -> u64 {
+    (HEADER_SIZE + index * SLOT_SIZE) as u64
+}
+
+impl Ledger {
+    /// Opens (creating and initializing if needed) the state file at `path`.
+    pub fn open(path: &Path) -> io::Result<Ledger> {
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(named)?;
+        let _init = FileLock::exclusive(&file).map_err(named)?;
+        let size = file.metadata().map_err(named)?.len();
+        let fresh = size == 0;
+        if fresh {
+            file.set_len(FILE_SIZE as u64).map_err(named)?;
+        } else if size != FILE_SIZE as u64 {
+            return Err(io::Error::other(format!(
+                "{}: size {size} is not that of a fakecuda state file ({FILE_SIZE}); remove it",
+                path.display()
+            )));
+        }
+        let map = Mapping::shared_file(file.as_fd(), FILE_SIZE).map_err(named)?;
+        let ledger = Ledger {
+            path: path.to_owned(),
+            file,
+            map,
+            own: Mutex::new(OwnSlot::Unclaimed),
+        };
+        let header = ledger.header();
+        if fresh {
+            header.version.store(VERSION, Ordering::Relaxed);
+            header.slot_count.store(SLOTS as u32, Ordering::Relaxed);
+            header.magic.store(MAGIC, Ordering::Release);
+        } else if header.magic.load(Ordering::Acquire) != MAGIC
+            || header.version.load(Ordering::Relaxed) != VERSION
+            || header.slot_count.load(Ordering::Relaxed) != SLOTS as u32
+        {
+            return Err(io::Error::other(format!(
+                "{}: not a fakecuda state file of layout version {VERSION}; remove it",
+                path.display()
+            )));
+        }
+        Ok(ledger)
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is FILE_SIZE bytes, page aligned, shared and lives as long as
+        // self; Header is made of atomics, valid for any bit pattern.
+        unsafe { &*(self.map.addr() as *const Header) }
+    }
+
+    fn slot(&self, index: usize) -> &Slot {
+        assert!(index < SLOTS, "slot index {index} out of range");
+        let addr = self.map.addr() + HEADER_SIZE + index * SLOT_SIZE;
+        // SAFETY: index < SLOTS keeps the slot inside the FILE_SIZE-byte mapping, which lives
+        // as long as self; slots are 64-byte aligned atomics, valid for any bit pattern.
+        unsafe { &*(addr as *const Slot) }
+    }
+
+    /// Bytes in use on the device by all processes (including dead ones not yet reclaimed).
+    pub fn used(&self) -> u64 {
+        self.header().used.load(Ordering::Acquire)
+    }
+
+    /// Bytes this process holds.
+    pub fn held(&self) -> u64 {
+        match *self.own.lock() {
+            OwnSlot::Claimed { index, .. } => self.slot(index).used.load(Ordering::Acquire),
+            _ => 0,
+        }
+    }
+
+    /// Reserves `bytes` if the device-wide total stays within `capacity`; `Ok(false)` if not.
+    pub fn try_reserve(&self, bytes: u64, capacity: u64) -> io::Result<bool> {
+        let mut own = self.own.lock();
+        let index = match *own {
+            OwnSlot::Claimed { index, .. } => index,
+            OwnSlot::Unclaimed => {
+                let index = self.claim_slot()?;
+                *own = OwnSlot::Claimed {
+                    index,
+                    pid: std::process::id(),
+                };
+                index
+            }
+            OwnSlot::Released => return Ok(false),
+        };
+        let header = self.header();
+        let reserved = header
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= capacity)
+            });
+        if reserved.is_err() {
+            return Ok(false);
+        }
+        self.slot(index).used.fetch_add(bytes, Ordering::AcqRel);
+        Ok(true)
+    }
+
+    /// Gives back `bytes` this process reserved.
+    pub fn release(&self, bytes: u64) {
+        if let OwnSlot::Claimed { index, .. } = *self.own.lock() {
+            saturating_sub(&self.slot(index).used, bytes);
+            saturating_sub(&self.header().used, bytes);
+        }
+    }
+
+    /// Gives back everything this process holds, at exit. Later reservations fail and later
+    /// releases do nothing. A forked child (whose pid differs) leaves its parent's slot alone.
+    pub fn release_all(&self) {
+        let mut own = self.own.lock();
+        if let OwnSlot::Claimed { index, pid } = *own {
+            if pid != std::process::id() {
+                return;
+            }
+            let slot = self.slot(index);
+            let held = slot.used.swap(0, Ordering::AcqRel);
+            saturating_sub(&self.header().used, held);
+            slot.pid.store(0, Ordering::Release);
+            *own = OwnSlot::Released;
+        }
+    }
+
+    /// Reclaims the memory of dead processes: every slot that holds memory and whose lock can
+    /// be taken. Returns the bytes reclaimed.
+    pub fn reclaim_dead(&self) -> u64 {
+        let own = match *self.own.lock() {
+            OwnSlot::Claimed { index, .. } => Some(index),
+            _ => None,
+        };
+        let mut reclaimed = 0;
+        for index in (0..SLOTS).filter(|&i| Some(i) != own) {
+            let slot = self.slot(index);
+            if slot.used.load(Ordering::Acquire) == 0 && slot.pid.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            if let Ok(true) = self.try_lock_slot(index) {
+                reclaimed += self.clear_slot(slot);
+                self.unlock_slot(index);
+            }
+        }
+        reclaimed
+    }
+
+    /// Takes the lock of the first free slot, reclaiming what a dead owner left in it.
+    fn claim_slot(&self) -> io::Result<usize> {
+        for index in 0..SLOTS {
+            if self.try_lock_slot(index)? {
+                let slot = self.slot(index);
+                self.clear_slot(slot);
+                slot.pid.store(std::process::id(), Ordering::Release);
+                return Ok(index);
+            }
+        }
+        Err(io::Error::other(format!(
+            "{}: all {SLOTS} process slots are taken",
+            self.path.display()
+        )))
+    }
+
+    /// Empties a slot whose lock this process holds; returns the bytes it held.
+    fn clear_slot(&self, slot: &Slot) -> u64 {
+        let held = slot.used.swap(0, Ordering::AcqRel);
+        saturating_sub(&self.header().used, held);
+        slot.pid.store(0, Ordering::Release);
+        held
+    }
+
+    fn try_lock_slot(&self, index: usize) -> io::Result<bool> {
+        match self.ofd_lock(index, libc::F_WRLCK) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn unlock_slot(&self, index: usize) {
+        // Unlocking a byte this description holds cannot fail in a way worth reporting.
+        let _ = self.ofd_lock(index, libc::F_UNLCK);
+    }
+
+    fn ofd_lock(&self, index: usize, kind: libc::c_int) -> io::Result<()> {
+        let lock = libc::flock {
+            l_type: kind as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: slot_offset(index) as libc::off_t,
+            l_len: 1,
+            l_pid: 0,
+        };
+        // SAFETY: F_OFD_SETLK reads the flock struct, which outlives the call; the fd is open.
+        let ret = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// A whole-file `flock`, held while a state file is created or validated.
+struct FileLock<'a>(&'a File);
+
+impl<'a> FileLock<'a> {
+    fn exclusive(file: &'a File) -> io::Result<Self> {
+        // SAFETY: flock on an open fd has no memory-safety preconditions.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            Ok(FileLock(file))
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in exclusive.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_stop_at_capacity_and_release_gives_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("dev0")).unwrap();
+        assert!(ledger.try_reserve(600, 1000).unwrap());
+        assert!(!ledger.try_reserve(401, 1000).unwrap());
+        assert!(ledger.try_reserve(400, 1000).unwrap());
+        assert_eq!((ledger.used(), ledger.held()), (1000, 1000));
+        ledger.release(600);
+        assert_eq!((ledger.used(), ledger.held()), (400, 400));
+        assert!(ledger.try_reserve(600, 1000).unwrap());
+    }
+
+    #[test]
+    fn two_openings_share_the_device_total() {
+        // Two open file descriptions of one file behave like two processes: each claims its
+        // own slot under its own OFD lock.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        let a = Ledger::open(&path).unwrap();
+        let b = Ledger::open(&path).unwrap();
+        assert!(a.try_reserve(700, 1000).unwrap());
+        assert!(!b.try_reserve(301, 1000).unwrap());
+        assert!(b.try_reserve(300, 1000).unwrap());
+        assert_eq!((a.used(), a.held(), b.held()), (1000, 700, 300));
+        // Both are alive: scanning reclaims nothing.
+        assert_eq!(b.reclaim_dead(), 0);
+    }
+
+    #[test]
+    fn a_dead_owners_memory_is_reclaimed_by_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        let survivor = Ledger::open(&path).unwrap();
+        assert!(survivor.try_reserve(100, 1000).unwrap());
+        {
+            let doomed = Ledger::open(&path).unwrap();
+            assert!(doomed.try_reserve(800, 1000).unwrap());
+            // Dropping closes the file description: its OFD lock goes, as at SIGKILL.
+        }
+        assert_eq!(survivor.used(), 900);
+        assert_eq!(survivor.reclaim_dead(), 800);
+        assert_eq!(survivor.used(), 100);
+        assert!(survivor.try_reserve(900, 1000).unwrap());
+    }
+
+    #[test]
+    fn release_all_empties_the_slot_and_stops_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("dev0")).unwrap();
+        assert!(ledger.try_reserve(500, 1000).unwrap());
+        ledger.release_all();
+        assert_eq!(ledger.used(), 0);
+        assert!(!ledger.try_reserve(1, 1000).unwrap());
+        ledger.release(500);
+        assert_eq!(ledger.used(), 0);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        std::fs::write(&path, b"not a ledger").unwrap();
+        let err = Ledger::open(&path).unwrap_err().to_string();
+        assert!(err.contains("dev0"), "{err}");
+    }
+}

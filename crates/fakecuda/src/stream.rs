@@ -1,0 +1,357 @@
+//! Streams: each runs its queue of work in order on a worker thread of its own, keeping a
+//! clock of when the simulated device finishes each piece.
+//!
+//! The NULL stream is a per-context stream with the legacy semantics: work on it waits for
+//! earlier work on the context's blocking streams, and work on a blocking stream waits for
+//! earlier work on it. `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` (and NULL in `_ptsz`
+//! calls) all mean the current context's NULL stream here.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::context::{self, Context};
+use crate::error::{CuError, CuResult};
+use crate::handles::Table;
+use crate::kernel;
+
+/// `CU_STREAM_NON_BLOCKING`: no implicit synchronization with the NULL stream.
+pub const NON_BLOCKING: u32 = 0x1;
+/// `CU_STREAM_LEGACY`.
+pub const LEGACY: usize = 0x1;
+/// `CU_STREAM_PER_THREAD`.
+pub const PER_THREAD: usize = 0x2;
+/// Stream priorities run from 0 (lowest) to -5 (greatest), as on an H100.
+pub const PRIORITY_RANGE: (i32, i32) = (0, -5);
+
+/// A point in a stream that completes when the stream reaches it: what an event records.
+#[derive(Debug, Default)]
+pub struct Marker {
+    done: Mutex<Option<Instant>>,
+    reached: Condvar,
+}
+
+impl Marker {
+    /// A marker not reached yet.
+    pub fn new() -> Arc<Marker> {
+        Arc::new(Marker::default())
+    }
+
+    fn complete(&self, at: Instant) {
+        *self.done.lock() = Some(at);
+        self.reached.notify_all();
+    }
+
+    /// When the stream reached the marker, if it has.
+    pub fn time(&self) -> Option<Instant> {
+        *self.done.lock()
+    }
+
+    /// Blocks until the stream reaches the marker; returns when it did.
+    pub fn wait(&self) -> Instant {
+        let mut done = self.done.lock();
+        loop {
+            if let Some(at) = *done {
+                return at;
+            }
+            self.reached.wait(&mut done);
+        }
+    }
+}
+
+/// Work a stream executes.
+pub enum Op {
+    /// A kernel occupying the device for a time.
+    Kernel(Duration),
+    /// Host-side work in stream order: a copy, a memset, a free, a host function.
+    Host(Box<dyn FnOnce() + Send>),
+    /// Complete a marker (`cuEventRecord`).
+    Record(Arc<Marker>),
+    /// Wait for a marker (`cuStreamWaitEvent`).
+    Wait(Arc<Marker>),
+    /// Wait until another stream has completed `seq` pieces of work (legacy NULL stream).
+    AwaitStream(Arc<Queue>, u64),
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Kernel(d) => write!(f, "Kernel({d:?})"),
+            Op::Host(_) => f.write_str("Host"),
+            Op::Record(_) => f.write_str("Record"),
+            Op::Wait(_) => f.write_str("Wait"),
+            Op::AwaitStream(_, seq) => write!(f, "AwaitStream({seq})"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    op: Op,
+    enqueued: Instant,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    entries: VecDeque<Entry>,
+    submitted: u64,
+    completed: u64,
+    shutdown: bool,
+}
+
+/// A stream's queue, shared between the stream and its worker thread.
+#[derive(Debug, Default)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    changed: Condvar,
+}
+
+impl Queue {
+    fn push(&self, op: Op) -> u64 {
+        let mut state = self.state.lock();
+        state.entries.push_back(Entry {
+            op,
+            enqueued: Instant::now(),
+        });
+        state.submitted += 1;
+        let seq = state.submitted;
+        drop(state);
+        self.changed.notify_all();
+        seq
+    }
+
+    /// Work submitted so far, if some of it has not completed.
+    fn pending(&self) -> Option<u64> {
+        let state = self.state.lock();
+        (state.completed < state.submitted).then_some(state.submitted)
+    }
+
+    /// Blocks until `seq` pieces of work have completed; returns whether it had to wait.
+    fn wait_for(&self, seq: u64) -> bool {
+        let mut state = self.state.lock();
+        let mut waited = false;
+        while state.completed < seq {
+            waited = true;
+            self.changed.wait(&mut state);
+        }
+        waited
+    }
+
+    fn next(&self) -> Option<Entry> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(entry) = state.entries.pop_front() {
+                return Some(entry);
+            }
+            if state.shutdown {
+                return None;
+            }
+            self.changed.wait(&mut state);
+        }
+    }
+
+    fn finish_one(&self) {
+        self.state.lock().completed += 1;
+        self.changed.notify_all();
+    }
+}
+
+/// A stream of a context.
+#[derive(Debug)]
+pub struct Stream {
+    /// The stream's handle (0 for a NULL stream).
+    pub handle: usize,
+    /// The context the stream belongs to.
+    pub ctx: Weak<Context>,
+    /// The context's handle.
+    pub ctx_handle: usize,
+    /// `CU_STREAM_*` flags.
+    pub flags: u32,
+    /// Priority (lower is greater).
+    pub priority: i32,
+    queue: Arc<Queue>,
+}
+
+static STREAMS: Table<Stream> = Table::new();
+
+impl Stream {
+    /// Starts a stream with its worker thread. `handle` 0 makes a NULL stream (not in the
+    /// stream table); otherwise pass a fresh handle.
+    pub fn spawn(
+        ctx: Weak<Context>,
+        ctx_handle: usize,
+        handle: usize,
+        flags: u32,
+        priority: i32,
+    ) -> CuResult<Arc<Stream>> {
+        let queue = start_worker()?;
+        Ok(Arc::new(Stream::new(queue, ctx, ctx_handle, handle, flags, priority)))
+    }
+
+    /// A stream over a queue whose worker is already running (see `start_worker`).
+    pub fn new(
+        queue: Arc<Queue>,
+        ctx: Weak<Context>,
+        ctx_handle: usize,
+        handle: usize,
+        flags: u32,
+        priority: i32,
+    ) -> Stream {
+        Stream {
+            handle,
+            ctx,
+            ctx_handle,
+            flags,
+            priority,
+            queue,
+        }
+    }
+
+    /// Whether this is a context's NULL stream.
+    pub fn is_null(&self) -> bool {
+        self.handle == 0
+    }
+
+    /// Whether work on this stream synchronizes with the NULL stream.
+    pub fn is_blocking(&self) -> bool {
+        self.flags & NON_BLOCKING == 0
+    }
+
+    /// Queues `op`, after any implicit dependency of the legacy NULL stream.
+    pub fn submit(&self, op: Op) {
+        if let Some(ctx) = self.ctx.upgrade() {
+            for (queue, seq) in ctx.legacy_dependencies(self) {
+                self.queue.push(Op::AwaitStream(queue, seq));
+            }
+        }
+        self.queue.push(op);
+    }
+
+    /// Queues `op` and waits until the stream has executed it.
+    pub fn submit_and_wait(&self, op: Op) {
+        self.submit(op);
+        self.synchronize();
+    }
+
+    /// Work submitted so far if some of it is still pending, for legacy dependencies.
+    pub fn pending(&self) -> Option<(Arc<Queue>, u64)> {
+        self.queue.pending().map(|seq| (Arc::clone(&self.queue), seq))
+    }
+
+    /// Blocks until all work submitted so far has completed.
+    pub fn synchronize(&self) {
+        let target = self.queue.state.lock().submitted;
+        self.queue.wait_for(target);
+    }
+
+    /// Whether all submitted work has completed.
+    pub fn is_idle(&self) -> bool {
+        self.queue.pending().is_none()
+    }
+
+    /// Lets the worker finish the queued work and exit.
+    pub fn shutdown(&self) {
+        self.queue.state.lock().shutdown = true;
+        self.queue.changed.notify_all();
+    }
+}
+
+/// Starts a worker thread executing a new queue.
+pub fn start_worker() -> CuResult<Arc<Queue>> {
+    let queue = Arc::new(Queue::default());
+    let worker = Arc::clone(&queue);
+    std::thread::Builder::new()
+        .name("fakecuda-stream".to_owned())
+        .spawn(move || run_worker(&worker))
+        .map_err(|_| CuError::OperatingSystem)?;
+    Ok(queue)
+}
+
+fn run_worker(queue: &Queue) {
+    // Sleeps end within a few microseconds of their deadline instead of the default 50 µs.
+    // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+    let mut clock = Instant::now();
+    while let Some(entry) = queue.next() {
+        let start = clock.max(entry.enqueued);
+        clock = match entry.op {
+            Op::Kernel(duration) => kernel::run(start, duration),
+            Op::Host(work) => {
+                work();
+                Instant::now().max(start)
+            }
+            Op::Record(marker) => {
+                marker.complete(start);
+                start
+            }
+            Op::Wait(marker) => clock.max(marker.wait()),
+            Op::AwaitStream(other, seq) => {
+                if other.wait_for(seq) {
+                    clock.max(Instant::now())
+                } else {
+                    clock
+                }
+            }
+        };
+        queue.finish_one();
+    }
+}
+
+/// Registers a created stream under its handle.
+pub fn register(stream: Arc<Stream>) {
+    STREAMS.insert_at(stream.handle, stream);
+}
+
+/// Removes a created stream from the table (on destroy); returns it.
+pub fn unregister(handle: usize) -> Option<Arc<Stream>> {
+    STREAMS.remove(handle)
+}
+
+/// The stream a `CUstream` argument means: NULL, `CU_STREAM_LEGACY` and
+/// `CU_STREAM_PER_THREAD` are the current context's NULL stream.
+pub fn resolve(handle: usize) -> CuResult<Arc<Stream>> {
+    match handle {
+        0 | LEGACY | PER_THREAD => Ok(context::current()?.null_stream()),
+        _ => STREAMS.get(handle).ok_or(CuError::InvalidHandle),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_runs_in_order_and_markers_record_the_stream_clock() {
+        let stream = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
+        let first = Marker::new();
+        let second = Marker::new();
+        stream.submit(Op::Record(Arc::clone(&first)));
+        for _ in 0..5 {
+            stream.submit(Op::Kernel(Duration::from_millis(2)));
+        }
+        stream.submit(Op::Record(Arc::clone(&second)));
+        assert!(!stream.is_idle());
+        let end = second.wait();
+        assert_eq!(end - first.time().unwrap(), Duration::from_millis(10));
+        stream.synchronize();
+        assert!(stream.is_idle());
+        stream.shutdown();
+    }
+
+    #[test]
+    fn a_wait_holds_the_stream_until_the_marker_is_reached() {
+        let a = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
+        let b = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
+        let gate = Marker::new();
+        a.submit(Op::Kernel(Duration::from_millis(20)));
+        a.submit(Op::Record(Arc::clone(&gate)));
+        b.submit(Op::Wait(Arc::clone(&gate)));
+        let after = Marker::new();
+        b.submit(Op::Record(Arc::clone(&after)));
+        assert!(after.wait() >= gate.time().unwrap());
+        a.shutdown();
+        b.shutdown();
+    }
+}

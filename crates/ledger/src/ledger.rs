@@ -1,0 +1,160 @@
+//! The ledger directory: where each tenant's files live, and the operations on them.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::LedgerError;
+use crate::files;
+use crate::limits::TenantQuota;
+use crate::names::TenantName;
+use crate::quota::{self, QuotaFile};
+use crate::snapshot::UsageSnapshot;
+use crate::usage::UsageFile;
+
+/// The name of the directory that holds one directory per tenant.
+const TENANTS_DIR: &str = "tenants";
+/// A tenant's quota file, inside its directory.
+const QUOTA_FILE: &str = "quota";
+/// A tenant's usage file, inside its directory.
+const USAGE_FILE: &str = "usage";
+
+/// A ledger directory (`GPUSLICE_DIR`, by default `/run/gpuslice`):
+///
+/// ```text
+/// <dir>/tenants/<tenant>/quota   written by whoever created the tenant; read-only to it
+/// <dir>/tenants/<tenant>/usage   written by the tenant's processes; read-only to others
+/// ```
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    dir: PathBuf,
+    tenants: PathBuf,
+}
+
+impl Ledger {
+    /// Opens the ledger directory, creating it (and `tenants/`) if missing, with mode 0755.
+    pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
+        let ledger = Ledger::at(dir);
+        files::ensure_dir(&ledger.dir)?;
+        files::ensure_dir(&ledger.tenants)?;
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger without creating anything (for read-only mounts and
+    /// observers). Fails if the directory or its `tenants/` is missing.
+    pub fn open_existing(dir: &Path) -> Result<Ledger, LedgerError> {
+        let ledger = Ledger::at(dir);
+        for d in [&ledger.dir, &ledger.tenants] {
+            let meta = fs::metadata(d).map_err(|e| LedgerError::io(d, "open the ledger directory", e))?;
+            if !meta.is_dir() {
+                return Err(LedgerError::io(
+                    d,
+                    "open the ledger directory",
+                    io::Error::from(io::ErrorKind::NotADirectory),
+                ));
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// The paths of a ledger at `dir`.
+    fn at(dir: &Path) -> Ledger {
+        Ledger {
+            dir: dir.to_path_buf(),
+            tenants: dir.join(TENANTS_DIR),
+        }
+    }
+
+    /// The ledger directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory of tenant `t`: `<dir>/tenants/<t>`.
+    pub fn tenant_dir(&self, t: &TenantName) -> PathBuf {
+        self.tenants.join(t.as_str())
+    }
+
+    /// The quota file of tenant `t`.
+    pub fn quota_path(&self, t: &TenantName) -> PathBuf {
+        self.tenant_dir(t).join(QUOTA_FILE)
+    }
+
+    /// The usage file of tenant `t`.
+    pub fn usage_path(&self, t: &TenantName) -> PathBuf {
+        self.tenant_dir(t).join(USAGE_FILE)
+    }
+
+    /// Creates or updates the tenant's quota file (the creator's side).
+    ///
+    /// The first write builds the whole file under a temporary name and then links it into
+    /// place, so no reader ever sees a half-written file. Later writes store the new values in
+    /// place, atomically, and bump the generation, so tenants that have the file mapped see
+    /// the change at once. Refuses more than [`MAX_GPUS`](crate::MAX_GPUS) per-GPU entries,
+    /// the same GPU twice, and permille values outside 1..=1000.
+    pub fn write_quota(&self, t: &TenantName, q: &TenantQuota) -> Result<(), LedgerError> {
+        quota::write_quota(&self.tenant_dir(t), &self.quota_path(t), q)
+    }
+
+    /// Opens the tenant's quota file; `None` when the tenant has none.
+    pub fn read_quota(&self, t: &TenantName) -> Result<Option<QuotaFile>, LedgerError> {
+        QuotaFile::open(&self.quota_path(t))
+    }
+
+    /// Opens the tenant's usage file read-write, creating it if missing.
+    ///
+    /// An existing file is opened without touching its directory (which may be a read-only
+    /// mount with only the file bind-mounted writable). A missing one is built under a
+    /// temporary name and hard-linked into place, which never replaces a file another process
+    /// created first. Creates `tenants/<t>/` if needed.
+    pub fn open_usage(&self, t: &TenantName) -> Result<Arc<UsageFile>, LedgerError> {
+        let path = self.usage_path(t);
+        if let Some(usage) = UsageFile::open(&path)? {
+            return Ok(Arc::new(usage));
+        }
+        let dir = self.tenant_dir(t);
+        files::ensure_dir(&dir)?;
+        UsageFile::create(&dir, &path)?;
+        UsageFile::open(&path)?.map(Arc::new).ok_or_else(|| {
+            LedgerError::io(&path, "open", io::Error::from(io::ErrorKind::NotFound))
+        })
+    }
+
+    /// A point-in-time copy of the tenant's usage file, read with `pread` (no mapping), for
+    /// observers: a tenant truncating its own file can never crash an observer with SIGBUS;
+    /// the observer gets an error instead.
+    pub fn snapshot_usage(&self, t: &TenantName) -> Result<UsageSnapshot, LedgerError> {
+        UsageSnapshot::read(&self.usage_path(t))
+    }
+
+    /// The tenants, sorted by name. Entries of `tenants/` that are not directories with valid
+    /// tenant names are skipped.
+    pub fn tenants(&self) -> Result<Vec<TenantName>, LedgerError> {
+        let entries =
+            fs::read_dir(&self.tenants).map_err(|e| LedgerError::io(&self.tenants, "list", e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| LedgerError::io(&self.tenants, "list", e))?;
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let name = entry.file_name();
+            if let (true, Some(Ok(t))) = (is_dir, name.to_str().map(TenantName::new)) {
+                out.push(t);
+            }
+        }
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(out)
+    }
+
+    /// Removes the tenant's directory and everything in it. Processes that still have its
+    /// files open keep their (now nameless) copies. Removing a tenant that does not exist is
+    /// not an error.
+    pub fn remove_tenant(&self, t: &TenantName) -> Result<(), LedgerError> {
+        let dir = self.tenant_dir(t);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LedgerError::io(&dir, "remove", e)),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Quota files: a tenant's limits, written by whoever created the tenant and read live by the
+//! tenant's processes.
+//!
+//! Consistency between the many fields of an update comes from the header's generation, used
+//! as a sequence lock: a writer makes it odd, stores the new values, and makes it even again
+//! (one greater than before, plus one); a reader retries while it is odd or changed under it.
+//! Writers serialize among themselves with an OFD write lock on byte 0.
+
+use std::fmt;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::fence;
+
+use crate::error::LedgerError;
+use crate::files::{self, Access, TempFile};
+use crate::layout::{QUOTA_FILE_SIZE, QUOTA_GEOMETRY, QUOTA_LOCK_BYTE, QuotaLayout, RawLimits};
+use crate::layout::{uuid_bytes, uuid_words};
+use crate::limits::{Limits, TenantQuota};
+use crate::names::GpuUuid;
+use crate::sys::{self, View};
+
+/// How many times a reader retries while a writer is mid-update before it settles for what it
+/// read (a writer that died mid-update leaves the generation odd until the next write).
+const SEQLOCK_ATTEMPTS: u32 = 10_000;
+
+/// A tenant's quota file, mapped read-only and validated when opened.
+///
+/// Reads are live: an update written while the file is open is seen by the next call, so a
+/// running tenant picks up a new quota without restarting.
+pub struct QuotaFile {
+    path: PathBuf,
+    view: View<QuotaLayout>,
+}
+
+impl fmt::Debug for QuotaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaFile")
+            .field("path", &self.path)
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuotaFile {
+    /// Opens and validates the quota file at `path`; `None` if there is none.
+    pub(crate) fn open(path: &Path) -> Result<Option<QuotaFile>, LedgerError> {
+        let Some(file) = files::open_existing(path, Access::ReadOnly)? else {
+            return Ok(None);
+        };
+        files::validate(&file, path, &QUOTA_GEOMETRY)?;
+        let view = View::map(file.as_fd(), false).map_err(|e| LedgerError::io(path, "map", e))?;
+        let quota = QuotaFile {
+            path: path.to_path_buf(),
+            view,
+        };
+        if let Some(problem) = read_consistent(quota.view.get(), entry_problem) {
+            return Err(LedgerError::corrupt(path, problem));
+        }
+        Ok(Some(quota))
+    }
+
+    /// The limits on `gpu`: its own entry if the quota has one, else the defaults.
+    pub fn limits_for(&self, gpu: &GpuUuid) -> Limits {
+        let wanted = uuid_words(&gpu.0);
+        read_consistent(self.view.get(), |l| {
+            l.gpus
+                .iter()
+                .find(|e| {
+                    e.in_use.load(Relaxed) == 1
+                        && e.uuid[0].load(Relaxed) == wanted[0]
+                        && e.uuid[1].load(Relaxed) == wanted[1]
+                })
+                .map_or_else(|| Limits::load(&l.defaults), |e| Limits::load(&e.limits))
+        })
+    }
+
+    /// The limits on a GPU without an entry of its own.
+    pub fn defaults(&self) -> Limits {
+        read_consistent(self.view.get(), |l| Limits::load(&l.defaults))
+    }
+
+    /// The whole quota, read consistently.
+    pub fn quota(&self) -> TenantQuota {
+        read_consistent(self.view.get(), |l| TenantQuota {
+            defaults: Limits::load(&l.defaults),
+            per_gpu: l
+                .gpus
+                .iter()
+                .filter(|e| e.in_use.load(Relaxed) == 1)
+                .map(|e| {
+                    let uuid = uuid_bytes([e.uuid[0].load(Relaxed), e.uuid[1].load(Relaxed)]);
+                    (GpuUuid(uuid), Limits::load(&e.limits))
+                })
+                .collect(),
+        })
+    }
+
+    /// Counts updates: even when the file is stable, odd while an update is being written,
+    /// and larger after every update. Cheap enough to poll.
+    pub fn generation(&self) -> u64 {
+        self.view.get().header.word.load(Acquire)
+    }
+
+    /// The file this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Runs `read` until it ran while no writer was active (bounded; see [`SEQLOCK_ATTEMPTS`]).
+fn read_consistent<R>(layout: &QuotaLayout, read: impl Fn(&QuotaLayout) -> R) -> R {
+    let generation = &layout.header.word;
+    let mut attempts = 0;
+    loop {
+        let before = generation.load(Acquire);
+        let value = read(layout);
+        // Orders the data loads above before the re-check below (seqlock reader).
+        fence(Acquire);
+        let after = generation.load(Relaxed);
+        if (before == after && before.is_multiple_of(2)) || attempts >= SEQLOCK_ATTEMPTS {
+            return value;
+        }
+        attempts += 1;
+        std::hint::spin_loop();
+    }
+}
+
+/// Why the stored entries are not valid, if they are not.
+fn entry_problem(l: &QuotaLayout) -> Option<String> {
+    if let Some(p) = Limits::raw_problem(&l.defaults) {
+        return Some(format!("defaults: {p}"));
+    }
+    for (i, e) in l.gpus.iter().enumerate() {
+        let in_use = e.in_use.load(Relaxed);
+        if in_use > 1 {
+            return Some(format!("GPU entry {i}: in_use is {in_use}, expected 0 or 1"));
+        }
+        if in_use == 1
+            && let Some(p) = Limits::raw_problem(&e.limits)
+        {
+            return Some(format!("GPU entry {i}: {p}"));
+        }
+    }
+    None
+}
+
+/// Stores a whole quota (callers order these stores with the generation).
+fn store_quota(l: &QuotaLayout, q: &TenantQuota) {
+    q.defaults.store(&l.defaults);
+    for (i, e) in l.gpus.iter().enumerate() {
+        match q.per_gpu.get(i) {
+            Some((uuid, limits)) => {
+                let words = uuid_words(&uuid.0);
+                e.uuid[0].store(words[0], Relaxed);
+                e.uuid[1].store(words[1], Relaxed);
+                limits.store(&e.limits);
+                e.in_use.store(1, Relaxed);
+            }
+            None => {
+                e.in_use.store(0, Relaxed);
+                e.uuid[0].store(0, Relaxed);
+                e.uuid[1].store(0, Relaxed);
+                zero_limits(&e.limits);
+            }
+        }
+        for r in &e.reserved {
+            r.store(0, Relaxed);
+        }
+    }
+}
+
+/// Zeroes an unused entry's limits, so the file holds no stale values.
+fn zero_limits(raw: &RawLimits) {
+    raw.memory_limit_bytes.store(0, Relaxed);
+    raw.compute_share_permille.store(0, Relaxed);
+    raw.compute_limit_permille.store(0, Relaxed);
+    raw.priority.store(0, Relaxed);
+    for r in &raw.reserved {
+        r.store(0, Relaxed);
+    }
+}
+
+/// Writes `q` as the quota file at `path` inside the tenant directory `dir`: a new file is
+/// published whole; an existing one is updated in place, live.
+pub(crate) fn write_quota(dir: &Path, path: &Path, q: &TenantQuota) -> Result<(), LedgerError> {
+    q.check(path)?;
+    if update_in_place(path, q)? {
+        return Ok(());
+    }
+    files::ensure_dir(dir)?;
+    let temp = TempFile::create(dir, "quota", QUOTA_FILE_SIZE as u64)?;
+    {
+        let view = View::<QuotaLayout>::map(temp.file.as_fd(), true)
+            .map_err(|e| LedgerError::io(&temp.path, "map", e))?;
+        let layout = view.get();
+        QUOTA_GEOMETRY.init_header(&layout.header);
+        store_quota(layout, q);
+    }
+    temp.file
+        .sync_all()
+        .map_err(|e| LedgerError::io(&temp.path, "write", e))?;
+    if temp.publish_no_clobber(path)? {
+        return Ok(());
+    }
+    // Another writer published first: update theirs, so no reader is left on a stale file.
+    if update_in_place(path, q)? {
+        Ok(())
+    } else {
+        Err(LedgerError::io(
+            path,
+            "update",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ))
+    }
+}
+
+/// Updates an existing quota file in place; `false` if there is none.
+fn update_in_place(path: &Path, q: &TenantQuota) -> Result<bool, LedgerError> {
+    let Some(file) = files::open_existing(path, Access::ReadWrite)? else {
+        return Ok(false);
+    };
+    files::validate(&file, path, &QUOTA_GEOMETRY)?;
+    let view = View::<QuotaLayout>::map(file.as_fd(), true)
+        .map_err(|e| LedgerError::io(path, "map", e))?;
+    // This call's own open file description, so writers in other threads wait here too.
+    sys::ofd_lock_wait(file.as_fd(), QUOTA_LOCK_BYTE)
+        .map_err(|e| LedgerError::io(path, "lock", e))?;
+    let layout = view.get();
+    let generation = &layout.header.word;
+    // Odd already means a writer died mid-update; we hold the lock, so just finish its job.
+    let odd = generation.load(Relaxed) | 1;
+    generation.store(odd, Relaxed);
+    // Orders the odd generation before the data stores (seqlock writer).
+    fence(Release);
+    store_quota(layout, q);
+    generation.store(odd.wrapping_add(1), Release);
+    drop(view);
+    sys::ofd_unlock(file.as_fd(), QUOTA_LOCK_BYTE).map_err(|e| LedgerError::io(path, "unlock", e))?;
+    Ok(true)
+}

@@ -1,0 +1,178 @@
+//! Point-in-time copies of usage files for observers (the CLI, metrics, other tenants).
+//!
+//! Read with `pread`, never mapped: a tenant may truncate or replace its own usage file
+//! (it can write it), and a mapping would then raise SIGBUS in the observer. A copy can
+//! only fail to validate, which is an error like any other.
+
+use std::mem::offset_of;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::LedgerError;
+use crate::files::{self, Access};
+use crate::layout::{
+    self, SLOT_GPU_SIZE, SLOT_GPUS_OFFSET, Slot, SlotGpu, USAGE_ENTRY_SIZE, USAGE_FILE_SIZE,
+    USAGE_GEOMETRY, USAGE_SLOT_OFFSET, USAGE_SLOT_SIZE, USAGE_TABLE_OFFSET, UsageGpu,
+    read_array, read_u32, read_u64, slot_lock_byte,
+};
+use crate::names::GpuUuid;
+use crate::sys;
+use crate::usage::{GpuIndex, SlotInfo};
+use crate::{MAX_GPUS, MAX_SLOTS};
+
+/// One GPU table entry as copied.
+#[derive(Debug, Clone, Copy, Default)]
+struct GpuRecord {
+    registered: bool,
+    uuid: [u8; 16],
+    oom_refusals: u64,
+    retired_gpu_time_ns: u64,
+}
+
+/// One occupied slot as copied.
+#[derive(Debug, Clone)]
+struct SlotRecord {
+    info: SlotInfo,
+    memory: [u64; MAX_GPUS],
+    gpu_time: [u64; MAX_GPUS],
+}
+
+/// A copy of a tenant's usage file, taken at one moment (each 8-byte field is read whole,
+/// but different fields may come from slightly different moments).
+///
+/// It has the same read accessors as [`UsageFile`](crate::UsageFile).
+#[derive(Debug, Clone)]
+pub struct UsageSnapshot {
+    path: PathBuf,
+    gpus: [GpuRecord; MAX_GPUS],
+    slots: Vec<SlotRecord>,
+}
+
+impl UsageSnapshot {
+    /// Copies and validates the usage file at `path`.
+    pub(crate) fn read(path: &Path) -> Result<UsageSnapshot, LedgerError> {
+        let file = files::open_existing(path, Access::ReadOnly)?.ok_or_else(|| {
+            LedgerError::io(
+                path,
+                "open",
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
+        files::validate(&file, path, &USAGE_GEOMETRY)?;
+        let mut bytes = vec![0u8; USAGE_FILE_SIZE];
+        let got =
+            files::read_at_most(&file, &mut bytes, 0).map_err(|e| LedgerError::io(path, "read", e))?;
+        if got != USAGE_FILE_SIZE {
+            return Err(LedgerError::corrupt(
+                path,
+                format!(
+                    "it shrank to {got} bytes while being read (its header records {USAGE_FILE_SIZE})"
+                ),
+            ));
+        }
+
+        let mut gpus = [GpuRecord::default(); MAX_GPUS];
+        for (i, rec) in gpus.iter_mut().enumerate() {
+            let at = USAGE_TABLE_OFFSET + i * USAGE_ENTRY_SIZE;
+            *rec = GpuRecord {
+                registered: read_u32(&bytes, at + offset_of!(UsageGpu, state)) == 1,
+                uuid: read_array(&bytes, at + offset_of!(UsageGpu, uuid)),
+                oom_refusals: read_u64(&bytes, at + offset_of!(UsageGpu, oom_refusals)),
+                retired_gpu_time_ns: read_u64(
+                    &bytes,
+                    at + offset_of!(UsageGpu, retired_gpu_time_ns),
+                ),
+            };
+        }
+
+        let bitmap = read_u64(&bytes, layout::header::WORD);
+        let mut slots = Vec::new();
+        for (i, index) in (0u32..).take(MAX_SLOTS).enumerate() {
+            if bitmap & (1u64 << i) == 0 {
+                continue;
+            }
+            let at = USAGE_SLOT_OFFSET + i * USAGE_SLOT_SIZE;
+            let mut memory = [0u64; MAX_GPUS];
+            let mut gpu_time = [0u64; MAX_GPUS];
+            for (g, (m, t)) in memory.iter_mut().zip(gpu_time.iter_mut()).enumerate() {
+                let rec = at + SLOT_GPUS_OFFSET + g * SLOT_GPU_SIZE;
+                *m = read_u64(&bytes, rec + offset_of!(SlotGpu, memory_bytes));
+                *t = read_u64(&bytes, rec + offset_of!(SlotGpu, gpu_time_ns));
+            }
+            let live = sys::ofd_is_locked(file.as_fd(), slot_lock_byte(index)).unwrap_or(true);
+            slots.push(SlotRecord {
+                info: SlotInfo {
+                    index,
+                    pid: read_u32(&bytes, at + offset_of!(Slot, pid)),
+                    claimed_unix_ms: read_u64(&bytes, at + offset_of!(Slot, claimed_unix_ms)),
+                    live,
+                    memory_bytes: (0u32..)
+                        .zip(memory)
+                        .filter(|&(_, b)| b != 0)
+                        .map(|(g, b)| (GpuIndex(g), b))
+                        .collect(),
+                },
+                memory,
+                gpu_time,
+            });
+        }
+        Ok(UsageSnapshot {
+            path: path.to_path_buf(),
+            gpus,
+            slots,
+        })
+    }
+
+    /// The file this was copied from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The registered GPUs.
+    pub fn gpus(&self) -> Vec<(GpuIndex, GpuUuid)> {
+        (0u32..)
+            .zip(&self.gpus)
+            .filter(|(_, g)| g.registered)
+            .map(|(i, g)| (GpuIndex(i), GpuUuid(g.uuid)))
+            .collect()
+    }
+
+    /// Where `uuid` sits in the GPU table, if it was registered.
+    pub fn gpu_index(&self, uuid: &GpuUuid) -> Option<GpuIndex> {
+        self.gpus().into_iter().find(|(_, u)| u == uuid).map(|(i, _)| i)
+    }
+
+    /// The table entry of `gpu`, if it is inside the table.
+    fn gpu(&self, gpu: GpuIndex) -> Option<(usize, &GpuRecord)> {
+        let g = usize::try_from(gpu.0).ok()?;
+        Some((g, self.gpus.get(g)?))
+    }
+
+    /// The tenant's memory on `gpu`: the sum over the occupied slots (dead ones included).
+    pub fn memory_used(&self, gpu: GpuIndex) -> u64 {
+        let Some((g, _)) = self.gpu(gpu) else { return 0 };
+        self.slots
+            .iter()
+            .filter_map(|s| s.memory.get(g))
+            .fold(0u64, |t, &b| t.saturating_add(b))
+    }
+
+    /// The tenant's GPU time on `gpu`, in nanoseconds (departed processes included).
+    pub fn gpu_time_ns(&self, gpu: GpuIndex) -> u64 {
+        let Some((g, rec)) = self.gpu(gpu) else { return 0 };
+        self.slots
+            .iter()
+            .filter_map(|s| s.gpu_time.get(g))
+            .fold(rec.retired_gpu_time_ns, |t, &n| t.saturating_add(n))
+    }
+
+    /// How many allocations were refused for being over quota on `gpu`.
+    pub fn oom_refusals(&self, gpu: GpuIndex) -> u64 {
+        self.gpu(gpu).map_or(0, |(_, g)| g.oom_refusals)
+    }
+
+    /// The occupied slots, with whether a process held each one's lock when copied.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        self.slots.iter().map(|s| s.info.clone()).collect()
+    }
+}

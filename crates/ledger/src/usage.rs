@@ -1,0 +1,695 @@
+//! Usage files: what a tenant's processes hold, per GPU and per process, with the slots that
+//! prove which processes are alive and the lock-free reservation protocol.
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::LedgerError;
+use crate::files::{self, Access, TempFile};
+use crate::layout::{
+    USAGE_FILE_SIZE, USAGE_GEOMETRY, USAGE_TABLE_OFFSET, UsageLayout, slot_lock_byte, uuid_bytes,
+    uuid_words,
+};
+use crate::names::GpuUuid;
+use crate::sys::{self, View};
+use crate::{MAX_GPUS, MAX_SLOTS};
+
+// The occupied-slot bitmap is one u64.
+const _: () = assert!(MAX_SLOTS == 64);
+
+/// `state` of a GPU table entry that holds a GPU.
+const GPU_REGISTERED: u32 = 1;
+/// `state` of a slot owned by a live process.
+const SLOT_LIVE: u32 = 1;
+/// How often [`ProcessSlot::try_reserve`] retries after a transient clash.
+const RESERVE_ATTEMPTS: u32 = 64;
+/// The byte whose lock serializes GPU registration.
+const GPU_TABLE_LOCK_BYTE: u64 = USAGE_TABLE_OFFSET as u64;
+
+/// A GPU's position in a usage file's GPU table (from [`UsageFile::register_gpu`]).
+///
+/// Indexes are per usage file: the same GPU may sit at different indexes in two tenants'
+/// files. An index at or above [`MAX_GPUS`] is never returned; passed in, it reads as 0 and
+/// writes nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct GpuIndex(pub u32);
+
+impl GpuIndex {
+    /// The table position, if it is inside the table.
+    fn get(self) -> Option<usize> {
+        let i = usize::try_from(self.0).ok()?;
+        (i < MAX_GPUS).then_some(i)
+    }
+}
+
+/// Bit `index` of the occupied bitmap (0 for an index past it).
+fn bit(index: u32) -> u64 {
+    1u64.checked_shl(index).unwrap_or(0)
+}
+
+/// The indexes of the set bits of `word`, lowest first.
+fn set_bits(mut word: u64) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        if word == 0 {
+            return None;
+        }
+        let i = word.trailing_zeros();
+        word &= word - 1;
+        Some(i)
+    })
+}
+
+/// Slot indexes as the u32 the API uses (MAX_SLOTS fits).
+fn slot_indexes() -> impl Iterator<Item = u32> {
+    (0u32..).take(MAX_SLOTS)
+}
+
+/// Sum of `memory_bytes` on GPU `gpu` over the slots in the occupied bitmap and in `extra`.
+#[inline]
+fn committed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
+    let mut total = 0u64;
+    for i in set_bits(layout.header.word.load(SeqCst) | extra) {
+        if let Some(rec) = slot_gpu(layout, i, gpu) {
+            total = total.saturating_add(rec.memory_bytes.load(SeqCst));
+        }
+    }
+    total
+}
+
+/// The record of GPU `gpu` in slot `index`.
+#[inline]
+fn slot_gpu(layout: &UsageLayout, index: u32, gpu: usize) -> Option<&crate::layout::SlotGpu> {
+    layout
+        .slots
+        .get(usize::try_from(index).ok()?)
+        .and_then(|s| s.gpus.get(gpu))
+}
+
+/// Whether slot `index` may hold usage: in the bitmap, marked live, or with counters left.
+fn slot_in_use(layout: &UsageLayout, index: u32) -> bool {
+    let Some(slot) = usize::try_from(index).ok().and_then(|i| layout.slots.get(i)) else {
+        return false;
+    };
+    layout.header.word.load(SeqCst) & bit(index) != 0
+        || slot.state.load(SeqCst) != 0
+        || slot
+            .gpus
+            .iter()
+            .any(|g| g.memory_bytes.load(SeqCst) != 0 || g.gpu_time_ns.load(SeqCst) != 0)
+}
+
+/// Empties slot `index` and clears its bit. The caller holds the slot's lock. Its GPU time
+/// moves to the GPU table's `retired_gpu_time_ns`; returns the memory it held, per GPU.
+fn clear_slot(layout: &UsageLayout, index: u32) -> [u64; MAX_GPUS] {
+    let mut freed = [0u64; MAX_GPUS];
+    let Some(slot) = usize::try_from(index).ok().and_then(|i| layout.slots.get(i)) else {
+        return freed;
+    };
+    for ((rec, out), entry) in slot.gpus.iter().zip(freed.iter_mut()).zip(&layout.gpus) {
+        *out = rec.memory_bytes.swap(0, SeqCst);
+        let time = rec.gpu_time_ns.swap(0, SeqCst);
+        if time != 0 {
+            entry.retired_gpu_time_ns.fetch_add(time, SeqCst);
+        }
+        for r in &rec.reserved {
+            r.store(0, Relaxed);
+        }
+    }
+    slot.pid.store(0, Relaxed);
+    slot.claimed_unix_ms.store(0, Relaxed);
+    for r in &slot.reserved {
+        r.store(0, Relaxed);
+    }
+    slot.state.store(0, SeqCst);
+    layout.header.word.fetch_and(!bit(index), SeqCst);
+    freed
+}
+
+/// The GPUs on which `slot` holds memory, with the amounts.
+fn slot_memory(slot: &crate::layout::Slot) -> Vec<(GpuIndex, u64)> {
+    (0u32..)
+        .zip(&slot.gpus)
+        .filter_map(|(g, rec)| {
+            let bytes = rec.memory_bytes.load(SeqCst);
+            (bytes != 0).then_some((GpuIndex(g), bytes))
+        })
+        .collect()
+}
+
+/// Subtracts `v` from `a`, stopping at 0.
+fn saturating_sub(a: &AtomicU64, v: u64) {
+    // The closure always returns Some, so this cannot fail.
+    let _ = a.fetch_update(SeqCst, SeqCst, |cur| Some(cur.saturating_sub(v)));
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A tenant's usage file, mapped read-write (`MAP_SHARED`) and validated when opened.
+///
+/// Shared by all threads of a process (as `Arc<UsageFile>`), and through the file by all the
+/// tenant's processes. It holds no lock of its own: its file descriptor is only used to map
+/// the file and to ask who holds locks, so a forked child that inherits it inherits nothing
+/// that could outlive the parent.
+pub struct UsageFile {
+    path: PathBuf,
+    /// The description the mapping came from; never holds a lock.
+    file: File,
+    view: View<UsageLayout>,
+    /// (device, inode): new descriptions must reach the same file.
+    identity: (u64, u64),
+}
+
+impl fmt::Debug for UsageFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageFile")
+            .field("path", &self.path)
+            .field("fd", &self.file.as_raw_fd())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UsageFile {
+    /// Opens and validates the usage file at `path`; `None` if there is none.
+    pub(crate) fn open(path: &Path) -> Result<Option<UsageFile>, LedgerError> {
+        let Some(file) = files::open_existing(path, Access::ReadWrite)? else {
+            return Ok(None);
+        };
+        let meta = files::validate(&file, path, &USAGE_GEOMETRY)?;
+        let view = View::map(file.as_fd(), true).map_err(|e| LedgerError::io(path, "map", e))?;
+        Ok(Some(UsageFile {
+            path: path.to_path_buf(),
+            file,
+            view,
+            identity: files::identity(&meta),
+        }))
+    }
+
+    /// Creates an empty usage file at `path` in directory `dir`, unless one appears there
+    /// first (then that one is kept).
+    pub(crate) fn create(dir: &Path, path: &Path) -> Result<(), LedgerError> {
+        let temp = TempFile::create(dir, "usage", USAGE_FILE_SIZE as u64)?;
+        {
+            let view = View::<UsageLayout>::map(temp.file.as_fd(), true)
+                .map_err(|e| LedgerError::io(&temp.path, "map", e))?;
+            USAGE_GEOMETRY.init_header(&view.get().header);
+        }
+        temp.publish_no_clobber(path)?;
+        Ok(())
+    }
+
+    /// The file this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new open file description of this same file, for locks that must not be shared with
+    /// anything else (every `ProcessSlot`, every registration, every reclaim gets its own).
+    fn new_description(&self, action: &'static str) -> Result<File, LedgerError> {
+        // Through /proc the new description reaches our inode even if the path was replaced.
+        let via_proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&via_proc)
+        {
+            Ok(f) => f,
+            Err(_) => files::open_existing(&self.path, Access::ReadWrite)?.ok_or_else(|| {
+                LedgerError::io(
+                    &self.path,
+                    action,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                )
+            })?,
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| LedgerError::io(&self.path, "inspect", e))?;
+        if files::identity(&meta) != self.identity {
+            return Err(LedgerError::Replaced {
+                path: self.path.clone(),
+            });
+        }
+        Ok(file)
+    }
+
+    /// Where `uuid` sits in the GPU table, if it was registered. Lock-free.
+    pub fn gpu_index(&self, uuid: &GpuUuid) -> Option<GpuIndex> {
+        let wanted = uuid_words(&uuid.0);
+        (0u32..)
+            .zip(&self.view.get().gpus)
+            .find(|(_, e)| {
+                e.state.load(Acquire) == GPU_REGISTERED
+                    && e.uuid[0].load(Relaxed) == wanted[0]
+                    && e.uuid[1].load(Relaxed) == wanted[1]
+            })
+            .map(|(i, _)| GpuIndex(i))
+    }
+
+    /// The index of `uuid`, adding it to the GPU table if it is not there yet. Idempotent,
+    /// and safe against concurrent registration from any thread or process: the table is
+    /// changed only under an OFD write lock on the byte at `table_offset`, taken through a
+    /// description of this call's own and dropped before it returns.
+    pub fn register_gpu(&self, uuid: &GpuUuid) -> Result<GpuIndex, LedgerError> {
+        if let Some(i) = self.gpu_index(uuid) {
+            return Ok(i);
+        }
+        let lock = self.new_description("lock the GPU table of")?;
+        sys::ofd_lock_wait(lock.as_fd(), GPU_TABLE_LOCK_BYTE)
+            .map_err(|e| LedgerError::io(&self.path, "lock the GPU table of", e))?;
+        let result = self.register_locked(uuid);
+        // Closing `lock` drops the lock too; unlocking first just makes it prompt.
+        let _ = sys::ofd_unlock(lock.as_fd(), GPU_TABLE_LOCK_BYTE);
+        result
+    }
+
+    /// [`UsageFile::register_gpu`] with the table lock held.
+    fn register_locked(&self, uuid: &GpuUuid) -> Result<GpuIndex, LedgerError> {
+        if let Some(i) = self.gpu_index(uuid) {
+            return Ok(i);
+        }
+        let words = uuid_words(&uuid.0);
+        for (i, e) in (0u32..).zip(&self.view.get().gpus) {
+            if e.state.load(Acquire) != 0 {
+                continue;
+            }
+            e.uuid[0].store(words[0], Relaxed);
+            e.uuid[1].store(words[1], Relaxed);
+            e.reserved0.store(0, Relaxed);
+            e.oom_refusals.store(0, Relaxed);
+            e.retired_gpu_time_ns.store(0, Relaxed);
+            for r in &e.reserved {
+                r.store(0, Relaxed);
+            }
+            // Last, with release: a reader that sees the state sees the UUID.
+            e.state.store(GPU_REGISTERED, Release);
+            return Ok(GpuIndex(i));
+        }
+        Err(LedgerError::GpuTableFull {
+            path: self.path.clone(),
+            max: MAX_GPUS,
+        })
+    }
+
+    /// The registered GPUs.
+    pub fn gpus(&self) -> Vec<(GpuIndex, GpuUuid)> {
+        (0u32..)
+            .zip(&self.view.get().gpus)
+            .filter(|(_, e)| e.state.load(Acquire) == GPU_REGISTERED)
+            .map(|(i, e)| {
+                let words = [e.uuid[0].load(Relaxed), e.uuid[1].load(Relaxed)];
+                (GpuIndex(i), GpuUuid(uuid_bytes(words)))
+            })
+            .collect()
+    }
+
+    /// The tenant's memory on `gpu`: the sum of `memory_bytes` over the occupied slots.
+    /// Lock-free. It includes slots of processes that died and were not reclaimed yet (call
+    /// [`UsageFile::reclaim_dead`] first for an exact figure), and, for an instant, requests
+    /// that are being reserved and may still be refused.
+    pub fn memory_used(&self, gpu: GpuIndex) -> u64 {
+        gpu.get().map_or(0, |g| committed(self.view.get(), g, 0))
+    }
+
+    /// The tenant's GPU time on `gpu` in nanoseconds: what departed processes were charged,
+    /// plus what the occupied slots hold.
+    pub fn gpu_time_ns(&self, gpu: GpuIndex) -> u64 {
+        let Some(g) = gpu.get() else { return 0 };
+        let layout = self.view.get();
+        let retired = layout
+            .gpus
+            .get(g)
+            .map_or(0, |e| e.retired_gpu_time_ns.load(SeqCst));
+        set_bits(layout.header.word.load(SeqCst))
+            .filter_map(|i| slot_gpu(layout, i, g))
+            .fold(retired, |t, rec| t.saturating_add(rec.gpu_time_ns.load(SeqCst)))
+    }
+
+    /// Counts one allocation refused for being over quota on `gpu`.
+    pub fn record_oom(&self, gpu: GpuIndex) {
+        if let Some(e) = gpu.get().and_then(|g| self.view.get().gpus.get(g)) {
+            e.oom_refusals.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// How many allocations were refused for being over quota on `gpu`.
+    pub fn oom_refusals(&self, gpu: GpuIndex) -> u64 {
+        gpu.get()
+            .and_then(|g| self.view.get().gpus.get(g))
+            .map_or(0, |e| e.oom_refusals.load(Relaxed))
+    }
+
+    /// Takes a process slot for this process.
+    ///
+    /// Tries a non-blocking OFD write lock on each slot's byte, free-looking slots first,
+    /// through a new open file description that the returned [`ProcessSlot`] owns: the
+    /// kernel drops the lock when that description closes, which happens when the process
+    /// exits however it exits. A slot it locks that still holds usage belonged to a process
+    /// that died; it is emptied first. Then the slot is marked live with this process's PID
+    /// and the time, and its bit is set in the occupied bitmap.
+    pub fn claim_slot(self: &Arc<Self>) -> Result<ProcessSlot, LedgerError> {
+        let lock = self.new_description("claim a process slot in")?;
+        let layout = self.view.get();
+        let mut clean = 0u64;
+        for i in slot_indexes() {
+            if !slot_in_use(layout, i) {
+                clean |= bit(i);
+            }
+        }
+        // Each slot is tried once: first those that looked free, then the rest.
+        for i in set_bits(clean).chain(set_bits(!clean)) {
+            let byte = slot_lock_byte(i);
+            let locked = sys::ofd_try_lock(lock.as_fd(), byte)
+                .map_err(|e| LedgerError::io(&self.path, "lock a process slot in", e))?;
+            if !locked {
+                continue;
+            }
+            let Some(slot) = usize::try_from(i).ok().and_then(|s| layout.slots.get(s)) else {
+                let _ = sys::ofd_unlock(lock.as_fd(), byte);
+                continue;
+            };
+            if slot_in_use(layout, i) {
+                clear_slot(layout, i);
+            }
+            let pid = std::process::id();
+            slot.pid.store(pid, Relaxed);
+            slot.claimed_unix_ms.store(now_unix_ms(), Relaxed);
+            slot.state.store(SLOT_LIVE, SeqCst);
+            layout.header.word.fetch_or(bit(i), SeqCst);
+            return Ok(ProcessSlot {
+                file: Arc::clone(self),
+                index: i,
+                lock: Some(OwnedFd::from(lock)),
+                owner_pid: pid,
+            });
+        }
+        Err(LedgerError::SlotsFull {
+            path: self.path.clone(),
+            max: MAX_SLOTS,
+        })
+    }
+
+    /// Empties every slot that may hold usage but whose lock nobody holds: its process died
+    /// (any way, in any PID namespace) without giving the slot back.
+    ///
+    /// Each such slot's memory is given back, its GPU time is added to the GPU table's
+    /// `retired_gpu_time_ns`, and its bit is cleared. Locks are probed through a description
+    /// of this call's own, so live slots, including the caller's own, are never taken.
+    pub fn reclaim_dead(&self) -> Result<ReclaimReport, LedgerError> {
+        let layout = self.view.get();
+        let mut freed = [0u64; MAX_GPUS];
+        let mut slots = 0u32;
+        let mut probe: Option<File> = None;
+        for i in slot_indexes() {
+            if !slot_in_use(layout, i) {
+                continue;
+            }
+            let fd = match &probe {
+                Some(f) => f,
+                None => probe.insert(self.new_description("reclaim slots in")?),
+            };
+            let byte = slot_lock_byte(i);
+            let locked = sys::ofd_try_lock(fd.as_fd(), byte)
+                .map_err(|e| LedgerError::io(&self.path, "lock a process slot in", e))?;
+            if !locked {
+                continue;
+            }
+            // Re-check under the lock: its owner may have given it back meanwhile.
+            if slot_in_use(layout, i) {
+                let bytes = clear_slot(layout, i);
+                for (total, b) in freed.iter_mut().zip(bytes) {
+                    *total = total.saturating_add(b);
+                }
+                slots += 1;
+            }
+            sys::ofd_unlock(fd.as_fd(), byte)
+                .map_err(|e| LedgerError::io(&self.path, "unlock a process slot in", e))?;
+        }
+        Ok(ReclaimReport {
+            slots,
+            bytes: (0u32..)
+                .zip(freed)
+                .filter(|&(_, b)| b != 0)
+                .map(|(g, b)| (GpuIndex(g), b))
+                .collect(),
+        })
+    }
+
+    /// The occupied slots. `live` says whether some process holds the slot's lock; a slot
+    /// that is occupied but not live belongs to a dead process and awaits reclaiming.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        let layout = self.view.get();
+        set_bits(layout.header.word.load(SeqCst))
+            .filter_map(|i| {
+                let slot = layout.slots.get(usize::try_from(i).ok()?)?;
+                Some(SlotInfo {
+                    index: i,
+                    pid: slot.pid.load(Relaxed),
+                    claimed_unix_ms: slot.claimed_unix_ms.load(Relaxed),
+                    // If the kernel cannot say, assume live: never call a process dead wrongly.
+                    live: sys::ofd_is_locked(self.file.as_fd(), slot_lock_byte(i)).unwrap_or(true),
+                    memory_bytes: slot_memory(slot),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Why [`ProcessSlot::try_reserve`] refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct OverLimit {
+    /// What the tenant held on the GPU without this request when it was refused (this
+    /// process's earlier reservations included).
+    pub used: u64,
+    /// The request.
+    pub requested: u64,
+    /// The limit it was checked against.
+    pub limit: u64,
+}
+
+impl fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bytes requested with {} bytes in use would exceed the limit of {} bytes",
+            self.requested, self.used, self.limit
+        )
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+/// What [`UsageFile::reclaim_dead`] gave back.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// How many slots were emptied.
+    pub slots: u32,
+    /// Memory given back per GPU (only GPUs with a non-zero amount).
+    pub bytes: Vec<(GpuIndex, u64)>,
+}
+
+/// One occupied slot, as [`UsageFile::slots`] and [`UsageSnapshot::slots`](crate::UsageSnapshot::slots) see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// The slot's index, 0..[`MAX_SLOTS`].
+    pub index: u32,
+    /// The PID the process had in its own namespace when it claimed the slot. Informational
+    /// only: it means nothing in another PID namespace.
+    pub pid: u32,
+    /// When the slot was claimed.
+    pub claimed_unix_ms: u64,
+    /// Whether a process holds the slot's lock (`F_OFD_GETLK`); occupied and not live = dead.
+    pub live: bool,
+    /// Memory the slot holds, per GPU (only GPUs with a non-zero amount).
+    pub memory_bytes: Vec<(GpuIndex, u64)>,
+}
+
+/// This process's slot in its tenant's usage file: the counters it reserves memory in.
+///
+/// Ownership is proven by an OFD write lock on the slot's byte, carried by a file description
+/// only this value holds. Dropping it gives the slot back cleanly; if the process dies
+/// instead, the kernel drops the lock and the next [`UsageFile::reclaim_dead`] or
+/// [`UsageFile::claim_slot`] empties the slot.
+///
+/// Share it between the process's threads (`&ProcessSlot` is enough for every operation).
+#[derive(Debug)]
+pub struct ProcessSlot {
+    file: Arc<UsageFile>,
+    index: u32,
+    /// The description holding the slot's lock; `None` once given up.
+    lock: Option<OwnedFd>,
+    /// The process that claimed the slot; a forked child must not give it back.
+    owner_pid: u32,
+}
+
+impl ProcessSlot {
+    /// The slot's index in the usage file.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The usage file the slot is in.
+    pub fn usage_file(&self) -> &Arc<UsageFile> {
+        &self.file
+    }
+
+    /// This slot's record for `gpu`.
+    #[inline]
+    fn own(&self, gpu: GpuIndex) -> Option<&crate::layout::SlotGpu> {
+        slot_gpu(self.file.view.get(), self.index, gpu.get()?)
+    }
+
+    /// Reserves `bytes` on `gpu` for this process, unless the tenant's total on that GPU
+    /// would exceed `limit`. The allocation hot path: no syscalls, no locks, no allocation.
+    ///
+    /// The protocol (`docs/architecture.md`): add the request to this slot's counter, then
+    /// sum the occupied slots. Within the limit: done. Over it: take the request back and sum
+    /// again; if the others alone leave room, the excess was another reservation in flight
+    /// (a transient clash), so try again, a bounded number of times; otherwise refuse.
+    /// Because every reservation adds before it reads (all sequentially consistent), of any
+    /// two that clash the later one sees the other: reservations that succeed never together
+    /// exceed `limit`, across all the tenant's threads and processes.
+    ///
+    /// An index outside the GPU table is refused (with `used` 0): nothing can be counted there.
+    pub fn try_reserve(&self, gpu: GpuIndex, bytes: u64, limit: u64) -> Result<(), OverLimit> {
+        let refuse = |used| {
+            Err(OverLimit {
+                used,
+                requested: bytes,
+                limit,
+            })
+        };
+        let (Some(g), Some(own)) = (gpu.get(), self.own(gpu)) else {
+            return refuse(0);
+        };
+        let layout = self.file.view.get();
+        let own_bit = bit(self.index);
+        if bytes > limit {
+            return refuse(committed(layout, g, own_bit));
+        }
+        let mut others = 0;
+        for _ in 0..RESERVE_ATTEMPTS {
+            let before = own.memory_bytes.fetch_add(bytes, SeqCst);
+            if before.checked_add(bytes).is_none() {
+                // The counter wrapped: undo and refuse (no real GPU gets here).
+                saturating_sub(&own.memory_bytes, bytes);
+                return refuse(committed(layout, g, own_bit));
+            }
+            if committed(layout, g, own_bit) <= limit {
+                return Ok(());
+            }
+            saturating_sub(&own.memory_bytes, bytes);
+            others = committed(layout, g, own_bit);
+            if others.saturating_add(bytes) > limit {
+                return refuse(others);
+            }
+            std::hint::spin_loop();
+        }
+        refuse(others)
+    }
+
+    /// Gives back `bytes` reserved on `gpu` (stopping at 0 if more is released than held).
+    pub fn release(&self, gpu: GpuIndex, bytes: u64) {
+        if let Some(own) = self.own(gpu) {
+            saturating_sub(&own.memory_bytes, bytes);
+        }
+    }
+
+    /// What this process holds on `gpu`.
+    pub fn held(&self, gpu: GpuIndex) -> u64 {
+        self.own(gpu).map_or(0, |own| own.memory_bytes.load(SeqCst))
+    }
+
+    /// Charges `ns` nanoseconds of GPU time on `gpu` to this process.
+    pub fn add_gpu_time(&self, gpu: GpuIndex, ns: u64) {
+        if let Some(own) = self.own(gpu) {
+            // Saturating: a wrapped counter would make the tenant look idle.
+            let _ = own
+                .gpu_time_ns
+                .fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_add(ns)));
+        }
+    }
+
+    /// The GPU time charged to this process on `gpu`, in nanoseconds.
+    pub fn gpu_time_ns(&self, gpu: GpuIndex) -> u64 {
+        self.own(gpu).map_or(0, |own| own.gpu_time_ns.load(Relaxed))
+    }
+
+    /// For a forked child: forgets this slot without touching it (the parent still owns it)
+    /// and closes the child's copy of the lock's descriptor, so that the lock dies with the
+    /// parent and not with whichever of the two exits last.
+    ///
+    /// Async-signal-safe: it only calls `close()`. It frees nothing (the child's reference to
+    /// the usage file is leaked on purpose, as freeing memory is not async-signal-safe).
+    pub fn abandon_after_fork(self) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        drop(this.lock.take());
+    }
+}
+
+impl Drop for ProcessSlot {
+    /// A clean exit: empties the slot (its GPU time goes to `retired_gpu_time_ns`), marks it
+    /// free, clears its bit, and only then closes the descriptor, which drops the lock. In a
+    /// forked child that did not call [`ProcessSlot::abandon_after_fork`] it only closes.
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        if std::process::id() == self.owner_pid {
+            clear_slot(self.file.view.get(), self.index);
+        }
+        drop(lock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_bits_lists_each_set_bit_once_lowest_first() {
+        assert_eq!(set_bits(0).count(), 0);
+        assert_eq!(set_bits(0b1010_0001).collect::<Vec<_>>(), [0, 5, 7]);
+        assert_eq!(set_bits(u64::MAX).count(), 64);
+        assert_eq!(set_bits(1 << 63).collect::<Vec<_>>(), [63]);
+    }
+
+    #[test]
+    fn bit_past_the_bitmap_is_zero() {
+        assert_eq!(bit(0), 1);
+        assert_eq!(bit(63), 1 << 63);
+        assert_eq!(bit(64), 0);
+        assert_eq!(bit(u32::MAX), 0);
+    }
+
+    #[test]
+    fn gpu_index_outside_the_table_is_none() {
+        assert_eq!(GpuIndex(0).get(), Some(0));
+        assert_eq!(GpuIndex(15).get(), Some(15));
+        assert_eq!(GpuIndex(16).get(), None);
+        assert_eq!(GpuIndex(u32::MAX).get(), None);
+    }
+
+    #[test]
+    fn over_limit_message_gives_the_numbers() {
+        let e = OverLimit {
+            used: 3,
+            requested: 2,
+            limit: 4,
+        };
+        assert_eq!(
+            e.to_string(),
+            "2 bytes requested with 3 bytes in use would exceed the limit of 4 bytes"
+        );
+    }
+}

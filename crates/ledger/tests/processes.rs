@@ -1,0 +1,304 @@
+//! The ledger across real processes: slots of processes that die are reclaimed, processes
+//! that share a limit never pass it together, a forked child leaves its parent's slot alone.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use common::{ChildProcess, ROLE_ENV, SharedCounter, gpu, ledger, publish, tenant, wait_for_file};
+use gpuslice_ledger::{Ledger, MAX_SLOTS, ReclaimReport};
+
+const ENTRY: &str = "child_role_runs_only_when_spawned_by_a_test";
+const TENANT: &str = "team-a";
+const MIB: u64 = 1 << 20;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The child side: does nothing in a normal test run; in a child, plays the role it was given.
+#[test]
+fn child_role_runs_only_when_spawned_by_a_test() {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return;
+    };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let ledger = Ledger::open_existing(&PathBuf::from(var("LEDGER_DIR"))).unwrap();
+    let usage = ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.register_gpu(&gpu(1)).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    let ready = PathBuf::from(var("READY_FILE"));
+    match role.as_str() {
+        // Reserve, report, and wait to be killed.
+        "hold" => {
+            let bytes: u64 = var("BYTES").parse().unwrap();
+            slot.try_reserve(index, bytes, u64::MAX).unwrap();
+            publish(&ready, &format!("{}\n", slot.index()));
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        // Reserve and exit without any cleanup (no destructors run).
+        "exit-without-cleanup" => {
+            slot.try_reserve(index, 5 * MIB, u64::MAX).unwrap();
+            std::process::exit(0);
+        }
+        // Reserve, release and exit cleanly.
+        "clean-exit" => {
+            slot.try_reserve(index, 5 * MIB, u64::MAX).unwrap();
+            slot.release(index, 5 * MIB);
+            drop(slot);
+        }
+        // Race the other children for a shared limit, checking it at every success.
+        "reserve-loop" => {
+            let limit: u64 = var("LIMIT").parse().unwrap();
+            let iterations: u64 = var("ITERATIONS").parse().unwrap();
+            let witness = SharedCounter::open(&PathBuf::from(var("WITNESS")));
+            let start = PathBuf::from(var("START_FILE"));
+            publish(&ready, "ready\n");
+            wait_for_file(&start, WAIT);
+            let (mut granted, mut refused, mut max_seen) = (0u64, 0u64, 0u64);
+            for i in 0..iterations {
+                let bytes = (1 + (i + u64::from(std::process::id())) % 4) * MIB;
+                match slot.try_reserve(index, bytes, limit) {
+                    Ok(()) => {
+                        granted += 1;
+                        let now = witness.get().fetch_add(bytes, SeqCst) + bytes;
+                        max_seen = max_seen.max(now);
+                        assert!(now <= limit, "committed {now} > limit {limit}");
+                        std::hint::spin_loop();
+                        witness.get().fetch_sub(bytes, SeqCst);
+                        slot.release(index, bytes);
+                    }
+                    Err(e) => {
+                        refused += 1;
+                        assert_eq!((e.requested, e.limit), (bytes, limit));
+                    }
+                }
+            }
+            assert_eq!(slot.held(index), 0);
+            let result = PathBuf::from(var("RESULT_FILE"));
+            publish(&result, &format!("{granted} {refused} {max_seen}\n"));
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// A test's view of the shared ledger and the files its children report through.
+struct Setup {
+    dir: tempfile::TempDir,
+    ledger: Ledger,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let (dir, ledger) = ledger();
+        Setup { dir, ledger }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spawn(&self, role: &str, name: &str, extra: &[(&str, String)]) -> ChildProcess {
+        let mut env = vec![
+            ("LEDGER_DIR", self.ledger.dir().display().to_string()),
+            ("READY_FILE", self.file(&format!("{name}.ready")).display().to_string()),
+            ("RESULT_FILE", self.file(&format!("{name}.result")).display().to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        ChildProcess::spawn(ENTRY, role, &env)
+    }
+
+    fn wait_ready(&self, name: &str) -> String {
+        wait_for_file(&self.file(&format!("{name}.ready")), WAIT)
+    }
+}
+
+#[test]
+fn sigkilled_process_memory_is_reclaimed_exactly_and_its_slot_reused() {
+    let s = Setup::new();
+    let mut child = s.spawn("hold", "holder", &[("BYTES", (3 * MIB + 17).to_string())]);
+    let child_slot: u32 = s.wait_ready("holder").trim().parse().unwrap();
+
+    let usage = s.ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.register_gpu(&gpu(1)).unwrap();
+    assert_eq!(index, usage.gpu_index(&gpu(1)).unwrap(), "one index per GPU across processes");
+    assert_eq!(usage.memory_used(index), 3 * MIB + 17);
+
+    let slots = usage.slots();
+    assert_eq!(slots.len(), 1);
+    assert_eq!(slots[0].index, child_slot);
+    assert_eq!(slots[0].pid, child.pid());
+    assert!(slots[0].live);
+    assert_eq!(slots[0].memory_bytes, vec![(index, 3 * MIB + 17)]);
+    assert_eq!(
+        usage.reclaim_dead().unwrap(),
+        ReclaimReport::default(),
+        "a live process's slot is never reclaimed"
+    );
+
+    child.kill();
+
+    let slots = usage.slots();
+    assert_eq!(slots.len(), 1);
+    assert!(!slots[0].live, "the kernel dropped the dead process's lock");
+    assert_eq!(usage.memory_used(index), 3 * MIB + 17, "still counted until reclaimed");
+    let snap = s.ledger.snapshot_usage(&tenant(TENANT)).unwrap();
+    assert!(!snap.slots()[0].live);
+
+    let report = usage.reclaim_dead().unwrap();
+    assert_eq!(report.slots, 1);
+    assert_eq!(report.bytes, vec![(index, 3 * MIB + 17)]);
+    assert_eq!(usage.memory_used(index), 0);
+    assert!(usage.slots().is_empty());
+    assert_eq!(usage.reclaim_dead().unwrap(), ReclaimReport::default());
+
+    let mine = usage.claim_slot().unwrap();
+    assert_eq!(mine.index(), child_slot, "the reclaimed slot is free again");
+    assert_eq!(mine.held(index), 0);
+}
+
+#[test]
+fn claim_slot_takes_over_a_dead_slot_when_all_others_are_live() {
+    let s = Setup::new();
+    let mut child = s.spawn("hold", "holder", &[("BYTES", (7 * MIB).to_string())]);
+    s.wait_ready("holder");
+    child.kill();
+
+    let usage = s.ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.register_gpu(&gpu(1)).unwrap();
+    assert_eq!(usage.memory_used(index), 7 * MIB);
+    // No reclaim_dead: claiming all slots must empty the dead one on the way.
+    let slots: Vec<_> = (0..MAX_SLOTS).map(|_| usage.claim_slot().unwrap()).collect();
+    assert_eq!(usage.memory_used(index), 0);
+    assert!(slots.iter().all(|s| s.held(index) == 0));
+    assert!(usage.slots().iter().all(|s| s.live));
+}
+
+#[test]
+fn process_that_exits_without_cleanup_is_reclaimed() {
+    let s = Setup::new();
+    let mut child = s.spawn("exit-without-cleanup", "quitter", &[]);
+    assert_eq!(child.wait(WAIT), 0);
+
+    let usage = s.ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.gpu_index(&gpu(1)).unwrap();
+    assert_eq!(usage.memory_used(index), 5 * MIB);
+    let report = usage.reclaim_dead().unwrap();
+    assert_eq!(report.slots, 1);
+    assert_eq!(report.bytes, vec![(index, 5 * MIB)]);
+    assert_eq!(usage.memory_used(index), 0);
+}
+
+#[test]
+fn process_that_exits_cleanly_leaves_no_slot_behind() {
+    let s = Setup::new();
+    let mut child = s.spawn("clean-exit", "tidy", &[]);
+    assert_eq!(child.wait(WAIT), 0);
+
+    let usage = s.ledger.open_usage(&tenant(TENANT)).unwrap();
+    assert!(usage.slots().is_empty());
+    assert_eq!(usage.reclaim_dead().unwrap(), ReclaimReport::default());
+}
+
+#[test]
+fn processes_sharing_a_limit_never_exceed_it_together() {
+    const CHILDREN: usize = 4;
+    const LIMIT: u64 = 6 * MIB;
+    let s = Setup::new();
+    let witness = s.file("witness");
+    let start = s.file("start");
+    let _counter = SharedCounter::open(&witness);
+    let extra = [
+        ("LIMIT", LIMIT.to_string()),
+        ("ITERATIONS", "3000".to_string()),
+        ("WITNESS", witness.display().to_string()),
+        ("START_FILE", start.display().to_string()),
+    ];
+    let mut children: Vec<_> = (0..CHILDREN)
+        .map(|i| s.spawn("reserve-loop", &format!("racer{i}"), &extra))
+        .collect();
+    for i in 0..CHILDREN {
+        s.wait_ready(&format!("racer{i}"));
+    }
+    publish(&start, "go\n");
+    for c in &mut children {
+        assert_eq!(c.wait(WAIT), 0, "a child saw the limit exceeded or failed");
+    }
+
+    let (mut granted, mut refused) = (0, 0);
+    for i in 0..CHILDREN {
+        let result = std::fs::read_to_string(s.file(&format!("racer{i}.result"))).unwrap();
+        let nums: Vec<u64> = result.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert!(nums[2] <= LIMIT);
+        granted += nums[0];
+        refused += nums[1];
+    }
+    assert!(granted > 0, "the limit admits some reservations");
+    assert_eq!(granted + refused, 3000 * CHILDREN as u64);
+
+    let usage = s.ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.gpu_index(&gpu(1)).unwrap();
+    assert_eq!(usage.memory_used(index), 0, "everything was given back");
+    assert!(usage.slots().is_empty());
+}
+
+#[test]
+fn forked_child_that_abandons_its_copy_leaves_the_parent_slot_live() {
+    let (_dir, ledger) = ledger();
+    let usage = ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.register_gpu(&gpu(1)).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    slot.try_reserve(index, 9 * MIB, u64::MAX).unwrap();
+
+    // SAFETY: the child only calls abandon_after_fork (close) and _exit, both
+    // async-signal-safe, so forking this multi-threaded test process is sound.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        slot.abandon_after_fork();
+        // SAFETY: _exit ends the child without running the parent's destructors or atexit.
+        unsafe { libc::_exit(0) };
+    }
+    wait_for_exit(pid);
+
+    assert_eq!(slot.held(index), 9 * MIB, "the child did not touch the slot");
+    let slots = usage.slots();
+    assert_eq!(slots.len(), 1);
+    assert!(slots[0].live, "the parent still holds the lock");
+    assert_eq!(usage.reclaim_dead().unwrap(), ReclaimReport::default());
+}
+
+#[test]
+fn slot_dropped_in_a_forked_child_is_not_emptied() {
+    let (_dir, ledger) = ledger();
+    let usage = ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.register_gpu(&gpu(1)).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    slot.try_reserve(index, 2 * MIB, u64::MAX).unwrap();
+
+    // SAFETY: the child drops the slot (getpid, close, and an Arc decrement that cannot free:
+    // `usage` still holds a reference) and calls _exit; nothing takes a lock another thread
+    // of the parent might have held at the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        drop(slot);
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) };
+    }
+    wait_for_exit(pid);
+
+    assert_eq!(slot.held(index), 2 * MIB);
+    assert_eq!(usage.memory_used(index), 2 * MIB);
+    assert!(usage.slots()[0].live);
+}
+
+/// Waits for the forked child `pid` and checks it exited with 0.
+fn wait_for_exit(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid out-pointer.
+    let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    assert_eq!(rc, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+}

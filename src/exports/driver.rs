@@ -1,0 +1,81 @@
+//! The CUDA driver functions the shim hooks. Everything else in libcuda is untouched.
+
+use std::ffi::{c_char, c_void};
+
+use crate::cuda::*;
+use crate::hooks::{context, launch, memory, procaddr};
+
+/// Hooks of the pre-3.2 32-bit memory API: see [`memory::legacy_refused`].
+unsafe fn legacy_alloc(_: *mut u32, _: u32) -> CUresult {
+    // SAFETY: only logs and returns an error code.
+    unsafe { memory::legacy_refused("cuMemAlloc") }
+}
+unsafe fn legacy_alloc_pitch(_: *mut u32, _: *mut u32, _: u32, _: u32, _: u32) -> CUresult {
+    // SAFETY: only logs and returns an error code.
+    unsafe { memory::legacy_refused("cuMemAllocPitch") }
+}
+unsafe fn legacy_array_create(_: *mut CUarray, _: *const c_void) -> CUresult {
+    // SAFETY: only logs and returns an error code.
+    unsafe { memory::legacy_refused("cuArrayCreate") }
+}
+unsafe fn legacy_array3d_create(_: *mut CUarray, _: *const c_void) -> CUresult {
+    // SAFETY: only logs and returns an error code.
+    unsafe { memory::legacy_refused("cuArray3DCreate") }
+}
+
+super::exports! {
+    library: crate::real::CUDA, failure: CUDA_ERROR_UNKNOWN;
+
+    // How calls reach us.
+    fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) => procaddr::get_proc_address;
+    fn cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64, status: *mut i32) => procaddr::get_proc_address_v2;
+
+    // Initialization and contexts.
+    fn cuInit(flags: u32) => context::init;
+    fn cuDevicePrimaryCtxRetain(context: *mut CUcontext, device: CUdevice) => context::primary_retain;
+    fn cuDevicePrimaryCtxRelease(device: CUdevice) => context::primary_release_v1;
+    fn cuDevicePrimaryCtxRelease_v2(device: CUdevice) => context::primary_release;
+    fn cuDevicePrimaryCtxReset(device: CUdevice) => context::primary_reset_v1;
+    fn cuDevicePrimaryCtxReset_v2(device: CUdevice) => context::primary_reset;
+    fn cuCtxCreate(context: *mut CUcontext, flags: u32, device: CUdevice) => context::create_v1;
+    fn cuCtxCreate_v2(context: *mut CUcontext, flags: u32, device: CUdevice) => context::create_v2;
+    fn cuCtxCreate_v3(context: *mut CUcontext, params: *mut c_void, count: i32, flags: u32, device: CUdevice) => context::create_v3;
+    fn cuCtxCreate_v4(context: *mut CUcontext, params: *mut c_void, flags: u32, device: CUdevice) => context::create_v4;
+    fn cuCtxDestroy(context: CUcontext) => context::destroy_v1;
+    fn cuCtxDestroy_v2(context: CUcontext) => context::destroy;
+
+    // Memory.
+    fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) => memory::alloc;
+    fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytes: usize, flags: u32) => memory::alloc_managed;
+    fn cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, element_size: u32) => memory::alloc_pitch;
+    fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) => memory::alloc_async;
+    fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) => memory::alloc_async_ptsz;
+    fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) => memory::alloc_from_pool_async;
+    fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) => memory::alloc_from_pool_async_ptsz;
+    fn cuMemFree_v2(dptr: CUdeviceptr) => memory::free;
+    fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) => memory::free_async;
+    fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) => memory::free_async_ptsz;
+    fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, bytes: usize, prop: *const CUmemAllocationProp, flags: u64) => memory::vmm_create;
+    fn cuMemRelease(handle: CUmemGenericAllocationHandle) => memory::vmm_release;
+    fn cuArrayCreate_v2(array: *mut CUarray, desc: *const CudaArrayDescriptor) => memory::array_create;
+    fn cuArray3DCreate_v2(array: *mut CUarray, desc: *const CudaArray3dDescriptor) => memory::array3d_create;
+    fn cuArrayDestroy(array: CUarray) => memory::array_destroy;
+    fn cuMipmappedArrayCreate(array: *mut CUmipmappedArray, desc: *const CudaArray3dDescriptor, levels: u32) => memory::mipmapped_create;
+    fn cuMipmappedArrayDestroy(array: CUmipmappedArray) => memory::mipmapped_destroy;
+    fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) => memory::get_info;
+    fn cuDeviceTotalMem_v2(bytes: *mut usize, device: CUdevice) => memory::total_mem;
+    fn cuMemAlloc(dptr: *mut u32, bytes: u32) => legacy_alloc;
+    fn cuMemAllocPitch(dptr: *mut u32, pitch: *mut u32, width: u32, height: u32, element_size: u32) => legacy_alloc_pitch;
+    fn cuArrayCreate(array: *mut CUarray, desc: *const c_void) => legacy_array_create;
+    fn cuArray3DCreate(array: *mut CUarray, desc: *const c_void) => legacy_array3d_create;
+
+    // Launches (gated by the compute policy; pass-through until then).
+    fn cuLaunchKernel(f: CUfunction, grid_x: u32, grid_y: u32, grid_z: u32, block_x: u32, block_y: u32, block_z: u32, shared_bytes: u32, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) => launch::kernel;
+    fn cuLaunchKernel_ptsz(f: CUfunction, grid_x: u32, grid_y: u32, grid_z: u32, block_x: u32, block_y: u32, block_z: u32, shared_bytes: u32, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) => launch::kernel_ptsz;
+    fn cuLaunchKernelEx(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) => launch::kernel_ex;
+    fn cuLaunchKernelEx_ptsz(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) => launch::kernel_ex_ptsz;
+    fn cuLaunchCooperativeKernel(f: CUfunction, grid_x: u32, grid_y: u32, grid_z: u32, block_x: u32, block_y: u32, block_z: u32, shared_bytes: u32, stream: CUstream, params: *mut *mut c_void) => launch::cooperative;
+    fn cuLaunchCooperativeKernel_ptsz(f: CUfunction, grid_x: u32, grid_y: u32, grid_z: u32, block_x: u32, block_y: u32, block_z: u32, shared_bytes: u32, stream: CUstream, params: *mut *mut c_void) => launch::cooperative_ptsz;
+    fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) => launch::graph;
+    fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) => launch::graph_ptsz;
+}

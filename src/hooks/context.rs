@@ -1,0 +1,304 @@
+//! Driver initialization and contexts. A context takes device memory of its own (523 MiB
+//! for a primary context on an H100 with driver 580), which counts against the quota like
+//! any allocation. It is measured, not assumed: device memory in use according to NVML
+//! just before and just after the context is created.
+
+use std::collections::HashMap;
+use std::ffi::{CString, c_void};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use gpuslice_ledger::GpuUuid;
+use parking_lot::Mutex;
+
+use crate::cuda::*;
+use crate::exports::driver::real;
+use crate::hooks::{real_or_missing, shim_or};
+use crate::log::{Level, log};
+use crate::policy::memory::{Bytes, Charge, Gpu};
+use crate::real as real_libraries;
+use crate::shim::Shim;
+
+/// What a primary context took on an H100 80GB HBM3 (driver 580.159.04, CUDA 13.0),
+/// measured with NVML. Charged when NVML cannot measure (no NVML on the machine).
+pub const FALLBACK_CONTEXT_FOOTPRINT: u64 = 523 << 20;
+
+/// A measurement above this is another process's allocation landing in the same instant,
+/// not a context: the fallback is charged instead.
+const MAX_PLAUSIBLE_FOOTPRINT: u64 = 4 << 30;
+
+/// Contexts of this process and what each took.
+#[derive(Debug, Default)]
+pub struct Contexts {
+    book: Mutex<Book>,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    /// Primary contexts by ordinal: how often retained, and what creating it took.
+    primary: HashMap<CUdevice, Primary>,
+    /// Contexts made by `cuCtxCreate*`, by handle.
+    created: HashMap<usize, Charge>,
+}
+
+#[derive(Debug)]
+struct Primary {
+    retained: u32,
+    charge: Charge,
+}
+
+impl Contexts {
+    /// No contexts yet.
+    pub fn new() -> Contexts {
+        Contexts::default()
+    }
+}
+
+/// `cuInit`: where a process with unusable gpuslice settings is stopped.
+pub unsafe fn init(flags: u32) -> CUresult {
+    let real = real_or_missing!(real::cuInit);
+    // SAFETY: the caller's argument, unchanged.
+    let _enforcing = shim_or!(unsafe { real(flags) });
+    // SAFETY: as above.
+    unsafe { real(flags) }
+}
+
+/// `cuDevicePrimaryCtxRetain`: the first retain creates the context and is charged.
+pub unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuDevicePrimaryCtxRetain);
+    // SAFETY: the caller's arguments, unchanged (all `real` calls in this function).
+    let shim = shim_or!(unsafe { real(context, device) });
+    let mut book = shim.contexts.book.lock();
+    if let Some(primary) = book.primary.get_mut(&device) {
+        // SAFETY: as above.
+        let status = unsafe { real(context, device) };
+        if status == CUDA_SUCCESS {
+            primary.retained += 1;
+        }
+        return status;
+    }
+    let gpu = match shim.devices.by_ordinal(&shim.memory, device) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    // SAFETY: as above.
+    let (status, footprint) = measure_footprint(&gpu.uuid, || unsafe { real(context, device) });
+    if status != CUDA_SUCCESS {
+        return status;
+    }
+    match charge_context(shim, &gpu, footprint) {
+        Some(charge) => {
+            book.primary.insert(device, Primary { retained: 1, charge });
+            status
+        }
+        None => {
+            if let Some(release) = real::cuDevicePrimaryCtxRelease_v2() {
+                // SAFETY: undoing the retain that just succeeded.
+                unsafe { release(device) };
+            }
+            CUDA_ERROR_OUT_OF_MEMORY
+        }
+    }
+}
+
+/// `cuDevicePrimaryCtxRelease_v2`.
+pub unsafe fn primary_release(device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuDevicePrimaryCtxRelease_v2);
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { primary_released(device, || real(device), false) }
+}
+
+/// `cuDevicePrimaryCtxRelease` (the pre-11.0 name, same contract).
+pub unsafe fn primary_release_v1(device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuDevicePrimaryCtxRelease);
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { primary_released(device, || real(device), false) }
+}
+
+/// `cuDevicePrimaryCtxReset_v2`: destroys the primary context whatever its count.
+pub unsafe fn primary_reset(device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuDevicePrimaryCtxReset_v2);
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { primary_released(device, || real(device), true) }
+}
+
+/// `cuDevicePrimaryCtxReset` (the pre-11.0 name).
+pub unsafe fn primary_reset_v1(device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuDevicePrimaryCtxReset);
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { primary_released(device, || real(device), true) }
+}
+
+unsafe fn primary_released(device: CUdevice, driver: impl FnOnce() -> CUresult, reset: bool) -> CUresult {
+    let shim = shim_or!(driver());
+    let mut book = shim.contexts.book.lock();
+    let status = driver();
+    if status != CUDA_SUCCESS {
+        return status;
+    }
+    if let Some(primary) = book.primary.get_mut(&device) {
+        primary.retained = primary.retained.saturating_sub(1);
+        if reset || primary.retained == 0 {
+            let charge = primary.charge;
+            book.primary.remove(&device);
+            shim.memory.release(charge);
+        }
+    }
+    status
+}
+
+/// `cuCtxCreate` (v1 name; same arguments as `_v2`).
+pub unsafe fn create_v1(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuCtxCreate);
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { created(context, device, || real(context, flags, device)) }
+}
+
+/// `cuCtxCreate_v2`.
+pub unsafe fn create_v2(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuCtxCreate_v2);
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { created(context, device, || real(context, flags, device)) }
+}
+
+/// `cuCtxCreate_v3` (execution affinity parameters).
+pub unsafe fn create_v3(
+    context: *mut CUcontext,
+    params: *mut c_void,
+    count: i32,
+    flags: u32,
+    device: CUdevice,
+) -> CUresult {
+    let real = real_or_missing!(real::cuCtxCreate_v3);
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { created(context, device, || real(context, params, count, flags, device)) }
+}
+
+/// `cuCtxCreate_v4` (CUDA 12.5+: `CUctxCreateParams`).
+pub unsafe fn create_v4(context: *mut CUcontext, params: *mut c_void, flags: u32, device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuCtxCreate_v4);
+    // SAFETY: the caller's arguments, unchanged.
+    unsafe { created(context, device, || real(context, params, flags, device)) }
+}
+
+unsafe fn created(context: *mut CUcontext, device: CUdevice, driver: impl FnOnce() -> CUresult) -> CUresult {
+    let shim = shim_or!(driver());
+    if context.is_null() {
+        return driver();
+    }
+    let gpu = match shim.devices.by_ordinal(&shim.memory, device) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    let mut book = shim.contexts.book.lock();
+    let (status, footprint) = measure_footprint(&gpu.uuid, driver);
+    if status != CUDA_SUCCESS {
+        return status;
+    }
+    // SAFETY: non-null and written by the driver on success.
+    let handle = unsafe { *context };
+    match charge_context(shim, &gpu, footprint) {
+        Some(charge) => {
+            book.created.insert(handle as usize, charge);
+            status
+        }
+        None => {
+            if let Some(destroy) = real::cuCtxDestroy_v2() {
+                // SAFETY: destroying the context that was just created for us.
+                unsafe { destroy(handle) };
+            }
+            CUDA_ERROR_OUT_OF_MEMORY
+        }
+    }
+}
+
+/// `cuCtxDestroy_v2`.
+pub unsafe fn destroy(context: CUcontext) -> CUresult {
+    let real = real_or_missing!(real::cuCtxDestroy_v2);
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { destroyed(context, || real(context)) }
+}
+
+/// `cuCtxDestroy` (v1 name).
+pub unsafe fn destroy_v1(context: CUcontext) -> CUresult {
+    let real = real_or_missing!(real::cuCtxDestroy);
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { destroyed(context, || real(context)) }
+}
+
+unsafe fn destroyed(context: CUcontext, driver: impl FnOnce() -> CUresult) -> CUresult {
+    let shim = shim_or!(driver());
+    let mut book = shim.contexts.book.lock();
+    let status = driver();
+    if status == CUDA_SUCCESS
+        && let Some(charge) = book.created.remove(&(context as usize))
+    {
+        shim.memory.release(charge);
+    }
+    status
+}
+
+fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
+    match shim.memory.reserve(gpu, footprint) {
+        Ok(reservation) => {
+            log!(Level::Debug, "context on {} took {}", gpu.uuid, Bytes(footprint));
+            Some(reservation.commit())
+        }
+        Err(_) => {
+            log!(
+                Level::Warn,
+                "a new context on {} needs {} and does not fit in the tenant's quota",
+                gpu.uuid,
+                Bytes(footprint)
+            );
+            None
+        }
+    }
+}
+
+/// Runs `create` and returns its status with the device memory it took.
+fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
+    let before = nvml_used(uuid);
+    let status = create();
+    if status != CUDA_SUCCESS {
+        return (status, 0);
+    }
+    let footprint = match (before, nvml_used(uuid)) {
+        (Some(before), Some(after)) if after >= before && after - before <= MAX_PLAUSIBLE_FOOTPRINT => {
+            after - before
+        }
+        _ => FALLBACK_CONTEXT_FOOTPRINT,
+    };
+    (status, footprint)
+}
+
+/// Device memory in use on the GPU with this UUID, all processes together, per NVML.
+fn nvml_used(uuid: &GpuUuid) -> Option<u64> {
+    const UNKNOWN: u8 = 0;
+    const READY: u8 = 1;
+    const UNAVAILABLE: u8 = 2;
+    static NVML_STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+    if NVML_STATE.load(Ordering::Acquire) == UNKNOWN {
+        let ready = real_libraries::nvml::nvmlInit_v2()
+            // SAFETY: nvmlInit_v2 takes no arguments and may be called more than once.
+            .is_some_and(|init| unsafe { init() } == NVML_SUCCESS);
+        NVML_STATE.store(if ready { READY } else { UNAVAILABLE }, Ordering::Release);
+    }
+    if NVML_STATE.load(Ordering::Acquire) != READY {
+        return None;
+    }
+    let by_uuid = real_libraries::nvml::nvmlDeviceGetHandleByUUID()?;
+    let memory_info = crate::exports::nvml::real::nvmlDeviceGetMemoryInfo()?;
+    let name = CString::new(uuid.to_string()).ok()?;
+    let mut device: NvmlDevice = std::ptr::null_mut();
+    // SAFETY: `name` is NUL-terminated; `device` is a valid out-pointer.
+    if unsafe { by_uuid(name.as_ptr(), &mut device) } != NVML_SUCCESS {
+        return None;
+    }
+    let mut memory = NvmlMemory::default();
+    // SAFETY: `device` came from NVML; `memory` is a valid out-pointer of the v1 struct.
+    if unsafe { memory_info(device, &mut memory) } != NVML_SUCCESS {
+        return None;
+    }
+    Some(memory.used)
+}

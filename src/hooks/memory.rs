@@ -1,0 +1,423 @@
+//! Every call that takes or gives back device memory.
+//!
+//! Order matters. Taking memory: reserve in the ledger, then call the driver, then record
+//! the charge (a failed driver call drops the reservation). Giving it back: take the charge
+//! out of the table, call the driver, and only after it succeeded release the bytes (a
+//! failed free puts the charge back). That way the ledger never counts less than the driver
+//! holds, and an address the driver reuses at once can never meet a stale charge.
+
+use std::ffi::c_void;
+
+use crate::allocations::ChargeTable;
+use crate::cuda::*;
+use crate::exports::driver::real;
+use crate::hooks::{real_or_missing, shim_or};
+use crate::log::{Level, RateLimit, log};
+use crate::policy::memory::Gpu;
+use crate::shim::Shim;
+
+/// Reserves `bytes` on `gpu`, runs the driver call, and records the charge under the key
+/// the call produced. Returns the driver's status, or out-of-memory if refused.
+fn charged(
+    shim: &Shim,
+    table: &ChargeTable,
+    gpu: &Gpu,
+    bytes: u64,
+    driver_call: impl FnOnce() -> (CUresult, Option<u64>),
+) -> CUresult {
+    let Ok(reservation) = shim.memory.reserve(gpu, bytes) else {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    };
+    let (status, key) = driver_call();
+    if status == CUDA_SUCCESS
+        && let Some(key) = key
+        && let Some(stale) = table.insert(key, reservation.commit())
+    {
+        // The driver handed out a handle we still had: a free we never saw.
+        shim.memory.release(stale);
+    }
+    status
+}
+
+/// Takes back the charge of `key`, runs the driver's free, and releases the bytes only if
+/// the free worked.
+fn uncharged(shim: &Shim, table: &ChargeTable, key: u64, driver_call: impl FnOnce() -> CUresult) -> CUresult {
+    let charge = table.remove(key);
+    let status = driver_call();
+    match charge {
+        Some(charge) if status == CUDA_SUCCESS => shim.memory.release(charge),
+        Some(charge) => {
+            table.insert(key, charge);
+        }
+        None => {}
+    }
+    status
+}
+
+/// `cuMemAlloc_v2`.
+pub unsafe fn alloc(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    let real = real_or_missing!(real::cuMemAlloc_v2);
+    // SAFETY (all `real` calls below): the caller's arguments, unchanged.
+    let shim = shim_or!(unsafe { real(dptr, bytes) });
+    if dptr.is_null() {
+        return unsafe { real(dptr, bytes) };
+    }
+    let gpu = match shim.devices.current(&shim.memory) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
+        let status = unsafe { real(dptr, bytes) };
+        // SAFETY: `dptr` is non-null and the driver wrote it on success.
+        (status, Some(unsafe { *dptr }))
+    })
+}
+
+/// `cuMemAllocManaged`: managed memory may live on the device, so it counts.
+pub unsafe fn alloc_managed(dptr: *mut CUdeviceptr, bytes: usize, flags: u32) -> CUresult {
+    let real = real_or_missing!(real::cuMemAllocManaged);
+    let shim = shim_or!(unsafe { real(dptr, bytes, flags) });
+    if dptr.is_null() {
+        return unsafe { real(dptr, bytes, flags) };
+    }
+    let gpu = match shim.devices.current(&shim.memory) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
+        let status = unsafe { real(dptr, bytes, flags) };
+        (status, Some(unsafe { *dptr }))
+    })
+}
+
+/// `cuMemAllocPitch_v2`. The pitch is only known after the call: reserve the rows'
+/// width first, then the padding the driver chose; if the padding does not fit, undo.
+pub unsafe fn alloc_pitch(
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    element_size: u32,
+) -> CUresult {
+    let real = real_or_missing!(real::cuMemAllocPitch_v2);
+    let shim = shim_or!(unsafe { real(dptr, pitch, width, height, element_size) });
+    if dptr.is_null() || pitch.is_null() {
+        return unsafe { real(dptr, pitch, width, height, element_size) };
+    }
+    let gpu = match shim.devices.current(&shim.memory) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    let requested = (width as u64).saturating_mul(height as u64);
+    let Ok(reservation) = shim.memory.reserve(&gpu, requested) else {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    };
+    let status = unsafe { real(dptr, pitch, width, height, element_size) };
+    if status != CUDA_SUCCESS {
+        return status;
+    }
+    // SAFETY: both out-pointers are non-null and written by the driver on success.
+    let (address, actual_pitch) = unsafe { (*dptr, *pitch) };
+    let padding = (actual_pitch as u64)
+        .saturating_mul(height as u64)
+        .saturating_sub(requested);
+    let mut charge = reservation.commit();
+    if padding > 0 {
+        match shim.memory.reserve(&gpu, padding) {
+            Ok(extra) => charge.bytes += extra.commit().bytes,
+            Err(_) => {
+                shim.memory.release(charge);
+                if let Some(free) = real::cuMemFree_v2() {
+                    // SAFETY: freeing the allocation the driver just made for us.
+                    unsafe { free(address) };
+                }
+                return CUDA_ERROR_OUT_OF_MEMORY;
+            }
+        }
+    }
+    if let Some(stale) = shim.allocations.device.insert(address, charge) {
+        shim.memory.release(stale);
+    }
+    status
+}
+
+/// `cuMemAllocAsync`.
+pub unsafe fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
+    let real = real_or_missing!(real::cuMemAllocAsync);
+    unsafe { stream_ordered_alloc(dptr, bytes, stream, |d| real(d, bytes, stream)) }
+}
+
+/// `cuMemAllocAsync_ptsz`.
+pub unsafe fn alloc_async_ptsz(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
+    let real = real_or_missing!(real::cuMemAllocAsync_ptsz);
+    unsafe { stream_ordered_alloc(dptr, bytes, stream, |d| real(d, bytes, stream)) }
+}
+
+/// `cuMemAllocFromPoolAsync`.
+pub unsafe fn alloc_from_pool_async(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    stream: CUstream,
+) -> CUresult {
+    let real = real_or_missing!(real::cuMemAllocFromPoolAsync);
+    unsafe { stream_ordered_alloc(dptr, bytes, stream, |d| real(d, bytes, pool, stream)) }
+}
+
+/// `cuMemAllocFromPoolAsync_ptsz`.
+pub unsafe fn alloc_from_pool_async_ptsz(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    stream: CUstream,
+) -> CUresult {
+    let real = real_or_missing!(real::cuMemAllocFromPoolAsync_ptsz);
+    unsafe { stream_ordered_alloc(dptr, bytes, stream, |d| real(d, bytes, pool, stream)) }
+}
+
+/// Stream-ordered allocations count on the stream's GPU (a pool's memory sits on the
+/// device of the stream that allocates from it).
+unsafe fn stream_ordered_alloc(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+    driver: impl FnOnce(*mut CUdeviceptr) -> CUresult,
+) -> CUresult {
+    let shim = shim_or!(driver(dptr));
+    if dptr.is_null() {
+        return driver(dptr);
+    }
+    let gpu = match shim.devices.of_stream(&shim.memory, stream) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
+        let status = driver(dptr);
+        // SAFETY: `dptr` is non-null and written by the driver on success.
+        (status, Some(unsafe { *dptr }))
+    })
+}
+
+/// `cuMemFree_v2`.
+pub unsafe fn free(dptr: CUdeviceptr) -> CUresult {
+    let real = real_or_missing!(real::cuMemFree_v2);
+    let shim = shim_or!(unsafe { real(dptr) });
+    uncharged(shim, &shim.allocations.device, dptr, || unsafe { real(dptr) })
+}
+
+/// `cuMemFreeAsync`. The bytes are given back when the free is enqueued: from then on no
+/// work may use them, and the pool returns them to the device at the next sync.
+pub unsafe fn free_async(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    let real = real_or_missing!(real::cuMemFreeAsync);
+    let shim = shim_or!(unsafe { real(dptr, stream) });
+    uncharged(shim, &shim.allocations.device, dptr, || unsafe { real(dptr, stream) })
+}
+
+/// `cuMemFreeAsync_ptsz`.
+pub unsafe fn free_async_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    let real = real_or_missing!(real::cuMemFreeAsync_ptsz);
+    let shim = shim_or!(unsafe { real(dptr, stream) });
+    uncharged(shim, &shim.allocations.device, dptr, || unsafe { real(dptr, stream) })
+}
+
+/// `cuMemCreate` (VMM: PyTorch's expandable segments, JAX, NCCL). Only device-located
+/// allocations take device memory.
+pub unsafe fn vmm_create(
+    handle: *mut CUmemGenericAllocationHandle,
+    bytes: usize,
+    prop: *const CUmemAllocationProp,
+    flags: u64,
+) -> CUresult {
+    let real = real_or_missing!(real::cuMemCreate);
+    let shim = shim_or!(unsafe { real(handle, bytes, prop, flags) });
+    if handle.is_null() || prop.is_null() {
+        return unsafe { real(handle, bytes, prop, flags) };
+    }
+    // SAFETY: non-null, and the API requires it to point at a CUmemAllocationProp.
+    let location = unsafe { (*prop).location };
+    if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
+        return unsafe { real(handle, bytes, prop, flags) };
+    }
+    let gpu = match shim.devices.by_ordinal(&shim.memory, location.id) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    charged(shim, &shim.allocations.vmm, &gpu, bytes as u64, || {
+        let status = unsafe { real(handle, bytes, prop, flags) };
+        // SAFETY: `handle` is non-null and written by the driver on success.
+        (status, Some(unsafe { *handle }))
+    })
+}
+
+/// `cuMemRelease`.
+pub unsafe fn vmm_release(handle: CUmemGenericAllocationHandle) -> CUresult {
+    let real = real_or_missing!(real::cuMemRelease);
+    let shim = shim_or!(unsafe { real(handle) });
+    uncharged(shim, &shim.allocations.vmm, handle, || unsafe { real(handle) })
+}
+
+/// Bytes an array of these dimensions takes. A format this shim does not know is charged
+/// at 16 bytes per element, the most any format needs.
+fn array_bytes(width: usize, height: usize, depth: usize, format: u32, channels: u32) -> u64 {
+    let elements = (width.max(1) as u64)
+        .saturating_mul(height.max(1) as u64)
+        .saturating_mul(depth.max(1) as u64);
+    let element = match array_format_bytes(format) {
+        Some(bytes) => bytes.saturating_mul(u64::from(channels.max(1))),
+        None => 16,
+    };
+    elements.saturating_mul(element)
+}
+
+/// `cuArrayCreate_v2`.
+pub unsafe fn array_create(array: *mut CUarray, desc: *const CudaArrayDescriptor) -> CUresult {
+    let real = real_or_missing!(real::cuArrayCreate_v2);
+    let shim = shim_or!(unsafe { real(array, desc) });
+    if array.is_null() || desc.is_null() {
+        return unsafe { real(array, desc) };
+    }
+    // SAFETY: non-null, and the API requires a valid descriptor.
+    let d = unsafe { *desc };
+    let bytes = array_bytes(d.width, d.height, 1, d.format, d.num_channels);
+    unsafe { array_charged(shim, array, bytes, || real(array, desc)) }
+}
+
+/// `cuArray3DCreate_v2`.
+pub unsafe fn array3d_create(array: *mut CUarray, desc: *const CudaArray3dDescriptor) -> CUresult {
+    let real = real_or_missing!(real::cuArray3DCreate_v2);
+    let shim = shim_or!(unsafe { real(array, desc) });
+    if array.is_null() || desc.is_null() {
+        return unsafe { real(array, desc) };
+    }
+    // SAFETY: non-null, and the API requires a valid descriptor.
+    let d = unsafe { *desc };
+    let bytes = array_bytes(d.width, d.height, d.depth, d.format, d.num_channels);
+    unsafe { array_charged(shim, array, bytes, || real(array, desc)) }
+}
+
+/// `cuMipmappedArrayCreate`: every level, each half the size of the one before.
+pub unsafe fn mipmapped_create(
+    array: *mut CUmipmappedArray,
+    desc: *const CudaArray3dDescriptor,
+    levels: u32,
+) -> CUresult {
+    let real = real_or_missing!(real::cuMipmappedArrayCreate);
+    let shim = shim_or!(unsafe { real(array, desc, levels) });
+    if array.is_null() || desc.is_null() {
+        return unsafe { real(array, desc, levels) };
+    }
+    // SAFETY: non-null, and the API requires a valid descriptor.
+    let d = unsafe { *desc };
+    let (mut width, mut height, mut depth) = (d.width, d.height, d.depth);
+    let mut bytes = 0u64;
+    for _ in 0..levels.max(1) {
+        bytes = bytes.saturating_add(array_bytes(width, height, depth, d.format, d.num_channels));
+        (width, height, depth) = ((width / 2).max(1), (height / 2).max(1), (depth / 2).max(1));
+    }
+    unsafe { array_charged(shim, array, bytes, || real(array, desc, levels)) }
+}
+
+unsafe fn array_charged(
+    shim: &Shim,
+    array: *mut *mut c_void,
+    bytes: u64,
+    driver: impl FnOnce() -> CUresult,
+) -> CUresult {
+    let gpu = match shim.devices.current(&shim.memory) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    charged(shim, &shim.allocations.arrays, &gpu, bytes, || {
+        let status = driver();
+        // SAFETY: `array` is non-null and written by the driver on success.
+        (status, Some(unsafe { *array } as u64))
+    })
+}
+
+/// `cuArrayDestroy`.
+pub unsafe fn array_destroy(array: CUarray) -> CUresult {
+    let real = real_or_missing!(real::cuArrayDestroy);
+    let shim = shim_or!(unsafe { real(array) });
+    uncharged(shim, &shim.allocations.arrays, array as u64, || unsafe { real(array) })
+}
+
+/// `cuMipmappedArrayDestroy`.
+pub unsafe fn mipmapped_destroy(array: CUmipmappedArray) -> CUresult {
+    let real = real_or_missing!(real::cuMipmappedArrayDestroy);
+    let shim = shim_or!(unsafe { real(array) });
+    uncharged(shim, &shim.allocations.arrays, array as u64, || unsafe { real(array) })
+}
+
+/// The 32-bit entry points of CUDA before 3.2 (`cuMemAlloc` without `_v2`, ...). No
+/// program built in the last fifteen years calls them; refusing them keeps them from being
+/// a way around the quota.
+pub unsafe fn legacy_refused(name: &'static str) -> CUresult {
+    static LOGGED: RateLimit = RateLimit::new();
+    if LOGGED.admit().is_some() {
+        log!(Level::Warn, "{name} (the pre-CUDA-3.2 32-bit API) is not supported under gpuslice");
+    }
+    CUDA_ERROR_NOT_SUPPORTED
+}
+
+/// `cuMemGetInfo_v2`: the quota as total, what is left of it as free.
+pub unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
+    let real = real_or_missing!(real::cuMemGetInfo_v2);
+    let shim = shim_or!(unsafe { real(free, total) });
+    let status = unsafe { real(free, total) };
+    if status != CUDA_SUCCESS || free.is_null() || total.is_null() {
+        return status;
+    }
+    let gpu = match shim.devices.current(&shim.memory) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    // SAFETY: both non-null and just written by the driver.
+    let (physical_free, physical_total) = unsafe { (*free as u64, *total as u64) };
+    let physical = crate::policy::memory::MemoryView {
+        total: physical_total,
+        free: physical_free,
+        used: physical_total.saturating_sub(physical_free),
+    };
+    if let Some(view) = shim.memory.view(&gpu, physical) {
+        // SAFETY: as above; the view never exceeds the driver's own numbers, which fit.
+        unsafe {
+            *free = usize::try_from(view.free).unwrap_or(usize::MAX);
+            *total = usize::try_from(view.total).unwrap_or(usize::MAX);
+        }
+    }
+    status
+}
+
+/// `cuDeviceTotalMem_v2`: the quota, never more than the device has.
+pub unsafe fn total_mem(bytes: *mut usize, device: CUdevice) -> CUresult {
+    let real = real_or_missing!(real::cuDeviceTotalMem_v2);
+    let shim = shim_or!(unsafe { real(bytes, device) });
+    let status = unsafe { real(bytes, device) };
+    if status != CUDA_SUCCESS || bytes.is_null() {
+        return status;
+    }
+    let gpu = match shim.devices.by_ordinal(&shim.memory, device) {
+        Ok(gpu) => gpu,
+        Err(status) => return status,
+    };
+    if let Some(limit) = shim.memory.limit(&gpu) {
+        // SAFETY: non-null and just written by the driver.
+        unsafe { *bytes = (*bytes).min(usize::try_from(limit).unwrap_or(usize::MAX)) };
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_are_charged_by_dimensions_and_format() {
+        // 1024 x 768 RGBA float: 4 channels x 4 bytes.
+        assert_eq!(array_bytes(1024, 768, 0, 0x20, 4), 1024 * 768 * 16);
+        // 1D arrays have height and depth 0.
+        assert_eq!(array_bytes(4096, 0, 0, 0x01, 1), 4096);
+        // An unknown format is charged the most any format takes.
+        assert_eq!(array_bytes(10, 10, 10, 0xfe, 1), 1000 * 16);
+    }
+}

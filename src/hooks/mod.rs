@@ -1,0 +1,35 @@
+//! What each hooked call does, grouped by concern. A hook translates a CUDA call into a
+//! question for a policy ("may this tenant take 256 MiB on GPU-…?"), then calls the real
+//! function or returns an error. Hooks hold no policy of their own.
+
+pub mod context;
+pub mod device;
+pub mod launch;
+pub mod memory;
+pub mod nvml;
+pub mod procaddr;
+
+/// The real function a hook forwards to; `CUDA_ERROR_NOT_FOUND` from the hook when the
+/// installed driver lacks it.
+macro_rules! real_or_missing {
+    ($accessor:expr) => {
+        match $accessor() {
+            Some(real) => real,
+            None => return $crate::cuda::CUDA_ERROR_NOT_FOUND,
+        }
+    };
+}
+pub(crate) use real_or_missing;
+
+/// The enforcing shim; with no settings the hook returns `$pass_through` (the real call),
+/// with unusable settings it fails closed with `CUDA_ERROR_NOT_INITIALIZED`.
+macro_rules! shim_or {
+    ($pass_through:expr) => {
+        match $crate::runtime::mode() {
+            $crate::runtime::Mode::Enforcing(shim) => shim,
+            $crate::runtime::Mode::PassThrough => return $pass_through,
+            $crate::runtime::Mode::Failed => return $crate::cuda::CUDA_ERROR_NOT_INITIALIZED,
+        }
+    };
+}
+pub(crate) use shim_or;

@@ -1,0 +1,26 @@
+//! `libgpuslice.so`: an `LD_PRELOAD` shim that gives each tenant sharing an NVIDIA GPU a
+//! memory quota, enforced inside its own processes, with no daemon on the hot path.
+//!
+//! How to read this crate, in the order a call travels:
+//! - [`exports`]: every C symbol we export (driver, NVML, and a `dlsym` trampoline), and the
+//!   tables that hand our hooks to programs that look the driver up by name or through
+//!   `cuGetProcAddress`. [`real`] reaches the real libraries without landing on our hooks.
+//! - [`hooks`]: what each hooked call does, by concern (memory, context, launch, NVML).
+//! - [`policy`]: the decisions (may this tenant take these bytes?), plain Rust over the
+//!   ledger (`gpuslice-ledger`), no CUDA.
+//! - [`config`] reads the `GPUSLICE_*` settings; [`runtime`] builds the per-process state
+//!   ([`shim::Shim`]) lazily on the first CUDA call and again in a forked child.
+//!
+//! A process that never calls CUDA pays for one thing only: our `dlsym` checking whether a
+//! looked-up name is one we hook.
+
+pub mod allocations;
+pub mod config;
+pub mod cuda;
+pub mod exports;
+pub mod hooks;
+pub mod log;
+pub mod policy;
+pub mod real;
+pub mod runtime;
+pub mod shim;

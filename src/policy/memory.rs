@@ -1,0 +1,316 @@
+//! The memory policy: may this tenant take these bytes on this GPU, and what should it be
+//! told about the GPU's memory? Plain Rust over the ledger; it never calls CUDA.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use gpuslice_ledger::{
+    GpuIndex, GpuUuid, LedgerError, OverLimit, ProcessSlot, QuotaFile, UsageFile,
+};
+
+use crate::log::{Level, RateLimit, log};
+
+/// A GPU as the policy knows it: where the tenant's usage of it is kept, and its identity
+/// (quotas are keyed by UUID, never by ordinal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gpu {
+    /// Its entry in the tenant's usage file.
+    pub index: GpuIndex,
+    /// Its UUID.
+    pub uuid: GpuUuid,
+}
+
+/// Bytes held against a GPU's quota by one allocation, to be given back when it is freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charge {
+    /// Where the bytes are counted.
+    pub gpu: GpuIndex,
+    /// How many.
+    pub bytes: u64,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The tenant's limit on this GPU would be passed.
+    OverLimit(OverLimit),
+    /// The ledger could not record it (no free process slot, I/O error).
+    Ledger(LedgerError),
+}
+
+/// Memory as a program sees it through `cuMemGetInfo` or NVML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryView {
+    /// Total bytes.
+    pub total: u64,
+    /// Free bytes.
+    pub free: u64,
+    /// Bytes the tenant uses (with a quota) or the device's own answer.
+    pub used: u64,
+}
+
+/// The tenant's memory quota and usage, for this process.
+#[derive(Debug)]
+pub struct MemoryPolicy {
+    usage: Arc<UsageFile>,
+    quota: Option<QuotaFile>,
+    env_limit: Option<u64>,
+    /// This process's slot, claimed at the first reservation so that processes that only
+    /// look (nvidia-smi) take none. A raw pointer so a forked child can give it up without
+    /// taking a lock the parent's threads may have held at `fork`.
+    slot: AtomicPtr<ProcessSlot>,
+    refusals_logged: RateLimit,
+}
+
+impl MemoryPolicy {
+    /// A policy over the tenant's usage file, its quota file (if any) and the
+    /// `GPUSLICE_MEMORY_LIMIT` value (if any).
+    pub fn new(usage: Arc<UsageFile>, quota: Option<QuotaFile>, env_limit: Option<u64>) -> Self {
+        MemoryPolicy {
+            usage,
+            quota,
+            env_limit,
+            slot: AtomicPtr::new(std::ptr::null_mut()),
+            refusals_logged: RateLimit::new(),
+        }
+    }
+
+    /// The GPU with this UUID, registered in the tenant's usage file on first sight.
+    pub fn gpu(&self, uuid: GpuUuid) -> Result<Gpu, LedgerError> {
+        let index = match self.usage.gpu_index(&uuid) {
+            Some(index) => index,
+            None => self.usage.register_gpu(&uuid)?,
+        };
+        Ok(Gpu { index, uuid })
+    }
+
+    /// The tenant's limit on `gpu` now: the lower of its quota file's (read live, so a
+    /// changed quota applies at once) and `GPUSLICE_MEMORY_LIMIT`. `None`: unlimited.
+    pub fn limit(&self, gpu: &Gpu) -> Option<u64> {
+        let from_file = self
+            .quota
+            .as_ref()
+            .and_then(|quota| quota.limits_for(&gpu.uuid).memory_bytes);
+        match (from_file, self.env_limit) {
+            (Some(file), Some(env)) => Some(file.min(env)),
+            (file, env) => file.or(env),
+        }
+    }
+
+    /// Reserves `bytes` on `gpu` before the driver is asked for them. Dropping the
+    /// reservation gives the bytes back; [`Reservation::commit`] keeps them.
+    pub fn reserve(&self, gpu: &Gpu, bytes: u64) -> Result<Reservation<'_>, Refusal> {
+        let slot = self.slot().map_err(Refusal::Ledger)?;
+        let limit = self.limit(gpu).unwrap_or(u64::MAX);
+        let first = slot.try_reserve(gpu.index, bytes, limit);
+        let outcome = match first {
+            Ok(()) => Ok(()),
+            // Memory of processes that died is still counted until someone reclaims it;
+            // reclaiming costs syscalls, so only on the way to a refusal.
+            Err(_) => match self.usage.reclaim_dead() {
+                Ok(report) if report.slots > 0 => slot.try_reserve(gpu.index, bytes, limit),
+                _ => first,
+            },
+        };
+        match outcome {
+            Ok(()) => Ok(Reservation {
+                policy: self,
+                charge: Some(Charge {
+                    gpu: gpu.index,
+                    bytes,
+                }),
+            }),
+            Err(over) => {
+                self.usage.record_oom(gpu.index);
+                if let Some(held_back) = self.refusals_logged.admit() {
+                    log!(
+                        Level::Warn,
+                        "refused {} on {}: tenant uses {} of its {} limit{}",
+                        Bytes(over.requested),
+                        gpu.uuid,
+                        Bytes(over.used),
+                        Bytes(over.limit),
+                        if held_back > 0 {
+                            format!(" ({held_back} similar refusals not shown)")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                Err(Refusal::OverLimit(over))
+            }
+        }
+    }
+
+    /// Gives back what an allocation held.
+    pub fn release(&self, charge: Charge) {
+        if let Ok(slot) = self.slot() {
+            slot.release(charge.gpu, charge.bytes);
+        }
+    }
+
+    /// What the tenant holds on `gpu`, dead processes' memory reclaimed first.
+    pub fn used(&self, gpu: &Gpu) -> u64 {
+        // A failed reclaim only means dead memory is still counted: never less than real.
+        let _ = self.usage.reclaim_dead();
+        self.usage.memory_used(gpu.index)
+    }
+
+    /// What a program should be told about `gpu`'s memory, given the device's own answer.
+    /// `None` when the tenant has no limit there: the device's answer stands.
+    pub fn view(&self, gpu: &Gpu, physical: MemoryView) -> Option<MemoryView> {
+        let limit = self.limit(gpu)?;
+        Some(quota_view(limit, self.used(gpu), physical))
+    }
+
+    /// Gives this process's usage back at exit, without waiting for a reclaim.
+    pub fn vacate(&self) {
+        let slot = self.slot.load(Ordering::Acquire);
+        if !slot.is_null() {
+            // SAFETY: a published slot is never freed (see `slot`), so the pointer is valid.
+            unsafe { &*slot }.vacate();
+        }
+    }
+
+    /// For a forked child: lets go of the parent's slot without touching it.
+    pub fn abandon_after_fork(&self) {
+        let slot = self.slot.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !slot.is_null() {
+            // SAFETY: `slot` came from `Box::into_raw` in `slot()`; in the child no other
+            // thread exists, so nothing else can still be using it.
+            unsafe { Box::from_raw(slot) }.abandon_after_fork();
+        }
+    }
+
+    fn slot(&self) -> Result<&ProcessSlot, LedgerError> {
+        let current = self.slot.load(Ordering::Acquire);
+        if !current.is_null() {
+            // SAFETY: published slots live until `abandon_after_fork`, which runs only in a
+            // child where no other thread can hold this reference.
+            return Ok(unsafe { &*current });
+        }
+        let claimed = Box::into_raw(Box::new(self.usage.claim_slot()?));
+        match self.slot.compare_exchange(
+            std::ptr::null_mut(),
+            claimed,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: just published from a live Box; never freed while the process runs.
+            Ok(_) => Ok(unsafe { &*claimed }),
+            Err(winner) => {
+                // Another thread claimed first; ours goes back (its Drop frees the slot).
+                // SAFETY: `claimed` came from Box::into_raw above and was never published.
+                drop(unsafe { Box::from_raw(claimed) });
+                // SAFETY: `winner` is the published slot, valid as above.
+                Ok(unsafe { &*winner })
+            }
+        }
+    }
+}
+
+/// A reservation made before calling the driver. Dropped without [`commit`], it gives the
+/// bytes back (the driver call failed).
+///
+/// [`commit`]: Reservation::commit
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    policy: &'a MemoryPolicy,
+    charge: Option<Charge>,
+}
+
+impl Reservation<'_> {
+    /// The driver call succeeded: the bytes stay held until the allocation is freed.
+    pub fn commit(mut self) -> Charge {
+        self.charge.take().unwrap_or(Charge {
+            gpu: GpuIndex(0),
+            bytes: 0,
+        })
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(charge) = self.charge.take() {
+            self.policy.release(charge);
+        }
+    }
+}
+
+/// What a tenant with `limit` bytes, of which it uses `used`, is told about a GPU whose own
+/// answer is `physical`: the total is the quota (never more than the GPU has), the free
+/// memory what is left of it (never more than the GPU really has free). Never underflows.
+pub fn quota_view(limit: u64, used: u64, physical: MemoryView) -> MemoryView {
+    let total = limit.min(physical.total);
+    let free = total.saturating_sub(used).min(physical.free);
+    MemoryView {
+        total,
+        free,
+        used: used.min(total),
+    }
+}
+
+/// Bytes, printed the way people read them.
+#[derive(Clone, Copy, Debug)]
+pub struct Bytes(pub u64);
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut unit = 0;
+        let mut whole = self.0;
+        while whole >= 1024 && unit + 1 < UNITS.len() && whole % 1024 == 0 {
+            whole /= 1024;
+            unit += 1;
+        }
+        if unit == 0 && self.0 >= 1 << 20 {
+            // Not a round number of any unit: MiB with a fraction reads best.
+            #[allow(clippy::cast_precision_loss)]
+            return write!(f, "{:.1} MiB", self.0 as f64 / f64::from(1 << 20));
+        }
+        write!(f, "{whole} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn physical(total: u64, free: u64) -> MemoryView {
+        MemoryView {
+            total,
+            free,
+            used: total - free,
+        }
+    }
+
+    #[test]
+    fn view_reports_the_quota_as_total() {
+        let view = quota_view(4 * GIB, GIB, physical(80 * GIB, 70 * GIB));
+        assert_eq!(view, MemoryView { total: 4 * GIB, free: 3 * GIB, used: GIB });
+    }
+
+    #[test]
+    fn view_never_exceeds_the_physical_gpu() {
+        let view = quota_view(100 * GIB, 0, physical(80 * GIB, 10 * GIB));
+        assert_eq!(view.total, 80 * GIB);
+        assert_eq!(view.free, 10 * GIB);
+    }
+
+    #[test]
+    fn view_never_underflows_when_usage_passes_the_limit() {
+        // Usage above the limit happens when a quota is lowered under a running tenant.
+        let view = quota_view(GIB, 3 * GIB, physical(80 * GIB, 70 * GIB));
+        assert_eq!(view, MemoryView { total: GIB, free: 0, used: GIB });
+    }
+
+    #[test]
+    fn bytes_print_in_round_units() {
+        assert_eq!(Bytes(4 * GIB).to_string(), "4 GiB");
+        assert_eq!(Bytes(512 << 20).to_string(), "512 MiB");
+        assert_eq!(Bytes(1000).to_string(), "1000 B");
+        assert_eq!(Bytes((1 << 20) + 1).to_string(), "1.0 MiB");
+    }
+}

@@ -1,0 +1,3 @@
+//! Policies: what a tenant may do, decided from its quota and the ledger. No CUDA here.
+
+pub mod memory;

@@ -1,0 +1,254 @@
+//! Memory quotas, end to end: the shim preloaded into real processes over the simulated GPU.
+
+mod util;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use util::*;
+
+/// With a 1 GiB quota and a 64 MiB context, exactly 960 MiB can be allocated, whichever way
+/// the program reaches the driver, and the refusal is CUDA_ERROR_OUT_OF_MEMORY (2).
+#[test]
+fn quota_is_honoured_exactly_through_each_call_path() {
+    for path in ALL_PATHS {
+        let node = Node::new();
+        let out = run_ok(&mut node.probe(path, "a", Some("1Gi"), &["fill", "64M", "free-all", "fill", "64M"]));
+        let fills: Vec<_> = out.lines().filter(|l| l.starts_with("fill")).collect();
+        assert_eq!(fills.len(), 2, "{path:?}: {out}");
+        for fill in fills {
+            assert_eq!(field(fill, "bytes"), GIB - CONTEXT, "{path:?}: {fill}");
+            assert_eq!(field(fill, "rc"), 2, "{path:?}: {fill}");
+        }
+    }
+}
+
+#[test]
+fn views_report_the_quota() {
+    for path in ALL_PATHS {
+        let node = Node::new();
+        let out = run_ok(&mut node.probe(path, "a", Some("1Gi"), &["alloc", "256M", "info", "nvml"]));
+        let info = line(&out, "info");
+        assert_eq!(field(info, "total"), GIB, "{path:?}");
+        assert_eq!(field(info, "free"), GIB - CONTEXT - 256 * MIB, "{path:?}");
+        assert_eq!(field(info, "device_total"), GIB, "{path:?}");
+        let nvml = line(&out, "nvml ");
+        assert_eq!(field(nvml, "total"), GIB);
+        assert_eq!(field(nvml, "free"), GIB - CONTEXT - 256 * MIB);
+        assert_eq!(field(nvml, "used"), CONTEXT + 256 * MIB);
+        let v2 = line(&out, "nvml_v2");
+        assert_eq!(field(v2, "total"), GIB);
+        assert_eq!(field(v2, "used"), CONTEXT + 256 * MIB);
+        assert_eq!(field(v2, "reserved") + field(v2, "used") + field(v2, "free"), GIB);
+    }
+}
+
+#[test]
+fn views_never_exceed_the_physical_gpu() {
+    let node = Node::with_devices("2Gi");
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("8Gi"), &["info"]));
+    let info = line(&out, "info");
+    assert_eq!(field(info, "total"), 2 * GIB);
+    assert_eq!(field(info, "free"), 2 * GIB - CONTEXT);
+}
+
+#[test]
+fn without_a_limit_views_are_the_devices_own() {
+    let node = Node::with_devices("2Gi");
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", None, &["alloc", "1G", "info"]));
+    let info = line(&out, "info");
+    assert_eq!(field(info, "total"), 2 * GIB);
+    assert_eq!(field(info, "free"), GIB - CONTEXT);
+    // The usage is still recorded for the tenant.
+    assert_eq!(tenant_usage(&node, "a"), 0, "usage is given back at exit");
+}
+
+/// Managed, stream-ordered, pool, VMM, pitched and array allocations all count, and free
+/// gives back exactly what each took.
+#[test]
+fn every_allocation_path_counts() {
+    let node = Node::new();
+    let out = run_ok(&mut node.probe(
+        CallPath::ProcAddress,
+        "a",
+        Some("1Gi"),
+        &[
+            "managed", "256M", "async", "128M", "pool", "128M", "vmm", "64M", "pitch", "1000", "1000",
+            "array", "256", "256", "array3d", "64", "64", "64", "info", "alloc", "512M", "free-all",
+            "info",
+        ],
+    ));
+    for prefix in ["managed", "async", "pool", "vmm", "pitch", "array rc", "array3d"] {
+        assert_eq!(field(line(&out, prefix), "rc"), 0, "{prefix}: {out}");
+    }
+    let pitch = field(line(&out, "pitch"), "pitch");
+    let arrays = 256 * 256 * 16 + 64 * 64 * 64;
+    let taken = 256 * MIB + 128 * MIB + 128 * MIB + 64 * MIB + pitch * 1000 + arrays;
+    let infos: Vec<_> = out.lines().filter(|l| l.starts_with("info")).collect();
+    assert_eq!(field(infos[0], "free"), GIB - CONTEXT - taken);
+    assert_eq!(field(line(&out, "alloc"), "rc"), 2, "512M no longer fits");
+    assert_eq!(field(infos[1], "free"), GIB - CONTEXT);
+}
+
+#[test]
+fn two_processes_of_one_tenant_share_one_quota() {
+    let node = Node::new();
+    let mut holder = Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "512M", "hold"]));
+    holder.wait_for_line("holding", Duration::from_secs(10));
+    let out = run_ok(&mut node.probe(CallPath::Direct, "a", Some("1Gi"), &["fill", "32M"]));
+    assert_eq!(field(line(&out, "fill"), "bytes"), GIB - 2 * CONTEXT - 512 * MIB);
+}
+
+#[test]
+fn tenants_do_not_affect_each_other() {
+    let node = Node::new();
+    let mut holder = Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some("512Mi"), &["fill", "64M", "hold"]));
+    holder.wait_for_line("holding", Duration::from_secs(10));
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "b", Some("1Gi"), &["fill", "64M"]));
+    assert_eq!(field(line(&out, "fill"), "bytes"), GIB - CONTEXT);
+}
+
+/// Hundreds of threads in two processes allocate and free against one tight quota; the
+/// ledger, watched all along, never shows more than the limit, and ends at exactly zero.
+#[test]
+fn concurrent_allocation_never_passes_the_limit() {
+    let node = Node::new();
+    let limit = 64 * MIB + 40 * 16 * MIB; // the context plus 40 blocks
+    let limit_text = limit.to_string();
+    let stress = ["stress", "150", "1500", "16M"];
+    let first = Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some(&limit_text), &stress));
+    let second = Running::spawn(&mut node.probe(CallPath::Direct, "a", Some(&limit_text), &stress));
+    let ledger = node.ledger();
+    let tenant = gpuslice_ledger::TenantName::new("a").unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let watching = Arc::clone(&done);
+    let watch = std::thread::spawn(move || {
+        let mut highest = 0;
+        while !watching.load(Ordering::Relaxed) {
+            if let Ok(usage) = ledger.snapshot_usage(&tenant) {
+                for (index, _) in usage.gpus() {
+                    highest = highest.max(usage.memory_used(index));
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        highest
+    });
+    let outputs = [first.wait_output(Duration::from_secs(120)), second.wait_output(Duration::from_secs(120))];
+    done.store(true, Ordering::Relaxed);
+    let highest = watch.join().unwrap();
+    let mut granted = 0;
+    for output in &outputs {
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{out}\n{}", String::from_utf8_lossy(&output.stderr));
+        let stress = line(&out, "stress");
+        assert_eq!(field(stress, "other"), 0, "{stress}");
+        granted += field(stress, "ok");
+    }
+    assert!(highest <= limit, "ledger showed {highest} bytes, limit {limit}");
+    assert!(granted > 0);
+    assert_eq!(tenant_usage(&node, "a"), 0);
+}
+
+#[test]
+fn kill_9_returns_memory_to_tenant() {
+    let node = Node::new();
+    let mut holder = Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "768M", "hold"]));
+    holder.wait_for_line("holding", Duration::from_secs(10));
+    holder.kill9();
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["fill", "64M"]));
+    assert_eq!(field(line(&out, "fill"), "bytes"), GIB - CONTEXT);
+}
+
+#[test]
+fn normal_exit_gives_everything_back() {
+    let node = Node::new();
+    run_ok(&mut node.probe(CallPath::Direct, "a", Some("1Gi"), &["alloc", "512M", "vmm", "64M"]));
+    assert_eq!(tenant_usage(&node, "a"), 0);
+}
+
+#[test]
+fn forked_child_exiting_keeps_parents_usage() {
+    let node = Node::new();
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "256M", "fork-exit", "info"]));
+    assert_eq!(field(line(&out, "fork-exit"), "child_status"), 0);
+    assert_eq!(field(line(&out, "info"), "free"), GIB - CONTEXT - 256 * MIB);
+}
+
+#[test]
+fn forked_child_counts_against_the_same_tenant() {
+    let node = Node::new();
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "512M", "fork-alloc", "512M", "fork-alloc", "256M", "info"]));
+    let children: Vec<_> = out.lines().filter(|l| l.starts_with("fork-alloc child rc")).collect();
+    assert_eq!(field(children[0], "rc"), 2, "the child's 512M does not fit: {out}");
+    assert_eq!(field(children[1], "rc"), 0, "256M does: {out}");
+    assert_eq!(field(line(&out, "info"), "free"), GIB - CONTEXT - 512 * MIB, "children's memory went back");
+}
+
+#[test]
+fn context_footprint_is_measured_and_counted() {
+    let mut node = Node::new();
+    node.extra_env.push(("FAKECUDA_CONTEXT_FOOTPRINT".into(), "100Mi".into()));
+    let out = run_ok(&mut node.probe(CallPath::ProcAddress, "a", Some("1Gi"), &["info", "ctx-create", "info"]));
+    let infos: Vec<_> = out.lines().filter(|l| l.starts_with("info")).collect();
+    assert_eq!(field(infos[0], "free"), GIB - 100 * MIB);
+    assert_eq!(field(line(&out, "ctx-create"), "rc"), 0);
+    assert_eq!(field(line(&out, "ctx-destroy"), "rc"), 0);
+    assert_eq!(field(infos[1], "free"), GIB - 100 * MIB, "a destroyed context gives its memory back");
+}
+
+#[test]
+fn a_context_that_does_not_fit_is_refused() {
+    let node = Node::new();
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("32Mi"), &[]));
+    assert_eq!(field(line(&out, "context"), "rc"), 2, "{out}");
+}
+
+#[test]
+fn quota_file_is_the_ceiling() {
+    let node = Node::new();
+    let tenant = gpuslice_ledger::TenantName::new("a").unwrap();
+    let quota = gpuslice_ledger::TenantQuota {
+        defaults: gpuslice_ledger::Limits { memory_bytes: Some(512 * MIB), ..Default::default() },
+        per_gpu: vec![],
+    };
+    node.ledger().write_quota(&tenant, &quota).unwrap();
+    let higher = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["info"]));
+    assert_eq!(field(line(&higher, "info"), "total"), 512 * MIB, "env may not raise the file's limit");
+    let lower = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("256Mi"), &["info"]));
+    assert_eq!(field(line(&lower, "info"), "total"), 256 * MIB, "env may lower it");
+    let file_only = run_ok(&mut node.probe(CallPath::Dlsym, "a", None, &["info"]));
+    assert_eq!(field(line(&file_only, "info"), "total"), 512 * MIB);
+}
+
+#[test]
+fn quotas_are_per_gpu_uuid_not_per_ordinal() {
+    let node = Node::with_devices("80Gi,80Gi");
+    let tenant = gpuslice_ledger::TenantName::new("a").unwrap();
+    let second = gpuslice_ledger::GpuUuid::parse("GPU-fa4ec0da-0000-4000-8000-000000000001").unwrap();
+    let quota = gpuslice_ledger::TenantQuota {
+        defaults: gpuslice_ledger::Limits { memory_bytes: Some(GIB), ..Default::default() },
+        per_gpu: vec![(second, gpuslice_ledger::Limits { memory_bytes: Some(2 * GIB), ..Default::default() })],
+    };
+    node.ledger().write_quota(&tenant, &quota).unwrap();
+    let mut first_gpu = node.probe(CallPath::Dlsym, "a", None, &["info"]);
+    first_gpu.env("PROBE_DEVICE", "0");
+    assert_eq!(field(line(&run_ok(&mut first_gpu), "info"), "total"), GIB);
+    let mut second_gpu = node.probe(CallPath::Dlsym, "a", None, &["info"]);
+    second_gpu.env("PROBE_DEVICE", "1");
+    assert_eq!(field(line(&run_ok(&mut second_gpu), "info"), "total"), 2 * GIB);
+}
+
+/// The cudarc example runs unchanged under the shim and stops at the quota.
+#[test]
+fn cudarc_example_stops_at_the_quota() {
+    let node = Node::new();
+    let out = run_ok(node.tenant("a", Some("1Gi"), example("alloc_until_oom")).args(["--chunk", "64Mi"]));
+    let allocated = line(&out, "allocated");
+    assert_eq!(field(allocated, "allocated"), GIB - CONTEXT, "{out}");
+    assert!(allocated.contains("CUDA_ERROR_OUT_OF_MEMORY"), "{allocated}");
+    assert!(out.contains("realloc_after_free=ok"), "{out}");
+    let info = line(&out, "mem_get_info");
+    assert_eq!(field(info, "total"), GIB);
+}

@@ -1,0 +1,316 @@
+/* cudaprobe: drives the CUDA driver API the way programs do, for gpuslice's end-to-end tests.
+ *
+ * Built two ways. With -DDIRECT it is linked against libcuda (-lcuda) and calls the driver
+ * by symbol: the "direct linking" path. Without, it dlopens libcuda.so.1 and takes every
+ * function either from dlsym ("dlsym" path) or from cuGetProcAddress_v2, itself obtained
+ * through cuGetProcAddress ("procaddr" path), as the CUDA runtime does.
+ *
+ * usage: cudaprobe [dlsym|procaddr] COMMAND [ARGS]... [COMMAND [ARGS]...]...
+ * Each command prints one line; the exit status is 0 unless the program itself went wrong.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef uint64_t CUdeviceptr;
+typedef void *CUcontext;
+typedef void *CUstream;
+typedef void *CUarray;
+typedef void *CUmemoryPool;
+typedef uint64_t CUmemHandle;
+typedef struct { unsigned type, handle_types; struct { unsigned type; int id; } location; void *win32; unsigned char flags[8]; } CUmemAllocationProp;
+typedef struct { size_t width, height; unsigned format, channels; } ArrayDesc;
+typedef struct { size_t width, height, depth; unsigned format, channels, flags; } Array3dDesc;
+typedef struct { unsigned long long total, free, used; } NvmlMemory;
+typedef struct { unsigned version; unsigned long long total, reserved, free, used; } NvmlMemoryV2;
+
+#define FUNCTIONS(X) \
+  X(cuInit, CUresult, (unsigned)) \
+  X(cuDeviceGet, CUresult, (CUdevice *, int)) \
+  X(cuDevicePrimaryCtxRetain, CUresult, (CUcontext *, CUdevice)) \
+  X(cuDevicePrimaryCtxRelease_v2, CUresult, (CUdevice)) \
+  X(cuCtxSetCurrent, CUresult, (CUcontext)) \
+  X(cuCtxCreate_v2, CUresult, (CUcontext *, unsigned, CUdevice)) \
+  X(cuCtxDestroy_v2, CUresult, (CUcontext)) \
+  X(cuMemGetInfo_v2, CUresult, (size_t *, size_t *)) \
+  X(cuDeviceTotalMem_v2, CUresult, (size_t *, CUdevice)) \
+  X(cuMemAlloc_v2, CUresult, (CUdeviceptr *, size_t)) \
+  X(cuMemAllocManaged, CUresult, (CUdeviceptr *, size_t, unsigned)) \
+  X(cuMemAllocPitch_v2, CUresult, (CUdeviceptr *, size_t *, size_t, size_t, unsigned)) \
+  X(cuMemAllocAsync, CUresult, (CUdeviceptr *, size_t, CUstream)) \
+  X(cuMemAllocFromPoolAsync, CUresult, (CUdeviceptr *, size_t, CUmemoryPool, CUstream)) \
+  X(cuDeviceGetDefaultMemPool, CUresult, (CUmemoryPool *, CUdevice)) \
+  X(cuMemFree_v2, CUresult, (CUdeviceptr)) \
+  X(cuMemFreeAsync, CUresult, (CUdeviceptr, CUstream)) \
+  X(cuStreamSynchronize, CUresult, (CUstream)) \
+  X(cuMemCreate, CUresult, (CUmemHandle *, size_t, const CUmemAllocationProp *, unsigned long long)) \
+  X(cuMemRelease, CUresult, (CUmemHandle)) \
+  X(cuArrayCreate_v2, CUresult, (CUarray *, const ArrayDesc *)) \
+  X(cuArray3DCreate_v2, CUresult, (CUarray *, const Array3dDesc *)) \
+  X(cuArrayDestroy, CUresult, (CUarray))
+
+#ifdef DIRECT
+#define DECLARE(name, ret, args) ret name args;
+FUNCTIONS(DECLARE)
+#define CALL(name) name
+#else
+#define POINTER(name, ret, args) static ret(*p_##name) args;
+FUNCTIONS(POINTER)
+#define CALL(name) p_##name
+typedef CUresult (*GetProcAddress)(const char *, void **, int, unsigned long long, int *);
+#endif
+
+static CUdevice device;
+enum { MAX_HELD = 4096 };
+static struct { char kind; uint64_t handle; } held[MAX_HELD];
+static int held_count;
+
+static void keep(char kind, uint64_t handle) {
+  if (held_count < MAX_HELD) { held[held_count].kind = kind; held[held_count].handle = handle; held_count++; }
+}
+
+static size_t quantity(const char *text) {
+  char *end;
+  unsigned long long value = strtoull(text, &end, 10);
+  if (*end == 'K') value <<= 10;
+  else if (*end == 'M') value <<= 20;
+  else if (*end == 'G') value <<= 30;
+  return (size_t)value;
+}
+
+static void load_functions(const char *path) {
+#ifdef DIRECT
+  (void)path;
+#else
+  void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
+  if (!cuda) { fprintf(stderr, "dlopen libcuda.so.1: %s\n", dlerror()); exit(2); }
+  if (strcmp(path, "dlsym") == 0) {
+#define BY_DLSYM(name, ret, args) p_##name = (ret(*) args)dlsym(cuda, #name);
+    FUNCTIONS(BY_DLSYM)
+  } else if (strcmp(path, "procaddr") == 0) {
+    GetProcAddress first = (GetProcAddress)dlsym(cuda, "cuGetProcAddress_v2"), gpa = NULL;
+    int status = -1;
+    if (!first || first("cuGetProcAddress", (void **)&gpa, 12000, 0, &status) != 0 || !gpa) {
+      fprintf(stderr, "cuGetProcAddress through itself failed\n"); exit(2);
+    }
+    /* Names without their _v2 suffix, as the runtime asks: the version picks the ABI. */
+#define BY_PROCADDR(name, ret, args) { \
+      char base[64]; snprintf(base, sizeof base, "%s", #name); \
+      char *suffix = strstr(base, "_v2"); if (suffix && suffix[3] == 0) *suffix = 0; \
+      if (gpa(base, (void **)&p_##name, 12000, 0, &status) != 0) p_##name = NULL; }
+    FUNCTIONS(BY_PROCADDR)
+  } else {
+    fprintf(stderr, "unknown path %s\n", path); exit(2);
+  }
+#define CHECK(name, ret, args) if (!p_##name) { fprintf(stderr, "missing %s\n", #name); exit(2); }
+  FUNCTIONS(CHECK)
+#endif
+}
+
+static void *nvml_symbol(const char *name) {
+  static void *nvml;
+  if (!nvml) {
+    nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW);
+    if (!nvml) { fprintf(stderr, "dlopen libnvidia-ml.so.1: %s\n", dlerror()); exit(2); }
+    int (*init)(void) = (int (*)(void))dlsym(nvml, "nvmlInit_v2");
+    if (!init || init() != 0) { fprintf(stderr, "nvmlInit_v2 failed\n"); exit(2); }
+  }
+  return dlsym(nvml, name);
+}
+
+struct stress { long iterations; size_t bytes; long ok, refused, other; };
+
+static void *stress_thread(void *arg) {
+  struct stress *s = arg;
+  CALL(cuCtxSetCurrent)(NULL);
+  CUcontext ctx;
+  CALL(cuDevicePrimaryCtxRetain)(&ctx, device);
+  CALL(cuCtxSetCurrent)(ctx);
+  for (long i = 0; i < s->iterations; i++) {
+    CUdeviceptr p;
+    CUresult rc = CALL(cuMemAlloc_v2)(&p, s->bytes);
+    if (rc == 0) { s->ok++; if (CALL(cuMemFree_v2)(p) != 0) s->other++; }
+    else if (rc == 2) s->refused++;
+    else s->other++;
+  }
+  return NULL;
+}
+
+static void free_all(void) {
+  for (int i = 0; i < held_count; i++) {
+    switch (held[i].kind) {
+    case 'd': CALL(cuMemFree_v2)(held[i].handle); break;
+    case 'a': CALL(cuMemFreeAsync)(held[i].handle, NULL); break;
+    case 'v': CALL(cuMemRelease)(held[i].handle); break;
+    case 'r': CALL(cuArrayDestroy)((CUarray)(uintptr_t)held[i].handle); break;
+    }
+  }
+  CALL(cuStreamSynchronize)(NULL);
+  held_count = 0;
+}
+
+int main(int argc, char **argv) {
+  int arg = 1;
+#ifndef DIRECT
+  if (argc < 2) { fprintf(stderr, "usage: cudaprobe dlsym|procaddr COMMAND...\n"); return 2; }
+  load_functions(argv[arg++]);
+#else
+  load_functions(NULL);
+#endif
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  CUresult rc = CALL(cuInit)(0);
+  printf("init rc=%d\n", rc);
+  if (rc != 0) return 0;
+  const char *ordinal = getenv("PROBE_DEVICE");
+  CALL(cuDeviceGet)(&device, ordinal ? atoi(ordinal) : 0);
+  CUcontext ctx;
+  rc = CALL(cuDevicePrimaryCtxRetain)(&ctx, device);
+  printf("context rc=%d\n", rc);
+  if (rc != 0) return 0;
+  CALL(cuCtxSetCurrent)(ctx);
+
+  while (arg < argc) {
+    const char *cmd = argv[arg++];
+#define NEXT() (arg < argc ? argv[arg++] : (fprintf(stderr, "%s: missing argument\n", cmd), exit(2), ""))
+    if (!strcmp(cmd, "info")) {
+      size_t free = 0, total = 0, device_total = 0;
+      rc = CALL(cuMemGetInfo_v2)(&free, &total);
+      CALL(cuDeviceTotalMem_v2)(&device_total, device);
+      printf("info rc=%d free=%zu total=%zu device_total=%zu\n", rc, free, total, device_total);
+    } else if (!strcmp(cmd, "alloc") || !strcmp(cmd, "managed") || !strcmp(cmd, "async") ||
+               !strcmp(cmd, "pool")) {
+      size_t bytes = quantity(NEXT());
+      CUdeviceptr p = 0;
+      char kind = 'd';
+      if (!strcmp(cmd, "alloc")) rc = CALL(cuMemAlloc_v2)(&p, bytes);
+      else if (!strcmp(cmd, "managed")) rc = CALL(cuMemAllocManaged)(&p, bytes, 1);
+      else if (!strcmp(cmd, "async")) { rc = CALL(cuMemAllocAsync)(&p, bytes, NULL); kind = 'a'; }
+      else {
+        CUmemoryPool pool;
+        CALL(cuDeviceGetDefaultMemPool)(&pool, device);
+        rc = CALL(cuMemAllocFromPoolAsync)(&p, bytes, pool, NULL);
+        kind = 'a';
+      }
+      if (rc == 0) keep(kind, p);
+      printf("%s %zu rc=%d\n", cmd, bytes, rc);
+    } else if (!strcmp(cmd, "pitch")) {
+      size_t width = quantity(NEXT()), height = quantity(NEXT()), pitch = 0;
+      CUdeviceptr p = 0;
+      rc = CALL(cuMemAllocPitch_v2)(&p, &pitch, width, height, 4);
+      if (rc == 0) keep('d', p);
+      printf("pitch %zux%zu rc=%d pitch=%zu\n", width, height, rc, pitch);
+    } else if (!strcmp(cmd, "vmm")) {
+      size_t bytes = quantity(NEXT());
+      CUmemAllocationProp prop;
+      memset(&prop, 0, sizeof prop);
+      prop.type = 1;           /* CU_MEM_ALLOCATION_TYPE_PINNED */
+      prop.location.type = 1;  /* CU_MEM_LOCATION_TYPE_DEVICE */
+      prop.location.id = device;
+      CUmemHandle handle = 0;
+      rc = CALL(cuMemCreate)(&handle, bytes, &prop, 0);
+      if (rc == 0) keep('v', handle);
+      printf("vmm %zu rc=%d\n", bytes, rc);
+    } else if (!strcmp(cmd, "array")) {
+      ArrayDesc desc = { quantity(NEXT()), quantity(NEXT()), 0x20 /* FLOAT */, 4 };
+      CUarray array = NULL;
+      rc = CALL(cuArrayCreate_v2)(&array, &desc);
+      if (rc == 0) keep('r', (uint64_t)(uintptr_t)array);
+      printf("array rc=%d\n", rc);
+    } else if (!strcmp(cmd, "array3d")) {
+      Array3dDesc desc = { quantity(NEXT()), quantity(NEXT()), quantity(NEXT()), 0x01 /* UINT8 */, 1, 0 };
+      CUarray array = NULL;
+      rc = CALL(cuArray3DCreate_v2)(&array, &desc);
+      if (rc == 0) keep('r', (uint64_t)(uintptr_t)array);
+      printf("array3d rc=%d\n", rc);
+    } else if (!strcmp(cmd, "fill")) {
+      size_t chunk = quantity(NEXT());
+      unsigned long long total = 0;
+      int chunks = 0;
+      CUdeviceptr p;
+      while ((rc = CALL(cuMemAlloc_v2)(&p, chunk)) == 0) { keep('d', p); total += chunk; chunks++; }
+      printf("fill chunks=%d bytes=%llu rc=%d\n", chunks, total, rc);
+    } else if (!strcmp(cmd, "free-all")) {
+      free_all();
+      printf("free-all ok\n");
+    } else if (!strcmp(cmd, "ctx-create")) {
+      CUcontext extra;
+      rc = CALL(cuCtxCreate_v2)(&extra, 0, device);
+      printf("ctx-create rc=%d\n", rc);
+      if (rc == 0) {
+        rc = CALL(cuCtxDestroy_v2)(extra);
+        printf("ctx-destroy rc=%d\n", rc);
+        CALL(cuCtxSetCurrent)(ctx);
+      }
+    } else if (!strcmp(cmd, "release-primary")) {
+      rc = CALL(cuDevicePrimaryCtxRelease_v2)(device);
+      printf("release-primary rc=%d\n", rc);
+    } else if (!strcmp(cmd, "nvml")) {
+      void *nvml_device = NULL;
+      int (*by_index)(unsigned, void **) = (int (*)(unsigned, void **))nvml_symbol("nvmlDeviceGetHandleByIndex_v2");
+      int (*info)(void *, NvmlMemory *) = (int (*)(void *, NvmlMemory *))nvml_symbol("nvmlDeviceGetMemoryInfo");
+      int (*info2)(void *, NvmlMemoryV2 *) = (int (*)(void *, NvmlMemoryV2 *))nvml_symbol("nvmlDeviceGetMemoryInfo_v2");
+      by_index(ordinal ? (unsigned)atoi(ordinal) : 0, &nvml_device);
+      NvmlMemory m = {0};
+      NvmlMemoryV2 m2 = {0};
+      m2.version = (unsigned)sizeof m2 | (2u << 24);
+      int r1 = info(nvml_device, &m), r2 = info2(nvml_device, &m2);
+      printf("nvml rc=%d total=%llu free=%llu used=%llu\n", r1, m.total, m.free, m.used);
+      printf("nvml_v2 rc=%d total=%llu reserved=%llu free=%llu used=%llu\n", r2, m2.total, m2.reserved, m2.free, m2.used);
+    } else if (!strcmp(cmd, "stress")) {
+      int threads = atoi(NEXT());
+      long iterations = atol(NEXT());
+      size_t bytes = quantity(NEXT());
+      pthread_t *ids = calloc((size_t)threads, sizeof *ids);
+      struct stress *work = calloc((size_t)threads, sizeof *work);
+      for (int t = 0; t < threads; t++) {
+        work[t].iterations = iterations; work[t].bytes = bytes;
+        pthread_create(&ids[t], NULL, stress_thread, &work[t]);
+      }
+      long ok = 0, refused = 0, other = 0;
+      for (int t = 0; t < threads; t++) {
+        pthread_join(ids[t], NULL);
+        ok += work[t].ok; refused += work[t].refused; other += work[t].other;
+      }
+      printf("stress ok=%ld refused=%ld other=%ld\n", ok, refused, other);
+    } else if (!strcmp(cmd, "fork-exit")) {
+      /* A child that exits through exit() (atexit handlers run) must not give back the
+       * parent's memory. */
+      pid_t child = fork();
+      if (child == 0) exit(0);
+      int status = 0;
+      waitpid(child, &status, 0);
+      printf("fork-exit child_status=%d\n", WEXITSTATUS(status));
+    } else if (!strcmp(cmd, "fork-alloc")) {
+      /* A child of a process that never touched the driver before fork is a fresh process. */
+      size_t bytes = quantity(NEXT());
+      pid_t child = fork();
+      if (child == 0) {
+        CUdeviceptr p;
+        CUresult r = CALL(cuMemAlloc_v2)(&p, bytes);
+        printf("fork-alloc child rc=%d\n", r);
+        exit(0);
+      }
+      int status = 0;
+      waitpid(child, &status, 0);
+      printf("fork-alloc child_status=%d\n", WEXITSTATUS(status));
+    } else if (!strcmp(cmd, "hold")) {
+      printf("holding\n");
+      fflush(stdout);
+      for (;;) pause();
+    } else if (!strcmp(cmd, "sleep")) {
+      usleep((useconds_t)atoi(NEXT()) * 1000);
+    } else {
+      fprintf(stderr, "unknown command %s\n", cmd);
+      return 2;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,329 @@
+//! The end-to-end test harness: real processes, the real shim, the simulated GPU.
+//!
+//! Each test makes a [`Node`]: a fresh temp dir holding its ledger, its simulated GPU's
+//! shared state and a library dir where `libcuda.so.1` and `libnvidia-ml.so.1` are the
+//! simulated GPU. Programs run with the shim preloaded, a timeout, and are killed if the
+//! test drops them.
+
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+/// What each simulated context takes unless a test says otherwise.
+pub const CONTEXT: u64 = 64 * MIB;
+
+/// Where cargo put the artifacts of this build: `target/<profile>/deps`.
+pub fn deps_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().expect("deps dir").to_path_buf()
+}
+
+fn artifact(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests through `cargo test --workspace` (or nextest), which builds it",
+        path.display()
+    );
+    path
+}
+
+pub fn shim_library() -> PathBuf {
+    artifact(deps_dir().join("libgpuslice.so"))
+}
+
+pub fn fake_gpu_library() -> PathBuf {
+    artifact(deps_dir().join("libfakecuda.so"))
+}
+
+pub fn example(name: &str) -> PathBuf {
+    artifact(deps_dir().parent().expect("profile dir").join("examples").join(name))
+}
+
+/// Makes `dir` a library dir in which the driver and NVML are the simulated GPU.
+pub fn link_fake_gpu(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("library dir");
+    let target = fake_gpu_library();
+    for name in ["libcuda.so", "libcuda.so.1", "libnvidia-ml.so", "libnvidia-ml.so.1"] {
+        let link = dir.join(name);
+        if link.exists() {
+            continue;
+        }
+        // Several test processes may race here: make the link aside, then rename it in.
+        let aside = dir.join(format!(".{name}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&aside);
+        std::os::unix::fs::symlink(&target, &aside).expect("symlink");
+        std::fs::rename(&aside, &link).expect("rename symlink");
+    }
+}
+
+/// The three ways programs reach the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallPath {
+    /// Linked with `-lcuda`.
+    Direct,
+    /// `dlopen` + `dlsym`.
+    Dlsym,
+    /// `cuGetProcAddress`, itself obtained through `cuGetProcAddress`.
+    ProcAddress,
+}
+
+pub const ALL_PATHS: [CallPath; 3] = [CallPath::Direct, CallPath::Dlsym, CallPath::ProcAddress];
+
+/// Compiles a C test program once per source and flags, into the target dir.
+pub fn compile_c(source: &str, flags: &[&str]) -> PathBuf {
+    let source_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+    let text = std::fs::read(&source_path).expect("C source");
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    flags.hash(&mut hasher);
+    let out_dir = deps_dir().parent().expect("profile dir").join("test-programs");
+    let link_dir = out_dir.join("fakelib");
+    link_fake_gpu(&link_dir);
+    let stem = source_path.file_stem().and_then(|s| s.to_str()).unwrap_or("program");
+    let output = out_dir.join(format!("{stem}-{:016x}", hasher.finish()));
+    if output.exists() {
+        return output;
+    }
+    let partial = out_dir.join(format!(".{stem}.{}.partial", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-std=gnu11", "-O1", "-Wall", "-Werror", "-o"])
+        .arg(&partial)
+        .arg(&source_path)
+        .args(flags)
+        .arg(format!("-L{}", link_dir.display()))
+        .args(["-lpthread", "-ldl"])
+        .status()
+        .expect("run cc (is a C compiler installed?)");
+    assert!(status.success(), "compiling {source} failed");
+    std::fs::rename(&partial, &output).expect("rename compiled program");
+    output
+}
+
+/// The cudaprobe test program for a call path: (program, leading arguments).
+pub fn probe(path: CallPath) -> (PathBuf, Vec<&'static str>) {
+    static DIRECT: OnceLock<PathBuf> = OnceLock::new();
+    static DYNAMIC: OnceLock<PathBuf> = OnceLock::new();
+    match path {
+        CallPath::Direct => (
+            DIRECT
+                .get_or_init(|| compile_c("tests/programs/cudaprobe.c", &["-DDIRECT", "-lcuda"]))
+                .clone(),
+            vec![],
+        ),
+        CallPath::Dlsym => (
+            DYNAMIC.get_or_init(|| compile_c("tests/programs/cudaprobe.c", &[])).clone(),
+            vec!["dlsym"],
+        ),
+        CallPath::ProcAddress => (
+            DYNAMIC.get_or_init(|| compile_c("tests/programs/cudaprobe.c", &[])).clone(),
+            vec!["procaddr"],
+        ),
+    }
+}
+
+/// One simulated node: a ledger and a simulated GPU of its own.
+pub struct Node {
+    pub root: tempfile::TempDir,
+    pub devices: String,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Node {
+    /// A node with one simulated 80 GiB GPU.
+    pub fn new() -> Node {
+        Node::with_devices("80Gi")
+    }
+
+    /// A node with simulated GPUs of these capacities (`FAKECUDA_DEVICES`).
+    pub fn with_devices(devices: &str) -> Node {
+        let root = tempfile::tempdir().expect("temp dir");
+        link_fake_gpu(&root.path().join("lib"));
+        std::fs::create_dir_all(root.path().join("gpu")).expect("gpu state dir");
+        Node {
+            root,
+            devices: devices.to_string(),
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.root.path().join("ledger")
+    }
+
+    pub fn ledger(&self) -> gpuslice_ledger::Ledger {
+        gpuslice_ledger::Ledger::open(&self.ledger_dir()).expect("open ledger")
+    }
+
+    /// A command with the simulated GPU and nothing of gpuslice.
+    pub fn bare(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("GPUSLICE_") || name.starts_with("FAKECUDA_") || name == "LD_PRELOAD" {
+                command.env_remove(name);
+            }
+        }
+        command
+            .env("LD_LIBRARY_PATH", self.root.path().join("lib"))
+            .env("FAKECUDA_STATE_DIR", self.root.path().join("gpu"))
+            .env("FAKECUDA_DEVICES", &self.devices)
+            .env("GPUSLICE_DIR", self.ledger_dir());
+        for (name, value) in &self.extra_env {
+            command.env(name, value);
+        }
+        command
+    }
+
+    /// A command run under the shim as a process of `tenant` (no limit unless given).
+    pub fn tenant(&self, tenant: &str, limit: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = self.bare(program);
+        command.env("LD_PRELOAD", shim_library()).env("GPUSLICE_TENANT", tenant);
+        if let Some(limit) = limit {
+            command.env("GPUSLICE_MEMORY_LIMIT", limit);
+        }
+        command
+    }
+
+    /// cudaprobe through `path`, as a process of `tenant` with `limit`, running `commands`.
+    pub fn probe(&self, path: CallPath, tenant: &str, limit: Option<&str>, commands: &[&str]) -> Command {
+        let (program, leading) = probe(path);
+        let mut command = self.tenant(tenant, limit, program);
+        command.args(leading).args(commands);
+        command
+    }
+}
+
+/// Runs a command to completion (30 s at most) and returns what it printed.
+pub fn run(command: &mut Command) -> Output {
+    let child = Running::spawn(command);
+    child.wait_output(Duration::from_secs(30))
+}
+
+/// Runs a command and insists it exited 0; returns stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let output = run(command);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+/// A child process that is killed if the test lets go of it.
+pub struct Running {
+    child: Option<Child>,
+}
+
+impl Running {
+    pub fn spawn(command: &mut Command) -> Running {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        Running { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Reads stdout until a line contains `marker` (the child says it is ready).
+    pub fn wait_for_line(&mut self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let stdout = self.child.as_mut().and_then(|c| c.stdout.as_mut()).expect("piped stdout");
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while Instant::now() < deadline {
+            match stdout.read(&mut byte) {
+                Ok(0) => break,
+                Ok(_) => {
+                    seen.push(byte[0]);
+                    if byte[0] == b'\n' && String::from_utf8_lossy(&seen).contains(marker) {
+                        return String::from_utf8_lossy(&seen).to_string();
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("child never printed {marker:?}; it printed:\n{}", String::from_utf8_lossy(&seen));
+    }
+
+    pub fn kill9(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running child");
+        // SAFETY-free: plain libc call through std.
+        let _ = child.kill();
+        child.wait().expect("reap child")
+    }
+
+    pub fn wait_output(mut self, timeout: Duration) -> Output {
+        let mut child = self.child.take().expect("running child");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("output");
+                panic!(
+                    "timed out after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The line of `output` that starts with `prefix`.
+pub fn line<'a>(output: &'a str, prefix: &str) -> &'a str {
+    output
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{output}"))
+}
+
+/// The numeric `key=value` field of a line.
+pub fn field(line: &str, key: &str) -> u64 {
+    let wanted = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(wanted.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {key}= in {line:?}"))
+}
+
+/// What a tenant holds on the node's first GPU, according to the ledger, counting only
+/// live processes.
+pub fn tenant_usage(node: &Node, tenant: &str) -> u64 {
+    let ledger = node.ledger();
+    let name = gpuslice_ledger::TenantName::new(tenant).expect("tenant name");
+    let usage = ledger.snapshot_usage(&name).expect("usage snapshot");
+    usage
+        .slots()
+        .iter()
+        .filter(|slot| slot.live)
+        .flat_map(|slot| slot.memory_bytes.iter().map(|(_, bytes)| *bytes))
+        .sum()
+}
