@@ -1,1 +1,73 @@
-//! placeholder
+//! A simulated NVIDIA GPU for tests: `libfakecuda.so` is a CUDA driver (`libcuda.so.1`) and
+//! NVML (`libnvidia-ml.so.1`) that run on the CPU, so that programs using the CUDA driver API
+//! (directly, through `dlopen`/`dlsym`, or through `cuGetProcAddress`) and the gpuslice shim
+//! can be tested without a GPU.
+//!
+//! # Using it
+//!
+//! Make a directory with four symlinks to `libfakecuda.so` — `libcuda.so`, `libcuda.so.1`,
+//! `libnvidia-ml.so`, `libnvidia-ml.so.1` — and put it first on `LD_LIBRARY_PATH`. Both names
+//! load the same object (the dynamic loader recognizes the file), so CUDA and NVML share one
+//! state. Give each test its own `FAKECUDA_STATE_DIR`.
+//!
+//! # What it simulates
+//!
+//! - **Devices** with a memory capacity each, UUID
+//!   `GPU-fa4ec0da-0000-4000-8000-00000000000<i>`, name "gpuslice simulated GPU", compute
+//!   capability 9.0 and H100-like attributes (`MEMORY_POOLS_SUPPORTED` = 1; attributes it
+//!   does not model read 0).
+//! - **Memory shared between processes**: every process using the same state directory
+//!   sees the same devices and shares their capacity, counted in a per-device state file
+//!   (see `ledger`). An allocation that would pass the capacity fails with
+//!   `CUDA_ERROR_OUT_OF_MEMORY`. Each live context takes a footprint of device memory. A
+//!   process gives its memory back when it exits; the memory of a killed process is
+//!   reclaimed when another process scans for dead ones (when an allocation would fail, and
+//!   on `cuMemGetInfo` / `nvmlDeviceGetMemoryInfo`).
+//! - **Device memory** is host memory mapped with `MAP_NORESERVE` at the device pointer's
+//!   address, so copies and memsets work and untouched memory costs nothing (zeroing whole
+//!   pages hands them back to the kernel). Every allocation path is charged: `cuMemAlloc`,
+//!   pitched, managed, stream-ordered and pool allocations, VMM (`cuMemCreate`) and arrays.
+//! - **Streams and events**: each stream executes its work in order on a worker thread and
+//!   keeps the device's clock; events record that clock.
+//! - **Kernels** from PTX text: `gpuslice_spin(.u64 ns)` occupies its stream for `ns`
+//!   nanoseconds, every other kernel (such as `gpuslice_noop`) takes no time.
+//! - **`cuGetProcAddress[_v2]`** returning the same addresses as `dlsym` on the library, with
+//!   `_v2`/`_v3` and `_ptsz`/`_ptds` variants chosen by version and flags.
+//! - **NVML** device enumeration, UUIDs, names and memory information.
+//!
+//! # Environment
+//!
+//! Read once, at the first `cuInit` or `nvmlInit`:
+//!
+//! - `FAKECUDA_DEVICES`: comma-separated capacities as byte quantities (`80Gi`, `512Mi`,
+//!   `8G`, `1073741824`), one per device; default one device of `80Gi`.
+//! - `FAKECUDA_STATE_DIR`: directory of the shared state files, created if missing; default
+//!   `/tmp/fakecuda-<uid>`.
+//! - `FAKECUDA_CONTEXT_FOOTPRINT`: device memory each live context takes; default `64Mi`.
+//!
+//! An invalid value makes `cuInit` return `CUDA_ERROR_INVALID_VALUE` (and `nvmlInit`
+//! `NVML_ERROR_DRIVER_NOT_LOADED`) after printing one line naming the variable.
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod context;
+pub mod device;
+pub mod driver;
+pub mod error;
+pub mod event;
+pub mod exports;
+pub mod handles;
+pub mod kernel;
+pub mod launch;
+pub mod ledger;
+pub mod log;
+pub mod mapping;
+pub mod memory;
+pub mod module;
+pub mod nvml;
+pub mod ordered;
+pub mod pool;
+pub mod procaddr;
+pub mod stream;
+pub mod vmm;

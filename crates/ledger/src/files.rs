@@ -63,7 +63,11 @@ pub(crate) fn validate(
     let got = read_at_most(file, &mut header, 0).map_err(|e| LedgerError::io(path, "read", e))?;
     let len = meta.len();
     // A file that shrank between fstat and read is as truncated as one that was short.
-    let seen_len = if got < HEADER_SIZE { len.min(got as u64) } else { len };
+    let seen_len = if got < HEADER_SIZE {
+        len.min(got as u64)
+    } else {
+        len
+    };
     geometry.validate(path, &header, seen_len)?;
     Ok(meta)
 }
@@ -101,7 +105,11 @@ pub(crate) fn ensure_dir(path: &Path) -> Result<(), LedgerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(LedgerError::io(path, "inspect", e)),
     }
-    match DirBuilder::new().recursive(true).mode(DIR_MODE).create(path) {
+    match DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+    {
         Ok(()) => fs::set_permissions(path, Permissions::from_mode(DIR_MODE))
             .map_err(|e| LedgerError::io(path, "set the mode of", e)),
         Err(_) if path.is_dir() => Ok(()),

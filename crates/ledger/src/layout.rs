@@ -280,7 +280,12 @@ impl Geometry {
 
     /// Checks a header read from `path` (whose length on disk is `actual_len`) against this
     /// geometry, saying precisely what is wrong.
-    pub(crate) fn validate(&self, path: &Path, bytes: &[u8], actual_len: u64) -> Result<(), LedgerError> {
+    pub(crate) fn validate(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        actual_len: u64,
+    ) -> Result<(), LedgerError> {
         let bad = |reason: String| Err(LedgerError::corrupt(path, reason));
         if actual_len < HEADER_SIZE as u64 || bytes.len() < HEADER_SIZE {
             return bad(format!(
@@ -316,7 +321,9 @@ impl Geometry {
         }
         let header_size = read_u32(bytes, header::HEADER_SIZE);
         if header_size != HEADER_SIZE_U32 {
-            return bad(format!("header_size is {header_size}, expected {HEADER_SIZE}"));
+            return bad(format!(
+                "header_size is {header_size}, expected {HEADER_SIZE}"
+            ));
         }
         let recorded = read_u64(bytes, header::FILE_SIZE);
         if recorded != self.file_size {
@@ -332,12 +339,36 @@ impl Geometry {
             ));
         }
         let fields: [(&str, u64, u64); 6] = [
-            ("max_gpus", read_u32(bytes, header::MAX_GPUS).into(), MAX_GPUS as u64),
-            ("max_slots", read_u32(bytes, header::MAX_SLOTS).into(), self.max_slots.into()),
-            ("table_offset", read_u64(bytes, header::TABLE_OFFSET), self.table_offset),
-            ("slot_offset", read_u64(bytes, header::SLOT_OFFSET), self.slot_offset),
-            ("entry_size", read_u32(bytes, header::ENTRY_SIZE).into(), self.entry_size.into()),
-            ("slot_size", read_u32(bytes, header::SLOT_SIZE).into(), self.slot_size.into()),
+            (
+                "max_gpus",
+                read_u32(bytes, header::MAX_GPUS).into(),
+                MAX_GPUS as u64,
+            ),
+            (
+                "max_slots",
+                read_u32(bytes, header::MAX_SLOTS).into(),
+                self.max_slots.into(),
+            ),
+            (
+                "table_offset",
+                read_u64(bytes, header::TABLE_OFFSET),
+                self.table_offset,
+            ),
+            (
+                "slot_offset",
+                read_u64(bytes, header::SLOT_OFFSET),
+                self.slot_offset,
+            ),
+            (
+                "entry_size",
+                read_u32(bytes, header::ENTRY_SIZE).into(),
+                self.entry_size.into(),
+            ),
+            (
+                "slot_size",
+                read_u32(bytes, header::SLOT_SIZE).into(),
+                self.slot_size.into(),
+            ),
         ];
         for (name, found, expected) in fields {
             if found != expected {

@@ -46,7 +46,8 @@ impl Ledger {
     pub fn open_existing(dir: &Path) -> Result<Ledger, LedgerError> {
         let ledger = Ledger::at(dir);
         for d in [&ledger.dir, &ledger.tenants] {
-            let meta = fs::metadata(d).map_err(|e| LedgerError::io(d, "open the ledger directory", e))?;
+            let meta =
+                fs::metadata(d).map_err(|e| LedgerError::io(d, "open the ledger directory", e))?;
             if !meta.is_dir() {
                 return Err(LedgerError::io(
                     d,
@@ -116,9 +117,9 @@ impl Ledger {
         let dir = self.tenant_dir(t);
         files::ensure_dir(&dir)?;
         UsageFile::create(&dir, &path)?;
-        UsageFile::open(&path)?.map(Arc::new).ok_or_else(|| {
-            LedgerError::io(&path, "open", io::Error::from(io::ErrorKind::NotFound))
-        })
+        UsageFile::open(&path)?
+            .map(Arc::new)
+            .ok_or_else(|| LedgerError::io(&path, "open", io::Error::from(io::ErrorKind::NotFound)))
     }
 
     /// A point-in-time copy of the tenant's usage file, read with `pread` (no mapping), for

@@ -110,6 +110,7 @@ mod ledger;
 mod limits;
 mod names;
 mod quota;
+mod slot;
 mod snapshot;
 mod sys;
 mod usage;
@@ -119,8 +120,9 @@ pub use ledger::Ledger;
 pub use limits::{Limits, PERMILLE_MAX, Priority, TenantQuota};
 pub use names::{GpuUuid, MAX_TENANT_NAME_LEN, TenantName};
 pub use quota::QuotaFile;
+pub use slot::{OverLimit, ProcessSlot};
 pub use snapshot::UsageSnapshot;
-pub use usage::{GpuIndex, OverLimit, ProcessSlot, ReclaimReport, SlotInfo, UsageFile};
+pub use usage::{GpuIndex, ReclaimReport, SlotInfo, UsageFile};
 
 /// How many GPUs a ledger file can describe (per-GPU limits in a quota file, GPU table
 /// entries in a usage file).

@@ -113,8 +113,14 @@ impl Limits {
             return Some(format!("priority is {priority}, expected 0 to 3"));
         }
         for (what, v) in [
-            ("compute_share_permille", raw.compute_share_permille.load(Relaxed)),
-            ("compute_limit_permille", raw.compute_limit_permille.load(Relaxed)),
+            (
+                "compute_share_permille",
+                raw.compute_share_permille.load(Relaxed),
+            ),
+            (
+                "compute_limit_permille",
+                raw.compute_limit_permille.load(Relaxed),
+            ),
         ] {
             if v > PERMILLE_MAX {
                 return Some(format!("{what} is {v}, expected at most {PERMILLE_MAX}"));
@@ -227,7 +233,11 @@ mod tests {
         assert_eq!(l.compute_share_permille, Some(1000));
         assert!(Limits::raw_problem(&r).unwrap().contains("priority"));
         r.priority.store(0, Relaxed);
-        assert!(Limits::raw_problem(&r).unwrap().contains("compute_share_permille"));
+        assert!(
+            Limits::raw_problem(&r)
+                .unwrap()
+                .contains("compute_share_permille")
+        );
     }
 
     #[test]
@@ -239,7 +249,9 @@ mod tests {
                 ..Limits::default()
             };
             let err = l.check(p).unwrap_err();
-            assert!(matches!(err, LedgerError::InvalidLimit { value, .. } if value == u64::from(bad)));
+            assert!(
+                matches!(err, LedgerError::InvalidLimit { value, .. } if value == u64::from(bad))
+            );
         }
     }
 

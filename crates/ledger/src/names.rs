@@ -195,12 +195,12 @@ mod tests {
         for bad in [
             "",
             "GPU-",
-            "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4",    // one digit short
-            "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d0",  // one digit long
-            "GPU-5f8c3a129-b4e-4d7a-8c21-0e6f1a2b3c4d",   // hyphen moved
-            "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4g",   // not hex
-            "MIG-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d",   // a MIG instance, not a GPU
-            " GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d",  // whitespace
+            "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4", // one digit short
+            "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d0", // one digit long
+            "GPU-5f8c3a129-b4e-4d7a-8c21-0e6f1a2b3c4d", // hyphen moved
+            "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4g", // not hex
+            "MIG-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d", // a MIG instance, not a GPU
+            " GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d", // whitespace
             "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4\u{e9}", // non-ASCII
         ] {
             let err = GpuUuid::parse(bad).unwrap_err();
@@ -214,7 +214,14 @@ mod tests {
 
     #[test]
     fn tenant_names_of_allowed_characters_are_accepted() {
-        for ok in ["a", "team-a", "Pod_1.2", "x".repeat(63).as_str(), "0", "a..b"] {
+        for ok in [
+            "a",
+            "team-a",
+            "Pod_1.2",
+            "x".repeat(63).as_str(),
+            "0",
+            "a..b",
+        ] {
             assert_eq!(TenantName::new(ok).unwrap().as_str(), ok);
         }
     }
@@ -222,7 +229,17 @@ mod tests {
     #[test]
     fn tenant_names_that_could_escape_or_hide_are_refused() {
         for bad in [
-            "", ".", "..", ".hidden", "-rf", "a/b", "../x", "a b", "a\0b", "é", "a:b",
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-rf",
+            "a/b",
+            "../x",
+            "a b",
+            "a\0b",
+            "é",
+            "a:b",
             &"x".repeat(64),
         ] {
             let err = TenantName::new(bad).unwrap_err();

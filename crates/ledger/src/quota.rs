@@ -134,7 +134,9 @@ fn entry_problem(l: &QuotaLayout) -> Option<String> {
     for (i, e) in l.gpus.iter().enumerate() {
         let in_use = e.in_use.load(Relaxed);
         if in_use > 1 {
-            return Some(format!("GPU entry {i}: in_use is {in_use}, expected 0 or 1"));
+            return Some(format!(
+                "GPU entry {i}: in_use is {in_use}, expected 0 or 1"
+            ));
         }
         if in_use == 1
             && let Some(p) = Limits::raw_problem(&e.limits)
@@ -236,6 +238,7 @@ fn update_in_place(path: &Path, q: &TenantQuota) -> Result<bool, LedgerError> {
     store_quota(layout, q);
     generation.store(odd.wrapping_add(1), Release);
     drop(view);
-    sys::ofd_unlock(file.as_fd(), QUOTA_LOCK_BYTE).map_err(|e| LedgerError::io(path, "unlock", e))?;
+    sys::ofd_unlock(file.as_fd(), QUOTA_LOCK_BYTE)
+        .map_err(|e| LedgerError::io(path, "unlock", e))?;
     Ok(true)
 }

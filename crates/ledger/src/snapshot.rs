@@ -12,8 +12,8 @@ use crate::error::LedgerError;
 use crate::files::{self, Access};
 use crate::layout::{
     self, SLOT_GPU_SIZE, SLOT_GPUS_OFFSET, Slot, SlotGpu, USAGE_ENTRY_SIZE, USAGE_FILE_SIZE,
-    USAGE_GEOMETRY, USAGE_SLOT_OFFSET, USAGE_SLOT_SIZE, USAGE_TABLE_OFFSET, UsageGpu,
-    read_array, read_u32, read_u64, slot_lock_byte,
+    USAGE_GEOMETRY, USAGE_SLOT_OFFSET, USAGE_SLOT_SIZE, USAGE_TABLE_OFFSET, UsageGpu, read_array,
+    read_u32, read_u64, slot_lock_byte,
 };
 use crate::names::GpuUuid;
 use crate::sys;
@@ -60,8 +60,8 @@ impl UsageSnapshot {
         })?;
         files::validate(&file, path, &USAGE_GEOMETRY)?;
         let mut bytes = vec![0u8; USAGE_FILE_SIZE];
-        let got =
-            files::read_at_most(&file, &mut bytes, 0).map_err(|e| LedgerError::io(path, "read", e))?;
+        let got = files::read_at_most(&file, &mut bytes, 0)
+            .map_err(|e| LedgerError::io(path, "read", e))?;
         if got != USAGE_FILE_SIZE {
             return Err(LedgerError::corrupt(
                 path,
@@ -139,7 +139,10 @@ impl UsageSnapshot {
 
     /// Where `uuid` sits in the GPU table, if it was registered.
     pub fn gpu_index(&self, uuid: &GpuUuid) -> Option<GpuIndex> {
-        self.gpus().into_iter().find(|(_, u)| u == uuid).map(|(i, _)| i)
+        self.gpus()
+            .into_iter()
+            .find(|(_, u)| u == uuid)
+            .map(|(i, _)| i)
     }
 
     /// The table entry of `gpu`, if it is inside the table.
@@ -150,7 +153,9 @@ impl UsageSnapshot {
 
     /// The tenant's memory on `gpu`: the sum over the occupied slots (dead ones included).
     pub fn memory_used(&self, gpu: GpuIndex) -> u64 {
-        let Some((g, _)) = self.gpu(gpu) else { return 0 };
+        let Some((g, _)) = self.gpu(gpu) else {
+            return 0;
+        };
         self.slots
             .iter()
             .filter_map(|s| s.memory.get(g))
@@ -159,7 +164,9 @@ impl UsageSnapshot {
 
     /// The tenant's GPU time on `gpu`, in nanoseconds (departed processes included).
     pub fn gpu_time_ns(&self, gpu: GpuIndex) -> u64 {
-        let Some((g, rec)) = self.gpu(gpu) else { return 0 };
+        let Some((g, rec)) = self.gpu(gpu) else {
+            return 0;
+        };
         self.slots
             .iter()
             .filter_map(|s| s.gpu_time.get(g))

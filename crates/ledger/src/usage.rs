@@ -17,6 +17,7 @@ use crate::layout::{
     uuid_words,
 };
 use crate::names::GpuUuid;
+use crate::slot::ProcessSlot;
 use crate::sys::{self, View};
 use crate::{MAX_GPUS, MAX_SLOTS};
 
@@ -27,8 +28,6 @@ const _: () = assert!(MAX_SLOTS == 64);
 const GPU_REGISTERED: u32 = 1;
 /// `state` of a slot owned by a live process.
 const SLOT_LIVE: u32 = 1;
-/// How often [`ProcessSlot::try_reserve`] retries after a transient clash.
-const RESERVE_ATTEMPTS: u32 = 64;
 /// The byte whose lock serializes GPU registration.
 const GPU_TABLE_LOCK_BYTE: u64 = USAGE_TABLE_OFFSET as u64;
 
@@ -42,14 +41,14 @@ pub struct GpuIndex(pub u32);
 
 impl GpuIndex {
     /// The table position, if it is inside the table.
-    fn get(self) -> Option<usize> {
+    pub(crate) fn get(self) -> Option<usize> {
         let i = usize::try_from(self.0).ok()?;
         (i < MAX_GPUS).then_some(i)
     }
 }
 
 /// Bit `index` of the occupied bitmap (0 for an index past it).
-fn bit(index: u32) -> u64 {
+pub(crate) fn bit(index: u32) -> u64 {
     1u64.checked_shl(index).unwrap_or(0)
 }
 
@@ -72,7 +71,7 @@ fn slot_indexes() -> impl Iterator<Item = u32> {
 
 /// Sum of `memory_bytes` on GPU `gpu` over the slots in the occupied bitmap and in `extra`.
 #[inline]
-fn committed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
+pub(crate) fn committed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
     let mut total = 0u64;
     for i in set_bits(layout.header.word.load(SeqCst) | extra) {
         if let Some(rec) = slot_gpu(layout, i, gpu) {
@@ -84,7 +83,11 @@ fn committed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
 
 /// The record of GPU `gpu` in slot `index`.
 #[inline]
-fn slot_gpu(layout: &UsageLayout, index: u32, gpu: usize) -> Option<&crate::layout::SlotGpu> {
+pub(crate) fn slot_gpu(
+    layout: &UsageLayout,
+    index: u32,
+    gpu: usize,
+) -> Option<&crate::layout::SlotGpu> {
     layout
         .slots
         .get(usize::try_from(index).ok()?)
@@ -93,7 +96,10 @@ fn slot_gpu(layout: &UsageLayout, index: u32, gpu: usize) -> Option<&crate::layo
 
 /// Whether slot `index` may hold usage: in the bitmap, marked live, or with counters left.
 fn slot_in_use(layout: &UsageLayout, index: u32) -> bool {
-    let Some(slot) = usize::try_from(index).ok().and_then(|i| layout.slots.get(i)) else {
+    let Some(slot) = usize::try_from(index)
+        .ok()
+        .and_then(|i| layout.slots.get(i))
+    else {
         return false;
     };
     layout.header.word.load(SeqCst) & bit(index) != 0
@@ -106,9 +112,12 @@ fn slot_in_use(layout: &UsageLayout, index: u32) -> bool {
 
 /// Empties slot `index` and clears its bit. The caller holds the slot's lock. Its GPU time
 /// moves to the GPU table's `retired_gpu_time_ns`; returns the memory it held, per GPU.
-fn clear_slot(layout: &UsageLayout, index: u32) -> [u64; MAX_GPUS] {
+pub(crate) fn clear_slot(layout: &UsageLayout, index: u32) -> [u64; MAX_GPUS] {
     let mut freed = [0u64; MAX_GPUS];
-    let Some(slot) = usize::try_from(index).ok().and_then(|i| layout.slots.get(i)) else {
+    let Some(slot) = usize::try_from(index)
+        .ok()
+        .and_then(|i| layout.slots.get(i))
+    else {
         return freed;
     };
     for ((rec, out), entry) in slot.gpus.iter().zip(freed.iter_mut()).zip(&layout.gpus) {
@@ -143,7 +152,7 @@ fn slot_memory(slot: &crate::layout::Slot) -> Vec<(GpuIndex, u64)> {
 }
 
 /// Subtracts `v` from `a`, stopping at 0.
-fn saturating_sub(a: &AtomicU64, v: u64) {
+pub(crate) fn saturating_sub(a: &AtomicU64, v: u64) {
     // The closure always returns Some, so this cannot fail.
     let _ = a.fetch_update(SeqCst, SeqCst, |cur| Some(cur.saturating_sub(v)));
 }
@@ -211,6 +220,11 @@ impl UsageFile {
     /// The file this was opened from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The mapped file.
+    pub(crate) fn layout(&self) -> &UsageLayout {
+        self.view.get()
     }
 
     /// A new open file description of this same file, for locks that must not be shared with
@@ -332,7 +346,9 @@ impl UsageFile {
             .map_or(0, |e| e.retired_gpu_time_ns.load(SeqCst));
         set_bits(layout.header.word.load(SeqCst))
             .filter_map(|i| slot_gpu(layout, i, g))
-            .fold(retired, |t, rec| t.saturating_add(rec.gpu_time_ns.load(SeqCst)))
+            .fold(retired, |t, rec| {
+                t.saturating_add(rec.gpu_time_ns.load(SeqCst))
+            })
     }
 
     /// Counts one allocation refused for being over quota on `gpu`.
@@ -386,12 +402,12 @@ impl UsageFile {
             slot.claimed_unix_ms.store(now_unix_ms(), Relaxed);
             slot.state.store(SLOT_LIVE, SeqCst);
             layout.header.word.fetch_or(bit(i), SeqCst);
-            return Ok(ProcessSlot {
-                file: Arc::clone(self),
-                index: i,
-                lock: Some(OwnedFd::from(lock)),
-                owner_pid: pid,
-            });
+            return Ok(ProcessSlot::new(
+                Arc::clone(self),
+                i,
+                OwnedFd::from(lock),
+                pid,
+            ));
         }
         Err(LedgerError::SlotsFull {
             path: self.path.clone(),
@@ -465,30 +481,6 @@ impl UsageFile {
     }
 }
 
-/// Why [`ProcessSlot::try_reserve`] refused.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct OverLimit {
-    /// What the tenant held on the GPU without this request when it was refused (this
-    /// process's earlier reservations included).
-    pub used: u64,
-    /// The request.
-    pub requested: u64,
-    /// The limit it was checked against.
-    pub limit: u64,
-}
-
-impl fmt::Display for OverLimit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} bytes requested with {} bytes in use would exceed the limit of {} bytes",
-            self.requested, self.used, self.limit
-        )
-    }
-}
-
-impl std::error::Error for OverLimit {}
-
 /// What [`UsageFile::reclaim_dead`] gave back.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReclaimReport {
@@ -512,144 +504,6 @@ pub struct SlotInfo {
     pub live: bool,
     /// Memory the slot holds, per GPU (only GPUs with a non-zero amount).
     pub memory_bytes: Vec<(GpuIndex, u64)>,
-}
-
-/// This process's slot in its tenant's usage file: the counters it reserves memory in.
-///
-/// Ownership is proven by an OFD write lock on the slot's byte, carried by a file description
-/// only this value holds. Dropping it gives the slot back cleanly; if the process dies
-/// instead, the kernel drops the lock and the next [`UsageFile::reclaim_dead`] or
-/// [`UsageFile::claim_slot`] empties the slot.
-///
-/// Share it between the process's threads (`&ProcessSlot` is enough for every operation).
-#[derive(Debug)]
-pub struct ProcessSlot {
-    file: Arc<UsageFile>,
-    index: u32,
-    /// The description holding the slot's lock; `None` once given up.
-    lock: Option<OwnedFd>,
-    /// The process that claimed the slot; a forked child must not give it back.
-    owner_pid: u32,
-}
-
-impl ProcessSlot {
-    /// The slot's index in the usage file.
-    pub fn index(&self) -> u32 {
-        self.index
-    }
-
-    /// The usage file the slot is in.
-    pub fn usage_file(&self) -> &Arc<UsageFile> {
-        &self.file
-    }
-
-    /// This slot's record for `gpu`.
-    #[inline]
-    fn own(&self, gpu: GpuIndex) -> Option<&crate::layout::SlotGpu> {
-        slot_gpu(self.file.view.get(), self.index, gpu.get()?)
-    }
-
-    /// Reserves `bytes` on `gpu` for this process, unless the tenant's total on that GPU
-    /// would exceed `limit`. The allocation hot path: no syscalls, no locks, no allocation.
-    ///
-    /// The protocol (`docs/architecture.md`): add the request to this slot's counter, then
-    /// sum the occupied slots. Within the limit: done. Over it: take the request back and sum
-    /// again; if the others alone leave room, the excess was another reservation in flight
-    /// (a transient clash), so try again, a bounded number of times; otherwise refuse.
-    /// Because every reservation adds before it reads (all sequentially consistent), of any
-    /// two that clash the later one sees the other: reservations that succeed never together
-    /// exceed `limit`, across all the tenant's threads and processes.
-    ///
-    /// An index outside the GPU table is refused (with `used` 0): nothing can be counted there.
-    pub fn try_reserve(&self, gpu: GpuIndex, bytes: u64, limit: u64) -> Result<(), OverLimit> {
-        let refuse = |used| {
-            Err(OverLimit {
-                used,
-                requested: bytes,
-                limit,
-            })
-        };
-        let (Some(g), Some(own)) = (gpu.get(), self.own(gpu)) else {
-            return refuse(0);
-        };
-        let layout = self.file.view.get();
-        let own_bit = bit(self.index);
-        if bytes > limit {
-            return refuse(committed(layout, g, own_bit));
-        }
-        let mut others = 0;
-        for _ in 0..RESERVE_ATTEMPTS {
-            let before = own.memory_bytes.fetch_add(bytes, SeqCst);
-            if before.checked_add(bytes).is_none() {
-                // The counter wrapped: undo and refuse (no real GPU gets here).
-                saturating_sub(&own.memory_bytes, bytes);
-                return refuse(committed(layout, g, own_bit));
-            }
-            if committed(layout, g, own_bit) <= limit {
-                return Ok(());
-            }
-            saturating_sub(&own.memory_bytes, bytes);
-            others = committed(layout, g, own_bit);
-            if others.saturating_add(bytes) > limit {
-                return refuse(others);
-            }
-            std::hint::spin_loop();
-        }
-        refuse(others)
-    }
-
-    /// Gives back `bytes` reserved on `gpu` (stopping at 0 if more is released than held).
-    pub fn release(&self, gpu: GpuIndex, bytes: u64) {
-        if let Some(own) = self.own(gpu) {
-            saturating_sub(&own.memory_bytes, bytes);
-        }
-    }
-
-    /// What this process holds on `gpu`.
-    pub fn held(&self, gpu: GpuIndex) -> u64 {
-        self.own(gpu).map_or(0, |own| own.memory_bytes.load(SeqCst))
-    }
-
-    /// Charges `ns` nanoseconds of GPU time on `gpu` to this process.
-    pub fn add_gpu_time(&self, gpu: GpuIndex, ns: u64) {
-        if let Some(own) = self.own(gpu) {
-            // Saturating: a wrapped counter would make the tenant look idle.
-            let _ = own
-                .gpu_time_ns
-                .fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_add(ns)));
-        }
-    }
-
-    /// The GPU time charged to this process on `gpu`, in nanoseconds.
-    pub fn gpu_time_ns(&self, gpu: GpuIndex) -> u64 {
-        self.own(gpu).map_or(0, |own| own.gpu_time_ns.load(Relaxed))
-    }
-
-    /// For a forked child: forgets this slot without touching it (the parent still owns it)
-    /// and closes the child's copy of the lock's descriptor, so that the lock dies with the
-    /// parent and not with whichever of the two exits last.
-    ///
-    /// Async-signal-safe: it only calls `close()`. It frees nothing (the child's reference to
-    /// the usage file is leaked on purpose, as freeing memory is not async-signal-safe).
-    pub fn abandon_after_fork(self) {
-        let mut this = std::mem::ManuallyDrop::new(self);
-        drop(this.lock.take());
-    }
-}
-
-impl Drop for ProcessSlot {
-    /// A clean exit: empties the slot (its GPU time goes to `retired_gpu_time_ns`), marks it
-    /// free, clears its bit, and only then closes the descriptor, which drops the lock. In a
-    /// forked child that did not call [`ProcessSlot::abandon_after_fork`] it only closes.
-    fn drop(&mut self) {
-        let Some(lock) = self.lock.take() else {
-            return;
-        };
-        if std::process::id() == self.owner_pid {
-            clear_slot(self.file.view.get(), self.index);
-        }
-        drop(lock);
-    }
 }
 
 #[cfg(test)]
@@ -678,18 +532,5 @@ mod tests {
         assert_eq!(GpuIndex(15).get(), Some(15));
         assert_eq!(GpuIndex(16).get(), None);
         assert_eq!(GpuIndex(u32::MAX).get(), None);
-    }
-
-    #[test]
-    fn over_limit_message_gives_the_numbers() {
-        let e = OverLimit {
-            used: 3,
-            requested: 2,
-            limit: 4,
-        };
-        assert_eq!(
-            e.to_string(),
-            "2 bytes requested with 3 bytes in use would exceed the limit of 4 bytes"
-        );
     }
 }

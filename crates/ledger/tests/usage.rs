@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use common::{gpu, ledger, tenant};
 use gpuslice_ledger::{
-    GpuIndex, GpuUuid, Ledger, LedgerError, MAX_GPUS, MAX_SLOTS, OverLimit, ReclaimReport,
-    layout,
+    GpuIndex, GpuUuid, Ledger, LedgerError, MAX_GPUS, MAX_SLOTS, OverLimit, ReclaimReport, layout,
 };
 
 const MIB: u64 = 1 << 20;
@@ -38,7 +37,10 @@ fn open_existing_creates_nothing_and_names_the_missing_directory() {
     let root = dir.path().join("ledger");
     let err = Ledger::open_existing(&root).unwrap_err();
     assert!(err.is_not_found());
-    assert!(err.to_string().contains(&root.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&root.display().to_string()),
+        "{err}"
+    );
     assert!(!root.exists());
 
     Ledger::open(&root).unwrap();
@@ -56,7 +58,10 @@ fn open_usage_creates_the_file_with_mode_0644_and_its_exact_size() {
     assert_eq!(path, ledger.dir().join("tenants/team-a/usage"));
     assert_eq!(mode(&path), 0o644);
     assert_eq!(mode(&ledger.tenant_dir(&t)), 0o755);
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), layout::USAGE_FILE_SIZE as u64);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        layout::USAGE_FILE_SIZE as u64
+    );
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[..8], b"GPUSLUSE");
     // Only the usage file: no temporary files left behind.
@@ -161,10 +166,19 @@ fn full_gpu_table_is_an_error_naming_the_file() {
         usage.register_gpu(&gpu(u8::try_from(n).unwrap())).unwrap();
     }
     let err = usage.register_gpu(&gpu(200)).unwrap_err();
-    assert!(matches!(&err, LedgerError::GpuTableFull { max: MAX_GPUS, .. }), "{err:?}");
-    assert!(err.to_string().contains(&ledger.usage_path(&t).display().to_string()));
+    assert!(
+        matches!(&err, LedgerError::GpuTableFull { max: MAX_GPUS, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&ledger.usage_path(&t).display().to_string())
+    );
     // Registered GPUs still resolve.
-    assert_eq!(usage.register_gpu(&gpu(5)).unwrap(), usage.gpu_index(&gpu(5)).unwrap());
+    assert_eq!(
+        usage.register_gpu(&gpu(5)).unwrap(),
+        usage.gpu_index(&gpu(5)).unwrap()
+    );
 }
 
 #[test]
@@ -189,14 +203,22 @@ fn slots_full_after_64_live_claims() {
     let (_dir, ledger) = ledger();
     let t = tenant("t");
     let usage = ledger.open_usage(&t).unwrap();
-    let held: Vec<_> = (0..MAX_SLOTS).map(|_| usage.claim_slot().unwrap()).collect();
+    let held: Vec<_> = (0..MAX_SLOTS)
+        .map(|_| usage.claim_slot().unwrap())
+        .collect();
     let mut indexes: Vec<_> = held.iter().map(|s| s.index()).collect();
     indexes.sort_unstable();
     assert_eq!(indexes, (0..64).collect::<Vec<u32>>());
 
     let err = usage.claim_slot().unwrap_err();
-    assert!(matches!(&err, LedgerError::SlotsFull { max: MAX_SLOTS, .. }), "{err:?}");
-    assert!(err.to_string().contains(&ledger.usage_path(&t).display().to_string()));
+    assert!(
+        matches!(&err, LedgerError::SlotsFull { max: MAX_SLOTS, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&ledger.usage_path(&t).display().to_string())
+    );
     // Another handle (as another process would) is refused too.
     assert!(matches!(
         ledger.open_usage(&t).unwrap().claim_slot(),
@@ -222,6 +244,38 @@ fn dropped_slot_gives_back_its_memory_and_its_place() {
 }
 
 #[test]
+fn vacated_slot_gives_back_its_memory_but_stays_owned_until_exit() {
+    let (_dir, ledger) = ledger();
+    let usage = ledger.open_usage(&tenant("t")).unwrap();
+    let i = usage.register_gpu(&gpu(1)).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    slot.try_reserve(i, 8 * MIB, u64::MAX).unwrap();
+    slot.add_gpu_time(i, 40);
+
+    slot.vacate();
+    assert_eq!(usage.memory_used(i), 0);
+    assert_eq!(
+        usage.gpu_time_ns(i),
+        40,
+        "its GPU time is retired, not lost"
+    );
+    assert!(usage.slots().is_empty());
+    slot.release(i, 8 * MIB);
+    assert_eq!(slot.held(i), 0, "a release after vacating stops at zero");
+    assert_eq!(usage.reclaim_dead().unwrap(), ReclaimReport::default());
+
+    // Still locked: every other claim gets a different slot.
+    let others: Vec<_> = (1..MAX_SLOTS)
+        .map(|_| usage.claim_slot().unwrap())
+        .collect();
+    assert!(others.iter().all(|o| o.index() != slot.index()));
+    assert!(matches!(
+        usage.claim_slot(),
+        Err(LedgerError::SlotsFull { .. })
+    ));
+}
+
+#[test]
 fn gpu_time_of_a_dropped_slot_stays_counted_as_retired() {
     let (_dir, ledger) = ledger();
     let usage = ledger.open_usage(&tenant("t")).unwrap();
@@ -233,7 +287,10 @@ fn gpu_time_of_a_dropped_slot_stays_counted_as_retired() {
     assert_eq!((a.gpu_time_ns(i), usage.gpu_time_ns(i)), (500, 570));
     drop(a);
     assert_eq!(usage.gpu_time_ns(i), 570);
-    assert_eq!(ledger.snapshot_usage(&tenant("t")).unwrap().gpu_time_ns(i), 570);
+    assert_eq!(
+        ledger.snapshot_usage(&tenant("t")).unwrap().gpu_time_ns(i),
+        570
+    );
 }
 
 #[test]
@@ -343,16 +400,24 @@ fn threads_on_two_handles_sharing_a_tight_limit_never_exceed_it() {
     const ITERATIONS: u64 = 2000;
     const SLOTS_PER_HANDLE: usize = 4;
     const LIMIT: u64 = 10 * MIB;
+    // Held throughout by one more slot: the threads race for the 3 MiB left with requests of
+    // 1 to 4 MiB, so 4 MiB requests are always refused and the others clash often.
+    const BASE: u64 = 7 * MIB;
     let (_dir, ledger) = ledger();
     let t = tenant("t");
     // Two opens, as two processes would do.
-    let handles = [ledger.open_usage(&t).unwrap(), ledger.open_usage(&t).unwrap()];
+    let handles = [
+        ledger.open_usage(&t).unwrap(),
+        ledger.open_usage(&t).unwrap(),
+    ];
     let i = handles[0].register_gpu(&gpu(1)).unwrap();
     assert_eq!(handles[1].register_gpu(&gpu(1)).unwrap(), i);
     let slots: Vec<_> = handles
         .iter()
         .flat_map(|h| (0..SLOTS_PER_HANDLE).map(|_| h.claim_slot().unwrap()))
         .collect();
+    let base = handles[1].claim_slot().unwrap();
+    base.try_reserve(i, BASE, LIMIT).unwrap();
 
     // Counts a reservation only between its success and its release, so its value is never
     // more than what is committed at that instant.
@@ -384,11 +449,22 @@ fn threads_on_two_handles_sharing_a_tight_limit_never_exceed_it() {
         workers
             .into_iter()
             .map(|w| w.join().unwrap())
-            .fold((0, 0, 0), |(g, r, m), (g2, r2, m2)| (g + g2, r + r2, m.max(m2)))
+            .fold((0, 0, 0), |(g, r, m), (g2, r2, m2)| {
+                (g + g2, r + r2, m.max(m2))
+            })
     });
-    assert!(max_seen <= LIMIT, "committed {max_seen} > limit {LIMIT}");
+    assert!(
+        BASE + max_seen <= LIMIT,
+        "committed {} > limit {LIMIT}",
+        BASE + max_seen
+    );
     assert!(granted > 0);
+    assert!(
+        refused >= THREADS * ITERATIONS / 4,
+        "every 4 MiB request is refused"
+    );
     assert_eq!(granted + refused, THREADS * ITERATIONS);
+    drop(base);
     assert_eq!(handles[0].memory_used(i), 0, "everything was given back");
     assert_eq!(handles[1].memory_used(i), 0);
     assert!(slots.iter().all(|s| s.held(i) == 0));
@@ -439,7 +515,12 @@ fn tenants_are_sorted_and_invalid_entries_skipped() {
     std::fs::create_dir(tenants_dir.join(".hidden")).unwrap();
     std::fs::create_dir(tenants_dir.join("bad name")).unwrap();
     std::fs::write(tenants_dir.join("a-file"), b"").unwrap();
-    let names: Vec<_> = ledger.tenants().unwrap().iter().map(|t| t.to_string()).collect();
+    let names: Vec<_> = ledger
+        .tenants()
+        .unwrap()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     assert_eq!(names, ["Mid", "alpha", "zeta"]);
 }
 
@@ -472,7 +553,10 @@ fn claim_after_the_file_was_replaced_is_refused() {
     match usage.claim_slot() {
         Ok(slot) => {
             let fresh = ledger.open_usage(&t).unwrap();
-            assert!(fresh.slots().is_empty(), "claimed in the new file: {slot:?}");
+            assert!(
+                fresh.slots().is_empty(),
+                "claimed in the new file: {slot:?}"
+            );
         }
         Err(e) => assert!(matches!(e, LedgerError::Replaced { .. }), "{e:?}"),
     }

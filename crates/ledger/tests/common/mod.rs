@@ -71,7 +71,11 @@ impl ChildProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < end, "child {} did not exit in time", self.pid());
+            assert!(
+                Instant::now() < end,
+                "child {} did not exit in time",
+                self.pid()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -93,7 +97,11 @@ pub fn wait_for_file(path: &Path, timeout: Duration) -> String {
         {
             return s;
         }
-        assert!(Instant::now() < end, "{} did not appear in time", path.display());
+        assert!(
+            Instant::now() < end,
+            "{} did not appear in time",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -1,0 +1,167 @@
+//! Contexts: `cuDevicePrimaryCtx*`, `cuCtx*`.
+
+use std::ffi::{c_int, c_void};
+
+use super::{Out, cuda_api, put, put_if};
+use crate::context;
+use crate::driver;
+use crate::error::CuError;
+use crate::stream::PRIORITY_RANGE;
+
+/// What `cuCtxGetApiVersion` reports for every context (the v2 context API's version).
+const CONTEXT_API_VERSION: u32 = 3020;
+
+cuda_api! {
+    /// `cuDevicePrimaryCtxRetain`: the first retain creates the context and takes its
+    /// footprint (`CUDA_ERROR_OUT_OF_MEMORY` if the device is full).
+    fn cuDevicePrimaryCtxRetain(ctx: Out<'_, usize>, device: c_int) {
+        put(ctx, context::retain_primary(driver::device(device)?)?)
+    }
+
+    /// `cuDevicePrimaryCtxRelease`: the last release ends the context and frees its memory.
+    fn cuDevicePrimaryCtxRelease | cuDevicePrimaryCtxRelease_v2 (device: c_int) {
+        context::release_primary(driver::device(device)?)
+    }
+
+    /// `cuDevicePrimaryCtxReset`: ends the primary context whatever its reference count.
+    fn cuDevicePrimaryCtxReset | cuDevicePrimaryCtxReset_v2 (device: c_int) {
+        context::reset_primary(driver::device(device)?)
+    }
+
+    /// `cuDevicePrimaryCtxGetState`.
+    fn cuDevicePrimaryCtxGetState(device: c_int, flags: Out<'_, u32>, active: Out<'_, c_int>) {
+        let (f, a) = context::primary_state(driver::device(device)?);
+        put(flags, f)?;
+        put(active, c_int::from(a))
+    }
+
+    /// `cuDevicePrimaryCtxSetFlags`.
+    fn cuDevicePrimaryCtxSetFlags | cuDevicePrimaryCtxSetFlags_v2 (device: c_int, flags: u32) {
+        context::set_primary_flags(driver::device(device)?, flags)
+    }
+
+    /// `cuCtxCreate_v2`: a new context (taking its footprint), current on this thread.
+    fn cuCtxCreate_v2(ctx: Out<'_, usize>, flags: u32, device: c_int) {
+        let out = ctx.ok_or(CuError::InvalidValue)?;
+        out.write(context::create(driver::device(device)?, flags)?);
+        Ok(())
+    }
+
+    /// `cuCtxCreate_v3`: as `cuCtxCreate_v2`; execution affinity is not simulated.
+    fn cuCtxCreate_v3(
+        ctx: Out<'_, usize>,
+        params: *const c_void,
+        num_params: c_int,
+        flags: u32,
+        device: c_int,
+    ) {
+        if num_params != 0 || !params.is_null() {
+            return Err(CuError::NotSupported);
+        }
+        let out = ctx.ok_or(CuError::InvalidValue)?;
+        out.write(context::create(driver::device(device)?, flags)?);
+        Ok(())
+    }
+
+    /// `cuCtxCreate_v4` (CUDA 13's `cuCtxCreate`): creation parameters are ignored.
+    fn cuCtxCreate_v4(ctx: Out<'_, usize>, params: *const c_void, flags: u32, device: c_int) {
+        let _ = params;
+        let out = ctx.ok_or(CuError::InvalidValue)?;
+        out.write(context::create(driver::device(device)?, flags)?);
+        Ok(())
+    }
+
+    /// `cuCtxDestroy_v2`: ends a created context, freeing its allocations and footprint.
+    fn cuCtxDestroy_v2(ctx: usize) {
+        driver::get()?;
+        context::destroy(ctx)
+    }
+
+    /// `cuCtxPushCurrent_v2`.
+    fn cuCtxPushCurrent_v2(ctx: usize) {
+        driver::get()?;
+        context::push(ctx)
+    }
+
+    /// `cuCtxPopCurrent_v2`: `ctx` may be NULL.
+    fn cuCtxPopCurrent_v2(ctx: Out<'_, usize>) {
+        driver::get()?;
+        put_if(ctx, context::pop()?);
+        Ok(())
+    }
+
+    /// `cuCtxSetCurrent`: NULL unbinds the current context.
+    fn cuCtxSetCurrent(ctx: usize) {
+        driver::get()?;
+        context::set_current((ctx != 0).then_some(ctx))
+    }
+
+    /// `cuCtxGetCurrent`: NULL when none is current.
+    fn cuCtxGetCurrent(ctx: Out<'_, usize>) {
+        driver::get()?;
+        put(ctx, context::current_handle().unwrap_or(0))
+    }
+
+    /// `cuCtxGetDevice`.
+    fn cuCtxGetDevice(device: Out<'_, c_int>) {
+        let index = context::current()?.device.index;
+        put(device, c_int::try_from(index).unwrap_or(c_int::MAX))
+    }
+
+    /// `cuCtxGetFlags`.
+    fn cuCtxGetFlags(flags: Out<'_, u32>) {
+        put(flags, context::current()?.flags())
+    }
+
+    /// `cuCtxSetFlags`.
+    fn cuCtxSetFlags(flags: u32) {
+        context::current()?.set_flags(flags);
+        Ok(())
+    }
+
+    /// `cuCtxSynchronize`: waits for all streams of the current context.
+    fn cuCtxSynchronize() {
+        context::current()?.synchronize();
+        Ok(())
+    }
+
+    /// `cuCtxGetLimit`.
+    fn cuCtxGetLimit(value: Out<'_, usize>, limit: u32) {
+        put(value, context::current()?.limit(limit)?)
+    }
+
+    /// `cuCtxSetLimit`.
+    fn cuCtxSetLimit(limit: u32, value: usize) {
+        context::current()?.set_limit(limit, value)
+    }
+
+    /// `cuCtxGetCacheConfig`.
+    fn cuCtxGetCacheConfig(config: Out<'_, u32>) {
+        put(config, context::current()?.cache_config())
+    }
+
+    /// `cuCtxSetCacheConfig`.
+    fn cuCtxSetCacheConfig(config: u32) {
+        context::current()?.set_cache_config(config);
+        Ok(())
+    }
+
+    /// `cuCtxGetApiVersion`: 3020 (NULL means the current context).
+    fn cuCtxGetApiVersion(ctx: usize, version: Out<'_, u32>) {
+        driver::get()?;
+        if ctx == 0 {
+            context::current()?;
+        } else {
+            context::get(ctx)?;
+        }
+        put(version, CONTEXT_API_VERSION)
+    }
+
+    /// `cuCtxGetStreamPriorityRange`: least 0, greatest -5; either pointer may be NULL.
+    fn cuCtxGetStreamPriorityRange(least: Out<'_, c_int>, greatest: Out<'_, c_int>) {
+        context::current()?;
+        put_if(least, PRIORITY_RANGE.0);
+        put_if(greatest, PRIORITY_RANGE.1);
+        Ok(())
+    }
+}

@@ -1,0 +1,220 @@
+//! Modules, libraries and launches: `cuModule*`, `cuFunc*`, `cuLibrary*`,
+//! `cuKernelGetFunction`, `cuLaunchKernel[Ex]`, `cuLaunchCooperativeKernel`, `cuGraphLaunch`.
+
+use std::ffi::{CStr, c_char, c_int, c_void};
+
+use super::abi::LaunchConfig;
+use super::{Out, c_str, cuda_api, put};
+use crate::context;
+use crate::driver;
+use crate::error::{CuError, CuResult};
+use crate::launch::{self, Dims};
+use crate::module;
+
+/// Loads a module from an image argument: NUL-terminated PTX text (cubins and fatbinaries
+/// are refused by their magic bytes).
+///
+/// # Safety
+///
+/// `image` must be NULL or point to a NUL-terminated image.
+unsafe fn load_image(image: *const c_void) -> CuResult<usize> {
+    if image.is_null() {
+        return Err(CuError::InvalidValue);
+    }
+    // A binary image is not NUL-terminated, so look at its magic before scanning for a NUL,
+    // reading no further than the first NUL (cubin and fatbinary magics contain none).
+    let mut head = [0_u8; 4];
+    for (i, byte) in head.iter_mut().enumerate() {
+        // SAFETY: every byte up to the first NUL belongs to the image (caller).
+        *byte = unsafe { *image.cast::<u8>().add(i) };
+        if *byte == 0 {
+            break;
+        }
+    }
+    if head == *b"\x7fELF" || head == 0xba55_ed50_u32.to_le_bytes() {
+        return Err(CuError::InvalidImage);
+    }
+    // SAFETY: PTX text is NUL-terminated (caller).
+    let text = unsafe { CStr::from_ptr(image.cast::<c_char>()) };
+    module::load_image(text.to_bytes())
+}
+
+cuda_api! {
+    /// `cuModuleLoad`: a PTX file.
+    fn cuModuleLoad(out: Out<'_, usize>, path: *const c_char) {
+        let out = out.ok_or(CuError::InvalidValue)?;
+        context::current()?;
+        // SAFETY: the caller passes a NUL-terminated path.
+        let path = unsafe { c_str(path) }?;
+        let image = std::fs::read(path).map_err(|_| CuError::FileNotFound)?;
+        out.write(module::load_image(&image)?);
+        Ok(())
+    }
+
+    /// `cuModuleLoadData`: PTX text; finds the `.entry` kernels.
+    fn cuModuleLoadData(out: Out<'_, usize>, image: *const c_void) {
+        let out = out.ok_or(CuError::InvalidValue)?;
+        context::current()?;
+        // SAFETY: the caller passes a NUL-terminated image.
+        out.write(unsafe { load_image(image) }?);
+        Ok(())
+    }
+
+    /// `cuModuleLoadDataEx`: as `cuModuleLoadData`; JIT options are ignored.
+    fn cuModuleLoadDataEx(
+        out: Out<'_, usize>,
+        image: *const c_void,
+        num_options: u32,
+        options: *mut c_void,
+        option_values: *mut *mut c_void,
+    ) {
+        let _ = (num_options, options, option_values);
+        let out = out.ok_or(CuError::InvalidValue)?;
+        context::current()?;
+        // SAFETY: the caller passes a NUL-terminated image.
+        out.write(unsafe { load_image(image) }?);
+        Ok(())
+    }
+
+    /// `cuModuleUnload`.
+    fn cuModuleUnload(handle: usize) {
+        driver::get()?;
+        module::unload(handle)
+    }
+
+    /// `cuModuleGetFunction`: `CUDA_ERROR_NOT_FOUND` for a name without `.entry`.
+    fn cuModuleGetFunction(out: Out<'_, usize>, handle: usize, name: *const c_char) {
+        let out = out.ok_or(CuError::InvalidValue)?;
+        // SAFETY: the caller passes a NUL-terminated name.
+        let name = unsafe { c_str(name) }?;
+        out.write(module::get_function(handle, name)?);
+        Ok(())
+    }
+
+    /// `cuModuleGetGlobal_v2`: modules have no globals here.
+    fn cuModuleGetGlobal_v2(dptr: Out<'_, u64>, bytes: Out<'_, usize>, handle: usize, name: *const c_char) {
+        let _ = (dptr, bytes);
+        // SAFETY: the caller passes a NUL-terminated name.
+        unsafe { c_str(name) }?;
+        if module::exists(handle) {
+            Err(CuError::NotFound)
+        } else {
+            Err(CuError::InvalidHandle)
+        }
+    }
+
+    /// `cuFuncGetAttribute`: plausible values; set ones read back.
+    fn cuFuncGetAttribute(value: Out<'_, c_int>, attribute: u32, func: usize) {
+        put(value, module::function(func)?.attribute(attribute))
+    }
+
+    /// `cuFuncSetAttribute`: recorded.
+    fn cuFuncSetAttribute(func: usize, attribute: u32, value: c_int) {
+        module::function(func)?.set_attribute(attribute, value);
+        Ok(())
+    }
+
+    /// `cuFuncSetCacheConfig`: accepted.
+    fn cuFuncSetCacheConfig(func: usize, config: u32) {
+        let _ = config;
+        module::function(func).map(drop)
+    }
+
+    /// `cuLibraryLoadData`: as `cuModuleLoadData`, without a context; options are ignored.
+    fn cuLibraryLoadData(
+        out: Out<'_, usize>,
+        code: *const c_void,
+        jit_options: *mut c_void,
+        jit_option_values: *mut *mut c_void,
+        num_jit_options: u32,
+        library_options: *mut c_void,
+        library_option_values: *mut *mut c_void,
+        num_library_options: u32,
+    ) {
+        let _ = (jit_options, jit_option_values, num_jit_options);
+        let _ = (library_options, library_option_values, num_library_options);
+        let out = out.ok_or(CuError::InvalidValue)?;
+        driver::get()?;
+        // SAFETY: the caller passes a NUL-terminated image.
+        out.write(unsafe { load_image(code) }?);
+        Ok(())
+    }
+
+    /// `cuLibraryUnload`.
+    fn cuLibraryUnload(library: usize) {
+        driver::get()?;
+        module::unload(library)
+    }
+
+    /// `cuLibraryGetKernel`: the kernel handle is also its function handle.
+    fn cuLibraryGetKernel(out: Out<'_, usize>, library: usize, name: *const c_char) {
+        let out = out.ok_or(CuError::InvalidValue)?;
+        // SAFETY: the caller passes a NUL-terminated name.
+        let name = unsafe { c_str(name) }?;
+        out.write(module::get_function(library, name)?);
+        Ok(())
+    }
+
+    /// `cuLibraryGetModule`: the library is its own module.
+    fn cuLibraryGetModule(out: Out<'_, usize>, library: usize) {
+        if !module::exists(library) {
+            return Err(CuError::InvalidHandle);
+        }
+        put(out, library)
+    }
+
+    /// `cuKernelGetFunction`.
+    fn cuKernelGetFunction(out: Out<'_, usize>, kernel: usize) {
+        module::function(kernel)?;
+        put(out, kernel)
+    }
+
+    /// `cuLaunchKernel`: `gpuslice_spin(ns)` occupies the stream for `ns` nanoseconds,
+    /// every other kernel for no time.
+    fn cuLaunchKernel | cuLaunchKernel_ptsz (
+        func: usize,
+        grid_x: u32, grid_y: u32, grid_z: u32,
+        block_x: u32, block_y: u32, block_z: u32,
+        shared_mem: u32,
+        stream: usize,
+        params: *mut *mut c_void,
+        extra: *mut *mut c_void,
+    ) {
+        let dims = Dims { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], shared_mem };
+        // SAFETY: the caller passes params / extra as cuLaunchKernel documents.
+        unsafe { launch::launch(func, &dims, stream, params, extra) }
+    }
+
+    /// `cuLaunchKernelEx`: launch attributes are ignored.
+    fn cuLaunchKernelEx | cuLaunchKernelEx_ptsz (
+        config: Option<&LaunchConfig>,
+        func: usize,
+        params: *mut *mut c_void,
+        extra: *mut *mut c_void,
+    ) {
+        let c = config.ok_or(CuError::InvalidValue)?;
+        let dims = Dims { grid: c.grid, block: c.block, shared_mem: c.shared_mem_bytes };
+        // SAFETY: the caller passes params / extra as cuLaunchKernel documents.
+        unsafe { launch::launch(func, &dims, c.stream, params, extra) }
+    }
+
+    /// `cuLaunchCooperativeKernel`: as `cuLaunchKernel`.
+    fn cuLaunchCooperativeKernel | cuLaunchCooperativeKernel_ptsz (
+        func: usize,
+        grid_x: u32, grid_y: u32, grid_z: u32,
+        block_x: u32, block_y: u32, block_z: u32,
+        shared_mem: u32,
+        stream: usize,
+        params: *mut *mut c_void,
+    ) {
+        let dims = Dims { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], shared_mem };
+        // SAFETY: the caller passes params as cuLaunchKernel documents.
+        unsafe { launch::launch(func, &dims, stream, params, std::ptr::null_mut()) }
+    }
+
+    /// `cuGraphLaunch`: graphs are not simulated (`CUDA_ERROR_NOT_SUPPORTED`).
+    fn cuGraphLaunch | cuGraphLaunch_ptsz (graph_exec: usize, stream: usize) {
+        let _ = (graph_exec, stream);
+        Err(CuError::NotSupported)
+    }
+}

@@ -1,0 +1,116 @@
+//! The C ABI: every exported CUDA driver and NVML function, one module per family. Each
+//! export checks its arguments, calls ordinary Rust in the modules above, and returns a plain
+//! `CUresult` / `nvmlReturn_t`; panics are caught and returned as `CUDA_ERROR_UNKNOWN` /
+//! `NVML_ERROR_UNKNOWN`.
+//!
+//! Handles (`CUcontext`, `CUstream`, `CUevent`, `CUmodule`, `CUfunction`, `CUarray`,
+//! `CUmemoryPool`, `CUlibrary`, `CUkernel`) are declared as `usize`, which every 64-bit Linux
+//! ABI passes exactly like a pointer. Output pointers are `Option<&mut MaybeUninit<T>>`
+//! (FFI-safe: NULL is `None`), so writing a result needs no `unsafe`.
+
+pub mod abi;
+pub mod context;
+pub mod device;
+pub mod launch;
+pub mod memory;
+pub mod nvml;
+pub mod procaddr;
+pub mod stream;
+pub mod symbols;
+pub mod vmm;
+
+use std::ffi::{CStr, c_char};
+use std::mem::MaybeUninit;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::error::{CuError, CuResult, code_of};
+
+const _: () = assert!(size_of::<usize>() == size_of::<*const ()>());
+
+/// An output argument: `T*` in C.
+pub type Out<'a, T> = Option<&'a mut MaybeUninit<T>>;
+
+/// Writes `value` through an output argument; NULL is `CUDA_ERROR_INVALID_VALUE`.
+pub fn put<T>(out: Out<'_, T>, value: T) -> CuResult {
+    out.ok_or(CuError::InvalidValue)?.write(value);
+    Ok(())
+}
+
+/// Writes `value` through an optional output argument (NULL means "not wanted").
+pub fn put_if<T>(out: Out<'_, T>, value: T) {
+    if let Some(out) = out {
+        out.write(value);
+    }
+}
+
+/// A `CUdeviceptr` argument as an address.
+pub fn addr(ptr: u64) -> CuResult<usize> {
+    usize::try_from(ptr).map_err(|_| CuError::InvalidValue)
+}
+
+/// A byte count as a `size_t`, saturating (only device capacities can exceed it).
+pub fn size(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// Runs an export's body, turning its result (or a panic) into a `CUresult`.
+pub fn guard(body: impl FnOnce() -> CuResult) -> u32 {
+    code_of(catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(CuError::Unknown)))
+}
+
+/// Reads a NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+///
+/// `ptr` must be NULL or point to a NUL-terminated string that outlives `'a`.
+pub unsafe fn c_str<'a>(ptr: *const c_char) -> CuResult<&'a str> {
+    if ptr.is_null() {
+        return Err(CuError::InvalidValue);
+    }
+    // SAFETY: non-null, and the caller guarantees NUL termination and lifetime.
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| CuError::InvalidValue)
+}
+
+/// Copies `text` into a C buffer of `len` bytes, truncating and always NUL-terminating;
+/// returns whether it fit whole.
+///
+/// # Safety
+///
+/// `buf` must be NULL or writable for `len` bytes.
+pub unsafe fn write_c_string(buf: *mut c_char, len: usize, text: &[u8]) -> CuResult<bool> {
+    if buf.is_null() || len == 0 {
+        return Err(CuError::InvalidValue);
+    }
+    let n = text.len().min(len - 1);
+    // SAFETY: n + 1 <= len bytes of buf are writable (caller); text has n readable bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+        *buf.add(n) = 0;
+    }
+    Ok(n == text.len())
+}
+
+/// Declares exported driver functions. Each `fn a | b (args) { body }` exports every listed
+/// name with the same arguments and body (the `_ptsz` / `_ptds` and `_v2` twins); the body
+/// returns `CuResult`.
+macro_rules! cuda_api {
+    ($(
+        $(#[doc = $doc:literal])+
+        fn $($name:ident)|+ ($($arg:ident: $ty:ty),* $(,)?) $body:block
+    )*) => {$($(
+        $(#[doc = $doc])+
+        ///
+        /// # Safety
+        ///
+        /// Called from C: every pointer argument must be valid as the CUDA driver API
+        /// documents for this function.
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
+            $crate::exports::guard(move || -> $crate::error::CuResult { $body })
+        }
+    )+)*};
+}
+
+pub(crate) use cuda_api;

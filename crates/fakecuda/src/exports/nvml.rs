@@ -1,0 +1,190 @@
+//! NVML: initialization, the driver version, device enumeration, names, UUIDs and memory
+//! information (the same numbers as `cuMemGetInfo`).
+
+use std::ffi::{c_char, c_int, c_uint};
+use std::mem::MaybeUninit;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::Out;
+use super::abi::{NVML_MEMORY_V2, NvmlMemory, NvmlMemoryV2};
+use crate::device::{COMPUTE_CAPABILITY, NAME};
+use crate::exports::device::DRIVER_VERSION;
+use crate::nvml::{self, NvmlError, NvmlResult};
+
+/// The driver version NVML reports (an R580 driver, which comes with CUDA 13.0).
+const DRIVER_VERSION_STRING: &str = "580.65.06";
+/// The NVML library version.
+const NVML_VERSION_STRING: &str = "13.580.65.06";
+
+/// Runs an NVML export's body, turning its result (or a panic) into an `nvmlReturn_t`.
+fn guard(body: impl FnOnce() -> NvmlResult) -> u32 {
+    nvml::code_of(catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(NvmlError::Unknown)))
+}
+
+fn put<T>(out: Out<'_, T>, value: T) -> NvmlResult {
+    out.ok_or(NvmlError::InvalidArgument)?.write(value);
+    Ok(())
+}
+
+/// Copies `text` and a NUL into `buf`, or fails with `NVML_ERROR_INSUFFICIENT_SIZE`.
+///
+/// # Safety
+///
+/// `buf` must be NULL or writable for `len` bytes.
+unsafe fn put_string(buf: *mut c_char, len: c_uint, text: &str) -> NvmlResult {
+    if buf.is_null() {
+        return Err(NvmlError::InvalidArgument);
+    }
+    let len = usize::try_from(len).map_err(|_| NvmlError::InvalidArgument)?;
+    if len <= text.len() {
+        return Err(NvmlError::InsufficientSize);
+    }
+    // SAFETY: text.len() + 1 <= len bytes of buf are writable (caller).
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+        *buf.add(text.len()) = 0;
+    }
+    Ok(())
+}
+
+/// `(total, free, used)` of a device, after reclaiming dead processes' memory.
+fn memory(handle: usize) -> NvmlResult<(u64, u64, u64)> {
+    let (free, total) = nvml::device(handle)?.memory_info();
+    Ok((total, free, total - free))
+}
+
+macro_rules! nvml_api {
+    ($(
+        $(#[doc = $doc:literal])+
+        fn $($name:ident)|+ ($($arg:ident: $ty:ty),* $(,)?) $body:block
+    )*) => {$($(
+        $(#[doc = $doc])+
+        ///
+        /// # Safety
+        ///
+        /// Called from C: every pointer argument must be valid as the NVML documentation
+        /// says for this function.
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
+            guard(move || -> NvmlResult { $body })
+        }
+    )+)*};
+}
+
+nvml_api! {
+    /// `nvmlInit_v2`: reads the `FAKECUDA_*` configuration if `cuInit` has not.
+    fn nvmlInit_v2 | nvmlInit () {
+        nvml::init()
+    }
+
+    /// `nvmlInitWithFlags`: flags are ignored.
+    fn nvmlInitWithFlags(flags: c_uint) {
+        let _ = flags;
+        nvml::init()
+    }
+
+    /// `nvmlShutdown`.
+    fn nvmlShutdown() {
+        nvml::shutdown()
+    }
+
+    /// `nvmlSystemGetDriverVersion`: "580.65.06".
+    fn nvmlSystemGetDriverVersion(version: *mut c_char, len: c_uint) {
+        nvml::driver()?;
+        // SAFETY: the caller passes a buffer of len bytes.
+        unsafe { put_string(version, len, DRIVER_VERSION_STRING) }
+    }
+
+    /// `nvmlSystemGetNVMLVersion`.
+    fn nvmlSystemGetNVMLVersion(version: *mut c_char, len: c_uint) {
+        // SAFETY: the caller passes a buffer of len bytes.
+        unsafe { put_string(version, len, NVML_VERSION_STRING) }
+    }
+
+    /// `nvmlSystemGetCudaDriverVersion`: 13000.
+    fn nvmlSystemGetCudaDriverVersion | nvmlSystemGetCudaDriverVersion_v2 (version: Out<'_, c_int>) {
+        put(version, DRIVER_VERSION)
+    }
+
+    /// `nvmlDeviceGetCount_v2`.
+    fn nvmlDeviceGetCount_v2 | nvmlDeviceGetCount (count: Out<'_, c_uint>) {
+        let n = nvml::driver()?.devices.len();
+        put(count, c_uint::try_from(n).unwrap_or(c_uint::MAX))
+    }
+
+    /// `nvmlDeviceGetHandleByIndex_v2`.
+    fn nvmlDeviceGetHandleByIndex_v2 | nvmlDeviceGetHandleByIndex (index: c_uint, device: Out<'_, usize>) {
+        let index = usize::try_from(index).map_err(|_| NvmlError::InvalidArgument)?;
+        if index >= nvml::driver()?.devices.len() {
+            return Err(NvmlError::InvalidArgument);
+        }
+        put(device, nvml::handle_of(index))
+    }
+
+    /// `nvmlDeviceGetHandleByUUID`: by the "GPU-..." string.
+    fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: Out<'_, usize>) {
+        // SAFETY: the caller passes a NUL-terminated UUID string.
+        let uuid = unsafe { super::c_str(uuid) }.map_err(|_| NvmlError::InvalidArgument)?;
+        let found = nvml::driver()?
+            .devices
+            .iter()
+            .find(|d| d.uuid_string() == uuid)
+            .ok_or(NvmlError::NotFound)?;
+        put(device, nvml::handle_of(found.index))
+    }
+
+    /// `nvmlDeviceGetUUID`: "GPU-fa4ec0da-0000-4000-8000-00000000000<index>".
+    fn nvmlDeviceGetUUID(device: usize, uuid: *mut c_char, len: c_uint) {
+        let text = nvml::device(device)?.uuid_string();
+        // SAFETY: the caller passes a buffer of len bytes.
+        unsafe { put_string(uuid, len, &text) }
+    }
+
+    /// `nvmlDeviceGetName`: "gpuslice simulated GPU".
+    fn nvmlDeviceGetName(device: usize, name: *mut c_char, len: c_uint) {
+        nvml::device(device)?;
+        let text = NAME.to_str().map_err(|_| NvmlError::Unknown)?;
+        // SAFETY: the caller passes a buffer of len bytes.
+        unsafe { put_string(name, len, text) }
+    }
+
+    /// `nvmlDeviceGetIndex`.
+    fn nvmlDeviceGetIndex | nvmlDeviceGetMinorNumber (device: usize, index: Out<'_, c_uint>) {
+        let i = nvml::device(device)?.index;
+        put(index, c_uint::try_from(i).unwrap_or(c_uint::MAX))
+    }
+
+    /// `nvmlDeviceGetCudaComputeCapability`: 9.0.
+    fn nvmlDeviceGetCudaComputeCapability(device: usize, major: Out<'_, c_int>, minor: Out<'_, c_int>) {
+        nvml::device(device)?;
+        put(major, COMPUTE_CAPABILITY.0)?;
+        put(minor, COMPUTE_CAPABILITY.1)
+    }
+
+    /// `nvmlDeviceGetMemoryInfo`: total = capacity; used = what all live processes hold.
+    fn nvmlDeviceGetMemoryInfo(device: usize, info: Out<'_, NvmlMemory>) {
+        let out = info.ok_or(NvmlError::InvalidArgument)?;
+        let (total, free, used) = memory(device)?;
+        out.write(NvmlMemory { total, free, used });
+        Ok(())
+    }
+
+    /// `nvmlDeviceGetMemoryInfo_v2`: `version` must be `nvmlMemory_v2`; nothing is reserved.
+    fn nvmlDeviceGetMemoryInfo_v2(device: usize, info: Option<&mut MaybeUninit<NvmlMemoryV2>>) {
+        let out = info.ok_or(NvmlError::InvalidArgument)?;
+        // SAFETY: the caller sets the version field before the call; only it is read.
+        let version = unsafe { (&raw const (*out.as_ptr()).version).read() };
+        if version != NVML_MEMORY_V2 {
+            return Err(NvmlError::ArgumentVersionMismatch);
+        }
+        let (total, free, used) = memory(device)?;
+        out.write(NvmlMemoryV2 { version, total, reserved: 0, free, used });
+        Ok(())
+    }
+}
+
+/// `nvmlErrorString`: a static description of any `nvmlReturn_t`.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn nvmlErrorString(result: u32) -> *const c_char {
+    nvml::error_string(result).as_ptr()
+}

@@ -1,0 +1,118 @@
+//! NVML state: return codes, the initialization count, and device handles.
+
+use std::ffi::CStr;
+
+use parking_lot::Mutex;
+
+use crate::config::MAX_DEVICES;
+use crate::device::Device;
+use crate::driver::{self, Driver};
+
+/// An `nvmlReturn_t` error the simulated NVML returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum NvmlError {
+    /// `NVML_ERROR_UNINITIALIZED`.
+    Uninitialized = 1,
+    /// `NVML_ERROR_INVALID_ARGUMENT`.
+    InvalidArgument = 2,
+    /// `NVML_ERROR_NOT_FOUND`.
+    NotFound = 6,
+    /// `NVML_ERROR_INSUFFICIENT_SIZE`.
+    InsufficientSize = 7,
+    /// `NVML_ERROR_DRIVER_NOT_LOADED`: the simulated driver's configuration is invalid.
+    DriverNotLoaded = 9,
+    /// `NVML_ERROR_ARGUMENT_VERSION_MISMATCH`.
+    ArgumentVersionMismatch = 25,
+    /// `NVML_ERROR_UNKNOWN`: an internal failure (a caught panic).
+    Unknown = 999,
+}
+
+/// The result of a simulated NVML call.
+pub type NvmlResult<T = ()> = Result<T, NvmlError>;
+
+/// The `nvmlReturn_t` value of a result.
+pub fn code_of(result: NvmlResult) -> u32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => e as u32,
+    }
+}
+
+/// What `nvmlErrorString` says for each `nvmlReturn_t`.
+pub fn error_string(code: u32) -> &'static CStr {
+    match code {
+        0 => c"Success",
+        1 => c"Uninitialized",
+        2 => c"Invalid Argument",
+        3 => c"Not Supported",
+        4 => c"Insufficient Permissions",
+        5 => c"Already Initialized",
+        6 => c"Not Found",
+        7 => c"Insufficient Size",
+        8 => c"Insufficient External Power",
+        9 => c"Driver Not Loaded",
+        10 => c"Timeout",
+        11 => c"Interrupt request issue",
+        12 => c"NVML Shared Library Not Found",
+        13 => c"Function Not Found",
+        14 => c"Corrupted infoROM",
+        15 => c"GPU is lost",
+        16 => c"GPU requires restart",
+        17 => c"The operating system has blocked the request.",
+        18 => c"RM has detected an NVML/RM version mismatch.",
+        19 => c"In use by another client",
+        20 => c"Insufficient Memory",
+        21 => c"No data",
+        23 => c"Insufficient resources",
+        25 => c"Argument version mismatch",
+        26 => c"Deprecated",
+        27 => c"Not Ready",
+        28 => c"GPU not found",
+        29 => c"Invalid state",
+        _ => c"Unknown Error",
+    }
+}
+
+static INIT_COUNT: Mutex<u32> = Mutex::new(0);
+
+/// `nvmlInit`: starts the simulated driver (without `cuInit`) and counts the initialization.
+pub fn init() -> NvmlResult {
+    driver::load().map_err(|_| NvmlError::DriverNotLoaded)?;
+    *INIT_COUNT.lock() += 1;
+    Ok(())
+}
+
+/// `nvmlShutdown`: undoes one `nvmlInit`.
+pub fn shutdown() -> NvmlResult {
+    let mut count = INIT_COUNT.lock();
+    *count = count.checked_sub(1).ok_or(NvmlError::Uninitialized)?;
+    Ok(())
+}
+
+/// The driver, for calls that need `nvmlInit` first.
+pub fn driver() -> NvmlResult<&'static Driver> {
+    if *INIT_COUNT.lock() == 0 {
+        return Err(NvmlError::Uninitialized);
+    }
+    driver::load().map_err(|_| NvmlError::Uninitialized)
+}
+
+/// Distinct addresses used as `nvmlDevice_t` handles, one per device.
+static HANDLES: [u8; MAX_DEVICES] = [0; MAX_DEVICES];
+
+/// The `nvmlDevice_t` of device `index`.
+pub fn handle_of(index: usize) -> usize {
+    HANDLES.as_ptr() as usize + index
+}
+
+/// The device behind an `nvmlDevice_t`.
+pub fn device(handle: usize) -> NvmlResult<&'static Device> {
+    let index = handle
+        .checked_sub(HANDLES.as_ptr() as usize)
+        .ok_or(NvmlError::InvalidArgument)?;
+    driver()?
+        .devices
+        .get(index)
+        .ok_or(NvmlError::InvalidArgument)
+}

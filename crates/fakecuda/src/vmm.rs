@@ -1,0 +1,237 @@
+//! Virtual memory management (`cuMemCreate`, `cuMemAddressReserve`, `cuMemMap`, ...), as
+//! PyTorch's expandable segments, JAX and NCCL use it.
+//!
+//! Physical memory is a memfd of the requested size, charged to its device while any handle
+//! or mapping refers to it; address ranges are `PROT_NONE` reservations; `cuMemMap` places
+//! the memfd into a reservation with `MAP_FIXED | MAP_SHARED` (still inaccessible), and
+//! `cuMemSetAccess` makes it readable and writable.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::device::{Charge, Device};
+use crate::error::{CuError, CuResult};
+use crate::handles::Table;
+use crate::mapping::{self, Access, Mapping};
+
+/// Allocation granularity (minimum and recommended): 2 MiB, as on an H100.
+pub const GRANULARITY: usize = 2 << 20;
+
+/// Physical memory made by `cuMemCreate`.
+#[derive(Debug)]
+struct Physical {
+    fd: OwnedFd,
+    size: usize,
+    _charge: Charge,
+}
+
+#[derive(Debug)]
+struct MappedRange {
+    len: usize,
+    access: Access,
+    _physical: Arc<Physical>,
+}
+
+#[derive(Debug)]
+struct Reservation {
+    range: Mapping,
+    mapped: BTreeMap<usize, MappedRange>,
+}
+
+static PHYSICAL: Table<Physical> = Table::new();
+static RESERVATIONS: Mutex<BTreeMap<usize, Reservation>> = Mutex::new(BTreeMap::new());
+
+/// `cuMemCreate`: `size` bytes (a multiple of the granularity) of device memory.
+pub fn create(device: &'static Device, size: usize) -> CuResult<u64> {
+    if size == 0 || size % GRANULARITY != 0 {
+        return Err(CuError::InvalidValue);
+    }
+    let charge = device.reserve(size as u64)?;
+    // SAFETY: memfd_create reads a NUL-terminated name and returns a new fd or -1.
+    let raw = unsafe { libc::memfd_create(c"fakecuda-vmm".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(CuError::OperatingSystem);
+    }
+    // SAFETY: raw is a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let file = File::from(fd);
+    file.set_len(size as u64)
+        .map_err(|_| CuError::OperatingSystem)?;
+    let handle = PHYSICAL.insert(Arc::new(Physical {
+        fd: file.into(),
+        size,
+        _charge: charge,
+    }));
+    Ok(handle as u64)
+}
+
+fn physical(handle: u64) -> CuResult<Arc<Physical>> {
+    usize::try_from(handle)
+        .ok()
+        .and_then(|h| PHYSICAL.get(h))
+        .ok_or(CuError::InvalidHandle)
+}
+
+/// `cuMemRelease`: the memory goes back to the device once it is also unmapped everywhere.
+pub fn release(handle: u64) -> CuResult {
+    let handle = usize::try_from(handle).map_err(|_| CuError::InvalidHandle)?;
+    PHYSICAL.remove(handle).map(drop).ok_or(CuError::InvalidHandle)
+}
+
+/// `cuMemAddressReserve`: an inaccessible range of `size` bytes.
+pub fn reserve(size: usize, alignment: usize) -> CuResult<usize> {
+    if size == 0 || size % GRANULARITY != 0 || (alignment != 0 && !alignment.is_power_of_two()) {
+        return Err(CuError::InvalidValue);
+    }
+    let range = Mapping::reserve(size, alignment.max(GRANULARITY))
+        .map_err(|_| CuError::OutOfMemory)?;
+    let start = range.addr();
+    RESERVATIONS.lock().insert(
+        start,
+        Reservation {
+            range,
+            mapped: BTreeMap::new(),
+        },
+    );
+    Ok(start)
+}
+
+/// `cuMemAddressFree`: gives back a whole reservation.
+pub fn free(ptr: usize, size: usize) -> CuResult {
+    let mut reservations = RESERVATIONS.lock();
+    match reservations.get(&ptr) {
+        Some(r) if r.range.len() == size => {
+            reservations.remove(&ptr);
+            Ok(())
+        }
+        _ => Err(CuError::InvalidValue),
+    }
+}
+
+fn with_reservation<T>(
+    ptr: usize,
+    size: usize,
+    f: impl FnOnce(&mut Reservation) -> CuResult<T>,
+) -> CuResult<T> {
+    let mut reservations = RESERVATIONS.lock();
+    let (_, reservation) = reservations
+        .range_mut(..=ptr)
+        .next_back()
+        .ok_or(CuError::InvalidValue)?;
+    if size == 0 || !reservation.range.contains(ptr, size) {
+        return Err(CuError::InvalidValue);
+    }
+    f(reservation)
+}
+
+fn overlaps(r: &Reservation, ptr: usize, size: usize) -> bool {
+    r.mapped
+        .range(..ptr + size)
+        .next_back()
+        .is_some_and(|(&start, m)| start + m.len > ptr)
+}
+
+/// `cuMemMap`: places `size` bytes of `handle` (from `offset`) at `ptr`, inaccessible until
+/// `cuMemSetAccess`.
+pub fn map(ptr: usize, size: usize, offset: usize, handle: u64) -> CuResult {
+    let physical = physical(handle)?;
+    if offset
+        .checked_add(size)
+        .is_none_or(|end| end > physical.size)
+        || ptr % GRANULARITY != 0
+        || size % GRANULARITY != 0
+    {
+        return Err(CuError::InvalidValue);
+    }
+    with_reservation(ptr, size, |r| {
+        if overlaps(r, ptr, size) {
+            return Err(CuError::InvalidValue);
+        }
+        // SAFETY: [ptr, ptr + size) is inside reservation r, owned by this module, and no
+        // mapping occupies it.
+        unsafe {
+            mapping::map_fixed_shared(ptr, size, physical.fd.as_fd(), offset as u64, Access::None)
+        }
+        .map_err(|_| CuError::OperatingSystem)?;
+        r.mapped.insert(
+            ptr,
+            MappedRange {
+                len: size,
+                access: Access::None,
+                _physical: Arc::clone(&physical),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// `cuMemUnmap`: unmaps every mapping inside `[ptr, ptr + size)`.
+pub fn unmap(ptr: usize, size: usize) -> CuResult {
+    with_reservation(ptr, size, |r| {
+        let inside: Vec<usize> = r
+            .mapped
+            .range(ptr..ptr + size)
+            .filter(|(start, m)| **start + m.len <= ptr + size)
+            .map(|(&start, _)| start)
+            .collect();
+        if inside.is_empty() {
+            return Err(CuError::InvalidValue);
+        }
+        // SAFETY: the range is inside reservation r, owned by this module.
+        unsafe { mapping::map_fixed_none(ptr, size) }.map_err(|_| CuError::OperatingSystem)?;
+        for start in inside {
+            r.mapped.remove(&start);
+        }
+        Ok(())
+    })
+}
+
+/// `cuMemSetAccess`: sets the protection of mapped memory in `[ptr, ptr + size)`.
+pub fn set_access(ptr: usize, size: usize, access: Access) -> CuResult {
+    with_reservation(ptr, size, |r| {
+        if !covered(r, ptr, size, |_| true) {
+            return Err(CuError::InvalidValue);
+        }
+        // SAFETY: the whole range is mapped memory of reservation r, owned by this module.
+        unsafe { mapping::protect(ptr, size, access) }.map_err(|_| CuError::OperatingSystem)?;
+        for (_, m) in r.mapped.range_mut(ptr..ptr + size) {
+            m.access = access;
+        }
+        Ok(())
+    })
+}
+
+/// Whether `[ptr, ptr + len)` is contiguous mapped memory of reservation `r` whose mappings
+/// all satisfy `ok`.
+fn covered(r: &Reservation, ptr: usize, len: usize, ok: impl Fn(&MappedRange) -> bool) -> bool {
+    let end = ptr + len;
+    let mut at = ptr;
+    let Some((&first, _)) = r.mapped.range(..=ptr).next_back() else {
+        return false;
+    };
+    for (&start, m) in r.mapped.range(first..end) {
+        if start > at || !ok(m) {
+            return false;
+        }
+        at = at.max(start + m.len);
+        if at >= end {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `[ptr, ptr + len)` is mapped, readable and writable VMM memory.
+pub fn is_accessible(ptr: usize, len: usize) -> bool {
+    let reservations = RESERVATIONS.lock();
+    reservations
+        .range(..=ptr)
+        .next_back()
+        .is_some_and(|(_, r)| {
+            r.range.contains(ptr, len) && covered(r, ptr, len, |m| m.access == Access::ReadWrite)
+        })
+}

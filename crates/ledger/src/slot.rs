@@ -1,0 +1,221 @@
+//! A process's slot: the counters it reserves memory in, owned through an OFD lock, and the
+//! lock-free reservation protocol of the allocation hot path.
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+
+use crate::layout::SlotGpu;
+use crate::usage::{GpuIndex, UsageFile, bit, clear_slot, committed, saturating_sub, slot_gpu};
+
+/// How often [`ProcessSlot::try_reserve`] retries after a transient clash.
+const RESERVE_ATTEMPTS: u32 = 64;
+
+/// Why [`ProcessSlot::try_reserve`] refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct OverLimit {
+    /// What the tenant held on the GPU without this request when it was refused (this
+    /// process's earlier reservations included).
+    pub used: u64,
+    /// The request.
+    pub requested: u64,
+    /// The limit it was checked against.
+    pub limit: u64,
+}
+
+impl fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bytes requested with {} bytes in use would exceed the limit of {} bytes",
+            self.requested, self.used, self.limit
+        )
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+/// This process's slot in its tenant's usage file: the counters it reserves memory in.
+///
+/// Ownership is proven by an OFD write lock on the slot's byte, carried by a file description
+/// only this value holds. Dropping it gives the slot back cleanly; if the process dies
+/// instead, the kernel drops the lock and the next [`UsageFile::reclaim_dead`] or
+/// [`UsageFile::claim_slot`] empties the slot.
+///
+/// Share it between the process's threads (`&ProcessSlot` is enough for every operation).
+#[derive(Debug)]
+pub struct ProcessSlot {
+    file: Arc<UsageFile>,
+    index: u32,
+    /// The description holding the slot's lock; `None` once given up.
+    lock: Option<OwnedFd>,
+    /// The process that claimed the slot; a forked child must not give it back.
+    owner_pid: u32,
+}
+
+impl ProcessSlot {
+    /// The slot's index in the usage file.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The usage file the slot is in.
+    pub fn usage_file(&self) -> &Arc<UsageFile> {
+        &self.file
+    }
+
+    /// This slot's record for `gpu`.
+    #[inline]
+    fn own(&self, gpu: GpuIndex) -> Option<&SlotGpu> {
+        slot_gpu(self.file.layout(), self.index, gpu.get()?)
+    }
+
+    /// Reserves `bytes` on `gpu` for this process, unless the tenant's total on that GPU
+    /// would exceed `limit`. The allocation hot path: no syscalls, no locks, no allocation.
+    ///
+    /// The protocol (`docs/architecture.md`): add the request to this slot's counter, then
+    /// sum the occupied slots. Within the limit: done. Over it: take the request back and sum
+    /// again; if the others alone leave room, the excess was another reservation in flight
+    /// (a transient clash), so try again, a bounded number of times; otherwise refuse.
+    /// Because every reservation adds before it reads (all sequentially consistent), of any
+    /// two that clash the later one sees the other: reservations that succeed never together
+    /// exceed `limit`, across all the tenant's threads and processes.
+    ///
+    /// An index outside the GPU table is refused (with `used` 0): nothing can be counted there.
+    pub fn try_reserve(&self, gpu: GpuIndex, bytes: u64, limit: u64) -> Result<(), OverLimit> {
+        let refuse = |used| {
+            Err(OverLimit {
+                used,
+                requested: bytes,
+                limit,
+            })
+        };
+        let (Some(g), Some(own)) = (gpu.get(), self.own(gpu)) else {
+            return refuse(0);
+        };
+        let layout = self.file.layout();
+        let own_bit = bit(self.index);
+        if bytes > limit {
+            return refuse(committed(layout, g, own_bit));
+        }
+        let mut others = 0;
+        for _ in 0..RESERVE_ATTEMPTS {
+            let before = own.memory_bytes.fetch_add(bytes, SeqCst);
+            if before.checked_add(bytes).is_none() {
+                // The counter wrapped (no real GPU gets here): undo exactly, since a
+                // saturating undo of a wrapped add would lose what the slot held, and refuse.
+                own.memory_bytes.fetch_sub(bytes, SeqCst);
+                return refuse(committed(layout, g, own_bit));
+            }
+            if committed(layout, g, own_bit) <= limit {
+                return Ok(());
+            }
+            saturating_sub(&own.memory_bytes, bytes);
+            others = committed(layout, g, own_bit);
+            if others.saturating_add(bytes) > limit {
+                return refuse(others);
+            }
+            std::hint::spin_loop();
+        }
+        refuse(others)
+    }
+
+    /// Gives back `bytes` reserved on `gpu` (stopping at 0 if more is released than held).
+    pub fn release(&self, gpu: GpuIndex, bytes: u64) {
+        if let Some(own) = self.own(gpu) {
+            saturating_sub(&own.memory_bytes, bytes);
+        }
+    }
+
+    /// What this process holds on `gpu`.
+    pub fn held(&self, gpu: GpuIndex) -> u64 {
+        self.own(gpu).map_or(0, |own| own.memory_bytes.load(SeqCst))
+    }
+
+    /// Charges `ns` nanoseconds of GPU time on `gpu` to this process.
+    pub fn add_gpu_time(&self, gpu: GpuIndex, ns: u64) {
+        if let Some(own) = self.own(gpu) {
+            // Saturating: a wrapped counter would make the tenant look idle.
+            let _ = own
+                .gpu_time_ns
+                .fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_add(ns)));
+        }
+    }
+
+    /// The GPU time charged to this process on `gpu`, in nanoseconds.
+    pub fn gpu_time_ns(&self, gpu: GpuIndex) -> u64 {
+        self.own(gpu).map_or(0, |own| own.gpu_time_ns.load(Relaxed))
+    }
+
+    /// At process exit (an `atexit` handler), while other threads may still hold this slot:
+    /// gives its usage back at once instead of at the next reclaim. Empties the slot (its GPU
+    /// time goes to `retired_gpu_time_ns`), marks it free and clears its bit, but keeps the
+    /// lock, so no other process takes the slot until this one has exited.
+    ///
+    /// A `release` after this stops at zero. A reservation made after it (a thread still
+    /// allocating during exit) is counted by this process but not by others, and is emptied
+    /// by the next reclaim once the process is gone. In a forked child that did not call
+    /// [`ProcessSlot::abandon_after_fork`] it does nothing: the slot is the parent's.
+    pub fn vacate(&self) {
+        if self.lock.is_some() && std::process::id() == self.owner_pid {
+            clear_slot(self.file.layout(), self.index);
+        }
+    }
+
+    /// For a forked child: forgets this slot without touching it (the parent still owns it)
+    /// and closes the child's copy of the lock's descriptor, so that the lock dies with the
+    /// parent and not with whichever of the two exits last.
+    ///
+    /// Async-signal-safe: it only calls `close()`. It frees nothing (the child's reference to
+    /// the usage file is leaked on purpose, as freeing memory is not async-signal-safe).
+    pub fn abandon_after_fork(self) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        drop(this.lock.take());
+    }
+}
+
+impl Drop for ProcessSlot {
+    /// A clean exit: empties the slot (its GPU time goes to `retired_gpu_time_ns`), marks it
+    /// free, clears its bit, and only then closes the descriptor, which drops the lock. In a
+    /// forked child that did not call [`ProcessSlot::abandon_after_fork`] it only closes.
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        if std::process::id() == self.owner_pid {
+            clear_slot(self.file.layout(), self.index);
+        }
+        drop(lock);
+    }
+}
+
+impl ProcessSlot {
+    /// A slot just claimed: `lock` holds the OFD lock on slot `index` of `file`.
+    pub(crate) fn new(file: Arc<UsageFile>, index: u32, lock: OwnedFd, owner_pid: u32) -> Self {
+        ProcessSlot {
+            file,
+            index,
+            lock: Some(lock),
+            owner_pid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_limit_message_gives_the_numbers() {
+        let e = OverLimit {
+            used: 3,
+            requested: 2,
+            limit: 4,
+        };
+        assert_eq!(
+            e.to_string(),
+            "2 bytes requested with 3 bytes in use would exceed the limit of 4 bytes"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+/*
+ * gpuslice.h - the C interface of gpuslice.
+ *
+ * gpuslice lets several containers share one NVIDIA GPU: an LD_PRELOAD shim (libgpuslice.so)
+ * gives each tenant a memory quota and a share of kernel time. This header documents what a
+ * C program can rely on: the environment variables the shim reads, and the on-disk ABI of the
+ * ledger, the shared-memory directory through which the shim's processes coordinate.
+ *
+ * C11, no dependencies beyond <stdint.h> and <stddef.h>.
+ */
+#ifndef GPUSLICE_H
+#define GPUSLICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Environment variables ---- */
+
+/* (filled in by the shim) */
+
+/* ---- The ledger: on-disk ABI ----
+ *
+ * A directory, GPUSLICE_DIR (default /run/gpuslice), holding one directory per tenant:
+ *
+ *     <dir>/tenants/<tenant>/quota   struct gpuslice_quota_file: what the tenant may use;
+ *                                    written by whoever created the tenant, read-only to it
+ *     <dir>/tenants/<tenant>/usage   struct gpuslice_usage_file: what the tenant uses;
+ *                                    written by the tenant's processes, read by anyone
+ *
+ * A tenant name is 1 to 63 characters of [A-Za-z0-9._-], not starting with '.' or '-'.
+ * Directories are mode 0755, files 0644.
+ *
+ * Both files are fixed-size and little-endian, and are read and written through shared
+ * memory mappings by many processes at once. Every field that can change while the file is
+ * in use is a naturally aligned 32- or 64-bit integer that must be accessed atomically
+ * (C11 atomics, or __atomic_load_n / __atomic_store_n / __atomic_fetch_add with
+ * __ATOMIC_SEQ_CST). The structs below declare plain integers so that they describe the
+ * layout exactly; cast to _Atomic or use the builtins when reading a live file.
+ *
+ * Validation. A reader must refuse (and name) a file whose magic, layout_version,
+ * header_size, file_size, max_gpus, max_slots, table_offset, slot_offset, entry_size or
+ * slot_size differ from the values below, or whose length on disk differs from file_size.
+ * A quota file is never accepted as a usage file, nor the reverse. Every index read from a
+ * file must be bounds-checked.
+ *
+ * Readers of another tenant's usage file should copy it with pread(2) rather than map it:
+ * the tenant can truncate its own file, and touching a mapping past the end of a file
+ * raises SIGBUS.
+ */
+
+/** Version of the layout described here; files of any other version are refused. */
+#define GPUSLICE_LAYOUT_VERSION 1u
+
+/** First 8 bytes of a quota file (no terminating NUL in the file). */
+#define GPUSLICE_QUOTA_MAGIC "GPUSLQTA"
+/** First 8 bytes of a usage file (no terminating NUL in the file). */
+#define GPUSLICE_USAGE_MAGIC "GPUSLUSE"
+/** Length of a magic. */
+#define GPUSLICE_MAGIC_LEN 8
+
+/** GPUs per file: per-GPU entries of a quota file, GPU table entries of a usage file. */
+#define GPUSLICE_MAX_GPUS 16
+/** Process slots per usage file (the occupied bitmap is one uint64_t). */
+#define GPUSLICE_MAX_SLOTS 64
+
+#define GPUSLICE_HEADER_SIZE 64u
+#define GPUSLICE_QUOTA_TABLE_OFFSET 96u
+#define GPUSLICE_QUOTA_ENTRY_SIZE 64u
+#define GPUSLICE_QUOTA_FILE_SIZE 1120u
+#define GPUSLICE_USAGE_TABLE_OFFSET 64u
+#define GPUSLICE_USAGE_ENTRY_SIZE 64u
+#define GPUSLICE_USAGE_SLOT_OFFSET 1088u
+#define GPUSLICE_USAGE_SLOT_SIZE 544u
+#define GPUSLICE_USAGE_FILE_SIZE 35904u
+
+/** gpuslice_limits.memory_limit_bytes meaning "no limit". */
+#define GPUSLICE_MEMORY_UNLIMITED UINT64_MAX
+
+/** gpuslice_limits.priority. */
+#define GPUSLICE_PRIORITY_UNSET 0u
+#define GPUSLICE_PRIORITY_LOW 1u
+#define GPUSLICE_PRIORITY_NORMAL 2u
+#define GPUSLICE_PRIORITY_HIGH 3u
+
+/** gpuslice_usage_gpu.state. */
+#define GPUSLICE_GPU_EMPTY 0u
+#define GPUSLICE_GPU_REGISTERED 1u
+
+/** gpuslice_slot.state. */
+#define GPUSLICE_SLOT_FREE 0u
+#define GPUSLICE_SLOT_LIVE 1u
+
+/**
+ * The 64-byte header that starts both files.
+ */
+struct gpuslice_header {
+    uint8_t magic[GPUSLICE_MAGIC_LEN]; /* GPUSLICE_QUOTA_MAGIC or GPUSLICE_USAGE_MAGIC */
+    uint32_t layout_version;           /* GPUSLICE_LAYOUT_VERSION */
+    uint32_t header_size;              /* 64 */
+    uint64_t file_size;                /* GPUSLICE_QUOTA_FILE_SIZE or _USAGE_FILE_SIZE */
+    uint32_t max_gpus;                 /* GPUSLICE_MAX_GPUS */
+    uint32_t max_slots;                /* usage: GPUSLICE_MAX_SLOTS; quota: 0 */
+    uint64_t table_offset;             /* quota: per-GPU limits (96); usage: GPU table (64) */
+    uint64_t slot_offset;              /* usage: process slots (1088); quota: 0 */
+    uint32_t entry_size;               /* size of one per-GPU entry (64 in both files) */
+    uint32_t slot_size;                /* usage: 544; quota: 0 */
+    /*
+     * usage: the occupied-slot bitmap (atomic). Bit i set = slot i may hold usage, so it is
+     *        included in the sums; set by the slot's owner after it claims the slot, cleared
+     *        when the slot is emptied.
+     * quota: the generation (atomic), a sequence lock: odd while an update is being written,
+     *        even and larger after it. A reader loads it (acquire), reads the fields, issues
+     *        an acquire fence, loads it again, and retries if it was odd or changed.
+     */
+    uint64_t word;
+};
+
+/**
+ * One set of limits (32 bytes). All fields atomic in a quota file (updated in place).
+ */
+struct gpuslice_limits {
+    uint64_t memory_limit_bytes;     /* per GPU; GPUSLICE_MEMORY_UNLIMITED = no limit */
+    uint32_t compute_share_permille; /* 1..1000; 0 = unset */
+    uint32_t compute_limit_permille; /* 1..1000; 0 = unset */
+    uint32_t priority;               /* GPUSLICE_PRIORITY_* */
+    uint32_t reserved[3];            /* zero */
+};
+
+/**
+ * One per-GPU entry of a quota file (64 bytes): these limits replace the defaults on the GPU.
+ */
+struct gpuslice_quota_gpu {
+    uint8_t uuid[16];   /* the GPU's UUID bytes (as cuDeviceGetUuid returns them) */
+    uint32_t in_use;    /* 1 = entry valid, 0 = unused */
+    uint32_t reserved[3];
+    struct gpuslice_limits limits;
+};
+
+/**
+ * A quota file (1120 bytes).
+ *
+ * Created whole: written under a temporary name in the tenant's directory and hard-linked
+ * into place, so no reader sees a partial file. Later updates are atomic stores in place
+ * between two generation bumps (see gpuslice_header.word), so a running tenant sees a new
+ * quota without restarting. Writers serialize with an OFD write lock (F_OFD_SETLKW) on
+ * byte 0 of the file.
+ */
+struct gpuslice_quota_file {
+    struct gpuslice_header header;
+    struct gpuslice_limits defaults;                     /* offset 64: GPUs without an entry */
+    struct gpuslice_quota_gpu gpus[GPUSLICE_MAX_GPUS]; /* offset 96 = table_offset */
+};
+
+/**
+ * One entry of a usage file's GPU table (64 bytes).
+ *
+ * Registration (adding a GPU) happens under an OFD write lock (F_OFD_SETLKW) on the byte at
+ * table_offset (64): the registrant fills uuid and zeroes the counters, then stores
+ * state = GPUSLICE_GPU_REGISTERED last, with release ordering. Lock-free readers load state
+ * (acquire) before uuid. Indexes into this table (0..15) are per file.
+ */
+struct gpuslice_usage_gpu {
+    uint8_t uuid[16];
+    uint32_t state;                /* GPUSLICE_GPU_EMPTY / GPUSLICE_GPU_REGISTERED */
+    uint32_t reserved0;
+    uint64_t oom_refusals;         /* allocations refused for being over quota (atomic) */
+    uint64_t retired_gpu_time_ns;  /* GPU time of processes whose slots were emptied (atomic) */
+    uint64_t reserved[3];          /* zero; the last word pads the entry to 64 bytes */
+};
+
+/**
+ * One process slot's record for one GPU (32 bytes), indexed like the GPU table.
+ */
+struct gpuslice_slot_gpu {
+    uint64_t memory_bytes; /* memory this process holds on the GPU (atomic) */
+    uint64_t gpu_time_ns;  /* GPU time charged to this process on the GPU (atomic) */
+    uint64_t reserved[2];
+};
+
+/**
+ * One process slot (544 bytes).
+ *
+ * Slot i is owned by whoever holds an OFD write lock (F_OFD_SETLK, l_start = slot_offset +
+ * i * slot_size, l_len = 1) on the slot's first byte. The kernel drops the lock when the
+ * owning open file description is closed, in particular when the process dies, in any PID
+ * namespace; pid is informational only. Claiming: take the lock (non-blocking), empty the
+ * slot if it still holds anything (its previous owner died), store pid and claimed_unix_ms,
+ * state = GPUSLICE_SLOT_LIVE, then set bit i of the occupied bitmap. A clean exit empties
+ * the slot, stores state = GPUSLICE_SLOT_FREE, clears the bit, and only then drops the lock.
+ *
+ * Reclaiming: a slot that may hold usage (bit set, state non-zero, or counters non-zero)
+ * whose lock can be taken belonged to a dead process. The taker zeroes it (adding each
+ * gpu_time_ns to the GPU table's retired_gpu_time_ns), clears its bit, and unlocks.
+ * F_OFD_GETLK on the byte tells an observer whether the owner is alive.
+ *
+ * A forked child shares its parent's lock (the open file description is shared): it must
+ * close its copy of the descriptor and claim a slot of its own.
+ */
+struct gpuslice_slot {
+    uint32_t state;           /* GPUSLICE_SLOT_FREE / GPUSLICE_SLOT_LIVE */
+    uint32_t pid;             /* informational only, never trusted */
+    uint64_t claimed_unix_ms; /* when the slot was claimed */
+    uint64_t reserved[2];
+    struct gpuslice_slot_gpu gpus[GPUSLICE_MAX_GPUS]; /* offset 32 in the slot */
+};
+
+/**
+ * A usage file (35904 bytes).
+ *
+ * The memory a tenant uses on GPU g is the sum of slots[i].gpus[g].memory_bytes over the
+ * slots i whose bit is set in header.word. There is no separate total, so a process that
+ * dies at any instruction leaves a consistent file: its slot still holds what it had.
+ *
+ * The reservation protocol (lock-free, no syscall), to reserve n bytes on GPU g against
+ * limit L from slot s:
+ *   1. atomically add n to slots[s].gpus[g].memory_bytes (seq_cst);
+ *   2. sum memory_bytes[g] over the occupied slots (seq_cst loads); if sum <= L: done;
+ *   3. otherwise subtract n again, and re-sum: if the others alone leave room for n, another
+ *      reservation was in flight at the same moment: retry (a bounded number of times);
+ *      otherwise refuse.
+ * Because every reservation adds before it reads, of any two that race the later one sees
+ * the earlier: reservations that succeed never together exceed L. Releasing subtracts
+ * (never below zero). A sum may briefly include a request that is then refused.
+ */
+struct gpuslice_usage_file {
+    struct gpuslice_header header;
+    struct gpuslice_usage_gpu gpus[GPUSLICE_MAX_GPUS]; /* offset 64 = table_offset */
+    struct gpuslice_slot slots[GPUSLICE_MAX_SLOTS];    /* offset 1088 = slot_offset */
+};
+
+/* The layout, checked by the compiler. */
+_Static_assert(sizeof(struct gpuslice_header) == GPUSLICE_HEADER_SIZE, "header size");
+_Static_assert(offsetof(struct gpuslice_header, magic) == 0, "magic");
+_Static_assert(offsetof(struct gpuslice_header, layout_version) == 8, "layout_version");
+_Static_assert(offsetof(struct gpuslice_header, header_size) == 12, "header_size");
+_Static_assert(offsetof(struct gpuslice_header, file_size) == 16, "file_size");
+_Static_assert(offsetof(struct gpuslice_header, max_gpus) == 24, "max_gpus");
+_Static_assert(offsetof(struct gpuslice_header, max_slots) == 28, "max_slots");
+_Static_assert(offsetof(struct gpuslice_header, table_offset) == 32, "table_offset");
+_Static_assert(offsetof(struct gpuslice_header, slot_offset) == 40, "slot_offset");
+_Static_assert(offsetof(struct gpuslice_header, entry_size) == 48, "entry_size");
+_Static_assert(offsetof(struct gpuslice_header, slot_size) == 52, "slot_size");
+_Static_assert(offsetof(struct gpuslice_header, word) == 56, "word");
+
+_Static_assert(sizeof(struct gpuslice_limits) == 32, "limits size");
+_Static_assert(offsetof(struct gpuslice_limits, compute_share_permille) == 8, "share");
+_Static_assert(offsetof(struct gpuslice_limits, compute_limit_permille) == 12, "limit");
+_Static_assert(offsetof(struct gpuslice_limits, priority) == 16, "priority");
+_Static_assert(offsetof(struct gpuslice_limits, reserved) == 20, "limits reserved");
+
+_Static_assert(sizeof(struct gpuslice_quota_gpu) == GPUSLICE_QUOTA_ENTRY_SIZE, "quota entry");
+_Static_assert(offsetof(struct gpuslice_quota_gpu, in_use) == 16, "in_use");
+_Static_assert(offsetof(struct gpuslice_quota_gpu, limits) == 32, "quota entry limits");
+_Static_assert(offsetof(struct gpuslice_quota_file, defaults) == 64, "defaults");
+_Static_assert(offsetof(struct gpuslice_quota_file, gpus) == GPUSLICE_QUOTA_TABLE_OFFSET,
+               "quota table");
+_Static_assert(sizeof(struct gpuslice_quota_file) == GPUSLICE_QUOTA_FILE_SIZE, "quota file");
+
+_Static_assert(sizeof(struct gpuslice_usage_gpu) == GPUSLICE_USAGE_ENTRY_SIZE, "gpu entry");
+_Static_assert(offsetof(struct gpuslice_usage_gpu, state) == 16, "gpu state");
+_Static_assert(offsetof(struct gpuslice_usage_gpu, oom_refusals) == 24, "oom_refusals");
+_Static_assert(offsetof(struct gpuslice_usage_gpu, retired_gpu_time_ns) == 32, "retired");
+_Static_assert(offsetof(struct gpuslice_usage_gpu, reserved) == 40, "gpu reserved");
+
+_Static_assert(sizeof(struct gpuslice_slot_gpu) == 32, "slot gpu record");
+_Static_assert(offsetof(struct gpuslice_slot_gpu, gpu_time_ns) == 8, "gpu_time_ns");
+_Static_assert(sizeof(struct gpuslice_slot) == GPUSLICE_USAGE_SLOT_SIZE, "slot size");
+_Static_assert(offsetof(struct gpuslice_slot, pid) == 4, "pid");
+_Static_assert(offsetof(struct gpuslice_slot, claimed_unix_ms) == 8, "claimed_unix_ms");
+_Static_assert(offsetof(struct gpuslice_slot, gpus) == 32, "slot gpus");
+
+_Static_assert(offsetof(struct gpuslice_usage_file, gpus) == GPUSLICE_USAGE_TABLE_OFFSET,
+               "usage table");
+_Static_assert(offsetof(struct gpuslice_usage_file, slots) == GPUSLICE_USAGE_SLOT_OFFSET,
+               "slots");
+_Static_assert(sizeof(struct gpuslice_usage_file) == GPUSLICE_USAGE_FILE_SIZE, "usage file");
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GPUSLICE_H */
