@@ -178,7 +178,8 @@ struct gpuslice_usage_gpu {
 struct gpuslice_slot_gpu {
     uint64_t memory_bytes; /* memory this process holds on the GPU (atomic) */
     uint64_t gpu_time_ns;  /* GPU time charged to this process on the GPU (atomic) */
-    uint64_t reserved[2];
+    uint64_t pending_bytes; /* reservations being checked, not yet granted (atomic) */
+    uint64_t reserved;
 };
 
 /**
@@ -217,14 +218,18 @@ struct gpuslice_slot {
  *
  * The reservation protocol (lock-free, no syscall), to reserve n bytes on GPU g against
  * limit L from slot s:
- *   1. atomically add n to slots[s].gpus[g].memory_bytes (seq_cst);
- *   2. sum memory_bytes[g] over the occupied slots (seq_cst loads); if sum <= L: done;
- *   3. otherwise subtract n again, and re-sum: if the others alone leave room for n, another
- *      reservation was in flight at the same moment: retry (a bounded number of times);
- *      otherwise refuse.
- * Because every reservation adds before it reads, of any two that race the later one sees
- * the earlier: reservations that succeed never together exceed L. Releasing subtracts
- * (never below zero). A sum may briefly include a request that is then refused.
+ *   1. atomically add n to slots[s].gpus[g].pending_bytes (seq_cst);
+ *   2. sum memory_bytes[g] + pending_bytes[g] over the occupied slots (seq_cst loads,
+ *      pending_bytes before memory_bytes in each slot: the reverse of the order in which a
+ *      grant moves bytes, so a read during a move cannot miss them);
+ *      if the sum <= L: add n to memory_bytes, then subtract it from pending_bytes: granted;
+ *   3. otherwise subtract n from pending_bytes and re-sum: if the others alone leave room
+ *      for n, another reservation was in flight at the same moment: retry (a bounded number
+ *      of times); otherwise refuse.
+ * Because every reservation announces itself before it reads, of any two that race the
+ * later one sees the earlier: reservations that are granted never together exceed L.
+ * Readers sum memory_bytes only, so they never see a request that is then refused, and
+ * never see more than L. Releasing subtracts from memory_bytes (never below zero).
  */
 struct gpuslice_usage_file {
     struct gpuslice_header header;

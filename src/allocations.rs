@@ -25,7 +25,10 @@ impl ChargeTable {
         }
     }
 
-    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Charge, BuildHasherDefault<std::hash::DefaultHasher>>> {
+    fn shard(
+        &self,
+        key: u64,
+    ) -> &Mutex<HashMap<u64, Charge, BuildHasherDefault<std::hash::DefaultHasher>>> {
         // Device pointers are aligned to at least 256 bytes: skip the always-zero bits.
         let index = usize::try_from((key >> 8) ^ (key >> 21)).unwrap_or(0) % SHARDS;
         &self.shards[index]
@@ -76,7 +79,10 @@ mod tests {
     use gpuslice_ledger::GpuIndex;
 
     fn charge(bytes: u64) -> Charge {
-        Charge { gpu: GpuIndex(0), bytes }
+        Charge {
+            gpu: GpuIndex(0),
+            bytes,
+        }
     }
 
     #[test]

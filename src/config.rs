@@ -184,8 +184,7 @@ pub fn parse_quantity(text: &str) -> Option<u64> {
     if whole.is_empty() && fraction.is_empty() {
         return None;
     }
-    if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     // The number as an exact fraction mantissa / 10^scale.
@@ -260,8 +259,23 @@ mod tests {
     #[test]
     fn malformed_quantities_are_refused() {
         for bad in [
-            "", "4GB", "4gi", "4 Gi", " 4Gi", "-1", "1.2.3", "Gi", "4K", "500m", "1e", "1e-3",
-            "0x10", "18446744073709551616", "16Ei", "1e31", ".",
+            "",
+            "4GB",
+            "4gi",
+            "4 Gi",
+            " 4Gi",
+            "-1",
+            "1.2.3",
+            "Gi",
+            "4K",
+            "500m",
+            "1e",
+            "1e-3",
+            "0x10",
+            "18446744073709551616",
+            "16Ei",
+            "1e31",
+            ".",
         ] {
             assert_eq!(parse_quantity(bad), None, "{bad:?} should be refused");
         }

@@ -18,7 +18,7 @@ pub mod allocations;
 pub mod config;
 pub mod cuda;
 pub mod exports;
-pub mod hooks;
+pub(crate) mod hooks;
 pub mod log;
 pub mod policy;
 pub mod real;

@@ -49,10 +49,14 @@ fn find_glibc_dlsym() -> *mut c_void {
 }
 
 /// Looks `name` up with glibc's `dlsym`, never ours.
-pub fn real_dlsym(handle: *mut c_void, name: &CStr) -> *mut c_void {
+///
+/// # Safety
+/// `handle` is a handle `dlopen` returned and that is still open, or a pseudo-handle
+/// (`RTLD_DEFAULT`, `RTLD_NEXT`).
+pub unsafe fn real_dlsym(handle: *mut c_void, name: &CStr) -> *mut c_void {
     let dlsym = ensure_real_dlsym();
     // SAFETY: `dlsym` is glibc's (or the null-returning stand-in); `name` is NUL-terminated
-    // and `handle` came from `dlopen` or is a pseudo-handle the caller chose.
+    // and `handle` is valid per this function's contract.
     unsafe { dlsym(handle, name.as_ptr()) }
 }
 
@@ -102,7 +106,8 @@ impl RealLibrary {
         if handle.is_null() {
             return ptr::null_mut();
         }
-        real_dlsym(handle, name)
+        // SAFETY: `handle` came from dlopen, and libraries the shim opens are never closed.
+        unsafe { real_dlsym(handle, name) }
     }
 }
 
@@ -113,7 +118,7 @@ mod tests {
     #[test]
     fn glibc_dlsym_is_found_by_version() {
         let dlsym = ensure_real_dlsym();
-        assert_ne!(dlsym as usize, dlsym_unavailable as usize);
+        assert_ne!(dlsym as usize, dlsym_unavailable as DlsymFn as usize);
         // SAFETY: RTLD_DEFAULT and a literal name are valid arguments.
         let getpid = unsafe { dlsym(libc::RTLD_DEFAULT, c"getpid".as_ptr()) };
         assert!(!getpid.is_null());

@@ -101,7 +101,10 @@ fn build() -> u8 {
     };
     log::set_level(config.log);
     let Some(settings) = config.tenant else {
-        log!(Level::Debug, "no GPUSLICE_TENANT set: passing every call through");
+        log!(
+            Level::Debug,
+            "no GPUSLICE_TENANT set: passing every call through"
+        );
         return PASS_THROUGH;
     };
     register_process_handlers();
@@ -130,7 +133,10 @@ fn register_process_handlers() {
         )
     };
     if fork != 0 || exit != 0 {
-        log!(Level::Warn, "could not register fork/exit handlers; a forked child may not reinitialize");
+        log!(
+            Level::Warn,
+            "could not register fork/exit handlers; a forked child may not reinitialize"
+        );
     }
 }
 

@@ -63,7 +63,12 @@ impl Shim {
         impl fmt::Display for Describe<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 let settings = &self.0.settings;
-                write!(f, "tenant {} (ledger {})", settings.name, settings.dir.display())?;
+                write!(
+                    f,
+                    "tenant {} (ledger {})",
+                    settings.name,
+                    settings.dir.display()
+                )?;
                 match settings.memory_limit {
                     Some(limit) => write!(f, ", GPUSLICE_MEMORY_LIMIT {}", Bytes(limit)),
                     None => write!(f, ", no GPUSLICE_MEMORY_LIMIT"),

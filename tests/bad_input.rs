@@ -19,24 +19,63 @@ fn probe_with(node: &Node, vars: &[(&str, &str)]) -> (String, String) {
 }
 
 fn assert_fails_closed(stdout: &str, stderr: &str, expected: &str) {
-    assert_eq!(field(line(stdout, "init"), "rc"), 3, "CUDA init must fail: {stdout}");
+    assert_eq!(
+        field(line(stdout, "init"), "rc"),
+        3,
+        "CUDA init must fail: {stdout}"
+    );
     let lines: Vec<_> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "exactly one line: {stderr}");
     assert!(lines[0].starts_with("gpuslice["), "{stderr}");
-    assert!(lines[0].contains(expected), "expected {expected:?} in {stderr}");
+    assert!(
+        lines[0].contains(expected),
+        "expected {expected:?} in {stderr}"
+    );
 }
 
 #[test]
 fn each_invalid_setting_is_refused_with_its_name_value_and_form() {
     let cases: &[(&str, &str, &str)] = &[
-        ("GPUSLICE_MEMORY_LIMIT", "4GB", "invalid GPUSLICE_MEMORY_LIMIT=\"4GB\": expected a byte quantity such as 4Gi"),
-        ("GPUSLICE_MEMORY_LIMIT", "-1", "invalid GPUSLICE_MEMORY_LIMIT=\"-1\""),
-        ("GPUSLICE_MEMORY_LIMIT", "", "invalid GPUSLICE_MEMORY_LIMIT=\"\""),
-        ("GPUSLICE_TENANT", "../x", "invalid GPUSLICE_TENANT=\"../x\": expected 1 to 63 characters"),
-        ("GPUSLICE_DIR", "relative/dir", "invalid GPUSLICE_DIR=\"relative/dir\": expected an absolute path"),
-        ("GPUSLICE_LOG", "loud", "invalid GPUSLICE_LOG=\"loud\": expected one of off, error"),
-        ("GPUSLICE_MEMORY_LIMT", "1Gi", "unknown variable GPUSLICE_MEMORY_LIMT"),
-        ("GPUSLICE_COMPUTE_SHARE", "30", "GPUSLICE_COMPUTE_SHARE is set, but this version"),
+        (
+            "GPUSLICE_MEMORY_LIMIT",
+            "4GB",
+            "invalid GPUSLICE_MEMORY_LIMIT=\"4GB\": expected a byte quantity such as 4Gi",
+        ),
+        (
+            "GPUSLICE_MEMORY_LIMIT",
+            "-1",
+            "invalid GPUSLICE_MEMORY_LIMIT=\"-1\"",
+        ),
+        (
+            "GPUSLICE_MEMORY_LIMIT",
+            "",
+            "invalid GPUSLICE_MEMORY_LIMIT=\"\"",
+        ),
+        (
+            "GPUSLICE_TENANT",
+            "../x",
+            "invalid GPUSLICE_TENANT=\"../x\": expected 1 to 63 characters",
+        ),
+        (
+            "GPUSLICE_DIR",
+            "relative/dir",
+            "invalid GPUSLICE_DIR=\"relative/dir\": expected an absolute path",
+        ),
+        (
+            "GPUSLICE_LOG",
+            "loud",
+            "invalid GPUSLICE_LOG=\"loud\": expected one of off, error",
+        ),
+        (
+            "GPUSLICE_MEMORY_LIMT",
+            "1Gi",
+            "unknown variable GPUSLICE_MEMORY_LIMT",
+        ),
+        (
+            "GPUSLICE_COMPUTE_SHARE",
+            "30",
+            "GPUSLICE_COMPUTE_SHARE is set, but this version",
+        ),
     ];
     for (name, value, expected) in cases {
         let node = Node::new();
@@ -51,8 +90,15 @@ fn a_limit_without_a_tenant_is_refused() {
     let mut command = node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "1M"]);
     command.env_remove("GPUSLICE_TENANT");
     let output = run(&mut command);
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert_fails_closed(&stdout, &stderr, "GPUSLICE_MEMORY_LIMIT is set but GPUSLICE_TENANT is not");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_fails_closed(
+        &stdout,
+        &stderr,
+        "GPUSLICE_MEMORY_LIMIT is set but GPUSLICE_TENANT is not",
+    );
 }
 
 fn write_usage_file(node: &Node, bytes: &[u8]) -> std::path::PathBuf {
@@ -96,7 +142,10 @@ fn a_usage_file_of_another_layout_version_is_refused() {
     std::fs::write(&path, &bytes).unwrap();
     let (stdout, stderr) = probe_with(&node, &[("GPUSLICE_MEMORY_LIMIT", "1Gi")]);
     assert_fails_closed(&stdout, &stderr, &path.display().to_string());
-    assert!(stderr.contains("99"), "the message names the version found: {stderr}");
+    assert!(
+        stderr.contains("99"),
+        "the message names the version found: {stderr}"
+    );
 }
 
 #[test]
@@ -104,7 +153,9 @@ fn a_quota_file_in_the_usage_files_place_is_refused() {
     let node = Node::new();
     let ledger = node.ledger();
     let tenant = gpuslice_ledger::TenantName::new("a").unwrap();
-    ledger.write_quota(&tenant, &gpuslice_ledger::TenantQuota::default()).unwrap();
+    ledger
+        .write_quota(&tenant, &gpuslice_ledger::TenantQuota::default())
+        .unwrap();
     let quota = std::fs::read(ledger.quota_path(&tenant)).unwrap();
     let path = write_usage_file(&node, &quota);
     let (stdout, stderr) = probe_with(&node, &[("GPUSLICE_MEMORY_LIMIT", "1Gi")]);
@@ -129,6 +180,12 @@ fn an_unusable_ledger_directory_is_refused() {
     let blocker = node.root.path().join("not-a-dir");
     std::fs::write(&blocker, b"").unwrap();
     let dir = blocker.join("ledger");
-    let (stdout, stderr) = probe_with(&node, &[("GPUSLICE_MEMORY_LIMIT", "1Gi"), ("GPUSLICE_DIR", dir.to_str().unwrap())]);
+    let (stdout, stderr) = probe_with(
+        &node,
+        &[
+            ("GPUSLICE_MEMORY_LIMIT", "1Gi"),
+            ("GPUSLICE_DIR", dir.to_str().unwrap()),
+        ],
+    );
     assert_fails_closed(&stdout, &stderr, &blocker.display().to_string());
 }

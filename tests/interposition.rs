@@ -14,7 +14,11 @@ fn every_call_path_reaches_the_same_hooks() {
     let node = Node::new();
     for path in ALL_PATHS {
         let out = run_ok(&mut node.probe(path, "a", Some("512Mi"), &["alloc", "1G"]));
-        assert_eq!(field(line(&out, "alloc"), "rc"), 2, "{path:?} slipped past the quota: {out}");
+        assert_eq!(
+            field(line(&out, "alloc"), "rc"),
+            2,
+            "{path:?} slipped past the quota: {out}"
+        );
     }
 }
 
@@ -51,12 +55,22 @@ fn programs_that_do_not_use_cuda_are_unaffected() {
         ("python3", &["-c", "print(1 + 1)"], "2\n"),
     ];
     for (program, args, expected) in cases {
-        if program == "python3" && std::process::Command::new("python3").arg("-c").arg("1").output().is_err() {
+        if program == "python3"
+            && std::process::Command::new("python3")
+                .arg("-c")
+                .arg("1")
+                .output()
+                .is_err()
+        {
             continue;
         }
         let output = run(node.tenant("a", Some("1Gi"), program).args(args));
         assert!(output.status.success(), "{program}: {output:?}");
-        assert!(output.stderr.is_empty(), "{program} printed: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.stderr.is_empty(),
+            "{program} printed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         if !expected.is_empty() {
             assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
         }
@@ -68,7 +82,9 @@ fn programs_that_do_not_use_cuda_are_unaffected() {
 #[test]
 fn bad_settings_do_not_bother_programs_without_cuda() {
     let node = Node::new();
-    let output = run(node.tenant("a", Some("lots"), "sh").args(["-c", "echo fine"]));
+    let output = run(node
+        .tenant("a", Some("lots"), "sh")
+        .args(["-c", "echo fine"]));
     assert!(output.status.success());
     assert_eq!(String::from_utf8_lossy(&output.stdout), "fine\n");
     assert!(output.stderr.is_empty());
@@ -82,6 +98,9 @@ fn without_settings_everything_passes_through() {
     command.env_remove("GPUSLICE_TENANT");
     let out = run_ok(&mut command);
     assert_eq!(field(line(&out, "info"), "total"), 2 * GIB);
-    assert_eq!(field(line(&out, "fill"), "bytes"), 2 * GIB - CONTEXT - 192 * MIB);
+    assert_eq!(
+        field(line(&out, "fill"), "bytes"),
+        2 * GIB - CONTEXT - 192 * MIB
+    );
     assert!(!node.ledger_dir().join("tenants").join("unused").exists());
 }

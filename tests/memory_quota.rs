@@ -14,7 +14,12 @@ use util::*;
 fn quota_is_honoured_exactly_through_each_call_path() {
     for path in ALL_PATHS {
         let node = Node::new();
-        let out = run_ok(&mut node.probe(path, "a", Some("1Gi"), &["fill", "64M", "free-all", "fill", "64M"]));
+        let out = run_ok(&mut node.probe(
+            path,
+            "a",
+            Some("1Gi"),
+            &["fill", "64M", "free-all", "fill", "64M"],
+        ));
         let fills: Vec<_> = out.lines().filter(|l| l.starts_with("fill")).collect();
         assert_eq!(fills.len(), 2, "{path:?}: {out}");
         for fill in fills {
@@ -28,7 +33,8 @@ fn quota_is_honoured_exactly_through_each_call_path() {
 fn views_report_the_quota() {
     for path in ALL_PATHS {
         let node = Node::new();
-        let out = run_ok(&mut node.probe(path, "a", Some("1Gi"), &["alloc", "256M", "info", "nvml"]));
+        let out =
+            run_ok(&mut node.probe(path, "a", Some("1Gi"), &["alloc", "256M", "info", "nvml"]));
         let info = line(&out, "info");
         assert_eq!(field(info, "total"), GIB, "{path:?}");
         assert_eq!(field(info, "free"), GIB - CONTEXT - 256 * MIB, "{path:?}");
@@ -40,7 +46,10 @@ fn views_report_the_quota() {
         let v2 = line(&out, "nvml_v2");
         assert_eq!(field(v2, "total"), GIB);
         assert_eq!(field(v2, "used"), CONTEXT + 256 * MIB);
-        assert_eq!(field(v2, "reserved") + field(v2, "used") + field(v2, "free"), GIB);
+        assert_eq!(
+            field(v2, "reserved") + field(v2, "used") + field(v2, "free"),
+            GIB
+        );
     }
 }
 
@@ -74,12 +83,14 @@ fn every_allocation_path_counts() {
         "a",
         Some("1Gi"),
         &[
-            "managed", "256M", "async", "128M", "pool", "128M", "vmm", "64M", "pitch", "1000", "1000",
-            "array", "256", "256", "array3d", "64", "64", "64", "info", "alloc", "512M", "free-all",
-            "info",
+            "managed", "256M", "async", "128M", "pool", "128M", "vmm", "64M", "pitch", "1000",
+            "1000", "array", "256", "256", "array3d", "64", "64", "64", "info", "alloc", "512M",
+            "free-all", "info",
         ],
     ));
-    for prefix in ["managed", "async", "pool", "vmm", "pitch", "array rc", "array3d"] {
+    for prefix in [
+        "managed", "async", "pool", "vmm", "pitch", "array rc", "array3d",
+    ] {
         assert_eq!(field(line(&out, prefix), "rc"), 0, "{prefix}: {out}");
     }
     let pitch = field(line(&out, "pitch"), "pitch");
@@ -94,16 +105,29 @@ fn every_allocation_path_counts() {
 #[test]
 fn two_processes_of_one_tenant_share_one_quota() {
     let node = Node::new();
-    let mut holder = Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "512M", "hold"]));
+    let mut holder = Running::spawn(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("1Gi"),
+        &["alloc", "512M", "hold"],
+    ));
     holder.wait_for_line("holding", Duration::from_secs(10));
     let out = run_ok(&mut node.probe(CallPath::Direct, "a", Some("1Gi"), &["fill", "32M"]));
-    assert_eq!(field(line(&out, "fill"), "bytes"), GIB - 2 * CONTEXT - 512 * MIB);
+    assert_eq!(
+        field(line(&out, "fill"), "bytes"),
+        GIB - 2 * CONTEXT - 512 * MIB
+    );
 }
 
 #[test]
 fn tenants_do_not_affect_each_other() {
     let node = Node::new();
-    let mut holder = Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some("512Mi"), &["fill", "64M", "hold"]));
+    let mut holder = Running::spawn(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("512Mi"),
+        &["fill", "64M", "hold"],
+    ));
     holder.wait_for_line("holding", Duration::from_secs(10));
     let out = run_ok(&mut node.probe(CallPath::Dlsym, "b", Some("1Gi"), &["fill", "64M"]));
     assert_eq!(field(line(&out, "fill"), "bytes"), GIB - CONTEXT);
@@ -114,11 +138,25 @@ fn tenants_do_not_affect_each_other() {
 #[test]
 fn concurrent_allocation_never_passes_the_limit() {
     let node = Node::new();
-    let limit = 64 * MIB + 40 * 16 * MIB; // the context plus 40 blocks
+    let limit = 2 * CONTEXT + 40 * 16 * MIB; // both contexts plus 40 blocks
     let limit_text = limit.to_string();
-    let stress = ["stress", "150", "1500", "16M"];
-    let first = Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some(&limit_text), &stress));
-    let second = Running::spawn(&mut node.probe(CallPath::Direct, "a", Some(&limit_text), &stress));
+    let go = node.root.path().join("go");
+    let go_text = go.display().to_string();
+    let stress = [
+        "wait-file",
+        go_text.as_str(),
+        "stress",
+        "150",
+        "1500",
+        "16M",
+    ];
+    let mut first =
+        Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some(&limit_text), &stress));
+    let mut second =
+        Running::spawn(&mut node.probe(CallPath::Direct, "a", Some(&limit_text), &stress));
+    first.wait_for_line("waiting", Duration::from_secs(10));
+    second.wait_for_line("waiting", Duration::from_secs(10));
+    std::fs::write(&go, b"").unwrap();
     let ledger = node.ledger();
     let tenant = gpuslice_ledger::TenantName::new("a").unwrap();
     let done = Arc::new(AtomicBool::new(false));
@@ -135,18 +173,28 @@ fn concurrent_allocation_never_passes_the_limit() {
         }
         highest
     });
-    let outputs = [first.wait_output(Duration::from_secs(120)), second.wait_output(Duration::from_secs(120))];
+    let outputs = [
+        first.wait_output(Duration::from_secs(120)),
+        second.wait_output(Duration::from_secs(120)),
+    ];
     done.store(true, Ordering::Relaxed);
     let highest = watch.join().unwrap();
     let mut granted = 0;
     for output in &outputs {
         let out = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{out}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{out}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let stress = line(&out, "stress");
         assert_eq!(field(stress, "other"), 0, "{stress}");
         granted += field(stress, "ok");
     }
-    assert!(highest <= limit, "ledger showed {highest} bytes, limit {limit}");
+    assert!(
+        highest <= limit,
+        "ledger showed {highest} bytes, limit {limit}"
+    );
     assert!(granted > 0);
     assert_eq!(tenant_usage(&node, "a"), 0);
 }
@@ -154,7 +202,12 @@ fn concurrent_allocation_never_passes_the_limit() {
 #[test]
 fn kill_9_returns_memory_to_tenant() {
     let node = Node::new();
-    let mut holder = Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "768M", "hold"]));
+    let mut holder = Running::spawn(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("1Gi"),
+        &["alloc", "768M", "hold"],
+    ));
     holder.wait_for_line("holding", Duration::from_secs(10));
     holder.kill9();
     let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["fill", "64M"]));
@@ -164,38 +217,87 @@ fn kill_9_returns_memory_to_tenant() {
 #[test]
 fn normal_exit_gives_everything_back() {
     let node = Node::new();
-    run_ok(&mut node.probe(CallPath::Direct, "a", Some("1Gi"), &["alloc", "512M", "vmm", "64M"]));
+    run_ok(&mut node.probe(
+        CallPath::Direct,
+        "a",
+        Some("1Gi"),
+        &["alloc", "512M", "vmm", "64M"],
+    ));
     assert_eq!(tenant_usage(&node, "a"), 0);
 }
 
 #[test]
 fn forked_child_exiting_keeps_parents_usage() {
     let node = Node::new();
-    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "256M", "fork-exit", "info"]));
+    let out = run_ok(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("1Gi"),
+        &["alloc", "256M", "fork-exit", "info"],
+    ));
     assert_eq!(field(line(&out, "fork-exit"), "child_status"), 0);
     assert_eq!(field(line(&out, "info"), "free"), GIB - CONTEXT - 256 * MIB);
 }
 
+/// Children that use the GPU (fork + exec, since the driver refuses CUDA in a child forked
+/// after the parent initialized it) share the parent's quota and give their part back.
 #[test]
-fn forked_child_counts_against_the_same_tenant() {
+fn children_share_the_parents_quota() {
     let node = Node::new();
-    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "512M", "fork-alloc", "512M", "fork-alloc", "256M", "info"]));
-    let children: Vec<_> = out.lines().filter(|l| l.starts_with("fork-alloc child rc")).collect();
-    assert_eq!(field(children[0], "rc"), 2, "the child's 512M does not fit: {out}");
-    assert_eq!(field(children[1], "rc"), 0, "256M does: {out}");
-    assert_eq!(field(line(&out, "info"), "free"), GIB - CONTEXT - 512 * MIB, "children's memory went back");
+    let out = run_ok(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("1Gi"),
+        &[
+            "alloc",
+            "512M",
+            "fork-exec",
+            "2",
+            "alloc",
+            "512M",
+            "fork-exec",
+            "2",
+            "alloc",
+            "256M",
+            "info",
+        ],
+    ));
+    let children: Vec<_> = out.lines().filter(|l| l.starts_with("alloc")).collect();
+    assert_eq!(children.len(), 3, "{out}");
+    assert_eq!(field(children[0], "rc"), 0, "{out}");
+    assert_eq!(
+        field(children[1], "rc"),
+        2,
+        "a second 512M does not fit beside the parent's: {out}"
+    );
+    assert_eq!(field(children[2], "rc"), 0, "256M does: {out}");
+    assert_eq!(
+        field(line(&out, "info"), "free"),
+        GIB - CONTEXT - 512 * MIB,
+        "children's memory went back"
+    );
 }
 
 #[test]
 fn context_footprint_is_measured_and_counted() {
     let mut node = Node::new();
-    node.extra_env.push(("FAKECUDA_CONTEXT_FOOTPRINT".into(), "100Mi".into()));
-    let out = run_ok(&mut node.probe(CallPath::ProcAddress, "a", Some("1Gi"), &["info", "ctx-create", "info"]));
+    node.extra_env
+        .push(("FAKECUDA_CONTEXT_FOOTPRINT".into(), "100Mi".into()));
+    let out = run_ok(&mut node.probe(
+        CallPath::ProcAddress,
+        "a",
+        Some("1Gi"),
+        &["info", "ctx-create", "info"],
+    ));
     let infos: Vec<_> = out.lines().filter(|l| l.starts_with("info")).collect();
     assert_eq!(field(infos[0], "free"), GIB - 100 * MIB);
     assert_eq!(field(line(&out, "ctx-create"), "rc"), 0);
     assert_eq!(field(line(&out, "ctx-destroy"), "rc"), 0);
-    assert_eq!(field(infos[1], "free"), GIB - 100 * MIB, "a destroyed context gives its memory back");
+    assert_eq!(
+        field(infos[1], "free"),
+        GIB - 100 * MIB,
+        "a destroyed context gives its memory back"
+    );
 }
 
 #[test]
@@ -210,14 +312,25 @@ fn quota_file_is_the_ceiling() {
     let node = Node::new();
     let tenant = gpuslice_ledger::TenantName::new("a").unwrap();
     let quota = gpuslice_ledger::TenantQuota {
-        defaults: gpuslice_ledger::Limits { memory_bytes: Some(512 * MIB), ..Default::default() },
+        defaults: gpuslice_ledger::Limits {
+            memory_bytes: Some(512 * MIB),
+            ..Default::default()
+        },
         per_gpu: vec![],
     };
     node.ledger().write_quota(&tenant, &quota).unwrap();
     let higher = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["info"]));
-    assert_eq!(field(line(&higher, "info"), "total"), 512 * MIB, "env may not raise the file's limit");
+    assert_eq!(
+        field(line(&higher, "info"), "total"),
+        512 * MIB,
+        "env may not raise the file's limit"
+    );
     let lower = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("256Mi"), &["info"]));
-    assert_eq!(field(line(&lower, "info"), "total"), 256 * MIB, "env may lower it");
+    assert_eq!(
+        field(line(&lower, "info"), "total"),
+        256 * MIB,
+        "env may lower it"
+    );
     let file_only = run_ok(&mut node.probe(CallPath::Dlsym, "a", None, &["info"]));
     assert_eq!(field(line(&file_only, "info"), "total"), 512 * MIB);
 }
@@ -226,10 +339,20 @@ fn quota_file_is_the_ceiling() {
 fn quotas_are_per_gpu_uuid_not_per_ordinal() {
     let node = Node::with_devices("80Gi,80Gi");
     let tenant = gpuslice_ledger::TenantName::new("a").unwrap();
-    let second = gpuslice_ledger::GpuUuid::parse("GPU-fa4ec0da-0000-4000-8000-000000000001").unwrap();
+    let second =
+        gpuslice_ledger::GpuUuid::parse("GPU-fa4ec0da-0000-4000-8000-000000000001").unwrap();
     let quota = gpuslice_ledger::TenantQuota {
-        defaults: gpuslice_ledger::Limits { memory_bytes: Some(GIB), ..Default::default() },
-        per_gpu: vec![(second, gpuslice_ledger::Limits { memory_bytes: Some(2 * GIB), ..Default::default() })],
+        defaults: gpuslice_ledger::Limits {
+            memory_bytes: Some(GIB),
+            ..Default::default()
+        },
+        per_gpu: vec![(
+            second,
+            gpuslice_ledger::Limits {
+                memory_bytes: Some(2 * GIB),
+                ..Default::default()
+            },
+        )],
     };
     node.ledger().write_quota(&tenant, &quota).unwrap();
     let mut first_gpu = node.probe(CallPath::Dlsym, "a", None, &["info"]);
@@ -237,17 +360,26 @@ fn quotas_are_per_gpu_uuid_not_per_ordinal() {
     assert_eq!(field(line(&run_ok(&mut first_gpu), "info"), "total"), GIB);
     let mut second_gpu = node.probe(CallPath::Dlsym, "a", None, &["info"]);
     second_gpu.env("PROBE_DEVICE", "1");
-    assert_eq!(field(line(&run_ok(&mut second_gpu), "info"), "total"), 2 * GIB);
+    assert_eq!(
+        field(line(&run_ok(&mut second_gpu), "info"), "total"),
+        2 * GIB
+    );
 }
 
 /// The cudarc example runs unchanged under the shim and stops at the quota.
 #[test]
 fn cudarc_example_stops_at_the_quota() {
     let node = Node::new();
-    let out = run_ok(node.tenant("a", Some("1Gi"), example("alloc_until_oom")).args(["--chunk", "64Mi"]));
+    let out = run_ok(
+        node.tenant("a", Some("1Gi"), example("alloc_until_oom"))
+            .args(["--chunk", "64Mi"]),
+    );
     let allocated = line(&out, "allocated");
     assert_eq!(field(allocated, "allocated"), GIB - CONTEXT, "{out}");
-    assert!(allocated.contains("CUDA_ERROR_OUT_OF_MEMORY"), "{allocated}");
+    assert!(
+        allocated.contains("CUDA_ERROR_OUT_OF_MEMORY"),
+        "{allocated}"
+    );
     assert!(out.contains("realloc_after_free=ok"), "{out}");
     let info = line(&out, "mem_get_info");
     assert_eq!(field(info, "total"), GIB);

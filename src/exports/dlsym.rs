@@ -63,7 +63,8 @@ extern "C" fn lookup(handle: *mut c_void, symbol: *const c_char) -> *mut c_void 
         };
         // Hand out the hook only where the real lookup would find the function, so a
         // program probing for a newer entry point sees the driver's true answer.
-        if real_dlsym(handle, name).is_null() {
+        // SAFETY: the caller's handle, valid by `dlsym`'s contract (RTLD_NEXT is excluded).
+        if unsafe { real_dlsym(handle, name) }.is_null() {
             return ptr::null_mut();
         }
         export.hook.cast_mut()

@@ -7,20 +7,16 @@ use crate::hooks::{context, launch, memory, procaddr};
 
 /// Hooks of the pre-3.2 32-bit memory API: see [`memory::legacy_refused`].
 unsafe fn legacy_alloc(_: *mut u32, _: u32) -> CUresult {
-    // SAFETY: only logs and returns an error code.
-    unsafe { memory::legacy_refused("cuMemAlloc") }
+    memory::legacy_refused("cuMemAlloc")
 }
 unsafe fn legacy_alloc_pitch(_: *mut u32, _: *mut u32, _: u32, _: u32, _: u32) -> CUresult {
-    // SAFETY: only logs and returns an error code.
-    unsafe { memory::legacy_refused("cuMemAllocPitch") }
+    memory::legacy_refused("cuMemAllocPitch")
 }
 unsafe fn legacy_array_create(_: *mut CUarray, _: *const c_void) -> CUresult {
-    // SAFETY: only logs and returns an error code.
-    unsafe { memory::legacy_refused("cuArrayCreate") }
+    memory::legacy_refused("cuArrayCreate")
 }
 unsafe fn legacy_array3d_create(_: *mut CUarray, _: *const c_void) -> CUresult {
-    // SAFETY: only logs and returns an error code.
-    unsafe { memory::legacy_refused("cuArray3DCreate") }
+    memory::legacy_refused("cuArray3DCreate")
 }
 
 super::exports! {

@@ -42,7 +42,10 @@ pub fn boundary<R: Copy>(failure: R, hook: impl FnOnce() -> R) -> R {
         Ok(result) => result,
         Err(_) => {
             if PANICS.admit().is_some() {
-                log!(Level::Error, "internal error in a hooked call; returning an error to the caller");
+                log!(
+                    Level::Error,
+                    "internal error in a hooked call; returning an error to the caller"
+                );
             }
             failure
         }
@@ -144,6 +147,9 @@ macro_rules! exports {
             #[cfg_attr(not(test), unsafe(no_mangle))]
             #[allow(non_snake_case)]
             #[doc = concat!("Exported `", stringify!($name), "`: see the hook it calls.")]
+            #[doc = ""]
+            #[doc = "# Safety"]
+            #[doc = concat!("The contract of the C function `", stringify!($name), "`.")]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
                 $crate::exports::boundary($failure, || {
                     // SAFETY: the caller's arguments, forwarded as the C API received them;

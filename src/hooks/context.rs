@@ -54,7 +54,7 @@ impl Contexts {
 }
 
 /// `cuInit`: where a process with unusable gpuslice settings is stopped.
-pub unsafe fn init(flags: u32) -> CUresult {
+pub(crate) unsafe fn init(flags: u32) -> CUresult {
     let real = real_or_missing!(real::cuInit);
     // SAFETY: the caller's argument, unchanged.
     let _enforcing = shim_or!(unsafe { real(flags) });
@@ -63,7 +63,7 @@ pub unsafe fn init(flags: u32) -> CUresult {
 }
 
 /// `cuDevicePrimaryCtxRetain`: the first retain creates the context and is charged.
-pub unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -> CUresult {
+pub(crate) unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -> CUresult {
     let real = real_or_missing!(real::cuDevicePrimaryCtxRetain);
     // SAFETY: the caller's arguments, unchanged (all `real` calls in this function).
     let shim = shim_or!(unsafe { real(context, device) });
@@ -87,7 +87,13 @@ pub unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -> CUres
     }
     match charge_context(shim, &gpu, footprint) {
         Some(charge) => {
-            book.primary.insert(device, Primary { retained: 1, charge });
+            book.primary.insert(
+                device,
+                Primary {
+                    retained: 1,
+                    charge,
+                },
+            );
             status
         }
         None => {
@@ -101,34 +107,38 @@ pub unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -> CUres
 }
 
 /// `cuDevicePrimaryCtxRelease_v2`.
-pub unsafe fn primary_release(device: CUdevice) -> CUresult {
+pub(crate) unsafe fn primary_release(device: CUdevice) -> CUresult {
     let real = real_or_missing!(real::cuDevicePrimaryCtxRelease_v2);
     // SAFETY: the caller's argument, unchanged.
     unsafe { primary_released(device, || real(device), false) }
 }
 
 /// `cuDevicePrimaryCtxRelease` (the pre-11.0 name, same contract).
-pub unsafe fn primary_release_v1(device: CUdevice) -> CUresult {
+pub(crate) unsafe fn primary_release_v1(device: CUdevice) -> CUresult {
     let real = real_or_missing!(real::cuDevicePrimaryCtxRelease);
     // SAFETY: the caller's argument, unchanged.
     unsafe { primary_released(device, || real(device), false) }
 }
 
 /// `cuDevicePrimaryCtxReset_v2`: destroys the primary context whatever its count.
-pub unsafe fn primary_reset(device: CUdevice) -> CUresult {
+pub(crate) unsafe fn primary_reset(device: CUdevice) -> CUresult {
     let real = real_or_missing!(real::cuDevicePrimaryCtxReset_v2);
     // SAFETY: the caller's argument, unchanged.
     unsafe { primary_released(device, || real(device), true) }
 }
 
 /// `cuDevicePrimaryCtxReset` (the pre-11.0 name).
-pub unsafe fn primary_reset_v1(device: CUdevice) -> CUresult {
+pub(crate) unsafe fn primary_reset_v1(device: CUdevice) -> CUresult {
     let real = real_or_missing!(real::cuDevicePrimaryCtxReset);
     // SAFETY: the caller's argument, unchanged.
     unsafe { primary_released(device, || real(device), true) }
 }
 
-unsafe fn primary_released(device: CUdevice, driver: impl FnOnce() -> CUresult, reset: bool) -> CUresult {
+unsafe fn primary_released(
+    device: CUdevice,
+    driver: impl FnOnce() -> CUresult,
+    reset: bool,
+) -> CUresult {
     let shim = shim_or!(driver());
     let mut book = shim.contexts.book.lock();
     let status = driver();
@@ -147,21 +157,21 @@ unsafe fn primary_released(device: CUdevice, driver: impl FnOnce() -> CUresult, 
 }
 
 /// `cuCtxCreate` (v1 name; same arguments as `_v2`).
-pub unsafe fn create_v1(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
+pub(crate) unsafe fn create_v1(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
     let real = real_or_missing!(real::cuCtxCreate);
     // SAFETY: the caller's arguments, unchanged.
     unsafe { created(context, device, || real(context, flags, device)) }
 }
 
 /// `cuCtxCreate_v2`.
-pub unsafe fn create_v2(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
+pub(crate) unsafe fn create_v2(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
     let real = real_or_missing!(real::cuCtxCreate_v2);
     // SAFETY: the caller's arguments, unchanged.
     unsafe { created(context, device, || real(context, flags, device)) }
 }
 
 /// `cuCtxCreate_v3` (execution affinity parameters).
-pub unsafe fn create_v3(
+pub(crate) unsafe fn create_v3(
     context: *mut CUcontext,
     params: *mut c_void,
     count: i32,
@@ -170,17 +180,30 @@ pub unsafe fn create_v3(
 ) -> CUresult {
     let real = real_or_missing!(real::cuCtxCreate_v3);
     // SAFETY: the caller's arguments, unchanged.
-    unsafe { created(context, device, || real(context, params, count, flags, device)) }
+    unsafe {
+        created(context, device, || {
+            real(context, params, count, flags, device)
+        })
+    }
 }
 
 /// `cuCtxCreate_v4` (CUDA 12.5+: `CUctxCreateParams`).
-pub unsafe fn create_v4(context: *mut CUcontext, params: *mut c_void, flags: u32, device: CUdevice) -> CUresult {
+pub(crate) unsafe fn create_v4(
+    context: *mut CUcontext,
+    params: *mut c_void,
+    flags: u32,
+    device: CUdevice,
+) -> CUresult {
     let real = real_or_missing!(real::cuCtxCreate_v4);
     // SAFETY: the caller's arguments, unchanged.
     unsafe { created(context, device, || real(context, params, flags, device)) }
 }
 
-unsafe fn created(context: *mut CUcontext, device: CUdevice, driver: impl FnOnce() -> CUresult) -> CUresult {
+unsafe fn created(
+    context: *mut CUcontext,
+    device: CUdevice,
+    driver: impl FnOnce() -> CUresult,
+) -> CUresult {
     let shim = shim_or!(driver());
     if context.is_null() {
         return driver();
@@ -212,14 +235,14 @@ unsafe fn created(context: *mut CUcontext, device: CUdevice, driver: impl FnOnce
 }
 
 /// `cuCtxDestroy_v2`.
-pub unsafe fn destroy(context: CUcontext) -> CUresult {
+pub(crate) unsafe fn destroy(context: CUcontext) -> CUresult {
     let real = real_or_missing!(real::cuCtxDestroy_v2);
     // SAFETY: the caller's argument, unchanged.
     unsafe { destroyed(context, || real(context)) }
 }
 
 /// `cuCtxDestroy` (v1 name).
-pub unsafe fn destroy_v1(context: CUcontext) -> CUresult {
+pub(crate) unsafe fn destroy_v1(context: CUcontext) -> CUresult {
     let real = real_or_missing!(real::cuCtxDestroy);
     // SAFETY: the caller's argument, unchanged.
     unsafe { destroyed(context, || real(context)) }
@@ -240,7 +263,12 @@ unsafe fn destroyed(context: CUcontext, driver: impl FnOnce() -> CUresult) -> CU
 fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
     match shim.memory.reserve(gpu, footprint) {
         Ok(reservation) => {
-            log!(Level::Debug, "context on {} took {}", gpu.uuid, Bytes(footprint));
+            log!(
+                Level::Debug,
+                "context on {} took {}",
+                gpu.uuid,
+                Bytes(footprint)
+            );
             Some(reservation.commit())
         }
         Err(_) => {
@@ -263,7 +291,9 @@ fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUre
         return (status, 0);
     }
     let footprint = match (before, nvml_used(uuid)) {
-        (Some(before), Some(after)) if after >= before && after - before <= MAX_PLAUSIBLE_FOOTPRINT => {
+        (Some(before), Some(after))
+            if after >= before && after - before <= MAX_PLAUSIBLE_FOOTPRINT =>
+        {
             after - before
         }
         _ => FALLBACK_CONTEXT_FOOTPRINT,

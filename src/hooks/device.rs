@@ -44,7 +44,9 @@ impl DeviceTable {
             return Ok(*gpu);
         }
         let uuid = ordinal_uuid(device)?;
-        let gpu = self.register(policy, uuid).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        let gpu = self
+            .register(policy, uuid)
+            .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         if let Some(cache) = cache {
             let _ = cache.set(gpu);
         }

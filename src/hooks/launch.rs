@@ -9,7 +9,7 @@ use crate::hooks::real_or_missing;
 
 /// `cuLaunchKernel`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn kernel(
+pub(crate) unsafe fn kernel(
     f: CUfunction,
     grid_x: u32,
     grid_y: u32,
@@ -24,12 +24,26 @@ pub unsafe fn kernel(
 ) -> CUresult {
     let real = real_or_missing!(real::cuLaunchKernel);
     // SAFETY: the caller's arguments, unchanged.
-    unsafe { real(f, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes, stream, params, extra) }
+    unsafe {
+        real(
+            f,
+            grid_x,
+            grid_y,
+            grid_z,
+            block_x,
+            block_y,
+            block_z,
+            shared_bytes,
+            stream,
+            params,
+            extra,
+        )
+    }
 }
 
 /// `cuLaunchKernel_ptsz`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn kernel_ptsz(
+pub(crate) unsafe fn kernel_ptsz(
     f: CUfunction,
     grid_x: u32,
     grid_y: u32,
@@ -44,18 +58,42 @@ pub unsafe fn kernel_ptsz(
 ) -> CUresult {
     let real = real_or_missing!(real::cuLaunchKernel_ptsz);
     // SAFETY: the caller's arguments, unchanged.
-    unsafe { real(f, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes, stream, params, extra) }
+    unsafe {
+        real(
+            f,
+            grid_x,
+            grid_y,
+            grid_z,
+            block_x,
+            block_y,
+            block_z,
+            shared_bytes,
+            stream,
+            params,
+            extra,
+        )
+    }
 }
 
 /// `cuLaunchKernelEx`.
-pub unsafe fn kernel_ex(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
+pub(crate) unsafe fn kernel_ex(
+    config: *const c_void,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
     let real = real_or_missing!(real::cuLaunchKernelEx);
     // SAFETY: the caller's arguments, unchanged.
     unsafe { real(config, f, params, extra) }
 }
 
 /// `cuLaunchKernelEx_ptsz`.
-pub unsafe fn kernel_ex_ptsz(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult {
+pub(crate) unsafe fn kernel_ex_ptsz(
+    config: *const c_void,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
     let real = real_or_missing!(real::cuLaunchKernelEx_ptsz);
     // SAFETY: the caller's arguments, unchanged.
     unsafe { real(config, f, params, extra) }
@@ -63,7 +101,7 @@ pub unsafe fn kernel_ex_ptsz(config: *const c_void, f: CUfunction, params: *mut 
 
 /// `cuLaunchCooperativeKernel`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn cooperative(
+pub(crate) unsafe fn cooperative(
     f: CUfunction,
     grid_x: u32,
     grid_y: u32,
@@ -77,12 +115,25 @@ pub unsafe fn cooperative(
 ) -> CUresult {
     let real = real_or_missing!(real::cuLaunchCooperativeKernel);
     // SAFETY: the caller's arguments, unchanged.
-    unsafe { real(f, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes, stream, params) }
+    unsafe {
+        real(
+            f,
+            grid_x,
+            grid_y,
+            grid_z,
+            block_x,
+            block_y,
+            block_z,
+            shared_bytes,
+            stream,
+            params,
+        )
+    }
 }
 
 /// `cuLaunchCooperativeKernel_ptsz`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn cooperative_ptsz(
+pub(crate) unsafe fn cooperative_ptsz(
     f: CUfunction,
     grid_x: u32,
     grid_y: u32,
@@ -96,18 +147,31 @@ pub unsafe fn cooperative_ptsz(
 ) -> CUresult {
     let real = real_or_missing!(real::cuLaunchCooperativeKernel_ptsz);
     // SAFETY: the caller's arguments, unchanged.
-    unsafe { real(f, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes, stream, params) }
+    unsafe {
+        real(
+            f,
+            grid_x,
+            grid_y,
+            grid_z,
+            block_x,
+            block_y,
+            block_z,
+            shared_bytes,
+            stream,
+            params,
+        )
+    }
 }
 
 /// `cuGraphLaunch`.
-pub unsafe fn graph(exec: CUgraphExec, stream: CUstream) -> CUresult {
+pub(crate) unsafe fn graph(exec: CUgraphExec, stream: CUstream) -> CUresult {
     let real = real_or_missing!(real::cuGraphLaunch);
     // SAFETY: the caller's arguments, unchanged.
     unsafe { real(exec, stream) }
 }
 
 /// `cuGraphLaunch_ptsz`.
-pub unsafe fn graph_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
+pub(crate) unsafe fn graph_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
     let real = real_or_missing!(real::cuGraphLaunch_ptsz);
     // SAFETY: the caller's arguments, unchanged.
     unsafe { real(exec, stream) }

@@ -13,7 +13,7 @@ use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::{real_or_missing, shim_or};
 use crate::log::{Level, RateLimit, log};
-use crate::policy::memory::Gpu;
+use crate::policy::memory::{Gpu, MemoryView};
 use crate::shim::Shim;
 
 /// Reserves `bytes` on `gpu`, runs the driver call, and records the charge under the key
@@ -41,7 +41,12 @@ fn charged(
 
 /// Takes back the charge of `key`, runs the driver's free, and releases the bytes only if
 /// the free worked.
-fn uncharged(shim: &Shim, table: &ChargeTable, key: u64, driver_call: impl FnOnce() -> CUresult) -> CUresult {
+fn uncharged(
+    shim: &Shim,
+    table: &ChargeTable,
+    key: u64,
+    driver_call: impl FnOnce() -> CUresult,
+) -> CUresult {
     let charge = table.remove(key);
     let status = driver_call();
     match charge {
@@ -55,44 +60,46 @@ fn uncharged(shim: &Shim, table: &ChargeTable, key: u64, driver_call: impl FnOnc
 }
 
 /// `cuMemAlloc_v2`.
-pub unsafe fn alloc(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+pub(crate) unsafe fn alloc(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
     let real = real_or_missing!(real::cuMemAlloc_v2);
-    // SAFETY (all `real` calls below): the caller's arguments, unchanged.
-    let shim = shim_or!(unsafe { real(dptr, bytes) });
+    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
+    let call = || unsafe { real(dptr, bytes) };
+    let shim = shim_or!(call());
     if dptr.is_null() {
-        return unsafe { real(dptr, bytes) };
+        return call();
     }
     let gpu = match shim.devices.current(&shim.memory) {
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
+    // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
     charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        let status = unsafe { real(dptr, bytes) };
-        // SAFETY: `dptr` is non-null and the driver wrote it on success.
-        (status, Some(unsafe { *dptr }))
+        (call(), Some(unsafe { *dptr }))
     })
 }
 
 /// `cuMemAllocManaged`: managed memory may live on the device, so it counts.
-pub unsafe fn alloc_managed(dptr: *mut CUdeviceptr, bytes: usize, flags: u32) -> CUresult {
+pub(crate) unsafe fn alloc_managed(dptr: *mut CUdeviceptr, bytes: usize, flags: u32) -> CUresult {
     let real = real_or_missing!(real::cuMemAllocManaged);
-    let shim = shim_or!(unsafe { real(dptr, bytes, flags) });
+    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
+    let call = || unsafe { real(dptr, bytes, flags) };
+    let shim = shim_or!(call());
     if dptr.is_null() {
-        return unsafe { real(dptr, bytes, flags) };
+        return call();
     }
     let gpu = match shim.devices.current(&shim.memory) {
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
+    // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
     charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        let status = unsafe { real(dptr, bytes, flags) };
-        (status, Some(unsafe { *dptr }))
+        (call(), Some(unsafe { *dptr }))
     })
 }
 
 /// `cuMemAllocPitch_v2`. The pitch is only known after the call: reserve the rows'
 /// width first, then the padding the driver chose; if the padding does not fit, undo.
-pub unsafe fn alloc_pitch(
+pub(crate) unsafe fn alloc_pitch(
     dptr: *mut CUdeviceptr,
     pitch: *mut usize,
     width: usize,
@@ -100,9 +107,11 @@ pub unsafe fn alloc_pitch(
     element_size: u32,
 ) -> CUresult {
     let real = real_or_missing!(real::cuMemAllocPitch_v2);
-    let shim = shim_or!(unsafe { real(dptr, pitch, width, height, element_size) });
+    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
+    let call = || unsafe { real(dptr, pitch, width, height, element_size) };
+    let shim = shim_or!(call());
     if dptr.is_null() || pitch.is_null() {
-        return unsafe { real(dptr, pitch, width, height, element_size) };
+        return call();
     }
     let gpu = match shim.devices.current(&shim.memory) {
         Ok(gpu) => gpu,
@@ -112,7 +121,7 @@ pub unsafe fn alloc_pitch(
     let Ok(reservation) = shim.memory.reserve(&gpu, requested) else {
         return CUDA_ERROR_OUT_OF_MEMORY;
     };
-    let status = unsafe { real(dptr, pitch, width, height, element_size) };
+    let status = call();
     if status != CUDA_SUCCESS {
         return status;
     }
@@ -128,7 +137,7 @@ pub unsafe fn alloc_pitch(
             Err(_) => {
                 shim.memory.release(charge);
                 if let Some(free) = real::cuMemFree_v2() {
-                    // SAFETY: freeing the allocation the driver just made for us.
+                    // SAFETY: freeing the allocation the driver just made for this call.
                     unsafe { free(address) };
                 }
                 return CUDA_ERROR_OUT_OF_MEMORY;
@@ -142,118 +151,142 @@ pub unsafe fn alloc_pitch(
 }
 
 /// `cuMemAllocAsync`.
-pub unsafe fn alloc_async(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
+pub(crate) unsafe fn alloc_async(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+) -> CUresult {
     let real = real_or_missing!(real::cuMemAllocAsync);
-    unsafe { stream_ordered_alloc(dptr, bytes, stream, |d| real(d, bytes, stream)) }
+    // SAFETY: the caller's arguments, unchanged; `dptr` is checked before it is read.
+    unsafe { stream_ordered_alloc(dptr, bytes, stream, || real(dptr, bytes, stream)) }
 }
 
 /// `cuMemAllocAsync_ptsz`.
-pub unsafe fn alloc_async_ptsz(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
+pub(crate) unsafe fn alloc_async_ptsz(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+) -> CUresult {
     let real = real_or_missing!(real::cuMemAllocAsync_ptsz);
-    unsafe { stream_ordered_alloc(dptr, bytes, stream, |d| real(d, bytes, stream)) }
+    // SAFETY: as in `alloc_async`.
+    unsafe { stream_ordered_alloc(dptr, bytes, stream, || real(dptr, bytes, stream)) }
 }
 
 /// `cuMemAllocFromPoolAsync`.
-pub unsafe fn alloc_from_pool_async(
+pub(crate) unsafe fn alloc_from_pool_async(
     dptr: *mut CUdeviceptr,
     bytes: usize,
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
     let real = real_or_missing!(real::cuMemAllocFromPoolAsync);
-    unsafe { stream_ordered_alloc(dptr, bytes, stream, |d| real(d, bytes, pool, stream)) }
+    // SAFETY: as in `alloc_async`.
+    unsafe { stream_ordered_alloc(dptr, bytes, stream, || real(dptr, bytes, pool, stream)) }
 }
 
 /// `cuMemAllocFromPoolAsync_ptsz`.
-pub unsafe fn alloc_from_pool_async_ptsz(
+pub(crate) unsafe fn alloc_from_pool_async_ptsz(
     dptr: *mut CUdeviceptr,
     bytes: usize,
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
     let real = real_or_missing!(real::cuMemAllocFromPoolAsync_ptsz);
-    unsafe { stream_ordered_alloc(dptr, bytes, stream, |d| real(d, bytes, pool, stream)) }
+    // SAFETY: as in `alloc_async`.
+    unsafe { stream_ordered_alloc(dptr, bytes, stream, || real(dptr, bytes, pool, stream)) }
 }
 
 /// Stream-ordered allocations count on the stream's GPU (a pool's memory sits on the
 /// device of the stream that allocates from it).
+///
+/// # Safety
+/// `driver` makes the real call with the caller's arguments; `dptr` is the out-pointer it
+/// writes on success.
 unsafe fn stream_ordered_alloc(
     dptr: *mut CUdeviceptr,
     bytes: usize,
     stream: CUstream,
-    driver: impl FnOnce(*mut CUdeviceptr) -> CUresult,
+    driver: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    let shim = shim_or!(driver(dptr));
+    let shim = shim_or!(driver());
     if dptr.is_null() {
-        return driver(dptr);
+        return driver();
     }
     let gpu = match shim.devices.of_stream(&shim.memory, stream) {
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
+    // SAFETY: `dptr` is non-null and written by the driver when it succeeded.
     charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        let status = driver(dptr);
-        // SAFETY: `dptr` is non-null and written by the driver on success.
-        (status, Some(unsafe { *dptr }))
+        (driver(), Some(unsafe { *dptr }))
     })
 }
 
 /// `cuMemFree_v2`.
-pub unsafe fn free(dptr: CUdeviceptr) -> CUresult {
+pub(crate) unsafe fn free(dptr: CUdeviceptr) -> CUresult {
     let real = real_or_missing!(real::cuMemFree_v2);
-    let shim = shim_or!(unsafe { real(dptr) });
-    uncharged(shim, &shim.allocations.device, dptr, || unsafe { real(dptr) })
+    // SAFETY: the caller's argument, unchanged.
+    let call = || unsafe { real(dptr) };
+    let shim = shim_or!(call());
+    uncharged(shim, &shim.allocations.device, dptr, call)
 }
 
 /// `cuMemFreeAsync`. The bytes are given back when the free is enqueued: from then on no
 /// work may use them, and the pool returns them to the device at the next sync.
-pub unsafe fn free_async(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+pub(crate) unsafe fn free_async(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
     let real = real_or_missing!(real::cuMemFreeAsync);
-    let shim = shim_or!(unsafe { real(dptr, stream) });
-    uncharged(shim, &shim.allocations.device, dptr, || unsafe { real(dptr, stream) })
+    // SAFETY: the caller's arguments, unchanged.
+    let call = || unsafe { real(dptr, stream) };
+    let shim = shim_or!(call());
+    uncharged(shim, &shim.allocations.device, dptr, call)
 }
 
 /// `cuMemFreeAsync_ptsz`.
-pub unsafe fn free_async_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+pub(crate) unsafe fn free_async_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
     let real = real_or_missing!(real::cuMemFreeAsync_ptsz);
-    let shim = shim_or!(unsafe { real(dptr, stream) });
-    uncharged(shim, &shim.allocations.device, dptr, || unsafe { real(dptr, stream) })
+    // SAFETY: the caller's arguments, unchanged.
+    let call = || unsafe { real(dptr, stream) };
+    let shim = shim_or!(call());
+    uncharged(shim, &shim.allocations.device, dptr, call)
 }
 
 /// `cuMemCreate` (VMM: PyTorch's expandable segments, JAX, NCCL). Only device-located
 /// allocations take device memory.
-pub unsafe fn vmm_create(
+pub(crate) unsafe fn vmm_create(
     handle: *mut CUmemGenericAllocationHandle,
     bytes: usize,
     prop: *const CUmemAllocationProp,
     flags: u64,
 ) -> CUresult {
     let real = real_or_missing!(real::cuMemCreate);
-    let shim = shim_or!(unsafe { real(handle, bytes, prop, flags) });
+    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
+    let call = || unsafe { real(handle, bytes, prop, flags) };
+    let shim = shim_or!(call());
     if handle.is_null() || prop.is_null() {
-        return unsafe { real(handle, bytes, prop, flags) };
+        return call();
     }
     // SAFETY: non-null, and the API requires it to point at a CUmemAllocationProp.
     let location = unsafe { (*prop).location };
     if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
-        return unsafe { real(handle, bytes, prop, flags) };
+        return call();
     }
     let gpu = match shim.devices.by_ordinal(&shim.memory, location.id) {
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
+    // SAFETY: `handle` is non-null and written by the driver when `call` succeeded.
     charged(shim, &shim.allocations.vmm, &gpu, bytes as u64, || {
-        let status = unsafe { real(handle, bytes, prop, flags) };
-        // SAFETY: `handle` is non-null and written by the driver on success.
-        (status, Some(unsafe { *handle }))
+        (call(), Some(unsafe { *handle }))
     })
 }
 
 /// `cuMemRelease`.
-pub unsafe fn vmm_release(handle: CUmemGenericAllocationHandle) -> CUresult {
+pub(crate) unsafe fn vmm_release(handle: CUmemGenericAllocationHandle) -> CUresult {
     let real = real_or_missing!(real::cuMemRelease);
-    let shim = shim_or!(unsafe { real(handle) });
-    uncharged(shim, &shim.allocations.vmm, handle, || unsafe { real(handle) })
+    // SAFETY: the caller's argument, unchanged.
+    let call = || unsafe { real(handle) };
+    let shim = shim_or!(call());
+    uncharged(shim, &shim.allocations.vmm, handle, call)
 }
 
 /// Bytes an array of these dimensions takes. A format this shim does not know is charged
@@ -270,41 +303,55 @@ fn array_bytes(width: usize, height: usize, depth: usize, format: u32, channels:
 }
 
 /// `cuArrayCreate_v2`.
-pub unsafe fn array_create(array: *mut CUarray, desc: *const CudaArrayDescriptor) -> CUresult {
+pub(crate) unsafe fn array_create(
+    array: *mut CUarray,
+    desc: *const CudaArrayDescriptor,
+) -> CUresult {
     let real = real_or_missing!(real::cuArrayCreate_v2);
-    let shim = shim_or!(unsafe { real(array, desc) });
+    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
+    let call = || unsafe { real(array, desc) };
+    let shim = shim_or!(call());
     if array.is_null() || desc.is_null() {
-        return unsafe { real(array, desc) };
+        return call();
     }
     // SAFETY: non-null, and the API requires a valid descriptor.
     let d = unsafe { *desc };
     let bytes = array_bytes(d.width, d.height, 1, d.format, d.num_channels);
-    unsafe { array_charged(shim, array, bytes, || real(array, desc)) }
+    // SAFETY: `array` is non-null and is the out-pointer `call` writes.
+    unsafe { array_charged(shim, array, bytes, call) }
 }
 
 /// `cuArray3DCreate_v2`.
-pub unsafe fn array3d_create(array: *mut CUarray, desc: *const CudaArray3dDescriptor) -> CUresult {
+pub(crate) unsafe fn array3d_create(
+    array: *mut CUarray,
+    desc: *const CudaArray3dDescriptor,
+) -> CUresult {
     let real = real_or_missing!(real::cuArray3DCreate_v2);
-    let shim = shim_or!(unsafe { real(array, desc) });
+    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
+    let call = || unsafe { real(array, desc) };
+    let shim = shim_or!(call());
     if array.is_null() || desc.is_null() {
-        return unsafe { real(array, desc) };
+        return call();
     }
     // SAFETY: non-null, and the API requires a valid descriptor.
     let d = unsafe { *desc };
     let bytes = array_bytes(d.width, d.height, d.depth, d.format, d.num_channels);
-    unsafe { array_charged(shim, array, bytes, || real(array, desc)) }
+    // SAFETY: `array` is non-null and is the out-pointer `call` writes.
+    unsafe { array_charged(shim, array, bytes, call) }
 }
 
 /// `cuMipmappedArrayCreate`: every level, each half the size of the one before.
-pub unsafe fn mipmapped_create(
+pub(crate) unsafe fn mipmapped_create(
     array: *mut CUmipmappedArray,
     desc: *const CudaArray3dDescriptor,
     levels: u32,
 ) -> CUresult {
     let real = real_or_missing!(real::cuMipmappedArrayCreate);
-    let shim = shim_or!(unsafe { real(array, desc, levels) });
+    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
+    let call = || unsafe { real(array, desc, levels) };
+    let shim = shim_or!(call());
     if array.is_null() || desc.is_null() {
-        return unsafe { real(array, desc, levels) };
+        return call();
     }
     // SAFETY: non-null, and the API requires a valid descriptor.
     let d = unsafe { *desc };
@@ -314,9 +361,12 @@ pub unsafe fn mipmapped_create(
         bytes = bytes.saturating_add(array_bytes(width, height, depth, d.format, d.num_channels));
         (width, height, depth) = ((width / 2).max(1), (height / 2).max(1), (depth / 2).max(1));
     }
-    unsafe { array_charged(shim, array, bytes, || real(array, desc, levels)) }
+    // SAFETY: `array` is non-null and is the out-pointer `call` writes.
+    unsafe { array_charged(shim, array, bytes, call) }
 }
 
+/// # Safety
+/// `array` is non-null and is the out-pointer that `driver` writes on success.
 unsafe fn array_charged(
     shim: &Shim,
     array: *mut *mut c_void,
@@ -327,43 +377,51 @@ unsafe fn array_charged(
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
+    // SAFETY: per this function's contract, written by the driver when it succeeded.
     charged(shim, &shim.allocations.arrays, &gpu, bytes, || {
-        let status = driver();
-        // SAFETY: `array` is non-null and written by the driver on success.
-        (status, Some(unsafe { *array } as u64))
+        (driver(), Some(unsafe { *array } as u64))
     })
 }
 
 /// `cuArrayDestroy`.
-pub unsafe fn array_destroy(array: CUarray) -> CUresult {
+pub(crate) unsafe fn array_destroy(array: CUarray) -> CUresult {
     let real = real_or_missing!(real::cuArrayDestroy);
-    let shim = shim_or!(unsafe { real(array) });
-    uncharged(shim, &shim.allocations.arrays, array as u64, || unsafe { real(array) })
+    // SAFETY: the caller's argument, unchanged.
+    let call = || unsafe { real(array) };
+    let shim = shim_or!(call());
+    uncharged(shim, &shim.allocations.arrays, array as u64, call)
 }
 
 /// `cuMipmappedArrayDestroy`.
-pub unsafe fn mipmapped_destroy(array: CUmipmappedArray) -> CUresult {
+pub(crate) unsafe fn mipmapped_destroy(array: CUmipmappedArray) -> CUresult {
     let real = real_or_missing!(real::cuMipmappedArrayDestroy);
-    let shim = shim_or!(unsafe { real(array) });
-    uncharged(shim, &shim.allocations.arrays, array as u64, || unsafe { real(array) })
+    // SAFETY: the caller's argument, unchanged.
+    let call = || unsafe { real(array) };
+    let shim = shim_or!(call());
+    uncharged(shim, &shim.allocations.arrays, array as u64, call)
 }
 
 /// The 32-bit entry points of CUDA before 3.2 (`cuMemAlloc` without `_v2`, ...). No
 /// program built in the last fifteen years calls them; refusing them keeps them from being
 /// a way around the quota.
-pub unsafe fn legacy_refused(name: &'static str) -> CUresult {
+pub(crate) fn legacy_refused(name: &'static str) -> CUresult {
     static LOGGED: RateLimit = RateLimit::new();
     if LOGGED.admit().is_some() {
-        log!(Level::Warn, "{name} (the pre-CUDA-3.2 32-bit API) is not supported under gpuslice");
+        log!(
+            Level::Warn,
+            "{name} (the pre-CUDA-3.2 32-bit API) is not supported under gpuslice"
+        );
     }
     CUDA_ERROR_NOT_SUPPORTED
 }
 
 /// `cuMemGetInfo_v2`: the quota as total, what is left of it as free.
-pub unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
+pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
     let real = real_or_missing!(real::cuMemGetInfo_v2);
-    let shim = shim_or!(unsafe { real(free, total) });
-    let status = unsafe { real(free, total) };
+    // SAFETY: the caller's arguments, unchanged.
+    let call = || unsafe { real(free, total) };
+    let shim = shim_or!(call());
+    let status = call();
     if status != CUDA_SUCCESS || free.is_null() || total.is_null() {
         return status;
     }
@@ -373,7 +431,7 @@ pub unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
     };
     // SAFETY: both non-null and just written by the driver.
     let (physical_free, physical_total) = unsafe { (*free as u64, *total as u64) };
-    let physical = crate::policy::memory::MemoryView {
+    let physical = MemoryView {
         total: physical_total,
         free: physical_free,
         used: physical_total.saturating_sub(physical_free),
@@ -389,10 +447,12 @@ pub unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
 }
 
 /// `cuDeviceTotalMem_v2`: the quota, never more than the device has.
-pub unsafe fn total_mem(bytes: *mut usize, device: CUdevice) -> CUresult {
+pub(crate) unsafe fn total_mem(bytes: *mut usize, device: CUdevice) -> CUresult {
     let real = real_or_missing!(real::cuDeviceTotalMem_v2);
-    let shim = shim_or!(unsafe { real(bytes, device) });
-    let status = unsafe { real(bytes, device) };
+    // SAFETY: the caller's arguments, unchanged.
+    let call = || unsafe { real(bytes, device) };
+    let shim = shim_or!(call());
+    let status = call();
     if status != CUDA_SUCCESS || bytes.is_null() {
         return status;
     }
@@ -401,8 +461,9 @@ pub unsafe fn total_mem(bytes: *mut usize, device: CUdevice) -> CUresult {
         Err(status) => return status,
     };
     if let Some(limit) = shim.memory.limit(&gpu) {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         // SAFETY: non-null and just written by the driver.
-        unsafe { *bytes = (*bytes).min(usize::try_from(limit).unwrap_or(usize::MAX)) };
+        unsafe { *bytes = (*bytes).min(limit) };
     }
     status
 }

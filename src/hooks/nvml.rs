@@ -7,7 +7,7 @@ use crate::policy::memory::MemoryView;
 use crate::runtime::{Mode, mode};
 
 /// `nvmlDeviceGetMemoryInfo`: `used` stays `total - free`, as NVML's v1 struct defines it.
-pub unsafe fn memory_info(device: NvmlDevice, memory: *mut NvmlMemory) -> NvmlReturn {
+pub(crate) unsafe fn memory_info(device: NvmlDevice, memory: *mut NvmlMemory) -> NvmlReturn {
     let Some(real) = real::nvmlDeviceGetMemoryInfo() else {
         return NVML_ERROR_UNINITIALIZED;
     };
@@ -18,7 +18,11 @@ pub unsafe fn memory_info(device: NvmlDevice, memory: *mut NvmlMemory) -> NvmlRe
     }
     // SAFETY: non-null and just written by NVML.
     let answer = unsafe { &mut *memory };
-    let physical = MemoryView { total: answer.total, free: answer.free, used: answer.used };
+    let physical = MemoryView {
+        total: answer.total,
+        free: answer.free,
+        used: answer.used,
+    };
     match quota_view(device, physical) {
         Ok(Some(view)) => {
             answer.total = view.total;
@@ -33,7 +37,7 @@ pub unsafe fn memory_info(device: NvmlDevice, memory: *mut NvmlMemory) -> NvmlRe
 
 /// `nvmlDeviceGetMemoryInfo_v2`: `reserved` is what the quota has left that the GPU
 /// cannot give right now, so that `total = reserved + used + free` still holds.
-pub unsafe fn memory_info_v2(device: NvmlDevice, memory: *mut NvmlMemoryV2) -> NvmlReturn {
+pub(crate) unsafe fn memory_info_v2(device: NvmlDevice, memory: *mut NvmlMemoryV2) -> NvmlReturn {
     let Some(real) = real::nvmlDeviceGetMemoryInfo_v2() else {
         return NVML_ERROR_UNINITIALIZED;
     };
@@ -44,7 +48,11 @@ pub unsafe fn memory_info_v2(device: NvmlDevice, memory: *mut NvmlMemoryV2) -> N
     }
     // SAFETY: non-null and just written by NVML.
     let answer = unsafe { &mut *memory };
-    let physical = MemoryView { total: answer.total, free: answer.free, used: answer.used };
+    let physical = MemoryView {
+        total: answer.total,
+        free: answer.free,
+        used: answer.used,
+    };
     match quota_view(device, physical) {
         Ok(Some(view)) => {
             answer.total = view.total;

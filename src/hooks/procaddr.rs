@@ -15,7 +15,12 @@ use crate::exports::driver::{hook_for_real, real};
 use crate::hooks::real_or_missing;
 
 /// `cuGetProcAddress` (CUDA 11.3 ABI).
-pub unsafe fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CUresult {
+pub(crate) unsafe fn get_proc_address(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: i32,
+    flags: u64,
+) -> CUresult {
     let real = real_or_missing!(real::cuGetProcAddress);
     // SAFETY: the caller's arguments, unchanged.
     let status = unsafe { real(symbol, pfn, version, flags) };
@@ -24,7 +29,7 @@ pub unsafe fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, ver
 }
 
 /// `cuGetProcAddress_v2` (CUDA 12.0 ABI, with the symbol status).
-pub unsafe fn get_proc_address_v2(
+pub(crate) unsafe fn get_proc_address_v2(
     symbol: *const c_char,
     pfn: *mut *mut c_void,
     version: i32,

@@ -259,7 +259,7 @@ impl std::fmt::Display for Bytes {
         const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
         let mut unit = 0;
         let mut whole = self.0;
-        while whole >= 1024 && unit + 1 < UNITS.len() && whole % 1024 == 0 {
+        while whole >= 1024 && unit + 1 < UNITS.len() && whole.is_multiple_of(1024) {
             whole /= 1024;
             unit += 1;
         }
@@ -289,7 +289,14 @@ mod tests {
     #[test]
     fn view_reports_the_quota_as_total() {
         let view = quota_view(4 * GIB, GIB, physical(80 * GIB, 70 * GIB));
-        assert_eq!(view, MemoryView { total: 4 * GIB, free: 3 * GIB, used: GIB });
+        assert_eq!(
+            view,
+            MemoryView {
+                total: 4 * GIB,
+                free: 3 * GIB,
+                used: GIB
+            }
+        );
     }
 
     #[test]
@@ -303,7 +310,14 @@ mod tests {
     fn view_never_underflows_when_usage_passes_the_limit() {
         // Usage above the limit happens when a quota is lowered under a running tenant.
         let view = quota_view(GIB, 3 * GIB, physical(80 * GIB, 70 * GIB));
-        assert_eq!(view, MemoryView { total: GIB, free: 0, used: GIB });
+        assert_eq!(
+            view,
+            MemoryView {
+                total: GIB,
+                free: 0,
+                used: GIB
+            }
+        );
     }
 
     #[test]

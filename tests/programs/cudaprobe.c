@@ -288,23 +288,37 @@ int main(int argc, char **argv) {
       int status = 0;
       waitpid(child, &status, 0);
       printf("fork-exit child_status=%d\n", WEXITSTATUS(status));
-    } else if (!strcmp(cmd, "fork-alloc")) {
-      /* A child of a process that never touched the driver before fork is a fresh process. */
-      size_t bytes = quantity(NEXT());
+    } else if (!strcmp(cmd, "fork-exec")) {
+      /* CUDA cannot be used in a child forked after the parent initialized it (the driver
+       * refuses), so children that want the GPU exec a program: this one again, running the
+       * next N commands. It inherits the environment, so it joins the same tenant. */
+      int count = atoi(NEXT());
+      char **child_argv = calloc((size_t)count + 3, sizeof *child_argv);
+      int n = 0;
+      child_argv[n++] = argv[0];
+#ifndef DIRECT
+      child_argv[n++] = argv[1];
+#endif
+      for (int i = 0; i < count && arg < argc; i++) child_argv[n++] = argv[arg++];
       pid_t child = fork();
       if (child == 0) {
-        CUdeviceptr p;
-        CUresult r = CALL(cuMemAlloc_v2)(&p, bytes);
-        printf("fork-alloc child rc=%d\n", r);
-        exit(0);
+        execv("/proc/self/exe", child_argv);
+        _exit(127);
       }
       int status = 0;
       waitpid(child, &status, 0);
-      printf("fork-alloc child_status=%d\n", WEXITSTATUS(status));
+      free(child_argv);
+      printf("fork-exec child_status=%d\n", WEXITSTATUS(status));
     } else if (!strcmp(cmd, "hold")) {
       printf("holding\n");
       fflush(stdout);
       for (;;) pause();
+    } else if (!strcmp(cmd, "wait-file")) {
+      /* Lets a test start several processes' work at the same moment. */
+      const char *path = NEXT();
+      printf("waiting\n");
+      fflush(stdout);
+      while (access(path, F_OK) != 0) usleep(1000);
     } else if (!strcmp(cmd, "sleep")) {
       usleep((useconds_t)atoi(NEXT()) * 1000);
     } else {

@@ -44,14 +44,25 @@ pub fn fake_gpu_library() -> PathBuf {
 }
 
 pub fn example(name: &str) -> PathBuf {
-    artifact(deps_dir().parent().expect("profile dir").join("examples").join(name))
+    artifact(
+        deps_dir()
+            .parent()
+            .expect("profile dir")
+            .join("examples")
+            .join(name),
+    )
 }
 
 /// Makes `dir` a library dir in which the driver and NVML are the simulated GPU.
 pub fn link_fake_gpu(dir: &Path) {
     std::fs::create_dir_all(dir).expect("library dir");
     let target = fake_gpu_library();
-    for name in ["libcuda.so", "libcuda.so.1", "libnvidia-ml.so", "libnvidia-ml.so.1"] {
+    for name in [
+        "libcuda.so",
+        "libcuda.so.1",
+        "libnvidia-ml.so",
+        "libnvidia-ml.so.1",
+    ] {
         let link = dir.join(name);
         if link.exists() {
             continue;
@@ -84,10 +95,16 @@ pub fn compile_c(source: &str, flags: &[&str]) -> PathBuf {
     let mut hasher = DefaultHasher::new();
     text.hash(&mut hasher);
     flags.hash(&mut hasher);
-    let out_dir = deps_dir().parent().expect("profile dir").join("test-programs");
+    let out_dir = deps_dir()
+        .parent()
+        .expect("profile dir")
+        .join("test-programs");
     let link_dir = out_dir.join("fakelib");
     link_fake_gpu(&link_dir);
-    let stem = source_path.file_stem().and_then(|s| s.to_str()).unwrap_or("program");
+    let stem = source_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("program");
     let output = out_dir.join(format!("{stem}-{:016x}", hasher.finish()));
     if output.exists() {
         return output;
@@ -119,11 +136,15 @@ pub fn probe(path: CallPath) -> (PathBuf, Vec<&'static str>) {
             vec![],
         ),
         CallPath::Dlsym => (
-            DYNAMIC.get_or_init(|| compile_c("tests/programs/cudaprobe.c", &[])).clone(),
+            DYNAMIC
+                .get_or_init(|| compile_c("tests/programs/cudaprobe.c", &[]))
+                .clone(),
             vec!["dlsym"],
         ),
         CallPath::ProcAddress => (
-            DYNAMIC.get_or_init(|| compile_c("tests/programs/cudaprobe.c", &[])).clone(),
+            DYNAMIC
+                .get_or_init(|| compile_c("tests/programs/cudaprobe.c", &[]))
+                .clone(),
             vec!["procaddr"],
         ),
     }
@@ -166,7 +187,10 @@ impl Node {
     pub fn bare(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         for (name, _) in std::env::vars() {
-            if name.starts_with("GPUSLICE_") || name.starts_with("FAKECUDA_") || name == "LD_PRELOAD" {
+            if name.starts_with("GPUSLICE_")
+                || name.starts_with("FAKECUDA_")
+                || name == "LD_PRELOAD"
+            {
                 command.env_remove(name);
             }
         }
@@ -182,9 +206,16 @@ impl Node {
     }
 
     /// A command run under the shim as a process of `tenant` (no limit unless given).
-    pub fn tenant(&self, tenant: &str, limit: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub fn tenant(
+        &self,
+        tenant: &str,
+        limit: Option<&str>,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Command {
         let mut command = self.bare(program);
-        command.env("LD_PRELOAD", shim_library()).env("GPUSLICE_TENANT", tenant);
+        command
+            .env("LD_PRELOAD", shim_library())
+            .env("GPUSLICE_TENANT", tenant);
         if let Some(limit) = limit {
             command.env("GPUSLICE_MEMORY_LIMIT", limit);
         }
@@ -192,7 +223,13 @@ impl Node {
     }
 
     /// cudaprobe through `path`, as a process of `tenant` with `limit`, running `commands`.
-    pub fn probe(&self, path: CallPath, tenant: &str, limit: Option<&str>, commands: &[&str]) -> Command {
+    pub fn probe(
+        &self,
+        path: CallPath,
+        tenant: &str,
+        limit: Option<&str>,
+        commands: &[&str],
+    ) -> Command {
         let (program, leading) = probe(path);
         let mut command = self.tenant(tenant, limit, program);
         command.args(leading).args(commands);
@@ -242,7 +279,11 @@ impl Running {
     /// Reads stdout until a line contains `marker` (the child says it is ready).
     pub fn wait_for_line(&mut self, marker: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
-        let stdout = self.child.as_mut().and_then(|c| c.stdout.as_mut()).expect("piped stdout");
+        let stdout = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.as_mut())
+            .expect("piped stdout");
         let mut seen = Vec::new();
         let mut byte = [0u8; 1];
         while Instant::now() < deadline {
@@ -257,7 +298,10 @@ impl Running {
                 Err(_) => break,
             }
         }
-        panic!("child never printed {marker:?}; it printed:\n{}", String::from_utf8_lossy(&seen));
+        panic!(
+            "child never printed {marker:?}; it printed:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
     }
 
     pub fn kill9(&mut self) -> ExitStatus {

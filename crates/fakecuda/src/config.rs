@@ -126,7 +126,9 @@ fn parse_devices(value: &str) -> Option<Vec<u64>> {
         .split(',')
         .map(|part| parse_quantity(part).filter(|&bytes| bytes > 0))
         .collect::<Option<Vec<u64>>>()?;
-    (1..=MAX_DEVICES).contains(&devices.len()).then_some(devices)
+    (1..=MAX_DEVICES)
+        .contains(&devices.len())
+        .then_some(devices)
 }
 
 /// Parses a byte quantity the way Kubernetes writes them: an integer with an optional binary
@@ -187,7 +189,17 @@ mod tests {
 
     #[test]
     fn quantities_reject_garbage_and_overflow() {
-        for bad in ["", "Gi", "1.5Gi", "-1", "10GB", "10gi", "1 Gi", "99999999999Ei", "0x10"] {
+        for bad in [
+            "",
+            "Gi",
+            "1.5Gi",
+            "-1",
+            "10GB",
+            "10gi",
+            "1 Gi",
+            "99999999999Ei",
+            "0x10",
+        ] {
             assert_eq!(parse_quantity(bad), None, "{bad:?}");
         }
     }
@@ -229,6 +241,9 @@ mod tests {
             assert!(line.contains(var) && !line.contains('\n'), "{line}");
         }
         let too_many = vec!["1Gi"; MAX_DEVICES + 1].join(",");
-        assert_eq!(config(&[(ENV_DEVICES, &too_many)]).unwrap_err().var, ENV_DEVICES);
+        assert_eq!(
+            config(&[(ENV_DEVICES, &too_many)]).unwrap_err().var,
+            ENV_DEVICES
+        );
     }
 }

@@ -221,10 +221,10 @@ pub fn release_primary(device: &'static Device) -> CuResult {
         return Err(CuError::InvalidContext);
     }
     primary.refcount -= 1;
-    if primary.refcount == 0 {
-        if let Ok(ctx) = get(primary.handle) {
-            teardown(&ctx);
-        }
+    if primary.refcount == 0
+        && let Ok(ctx) = get(primary.handle)
+    {
+        teardown(&ctx);
     }
     Ok(())
 }
@@ -232,10 +232,10 @@ pub fn release_primary(device: &'static Device) -> CuResult {
 /// `cuDevicePrimaryCtxReset`: ends the primary context whatever its reference count.
 pub fn reset_primary(device: &'static Device) -> CuResult {
     let mut primary = device.primary.lock();
-    if primary.refcount > 0 {
-        if let Ok(ctx) = get(primary.handle) {
-            teardown(&ctx);
-        }
+    if primary.refcount > 0
+        && let Ok(ctx) = get(primary.handle)
+    {
+        teardown(&ctx);
     }
     primary.refcount = 0;
     primary.flags = 0;

@@ -111,7 +111,12 @@ impl Device {
         }
         for attempt in 0..2 {
             match self.ledger.try_reserve(bytes, self.capacity) {
-                Ok(true) => return Ok(Charge { device: self, bytes }),
+                Ok(true) => {
+                    return Ok(Charge {
+                        device: self,
+                        bytes,
+                    });
+                }
                 Ok(false) if attempt == 0 => {
                     self.ledger.reclaim_dead();
                 }

@@ -51,12 +51,7 @@ impl Driver {
             .iter()
             .enumerate()
             .map(|(index, &capacity)| {
-                Device::open(
-                    index,
-                    capacity,
-                    config.context_footprint,
-                    &config.state_dir,
-                )
+                Device::open(index, capacity, config.context_footprint, &config.state_dir)
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(system)?;

@@ -40,7 +40,10 @@ pub fn create(flags: u32) -> CuResult<usize> {
 
 /// `cuEventDestroy`: work already recorded still completes.
 pub fn destroy(handle: usize) -> CuResult {
-    EVENTS.remove(handle).map(drop).ok_or(CuError::InvalidHandle)
+    EVENTS
+        .remove(handle)
+        .map(drop)
+        .ok_or(CuError::InvalidHandle)
 }
 
 /// `cuEventRecord`: the event completes when `stream` reaches this point.

@@ -33,8 +33,17 @@ impl Dims {
         let [gx, gy, gz] = self.grid;
         let [bx, by, bz] = self.block;
         let threads = u64::from(bx) * u64::from(by) * u64::from(bz);
-        let grid_ok = gx >= 1 && gx <= i32::MAX as u32 && (1..=65535).contains(&gy) && (1..=65535).contains(&gz);
-        let block_ok = bx >= 1 && by >= 1 && bz >= 1 && bx <= 1024 && by <= 1024 && bz <= 64 && threads <= 1024;
+        let grid_ok = gx >= 1
+            && gx <= i32::MAX as u32
+            && (1..=65535).contains(&gy)
+            && (1..=65535).contains(&gz);
+        let block_ok = bx >= 1
+            && by >= 1
+            && bz >= 1
+            && bx <= 1024
+            && by <= 1024
+            && bz <= 64
+            && threads <= 1024;
         if grid_ok && block_ok && self.shared_mem <= MAX_SHARED_MEM {
             Ok(())
         } else {
@@ -50,7 +59,7 @@ impl Dims {
 /// `params` and `extra` must be as `cuLaunchKernel` documents: NULL, or an array of pointers
 /// to the arguments / a `CU_LAUNCH_PARAM_END`-terminated list of key-value pairs.
 unsafe fn first_u64(params: *mut *mut c_void, extra: *mut *mut c_void) -> Option<u64> {
-    // SAFETY (whole body): guaranteed by the caller; a kernel that takes a .u64 first
+    // SAFETY: guaranteed by the caller (whole body); a kernel that takes a .u64 first
     // argument has at least 8 readable bytes behind its first parameter pointer.
     unsafe {
         if !params.is_null() {
@@ -111,15 +120,37 @@ mod tests {
 
     #[test]
     fn launch_dimensions_follow_the_device_limits() {
-        let ok = Dims { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0 };
+        let ok = Dims {
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            shared_mem: 0,
+        };
         assert_eq!(ok.check(), Ok(()));
         for bad in [
-            Dims { grid: [0, 1, 1], ..ok },
-            Dims { block: [1025, 1, 1], ..ok },
-            Dims { block: [32, 32, 2], ..ok },
-            Dims { block: [1, 1, 65], ..ok },
-            Dims { grid: [1, 65536, 1], ..ok },
-            Dims { shared_mem: MAX_SHARED_MEM + 1, ..ok },
+            Dims {
+                grid: [0, 1, 1],
+                ..ok
+            },
+            Dims {
+                block: [1025, 1, 1],
+                ..ok
+            },
+            Dims {
+                block: [32, 32, 2],
+                ..ok
+            },
+            Dims {
+                block: [1, 1, 65],
+                ..ok
+            },
+            Dims {
+                grid: [1, 65536, 1],
+                ..ok
+            },
+            Dims {
+                shared_mem: MAX_SHARED_MEM + 1,
+                ..ok
+            },
         ] {
             assert_eq!(bad.check(), Err(CuError::InvalidValue), "{bad:?}");
         }
@@ -130,7 +161,8 @@ mod tests {
         let mut ns: u64 = 5_000_000;
         let mut params = [(&raw mut ns).cast::<c_void>()];
         // SAFETY: params points to one valid argument pointer.
-        assert_eq!(unsafe { first_u64(params.as_mut_ptr(), std::ptr::null_mut()) }, Some(ns));
+        let from_params = unsafe { first_u64(params.as_mut_ptr(), std::ptr::null_mut()) };
+        assert_eq!(from_params, Some(ns));
 
         let mut buffer = 7_u64.to_ne_bytes();
         let mut len: usize = buffer.len();
@@ -142,8 +174,10 @@ mod tests {
             PARAM_END as *mut c_void,
         ];
         // SAFETY: extra is a well-formed CU_LAUNCH_PARAM list over live buffers.
-        assert_eq!(unsafe { first_u64(std::ptr::null_mut(), extra.as_mut_ptr()) }, Some(7));
+        let from_extra = unsafe { first_u64(std::ptr::null_mut(), extra.as_mut_ptr()) };
+        assert_eq!(from_extra, Some(7));
         // SAFETY: both NULL.
-        assert_eq!(unsafe { first_u64(std::ptr::null_mut(), std::ptr::null_mut()) }, None);
+        let from_nothing = unsafe { first_u64(std::ptr::null_mut(), std::ptr::null_mut()) };
+        assert_eq!(from_nothing, None);
     }
 }

@@ -24,7 +24,8 @@ use crate::mapping::Mapping;
 const MAGIC: u64 = u64::from_le_bytes(*b"FAKECUDA");
 const VERSION: u32 = 1;
 /// Slots per device: the most processes that can hold memory on one device at once.
-pub const SLOTS: usize = 1024;
+pub const SLOTS: usize = SLOT_COUNT as usize;
+const SLOT_COUNT: u32 = 1024;
 const HEADER_SIZE: usize = 64;
 const SLOT_SIZE: usize = 64;
 const FILE_SIZE: usize = HEADER_SIZE + SLOTS * SLOT_SIZE;
@@ -50,7 +51,10 @@ const _: () = assert!(size_of::<Header>() == HEADER_SIZE && size_of::<Slot>() ==
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OwnSlot {
     Unclaimed,
-    Claimed { index: usize, pid: u32 },
+    Claimed {
+        index: usize,
+        pid: u32,
+    },
     /// Given back at exit: nothing more is counted.
     Released,
 }
@@ -71,6 +75,14 @@ fn saturating_sub(counter: &AtomicU64, bytes: u64) {
     });
 }
 
+/// The header of a mapped state file.
+fn header_of(map: &Mapping) -> &Header {
+    assert!(map.len() >= FILE_SIZE, "state file mapping too short");
+    // SAFETY: the mapping is at least FILE_SIZE bytes, page aligned and lives as long as the
+    // returned reference; Header is made of atomics, valid for any bit pattern.
+    unsafe { &*(map.addr() as *const Header) }
+}
+
 fn slot_offset(index: usize) -> u64 {
     (HEADER_SIZE + index * SLOT_SIZE) as u64
 }
@@ -86,45 +98,45 @@ impl Ledger {
             .truncate(false)
             .open(path)
             .map_err(named)?;
-        let _init = FileLock::exclusive(&file).map_err(named)?;
-        let size = file.metadata().map_err(named)?.len();
-        let fresh = size == 0;
-        if fresh {
-            file.set_len(FILE_SIZE as u64).map_err(named)?;
-        } else if size != FILE_SIZE as u64 {
-            return Err(io::Error::other(format!(
-                "{}: size {size} is not that of a fakecuda state file ({FILE_SIZE}); remove it",
-                path.display()
-            )));
-        }
-        let map = Mapping::shared_file(file.as_fd(), FILE_SIZE).map_err(named)?;
-        let ledger = Ledger {
+        let map = {
+            let _init = FileLock::exclusive(&file).map_err(named)?;
+            let size = file.metadata().map_err(named)?.len();
+            let fresh = size == 0;
+            if fresh {
+                file.set_len(FILE_SIZE as u64).map_err(named)?;
+            } else if size != FILE_SIZE as u64 {
+                return Err(io::Error::other(format!(
+                    "{}: size {size} is not that of a fakecuda state file ({FILE_SIZE}); remove it",
+                    path.display()
+                )));
+            }
+            let map = Mapping::shared_file(file.as_fd(), FILE_SIZE).map_err(named)?;
+            let header = header_of(&map);
+            if fresh {
+                header.version.store(VERSION, Ordering::Relaxed);
+                header.slot_count.store(SLOT_COUNT, Ordering::Relaxed);
+                header.magic.store(MAGIC, Ordering::Release);
+            } else if header.magic.load(Ordering::Acquire) != MAGIC
+                || header.version.load(Ordering::Relaxed) != VERSION
+                || header.slot_count.load(Ordering::Relaxed) != SLOT_COUNT
+            {
+                return Err(io::Error::other(format!(
+                    "{}: not a fakecuda state file of layout version {VERSION}; remove it",
+                    path.display()
+                )));
+            }
+            map
+        };
+        Ok(Ledger {
             path: path.to_owned(),
             file,
             map,
             own: Mutex::new(OwnSlot::Unclaimed),
-        };
-        let header = ledger.header();
-        if fresh {
-            header.version.store(VERSION, Ordering::Relaxed);
-            header.slot_count.store(SLOTS as u32, Ordering::Relaxed);
-            header.magic.store(MAGIC, Ordering::Release);
-        } else if header.magic.load(Ordering::Acquire) != MAGIC
-            || header.version.load(Ordering::Relaxed) != VERSION
-            || header.slot_count.load(Ordering::Relaxed) != SLOTS as u32
-        {
-            return Err(io::Error::other(format!(
-                "{}: not a fakecuda state file of layout version {VERSION}; remove it",
-                path.display()
-            )));
-        }
-        Ok(ledger)
+        })
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the mapping is FILE_SIZE bytes, page aligned, shared and lives as long as
-        // self; Header is made of atomics, valid for any bit pattern.
-        unsafe { &*(self.map.addr() as *const Header) }
+        header_of(&self.map)
     }
 
     fn slot(&self, index: usize) -> &Slot {
@@ -258,6 +270,8 @@ impl Ledger {
         let _ = self.ofd_lock(index, libc::F_UNLCK);
     }
 
+    // F_WRLCK, F_UNLCK and SEEK_SET are small constants that fit the struct's shorts.
+    #[allow(clippy::cast_possible_truncation)]
     fn ofd_lock(&self, index: usize, kind: libc::c_int) -> io::Result<()> {
         let lock = libc::flock {
             l_type: kind as libc::c_short,

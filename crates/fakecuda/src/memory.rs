@@ -152,10 +152,7 @@ pub fn free_context(ctx: usize) {
             .filter(|a| a.info.ctx == ctx)
             .map(|a| a.info.base)
             .collect();
-        bases
-            .iter()
-            .filter_map(|b| allocations.remove(b))
-            .collect()
+        bases.iter().filter_map(|b| allocations.remove(b)).collect()
     };
     drop(doomed);
     drop(ARRAYS.remove_where(|a| a.ctx == ctx));
@@ -223,10 +220,12 @@ impl Fill {
 
 /// Validates a memset of `count` elements at `ptr`; returns its length in bytes.
 pub fn check_fill(ptr: usize, fill: Fill, count: usize) -> CuResult<usize> {
-    if ptr % fill.width() != 0 {
+    if !ptr.is_multiple_of(fill.width()) {
         return Err(CuError::InvalidValue);
     }
-    let len = count.checked_mul(fill.width()).ok_or(CuError::InvalidValue)?;
+    let len = count
+        .checked_mul(fill.width())
+        .ok_or(CuError::InvalidValue)?;
     check_device_range(ptr, len)?;
     Ok(len)
 }
@@ -240,8 +239,8 @@ pub fn check_fill(ptr: usize, fill: Fill, count: usize) -> CuResult<usize> {
 /// freed since.
 pub unsafe fn fill(ptr: usize, fill: Fill, count: usize) {
     let len = count * fill.width();
-    // SAFETY (all arms): the caller guarantees [ptr, ptr + len) is live, writable device
-    // memory, aligned for the element width.
+    // SAFETY: the caller guarantees [ptr, ptr + len) is live, writable device memory,
+    // aligned for the element width (all arms).
     unsafe {
         match fill {
             f if f.is_zero() => zero(ptr, len),
@@ -327,9 +326,9 @@ static ARRAYS: Table<Array> = Table::new();
 /// Bytes per channel of a `CUarray_format`, if the simulator knows it.
 pub fn array_format_bytes(format: u32) -> Option<u64> {
     match format {
-        0x01 | 0x08 => Some(1),       // UNSIGNED_INT8, SIGNED_INT8
-        0x02 | 0x09 | 0x10 => Some(2), // UNSIGNED_INT16, SIGNED_INT16, HALF
-        0x03 | 0x0a | 0x20 => Some(4), // UNSIGNED_INT32, SIGNED_INT32, FLOAT
+        0x01 | 0x08 => Some(1),               // UNSIGNED_INT8, SIGNED_INT8
+        0x02 | 0x09 | 0x10 => Some(2),        // UNSIGNED_INT16, SIGNED_INT16, HALF
+        0x03 | 0x0a | 0x20 => Some(4),        // UNSIGNED_INT32, SIGNED_INT32, FLOAT
         0xc0..=0xc2 | 0xc6..=0xc8 => Some(1), // UNORM_INT8X*, SNORM_INT8X*
         0xc3..=0xc5 | 0xc9..=0xcb => Some(2), // UNORM_INT16X*, SNORM_INT16X*
         _ => None,
@@ -366,7 +365,10 @@ pub fn create_array(ctx: &Context, bytes: u64) -> CuResult<usize> {
 
 /// `cuArrayDestroy`.
 pub fn destroy_array(handle: usize) -> CuResult {
-    ARRAYS.remove(handle).map(drop).ok_or(CuError::InvalidHandle)
+    ARRAYS
+        .remove(handle)
+        .map(drop)
+        .ok_or(CuError::InvalidHandle)
 }
 
 #[cfg(test)]

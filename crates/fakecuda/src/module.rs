@@ -73,10 +73,10 @@ pub fn parse_entries(ptx: &str) -> Vec<String> {
         .split(|c: char| c.is_whitespace() || c == '(' || c == '{' || c == ';')
         .filter(|t| !t.is_empty());
     while let Some(token) = tokens.next() {
-        if token == ".entry" {
-            if let Some(name) = tokens.next().filter(|n| is_identifier(n)) {
-                entries.push(name.to_owned());
-            }
+        if token == ".entry"
+            && let Some(name) = tokens.next().filter(|n| is_identifier(n))
+        {
+            entries.push(name.to_owned());
         }
     }
     entries
@@ -94,7 +94,10 @@ pub fn parse_version(ptx: &str) -> Option<i32> {
 /// Loads a module from PTX text. Text without `.version` or `.target` is not PTX.
 pub fn load_ptx(ptx: &str) -> CuResult<usize> {
     let ptx_version = parse_version(ptx).ok_or(CuError::InvalidPtx)?;
-    if !strip_comments(ptx).split_whitespace().any(|t| t == ".target") {
+    if !strip_comments(ptx)
+        .split_whitespace()
+        .any(|t| t == ".target")
+    {
         return Err(CuError::InvalidPtx);
     }
     Ok(MODULES.insert(Arc::new(Module {
@@ -221,13 +224,19 @@ mod tests {
         assert_eq!(get_function(m, "missing"), Err(CuError::NotFound));
         unload(m).unwrap();
         assert_eq!(function(spin).unwrap_err(), CuError::InvalidHandle);
-        assert_eq!(get_function(m, "gpuslice_spin"), Err(CuError::InvalidHandle));
+        assert_eq!(
+            get_function(m, "gpuslice_spin"),
+            Err(CuError::InvalidHandle)
+        );
     }
 
     #[test]
     fn binaries_and_non_ptx_text_are_refused() {
         assert_eq!(load_image(b"\x7fELF\x02\x01"), Err(CuError::InvalidImage));
-        assert_eq!(load_image(&[0x50, 0xed, 0x55, 0xba, 1]), Err(CuError::InvalidImage));
+        assert_eq!(
+            load_image(&[0x50, 0xed, 0x55, 0xba, 1]),
+            Err(CuError::InvalidImage)
+        );
         assert_eq!(load_image(b"hello"), Err(CuError::InvalidPtx));
     }
 }

@@ -201,41 +201,104 @@ mod tests {
 
     #[test]
     fn the_latest_abi_not_after_the_requested_version_is_chosen() {
-        assert_eq!(select("cuMemAlloc", 13000, false), Lookup::Found("cuMemAlloc_v2"));
-        assert_eq!(select("cuCtxCreate", 3020, false), Lookup::Found("cuCtxCreate_v2"));
-        assert_eq!(select("cuCtxCreate", 11040, false), Lookup::Found("cuCtxCreate_v3"));
-        assert_eq!(select("cuCtxCreate", 12040, false), Lookup::Found("cuCtxCreate_v3"));
-        assert_eq!(select("cuCtxCreate", 13000, false), Lookup::Found("cuCtxCreate_v4"));
-        assert_eq!(select("cuEventElapsedTime", 12000, false), Lookup::Found("cuEventElapsedTime"));
-        assert_eq!(select("cuEventElapsedTime", 12080, false), Lookup::Found("cuEventElapsedTime_v2"));
-        assert_eq!(select("cuDeviceGetUuid", 11000, false), Lookup::Found("cuDeviceGetUuid"));
-        assert_eq!(select("cuDeviceGetUuid", 12000, false), Lookup::Found("cuDeviceGetUuid_v2"));
+        assert_eq!(
+            select("cuMemAlloc", 13000, false),
+            Lookup::Found("cuMemAlloc_v2")
+        );
+        assert_eq!(
+            select("cuCtxCreate", 3020, false),
+            Lookup::Found("cuCtxCreate_v2")
+        );
+        assert_eq!(
+            select("cuCtxCreate", 11040, false),
+            Lookup::Found("cuCtxCreate_v3")
+        );
+        assert_eq!(
+            select("cuCtxCreate", 12040, false),
+            Lookup::Found("cuCtxCreate_v3")
+        );
+        assert_eq!(
+            select("cuCtxCreate", 13000, false),
+            Lookup::Found("cuCtxCreate_v4")
+        );
+        assert_eq!(
+            select("cuEventElapsedTime", 12000, false),
+            Lookup::Found("cuEventElapsedTime")
+        );
+        assert_eq!(
+            select("cuEventElapsedTime", 12080, false),
+            Lookup::Found("cuEventElapsedTime_v2")
+        );
+        assert_eq!(
+            select("cuDeviceGetUuid", 11000, false),
+            Lookup::Found("cuDeviceGetUuid")
+        );
+        assert_eq!(
+            select("cuDeviceGetUuid", 12000, false),
+            Lookup::Found("cuDeviceGetUuid_v2")
+        );
     }
 
     #[test]
     fn get_proc_address_itself_is_v2_from_12000() {
-        assert_eq!(select("cuGetProcAddress", 11030, false), Lookup::Found("cuGetProcAddress"));
-        assert_eq!(select("cuGetProcAddress", 11080, false), Lookup::Found("cuGetProcAddress"));
-        assert_eq!(select("cuGetProcAddress", 12000, false), Lookup::Found("cuGetProcAddress_v2"));
-        assert_eq!(select("cuGetProcAddress", 13000, true), Lookup::Found("cuGetProcAddress_v2"));
+        assert_eq!(
+            select("cuGetProcAddress", 11030, false),
+            Lookup::Found("cuGetProcAddress")
+        );
+        assert_eq!(
+            select("cuGetProcAddress", 11080, false),
+            Lookup::Found("cuGetProcAddress")
+        );
+        assert_eq!(
+            select("cuGetProcAddress", 12000, false),
+            Lookup::Found("cuGetProcAddress_v2")
+        );
+        assert_eq!(
+            select("cuGetProcAddress", 13000, true),
+            Lookup::Found("cuGetProcAddress_v2")
+        );
     }
 
     #[test]
     fn per_thread_flag_picks_ptsz_and_ptds_variants_where_they_exist() {
-        assert_eq!(select("cuLaunchKernel", 12000, true), Lookup::Found("cuLaunchKernel_ptsz"));
-        assert_eq!(select("cuLaunchKernel", 12000, false), Lookup::Found("cuLaunchKernel"));
-        assert_eq!(select("cuMemcpyHtoD", 12000, true), Lookup::Found("cuMemcpyHtoD_v2_ptds"));
-        assert_eq!(select("cuMemAllocAsync", 11020, true), Lookup::Found("cuMemAllocAsync_ptsz"));
-        assert_eq!(select("cuStreamGetCtx", 12050, true), Lookup::Found("cuStreamGetCtx_v2_ptsz"));
-        assert_eq!(select("cuMemAlloc", 12000, true), Lookup::Found("cuMemAlloc_v2"));
+        assert_eq!(
+            select("cuLaunchKernel", 12000, true),
+            Lookup::Found("cuLaunchKernel_ptsz")
+        );
+        assert_eq!(
+            select("cuLaunchKernel", 12000, false),
+            Lookup::Found("cuLaunchKernel")
+        );
+        assert_eq!(
+            select("cuMemcpyHtoD", 12000, true),
+            Lookup::Found("cuMemcpyHtoD_v2_ptds")
+        );
+        assert_eq!(
+            select("cuMemAllocAsync", 11020, true),
+            Lookup::Found("cuMemAllocAsync_ptsz")
+        );
+        assert_eq!(
+            select("cuStreamGetCtx", 12050, true),
+            Lookup::Found("cuStreamGetCtx_v2_ptsz")
+        );
+        assert_eq!(
+            select("cuMemAlloc", 12000, true),
+            Lookup::Found("cuMemAlloc_v2")
+        );
     }
 
     #[test]
     fn unknown_and_too_new_symbols_are_told_apart() {
         assert_eq!(select("cuNoSuchThing", 13000, false), Lookup::NotFound);
         assert_eq!(select("cuMemAlloc_v2", 13000, false), Lookup::NotFound);
-        assert_eq!(select("cuMemAllocAsync", 11000, false), Lookup::VersionNotSufficient);
-        assert_eq!(select("cuLaunchKernelEx", 11040, true), Lookup::VersionNotSufficient);
+        assert_eq!(
+            select("cuMemAllocAsync", 11000, false),
+            Lookup::VersionNotSufficient
+        );
+        assert_eq!(
+            select("cuLaunchKernelEx", 11040, true),
+            Lookup::VersionNotSufficient
+        );
     }
 
     #[test]

@@ -187,7 +187,9 @@ impl Stream {
         priority: i32,
     ) -> CuResult<Arc<Stream>> {
         let queue = start_worker()?;
-        Ok(Arc::new(Stream::new(queue, ctx, ctx_handle, handle, flags, priority)))
+        Ok(Arc::new(Stream::new(
+            queue, ctx, ctx_handle, handle, flags, priority,
+        )))
     }
 
     /// A stream over a queue whose worker is already running (see `start_worker`).
@@ -237,7 +239,9 @@ impl Stream {
 
     /// Work submitted so far if some of it is still pending, for legacy dependencies.
     pub fn pending(&self) -> Option<(Arc<Queue>, u64)> {
-        self.queue.pending().map(|seq| (Arc::clone(&self.queue), seq))
+        self.queue
+            .pending()
+            .map(|seq| (Arc::clone(&self.queue), seq))
     }
 
     /// Blocks until all work submitted so far has completed.

@@ -47,7 +47,7 @@ static RESERVATIONS: Mutex<BTreeMap<usize, Reservation>> = Mutex::new(BTreeMap::
 
 /// `cuMemCreate`: `size` bytes (a multiple of the granularity) of device memory.
 pub fn create(device: &'static Device, size: usize) -> CuResult<u64> {
-    if size == 0 || size % GRANULARITY != 0 {
+    if size == 0 || !size.is_multiple_of(GRANULARITY) {
         return Err(CuError::InvalidValue);
     }
     let charge = device.reserve(size as u64)?;
@@ -79,16 +79,22 @@ fn physical(handle: u64) -> CuResult<Arc<Physical>> {
 /// `cuMemRelease`: the memory goes back to the device once it is also unmapped everywhere.
 pub fn release(handle: u64) -> CuResult {
     let handle = usize::try_from(handle).map_err(|_| CuError::InvalidHandle)?;
-    PHYSICAL.remove(handle).map(drop).ok_or(CuError::InvalidHandle)
+    PHYSICAL
+        .remove(handle)
+        .map(drop)
+        .ok_or(CuError::InvalidHandle)
 }
 
 /// `cuMemAddressReserve`: an inaccessible range of `size` bytes.
 pub fn reserve(size: usize, alignment: usize) -> CuResult<usize> {
-    if size == 0 || size % GRANULARITY != 0 || (alignment != 0 && !alignment.is_power_of_two()) {
+    if size == 0
+        || !size.is_multiple_of(GRANULARITY)
+        || (alignment != 0 && !alignment.is_power_of_two())
+    {
         return Err(CuError::InvalidValue);
     }
-    let range = Mapping::reserve(size, alignment.max(GRANULARITY))
-        .map_err(|_| CuError::OutOfMemory)?;
+    let range =
+        Mapping::reserve(size, alignment.max(GRANULARITY)).map_err(|_| CuError::OutOfMemory)?;
     let start = range.addr();
     RESERVATIONS.lock().insert(
         start,
@@ -142,8 +148,8 @@ pub fn map(ptr: usize, size: usize, offset: usize, handle: u64) -> CuResult {
     if offset
         .checked_add(size)
         .is_none_or(|end| end > physical.size)
-        || ptr % GRANULARITY != 0
-        || size % GRANULARITY != 0
+        || !ptr.is_multiple_of(GRANULARITY)
+        || !size.is_multiple_of(GRANULARITY)
     {
         return Err(CuError::InvalidValue);
     }

@@ -155,9 +155,13 @@ pub(crate) struct UsageGpu {
 /// One per-GPU record inside a process slot.
 #[repr(C)]
 pub(crate) struct SlotGpu {
+    /// Bytes this process holds (committed reservations). What observers sum.
     pub(crate) memory_bytes: AtomicU64,
     pub(crate) gpu_time_ns: AtomicU64,
-    pub(crate) reserved: [AtomicU64; 2],
+    /// Bytes of reservations being checked right now, not yet granted or refused. Counted
+    /// by reservations (so clashing ones see each other), never by observers.
+    pub(crate) pending_bytes: AtomicU64,
+    pub(crate) reserved: [AtomicU64; 1],
 }
 
 /// One process slot.
@@ -472,7 +476,8 @@ mod tests {
         assert_eq!(SLOT_GPU_SIZE, 32);
         assert_eq!(offset_of!(SlotGpu, memory_bytes), 0);
         assert_eq!(offset_of!(SlotGpu, gpu_time_ns), 8);
-        assert_eq!(offset_of!(SlotGpu, reserved), 16);
+        assert_eq!(offset_of!(SlotGpu, pending_bytes), 16);
+        assert_eq!(offset_of!(SlotGpu, reserved), 24);
 
         assert_eq!(USAGE_FILE_SIZE, 1088 + 64 * 544);
         assert_eq!(USAGE_FILE_SIZE, 35904);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use crate::layout::SlotGpu;
-use crate::usage::{GpuIndex, UsageFile, bit, clear_slot, committed, saturating_sub, slot_gpu};
+use crate::usage::{
+    GpuIndex, UsageFile, bit, claimed, clear_slot, committed, saturating_sub, slot_gpu,
+};
 
 /// How often [`ProcessSlot::try_reserve`] retries after a transient clash.
 const RESERVE_ATTEMPTS: u32 = 64;
@@ -101,20 +103,29 @@ impl ProcessSlot {
         }
         let mut others = 0;
         for _ in 0..RESERVE_ATTEMPTS {
-            let before = own.memory_bytes.fetch_add(bytes, SeqCst);
+            // Announce the request, then look: of two clashing reservations at least one
+            // sees the other's announcement, so together they never pass the limit.
+            let before = own.pending_bytes.fetch_add(bytes, SeqCst);
             if before.checked_add(bytes).is_none() {
                 // The counter wrapped (no real GPU gets here): undo exactly, since a
                 // saturating undo of a wrapped add would lose what the slot held, and refuse.
-                own.memory_bytes.fetch_sub(bytes, SeqCst);
+                own.pending_bytes.fetch_sub(bytes, SeqCst);
                 return refuse(committed(layout, g, own_bit));
             }
-            if committed(layout, g, own_bit) <= limit {
+            // A saturated sum means the counters would wrap: never grant that, even against
+            // an unlimited quota. Below it, the own counter (part of the sum) cannot wrap.
+            let total = claimed(layout, g, own_bit);
+            if total < u64::MAX && total <= limit {
+                // Granted: hold the bytes before dropping the announcement, so the claim is
+                // never absent while the reservation stands.
+                own.memory_bytes.fetch_add(bytes, SeqCst);
+                saturating_sub(&own.pending_bytes, bytes);
                 return Ok(());
             }
-            saturating_sub(&own.memory_bytes, bytes);
-            others = committed(layout, g, own_bit);
+            saturating_sub(&own.pending_bytes, bytes);
+            others = claimed(layout, g, own_bit);
             if others.saturating_add(bytes) > limit {
-                return refuse(others);
+                return refuse(committed(layout, g, own_bit));
             }
             std::hint::spin_loop();
         }

@@ -69,13 +69,34 @@ fn slot_indexes() -> impl Iterator<Item = u32> {
     (0u32..).take(MAX_SLOTS)
 }
 
-/// Sum of `memory_bytes` on GPU `gpu` over the slots in the occupied bitmap and in `extra`.
+/// Sum of `memory_bytes` on GPU `gpu` over the slots in the occupied bitmap and in `extra`:
+/// what the tenant holds, as observers see it.
 #[inline]
 pub(crate) fn committed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
     let mut total = 0u64;
     for i in set_bits(layout.header.word.load(SeqCst) | extra) {
         if let Some(rec) = slot_gpu(layout, i, gpu) {
             total = total.saturating_add(rec.memory_bytes.load(SeqCst));
+        }
+    }
+    total
+}
+
+/// Sum of `memory_bytes + pending_bytes` on GPU `gpu` over the same slots: what the tenant
+/// holds plus what is being reserved, as a reservation must count it.
+///
+/// `pending_bytes` is loaded before `memory_bytes`, the reverse of the order in which a
+/// grant moves bytes between them (add to memory, then take out of pending): a load of
+/// pending before the move still sees the bytes there, one after it comes after the add to
+/// memory. Loaded the other way round, a read straddling the move would see neither.
+#[inline]
+pub(crate) fn claimed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
+    let mut total = 0u64;
+    for i in set_bits(layout.header.word.load(SeqCst) | extra) {
+        if let Some(rec) = slot_gpu(layout, i, gpu) {
+            let pending = rec.pending_bytes.load(SeqCst);
+            let held = rec.memory_bytes.load(SeqCst);
+            total = total.saturating_add(pending).saturating_add(held);
         }
     }
     total
@@ -104,10 +125,11 @@ fn slot_in_use(layout: &UsageLayout, index: u32) -> bool {
     };
     layout.header.word.load(SeqCst) & bit(index) != 0
         || slot.state.load(SeqCst) != 0
-        || slot
-            .gpus
-            .iter()
-            .any(|g| g.memory_bytes.load(SeqCst) != 0 || g.gpu_time_ns.load(SeqCst) != 0)
+        || slot.gpus.iter().any(|g| {
+            g.memory_bytes.load(SeqCst) != 0
+                || g.pending_bytes.load(SeqCst) != 0
+                || g.gpu_time_ns.load(SeqCst) != 0
+        })
 }
 
 /// Empties slot `index` and clears its bit. The caller holds the slot's lock. Its GPU time
@@ -122,6 +144,7 @@ pub(crate) fn clear_slot(layout: &UsageLayout, index: u32) -> [u64; MAX_GPUS] {
     };
     for ((rec, out), entry) in slot.gpus.iter().zip(freed.iter_mut()).zip(&layout.gpus) {
         *out = rec.memory_bytes.swap(0, SeqCst);
+        rec.pending_bytes.store(0, SeqCst);
         let time = rec.gpu_time_ns.swap(0, SeqCst);
         if time != 0 {
             entry.retired_gpu_time_ns.fetch_add(time, SeqCst);

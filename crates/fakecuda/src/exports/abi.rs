@@ -145,7 +145,7 @@ pub struct NvmlMemoryV2 {
 }
 
 /// `nvmlMemory_v2`: the struct's size with version 2 in the top byte.
-pub const NVML_MEMORY_V2: u32 = size_of::<NvmlMemoryV2>() as u32 | (2 << 24);
+pub const NVML_MEMORY_V2: u32 = 40 | (2 << 24);
 
 const _: () = {
     assert!(size_of::<MemAllocationProp>() == 32);

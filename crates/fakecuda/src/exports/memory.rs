@@ -52,22 +52,22 @@ unsafe fn pointer_attribute(data: *mut c_void, attribute: u32, ptr: usize) -> Cu
         };
     };
     let managed = info.kind == Kind::Managed;
-    // SAFETY (every arm): forwarded from the caller, with each attribute's documented type.
+    // SAFETY: forwarded from the caller, with each attribute's documented type (every arm).
     unsafe {
         match attribute {
-            1 => write_attribute(data, info.ctx),                               // CONTEXT
-            2 => write_attribute(data, MEMORYTYPE_DEVICE),                      // MEMORY_TYPE
-            3 => write_attribute(data, device_ptr(ptr)),                        // DEVICE_POINTER
-            4 if managed => write_attribute(data, ptr as *mut c_void),          // HOST_POINTER
-            6 => write_attribute(data, 1_u32),                                  // SYNC_MEMOPS
-            7 => write_attribute(data, device_ptr(info.base)),                  // BUFFER_ID
-            8 => write_attribute(data, u32::from(managed)),                     // IS_MANAGED
+            1 => write_attribute(data, info.ctx),          // CONTEXT
+            2 => write_attribute(data, MEMORYTYPE_DEVICE), // MEMORY_TYPE
+            3 => write_attribute(data, device_ptr(ptr)),   // DEVICE_POINTER
+            4 if managed => write_attribute(data, ptr as *mut c_void), // HOST_POINTER
+            6 => write_attribute(data, 1_u32),             // SYNC_MEMOPS
+            7 => write_attribute(data, device_ptr(info.base)), // BUFFER_ID
+            8 => write_attribute(data, u32::from(managed)), // IS_MANAGED
             9 => write_attribute(data, i32::try_from(info.device).unwrap_or(0)), // DEVICE_ORDINAL
-            11 => write_attribute(data, device_ptr(info.base)),                 // RANGE_START_ADDR
-            12 => write_attribute(data, info.size),                             // RANGE_SIZE
-            13 => write_attribute(data, 1_u32),                                 // MAPPED
+            11 => write_attribute(data, device_ptr(info.base)), // RANGE_START_ADDR
+            12 => write_attribute(data, info.size),        // RANGE_SIZE
+            13 => write_attribute(data, 1_u32),            // MAPPED
             17 => match info.kind {
-                Kind::Pool(p) => write_attribute(data, p),                      // MEMPOOL_HANDLE
+                Kind::Pool(p) => write_attribute(data, p), // MEMPOOL_HANDLE
                 _ => write_attribute(data, 0_usize),
             },
             _ => Err(CuError::InvalidValue),
@@ -87,7 +87,7 @@ cuda_api! {
     /// `cuMemAlloc_v2`: device memory; zero bytes is `CUDA_ERROR_INVALID_VALUE`.
     fn cuMemAlloc_v2(dptr: Out<'_, u64>, bytes: usize) {
         let out = dptr.ok_or(CuError::InvalidValue)?;
-        let ptr = memory::allocate(&context::current()?, bytes, Kind::Device)?;
+        let ptr = memory::allocate(&*context::current()?, bytes, Kind::Device)?;
         out.write(device_ptr(ptr));
         Ok(())
     }
@@ -115,7 +115,7 @@ cuda_api! {
         if !MANAGED_ATTACH_FLAGS.contains(&flags) {
             return Err(CuError::InvalidValue);
         }
-        out.write(device_ptr(memory::allocate(&context::current()?, bytes, Kind::Managed)?));
+        out.write(device_ptr(memory::allocate(&*context::current()?, bytes, Kind::Managed)?));
         Ok(())
     }
 
@@ -282,7 +282,7 @@ cuda_api! {
     fn cuArrayCreate_v2(array: Out<'_, usize>, desc: Option<&ArrayDescriptor>) {
         let (out, d) = (array.ok_or(CuError::InvalidValue)?, desc.ok_or(CuError::InvalidValue)?);
         let bytes = memory::array_bytes(d.width, d.height, 0, d.format, d.num_channels)?;
-        out.write(memory::create_array(&context::current()?, bytes)?);
+        out.write(memory::create_array(&*context::current()?, bytes)?);
         Ok(())
     }
 
@@ -290,7 +290,7 @@ cuda_api! {
     fn cuArray3DCreate_v2(array: Out<'_, usize>, desc: Option<&Array3dDescriptor>) {
         let (out, d) = (array.ok_or(CuError::InvalidValue)?, desc.ok_or(CuError::InvalidValue)?);
         let bytes = memory::array_bytes(d.width, d.height, d.depth, d.format, d.num_channels)?;
-        out.write(memory::create_array(&context::current()?, bytes)?);
+        out.write(memory::create_array(&*context::current()?, bytes)?);
         Ok(())
     }
 

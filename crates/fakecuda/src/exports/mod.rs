@@ -96,21 +96,31 @@ pub unsafe fn write_c_string(buf: *mut c_char, len: usize, text: &[u8]) -> CuRes
 /// name with the same arguments and body (the `_ptsz` / `_ptds` and `_v2` twins); the body
 /// returns `CuResult`.
 macro_rules! cuda_api {
-    ($(
+    () => {};
+    (
         $(#[doc = $doc:literal])+
-        fn $($name:ident)|+ ($($arg:ident: $ty:ty),* $(,)?) $body:block
-    )*) => {$($(
-        $(#[doc = $doc])+
+        fn $($name:ident)|+ ($($args:tt)*) $body:block
+        $($rest:tt)*
+    ) => {
+        $crate::exports::cuda_api!(@each [$(#[doc = $doc])+] [$($name)+] ($($args)*) $body);
+        $crate::exports::cuda_api!($($rest)*);
+    };
+    (@each $docs:tt [$($name:ident)+] $args:tt $body:block) => {
+        $( $crate::exports::cuda_api!(@one $docs $name $args $body); )+
+    };
+    (@one [$($doc:tt)+] $name:ident ($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $($doc)+
         ///
         /// # Safety
         ///
         /// Called from C: every pointer argument must be valid as the CUDA driver API
         /// documents for this function.
         #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the C name
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
             $crate::exports::guard(move || -> $crate::error::CuResult { $body })
         }
-    )+)*};
+    };
 }
 
 pub(crate) use cuda_api;

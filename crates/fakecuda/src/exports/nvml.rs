@@ -54,21 +54,31 @@ fn memory(handle: usize) -> NvmlResult<(u64, u64, u64)> {
 }
 
 macro_rules! nvml_api {
-    ($(
+    () => {};
+    (
         $(#[doc = $doc:literal])+
-        fn $($name:ident)|+ ($($arg:ident: $ty:ty),* $(,)?) $body:block
-    )*) => {$($(
-        $(#[doc = $doc])+
+        fn $($name:ident)|+ ($($args:tt)*) $body:block
+        $($rest:tt)*
+    ) => {
+        nvml_api!(@each [$(#[doc = $doc])+] [$($name)+] ($($args)*) $body);
+        nvml_api!($($rest)*);
+    };
+    (@each $docs:tt [$($name:ident)+] $args:tt $body:block) => {
+        $( nvml_api!(@one $docs $name $args $body); )+
+    };
+    (@one [$($doc:tt)+] $name:ident ($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $($doc)+
         ///
         /// # Safety
         ///
         /// Called from C: every pointer argument must be valid as the NVML documentation
         /// says for this function.
         #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the C name
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
             guard(move || -> NvmlResult { $body })
         }
-    )+)*};
+    };
 }
 
 nvml_api! {
@@ -185,6 +195,7 @@ nvml_api! {
 
 /// `nvmlErrorString`: a static description of any `nvmlReturn_t`.
 #[cfg_attr(not(test), unsafe(no_mangle))]
+#[allow(non_snake_case)] // the C name
 pub extern "C" fn nvmlErrorString(result: u32) -> *const c_char {
     nvml::error_string(result).as_ptr()
 }

@@ -133,7 +133,7 @@ cuda_api! {
 
     /// `cuEventRecord`: completes, with the stream's clock, when the stream reaches it.
     fn cuEventRecord | cuEventRecord_ptsz (ev: usize, handle: usize) {
-        event::record(ev, &stream::resolve(handle)?)
+        event::record(ev, &*stream::resolve(handle)?)
     }
 
     /// `cuEventRecordWithFlags`.
@@ -141,7 +141,7 @@ cuda_api! {
         if flags & !0x1 != 0 {
             return Err(CuError::InvalidValue);
         }
-        event::record(ev, &stream::resolve(handle)?)
+        event::record(ev, &*stream::resolve(handle)?)
     }
 
     /// `cuEventQuery`.

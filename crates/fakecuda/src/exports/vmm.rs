@@ -2,7 +2,9 @@
 //! `cuMemAddressFree`, `cuMemMap`, `cuMemUnmap`, `cuMemSetAccess`,
 //! `cuMemGetAllocationGranularity`.
 
-use super::abi::{MEM_ALLOCATION_TYPE_PINNED, MEM_LOCATION_TYPE_DEVICE, MemAccessDesc, MemAllocationProp};
+use super::abi::{
+    MEM_ALLOCATION_TYPE_PINNED, MEM_LOCATION_TYPE_DEVICE, MemAccessDesc, MemAllocationProp,
+};
 use super::{Out, addr, cuda_api, put};
 use crate::driver;
 use crate::error::CuError;

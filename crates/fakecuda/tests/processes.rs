@@ -1,0 +1,309 @@
+//! Real processes on the simulated GPU: C programs that link `-lcuda` or use
+//! `dlopen`/`dlsym`, sharing one device's memory.
+
+mod common;
+
+use common::{
+    Running, Sim, all_fields, compile_c, fields, num, probe_dlopen, probe_linked, run, run_ok,
+};
+
+const MI: u64 = 1 << 20;
+
+#[test]
+fn memory_capacity_is_shared_between_processes() {
+    let sim = Sim::new("1Gi");
+    // A holds 64Mi (context) + 600Mi.
+    let mut holder = Running::start(
+        sim.command(&probe_linked())
+            .args(["hold", &(600 * MI).to_string()]),
+    );
+    holder.expect_line("held");
+
+    // B's context takes 64Mi more: 600Mi no longer fits, 250Mi does.
+    let out = run_ok(sim.command(&probe_dlopen()).args([
+        "alloc",
+        &(600 * MI).to_string(),
+        &(250 * MI).to_string(),
+    ]));
+    let lines: Vec<_> = out.lines().map(fields).collect();
+    assert_eq!(
+        lines[0]["code"], "2",
+        "600Mi must not fit beside the holder: {out}"
+    );
+    assert_eq!(lines[1]["code"], "0", "250Mi must fit: {out}");
+
+    // Once A frees and exits, 600Mi fits again.
+    holder.expect_line_after_close("freed");
+    let out = run_ok(
+        sim.command(&probe_dlopen())
+            .args(["alloc", &(600 * MI).to_string()]),
+    );
+    assert_eq!(fields(out.trim())["code"], "0", "{out}");
+}
+
+#[test]
+fn sigkill_of_a_process_holding_memory_returns_it_to_the_device() {
+    let sim = Sim::new("1Gi");
+    let holder = {
+        let mut h = Running::start(
+            sim.command(&probe_dlopen())
+                .args(["hold", &(800 * MI).to_string()]),
+        );
+        h.expect_line("held");
+        h
+    };
+    let before = all_fields(&run_ok(sim.command(&probe_linked()).arg("meminfo")));
+    assert_eq!(num(&before, "cuda_free"), (1024 - 64 - 800 - 64) * MI);
+
+    holder.kill_9();
+    // The killed process could not give anything back itself...
+    assert_eq!(sim.used_in_state_file(0), (64 + 800) * MI);
+    // ...but the next scan (cuMemGetInfo) reclaims it.
+    let after = all_fields(&run_ok(sim.command(&probe_linked()).arg("meminfo")));
+    assert_eq!(num(&after, "cuda_free"), (1024 - 64) * MI);
+    let out = run_ok(
+        sim.command(&probe_dlopen())
+            .args(["alloc", &(800 * MI).to_string()]),
+    );
+    assert_eq!(fields(out.trim())["code"], "0", "{out}");
+}
+
+#[test]
+fn an_allocation_that_would_fail_reclaims_killed_processes_first() {
+    let sim = Sim::new("1Gi");
+    let mut holder = Running::start(
+        sim.command(&probe_dlopen())
+            .args(["hold", &(900 * MI).to_string()]),
+    );
+    holder.expect_line("held");
+    holder.kill_9();
+    let out = run_ok(
+        sim.command(&probe_linked())
+            .args(["alloc", &(900 * MI).to_string()]),
+    );
+    assert_eq!(fields(out.trim())["code"], "0", "{out}");
+}
+
+#[test]
+fn a_normal_exit_gives_all_memory_back_without_a_scan() {
+    let sim = Sim::new("1Gi");
+    let out = run_ok(
+        sim.command(&probe_linked())
+            .args(["hold-exit", &(700 * MI).to_string()]),
+    );
+    assert_eq!(out.trim(), "held");
+    assert_eq!(sim.used_in_state_file(0), 0);
+}
+
+#[test]
+fn nvml_memory_info_agrees_with_cu_mem_get_info() {
+    let sim = Sim::new("2Gi");
+    let mut holder = Running::start(
+        sim.command(&probe_linked())
+            .args(["hold", &(300 * MI).to_string()]),
+    );
+    holder.expect_line("held");
+    let f = all_fields(&run_ok(sim.command(&probe_dlopen()).arg("meminfo")));
+    let (free, total) = (num(&f, "cuda_free"), num(&f, "cuda_total"));
+    assert_eq!(total, 2048 * MI);
+    assert_eq!(free, (2048 - 64 - 300 - 64) * MI);
+    assert_eq!(
+        (
+            num(&f, "nvml_free"),
+            num(&f, "nvml_total"),
+            num(&f, "nvml_used")
+        ),
+        (free, total, total - free)
+    );
+    assert_eq!(
+        (
+            num(&f, "nvml2_free"),
+            num(&f, "nvml2_total"),
+            num(&f, "nvml2_used")
+        ),
+        (free, total, total - free)
+    );
+    assert_eq!(num(&f, "nvml2_reserved"), 0);
+    assert_eq!(
+        num(&f, "nvml_v2_bad_version"),
+        25,
+        "NVML_ERROR_ARGUMENT_VERSION_MISMATCH"
+    );
+    assert_eq!(f["nvml_uuid"], "GPU-fa4ec0da-0000-4000-8000-000000000000");
+    holder.finish();
+}
+
+/// (symbol, cudaVersion, flags, the exported name dlsym must give the same address for).
+const PROC_ADDRESS_CASES: &[(&str, i32, u64, &str)] = &[
+    ("cuInit", 2000, 0, "cuInit"),
+    ("cuMemAlloc", 3020, 0, "cuMemAlloc_v2"),
+    ("cuMemAlloc", 13000, 0, "cuMemAlloc_v2"),
+    ("cuMemAlloc", 13000, 2, "cuMemAlloc_v2"),
+    ("cuCtxCreate", 11000, 0, "cuCtxCreate_v2"),
+    ("cuCtxCreate", 11040, 0, "cuCtxCreate_v3"),
+    ("cuCtxCreate", 13000, 0, "cuCtxCreate_v4"),
+    ("cuEventElapsedTime", 12000, 0, "cuEventElapsedTime"),
+    ("cuEventElapsedTime", 12080, 0, "cuEventElapsedTime_v2"),
+    (
+        "cuDevicePrimaryCtxRelease",
+        10000,
+        0,
+        "cuDevicePrimaryCtxRelease",
+    ),
+    (
+        "cuDevicePrimaryCtxRelease",
+        11000,
+        0,
+        "cuDevicePrimaryCtxRelease_v2",
+    ),
+    ("cuLaunchKernel", 12000, 0, "cuLaunchKernel"),
+    ("cuLaunchKernel", 12000, 1, "cuLaunchKernel"),
+    ("cuLaunchKernel", 12000, 2, "cuLaunchKernel_ptsz"),
+    ("cuMemcpyHtoD", 12000, 2, "cuMemcpyHtoD_v2_ptds"),
+    ("cuMemAllocAsync", 12000, 2, "cuMemAllocAsync_ptsz"),
+    ("cuStreamGetCtx", 13000, 2, "cuStreamGetCtx_v2_ptsz"),
+    ("cuGetProcAddress", 11030, 0, "cuGetProcAddress"),
+    ("cuGetProcAddress", 12000, 0, "cuGetProcAddress_v2"),
+    ("cuGetProcAddress", 13000, 0, "cuGetProcAddress_v2"),
+];
+
+fn proc_address_queries(extra: &[(&str, i32, u64, &str)]) -> String {
+    PROC_ADDRESS_CASES
+        .iter()
+        .chain(extra)
+        .map(|(s, v, f, e)| format!("{s} {v} {f} {e}\n"))
+        .collect()
+}
+
+fn query_proc_addresses(
+    cmd: &mut std::process::Command,
+    input: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let mut child = Running::start(cmd.arg("procaddr"));
+    for line in input.lines() {
+        child.send(line);
+    }
+    child.finish().iter().map(|l| fields(l)).collect()
+}
+
+#[test]
+fn get_proc_address_returns_what_dlsym_returns_for_the_versioned_name() {
+    let sim = Sim::new("1Gi");
+    let unknown = [
+        ("cuNoSuchFunction", 13000, 0, "-"),
+        ("cuMemAllocAsync", 11000, 0, "-"),
+    ];
+    let input = proc_address_queries(&unknown);
+    for probe in [probe_dlopen(), probe_linked()] {
+        let results = query_proc_addresses(&mut sim.command(&probe), &input);
+        assert_eq!(results.len(), PROC_ADDRESS_CASES.len() + unknown.len());
+        let (found, missing) = results.split_at(PROC_ADDRESS_CASES.len());
+        for r in found {
+            assert_eq!(
+                (
+                    r["code"].as_str(),
+                    r["status"].as_str(),
+                    r["v1code"].as_str()
+                ),
+                ("0", "0", "0"),
+                "{r:?}"
+            );
+            assert_eq!(
+                (
+                    r["found"].as_str(),
+                    r["same"].as_str(),
+                    r["v1same"].as_str()
+                ),
+                ("1", "1", "1"),
+                "{r:?}"
+            );
+        }
+        // CUDA_ERROR_NOT_FOUND, with SYMBOL_NOT_FOUND / VERSION_NOT_SUFFICIENT.
+        assert_eq!(
+            (missing[0]["code"].as_str(), missing[0]["status"].as_str()),
+            ("500", "1")
+        );
+        assert_eq!(
+            (missing[1]["code"].as_str(), missing[1]["status"].as_str()),
+            ("500", "2")
+        );
+        assert_eq!(missing[0]["v1code"], "500");
+    }
+}
+
+#[test]
+fn get_proc_address_ignores_a_preloaded_library_with_the_same_names() {
+    let sim = Sim::new("1Gi");
+    let interposer = compile_c(
+        "interposer.so",
+        include_str!("c/interposer.c"),
+        &["-shared", "-fPIC"],
+    );
+    let cases = [
+        ("cuMemAlloc", 13000, 0, "cuMemAlloc_v2"),
+        ("cuLaunchKernel", 13000, 0, "cuLaunchKernel"),
+        ("cuGetProcAddress", 13000, 0, "cuGetProcAddress_v2"),
+    ];
+    let input: String = cases
+        .iter()
+        .map(|(s, v, f, e)| format!("{s} {v} {f} {e}\n"))
+        .collect();
+    let results = query_proc_addresses(
+        sim.command(&probe_dlopen()).env("LD_PRELOAD", &interposer),
+        &input,
+    );
+    assert_eq!(results.len(), cases.len());
+    for r in &results {
+        assert_eq!(
+            (r["code"].as_str(), r["same"].as_str()),
+            ("0", "1"),
+            "{r:?}"
+        );
+        // The preloaded definition is what the global scope resolves, and not what we return.
+        assert_eq!(r["global_same"], "0", "{r:?}");
+    }
+}
+
+#[test]
+fn vmm_memory_is_charged_from_create_until_released_and_unmapped() {
+    let sim = Sim::new("1Gi");
+    let bytes = 64 * MI;
+    let f = all_fields(&run_ok(
+        sim.command(&probe_dlopen())
+            .args(["vmm", &bytes.to_string()]),
+    ));
+    assert_eq!(num(&f, "created"), bytes);
+    assert_eq!(
+        num(&f, "mapped_after_release"),
+        bytes,
+        "mapped memory stays charged"
+    );
+    assert_eq!(num(&f, "released"), 0);
+    assert_eq!(num(&f, "roundtrip"), 1);
+    assert_eq!(num(&f, "unaligned_create"), 1, "CUDA_ERROR_INVALID_VALUE");
+}
+
+#[test]
+fn an_invalid_configuration_fails_cu_init_with_one_line_naming_the_variable() {
+    let sim = Sim::new("lots");
+    let output = run(sim.command(&probe_dlopen()).arg("init"));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "code=1");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("FAKECUDA_DEVICES") && stderr.contains("lots"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_context_footprint_alone_can_fill_the_device() {
+    let sim = Sim::new("32Mi");
+    let output = run(sim.command(&probe_linked()).args(["alloc", "1"]));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cuDevicePrimaryCtxRetain failed: 2"),
+        "{stderr}"
+    );
+}

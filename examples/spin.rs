@@ -1,0 +1,174 @@
+//! Launches the `gpuslice_spin` kernel of `examples/ptx/spin.ptx` back to back on one stream
+//! and reports how busy it kept the GPU; or launches `gpuslice_noop` to measure launch
+//! throughput. Runs unchanged on a real GPU (which JIT-compiles the PTX) and on fakecuda
+//! (which knows both kernels by name).
+//!
+//! ```text
+//! spin [--kernels N] [--ns D]     N launches (default 100) of D nanoseconds (default 1000000)
+//! spin --noop N                   N launches of gpuslice_noop
+//! ```
+//!
+//! Prints `kernels=<n> ns_each=<d> elapsed_ms=<..> busy_fraction=<..> event_ms=<..>`, where
+//! `elapsed_ms` is host time from the first launch to the end of the synchronization,
+//! `busy_fraction` is the kernels' total time divided by it, and `event_ms` is the time between
+//! events recorded before and after the kernels; or, with `--noop`,
+//! `launches=<n> elapsed_ms=<..> launches_per_sec=<..>`.
+//!
+//! Context, stream, events and synchronization use cudarc's safe API. Loading a module from
+//! PTX and launching use cudarc's result API: the safe API's `load_module` and launch builder
+//! need cudarc's `nvrtc` feature, which this workspace does not enable.
+
+use std::ffi::{CString, c_void};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use cudarc::driver::sys::{CUevent_flags, CUfunction, CUmodule};
+use cudarc::driver::{CudaContext, DriverError, result};
+
+const PTX: &str = include_str!("ptx/spin.ptx");
+const USAGE: &str = "usage: spin [--kernels N] [--ns D] | spin --noop N";
+
+enum Mode {
+    Spin { kernels: u64, ns: u64 },
+    Noop { launches: u64 },
+}
+
+/// A module loaded from PTX, unloaded on drop.
+struct Module(CUmodule);
+
+impl Module {
+    fn load(ptx: &str) -> Result<Module, DriverError> {
+        let text = CString::new(ptx).expect("the PTX has no NUL byte");
+        // SAFETY: text is NUL-terminated PTX and outlives the call; a context is current.
+        unsafe { result::module::load_data(text.as_ptr().cast()) }.map(Module)
+    }
+
+    fn function(&self, name: &str) -> Result<CUfunction, DriverError> {
+        let name = CString::new(name).expect("kernel names have no NUL byte");
+        // SAFETY: self.0 is a loaded module (unloaded only on drop).
+        unsafe { result::module::get_function(self.0, name) }
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: the module was loaded and is unloaded once; its functions are no longer used.
+        if let Err(e) = unsafe { result::module::unload(self.0) } {
+            eprintln!("spin: cuModuleUnload: {e}");
+        }
+    }
+}
+
+fn run(mode: Mode) -> Result<(), String> {
+    let ctx = CudaContext::new(0).map_err(|e| format!("creating a context on device 0: {e}"))?;
+    let stream = ctx.default_stream();
+    let module = Module::load(PTX).map_err(|e| format!("loading spin.ptx: {e}"))?;
+    let kernel = match mode {
+        Mode::Spin { .. } => "gpuslice_spin",
+        Mode::Noop { .. } => "gpuslice_noop",
+    };
+    let function = module
+        .function(kernel)
+        .map_err(|e| format!("finding {kernel}: {e}"))?;
+    let launch = |params: &mut [*mut c_void]| {
+        // SAFETY: function belongs to the loaded module and params match its parameters:
+        // one pointer to a u64 for gpuslice_spin, none for gpuslice_noop.
+        unsafe {
+            result::launch_kernel(
+                function,
+                (1, 1, 1),
+                (1, 1, 1),
+                0,
+                stream.cu_stream(),
+                params,
+            )
+        }
+        .map_err(|e| format!("launching {kernel}: {e}"))
+    };
+
+    match mode {
+        Mode::Spin { kernels, ns } => {
+            let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+            let before = stream
+                .record_event(timing)
+                .map_err(|e| format!("cuEventRecord: {e}"))?;
+            let start = Instant::now();
+            for _ in 0..kernels {
+                let mut argument = ns;
+                launch(&mut [(&raw mut argument).cast()])?;
+            }
+            let after = stream
+                .record_event(timing)
+                .map_err(|e| format!("cuEventRecord: {e}"))?;
+            stream
+                .synchronize()
+                .map_err(|e| format!("cuStreamSynchronize: {e}"))?;
+            let elapsed = start.elapsed();
+            let event_ms = before
+                .elapsed_ms(&after)
+                .map_err(|e| format!("cuEventElapsedTime: {e}"))?;
+            let busy_ns = kernels as f64 * ns as f64;
+            println!(
+                "kernels={kernels} ns_each={ns} elapsed_ms={:.3} busy_fraction={:.4} event_ms={event_ms:.3}",
+                elapsed.as_secs_f64() * 1e3,
+                busy_ns / elapsed.as_nanos().max(1) as f64,
+            );
+        }
+        Mode::Noop { launches } => {
+            let start = Instant::now();
+            for _ in 0..launches {
+                launch(&mut [])?;
+            }
+            stream
+                .synchronize()
+                .map_err(|e| format!("cuStreamSynchronize: {e}"))?;
+            let elapsed = start.elapsed();
+            println!(
+                "launches={launches} elapsed_ms={:.3} launches_per_sec={:.0}",
+                elapsed.as_secs_f64() * 1e3,
+                launches as f64 / elapsed.as_secs_f64().max(1e-9),
+            );
+        }
+    }
+    drop(module);
+    Ok(())
+}
+
+fn number(flag: &str, value: Option<String>) -> Result<u64, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+    value
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{flag} {value:?}: expected a whole number\n{USAGE}"))
+}
+
+fn parse_args() -> Result<Mode, String> {
+    let (mut kernels, mut ns, mut noop) = (100, 1_000_000, None);
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
+        match arg.as_str() {
+            "--kernels" => kernels = number("--kernels", argv.next())?,
+            "--ns" => ns = number("--ns", argv.next())?,
+            "--noop" => noop = Some(number("--noop", argv.next())?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(match noop {
+        Some(launches) => Mode::Noop { launches },
+        None => Mode::Spin { kernels, ns },
+    })
+}
+
+fn main() -> ExitCode {
+    match parse_args().and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("spin: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
