@@ -128,6 +128,19 @@ pub struct NvmlMemoryV2 {
     pub used: u64,
 }
 
+/// `nvmlProcessInfo_t` as `nvmlDeviceGetComputeRunningProcesses_v3` fills it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NvmlProcessInfo {
+    pub pid: u32,
+    pub used_gpu_memory: u64,
+    pub gpu_instance_id: u32,
+    pub compute_instance_id: u32,
+}
+
+/// `NVML_ERROR_INSUFFICIENT_SIZE`.
+pub const NVML_ERROR_INSUFFICIENT_SIZE: NvmlReturn = 7;
+
 /// Length of the buffer NVML needs for a UUID string (`NVML_DEVICE_UUID_V2_BUFFER_SIZE`).
 pub const NVML_UUID_BUFFER: usize = 96;
 
@@ -144,5 +157,7 @@ mod tests {
         assert_eq!(size_of::<CudaArray3dDescriptor>(), 40);
         assert_eq!(size_of::<NvmlMemoryV2>(), 40);
         assert_eq!(offset_of!(NvmlMemoryV2, total), 8);
+        assert_eq!(size_of::<NvmlProcessInfo>(), 24);
+        assert_eq!(offset_of!(NvmlProcessInfo, used_gpu_memory), 8);
     }
 }

@@ -175,7 +175,7 @@ pub mod cuda {
 
 /// NVML functions the shim calls without hooking them.
 pub mod nvml {
-    use crate::cuda::NvmlDevice;
+    use crate::cuda::{NvmlDevice, NvmlProcessInfo};
     use std::ffi::c_char;
 
     imports! {
@@ -183,5 +183,6 @@ pub mod nvml {
         fn nvmlInit_v2();
         fn nvmlDeviceGetHandleByUUID(*const c_char, *mut NvmlDevice);
         fn nvmlDeviceGetUUID(NvmlDevice, *mut c_char, u32);
+        fn nvmlDeviceGetComputeRunningProcesses_v3(NvmlDevice, *mut u32, *mut NvmlProcessInfo);
     }
 }

@@ -9,6 +9,7 @@ use crate::allocations::Allocations;
 use crate::config::TenantSettings;
 use crate::hooks::context::Contexts;
 use crate::hooks::device::DeviceTable;
+use crate::hooks::driver_memory::DriverMemory;
 use crate::policy::memory::{Bytes, MemoryPolicy};
 
 /// Everything an enforcing process keeps. Built once per process (and again in a forked
@@ -25,6 +26,8 @@ pub struct Shim {
     pub devices: DeviceTable,
     /// Contexts and the memory their creation took.
     pub contexts: Contexts,
+    /// Memory the driver took for this process on its own.
+    pub driver_memory: DriverMemory,
     settings: TenantSettings,
 }
 
@@ -53,6 +56,7 @@ impl Shim {
             allocations: Allocations::default(),
             devices: DeviceTable::new(),
             contexts: Contexts::new(),
+            driver_memory: DriverMemory::new(),
             settings,
         })
     }

@@ -11,6 +11,9 @@
  *   alloc_free_pair_ns      one cuMemAlloc_v2 + cuMemFree_v2 of 2 MiB; N pairs a batch (20000)
  *   launch_ns               cuLaunchKernel of gpuslice_noop (1 block, 1 thread), N launches a
  *                           batch (100000) then cuCtxSynchronize: ns per launch
+ *   launch_enqueue_ns       the CPU time of the cuLaunchKernel call itself: bursts of 256 noop
+ *                           launches are timed, the sync after each burst is not (N / 256
+ *                           bursts a batch). This is the cost a launch hook adds to.
  *   spin10us_per_kernel_ns  gpuslice_spin of NS ns (10000) N times a batch (2000), then
  *                           cuCtxSynchronize: ns per kernel; NS plus the gap between kernels
  * The last line is `alloc_free_pair_ns=<x> launch_ns=<y> spin10us_per_kernel_ns=<z>`; the
@@ -140,6 +143,20 @@ static void launches(CUfunction f, long n, void **params) {
   check(p_cuCtxSynchronize(), "cuCtxSynchronize");
 }
 
+/* CPU time per cuLaunchKernel call, in bursts short enough never to fill the launch queue. */
+static double launch_enqueue(CUfunction f, long bursts) {
+  enum { BURST = 256 };
+  double total = 0;
+  for (long b = 0; b < bursts; b++) {
+    double start = now_ns();
+    for (int i = 0; i < BURST; i++)
+      check(p_cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL), "cuLaunchKernel");
+    total += now_ns() - start;
+    check(p_cuCtxSynchronize(), "cuCtxSynchronize");
+  }
+  return total / (double)(bursts * BURST);
+}
+
 static long number(const char *flag, const char *text) {
   char *end;
   long value = strtol(text, &end, 10);
@@ -201,7 +218,8 @@ int main(int argc, char **argv) {
   launches(noop, 1000, NULL);
   launches(spin, 100, spin_params);
 
-  double pair_ns[MAX_BATCHES], launch_ns[MAX_BATCHES], spin_each_ns[MAX_BATCHES];
+  double pair_ns[MAX_BATCHES], launch_ns[MAX_BATCHES], enqueue_ns[MAX_BATCHES],
+      spin_each_ns[MAX_BATCHES];
   for (int b = 0; b < batches; b++) {
     double start = now_ns();
     alloc_free_pairs(pairs);
@@ -212,6 +230,7 @@ int main(int argc, char **argv) {
     launches(noop, noops, NULL);
     launch_ns[b] = (now_ns() - start) / (double)noops;
   }
+  for (int b = 0; b < batches; b++) enqueue_ns[b] = launch_enqueue(noop, noops / 256 + 1);
   for (int b = 0; b < batches; b++) {
     double start = now_ns();
     launches(spin, spins, spin_params);
@@ -220,12 +239,13 @@ int main(int argc, char **argv) {
 
   print_batches("alloc_free_pair_ns", pair_ns, (int)batches);
   print_batches("launch_ns", launch_ns, (int)batches);
+  print_batches("launch_enqueue_ns", enqueue_ns, (int)batches);
   print_batches("spin10us_per_kernel_ns", spin_each_ns, (int)batches);
   printf("settings pairs=%ld launches=%ld spins=%ld spin_ns=%llu batches=%ld\n", pairs, noops,
          spins, (unsigned long long)spin_ns, batches);
-  printf("alloc_free_pair_ns=%.1f launch_ns=%.1f spin10us_per_kernel_ns=%.1f\n",
+  printf("alloc_free_pair_ns=%.1f launch_ns=%.1f launch_enqueue_ns=%.1f spin10us_per_kernel_ns=%.1f\n",
          median(pair_ns, (int)batches), median(launch_ns, (int)batches),
-         median(spin_each_ns, (int)batches));
+         median(enqueue_ns, (int)batches), median(spin_each_ns, (int)batches));
   free(ptx);
   return 0;
 }

@@ -10,7 +10,7 @@ prefixed with the mode and round). Prints a table; exits 1 if a mode or metric i
 import statistics
 import sys
 
-METRICS = ["alloc_free_pair_ns", "launch_ns", "spin10us_per_kernel_ns"]
+METRICS = ["alloc_free_pair_ns", "launch_ns", "launch_enqueue_ns", "spin10us_per_kernel_ns"]
 MODES = ["bare", "shim"]
 
 
@@ -45,6 +45,11 @@ def main():
         rounds = (" ".join(f"{v:.0f}" for v in values["bare"][metric]) + " | "
                   + " ".join(f"{v:.0f}" for v in values["shim"][metric]))
         print(f"{metric:<26} {bare:>13.1f} {shim:>13.1f} {ratio:>10.3f}   {rounds}")
+    print()
+    print("shim/bare per round pair (round i of each mode ran back to back):")
+    for metric in METRICS:
+        pairs = zip(values["bare"][metric], values["shim"][metric])
+        print(f"  {metric:<26} " + " ".join(f"{s / b:.3f}" for b, s in pairs if b))
     return 0
 
 

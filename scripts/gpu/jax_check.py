@@ -47,8 +47,8 @@ def main():
     device = jax.devices()[0]
     say("device", str(device).replace(" ", "_"))
     say("platform", device.platform)
-    if device.platform != "gpu":
-        fail(f"first device is {device.platform}, not gpu")
+    if device.platform not in ("gpu", "cuda"):
+        fail(f"first device is {device.platform}, not a CUDA GPU")
 
     stats = device.memory_stats() or {}
     limit = stats.get("bytes_limit")

@@ -50,10 +50,11 @@ def main():
         open(args.ready, "w").close()
         return 1
 
-    # _v3 is what current drivers answer; older bindings or drivers only have the plain name.
-    query = [getattr(pynvml, "nvmlDeviceGetComputeRunningProcesses_v3", None),
-             pynvml.nvmlDeviceGetComputeRunningProcesses]
-    query = [q for q in query if q is not None]
+    # Newest first; a binding or driver without one (or a simulated GPU without any) moves
+    # on to the next, and with none left only the device-level numbers remain.
+    names = ["nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
+             "nvmlDeviceGetComputeRunningProcesses"]
+    query = [getattr(pynvml, name) for name in names if hasattr(pynvml, name)]
     process_error = None
 
     def processes():
@@ -61,8 +62,8 @@ def main():
         while query:
             try:
                 return query[0](handle)
-            except pynvml.NVMLError as error:
-                process_error = repr(error)
+            except Exception as error:  # pynvml's errors do not share one base class
+                process_error = f"{query[0].__name__}: {type(error).__name__}"
                 query.pop(0)
         return []
 
@@ -108,6 +109,7 @@ def main():
         "pid_max_mib": ",".join(f"{pid}:{'?' if v is None else round(v / MIB, 1)}"
                                 for pid, v in sorted(pid_max.items())) or "-",
         "baseline_pids": len(baseline_pids),
+        "process_query": query[0].__name__ if query else "-",
         "process_query_error": process_error or "-",
         "device_used_baseline_bytes": baseline_used,
         "device_used_max_bytes": used_max,

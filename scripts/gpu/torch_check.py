@@ -47,13 +47,14 @@ def torch_size(size):
     return f"{size / GIB:.2f} GiB"
 
 
-def mem_get_info(torch, quota):
+def mem_get_info(torch, quota, hold_ms):
     free, total = torch.cuda.mem_get_info()
     say("free", free)
     say("total", total)
     say("free_mib", round(free / MIB, 1))
     # Informational: cudaGetDeviceProperties is a separate road to the total.
     say("props_total", torch.cuda.get_device_properties(0).total_memory)
+    time.sleep(hold_ms / 1e3)  # so that the monitor sees the context
     if total != quota:
         fail(f"total {total} != quota {quota}")
     if free > total:
@@ -129,7 +130,7 @@ def main():
     if not torch.cuda.is_available():
         fail("torch.cuda.is_available() is False")
     if args.mode == "mem-get-info":
-        mem_get_info(torch, args.quota)
+        mem_get_info(torch, args.quota, args.hold_ms)
     else:
         oom(torch, args.quota, args.chunk_mib, args.hold_ms)
     say("ok", 1)

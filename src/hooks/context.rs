@@ -4,18 +4,16 @@
 //! just before and just after the context is created.
 
 use std::collections::HashMap;
-use std::ffi::{CString, c_void};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::ffi::c_void;
 
 use gpuslice_ledger::GpuUuid;
 use parking_lot::Mutex;
 
 use crate::cuda::*;
 use crate::exports::driver::real;
-use crate::hooks::{real_or_missing, shim_or};
+use crate::hooks::{nvml_probe, real_or_missing, shim_or};
 use crate::log::{Level, log};
 use crate::policy::memory::{Bytes, Charge, Gpu};
-use crate::real as real_libraries;
 use crate::shim::Shim;
 
 /// What a primary context took on an H100 80GB HBM3 (driver 580.159.04, CUDA 13.0),
@@ -285,12 +283,12 @@ fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
 
 /// Runs `create` and returns its status with the device memory it took.
 fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
-    let before = nvml_used(uuid);
+    let before = nvml_probe::device_used(uuid);
     let status = create();
     if status != CUDA_SUCCESS {
         return (status, 0);
     }
-    let footprint = match (before, nvml_used(uuid)) {
+    let footprint = match (before, nvml_probe::device_used(uuid)) {
         (Some(before), Some(after))
             if after >= before && after - before <= MAX_PLAUSIBLE_FOOTPRINT =>
         {
@@ -299,36 +297,4 @@ fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUre
         _ => FALLBACK_CONTEXT_FOOTPRINT,
     };
     (status, footprint)
-}
-
-/// Device memory in use on the GPU with this UUID, all processes together, per NVML.
-fn nvml_used(uuid: &GpuUuid) -> Option<u64> {
-    const UNKNOWN: u8 = 0;
-    const READY: u8 = 1;
-    const UNAVAILABLE: u8 = 2;
-    static NVML_STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-
-    if NVML_STATE.load(Ordering::Acquire) == UNKNOWN {
-        let ready = real_libraries::nvml::nvmlInit_v2()
-            // SAFETY: nvmlInit_v2 takes no arguments and may be called more than once.
-            .is_some_and(|init| unsafe { init() } == NVML_SUCCESS);
-        NVML_STATE.store(if ready { READY } else { UNAVAILABLE }, Ordering::Release);
-    }
-    if NVML_STATE.load(Ordering::Acquire) != READY {
-        return None;
-    }
-    let by_uuid = real_libraries::nvml::nvmlDeviceGetHandleByUUID()?;
-    let memory_info = crate::exports::nvml::real::nvmlDeviceGetMemoryInfo()?;
-    let name = CString::new(uuid.to_string()).ok()?;
-    let mut device: NvmlDevice = std::ptr::null_mut();
-    // SAFETY: `name` is NUL-terminated; `device` is a valid out-pointer.
-    if unsafe { by_uuid(name.as_ptr(), &mut device) } != NVML_SUCCESS {
-        return None;
-    }
-    let mut memory = NvmlMemory::default();
-    // SAFETY: `device` came from NVML; `memory` is a valid out-pointer of the v1 struct.
-    if unsafe { memory_info(device, &mut memory) } != NVML_SUCCESS {
-        return None;
-    }
-    Some(memory.used)
 }

@@ -25,6 +25,8 @@ fn charged(
     bytes: u64,
     driver_call: impl FnOnce() -> (CUresult, Option<u64>),
 ) -> CUresult {
+    shim.driver_memory
+        .before_reserving(&shim.memory, gpu, bytes);
     let Ok(reservation) = shim.memory.reserve(gpu, bytes) else {
         return CUDA_ERROR_OUT_OF_MEMORY;
     };
@@ -72,9 +74,10 @@ pub(crate) unsafe fn alloc(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
-    // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
     charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        (call(), Some(unsafe { *dptr }))
+        let status = call();
+        // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
+        (status, Some(unsafe { *dptr }))
     })
 }
 
@@ -91,9 +94,10 @@ pub(crate) unsafe fn alloc_managed(dptr: *mut CUdeviceptr, bytes: usize, flags: 
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
-    // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
     charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        (call(), Some(unsafe { *dptr }))
+        let status = call();
+        // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
+        (status, Some(unsafe { *dptr }))
     })
 }
 
@@ -118,6 +122,8 @@ pub(crate) unsafe fn alloc_pitch(
         Err(status) => return status,
     };
     let requested = (width as u64).saturating_mul(height as u64);
+    shim.driver_memory
+        .before_reserving(&shim.memory, &gpu, requested);
     let Ok(reservation) = shim.memory.reserve(&gpu, requested) else {
         return CUDA_ERROR_OUT_OF_MEMORY;
     };
@@ -216,9 +222,10 @@ unsafe fn stream_ordered_alloc(
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
-    // SAFETY: `dptr` is non-null and written by the driver when it succeeded.
     charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        (driver(), Some(unsafe { *dptr }))
+        let status = driver();
+        // SAFETY: `dptr` is non-null and written by the driver when it succeeded.
+        (status, Some(unsafe { *dptr }))
     })
 }
 
@@ -274,9 +281,10 @@ pub(crate) unsafe fn vmm_create(
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
-    // SAFETY: `handle` is non-null and written by the driver when `call` succeeded.
     charged(shim, &shim.allocations.vmm, &gpu, bytes as u64, || {
-        (call(), Some(unsafe { *handle }))
+        let status = call();
+        // SAFETY: `handle` is non-null and written by the driver when `call` succeeded.
+        (status, Some(unsafe { *handle }))
     })
 }
 
@@ -377,9 +385,10 @@ unsafe fn array_charged(
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
-    // SAFETY: per this function's contract, written by the driver when it succeeded.
     charged(shim, &shim.allocations.arrays, &gpu, bytes, || {
-        (driver(), Some(unsafe { *array } as u64))
+        let status = driver();
+        // SAFETY: per this function's contract, written by the driver when it succeeded.
+        (status, Some(unsafe { *array } as u64))
     })
 }
 
@@ -429,6 +438,7 @@ pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
+    shim.driver_memory.refresh(&shim.memory, &gpu);
     // SAFETY: both non-null and just written by the driver.
     let (physical_free, physical_total) = unsafe { (*free as u64, *total as u64) };
     let physical = MemoryView {

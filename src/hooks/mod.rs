@@ -4,9 +4,11 @@
 
 pub mod context;
 pub mod device;
+pub mod driver_memory;
 pub mod launch;
 pub mod memory;
 pub mod nvml;
+pub mod nvml_probe;
 pub mod procaddr;
 
 /// The real function a hook forwards to; `CUDA_ERROR_NOT_FOUND` from the hook when the

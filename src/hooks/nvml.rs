@@ -73,5 +73,6 @@ fn quota_view(device: NvmlDevice, physical: MemoryView) -> Result<Option<MemoryV
         Mode::Failed => return Err(NVML_ERROR_UNKNOWN),
     };
     let gpu = shim.devices.by_nvml(&shim.memory, device)?;
+    shim.driver_memory.refresh(&shim.memory, &gpu);
     Ok(shim.memory.view(&gpu, physical))
 }

@@ -149,6 +149,32 @@ impl MemoryPolicy {
         }
     }
 
+    /// What this process holds on `gpu` (nothing before its first reservation).
+    pub fn held_here(&self, gpu: GpuIndex) -> u64 {
+        let slot = self.slot.load(Ordering::Acquire);
+        if slot.is_null() {
+            return 0;
+        }
+        // SAFETY: a published slot stays valid (see `slot`).
+        unsafe { &*slot }.held(gpu)
+    }
+
+    /// What the tenant holds on `gpu` now, without reclaiming (no syscall): for cheap
+    /// decisions on the allocation path. Dead processes' memory may still be in it.
+    pub fn used_now(&self, gpu: GpuIndex) -> u64 {
+        self.usage.memory_used(gpu)
+    }
+
+    /// Records memory this process holds on `gpu` without having asked for it (the driver
+    /// took it on its own). It cannot be refused: it is in use either way.
+    pub fn charge_unasked(&self, gpu: &Gpu, bytes: u64) -> Result<Charge, LedgerError> {
+        self.slot()?.charge(gpu.index, bytes);
+        Ok(Charge {
+            gpu: gpu.index,
+            bytes,
+        })
+    }
+
     /// What the tenant holds on `gpu`, dead processes' memory reclaimed first.
     pub fn used(&self, gpu: &Gpu) -> u64 {
         // A failed reclaim only means dead memory is still counted: never less than real.

@@ -281,8 +281,9 @@ pub fn current_handle() -> Option<usize> {
     STACK.with(|s| s.borrow().last().copied())
 }
 
-/// This thread's current context.
+/// This thread's current context (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`).
 pub fn current() -> CuResult<Arc<Context>> {
+    crate::driver::get()?;
     current_handle().map_or(Err(CuError::InvalidContext), get)
 }
 

@@ -20,11 +20,12 @@ pub enum CuError {
     NotInitialized = 3,
     /// `CUDA_ERROR_INVALID_DEVICE`: no device with that ordinal.
     InvalidDevice = 101,
-    /// `CUDA_ERROR_INVALID_IMAGE`: a module image that is not PTX text.
+    /// `CUDA_ERROR_INVALID_IMAGE`: a module image that is not PTX text (a cubin, a fatbinary,
+    /// text without `.version`).
     InvalidImage = 200,
     /// `CUDA_ERROR_INVALID_CONTEXT`: no current context, or a destroyed one.
     InvalidContext = 201,
-    /// `CUDA_ERROR_INVALID_PTX`: PTX text without `.version` / `.target`.
+    /// `CUDA_ERROR_INVALID_PTX`: PTX text without `.target`.
     InvalidPtx = 218,
     /// `CUDA_ERROR_FILE_NOT_FOUND`: `cuModuleLoad` of a missing file.
     FileNotFound = 301,

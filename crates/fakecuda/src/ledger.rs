@@ -6,10 +6,15 @@
 //! a process killed with SIGKILL (whose lock the kernel drops) can be reclaimed by any other
 //! process: a slot that holds memory but whose lock can be taken belongs to a dead process.
 //! The header's `used` is the device-wide total, reserved with a compare-and-swap so that two
-//! processes can never together pass the capacity.
+//! processes can never together pass the capacity. A process claims its slot when it first
+//! touches the device (its first context or reservation) and records its pid there; each slot
+//! also counts the process's live contexts, so that NVML can list the processes using the
+//! device (`nvmlDeviceGetComputeRunningProcesses`) from any process.
 //!
 //! Layout (native endian, version 1): a 64-byte header (`magic` "FAKECUDA", `version`,
-//! `slot_count`, `used`) followed by `slot_count` 64-byte slots (`used`, `pid`).
+//! `slot_count`, `used`) followed by `slot_count` 64-byte slots (`used` u64, `pid` u32,
+//! `contexts` u32; the rest reserved and zero). `contexts` took a reserved word, which older
+//! files hold as zero, so the layout version did not change.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -43,7 +48,8 @@ struct Header {
 struct Slot {
     used: AtomicU64,
     pid: AtomicU32,
-    _reserved: [AtomicU32; 13],
+    contexts: AtomicU32,
+    _reserved: [AtomicU32; 12],
 }
 
 const _: () = assert!(size_of::<Header>() == HEADER_SIZE && size_of::<Slot>() == SLOT_SIZE);
@@ -57,6 +63,15 @@ enum OwnSlot {
     },
     /// Given back at exit: nothing more is counted.
     Released,
+}
+
+/// A live process using a device, as `nvmlDeviceGetComputeRunningProcesses` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    /// The process's pid (its `getpid()` when it first touched the device).
+    pub pid: u32,
+    /// Bytes of device memory the process holds.
+    pub used: u64,
 }
 
 /// One device's shared state file, mapped into this process.
@@ -160,20 +175,28 @@ impl Ledger {
         }
     }
 
-    /// Reserves `bytes` if the device-wide total stays within `capacity`; `Ok(false)` if not.
-    pub fn try_reserve(&self, bytes: u64, capacity: u64) -> io::Result<bool> {
-        let mut own = self.own.lock();
-        let index = match *own {
-            OwnSlot::Claimed { index, .. } => index,
+    /// This process's slot, claimed (and its pid recorded) on first use; `None` once given
+    /// back at exit.
+    fn own_slot(&self, own: &mut OwnSlot) -> io::Result<Option<usize>> {
+        Ok(match *own {
+            OwnSlot::Claimed { index, .. } => Some(index),
             OwnSlot::Unclaimed => {
                 let index = self.claim_slot()?;
                 *own = OwnSlot::Claimed {
                     index,
                     pid: std::process::id(),
                 };
-                index
+                Some(index)
             }
-            OwnSlot::Released => return Ok(false),
+            OwnSlot::Released => None,
+        })
+    }
+
+    /// Reserves `bytes` if the device-wide total stays within `capacity`; `Ok(false)` if not.
+    pub fn try_reserve(&self, bytes: u64, capacity: u64) -> io::Result<bool> {
+        let mut own = self.own.lock();
+        let Some(index) = self.own_slot(&mut own)? else {
+            return Ok(false);
         };
         let header = self.header();
         let reserved = header
@@ -196,6 +219,69 @@ impl Ledger {
         }
     }
 
+    /// Counts a new context of this process (claiming its slot if it has none yet), so that
+    /// the process is listed as using the device. `Ok(false)` after `release_all`.
+    pub fn add_context(&self) -> io::Result<bool> {
+        let mut own = self.own.lock();
+        let Some(index) = self.own_slot(&mut own)? else {
+            return Ok(false);
+        };
+        self.slot(index).contexts.fetch_add(1, Ordering::AcqRel);
+        Ok(true)
+    }
+
+    /// Uncounts a context counted by `add_context`.
+    pub fn remove_context(&self) {
+        if let OwnSlot::Claimed { index, .. } = *self.own.lock() {
+            let _ = self.slot(index).contexts.fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                |n| Some(n.saturating_sub(1)),
+            );
+        }
+    }
+
+    /// The live processes with at least one context on the device, in slot order, reclaiming
+    /// the slots of dead processes on the way (as `reclaim_dead`). This process is always
+    /// live; another is live while it holds its slot's lock.
+    pub fn processes(&self) -> Vec<Process> {
+        let own = match *self.own.lock() {
+            OwnSlot::Claimed { index, .. } => Some(index),
+            _ => None,
+        };
+        let mut live = Vec::new();
+        for index in 0..SLOTS {
+            let slot = self.slot(index);
+            let contexts = slot.contexts.load(Ordering::Acquire);
+            if Some(index) != own {
+                if contexts == 0
+                    && slot.used.load(Ordering::Acquire) == 0
+                    && slot.pid.load(Ordering::Acquire) == 0
+                {
+                    continue;
+                }
+                match self.try_lock_slot(index) {
+                    Ok(true) => {
+                        self.clear_slot(slot);
+                        self.unlock_slot(index);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    // The lock cannot be tested: the slot's owner cannot be told dead, so it
+                    // is not listed either.
+                    Err(_) => continue,
+                }
+            }
+            if contexts > 0 {
+                live.push(Process {
+                    pid: slot.pid.load(Ordering::Acquire),
+                    used: slot.used.load(Ordering::Acquire),
+                });
+            }
+        }
+        live
+    }
+
     /// Gives back everything this process holds, at exit. Later reservations fail and later
     /// releases do nothing. A forked child (whose pid differs) leaves its parent's slot alone.
     pub fn release_all(&self) {
@@ -207,6 +293,7 @@ impl Ledger {
             let slot = self.slot(index);
             let held = slot.used.swap(0, Ordering::AcqRel);
             saturating_sub(&self.header().used, held);
+            slot.contexts.store(0, Ordering::Release);
             slot.pid.store(0, Ordering::Release);
             *own = OwnSlot::Released;
         }
@@ -222,7 +309,10 @@ impl Ledger {
         let mut reclaimed = 0;
         for index in (0..SLOTS).filter(|&i| Some(i) != own) {
             let slot = self.slot(index);
-            if slot.used.load(Ordering::Acquire) == 0 && slot.pid.load(Ordering::Acquire) == 0 {
+            if slot.used.load(Ordering::Acquire) == 0
+                && slot.pid.load(Ordering::Acquire) == 0
+                && slot.contexts.load(Ordering::Acquire) == 0
+            {
                 continue;
             }
             if let Ok(true) = self.try_lock_slot(index) {
@@ -253,6 +343,7 @@ impl Ledger {
     fn clear_slot(&self, slot: &Slot) -> u64 {
         let held = slot.used.swap(0, Ordering::AcqRel);
         saturating_sub(&self.header().used, held);
+        slot.contexts.store(0, Ordering::Release);
         slot.pid.store(0, Ordering::Release);
         held
     }

@@ -91,9 +91,10 @@ pub fn parse_version(ptx: &str) -> Option<i32> {
     Some(major.parse::<i32>().ok()? * 10 + minor.parse::<i32>().ok()?)
 }
 
-/// Loads a module from PTX text. Text without `.version` or `.target` is not PTX.
+/// Loads a module from PTX text. Text without `.version` is not an image at all
+/// (`CUDA_ERROR_INVALID_IMAGE`, as from the real driver); PTX without `.target` is invalid.
 pub fn load_ptx(ptx: &str) -> CuResult<usize> {
-    let ptx_version = parse_version(ptx).ok_or(CuError::InvalidPtx)?;
+    let ptx_version = parse_version(ptx).ok_or(CuError::InvalidImage)?;
     if !strip_comments(ptx)
         .split_whitespace()
         .any(|t| t == ".target")
@@ -237,6 +238,8 @@ mod tests {
             load_image(&[0x50, 0xed, 0x55, 0xba, 1]),
             Err(CuError::InvalidImage)
         );
-        assert_eq!(load_image(b"hello"), Err(CuError::InvalidPtx));
+        assert_eq!(load_image(b"hello"), Err(CuError::InvalidImage));
+        let no_target = load_image(b".version 7.8\n.entry k() {}");
+        assert_eq!(no_target, Err(CuError::InvalidPtx));
     }
 }

@@ -22,8 +22,9 @@ pub enum NvmlError {
     InsufficientSize = 7,
     /// `NVML_ERROR_DRIVER_NOT_LOADED`: the simulated driver's configuration is invalid.
     DriverNotLoaded = 9,
-    /// `NVML_ERROR_ARGUMENT_VERSION_MISMATCH`.
-    ArgumentVersionMismatch = 25,
+    /// `NVML_ERROR_FUNCTION_NOT_FOUND`: what driver 580 returns for a versioned struct of a
+    /// version it does not know.
+    FunctionNotFound = 13,
     /// `NVML_ERROR_UNKNOWN`: an internal failure (a caught panic).
     Unknown = 999,
 }

@@ -100,7 +100,7 @@ pub fn fill(dst: usize, value: Fill, count: usize, stream: Option<usize>) -> CuR
 
 /// `cuMemAllocAsync` / `cuMemAllocFromPoolAsync`: the memory is charged at once. If the
 /// device is full, frees queued earlier on the stream are let through first, as stream
-/// ordering allows. Zero bytes give a NULL pointer.
+/// ordering allows. Zero bytes give a NULL pointer, as on a real GPU.
 pub fn allocate(stream: usize, bytes: usize, pool: Option<usize>) -> CuResult<usize> {
     let s = stream::resolve(stream)?;
     let ctx = context_of(&s)?;

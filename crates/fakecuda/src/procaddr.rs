@@ -17,6 +17,10 @@ pub struct Entry {
     pub per_thread: Option<&'static str>,
 }
 
+/// The first version with per-thread default stream variants (`_ptsz` / `_ptds`): asked for
+/// at an earlier version with the per-thread flag, such an entry point is too new.
+pub const PER_THREAD_SINCE: i32 = 7000;
+
 /// `CU_GET_PROC_ADDRESS_LEGACY_STREAM`.
 pub const LEGACY_STREAM: u64 = 1 << 0;
 /// `CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM`.
@@ -79,9 +83,11 @@ pub static TABLE: &[Entry] = entries! {
     "cuCtxSetCurrent" 4000 => "cuCtxSetCurrent";
     "cuCtxGetCurrent" 4000 => "cuCtxGetCurrent";
     "cuCtxGetDevice" 2000 => "cuCtxGetDevice";
+    "cuCtxGetDevice" 13000 => "cuCtxGetDevice_v2";
     "cuCtxGetFlags" 7000 => "cuCtxGetFlags";
     "cuCtxSetFlags" 12010 => "cuCtxSetFlags";
     "cuCtxSynchronize" 2000 => "cuCtxSynchronize";
+    "cuCtxSynchronize" 13000 => "cuCtxSynchronize_v2";
     "cuCtxGetLimit" 3010 => "cuCtxGetLimit";
     "cuCtxSetLimit" 3010 => "cuCtxSetLimit";
     "cuCtxGetCacheConfig" 3020 => "cuCtxGetCacheConfig";
@@ -176,7 +182,8 @@ pub static TABLE: &[Entry] = entries! {
 };
 
 /// The exported function for `base` at `version`: the entry with the latest `since` not after
-/// `version`, or its per-thread variant when `per_thread` is set and it has one.
+/// `version`, or its per-thread variant when `per_thread` is set and it has one (which needs
+/// `version` 7000 or later). This is what driver 580 (CUDA 13.0) answers, checked on an H100.
 pub fn select(base: &str, version: i32, per_thread: bool) -> Lookup {
     let mut known = false;
     let best = TABLE
@@ -186,10 +193,11 @@ pub fn select(base: &str, version: i32, per_thread: bool) -> Lookup {
         .filter(|e| e.since <= version)
         .max_by_key(|e| e.since);
     match best {
-        Some(e) => Lookup::Found(match (per_thread, e.per_thread) {
-            (true, Some(pt)) => pt,
-            _ => e.symbol,
-        }),
+        Some(e) => match (per_thread, e.per_thread) {
+            (true, Some(_)) if version < PER_THREAD_SINCE => Lookup::VersionNotSufficient,
+            (true, Some(pt)) => Lookup::Found(pt),
+            _ => Lookup::Found(e.symbol),
+        },
         None if known => Lookup::VersionNotSufficient,
         None => Lookup::NotFound,
     }
@@ -237,6 +245,31 @@ mod tests {
             select("cuDeviceGetUuid", 12000, false),
             Lookup::Found("cuDeviceGetUuid_v2")
         );
+        let found = |base, version, per_thread| match select(base, version, per_thread) {
+            Lookup::Found(symbol) => symbol,
+            other => panic!("{base} at {version}: {other:?}"),
+        };
+        assert_eq!(found("cuCtxGetDevice", 12090, false), "cuCtxGetDevice");
+        assert_eq!(found("cuCtxGetDevice", 13000, false), "cuCtxGetDevice_v2");
+        assert_eq!(
+            found("cuCtxSynchronize", 13000, true),
+            "cuCtxSynchronize_v2"
+        );
+    }
+
+    #[test]
+    fn per_thread_variants_are_too_new_before_7000() {
+        let too_new = Lookup::VersionNotSufficient;
+        assert_eq!(select("cuLaunchKernel", 6050, true), too_new);
+        assert_eq!(select("cuMemcpy", 4000, true), too_new);
+        assert_eq!(select("cuMemAlloc", 0, false), too_new);
+        let ptsz = Lookup::Found("cuLaunchKernel_ptsz");
+        assert_eq!(select("cuLaunchKernel", 7000, true), ptsz);
+        assert_eq!(
+            select("cuLaunchKernel", 4000, false),
+            Lookup::Found("cuLaunchKernel")
+        );
+        assert_eq!(select("cuInit", 2000, true), Lookup::Found("cuInit"));
     }
 
     #[test]

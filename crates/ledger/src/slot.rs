@@ -132,6 +132,21 @@ impl ProcessSlot {
         refuse(others)
     }
 
+    /// Records `bytes` this process already holds on `gpu` without having reserved them:
+    /// memory the driver took on its own (kernel code loaded at first launch, allocation
+    /// granularity). Unlike [`try_reserve`](Self::try_reserve) it cannot be refused, since
+    /// the memory is in use either way; it may take the tenant past its limit, and then
+    /// every reservation is refused until usage is back under it. Give it back with
+    /// [`release`](Self::release).
+    pub fn charge(&self, gpu: GpuIndex, bytes: u64) {
+        if let Some(own) = self.own(gpu) {
+            // Saturating: a counter near u64::MAX is nonsense already; never wrap it.
+            let _ = own
+                .memory_bytes
+                .fetch_update(SeqCst, SeqCst, |held| Some(held.saturating_add(bytes)));
+        }
+    }
+
     /// Gives back `bytes` reserved on `gpu` (stopping at 0 if more is released than held).
     pub fn release(&self, gpu: GpuIndex, bytes: u64) {
         if let Some(own) = self.own(gpu) {

@@ -561,3 +561,18 @@ fn claim_after_the_file_was_replaced_is_refused() {
         Err(e) => assert!(matches!(e, LedgerError::Replaced { .. }), "{e:?}"),
     }
 }
+
+#[test]
+fn unasked_charges_count_even_past_the_limit_and_block_reservations() {
+    let (_dir, ledger) = ledger();
+    let usage = ledger.open_usage(&tenant("t")).unwrap();
+    let i = usage.register_gpu(&gpu(1)).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    slot.try_reserve(i, 80, 100).unwrap();
+    slot.charge(i, 50);
+    assert_eq!(usage.memory_used(i), 130);
+    assert!(slot.try_reserve(i, 1, 100).is_err());
+    slot.release(i, 50);
+    slot.try_reserve(i, 20, 100).unwrap();
+    assert_eq!(usage.memory_used(i), 100);
+}

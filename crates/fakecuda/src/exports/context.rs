@@ -3,13 +3,25 @@
 use std::ffi::{c_int, c_void};
 
 use super::{Out, cuda_api, put, put_if};
-use crate::context;
+use std::sync::Arc;
+
+use crate::context::{self, Context};
 use crate::driver;
-use crate::error::CuError;
+use crate::error::{CuError, CuResult};
 use crate::stream::PRIORITY_RANGE;
 
 /// What `cuCtxGetApiVersion` reports for every context (the v2 context API's version).
 const CONTEXT_API_VERSION: u32 = 3020;
+
+/// The context a `CUcontext` argument names, NULL meaning the current one.
+fn context_or_current(ctx: usize) -> CuResult<Arc<Context>> {
+    driver::get()?;
+    if ctx == 0 {
+        context::current()
+    } else {
+        context::get(ctx)
+    }
+}
 
 cuda_api! {
     /// `cuDevicePrimaryCtxRetain`: the first retain creates the context and takes its
@@ -108,6 +120,12 @@ cuda_api! {
         put(device, c_int::try_from(index).unwrap_or(c_int::MAX))
     }
 
+    /// `cuCtxGetDevice_v2` (CUDA 13): the device of `ctx` (NULL: the current context).
+    fn cuCtxGetDevice_v2(device: Out<'_, c_int>, ctx: usize) {
+        let index = context_or_current(ctx)?.device.index;
+        put(device, c_int::try_from(index).unwrap_or(c_int::MAX))
+    }
+
     /// `cuCtxGetFlags`.
     fn cuCtxGetFlags(flags: Out<'_, u32>) {
         put(flags, context::current()?.flags())
@@ -122,6 +140,13 @@ cuda_api! {
     /// `cuCtxSynchronize`: waits for all streams of the current context.
     fn cuCtxSynchronize() {
         context::current()?.synchronize();
+        Ok(())
+    }
+
+    /// `cuCtxSynchronize_v2` (CUDA 13): waits for all streams of `ctx` (NULL: the current
+    /// context).
+    fn cuCtxSynchronize_v2(ctx: usize) {
+        context_or_current(ctx)?.synchronize();
         Ok(())
     }
 
@@ -148,12 +173,7 @@ cuda_api! {
 
     /// `cuCtxGetApiVersion`: 3020 (NULL means the current context).
     fn cuCtxGetApiVersion(ctx: usize, version: Out<'_, u32>) {
-        driver::get()?;
-        if ctx == 0 {
-            context::current()?;
-        } else {
-            context::get(ctx)?;
-        }
+        context_or_current(ctx)?;
         put(version, CONTEXT_API_VERSION)
     }
 

@@ -30,19 +30,19 @@ cuda_api! {
         put(version, DRIVER_VERSION)
     }
 
-    /// `cuGetErrorString`: the description of any CUDA 13 result code.
+    /// `cuGetErrorString`: the description of any CUDA 13 result code; NULL and
+    /// `CUDA_ERROR_INVALID_VALUE` for others.
     fn cuGetErrorString(code: u32, text: Out<'_, *const c_char>) {
-        let text = text.ok_or(CuError::InvalidValue)?;
         let description = error::description(code);
-        text.write(description.map_or(std::ptr::null(), |d| d.as_ptr()));
+        put(text, description.map_or(std::ptr::null(), |d| d.as_ptr()))?;
         description.map(drop).ok_or(CuError::InvalidValue)
     }
 
-    /// `cuGetErrorName`: the `CUDA_ERROR_*` name of any CUDA 13 result code.
+    /// `cuGetErrorName`: the `CUDA_ERROR_*` name of any CUDA 13 result code; NULL and
+    /// `CUDA_ERROR_INVALID_VALUE` for others.
     fn cuGetErrorName(code: u32, text: Out<'_, *const c_char>) {
-        let text = text.ok_or(CuError::InvalidValue)?;
         let name = error::name(code);
-        text.write(name.map_or(std::ptr::null(), |n| n.as_ptr()));
+        put(text, name.map_or(std::ptr::null(), |n| n.as_ptr()))?;
         name.map(drop).ok_or(CuError::InvalidValue)
     }
 

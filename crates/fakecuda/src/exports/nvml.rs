@@ -143,7 +143,7 @@ nvml_api! {
         put(device, nvml::handle_of(found.index))
     }
 
-    /// `nvmlDeviceGetUUID`: "GPU-fa4ec0da-0000-4000-8000-00000000000<index>".
+    /// `nvmlDeviceGetUUID`: `GPU-fa4ec0da-0000-4000-8000-00000000000<index>`.
     fn nvmlDeviceGetUUID(device: usize, uuid: *mut c_char, len: c_uint) {
         let text = nvml::device(device)?.uuid_string();
         // SAFETY: the caller passes a buffer of len bytes.
@@ -179,13 +179,14 @@ nvml_api! {
         Ok(())
     }
 
-    /// `nvmlDeviceGetMemoryInfo_v2`: `version` must be `nvmlMemory_v2`; nothing is reserved.
+    /// `nvmlDeviceGetMemoryInfo_v2`: `version` must be `nvmlMemory_v2` (otherwise
+    /// `NVML_ERROR_FUNCTION_NOT_FOUND`, as from driver 580); nothing is reserved.
     fn nvmlDeviceGetMemoryInfo_v2(device: usize, info: Option<&mut MaybeUninit<NvmlMemoryV2>>) {
         let out = info.ok_or(NvmlError::InvalidArgument)?;
         // SAFETY: the caller sets the version field before the call; only it is read.
         let version = unsafe { (&raw const (*out.as_ptr()).version).read() };
         if version != NVML_MEMORY_V2 {
-            return Err(NvmlError::ArgumentVersionMismatch);
+            return Err(NvmlError::FunctionNotFound);
         }
         let (total, free, used) = memory(device)?;
         out.write(NvmlMemoryV2 { version, total, reserved: 0, free, used });

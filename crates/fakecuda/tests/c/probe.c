@@ -11,12 +11,19 @@
  *   procaddr               reads "symbol version flags expected" lines from stdin and checks
  *                          cuGetProcAddress[_v2] against dlsym of the expected name
  *   vmm <bytes>            cuMemCreate/AddressReserve/Map/SetAccess, writes and reads, frees
+ *   edges                  return codes of edge cases: name=<CUresult> lines
+ *   churn <threads> <n> <bytes>   threads each allocate, memset and free n times
+ *   streams <ptx file>     two streams ordered by an event, host functions, stream queries,
+ *                          the per-thread stream; kernels from the PTX's gpuslice_spin
  */
+#define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -60,7 +67,31 @@ typedef void *nvmlDevice_t;
     X(cuMemUnmap, (CUdeviceptr, size_t))                                                 \
     X(cuMemSetAccess, (CUdeviceptr, size_t, const CUmemAccessDesc *, size_t))            \
     X(cuGetProcAddress, (const char *, void **, int, unsigned long long))                \
-    X(cuGetProcAddress_v2, (const char *, void **, int, unsigned long long, int *))
+    X(cuGetProcAddress_v2, (const char *, void **, int, unsigned long long, int *))     \
+    X(cuCtxGetCurrent, (CUcontext *))                                                    \
+    X(cuCtxPopCurrent_v2, (CUcontext *))                                                 \
+    X(cuDevicePrimaryCtxRelease_v2, (CUdevice))                                          \
+    X(cuMemAllocAsync, (CUdeviceptr *, size_t, void *))                                  \
+    X(cuMemFreeAsync, (CUdeviceptr, void *))                                             \
+    X(cuMemAllocPitch_v2, (CUdeviceptr *, size_t *, size_t, size_t, unsigned))           \
+    X(cuMemAllocHost_v2, (void **, size_t))                                              \
+    X(cuGetErrorString, (CUresult, const char **))                                       \
+    X(cuModuleLoadData, (void **, const void *))                                         \
+    X(cuModuleGetFunction, (void **, void *, const char *))                              \
+    X(cuLaunchKernel, (void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, \
+                       unsigned, void *, void **, void **))                              \
+    X(cuEventCreate, (void **, unsigned))                                                \
+    X(cuEventRecord, (void *, void *))                                                   \
+    X(cuEventSynchronize, (void *))                                                      \
+    X(cuEventElapsedTime, (float *, void *, void *))                                     \
+    X(cuStreamQuery, (void *))                                                           \
+    X(cuCtxSynchronize, (void))                                                          \
+    X(cuMemsetD8_v2, (CUdeviceptr, unsigned char, size_t))                               \
+    X(cuDeviceGetUuid_v2, (unsigned char *, CUdevice))                                   \
+    X(cuStreamCreate, (void **, unsigned))                                               \
+    X(cuStreamWaitEvent, (void *, void *, unsigned))                                     \
+    X(cuStreamSynchronize, (void *))                                                     \
+    X(cuLaunchHostFunc, (void *, void (*)(void *), void *))
 
 #ifdef PROBE_DLOPEN
 #define DECLARE(name, args) static CUresult(*p_##name) args;
@@ -144,6 +175,13 @@ static void meminfo(void) {
            m2.total, m2.used, m2.reserved);
     check(uuid(dev, id, sizeof id), "nvmlDeviceGetUUID");
     printf("nvml_uuid=%s\n", id);
+    unsigned char u[16];
+    char cuda_id[64];
+    check(p_cuDeviceGetUuid_v2(u, 0), "cuDeviceGetUuid_v2");
+    snprintf(cuda_id, sizeof cuda_id,
+             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+             u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+    printf("uuids_agree=%d\n", strcmp(id, cuda_id) == 0);
 }
 
 static void procaddr(void) {
@@ -153,14 +191,18 @@ static void procaddr(void) {
     while (scanf("%127s %d %llu %127s", symbol, &version, &flags, expected) == 4) {
         void *pfn = (void *)1, *pfn1 = (void *)1;
         int status = -1;
-        CUresult code = p_cuGetProcAddress_v2(symbol, &pfn, version, flags, &status);
+        int no_status = strcmp(expected, "nostatus") == 0;
+        CUresult code = p_cuGetProcAddress_v2(symbol, &pfn, version, flags, no_status ? NULL : &status);
         CUresult code1 = p_cuGetProcAddress(symbol, &pfn1, version, flags);
-        void *want = strcmp(expected, "-") == 0 ? NULL : dlsym(libcuda, expected);
-        void *global = strcmp(expected, "-") == 0 ? NULL : dlsym(RTLD_DEFAULT, expected);
+        int none = strcmp(expected, "-") == 0 || no_status;
+        void *want = none ? NULL : dlsym(libcuda, expected);
+        void *global = none ? NULL : dlsym(RTLD_DEFAULT, expected);
+        Dl_info info;
+        const char *name = pfn && dladdr(pfn, &info) && info.dli_sname ? info.dli_sname : "-";
         printf("symbol=%s version=%d flags=%llu code=%d status=%d v1code=%d found=%d same=%d "
-               "v1same=%d global_same=%d\n",
+               "v1same=%d global_same=%d name=%s\n",
                symbol, version, flags, code, status, code1, want != NULL, pfn == want,
-               pfn1 == want, pfn == global);
+               pfn1 == want, pfn == global, name);
     }
 }
 
@@ -193,6 +235,145 @@ static void vmm(size_t bytes) {
            p_cuMemCreate(&handle, 12345, &prop, 0));
 }
 
+static const char TINY_PTX[] = ".version 7.8\n.target sm_75\n.address_size 64\n"
+                               ".visible .entry tiny() { ret; }\n";
+
+static void edges(void) {
+    CUdeviceptr p = 12345;
+    CUdevice dev;
+    CUcontext ctx = (CUcontext)1;
+    printf("before_init_alloc=%d\n", p_cuMemAlloc_v2(&p, 1));
+    check(p_cuInit(0), "cuInit");
+    check(p_cuDeviceGet(&dev, 0), "cuDeviceGet");
+    size_t f, t;
+    printf("no_context_meminfo=%d\n", p_cuMemGetInfo_v2(&f, &t));
+    printf("no_context_get_current=%d\n", p_cuCtxGetCurrent(&ctx));
+    printf("no_context_pop=%d\n", p_cuCtxPopCurrent_v2(&ctx));
+    printf("no_context_synchronize=%d\n", p_cuCtxSynchronize());
+    printf("release_unretained=%d\n", p_cuDevicePrimaryCtxRelease_v2(dev));
+    context();
+    printf("alloc_zero=%d\n", p_cuMemAlloc_v2(&p, 0));
+    p = 12345;
+    CUresult async_zero = p_cuMemAllocAsync(&p, 0, NULL);
+    printf("alloc_async_zero=%d async_null=%d\n", async_zero, p == 0);
+    printf("free_async_null=%d\n", p_cuMemFreeAsync(0, NULL));
+    printf("free_null=%d\n", p_cuMemFree_v2(0));
+    size_t pitch = 0;
+    printf("pitch_element_3=%d\n", p_cuMemAllocPitch_v2(&p, &pitch, 100, 10, 3));
+    CUresult pitched = p_cuMemAllocPitch_v2(&p, &pitch, 100, 10, 4);
+    printf("pitch_100x10=%d pitch=%zu\n", pitched, pitch);
+    void *host = (void *)1;
+    printf("host_zero=%d\n", p_cuMemAllocHost_v2(&host, 0));
+    const char *text = "x";
+    CUresult unknown = p_cuGetErrorString(12345, &text);
+    printf("error_string_unknown=%d null=%d\n", unknown, text == NULL);
+    void *module, *func;
+    printf("load_garbage=%d\n", p_cuModuleLoadData(&module, "hello"));
+    check(p_cuModuleLoadData(&module, TINY_PTX), "cuModuleLoadData");
+    printf("get_missing_function=%d\n", p_cuModuleGetFunction(&func, module, "nope"));
+    check(p_cuModuleGetFunction(&func, module, "tiny"), "cuModuleGetFunction");
+    printf("launch_block_2048=%d\n", p_cuLaunchKernel(func, 1, 1, 1, 2048, 1, 1, 0, NULL, NULL, NULL));
+    printf("launch_grid_0=%d\n", p_cuLaunchKernel(func, 0, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL));
+    printf("launch_ok=%d\n", p_cuLaunchKernel(func, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL));
+    void *a, *b, *c;
+    float ms;
+    check(p_cuEventCreate(&a, 0), "cuEventCreate");
+    check(p_cuEventCreate(&b, 0), "cuEventCreate");
+    check(p_cuEventCreate(&c, 2), "cuEventCreate");
+    printf("elapsed_unrecorded=%d\n", p_cuEventElapsedTime(&ms, a, b));
+    check(p_cuEventRecord(a, NULL), "cuEventRecord");
+    printf("elapsed_one_unrecorded=%d\n", p_cuEventElapsedTime(&ms, a, b));
+    check(p_cuEventRecord(c, NULL), "cuEventRecord");
+    check(p_cuEventSynchronize(c), "cuEventSynchronize");
+    printf("elapsed_disable_timing=%d\n", p_cuEventElapsedTime(&ms, a, c));
+    printf("stream_query_null=%d\n", p_cuStreamQuery(NULL));
+}
+
+static CUcontext shared_ctx;
+static size_t churn_n, churn_bytes;
+
+static void *churn_thread(void *arg) {
+    (void)arg;
+    check(p_cuCtxSetCurrent(shared_ctx), "cuCtxSetCurrent");
+    for (size_t i = 0; i < churn_n; i++) {
+        CUdeviceptr p = alloc_or_die(churn_bytes + i % 7);
+        check(p_cuMemsetD8_v2(p, (unsigned char)i, churn_bytes), "cuMemsetD8_v2");
+        check(p_cuMemFree_v2(p), "cuMemFree_v2");
+    }
+    return NULL;
+}
+
+static void churn(int threads, size_t n, size_t bytes) {
+    size_t free0, free1, total;
+    pthread_t t[64];
+    context();
+    check(p_cuCtxGetCurrent(&shared_ctx), "cuCtxGetCurrent");
+    check(p_cuMemGetInfo_v2(&free0, &total), "cuMemGetInfo_v2");
+    churn_n = n;
+    churn_bytes = bytes;
+    for (int i = 0; i < threads && i < 64; i++) pthread_create(&t[i], NULL, churn_thread, NULL);
+    for (int i = 0; i < threads && i < 64; i++) pthread_join(t[i], NULL);
+    check(p_cuMemGetInfo_v2(&free1, &total), "cuMemGetInfo_v2");
+    printf("churn_leaked=%lld\n", (long long)free0 - (long long)free1);
+}
+
+static volatile int host_calls;
+static void host_func(void *arg) {
+    (void)arg;
+    host_calls++;
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void streams(const char *ptx_path) {
+    static char ptx[1 << 16];
+    FILE *f = fopen(ptx_path, "rb");
+    if (!f) die("cannot open the PTX file");
+    ptx[fread(ptx, 1, sizeof ptx - 1, f)] = 0;
+    fclose(f);
+    context();
+    void *module, *spin, *s1, *s2, *start, *gate, *end;
+    check(p_cuModuleLoadData(&module, ptx), "cuModuleLoadData");
+    check(p_cuModuleGetFunction(&spin, module, "gpuslice_spin"), "cuModuleGetFunction");
+    check(p_cuStreamCreate(&s1, 1), "cuStreamCreate");
+    check(p_cuStreamCreate(&s2, 1), "cuStreamCreate");
+    check(p_cuEventCreate(&start, 0), "cuEventCreate");
+    check(p_cuEventCreate(&gate, 0), "cuEventCreate");
+    check(p_cuEventCreate(&end, 0), "cuEventCreate");
+    unsigned long long ns20 = 20000000, ns10 = 10000000;
+    void *args20[] = {&ns20}, *args10[] = {&ns10};
+    double t0 = now_ms();
+    check(p_cuEventRecord(start, s1), "cuEventRecord");
+    check(p_cuLaunchKernel(spin, 1, 1, 1, 1, 1, 1, 0, s1, args20, NULL), "cuLaunchKernel");
+    check(p_cuEventRecord(gate, s1), "cuEventRecord");
+    check(p_cuStreamWaitEvent(s2, gate, 0), "cuStreamWaitEvent");
+    check(p_cuLaunchKernel(spin, 1, 1, 1, 1, 1, 1, 0, s2, args10, NULL), "cuLaunchKernel");
+    check(p_cuLaunchHostFunc(s2, host_func, NULL), "cuLaunchHostFunc");
+    check(p_cuEventRecord(end, s2), "cuEventRecord");
+    printf("query_busy=%d host_calls_before=%d\n", p_cuStreamQuery(s2), host_calls);
+    check(p_cuStreamSynchronize(s2), "cuStreamSynchronize");
+    float ms = 0;
+    check(p_cuEventElapsedTime(&ms, start, end), "cuEventElapsedTime");
+    printf("chain_ms=%.3f host_ms=%.3f host_calls=%d query_idle=%d\n", ms, now_ms() - t0,
+           host_calls, p_cuStreamQuery(s2));
+    /* The per-thread default stream (CU_STREAM_PER_THREAD) through cuLaunchKernel_ptsz. */
+    void *launch_ptsz = NULL;
+    int status = -1;
+    check(p_cuGetProcAddress_v2("cuLaunchKernel", &launch_ptsz, 12000, 2, &status),
+          "cuGetProcAddress_v2");
+    CUresult (*launch)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                       unsigned, void *, void **, void **) = launch_ptsz;
+    t0 = now_ms();
+    check(launch(spin, 1, 1, 1, 1, 1, 1, 0, (void *)2, args10, NULL), "cuLaunchKernel_ptsz");
+    check(p_cuStreamSynchronize((void *)2), "cuStreamSynchronize");
+    printf("per_thread_ms=%.3f\n", now_ms() - t0);
+    check(p_cuCtxSynchronize(), "cuCtxSynchronize");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: probe <command> [args]");
     const char *cmd = argv[1];
@@ -223,6 +404,12 @@ int main(int argc, char **argv) {
         meminfo();
     } else if (strcmp(cmd, "procaddr") == 0) {
         procaddr();
+    } else if (strcmp(cmd, "churn") == 0 && argc == 5) {
+        churn(atoi(argv[2]), strtoull(argv[3], 0, 10), strtoull(argv[4], 0, 10));
+    } else if (strcmp(cmd, "streams") == 0 && argc == 3) {
+        streams(argv[2]);
+    } else if (strcmp(cmd, "edges") == 0) {
+        edges();
     } else if (strcmp(cmd, "vmm") == 0 && argc == 3) {
         context();
         vmm(strtoull(argv[2], 0, 10));

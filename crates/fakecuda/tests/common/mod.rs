@@ -7,11 +7,22 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 /// How long any child may run.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A name for a temporary file no other test thread or process uses.
+fn unique_suffix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// Names under which test programs load the simulator.
 const LIBRARY_NAMES: [&str; 4] = [
@@ -50,7 +61,7 @@ pub fn link_library(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let lib = library();
     for name in LIBRARY_NAMES {
-        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        let tmp = dir.join(format!(".{name}.{}", unique_suffix()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&lib, &tmp).unwrap();
         std::fs::rename(&tmp, dir.join(name)).unwrap();
@@ -135,7 +146,7 @@ pub fn compile_c(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     if out.exists() {
         return out;
     }
-    let tmp = out_dir.join(format!("{name}-{hash:016x}.{}.tmp", std::process::id()));
+    let tmp = out_dir.join(format!("{name}-{hash:016x}.{}.tmp", unique_suffix()));
     let src = tmp.with_extension("c");
     std::fs::write(&src, source).unwrap();
     let status = Command::new("cc")
@@ -158,13 +169,17 @@ pub fn probe_dlopen() -> PathBuf {
     compile_c(
         "probe-dlopen",
         include_str!("../c/probe.c"),
-        &["-DPROBE_DLOPEN"],
+        &["-DPROBE_DLOPEN", "-pthread"],
     )
 }
 
 /// The probe program (tests/c/probe.c), linked with `-lcuda`.
 pub fn probe_linked() -> PathBuf {
-    compile_c("probe-linked", include_str!("../c/probe.c"), &["-lcuda"])
+    compile_c(
+        "probe-linked",
+        include_str!("../c/probe.c"),
+        &["-lcuda", "-pthread"],
+    )
 }
 
 /// Runs a command to completion (killing it after `TIMEOUT`) and returns its output.
@@ -213,7 +228,7 @@ pub fn fields(line: &str) -> HashMap<String, String> {
 
 /// The `key=value` fields of all lines of an output, merged.
 pub fn all_fields(output: &str) -> HashMap<String, String> {
-    output.lines().flat_map(|l| fields(l)).collect()
+    output.lines().flat_map(fields).collect()
 }
 
 /// A field parsed as a number.

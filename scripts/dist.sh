@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds, on this machine, what the GPU machine needs to run scripts/gpu-check.sh and
+# scripts/bench-gpu.sh: the GPU machine has no cargo and no network, so it gets dist/ whole.
+#
+# usage: bash scripts/dist.sh
+#
+# dist/ (git-ignored) is rebuilt from scratch on every run:
+#   libgpuslice.so             the shim
+#   examples/alloc_until_oom   cudarc examples (they dlopen libcuda.so.1 at run time)
+#   examples/spin
+#   cudaprobe.c                tests/programs/cudaprobe.c, compiled on the GPU machine
+#   spin.ptx                   examples/ptx/spin.ptx, for scripts/gpu/bench_driver.c
+#   BUILD-INFO                 the commit and build time, printed by gpu-check.sh
+#
+# The binaries link only glibc (this machine's 2.36 is older than the GPU machine's 2.39).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --lib: with only --examples cargo leaves the cdylib in deps/ and never copies it up.
+cargo build --release --workspace --lib --examples
+
+target=${CARGO_TARGET_DIR:-target}/release
+# source -> name in dist/
+artifacts=(
+  "$target/libgpuslice.so:libgpuslice.so"
+  "$target/examples/alloc_until_oom:examples/alloc_until_oom"
+  "$target/examples/spin:examples/spin"
+  "tests/programs/cudaprobe.c:cudaprobe.c"
+  "examples/ptx/spin.ptx:spin.ptx"
+)
+
+missing=()
+for artifact in "${artifacts[@]}"; do
+  from=${artifact%%:*}
+  [ -f "$from" ] || missing+=("$from")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "dist.sh: the build did not produce: ${missing[*]}" >&2
+  echo "dist.sh: (the examples live in examples/*.rs; is one of them still being written?)" >&2
+  exit 1
+fi
+
+rm -rf dist
+mkdir -p dist/examples
+for artifact in "${artifacts[@]}"; do
+  cp "${artifact%%:*}" "dist/${artifact#*:}"
+done
+
+{
+  echo "commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "uncommitted_files=$(git status --porcelain 2>/dev/null | wc -l)"
+  echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "rustc=$(rustc --version)"
+} >dist/BUILD-INFO
+
+echo "dist.sh: dist/ is ready ($(du -sh dist | cut -f1); the GPU machine takes 64 MiB of carried files in all):"
+(cd dist && find . -type f | sort | xargs ls -l)
