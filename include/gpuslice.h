@@ -2,7 +2,7 @@
  * gpuslice.h - the C interface of gpuslice.
  *
  * gpuslice lets several containers share one NVIDIA GPU: an LD_PRELOAD shim (libgpuslice.so)
- * gives each tenant a memory quota and a share of kernel time. This header documents what a
+ * gives each tenant a memory quota (and, later, a share of kernel time). This header documents what a
  * C program can rely on: the environment variables the shim reads, and the on-disk ABI of the
  * ledger, the shared-memory directory through which the shim's processes coordinate.
  *
@@ -18,9 +18,48 @@
 extern "C" {
 #endif
 
-/* ---- Environment variables ---- */
-
-/* (filled in by the shim) */
+/* ---- Environment variables ----
+ *
+ * The shim reads these at the first CUDA or NVML call of a process (never before, so a
+ * program that does not use the GPU is unaffected by them). With neither GPUSLICE_TENANT nor
+ * GPUSLICE_MEMORY_LIMIT set, the shim passes every call through unchanged.
+ *
+ *   GPUSLICE_TENANT        the tenant the process belongs to: 1 to 63 characters of
+ *                          [A-Za-z0-9._-], not starting with '.' or '-'. Every process of a
+ *                          tenant shares its quota. Required when a limit is set.
+ *   GPUSLICE_MEMORY_LIMIT  the memory quota on each GPU, as a Kubernetes quantity: plain
+ *                          bytes, Ki Mi Gi Ti Pi Ei, k M G T P E, a decimal fraction
+ *                          (1.5Gi, rounded up to whole bytes) or an exponent (1e9). The
+ *                          tenant's quota file, when present, is the ceiling: the effective
+ *                          limit is the lower of the two.
+ *   GPUSLICE_DIR           the ledger directory, an absolute path; default /run/gpuslice.
+ *   GPUSLICE_LOG           off, error, warn (default), info, debug or trace; to stderr,
+ *                          lines prefixed "gpuslice[<pid>]: ".
+ *
+ * Fail closed: an invalid value, any other GPUSLICE_ variable (a misspelling), a limit
+ * without a tenant, or a ledger directory or file that cannot be used makes the shim print
+ * one line naming what was wrong and the accepted form, after which cuInit and every memory
+ * and context call the shim hooks return CUDA_ERROR_NOT_INITIALIZED (3) (the driver is then
+ * never initialized, so the rest fail too), and the NVML memory queries NVML_ERROR_UNKNOWN
+ * (999). GPUSLICE_COMPUTE_SHARE, GPUSLICE_COMPUTE_LIMIT and
+ * GPUSLICE_PRIORITY are reserved for compute isolation and refused by this version.
+ *
+ * What callers see under a quota:
+ *   - an allocation that would pass the limit returns CUDA_ERROR_OUT_OF_MEMORY (2) and
+ *     changes nothing; so does creating a context whose footprint does not fit;
+ *   - cuMemGetInfo: total = min(limit, device total), free = min(total - used, device free);
+ *     cuDeviceTotalMem: min(limit, device total);
+ *   - nvmlDeviceGetMemoryInfo: the same total and free, used = total - free;
+ *     nvmlDeviceGetMemoryInfo_v2: used = the tenant's usage, reserved = the rest, so that
+ *     total = reserved + used + free;
+ *   - the pre-CUDA-3.2 32-bit entry points (cuMemAlloc, cuMemAllocPitch, cuArrayCreate,
+ *     cuArray3DCreate without _v2) return CUDA_ERROR_NOT_SUPPORTED (801).
+ */
+#define GPUSLICE_ENV_TENANT "GPUSLICE_TENANT"
+#define GPUSLICE_ENV_MEMORY_LIMIT "GPUSLICE_MEMORY_LIMIT"
+#define GPUSLICE_ENV_DIR "GPUSLICE_DIR"
+#define GPUSLICE_ENV_LOG "GPUSLICE_LOG"
+#define GPUSLICE_DEFAULT_DIR "/run/gpuslice"
 
 /* ---- The ledger: on-disk ABI ----
  *

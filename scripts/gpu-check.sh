@@ -200,24 +200,29 @@ check_torch_mem_get_info() {
   detail "device properties total=$(kv "$out" props_total)"
 }
 
-# torch_oom [ALLOC_CONF]: shared by torch-oom and torch-expandable-oom.
+# torch_oom [ALLOC_CONF] [CHUNK_MIB]: shared by torch-oom, torch-expandable-oom and
+# torch-fine-oom.
 torch_oom() {
   local -a conf=(env -u PYTORCH_CUDA_ALLOC_CONF)
   [ -z "${1:-}" ] || conf=(env PYTORCH_CUDA_ALLOC_CONF="$1")
+  local chunk_mib=${2:-256}
   shim_env
   monitor_start
-  run torch "${conf[@]}" "${SHIM[@]}" "$PYTHON" scripts/gpu/torch_check.py oom --quota "$QUOTA_BYTES"
+  run torch "${conf[@]}" "${SHIM[@]}" "$PYTHON" scripts/gpu/torch_check.py oom --quota "$QUOTA_BYTES" --chunk-mib "$chunk_mib"
   local status=$?
   monitor_stop
   python_result torch "$status"
   local out=$CHECK_DIR/torch.out
-  detail "chunks=$(kv "$out" chunks) of 256 MiB, allocated $(mib "$(kv "$out" allocated)")"
+  detail "chunks=$(kv "$out" chunks) of $chunk_mib MiB, allocated $(mib "$(kv "$out" allocated)")"
   detail "realloc 1 GiB after free: $(kv "$out" realloc_after_free)"
   detail "OOM says: $(kv "$out" oom_first_line | sed 's/\(is free\.\).*/\1/')"
 }
 
 check_torch_oom() { torch_oom ""; }
 check_torch_expandable_oom() { torch_oom "expandable_segments:True"; }
+# Fine steps leave no slack at the limit: if memory the driver took on its own (cuBLAS
+# kernels loaded at first use) were not charged, the outside view would pass the quota.
+check_torch_fine_oom() { torch_oom "" 20; }
 
 check_jax_prealloc() {
   shim_env
@@ -480,7 +485,7 @@ header() {
   echo "quota: $QUOTA = $QUOTA_BYTES bytes; outputs in $WORK"
 }
 
-CHECKS=(torch-mem-get-info torch-oom torch-expandable-oom jax-prealloc cupy-oom triton-kernel
+CHECKS=(torch-mem-get-info torch-oom torch-expandable-oom torch-fine-oom jax-prealloc cupy-oom triton-kernel
   nvidia-smi cudarc-alloc-until-oom cudarc-spin cudaprobe-paths bad-setting-fails-closed
   no-cuda-programs context-footprint)
 

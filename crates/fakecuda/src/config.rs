@@ -11,6 +11,8 @@ pub const ENV_DEVICES: &str = "FAKECUDA_DEVICES";
 pub const ENV_STATE_DIR: &str = "FAKECUDA_STATE_DIR";
 /// Device memory each live context takes.
 pub const ENV_CONTEXT_FOOTPRINT: &str = "FAKECUDA_CONTEXT_FOOTPRINT";
+/// Device memory each loaded module takes.
+pub const ENV_MODULE_FOOTPRINT: &str = "FAKECUDA_MODULE_FOOTPRINT";
 
 /// The most devices a simulated machine may have.
 pub const MAX_DEVICES: usize = 16;
@@ -30,6 +32,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Bytes of device memory each live context takes.
     pub context_footprint: u64,
+    /// Bytes of device memory each loaded module (or library) takes.
+    pub module_footprint: u64,
 }
 
 /// An environment variable with a value fakecuda cannot use.
@@ -85,14 +89,18 @@ impl Config {
             })?,
         };
 
-        let context_footprint = match text(ENV_CONTEXT_FOOTPRINT)? {
-            None => DEFAULT_CONTEXT_FOOTPRINT,
-            Some(value) => parse_quantity(&value).ok_or_else(|| ConfigError {
-                var: ENV_CONTEXT_FOOTPRINT,
-                value: value.clone(),
-                expected: QUANTITY_FORM.to_owned(),
-            })?,
+        let quantity = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match text(var)? {
+                None => Ok(default),
+                Some(value) => parse_quantity(&value).ok_or_else(|| ConfigError {
+                    var,
+                    value: value.clone(),
+                    expected: QUANTITY_FORM.to_owned(),
+                }),
+            }
         };
+        let context_footprint = quantity(ENV_CONTEXT_FOOTPRINT, DEFAULT_CONTEXT_FOOTPRINT)?;
+        let module_footprint = quantity(ENV_MODULE_FOOTPRINT, 0)?;
 
         let state_dir = match lookup(ENV_STATE_DIR) {
             Some(dir) if dir.is_empty() => {
@@ -110,6 +118,7 @@ impl Config {
             devices,
             state_dir,
             context_footprint,
+            module_footprint,
         })
     }
 }
@@ -209,6 +218,7 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.devices, vec![80 << 30]);
         assert_eq!(c.context_footprint, 64 << 20);
+        assert_eq!(c.module_footprint, 0);
         assert!(c.state_dir.to_string_lossy().starts_with("/tmp/fakecuda-"));
     }
 
@@ -218,11 +228,13 @@ mod tests {
             (ENV_DEVICES, "80Gi,512Mi,1073741824"),
             (ENV_STATE_DIR, "/x/y"),
             (ENV_CONTEXT_FOOTPRINT, "0"),
+            (ENV_MODULE_FOOTPRINT, "32Mi"),
         ])
         .unwrap();
         assert_eq!(c.devices, vec![80 << 30, 512 << 20, 1 << 30]);
         assert_eq!(c.state_dir, PathBuf::from("/x/y"));
         assert_eq!(c.context_footprint, 0);
+        assert_eq!(c.module_footprint, 32 << 20);
     }
 
     #[test]
@@ -233,6 +245,7 @@ mod tests {
             (ENV_DEVICES, "1Gi,,2Gi"),
             (ENV_DEVICES, "0"),
             (ENV_CONTEXT_FOOTPRINT, "64MB"),
+            (ENV_MODULE_FOOTPRINT, "1.5Mi"),
             (ENV_STATE_DIR, ""),
         ] {
             let err = config(&[(var, value)]).unwrap_err();

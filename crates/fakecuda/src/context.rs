@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::device::{Charge, Device};
+use crate::device::{ContextHold, Device};
 use crate::error::{CuError, CuResult};
 use crate::handles::{self, Table};
 use crate::memory;
+use crate::module;
 use crate::stream::{self, Queue, Stream};
 
 /// A context on a device.
@@ -25,7 +26,7 @@ pub struct Context {
     /// Whether this is the device's primary context.
     pub is_primary: bool,
     flags: AtomicU32,
-    footprint: Mutex<Option<Charge>>,
+    footprint: Mutex<Option<ContextHold>>,
     null_stream: Arc<Stream>,
     streams: Mutex<Vec<Arc<Stream>>>,
     limits: Mutex<BTreeMap<u32, usize>>,
@@ -74,7 +75,7 @@ impl Context {
         flags: u32,
         is_primary: bool,
     ) -> CuResult<Arc<Context>> {
-        let footprint = device.reserve(device.context_footprint)?;
+        let footprint = device.hold_context()?;
         let queue = stream::start_worker()?;
         let ctx = Arc::new_cyclic(|weak| Context {
             handle,
@@ -182,8 +183,8 @@ impl Context {
     }
 }
 
-/// Ends a context: waits for its streams, stops them, frees its allocations and gives back
-/// its footprint. Threads that still have it current get `CUDA_ERROR_INVALID_CONTEXT`.
+/// Ends a context: waits for its streams, stops them, frees its allocations, unloads its
+/// modules (and gives back its libraries' module memory) and gives back its footprint. Threads that still have it current get `CUDA_ERROR_INVALID_CONTEXT`.
 fn teardown(ctx: &Arc<Context>) {
     CONTEXTS.remove(ctx.handle);
     let streams = std::mem::take(&mut *ctx.streams.lock());
@@ -195,6 +196,7 @@ fn teardown(ctx: &Arc<Context>) {
     ctx.null_stream.synchronize();
     ctx.null_stream.shutdown();
     memory::free_context(ctx.handle);
+    module::context_destroyed(ctx.handle);
     ctx.footprint.lock().take();
 }
 

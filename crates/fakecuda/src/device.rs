@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use crate::context::PrimaryState;
 use crate::error::{CuError, CuResult};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Process};
 use crate::log;
 use crate::pool;
 
@@ -28,6 +28,8 @@ pub struct Device {
     pub capacity: u64,
     /// Device memory each live context takes.
     pub context_footprint: u64,
+    /// Device memory each loaded module takes (`FAKECUDA_MODULE_FOOTPRINT`).
+    pub module_footprint: u64,
     ledger: Ledger,
     /// The primary context's reference count and flags.
     pub primary: Mutex<PrimaryState>,
@@ -58,20 +60,45 @@ impl Drop for Charge {
     }
 }
 
+/// A live context's hold on a device: its footprint of memory, and its place in the count of
+/// this process's contexts that makes NVML list the process. Both are given back when dropped.
+#[derive(Debug)]
+pub struct ContextHold {
+    charge: Charge,
+}
+
+impl Drop for ContextHold {
+    fn drop(&mut self) {
+        self.charge.device.ledger.remove_context();
+    }
+}
+
+/// The device memory of one simulated device and the per-device footprints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Memory capacity in bytes.
+    pub capacity: u64,
+    /// Device memory each live context takes.
+    pub context_footprint: u64,
+    /// Device memory each loaded module takes.
+    pub module_footprint: u64,
+}
+
 impl Device {
     /// Opens device `index`'s state file in `state_dir`.
-    pub fn open(
-        index: usize,
-        capacity: u64,
-        context_footprint: u64,
-        state_dir: &Path,
-    ) -> std::io::Result<Device> {
+    pub fn open(index: usize, sizes: Sizes, state_dir: &Path) -> std::io::Result<Device> {
+        let Sizes {
+            capacity,
+            context_footprint,
+            module_footprint,
+        } = sizes;
         let ledger = Ledger::open(&state_dir.join(format!("device-{index}.state")))?;
         let default_pool = pool::create_default(index);
         Ok(Device {
             index,
             capacity,
             context_footprint,
+            module_footprint,
             ledger,
             primary: Mutex::new(PrimaryState::new()),
             default_pool,
@@ -130,6 +157,27 @@ impl Device {
         Err(CuError::OutOfMemory)
     }
 
+    /// Takes a new context's footprint and counts the context for this process (claiming
+    /// the process's slot, and so recording its pid, even when the footprint is 0).
+    pub fn hold_context(&'static self) -> CuResult<ContextHold> {
+        let charge = self.reserve(self.context_footprint)?;
+        match self.ledger.add_context() {
+            Ok(true) => Ok(ContextHold { charge }),
+            // Only after release_all, at exit: the device is gone for this process.
+            Ok(false) => Err(CuError::OutOfMemory),
+            Err(e) => {
+                log::once(&format!("fakecuda: device {}: {e}", self.index));
+                Err(CuError::OperatingSystem)
+            }
+        }
+    }
+
+    /// The live processes with a context on this device (reclaiming dead processes' memory
+    /// on the way): what `nvmlDeviceGetComputeRunningProcesses` lists.
+    pub fn processes(&self) -> Vec<Process> {
+        self.ledger.processes()
+    }
+
     /// `(free, total)` after reclaiming dead processes' memory: what `cuMemGetInfo` and
     /// `nvmlDeviceGetMemoryInfo` report.
     pub fn memory_info(&self) -> (u64, u64) {
@@ -138,7 +186,8 @@ impl Device {
         (self.capacity - used, self.capacity)
     }
 
-    /// Bytes this process holds on the device (allocations and context footprints).
+    /// Bytes this process holds on the device (allocations, context footprints and module
+    /// memory).
     pub fn held_by_this_process(&self) -> u64 {
         self.ledger.held()
     }
@@ -223,7 +272,12 @@ mod tests {
     use super::*;
 
     fn device(index: usize, dir: &Path) -> &'static Device {
-        Box::leak(Box::new(Device::open(index, 1000, 100, dir).unwrap()))
+        let sizes = Sizes {
+            capacity: 1000,
+            context_footprint: 100,
+            module_footprint: 10,
+        };
+        Box::leak(Box::new(Device::open(index, sizes, dir).unwrap()))
     }
 
     #[test]
@@ -250,5 +304,21 @@ mod tests {
         assert_eq!(dev.memory_info(), (1000, 1000));
         let b = dev.reserve(1000).unwrap();
         assert_eq!((b.bytes(), dev.held_by_this_process()), (1000, 1000));
+    }
+
+    #[test]
+    fn a_context_hold_lists_the_process_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = device(0, dir.path());
+        assert_eq!(dev.processes(), []);
+        let hold = dev.hold_context().unwrap();
+        let charge = dev.reserve(dev.module_footprint).unwrap();
+        let pid = std::process::id();
+        assert_eq!(dev.processes(), [Process { pid, used: 110 }]);
+        drop(hold);
+        assert_eq!(dev.processes(), []);
+        assert_eq!(dev.memory_info(), (990, 1000));
+        drop(charge);
+        assert_eq!(dev.memory_info(), (1000, 1000));
     }
 }

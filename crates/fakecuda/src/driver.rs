@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{Config, ENV_STATE_DIR};
-use crate::device::Device;
+use crate::device::{Device, Sizes};
 use crate::error::{CuError, CuResult};
 
 /// The simulated driver of this process.
@@ -51,7 +51,12 @@ impl Driver {
             .iter()
             .enumerate()
             .map(|(index, &capacity)| {
-                Device::open(index, capacity, config.context_footprint, &config.state_dir)
+                let sizes = Sizes {
+                    capacity,
+                    context_footprint: config.context_footprint,
+                    module_footprint: config.module_footprint,
+                };
+                Device::open(index, sizes, &config.state_dir)
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(system)?;

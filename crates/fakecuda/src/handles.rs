@@ -61,6 +61,16 @@ impl<T> Table<T> {
         self.objects.lock().remove(&handle)
     }
 
+    /// The handles of every object for which `pred` holds (called with the table locked).
+    pub fn select(&self, mut pred: impl FnMut(&T) -> bool) -> Vec<usize> {
+        self.objects
+            .lock()
+            .iter()
+            .filter(|(_, object)| pred(object))
+            .map(|(&handle, _)| handle)
+            .collect()
+    }
+
     /// Removes and returns every object for which `pred` holds.
     pub fn remove_where(&self, mut pred: impl FnMut(&T) -> bool) -> Vec<Arc<T>> {
         let mut objects = self.objects.lock();
@@ -88,6 +98,7 @@ mod tests {
         assert_ne!(a, b);
         assert!(a > 2 && b > 2);
         assert_eq!(table.get(b).as_deref(), Some(&2));
+        assert_eq!(table.select(|&v| v == 2), [b]);
         assert_eq!(table.remove(a).as_deref(), Some(&1));
         assert!(table.get(a).is_none());
         assert_eq!(table.remove_where(|&v| v == 2).len(), 1);

@@ -233,11 +233,12 @@ impl Ledger {
     /// Uncounts a context counted by `add_context`.
     pub fn remove_context(&self) {
         if let OwnSlot::Claimed { index, .. } = *self.own.lock() {
-            let _ = self.slot(index).contexts.fetch_update(
-                Ordering::AcqRel,
-                Ordering::Acquire,
-                |n| Some(n.saturating_sub(1)),
-            );
+            let _ =
+                self.slot(index)
+                    .contexts
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(1))
+                    });
         }
     }
 
@@ -252,9 +253,8 @@ impl Ledger {
         let mut live = Vec::new();
         for index in 0..SLOTS {
             let slot = self.slot(index);
-            let contexts = slot.contexts.load(Ordering::Acquire);
             if Some(index) != own {
-                if contexts == 0
+                if slot.contexts.load(Ordering::Acquire) == 0
                     && slot.used.load(Ordering::Acquire) == 0
                     && slot.pid.load(Ordering::Acquire) == 0
                 {
@@ -272,7 +272,7 @@ impl Ledger {
                     Err(_) => continue,
                 }
             }
-            if contexts > 0 {
+            if slot.contexts.load(Ordering::Acquire) > 0 {
                 live.push(Process {
                     pid: slot.pid.load(Ordering::Acquire),
                     used: slot.used.load(Ordering::Acquire),
@@ -462,6 +462,46 @@ mod tests {
         assert!(!ledger.try_reserve(1, 1000).unwrap());
         ledger.release(500);
         assert_eq!(ledger.used(), 0);
+    }
+
+    #[test]
+    fn processes_with_contexts_are_listed_until_they_die() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        let observer = Ledger::open(&path).unwrap();
+        assert_eq!(observer.processes(), []);
+        let pid = std::process::id();
+        {
+            let user = Ledger::open(&path).unwrap();
+            assert!(user.add_context().unwrap());
+            assert!(user.try_reserve(300, 1000).unwrap());
+            let listed = [Process { pid, used: 300 }];
+            assert_eq!(observer.processes(), listed);
+            // A process sees itself too.
+            assert_eq!(user.processes(), listed);
+            // Without a context it is not listed, though it still holds memory.
+            user.remove_context();
+            assert_eq!(observer.processes(), []);
+            assert_eq!(observer.used(), 300);
+            assert!(user.add_context().unwrap());
+            // Dropping closes the file description, as SIGKILL would.
+        }
+        assert_eq!(observer.processes(), []);
+        assert_eq!(observer.used(), 0, "listing reclaims the dead");
+    }
+
+    #[test]
+    fn a_context_without_memory_claims_a_slot_and_release_all_unlists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        let observer = Ledger::open(&path).unwrap();
+        let user = Ledger::open(&path).unwrap();
+        assert!(user.add_context().unwrap());
+        let pid = std::process::id();
+        assert_eq!(observer.processes(), [Process { pid, used: 0 }]);
+        user.release_all();
+        assert_eq!(observer.processes(), []);
+        assert!(!user.add_context().unwrap());
     }
 
     #[test]

@@ -19,10 +19,12 @@
 //! - **Memory shared between processes**: every process using the same state directory
 //!   sees the same devices and shares their capacity, counted in a per-device state file
 //!   (see `ledger`). An allocation that would pass the capacity fails with
-//!   `CUDA_ERROR_OUT_OF_MEMORY`. Each live context takes a footprint of device memory. A
-//!   process gives its memory back when it exits; the memory of a killed process is
-//!   reclaimed when another process scans for dead ones (when an allocation would fail, and
-//!   on `cuMemGetInfo` / `nvmlDeviceGetMemoryInfo`).
+//!   `CUDA_ERROR_OUT_OF_MEMORY`. Each live context takes a footprint of device memory, and
+//!   so does each loaded module (see `FAKECUDA_MODULE_FOOTPRINT`): memory the program never
+//!   allocated, as a real driver takes for kernel code and its own buffers. A process gives
+//!   its memory back when it exits; the memory of a killed process is reclaimed when another
+//!   process scans for dead ones (when an allocation would fail, and on `cuMemGetInfo`,
+//!   `nvmlDeviceGetMemoryInfo` and `nvmlDeviceGetComputeRunningProcesses`).
 //! - **Device memory** is host memory mapped with `MAP_NORESERVE` at the device pointer's
 //!   address, so copies and memsets work and untouched memory costs nothing (zeroing whole
 //!   pages hands them back to the kernel). Every allocation path is charged: `cuMemAlloc`,
@@ -33,7 +35,11 @@
 //!   nanoseconds, every other kernel (such as `gpuslice_noop`) takes no time.
 //! - **`cuGetProcAddress[_v2]`** returning the same addresses as `dlsym` on the library, with
 //!   `_v2`/`_v3` and `_ptsz`/`_ptds` variants chosen by version and flags.
-//! - **NVML** device enumeration, UUIDs, names and memory information.
+//! - **NVML** device enumeration, UUIDs, names and memory information, and the processes
+//!   using a device: `nvmlDeviceGetComputeRunningProcesses[_v2|_v3]` list every live process
+//!   (of any program sharing the state directory) with at least one context on the device,
+//!   with its `getpid()` and all the device memory it holds (context footprints,
+//!   allocations, module memory); instance ids are `0xFFFFFFFF`, as without MIG.
 //!
 //! # Environment
 //!
@@ -44,6 +50,14 @@
 //! - `FAKECUDA_STATE_DIR`: directory of the shared state files, created if missing; default
 //!   `/tmp/fakecuda-<uid>`.
 //! - `FAKECUDA_CONTEXT_FOOTPRINT`: device memory each live context takes; default `64Mi`.
+//! - `FAKECUDA_MODULE_FOOTPRINT`: device memory each loaded module takes; default `0`.
+//!   `cuModuleLoad`, `cuModuleLoadData` and `cuModuleLoadDataEx` take it on the current
+//!   context's device, as does `cuLibraryLoadData` when a context is current (without one a
+//!   library takes nothing). It is charged to the process like an allocation (it counts in
+//!   `cuMemGetInfo`, NVML and the shared capacity; a load that does not fit fails with
+//!   `CUDA_ERROR_OUT_OF_MEMORY`) and given back at `cuModuleUnload` / `cuLibraryUnload`,
+//!   when the context it was loaded in is destroyed (which unloads its modules; a library
+//!   stays loaded), and when the process exits or dies.
 //!
 //! An invalid value makes `cuInit` return `CUDA_ERROR_INVALID_VALUE` (and `nvmlInit`
 //! `NVML_ERROR_DRIVER_NOT_LOADED`) after printing one line naming the variable.

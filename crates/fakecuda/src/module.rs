@@ -2,22 +2,58 @@
 //! finds the `.entry` declarations, and a function's behaviour is chosen by its name (see
 //! `kernel.rs`). `cuLibraryLoadData` libraries are modules too, and their kernels
 //! (`CUkernel`) are the same handles as functions.
+//!
+//! Like a real driver, which puts a module's code and data in device memory, every module
+//! loaded while a context is current takes the device's module footprint
+//! (`FAKECUDA_MODULE_FOOTPRINT`) for this process, charged like an allocation: memory the
+//! program never asked for. It is given back when the module is unloaded, when that context
+//! is destroyed (which unloads its modules; a library outlives it but no longer holds
+//! memory), and at process exit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::context::{self, Context};
+use crate::device::Charge;
 use crate::error::{CuError, CuResult};
 use crate::handles::Table;
 use crate::kernel::Kernel;
 
+/// How a module was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `cuModuleLoad*`: it belongs to the context current at the load, and is unloaded when
+    /// that context is destroyed.
+    Module,
+    /// `cuLibraryLoadData`: context-independent; it survives the destruction of the context
+    /// it was loaded in, but its memory there is given back.
+    Library,
+}
+
+/// A module's memory on the device of the context it was loaded in.
+#[derive(Debug)]
+struct Residence {
+    context: usize,
+    _charge: Charge,
+}
+
 /// A loaded module.
 #[derive(Debug)]
 pub struct Module {
+    kind: Kind,
     entries: Vec<String>,
     ptx_version: i32,
     functions: Mutex<BTreeMap<String, usize>>,
+    residence: Mutex<Option<Residence>>,
+}
+
+/// A module image that parsed: its kernels and PTX version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    entries: Vec<String>,
+    ptx_version: i32,
 }
 
 /// A function (kernel) of a module.
@@ -91,9 +127,9 @@ pub fn parse_version(ptx: &str) -> Option<i32> {
     Some(major.parse::<i32>().ok()? * 10 + minor.parse::<i32>().ok()?)
 }
 
-/// Loads a module from PTX text. Text without `.version` is not an image at all
+/// Parses PTX text. Text without `.version` is not an image at all
 /// (`CUDA_ERROR_INVALID_IMAGE`, as from the real driver); PTX without `.target` is invalid.
-pub fn load_ptx(ptx: &str) -> CuResult<usize> {
+pub fn parse_ptx(ptx: &str) -> CuResult<Image> {
     let ptx_version = parse_version(ptx).ok_or(CuError::InvalidImage)?;
     if !strip_comments(ptx)
         .split_whitespace()
@@ -101,23 +137,88 @@ pub fn load_ptx(ptx: &str) -> CuResult<usize> {
     {
         return Err(CuError::InvalidPtx);
     }
-    Ok(MODULES.insert(Arc::new(Module {
+    Ok(Image {
         entries: parse_entries(ptx),
         ptx_version,
-        functions: Mutex::new(BTreeMap::new()),
-    })))
+    })
 }
 
-/// Loads a module from an image: PTX text, or a cubin / fatbinary, which the simulator
-/// cannot load.
-pub fn load_image(image: &[u8]) -> CuResult<usize> {
+/// Parses an image: PTX text, or a cubin / fatbinary, which the simulator cannot load.
+pub fn parse_image(image: &[u8]) -> CuResult<Image> {
     const ELF: &[u8] = b"\x7fELF";
     const FATBIN: &[u8] = &0xba55_ed50_u32.to_le_bytes();
     if image.starts_with(ELF) || image.starts_with(FATBIN) {
         return Err(CuError::InvalidImage);
     }
     let text = std::str::from_utf8(image).map_err(|_| CuError::InvalidImage)?;
-    load_ptx(text)
+    parse_ptx(text)
+}
+
+/// Loads a module from an image. With a context (`cuModuleLoad*` always have one,
+/// `cuLibraryLoadData` has the current one if any), the module takes the device's module
+/// footprint for this process: `CUDA_ERROR_OUT_OF_MEMORY` if the device is full. Without
+/// one, a library takes no device memory.
+pub fn load_image(image: &[u8], kind: Kind, ctx: Option<&Context>) -> CuResult<usize> {
+    let Image {
+        entries,
+        ptx_version,
+    } = parse_image(image)?;
+    let residence = match ctx {
+        Some(ctx) => Some(Residence {
+            context: ctx.handle,
+            _charge: ctx.device.reserve(ctx.device.module_footprint)?,
+        }),
+        None => None,
+    };
+    let handle = MODULES.insert(Arc::new(Module {
+        kind,
+        entries,
+        ptx_version,
+        functions: Mutex::new(BTreeMap::new()),
+        residence: Mutex::new(residence),
+    }));
+    // A context destroyed while the module was being loaded in it may have missed it in its
+    // sweep (context_destroyed): do that module's part of the sweep here.
+    if let Some(ctx) = ctx
+        && context::get(ctx.handle).is_err()
+    {
+        leave_context(handle, ctx.handle);
+        if kind == Kind::Module {
+            return Err(CuError::InvalidContext);
+        }
+    }
+    Ok(handle)
+}
+
+/// Unloads module `handle` if it is a module of context `ctx`; only gives back its memory
+/// if it is a library loaded in `ctx`.
+fn leave_context(handle: usize, ctx: usize) {
+    let Some(m) = MODULES.get(handle) else {
+        return;
+    };
+    let mut residence = m.residence.lock();
+    if residence.as_ref().is_none_or(|r| r.context != ctx) {
+        return;
+    }
+    residence.take();
+    drop(residence);
+    if m.kind == Kind::Module {
+        let _ = unload(handle);
+    }
+}
+
+/// The destruction of context `ctx`: its modules are unloaded, and libraries loaded in it
+/// give back their memory (they stay loaded).
+pub fn context_destroyed(ctx: usize) {
+    let resident = MODULES.select(|m| {
+        m.residence
+            .lock()
+            .as_ref()
+            .is_some_and(|r| r.context == ctx)
+    });
+    for handle in resident {
+        leave_context(handle, ctx);
+    }
 }
 
 /// `cuModuleGetFunction`: the function `name` of `module` (the same handle on every call).
@@ -148,7 +249,9 @@ pub fn exists(module: usize) -> bool {
 
 /// `cuModuleUnload`: the module and its functions become invalid.
 pub fn unload(module: usize) -> CuResult {
-    MODULES.remove(module).ok_or(CuError::InvalidHandle)?;
+    let m = MODULES.remove(module).ok_or(CuError::InvalidHandle)?;
+    // Given back now, though a concurrent call may hold the module a moment longer.
+    m.residence.lock().take();
     FUNCTIONS.remove_where(|f| f.module == module);
     Ok(())
 }
@@ -218,7 +321,7 @@ mod tests {
 
     #[test]
     fn functions_are_found_by_name_and_unload_invalidates_them() {
-        let m = load_ptx(SPIN_PTX).unwrap();
+        let m = load_image(SPIN_PTX.as_bytes(), Kind::Module, None).unwrap();
         let spin = get_function(m, "gpuslice_spin").unwrap();
         assert_eq!(get_function(m, "gpuslice_spin"), Ok(spin));
         assert_eq!(function(spin).unwrap().kernel, Kernel::Spin);
@@ -233,13 +336,13 @@ mod tests {
 
     #[test]
     fn binaries_and_non_ptx_text_are_refused() {
-        assert_eq!(load_image(b"\x7fELF\x02\x01"), Err(CuError::InvalidImage));
+        assert_eq!(parse_image(b"\x7fELF\x02\x01"), Err(CuError::InvalidImage));
         assert_eq!(
-            load_image(&[0x50, 0xed, 0x55, 0xba, 1]),
+            parse_image(&[0x50, 0xed, 0x55, 0xba, 1]),
             Err(CuError::InvalidImage)
         );
-        assert_eq!(load_image(b"hello"), Err(CuError::InvalidImage));
-        let no_target = load_image(b".version 7.8\n.entry k() {}");
+        assert_eq!(parse_image(b"hello"), Err(CuError::InvalidImage));
+        let no_target = load_image(b".version 7.8\n.entry k() {}", Kind::Library, None);
         assert_eq!(no_target, Err(CuError::InvalidPtx));
     }
 }

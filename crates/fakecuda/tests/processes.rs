@@ -402,3 +402,175 @@ fn streams_order_work_through_events_host_functions_and_the_per_thread_stream() 
     assert_eq!(num(&f, "query_idle"), 0, "{out}");
     assert!((9.9..40.0).contains(&ms("per_thread_ms")), "{out}");
 }
+
+/// The `v3` / `v2` / `v1` process lines of a `probe procs` output, as (pid, used) pairs,
+/// checking that v2 and v3 report no MIG instances.
+fn listed(out: &str, version: &str) -> Vec<(u32, u64)> {
+    out.lines()
+        .filter_map(|line| line.strip_prefix(version)?.strip_prefix(' '))
+        .map(|rest| {
+            let f = fields(rest);
+            if version != "v1" {
+                assert_eq!(
+                    (f["gi"].as_str(), f["ci"].as_str()),
+                    ("4294967295", "4294967295")
+                );
+            }
+            (f["pid"].parse().unwrap(), num(&f, "used"))
+        })
+        .collect()
+}
+
+#[test]
+fn nvml_lists_each_live_process_with_its_pid_and_memory_until_it_is_killed() {
+    let sim = Sim::new("2Gi");
+    let mut small = Running::start(
+        sim.command(&probe_linked())
+            .args(["hold", &(100 * MI).to_string()]),
+    );
+    small.expect_line("held");
+    let mut large = Running::start(
+        sim.command(&probe_dlopen())
+            .args(["hold", &(300 * MI).to_string()]),
+    );
+    large.expect_line("held");
+    let (small_pid, large_pid) = (small.pid(), large.pid());
+
+    // A bare NVML process (no context, so not listed itself) sees both.
+    let out = run_ok(sim.command(&probe_dlopen()).arg("procs"));
+    let mut want = vec![(small_pid, (64 + 100) * MI), (large_pid, (64 + 300) * MI)];
+    want.sort_unstable();
+    for version in ["v3", "v2", "v1"] {
+        let mut got = listed(&out, version);
+        got.sort_unstable();
+        assert_eq!(got, want, "{version}:\n{out}");
+    }
+    let f = all_fields(&out);
+    // NVML_ERROR_INSUFFICIENT_SIZE with the number needed; nothing written.
+    assert_eq!((num(&f, "count0_code"), num(&f, "count0")), (7, 2), "{out}");
+    assert_eq!(
+        (num(&f, "short_code"), num(&f, "short_count")),
+        (7, 2),
+        "{out}"
+    );
+    assert_eq!(num(&f, "short_untouched"), 1, "{out}");
+    assert_eq!(
+        (num(&f, "null_infos_code"), num(&f, "null_infos_count")),
+        (7, 2)
+    );
+    assert_eq!(num(&f, "null_count_code"), 2, "NVML_ERROR_INVALID_ARGUMENT");
+    assert_eq!((num(&f, "count"), num(&f, "v1_count")), (2, 2));
+    // 16-byte v1 entries: both written at that stride, nothing past the last.
+    assert_eq!((num(&f, "v1_size"), num(&f, "v3_size")), (16, 24));
+    assert_eq!(num(&f, "v1_after_last_untouched"), 1, "{out}");
+
+    small.kill_9();
+    let out = run_ok(sim.command(&probe_linked()).arg("procs"));
+    assert_eq!(listed(&out, "v3"), [(large_pid, (64 + 300) * MI)], "{out}");
+    assert_eq!(
+        sim.used_in_state_file(0),
+        (64 + 300) * MI,
+        "listing reclaims the dead"
+    );
+
+    large.kill_9();
+    let out = run_ok(sim.command(&probe_dlopen()).arg("procs"));
+    let f = all_fields(&out);
+    assert_eq!(listed(&out, "v3"), [], "{out}");
+    assert_eq!((num(&f, "count0_code"), num(&f, "count0")), (0, 0), "{out}");
+    assert_eq!(num(&f, "count"), 0, "{out}");
+    assert_eq!(sim.used_in_state_file(0), 0);
+}
+
+#[test]
+fn nvml_lists_a_process_whose_contexts_take_no_memory() {
+    let sim = Sim::new("1Gi");
+    let mut holder = Running::start(
+        sim.command(&probe_linked())
+            .env("FAKECUDA_CONTEXT_FOOTPRINT", "0")
+            .arg("hold-context"),
+    );
+    holder.expect_line("held");
+    let out = run_ok(sim.command(&probe_dlopen()).arg("procs"));
+    assert_eq!(listed(&out, "v3"), [(holder.pid(), 0)], "{out}");
+    holder.expect_line_after_close("released");
+    assert_eq!(
+        listed(&run_ok(sim.command(&probe_dlopen()).arg("procs")), "v3"),
+        []
+    );
+}
+
+#[test]
+fn module_loads_take_the_module_footprint_until_unloaded() {
+    let sim = Sim::new("1Gi");
+    let out = run_ok(
+        sim.command(&probe_dlopen())
+            .env("FAKECUDA_MODULE_FOOTPRINT", "32Mi")
+            .arg("modmem"),
+    );
+    let f = all_fields(&out);
+    let step = |name: &str| {
+        (
+            num(&f, &format!("{name}_free")),
+            num(&f, &format!("{name}_used")),
+            num(&f, &format!("{name}_listed")),
+        )
+    };
+    let (free, used, listed) = step("before");
+    assert_eq!(
+        (free, used, listed),
+        ((1024 - 64) * MI, 64 * MI, 1),
+        "{out}"
+    );
+    assert_eq!(num(&f, "load_code"), 0, "{out}");
+    assert_eq!(step("loaded"), (free - 32 * MI, used + 32 * MI, 1), "{out}");
+    assert_eq!(
+        step("library"),
+        (free - 64 * MI, used + 64 * MI, 1),
+        "{out}"
+    );
+    assert_eq!(
+        step("library_unloaded"),
+        (free - 32 * MI, used + 32 * MI, 1)
+    );
+    assert_eq!(step("unloaded"), (free, used, 1), "{out}");
+    // Destroying the context gives back its footprint and its module's memory, and unloads
+    // the module; the process is no longer listed.
+    assert_eq!(
+        num(&f, "ctx_live_nvml_used") - num(&f, "ctx_destroyed_nvml_used"),
+        (64 + 32) * MI,
+        "{out}"
+    );
+    assert_eq!(
+        (
+            num(&f, "ctx_destroyed_used"),
+            num(&f, "ctx_destroyed_listed")
+        ),
+        (0, 0),
+        "{out}"
+    );
+    assert_eq!(num(&f, "ctx_destroyed_get_function"), 400, "{out}");
+    assert_eq!(sim.used_in_state_file(0), 0);
+}
+
+#[test]
+fn modules_take_no_memory_by_default() {
+    let sim = Sim::new("1Gi");
+    let f = all_fields(&run_ok(sim.command(&probe_linked()).arg("modmem")));
+    assert_eq!(num(&f, "loaded_free"), num(&f, "before_free"));
+    assert_eq!(num(&f, "library_used"), 64 * MI);
+}
+
+#[test]
+fn a_module_load_that_does_not_fit_fails_with_out_of_memory() {
+    let sim = Sim::new("96Mi");
+    let out = run_ok(
+        sim.command(&probe_linked())
+            .env("FAKECUDA_MODULE_FOOTPRINT", "64Mi")
+            .arg("modmem"),
+    );
+    let f = all_fields(&out);
+    assert_eq!(num(&f, "load_code"), 2, "CUDA_ERROR_OUT_OF_MEMORY: {out}");
+    assert_eq!(num(&f, "before_free"), 32 * MI, "{out}");
+    assert_eq!(sim.used_in_state_file(0), 0);
+}

@@ -147,6 +147,35 @@ pub struct NvmlMemoryV2 {
 /// `nvmlMemory_v2`: the struct's size with version 2 in the top byte.
 pub const NVML_MEMORY_V2: u32 = 40 | (2 << 24);
 
+/// `nvmlProcessInfo_t` (also `nvmlProcessInfo_v2_t`), filled by
+/// `nvmlDeviceGetComputeRunningProcesses_v2` / `_v3`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NvmlProcessInfo {
+    /// The process id.
+    pub pid: u32,
+    /// Device memory the process uses, in bytes.
+    pub used_gpu_memory: u64,
+    /// The GPU instance (`NVML_VALUE_NOT_AVAILABLE` without MIG).
+    pub gpu_instance_id: u32,
+    /// The compute instance (`NVML_VALUE_NOT_AVAILABLE` without MIG).
+    pub compute_instance_id: u32,
+}
+
+/// `nvmlProcessInfo_v1_t`, filled by `nvmlDeviceGetComputeRunningProcesses`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NvmlProcessInfoV1 {
+    /// The process id.
+    pub pid: u32,
+    /// Device memory the process uses, in bytes.
+    pub used_gpu_memory: u64,
+}
+
+/// `NVML_VALUE_NOT_AVAILABLE` as an `unsigned int`: the instance ids of a process on a GPU
+/// without MIG.
+pub const NVML_VALUE_NOT_AVAILABLE_U32: u32 = 0xFFFF_FFFF;
+
 const _: () = {
     assert!(size_of::<MemAllocationProp>() == 32);
     assert!(size_of::<MemAccessDesc>() == 12);
@@ -156,5 +185,7 @@ const _: () = {
     assert!(size_of::<LaunchConfig>() == 56);
     assert!(std::mem::offset_of!(LaunchConfig, stream) == 32);
     assert!(size_of::<NvmlMemory>() == 24);
+    assert!(size_of::<NvmlProcessInfo>() == 24);
+    assert!(size_of::<NvmlProcessInfoV1>() == 16);
     assert!(size_of::<NvmlMemoryV2>() == 40);
 };

@@ -5,19 +5,19 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 
 use super::abi::LaunchConfig;
 use super::{Out, c_str, cuda_api, put};
-use crate::context;
+use crate::context::{self, Context};
 use crate::driver;
 use crate::error::{CuError, CuResult};
 use crate::launch::{self, Dims};
-use crate::module;
+use crate::module::{self, Kind};
 
 /// Loads a module from an image argument: NUL-terminated PTX text (cubins and fatbinaries
-/// are refused by their magic bytes).
+/// are refused by their magic bytes). It takes the module footprint on `ctx`'s device.
 ///
 /// # Safety
 ///
 /// `image` must be NULL or point to a NUL-terminated image.
-unsafe fn load_image(image: *const c_void) -> CuResult<usize> {
+unsafe fn load_image(image: *const c_void, kind: Kind, ctx: Option<&Context>) -> CuResult<usize> {
     if image.is_null() {
         return Err(CuError::InvalidValue);
     }
@@ -36,27 +36,30 @@ unsafe fn load_image(image: *const c_void) -> CuResult<usize> {
     }
     // SAFETY: PTX text is NUL-terminated (caller).
     let text = unsafe { CStr::from_ptr(image.cast::<c_char>()) };
-    module::load_image(text.to_bytes())
+    module::load_image(text.to_bytes(), kind, ctx)
 }
 
 cuda_api! {
-    /// `cuModuleLoad`: a PTX file.
+    /// `cuModuleLoad`: a PTX file, loaded in the current context (taking the module
+    /// footprint).
     fn cuModuleLoad(out: Out<'_, usize>, path: *const c_char) {
         let out = out.ok_or(CuError::InvalidValue)?;
-        context::current()?;
+        let ctx = context::current()?;
         // SAFETY: the caller passes a NUL-terminated path.
         let path = unsafe { c_str(path) }?;
         let image = std::fs::read(path).map_err(|_| CuError::FileNotFound)?;
-        out.write(module::load_image(&image)?);
+        out.write(module::load_image(&image, Kind::Module, Some(&ctx))?);
         Ok(())
     }
 
-    /// `cuModuleLoadData`: PTX text; finds the `.entry` kernels.
+    /// `cuModuleLoadData`: PTX text; finds the `.entry` kernels. Loaded in the current
+    /// context, taking the module footprint (`CUDA_ERROR_OUT_OF_MEMORY` if the device is
+    /// full).
     fn cuModuleLoadData(out: Out<'_, usize>, image: *const c_void) {
         let out = out.ok_or(CuError::InvalidValue)?;
-        context::current()?;
+        let ctx = context::current()?;
         // SAFETY: the caller passes a NUL-terminated image.
-        out.write(unsafe { load_image(image) }?);
+        out.write(unsafe { load_image(image, Kind::Module, Some(&ctx)) }?);
         Ok(())
     }
 
@@ -70,13 +73,13 @@ cuda_api! {
     ) {
         let _ = (num_options, options, option_values);
         let out = out.ok_or(CuError::InvalidValue)?;
-        context::current()?;
+        let ctx = context::current()?;
         // SAFETY: the caller passes a NUL-terminated image.
-        out.write(unsafe { load_image(image) }?);
+        out.write(unsafe { load_image(image, Kind::Module, Some(&ctx)) }?);
         Ok(())
     }
 
-    /// `cuModuleUnload`.
+    /// `cuModuleUnload`: gives back the module's memory.
     fn cuModuleUnload(handle: usize) {
         driver::get()?;
         module::unload(handle)
@@ -120,7 +123,9 @@ cuda_api! {
         module::function(func).map(drop)
     }
 
-    /// `cuLibraryLoadData`: as `cuModuleLoadData`, without a context; options are ignored.
+    /// `cuLibraryLoadData`: as `cuModuleLoadData`, but needs no context; options are ignored.
+    /// Loaded with a current context, it takes the module footprint there (until unloaded
+    /// or that context is destroyed); loaded without one, it takes no device memory.
     fn cuLibraryLoadData(
         out: Out<'_, usize>,
         code: *const c_void,
@@ -135,12 +140,13 @@ cuda_api! {
         let _ = (library_options, library_option_values, num_library_options);
         let out = out.ok_or(CuError::InvalidValue)?;
         driver::get()?;
+        let ctx = context::current_handle().and_then(|h| context::get(h).ok());
         // SAFETY: the caller passes a NUL-terminated image.
-        out.write(unsafe { load_image(code) }?);
+        out.write(unsafe { load_image(code, Kind::Library, ctx.as_deref()) }?);
         Ok(())
     }
 
-    /// `cuLibraryUnload`.
+    /// `cuLibraryUnload`: gives back the library's memory.
     fn cuLibraryUnload(library: usize) {
         driver::get()?;
         module::unload(library)

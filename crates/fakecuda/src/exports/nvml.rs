@@ -1,14 +1,19 @@
-//! NVML: initialization, the driver version, device enumeration, names, UUIDs and memory
-//! information (the same numbers as `cuMemGetInfo`).
+//! NVML: initialization, the driver version, device enumeration, names, UUIDs, memory
+//! information (the same numbers as `cuMemGetInfo`) and the processes using a device with
+//! the memory each holds.
 
 use std::ffi::{c_char, c_int, c_uint};
 use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::Out;
-use super::abi::{NVML_MEMORY_V2, NvmlMemory, NvmlMemoryV2};
+use super::abi::{
+    NVML_MEMORY_V2, NVML_VALUE_NOT_AVAILABLE_U32, NvmlMemory, NvmlMemoryV2, NvmlProcessInfo,
+    NvmlProcessInfoV1,
+};
 use crate::device::{COMPUTE_CAPABILITY, NAME};
 use crate::exports::device::DRIVER_VERSION;
+use crate::ledger::Process;
 use crate::nvml::{self, NvmlError, NvmlResult};
 
 /// The driver version NVML reports (an R580 driver, which comes with CUDA 13.0).
@@ -51,6 +56,62 @@ unsafe fn put_string(buf: *mut c_char, len: c_uint, text: &str) -> NvmlResult {
 fn memory(handle: usize) -> NvmlResult<(u64, u64, u64)> {
     let (free, total) = nvml::device(handle)?.memory_info();
     Ok((total, free, total - free))
+}
+
+/// `nvmlDeviceGetComputeRunningProcesses*`: every live process with a context on the device,
+/// as `make` lays it out. `*count` is the capacity of `infos` on entry and the number of
+/// processes on return. If `infos` cannot hold them all (or is NULL with a non-zero
+/// capacity), nothing is written to it and the call fails with `NVML_ERROR_INSUFFICIENT_SIZE`
+/// after setting `*count` to the number needed; a zero capacity with no processes succeeds.
+///
+/// # Safety
+///
+/// `infos` must be NULL or writable for `*count` elements.
+unsafe fn running_processes<T>(
+    device: usize,
+    count: Option<&mut c_uint>,
+    infos: *mut T,
+    make: impl Fn(Process) -> T,
+) -> NvmlResult {
+    let count = count.ok_or(NvmlError::InvalidArgument)?;
+    let processes = nvml::device(device)?.processes();
+    let capacity = usize::try_from(*count).map_err(|_| NvmlError::InvalidArgument)?;
+    let needed = c_uint::try_from(processes.len()).unwrap_or(c_uint::MAX);
+    if capacity < processes.len() || (infos.is_null() && capacity > 0) {
+        *count = needed;
+        return Err(NvmlError::InsufficientSize);
+    }
+    if !processes.is_empty() {
+        // SAFETY: infos is non-null (capacity >= len > 0 passed the check above) and
+        // writable for capacity >= len elements (caller); MaybeUninit needs no initialized
+        // contents.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(infos.cast::<MaybeUninit<T>>(), processes.len())
+        };
+        for (slot, process) in out.iter_mut().zip(processes) {
+            slot.write(make(process));
+        }
+    }
+    *count = needed;
+    Ok(())
+}
+
+/// A process as `nvmlProcessInfo_t` (v2 / v3) describes it: no MIG instances.
+fn process_info(p: Process) -> NvmlProcessInfo {
+    NvmlProcessInfo {
+        pid: p.pid,
+        used_gpu_memory: p.used,
+        gpu_instance_id: NVML_VALUE_NOT_AVAILABLE_U32,
+        compute_instance_id: NVML_VALUE_NOT_AVAILABLE_U32,
+    }
+}
+
+/// A process as `nvmlProcessInfo_v1_t` describes it.
+fn process_info_v1(p: Process) -> NvmlProcessInfoV1 {
+    NvmlProcessInfoV1 {
+        pid: p.pid,
+        used_gpu_memory: p.used,
+    }
 }
 
 macro_rules! nvml_api {
@@ -191,6 +252,31 @@ nvml_api! {
         let (total, free, used) = memory(device)?;
         out.write(NvmlMemoryV2 { version, total, reserved: 0, free, used });
         Ok(())
+    }
+
+    /// `nvmlDeviceGetComputeRunningProcesses_v3`: the live processes with a context on the
+    /// device (in any process using the same state directory), each with its pid and all
+    /// the device memory it holds: context footprints, allocations and module memory.
+    /// Instance ids are `0xFFFFFFFF` (no MIG). `NVML_ERROR_INSUFFICIENT_SIZE` with the
+    /// number needed in `*count` if `infos` is too short.
+    fn nvmlDeviceGetComputeRunningProcesses_v3 | nvmlDeviceGetComputeRunningProcesses_v2 (
+        device: usize,
+        count: Option<&mut c_uint>,
+        infos: *mut NvmlProcessInfo,
+    ) {
+        // SAFETY: the caller passes NULL or an array of *count elements.
+        unsafe { running_processes(device, count, infos, process_info) }
+    }
+
+    /// `nvmlDeviceGetComputeRunningProcesses`: as `_v3`, with the 16-byte v1 struct (pid
+    /// and used memory only).
+    fn nvmlDeviceGetComputeRunningProcesses(
+        device: usize,
+        count: Option<&mut c_uint>,
+        infos: *mut NvmlProcessInfoV1,
+    ) {
+        // SAFETY: the caller passes NULL or an array of *count elements.
+        unsafe { running_processes(device, count, infos, process_info_v1) }
     }
 }
 

@@ -7,6 +7,8 @@
  *   alloc <bytes>...       context, then cuMemAlloc_v2 of each size (kept): alloc=<bytes> code=<c>
  *   hold <bytes>           context + allocation, prints "held", frees when stdin closes
  *   hold-exit <bytes>      context + allocation, then exits normally without freeing
+ *   hold-context           context only (no allocation), prints "held"; when stdin closes,
+ *                          releases the context and prints "released"
  *   meminfo                cuMemGetInfo_v2 and NVML memory info of device 0
  *   procaddr               reads "symbol version flags expected" lines from stdin and checks
  *                          cuGetProcAddress[_v2] against dlsym of the expected name
@@ -15,6 +17,11 @@
  *   churn <threads> <n> <bytes>   threads each allocate, memset and free n times
  *   streams <ptx file>     two streams ordered by an event, host functions, stream queries,
  *                          the per-thread stream; kernels from the PTX's gpuslice_spin
+ *   procs                  NVML only (no cuInit): nvmlDeviceGetComputeRunningProcesses[_v2|_v3]
+ *                          of device 0 with their size edge cases; one "v3|v2|v1 pid= used="
+ *                          line per process
+ *   modmem                 context, then module loads and unloads: cuMemGetInfo free and this
+ *                          process's NVML usedGpuMemory after each step
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -24,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -47,6 +55,15 @@ typedef struct {
 typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
 typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
 typedef void *nvmlDevice_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlProcessInfo_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+} nvmlProcessInfo_v1_t;
 
 #define CUDA_API(X)                                                                      \
     X(cuInit, (unsigned))                                                                \
@@ -78,6 +95,10 @@ typedef void *nvmlDevice_t;
     X(cuGetErrorString, (CUresult, const char **))                                       \
     X(cuModuleLoadData, (void **, const void *))                                         \
     X(cuModuleGetFunction, (void **, void *, const char *))                              \
+    X(cuModuleUnload, (void *))                                                          \
+    X(cuLibraryLoadData, (void **, const void *, void *, void **, unsigned, void *, void **, \
+                          unsigned))                                                     \
+    X(cuLibraryUnload, (void *))                                                         \
     X(cuLaunchKernel, (void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, \
                        unsigned, void *, void **, void **))                              \
     X(cuEventCreate, (void **, unsigned))                                                \
@@ -374,6 +395,132 @@ static void streams(const char *ptx_path) {
     check(p_cuCtxSynchronize(), "cuCtxSynchronize");
 }
 
+typedef int (*nvml_procs_fn)(nvmlDevice_t, unsigned *, void *);
+static nvml_procs_fn nvml_procs_v3, nvml_procs_v2, nvml_procs_v1;
+static int (*nvml_info)(nvmlDevice_t, nvmlMemory_t *);
+static nvmlDevice_t nvml_dev;
+
+/* nvmlInit and device 0's handle; the process functions. */
+static void nvml_open(void) {
+    void *nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!nvml) die(dlerror());
+    int (*init)(void) = (int (*)(void))dlsym(nvml, "nvmlInit_v2");
+    int (*by_index)(unsigned, nvmlDevice_t *) =
+        (int (*)(unsigned, nvmlDevice_t *))dlsym(nvml, "nvmlDeviceGetHandleByIndex_v2");
+    nvml_info = (int (*)(nvmlDevice_t, nvmlMemory_t *))dlsym(nvml, "nvmlDeviceGetMemoryInfo");
+    nvml_procs_v3 = (nvml_procs_fn)dlsym(nvml, "nvmlDeviceGetComputeRunningProcesses_v3");
+    nvml_procs_v2 = (nvml_procs_fn)dlsym(nvml, "nvmlDeviceGetComputeRunningProcesses_v2");
+    nvml_procs_v1 = (nvml_procs_fn)dlsym(nvml, "nvmlDeviceGetComputeRunningProcesses");
+    if (!init || !by_index || !nvml_info || !nvml_procs_v3 || !nvml_procs_v2 || !nvml_procs_v1)
+        die("NVML symbols");
+    check(init(), "nvmlInit_v2");
+    check(by_index(0, &nvml_dev), "nvmlDeviceGetHandleByIndex_v2");
+}
+
+#define MAX_PROCS 64
+
+/* NVML's usedGpuMemory for this process (0 if it is not listed). */
+static unsigned long long nvml_own_usage(int *listed) {
+    nvmlProcessInfo_t infos[MAX_PROCS];
+    unsigned n = MAX_PROCS;
+    check(nvml_procs_v3(nvml_dev, &n, infos), "nvmlDeviceGetComputeRunningProcesses_v3");
+    *listed = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (infos[i].pid == (unsigned)getpid()) {
+            *listed = 1;
+            return infos[i].usedGpuMemory;
+        }
+    }
+    return 0;
+}
+
+static void procs(void) {
+    nvml_open();
+    unsigned n = 0;
+    int code = nvml_procs_v3(nvml_dev, &n, NULL);
+    printf("count0_code=%d count0=%u\n", code, n);
+    printf("null_count_code=%d\n", nvml_procs_v3(nvml_dev, NULL, NULL));
+    unsigned big = 5;
+    code = nvml_procs_v3(nvml_dev, &big, NULL);
+    printf("null_infos_code=%d null_infos_count=%u\n", code, big);
+
+    nvmlProcessInfo_t infos[MAX_PROCS];
+    memset(infos, 0xab, sizeof infos);
+    if (n > 0) {
+        unsigned shortn = n - 1;
+        code = nvml_procs_v3(nvml_dev, &shortn, infos);
+        printf("short_code=%d short_count=%u short_untouched=%d\n", code, shortn,
+               infos[0].pid == 0xabababab);
+    }
+    unsigned full = MAX_PROCS;
+    check(nvml_procs_v3(nvml_dev, &full, infos), "nvmlDeviceGetComputeRunningProcesses_v3");
+    printf("count=%u\n", full);
+    for (unsigned i = 0; i < full; i++)
+        printf("v3 pid=%u used=%llu gi=%u ci=%u\n", infos[i].pid, infos[i].usedGpuMemory,
+               infos[i].gpuInstanceId, infos[i].computeInstanceId);
+
+    memset(infos, 0xab, sizeof infos);
+    unsigned full2 = MAX_PROCS;
+    check(nvml_procs_v2(nvml_dev, &full2, infos), "nvmlDeviceGetComputeRunningProcesses_v2");
+    for (unsigned i = 0; i < full2; i++)
+        printf("v2 pid=%u used=%llu gi=%u ci=%u\n", infos[i].pid, infos[i].usedGpuMemory,
+               infos[i].gpuInstanceId, infos[i].computeInstanceId);
+
+    /* v1: 16-byte entries; the entry after the last must stay untouched. */
+    nvmlProcessInfo_v1_t v1[MAX_PROCS + 1];
+    memset(v1, 0xab, sizeof v1);
+    unsigned full1 = MAX_PROCS;
+    check(nvml_procs_v1(nvml_dev, &full1, v1), "nvmlDeviceGetComputeRunningProcesses");
+    for (unsigned i = 0; i < full1; i++)
+        printf("v1 pid=%u used=%llu\n", v1[i].pid, v1[i].usedGpuMemory);
+    printf("v1_count=%u v1_size=%zu v3_size=%zu v1_after_last_untouched=%d\n", full1,
+           sizeof(nvmlProcessInfo_v1_t), sizeof(nvmlProcessInfo_t),
+           v1[full1].pid == 0xabababab && v1[full1].usedGpuMemory == 0xababababababababull);
+}
+
+/* cuMemGetInfo's free and NVML's usedGpuMemory of this process, as "<step>_free=..." etc. */
+static void modmem_report(const char *step) {
+    size_t free_b, total_b;
+    int listed;
+    check(p_cuMemGetInfo_v2(&free_b, &total_b), "cuMemGetInfo_v2");
+    unsigned long long used = nvml_own_usage(&listed);
+    printf("%s_free=%zu %s_used=%llu %s_listed=%d\n", step, free_b, step, used, step, listed);
+}
+
+static void modmem(void) {
+    context();
+    nvml_open();
+    printf("pid=%d\n", (int)getpid());
+    modmem_report("before");
+    void *module, *library, *func;
+    CUresult code = p_cuModuleLoadData(&module, TINY_PTX);
+    printf("load_code=%d\n", code);
+    if (code != 0) return;
+    modmem_report("loaded");
+    check(p_cuLibraryLoadData(&library, TINY_PTX, NULL, NULL, 0, NULL, NULL, 0),
+          "cuLibraryLoadData");
+    modmem_report("library");
+    check(p_cuLibraryUnload(library), "cuLibraryUnload");
+    modmem_report("library_unloaded");
+    check(p_cuModuleUnload(module), "cuModuleUnload");
+    modmem_report("unloaded");
+
+    /* A module of a context that is destroyed: given back with the context. */
+    check(p_cuModuleLoadData(&module, TINY_PTX), "cuModuleLoadData");
+    nvmlMemory_t m;
+    int listed;
+    check(nvml_info(nvml_dev, &m), "nvmlDeviceGetMemoryInfo");
+    printf("ctx_live_nvml_used=%llu\n", m.used);
+    CUdevice dev;
+    check(p_cuDeviceGet(&dev, 0), "cuDeviceGet");
+    check(p_cuDevicePrimaryCtxRelease_v2(dev), "cuDevicePrimaryCtxRelease_v2");
+    check(nvml_info(nvml_dev, &m), "nvmlDeviceGetMemoryInfo");
+    unsigned long long used = nvml_own_usage(&listed);
+    printf("ctx_destroyed_nvml_used=%llu ctx_destroyed_used=%llu ctx_destroyed_listed=%d\n", m.used,
+           used, listed);
+    printf("ctx_destroyed_get_function=%d\n", p_cuModuleGetFunction(&func, module, "tiny"));
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: probe <command> [args]");
     const char *cmd = argv[1];
@@ -410,6 +557,19 @@ int main(int argc, char **argv) {
         streams(argv[2]);
     } else if (strcmp(cmd, "edges") == 0) {
         edges();
+    } else if (strcmp(cmd, "hold-context") == 0) {
+        context();
+        printf("held\n");
+        while (getchar() != EOF) {
+        }
+        CUdevice dev;
+        check(p_cuDeviceGet(&dev, 0), "cuDeviceGet");
+        check(p_cuDevicePrimaryCtxRelease_v2(dev), "cuDevicePrimaryCtxRelease_v2");
+        printf("released\n");
+    } else if (strcmp(cmd, "procs") == 0) {
+        procs();
+    } else if (strcmp(cmd, "modmem") == 0) {
+        modmem();
     } else if (strcmp(cmd, "vmm") == 0 && argc == 3) {
         context();
         vmm(strtoull(argv[2], 0, 10));

@@ -273,6 +273,11 @@ impl Running {
         }
     }
 
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the next line of output, which must be `want`.
     pub fn expect_line(&mut self, want: &str) {
         let line = self
