@@ -384,3 +384,48 @@ fn cudarc_example_stops_at_the_quota() {
     let info = line(&out, "mem_get_info");
     assert_eq!(field(info, "total"), GIB);
 }
+
+/// Memory the driver takes without an allocation call (here: a loaded module, as kernel
+/// code is on a real GPU) is found through NVML near the limit and charged, so the
+/// process never holds more than its quota.
+#[test]
+fn memory_the_driver_takes_on_its_own_is_charged_near_the_limit() {
+    let mut node = Node::new();
+    node.extra_env
+        .push(("FAKECUDA_MODULE_FOOTPRINT".into(), "100Mi".into()));
+    let ptx = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ptx/spin.ptx");
+    let out = run_ok(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("1Gi"),
+        &["module", ptx, "fill", "16M", "info"],
+    ));
+    assert_eq!(field(line(&out, "module"), "rc"), 0, "{out}");
+    let fill = line(&out, "fill");
+    // 1 GiB - 64 MiB context - 100 MiB module leaves 860 MiB: 53 blocks of 16 MiB.
+    assert_eq!(field(fill, "bytes"), 53 * 16 * MIB, "{out}");
+    assert_eq!(
+        field(line(&out, "info"), "free"),
+        GIB - CONTEXT - 100 * MIB - 53 * 16 * MIB
+    );
+}
+
+/// Far from the limit nothing is asked of NVML on the allocation path, yet the free memory
+/// a program is told about already accounts for what the driver took.
+#[test]
+fn free_memory_reported_includes_what_the_driver_took() {
+    let mut node = Node::new();
+    node.extra_env
+        .push(("FAKECUDA_MODULE_FOOTPRINT".into(), "100Mi".into()));
+    let ptx = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ptx/spin.ptx");
+    let out = run_ok(&mut node.probe(
+        CallPath::ProcAddress,
+        "a",
+        Some("4Gi"),
+        &["module", ptx, "alloc", "64M", "info"],
+    ));
+    assert_eq!(
+        field(line(&out, "info"), "free"),
+        4 * GIB - CONTEXT - 100 * MIB - 64 * MIB
+    );
+}

@@ -55,7 +55,8 @@ typedef struct { unsigned version; unsigned long long total, reserved, free, use
   X(cuMemRelease, CUresult, (CUmemHandle)) \
   X(cuArrayCreate_v2, CUresult, (CUarray *, const ArrayDesc *)) \
   X(cuArray3DCreate_v2, CUresult, (CUarray *, const Array3dDesc *)) \
-  X(cuArrayDestroy, CUresult, (CUarray))
+  X(cuArrayDestroy, CUresult, (CUarray)) \
+  X(cuModuleLoadData, CUresult, (void **, const void *))
 
 #ifdef DIRECT
 #define DECLARE(name, ret, args) ret name args;
@@ -230,6 +231,18 @@ int main(int argc, char **argv) {
       rc = CALL(cuArray3DCreate_v2)(&array, &desc);
       if (rc == 0) keep('r', (uint64_t)(uintptr_t)array);
       printf("array3d rc=%d\n", rc);
+    } else if (!strcmp(cmd, "module")) {
+      /* Loading code takes device memory that no allocation call asked for. */
+      const char *path = NEXT();
+      FILE *file = fopen(path, "rb");
+      if (!file) { fprintf(stderr, "cannot read %s\n", path); return 2; }
+      static char image[1 << 16];
+      size_t length = fread(image, 1, sizeof image - 1, file);
+      fclose(file);
+      image[length] = 0;
+      void *module = NULL;
+      rc = CALL(cuModuleLoadData)(&module, image);
+      printf("module rc=%d\n", rc);
     } else if (!strcmp(cmd, "fill")) {
       size_t chunk = quantity(NEXT());
       unsigned long long total = 0;

@@ -57,7 +57,10 @@
 //!   `cuMemGetInfo`, NVML and the shared capacity; a load that does not fit fails with
 //!   `CUDA_ERROR_OUT_OF_MEMORY`) and given back at `cuModuleUnload` / `cuLibraryUnload`,
 //!   when the context it was loaded in is destroyed (which unloads its modules; a library
-//!   stays loaded), and when the process exits or dies.
+//!   stays loaded), and when the process exits or dies. (On an H100 with driver 580, a tiny
+//!   PTX module moved neither `cuMemGetInfo` nor NVML's per-process figure, lazily or
+//!   eagerly loaded: the driver's own chunks absorb it. Large kernel code such as cuBLAS's
+//!   does show, which is what this models.)
 //!
 //! An invalid value makes `cuInit` return `CUDA_ERROR_INVALID_VALUE` (and `nvmlInit`
 //! `NVML_ERROR_DRIVER_NOT_LOADED`) after printing one line naming the variable.
@@ -81,8 +84,10 @@
 //!
 //! Return codes, `cuGetProcAddress` answers (every entry of `procaddr::TABLE`, at its own and
 //! the latest version, with and without the per-thread flag) and the edge cases pinned in
-//! `tests/processes.rs` were compared with driver 580 (CUDA 13.0) on an H100 with the same C
-//! probe. Not simulated: graphs (`cuGraphLaunch` is `CUDA_ERROR_NOT_SUPPORTED`), cubins and
+//! `tests/processes.rs` (including NVML's process lists: sizes, NULL arguments, the v1
+//! stride, instance ids, killed processes) were compared with driver 580 (CUDA 13.0) on an
+//! H100 with the same C probe. The real context footprint there is about 518 MiB per
+//! process as NVML counts it; the default `FAKECUDA_CONTEXT_FOOTPRINT` is smaller. Not simulated: graphs (`cuGraphLaunch` is `CUDA_ERROR_NOT_SUPPORTED`), cubins and
 //! fatbinaries, array copies, 2D/3D copies, IPC, stream priorities and capture, pre-3.2
 //! (32-bit) entry points; the per-thread default stream is the NULL stream; a child forked
 //! after `cuInit` gets `CUDA_ERROR_NOT_INITIALIZED`, as on a real GPU.

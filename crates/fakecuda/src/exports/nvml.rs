@@ -60,9 +60,11 @@ fn memory(handle: usize) -> NvmlResult<(u64, u64, u64)> {
 
 /// `nvmlDeviceGetComputeRunningProcesses*`: every live process with a context on the device,
 /// as `make` lays it out. `*count` is the capacity of `infos` on entry and the number of
-/// processes on return. If `infos` cannot hold them all (or is NULL with a non-zero
-/// capacity), nothing is written to it and the call fails with `NVML_ERROR_INSUFFICIENT_SIZE`
-/// after setting `*count` to the number needed; a zero capacity with no processes succeeds.
+/// processes on return. As driver 580 answers on an H100: a capacity short of the number of
+/// processes fails with `NVML_ERROR_INSUFFICIENT_SIZE` after setting `*count` to the number
+/// needed (a zero capacity with no processes succeeds); a NULL `infos` with enough capacity
+/// sets `*count` and fails with `NVML_ERROR_INVALID_ARGUMENT` if there is any process to
+/// write, and succeeds if there is none. Nothing is written to `infos` on failure.
 ///
 /// # Safety
 ///
@@ -76,23 +78,23 @@ unsafe fn running_processes<T>(
     let count = count.ok_or(NvmlError::InvalidArgument)?;
     let processes = nvml::device(device)?.processes();
     let capacity = usize::try_from(*count).map_err(|_| NvmlError::InvalidArgument)?;
-    let needed = c_uint::try_from(processes.len()).unwrap_or(c_uint::MAX);
-    if capacity < processes.len() || (infos.is_null() && capacity > 0) {
-        *count = needed;
+    *count = c_uint::try_from(processes.len()).unwrap_or(c_uint::MAX);
+    if capacity < processes.len() {
         return Err(NvmlError::InsufficientSize);
     }
-    if !processes.is_empty() {
-        // SAFETY: infos is non-null (capacity >= len > 0 passed the check above) and
-        // writable for capacity >= len elements (caller); MaybeUninit needs no initialized
-        // contents.
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(infos.cast::<MaybeUninit<T>>(), processes.len())
-        };
-        for (slot, process) in out.iter_mut().zip(processes) {
-            slot.write(make(process));
-        }
+    if processes.is_empty() {
+        return Ok(());
     }
-    *count = needed;
+    if infos.is_null() {
+        return Err(NvmlError::InvalidArgument);
+    }
+    // SAFETY: infos is non-null and writable for capacity >= len elements (caller);
+    // MaybeUninit needs no initialized contents.
+    let out =
+        unsafe { std::slice::from_raw_parts_mut(infos.cast::<MaybeUninit<T>>(), processes.len()) };
+    for (slot, process) in out.iter_mut().zip(processes) {
+        slot.write(make(process));
+    }
     Ok(())
 }
 
@@ -258,7 +260,7 @@ nvml_api! {
     /// device (in any process using the same state directory), each with its pid and all
     /// the device memory it holds: context footprints, allocations and module memory.
     /// Instance ids are `0xFFFFFFFF` (no MIG). `NVML_ERROR_INSUFFICIENT_SIZE` with the
-    /// number needed in `*count` if `infos` is too short.
+    /// number needed in `*count` if `infos` is too short (see `running_processes`).
     fn nvmlDeviceGetComputeRunningProcesses_v3 | nvmlDeviceGetComputeRunningProcesses_v2 (
         device: usize,
         count: Option<&mut c_uint>,

@@ -96,6 +96,8 @@ typedef struct {
     X(cuModuleLoadData, (void **, const void *))                                         \
     X(cuModuleGetFunction, (void **, void *, const char *))                              \
     X(cuModuleUnload, (void *))                                                          \
+    X(cuModuleLoad, (void **, const char *))                                             \
+    X(cuModuleLoadDataEx, (void **, const void *, unsigned, void *, void **))            \
     X(cuLibraryLoadData, (void **, const void *, void *, void **, unsigned, void *, void **, \
                           unsigned))                                                     \
     X(cuLibraryUnload, (void *))                                                         \
@@ -502,6 +504,19 @@ static void modmem(void) {
     modmem_report("library");
     check(p_cuLibraryUnload(library), "cuLibraryUnload");
     modmem_report("library_unloaded");
+    void *ex, *file_module;
+    check(p_cuModuleLoadDataEx(&ex, TINY_PTX, 0, NULL, NULL), "cuModuleLoadDataEx");
+    char path[] = "/tmp/probe-ptx-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0 || write(fd, TINY_PTX, sizeof TINY_PTX - 1) != (ssize_t)(sizeof TINY_PTX - 1))
+        die("writing the PTX file");
+    close(fd);
+    check(p_cuModuleLoad(&file_module, path), "cuModuleLoad");
+    unlink(path);
+    modmem_report("ex_and_file");
+    check(p_cuModuleUnload(ex), "cuModuleUnload");
+    check(p_cuModuleUnload(file_module), "cuModuleUnload");
+    modmem_report("ex_and_file_unloaded");
     check(p_cuModuleUnload(module), "cuModuleUnload");
     modmem_report("unloaded");
 

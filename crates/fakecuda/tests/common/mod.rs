@@ -9,7 +9,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
+
+/// Keeps tests that measure wall-clock time from running beside the tests that start
+/// processes (on a machine of two CPUs, those delay a stream's worker by a millisecond or two).
+static TIMING: RwLock<()> = RwLock::new(());
+
+/// Taken by a test whose assertions are about wall-clock time: no `share_cpu` test runs
+/// while it is held.
+pub fn timing_alone() -> RwLockWriteGuard<'static, ()> {
+    TIMING.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Taken by every other test that starts processes, to stay out of `timing_alone`'s way.
+pub fn share_cpu() -> RwLockReadGuard<'static, ()> {
+    TIMING.read().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// How long any child may run.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
