@@ -1,3 +1,4 @@
 //! Policies: what a tenant may do, decided from its quota and the ledger. No CUDA here.
 
+pub mod compute;
 pub mod memory;
