@@ -267,8 +267,10 @@ struct gpuslice_slot {
  *      of times); otherwise refuse.
  * Because every reservation announces itself before it reads, of any two that race the
  * later one sees the earlier: reservations that are granted never together exceed L.
- * Readers sum memory_bytes only, so they never see a request that is then refused, and
- * never see more than L. Releasing subtracts from memory_bytes (never below zero).
+ * Readers sum memory_bytes only, so they never see a request that is then refused. (A sum
+ * over slots is not one atomic read: while bytes pass from one process to another, a reader
+ * may count them in both and briefly see more than L.) Releasing subtracts from memory_bytes
+ * (never below zero).
  */
 struct gpuslice_usage_file {
     struct gpuslice_header header;

@@ -2,8 +2,6 @@
 
 mod util;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use util::*;
@@ -133,13 +131,21 @@ fn tenants_do_not_affect_each_other() {
     assert_eq!(field(line(&out, "fill"), "bytes"), GIB - CONTEXT);
 }
 
-/// Hundreds of threads in two processes allocate and free against one tight quota; the
-/// ledger, watched all along, never shows more than the limit, and ends at exactly zero.
+/// Hundreds of threads in two processes allocate and free against one tight quota. Every
+/// grant is added to a witness counter both processes share before the block is used and
+/// taken out before it is freed: the witness never passes what the quota leaves after the
+/// two contexts, and the tenant ends at exactly zero.
+///
+/// (Summing the ledger's slots from outside is no witness: a reader can load one process's
+/// slot before it gives 16 MiB back and another's after it took them, and see both.)
 #[test]
 fn concurrent_allocation_never_passes_the_limit() {
     let node = Node::new();
     let limit = 2 * CONTEXT + 40 * 16 * MIB; // both contexts plus 40 blocks
     let limit_text = limit.to_string();
+    let budget = (limit - 2 * CONTEXT).to_string();
+    let witness = node.root.path().join("witness");
+    std::fs::write(&witness, [0u8; 8]).unwrap();
     let go = node.root.path().join("go");
     let go_text = go.display().to_string();
     let stress = [
@@ -150,36 +156,24 @@ fn concurrent_allocation_never_passes_the_limit() {
         "1500",
         "16M",
     ];
-    let mut first =
-        Running::spawn(&mut node.probe(CallPath::Dlsym, "a", Some(&limit_text), &stress));
-    let mut second =
-        Running::spawn(&mut node.probe(CallPath::Direct, "a", Some(&limit_text), &stress));
+    let spawn = |path| {
+        let mut command = node.probe(path, "a", Some(&limit_text), &stress);
+        command
+            .env("PROBE_WITNESS", &witness)
+            .env("PROBE_BUDGET", &budget)
+            .env("PROBE_HOLD_US", "100");
+        Running::spawn(&mut command)
+    };
+    let mut first = spawn(CallPath::Dlsym);
+    let mut second = spawn(CallPath::Direct);
     first.wait_for_line("waiting", Duration::from_secs(10));
     second.wait_for_line("waiting", Duration::from_secs(10));
     std::fs::write(&go, b"").unwrap();
-    let ledger = node.ledger();
-    let tenant = gpuslice_ledger::TenantName::new("a").unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let watching = Arc::clone(&done);
-    let watch = std::thread::spawn(move || {
-        let mut highest = 0;
-        while !watching.load(Ordering::Relaxed) {
-            if let Ok(usage) = ledger.snapshot_usage(&tenant) {
-                for (index, _) in usage.gpus() {
-                    highest = highest.max(usage.memory_used(index));
-                }
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        highest
-    });
     let outputs = [
         first.wait_output(Duration::from_secs(120)),
         second.wait_output(Duration::from_secs(120)),
     ];
-    done.store(true, Ordering::Relaxed);
-    let highest = watch.join().unwrap();
-    let mut granted = 0;
+    let (mut granted, mut refused, mut highest) = (0, 0, 0);
     for output in &outputs {
         let out = String::from_utf8_lossy(&output.stdout);
         assert!(
@@ -189,13 +183,24 @@ fn concurrent_allocation_never_passes_the_limit() {
         );
         let stress = line(&out, "stress");
         assert_eq!(field(stress, "other"), 0, "{stress}");
+        assert_eq!(field(stress, "violations"), 0, "{stress}");
         granted += field(stress, "ok");
+        refused += field(stress, "refused");
+        highest = highest.max(field(stress, "witness_max"));
     }
     assert!(
-        highest <= limit,
-        "ledger showed {highest} bytes, limit {limit}"
+        highest <= limit - 2 * CONTEXT,
+        "granted blocks held at once: {highest}"
     );
-    assert!(granted > 0);
+    // The quota was really what bounded them: at some moment nearly all of it was held.
+    assert!(
+        highest >= limit - 2 * CONTEXT - 4 * 16 * MIB,
+        "the witness saw at most {highest}"
+    );
+    assert!(
+        granted > 0 && refused > 0,
+        "the quota was contended: {granted} granted, {refused} refused"
+    );
     assert_eq!(tenant_usage(&node, "a"), 0);
 }
 

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -127,7 +129,13 @@ static void *nvml_symbol(const char *name) {
   return dlsym(nvml, name);
 }
 
-struct stress { long iterations; size_t bytes; long ok, refused, other; };
+struct stress { long iterations; size_t bytes; long ok, refused, other, violations; };
+
+/* The witness: a counter in a file every stressing process maps, holding the bytes that are
+ * granted and not yet freed across all of them (PROBE_WITNESS). A grant that takes it past
+ * PROBE_BUDGET means the processes together hold more than the quota allows. */
+static long *witness;
+static long witness_budget, witness_max, witness_hold_us;
 
 static void *stress_thread(void *arg) {
   struct stress *s = arg;
@@ -138,7 +146,20 @@ static void *stress_thread(void *arg) {
   for (long i = 0; i < s->iterations; i++) {
     CUdeviceptr p;
     CUresult rc = CALL(cuMemAlloc_v2)(&p, s->bytes);
-    if (rc == 0) { s->ok++; if (CALL(cuMemFree_v2)(p) != 0) s->other++; }
+    if (rc == 0) {
+      s->ok++;
+      if (witness) {
+        long held = __atomic_add_fetch(witness, (long)s->bytes, __ATOMIC_SEQ_CST);
+        if (held > witness_budget) s->violations++;
+        long seen = __atomic_load_n(&witness_max, __ATOMIC_RELAXED);
+        while (held > seen && !__atomic_compare_exchange_n(&witness_max, &seen, held, 0,
+                                                           __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+        /* Hold the block a moment, as a program does, so grants overlap in the witness. */
+        if (witness_hold_us) usleep((useconds_t)witness_hold_us);
+        __atomic_sub_fetch(witness, (long)s->bytes, __ATOMIC_SEQ_CST);
+      }
+      if (CALL(cuMemFree_v2)(p) != 0) s->other++;
+    }
     else if (rc == 2) s->refused++;
     else s->other++;
   }
@@ -281,18 +302,30 @@ int main(int argc, char **argv) {
       int threads = atoi(NEXT());
       long iterations = atol(NEXT());
       size_t bytes = quantity(NEXT());
+      const char *witness_path = getenv("PROBE_WITNESS");
+      if (witness_path) {
+        int fd = open(witness_path, O_RDWR);
+        if (fd < 0) { fprintf(stderr, "cannot open %s\n", witness_path); return 2; }
+        witness = mmap(NULL, sizeof *witness, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        if (witness == MAP_FAILED) { fprintf(stderr, "cannot map %s\n", witness_path); return 2; }
+        witness_budget = atol(getenv("PROBE_BUDGET") ? getenv("PROBE_BUDGET") : "0");
+        witness_hold_us = atol(getenv("PROBE_HOLD_US") ? getenv("PROBE_HOLD_US") : "0");
+      }
       pthread_t *ids = calloc((size_t)threads, sizeof *ids);
       struct stress *work = calloc((size_t)threads, sizeof *work);
       for (int t = 0; t < threads; t++) {
         work[t].iterations = iterations; work[t].bytes = bytes;
         pthread_create(&ids[t], NULL, stress_thread, &work[t]);
       }
-      long ok = 0, refused = 0, other = 0;
+      long ok = 0, refused = 0, other = 0, violations = 0;
       for (int t = 0; t < threads; t++) {
         pthread_join(ids[t], NULL);
         ok += work[t].ok; refused += work[t].refused; other += work[t].other;
+        violations += work[t].violations;
       }
-      printf("stress ok=%ld refused=%ld other=%ld\n", ok, refused, other);
+      printf("stress ok=%ld refused=%ld other=%ld violations=%ld witness_max=%ld\n", ok, refused,
+             other, violations, witness_max);
     } else if (!strcmp(cmd, "fork-exit")) {
       /* A child that exits through exit() (atexit handlers run) must not give back the
        * parent's memory. */
