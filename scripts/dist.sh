@@ -17,12 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --lib: with only --examples cargo leaves the cdylib in deps/ and never copies it up.
-cargo build --release --workspace --lib --examples
+cargo build --release --workspace --lib --bins --examples
 
 target=${CARGO_TARGET_DIR:-target}/release
 # source -> name in dist/
 artifacts=(
   "$target/libgpuslice.so:libgpuslice.so"
+  "$target/gpuslice:gpuslice"
   "$target/examples/alloc_until_oom:examples/alloc_until_oom"
   "$target/examples/spin:examples/spin"
   "tests/programs/cudaprobe.c:cudaprobe.c"

@@ -1,0 +1,161 @@
+//! The command line: subcommands and flags (clap derive), with the help texts users read.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use gpuslice_ledger::TenantName;
+
+use crate::quantity::parse_memory_arg;
+
+/// Exit codes, as `--help` lists them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (run: the command's own status is passed through)
+  2    usage or configuration error (a bad flag or value, no ledger directory,
+       no shim, --memory above the quota of the tenant being joined)
+  125  gpuslice itself failed (run: before it could start the command)
+  126  the command was found but could not be executed
+  127  the command was not found
+  N    run: the command's exit status; 128+S when a signal S killed it";
+
+/// Let containers and programs share one NVIDIA GPU under memory quotas.
+#[derive(Debug, Parser)]
+#[command(name = "gpuslice", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command as a tenant with a GPU memory quota.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+    /// Show every tenant's GPU memory: used, limit, refusals, processes.
+    Status(StatusArgs),
+}
+
+/// How `run` treats tenants and the environment, after the flags in `--help`. Flag help
+/// stays on one line each (clap wraps nothing without its `wrap_help` feature), so the
+/// details are here, wrapped by hand to 80 columns.
+const RUN_HELP: &str = "\
+Defaults:
+  --memory  unlimited (usage is still recorded)
+  --tenant  run-PID: a new tenant of its own
+  --gpu     every GPU; a UUID (GPU-xxxxxxxx-...) or an index of nvidia-smi -L
+  --dir     $GPUSLICE_DIR, else /run/gpuslice if writable, else
+            $XDG_RUNTIME_DIR/gpuslice
+  --shim    $GPUSLICE_SHIM, else libgpuslice.so next to this program, else
+            ../lib/libgpuslice.so relative to it
+
+The command runs with the shim preloaded (before any LD_PRELOAD it had) and with
+GPUSLICE_TENANT, GPUSLICE_DIR and, when it lowers the tenant's quota,
+GPUSLICE_MEMORY_LIMIT set; inherited values of these are replaced, GPUSLICE_LOG
+passes through, and any other GPUSLICE_ variable is refused (as the shim would
+refuse it).
+
+A tenant that does not exist is created with --memory as its quota (on every
+GPU, or with --gpu on that GPU only) and removed when the last run of it exits
+and no process of it still holds a slot in the ledger. A tenant that exists is
+joined: its quota is the ceiling, and --memory may only lower it for this
+command.
+
+Compute shares, limits and priorities are not supported by this version.
+
+Exit codes:
+  0..255  the command's exit status; 128+S when a signal S killed it
+  2       usage or configuration error
+  125     gpuslice failed before it could run the command
+  126     the command was found but could not be executed
+  127     the command was not found";
+
+/// `gpuslice run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Memory quota per GPU: 4Gi, 512Mi, 8G, 1.5Gi, bytes
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
+    pub memory: Option<u64>,
+
+    /// Tenant to create or join
+    #[arg(long, value_name = "NAME", value_parser = parse_tenant)]
+    pub tenant: Option<TenantName>,
+
+    /// Apply --memory to this GPU only
+    #[arg(long, value_name = "UUID|INDEX", requires = "memory")]
+    pub gpu: Option<String>,
+
+    /// Ledger directory
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Shim library (libgpuslice.so)
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+
+    /// The command and its arguments (after --, or after the flags)
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// `gpuslice status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (schema: see the README)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Ledger directory [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `--tenant`'s value parser.
+fn parse_tenant(text: &str) -> Result<TenantName, String> {
+    TenantName::new(text).map_err(|e| e.to_string())
+}
+
+/// Flags of a later version that users may try: refused like any unknown flag, with a note.
+pub const NOT_YET_SUPPORTED: [&str; 3] = ["--compute-share", "--compute-limit", "--priority"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn command_may_follow_flags_without_a_double_dash() {
+        let cli =
+            Cli::try_parse_from(["gpuslice", "run", "--memory", "1Gi", "sh", "-c", "x"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.memory, Some(1 << 30));
+        assert_eq!(run.command, ["sh", "-c", "x"]);
+    }
+
+    #[test]
+    fn compute_flags_do_not_exist() {
+        for flag in NOT_YET_SUPPORTED {
+            let err =
+                Cli::try_parse_from(["gpuslice", "run", flag, "1", "--", "true"]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{flag}"
+            );
+        }
+    }
+}

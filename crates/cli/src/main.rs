@@ -1,0 +1,201 @@
+/*!
+The `gpuslice` command: run programs as tenants with a GPU memory quota, and see what every
+tenant holds.
+
+This binary is glue over the ledger crate ([`gpuslice_ledger`]): it writes quota files the
+way a tenant's creator does, and reads usage files the way an observer does. It never links
+the shim (`libgpuslice.so`); it preloads it into the commands it runs.
+
+# `gpuslice run [--memory Q] [--tenant NAME] [--gpu UUID|INDEX] [--dir DIR] [--shim PATH] -- CMD...`
+
+Runs `CMD` with the shim preloaded, as a process of a tenant.
+
+- **Tenant**: `--tenant NAME` (1 to 63 characters of `A-Z a-z 0-9 . _ -`), or a new tenant
+  `run-<pid>` of its own. A generated name never joins an existing tenant.
+- **Ledger directory**: `--dir`, else `$GPUSLICE_DIR`, else `/run/gpuslice` if this process
+  can write or create it, else `$XDG_RUNTIME_DIR/gpuslice`; otherwise an error asks for
+  `--dir`. It is passed to the command as an absolute `GPUSLICE_DIR`.
+- **Creating**: a tenant without a quota file is created: its quota is `--memory` (a
+  Kubernetes quantity: `4Gi`, `512Mi`, `8G`, `1.5Gi`, bytes) on every GPU, or with `--gpu`
+  on that GPU only (other GPUs unlimited); without `--memory`, unlimited. `--gpu` takes a
+  UUID (`GPU-...`), or an index that `nvidia-smi -L` can turn into one (nvidia-smi's order,
+  not necessarily CUDA's). `--gpu` only says where the quota applies; it does not hide the
+  other GPUs from the command.
+- **Joining**: a tenant that has a quota file is joined (another `gpuslice run --tenant
+  same`, or a tenant made by someone else). Its quota is the ceiling: a `--memory` above it
+  (its default limit, or its limit on the `--gpu` GPU) is a usage error naming both values;
+  one below it is passed to the command as `GPUSLICE_MEMORY_LIMIT`, which the shim applies on
+  every GPU (an environment variable has no per-GPU form).
+- **Shim**: `--shim PATH`, else `$GPUSLICE_SHIM`, else `libgpuslice.so` next to the
+  `gpuslice` executable, else `../lib/libgpuslice.so` relative to it. It is put first in
+  `LD_PRELOAD`, before anything already there.
+- **Environment**: the command gets `GPUSLICE_TENANT`, `GPUSLICE_DIR` and, when lowered,
+  `GPUSLICE_MEMORY_LIMIT`; inherited values of these are replaced (an inherited limit with a
+  note on stderr), `GPUSLICE_SHIM` is removed, `GPUSLICE_LOG` passes through. Any other
+  `GPUSLICE_` variable is refused before the command starts, as the shim would refuse it
+  once the command used the GPU; the compute settings (`GPUSLICE_COMPUTE_SHARE`,
+  `GPUSLICE_COMPUTE_LIMIT`, `GPUSLICE_PRIORITY`) and their flags do not exist yet.
+- **Signals**: SIGINT, SIGTERM and SIGHUP sent to `gpuslice` are forwarded to the command,
+  except those the kernel sends to the whole process group (Ctrl-C at a terminal), which the
+  command receives itself. `gpuslice` waits for the command either way.
+- **Cleanup**: when the command exits, a run-created tenant (marked by a `created-by-run`
+  file in its directory) is removed by the last `gpuslice run` of it to leave, if no
+  process still holds a live slot in it. A tenant made by someone else is never removed. A
+  run-created tenant left behind by a run that was killed with SIGKILL is removed and
+  created afresh by the next run that enters it (the `tenancy` module explains the locks).
+
+# `gpuslice status [--json] [--dir DIR]`
+
+Every tenant in the ledger, sorted by name: per GPU, the memory its live processes hold, its
+limit, how many allocations were refused for being over it, and the live processes with
+their slot, PID (as recorded, in the process's own PID namespace) and memory. Memory held by
+slots of dead processes that nobody reclaimed yet is not counted. The ledger directory is
+found as for `run`, but never created. A tenant whose files are damaged is reported with its
+error and the others are still shown.
+
+The human output is a table of at most 80 columns. `--json` prints one document:
+
+```json
+{
+  "version": 1,
+  "ledger": "/run/gpuslice",
+  "tenants": [
+    {
+      "name": "team-a",
+      "memory_limit_bytes": 4294967296,
+      "live_processes": 2,
+      "gpus": [
+        {
+          "uuid": "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d",
+          "memory_used_bytes": 1342177280,
+          "memory_limit_bytes": 4294967296,
+          "oom_refusals": 0,
+          "processes": [
+            { "slot": 0, "pid": 4242, "memory_bytes": 1073741824 },
+            { "slot": 1, "pid": 4250, "memory_bytes": 268435456 }
+          ]
+        }
+      ]
+    },
+    { "name": "team-b", "error": "/run/gpuslice/tenants/team-b/quota is not a valid ..." }
+  ]
+}
+```
+
+| field | meaning |
+|---|---|
+| `version` | schema version, 1; raised only when a field changes meaning or is removed (fields may be added) |
+| `ledger` | the ledger directory read |
+| `tenants[].name` | the tenant |
+| `tenants[].error` | present only when the tenant's files could not be read; the fields below are then absent |
+| `tenants[].memory_limit_bytes` | the quota's limit on GPUs without a limit of their own; `null` = unlimited (also when the tenant has no quota file) |
+| `tenants[].live_processes` | processes holding a live slot (they have used a GPU through the shim), with or without memory |
+| `tenants[].gpus[]` | the GPUs the tenant's processes have used, in usage-file order, then GPUs its quota names |
+| `gpus[].uuid` | `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` |
+| `gpus[].memory_used_bytes` | the sum of `processes[].memory_bytes` |
+| `gpus[].memory_limit_bytes` | the quota's limit on this GPU; `null` = unlimited. A process's own `GPUSLICE_MEMORY_LIMIT` may be lower and is not recorded in the ledger |
+| `gpus[].oom_refusals` | allocations refused for being over the limit, since the GPU was first used by the tenant |
+| `gpus[].processes[]` | live processes holding memory on this GPU: `slot` (0 to 63), `pid`, `memory_bytes` |
+
+# Exit codes
+
+| code | meaning |
+|---|---|
+| 0 | success; for `run`, the command exited 0 |
+| 2 | usage or configuration error: a bad flag or value, no usable ledger directory, no shim, an unknown `GPUSLICE_` variable, `--memory` above the quota of the tenant being joined |
+| 125 | gpuslice itself failed; for `run`, before it could start the command (a damaged ledger file, a failed system call); for `status`, only if its output cannot be written |
+| 126 | `run`: the command was found but could not be executed |
+| 127 | `run`: the command was not found |
+| other | `run`: the command's exit status; 128 + S when signal S killed it |
+
+A failure to remove the tenant after the command exited is reported on stderr and does not
+change the exit code, which stays the command's.
+*/
+#![deny(missing_docs)]
+
+mod cli;
+mod exit;
+mod gpu;
+mod locate;
+mod quantity;
+mod run;
+mod signals;
+mod status;
+mod tenancy;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+use crate::cli::{Cli, Command, NOT_YET_SUPPORTED};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let compute_flag = err.kind() == ErrorKind::UnknownArgument
+                && matches!(
+                    err.get(ContextKind::InvalidArg),
+                    Some(ContextValue::String(arg))
+                        if NOT_YET_SUPPORTED.iter().any(|f| arg.starts_with(f))
+                );
+            let _ = err.print();
+            if compute_flag {
+                eprintln!(
+                    "\nnote: compute shares, limits and priorities are not supported by this \
+                     version of gpuslice, which enforces memory quotas only"
+                );
+            }
+            // 0 for --help and --version, 2 (exit::USAGE) for errors.
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(exit::USAGE));
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Status(args) => status::status(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("gpuslice: {}", message(&failure.error));
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+/// The error and its causes on one line, `: `-separated, without a cause whose text the
+/// line already holds (the ledger's errors quote their operating-system error themselves).
+fn message(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_does_not_repeat_a_cause_already_quoted() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let quoted = anyhow::Error::new(io).context(format!(
+            "could not open /x: {}",
+            std::io::Error::from(std::io::ErrorKind::NotFound)
+        ));
+        let error = quoted.context("no ledger");
+        assert_eq!(
+            message(&error),
+            "no ledger: could not open /x: entity not found"
+        );
+    }
+}

@@ -1,0 +1,425 @@
+//! `gpuslice status`: what every tenant in the ledger holds, as a table or as JSON.
+//!
+//! Everything is read the way an observer must read another tenant's files: quota files
+//! through the ledger's validating reader, usage files as `pread` copies
+//! ([`Ledger::snapshot_usage`]), so a tenant's damaged or truncated file is reported as that
+//! tenant's error and the others are still shown.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use gpuslice_ledger::{GpuUuid, Ledger, LedgerError, TenantName, TenantQuota, UsageSnapshot};
+use serde::Serialize;
+
+use crate::cli::StatusArgs;
+use crate::exit::{self, Failure, ResultExt};
+use crate::locate;
+use crate::quantity::format_size;
+
+/// The version of the JSON schema; bumped only when a field changes meaning or goes away
+/// (new fields may appear without a bump).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The whole report (the JSON document).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// The ledger directory.
+    pub ledger: String,
+    /// Every tenant, sorted by name.
+    pub tenants: Vec<TenantReport>,
+}
+
+/// One tenant: its usage, or why it could not be read.
+#[derive(Debug, Serialize)]
+pub struct TenantReport {
+    /// The tenant's name.
+    pub name: String,
+    /// Why the tenant's files could not be read; when set, the usage fields are absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The usage, when it could be read.
+    #[serde(flatten)]
+    pub usage: Option<TenantUsage>,
+}
+
+/// A readable tenant's usage.
+#[derive(Debug, Serialize)]
+pub struct TenantUsage {
+    /// The limit on GPUs without a limit of their own; `None` (null) = unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes holding a live slot (using a GPU through the shim), with or without memory.
+    pub live_processes: usize,
+    /// The GPUs the tenant's processes have used, then those its quota names.
+    pub gpus: Vec<GpuReport>,
+}
+
+/// One GPU of a tenant.
+#[derive(Debug, Serialize)]
+pub struct GpuReport {
+    /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    pub uuid: String,
+    /// What the live processes hold on it.
+    pub memory_used_bytes: u64,
+    /// The quota's limit on it; `None` (null) = unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// Allocations refused for being over the limit.
+    pub oom_refusals: u64,
+    /// The live processes holding memory on it, by slot.
+    pub processes: Vec<ProcessReport>,
+}
+
+/// One live process's memory on one GPU.
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    /// Its slot in the usage file.
+    pub slot: u32,
+    /// The PID it recorded, in its own PID namespace.
+    pub pid: u32,
+    /// What it holds on the GPU.
+    pub memory_bytes: u64,
+}
+
+/// Runs `gpuslice status`.
+pub fn status(args: StatusArgs) -> Result<u8, Failure> {
+    let dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
+    let report = read_report(&dir).usage()?;
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&report)
+            .context("could not encode the report as JSON")
+            .failed()?;
+        json.push('\n');
+        json
+    } else {
+        render_table(&report)
+    };
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stopped reading (`| head`) is not a failure.
+        Ok(()) => Ok(exit::OK),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        Err(e) => Err(anyhow!("could not write to stdout: {e}")).failed(),
+    }
+}
+
+/// Reads the whole ledger at `dir`; an error only when the directory itself is unusable.
+pub fn read_report(dir: &Path) -> anyhow::Result<Report> {
+    let ledger = Ledger::open_existing(dir).with_context(|| {
+        format!(
+            "no usable gpuslice ledger at {} (pass --dir DIR or set GPUSLICE_DIR)",
+            dir.display()
+        )
+    })?;
+    let tenants = ledger
+        .tenants()
+        .with_context(|| format!("could not list the tenants of {}", dir.display()))?;
+    Ok(Report {
+        version: SCHEMA_VERSION,
+        ledger: dir.display().to_string(),
+        tenants: tenants
+            .iter()
+            .filter_map(|t| tenant_report(&ledger, t))
+            .collect(),
+    })
+}
+
+/// One tenant's report; `None` if it was removed while being read.
+fn tenant_report(ledger: &Ledger, tenant: &TenantName) -> Option<TenantReport> {
+    let failed = |e: LedgerError| {
+        Some(TenantReport {
+            name: tenant.to_string(),
+            error: Some(e.to_string()),
+            usage: None,
+        })
+    };
+    let quota = match ledger.read_quota(tenant) {
+        Ok(quota) => quota.map(|q| q.quota()),
+        Err(e) => return failed(e),
+    };
+    let usage = match ledger.snapshot_usage(tenant) {
+        Ok(usage) => Some(usage),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return failed(e),
+    };
+    if quota.is_none() && usage.is_none() && !ledger.tenant_dir(tenant).exists() {
+        return None;
+    }
+    Some(TenantReport {
+        name: tenant.to_string(),
+        error: None,
+        usage: Some(tenant_usage(quota.as_ref(), usage.as_ref())),
+    })
+}
+
+/// A tenant's usage from its quota and a copy of its usage file (either may be missing).
+fn tenant_usage(quota: Option<&TenantQuota>, usage: Option<&UsageSnapshot>) -> TenantUsage {
+    let limit_on = |gpu: &GpuUuid| quota.and_then(|q| q.limits_for(gpu).memory_bytes);
+    let live: Vec<_> = usage
+        .map(|u| u.slots().into_iter().filter(|s| s.live).collect())
+        .unwrap_or_default();
+    let registered = usage.map(UsageSnapshot::gpus).unwrap_or_default();
+    let mut gpus: Vec<GpuReport> = registered
+        .iter()
+        .map(|(index, uuid)| {
+            let processes: Vec<ProcessReport> = live
+                .iter()
+                .filter_map(|slot| {
+                    let (_, bytes) = slot.memory_bytes.iter().find(|(g, _)| g == index)?;
+                    Some(ProcessReport {
+                        slot: slot.index,
+                        pid: slot.pid,
+                        memory_bytes: *bytes,
+                    })
+                })
+                .collect();
+            GpuReport {
+                uuid: uuid.to_string(),
+                memory_used_bytes: processes
+                    .iter()
+                    .fold(0u64, |sum, p| sum.saturating_add(p.memory_bytes)),
+                memory_limit_bytes: limit_on(uuid),
+                oom_refusals: usage.map_or(0, |u| u.oom_refusals(*index)),
+                processes,
+            }
+        })
+        .collect();
+    for (uuid, limits) in quota.map(|q| q.per_gpu.as_slice()).unwrap_or_default() {
+        if !registered.iter().any(|(_, u)| u == uuid) {
+            gpus.push(GpuReport {
+                uuid: uuid.to_string(),
+                memory_used_bytes: 0,
+                memory_limit_bytes: limits.memory_bytes,
+                oom_refusals: 0,
+                processes: Vec::new(),
+            });
+        }
+    }
+    TenantUsage {
+        memory_limit_bytes: quota.and_then(|q| q.defaults.memory_bytes),
+        live_processes: live.len(),
+        gpus,
+    }
+}
+
+/// The table's width.
+const WIDTH: usize = 80;
+/// The first column: two spaces and a 40-character UUID.
+const NAME_WIDTH: usize = 42;
+
+/// One row of the table: a label, then the USED, LIMIT and OOM columns.
+fn row(out: &mut String, label: &str, used: &str, limit: &str, oom: &str) {
+    let line = format!("{label:<NAME_WIDTH$}  {used:>10}  {limit:>10}  {oom:>8}");
+    out.push_str(line.trim_end());
+    out.push('\n');
+}
+
+/// A limit for the table.
+fn limit_text(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "unlimited".to_string(), format_size)
+}
+
+/// The report as an aligned table of at most 80 columns.
+pub fn render_table(report: &Report) -> String {
+    let mut out = String::new();
+    wrap(&mut out, &format!("ledger {}", report.ledger), "", "  ");
+    row(&mut out, "TENANT / GPU / PROCESS", "USED", "LIMIT", "OOM");
+    if report.tenants.is_empty() {
+        out.push_str("(no tenants)\n");
+    }
+    for tenant in &report.tenants {
+        let Some(usage) = &tenant.usage else {
+            out.push_str(&tenant.name);
+            out.push('\n');
+            let error = tenant.error.as_deref().unwrap_or("unreadable");
+            wrap(&mut out, &format!("error: {error}"), "  ", "    ");
+            continue;
+        };
+        match usage.live_processes {
+            0 => out.push_str(&tenant.name),
+            1 => out.push_str(&format!("{} (1 process)", tenant.name)),
+            n => out.push_str(&format!("{} ({n} processes)", tenant.name)),
+        }
+        out.push('\n');
+        if usage.gpus.is_empty() {
+            row(
+                &mut out,
+                "  no GPU used yet",
+                "-",
+                &limit_text(usage.memory_limit_bytes),
+                "-",
+            );
+        }
+        for gpu in &usage.gpus {
+            row(
+                &mut out,
+                &format!("  {}", gpu.uuid),
+                &format_size(gpu.memory_used_bytes),
+                &limit_text(gpu.memory_limit_bytes),
+                &gpu.oom_refusals.to_string(),
+            );
+            for p in &gpu.processes {
+                row(
+                    &mut out,
+                    &format!("    slot {}, pid {}", p.slot, p.pid),
+                    &format_size(p.memory_bytes),
+                    "",
+                    "",
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Appends `text` wrapped at [`WIDTH`] columns: the first line after `first`, the others
+/// after `rest`. A word longer than a whole line (a long path) is cut, filling each line.
+fn wrap(out: &mut String, text: &str, first: &str, rest: &str) {
+    let longest = WIDTH.saturating_sub(rest.chars().count()).max(1);
+    let mut line = first.to_string();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        loop {
+            let separator = usize::from(!empty);
+            let room = WIDTH.saturating_sub(line.chars().count() + separator);
+            if word.len() <= room {
+                if !empty {
+                    line.push(' ');
+                }
+                line.extend(word.iter());
+                empty = false;
+                break;
+            }
+            if word.len() > longest && (room > 0 || empty) {
+                if !empty {
+                    line.push(' ');
+                }
+                line.extend(word.drain(..room.max(1)));
+            }
+            out.push_str(&line);
+            out.push('\n');
+            line = rest.to_string();
+            empty = true;
+            if word.is_empty() {
+                break;
+            }
+        }
+    }
+    if !empty {
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(tenants: Vec<TenantReport>) -> Report {
+        Report {
+            version: SCHEMA_VERSION,
+            ledger: "/run/gpuslice".into(),
+            tenants,
+        }
+    }
+
+    fn busy_tenant(name: &str) -> TenantReport {
+        TenantReport {
+            name: name.into(),
+            error: None,
+            usage: Some(TenantUsage {
+                memory_limit_bytes: Some(4 << 30),
+                live_processes: 2,
+                gpus: vec![GpuReport {
+                    uuid: GpuUuid([0xab; 16]).to_string(),
+                    memory_used_bytes: 3 << 30,
+                    memory_limit_bytes: None,
+                    oom_refusals: 12_345,
+                    processes: vec![ProcessReport {
+                        slot: 63,
+                        pid: 4_194_304,
+                        memory_bytes: (1 << 40) - 1,
+                    }],
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn table_fits_80_columns_even_at_the_limits() {
+        let long_name = "x".repeat(63);
+        let text = render_table(&report(vec![
+            busy_tenant(&long_name),
+            TenantReport {
+                name: "broken".into(),
+                error: Some(format!(
+                    "/very/long/path/{}/usage is not a valid gpuslice usage file: bad magic",
+                    "y".repeat(100)
+                )),
+                usage: None,
+            },
+        ]));
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= WIDTH,
+                "{line:?} ({} columns)",
+                line.len()
+            );
+        }
+        assert!(
+            text.contains(&format!("{long_name} (2 processes)")),
+            "{text}"
+        );
+        assert!(text.contains("unlimited"), "{text}");
+        assert!(text.contains("error: /very/long/path"), "{text}");
+    }
+
+    #[test]
+    fn table_columns_line_up() {
+        let text = render_table(&report(vec![busy_tenant("a")]));
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines[1];
+        let gpu = lines[3];
+        // USED ends where the header's USED ends.
+        let used_end = header.find("USED").unwrap() + "USED".len();
+        assert_eq!(&gpu[used_end - "3 GiB".len()..used_end], "3 GiB", "{text}");
+        let process = lines[4];
+        assert!(process.starts_with("    slot 63, pid 4194304"), "{text}");
+        assert_eq!(
+            &process[used_end - "1023 GiB".len()..used_end],
+            "1023 GiB",
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let value = serde_json::to_value(report(vec![
+            busy_tenant("a"),
+            TenantReport {
+                name: "b".into(),
+                error: Some("bad".into()),
+                usage: None,
+            },
+        ]))
+        .unwrap();
+        assert_eq!(value["version"], 1);
+        assert_eq!(value["ledger"], "/run/gpuslice");
+        let a = &value["tenants"][0];
+        assert_eq!(a["name"], "a");
+        assert_eq!(a["memory_limit_bytes"], 4u64 << 30);
+        assert_eq!(a["live_processes"], 2);
+        assert!(a.get("error").is_none());
+        let gpu = &a["gpus"][0];
+        assert_eq!(gpu["memory_used_bytes"], 3u64 << 30);
+        assert!(gpu["memory_limit_bytes"].is_null());
+        assert_eq!(gpu["oom_refusals"], 12_345);
+        assert_eq!(gpu["processes"][0]["slot"], 63);
+        assert_eq!(gpu["processes"][0]["pid"], 4_194_304);
+        assert_eq!(gpu["processes"][0]["memory_bytes"], (1u64 << 40) - 1);
+        let b = &value["tenants"][1];
+        assert_eq!(b["error"], "bad");
+        assert!(b.get("gpus").is_none());
+    }
+}

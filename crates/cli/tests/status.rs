@@ -1,0 +1,256 @@
+//! `gpuslice status`: what it reports, in JSON and as a table, and how it treats damage.
+
+use gpuslice_ledger::{GpuUuid, Limits, TenantQuota};
+use serde_json::Value;
+
+use crate::util::*;
+
+/// The JSON entry of tenant `name`.
+fn tenant_entry<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["tenants"]
+        .as_array()
+        .expect("tenants array")
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tenant {name} in {status:#}"))
+}
+
+fn gib_quota(gib: u64) -> TenantQuota {
+    TenantQuota {
+        defaults: Limits {
+            memory_bytes: Some(gib * GIB),
+            ..Limits::default()
+        },
+        per_gpu: vec![],
+    }
+}
+
+#[test]
+fn status_of_an_empty_ledger_lists_no_tenants() {
+    let t = TestDir::new();
+    t.ledger();
+    let status = t.status_json();
+    assert_eq!(status["version"], 1);
+    assert_eq!(status["ledger"], t.ledger_dir().display().to_string());
+    assert_eq!(status["tenants"], Value::Array(vec![]));
+    let out = finish(t.gpuslice(&["status", "--dir"]).arg(t.ledger_dir()));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("(no tenants)"), "{out:?}");
+}
+
+#[test]
+fn status_without_a_ledger_exits_2() {
+    let t = TestDir::new();
+    let out = finish(
+        t.gpuslice(&["status", "--dir"])
+            .arg(t.path().join("missing")),
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--dir"), "{out:?}");
+    assert!(
+        !t.path().join("missing").exists(),
+        "status created the ledger"
+    );
+}
+
+#[test]
+fn status_finds_the_ledger_through_gpuslice_dir() {
+    let t = TestDir::new();
+    t.ledger().write_quota(&tenant("a"), &gib_quota(1)).unwrap();
+    let out = finish(
+        t.gpuslice(&["status", "--json"])
+            .env("GPUSLICE_DIR", t.ledger_dir()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("\"a\""), "{out:?}");
+}
+
+#[test]
+fn status_reports_what_a_process_actually_holds() {
+    let t = TestDir::new();
+    let ledger = t.ledger();
+    let a = tenant("team-a");
+    let gpu = GpuUuid::parse("GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d").unwrap();
+    ledger.write_quota(&a, &gib_quota(1)).unwrap();
+
+    // What a shim process does: claim a slot, register the GPU, reserve, be refused.
+    let usage = ledger.open_usage(&a).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    let index = usage.register_gpu(&gpu).unwrap();
+    slot.try_reserve(index, 300 * MIB, GIB).unwrap();
+    assert!(slot.try_reserve(index, GIB, GIB).is_err());
+    usage.record_oom(index);
+    // A second process holding nothing yet.
+    let idle = usage.claim_slot().unwrap();
+
+    let status = t.status_json();
+    let entry = tenant_entry(&status, "team-a");
+    assert!(entry.get("error").is_none(), "{entry:#}");
+    assert_eq!(entry["memory_limit_bytes"], GIB);
+    assert_eq!(entry["live_processes"], 2);
+    let gpus = entry["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 1, "{entry:#}");
+    assert_eq!(gpus[0]["uuid"], gpu.to_string());
+    assert_eq!(gpus[0]["memory_used_bytes"], 300 * MIB);
+    assert_eq!(gpus[0]["memory_limit_bytes"], GIB);
+    assert_eq!(gpus[0]["oom_refusals"], 1);
+    assert_eq!(
+        gpus[0]["processes"],
+        serde_json::json!([{
+            "slot": slot.index(),
+            "pid": std::process::id(),
+            "memory_bytes": 300 * MIB,
+        }])
+    );
+
+    // The table says the same.
+    let out = finish(t.gpuslice(&["status", "--dir"]).arg(t.ledger_dir()));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("team-a (2 processes)"),
+        "{}",
+        out.stdout
+    );
+    let gpu_line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains(&gpu.to_string()))
+        .unwrap_or_else(|| panic!("no GPU line:\n{}", out.stdout));
+    assert!(
+        gpu_line.contains("300 MiB") && gpu_line.contains("1 GiB"),
+        "{gpu_line}"
+    );
+    assert!(gpu_line.trim_end().ends_with(" 1"), "{gpu_line}");
+    assert!(
+        out.stdout.contains(&format!(
+            "slot {}, pid {}",
+            slot.index(),
+            std::process::id()
+        )),
+        "{}",
+        out.stdout
+    );
+    for line in out.stdout.lines() {
+        assert!(line.len() <= 80, "{line:?}");
+    }
+    drop((slot, idle));
+}
+
+#[test]
+fn memory_of_dead_processes_is_not_counted() {
+    let t = TestDir::new();
+    let ledger = t.ledger();
+    let a = tenant("a");
+    let gpu = GpuUuid([3; 16]);
+    let usage = ledger.open_usage(&a).unwrap();
+    let index = usage.register_gpu(&gpu).unwrap();
+    let live = usage.claim_slot().unwrap();
+    live.try_reserve(index, 100 * MIB, u64::MAX).unwrap();
+    let dead = usage.claim_slot().unwrap();
+    dead.try_reserve(index, 200 * MIB, u64::MAX).unwrap();
+    // Drops the slot's lock without emptying it: what a process that died leaves behind.
+    dead.abandon_after_fork();
+
+    let status = t.status_json();
+    let entry = tenant_entry(&status, "a");
+    assert_eq!(entry["live_processes"], 1);
+    assert!(
+        entry["memory_limit_bytes"].is_null(),
+        "no quota file: unlimited"
+    );
+    let gpu_entry = &entry["gpus"][0];
+    assert_eq!(gpu_entry["memory_used_bytes"], 100 * MIB);
+    assert!(gpu_entry["memory_limit_bytes"].is_null());
+    assert_eq!(gpu_entry["processes"].as_array().unwrap().len(), 1);
+    drop(live);
+}
+
+#[test]
+fn per_gpu_quota_is_shown_before_the_gpu_is_used() {
+    let t = TestDir::new();
+    let gpu = GpuUuid([9; 16]);
+    let quota = TenantQuota {
+        defaults: Limits::default(),
+        per_gpu: vec![(
+            gpu,
+            Limits {
+                memory_bytes: Some(512 * MIB),
+                ..Limits::default()
+            },
+        )],
+    };
+    t.ledger().write_quota(&tenant("a"), &quota).unwrap();
+    t.ledger().write_quota(&tenant("b"), &gib_quota(2)).unwrap();
+
+    let status = t.status_json();
+    let a = tenant_entry(&status, "a");
+    assert!(a["memory_limit_bytes"].is_null());
+    assert_eq!(a["gpus"][0]["uuid"], gpu.to_string());
+    assert_eq!(a["gpus"][0]["memory_limit_bytes"], 512 * MIB);
+    assert_eq!(a["gpus"][0]["memory_used_bytes"], 0);
+    let b = tenant_entry(&status, "b");
+    assert_eq!(b["memory_limit_bytes"], 2 * GIB);
+    assert_eq!(b["gpus"], Value::Array(vec![]));
+
+    let out = finish(t.gpuslice(&["status", "--dir"]).arg(t.ledger_dir()));
+    assert!(out.stdout.contains("no GPU used yet"), "{}", out.stdout);
+}
+
+#[test]
+fn damaged_tenant_files_are_reported_per_tenant_and_the_rest_is_shown() {
+    let t = TestDir::new();
+    let ledger = t.ledger();
+    ledger.write_quota(&tenant("good"), &gib_quota(1)).unwrap();
+    ledger
+        .write_quota(&tenant("bad-quota"), &gib_quota(1))
+        .unwrap();
+    let bad_quota = ledger.quota_path(&tenant("bad-quota"));
+    std::fs::write(&bad_quota, b"not a quota file").unwrap();
+    ledger.open_usage(&tenant("bad-usage")).unwrap();
+    let bad_usage = ledger.usage_path(&tenant("bad-usage"));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bad_usage)
+        .unwrap();
+    file.set_len(100).unwrap();
+
+    let status = t.status_json();
+    let good = tenant_entry(&status, "good");
+    assert!(good.get("error").is_none());
+    assert_eq!(good["memory_limit_bytes"], GIB);
+    for (name, path) in [("bad-quota", &bad_quota), ("bad-usage", &bad_usage)] {
+        let entry = tenant_entry(&status, name);
+        let error = entry["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{entry:#}"));
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(entry.get("gpus").is_none(), "{entry:#}");
+    }
+
+    let out = finish(t.gpuslice(&["status", "--dir"]).arg(t.ledger_dir()));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.matches("  error: ").count(), 2, "{}", out.stdout);
+    assert!(out.stdout.contains("good"), "{}", out.stdout);
+    for line in out.stdout.lines() {
+        assert!(line.len() <= 80, "{line:?}");
+    }
+}
+
+#[test]
+fn status_shows_a_tenant_while_gpuslice_run_holds_it() {
+    let t = TestDir::new();
+    let mut command = t.run(&["--tenant", "running", "--memory", "2Gi", "--"]);
+    command.args(hold(&t.release_file()));
+    let mut run = Running::spawn(&mut command);
+    run.wait_for_line("ready");
+    let status = t.status_json();
+    let entry = tenant_entry(&status, "running");
+    assert_eq!(entry["memory_limit_bytes"], 2 * GIB);
+    assert_eq!(
+        entry["live_processes"], 0,
+        "a shell that never used the GPU"
+    );
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+    assert_eq!(t.status_json()["tenants"], Value::Array(vec![]));
+}

@@ -1,0 +1,339 @@
+//! `gpuslice run` and tenants: the quota it writes, joining, and who removes the tenant.
+
+use std::os::unix::fs::PermissionsExt;
+
+use gpuslice_ledger::{GpuUuid, Limits, TenantQuota};
+
+use crate::util::*;
+
+/// `gpuslice run ARGS -- <hold>` started, and ready.
+fn start_holding(t: &TestDir, args: &[&str]) -> Running {
+    let mut command = t.run(args);
+    command.arg("--").args(hold(&t.release_file()));
+    let mut run = Running::spawn(&mut command);
+    run.wait_for_line("ready");
+    run
+}
+
+/// The tenant's quota, which must exist.
+fn quota_of(t: &TestDir, name: &str) -> TenantQuota {
+    t.ledger()
+        .read_quota(&tenant(name))
+        .expect("readable quota")
+        .unwrap_or_else(|| panic!("tenant {name} has no quota file"))
+        .quota()
+}
+
+#[test]
+fn run_creates_the_tenant_with_its_quota_and_removes_it_after() {
+    let t = TestDir::new();
+    let run = start_holding(&t, &["--tenant", "team-a", "--memory", "1.5Gi"]);
+    let quota = quota_of(&t, "team-a");
+    assert_eq!(quota.defaults.memory_bytes, Some(3 * GIB / 2));
+    assert!(quota.per_gpu.is_empty());
+    assert!(
+        t.ledger_dir()
+            .join("tenants/team-a/created-by-run")
+            .exists()
+    );
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+    assert!(!t.tenant_exists("team-a"), "the tenant was left behind");
+}
+
+#[test]
+fn run_without_memory_creates_an_unlimited_tenant() {
+    let t = TestDir::new();
+    let run = start_holding(&t, &["--tenant", "free"]);
+    assert_eq!(quota_of(&t, "free"), TenantQuota::default());
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+}
+
+#[test]
+fn run_with_gpu_limits_that_gpu_only() {
+    let t = TestDir::new();
+    let uuid = "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d";
+    let run = start_holding(
+        &t,
+        &["--tenant", "one-gpu", "--memory", "512Mi", "--gpu", uuid],
+    );
+    let quota = quota_of(&t, "one-gpu");
+    assert_eq!(
+        quota.defaults,
+        Limits::default(),
+        "other GPUs stay unlimited"
+    );
+    assert_eq!(
+        quota.per_gpu,
+        vec![(
+            GpuUuid::parse(uuid).unwrap(),
+            Limits {
+                memory_bytes: Some(512 * MIB),
+                ..Limits::default()
+            }
+        )]
+    );
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+}
+
+/// A directory with an `nvidia-smi` that prints `list` for `-L`, for PATH.
+fn fake_nvidia_smi(t: &TestDir, list: &str) -> String {
+    let bin = t.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("nvidia-smi");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\n[ \"$1\" = -L ] || exit 9\ncat <<'END'\n{list}END\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:/usr/bin:/bin", bin.display())
+}
+
+#[test]
+fn gpu_index_is_looked_up_with_nvidia_smi() {
+    let t = TestDir::new();
+    let path = fake_nvidia_smi(
+        &t,
+        "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)\n\
+         GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n",
+    );
+    let mut command = t.run(&["--tenant", "by-index", "--memory", "1Gi", "--gpu", "1"]);
+    command
+        .env("PATH", &path)
+        .arg("--")
+        .args(hold(&t.release_file()));
+    let mut run = Running::spawn(&mut command);
+    run.wait_for_line("ready");
+    let quota = quota_of(&t, "by-index");
+    assert_eq!(
+        quota.per_gpu[0].0.to_string(),
+        "GPU-11111111-2222-3333-4444-555555555555"
+    );
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+
+    let out = finish(
+        t.run(&["--memory", "1Gi", "--gpu", "2", "--", "true"])
+            .env("PATH", &path),
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("lists GPUs 0, 1"), "{out:?}");
+}
+
+#[test]
+fn gpu_index_without_nvidia_smi_asks_for_a_uuid() {
+    let t = TestDir::new();
+    let empty = t.path().join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = finish(
+        t.run(&["--memory", "1Gi", "--gpu", "0", "--", "true"])
+            .env("PATH", &empty),
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("nvidia-smi"), "{out:?}");
+    assert!(out.stderr.contains("pass the UUID"), "{out:?}");
+}
+
+#[test]
+fn joining_with_more_memory_than_the_quota_fails_naming_both() {
+    let t = TestDir::new();
+    let first = start_holding(&t, &["--tenant", "shared", "--memory", "1Gi"]);
+    let marker = t.path().join("second-ran");
+    let out = finish(t.run(&[
+        "--tenant",
+        "shared",
+        "--memory",
+        "2Gi",
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("2Gi") && out.stderr.contains("1Gi"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("shared"), "{out:?}");
+    assert!(!marker.exists(), "the command ran");
+    // The refused run changed nothing.
+    assert_eq!(quota_of(&t, "shared").defaults.memory_bytes, Some(GIB));
+    t.release();
+    assert_eq!(first.wait(TIMEOUT).code, Some(0));
+    assert!(!t.tenant_exists("shared"));
+}
+
+#[test]
+fn joining_with_less_memory_lowers_the_limit_for_that_command() {
+    let t = TestDir::new();
+    let first = start_holding(&t, &["--tenant", "shared", "--memory", "1Gi"]);
+    let echo = ["sh", "-c", "echo ${GPUSLICE_MEMORY_LIMIT-unset}"];
+    let out = finish(
+        t.run(&["--tenant", "shared", "--memory", "512Mi", "--"])
+            .args(echo),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim(), (512 * MIB).to_string());
+    // The same limit, or none, sets nothing: the quota file already says it.
+    for memory in [&["--memory", "1Gi"][..], &[][..]] {
+        let out = finish(
+            t.run(&["--tenant", "shared"])
+                .args(memory)
+                .arg("--")
+                .args(echo),
+        );
+        assert_eq!(out.stdout.trim(), "unset", "{memory:?}: {out:?}");
+    }
+    assert!(
+        t.tenant_exists("shared"),
+        "a joiner removed the creator's tenant"
+    );
+    t.release();
+    assert_eq!(first.wait(TIMEOUT).code, Some(0));
+}
+
+#[test]
+fn last_run_to_leave_removes_the_tenant_whoever_created_it() {
+    let t = TestDir::new();
+    let creator_release = t.path().join("creator-done");
+    let mut creator = t.run(&["--tenant", "pair", "--memory", "1Gi", "--"]);
+    creator.args(hold(&creator_release));
+    let mut creator = Running::spawn(&mut creator);
+    creator.wait_for_line("ready");
+    let joiner = start_holding(&t, &["--tenant", "pair"]);
+
+    std::fs::write(&creator_release, "").unwrap();
+    assert_eq!(creator.wait(TIMEOUT).code, Some(0));
+    assert!(
+        t.tenant_exists("pair"),
+        "removed while a joined run was still in it"
+    );
+    assert_eq!(quota_of(&t, "pair").defaults.memory_bytes, Some(GIB));
+
+    t.release();
+    assert_eq!(joiner.wait(TIMEOUT).code, Some(0));
+    assert!(
+        !t.tenant_exists("pair"),
+        "the last run out did not remove it"
+    );
+}
+
+#[test]
+fn tenant_is_kept_while_a_process_holds_a_live_slot() {
+    let t = TestDir::new();
+    let run = start_holding(&t, &["--tenant", "busy", "--memory", "1Gi"]);
+    // A process of the tenant outside `gpuslice run` (here: this test) uses the GPU.
+    let usage = t.ledger().open_usage(&tenant("busy")).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+    assert!(t.tenant_exists("busy"), "removed under a live process");
+    drop(slot);
+
+    // Once it is gone, the next run of the tenant cleans up after itself.
+    let out = finish(t.run(&["--tenant", "busy", "--", "true"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!t.tenant_exists("busy"));
+}
+
+#[test]
+fn tenant_not_created_by_a_run_is_joined_and_kept() {
+    let t = TestDir::new();
+    let ledger = t.ledger();
+    let quota = TenantQuota {
+        defaults: Limits {
+            memory_bytes: Some(2 * GIB),
+            ..Limits::default()
+        },
+        per_gpu: vec![],
+    };
+    ledger.write_quota(&tenant("pod-1"), &quota).unwrap();
+    let out = finish(t.run(&[
+        "--tenant",
+        "pod-1",
+        "--memory",
+        "1Gi",
+        "--",
+        "sh",
+        "-c",
+        "echo $GPUSLICE_MEMORY_LIMIT",
+    ]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim(), GIB.to_string());
+    assert_eq!(
+        quota_of(&t, "pod-1"),
+        quota,
+        "the creator's quota was changed"
+    );
+    assert!(!t.ledger_dir().join("tenants/pod-1/created-by-run").exists());
+
+    let out = finish(t.run(&["--tenant", "pod-1", "--memory", "3Gi", "--", "true"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+}
+
+#[test]
+fn tenant_left_behind_by_a_killed_run_is_created_afresh() {
+    let t = TestDir::new();
+    // What a `gpuslice run --tenant old --memory 1Gi` killed with SIGKILL leaves behind.
+    let ledger = t.ledger();
+    ledger
+        .write_quota(
+            &tenant("old"),
+            &TenantQuota {
+                defaults: Limits {
+                    memory_bytes: Some(GIB),
+                    ..Limits::default()
+                },
+                per_gpu: vec![],
+            },
+        )
+        .unwrap();
+    std::fs::write(t.ledger_dir().join("tenants/old/created-by-run"), "").unwrap();
+
+    let run = start_holding(&t, &["--tenant", "old", "--memory", "4Gi"]);
+    assert_eq!(quota_of(&t, "old").defaults.memory_bytes, Some(4 * GIB));
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+    assert!(!t.tenant_exists("old"));
+}
+
+#[test]
+fn killed_gpuslice_leaves_a_tenant_the_next_run_replaces() {
+    let t = TestDir::new();
+    let mut first = start_holding(&t, &["--tenant", "crash", "--memory", "1Gi"]);
+    first.signal(libc::SIGKILL);
+    // Its command outlives it (and keeps its stdout open) until released.
+    t.release();
+    let _ = first.wait(TIMEOUT);
+    assert!(t.tenant_exists("crash"));
+    let out = finish(t.run(&["--tenant", "crash", "--memory", "2Gi", "--", "true"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!t.tenant_exists("crash"));
+}
+
+#[test]
+fn many_runs_of_one_tenant_at_once_leave_nothing_behind() {
+    let t = TestDir::new();
+    let runs: Vec<Running> = (0..8)
+        .map(|_| {
+            let mut command = t.run(&["--tenant", "crowd", "--memory", "1Gi", "--"]);
+            command.args(hold(&t.release_file()));
+            Running::spawn(&mut command)
+        })
+        .collect();
+    let mut runs: Vec<Running> = runs
+        .into_iter()
+        .map(|mut r| {
+            r.wait_for_line("ready");
+            r
+        })
+        .collect();
+    assert_eq!(quota_of(&t, "crowd").defaults.memory_bytes, Some(GIB));
+    t.release();
+    for run in runs.drain(..) {
+        assert_eq!(run.wait(TIMEOUT).code, Some(0));
+    }
+    assert!(!t.tenant_exists("crowd"));
+}

@@ -1,0 +1,10 @@
+//! The `gpuslice` command, tested by running the real binary: `run` (exit codes, signals,
+//! the environment it gives the command, tenant creation, joining and cleanup), `status`
+//! (JSON and table, damaged files), and both over the real shim and the simulated GPU.
+
+mod util;
+
+mod end_to_end;
+mod run;
+mod status;
+mod tenants;
