@@ -12,6 +12,7 @@ use crate::quantity::parse_memory_arg;
 const EXIT_CODES: &str = "\
 Exit codes:
   0    success (run: the command's own status is passed through)
+  1    doctor: at least one check failed
   2    usage or configuration error (a bad flag or value, no ledger directory,
        no shim, --memory above the quota of the tenant being joined)
   125  gpuslice itself failed (run: before it could start the command)
@@ -36,6 +37,15 @@ pub enum Command {
     Run(RunArgs),
     /// Show every tenant's GPU memory: used, limit, refusals, processes.
     Status(StatusArgs),
+    /// Watch every tenant's GPU memory live, per GPU (q quits).
+    Top(TopArgs),
+    /// Serve the ledger as Prometheus metrics (or print them once).
+    Metrics(MetricsArgs),
+    /// Check the shim, the driver, the ledger and the environment.
+    #[command(after_help = DOCTOR_HELP)]
+    Doctor(DoctorArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
 }
 
 /// How `run` treats tenants and the environment, after the flags in `--help`. Flag help
@@ -115,6 +125,68 @@ pub struct StatusArgs {
     /// Ledger directory [default: as for run]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+/// `gpuslice metrics`.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Address to serve GET /metrics on (port 0: any free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9400")]
+    pub listen: String,
+
+    /// Print the metrics once to stdout instead of serving them
+    #[arg(long, conflicts_with = "listen")]
+    pub once: bool,
+
+    /// Ledger directory [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `doctor`'s exit codes.
+const DOCTOR_HELP: &str = "\
+Each line says OK, WARN or FAIL. A machine without a GPU is a WARN.
+
+Exit codes:
+  0  nothing failed (warnings allowed)
+  1  at least one check failed
+  2  usage error";
+
+/// `gpuslice doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Ledger directory [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Shim library to check [default: as for run]
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+}
+
+/// `gpuslice completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `gpuslice top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Ledger directory [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Milliseconds between refreshes
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 250,
+        value_parser = clap::value_parser!(u64).range(10..=3_600_000)
+    )]
+    pub interval: u64,
 }
 
 /// `--tenant`'s value parser.

@@ -6,6 +6,8 @@
 
 /// Everything went well (for `run`: the command exited 0).
 pub const OK: u8 = 0;
+/// `doctor`: at least one check failed.
+pub const PROBLEMS: u8 = 1;
 /// A usage or configuration error: a bad flag or value, no usable ledger directory, no shim,
 /// `--memory` above the quota of the tenant being joined. Also what clap exits with.
 pub const USAGE: u8 = 2;

@@ -97,12 +97,64 @@ The human output is a table of at most 80 columns. `--json` prints one document:
 | `gpus[].oom_refusals` | allocations refused for being over the limit, since the GPU was first used by the tenant |
 | `gpus[].processes[]` | live processes holding memory on this GPU: `slot` (0 to 63), `pid`, `memory_bytes` |
 
+# `gpuslice top [--dir DIR] [--interval MS]`
+
+The figures of `status`, live in the terminal and grouped by GPU: for each tenant on a GPU,
+its memory used and limit, a bar and the percentage of the limit, its OOM refusals, and its
+live processes (their count, and their PIDs on a wide terminal). Tenants that have not used
+a GPU yet and damaged tenants (with their error) follow. The ledger is read again every
+`--interval` milliseconds (default 250); a read that fails keeps the last figures on screen
+and says why. `q`, Esc or Ctrl-C quits; the arrow keys, PgUp/PgDn and Home scroll. Below
+60 columns the bars go and UUIDs are cut (`GPU-5f8c3a12…`). The terminal is given back
+however it ends, a panic included. With a stdout that is not a terminal it exits 2 and
+points to `gpuslice status`.
+
+# `gpuslice metrics [--listen ADDR] [--once] [--dir DIR]`
+
+Serves the ledger as Prometheus metrics on `GET /metrics` (text format 0.0.4, `Content-Type:
+text/plain; version=0.0.4`), at `--listen` (default `127.0.0.1:9400`; port 0 picks a free
+port). It prints `gpuslice metrics: serving http://ADDR/metrics ...` on stdout once
+listening. Other paths are 404, other methods than `GET`/`HEAD` 405. The ledger is read
+afresh at every scrape (a scrape of an unreadable ledger directory is a 500); a tenant whose
+files are damaged has no series at that scrape and is counted in `gpuslice_ledger_errors`.
+At most 16 connections are served at once (more get 503); a request head may take 8 KiB and
+10 seconds. `--once` prints the exposition to stdout and exits (2 if the ledger cannot be
+read).
+
+| metric | type | labels | meaning |
+|---|---|---|---|
+| `gpuslice_memory_used_bytes` | gauge | `tenant`, `gpu` | memory held by the tenant's live processes on the GPU (as `status` counts it) |
+| `gpuslice_memory_limit_bytes` | gauge | `tenant`, `gpu` | the tenant's quota on the GPU; no series when unlimited |
+| `gpuslice_oom_refusals_total` | counter | `tenant`, `gpu` | allocations refused for being over the limit |
+| `gpuslice_processes` | gauge | `tenant` | live processes of the tenant |
+| `gpuslice_tenants` | gauge | | tenants in the ledger, readable or not |
+| `gpuslice_ledger_errors` | gauge | | tenants whose files could not be read at this scrape |
+
+`gpu` is the GPU's UUID. Per-GPU series exist for the GPUs `status --json` lists for the
+tenant (those its processes used, then those its quota names).
+
+# `gpuslice doctor [--dir DIR] [--shim PATH]`
+
+Checks, one `OK` / `WARN` / `FAIL` line each: the shim (found as `run` finds it) is an ELF
+shared object exporting `cuMemAlloc_v2` and `dlsym`; `libcuda.so.1` and
+`libnvidia-ml.so.1` load and NVML lists the GPUs (UUID, total and free memory) — without a
+driver or a GPU these are warnings; the ledger directory exists (a warning if not yet), is
+writable (else which tenants' usage files are), and every tenant's files can be read (each
+damaged tenant is a failure with the ledger's error); no `GPUSLICE_` variable is set that the
+shim would refuse. Exit 0 when nothing failed, 1 when something did.
+
+# `gpuslice completions bash|zsh|fish|elvish|powershell`
+
+Prints the shell's completion script, e.g. `gpuslice completions bash >
+/etc/bash_completion.d/gpuslice`.
+
 # Exit codes
 
 | code | meaning |
 |---|---|
 | 0 | success; for `run`, the command exited 0 |
-| 2 | usage or configuration error: a bad flag or value, no usable ledger directory, no shim, an unknown `GPUSLICE_` variable, `--memory` above the quota of the tenant being joined |
+| 1 | `doctor`: at least one check failed |
+| 2 | usage or configuration error: a bad flag or value, no usable ledger directory, no shim, an unknown `GPUSLICE_` variable, `--memory` above the quota of the tenant being joined, `top` without a terminal |
 | 125 | gpuslice itself failed; for `run`, before it could start the command (a damaged ledger file, a failed system call); for `status`, only if its output cannot be written |
 | 126 | `run`: the command was found but could not be executed |
 | 127 | `run`: the command was not found |
@@ -114,14 +166,18 @@ change the exit code, which stays the command's.
 #![deny(missing_docs)]
 
 mod cli;
+mod completions;
+mod doctor;
 mod exit;
 mod gpu;
 mod locate;
+mod metrics;
 mod quantity;
 mod run;
 mod signals;
 mod status;
 mod tenancy;
+mod top;
 
 use std::process::ExitCode;
 
@@ -154,6 +210,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::status(args),
+        Command::Top(args) => top::top(args),
+        Command::Metrics(args) => metrics::metrics(args),
+        Command::Doctor(args) => doctor::doctor(args),
+        Command::Completions(args) => completions::completions(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -4,7 +4,10 @@
 
 mod util;
 
+mod doctor;
 mod end_to_end;
+mod metrics;
 mod run;
 mod status;
 mod tenants;
+mod top;

@@ -1,0 +1,402 @@
+//! `gpuslice doctor`: checks that gpuslice can work on this machine, one line per finding.
+//!
+//! It looks at what `run` and the shim need, in the order they need it: the shim library,
+//! the NVIDIA driver (through NVML, loaded at run time so that a machine without a GPU gets
+//! a warning, not a failure to start), the ledger directory and every tenant's files, and
+//! the `GPUSLICE_` variables the shim would refuse.
+
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
+use std::path::Path;
+
+use object::{Object, ObjectKind, ObjectSymbol};
+
+use crate::cli::DoctorArgs;
+use crate::exit::{self, Failure};
+use crate::locate;
+use crate::quantity::format_size;
+use crate::status;
+
+/// What a finding means for gpuslice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// The findings, printed as they are made.
+#[derive(Debug, Default)]
+struct Findings {
+    failed: bool,
+}
+
+impl Findings {
+    fn say(&mut self, level: Level, topic: &str, text: &str) {
+        let word = match level {
+            Level::Ok => "OK",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        self.failed |= level == Level::Fail;
+        println!("{word:<4}  {topic}: {text}");
+    }
+}
+
+/// The symbols a shim must export: an allocation it gates and the `dlsym` it interposes.
+const SHIM_SYMBOLS: [&str; 2] = ["cuMemAlloc_v2", "dlsym"];
+
+/// Runs `gpuslice doctor`; exit 0 when nothing failed, [`exit::PROBLEMS`] otherwise.
+pub fn doctor(args: DoctorArgs) -> Result<u8, Failure> {
+    let mut findings = Findings::default();
+    check_shim(&mut findings, args.shim.as_deref());
+    check_driver(&mut findings);
+    match locate::ledger_dir(args.dir.as_deref()) {
+        Ok(dir) => check_ledger(&mut findings, &dir),
+        Err(e) => findings.say(Level::Fail, "ledger", &e.to_string()),
+    }
+    check_environment(&mut findings);
+    Ok(if findings.failed {
+        exit::PROBLEMS
+    } else {
+        exit::OK
+    })
+}
+
+/// The shim, found as `run` finds it, must be an ELF shared object exporting [`SHIM_SYMBOLS`].
+fn check_shim(findings: &mut Findings, flag: Option<&Path>) {
+    let path = match locate::shim(flag) {
+        Ok(path) => path,
+        Err(e) => return findings.say(Level::Fail, "shim", &e.to_string()),
+    };
+    match shim_problem(&path) {
+        None => findings.say(
+            Level::Ok,
+            "shim",
+            &format!(
+                "{} is a shared object exporting {}",
+                path.display(),
+                SHIM_SYMBOLS.join(" and ")
+            ),
+        ),
+        Some(problem) => findings.say(
+            Level::Fail,
+            "shim",
+            &format!("{} {problem}", path.display()),
+        ),
+    }
+}
+
+/// Why the file at `path` is not a usable shim, or `None` if it is one.
+fn shim_problem(path: &Path) -> Option<String> {
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        Err(e) => return Some(format!("cannot be read: {e}")),
+    };
+    let file = match object::File::parse(&*data) {
+        Ok(file) => file,
+        Err(e) => return Some(format!("is not an ELF shared object ({e})")),
+    };
+    if file.format() != object::BinaryFormat::Elf || file.kind() != ObjectKind::Dynamic {
+        return Some("is not an ELF shared object".into());
+    }
+    let missing: Vec<&str> = SHIM_SYMBOLS
+        .iter()
+        .copied()
+        .filter(|wanted| {
+            !file
+                .dynamic_symbols()
+                .any(|s| s.is_definition() && s.is_global() && s.name().is_ok_and(|n| n == *wanted))
+        })
+        .collect();
+    if missing.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "does not export {}: it is not the gpuslice shim",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// `nvmlReturn_t`.
+type NvmlReturn = c_int;
+/// `nvmlDevice_t`.
+type NvmlDevice = *mut c_void;
+/// `NVML_SUCCESS`.
+const NVML_SUCCESS: NvmlReturn = 0;
+/// `NVML_DEVICE_UUID_V2_BUFFER_SIZE`.
+const UUID_BUFFER: usize = 96;
+/// [`UUID_BUFFER`] as NVML takes it.
+const UUID_BUFFER_C: c_uint = 96;
+
+/// `nvmlMemory_t`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct NvmlMemory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+/// The driver: `libcuda.so.1` and `libnvidia-ml.so.1` load, NVML starts and lists GPUs.
+/// Everything here is a warning at worst: without a GPU nothing is enforced, but nothing
+/// breaks either.
+fn check_driver(findings: &mut Findings) {
+    // SAFETY: loading libcuda runs its initializers, which is what every CUDA program does;
+    // nothing of it is called here.
+    match unsafe { libloading::Library::new("libcuda.so.1") } {
+        Ok(_) => findings.say(Level::Ok, "driver", "libcuda.so.1 loads"),
+        Err(e) => findings.say(
+            Level::Warn,
+            "driver",
+            &format!("libcuda.so.1 cannot be loaded ({e}): no NVIDIA driver, or no GPU here"),
+        ),
+    }
+    // SAFETY: as above, for NVML.
+    let nvml = match unsafe { libloading::Library::new("libnvidia-ml.so.1") } {
+        Ok(lib) => lib,
+        Err(e) => {
+            return findings.say(
+                Level::Warn,
+                "gpus",
+                &format!("libnvidia-ml.so.1 cannot be loaded ({e}): no GPU can be listed"),
+            );
+        }
+    };
+    match list_gpus(&nvml) {
+        Ok(gpus) if gpus.is_empty() => findings.say(Level::Warn, "gpus", "NVML sees no GPU"),
+        Ok(gpus) => {
+            for (index, line) in gpus.iter().enumerate() {
+                findings.say(Level::Ok, &format!("gpu {index}"), line);
+            }
+        }
+        Err(e) => findings.say(Level::Warn, "gpus", &e),
+    }
+}
+
+/// One line per GPU NVML lists (`UUID, N GiB total, M GiB free`), or why NVML failed.
+fn list_gpus(nvml: &libloading::Library) -> Result<Vec<String>, String> {
+    type Init = unsafe extern "C" fn() -> NvmlReturn;
+    type Count = unsafe extern "C" fn(*mut c_uint) -> NvmlReturn;
+    type Handle = unsafe extern "C" fn(c_uint, *mut NvmlDevice) -> NvmlReturn;
+    type Uuid = unsafe extern "C" fn(NvmlDevice, *mut c_char, c_uint) -> NvmlReturn;
+    type Memory = unsafe extern "C" fn(NvmlDevice, *mut NvmlMemory) -> NvmlReturn;
+    type ErrorString = unsafe extern "C" fn(NvmlReturn) -> *const c_char;
+    // SAFETY: each symbol is declared with its signature in nvml.h, and the copies are used
+    // only while `nvml` stays loaded (this function borrows it).
+    let (init, shutdown, count, handle, uuid, memory, error_string) = unsafe {
+        (
+            symbol::<Init>(nvml, "nvmlInit_v2")?,
+            symbol::<Init>(nvml, "nvmlShutdown")?,
+            symbol::<Count>(nvml, "nvmlDeviceGetCount_v2")?,
+            symbol::<Handle>(nvml, "nvmlDeviceGetHandleByIndex_v2")?,
+            symbol::<Uuid>(nvml, "nvmlDeviceGetUUID")?,
+            symbol::<Memory>(nvml, "nvmlDeviceGetMemoryInfo")?,
+            symbol::<ErrorString>(nvml, "nvmlErrorString")?,
+        )
+    };
+    let describe = |rc: NvmlReturn| -> String {
+        // SAFETY: nvmlErrorString returns a static NUL-terminated string (or null).
+        let text = unsafe { error_string(rc) };
+        if text.is_null() {
+            format!("NVML error {rc}")
+        } else {
+            // SAFETY: non-null, NUL-terminated and static, as NVML documents.
+            let text = unsafe { CStr::from_ptr(text) };
+            format!("{} (NVML error {rc})", text.to_string_lossy())
+        }
+    };
+    // SAFETY: nvmlInit_v2 takes no arguments.
+    let rc = unsafe { init() };
+    if rc != NVML_SUCCESS {
+        return Err(format!(
+            "NVML does not start: {}; no usable GPU here",
+            describe(rc)
+        ));
+    }
+    let mut n: c_uint = 0;
+    // SAFETY: `n` is a valid place for the count.
+    let rc = unsafe { count(&raw mut n) };
+    let result = if rc == NVML_SUCCESS {
+        Ok((0..n)
+            .map(|index| {
+                let mut device: NvmlDevice = std::ptr::null_mut();
+                // SAFETY: `device` is a valid place for the handle; `index` < count.
+                let rc = unsafe { handle(index, &raw mut device) };
+                if rc != NVML_SUCCESS {
+                    return format!("no handle: {}", describe(rc));
+                }
+                let mut buffer = [0 as c_char; UUID_BUFFER];
+                // SAFETY: the buffer holds UUID_BUFFER bytes, as the length says.
+                let rc = unsafe { uuid(device, buffer.as_mut_ptr(), UUID_BUFFER_C) };
+                let name = if rc == NVML_SUCCESS {
+                    buffer[UUID_BUFFER - 1] = 0;
+                    // SAFETY: NVML wrote a NUL-terminated string into the buffer, and its
+                    // last byte is NUL in any case.
+                    unsafe { CStr::from_ptr(buffer.as_ptr()) }
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    format!("UUID unknown ({})", describe(rc))
+                };
+                let mut info = NvmlMemory::default();
+                // SAFETY: `info` is a valid nvmlMemory_t (v1 layout) to fill.
+                let rc = unsafe { memory(device, &raw mut info) };
+                if rc == NVML_SUCCESS {
+                    format!(
+                        "{name}, {} total, {} free",
+                        format_size(info.total),
+                        format_size(info.free)
+                    )
+                } else {
+                    format!("{name}, memory unknown ({})", describe(rc))
+                }
+            })
+            .collect())
+    } else {
+        Err(format!("NVML cannot count the GPUs: {}", describe(rc)))
+    };
+    // SAFETY: NVML was initialized above; this balances it.
+    unsafe { shutdown() };
+    result
+}
+
+/// The function `name` of `lib`, as a plain function pointer.
+///
+/// # Safety
+///
+/// `T` must be the symbol's type, and the pointer must not be used after `lib` is unloaded.
+unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> Result<T, String> {
+    // SAFETY: the caller vouches for `T`.
+    unsafe { lib.get::<T>(name) }
+        .map(|s| *s)
+        .map_err(|e| format!("libnvidia-ml.so.1 lacks {name}: {e}"))
+}
+
+/// The ledger: the directory exists and can be written (or which tenants' usage files can),
+/// and every tenant's files open.
+fn check_ledger(findings: &mut Findings, dir: &Path) {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return findings.say(
+                Level::Fail,
+                "ledger",
+                &format!("{shown} is not a directory"),
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return findings.say(
+                Level::Warn,
+                "ledger",
+                &format!("{shown} does not exist yet (gpuslice run creates it)"),
+            );
+        }
+        Err(e) => return findings.say(Level::Fail, "ledger", &format!("{shown}: {e}")),
+    }
+    let report = match status::read_report(dir) {
+        Ok(report) => report,
+        Err(e) => return findings.say(Level::Fail, "ledger", &crate::message(&e)),
+    };
+    let ledger = gpuslice_ledger::Ledger::open_existing(dir);
+    if may_write(&dir.join("tenants")) {
+        findings.say(Level::Ok, "ledger", &format!("{shown} is writable"));
+    } else {
+        let writable: Vec<&str> = report
+            .tenants
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|name| {
+                let usage = ledger.as_ref().ok().and_then(|l| {
+                    gpuslice_ledger::TenantName::new(name)
+                        .ok()
+                        .map(|t| l.usage_path(&t))
+                });
+                usage.is_some_and(|p| may_write(&p))
+            })
+            .collect();
+        let which = if writable.is_empty() {
+            "no tenant's usage file is writable either: no process of this user can be \
+             tracked"
+                .to_string()
+        } else {
+            format!(
+                "only these tenants' usage files are: {}",
+                writable.join(", ")
+            )
+        };
+        findings.say(
+            Level::Warn,
+            "ledger",
+            &format!("{shown} is not writable by this user; {which}"),
+        );
+    }
+    let mut damaged = 0;
+    for tenant in &report.tenants {
+        if let Some(error) = &tenant.error {
+            damaged += 1;
+            findings.say(Level::Fail, &format!("tenant {}", tenant.name), error);
+        }
+    }
+    if damaged == 0 {
+        findings.say(
+            Level::Ok,
+            "tenants",
+            &format!("{} tenant(s), all readable", report.tenants.len()),
+        );
+    }
+}
+
+/// `access(path, W_OK)`: whether this process may write `path` (create entries, for a
+/// directory).
+fn may_write(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call; access(2)
+    // only reads it.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The variables the shim reads (its `KNOWN_VARIABLES`), and `GPUSLICE_SHIM`, which only
+/// this command reads and `run` removes before starting the command.
+const KNOWN_VARIABLES: [&str; 5] = [
+    "GPUSLICE_TENANT",
+    "GPUSLICE_MEMORY_LIMIT",
+    "GPUSLICE_DIR",
+    "GPUSLICE_LOG",
+    locate::ENV_SHIM,
+];
+/// Variables of compute isolation, which the shim refuses until it exists.
+const NOT_YET_ENFORCED: [&str; 3] = [
+    "GPUSLICE_COMPUTE_SHARE",
+    "GPUSLICE_COMPUTE_LIMIT",
+    "GPUSLICE_PRIORITY",
+];
+
+/// `GPUSLICE_` variables in this environment that the shim would refuse.
+fn check_environment(findings: &mut Findings) {
+    let mut stray = 0;
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if !name.starts_with("GPUSLICE_") || KNOWN_VARIABLES.contains(&name.as_ref()) {
+            continue;
+        }
+        stray += 1;
+        let why = if NOT_YET_ENFORCED.contains(&name.as_ref()) {
+            "compute settings are not supported by this version"
+        } else {
+            "no part of gpuslice reads it (a typo?)"
+        };
+        findings.say(
+            Level::Fail,
+            "environment",
+            &format!("{name} is set: the shim refuses it and CUDA would fail to start; {why}"),
+        );
+    }
+    if stray == 0 {
+        findings.say(Level::Ok, "environment", "no stray GPUSLICE_ variables");
+    }
+}

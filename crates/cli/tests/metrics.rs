@@ -1,0 +1,234 @@
+//! `gpuslice metrics`: the exposition (parsed by a real Prometheus text parser) says what the
+//! ledger holds, once on stdout and over HTTP, and a damaged tenant is counted, not fatal.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use gpuslice_ledger::{GpuUuid, Limits, TenantQuota};
+use prometheus_parse::{Sample, Scrape, Value};
+
+use crate::util::*;
+
+const GPU: &str = "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d";
+
+/// Parses an exposition with prometheus-parse.
+fn parse(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("not the Prometheus text format ({e}):\n{text}"))
+}
+
+/// The value of the one sample of `metric` whose labels include `labels`; panics unless
+/// there is exactly one.
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .collect();
+    assert_eq!(found.len(), 1, "{metric} {labels:?}: {found:#?}");
+    match found[0].value {
+        Value::Gauge(v) | Value::Counter(v) | Value::Untyped(v) => v,
+        ref other => panic!("{metric}: unexpected {other:?}"),
+    }
+}
+
+/// A ledger with tenant `team-a` (1 GiB quota, one process holding 300 MiB, one idle, one
+/// refusal) and tenant `free` (no quota, nothing used): what the status tests put there.
+fn populated(t: &TestDir) -> impl Sized {
+    let ledger = t.ledger();
+    let a = tenant("team-a");
+    let gpu = GpuUuid::parse(GPU).unwrap();
+    let quota = TenantQuota {
+        defaults: Limits {
+            memory_bytes: Some(GIB),
+            ..Limits::default()
+        },
+        per_gpu: vec![],
+    };
+    ledger.write_quota(&a, &quota).unwrap();
+    let usage = ledger.open_usage(&a).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    let index = usage.register_gpu(&gpu).unwrap();
+    slot.try_reserve(index, 300 * MIB, GIB).unwrap();
+    usage.record_oom(index);
+    let idle = usage.claim_slot().unwrap();
+    let free = ledger.open_usage(&tenant("free")).unwrap();
+    let free_index = free.register_gpu(&gpu).unwrap();
+    let free_slot = free.claim_slot().unwrap();
+    free_slot
+        .try_reserve(free_index, 5 * MIB, u64::MAX)
+        .unwrap();
+    (slot, idle, free_slot)
+}
+
+/// The numbers of [`populated`], checked in a scrape.
+fn check_populated(scrape: &Scrape) {
+    let a = [("tenant", "team-a"), ("gpu", GPU)];
+    assert_eq!(
+        value(scrape, "gpuslice_memory_used_bytes", &a),
+        (300 * MIB) as f64
+    );
+    assert_eq!(value(scrape, "gpuslice_memory_limit_bytes", &a), GIB as f64);
+    assert_eq!(value(scrape, "gpuslice_oom_refusals_total", &a), 1.0);
+    assert_eq!(
+        value(scrape, "gpuslice_processes", &[("tenant", "team-a")]),
+        2.0
+    );
+    let free = [("tenant", "free"), ("gpu", GPU)];
+    assert_eq!(
+        value(scrape, "gpuslice_memory_used_bytes", &free),
+        (5 * MIB) as f64
+    );
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "gpuslice_memory_limit_bytes"
+                && s.labels.get("tenant") == Some("free")),
+        "an unlimited tenant has no limit series"
+    );
+    assert_eq!(value(scrape, "gpuslice_tenants", &[]), 2.0);
+    assert_eq!(value(scrape, "gpuslice_ledger_errors", &[]), 0.0);
+}
+
+#[test]
+fn metrics_once_says_what_the_ledger_holds() {
+    let t = TestDir::new();
+    let held = populated(&t);
+    let out = finish(
+        t.gpuslice(&["metrics", "--once", "--dir"])
+            .arg(t.ledger_dir()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let scrape = parse(&out.stdout);
+    check_populated(&scrape);
+    // Types and help, as the parser read them.
+    let counter = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "gpuslice_oom_refusals_total")
+        .unwrap();
+    assert!(matches!(counter.value, Value::Counter(_)), "{counter:?}");
+    for metric in [
+        "gpuslice_memory_used_bytes",
+        "gpuslice_memory_limit_bytes",
+        "gpuslice_oom_refusals_total",
+        "gpuslice_processes",
+        "gpuslice_tenants",
+        "gpuslice_ledger_errors",
+    ] {
+        assert!(scrape.docs.contains_key(metric), "no HELP for {metric}");
+        assert!(
+            out.stdout.contains(&format!("# TYPE {metric} ")),
+            "no TYPE for {metric}"
+        );
+    }
+    drop(held);
+}
+
+#[test]
+fn metrics_once_without_a_ledger_exits_2() {
+    let t = TestDir::new();
+    let out = finish(
+        t.gpuslice(&["metrics", "--once", "--dir"])
+            .arg(t.path().join("missing")),
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+}
+
+#[test]
+fn damaged_tenant_is_counted_as_a_ledger_error_and_the_others_still_report() {
+    let t = TestDir::new();
+    let held = populated(&t);
+    let ledger = t.ledger();
+    ledger.open_usage(&tenant("bad-usage")).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ledger.usage_path(&tenant("bad-usage")))
+        .unwrap();
+    file.set_len(100).unwrap();
+
+    let out = finish(
+        t.gpuslice(&["metrics", "--once", "--dir"])
+            .arg(t.ledger_dir()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let scrape = parse(&out.stdout);
+    assert_eq!(value(&scrape, "gpuslice_ledger_errors", &[]), 1.0);
+    assert_eq!(value(&scrape, "gpuslice_tenants", &[]), 3.0);
+    assert!(!out.stdout.contains("bad-usage"), "{}", out.stdout);
+    let a = [("tenant", "team-a"), ("gpu", GPU)];
+    assert_eq!(
+        value(&scrape, "gpuslice_memory_used_bytes", &a),
+        (300 * MIB) as f64
+    );
+    drop(held);
+}
+
+/// Sends one raw HTTP request; returns the status line, the headers (lowercased names) and
+/// the body.
+fn http(address: &str, request: &str) -> (String, Vec<(String, String)>, String) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read answer");
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head: {answer:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+#[test]
+fn metrics_server_answers_get_metrics_on_an_ephemeral_port() {
+    let t = TestDir::new();
+    let held = populated(&t);
+    let mut server = Running::spawn(
+        t.gpuslice(&["metrics", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(t.ledger_dir()),
+    );
+    let line = server.wait_for_line("serving http://");
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+
+    let (status, headers, body) = http(
+        &address,
+        "GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    check_populated(&parse(&body));
+
+    // Read afresh at every scrape.
+    t.ledger()
+        .write_quota(&tenant("later"), &TenantQuota::default())
+        .unwrap();
+    let (_, _, body) = http(&address, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(value(&parse(&body), "gpuslice_tenants", &[]), 3.0);
+
+    let (status, _, _) = http(&address, "GET / HTTP/1.1\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    let (status, headers, _) = http(&address, "POST /metrics HTTP/1.1\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 405"), "{status}");
+    assert!(headers.iter().any(|(k, _)| k == "allow"), "{headers:?}");
+    drop(server);
+    drop(held);
+}
