@@ -13,6 +13,8 @@ pub const ENV_STATE_DIR: &str = "FAKECUDA_STATE_DIR";
 pub const ENV_CONTEXT_FOOTPRINT: &str = "FAKECUDA_CONTEXT_FOOTPRINT";
 /// Device memory each loaded module takes.
 pub const ENV_MODULE_FOOTPRINT: &str = "FAKECUDA_MODULE_FOOTPRINT";
+/// `off` makes every kernel take its whole duration of wall time, whoever else executes.
+pub const ENV_TIMESLICE: &str = "FAKECUDA_TIMESLICE";
 
 /// The most devices a simulated machine may have.
 pub const MAX_DEVICES: usize = 16;
@@ -34,6 +36,9 @@ pub struct Config {
     pub context_footprint: u64,
     /// Bytes of device memory each loaded module (or library) takes.
     pub module_footprint: u64,
+    /// Whether the processes executing kernels on a device share its time
+    /// (`FAKECUDA_TIMESLICE`, `on` by default).
+    pub timeslice: bool,
 }
 
 /// An environment variable with a value fakecuda cannot use.
@@ -102,6 +107,18 @@ impl Config {
         let context_footprint = quantity(ENV_CONTEXT_FOOTPRINT, DEFAULT_CONTEXT_FOOTPRINT)?;
         let module_footprint = quantity(ENV_MODULE_FOOTPRINT, 0)?;
 
+        let timeslice = match text(ENV_TIMESLICE)?.as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(value) => {
+                return Err(ConfigError {
+                    var: ENV_TIMESLICE,
+                    value: value.to_owned(),
+                    expected: "on or off".to_owned(),
+                });
+            }
+        };
+
         let state_dir = match lookup(ENV_STATE_DIR) {
             Some(dir) if dir.is_empty() => {
                 return Err(ConfigError {
@@ -119,6 +136,7 @@ impl Config {
             state_dir,
             context_footprint,
             module_footprint,
+            timeslice,
         })
     }
 }
@@ -219,6 +237,7 @@ mod tests {
         assert_eq!(c.devices, vec![80 << 30]);
         assert_eq!(c.context_footprint, 64 << 20);
         assert_eq!(c.module_footprint, 0);
+        assert!(c.timeslice);
         assert!(c.state_dir.to_string_lossy().starts_with("/tmp/fakecuda-"));
     }
 
@@ -229,8 +248,11 @@ mod tests {
             (ENV_STATE_DIR, "/x/y"),
             (ENV_CONTEXT_FOOTPRINT, "0"),
             (ENV_MODULE_FOOTPRINT, "32Mi"),
+            (ENV_TIMESLICE, "off"),
         ])
         .unwrap();
+        assert!(!c.timeslice);
+        assert!(config(&[(ENV_TIMESLICE, "on")]).unwrap().timeslice);
         assert_eq!(c.devices, vec![80 << 30, 512 << 20, 1 << 30]);
         assert_eq!(c.state_dir, PathBuf::from("/x/y"));
         assert_eq!(c.context_footprint, 0);
@@ -247,6 +269,8 @@ mod tests {
             (ENV_CONTEXT_FOOTPRINT, "64MB"),
             (ENV_MODULE_FOOTPRINT, "1.5Mi"),
             (ENV_STATE_DIR, ""),
+            (ENV_TIMESLICE, "OFF"),
+            (ENV_TIMESLICE, "0"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

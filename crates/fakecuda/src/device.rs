@@ -30,6 +30,8 @@ pub struct Device {
     pub context_footprint: u64,
     /// Device memory each loaded module takes (`FAKECUDA_MODULE_FOOTPRINT`).
     pub module_footprint: u64,
+    /// Whether kernels share the device's time with other processes' (`FAKECUDA_TIMESLICE`).
+    pub time_sliced: bool,
     ledger: Ledger,
     /// The primary context's reference count and flags.
     pub primary: Mutex<PrimaryState>,
@@ -85,8 +87,14 @@ pub struct Sizes {
 }
 
 impl Device {
-    /// Opens device `index`'s state file in `state_dir`.
-    pub fn open(index: usize, sizes: Sizes, state_dir: &Path) -> std::io::Result<Device> {
+    /// Opens device `index`'s state file in `state_dir`. With `time_sliced`, kernels share
+    /// the device's time with other processes' (see `kernel.rs`).
+    pub fn open(
+        index: usize,
+        sizes: Sizes,
+        state_dir: &Path,
+        time_sliced: bool,
+    ) -> std::io::Result<Device> {
         let Sizes {
             capacity,
             context_footprint,
@@ -99,6 +107,7 @@ impl Device {
             capacity,
             context_footprint,
             module_footprint,
+            time_sliced,
             ledger,
             primary: Mutex::new(PrimaryState::new()),
             default_pool,
@@ -192,6 +201,11 @@ impl Device {
         self.ledger.held()
     }
 
+    /// The device's shared state file, where kernels mark this process as executing.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// Gives back everything this process holds (at exit).
     pub fn release_all(&self) {
         self.ledger.release_all();
@@ -277,7 +291,7 @@ mod tests {
             context_footprint: 100,
             module_footprint: 10,
         };
-        Box::leak(Box::new(Device::open(index, sizes, dir).unwrap()))
+        Box::leak(Box::new(Device::open(index, sizes, dir, true).unwrap()))
     }
 
     #[test]

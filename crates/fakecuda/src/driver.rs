@@ -56,7 +56,7 @@ impl Driver {
                     context_footprint: config.context_footprint,
                     module_footprint: config.module_footprint,
                 };
-                Device::open(index, sizes, &config.state_dir)
+                Device::open(index, sizes, &config.state_dir, config.timeslice)
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(system)?;

@@ -110,7 +110,8 @@ pub unsafe fn launch(
     } else {
         None
     };
-    s.submit(Op::Kernel(f.kernel.duration(argument)?));
+    let device = s.ctx.upgrade().map(|ctx| ctx.device);
+    s.submit(Op::Kernel(f.kernel.duration(argument)?, device));
     Ok(())
 }
 

@@ -11,10 +11,23 @@
 //! also counts the process's live contexts, so that NVML can list the processes using the
 //! device (`nvmlDeviceGetComputeRunningProcesses`) from any process.
 //!
+//! For time-slicing (see `kernel.rs`), each slot also counts the process's streams that are
+//! executing a kernel on the device (`executing`), with a heartbeat (`beat`, `CLOCK_MONOTONIC`
+//! nanoseconds) that those streams refresh at every look. A process reading how many
+//! processes execute counts the slots with `executing > 0`, without any lock; only a slot
+//! whose heartbeat is stale (its owner descheduled, stopped, or dead) costs an OFD lock test,
+//! and a dead owner's slot is then reclaimed, memory and mark together. The header's
+//! `claimed` bounds the slots ever claimed, so that this count scans only those. Whenever a
+//! slot starts or stops executing (a mark appears, or is removed or reclaimed), the header's
+//! `changed_ns` records when and its `generation` is incremented and woken as a futex, so
+//! that executing streams of every process look again at once instead of polling.
+//!
 //! Layout (native endian, version 1): a 64-byte header (`magic` "FAKECUDA", `version`,
-//! `slot_count`, `used`) followed by `slot_count` 64-byte slots (`used` u64, `pid` u32,
-//! `contexts` u32; the rest reserved and zero). `contexts` took a reserved word, which older
-//! files hold as zero, so the layout version did not change.
+//! `slot_count`, `used`, `claimed` u64, `generation` u32, a reserved u32, `changed_ns` u64;
+//! the rest reserved and zero) followed by `slot_count` 64-byte slots (`used` u64, `pid` u32,
+//! `contexts` u32, `executing` u32, a reserved u32, `beat` u64; the rest reserved and zero).
+//! Every field after `used` took reserved words, which older files hold as zero, so the
+//! layout version did not change.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -41,7 +54,14 @@ struct Header {
     version: AtomicU32,
     slot_count: AtomicU32,
     used: AtomicU64,
-    _reserved: [AtomicU64; 5],
+    /// One past the highest slot index ever claimed in this file (only grows).
+    claimed: AtomicU64,
+    /// Incremented (and woken as a futex) whenever a slot starts or stops executing.
+    generation: AtomicU32,
+    _reserved0: AtomicU32,
+    /// When the latest such change happened (`CLOCK_MONOTONIC` ns).
+    changed_ns: AtomicU64,
+    _reserved: [AtomicU64; 2],
 }
 
 #[repr(C)]
@@ -49,8 +69,18 @@ struct Slot {
     used: AtomicU64,
     pid: AtomicU32,
     contexts: AtomicU32,
-    _reserved: [AtomicU32; 12],
+    /// The owner's streams executing a kernel on the device.
+    executing: AtomicU32,
+    _reserved0: AtomicU32,
+    /// When the owner last showed it was executing (`CLOCK_MONOTONIC` ns).
+    beat: AtomicU64,
+    _reserved: [AtomicU32; 8],
 }
+
+/// How old a heartbeat may be before its owner's liveness is tested with the OFD lock: five
+/// ticks (`kernel::TICK`), so that a live process scheduled a little late costs no system
+/// call.
+pub const STALE_BEAT_NS: u64 = 5_000_000;
 
 const _: () = assert!(size_of::<Header>() == HEADER_SIZE && size_of::<Slot>() == SLOT_SIZE);
 
@@ -80,6 +110,9 @@ pub struct Ledger {
     path: PathBuf,
     file: File,
     map: Mapping,
+    /// This process's slot. Also held from taking another slot's lock to giving it back:
+    /// the OFD locks of two threads of this process never conflict (they share one open file
+    /// description), so without it one thread could unlock a slot that another just claimed.
     own: Mutex<OwnSlot>,
 }
 
@@ -96,6 +129,29 @@ fn header_of(map: &Mapping) -> &Header {
     // SAFETY: the mapping is at least FILE_SIZE bytes, page aligned and lives as long as the
     // returned reference; Header is made of atomics, valid for any bit pattern.
     unsafe { &*(map.addr() as *const Header) }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `Instant` on Linux, the same in every
+/// process, as heartbeats and change times in the shared state file need.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec, which outlives the call; CLOCK_MONOTONIC
+    // always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Whether a slot is unused: no memory, no owner recorded, no context, nothing executing.
+fn slot_is_empty(slot: &Slot) -> bool {
+    slot.used.load(Ordering::Acquire) == 0
+        && slot.pid.load(Ordering::Acquire) == 0
+        && slot.contexts.load(Ordering::Acquire) == 0
+        && slot.executing.load(Ordering::Acquire) == 0
 }
 
 fn slot_offset(index: usize) -> u64 {
@@ -246,27 +302,17 @@ impl Ledger {
     /// the slots of dead processes on the way (as `reclaim_dead`). This process is always
     /// live; another is live while it holds its slot's lock.
     pub fn processes(&self) -> Vec<Process> {
-        let own = match *self.own.lock() {
-            OwnSlot::Claimed { index, .. } => Some(index),
-            _ => None,
-        };
+        let own = self.own_index();
         let mut live = Vec::new();
         for index in 0..SLOTS {
             let slot = self.slot(index);
             if Some(index) != own {
-                if slot.contexts.load(Ordering::Acquire) == 0
-                    && slot.used.load(Ordering::Acquire) == 0
-                    && slot.pid.load(Ordering::Acquire) == 0
-                {
+                if slot_is_empty(slot) {
                     continue;
                 }
-                match self.try_lock_slot(index) {
-                    Ok(true) => {
-                        self.clear_slot(slot);
-                        self.unlock_slot(index);
-                        continue;
-                    }
-                    Ok(false) => {}
+                match self.reclaim_if_dead(index) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
                     // The lock cannot be tested: the slot's owner cannot be told dead, so it
                     // is not listed either.
                     Err(_) => continue,
@@ -282,6 +328,123 @@ impl Ledger {
         live
     }
 
+    /// Counts one more of this process's streams as executing a kernel on the device
+    /// (claiming the process's slot if needed) and sets the slot's heartbeat to `now_ns`.
+    /// Returns the slot's index, for `beat` and `end_executing`; `None` after `release_all`
+    /// or when no slot can be had (the kernel then runs unseen by other processes).
+    /// If the process was not executing, the change is dated `at_ns`.
+    pub fn begin_executing(&self, now_ns: u64, at_ns: u64) -> Option<usize> {
+        let mut own = self.own.lock();
+        let index = self.own_slot(&mut own).ok()??;
+        let slot = self.slot(index);
+        slot.beat.store(now_ns, Ordering::Release);
+        if slot.executing.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.executing_changed(at_ns);
+        }
+        Some(index)
+    }
+
+    /// Refreshes the heartbeat of this process's slot `index` (from `begin_executing`).
+    pub fn beat(&self, index: usize, now_ns: u64) {
+        self.slot(index).beat.store(now_ns, Ordering::Release);
+    }
+
+    /// Uncounts a stream counted by `begin_executing` (nothing after `release_all`). If the
+    /// process no longer executes, the change is dated `at_ns`.
+    pub fn end_executing(&self, index: usize, at_ns: u64) {
+        if let OwnSlot::Claimed { index: own, .. } = *self.own.lock()
+            && own == index
+        {
+            let before =
+                self.slot(index)
+                    .executing
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+            if before == Ok(1) {
+                self.executing_changed(at_ns);
+            }
+        }
+    }
+
+    /// How many times a slot has started or stopped executing (wrapping), and when it last
+    /// did (`CLOCK_MONOTONIC` ns).
+    pub fn executing_generation(&self) -> (u32, u64) {
+        let header = self.header();
+        let generation = header.generation.load(Ordering::Acquire);
+        (generation, header.changed_ns.load(Ordering::Acquire))
+    }
+
+    /// Sleeps until the generation is no longer `seen`, for at most `timeout` (or less: any
+    /// signal or error ends the wait too, and the caller looks again).
+    pub fn wait_for_change(&self, seen: u32, timeout: std::time::Duration) {
+        let generation = &self.header().generation;
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        };
+        // SAFETY: the futex word is an aligned AtomicU32 in the shared mapping, which outlives
+        // the call; FUTEX_WAIT only reads it and sleeps at most the relative timeout, whose
+        // timespec outlives the call. Its errors (EAGAIN when the word is no longer `seen`,
+        // EINTR, ETIMEDOUT) all mean "look again".
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                generation.as_ptr(),
+                libc::FUTEX_WAIT,
+                seen,
+                &raw const ts,
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
+    }
+
+    /// Records that a slot started or stopped executing at `at_ns` and wakes every stream
+    /// waiting for such a change, in every process.
+    fn executing_changed(&self, at_ns: u64) {
+        let header = self.header();
+        header.changed_ns.store(at_ns, Ordering::Release);
+        header.generation.fetch_add(1, Ordering::AcqRel);
+        // SAFETY: as in wait_for_change; FUTEX_WAKE reads no memory but the futex word and
+        // ignores the other arguments.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                header.generation.as_ptr(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
+    }
+
+    /// How many processes other than the owner of slot `own` execute a kernel on the device
+    /// at `now_ns` (`CLOCK_MONOTONIC`): the slots with `executing > 0` whose heartbeat is at
+    /// most `STALE_BEAT_NS` old, or whose owner still holds the slot's lock. The slot of a
+    /// dead owner is reclaimed (its memory too) and not counted, nor is a slot whose lock
+    /// cannot be tested. Takes no lock and makes no system call while heartbeats are fresh.
+    pub fn others_executing(&self, own: Option<usize>, now_ns: u64) -> u32 {
+        let claimed = self.header().claimed.load(Ordering::Acquire);
+        let bound = usize::try_from(claimed).map_or(SLOTS, |c| c.min(SLOTS));
+        let mut others = 0;
+        for index in (0..bound).filter(|&i| Some(i) != own) {
+            let slot = self.slot(index);
+            if slot.executing.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let beat = slot.beat.load(Ordering::Acquire);
+            if now_ns.saturating_sub(beat) <= STALE_BEAT_NS
+                || matches!(self.reclaim_if_dead(index), Ok(None))
+            {
+                others += 1;
+            }
+        }
+        others
+    }
+
     /// Gives back everything this process holds, at exit. Later reservations fail and later
     /// releases do nothing. A forked child (whose pid differs) leaves its parent's slot alone.
     pub fn release_all(&self) {
@@ -294,6 +457,10 @@ impl Ledger {
             let held = slot.used.swap(0, Ordering::AcqRel);
             saturating_sub(&self.header().used, held);
             slot.contexts.store(0, Ordering::Release);
+            if slot.executing.swap(0, Ordering::AcqRel) > 0 {
+                self.executing_changed(now_ns());
+            }
+            slot.beat.store(0, Ordering::Release);
             slot.pid.store(0, Ordering::Release);
             *own = OwnSlot::Released;
         }
@@ -302,34 +469,55 @@ impl Ledger {
     /// Reclaims the memory of dead processes: every slot that holds memory and whose lock can
     /// be taken. Returns the bytes reclaimed.
     pub fn reclaim_dead(&self) -> u64 {
-        let own = match *self.own.lock() {
-            OwnSlot::Claimed { index, .. } => Some(index),
-            _ => None,
-        };
+        let own = self.own_index();
         let mut reclaimed = 0;
         for index in (0..SLOTS).filter(|&i| Some(i) != own) {
-            let slot = self.slot(index);
-            if slot.used.load(Ordering::Acquire) == 0
-                && slot.pid.load(Ordering::Acquire) == 0
-                && slot.contexts.load(Ordering::Acquire) == 0
-            {
+            if slot_is_empty(self.slot(index)) {
                 continue;
             }
-            if let Ok(true) = self.try_lock_slot(index) {
-                reclaimed += self.clear_slot(slot);
-                self.unlock_slot(index);
+            if let Ok(Some(bytes)) = self.reclaim_if_dead(index) {
+                reclaimed += bytes;
             }
         }
         reclaimed
     }
 
-    /// Takes the lock of the first free slot, reclaiming what a dead owner left in it.
+    /// This process's slot index, if it has claimed one.
+    fn own_index(&self) -> Option<usize> {
+        match *self.own.lock() {
+            OwnSlot::Claimed { index, .. } => Some(index),
+            _ => None,
+        }
+    }
+
+    /// Empties slot `index` if its owner is dead (its lock can be taken): `Ok(Some(bytes))`
+    /// with the memory it held, `Ok(None)` if the owner lives (or the slot is this
+    /// process's own).
+    fn reclaim_if_dead(&self, index: usize) -> io::Result<Option<u64>> {
+        let own = self.own.lock();
+        if matches!(*own, OwnSlot::Claimed { index: i, .. } if i == index) {
+            return Ok(None);
+        }
+        if !self.try_lock_slot(index)? {
+            return Ok(None);
+        }
+        let held = self.clear_slot(self.slot(index));
+        self.unlock_slot(index);
+        drop(own);
+        Ok(Some(held))
+    }
+
+    /// Takes the lock of the first free slot, reclaiming what a dead owner left in it. Called
+    /// with `own` locked.
     fn claim_slot(&self) -> io::Result<usize> {
         for index in 0..SLOTS {
             if self.try_lock_slot(index)? {
                 let slot = self.slot(index);
                 self.clear_slot(slot);
                 slot.pid.store(std::process::id(), Ordering::Release);
+                self.header()
+                    .claimed
+                    .fetch_max(index as u64 + 1, Ordering::AcqRel);
                 return Ok(index);
             }
         }
@@ -344,6 +532,10 @@ impl Ledger {
         let held = slot.used.swap(0, Ordering::AcqRel);
         saturating_sub(&self.header().used, held);
         slot.contexts.store(0, Ordering::Release);
+        if slot.executing.swap(0, Ordering::AcqRel) > 0 {
+            self.executing_changed(now_ns());
+        }
+        slot.beat.store(0, Ordering::Release);
         slot.pid.store(0, Ordering::Release);
         held
     }
@@ -502,6 +694,81 @@ mod tests {
         user.release_all();
         assert_eq!(observer.processes(), []);
         assert!(!user.add_context().unwrap());
+    }
+
+    #[test]
+    fn executing_processes_are_counted_by_the_others_until_they_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        let a = Ledger::open(&path).unwrap();
+        let b = Ledger::open(&path).unwrap();
+        let now = now_ns();
+        let (generation, _) = b.executing_generation();
+        assert_eq!(b.others_executing(None, now), 0);
+        // Two streams of A: A counts once, and only the first and last change wake anyone.
+        let ia = a.begin_executing(now, now - 7).unwrap();
+        assert_eq!(a.begin_executing(now, now), Some(ia));
+        assert_eq!(
+            b.executing_generation(),
+            (generation.wrapping_add(1), now - 7)
+        );
+        assert_eq!(b.others_executing(None, now), 1);
+        assert_eq!(a.others_executing(Some(ia), now), 0, "not counting itself");
+        a.end_executing(ia, now + 1);
+        assert_eq!(b.others_executing(None, now), 1);
+        a.end_executing(ia, now + 2);
+        assert_eq!(b.others_executing(None, now), 0);
+        assert_eq!(
+            b.executing_generation(),
+            (generation.wrapping_add(2), now + 2)
+        );
+        // Waiting for a change that already happened returns at once.
+        let t = std::time::Instant::now();
+        b.wait_for_change(generation, std::time::Duration::from_secs(5));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stale_heartbeat_counts_while_its_owner_lives_and_is_reclaimed_when_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        let survivor = Ledger::open(&path).unwrap();
+        let now = now_ns();
+        let late = now + 10 * STALE_BEAT_NS;
+        {
+            let doomed = Ledger::open(&path).unwrap();
+            assert!(doomed.try_reserve(300, 1000).unwrap());
+            doomed.begin_executing(now, now).unwrap();
+            // Alive (it holds its lock), however old its heartbeat.
+            assert_eq!(survivor.others_executing(None, late), 1);
+            // Dropping closes the file description: its OFD lock goes, as at SIGKILL.
+        }
+        let (generation, _) = survivor.executing_generation();
+        // A fresh heartbeat is believed without a look at the lock...
+        assert_eq!(survivor.others_executing(None, now), 1);
+        // ...a stale one is tested: its owner is dead, its slot reclaimed, memory too.
+        assert_eq!(survivor.others_executing(None, late), 0);
+        assert_eq!(survivor.used(), 0);
+        assert_eq!(
+            survivor.executing_generation().0,
+            generation.wrapping_add(1)
+        );
+        assert_eq!(survivor.others_executing(None, now), 0);
+    }
+
+    #[test]
+    fn release_all_stops_executing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        let observer = Ledger::open(&path).unwrap();
+        let user = Ledger::open(&path).unwrap();
+        let now = now_ns();
+        let index = user.begin_executing(now, now).unwrap();
+        assert_eq!(observer.others_executing(None, now), 1);
+        user.release_all();
+        assert_eq!(observer.others_executing(None, now), 0);
+        assert_eq!(user.begin_executing(now, now), None);
+        user.end_executing(index, now);
     }
 
     #[test]

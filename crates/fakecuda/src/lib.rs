@@ -31,8 +31,18 @@
 //!   pitched, managed, stream-ordered and pool allocations, VMM (`cuMemCreate`) and arrays.
 //! - **Streams and events**: each stream executes its work in order on a worker thread and
 //!   keeps the device's clock; events record that clock.
-//! - **Kernels** from PTX text: `gpuslice_spin(.u64 ns)` occupies its stream for `ns`
-//!   nanoseconds, every other kernel (such as `gpuslice_noop`) takes no time.
+//! - **Kernels** from PTX text: `gpuslice_spin(.u64 ns)` runs for `ns` nanoseconds of GPU
+//!   time, every other kernel (such as `gpuslice_noop`) takes no time.
+//! - **Time-slicing between processes**, as the hardware does between contexts: a kernel
+//!   progresses at `1/k` of wall time, `k` the number of processes (of any program sharing
+//!   the state directory) executing a kernel on the same device at the time, itself
+//!   included; idle processes do not count, nor do other devices. Two processes keeping
+//!   5 ms kernels back to back each complete one every 10 ms; alone, every 5 ms. Kernels on
+//!   several streams of one process run side by side, each at the process's rate. Stream
+//!   clocks, and so `cuEventElapsedTime`, show the stretched time. A process killed
+//!   mid-kernel stops counting within 5 to 7 ms (its mark in the state file is reclaimed
+//!   through the same OFD lock as its memory). See `kernel.rs` for the model and its
+//!   accuracy.
 //! - **`cuGetProcAddress[_v2]`** returning the same addresses as `dlsym` on the library, with
 //!   `_v2`/`_v3` and `_ptsz`/`_ptds` variants chosen by version and flags.
 //! - **NVML** device enumeration, UUIDs, names and memory information, and the processes
@@ -61,6 +71,10 @@
 //!   PTX module moved neither `cuMemGetInfo` nor NVML's per-process figure, lazily or
 //!   eagerly loaded: the driver's own chunks absorb it. Large kernel code such as cuBLAS's
 //!   does show, which is what this models.)
+//! - `FAKECUDA_TIMESLICE`: `on` (the default) or `off`. With `off`, every kernel of the
+//!   process takes its duration of wall time whatever other processes execute, and the
+//!   process is not counted by theirs (the behaviour before time-slicing), for tests that
+//!   want fixed kernel times with several processes.
 //!
 //! An invalid value makes `cuInit` return `CUDA_ERROR_INVALID_VALUE` (and `nvmlInit`
 //! `NVML_ERROR_DRIVER_NOT_LOADED`) after printing one line naming the variable.
@@ -76,6 +90,8 @@
 //! export LD_LIBRARY_PATH=/tmp/fake/lib FAKECUDA_STATE_DIR=/tmp/fake/state FAKECUDA_DEVICES=1Gi
 //! target/debug/examples/alloc_until_oom          # allocated=1006632960 chunks=15 ...
 //! target/debug/examples/spin --kernels 20 --ns 5000000   # elapsed_ms≈100 busy_fraction≈1
+//! # two at once share the device: each elapsed_ms≈200 busy_fraction≈0.5 event_ms≈200
+//! target/debug/examples/spin --kernels 20 --ns 5000000 & target/debug/examples/spin --kernels 20 --ns 5000000
 //! ```
 //!
 //! `crates/fakecuda/scripts/test-examples.sh` builds them and runs `tests/examples.rs`.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::context::{self, Context};
+use crate::device::Device;
 use crate::error::{CuError, CuResult};
 use crate::handles::Table;
 use crate::kernel;
@@ -63,8 +64,10 @@ impl Marker {
 
 /// Work a stream executes.
 pub enum Op {
-    /// A kernel occupying the device for a time.
-    Kernel(Duration),
+    /// A kernel occupying a device for a time of its own (time-sliced with other processes'
+    /// kernels when the device is; see `kernel.rs`), or its duration of wall time without a
+    /// device.
+    Kernel(Duration, Option<&'static Device>),
     /// Host-side work in stream order: a copy, a memset, a free, a host function.
     Host(Box<dyn FnOnce() + Send>),
     /// Complete a marker (`cuEventRecord`).
@@ -78,7 +81,7 @@ pub enum Op {
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Kernel(d) => write!(f, "Kernel({d:?})"),
+            Op::Kernel(d, _) => write!(f, "Kernel({d:?})"),
             Op::Host(_) => f.write_str("Host"),
             Op::Record(_) => f.write_str("Record"),
             Op::Wait(_) => f.write_str("Wait"),
@@ -139,6 +142,11 @@ impl Queue {
         waited
     }
 
+    /// The next piece of work if one is queued.
+    fn try_next(&self) -> Option<Entry> {
+        self.state.lock().entries.pop_front()
+    }
+
     fn next(&self) -> Option<Entry> {
         let mut state = self.state.lock();
         loop {
@@ -152,8 +160,17 @@ impl Queue {
         }
     }
 
-    fn finish_one(&self) {
-        self.state.lock().completed += 1;
+    /// Counts one piece of work as completed, completing `marker` at the same time (under
+    /// the queue's lock), so that whoever sees the marker reached also sees the stream past
+    /// it, and the reverse: after `cuEventSynchronize` on the last event of a stream,
+    /// `cuStreamQuery` says it is idle, as on a real GPU.
+    fn finish_one(&self, marker: Option<(&Marker, Instant)>) {
+        let mut state = self.state.lock();
+        if let Some((marker, at)) = marker {
+            marker.complete(at);
+        }
+        state.completed += 1;
+        drop(state);
         self.changed.notify_all();
     }
 }
@@ -278,20 +295,49 @@ fn run_worker(queue: &Queue) {
     // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
     let mut clock = Instant::now();
-    while let Some(entry) = queue.next() {
+    // This process's mark as executing on the device (see `kernel.rs`): kept while kernels
+    // (and the event records between them) follow one another with no gap, ended when the
+    // stream stops executing kernels, dated by the stream's clock.
+    let mut share: Option<kernel::Share> = None;
+    let stop = |share: &mut Option<kernel::Share>, at: Instant| {
+        if let Some(s) = share.take() {
+            s.end(at);
+        }
+    };
+    loop {
+        let entry = match queue.try_next() {
+            Some(entry) => entry,
+            None => {
+                stop(&mut share, clock);
+                match queue.next() {
+                    Some(entry) => entry,
+                    None => break,
+                }
+            }
+        };
+        if entry.enqueued > clock {
+            // Launched after the stream's previous work ended: the device idled in between.
+            stop(&mut share, clock);
+        }
         let start = clock.max(entry.enqueued);
+        let mut reached = None;
         clock = match entry.op {
-            Op::Kernel(duration) => kernel::run(start, duration),
+            Op::Kernel(duration, device) => kernel::run(start, duration, device, &mut share),
+            Op::Record(marker) => {
+                reached = Some(marker);
+                start
+            }
             Op::Host(work) => {
+                stop(&mut share, clock);
                 work();
                 Instant::now().max(start)
             }
-            Op::Record(marker) => {
-                marker.complete(start);
-                start
+            Op::Wait(marker) => {
+                stop(&mut share, clock);
+                clock.max(marker.wait())
             }
-            Op::Wait(marker) => clock.max(marker.wait()),
             Op::AwaitStream(other, seq) => {
+                stop(&mut share, clock);
                 if other.wait_for(seq) {
                     clock.max(Instant::now())
                 } else {
@@ -299,7 +345,7 @@ fn run_worker(queue: &Queue) {
                 }
             }
         };
-        queue.finish_one();
+        queue.finish_one(reached.as_deref().map(|marker| (marker, clock)));
     }
 }
 
@@ -329,14 +375,17 @@ mod tests {
     #[test]
     fn work_runs_in_order_and_markers_record_the_stream_clock() {
         let stream = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
-        let first = Marker::new();
-        let second = Marker::new();
+        let (gate, first, second) = (Marker::new(), Marker::new(), Marker::new());
+        // Everything is queued before the stream may start (otherwise the first record could
+        // run before the first kernel is even launched, and the kernels start later).
+        stream.submit(Op::Wait(Arc::clone(&gate)));
         stream.submit(Op::Record(Arc::clone(&first)));
         for _ in 0..5 {
-            stream.submit(Op::Kernel(Duration::from_millis(2)));
+            stream.submit(Op::Kernel(Duration::from_millis(2), None));
         }
         stream.submit(Op::Record(Arc::clone(&second)));
         assert!(!stream.is_idle());
+        gate.complete(Instant::now());
         let end = second.wait();
         assert_eq!(end - first.time().unwrap(), Duration::from_millis(10));
         stream.synchronize();
@@ -349,7 +398,7 @@ mod tests {
         let a = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
         let b = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
         let gate = Marker::new();
-        a.submit(Op::Kernel(Duration::from_millis(20)));
+        a.submit(Op::Kernel(Duration::from_millis(20), None));
         a.submit(Op::Record(Arc::clone(&gate)));
         b.submit(Op::Wait(Arc::clone(&gate)));
         let after = Marker::new();

@@ -22,6 +22,17 @@
  *                          line per process
  *   modmem                 context, then module loads and unloads: cuMemGetInfo free and this
  *                          process's NVML usedGpuMemory after each step
+ *   slice <ptx file> <device> <kernel ns> <window ns> [<gap ns>]
+ *                          a context on <device>, prints "ready", reads "go <start ns>"
+ *                          (CLOCK_MONOTONIC) from stdin and sleeps until then; prints
+ *                          "origin=<ns>" when it wakes (records an event there); from then on
+ *                          keeps 32 gpuslice_spin kernels of <kernel ns> queued on the NULL
+ *                          stream (so that a stall of this process cannot let its stream
+ *                          run dry), printing "end=<ns>" (CLOCK_MONOTONIC, from the events
+ *                          recorded after each) as each completes, until one ends past
+ *                          start + window; then prints "stopped" and exits with the rest
+ *                          still queued. With <gap ns>, launches one kernel at a time
+ *                          instead, sleeping <gap ns> after each ends.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -151,14 +162,16 @@ static void check(CUresult r, const char *what) {
     }
 }
 
-static void context(void) {
+static void context_on(int ordinal) {
     CUdevice dev;
     CUcontext ctx;
     check(p_cuInit(0), "cuInit");
-    check(p_cuDeviceGet(&dev, 0), "cuDeviceGet");
+    check(p_cuDeviceGet(&dev, ordinal), "cuDeviceGet");
     check(p_cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
     check(p_cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
 }
+
+static void context(void) { context_on(0); }
 
 static CUdeviceptr alloc_or_die(size_t bytes) {
     CUdeviceptr ptr;
@@ -352,12 +365,67 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static void streams(const char *ptx_path) {
+static const char *read_ptx(const char *ptx_path) {
     static char ptx[1 << 16];
     FILE *f = fopen(ptx_path, "rb");
     if (!f) die("cannot open the PTX file");
     ptx[fread(ptx, 1, sizeof ptx - 1, f)] = 0;
     fclose(f);
+    return ptx;
+}
+
+static long long mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void slice(const char *ptx_path, int ordinal, unsigned long long ns, long long window,
+                  long long gap) {
+    enum { DEPTH = 32 };
+    const long long depth = gap >= 0 ? 1 : DEPTH;
+    const char *ptx = read_ptx(ptx_path);
+    context_on(ordinal);
+    void *module, *spin, *origin, *ev[DEPTH];
+    check(p_cuModuleLoadData(&module, ptx), "cuModuleLoadData");
+    check(p_cuModuleGetFunction(&spin, module, "gpuslice_spin"), "cuModuleGetFunction");
+    check(p_cuEventCreate(&origin, 0), "cuEventCreate");
+    for (int i = 0; i < DEPTH; i++) check(p_cuEventCreate(&ev[i], 0), "cuEventCreate");
+    printf("ready\n");
+    long long start;
+    if (scanf(" go %lld", &start) != 1) die("expected go <start ns>");
+    struct timespec at = {start / 1000000000LL, start % 1000000000LL};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &at, NULL) != 0) {
+    }
+    long long origin_ns = mono_ns();
+    check(p_cuEventRecord(origin, NULL), "cuEventRecord");
+    printf("origin=%lld\n", origin_ns);
+    void *args[] = {&ns};
+    long long launched = 0, done = 0;
+    for (;;) {
+        while (launched - done < depth) {
+            check(p_cuLaunchKernel(spin, 1, 1, 1, 1, 1, 1, 0, NULL, args, NULL), "cuLaunchKernel");
+            check(p_cuEventRecord(ev[launched % DEPTH], NULL), "cuEventRecord");
+            launched++;
+        }
+        void *e = ev[done % DEPTH];
+        float ms = 0;
+        check(p_cuEventSynchronize(e), "cuEventSynchronize");
+        check(p_cuEventElapsedTime(&ms, origin, e), "cuEventElapsedTime");
+        long long end = origin_ns + (long long)((double)ms * 1e6);
+        printf("end=%lld\n", end);
+        done++;
+        if (end > start + window) break;
+        if (gap > 0) {
+            struct timespec pause = {gap / 1000000000LL, gap % 1000000000LL};
+            nanosleep(&pause, NULL);
+        }
+    }
+    printf("stopped\n");
+}
+
+static void streams(const char *ptx_path) {
+    const char *ptx = read_ptx(ptx_path);
     context();
     void *module, *spin, *s1, *s2, *start, *gate, *end;
     check(p_cuModuleLoadData(&module, ptx), "cuModuleLoadData");
@@ -585,6 +653,9 @@ int main(int argc, char **argv) {
         procs();
     } else if (strcmp(cmd, "modmem") == 0) {
         modmem();
+    } else if (strcmp(cmd, "slice") == 0 && (argc == 6 || argc == 7)) {
+        slice(argv[2], atoi(argv[3]), strtoull(argv[4], 0, 10), strtoll(argv[5], 0, 10),
+              argc == 7 ? strtoll(argv[6], 0, 10) : -1);
     } else if (strcmp(cmd, "vmm") == 0 && argc == 3) {
         context();
         vmm(strtoull(argv[2], 0, 10));

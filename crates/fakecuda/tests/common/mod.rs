@@ -303,6 +303,13 @@ impl Running {
         assert_eq!(line, want);
     }
 
+    /// Waits for the next line of output.
+    pub fn next_line(&mut self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("no output from the child within {TIMEOUT:?}"))
+    }
+
     /// Closes stdin and waits for the next line of output, which must be `want`.
     pub fn expect_line_after_close(&mut self, want: &str) {
         drop(self.stdin.take());
@@ -321,7 +328,13 @@ impl Running {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "child exited with {status}");
-                return self.lines.try_iter().collect();
+                // Everything up to the end of its output, which the reading thread may not
+                // have passed on yet when the child exits.
+                let mut rest = Vec::new();
+                while let Ok(line) = self.lines.recv_timeout(TIMEOUT) {
+                    rest.push(line);
+                }
+                return rest;
             }
             assert!(
                 Instant::now() < deadline,
