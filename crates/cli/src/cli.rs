@@ -12,7 +12,7 @@ use crate::quantity::parse_memory_arg;
 const EXIT_CODES: &str = "\
 Exit codes:
   0    success (run: the command's own status is passed through)
-  1    doctor: at least one check failed
+  1    doctor: at least one check failed; demo: a tenant did not get its quota
   2    usage or configuration error (a bad flag or value, no ledger directory,
        no shim, --memory above the quota of the tenant being joined)
   125  gpuslice itself failed (run: before it could start the command)
@@ -46,6 +46,12 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+    /// Watch two tenants share one GPU under memory quotas (real or simulated GPU).
+    #[command(after_help = DEMO_HELP)]
+    Demo(DemoArgs),
+    /// One tenant's program of `demo` (run by `demo` itself, under the shim).
+    #[command(name = "__demo-worker", hide = true)]
+    DemoWorker(DemoWorkerArgs),
 }
 
 /// How `run` treats tenants and the environment, after the flags in `--help`. Flag help
@@ -162,6 +168,69 @@ pub struct DoctorArgs {
     /// Shim library to check [default: as for run]
     #[arg(long, value_name = "PATH")]
     pub shim: Option<PathBuf>,
+}
+
+/// What `demo` does, after the flags in `--help`.
+const DEMO_HELP: &str = "\
+Two tenants, demo-a and demo-b, each allocate GPU memory side by side until
+refused, then free it and allocate again. Their quotas are 1 GiB and 2 GiB on
+the simulated GPU, 4 GiB and 8 GiB on a real one. A table at the end says what
+each was promised, what it saw and what it got.
+
+The simulated GPU (libfakecuda.so: 80 GiB, contexts of 64 MiB) is used with
+--simulated or when no NVIDIA GPU answers; it is found through
+$GPUSLICE_FAKECUDA, else next to this program, in ../lib or in deps/.
+
+Exit codes:
+  0  both tenants got what they were promised
+  1  a tenant did not (the reason is printed)
+  2  usage or configuration error (no shim, no GPU and no simulated GPU)";
+
+/// `gpuslice demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Ledger directory [default: a fresh temporary one]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Shim library (libgpuslice.so) [default: as for run]
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+
+    /// Use the simulated GPU even when a real one is there
+    #[arg(long)]
+    pub simulated: bool,
+}
+
+/// `gpuslice __demo-worker`: what one tenant of the demo does.
+#[derive(Debug, Args)]
+pub struct DemoWorkerArgs {
+    /// What to show
+    #[arg(long, value_enum, default_value = "memory")]
+    pub phase: DemoPhase,
+
+    /// Bytes per allocation
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
+    pub chunk: u64,
+
+    /// Stop, unrefused, once this much is allocated
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
+    pub give_up_at: u64,
+
+    /// After printing total=, wait for a line on stdin before allocating
+    #[arg(long)]
+    pub start_on_stdin: bool,
+
+    /// Milliseconds to wait after each allocation, so that people can watch
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub pause_ms: u64,
+}
+
+/// The phases of the demo; compute shares will be the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoPhase {
+    /// Allocate until refused, free, allocate again.
+    Memory,
 }
 
 /// `gpuslice completions`.

@@ -174,6 +174,15 @@ fn check_driver(findings: &mut Findings) {
     }
 }
 
+/// The GPUs NVML lists on this machine, one line each (`UUID, N GiB total, M GiB free`), or
+/// `None` when there is no NVIDIA driver or it sees no GPU. `gpuslice demo` asks this to
+/// choose between the real GPU and the simulated one.
+pub fn real_gpus() -> Option<Vec<String>> {
+    // SAFETY: loading NVML runs its initializers, as every program that uses it does.
+    let nvml = unsafe { libloading::Library::new("libnvidia-ml.so.1") }.ok()?;
+    list_gpus(&nvml).ok().filter(|gpus| !gpus.is_empty())
+}
+
 /// One line per GPU NVML lists (`UUID, N GiB total, M GiB free`), or why NVML failed.
 fn list_gpus(nvml: &libloading::Library) -> Result<Vec<String>, String> {
     type Init = unsafe extern "C" fn() -> NvmlReturn;
@@ -360,14 +369,15 @@ fn may_write(path: &Path) -> bool {
     unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
 }
 
-/// The variables the shim reads (its `KNOWN_VARIABLES`), and `GPUSLICE_SHIM`, which only
-/// this command reads and `run` removes before starting the command.
-const KNOWN_VARIABLES: [&str; 5] = [
+/// The variables the shim reads (its `KNOWN_VARIABLES`), and `GPUSLICE_SHIM` and
+/// `GPUSLICE_FAKECUDA`, which only this command reads and removes before starting a command.
+const KNOWN_VARIABLES: [&str; 6] = [
     "GPUSLICE_TENANT",
     "GPUSLICE_MEMORY_LIMIT",
     "GPUSLICE_DIR",
     "GPUSLICE_LOG",
     locate::ENV_SHIM,
+    locate::ENV_FAKECUDA,
 ];
 /// Variables of compute isolation, which the shim refuses until it exists.
 const NOT_YET_ENFORCED: [&str; 3] = [

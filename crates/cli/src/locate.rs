@@ -17,6 +17,10 @@ pub const ENV_DIR: &str = "GPUSLICE_DIR";
 pub const ENV_SHIM: &str = "GPUSLICE_SHIM";
 /// The shim's file name.
 pub const SHIM_NAME: &str = "libgpuslice.so";
+/// The variable that names the simulated GPU library (read by `gpuslice demo` only).
+pub const ENV_FAKECUDA: &str = "GPUSLICE_FAKECUDA";
+/// The simulated GPU's file name (`crates/fakecuda`).
+pub const FAKECUDA_NAME: &str = "libfakecuda.so";
 
 /// A ledger directory or shim that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,21 @@ pub enum LocateError {
     #[error("cannot find {SHIM_NAME}: looked in {}; pass --shim PATH or set GPUSLICE_SHIM",
             .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     ShimNotFound {
+        /// The places looked at.
+        searched: Vec<PathBuf>,
+    },
+    /// A simulated GPU named by `GPUSLICE_FAKECUDA` that is not a file.
+    #[error("the simulated GPU {} (from {ENV_FAKECUDA}) is not a file; give the path of \
+             {FAKECUDA_NAME}", .path.display())]
+    FakeCudaMissing {
+        /// The path.
+        path: PathBuf,
+    },
+    /// No simulated GPU anywhere.
+    #[error("no GPU here and no simulated GPU: cannot find {FAKECUDA_NAME} in {}; build it \
+             with `cargo build --release --workspace` or set {ENV_FAKECUDA} to its path",
+            .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    FakeCudaNotFound {
         /// The places looked at.
         searched: Vec<PathBuf>,
     },
@@ -150,6 +169,34 @@ pub fn shim(flag: Option<&Path>) -> Result<PathBuf, LocateError> {
 
 /// Where an installed shim sits relative to this executable.
 fn installed_shim_candidates() -> Vec<PathBuf> {
+    beside_this_program(SHIM_NAME)
+}
+
+/// The simulated GPU library (`libfakecuda.so`), as an absolute path: `$GPUSLICE_FAKECUDA`,
+/// else next to this executable, else in `../lib` or `deps/` relative to it (where cargo
+/// leaves it when it was built only as a dependency).
+pub fn fakecuda() -> Result<PathBuf, LocateError> {
+    if let Some(path) = non_empty_var(ENV_FAKECUDA) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(LocateError::FakeCudaMissing { path });
+        }
+        return absolute(&path);
+    }
+    let mut searched = beside_this_program(FAKECUDA_NAME);
+    if let Some(bin_dir) = searched.first().and_then(|p| p.parent()) {
+        let deps = bin_dir.join("deps").join(FAKECUDA_NAME);
+        searched.push(deps);
+    }
+    searched
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(LocateError::FakeCudaNotFound { searched })
+}
+
+/// `name` next to this executable, then in `../lib` relative to it.
+fn beside_this_program(name: &str) -> Vec<PathBuf> {
     let Some(bin_dir) = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
@@ -157,8 +204,8 @@ fn installed_shim_candidates() -> Vec<PathBuf> {
         return Vec::new();
     };
     vec![
-        bin_dir.join(SHIM_NAME),
-        bin_dir.join("..").join("lib").join(SHIM_NAME),
+        bin_dir.join(name),
+        bin_dir.join("..").join("lib").join(name),
     ]
 }
 

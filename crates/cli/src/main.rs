@@ -143,6 +143,26 @@ writable (else which tenants' usage files are), and every tenant's files can be 
 damaged tenant is a failure with the ledger's error); no `GPUSLICE_` variable is set that the
 shim would refuse. Exit 0 when nothing failed, 1 when something did.
 
+# `gpuslice demo [--dir DIR] [--shim PATH] [--simulated]`
+
+Two tenants, `demo-a` and `demo-b`, share GPU 0 under memory quotas (4 GiB and 8 GiB on a real
+GPU, 1 GiB and 2 GiB on the simulated one). Each runs this binary again as a hidden worker
+(`__demo-worker`) under the shim, as `run` would start it: it creates a context, reads
+`cuMemGetInfo`, allocates chunks until `CUDA_ERROR_OUT_OF_MEMORY`, frees them and allocates
+once more. Progress is shown as it comes (a bar per tenant on a terminal, the workers' lines
+prefixed with the tenant otherwise), then a table: promised, seen as total, allocated before
+the refusal, the refusal, and whether allocating after freeing worked.
+
+- **GPU**: the real one when NVML lists a GPU (as `doctor` asks), unless `--simulated`;
+  otherwise the simulated GPU, `libfakecuda.so` from `$GPUSLICE_FAKECUDA`, else next to the
+  `gpuslice` executable, in `../lib` or in `deps/` relative to it, loaded by the workers as
+  `libcuda.so.1` and `libnvidia-ml.so.1` with their own `FAKECUDA_STATE_DIR`. Neither: exit 2.
+- **Ledger**: `--dir`, else a fresh temporary directory; the tenants are created as `run`
+  creates them and removed afterwards. A `demo-a` or `demo-b` that already exists there is a
+  usage error. **Shim**: as for `run`.
+- **Exit**: 0 when each tenant saw its quota as the total, was refused at or below it and
+  could allocate again; 1 with the reason otherwise.
+
 # `gpuslice completions bash|zsh|fish|elvish|powershell`
 
 Prints the shell's completion script, e.g. `gpuslice completions bash >
@@ -153,8 +173,8 @@ Prints the shell's completion script, e.g. `gpuslice completions bash >
 | code | meaning |
 |---|---|
 | 0 | success; for `run`, the command exited 0 |
-| 1 | `doctor`: at least one check failed |
-| 2 | usage or configuration error: a bad flag or value, no usable ledger directory, no shim, an unknown `GPUSLICE_` variable, `--memory` above the quota of the tenant being joined, `top` without a terminal |
+| 1 | `doctor`: at least one check failed; `demo`: a tenant did not get what was promised |
+| 2 | usage or configuration error: a bad flag or value, no usable ledger directory, no shim, no GPU for `demo`, an unknown `GPUSLICE_` variable, `--memory` above the quota of the tenant being joined, `top` without a terminal |
 | 125 | gpuslice itself failed; for `run`, before it could start the command (a damaged ledger file, a failed system call); for `status`, only if its output cannot be written |
 | 126 | `run`: the command was found but could not be executed |
 | 127 | `run`: the command was not found |
@@ -167,6 +187,8 @@ change the exit code, which stays the command's.
 
 mod cli;
 mod completions;
+mod demo;
+mod demo_worker;
 mod doctor;
 mod exit;
 mod gpu;
@@ -214,6 +236,8 @@ fn main() -> ExitCode {
         Command::Metrics(args) => metrics::metrics(args),
         Command::Doctor(args) => doctor::doctor(args),
         Command::Completions(args) => completions::completions(&args),
+        Command::Demo(args) => demo::demo(args),
+        Command::DemoWorker(args) => demo_worker::worker(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

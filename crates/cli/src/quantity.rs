@@ -80,33 +80,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantities_follow_kubernetes_suffixes() {
-        assert_eq!(parse_quantity("1073741824"), Some(1 << 30));
-        assert_eq!(parse_quantity("4Gi"), Some(4 << 30));
-        assert_eq!(parse_quantity("512Mi"), Some(512 << 20));
-        assert_eq!(parse_quantity("8G"), Some(8_000_000_000));
-        assert_eq!(parse_quantity("1.5Gi"), Some(3 << 29));
-        assert_eq!(parse_quantity("1e9"), Some(1_000_000_000));
-        assert_eq!(parse_quantity("2E3"), Some(2000));
-        assert_eq!(parse_quantity("1E"), Some(1_000_000_000_000_000_000));
-        assert_eq!(parse_quantity("100k"), Some(100_000));
-        assert_eq!(parse_quantity("0"), Some(0));
-        assert_eq!(parse_quantity(".5Ki"), Some(512));
-        assert_eq!(
-            parse_quantity("0.1"),
-            Some(1),
-            "fractions of a byte round up"
-        );
-    }
-
-    #[test]
-    fn malformed_quantities_are_refused() {
-        for bad in [
-            "", "4GB", "4gi", "4 Gi", " 4Gi", "-1", "1.2.3", "Gi", "4K", "500m", "1e", "1e-3",
-            "0x10", "16Ei", "1e31", ".",
-        ] {
-            assert_eq!(parse_quantity(bad), None, "{bad:?} should be refused");
-        }
+    fn memory_arg_errors_say_what_is_accepted() {
+        // The parser itself is tested where it lives, in crates/ledger.
+        assert_eq!(parse_memory_arg("4Gi"), Ok(4 << 30));
         assert!(parse_memory_arg("4GB").unwrap_err().contains("4Gi"));
     }
 

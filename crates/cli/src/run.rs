@@ -12,7 +12,7 @@ use gpuslice_ledger::{GpuUuid, Ledger, Limits, TenantName, TenantQuota};
 use crate::cli::RunArgs;
 use crate::exit::{self, Failure, ResultExt};
 use crate::gpu;
-use crate::locate::{self, ENV_DIR, ENV_SHIM};
+use crate::locate::{self, ENV_DIR, ENV_FAKECUDA, ENV_SHIM};
 use crate::quantity::format_quantity;
 use crate::signals::{self, Forwarder};
 use crate::tenancy::{self, Entry, Join};
@@ -59,20 +59,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         Entry::Joined(existing) => lowered_limit(&tenant, existing, args.memory, gpu.as_ref())?,
     };
 
-    let mut command = Command::new(program);
+    let mut command = tenant_command(program, &shim, &tenant, &dir);
     command.args(program_args);
-    for (name, _) in std::env::vars_os() {
-        if name.as_bytes().starts_with(b"GPUSLICE_") && name != ENV_LOG {
-            command.env_remove(name);
-        }
-    }
-    command
-        .env(
-            "LD_PRELOAD",
-            locate::ld_preload(&shim, std::env::var_os("LD_PRELOAD").as_deref()),
-        )
-        .env(ENV_TENANT, tenant.as_str())
-        .env(ENV_DIR, &dir);
     if let Some(limit) = memory_limit {
         command.env(ENV_MEMORY_LIMIT, limit.to_string());
     }
@@ -92,6 +80,31 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map_err(|e| anyhow!("could not wait for {}: {e}", program.to_string_lossy()))
         .failed()?;
     Ok(signals::exit_code(status))
+}
+
+/// `program` as a process of `tenant`: the shim first in `LD_PRELOAD`, `GPUSLICE_TENANT` and
+/// `GPUSLICE_DIR` set, every other inherited `GPUSLICE_` variable but `GPUSLICE_LOG` removed.
+/// `gpuslice demo` starts its workers with it too.
+pub fn tenant_command(
+    program: impl AsRef<OsStr>,
+    shim: &Path,
+    tenant: &TenantName,
+    dir: &Path,
+) -> Command {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.as_bytes().starts_with(b"GPUSLICE_") && name != ENV_LOG {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env(
+            "LD_PRELOAD",
+            locate::ld_preload(shim, std::env::var_os("LD_PRELOAD").as_deref()),
+        )
+        .env(ENV_TENANT, tenant.as_str())
+        .env(ENV_DIR, dir);
+    command
 }
 
 /// Refuses `GPUSLICE_` variables in the environment that neither `run` nor the shim reads,
@@ -115,10 +128,20 @@ fn check_environment() -> anyhow::Result<()> {
                 value.to_string_lossy()
             );
         }
-        if ![ENV_TENANT, ENV_MEMORY_LIMIT, ENV_DIR, ENV_LOG, ENV_SHIM].contains(&name) {
+        if ![
+            ENV_TENANT,
+            ENV_MEMORY_LIMIT,
+            ENV_DIR,
+            ENV_LOG,
+            ENV_SHIM,
+            ENV_FAKECUDA,
+        ]
+        .contains(&name)
+        {
             return Err(anyhow!(
                 "unknown variable {name} in the environment: gpuslice reads only {ENV_TENANT}, \
-                 {ENV_MEMORY_LIMIT}, {ENV_DIR}, {ENV_LOG} and {ENV_SHIM}; unset it"
+                 {ENV_MEMORY_LIMIT}, {ENV_DIR}, {ENV_LOG}, {ENV_SHIM} and {ENV_FAKECUDA}; \
+                 unset it"
             ));
         }
     }
@@ -133,7 +156,7 @@ fn generated_tenant() -> TenantName {
 }
 
 /// The quota of a tenant this run creates: `memory` on every GPU, or on `gpu` only.
-fn new_quota(memory: Option<u64>, gpu: Option<&GpuUuid>) -> TenantQuota {
+pub fn new_quota(memory: Option<u64>, gpu: Option<&GpuUuid>) -> TenantQuota {
     let limits = Limits {
         memory_bytes: memory,
         ..Limits::default()

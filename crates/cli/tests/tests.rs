@@ -1,9 +1,11 @@
 //! The `gpuslice` command, tested by running the real binary: `run` (exit codes, signals,
 //! the environment it gives the command, tenant creation, joining and cleanup), `status`
-//! (JSON and table, damaged files), and both over the real shim and the simulated GPU.
+//! (JSON and table, damaged files), and both over the real shim and the simulated GPU, as
+//! does `demo`.
 
 mod util;
 
+mod demo;
 mod doctor;
 mod end_to_end;
 mod metrics;
