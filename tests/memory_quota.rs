@@ -434,3 +434,33 @@ fn free_memory_reported_includes_what_the_driver_took() {
         4 * GIB - CONTEXT - 100 * MIB - 64 * MIB
     );
 }
+
+/// Tenants whose processes create their contexts at the same moment are each charged their
+/// own context only, not the others' that appeared in the same instant.
+#[test]
+fn contexts_created_at_the_same_moment_are_each_charged_once() {
+    let node = Node::new();
+    let start = node.root.path().join("start");
+    let tenants = ["a", "b", "c", "d", "e", "f"];
+    let mut running: Vec<Running> = tenants
+        .iter()
+        .map(|tenant| {
+            let mut command = node.probe(CallPath::Dlsym, tenant, Some("1Gi"), &["info"]);
+            command.env("PROBE_START_FILE", &start);
+            Running::spawn(&mut command)
+        })
+        .collect();
+    for process in &mut running {
+        process.wait_for_line("ready", Duration::from_secs(10));
+    }
+    std::fs::write(&start, b"").unwrap();
+    for (tenant, process) in tenants.iter().zip(running) {
+        let output = process.wait_output(Duration::from_secs(30));
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            field(line(&out, "info"), "free"),
+            GIB - CONTEXT,
+            "tenant {tenant}: {out}"
+        );
+    }
+}

@@ -11,7 +11,8 @@ use parking_lot::Mutex;
 
 use crate::cuda::*;
 use crate::exports::driver::real;
-use crate::hooks::{nvml_probe, real_or_missing, shim_or};
+use crate::hooks::nvml_probe::{self, Listing};
+use crate::hooks::{real_or_missing, shim_or};
 use crate::log::{Level, log};
 use crate::policy::memory::{Bytes, Charge, Gpu};
 use crate::shim::Shim;
@@ -281,20 +282,38 @@ fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
     }
 }
 
-/// Runs `create` and returns its status with the device memory it took.
+/// Runs `create` and returns its status with the device memory it took: this process's own
+/// usage before and after, where NVML can tell (other processes creating contexts or
+/// allocating in the same instant then cannot be mistaken for ours); otherwise the whole
+/// device's, which they can skew.
 fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
-    let before = nvml_probe::device_used(uuid);
+    let own_before = nvml_probe::process_listing(uuid);
+    let device_before = nvml_probe::device_used(uuid);
     let status = create();
     if status != CUDA_SUCCESS {
         return (status, 0);
     }
-    let footprint = match (before, nvml_probe::device_used(uuid)) {
-        (Some(before), Some(after))
-            if after >= before && after - before <= MAX_PLAUSIBLE_FOOTPRINT =>
-        {
-            after - before
+    if let Some(before) = own_before {
+        let before = match before {
+            Listing::Listed(bytes) => bytes,
+            Listing::NotListed => 0,
+        };
+        if let Some(Listing::Listed(after)) = nvml_probe::process_listing(uuid) {
+            return (status, plausible(after.checked_sub(before)));
         }
+    }
+    let device_after = nvml_probe::device_used(uuid);
+    let footprint = match (device_before, device_after) {
+        (Some(before), Some(after)) => plausible(after.checked_sub(before)),
         _ => FALLBACK_CONTEXT_FOOTPRINT,
     };
     (status, footprint)
+}
+
+/// A measured footprint, or the fallback where the measurement makes no sense (negative, or
+/// more than any context takes).
+fn plausible(measured: Option<u64>) -> u64 {
+    measured
+        .filter(|bytes| *bytes <= MAX_PLAUSIBLE_FOOTPRINT)
+        .unwrap_or(FALLBACK_CONTEXT_FOOTPRINT)
 }

@@ -28,9 +28,6 @@ const CHECK_INTERVAL_MS: u64 = 20;
 /// bring the driver's own memory up to date.
 const NEAR_LIMIT: u64 = 256 << 20;
 
-/// The inode number of the initial PID namespace, fixed by the kernel (`PROC_PID_INIT_INO`).
-const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
-
 /// This process's charges for memory the driver took on its own, per GPU.
 #[derive(Debug)]
 pub struct DriverMemory {
@@ -51,7 +48,7 @@ impl DriverMemory {
     /// Nothing charged yet; enabled where NVML's PIDs are ours.
     pub fn new() -> DriverMemory {
         DriverMemory {
-            enabled: in_host_pid_namespace(),
+            enabled: nvml_probe::nvml_sees_this_process(),
             started: Instant::now(),
             gpus: std::array::from_fn(|_| PerGpu::default()),
         }
@@ -102,7 +99,7 @@ impl DriverMemory {
         {
             return; // another thread is checking right now
         }
-        let Some(in_use) = nvml_probe::process_used(&gpu.uuid, std::process::id()) else {
+        let Some(in_use) = nvml_probe::process_used(&gpu.uuid) else {
             return;
         };
         let mut charged = entry.charged.lock();
@@ -136,9 +133,4 @@ impl Default for DriverMemory {
     fn default() -> Self {
         DriverMemory::new()
     }
-}
-
-fn in_host_pid_namespace() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|ns| ns.ino() == INIT_PID_NAMESPACE)
 }

@@ -1,5 +1,5 @@
 //! What NVML says about a GPU, for the shim's own measurements (never shown to the program
-//! as such): memory in use on the whole device, and memory in use by one process.
+//! as such): memory in use on the whole device, and memory in use by this process.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -21,9 +21,32 @@ pub fn device_used(uuid: &GpuUuid) -> Option<u64> {
     Some(memory.used)
 }
 
-/// Device memory the process `pid` (as NVML numbers processes: the host's PIDs) uses on
-/// the GPU with this UUID. `None` if NVML cannot say or does not list the process.
-pub fn process_used(uuid: &GpuUuid, pid: u32) -> Option<u64> {
+/// Device memory this process uses on the GPU with this UUID, per NVML. `None` if NVML
+/// cannot say, or does not list this process (yet).
+pub fn process_used(uuid: &GpuUuid) -> Option<u64> {
+    match process_listing(uuid)? {
+        Listing::Listed(bytes) => Some(bytes),
+        Listing::NotListed => None,
+    }
+}
+
+/// What NVML's process list says about this process on one GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// Listed, with the device memory it uses.
+    Listed(u64),
+    /// The list was read and this process is not in it: it holds nothing there.
+    NotListed,
+}
+
+/// Reads NVML's list of processes on the GPU with this UUID and finds this process in it.
+/// `None` when NVML cannot say, including when its PIDs are not this process's (a PID
+/// namespace of its own: NVML numbers processes by the host's PIDs).
+pub fn process_listing(uuid: &GpuUuid) -> Option<Listing> {
+    if !nvml_sees_this_process() {
+        return None;
+    }
+    let pid = std::process::id();
     let device = device(uuid)?;
     let list = real::nvml::nvmlDeviceGetComputeRunningProcesses_v3()?;
     let mut entries = vec![NvmlProcessInfo::default(); 64];
@@ -35,10 +58,14 @@ pub fn process_used(uuid: &GpuUuid, pid: u32) -> Option<u64> {
         match status {
             NVML_SUCCESS => {
                 let listed = entries.get(..usize::try_from(count).ok()?)?;
-                return listed
-                    .iter()
-                    .find(|entry| entry.pid == pid)
-                    .map(|entry| entry.used_gpu_memory);
+                return Some(
+                    listed
+                        .iter()
+                        .find(|entry| entry.pid == pid)
+                        .map_or(Listing::NotListed, |entry| {
+                            Listing::Listed(entry.used_gpu_memory)
+                        }),
+                );
             }
             NVML_ERROR_INSUFFICIENT_SIZE => {
                 let needed = usize::try_from(count).ok()?.saturating_add(8);
@@ -48,6 +75,28 @@ pub fn process_used(uuid: &GpuUuid, pid: u32) -> Option<u64> {
         }
     }
     None
+}
+
+/// Whether NVML's PIDs are this process's: only in the host's PID namespace.
+pub fn nvml_sees_this_process() -> bool {
+    /// The inode number of the initial PID namespace, fixed by the kernel
+    /// (`PROC_PID_INIT_INO`).
+    const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    const NO: u8 = 2;
+    static ANSWER: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match ANSWER.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => {
+            use std::os::unix::fs::MetadataExt;
+            let host = std::fs::metadata("/proc/self/ns/pid")
+                .is_ok_and(|ns| ns.ino() == INIT_PID_NAMESPACE);
+            ANSWER.store(if host { YES } else { NO }, Ordering::Relaxed);
+            host
+        }
+    }
 }
 
 /// The NVML handle of the GPU with this UUID, NVML initialized on first use.

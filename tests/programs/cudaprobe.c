@@ -191,6 +191,14 @@ int main(int argc, char **argv) {
   CUresult rc = CALL(cuInit)(0);
   printf("init rc=%d\n", rc);
   if (rc != 0) return 0;
+  /* PROBE_START_FILE: create the context only once this file exists, so that a test can
+   * have several processes create theirs at the same moment. */
+  const char *start_file = getenv("PROBE_START_FILE");
+  if (start_file) {
+    printf("ready\n");
+    fflush(stdout);
+    while (access(start_file, F_OK) != 0) usleep(200);
+  }
   const char *ordinal = getenv("PROBE_DEVICE");
   CALL(cuDeviceGet)(&device, ordinal ? atoi(ordinal) : 0);
   CUcontext ctx;
