@@ -1,7 +1,8 @@
-//! Driver initialization and contexts. A context takes device memory of its own (523 MiB
+//! Driver initialization and contexts. A context takes device memory of its own (518 MiB
 //! for a primary context on an H100 with driver 580), which counts against the quota like
-//! any allocation. It is measured, not assumed: device memory in use according to NVML
-//! just before and just after the context is created.
+//! any allocation. It is measured, not assumed: this process's device memory according to
+//! NVML just before and just after the context is created (the whole device's where NVML
+//! cannot see this process, see `measure_footprint`).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -17,8 +18,10 @@ use crate::log::{Level, log};
 use crate::policy::memory::{Bytes, Charge, Gpu};
 use crate::shim::Shim;
 
-/// What a primary context took on an H100 80GB HBM3 (driver 580.159.04, CUDA 13.0),
-/// measured with NVML. Charged when NVML cannot measure (no NVML on the machine).
+/// What a primary context took on an H100 80GB HBM3 (driver 580.159.04, CUDA 13.0) by the
+/// whole device's used memory in NVML (the process's own figure is 518 MiB). Charged when
+/// NVML cannot measure at all (no NVML on the machine) or measures nonsense: the larger
+/// figure, so that a guess errs towards the quota.
 pub const FALLBACK_CONTEXT_FOOTPRINT: u64 = 523 << 20;
 
 /// A measurement above this is another process's allocation landing in the same instant,
