@@ -1,6 +1,12 @@
 //! The shim's one piece of global state: built on the first intercepted call, rebuilt in a
 //! forked child.
 //!
+//! Nothing is given back at exit: the driver frees a process's memory (its context above
+//! all) only as the process is torn down, after every `atexit` handler, so emptying the
+//! process slot earlier would let the tenant's other processes take memory the GPU still
+//! holds. The kernel drops the slot's lock when the process is really gone, and the next
+//! reclaim gives its usage back.
+//!
 //! The fast path is one atomic load (`mode`). Initialization is an atomic state machine,
 //! not a `Once`: it can be re-entered on the initializing thread (opening the driver runs
 //! its constructors), which a `Once` would deadlock on; such a nested call passes through.
@@ -125,17 +131,11 @@ fn register_process_handlers() {
     if HANDLERS_REGISTERED.swap(true, Ordering::AcqRel) {
         return;
     }
-    // SAFETY: both handlers are `extern "C"` functions that live as long as the process.
-    let (fork, exit) = unsafe {
-        (
-            libc::pthread_atfork(None, None, Some(child_after_fork)),
-            libc::atexit(at_exit),
-        )
-    };
-    if fork != 0 || exit != 0 {
+    // SAFETY: the handler is an `extern "C"` function that lives as long as the process.
+    if unsafe { libc::pthread_atfork(None, None, Some(child_after_fork)) } != 0 {
         log!(
             Level::Warn,
-            "could not register fork/exit handlers; a forked child may not reinitialize"
+            "could not register a fork handler; a forked child may not reinitialize"
         );
     }
 }
@@ -150,13 +150,4 @@ extern "C" fn child_after_fork() {
         unsafe { &*old }.abandon_after_fork();
     }
     PHASE.store(UNINITIALIZED, Ordering::Release);
-}
-
-/// At a normal exit the process's usage goes back at once, not at the next reclaim.
-extern "C" fn at_exit() {
-    if PHASE.load(Ordering::Acquire) == ENFORCING
-        && let Mode::Enforcing(shim) = enforcing()
-    {
-        shim.memory.vacate();
-    }
 }

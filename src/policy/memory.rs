@@ -108,7 +108,15 @@ impl MemoryPolicy {
             // Memory of processes that died is still counted until someone reclaims it;
             // reclaiming costs syscalls, so only on the way to a refusal.
             Err(_) => match self.usage.reclaim_dead() {
-                Ok(report) if report.slots > 0 => slot.try_reserve(gpu.index, bytes, limit),
+                Ok(report) if report.slots > 0 => {
+                    log!(
+                        Level::Debug,
+                        "gave back what {} dead process(es) of the tenant held: {:?}",
+                        report.slots,
+                        report.bytes
+                    );
+                    slot.try_reserve(gpu.index, bytes, limit)
+                }
                 _ => first,
             },
         };
@@ -187,15 +195,6 @@ impl MemoryPolicy {
     pub fn view(&self, gpu: &Gpu, physical: MemoryView) -> Option<MemoryView> {
         let limit = self.limit(gpu)?;
         Some(quota_view(limit, self.used(gpu), physical))
-    }
-
-    /// Gives this process's usage back at exit, without waiting for a reclaim.
-    pub fn vacate(&self) {
-        let slot = self.slot.load(Ordering::Acquire);
-        if !slot.is_null() {
-            // SAFETY: a published slot is never freed (see `slot`), so the pointer is valid.
-            unsafe { &*slot }.vacate();
-        }
     }
 
     /// For a forked child: lets go of the parent's slot without touching it.
