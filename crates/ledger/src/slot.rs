@@ -174,21 +174,6 @@ impl ProcessSlot {
         self.own(gpu).map_or(0, |own| own.gpu_time_ns.load(Relaxed))
     }
 
-    /// At process exit (an `atexit` handler), while other threads may still hold this slot:
-    /// gives its usage back at once instead of at the next reclaim. Empties the slot (its GPU
-    /// time goes to `retired_gpu_time_ns`), marks it free and clears its bit, but keeps the
-    /// lock, so no other process takes the slot until this one has exited.
-    ///
-    /// A `release` after this stops at zero. A reservation made after it (a thread still
-    /// allocating during exit) is counted by this process but not by others, and is emptied
-    /// by the next reclaim once the process is gone. In a forked child that did not call
-    /// [`ProcessSlot::abandon_after_fork`] it does nothing: the slot is the parent's.
-    pub fn vacate(&self) {
-        if self.lock.is_some() && std::process::id() == self.owner_pid {
-            clear_slot(self.file.layout(), self.index);
-        }
-    }
-
     /// For a forked child: forgets this slot without touching it (the parent still owns it)
     /// and closes the child's copy of the lock's descriptor, so that the lock dies with the
     /// parent and not with whichever of the two exits last.

@@ -244,38 +244,6 @@ fn dropped_slot_gives_back_its_memory_and_its_place() {
 }
 
 #[test]
-fn vacated_slot_gives_back_its_memory_but_stays_owned_until_exit() {
-    let (_dir, ledger) = ledger();
-    let usage = ledger.open_usage(&tenant("t")).unwrap();
-    let i = usage.register_gpu(&gpu(1)).unwrap();
-    let slot = usage.claim_slot().unwrap();
-    slot.try_reserve(i, 8 * MIB, u64::MAX).unwrap();
-    slot.add_gpu_time(i, 40);
-
-    slot.vacate();
-    assert_eq!(usage.memory_used(i), 0);
-    assert_eq!(
-        usage.gpu_time_ns(i),
-        40,
-        "its GPU time is retired, not lost"
-    );
-    assert!(usage.slots().is_empty());
-    slot.release(i, 8 * MIB);
-    assert_eq!(slot.held(i), 0, "a release after vacating stops at zero");
-    assert_eq!(usage.reclaim_dead().unwrap(), ReclaimReport::default());
-
-    // Still locked: every other claim gets a different slot.
-    let others: Vec<_> = (1..MAX_SLOTS)
-        .map(|_| usage.claim_slot().unwrap())
-        .collect();
-    assert!(others.iter().all(|o| o.index() != slot.index()));
-    assert!(matches!(
-        usage.claim_slot(),
-        Err(LedgerError::SlotsFull { .. })
-    ));
-}
-
-#[test]
 fn gpu_time_of_a_dropped_slot_stays_counted_as_retired() {
     let (_dir, ledger) = ledger();
     let usage = ledger.open_usage(&tenant("t")).unwrap();
