@@ -257,8 +257,10 @@ fn memory_phase(
             text
         });
         workers.push((child, errors));
-        // One context at a time (see the worker's --start-on-stdin): wait for this one's
-        // first line, or for its end.
+        // One context at a time (see the worker's --start-on-stdin): where NVML cannot see
+        // the worker's own process (a PID namespace of its own), the shim measures a new
+        // context by the whole GPU's growth, and two created at once would each be charged
+        // both. Wait for this one's first line, or for its end.
         for (from, line) in received.iter() {
             if let Some(line) = &line {
                 read_line(&mut outcomes[from], line);
