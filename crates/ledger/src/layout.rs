@@ -147,9 +147,12 @@ pub(crate) struct UsageGpu {
     pub(crate) reserved0: AtomicU32,
     pub(crate) oom_refusals: AtomicU64,
     pub(crate) retired_gpu_time_ns: AtomicU64,
-    /// `docs/architecture.md` lists `reserved: u64[2]`; the third word is the padding that
-    /// brings the entry to its documented 64 bytes.
-    pub(crate) reserved: [AtomicU64; 3],
+    /// The tenant's compute credit on this GPU, in nanoseconds of GPU time (cumulative).
+    pub(crate) credit_ns: AtomicU64,
+    /// When the credit was last refilled (`CLOCK_MONOTONIC` ns); the refill's claim.
+    pub(crate) refilled_at_ns: AtomicU64,
+    /// Wall time the tenant's launches spent waiting for credit (summed over threads).
+    pub(crate) throttled_ns: AtomicU64,
 }
 
 /// One per-GPU record inside a process slot.
@@ -161,7 +164,8 @@ pub(crate) struct SlotGpu {
     /// Bytes of reservations being checked right now, not yet granted or refused. Counted
     /// by reservations (so clashing ones see each other), never by observers.
     pub(crate) pending_bytes: AtomicU64,
-    pub(crate) reserved: [AtomicU64; 1],
+    /// What the process is doing on the GPU: [`Activity`](crate::Activity), packed.
+    pub(crate) activity: AtomicU64,
 }
 
 /// One process slot.
@@ -172,7 +176,9 @@ pub(crate) struct Slot {
     /// Informational only: PIDs are not trusted across namespaces.
     pub(crate) pid: AtomicU32,
     pub(crate) claimed_unix_ms: AtomicU64,
-    pub(crate) reserved: [AtomicU64; 2],
+    /// The process's compute settings: [`ComputeSettings`](crate::ComputeSettings), packed.
+    pub(crate) compute: AtomicU64,
+    pub(crate) reserved: AtomicU64,
     pub(crate) gpus: [SlotGpu; MAX_GPUS],
 }
 
@@ -464,20 +470,23 @@ mod tests {
         assert_eq!(offset_of!(UsageGpu, reserved0), 20);
         assert_eq!(offset_of!(UsageGpu, oom_refusals), 24);
         assert_eq!(offset_of!(UsageGpu, retired_gpu_time_ns), 32);
-        assert_eq!(offset_of!(UsageGpu, reserved), 40);
+        assert_eq!(offset_of!(UsageGpu, credit_ns), 40);
+        assert_eq!(offset_of!(UsageGpu, refilled_at_ns), 48);
+        assert_eq!(offset_of!(UsageGpu, throttled_ns), 56);
 
         assert_eq!(USAGE_SLOT_OFFSET, 1088);
         assert_eq!(USAGE_SLOT_SIZE, 544);
         assert_eq!(offset_of!(Slot, state), 0);
         assert_eq!(offset_of!(Slot, pid), 4);
         assert_eq!(offset_of!(Slot, claimed_unix_ms), 8);
-        assert_eq!(offset_of!(Slot, reserved), 16);
+        assert_eq!(offset_of!(Slot, compute), 16);
+        assert_eq!(offset_of!(Slot, reserved), 24);
         assert_eq!(SLOT_GPUS_OFFSET, 32);
         assert_eq!(SLOT_GPU_SIZE, 32);
         assert_eq!(offset_of!(SlotGpu, memory_bytes), 0);
         assert_eq!(offset_of!(SlotGpu, gpu_time_ns), 8);
         assert_eq!(offset_of!(SlotGpu, pending_bytes), 16);
-        assert_eq!(offset_of!(SlotGpu, reserved), 24);
+        assert_eq!(offset_of!(SlotGpu, activity), 24);
 
         assert_eq!(USAGE_FILE_SIZE, 1088 + 64 * 544);
         assert_eq!(USAGE_FILE_SIZE, 35904);

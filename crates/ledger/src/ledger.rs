@@ -10,7 +10,7 @@ use crate::files;
 use crate::limits::TenantQuota;
 use crate::names::TenantName;
 use crate::quota::{self, QuotaFile};
-use crate::snapshot::UsageSnapshot;
+use crate::snapshot::{UsageReader, UsageSnapshot};
 use crate::usage::UsageFile;
 
 /// The name of the directory that holds one directory per tenant.
@@ -127,6 +127,12 @@ impl Ledger {
     /// the observer gets an error instead.
     pub fn snapshot_usage(&self, t: &TenantName) -> Result<UsageSnapshot, LedgerError> {
         UsageSnapshot::read(&self.usage_path(t))
+    }
+
+    /// A reader of `t`'s usage file that copies it anew on each read without opening it
+    /// again; `None` if the tenant has no usage file.
+    pub fn usage_reader(&self, t: &TenantName) -> Result<Option<UsageReader>, LedgerError> {
+        UsageReader::open(&self.usage_path(t))
     }
 
     /// The tenants, sorted by name. Entries of `tenants/` that are not directories with valid

@@ -103,6 +103,7 @@ crash them.
 */
 #![deny(missing_docs)]
 
+mod compute;
 mod error;
 mod files;
 pub mod layout;
@@ -116,6 +117,7 @@ mod snapshot;
 mod sys;
 mod usage;
 
+pub use compute::{Activity, ComputeSettings};
 pub use error::LedgerError;
 pub use ledger::Ledger;
 pub use limits::{Limits, PERMILLE_MAX, Priority, TenantQuota};
@@ -123,7 +125,7 @@ pub use names::{GpuUuid, MAX_TENANT_NAME_LEN, TenantName};
 pub use quantity::parse_quantity;
 pub use quota::QuotaFile;
 pub use slot::{OverLimit, ProcessSlot};
-pub use snapshot::UsageSnapshot;
+pub use snapshot::{SlotCompute, UsageReader, UsageSnapshot};
 pub use usage::{GpuIndex, ReclaimReport, SlotInfo, UsageFile};
 
 /// How many GPUs a ledger file can describe (per-GPU limits in a quota file, GPU table

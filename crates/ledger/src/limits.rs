@@ -20,7 +20,7 @@ pub enum Priority {
 
 impl Priority {
     /// The stored form: 0 unset, 1 low, 2 normal, 3 high.
-    fn to_raw(p: Option<Priority>) -> u32 {
+    pub(crate) fn to_raw(p: Option<Priority>) -> u32 {
         match p {
             None => 0,
             Some(Priority::Low) => 1,
@@ -30,7 +30,7 @@ impl Priority {
     }
 
     /// The inverse of [`Priority::to_raw`]; `None` for 0 and for values it does not know.
-    fn from_raw(v: u32) -> Option<Priority> {
+    pub(crate) fn from_raw(v: u32) -> Option<Priority> {
         match v {
             1 => Some(Priority::Low),
             2 => Some(Priority::Normal),

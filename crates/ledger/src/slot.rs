@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use crate::layout::SlotGpu;
+use crate::layout::{Slot, SlotGpu};
 use crate::usage::{
     GpuIndex, UsageFile, bit, claimed, clear_slot, committed, saturating_sub, slot_gpu,
 };
@@ -71,6 +71,18 @@ impl ProcessSlot {
     #[inline]
     fn own(&self, gpu: GpuIndex) -> Option<&SlotGpu> {
         slot_gpu(self.file.layout(), self.index, gpu.get()?)
+    }
+
+    /// This slot's record for `gpu`, for the compute records.
+    pub(crate) fn own_record(&self, gpu: GpuIndex) -> Option<&SlotGpu> {
+        self.own(gpu)
+    }
+
+    /// This slot.
+    pub(crate) fn slot(&self) -> Option<&Slot> {
+        usize::try_from(self.index)
+            .ok()
+            .and_then(|i| self.file.layout().slots.get(i))
     }
 
     /// Reserves `bytes` on `gpu` for this process, unless the tenant's total on that GPU

@@ -8,6 +8,7 @@ use std::mem::offset_of;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use crate::compute::{Activity, ComputeSettings};
 use crate::error::LedgerError;
 use crate::files::{self, Access};
 use crate::layout::{
@@ -27,6 +28,8 @@ struct GpuRecord {
     uuid: [u8; 16],
     oom_refusals: u64,
     retired_gpu_time_ns: u64,
+    credit_ns: u64,
+    throttled_ns: u64,
 }
 
 /// One occupied slot as copied.
@@ -35,6 +38,56 @@ struct SlotRecord {
     info: SlotInfo,
     memory: [u64; MAX_GPUS],
     gpu_time: [u64; MAX_GPUS],
+    activity: [u64; MAX_GPUS],
+    compute: u64,
+}
+
+/// One occupied slot's compute records on one GPU, as copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotCompute {
+    /// The slot's index.
+    pub index: u32,
+    /// The settings its process published; `None` if it published none.
+    pub settings: Option<ComputeSettings>,
+    /// What its process was last seen doing on the GPU.
+    pub activity: Activity,
+    /// The GPU time charged to it on the GPU.
+    pub gpu_time_ns: u64,
+}
+
+/// An open usage file of another tenant, copied with `pread` on each read: what a watcher
+/// reads many times a second without opening the file again.
+#[derive(Debug)]
+pub struct UsageReader {
+    path: PathBuf,
+    file: std::fs::File,
+    bytes: Vec<u8>,
+}
+
+impl UsageReader {
+    /// Opens the usage file at `path` for reading; `None` if there is none.
+    pub(crate) fn open(path: &Path) -> Result<Option<UsageReader>, LedgerError> {
+        let Some(file) = files::open_existing(path, Access::ReadOnly)? else {
+            return Ok(None);
+        };
+        files::validate(&file, path, &USAGE_GEOMETRY)?;
+        Ok(Some(UsageReader {
+            path: path.to_path_buf(),
+            file,
+            bytes: vec![0u8; USAGE_FILE_SIZE],
+        }))
+    }
+
+    /// The file it reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A copy of the file now. Slots are not checked for a live owner (that takes a
+    /// system call per slot); their activity times say how current they are.
+    pub fn read(&mut self) -> Result<UsageSnapshot, LedgerError> {
+        UsageSnapshot::parse(&self.file, &self.path, &mut self.bytes, false)
+    }
 }
 
 /// A copy of a tenant's usage file, taken at one moment (each 8-byte field is read whole,
@@ -60,8 +113,19 @@ impl UsageSnapshot {
         })?;
         files::validate(&file, path, &USAGE_GEOMETRY)?;
         let mut bytes = vec![0u8; USAGE_FILE_SIZE];
-        let got = files::read_at_most(&file, &mut bytes, 0)
-            .map_err(|e| LedgerError::io(path, "read", e))?;
+        UsageSnapshot::parse(&file, path, &mut bytes, true)
+    }
+
+    /// Copies `file` into `bytes` and reads it; `liveness`: ask the kernel whether each
+    /// occupied slot's owner holds its lock.
+    fn parse(
+        file: &std::fs::File,
+        path: &Path,
+        bytes: &mut [u8],
+        liveness: bool,
+    ) -> Result<UsageSnapshot, LedgerError> {
+        let got =
+            files::read_at_most(file, bytes, 0).map_err(|e| LedgerError::io(path, "read", e))?;
         if got != USAGE_FILE_SIZE {
             return Err(LedgerError::corrupt(
                 path,
@@ -82,6 +146,8 @@ impl UsageSnapshot {
                     &bytes,
                     at + offset_of!(UsageGpu, retired_gpu_time_ns),
                 ),
+                credit_ns: read_u64(&bytes, at + offset_of!(UsageGpu, credit_ns)),
+                throttled_ns: read_u64(&bytes, at + offset_of!(UsageGpu, throttled_ns)),
             };
         }
 
@@ -94,12 +160,15 @@ impl UsageSnapshot {
             let at = USAGE_SLOT_OFFSET + i * USAGE_SLOT_SIZE;
             let mut memory = [0u64; MAX_GPUS];
             let mut gpu_time = [0u64; MAX_GPUS];
-            for (g, (m, t)) in memory.iter_mut().zip(gpu_time.iter_mut()).enumerate() {
+            let mut activity = [0u64; MAX_GPUS];
+            for g in 0..MAX_GPUS {
                 let rec = at + SLOT_GPUS_OFFSET + g * SLOT_GPU_SIZE;
-                *m = read_u64(&bytes, rec + offset_of!(SlotGpu, memory_bytes));
-                *t = read_u64(&bytes, rec + offset_of!(SlotGpu, gpu_time_ns));
+                memory[g] = read_u64(&bytes, rec + offset_of!(SlotGpu, memory_bytes));
+                gpu_time[g] = read_u64(&bytes, rec + offset_of!(SlotGpu, gpu_time_ns));
+                activity[g] = read_u64(&bytes, rec + offset_of!(SlotGpu, activity));
             }
-            let live = sys::ofd_is_locked(file.as_fd(), slot_lock_byte(index)).unwrap_or(true);
+            let live = !liveness
+                || sys::ofd_is_locked(file.as_fd(), slot_lock_byte(index)).unwrap_or(true);
             slots.push(SlotRecord {
                 info: SlotInfo {
                     index,
@@ -114,6 +183,8 @@ impl UsageSnapshot {
                 },
                 memory,
                 gpu_time,
+                activity,
+                compute: read_u64(&bytes, at + offset_of!(Slot, compute)),
             });
         }
         Ok(UsageSnapshot {
@@ -176,6 +247,32 @@ impl UsageSnapshot {
     /// How many allocations were refused for being over quota on `gpu`.
     pub fn oom_refusals(&self, gpu: GpuIndex) -> u64 {
         self.gpu(gpu).map_or(0, |(_, g)| g.oom_refusals)
+    }
+
+    /// Nanoseconds of GPU time the tenant has been credited on `gpu` (its token bucket).
+    pub fn credit_ns(&self, gpu: GpuIndex) -> u64 {
+        self.gpu(gpu).map_or(0, |(_, g)| g.credit_ns)
+    }
+
+    /// Wall time the tenant's launches waited for credit on `gpu`, in nanoseconds.
+    pub fn throttled_ns(&self, gpu: GpuIndex) -> u64 {
+        self.gpu(gpu).map_or(0, |(_, g)| g.throttled_ns)
+    }
+
+    /// The compute records of the occupied slots on `gpu`.
+    pub fn compute_slots(&self, gpu: GpuIndex) -> Vec<SlotCompute> {
+        let Some((g, _)) = self.gpu(gpu) else {
+            return Vec::new();
+        };
+        self.slots
+            .iter()
+            .map(|s| SlotCompute {
+                index: s.info.index,
+                settings: ComputeSettings::unpack(s.compute),
+                activity: Activity::unpack(s.activity[g]),
+                gpu_time_ns: s.gpu_time[g],
+            })
+            .collect()
     }
 
     /// The occupied slots, with whether a process held each one's lock when copied.

@@ -149,15 +149,12 @@ pub(crate) fn clear_slot(layout: &UsageLayout, index: u32) -> [u64; MAX_GPUS] {
         if time != 0 {
             entry.retired_gpu_time_ns.fetch_add(time, SeqCst);
         }
-        for r in &rec.reserved {
-            r.store(0, Relaxed);
-        }
+        rec.activity.store(0, Relaxed);
     }
     slot.pid.store(0, Relaxed);
     slot.claimed_unix_ms.store(0, Relaxed);
-    for r in &slot.reserved {
-        r.store(0, Relaxed);
-    }
+    slot.compute.store(0, Relaxed);
+    slot.reserved.store(0, Relaxed);
     slot.state.store(0, SeqCst);
     layout.header.word.fetch_and(!bit(index), SeqCst);
     freed
@@ -250,6 +247,11 @@ impl UsageFile {
         self.view.get()
     }
 
+    /// The GPU table entry of `gpu`, if it is inside the table.
+    pub(crate) fn gpu_entry(&self, gpu: GpuIndex) -> Option<&crate::layout::UsageGpu> {
+        gpu.get().and_then(|g| self.view.get().gpus.get(g))
+    }
+
     /// A new open file description of this same file, for locks that must not be shared with
     /// anything else (every `ProcessSlot`, every registration, every reclaim gets its own).
     fn new_description(&self, action: &'static str) -> Result<File, LedgerError> {
@@ -325,9 +327,9 @@ impl UsageFile {
             e.reserved0.store(0, Relaxed);
             e.oom_refusals.store(0, Relaxed);
             e.retired_gpu_time_ns.store(0, Relaxed);
-            for r in &e.reserved {
-                r.store(0, Relaxed);
-            }
+            e.credit_ns.store(0, Relaxed);
+            e.refilled_at_ns.store(0, Relaxed);
+            e.throttled_ns.store(0, Relaxed);
             // Last, with release: a reader that sees the state sees the UUID.
             e.state.store(GPU_REGISTERED, Release);
             return Ok(GpuIndex(i));

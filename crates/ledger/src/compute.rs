@@ -1,0 +1,272 @@
+//! The ledger's compute records: what each process publishes about its compute settings and
+//! its activity on each GPU, and the tenant's credit (the token bucket) per GPU.
+//!
+//! Everything here is one 64-bit word read or written atomically, so that every process of
+//! every tenant can read another tenant's records with a plain `pread` copy and decide the
+//! same thing. The arithmetic that turns these numbers into rates lives in the shim's
+//! compute policy; the ledger only stores them.
+
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+
+use crate::limits::{PERMILLE_MAX, Priority};
+use crate::slot::ProcessSlot;
+use crate::usage::{GpuIndex, UsageFile};
+
+/// A process's compute settings as it enforces them (the tenant's quota lowered by its
+/// environment), published in its slot so that other tenants can split the GPU.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ComputeSettings {
+    /// The guaranteed part when others compete, 1..=1000 permille.
+    pub share_permille: Option<u32>,
+    /// The hard cap, 1..=1000 permille.
+    pub limit_permille: Option<u32>,
+    /// The priority; `None` is normal.
+    pub priority: Option<Priority>,
+}
+
+/// Set in a packed [`ComputeSettings`] once the process has published them.
+const PUBLISHED: u64 = 1 << 63;
+
+impl ComputeSettings {
+    /// The stored form: bit 63 published, bits 0-15 share, 16-31 limit, 32-39 priority
+    /// (0 meaning unset in each field).
+    pub fn pack(self) -> u64 {
+        let permille = |v: Option<u32>| u64::from(v.unwrap_or(0).min(PERMILLE_MAX));
+        PUBLISHED
+            | permille(self.share_permille)
+            | (permille(self.limit_permille) << 16)
+            | (u64::from(Priority::to_raw(self.priority)) << 32)
+    }
+
+    /// The inverse of [`ComputeSettings::pack`]; `None` for a slot that published nothing.
+    /// Out-of-range fields read as unset.
+    pub fn unpack(word: u64) -> Option<ComputeSettings> {
+        if word & PUBLISHED == 0 {
+            return None;
+        }
+        let permille = |v: u64| {
+            u32::try_from(v & 0xffff)
+                .ok()
+                .filter(|&p| (1..=PERMILLE_MAX).contains(&p))
+        };
+        Some(ComputeSettings {
+            share_permille: permille(word),
+            limit_permille: permille(word >> 16),
+            priority: u32::try_from((word >> 32) & 0xff)
+                .ok()
+                .and_then(Priority::from_raw),
+        })
+    }
+}
+
+/// What a process is doing on one GPU, as its watcher last saw it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Activity {
+    /// It had work in flight on the GPU (the hardware is time-slicing it in).
+    pub in_flight: bool,
+    /// It wanted more of the GPU than it got: its launches waited for credit, or its work
+    /// kept the GPU busy without a gap.
+    pub backlogged: bool,
+    /// When it was seen so (`CLOCK_MONOTONIC`, nanoseconds); 0 never.
+    pub at_ns: u64,
+}
+
+const IN_FLIGHT: u64 = 1 << 63;
+const BACKLOGGED: u64 = 1 << 62;
+const TIME_MASK: u64 = BACKLOGGED - 1;
+
+impl Activity {
+    /// The stored form: bit 63 in flight, bit 62 backlogged, the rest the time.
+    pub fn pack(self) -> u64 {
+        let mut word = self.at_ns & TIME_MASK;
+        if self.in_flight {
+            word |= IN_FLIGHT;
+        }
+        if self.backlogged {
+            word |= BACKLOGGED;
+        }
+        word
+    }
+
+    /// The inverse of [`Activity::pack`].
+    pub fn unpack(word: u64) -> Activity {
+        Activity {
+            in_flight: word & IN_FLIGHT != 0,
+            backlogged: word & BACKLOGGED != 0,
+            at_ns: word & TIME_MASK,
+        }
+    }
+
+    /// Whether it was seen at most `window_ns` before `now_ns`.
+    pub fn seen_within(self, now_ns: u64, window_ns: u64) -> bool {
+        self.at_ns != 0 && now_ns.saturating_sub(self.at_ns) <= window_ns
+    }
+}
+
+impl ProcessSlot {
+    /// Publishes this process's compute settings.
+    pub fn publish_compute(&self, settings: ComputeSettings) {
+        if let Some(slot) = self.slot() {
+            slot.compute.store(settings.pack(), SeqCst);
+        }
+    }
+
+    /// Publishes what this process is doing on `gpu`.
+    pub fn set_activity(&self, gpu: GpuIndex, activity: Activity) {
+        if let Some(own) = self.own_record(gpu) {
+            own.activity.store(activity.pack(), SeqCst);
+        }
+    }
+}
+
+impl UsageFile {
+    /// The tenant's credit on `gpu`, in nanoseconds of GPU time (cumulative, compared with
+    /// [`UsageFile::gpu_time_ns`]).
+    pub fn credit_ns(&self, gpu: GpuIndex) -> u64 {
+        self.gpu_entry(gpu).map_or(0, |e| e.credit_ns.load(SeqCst))
+    }
+
+    /// Refills the tenant's credit on `gpu`, unless another process did so less than
+    /// `min_interval_ns` ago: whoever moves `refilled_at_ns` from its old value to `now_ns`
+    /// owns the refill of the time in between, so each stretch of time is added once
+    /// however many processes try. `refill(credit, elapsed_ns)` gives the new credit.
+    /// Returns whether this call refilled.
+    pub fn refill_credit(
+        &self,
+        gpu: GpuIndex,
+        now_ns: u64,
+        min_interval_ns: u64,
+        refill: impl Fn(u64, u64) -> u64,
+    ) -> bool {
+        let Some(entry) = self.gpu_entry(gpu) else {
+            return false;
+        };
+        let last = entry.refilled_at_ns.load(SeqCst);
+        if last != 0 && now_ns < last.saturating_add(min_interval_ns) {
+            return false;
+        }
+        if entry
+            .refilled_at_ns
+            .compare_exchange(last, now_ns, SeqCst, SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        // The first refill of a GPU starts the clock; it adds nothing.
+        let elapsed = if last == 0 { 0 } else { now_ns - last };
+        let _ = entry
+            .credit_ns
+            .fetch_update(SeqCst, SeqCst, |c| Some(refill(c, elapsed)));
+        true
+    }
+
+    /// Adds `ns` to the wall time the tenant's launches waited for credit on `gpu`.
+    pub fn add_throttled(&self, gpu: GpuIndex, ns: u64) {
+        if let Some(e) = self.gpu_entry(gpu) {
+            let _ = e
+                .throttled_ns
+                .fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_add(ns)));
+        }
+    }
+
+    /// The wall time the tenant's launches waited for credit on `gpu`, in nanoseconds.
+    pub fn throttled_ns(&self, gpu: GpuIndex) -> u64 {
+        self.gpu_entry(gpu)
+            .map_or(0, |e| e.throttled_ns.load(Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GpuUuid, Ledger, TenantName};
+
+    #[test]
+    fn settings_round_trip_through_their_word() {
+        for settings in [
+            ComputeSettings::default(),
+            ComputeSettings {
+                share_permille: Some(250),
+                limit_permille: Some(1000),
+                priority: Some(Priority::High),
+            },
+            ComputeSettings {
+                share_permille: None,
+                limit_permille: Some(1),
+                priority: Some(Priority::Low),
+            },
+        ] {
+            assert_eq!(ComputeSettings::unpack(settings.pack()), Some(settings));
+        }
+        assert_eq!(ComputeSettings::unpack(0), None, "never published");
+        let garbage = PUBLISHED | 5000 | (7000 << 16) | (9 << 32);
+        assert_eq!(
+            ComputeSettings::unpack(garbage),
+            Some(ComputeSettings::default()),
+            "out-of-range fields read as unset"
+        );
+    }
+
+    #[test]
+    fn activity_round_trips_and_ages() {
+        let a = Activity {
+            in_flight: true,
+            backlogged: false,
+            at_ns: 123_456_789,
+        };
+        assert_eq!(Activity::unpack(a.pack()), a);
+        assert!(a.seen_within(123_456_789 + 10, 10));
+        assert!(!a.seen_within(123_456_789 + 11, 10));
+        assert!(!Activity::default().seen_within(5, u64::MAX));
+    }
+
+    #[test]
+    fn each_stretch_of_time_is_refilled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let tenant = TenantName::new("t").unwrap();
+        let usage = ledger.open_usage(&tenant).unwrap();
+        let gpu = usage.register_gpu(&GpuUuid([7; 16])).unwrap();
+        let add_elapsed = |c: u64, e: u64| c + e;
+        assert!(usage.refill_credit(gpu, 1_000, 100, add_elapsed), "starts the clock");
+        assert_eq!(usage.credit_ns(gpu), 0);
+        assert!(!usage.refill_credit(gpu, 1_050, 100, add_elapsed), "too soon");
+        assert!(usage.refill_credit(gpu, 1_200, 100, add_elapsed));
+        assert_eq!(usage.credit_ns(gpu), 200);
+        assert!(!usage.refill_credit(gpu, 1_200, 0, add_elapsed) || usage.credit_ns(gpu) == 200);
+        usage.add_throttled(gpu, 5);
+        usage.add_throttled(gpu, 7);
+        assert_eq!(usage.throttled_ns(gpu), 12);
+        assert_eq!(usage.credit_ns(GpuIndex(99)), 0, "outside the table");
+    }
+
+    #[test]
+    fn published_records_are_cleared_with_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let tenant = TenantName::new("t").unwrap();
+        let usage = ledger.open_usage(&tenant).unwrap();
+        let gpu = usage.register_gpu(&GpuUuid([7; 16])).unwrap();
+        let slot = usage.claim_slot().unwrap();
+        slot.publish_compute(ComputeSettings {
+            share_permille: Some(300),
+            ..ComputeSettings::default()
+        });
+        slot.set_activity(
+            gpu,
+            Activity {
+                in_flight: true,
+                backlogged: true,
+                at_ns: 42,
+            },
+        );
+        let snap = ledger.snapshot_usage(&tenant).unwrap();
+        let seen = snap.compute_slots(gpu);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].settings.and_then(|s| s.share_permille), Some(300));
+        assert!(seen[0].activity.in_flight && seen[0].activity.backlogged);
+        drop(slot);
+        let snap = ledger.snapshot_usage(&tenant).unwrap();
+        assert!(snap.compute_slots(gpu).is_empty());
+    }
+}
