@@ -6,18 +6,27 @@
 //! ```text
 //! spin [--kernels N] [--ns D]     N launches (default 100) of D nanoseconds (default 1000000)
 //! spin --noop N                   N launches of gpuslice_noop
+//! spin --for MS [--ns D] [--depth K] [--legacy] [--idle-after MS --idle-for MS]
+//!                                 kernels of D ns for MS milliseconds, K in flight at once,
+//!                                 idle for a while in the middle if asked
 //! ```
 //!
 //! Prints `kernels=<n> ns_each=<d> elapsed_ms=<..> busy_fraction=<..> event_ms=<..>`, where
 //! `elapsed_ms` is host time from the first launch to the end of the synchronization,
 //! `busy_fraction` is the kernels' total time divided by it, and `event_ms` is the time between
 //! events recorded before and after the kernels; or, with `--noop`,
-//! `launches=<n> elapsed_ms=<..> launches_per_sec=<..>`.
+//! `launches=<n> elapsed_ms=<..> launches_per_sec=<..>`; or, with `--for`, a line
+//! `done at_ns=<t> kernels=<n>` each time a kernel is seen finished (`t` on
+//! `CLOCK_MONOTONIC`, which all processes share, so that the shares of several processes
+//! can be compared over the same window), then the summary line. `--for` uses a stream of
+//! its own (`--legacy`: the legacy NULL stream) and keeps K kernels queued, as a training
+//! loop does.
 //!
 //! Context, stream, events and synchronization use cudarc's safe API. Loading a module from
 //! PTX and launching use cudarc's result API: the safe API's `load_module` and launch builder
 //! need cudarc's `nvrtc` feature, which this workspace does not enable.
 
+use std::collections::VecDeque;
 use std::ffi::{CString, c_void};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -26,11 +35,36 @@ use cudarc::driver::sys::{CUevent_flags, CUfunction, CUmodule};
 use cudarc::driver::{CudaContext, DriverError, result};
 
 const PTX: &str = include_str!("ptx/spin.ptx");
-const USAGE: &str = "usage: spin [--kernels N] [--ns D] | spin --noop N";
+const USAGE: &str = "usage: spin [--kernels N] [--ns D] | spin --noop N | \
+                     spin --for MS [--ns D] [--depth K] [--legacy] [--idle-after MS --idle-for MS]";
 
 enum Mode {
     Spin { kernels: u64, ns: u64 },
     Noop { launches: u64 },
+    Load(Load),
+}
+
+/// Kernels back to back for a while.
+struct Load {
+    millis: u64,
+    ns: u64,
+    depth: u64,
+    legacy: bool,
+    /// Goes idle (launches nothing) after this many milliseconds...
+    idle_after: Option<u64>,
+    /// ...for this many.
+    idle_for: u64,
+}
+
+/// Nanoseconds on `CLOCK_MONOTONIC`, the clock every process shares.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// A module loaded from PTX, unloaded on drop.
@@ -61,10 +95,15 @@ impl Drop for Module {
 
 fn run(mode: Mode) -> Result<(), String> {
     let ctx = CudaContext::new(0).map_err(|e| format!("creating a context on device 0: {e}"))?;
-    let stream = ctx.default_stream();
+    let stream = match &mode {
+        Mode::Load(load) if !load.legacy => ctx
+            .new_stream()
+            .map_err(|e| format!("cuStreamCreate: {e}"))?,
+        _ => ctx.default_stream(),
+    };
     let module = Module::load(PTX).map_err(|e| format!("loading spin.ptx: {e}"))?;
     let kernel = match mode {
-        Mode::Spin { .. } => "gpuslice_spin",
+        Mode::Spin { .. } | Mode::Load(_) => "gpuslice_spin",
         Mode::Noop { .. } => "gpuslice_noop",
     };
     let function = module
@@ -114,6 +153,64 @@ fn run(mode: Mode) -> Result<(), String> {
                 busy_ns / elapsed.as_nanos().max(1) as f64,
             );
         }
+        Mode::Load(Load {
+            millis,
+            ns,
+            depth,
+            idle_after,
+            idle_for,
+            ..
+        }) => {
+            let start = Instant::now();
+            let mut queued = VecDeque::new();
+            let mut done = 0u64;
+            let mut idled = false;
+            let sync = |event: cudarc::driver::CudaEvent| {
+                event
+                    .synchronize()
+                    .map_err(|e| format!("cuEventSynchronize: {e}"))
+            };
+            while start.elapsed().as_millis() < u128::from(millis) {
+                let idle_now = idle_after
+                    .is_some_and(|after| start.elapsed().as_millis() >= u128::from(after));
+                if idle_now && !idled {
+                    idled = true;
+                    while let Some(oldest) = queued.pop_front() {
+                        sync(oldest)?;
+                        done += 1;
+                        println!("done at_ns={} kernels={done}", monotonic_ns());
+                    }
+                    println!("idle at_ns={}", monotonic_ns());
+                    std::thread::sleep(std::time::Duration::from_millis(idle_for));
+                    println!("resume at_ns={}", monotonic_ns());
+                }
+                let mut argument = ns;
+                launch(&mut [(&raw mut argument).cast()])?;
+                queued.push_back(
+                    stream
+                        .record_event(None)
+                        .map_err(|e| format!("cuEventRecord: {e}"))?,
+                );
+                if queued.len() as u64 >= depth.max(1)
+                    && let Some(oldest) = queued.pop_front()
+                {
+                    sync(oldest)?;
+                    done += 1;
+                    println!("done at_ns={} kernels={done}", monotonic_ns());
+                }
+            }
+            while let Some(oldest) = queued.pop_front() {
+                sync(oldest)?;
+                done += 1;
+                println!("done at_ns={} kernels={done}", monotonic_ns());
+            }
+            let elapsed = start.elapsed();
+            println!(
+                "kernels={done} ns_each={ns} elapsed_ms={:.3} busy_fraction={:.4}",
+                elapsed.as_secs_f64() * 1e3,
+                done as f64 * ns as f64 / elapsed.as_nanos().max(1) as f64,
+            );
+        }
         Mode::Noop { launches } => {
             let start = Instant::now();
             for _ in 0..launches {
@@ -144,12 +241,19 @@ fn number(flag: &str, value: Option<String>) -> Result<u64, String> {
 
 fn parse_args() -> Result<Mode, String> {
     let (mut kernels, mut ns, mut noop) = (100, 1_000_000, None);
+    let (mut millis, mut depth, mut legacy) = (None, 4, false);
+    let (mut idle_after, mut idle_for) = (None, 0);
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         match arg.as_str() {
             "--kernels" => kernels = number("--kernels", argv.next())?,
             "--ns" => ns = number("--ns", argv.next())?,
             "--noop" => noop = Some(number("--noop", argv.next())?),
+            "--for" => millis = Some(number("--for", argv.next())?),
+            "--depth" => depth = number("--depth", argv.next())?,
+            "--legacy" => legacy = true,
+            "--idle-after" => idle_after = Some(number("--idle-after", argv.next())?),
+            "--idle-for" => idle_for = number("--idle-for", argv.next())?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -157,9 +261,17 @@ fn parse_args() -> Result<Mode, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    Ok(match noop {
-        Some(launches) => Mode::Noop { launches },
-        None => Mode::Spin { kernels, ns },
+    Ok(match (noop, millis) {
+        (Some(launches), _) => Mode::Noop { launches },
+        (None, Some(millis)) => Mode::Load(Load {
+            millis,
+            ns,
+            depth,
+            legacy,
+            idle_after,
+            idle_for,
+        }),
+        (None, None) => Mode::Spin { kernels, ns },
     })
 }
 

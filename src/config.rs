@@ -8,7 +8,7 @@
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
-use gpuslice_ledger::{TenantName, parse_quantity};
+use gpuslice_ledger::{Priority, TenantName, parse_quantity};
 
 use crate::log::Level;
 
@@ -19,17 +19,16 @@ pub const DEFAULT_DIR: &str = "/run/gpuslice";
 pub const KNOWN_VARIABLES: &[&str] = &[
     "GPUSLICE_TENANT",
     "GPUSLICE_MEMORY_LIMIT",
+    "GPUSLICE_COMPUTE_SHARE",
+    "GPUSLICE_COMPUTE_LIMIT",
+    "GPUSLICE_PRIORITY",
     "GPUSLICE_DIR",
     "GPUSLICE_LOG",
 ];
 
-/// Variables that belong to a later part of gpuslice (compute isolation). Setting one today
-/// would suggest a guarantee this version does not give, so it is refused, not ignored.
-const NOT_YET_ENFORCED: &[&str] = &[
-    "GPUSLICE_COMPUTE_SHARE",
-    "GPUSLICE_COMPUTE_LIMIT",
-    "GPUSLICE_PRIORITY",
-];
+/// The accepted form of the percent settings, in words.
+const PERCENT_FORM: &str =
+    "a percentage from 0.1 to 100 with at most one decimal, such as 30, 12.5 or 30%";
 
 /// What the shim does in this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +48,12 @@ pub struct TenantSettings {
     /// `GPUSLICE_MEMORY_LIMIT` in bytes, per GPU. The tenant's quota file, when present, is
     /// the ceiling: the effective limit is the lower of the two.
     pub memory_limit: Option<u64>,
+    /// `GPUSLICE_COMPUTE_SHARE` in permille; the quota file's share is the ceiling.
+    pub compute_share: Option<u32>,
+    /// `GPUSLICE_COMPUTE_LIMIT` in permille; the quota file's limit is the ceiling.
+    pub compute_limit: Option<u32>,
+    /// `GPUSLICE_PRIORITY`; the quota file's priority is the ceiling.
+    pub priority: Option<Priority>,
     /// `GPUSLICE_DIR`.
     pub dir: PathBuf,
 }
@@ -72,18 +77,15 @@ pub enum ConfigError {
         /// The variable.
         name: String,
     },
-    /// A compute setting, which this version cannot enforce yet.
-    #[error("{name} is set, but this version of gpuslice enforces memory quotas only; unset it")]
-    NotYetEnforced {
-        /// The variable.
-        name: &'static str,
-    },
     /// A limit without a tenant to hold it.
     #[error(
-        "GPUSLICE_MEMORY_LIMIT is set but GPUSLICE_TENANT is not: name the tenant the limit \
-         belongs to (`gpuslice run` does this for you)"
+        "{name} is set but GPUSLICE_TENANT is not: name the tenant the setting belongs to \
+         (`gpuslice run` does this for you)"
     )]
-    LimitWithoutTenant,
+    LimitWithoutTenant {
+        /// The setting.
+        name: &'static str,
+    },
 }
 
 impl Config {
@@ -101,6 +103,9 @@ impl Config {
     {
         let mut tenant = None;
         let mut memory_limit = None;
+        let mut compute_share = None;
+        let mut compute_limit = None;
+        let mut priority = None;
         let mut dir = None;
         let mut log = Level::Warn;
         for (key, value) in vars {
@@ -128,6 +133,30 @@ impl Config {
                             expected: "a byte quantity such as 4Gi, 512Mi, 8G or 1073741824",
                         })?);
                 }
+                "GPUSLICE_COMPUTE_SHARE" => {
+                    compute_share =
+                        Some(parse_percent(&value).ok_or_else(|| ConfigError::Invalid {
+                            name: "GPUSLICE_COMPUTE_SHARE",
+                            value: value.to_string(),
+                            expected: PERCENT_FORM,
+                        })?);
+                }
+                "GPUSLICE_COMPUTE_LIMIT" => {
+                    compute_limit =
+                        Some(parse_percent(&value).ok_or_else(|| ConfigError::Invalid {
+                            name: "GPUSLICE_COMPUTE_LIMIT",
+                            value: value.to_string(),
+                            expected: PERCENT_FORM,
+                        })?);
+                }
+                "GPUSLICE_PRIORITY" => {
+                    priority =
+                        Some(parse_priority(&value).ok_or_else(|| ConfigError::Invalid {
+                            name: "GPUSLICE_PRIORITY",
+                            value: value.to_string(),
+                            expected: "one of high, normal, low",
+                        })?);
+                }
                 "GPUSLICE_DIR" => {
                     let path = PathBuf::from(value.as_ref());
                     if !path.is_absolute() {
@@ -147,25 +176,62 @@ impl Config {
                     })?;
                 }
                 other => {
-                    if let Some(name) = NOT_YET_ENFORCED.iter().find(|n| **n == other) {
-                        return Err(ConfigError::NotYetEnforced { name });
-                    }
                     return Err(ConfigError::Unknown {
                         name: other.to_string(),
                     });
                 }
             }
         }
-        let tenant = match (tenant, memory_limit) {
-            (None, None) => None,
-            (None, Some(_)) => return Err(ConfigError::LimitWithoutTenant),
-            (Some(name), memory_limit) => Some(TenantSettings {
-                name,
-                memory_limit,
-                dir: dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
-            }),
+        let Some(name) = tenant else {
+            let orphan = [
+                ("GPUSLICE_MEMORY_LIMIT", memory_limit.is_some()),
+                ("GPUSLICE_COMPUTE_SHARE", compute_share.is_some()),
+                ("GPUSLICE_COMPUTE_LIMIT", compute_limit.is_some()),
+                ("GPUSLICE_PRIORITY", priority.is_some()),
+            ]
+            .into_iter()
+            .find(|&(_, set)| set);
+            return match orphan {
+                Some((name, _)) => Err(ConfigError::LimitWithoutTenant { name }),
+                None => Ok(Config { tenant: None, log }),
+            };
         };
+        let tenant = Some(TenantSettings {
+            name,
+            memory_limit,
+            compute_share,
+            compute_limit,
+            priority,
+            dir: dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
+        });
         Ok(Config { tenant, log })
+    }
+}
+
+/// A percentage (`30`, `12.5`, `30%`) in permille: 1 to 1000, at most one decimal.
+pub fn parse_percent(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let number = text.strip_suffix('%').unwrap_or(text).trim_end();
+    let (whole, tenth) = match number.split_once('.') {
+        Some((w, t)) if t.len() == 1 => (w, t),
+        Some(_) => return None,
+        None => (number, "0"),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(tenth) || whole.len() > 3 {
+        return None;
+    }
+    let permille = whole.parse::<u32>().ok()? * 10 + tenth.parse::<u32>().ok()?;
+    (1..=1000).contains(&permille).then_some(permille)
+}
+
+/// `high`, `normal` or `low` (any case).
+pub fn parse_priority(text: &str) -> Option<Priority> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "high" => Some(Priority::High),
+        "normal" => Some(Priority::Normal),
+        "low" => Some(Priority::Low),
+        _ => None,
     }
 }
 
@@ -220,7 +286,15 @@ mod tests {
     fn limit_without_tenant_is_refused() {
         assert_eq!(
             config(&[("GPUSLICE_MEMORY_LIMIT", "1Gi")]),
-            Err(ConfigError::LimitWithoutTenant)
+            Err(ConfigError::LimitWithoutTenant {
+                name: "GPUSLICE_MEMORY_LIMIT"
+            })
+        );
+        assert_eq!(
+            config(&[("GPUSLICE_PRIORITY", "high")]),
+            Err(ConfigError::LimitWithoutTenant {
+                name: "GPUSLICE_PRIORITY"
+            })
         );
     }
 
@@ -232,13 +306,39 @@ mod tests {
     }
 
     #[test]
-    fn compute_settings_are_refused_until_enforced() {
+    fn compute_settings_are_read_in_permille() {
+        let tenant = config(&[
+            ("GPUSLICE_TENANT", "a"),
+            ("GPUSLICE_COMPUTE_SHARE", "30"),
+            ("GPUSLICE_COMPUTE_LIMIT", "12.5%"),
+            ("GPUSLICE_PRIORITY", "High"),
+        ])
+        .unwrap()
+        .tenant
+        .unwrap();
+        assert_eq!(tenant.compute_share, Some(300));
+        assert_eq!(tenant.compute_limit, Some(125));
+        assert_eq!(tenant.priority, Some(Priority::High));
+    }
+
+    #[test]
+    fn percentages_outside_the_form_are_refused() {
+        for ok in ["0.1", "100", "100%", "7", " 50 "] {
+            assert!(parse_percent(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "0", "0.0", "100.1", "101", "-5", "30.25", "abc", "", "%", "1e2", "30 %%", ".5",
+        ] {
+            assert_eq!(parse_percent(bad), None, "{bad}");
+        }
+        let err = config(&[("GPUSLICE_TENANT", "a"), ("GPUSLICE_COMPUTE_LIMIT", "150")])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
-            config(&[("GPUSLICE_COMPUTE_SHARE", "30")]),
-            Err(ConfigError::NotYetEnforced {
-                name: "GPUSLICE_COMPUTE_SHARE"
-            })
+            err,
+            format!("invalid GPUSLICE_COMPUTE_LIMIT=\"150\": expected {PERCENT_FORM}")
         );
+        assert!(config(&[("GPUSLICE_TENANT", "a"), ("GPUSLICE_PRIORITY", "urgent")]).is_err());
     }
 
     #[test]

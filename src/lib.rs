@@ -1,5 +1,6 @@
 //! `libgpuslice.so`: an `LD_PRELOAD` shim that gives each tenant sharing an NVIDIA GPU a
-//! memory quota, enforced inside its own processes, with no daemon on the hot path.
+//! memory quota and a share of kernel time, enforced inside its own processes, with no
+//! daemon on the hot path.
 //!
 //! How to read this crate, in the order a call travels:
 //! - [`exports`]: every C symbol we export (driver, NVML, and a `dlsym` trampoline), and the
@@ -8,6 +9,9 @@
 //! - [`hooks`]: what each hooked call does, by concern (memory, context, launch, NVML).
 //! - [`policy`]: the decisions (may this tenant take these bytes?), plain Rust over the
 //!   ledger (`gpuslice-ledger`), no CUDA.
+//! - Compute shares: launches pass a per-GPU [`gate`] after marking their stream in the
+//!   [`streams`] table; the [`watcher`] thread measures GPU time, reads every tenant's
+//!   records ([`neighbours`]) and opens or closes the gates.
 //! - [`config`] reads the `GPUSLICE_*` settings; [`runtime`] builds the per-process state
 //!   ([`shim::Shim`]) lazily on the first CUDA call and again in a forked child.
 //!
@@ -15,12 +19,17 @@
 //! looked-up name is one we hook.
 
 pub mod allocations;
+pub mod clock;
 pub mod config;
 pub mod cuda;
 pub mod exports;
+pub mod gate;
 pub(crate) mod hooks;
 pub mod log;
+pub mod neighbours;
 pub mod policy;
 pub mod real;
 pub mod runtime;
 pub mod shim;
+pub mod streams;
+pub mod watcher;

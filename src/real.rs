@@ -162,11 +162,19 @@ macro_rules! imports {
 
 /// Driver functions the shim calls without hooking them.
 pub mod cuda {
-    use crate::cuda::{CUdevice, CUstream, CUuuid};
+    use crate::cuda::{CUcontext, CUdevice, CUstream, CUuuid};
+    use std::ffi::c_void;
 
     imports! {
         library: crate::real::CUDA;
         fn cuCtxGetDevice(*mut CUdevice);
+        fn cuCtxGetCurrent(*mut CUcontext);
+        fn cuCtxSetCurrent(CUcontext);
+        fn cuEventCreate(*mut *mut c_void, u32);
+        fn cuEventRecord(*mut c_void, CUstream);
+        fn cuEventQuery(*mut c_void);
+        fn cuEventDestroy_v2(*mut c_void);
+        fn cuStreamQuery(CUstream);
         fn cuDeviceGetUuid_v2(*mut CUuuid, CUdevice);
         fn cuDeviceGetUuid(*mut CUuuid, CUdevice);
         fn cuStreamGetDevice(CUstream, *mut CUdevice);

@@ -65,6 +65,15 @@ fn enforcing() -> Mode {
     Mode::Enforcing(unsafe { &*shim })
 }
 
+/// The shim's mode without initializing it (for exit handlers).
+pub fn current_mode() -> Mode {
+    match PHASE.load(Ordering::Acquire) {
+        ENFORCING => enforcing(),
+        PASS_THROUGH => Mode::PassThrough,
+        _ => Mode::Failed,
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn initialize() -> Mode {

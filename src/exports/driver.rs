@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void};
 
 use crate::cuda::*;
-use crate::hooks::{context, launch, memory, procaddr};
+use crate::hooks::{context, launch, memory, procaddr, stream};
 
 /// Hooks of the pre-3.2 32-bit memory API: see [`memory::legacy_refused`].
 unsafe fn legacy_alloc(_: *mut u32, _: u32) -> CUresult {
@@ -65,7 +65,19 @@ super::exports! {
     fn cuArrayCreate(array: *mut CUarray, desc: *const c_void) => legacy_array_create;
     fn cuArray3DCreate(array: *mut CUarray, desc: *const c_void) => legacy_array3d_create;
 
-    // Launches (gated by the compute policy; pass-through until then).
+    // Streams the launch gate follows: destruction and capture.
+    fn cuStreamDestroy(stream: CUstream) => stream::destroy_v1;
+    fn cuStreamDestroy_v2(stream: CUstream) => stream::destroy;
+    fn cuStreamBeginCapture(stream: CUstream, mode: u32) => stream::begin_capture_v1;
+    fn cuStreamBeginCapture_v2(stream: CUstream, mode: u32) => stream::begin_capture;
+    fn cuStreamBeginCapture_ptsz(stream: CUstream, mode: u32) => stream::begin_capture_ptsz;
+    fn cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: u32) => stream::begin_capture_v2_ptsz;
+    fn cuStreamBeginCaptureToGraph(stream: CUstream, graph: *mut c_void, dependencies: *const c_void, edges: *const c_void, count: usize, mode: u32) => stream::begin_capture_to_graph;
+    fn cuStreamBeginCaptureToGraph_ptsz(stream: CUstream, graph: *mut c_void, dependencies: *const c_void, edges: *const c_void, count: usize, mode: u32) => stream::begin_capture_to_graph_ptsz;
+    fn cuStreamEndCapture(stream: CUstream, graph: *mut *mut c_void) => stream::end_capture;
+    fn cuStreamEndCapture_ptsz(stream: CUstream, graph: *mut *mut c_void) => stream::end_capture_ptsz;
+
+    // Launches, gated by the tenant's compute share.
     fn cuLaunchKernel(f: CUfunction, grid_x: u32, grid_y: u32, grid_z: u32, block_x: u32, block_y: u32, block_z: u32, shared_bytes: u32, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) => launch::kernel;
     fn cuLaunchKernel_ptsz(f: CUfunction, grid_x: u32, grid_y: u32, grid_z: u32, block_x: u32, block_y: u32, block_z: u32, shared_bytes: u32, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) => launch::kernel_ptsz;
     fn cuLaunchKernelEx(config: *const c_void, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) => launch::kernel_ex;

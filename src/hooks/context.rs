@@ -142,6 +142,7 @@ unsafe fn primary_released(
     reset: bool,
 ) -> CUresult {
     let shim = shim_or!(driver());
+    crate::hooks::stream::retire_device(device);
     let mut book = shim.contexts.book.lock();
     let status = driver();
     if status != CUDA_SUCCESS {
@@ -252,6 +253,7 @@ pub(crate) unsafe fn destroy_v1(context: CUcontext) -> CUresult {
 
 unsafe fn destroyed(context: CUcontext, driver: impl FnOnce() -> CUresult) -> CUresult {
     let shim = shim_or!(driver());
+    crate::hooks::stream::retire_context(context);
     let mut book = shim.contexts.book.lock();
     let status = driver();
     if status == CUDA_SUCCESS

@@ -1,178 +1,262 @@
-//! Kernel launches. Every launch path of the driver is hooked here so that compute shares
-//! can gate them; until they do (the compute issue), each passes straight through.
+//! Kernel launches: every launch path of the driver passes its GPU's launch gate
+//! (`gate.rs`) and marks its stream for the watcher (`streams.rs`).
+//!
+//! The fast path, a launch on a stream already in the table while the gate is open, makes
+//! no system call, takes no lock and calls no CUDA function: a table lookup, two atomic
+//! loads, the real launch, two atomic adds. A launch on the legacy NULL stream also asks the
+//! driver for the current context (a thread-local read in the driver), since that stream
+//! is one per context. A stream's first launch registers it (and starts the watcher once).
+//!
+//! Launches into a stream being captured into a graph do not run, so they pass ungated;
+//! the graph's launch (`cuGraphLaunch`) is gated instead.
 
 use std::ffi::c_void;
+
+use gpuslice_ledger::GpuIndex;
 
 use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::real_or_missing;
+use crate::log::{Level, RateLimit, log};
+use crate::runtime::{self, Mode};
+use crate::shim::Shim;
+use crate::streams::{StreamEntry, StreamKind};
 
-/// `cuLaunchKernel`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn kernel(
-    f: CUfunction,
-    grid_x: u32,
-    grid_y: u32,
-    grid_z: u32,
-    block_x: u32,
-    block_y: u32,
-    block_z: u32,
-    shared_bytes: u32,
-    stream: CUstream,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    let real = real_or_missing!(real::cuLaunchKernel);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe {
-        real(
-            f,
-            grid_x,
-            grid_y,
-            grid_z,
-            block_x,
-            block_y,
-            block_z,
-            shared_bytes,
-            stream,
-            params,
-            extra,
-        )
+/// `CU_STREAM_LEGACY`.
+const STREAM_LEGACY: usize = 0x1;
+/// `CU_STREAM_PER_THREAD`.
+const STREAM_PER_THREAD: usize = 0x2;
+
+static UNTRACKED: RateLimit = RateLimit::new();
+
+/// Runs `launch` (the real driver call for `stream`) once the gate lets it through.
+#[inline]
+fn gated(stream: CUstream, launch: impl FnOnce() -> CUresult) -> CUresult {
+    let shim = match runtime::mode() {
+        Mode::Enforcing(shim) => shim,
+        Mode::PassThrough => return launch(),
+        Mode::Failed => return CUDA_ERROR_NOT_INITIALIZED,
+    };
+    if shim.gates.capturing() {
+        return launch();
+    }
+    let Some(entry) = stream_entry(shim, stream as usize) else {
+        return launch();
+    };
+    let Some(gate) = shim.gates.gpu(entry.gpu()) else {
+        return launch();
+    };
+    if !gate.may_pass() {
+        gate.wait(shim.memory.usage(), GpuIndex(entry.gpu()));
+    }
+    let status = launch();
+    if status == CUDA_SUCCESS {
+        entry.count_launch();
+        gate.count_launch();
+    }
+    status
+}
+
+/// The table entry of the stream a launch goes to, registering it on first sight.
+#[inline]
+fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEntry> {
+    let default_stream = stream == 0 || stream == STREAM_LEGACY || stream == STREAM_PER_THREAD;
+    if !default_stream {
+        return match shim.streams.find(stream, 0) {
+            Some(entry) => Some(entry),
+            None => register(shim, stream),
+        };
+    }
+    // The NULL stream (legacy, or the thread's own in the `_ptsz` entry points): per-thread
+    // default streams cannot be polled from another thread, so they are polled as their
+    // context's legacy stream, which sees their work only where the two coincide (the
+    // simulated GPU). Their launches are gated all the same.
+    let context = current_context()?;
+    match shim.streams.find(0, context) {
+        Some(entry) => Some(entry),
+        None => register(shim, 0),
     }
 }
 
-/// `cuLaunchKernel_ptsz`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn kernel_ptsz(
-    f: CUfunction,
-    grid_x: u32,
-    grid_y: u32,
-    grid_z: u32,
-    block_x: u32,
-    block_y: u32,
-    block_z: u32,
-    shared_bytes: u32,
-    stream: CUstream,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    let real = real_or_missing!(real::cuLaunchKernel_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe {
-        real(
-            f,
-            grid_x,
-            grid_y,
-            grid_z,
-            block_x,
-            block_y,
-            block_z,
-            shared_bytes,
-            stream,
-            params,
-            extra,
-        )
+#[cold]
+#[inline(never)]
+fn register(shim: &'static Shim, stream: usize) -> Option<&'static StreamEntry> {
+    shim.ensure_watcher();
+    let context = current_context()?;
+    let handle = stream as CUstream;
+    let gpu = match stream {
+        0 => shim.devices.current(&shim.memory),
+        _ => shim.devices.of_stream(&shim.memory, handle),
     }
-}
-
-/// `cuLaunchKernelEx`.
-pub(crate) unsafe fn kernel_ex(
-    config: *const c_void,
-    f: CUfunction,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    let real = real_or_missing!(real::cuLaunchKernelEx);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { real(config, f, params, extra) }
-}
-
-/// `cuLaunchKernelEx_ptsz`.
-pub(crate) unsafe fn kernel_ex_ptsz(
-    config: *const c_void,
-    f: CUfunction,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CUresult {
-    let real = real_or_missing!(real::cuLaunchKernelEx_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { real(config, f, params, extra) }
-}
-
-/// `cuLaunchCooperativeKernel`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn cooperative(
-    f: CUfunction,
-    grid_x: u32,
-    grid_y: u32,
-    grid_z: u32,
-    block_x: u32,
-    block_y: u32,
-    block_z: u32,
-    shared_bytes: u32,
-    stream: CUstream,
-    params: *mut *mut c_void,
-) -> CUresult {
-    let real = real_or_missing!(real::cuLaunchCooperativeKernel);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe {
-        real(
-            f,
-            grid_x,
-            grid_y,
-            grid_z,
-            block_x,
-            block_y,
-            block_z,
-            shared_bytes,
-            stream,
-            params,
-        )
+    .ok()?;
+    let inserted = if stream == 0 {
+        shim.streams
+            .insert(0, context, context, gpu.index.0, StreamKind::Legacy)
+    } else {
+        shim.streams
+            .insert(stream, 0, context, gpu.index.0, StreamKind::Created)
+    };
+    if inserted.is_none() && UNTRACKED.admit().is_some() {
+        log!(
+            Level::Warn,
+            "more streams than gpuslice can follow ({} at once); launches on the others are \
+             not gated or measured",
+            crate::streams::CAPACITY
+        );
     }
+    inserted
 }
 
-/// `cuLaunchCooperativeKernel_ptsz`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn cooperative_ptsz(
-    f: CUfunction,
-    grid_x: u32,
-    grid_y: u32,
-    grid_z: u32,
-    block_x: u32,
-    block_y: u32,
-    block_z: u32,
-    shared_bytes: u32,
-    stream: CUstream,
-    params: *mut *mut c_void,
-) -> CUresult {
-    let real = real_or_missing!(real::cuLaunchCooperativeKernel_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe {
-        real(
-            f,
-            grid_x,
-            grid_y,
-            grid_z,
-            block_x,
-            block_y,
-            block_z,
-            shared_bytes,
-            stream,
-            params,
-        )
-    }
+/// The calling thread's current context, if it has one.
+#[inline]
+fn current_context() -> Option<usize> {
+    let get = crate::real::cuda::cuCtxGetCurrent()?;
+    let mut context: CUcontext = std::ptr::null_mut();
+    // SAFETY: `context` is a valid place for the driver to write a handle.
+    let status = unsafe { get(&raw mut context) };
+    (status == CUDA_SUCCESS && !context.is_null()).then_some(context as usize)
 }
+
+/// The stream of a `CUlaunchConfig` (its eighth field, after seven `unsigned int`s).
+///
+/// # Safety
+/// `config` is null or points to a `CUlaunchConfig`, as `cuLaunchKernelEx` requires.
+unsafe fn config_stream(config: *const c_void) -> Option<CUstream> {
+    #[repr(C)]
+    struct LaunchConfigHead {
+        dims_and_shared: [u32; 7],
+        stream: CUstream,
+    }
+    if config.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's config, which the API requires to be a valid CUlaunchConfig; only
+    // its head (whose layout is fixed since CUDA 12.0) is read.
+    Some(unsafe { (*config.cast::<LaunchConfigHead>()).stream })
+}
+
+/// `cuLaunchKernel` and `cuLaunchKernel_ptsz`, which share a signature.
+macro_rules! launch_kernel {
+    ($(#[$doc:meta])* $name:ident, $real:ident) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $name(
+            f: CUfunction,
+            grid_x: u32,
+            grid_y: u32,
+            grid_z: u32,
+            block_x: u32,
+            block_y: u32,
+            block_z: u32,
+            shared_bytes: u32,
+            stream: CUstream,
+            params: *mut *mut c_void,
+            extra: *mut *mut c_void,
+        ) -> CUresult {
+            let real = real_or_missing!(real::$real);
+            gated(stream, || {
+                // SAFETY: the caller's arguments, unchanged.
+                unsafe {
+                    real(
+                        f, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes,
+                        stream, params, extra,
+                    )
+                }
+            })
+        }
+    };
+}
+
+launch_kernel!(
+    /// `cuLaunchKernel`.
+    kernel, cuLaunchKernel
+);
+launch_kernel!(
+    /// `cuLaunchKernel_ptsz`.
+    kernel_ptsz, cuLaunchKernel_ptsz
+);
+
+/// `cuLaunchCooperativeKernel` and its `_ptsz` twin.
+macro_rules! launch_cooperative {
+    ($(#[$doc:meta])* $name:ident, $real:ident) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $name(
+            f: CUfunction,
+            grid_x: u32,
+            grid_y: u32,
+            grid_z: u32,
+            block_x: u32,
+            block_y: u32,
+            block_z: u32,
+            shared_bytes: u32,
+            stream: CUstream,
+            params: *mut *mut c_void,
+        ) -> CUresult {
+            let real = real_or_missing!(real::$real);
+            gated(stream, || {
+                // SAFETY: the caller's arguments, unchanged.
+                unsafe {
+                    real(
+                        f, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes,
+                        stream, params,
+                    )
+                }
+            })
+        }
+    };
+}
+
+launch_cooperative!(
+    /// `cuLaunchCooperativeKernel`.
+    cooperative, cuLaunchCooperativeKernel
+);
+launch_cooperative!(
+    /// `cuLaunchCooperativeKernel_ptsz`.
+    cooperative_ptsz, cuLaunchCooperativeKernel_ptsz
+);
+
+/// `cuLaunchKernelEx` and its `_ptsz` twin: the stream is inside the config.
+macro_rules! launch_ex {
+    ($(#[$doc:meta])* $name:ident, $real:ident) => {
+        $(#[$doc])*
+        pub(crate) unsafe fn $name(
+            config: *const c_void,
+            f: CUfunction,
+            params: *mut *mut c_void,
+            extra: *mut *mut c_void,
+        ) -> CUresult {
+            let real = real_or_missing!(real::$real);
+            // SAFETY: `config` is the caller's, as the API defines it.
+            let Some(stream) = (unsafe { config_stream(config) }) else {
+                // SAFETY: the caller's arguments, unchanged (the driver rejects the null).
+                return unsafe { real(config, f, params, extra) };
+            };
+            // SAFETY: the caller's arguments, unchanged.
+            gated(stream, || unsafe { real(config, f, params, extra) })
+        }
+    };
+}
+
+launch_ex!(
+    /// `cuLaunchKernelEx`.
+    kernel_ex, cuLaunchKernelEx
+);
+launch_ex!(
+    /// `cuLaunchKernelEx_ptsz`.
+    kernel_ex_ptsz, cuLaunchKernelEx_ptsz
+);
 
 /// `cuGraphLaunch`.
 pub(crate) unsafe fn graph(exec: CUgraphExec, stream: CUstream) -> CUresult {
     let real = real_or_missing!(real::cuGraphLaunch);
     // SAFETY: the caller's arguments, unchanged.
-    unsafe { real(exec, stream) }
+    gated(stream, || unsafe { real(exec, stream) })
 }
 
 /// `cuGraphLaunch_ptsz`.
 pub(crate) unsafe fn graph_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
     let real = real_or_missing!(real::cuGraphLaunch_ptsz);
     // SAFETY: the caller's arguments, unchanged.
-    unsafe { real(exec, stream) }
+    gated(stream, || unsafe { real(exec, stream) })
 }

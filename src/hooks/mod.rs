@@ -10,6 +10,7 @@ pub mod memory;
 pub mod nvml;
 pub mod nvml_probe;
 pub mod procaddr;
+pub mod stream;
 
 /// The real function a hook forwards to; `CUDA_ERROR_NOT_FOUND` from the hook when the
 /// installed driver lacks it.

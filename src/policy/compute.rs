@@ -2,11 +2,11 @@
 //! to, and the credit that turns a rate into "may this launch go now?".
 //!
 //! Plain functions of the ledger's numbers, so that every process of every tenant computes
-//! the same answer without talking to the others. The watcher and the launch gate that
-//! drive them are the compute issue's next step (docs/architecture.md, "Compute shares").
+//! the same answer without talking to the others. The watcher (`watcher.rs`) drives them;
+//! the launch gate (`gate.rs`) acts on the answer.
 
 /// One tenant's standing on a GPU, as every process reads it from the ledger.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Demand {
     /// Its guaranteed part when others compete, in permille; `None`: no guarantee.
     pub share_permille: Option<u32>,
@@ -14,6 +14,18 @@ pub struct Demand {
     pub limit_permille: Option<u32>,
     /// Whether it has had work on the GPU recently.
     pub active: bool,
+    /// The most it would use now, as a fraction of the GPU: `None` when it wants more than
+    /// it gets (backlogged), else a little above what it has been using. What it leaves
+    /// goes to the others, so a light tenant with a large share wastes nothing.
+    pub wants: Option<f64>,
+}
+
+impl Demand {
+    /// The most it may be given: its limit, or what it wants if that is less.
+    fn cap(&self) -> f64 {
+        let limit = self.limit_permille.map_or(1.0, permille);
+        self.wants.map_or(limit, |w| w.clamp(0.0, 1.0).min(limit))
+    }
 }
 
 /// The weight of each active tenant without a share, when the shares of the others
@@ -59,10 +71,7 @@ pub fn entitled_rates(demands: &[Demand]) -> Vec<f64> {
         let capped: Vec<usize> = open
             .iter()
             .copied()
-            .filter(|&i| {
-                let cap = demands[i].limit_permille.map_or(1.0, permille);
-                remaining * weight(&demands[i]) / total > cap
-            })
+            .filter(|&i| remaining * weight(&demands[i]) / total > demands[i].cap())
             .collect();
         if capped.is_empty() {
             for &i in &open {
@@ -71,9 +80,8 @@ pub fn entitled_rates(demands: &[Demand]) -> Vec<f64> {
             break;
         }
         for &i in &capped {
-            let cap = demands[i].limit_permille.map_or(1.0, permille);
-            rates[i] = cap;
-            remaining -= cap;
+            rates[i] = demands[i].cap();
+            remaining -= rates[i];
         }
         open.retain(|i| !capped.contains(i));
     }
@@ -128,6 +136,7 @@ mod tests {
             share_permille: share,
             limit_permille: limit,
             active: true,
+            wants: None,
         }
     }
 
@@ -171,6 +180,20 @@ mod tests {
         assert_rates(&[tenant(Some(300), None)], &[1.0]);
         assert_rates(&[tenant(None, None)], &[1.0]);
         assert_rates(&[tenant(Some(500), Some(300))], &[0.3]);
+    }
+
+    #[test]
+    fn a_light_tenant_leaves_what_it_does_not_use_to_the_others() {
+        let light = Demand {
+            wants: Some(0.12),
+            ..tenant(Some(750), None)
+        };
+        assert_rates(&[light, tenant(Some(250), None)], &[0.12, 0.88]);
+        // Once it wants more than it gets, its share holds again.
+        assert_rates(
+            &[tenant(Some(750), None), tenant(Some(250), None)],
+            &[0.75, 0.25],
+        );
     }
 
     #[test]

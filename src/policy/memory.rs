@@ -207,7 +207,18 @@ impl MemoryPolicy {
         }
     }
 
-    fn slot(&self) -> Result<&ProcessSlot, LedgerError> {
+    /// The tenant's usage file.
+    pub fn usage(&self) -> &Arc<UsageFile> {
+        &self.usage
+    }
+
+    /// The tenant's quota file, if it has one.
+    pub fn quota(&self) -> Option<&QuotaFile> {
+        self.quota.as_ref()
+    }
+
+    /// This process's slot, claimed on first use.
+    pub fn slot(&self) -> Result<&ProcessSlot, LedgerError> {
         let current = self.slot.load(Ordering::Acquire);
         if !current.is_null() {
             // SAFETY: published slots live until `abandon_after_fork`, which runs only in a

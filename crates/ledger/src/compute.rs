@@ -228,9 +228,15 @@ mod tests {
         let usage = ledger.open_usage(&tenant).unwrap();
         let gpu = usage.register_gpu(&GpuUuid([7; 16])).unwrap();
         let add_elapsed = |c: u64, e: u64| c + e;
-        assert!(usage.refill_credit(gpu, 1_000, 100, add_elapsed), "starts the clock");
+        assert!(
+            usage.refill_credit(gpu, 1_000, 100, add_elapsed),
+            "starts the clock"
+        );
         assert_eq!(usage.credit_ns(gpu), 0);
-        assert!(!usage.refill_credit(gpu, 1_050, 100, add_elapsed), "too soon");
+        assert!(
+            !usage.refill_credit(gpu, 1_050, 100, add_elapsed),
+            "too soon"
+        );
         assert!(usage.refill_credit(gpu, 1_200, 100, add_elapsed));
         assert_eq!(usage.credit_ns(gpu), 200);
         assert!(!usage.refill_credit(gpu, 1_200, 0, add_elapsed) || usage.credit_ns(gpu) == 200);

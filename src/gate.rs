@@ -1,0 +1,291 @@
+//! The launch gate: one per GPU, opened and closed by the watcher (`watcher.rs`) from the
+//! tenant's credit, and passed by every launch with two atomic loads.
+//!
+//! A closed gate makes the launching thread wait, off the fast path: it sleeps on a futex
+//! that the watcher bumps every tick while anyone waits, and the time it waited is added to
+//! the tenant's throttled time. The gate also bounds how many launches may be unfinished
+//! at once (the watcher lowers that bound while a high-priority tenant is active).
+//!
+//! It also keeps the watcher's CUDA calls out of the way of stream capture: no stream may be
+//! queried or have an event recorded on it while any stream of the process captures (that
+//! would break or invalidate the capture), so capture waits for a poll in progress to end,
+//! and polls do not start while a capture is open.
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::time::Duration;
+
+use gpuslice_ledger::{GpuIndex, MAX_GPUS, UsageFile};
+
+use crate::clock;
+
+/// No bound on unfinished launches.
+pub const UNBOUNDED: u64 = u64::MAX;
+
+/// One GPU's gate.
+#[derive(Debug)]
+pub struct GpuGate {
+    /// 1 while the tenant has credit.
+    open: AtomicU32,
+    /// Bumped by the watcher each tick while threads wait; what they sleep on.
+    generation: AtomicU32,
+    waiters: AtomicU32,
+    /// Launches that reached the driver on this GPU.
+    launched: AtomicU64,
+    /// Of those, how many are known finished (kept by the watcher).
+    finished: AtomicU64,
+    /// The most launches that may be unfinished at once.
+    in_flight_cap: AtomicU64,
+    /// When a launch last had to wait (`CLOCK_MONOTONIC` ns).
+    waited_at_ns: AtomicU64,
+}
+
+impl GpuGate {
+    const fn new() -> GpuGate {
+        GpuGate {
+            open: AtomicU32::new(1),
+            generation: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+            launched: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            in_flight_cap: AtomicU64::new(UNBOUNDED),
+            waited_at_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a launch may go now. The launch fast path: atomic loads, nothing else.
+    #[inline]
+    pub fn may_pass(&self) -> bool {
+        self.open.load(Relaxed) != 0
+            && self
+                .launched
+                .load(Relaxed)
+                .saturating_sub(self.finished.load(Relaxed))
+                < self.in_flight_cap.load(Relaxed)
+    }
+
+    /// Counts a launch that reached the driver.
+    #[inline]
+    pub fn count_launch(&self) {
+        self.launched.fetch_add(1, Release);
+    }
+
+    /// Waits until a launch may go, adding the time waited to the tenant's throttled time.
+    #[cold]
+    #[inline(never)]
+    pub fn wait(&self, usage: &UsageFile, gpu: GpuIndex) {
+        let start = clock::monotonic_ns();
+        self.waiters.fetch_add(1, SeqCst);
+        loop {
+            self.waited_at_ns.store(clock::monotonic_ns(), Relaxed);
+            let generation = self.generation.load(SeqCst);
+            if self.may_pass() {
+                break;
+            }
+            futex_wait(&self.generation, generation, Duration::from_millis(2));
+        }
+        self.waiters.fetch_sub(1, SeqCst);
+        usage.add_throttled(gpu, clock::monotonic_ns().saturating_sub(start));
+    }
+
+    /// The watcher's side: sets the gate and wakes whoever waits.
+    pub fn set(&self, open: bool, in_flight_cap: u64) {
+        self.open.store(u32::from(open), SeqCst);
+        self.in_flight_cap.store(in_flight_cap, SeqCst);
+        if self.waiters.load(SeqCst) > 0 {
+            self.generation.fetch_add(1, SeqCst);
+            futex_wake_all(&self.generation);
+        }
+    }
+
+    /// Launches that reached the driver.
+    pub fn launched(&self) -> u64 {
+        self.launched.load(Acquire)
+    }
+
+    /// The watcher's side: how many launches are known finished.
+    pub fn set_finished(&self, finished: u64) {
+        self.finished.store(finished, Release);
+    }
+
+    /// When a launch last had to wait (0: never).
+    pub fn waited_at_ns(&self) -> u64 {
+        self.waited_at_ns.load(Relaxed)
+    }
+
+    /// Whether threads wait at it now.
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.load(Relaxed) > 0
+    }
+}
+
+/// The gates of every GPU of the tenant, and the coordination between capture and polls.
+#[derive(Debug)]
+pub struct LaunchGates {
+    gpus: [GpuGate; MAX_GPUS],
+    capturing: AtomicU32,
+    polling: AtomicBool,
+}
+
+impl Default for LaunchGates {
+    fn default() -> Self {
+        LaunchGates::new()
+    }
+}
+
+impl LaunchGates {
+    /// All open.
+    pub fn new() -> LaunchGates {
+        LaunchGates {
+            gpus: std::array::from_fn(|_| GpuGate::new()),
+            capturing: AtomicU32::new(0),
+            polling: AtomicBool::new(false),
+        }
+    }
+
+    /// The gate of `gpu`.
+    #[inline]
+    pub fn gpu(&self, gpu: u32) -> Option<&GpuGate> {
+        self.gpus.get(usize::try_from(gpu).ok()?)
+    }
+
+    /// Opens every gate (the watcher is stopping: nothing would open them again).
+    pub fn open_all(&self) {
+        for gate in &self.gpus {
+            gate.set(true, UNBOUNDED);
+        }
+    }
+
+    /// Before a stream capture begins: no poll may run from now until it ends.
+    pub fn begin_capture(&self) {
+        self.capturing.fetch_add(1, SeqCst);
+        self.wait_for_poll();
+    }
+
+    /// After a stream capture ended (or failed to begin).
+    pub fn end_capture(&self) {
+        let _ = self
+            .capturing
+            .fetch_update(SeqCst, SeqCst, |c| Some(c.saturating_sub(1)));
+    }
+
+    /// Whether some stream of the process captures now (its launches do not run, and the
+    /// gate lets them through).
+    #[inline]
+    pub fn capturing(&self) -> bool {
+        self.capturing.load(Relaxed) > 0
+    }
+
+    /// The watcher's side: starts a poll unless a capture is open.
+    pub fn start_poll(&self) -> bool {
+        self.polling.store(true, SeqCst);
+        if self.capturing.load(SeqCst) > 0 {
+            self.polling.store(false, SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// The watcher's side: the poll is over.
+    pub fn end_poll(&self) {
+        self.polling.store(false, SeqCst);
+    }
+
+    /// Waits until no poll is running (a stream or context is about to be destroyed, or a
+    /// capture to begin).
+    pub fn wait_for_poll(&self) {
+        while self.polling.load(SeqCst) {
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::c_long::try_from(timeout.as_nanos()).unwrap_or(1_000_000),
+    };
+    // SAFETY: `word` is a live, aligned u32 for the duration of the call; the timeout is a
+    // valid timespec. A spurious or timed-out return is fine: the caller loops.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &raw const timeout,
+        );
+    }
+}
+
+fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32; waking has no other effect.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_ledger::{GpuUuid, Ledger, TenantName};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_closed_gate_holds_a_launch_until_the_watcher_opens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let usage = ledger.open_usage(&TenantName::new("t").unwrap()).unwrap();
+        let gpu = usage.register_gpu(&GpuUuid([1; 16])).unwrap();
+        let gates = Arc::new(LaunchGates::new());
+        let gate = gates.gpu(0).unwrap();
+        assert!(gate.may_pass());
+        gate.set(false, UNBOUNDED);
+        assert!(!gate.may_pass());
+        let waiter = {
+            let gates = Arc::clone(&gates);
+            let usage = Arc::clone(&usage);
+            std::thread::spawn(move || gates.gpu(0).unwrap().wait(&usage, gpu))
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(gate.has_waiters());
+        gate.set(true, UNBOUNDED);
+        waiter.join().unwrap();
+        assert!(
+            usage.throttled_ns(gpu) >= 25_000_000,
+            "{}",
+            usage.throttled_ns(gpu)
+        );
+    }
+
+    #[test]
+    fn the_in_flight_cap_counts_unfinished_launches() {
+        let gates = LaunchGates::new();
+        let gate = gates.gpu(3).unwrap();
+        gate.set(true, 2);
+        gate.count_launch();
+        assert!(gate.may_pass());
+        gate.count_launch();
+        assert!(!gate.may_pass());
+        gate.set_finished(1);
+        assert!(gate.may_pass());
+        assert!(gates.gpu(16).is_none());
+    }
+
+    #[test]
+    fn polls_do_not_start_during_a_capture() {
+        let gates = LaunchGates::new();
+        gates.begin_capture();
+        assert!(!gates.start_poll());
+        gates.end_capture();
+        assert!(gates.start_poll());
+        gates.end_poll();
+        gates.end_capture();
+        assert!(!gates.capturing(), "never below zero");
+    }
+}

@@ -1,0 +1,159 @@
+//! The stream and context calls the launch gate must know about: destroying a stream or a
+//! context (the watcher must stop polling it first), and stream capture (no stream may be
+//! polled while one is captured: a query or an event recorded then would break the capture).
+
+use std::ffi::c_void;
+
+use crate::cuda::*;
+use crate::exports::driver::real;
+use crate::hooks::real_or_missing;
+use crate::runtime::{self, Mode};
+use crate::shim::Shim;
+
+/// The enforcing shim, if any (these calls never fail on our account).
+fn shim() -> Option<&'static Shim> {
+    match runtime::mode() {
+        Mode::Enforcing(shim) => Some(shim),
+        _ => None,
+    }
+}
+
+/// Stops the watcher from polling `stream` before the driver destroys it.
+fn retire_stream(stream: CUstream) {
+    if let Some(shim) = shim() {
+        let handle = stream as usize;
+        shim.streams
+            .retire(false, |e| e.stream() == handle && handle != 0);
+        shim.gates.wait_for_poll();
+    }
+}
+
+/// Stops the watcher from polling anything of `context` before the driver destroys it.
+pub(crate) fn retire_context(context: CUcontext) {
+    if let Some(shim) = shim() {
+        let handle = context as usize;
+        shim.streams.retire(true, |e| e.owner() == handle);
+        shim.gates.wait_for_poll();
+    }
+}
+
+/// Stops the watcher from polling anything on `device` before its primary context may go.
+/// Streams that outlive it (the context was retained elsewhere) register again at their
+/// next launch.
+pub(crate) fn retire_device(device: CUdevice) {
+    if let Some(shim) = shim()
+        && let Ok(gpu) = shim.devices.by_ordinal(&shim.memory, device)
+    {
+        shim.streams.retire(true, |e| e.gpu() == gpu.index.0);
+        shim.gates.wait_for_poll();
+    }
+}
+
+/// `cuStreamDestroy_v2`.
+pub(crate) unsafe fn destroy(stream: CUstream) -> CUresult {
+    let real = real_or_missing!(real::cuStreamDestroy_v2);
+    retire_stream(stream);
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { real(stream) }
+}
+
+/// `cuStreamDestroy` (the pre-4.0 name).
+pub(crate) unsafe fn destroy_v1(stream: CUstream) -> CUresult {
+    let real = real_or_missing!(real::cuStreamDestroy);
+    retire_stream(stream);
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { real(stream) }
+}
+
+/// Runs `begin` (a capture-starting call) with polls held off; they stay held off until
+/// the matching end if it succeeds.
+fn capture(begin: impl FnOnce() -> CUresult) -> CUresult {
+    let Some(shim) = shim() else {
+        return begin();
+    };
+    shim.gates.begin_capture();
+    let status = begin();
+    if status != CUDA_SUCCESS {
+        shim.gates.end_capture();
+    }
+    status
+}
+
+/// After a capture-ending call (whatever its result: the capture is over either way).
+fn captured(status: CUresult) -> CUresult {
+    if let Some(shim) = shim() {
+        shim.gates.end_capture();
+    }
+    status
+}
+
+/// `cuStreamBeginCapture` (CUDA 10.0, no mode argument: a second register is passed and
+/// ignored, harmless in the x86-64 calling convention).
+pub(crate) unsafe fn begin_capture_v1(stream: CUstream, mode: u32) -> CUresult {
+    let real = real_or_missing!(real::cuStreamBeginCapture);
+    // SAFETY: the caller's arguments, unchanged.
+    capture(|| unsafe { real(stream, mode) })
+}
+
+/// `cuStreamBeginCapture_v2`.
+pub(crate) unsafe fn begin_capture(stream: CUstream, mode: u32) -> CUresult {
+    let real = real_or_missing!(real::cuStreamBeginCapture_v2);
+    // SAFETY: the caller's arguments, unchanged.
+    capture(|| unsafe { real(stream, mode) })
+}
+
+/// `cuStreamBeginCapture_ptsz`.
+pub(crate) unsafe fn begin_capture_ptsz(stream: CUstream, mode: u32) -> CUresult {
+    let real = real_or_missing!(real::cuStreamBeginCapture_ptsz);
+    // SAFETY: the caller's arguments, unchanged.
+    capture(|| unsafe { real(stream, mode) })
+}
+
+/// `cuStreamBeginCapture_v2_ptsz`.
+pub(crate) unsafe fn begin_capture_v2_ptsz(stream: CUstream, mode: u32) -> CUresult {
+    let real = real_or_missing!(real::cuStreamBeginCapture_v2_ptsz);
+    // SAFETY: the caller's arguments, unchanged.
+    capture(|| unsafe { real(stream, mode) })
+}
+
+/// `cuStreamBeginCaptureToGraph`.
+pub(crate) unsafe fn begin_capture_to_graph(
+    stream: CUstream,
+    graph: *mut c_void,
+    dependencies: *const c_void,
+    edges: *const c_void,
+    count: usize,
+    mode: u32,
+) -> CUresult {
+    let real = real_or_missing!(real::cuStreamBeginCaptureToGraph);
+    // SAFETY: the caller's arguments, unchanged.
+    capture(|| unsafe { real(stream, graph, dependencies, edges, count, mode) })
+}
+
+/// `cuStreamBeginCaptureToGraph_ptsz`.
+pub(crate) unsafe fn begin_capture_to_graph_ptsz(
+    stream: CUstream,
+    graph: *mut c_void,
+    dependencies: *const c_void,
+    edges: *const c_void,
+    count: usize,
+    mode: u32,
+) -> CUresult {
+    let real = real_or_missing!(real::cuStreamBeginCaptureToGraph_ptsz);
+    // SAFETY: the caller's arguments, unchanged.
+    capture(|| unsafe { real(stream, graph, dependencies, edges, count, mode) })
+}
+
+/// `cuStreamEndCapture`.
+pub(crate) unsafe fn end_capture(stream: CUstream, graph: *mut *mut c_void) -> CUresult {
+    let real = real_or_missing!(real::cuStreamEndCapture);
+    // SAFETY: the caller's arguments, unchanged.
+    captured(unsafe { real(stream, graph) })
+}
+
+/// `cuStreamEndCapture_ptsz`.
+pub(crate) unsafe fn end_capture_ptsz(stream: CUstream, graph: *mut *mut c_void) -> CUresult {
+    let real = real_or_missing!(real::cuStreamEndCapture_ptsz);
+    // SAFETY: the caller's arguments, unchanged.
+    captured(unsafe { real(stream, graph) })
+}

@@ -1,0 +1,540 @@
+//! The watcher: one thread per enforcing process that measures the GPU time the process
+//! receives and keeps its launch gates, so that launches themselves only mark a stream.
+//!
+//! Every tick (`TICK`) it:
+//! 1. polls the streams the process launched on: an event it records behind the latest
+//!    launches of a created stream says when they finished; a legacy stream is queried.
+//!    Its CUDA calls go straight to the driver, so they are neither gated nor counted;
+//! 2. charges the process, per GPU, the tick's wall time while it had work in flight,
+//!    divided by the number of processes (of every tenant) with work in flight on that GPU,
+//!    since the hardware time-slices between them; and publishes what it is doing;
+//! 3. reads every tenant's records, works out the rate this tenant is entitled to
+//!    ([`entitled_rates`]), refills the tenant's credit, and opens or closes the gate.
+//!
+//! It never blocks a launch itself, and it stops (opening every gate) when the process
+//! exits, before the driver is torn down.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use gpuslice_ledger::{
+    Activity, ComputeSettings, GpuIndex, GpuUuid, Ledger, MAX_GPUS, Priority, TenantName,
+};
+
+use crate::clock::monotonic_ns;
+use crate::cuda::{CUDA_SUCCESS, CUresult};
+use crate::gate::UNBOUNDED;
+use crate::log::{Level, RateLimit, log};
+use crate::neighbours::{Neighbours, Tenant};
+use crate::policy::compute::{Credit, Demand, entitled_rates};
+use crate::real;
+use crate::shim::Shim;
+use crate::streams::{CAPACITY, Occupancy, StreamKind};
+
+/// How often the watcher polls and decides.
+const TICK: Duration = Duration::from_micros(500);
+/// A process's "in flight" mark counts this long after it was written (a process that
+/// died or stalled stops counting).
+const FRESH_NS: u64 = 5_000_000;
+/// A tenant with work in flight or waiting this recently is active: it gets its share.
+const ACTIVE_NS: u64 = 50_000_000;
+/// A process that waited at its gate this recently, or kept the GPU busy this long without
+/// a gap, wants more than it gets.
+const BACKLOG_NS: u64 = 20_000_000;
+/// The time constant of each tenant's measured rate of use.
+const RATE_TAU_NS: f64 = 50_000_000.0;
+/// Headroom over a light tenant's measured use before it counts as wanting more.
+const HEADROOM: f64 = 1.25;
+const HEADROOM_FLOOR: f64 = 0.02;
+/// How far credit may run ahead (a burst after idling) and fall behind (work already queued
+/// when the gate closed, paid back by waiting).
+const CREDIT: Credit = Credit {
+    burst_ns: 10_000_000,
+    max_debt_ns: 500_000_000,
+};
+/// How few unfinished launches tenants below a high-priority one keep while it is active.
+const YIELD_IN_FLIGHT: u64 = 2;
+/// `CUDA_ERROR_NOT_READY`.
+const NOT_READY: CUresult = 600;
+/// `CU_EVENT_DISABLE_TIMING`.
+const EVENT_DISABLE_TIMING: u32 = 0x2;
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Starts the watcher of `shim` (once per process; again in a forked child). Without it
+/// the gates stay open: launches go ungated rather than fail.
+pub fn start(shim: &'static Shim) {
+    let ledger = match Ledger::open(shim.ledger_dir()) {
+        Ok(ledger) => ledger,
+        Err(error) => {
+            log!(Level::Error, "compute shares are not enforced: {error}");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("gpuslice-watch".into())
+        .spawn(move || {
+            let mut watcher = Watcher::new(shim, Neighbours::new(ledger));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                watcher.run();
+            }));
+            shim.gates.open_all();
+            if outcome.is_err() {
+                log!(
+                    Level::Error,
+                    "the compute watcher failed; launches are no longer gated"
+                );
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            // SAFETY: `stop_at_exit` is an `extern "C"` function living as long as the process.
+            if unsafe { libc::atexit(stop_at_exit) } != 0 {
+                log!(Level::Warn, "could not register the watcher's exit handler");
+            }
+        }
+        Err(error) => {
+            log!(
+                Level::Error,
+                "cannot start the compute watcher ({error}); launches are not gated"
+            );
+        }
+    }
+}
+
+/// At exit, before the driver's own teardown: no more CUDA calls from the watcher.
+extern "C" fn stop_at_exit() {
+    STOPPING.store(true, SeqCst);
+    if let crate::runtime::Mode::Enforcing(shim) = crate::runtime::current_mode() {
+        shim.gates.wait_for_poll();
+    }
+}
+
+/// What the watcher keeps about one stream.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tracked {
+    /// The event it records on a created stream (made on first need).
+    event: usize,
+    /// Whether that event is recorded and not reached yet.
+    outstanding: bool,
+    /// The launch count when it was recorded.
+    marked: u64,
+    /// Launches known finished.
+    finished: u64,
+    busy: bool,
+}
+
+/// What the watcher keeps about one GPU.
+#[derive(Debug, Default)]
+struct GpuTrack {
+    uuid: Option<GpuUuid>,
+    busy: bool,
+    busy_since_ns: u64,
+    last_active_ns: u64,
+    published: u64,
+}
+
+/// A tenant's rate of use on a GPU, measured by this watcher.
+#[derive(Debug, Default)]
+struct UseRate {
+    gpu_time_ns: u64,
+    at_ns: u64,
+    rate: f64,
+}
+
+struct Watcher {
+    shim: &'static Shim,
+    neighbours: Neighbours,
+    streams: Vec<Tracked>,
+    gpus: Vec<GpuTrack>,
+    rates: HashMap<(TenantName, GpuUuid), UseRate>,
+    last_tick_ns: u64,
+    errors: RateLimit,
+}
+
+impl Watcher {
+    fn new(shim: &'static Shim, neighbours: Neighbours) -> Watcher {
+        Watcher {
+            shim,
+            neighbours,
+            streams: vec![Tracked::default(); CAPACITY],
+            gpus: (0..MAX_GPUS).map(|_| GpuTrack::default()).collect(),
+            rates: HashMap::new(),
+            last_tick_ns: monotonic_ns(),
+            errors: RateLimit::new(),
+        }
+    }
+
+    fn run(&mut self) {
+        while !STOPPING.load(SeqCst) {
+            std::thread::sleep(TICK);
+            self.tick();
+        }
+    }
+
+    fn tick(&mut self) {
+        let shim = self.shim;
+        let busy = if shim.gates.start_poll() {
+            let busy = self.poll_streams();
+            shim.gates.end_poll();
+            busy
+        } else {
+            // A capture is open: keep the last answer.
+            std::array::from_fn(|g| self.gpus[g].busy)
+        };
+        let now = monotonic_ns();
+        let elapsed = now.saturating_sub(self.last_tick_ns);
+        self.last_tick_ns = now;
+        let Ok(slot) = shim.memory.slot() else {
+            return;
+        };
+        let tenants = self.neighbours.read();
+        for (g, &busy_now) in busy.iter().enumerate() {
+            let Ok(index) = u32::try_from(g) else {
+                continue;
+            };
+            let gpu = GpuIndex(index);
+            let Some(gate) = shim.gates.gpu(index) else {
+                continue;
+            };
+            if self.gpus[g].uuid.is_none() {
+                self.gpus[g].uuid = shim
+                    .memory
+                    .usage()
+                    .gpus()
+                    .into_iter()
+                    .find(|(i, _)| *i == gpu)
+                    .map(|(_, u)| u);
+            }
+            let Some(uuid) = self.gpus[g].uuid else {
+                continue;
+            };
+            let quiet = !busy_now && !self.gpus[g].busy && self.gpus[g].last_active_ns == 0;
+            if quiet && !gate.has_waiters() {
+                continue;
+            }
+            let (rate, yield_to_high) = self.entitlement(&tenants, &uuid, now);
+            let track = &mut self.gpus[g];
+
+            // 1. Charge this process its part of the tick.
+            let others = in_flight_elsewhere(&tenants, &uuid, shim.tenant(), slot.index(), now);
+            let halves = u64::from(busy_now) + u64::from(track.busy);
+            if halves > 0 {
+                slot.add_gpu_time(gpu, elapsed * halves / 2 / (others + 1));
+            }
+            if busy_now && !track.busy {
+                track.busy_since_ns = now;
+            }
+            track.busy = busy_now;
+
+            // 2. Publish what it does.
+            let waited = gate.waited_at_ns();
+            let backlogged = (waited != 0 && now.saturating_sub(waited) <= BACKLOG_NS)
+                || (busy_now && now.saturating_sub(track.busy_since_ns) >= BACKLOG_NS);
+            if busy_now || backlogged {
+                track.last_active_ns = now;
+            }
+            let activity = Activity {
+                in_flight: busy_now,
+                backlogged,
+                at_ns: track.last_active_ns,
+            }
+            .pack();
+            if activity != track.published {
+                slot.set_activity(gpu, Activity::unpack(activity));
+                track.published = activity;
+            }
+
+            // 3. The tenant's credit and gate.
+            let usage = shim.memory.usage();
+            let consumed = usage.gpu_time_ns(gpu);
+            usage.refill_credit(gpu, now, 1_000_000, |credit, dt| {
+                CREDIT.refill(credit, consumed, rate, dt)
+            });
+            let open = Credit::may_launch(usage.credit_ns(gpu), usage.gpu_time_ns(gpu));
+            let cap = if yield_to_high {
+                YIELD_IN_FLIGHT
+            } else {
+                UNBOUNDED
+            };
+            gate.set(open, cap);
+            if !busy_now && !backlogged && now.saturating_sub(track.last_active_ns) > ACTIVE_NS {
+                track.last_active_ns = 0;
+            }
+        }
+    }
+
+    /// Polls every stream; returns, per GPU, whether the process has work in flight there.
+    fn poll_streams(&mut self) -> [bool; MAX_GPUS] {
+        let shim = self.shim;
+        let mut busy = [false; MAX_GPUS];
+        let mut unfinished = [0u64; MAX_GPUS];
+        let launched: [u64; MAX_GPUS] = std::array::from_fn(|g| {
+            u32::try_from(g)
+                .ok()
+                .and_then(|g| shim.gates.gpu(g))
+                .map_or(0, |gate| gate.launched())
+        });
+        for (i, entry, occupancy) in shim.streams.entries() {
+            let tracked = &mut self.streams[i];
+            match occupancy {
+                Occupancy::Free => continue,
+                Occupancy::Retired => {
+                    if tracked.event != 0 && !entry.context_gone() {
+                        destroy_event(tracked.event);
+                    }
+                    *tracked = Tracked::default();
+                    shim.streams.free(i);
+                    continue;
+                }
+                Occupancy::Live => {}
+            }
+            let launches = entry.launches();
+            match entry.kind() {
+                StreamKind::Created => {
+                    self.poll_created(i, entry.stream(), entry.owner(), launches)
+                }
+                StreamKind::Legacy => self.poll_legacy(i, entry.owner(), launches),
+            }
+            let tracked = &self.streams[i];
+            if let Some(g) = usize::try_from(entry.gpu()).ok().filter(|&g| g < MAX_GPUS) {
+                busy[g] |= tracked.busy;
+                unfinished[g] += launches.saturating_sub(tracked.finished);
+            }
+        }
+        for (g, (&launched, &unfinished)) in launched.iter().zip(&unfinished).enumerate() {
+            if let Some(gate) = u32::try_from(g).ok().and_then(|g| shim.gates.gpu(g)) {
+                gate.set_finished(launched.saturating_sub(unfinished));
+            }
+        }
+        busy
+    }
+
+    fn poll_created(&mut self, i: usize, stream: usize, owner: usize, launches: u64) {
+        let tracked = &mut self.streams[i];
+        if tracked.outstanding {
+            let event = tracked.event as *mut c_void;
+            // SAFETY: an event this watcher created, in the stream's live context (entries
+            // of destroyed streams and contexts are retired before the driver frees them).
+            match call(real::cuda::cuEventQuery(), |f| unsafe { f(event) }) {
+                NOT_READY => {}
+                status => {
+                    // Reached, or the event is unusable (its context went away): either
+                    // way nothing is known to run behind it any more.
+                    tracked.outstanding = false;
+                    tracked.finished = tracked.marked;
+                    if status != CUDA_SUCCESS {
+                        tracked.event = 0;
+                    }
+                }
+            }
+        }
+        if !tracked.outstanding && launches > tracked.finished {
+            if tracked.event == 0 {
+                tracked.event = create_event(owner).unwrap_or(0);
+            }
+            let event = tracked.event as *mut c_void;
+            let recorded = tracked.event != 0
+                && call(real::cuda::cuEventRecord(), |f| {
+                    // SAFETY: the program's live stream (retired before it is destroyed,
+                    // and never while it captures) and an event of its context.
+                    unsafe { f(event, stream as *mut c_void) }
+                }) == CUDA_SUCCESS;
+            if recorded {
+                tracked.outstanding = true;
+                tracked.marked = launches;
+            } else {
+                if self.errors.admit().is_some() {
+                    log!(
+                        Level::Debug,
+                        "cannot follow stream {stream:#x}; its work goes unmeasured"
+                    );
+                }
+                tracked.finished = launches;
+            }
+        }
+        tracked.busy = tracked.outstanding || launches > tracked.finished;
+    }
+
+    fn poll_legacy(&mut self, i: usize, owner: usize, launches: u64) {
+        let tracked = &mut self.streams[i];
+        let status = if set_current(owner) {
+            // SAFETY: the legacy stream of the context just made current; no capture is open.
+            call(real::cuda::cuStreamQuery(), |f| unsafe {
+                f(std::ptr::null_mut())
+            })
+        } else {
+            CUDA_SUCCESS
+        };
+        if status != NOT_READY {
+            tracked.finished = launches;
+        }
+        tracked.busy = status == NOT_READY;
+    }
+
+    /// This tenant's entitled rate on `uuid` now, and whether it must yield to an active
+    /// high-priority tenant.
+    fn entitlement(&mut self, tenants: &[Tenant], uuid: &GpuUuid, now: u64) -> (f64, bool) {
+        let own = self.shim.tenant();
+        let own_settings = self.shim.compute_settings();
+        let mut demands = Vec::with_capacity(tenants.len());
+        let mut own_index = None;
+        let mut high_active_elsewhere = false;
+        for tenant in tenants {
+            let Some(gpu) = tenant.usage.gpu_index(uuid) else {
+                continue;
+            };
+            let slots = tenant.usage.compute_slots(gpu);
+            let active = slots.iter().any(|s| s.activity.seen_within(now, ACTIVE_NS));
+            let backlogged = slots
+                .iter()
+                .any(|s| s.activity.backlogged && s.activity.seen_within(now, BACKLOG_NS));
+            let settings = if tenant.name == *own {
+                own_settings
+            } else {
+                // Only processes active now: a dead one's slot keeps its settings until
+                // it is reclaimed.
+                combined(
+                    slots
+                        .iter()
+                        .filter(|s| s.activity.seen_within(now, ACTIVE_NS))
+                        .filter_map(|s| s.settings),
+                )
+            };
+            if tenant.name != *own && active && settings.priority == Some(Priority::High) {
+                high_active_elsewhere = true;
+            }
+            let used = tenant.usage.gpu_time_ns(gpu);
+            let rate = self.measured_rate(&tenant.name, uuid, used, now);
+            if tenant.name == *own {
+                own_index = Some(demands.len());
+            }
+            demands.push(Demand {
+                share_permille: settings.share_permille,
+                limit_permille: settings.limit_permille,
+                // This tenant is always in the split: it is asking.
+                active: active || tenant.name == *own,
+                wants: (!backlogged && tenant.name != *own)
+                    .then(|| (rate * HEADROOM + HEADROOM_FLOOR).min(1.0)),
+            });
+        }
+        let rates = entitled_rates(&demands);
+        let rate = own_index
+            .and_then(|i| rates.get(i).copied())
+            .unwrap_or_else(|| f64::from(own_settings.limit_permille.unwrap_or(1000)) / 1000.0);
+        let yield_to_high = high_active_elsewhere && own_settings.priority != Some(Priority::High);
+        (rate, yield_to_high)
+    }
+
+    fn measured_rate(&mut self, tenant: &TenantName, uuid: &GpuUuid, used: u64, now: u64) -> f64 {
+        let entry = self.rates.entry((tenant.clone(), *uuid)).or_default();
+        if entry.at_ns != 0 && now > entry.at_ns {
+            #[allow(clippy::cast_precision_loss)]
+            let (dt, dused) = (
+                (now - entry.at_ns) as f64,
+                used.saturating_sub(entry.gpu_time_ns) as f64,
+            );
+            let alpha = (dt / RATE_TAU_NS).min(1.0);
+            entry.rate += alpha * ((dused / dt).min(1.0) - entry.rate);
+        }
+        entry.gpu_time_ns = used;
+        entry.at_ns = now;
+        entry.rate
+    }
+}
+
+/// Processes of any tenant other than this one with work in flight on `uuid` now.
+fn in_flight_elsewhere(
+    tenants: &[Tenant],
+    uuid: &GpuUuid,
+    own: &TenantName,
+    own_slot: u32,
+    now: u64,
+) -> u64 {
+    let mut count = 0;
+    for tenant in tenants {
+        let Some(gpu) = tenant.usage.gpu_index(uuid) else {
+            continue;
+        };
+        count += tenant
+            .usage
+            .compute_slots(gpu)
+            .iter()
+            .filter(|s| !(tenant.name == *own && s.index == own_slot))
+            .filter(|s| s.activity.in_flight && s.activity.seen_within(now, FRESH_NS))
+            .count() as u64;
+    }
+    count
+}
+
+/// A tenant's settings from what its processes published: the most restrictive of each.
+fn combined(all: impl Iterator<Item = ComputeSettings>) -> ComputeSettings {
+    let mut out: Option<ComputeSettings> = None;
+    for s in all {
+        out = Some(match out {
+            None => s,
+            Some(o) => ComputeSettings {
+                share_permille: lower(o.share_permille, s.share_permille),
+                limit_permille: lower(o.limit_permille, s.limit_permille),
+                priority: lower_priority(o.priority, s.priority),
+            },
+        });
+    }
+    out.unwrap_or_default()
+}
+
+/// The lower of two optional values, where unset means "no constraint".
+pub fn lower(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The lower of two priorities; unset means normal-or-above, so a set one wins.
+pub fn lower_priority(a: Option<Priority>, b: Option<Priority>) -> Option<Priority> {
+    let rank = |p: Priority| match p {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+    };
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if rank(a) <= rank(b) { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Calls a real driver function if the driver has it; `CUDA_ERROR_NOT_FOUND` if not.
+fn call<F>(function: Option<F>, body: impl FnOnce(F) -> CUresult) -> CUresult {
+    function.map_or(crate::cuda::CUDA_ERROR_NOT_FOUND, body)
+}
+
+fn set_current(context: usize) -> bool {
+    call(real::cuda::cuCtxSetCurrent(), |f| {
+        // SAFETY: `context` is a context the program made and has not destroyed: entries of
+        // destroyed contexts are retired before the driver destroys them.
+        unsafe { f(context as *mut c_void) }
+    }) == CUDA_SUCCESS
+}
+
+fn create_event(owner: usize) -> Option<usize> {
+    if !set_current(owner) {
+        return None;
+    }
+    let mut event: *mut c_void = std::ptr::null_mut();
+    let status = call(real::cuda::cuEventCreate(), |f| {
+        // SAFETY: `event` is a valid place for the driver to write a handle.
+        unsafe { f(&raw mut event, EVENT_DISABLE_TIMING) }
+    });
+    (status == CUDA_SUCCESS && !event.is_null()).then_some(event as usize)
+}
+
+fn destroy_event(event: usize) {
+    let _ = call(real::cuda::cuEventDestroy_v2(), |f| {
+        // SAFETY: an event this watcher created, in a context that still exists.
+        unsafe { f(event as *mut c_void) }
+    });
+}
