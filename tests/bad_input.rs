@@ -73,8 +73,18 @@ fn each_invalid_setting_is_refused_with_its_name_value_and_form() {
         ),
         (
             "GPUSLICE_COMPUTE_SHARE",
-            "30",
-            "GPUSLICE_COMPUTE_SHARE is set, but this version",
+            "0",
+            "invalid GPUSLICE_COMPUTE_SHARE=\"0\": expected a percentage from 0.1 to 100",
+        ),
+        (
+            "GPUSLICE_COMPUTE_LIMIT",
+            "30 percent",
+            "invalid GPUSLICE_COMPUTE_LIMIT=\"30 percent\": expected a percentage",
+        ),
+        (
+            "GPUSLICE_PRIORITY",
+            "urgent",
+            "invalid GPUSLICE_PRIORITY=\"urgent\": expected one of high, normal, low",
         ),
     ];
     for (name, value, expected) in cases {
