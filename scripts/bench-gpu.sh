@@ -78,7 +78,7 @@ done
 gcc -O2 -Wall -o "$work/bench_paired" scripts/gpu/bench_paired.c -ldl
 paired_dir=$(mktemp -d)
 if ! env LD_PRELOAD="$dist/libgpuslice.so" GPUSLICE_TENANT=bench GPUSLICE_MEMORY_LIMIT="$shim_limit" \
-  GPUSLICE_DIR="$paired_dir" "$work/bench_paired" "$dist/spin.ptx" "${PAIRED_ROUNDS:-60}" >"$work/paired.out" 2>&1; then
+  GPUSLICE_COMPUTE_SHARE=50 GPUSLICE_DIR="$paired_dir" "$work/bench_paired" "$dist/spin.ptx" "${PAIRED_ROUNDS:-60}" >"$work/paired.out" 2>&1; then
   echo "bench-gpu: bench_paired failed:" >&2
   cat "$work/paired.out" >&2
   exit 1
@@ -89,7 +89,7 @@ rm -rf "$paired_dir"
   echo "bench-gpu: $started"
   echo "gpu: ${gpu:-unknown} (name, driver); ${cuda:-CUDA Version: unknown}"
   echo "bench_driver options: ${BENCH_ARGS:-none} (defaults: 20000 pairs of 2 MiB, 100000 noop launches, 2000 x 10 us spins; median of 5 batches)"
-  echo "shim: GPUSLICE_MEMORY_LIMIT=$shim_limit; $rounds rounds of each mode, alternating"
+  echo "shim: GPUSLICE_MEMORY_LIMIT=$shim_limit (in-process pairs also GPUSLICE_COMPUTE_SHARE=50: launches pass the gate); $rounds rounds of each mode, alternating"
   echo
   echo "In one process, hooked and real calls interleaved (the shim's own cost):"
   cat "$work/paired.out"

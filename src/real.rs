@@ -169,7 +169,6 @@ pub mod cuda {
         library: crate::real::CUDA;
         fn cuCtxGetDevice(*mut CUdevice);
         fn cuCtxGetCurrent(*mut CUcontext);
-        fn cuCtxSetCurrent(CUcontext);
         fn cuEventCreate(*mut *mut c_void, u32);
         fn cuEventRecord(*mut c_void, CUstream);
         fn cuEventQuery(*mut c_void);

@@ -107,6 +107,12 @@ impl StreamEntry {
         self.context_gone.load(Acquire)
     }
 
+    /// Whether it is the live entry of `context`'s legacy stream.
+    #[inline]
+    pub fn is_legacy_of(&self, context: usize) -> bool {
+        self.matches(0, context)
+    }
+
     fn matches(&self, stream: usize, context: usize) -> bool {
         self.state.load(Acquire) == LIVE
             && self.stream.load(Relaxed) == stream
@@ -159,6 +165,20 @@ impl StreamTable {
         (0..PROBE)
             .map(|i| &self.entries[(start + i) % CAPACITY])
             .find(|e| e.matches(stream, context))
+    }
+
+    /// The entry at `index`.
+    #[inline]
+    pub fn get(&self, index: usize) -> Option<&StreamEntry> {
+        self.entries.get(index)
+    }
+
+    /// Where `entry` (one of this table's) sits.
+    pub fn index_of(&self, entry: &StreamEntry) -> Option<usize> {
+        let base = self.entries.as_ptr() as usize;
+        let offset = (entry as *const StreamEntry as usize).checked_sub(base)?;
+        let index = offset / std::mem::size_of::<StreamEntry>();
+        (index < self.entries.len()).then_some(index)
     }
 
     /// Adds `stream` running on `gpu`; `None` when the table is full around its place.

@@ -513,7 +513,7 @@ fn call<F>(function: Option<F>, body: impl FnOnce(F) -> CUresult) -> CUresult {
 }
 
 fn set_current(context: usize) -> bool {
-    call(real::cuda::cuCtxSetCurrent(), |f| {
+    call(crate::exports::driver::real::cuCtxSetCurrent(), |f| {
         // SAFETY: `context` is a context the program made and has not destroyed: entries of
         // destroyed contexts are retired before the driver destroys them.
         unsafe { f(context as *mut c_void) }

@@ -144,7 +144,11 @@ fn three_and_four_tenants_with_uneven_shares_get_them() {
         3500,
     );
     for (got, want) in got.iter().zip([0.10, 0.30, 0.60]) {
-        assert_near(&format!("the {:.0}% tenant of three", want * 100.0), *got, want);
+        assert_near(
+            &format!("the {:.0}% tenant of three", want * 100.0),
+            *got,
+            want,
+        );
     }
     let got = shares(
         &[
@@ -156,7 +160,11 @@ fn three_and_four_tenants_with_uneven_shares_get_them() {
         3500,
     );
     for (got, want) in got.iter().zip([0.10, 0.20, 0.30, 0.40]) {
-        assert_near(&format!("the {:.0}% tenant of four", want * 100.0), *got, want);
+        assert_near(
+            &format!("the {:.0}% tenant of four", want * 100.0),
+            *got,
+            want,
+        );
     }
 }
 
@@ -179,21 +187,35 @@ fn a_limit_holds_on_the_legacy_null_stream_too() {
         &["--legacy"],
     ));
     let (from, to) = common_window(&[&report], 300);
-    assert_near("the 30%-limited tenant on the NULL stream", report.share(from, to), 0.30);
+    assert_near(
+        "the 30%-limited tenant on the NULL stream",
+        report.share(from, to),
+        0.30,
+    );
 }
 
 #[test]
 fn a_tenant_with_only_a_share_gets_the_whole_gpu_when_alone() {
     let _serial = serial();
     let got = shares(&[&[("GPUSLICE_COMPUTE_SHARE", "25")]], 2500);
-    assert!(got[0] >= 0.97, "alone with a 25% share: {:.1}%", got[0] * 100.0);
+    assert!(
+        got[0] >= 0.97,
+        "alone with a 25% share: {:.1}%",
+        got[0] * 100.0
+    );
 }
 
 #[test]
 fn an_idle_tenant_hands_its_time_over_and_gets_its_share_back_within_100_ms() {
     let _serial = serial();
     let node = Node::new();
-    let steady = load(&node, "steady", &[("GPUSLICE_COMPUTE_SHARE", "25")], 4500, &[]);
+    let steady = load(
+        &node,
+        "steady",
+        &[("GPUSLICE_COMPUTE_SHARE", "25")],
+        4500,
+        &[],
+    );
     let pausing = load(
         &node,
         "pausing",
@@ -208,9 +230,17 @@ fn an_idle_tenant_hands_its_time_over_and_gets_its_share_back_within_100_ms() {
     let ms = 1_000_000;
     // Before: 25/75. While the other is idle (from 100 ms after it stopped): everything.
     // Back (from 100 ms after it resumed): 25/75 again.
-    assert_near("before the pause", steady.share(steady.first + 300 * ms, idle), 0.25);
+    assert_near(
+        "before the pause",
+        steady.share(steady.first + 300 * ms, idle),
+        0.25,
+    );
     let alone = steady.share(idle + 100 * ms, resume);
-    assert!(alone >= 0.97 - TOLERANCE, "while the other idles: {:.1}%", alone * 100.0);
+    assert!(
+        alone >= 0.97 - TOLERANCE,
+        "while the other idles: {:.1}%",
+        alone * 100.0
+    );
     let back = resume + 100 * ms;
     let end = pausing.last.min(steady.last);
     assert_near("the returning tenant", pausing.share(back, end), 0.75);
@@ -221,22 +251,48 @@ fn an_idle_tenant_hands_its_time_over_and_gets_its_share_back_within_100_ms() {
 fn kill_9_in_the_middle_of_a_slice_leaves_nothing_stuck() {
     let _serial = serial();
     let node = Node::new();
-    let survivor = load(&node, "survivor", &[("GPUSLICE_COMPUTE_SHARE", "25")], 4000, &[]);
-    let mut victim = load(&node, "victim", &[("GPUSLICE_COMPUTE_SHARE", "75")], 10_000, &[]);
+    let survivor = load(
+        &node,
+        "survivor",
+        &[("GPUSLICE_COMPUTE_SHARE", "25")],
+        4000,
+        &[],
+    );
+    let mut victim = load(
+        &node,
+        "victim",
+        &[("GPUSLICE_COMPUTE_SHARE", "75")],
+        10_000,
+        &[],
+    );
     victim.wait_for_line("done ", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1000));
     victim.kill9();
     let killed_at = now_ns();
     // A newcomer after the kill gets its share: nothing of the victim holds the GPU.
     std::thread::sleep(Duration::from_millis(1000));
-    let newcomer = load(&node, "victim", &[("GPUSLICE_COMPUTE_SHARE", "75")], 2000, &[]);
+    let newcomer = load(
+        &node,
+        "victim",
+        &[("GPUSLICE_COMPUTE_SHARE", "75")],
+        2000,
+        &[],
+    );
     let survivor = finish(survivor);
     let newcomer = finish(newcomer);
     let ms = 1_000_000;
     let alone = survivor.share(killed_at + 100 * ms, newcomer.first);
-    assert!(alone >= 0.97 - TOLERANCE, "after the kill: {:.1}%", alone * 100.0);
+    assert!(
+        alone >= 0.97 - TOLERANCE,
+        "after the kill: {:.1}%",
+        alone * 100.0
+    );
     let (from, to) = common_window(&[&survivor, &newcomer], 300);
-    assert_near("the survivor beside the newcomer", survivor.share(from, to), 0.25);
+    assert_near(
+        "the survivor beside the newcomer",
+        survivor.share(from, to),
+        0.25,
+    );
     assert_near("the newcomer", newcomer.share(from, to), 0.75);
 }
 

@@ -65,6 +65,13 @@ super::exports! {
     fn cuArrayCreate(array: *mut CUarray, desc: *const c_void) => legacy_array_create;
     fn cuArray3DCreate(array: *mut CUarray, desc: *const c_void) => legacy_array3d_create;
 
+    // The current context, which the launch path caches per thread.
+    fn cuCtxSetCurrent(context: CUcontext) => stream::set_current;
+    fn cuCtxPushCurrent(context: CUcontext) => stream::push_current_v1;
+    fn cuCtxPushCurrent_v2(context: CUcontext) => stream::push_current;
+    fn cuCtxPopCurrent(context: *mut CUcontext) => stream::pop_current_v1;
+    fn cuCtxPopCurrent_v2(context: *mut CUcontext) => stream::pop_current;
+
     // Streams the launch gate follows: destruction and capture.
     fn cuStreamDestroy(stream: CUstream) => stream::destroy_v1;
     fn cuStreamDestroy_v2(stream: CUstream) => stream::destroy;

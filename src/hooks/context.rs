@@ -207,6 +207,8 @@ unsafe fn created(
     device: CUdevice,
     driver: impl FnOnce() -> CUresult,
 ) -> CUresult {
+    // A new context becomes the thread's current one.
+    crate::hooks::stream::context_may_change();
     let shim = shim_or!(driver());
     if context.is_null() {
         return driver();

@@ -3,13 +3,15 @@
 //!
 //! The fast path, a launch on a stream already in the table while the gate is open, makes
 //! no system call, takes no lock and calls no CUDA function: a table lookup, two atomic
-//! loads, the real launch, two atomic adds. A launch on the legacy NULL stream also asks the
-//! driver for the current context (a thread-local read in the driver), since that stream
-//! is one per context. A stream's first launch registers it (and starts the watcher once).
+//! loads, the real launch, two atomic adds. The NULL stream is one per context: each
+//! thread caches its entry, valid until a call that can change the thread's current context
+//! (`cuCtxSetCurrent`, push, pop, create, destroy) bumps the thread's epoch. A stream's
+//! first launch registers it (and starts the watcher once).
 //!
 //! Launches into a stream being captured into a graph do not run, so they pass ungated;
 //! the graph's launch (`cuGraphLaunch`) is gated instead.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 
 use gpuslice_ledger::GpuIndex;
@@ -28,6 +30,11 @@ const STREAM_LEGACY: usize = 0x1;
 const STREAM_PER_THREAD: usize = 0x2;
 
 static UNTRACKED: RateLimit = RateLimit::new();
+
+thread_local! {
+    /// This thread's NULL-stream entry: (table index, context, context epoch when cached).
+    static NULL_STREAM: Cell<(usize, usize, u64)> = const { Cell::new((usize::MAX, 0, 0)) };
+}
 
 /// Runs `launch` (the real driver call for `stream`) once the gate lets it through.
 #[inline]
@@ -71,11 +78,25 @@ fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEnt
     // default streams cannot be polled from another thread, so they are polled as their
     // context's legacy stream, which sees their work only where the two coincide (the
     // simulated GPU). Their launches are gated all the same.
-    let context = current_context()?;
-    match shim.streams.find(0, context) {
-        Some(entry) => Some(entry),
-        None => register(shim, 0),
+    // The thread's current context changes only through calls that bump its epoch, so
+    // the entry found for it stays right until the epoch moves.
+    let epoch = crate::hooks::stream::context_epoch();
+    let (index, context, cached_epoch) = NULL_STREAM.get();
+    if cached_epoch == epoch
+        && let Some(entry) = shim.streams.get(index)
+        && entry.is_legacy_of(context)
+    {
+        return Some(entry);
     }
+    let context = current_context()?;
+    let entry = match shim.streams.find(0, context) {
+        Some(entry) => entry,
+        None => register(shim, 0)?,
+    };
+    if let Some(index) = shim.streams.index_of(entry) {
+        NULL_STREAM.set((index, context, epoch));
+    }
+    Some(entry)
 }
 
 #[cold]

@@ -2,6 +2,7 @@
 //! context (the watcher must stop polling it first), and stream capture (no stream may be
 //! polled while one is captured: a query or an event recorded then would break the capture).
 
+use std::cell::Cell;
 use std::ffi::c_void;
 
 use crate::cuda::*;
@@ -9,6 +10,65 @@ use crate::exports::driver::real;
 use crate::hooks::real_or_missing;
 use crate::runtime::{self, Mode};
 use crate::shim::Shim;
+
+thread_local! {
+    /// Bumped on this thread by every call that can change its current context, so that
+    /// the launch path may cache the thread's NULL-stream entry instead of asking the
+    /// driver for the current context at each launch.
+    static CONTEXT_EPOCH: Cell<u64> = const { Cell::new(1) };
+}
+
+/// The calling thread's context epoch (see `CONTEXT_EPOCH`).
+#[inline]
+pub(crate) fn context_epoch() -> u64 {
+    CONTEXT_EPOCH.get()
+}
+
+/// The calling thread's current context may change.
+#[inline]
+pub(crate) fn context_may_change() {
+    CONTEXT_EPOCH.set(CONTEXT_EPOCH.get().wrapping_add(1));
+}
+
+/// `cuCtxSetCurrent`.
+pub(crate) unsafe fn set_current(context: CUcontext) -> CUresult {
+    let real = real_or_missing!(real::cuCtxSetCurrent);
+    context_may_change();
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { real(context) }
+}
+
+/// `cuCtxPushCurrent_v2`.
+pub(crate) unsafe fn push_current(context: CUcontext) -> CUresult {
+    let real = real_or_missing!(real::cuCtxPushCurrent_v2);
+    context_may_change();
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { real(context) }
+}
+
+/// `cuCtxPushCurrent` (v1 name).
+pub(crate) unsafe fn push_current_v1(context: CUcontext) -> CUresult {
+    let real = real_or_missing!(real::cuCtxPushCurrent);
+    context_may_change();
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { real(context) }
+}
+
+/// `cuCtxPopCurrent_v2`.
+pub(crate) unsafe fn pop_current(context: *mut CUcontext) -> CUresult {
+    let real = real_or_missing!(real::cuCtxPopCurrent_v2);
+    context_may_change();
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { real(context) }
+}
+
+/// `cuCtxPopCurrent` (v1 name).
+pub(crate) unsafe fn pop_current_v1(context: *mut CUcontext) -> CUresult {
+    let real = real_or_missing!(real::cuCtxPopCurrent);
+    context_may_change();
+    // SAFETY: the caller's argument, unchanged.
+    unsafe { real(context) }
+}
 
 /// The enforcing shim, if any (these calls never fail on our account).
 fn shim() -> Option<&'static Shim> {
@@ -30,6 +90,7 @@ fn retire_stream(stream: CUstream) {
 
 /// Stops the watcher from polling anything of `context` before the driver destroys it.
 pub(crate) fn retire_context(context: CUcontext) {
+    context_may_change();
     if let Some(shim) = shim() {
         let handle = context as usize;
         shim.streams.retire(true, |e| e.owner() == handle);
@@ -41,6 +102,7 @@ pub(crate) fn retire_context(context: CUcontext) {
 /// Streams that outlive it (the context was retained elsewhere) register again at their
 /// next launch.
 pub(crate) fn retire_device(device: CUdevice) {
+    context_may_change();
     if let Some(shim) = shim()
         && let Ok(gpu) = shim.devices.by_ordinal(&shim.memory, device)
     {
