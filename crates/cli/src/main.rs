@@ -185,6 +185,7 @@ change the exit code, which stays the command's.
 */
 #![deny(missing_docs)]
 
+mod cdi;
 mod cli;
 mod completions;
 mod demo;
@@ -194,6 +195,7 @@ mod exit;
 mod gpu;
 mod locate;
 mod metrics;
+mod plugin;
 mod quantity;
 mod run;
 mod signals;
@@ -238,6 +240,8 @@ fn main() -> ExitCode {
         Command::Completions(args) => completions::completions(&args),
         Command::Demo(args) => demo::demo(args),
         Command::DemoWorker(args) => demo_worker::worker(&args),
+        Command::DevicePlugin(args) => plugin::device_plugin(args),
+        Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
