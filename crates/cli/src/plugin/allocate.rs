@@ -82,6 +82,9 @@ impl AllocateError {
     }
 }
 
+/// A request's slices, and per GPU how many of them.
+type Checked = (Vec<SliceId>, Vec<(Gpu, u32)>);
+
 /// Allocates the slices of one resource.
 #[derive(Debug)]
 pub struct Allocator {
@@ -151,7 +154,7 @@ impl Allocator {
         &self,
         ids: &[String],
         inventory: &Inventory,
-    ) -> Result<(Vec<SliceId>, Vec<(Gpu, u32)>), AllocateError> {
+    ) -> Result<Checked, AllocateError> {
         if ids.is_empty() {
             return Err(AllocateError::Empty);
         }

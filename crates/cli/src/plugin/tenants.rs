@@ -19,8 +19,9 @@
 //! - at every sweep, a tenant whose GPU this node no longer has, or whose slices no
 //!   resource advertises any more (the configuration changed), is removed;
 //! - a CDI spec file of gpuslice's whose tenant the ledger does not have (left over from a
-//!   removed tenant, a crash, or another ledger) is removed;
-//! and never a tenant in which a process still holds a live slot (a warning says so). A
+//!   removed tenant, a crash, or another ledger) is removed.
+//!
+//! Never a tenant in which a process still holds a live slot, though (a warning says so). A
 //! tenant whose pod is gone but whose slices are not reused meanwhile stays, holding no
 //! memory (its processes' slots are dead), until one of them is allocated again: at most one
 //! such tenant per slice.
