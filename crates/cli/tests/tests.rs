@@ -9,6 +9,7 @@ mod demo;
 mod doctor;
 mod end_to_end;
 mod metrics;
+mod plugin;
 mod run;
 mod status;
 mod tenants;

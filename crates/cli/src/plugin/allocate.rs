@@ -150,11 +150,7 @@ impl Allocator {
     }
 
     /// Parses and checks the IDs; returns the slices and, per GPU, how many of them.
-    fn check(
-        &self,
-        ids: &[String],
-        inventory: &Inventory,
-    ) -> Result<Checked, AllocateError> {
+    fn check(&self, ids: &[String], inventory: &Inventory) -> Result<Checked, AllocateError> {
         if ids.is_empty() {
             return Err(AllocateError::Empty);
         }
