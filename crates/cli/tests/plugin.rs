@@ -288,7 +288,7 @@ fn slice(gpu: &str, i: u32) -> String {
 }
 
 /// Allocates `ids` to one container.
-async fn allocate(
+pub async fn allocate(
     client: &mut DevicePluginClient<Channel>,
     ids: &[String],
 ) -> Result<api::ContainerAllocateResponse, tonic::Status> {

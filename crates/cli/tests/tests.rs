@@ -10,6 +10,7 @@ mod doctor;
 mod end_to_end;
 mod metrics;
 mod plugin;
+mod podman;
 mod run;
 mod status;
 mod tenants;
