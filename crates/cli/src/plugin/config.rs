@@ -531,4 +531,16 @@ healthIntervalSeconds: 0.5
             .to_string();
         assert!(err.contains("/nonexistent/gpuslice.yaml"), "{err}");
     }
+
+    #[test]
+    fn the_example_configmap_in_deploy_is_a_valid_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/configmap.yaml");
+        let manifest: serde_norway::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let text = manifest["data"]["device-plugin.yaml"].as_str().unwrap();
+        let c = from_text(text, &[]).unwrap();
+        let names: Vec<&str> = c.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["gpuslice.dev/gpu", "gpuslice.dev/gpu-realtime"]);
+        assert_eq!(c.resources[1].priority, Priority::High);
+    }
 }
