@@ -524,6 +524,10 @@ fn a_restarted_plugin_keeps_its_tenants_and_drops_what_is_stale() {
     // even valid JSON) appeared.
     let stale = node.cdi_dir.join("gpuslice.dev-gpu_ghost.json");
     std::fs::write(&stale, "{ not json").expect("stale spec");
+    // ... and the spec of a tenant that is still in use was damaged.
+    let kept_spec = node.cdi_dir.join(format!("gpuslice.dev-gpu_{kept}.json"));
+    let good_spec = std::fs::read_to_string(&kept_spec).expect("spec");
+    std::fs::write(&kept_spec, "{ damaged").expect("damaged spec");
     node.devices = "8Gi".into();
     let plugin = node.start(&[]);
     rt.block_on(async {
@@ -541,10 +545,11 @@ fn a_restarted_plugin_keeps_its_tenants_and_drops_what_is_stale() {
             node.node.dir.tenant_exists(&kept),
             "GPU 0's tenant was kept"
         );
-        assert!(
-            node.cdi_dir
-                .join(format!("gpuslice.dev-gpu_{kept}.json"))
-                .exists()
+        plugin.wait_for_log(&format!("rewrote the CDI spec of tenant {kept}"));
+        assert_eq!(
+            std::fs::read_to_string(&kept_spec).expect("spec"),
+            good_spec,
+            "the damaged spec was not put right"
         );
         assert!(!node.node.dir.tenant_exists(&on_gpu1));
         assert!(!stale.exists(), "the stale spec is still there");

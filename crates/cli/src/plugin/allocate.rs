@@ -238,9 +238,7 @@ impl Allocator {
         if layout.preload == Preload::LdSoPreload {
             cdi::ensure_preload_file(layout)?;
         }
-        let spec = layout.spec(std::slice::from_ref(tenant));
-        let path = self.config.cdi_dir.join(cdi::spec_file_name(tenant));
-        cdi::write_atomically(&path, &cdi::to_json(&spec)?)?;
+        tenants::ensure_spec(layout, &self.config.cdi_dir, tenant)?;
         Ok(())
     }
 

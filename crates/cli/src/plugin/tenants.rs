@@ -19,7 +19,8 @@
 //! - at every sweep, a tenant whose GPU this node no longer has, or whose slices no
 //!   resource advertises any more (the configuration changed), is removed;
 //! - a CDI spec file of gpuslice's whose tenant the ledger does not have (left over from a
-//!   removed tenant, a crash, or another ledger) is removed.
+//!   removed tenant, a crash, or another ledger) is removed, and a tenant's spec that is
+//!   missing, damaged or out of date is written again.
 //!
 //! Never a tenant in which a process still holds a live slot, though (a warning says so). A
 //! tenant whose pod is gone but whose slices are not reused meanwhile stays, holding no
@@ -251,6 +252,17 @@ pub fn sweep(ledger: &Ledger, config: &Config, inventory: &Inventory) -> Vec<Str
             Err(e) => tracing::warn!("tenant {t}: {reason}, and it could not be removed: {e}"),
         }
     }
+    for (t, _) in &tenants {
+        if kept.contains(t.as_str()) {
+            match ensure_spec(&config.layout, &config.cdi_dir, t) {
+                Ok(true) => tracing::info!(
+                    "rewrote the CDI spec of tenant {t}: it was missing or out of date"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("tenant {t}: {e}"),
+            }
+        }
+    }
     for stale in stale_specs(&config.cdi_dir, &kept) {
         let path = config.cdi_dir.join(&stale);
         match fs::remove_file(&path) {
@@ -263,6 +275,23 @@ pub fn sweep(ledger: &Ledger, config: &Config, inventory: &Inventory) -> Vec<Str
         }
     }
     removed
+}
+
+/// Writes tenant `t`'s CDI spec unless the file already says exactly that; true if written.
+/// A running pod's containers need it each time one (re)starts, so a spec that was removed,
+/// damaged or written for other settings is put right.
+pub fn ensure_spec(
+    layout: &cdi::Layout,
+    cdi_dir: &Path,
+    t: &TenantName,
+) -> Result<bool, TenantError> {
+    let path = cdi_dir.join(cdi::spec_file_name(t));
+    let wanted = cdi::to_json(&layout.spec(std::slice::from_ref(t)))?;
+    if fs::read_to_string(&path).is_ok_and(|text| text == wanted) {
+        return Ok(false);
+    }
+    cdi::write_atomically(&path, &wanted)?;
+    Ok(true)
 }
 
 /// Why a tenant's allocation can no longer be in use, if it cannot.
