@@ -594,6 +594,60 @@ fn a_restarted_plugin_keeps_its_tenants_and_drops_what_is_stale() {
 }
 
 #[test]
+fn a_tenant_with_a_live_process_is_never_removed() {
+    let node = PluginNode::new();
+    let plugin = node.start(&[]);
+    let earlier = slice(FAKE_GPU0, 1);
+    let rt = runtime();
+    let mut client = rt.block_on(async {
+        let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
+        let registration = kubelet.registration().await;
+        let mut client = kubelet.plugin(&registration.endpoint).await;
+        allocate(&mut client, &[earlier.clone(), slice(FAKE_GPU0, 2)])
+            .await
+            .expect("Allocate");
+        client
+    });
+
+    // A process of that tenant, under the shim, holding memory and its slot.
+    let mut command = Command::new(cudaprobe());
+    command
+        .args(["dlsym", "alloc", "1M", "hold"])
+        .env("LD_PRELOAD", &node.node.shim)
+        .env("GPUSLICE_TENANT", &earlier)
+        .env("GPUSLICE_DIR", node.node.dir.ledger_dir())
+        .env("LD_LIBRARY_PATH", node.node.dir.path().join("lib"))
+        .env("FAKECUDA_STATE_DIR", node.gpu_state_dir())
+        .env("FAKECUDA_DEVICES", &node.devices);
+    let mut holder = Running::spawn(&mut command);
+    holder.wait_for_line("holding");
+
+    // Slice 1 is allocated again (as if its container were gone, which it is not).
+    rt.block_on(async {
+        allocate(&mut client, &[slice(FAKE_GPU0, 0), earlier.clone()])
+            .await
+            .expect("Allocate");
+    });
+    plugin.wait_for_log(&format!(
+        "tenant {earlier} held slices allocated again, but 1 process"
+    ));
+    assert!(
+        node.node.dir.tenant_exists(&earlier),
+        "removed under a live process"
+    );
+
+    // Once the process is gone, the next allocation of its slices removes it.
+    drop(holder);
+    rt.block_on(async {
+        allocate(&mut client, &[slice(FAKE_GPU0, 0), earlier.clone()])
+            .await
+            .expect("Allocate");
+    });
+    plugin.wait_for_log(&format!("removed tenant {earlier}"));
+    assert!(!node.node.dir.tenant_exists(&earlier));
+}
+
+#[test]
 fn bad_requests_get_clear_errors_and_the_plugin_keeps_serving() {
     let node = PluginNode::new();
     let mut plugin = node.start(&[]);
