@@ -7,6 +7,7 @@
 //! cannot run even a trivial container (no privileges, no cgroups), it is skipped with a
 //! loud message saying why; CI installs podman (`.ci/run`), so there it runs.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -103,14 +104,17 @@ fn rootfs(dir: &Path) -> PathBuf {
     root
 }
 
-/// Why containers cannot run here, if they cannot: podman missing, or failing a trivial
-/// container.
-fn cannot_run_containers(rootfs: &Path) -> Option<String> {
+/// Why there is no podman to use, if there is none.
+fn no_podman() -> Option<String> {
     match Command::new("podman").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => return Some(format!("podman --version failed: {out:?}")),
-        Err(e) => return Some(format!("podman is not installed ({e})")),
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!("podman --version failed: {out:?}")),
+        Err(e) => Some(format!("podman is not installed ({e})")),
     }
+}
+
+/// Why containers cannot run here, if they cannot: podman fails a trivial container.
+fn cannot_run_containers(rootfs: &Path) -> Option<String> {
     let out = finish(podman_run(
         &[],
         rootfs,
@@ -130,13 +134,12 @@ fn cannot_run_containers(rootfs: &Path) -> Option<String> {
 fn podman_runs_a_container_as_the_tenant_of_its_allocation() {
     let mut node = PluginNode::new();
     node.devices = "1Gi".into();
+    if let Some(why) = no_podman() {
+        return skip(&why);
+    }
     let root = rootfs(node.node.dir.path());
     if let Some(why) = cannot_run_containers(&root) {
-        eprintln!(
-            "\n*** SKIPPED podman_runs_a_container_as_the_tenant_of_its_allocation: {why}\n\
-             *** The CDI spec is NOT tested with a container runtime on this machine.\n"
-        );
-        return;
+        return skip(&why);
     }
 
     // NVIDIA's CDI device does not exist here: the rootfs has the (simulated) driver.
@@ -168,7 +171,10 @@ fn podman_runs_a_container_as_the_tenant_of_its_allocation() {
     // 1 of 4 slices of a 1 GiB GPU: 256 MiB, of which the context takes 64 MiB.
     // The spec the plugin wrote, where podman looks for specs.
     let spec = node.cdi_dir.join(format!("gpuslice.dev-gpu_{tenant}.json"));
-    let _installed = InstalledSpec::install(&spec).unwrap_or_else(|why| panic!("{why}"));
+    let _installed = match InstalledSpec::install(&spec) {
+        Ok(installed) => installed,
+        Err(why) => return skip(&why),
+    };
     let mut command = podman_run(
         &[
             "--device",
@@ -216,6 +222,16 @@ fn podman_runs_a_container_as_the_tenant_of_its_allocation() {
         .find(|t| t["name"] == tenant.as_str())
         .expect("the tenant in status");
     assert_eq!(entry["gpus"][0]["oom_refusals"], 1, "{status}");
+}
+
+/// Says loudly that the test did not run, and why: on stderr itself, not through the test
+/// harness's capture (which would show it only for a failing test).
+fn skip(why: &str) {
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n*** SKIPPED podman_runs_a_container_as_the_tenant_of_its_allocation: {why}\n\
+         *** The CDI spec is NOT tested with a container runtime on this machine.\n"
+    );
 }
 
 /// Slice `i` of the simulated GPU 0.
