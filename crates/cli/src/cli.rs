@@ -321,6 +321,10 @@ pub struct DevicePluginArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 
+    /// The kubelet's pod resources socket, "" for none [default: /var/lib/kubelet/pod-resources/kubelet.sock]
+    #[arg(long, value_name = "PATH")]
+    pub pod_resources_socket: Option<PathBuf>,
+
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: tracing::Level,

@@ -29,6 +29,16 @@ mod api {
     tonic::include_proto!("v1beta1");
 }
 
+mod podresources {
+    #![allow(
+        missing_docs,
+        missing_debug_implementations,
+        clippy::all,
+        clippy::pedantic
+    )]
+    tonic::include_proto!("v1");
+}
+
 use api::device_plugin_client::DevicePluginClient;
 use api::registration_server::{Registration, RegistrationServer};
 
@@ -59,6 +69,11 @@ impl PluginNode {
         }
     }
 
+    /// Where the fake kubelet serves its pod resources API.
+    pub fn pod_resources_socket(&self) -> PathBuf {
+        self.node.dir.path().join("pod-resources.sock")
+    }
+
     /// The simulated GPU's state directory (where `lost-gpus` goes).
     pub fn gpu_state_dir(&self) -> PathBuf {
         self.node.dir.path().join("gpu")
@@ -78,6 +93,8 @@ impl PluginNode {
             .arg("--shim")
             .arg(&self.node.shim)
             .args(["--health-interval-ms", "100"])
+            .arg("--pod-resources-socket")
+            .arg(self.pod_resources_socket())
             .args(extra);
         command
     }
@@ -181,6 +198,49 @@ impl Registration for FakeRegistration {
         let _ = self.0.send(request.into_inner());
         Ok(tonic::Response::new(api::Empty {}))
     }
+}
+
+/// The kubelet's pod resources service: one pod, one container, with the devices the test
+/// says are assigned.
+struct FakePodResources(Arc<Mutex<Vec<String>>>);
+
+#[tonic::async_trait]
+impl podresources::pod_resources_lister_server::PodResourcesLister for FakePodResources {
+    async fn list(
+        &self,
+        _request: tonic::Request<podresources::ListPodResourcesRequest>,
+    ) -> Result<tonic::Response<podresources::ListPodResourcesResponse>, tonic::Status> {
+        let device_ids = self.0.lock().expect("assigned").clone();
+        Ok(tonic::Response::new(
+            podresources::ListPodResourcesResponse {
+                pod_resources: vec![podresources::PodResources {
+                    name: "pod".into(),
+                    namespace: "default".into(),
+                    containers: vec![podresources::ContainerResources {
+                        name: "main".into(),
+                        devices: vec![podresources::ContainerDevices {
+                            resource_name: "gpuslice.dev/gpu".into(),
+                            device_ids,
+                        }],
+                    }],
+                }],
+            },
+        ))
+    }
+}
+
+/// Serves the pod resources API at `socket`, listing `assigned` as one container's devices.
+fn serve_pod_resources(socket: &Path, assigned: Arc<Mutex<Vec<String>>>) {
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket).expect("bind pod resources");
+    let service = podresources::pod_resources_lister_server::PodResourcesListerServer::new(
+        FakePodResources(assigned),
+    );
+    tokio::spawn(
+        Server::builder()
+            .add_service(service)
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
 }
 
 /// A kubelet, as far as device plugins can tell: `kubelet.sock` serving `Registration`, and
@@ -645,6 +705,50 @@ fn a_tenant_with_a_live_process_is_never_removed() {
     });
     plugin.wait_for_log(&format!("removed tenant {earlier}"));
     assert!(!node.node.dir.tenant_exists(&earlier));
+}
+
+#[test]
+fn a_tenant_whose_pod_is_gone_is_removed() {
+    let node = PluginNode::new();
+    let config = node.node.dir.path().join("plugin.yaml");
+    std::fs::write(
+        &config,
+        "cleanupGraceSeconds: 0\nsweepIntervalSeconds: 0.1\n",
+    )
+    .expect("config");
+    let plugin = node.start(&["--config", config.to_str().expect("utf-8")]);
+    let (stays, goes) = (slice(FAKE_GPU0, 0), slice(FAKE_GPU0, 1));
+    let assigned = Arc::new(Mutex::new(vec![stays.clone(), goes.clone()]));
+    runtime().block_on(async {
+        serve_pod_resources(&node.pod_resources_socket(), Arc::clone(&assigned));
+        let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
+        let registration = kubelet.registration().await;
+        let mut client = kubelet.plugin(&registration.endpoint).await;
+        for id in [&stays, &goes] {
+            allocate(&mut client, std::slice::from_ref(id))
+                .await
+                .expect("Allocate");
+        }
+        // The pod that had `goes` is deleted: the kubelet no longer lists its device.
+        assigned.lock().expect("assigned").retain(|d| *d != goes);
+        tokio::task::spawn_blocking(move || {
+            plugin.wait_for_log(&format!("removed tenant {goes}: no container"));
+            plugin
+        })
+        .await
+        .expect("wait");
+    });
+    assert!(
+        node.node.dir.tenant_exists(&stays),
+        "a tenant in use was removed"
+    );
+    assert!(!node.node.dir.tenant_exists(&slice(FAKE_GPU0, 1)));
+    assert!(
+        !node
+            .cdi_dir
+            .join(format!("gpuslice.dev-gpu_{}.json", slice(FAKE_GPU0, 1)))
+            .exists()
+    );
 }
 
 #[test]

@@ -7,7 +7,6 @@
 //! anyway: NVIDIA's CDI device gives it only its own GPUs.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use gpuslice_ledger::{GpuUuid, Ledger, Limits, TenantName, TenantQuota};
 use tokio::sync::watch;
@@ -136,7 +135,7 @@ impl Allocator {
         let record = Record {
             resource: self.resource.name.clone(),
             devices: devices.clone(),
-            allocated_unix_ms: now_ms(),
+            allocated_unix_ms: tenants::now_ms(),
         };
         self.create_tenant(&tenant, &record, &quota)
             .map_err(failed)?;
@@ -313,14 +312,6 @@ fn describe(quota: &TenantQuota, per_gpu: &[(Gpu, u32)]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

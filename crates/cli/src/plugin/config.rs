@@ -26,6 +26,12 @@ pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
 pub const DEFAULT_NVIDIA_DEVICE: &str = "nvidia.com/gpu={uuid}";
 /// How often GPU health is checked.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// The kubelet's pod resources socket.
+pub const DEFAULT_POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+/// How often tenants and CDI specs are swept.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How old an allocation must be before the pod resources API's word removes it.
+pub const DEFAULT_CLEANUP_GRACE: Duration = Duration::from_secs(120);
 
 /// The settings file, as written (camelCase keys, every one optional).
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +49,9 @@ struct File {
     nvidia_cdi_device: Option<String>,
     health_interval_seconds: Option<f64>,
     metrics_listen: Option<String>,
+    pod_resources_socket: Option<PathBuf>,
+    sweep_interval_seconds: Option<f64>,
+    cleanup_grace_seconds: Option<f64>,
 }
 
 /// One resource in the file.
@@ -122,6 +131,12 @@ pub struct Config {
     pub health_interval: Duration,
     /// Where to serve Prometheus metrics; `None` for nowhere.
     pub metrics_listen: Option<String>,
+    /// The kubelet's pod resources socket; `None` not to ask it.
+    pub pod_resources_socket: Option<PathBuf>,
+    /// How often tenants and CDI specs are swept.
+    pub sweep_interval: Duration,
+    /// How old an allocation must be before the pod resources API's word removes it.
+    pub cleanup_grace: Duration,
 }
 
 /// Settings that cannot be used.
@@ -266,6 +281,40 @@ fn resolve(file: File, args: &DevicePluginArgs, origin: &str) -> Result<Config, 
         }
     };
 
+    let seconds = |field: &'static str,
+                   value: Option<f64>,
+                   range: std::ops::RangeInclusive<f64>,
+                   default: Duration| match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && range.contains(&s) => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(bad(
+            field,
+            s.to_string(),
+            &format!("{} to {} (seconds)", range.start(), range.end()),
+        )),
+    };
+    let sweep_interval = seconds(
+        "sweepIntervalSeconds",
+        file.sweep_interval_seconds,
+        0.1..=3600.0,
+        DEFAULT_SWEEP_INTERVAL,
+    )?;
+    let cleanup_grace = seconds(
+        "cleanupGraceSeconds",
+        file.cleanup_grace_seconds,
+        0.0..=86400.0,
+        DEFAULT_CLEANUP_GRACE,
+    )?;
+    let pod_resources_socket = match args
+        .pod_resources_socket
+        .clone()
+        .or(file.pod_resources_socket)
+    {
+        None => Some(PathBuf::from(DEFAULT_POD_RESOURCES_SOCKET)),
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p),
+    };
+
     let health_interval = match args.health_interval_ms {
         Some(ms) => Duration::from_millis(ms),
         None => match file.health_interval_seconds {
@@ -298,6 +347,9 @@ fn resolve(file: File, args: &DevicePluginArgs, origin: &str) -> Result<Config, 
             .clone()
             .or(file.metrics_listen)
             .filter(|a| !a.is_empty()),
+        pod_resources_socket,
+        sweep_interval,
+        cleanup_grace,
     })
 }
 
@@ -456,6 +508,15 @@ mod tests {
             Some("nvidia.com/gpu={uuid}")
         );
         assert_eq!(c.metrics_listen, None);
+        assert_eq!(
+            c.pod_resources_socket.as_deref(),
+            Some(Path::new("/var/lib/kubelet/pod-resources/kubelet.sock"))
+        );
+        assert_eq!(c.sweep_interval, Duration::from_secs(30));
+        assert_eq!(c.cleanup_grace, Duration::from_secs(120));
+        let c = from_text("podResourcesSocket: \"\"\ncleanupGraceSeconds: 0", &[]).unwrap();
+        assert_eq!(c.pod_resources_socket, None);
+        assert_eq!(c.cleanup_grace, Duration::ZERO);
     }
 
     #[test]
@@ -510,6 +571,8 @@ healthIntervalSeconds: 0.5
             ("nvidiaCdiDevice: nvidia.com/gpu", "nvidiaCdiDevice"),
             ("ledgerDir: relative/dir", "ledgerDir"),
             ("healthIntervalSeconds: 0", "healthIntervalSeconds"),
+            ("sweepIntervalSeconds: 0", "sweepIntervalSeconds"),
+            ("cleanupGraceSeconds: -1", "cleanupGraceSeconds"),
             ("preload: ld_preload", "unknown variant"),
         ] {
             let err = from_text(text, &[]).unwrap_err().to_string();

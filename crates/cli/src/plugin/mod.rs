@@ -11,6 +11,7 @@
 //! server           DevicePlugin: options, ListAndWatch, GetPreferredAllocation, Allocate
 //! allocate         slices -> tenant + quota (ledger) + CDI spec -> CDI device names
 //! tenants          the plugin's tenants: names, records, cleanup
+//! podresources     the kubelet's pod resources API: which devices containers still have
 //! ```
 //!
 //! Nothing here exits on bad input from outside: a config file that does not parse is
@@ -24,6 +25,7 @@ mod config;
 mod health;
 mod kubelet;
 mod nvml;
+mod podresources;
 mod server;
 mod slices;
 mod tenants;
@@ -43,8 +45,6 @@ use health::Inventory;
 
 /// How often a config file is read again (to apply a change, or to see a fix).
 const CONFIG_POLL: Duration = Duration::from_secs(2);
-/// How often the plugin's tenants and CDI specs are swept.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs `gpuslice device-plugin` until SIGTERM or SIGINT.
 pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
@@ -248,22 +248,46 @@ fn prepare(config: &Config) -> anyhow::Result<Ledger> {
 }
 
 /// Sweeps the plugin's tenants and CDI specs at start, whenever GPU health changes, and
-/// every [`SWEEP_INTERVAL`].
+/// every `sweep_interval`, asking the kubelet first which devices its containers have.
 async fn sweep_forever(
     ledger: Ledger,
     config: Config,
     mut inventory: watch::Receiver<Inventory>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut last_error = String::new();
     loop {
+        let in_use = match &config.pod_resources_socket {
+            None => None,
+            Some(socket) => match podresources::devices_in_use(socket).await {
+                Ok(devices) => {
+                    if !last_error.is_empty() {
+                        tracing::info!("the kubelet's pod resources answer again");
+                        last_error.clear();
+                    }
+                    Some(devices)
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text != last_error {
+                        tracing::warn!(
+                            "cannot list the kubelet's pod resources ({text}); tenants are \
+                             removed only when their slices are allocated again"
+                        );
+                        last_error = text;
+                    }
+                    None
+                }
+            },
+        };
         let snapshot = inventory.borrow_and_update().clone();
         let (ledger_now, config_now) = (ledger.clone(), config.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            tenants::sweep(&ledger_now, &config_now, &snapshot)
+            tenants::sweep(&ledger_now, &config_now, &snapshot, in_use.as_ref())
         })
         .await;
         tokio::select! {
-            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            () = tokio::time::sleep(config.sweep_interval) => {}
             changed = inventory.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }

@@ -12,20 +12,23 @@
 //! its tenants from the ledger alone, and a tenant without it (made by `gpuslice run` or an
 //! administrator) is never touched.
 //!
-//! **Cleanup.** The kubelet never says when a container is gone. What the plugin knows for
-//! sure is that a slice it is asked to allocate is no longer used by the container it was
-//! allocated to before. So:
+//! **Cleanup.** The device plugin API has no "deallocate". The plugin learns that a
+//! container is gone when a slice it is asked to allocate is no longer used by the container
+//! it was allocated to before, and from the kubelet's pod resources API. So:
 //! - at `Allocate`, an earlier tenant holding any of the slices being allocated is removed;
 //! - at every sweep, a tenant whose GPU this node no longer has, or whose slices no
-//!   resource advertises any more (the configuration changed), is removed;
+//!   resource advertises any more (the configuration changed), is removed, and so is one
+//!   whose slices no container has according to the kubelet's pod resources API (its pod is
+//!   gone), once it is older than a grace period (the kubelet lists an allocation only after
+//!   `Allocate` returned);
 //! - a CDI spec file of gpuslice's whose tenant the ledger does not have (left over from a
 //!   removed tenant, a crash, or another ledger) is removed, and a tenant's spec that is
 //!   missing, damaged or out of date is written again.
 //!
-//! Never a tenant in which a process still holds a live slot, though (a warning says so). A
-//! tenant whose pod is gone but whose slices are not reused meanwhile stays, holding no
-//! memory (its processes' slots are dead), until one of them is allocated again: at most one
-//! such tenant per slice.
+//! Never a tenant in which a process still holds a live slot, though (a warning says so).
+//! Where the pod resources API cannot be reached, a tenant whose pod is gone stays, holding
+//! no memory (its processes' slots are dead), until one of its slices is allocated again: at
+//! most one such tenant per slice.
 
 use std::collections::HashSet;
 use std::fs;
@@ -216,10 +219,17 @@ fn remove_spec(cdi_dir: &Path, tenant: &str) -> Result<(), TenantError> {
     }
 }
 
-/// One sweep: removes the plugin's tenants whose GPU is gone or whose slices no resource
-/// advertises (unless in use), and gpuslice CDI spec files without a tenant. Returns what
+/// One sweep: removes the plugin's tenants whose GPU is gone, whose slices no resource
+/// advertises, or (with `in_use`, the devices the kubelet's containers have) whose slices
+/// no container has, unless a process holds a live slot in them; removes gpuslice CDI spec
+/// files without a tenant and rewrites tenants' specs that are not as they should be. Returns what
 /// was removed, for the log; problems with one tenant are logged and do not stop the rest.
-pub fn sweep(ledger: &Ledger, config: &Config, inventory: &Inventory) -> Vec<String> {
+pub fn sweep(
+    ledger: &Ledger,
+    config: &Config,
+    inventory: &Inventory,
+    in_use: Option<&HashSet<String>>,
+) -> Vec<String> {
     let mut removed = Vec::new();
     let tenants = match plugin_tenants(ledger, |t, e| {
         tracing::warn!("tenant {t}: {e}");
@@ -237,7 +247,7 @@ pub fn sweep(ledger: &Ledger, config: &Config, inventory: &Inventory) -> Vec<Str
         .map(|t| t.as_str().to_string())
         .collect();
     for (t, record) in &tenants {
-        let Some(reason) = obsolete(record, config, inventory) else {
+        let Some(reason) = obsolete(record, config, inventory, in_use, now_ms()) else {
             continue;
         };
         match remove_unless_in_use(ledger, t, &config.cdi_dir) {
@@ -295,7 +305,13 @@ pub fn ensure_spec(
 }
 
 /// Why a tenant's allocation can no longer be in use, if it cannot.
-fn obsolete(record: &Record, config: &Config, inventory: &Inventory) -> Option<String> {
+fn obsolete(
+    record: &Record,
+    config: &Config,
+    inventory: &Inventory,
+    in_use: Option<&HashSet<String>>,
+    now_ms: u64,
+) -> Option<String> {
     if inventory.discovered
         && let Some(gone) = record.slices().find(|s| inventory.gpu(&s.gpu).is_none())
     {
@@ -312,7 +328,23 @@ fn obsolete(record: &Record, config: &Config, inventory: &Inventory) -> Option<S
             record.resource
         ));
     }
+    // The kubelet lists an allocation only once Allocate has returned: give it time.
+    let grace_ms = u64::try_from(config.cleanup_grace.as_millis()).unwrap_or(u64::MAX);
+    if let Some(in_use) = in_use
+        && now_ms.saturating_sub(record.allocated_unix_ms) >= grace_ms
+        && !record.devices.iter().any(|d| in_use.contains(d))
+    {
+        return Some("no container on this node has its slices any more (pod gone)".into());
+    }
     None
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// The gpuslice spec files in `cdi_dir` whose tenant is not in `tenants`.
@@ -381,6 +413,74 @@ mod tests {
         assert_eq!(
             stale_specs(dir.path(), &tenants),
             ["gpuslice.dev-gpu_b.json"]
+        );
+    }
+
+    #[test]
+    fn a_tenant_is_obsolete_when_its_gpu_is_gone_or_no_container_has_its_slices() {
+        let args = match <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "gpuslice",
+            "device-plugin",
+            "--shim",
+            "/s.so",
+        ])
+        .unwrap()
+        .command
+        {
+            crate::cli::Command::DevicePlugin(a) => a,
+            _ => unreachable!(),
+        };
+        let config = Config::load(&args).unwrap();
+        let gpu = |g: u8| super::super::nvml::Gpu {
+            index: u32::from(g),
+            uuid: slice(g, 0).gpu,
+            memory_bytes: 1 << 30,
+        };
+        let inventory = Inventory {
+            discovered: true,
+            gpus: vec![super::super::slices::GpuState {
+                gpu: gpu(0),
+                problem: None,
+            }],
+        };
+        let record = |g: u8, at: u64| Record {
+            resource: "gpuslice.dev/gpu".into(),
+            devices: vec![slice(g, 1).to_string()],
+            allocated_unix_ms: at,
+        };
+        let now = 1_000_000;
+        let old = now - 200_000;
+        assert_eq!(
+            obsolete(&record(0, old), &config, &inventory, None, now),
+            None
+        );
+        assert!(obsolete(&record(1, old), &config, &inventory, None, now).is_some());
+        let mut in_use = HashSet::new();
+        assert!(
+            obsolete(&record(0, old), &config, &inventory, Some(&in_use), now).is_some(),
+            "no container has it"
+        );
+        assert_eq!(
+            obsolete(
+                &record(0, now - 1000),
+                &config,
+                &inventory,
+                Some(&in_use),
+                now
+            ),
+            None,
+            "too young for the kubelet to list it"
+        );
+        in_use.insert(slice(0, 1).to_string());
+        assert_eq!(
+            obsolete(&record(0, old), &config, &inventory, Some(&in_use), now),
+            None
+        );
+        let undiscovered = Inventory::default();
+        assert_eq!(
+            obsolete(&record(1, old), &config, &undiscovered, None, now),
+            None,
+            "GPUs not known yet: nothing is gone"
         );
     }
 }
