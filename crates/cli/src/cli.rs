@@ -49,6 +49,12 @@ pub enum Command {
     /// Watch two tenants share one GPU under memory quotas (real or simulated GPU).
     #[command(after_help = DEMO_HELP)]
     Demo(DemoArgs),
+    /// Kubernetes device plugin: advertise GPU slices to the kubelet, one tenant each.
+    #[command(name = "device-plugin", after_help = DEVICE_PLUGIN_HELP)]
+    DevicePlugin(DevicePluginArgs),
+    /// Container Device Interface specs that inject the shim and a tenant.
+    #[command(subcommand)]
+    Cdi(CdiCommand),
     /// One tenant's program of `demo` (run by `demo` itself, under the shim).
     #[command(name = "__demo-worker", hide = true)]
     DemoWorker(DemoWorkerArgs),
@@ -256,6 +262,135 @@ pub struct TopArgs {
         value_parser = clap::value_parser!(u64).range(10..=3_600_000)
     )]
     pub interval: u64,
+}
+
+/// What `device-plugin` does, after the flags in `--help`.
+const DEVICE_PLUGIN_HELP: &str = "\
+Every GPU NVML lists is cut into N slices (--slices-per-gpu, default 4) and
+advertised to the kubelet as gpuslice.dev/gpu. A container that asks for k
+slices gets a tenant with k/N of the GPU's memory and a k/N share of its time,
+a CDI spec in --cdi-dir, and the CDI devices nvidia.com/gpu=<uuid> and
+gpuslice.dev/gpu=<tenant>. Flags override the --config file (YAML, see
+docs/kubernetes.md). A config file that cannot be used is reported and read
+again every 2 seconds; the plugin never exits over it.
+
+Exit codes:
+  0  stopped by SIGTERM or SIGINT
+  2  usage error (a bad flag, or no shim)";
+
+/// `gpuslice device-plugin`.
+#[derive(Debug, Args)]
+pub struct DevicePluginArgs {
+    /// Settings file (YAML or JSON); flags override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Slices each GPU is cut into [default: 4]
+    #[arg(long, value_name = "N")]
+    pub slices_per_gpu: Option<u32>,
+
+    /// Ledger directory on the host [default: /run/gpuslice]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// The shim on the host [default: as for run]
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+
+    /// How containers preload the shim [default: env]
+    #[arg(long, value_enum)]
+    pub preload: Option<crate::cdi::Preload>,
+
+    /// Where CDI specs of allocations are written [default: /var/run/cdi]
+    #[arg(long, value_name = "DIR")]
+    pub cdi_dir: Option<PathBuf>,
+
+    /// The kubelet's device plugin directory [default: /var/lib/kubelet/device-plugins]
+    #[arg(long, value_name = "DIR")]
+    pub kubelet_dir: Option<PathBuf>,
+
+    /// NVIDIA's CDI device per GPU, {uuid} or {index}; "" for none [default: nvidia.com/gpu={uuid}]
+    #[arg(long, value_name = "TEMPLATE")]
+    pub nvidia_cdi_device: Option<String>,
+
+    /// Milliseconds between GPU health checks [default: 5000]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub health_interval_ms: Option<u64>,
+
+    /// Serve Prometheus metrics of the ledger at this address (e.g. 0.0.0.0:9400)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// The kubelet's pod resources socket, "" for none [default: /var/lib/kubelet/pod-resources/kubelet.sock]
+    #[arg(long, value_name = "PATH")]
+    pub pod_resources_socket: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug, trace
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: tracing::Level,
+}
+
+/// `gpuslice cdi`.
+#[derive(Debug, Subcommand)]
+pub enum CdiCommand {
+    /// Print gpuslice's CDI spec: one device per tenant (gpuslice.dev/gpu=TENANT).
+    #[command(after_help = CDI_GENERATE_HELP)]
+    Generate(CdiGenerateArgs),
+}
+
+/// What `cdi generate` writes, after the flags in `--help`.
+const CDI_GENERATE_HELP: &str = "\
+The spec (cdiVersion 0.5.0, kind gpuslice.dev/gpu) mounts the shim read-only
+and preloads it (LD_PRELOAD, or with --preload ld-so-preload a file mounted at
+/etc/ld.so.preload), mounts the ledger directory read-only with GPUSLICE_DIR
+set, and has one device per tenant that sets GPUSLICE_TENANT and mounts the
+tenant's usage file read-write (created if missing, since a mount needs it).
+Tenants are --tenant, or every tenant of the ledger. Limits are the tenants'
+quota files: create tenants with gpuslice run or the device plugin.";
+
+/// `gpuslice cdi generate`.
+#[derive(Debug, Args)]
+pub struct CdiGenerateArgs {
+    /// A tenant to make a device for (repeatable) [default: every tenant]
+    #[arg(long, value_name = "NAME", value_parser = parse_tenant)]
+    pub tenant: Vec<TenantName>,
+
+    /// Ledger directory on the host [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// The ledger directory as containers see it [default: the same as --dir]
+    #[arg(long, value_name = "DIR")]
+    pub container_dir: Option<PathBuf>,
+
+    /// The shim on the host [default: as for run]
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+
+    /// The shim as containers see it [default: the same as --shim]
+    #[arg(long, value_name = "PATH")]
+    pub container_shim: Option<PathBuf>,
+
+    /// How containers preload the shim
+    #[arg(long, value_enum, default_value = "env")]
+    pub preload: crate::cdi::Preload,
+
+    /// Output format
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: CdiFormat,
+
+    /// Write the spec to this file (whole, atomically) instead of stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `cdi generate --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CdiFormat {
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
 }
 
 /// `--tenant`'s value parser.

@@ -163,6 +163,32 @@ the refusal, the refusal, and whether allocating after freeing worked.
 - **Exit**: 0 when each tenant saw its quota as the total, was refused at or below it and
   could allocate again; 1 with the reason otherwise.
 
+# `gpuslice device-plugin [--config FILE] [--slices-per-gpu N] [FLAGS]`
+
+The Kubernetes device plugin (kubelet device plugin API v1beta1, over the Unix sockets of
+`--kubelet-dir`): every GPU NVML lists is cut into N slices, advertised as
+`gpuslice.dev/gpu` (or as several resources that split each GPU's slices, from the config
+file), with device IDs `GPU-<uuid>-slice-<i>`. `Allocate` of k slices creates the tenant
+`GPU-<uuid>-slice-<lowest>` with k/N of each GPU's memory, a k/N compute share and the
+resource's priority, writes `gpuslice.dev-gpu_<tenant>.json` (a CDI spec) in `--cdi-dir`,
+and answers with the CDI devices `nvidia.com/gpu=<uuid>` and `gpuslice.dev/gpu=<tenant>`.
+GPU health (NVML) is followed in `ListAndWatch`; a kubelet restart is followed by a new
+registration; tenants are found again in the ledger after a restart of the plugin.
+`--metrics-listen ADDR` serves what `gpuslice metrics` serves. It logs to stderr and runs
+until SIGTERM or SIGINT (exit 0); a bad flag is exit 2, but a config file that cannot be
+used is reported and read again until it can. Settings, behaviour, deployment:
+`docs/kubernetes.md`.
+
+# `gpuslice cdi generate [--tenant NAME]... [--dir DIR] [--shim PATH] [--format json|yaml] [--output FILE]`
+
+Prints a CDI spec (`cdiVersion` 0.5.0, kind `gpuslice.dev/gpu`) with one device per tenant
+(`--tenant`, or every tenant of the ledger): the shim mounted read-only and preloaded
+(`--preload env` sets `LD_PRELOAD`; `ld-so-preload` mounts `<ledger>/ld.so.preload` at
+`/etc/ld.so.preload`), the ledger mounted read-only with `GPUSLICE_DIR`, and per tenant
+`GPUSLICE_TENANT` and its usage file mounted read-write (created if missing).
+`--container-dir` and `--container-shim` say where containers see them when the paths
+differ from the host's. A tenant without a quota file is a usage error (exit 2).
+
 # `gpuslice completions bash|zsh|fish|elvish|powershell`
 
 Prints the shell's completion script, e.g. `gpuslice completions bash >
@@ -185,6 +211,7 @@ change the exit code, which stays the command's.
 */
 #![deny(missing_docs)]
 
+mod cdi;
 mod cli;
 mod completions;
 mod demo;
@@ -194,6 +221,7 @@ mod exit;
 mod gpu;
 mod locate;
 mod metrics;
+mod plugin;
 mod quantity;
 mod run;
 mod signals;
@@ -238,6 +266,8 @@ fn main() -> ExitCode {
         Command::Completions(args) => completions::completions(&args),
         Command::Demo(args) => demo::demo(args),
         Command::DemoWorker(args) => demo_worker::worker(&args),
+        Command::DevicePlugin(args) => plugin::device_plugin(args),
+        Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -58,6 +58,14 @@ pub fn metrics(args: MetricsArgs) -> Result<u8, Failure> {
         "gpuslice metrics: serving http://{address}/metrics (ledger {})",
         dir.display()
     );
+    serve_forever(&listener, dir);
+    Ok(exit::OK)
+}
+
+/// Serves `GET /metrics` for the ledger at `dir` on `listener`, one thread per connection
+/// (at most [`MAX_CONNECTIONS`]), for as long as the process runs. The device plugin serves its
+/// metrics with this too.
+pub fn serve_forever(listener: &TcpListener, dir: PathBuf) {
     let dir = Arc::new(dir);
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
@@ -84,7 +92,6 @@ pub fn metrics(args: MetricsArgs) -> Result<u8, Failure> {
             active.fetch_sub(1, Ordering::AcqRel);
         }
     }
-    Ok(exit::OK)
 }
 
 /// Answers one connection: one request, then the connection is closed.

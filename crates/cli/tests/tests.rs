@@ -1,7 +1,8 @@
 //! The `gpuslice` command, tested by running the real binary: `run` (exit codes, signals,
 //! the environment it gives the command, tenant creation, joining and cleanup), `status`
 //! (JSON and table, damaged files), and both over the real shim and the simulated GPU, as
-//! does `demo`.
+//! does `demo`; `device-plugin` against a fake kubelet (`plugin`), and its CDI specs in a
+//! real container runtime (`podman`).
 
 mod util;
 
@@ -9,6 +10,8 @@ mod demo;
 mod doctor;
 mod end_to_end;
 mod metrics;
+mod plugin;
+mod podman;
 mod run;
 mod status;
 mod tenants;

@@ -50,6 +50,8 @@
 //!   (of any program sharing the state directory) with at least one context on the device,
 //!   with its `getpid()` and all the device memory it holds (context footprints,
 //!   allocations, module memory); instance ids are `0xFFFFFFFF`, as without MIG.
+//! - **A lost GPU**: NVML calls on a device listed in `<FAKECUDA_STATE_DIR>/lost-gpus` fail
+//!   with `NVML_ERROR_GPU_IS_LOST`, read afresh at every call (see `faults`).
 //!
 //! # Environment
 //!
@@ -117,6 +119,7 @@ pub mod driver;
 pub mod error;
 pub mod event;
 pub mod exports;
+pub mod faults;
 pub mod handles;
 pub mod kernel;
 pub mod launch;

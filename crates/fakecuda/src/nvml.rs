@@ -7,6 +7,7 @@ use parking_lot::Mutex;
 use crate::config::MAX_DEVICES;
 use crate::device::Device;
 use crate::driver::{self, Driver};
+use crate::faults;
 
 /// An `nvmlReturn_t` error the simulated NVML returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub enum NvmlError {
     InsufficientSize = 7,
     /// `NVML_ERROR_DRIVER_NOT_LOADED`: the simulated driver's configuration is invalid.
     DriverNotLoaded = 9,
+    /// `NVML_ERROR_GPU_IS_LOST`: the device is listed in the state directory's `lost-gpus`
+    /// file (see `faults`).
+    GpuIsLost = 15,
     /// `NVML_ERROR_FUNCTION_NOT_FOUND`: what driver 580 returns for a versioned struct of a
     /// version it does not know.
     FunctionNotFound = 13,
@@ -107,13 +111,27 @@ pub fn handle_of(index: usize) -> usize {
     HANDLES.as_ptr() as usize + index
 }
 
-/// The device behind an `nvmlDevice_t`.
+/// The device behind an `nvmlDevice_t`; `NVML_ERROR_GPU_IS_LOST` if it is listed as lost.
 pub fn device(handle: usize) -> NvmlResult<&'static Device> {
     let index = handle
         .checked_sub(HANDLES.as_ptr() as usize)
         .ok_or(NvmlError::InvalidArgument)?;
-    driver()?
+    let driver = driver()?;
+    let device = driver
         .devices
         .get(index)
-        .ok_or(NvmlError::InvalidArgument)
+        .ok_or(NvmlError::InvalidArgument)?;
+    not_lost(driver, device)
+}
+
+/// `device`, unless the state directory's `lost-gpus` file lists it (`faults`).
+pub fn not_lost(driver: &Driver, device: &'static Device) -> NvmlResult<&'static Device> {
+    if faults::is_lost(
+        &driver.config.state_dir,
+        device.index,
+        &device.uuid_string(),
+    ) {
+        return Err(NvmlError::GpuIsLost);
+    }
+    Ok(device)
 }

@@ -188,9 +188,9 @@ nvml_api! {
     /// `nvmlDeviceGetHandleByIndex_v2`.
     fn nvmlDeviceGetHandleByIndex_v2 | nvmlDeviceGetHandleByIndex (index: c_uint, device: Out<'_, usize>) {
         let index = usize::try_from(index).map_err(|_| NvmlError::InvalidArgument)?;
-        if index >= nvml::driver()?.devices.len() {
-            return Err(NvmlError::InvalidArgument);
-        }
+        let driver = nvml::driver()?;
+        let found = driver.devices.get(index).ok_or(NvmlError::InvalidArgument)?;
+        nvml::not_lost(driver, found)?;
         put(device, nvml::handle_of(index))
     }
 
@@ -198,11 +198,13 @@ nvml_api! {
     fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: Out<'_, usize>) {
         // SAFETY: the caller passes a NUL-terminated UUID string.
         let uuid = unsafe { super::c_str(uuid) }.map_err(|_| NvmlError::InvalidArgument)?;
-        let found = nvml::driver()?
+        let driver = nvml::driver()?;
+        let found = driver
             .devices
             .iter()
             .find(|d| d.uuid_string() == uuid)
             .ok_or(NvmlError::NotFound)?;
+        nvml::not_lost(driver, found)?;
         put(device, nvml::handle_of(found.index))
     }
 

@@ -1,0 +1,450 @@
+//! CDI (Container Device Interface) specs for gpuslice: what a container runtime adds to a
+//! container so that it runs as a tenant. The shim is mounted read-only and preloaded (through
+//! `LD_PRELOAD`, or a mounted `/etc/ld.so.preload`), the ledger directory is mounted read-only
+//! and the tenant's usage file read-write on top of it, and `GPUSLICE_TENANT` and
+//! `GPUSLICE_DIR` name the tenant and the ledger. Limits are not in the environment: the
+//! tenant's quota file is the ceiling the shim enforces, and whoever made the tenant wrote it.
+//!
+//! A spec has kind `gpuslice.dev/gpu` and one device per tenant, named after it, so a
+//! container asks for `gpuslice.dev/gpu=<tenant>`. It is written with the lowest
+//! `cdiVersion` its fields need, 0.5.0, since runtimes refuse versions newer than they know.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use gpuslice_ledger::{Ledger, TenantName};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{CdiFormat, CdiGenerateArgs};
+use crate::exit::{self, Failure, ResultExt};
+use crate::locate;
+
+/// The CDI version of the specs written.
+pub const CDI_VERSION: &str = "0.5.0";
+/// The kind (vendor/class) of gpuslice's devices.
+pub const KIND: &str = "gpuslice.dev/gpu";
+/// Where `/etc/ld.so.preload` mode mounts its file in the container.
+pub const LD_SO_PRELOAD: &str = "/etc/ld.so.preload";
+/// The file, in the ledger directory, mounted as `/etc/ld.so.preload` in that mode.
+pub const PRELOAD_FILE_NAME: &str = "ld.so.preload";
+
+/// A CDI spec file (the subset of the format gpuslice writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    /// The CDI version ([`CDI_VERSION`]).
+    pub cdi_version: String,
+    /// `vendor/class`: [`KIND`].
+    pub kind: String,
+    /// The devices.
+    pub devices: Vec<Device>,
+    /// Edits applied whenever any device of this spec is injected.
+    #[serde(default, skip_serializing_if = "ContainerEdits::is_empty")]
+    pub container_edits: ContainerEdits,
+}
+
+/// One device of a spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// The device's name within the kind: the tenant.
+    pub name: String,
+    /// What injecting it does.
+    pub container_edits: ContainerEdits,
+}
+
+/// Changes to a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerEdits {
+    /// `NAME=value` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Bind mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+}
+
+impl ContainerEdits {
+    fn is_empty(&self) -> bool {
+        self.env.is_empty() && self.mounts.is_empty()
+    }
+}
+
+/// A mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mount {
+    /// The path on the host.
+    pub host_path: String,
+    /// The path in the container.
+    pub container_path: String,
+    /// The mount type: `bind`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Mount options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl Mount {
+    /// A bind mount of `host` at `container`, read-only or read-write.
+    fn bind(host: &Path, container: &Path, read_only: bool) -> Mount {
+        let access = if read_only { "ro" } else { "rw" };
+        Mount {
+            host_path: host.display().to_string(),
+            container_path: container.display().to_string(),
+            kind: Some("bind".to_string()),
+            options: [access, "nosuid", "nodev", "bind"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// How the shim gets into the container's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preload {
+    /// `LD_PRELOAD` in the container's environment (replaces an `LD_PRELOAD` of the image).
+    #[default]
+    Env,
+    /// A file mounted at `/etc/ld.so.preload` (keeps an `LD_PRELOAD` of the image working).
+    LdSoPreload,
+}
+
+/// Where things are on the host and in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The ledger directory on the host.
+    pub ledger_host: PathBuf,
+    /// The ledger directory in the container (`GPUSLICE_DIR`).
+    pub ledger_container: PathBuf,
+    /// The shim on the host.
+    pub shim_host: PathBuf,
+    /// The shim in the container.
+    pub shim_container: PathBuf,
+    /// How the shim is preloaded.
+    pub preload: Preload,
+}
+
+impl Layout {
+    /// The host file that `/etc/ld.so.preload` mode mounts: `<ledger>/ld.so.preload`.
+    pub fn preload_file(&self) -> PathBuf {
+        self.ledger_host.join(PRELOAD_FILE_NAME)
+    }
+
+    /// The edits every gpuslice device shares: the shim, the preload, the ledger.
+    fn common_edits(&self) -> ContainerEdits {
+        let mut edits = ContainerEdits::default();
+        edits
+            .mounts
+            .push(Mount::bind(&self.shim_host, &self.shim_container, true));
+        match self.preload {
+            Preload::Env => edits
+                .env
+                .push(format!("LD_PRELOAD={}", self.shim_container.display())),
+            Preload::LdSoPreload => edits.mounts.push(Mount::bind(
+                &self.preload_file(),
+                Path::new(LD_SO_PRELOAD),
+                true,
+            )),
+        }
+        edits
+            .env
+            .push(format!("GPUSLICE_DIR={}", self.ledger_container.display()));
+        edits
+            .mounts
+            .push(Mount::bind(&self.ledger_host, &self.ledger_container, true));
+        edits
+    }
+
+    /// The device of tenant `t`: its name, and its usage file mounted read-write.
+    fn device(&self, t: &TenantName) -> Device {
+        let usage = |ledger: &Path| ledger.join("tenants").join(t.as_str()).join("usage");
+        Device {
+            name: t.as_str().to_string(),
+            container_edits: ContainerEdits {
+                env: vec![format!("GPUSLICE_TENANT={t}")],
+                mounts: vec![Mount::bind(
+                    &usage(&self.ledger_host),
+                    &usage(&self.ledger_container),
+                    false,
+                )],
+            },
+        }
+    }
+
+    /// The spec with one device per tenant.
+    pub fn spec(&self, tenants: &[TenantName]) -> Spec {
+        Spec {
+            cdi_version: CDI_VERSION.to_string(),
+            kind: KIND.to_string(),
+            devices: tenants.iter().map(|t| self.device(t)).collect(),
+            container_edits: self.common_edits(),
+        }
+    }
+}
+
+/// The fully qualified CDI name of tenant `t`'s device: `gpuslice.dev/gpu=<t>`.
+pub fn device_name(t: &TenantName) -> String {
+    format!("{KIND}={t}")
+}
+
+/// The file name of the spec for tenant `t` alone, as the CDI conventions name a spec
+/// file: the kind with `/` as `-`, then `_` and a name (`gpuslice.dev-gpu_<t>.json`).
+pub fn spec_file_name(t: &TenantName) -> String {
+    format!("{}{t}.json", SPEC_FILE_PREFIX)
+}
+
+/// What every spec file gpuslice writes per tenant starts with.
+pub const SPEC_FILE_PREFIX: &str = "gpuslice.dev-gpu_";
+
+/// The tenant a per-tenant spec file name is for, if it is one.
+pub fn tenant_of_spec_file(file_name: &str) -> Option<&str> {
+    file_name
+        .strip_prefix(SPEC_FILE_PREFIX)?
+        .strip_suffix(".json")
+}
+
+/// A spec that could not be written or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum CdiError {
+    /// A file operation failed.
+    #[error("could not {action} {}: {source}", .path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Serialization failed (it cannot, for these types; kept typed all the same).
+    #[error("could not render the CDI spec as {format}: {message}")]
+    Render {
+        /// JSON or YAML.
+        format: &'static str,
+        /// The serializer's message.
+        message: String,
+    },
+}
+
+/// The spec as pretty JSON, with a final newline.
+pub fn to_json(spec: &Spec) -> Result<String, CdiError> {
+    serde_json::to_string_pretty(spec)
+        .map(|s| s + "\n")
+        .map_err(|e| CdiError::Render {
+            format: "JSON",
+            message: e.to_string(),
+        })
+}
+
+/// The spec as YAML.
+pub fn to_yaml(spec: &Spec) -> Result<String, CdiError> {
+    serde_norway::to_string(spec).map_err(|e| CdiError::Render {
+        format: "YAML",
+        message: e.to_string(),
+    })
+}
+
+/// Writes `text` to `path` whole: under a temporary name in the same directory (one a CDI
+/// runtime does not read, since it does not end in `.json` or `.yaml`), then renamed over
+/// `path`, so a runtime watching the directory never reads half a file. Mode 0644.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), CdiError> {
+    let io_error = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CdiError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let mut file = fs::File::create(&temp).map_err(io_error("create", &temp))?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(io_error("write", &temp)(e));
+    }
+    fs::rename(&temp, path).map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        io_error("rename into place", path)(e)
+    })
+}
+
+/// Makes sure `<ledger>/ld.so.preload` names the shim as the container sees it (for
+/// `/etc/ld.so.preload` mode); rewrites it only when it says something else.
+pub fn ensure_preload_file(layout: &Layout) -> Result<(), CdiError> {
+    let path = layout.preload_file();
+    let wanted = format!("{}\n", layout.shim_container.display());
+    if fs::read_to_string(&path).is_ok_and(|text| text == wanted) {
+        return Ok(());
+    }
+    write_atomically(&path, &wanted)
+}
+
+/// Runs `gpuslice cdi generate`.
+pub fn generate(args: &CdiGenerateArgs) -> Result<u8, Failure> {
+    let ledger_dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
+    let shim = locate::shim(args.shim.as_deref()).usage()?;
+    let layout = Layout {
+        ledger_container: args
+            .container_dir
+            .clone()
+            .unwrap_or_else(|| ledger_dir.clone()),
+        shim_container: args.container_shim.clone().unwrap_or_else(|| shim.clone()),
+        ledger_host: ledger_dir,
+        shim_host: shim,
+        preload: args.preload,
+    };
+    let ledger = Ledger::open_existing(&layout.ledger_host)
+        .context("no ledger to describe (create tenants first)")
+        .usage()?;
+    let tenants = if args.tenant.is_empty() {
+        ledger.tenants().failed()?
+    } else {
+        args.tenant.clone()
+    };
+    for t in &tenants {
+        if ledger.read_quota(t).failed()?.is_none() {
+            return Err(anyhow!(
+                "tenant {t} has no quota in {}: a container with it would run without limits",
+                layout.ledger_host.display()
+            ))
+            .usage();
+        }
+        ledger.open_usage(t).failed()?;
+    }
+    if layout.preload == Preload::LdSoPreload {
+        ensure_preload_file(&layout).failed()?;
+    }
+    let spec = layout.spec(&tenants);
+    let text = match args.format {
+        CdiFormat::Json => to_json(&spec),
+        CdiFormat::Yaml => to_yaml(&spec),
+    }
+    .failed()?;
+    match &args.output {
+        Some(path) => write_atomically(path, &text).failed()?,
+        None => match io::stdout().lock().write_all(text.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(anyhow!("could not write to stdout: {e}")).failed(),
+        },
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(preload: Preload) -> Layout {
+        Layout {
+            ledger_host: "/run/gpuslice".into(),
+            ledger_container: "/run/gpuslice".into(),
+            shim_host: "/var/lib/gpuslice/lib/libgpuslice.so".into(),
+            shim_container: "/opt/gpuslice/libgpuslice.so".into(),
+            preload,
+        }
+    }
+
+    #[test]
+    fn spec_mounts_the_shim_and_ledger_read_only_and_the_usage_file_read_write() {
+        let t = TenantName::new("team-a").unwrap();
+        let spec = layout(Preload::Env).spec(std::slice::from_ref(&t));
+        assert_eq!(spec.cdi_version, "0.5.0");
+        assert_eq!(spec.kind, "gpuslice.dev/gpu");
+        let common = &spec.container_edits;
+        assert!(
+            common
+                .env
+                .contains(&"LD_PRELOAD=/opt/gpuslice/libgpuslice.so".into())
+        );
+        assert!(common.env.contains(&"GPUSLICE_DIR=/run/gpuslice".into()));
+        let shim = &common.mounts[0];
+        assert_eq!(shim.host_path, "/var/lib/gpuslice/lib/libgpuslice.so");
+        assert_eq!(shim.container_path, "/opt/gpuslice/libgpuslice.so");
+        assert!(shim.options.contains(&"ro".into()));
+        let ledger = common
+            .mounts
+            .iter()
+            .find(|m| m.container_path == "/run/gpuslice")
+            .unwrap();
+        assert!(ledger.options.contains(&"ro".into()));
+        let device = &spec.devices[0];
+        assert_eq!(device.name, "team-a");
+        assert_eq!(device.container_edits.env, ["GPUSLICE_TENANT=team-a"]);
+        let usage = &device.container_edits.mounts[0];
+        assert_eq!(usage.host_path, "/run/gpuslice/tenants/team-a/usage");
+        assert!(usage.options.contains(&"rw".into()));
+        assert_eq!(device_name(&t), "gpuslice.dev/gpu=team-a");
+    }
+
+    #[test]
+    fn ld_so_preload_mode_mounts_a_file_instead_of_setting_ld_preload() {
+        let spec = layout(Preload::LdSoPreload).spec(&[]);
+        let edits = &spec.container_edits;
+        assert!(!edits.env.iter().any(|e| e.starts_with("LD_PRELOAD=")));
+        assert!(
+            edits
+                .mounts
+                .iter()
+                .any(|m| m.container_path == LD_SO_PRELOAD
+                    && m.host_path == "/run/gpuslice/ld.so.preload")
+        );
+    }
+
+    #[test]
+    fn json_and_yaml_use_the_cdi_field_names() {
+        let t = TenantName::new("t1").unwrap();
+        let spec = layout(Preload::Env).spec(&[t]);
+        let json = to_json(&spec).unwrap();
+        for field in [
+            "\"cdiVersion\"",
+            "\"containerEdits\"",
+            "\"hostPath\"",
+            "\"type\"",
+        ] {
+            assert!(json.contains(field), "{field} in {json}");
+        }
+        let back: Spec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec);
+        let yaml = to_yaml(&spec).unwrap();
+        assert!(yaml.contains("cdiVersion: 0.5.0"), "{yaml}");
+        let back: Spec = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn spec_file_names_round_trip_to_their_tenant() {
+        let t = TenantName::new("GPU-fa4ec0da-0000-4000-8000-000000000000-slice-2").unwrap();
+        let name = spec_file_name(&t);
+        assert_eq!(
+            name,
+            "gpuslice.dev-gpu_GPU-fa4ec0da-0000-4000-8000-000000000000-slice-2.json"
+        );
+        assert_eq!(tenant_of_spec_file(&name), Some(t.as_str()));
+        assert_eq!(tenant_of_spec_file("nvidia.com-gpu.json"), None);
+        assert_eq!(tenant_of_spec_file(".gpuslice.dev-gpu_x.json.1.tmp"), None);
+    }
+
+    #[test]
+    fn writing_replaces_the_file_whole_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_atomically(&path, "one").unwrap();
+        write_atomically(&path, "two").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

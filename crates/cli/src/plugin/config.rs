@@ -1,0 +1,609 @@
+//! The device plugin's settings: a YAML (or JSON) file, usually a ConfigMap, with flags on
+//! top. Every value is checked before the plugin starts, and an error names the file, the
+//! field and what it accepts.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gpuslice_ledger::Priority;
+use serde::Deserialize;
+
+use crate::cdi::{Layout, Preload};
+use crate::cli::DevicePluginArgs;
+
+/// The resource advertised when the file names none.
+pub const DEFAULT_RESOURCE: &str = "gpuslice.dev/gpu";
+/// Slices per GPU when neither the file nor a flag says.
+pub const DEFAULT_SLICES_PER_GPU: u32 = 4;
+/// The most slices a GPU may be cut into (a slice's share is stored in permille).
+pub const MAX_SLICES_PER_GPU: u32 = 100;
+/// The kubelet's device plugin directory.
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet/device-plugins";
+/// Where CDI specs for allocations are written (a directory CDI runtimes read).
+pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
+/// NVIDIA's CDI device for a GPU, as `nvidia-ctk cdi generate` names it.
+pub const DEFAULT_NVIDIA_DEVICE: &str = "nvidia.com/gpu={uuid}";
+/// How often GPU health is checked.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// The kubelet's pod resources socket.
+pub const DEFAULT_POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+/// How often tenants and CDI specs are swept.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How old an allocation must be before the pod resources API's word removes it.
+pub const DEFAULT_CLEANUP_GRACE: Duration = Duration::from_secs(120);
+
+/// The settings file, as written (camelCase keys, every one optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct File {
+    slices_per_gpu: Option<u32>,
+    resources: Option<Vec<FileResource>>,
+    ledger_dir: Option<PathBuf>,
+    ledger_container_dir: Option<PathBuf>,
+    shim: Option<PathBuf>,
+    shim_container_path: Option<PathBuf>,
+    preload: Option<Preload>,
+    cdi_dir: Option<PathBuf>,
+    kubelet_dir: Option<PathBuf>,
+    nvidia_cdi_device: Option<String>,
+    health_interval_seconds: Option<f64>,
+    metrics_listen: Option<String>,
+    pod_resources_socket: Option<PathBuf>,
+    sweep_interval_seconds: Option<f64>,
+    cleanup_grace_seconds: Option<f64>,
+}
+
+/// One resource in the file.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileResource {
+    name: String,
+    slices: Option<u32>,
+    priority: Option<PriorityName>,
+    compute_limit: Option<ComputeLimit>,
+}
+
+/// A priority as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PriorityName {
+    High,
+    Normal,
+    Low,
+}
+
+/// Whether a tenant's kernel time is capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeLimit {
+    /// No cap: a tenant may use time others leave idle (its share is what it is guaranteed).
+    #[default]
+    None,
+    /// Capped at its share (k of N slices: k/N of the time even when the GPU is idle).
+    Share,
+}
+
+/// One advertised resource: a name and the slices of each GPU that belong to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// The extended resource name, e.g. `gpuslice.dev/gpu`.
+    pub name: String,
+    /// The slice indexes of each GPU that this resource advertises (`first..first+count`).
+    pub first_slice: u32,
+    /// How many.
+    pub slices: u32,
+    /// The priority its tenants get.
+    pub priority: Priority,
+    /// Whether its tenants are capped at their share.
+    pub compute_limit: ComputeLimit,
+}
+
+impl Resource {
+    /// The kubelet socket file name of this resource's plugin: `gpuslice-<name part>.sock`.
+    pub fn socket_name(&self) -> String {
+        let class = self.name.rsplit('/').next().unwrap_or(&self.name);
+        format!("gpuslice-{class}.sock")
+    }
+
+    /// Whether slice `index` of a GPU belongs to this resource.
+    pub fn owns(&self, index: u32) -> bool {
+        (self.first_slice..self.first_slice + self.slices).contains(&index)
+    }
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Slices each GPU is cut into, over all resources.
+    pub slices_per_gpu: u32,
+    /// The resources, whose slices partition each GPU's.
+    pub resources: Vec<Resource>,
+    /// Where the ledger and the shim are, on the host and in containers.
+    pub layout: Layout,
+    /// Where per-allocation CDI specs are written.
+    pub cdi_dir: PathBuf,
+    /// The kubelet's device plugin directory (its `kubelet.sock` and the plugins' sockets).
+    pub kubelet_dir: PathBuf,
+    /// NVIDIA's CDI device name for a GPU, with `{uuid}` or `{index}`; `None` to leave it out.
+    pub nvidia_cdi_device: Option<String>,
+    /// How often GPU health is checked.
+    pub health_interval: Duration,
+    /// Where to serve Prometheus metrics; `None` for nowhere.
+    pub metrics_listen: Option<String>,
+    /// The kubelet's pod resources socket; `None` not to ask it.
+    pub pod_resources_socket: Option<PathBuf>,
+    /// How often tenants and CDI specs are swept.
+    pub sweep_interval: Duration,
+    /// How old an allocation must be before the pod resources API's word removes it.
+    pub cleanup_grace: Duration,
+}
+
+/// Settings that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("could not read the config file {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for the settings.
+    #[error("invalid config file {}: {message}", .path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the line and column.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {field} {value:?} (in {origin}): expected {expected}")]
+    Value {
+        /// The field or flag.
+        field: &'static str,
+        /// The value found.
+        value: String,
+        /// The file, or "flags".
+        origin: String,
+        /// What is accepted.
+        expected: String,
+    },
+}
+
+impl Config {
+    /// The settings: the file `args.config` names (if any), then the flags over it.
+    pub fn load(args: &DevicePluginArgs) -> Result<Config, ConfigError> {
+        let (file, origin) = match &args.config {
+            Some(path) => (read_file(path)?, path.display().to_string()),
+            None => (File::default(), "flags".to_string()),
+        };
+        resolve(file, args, &origin)
+    }
+}
+
+/// Reads and parses the settings file.
+fn read_file(path: &Path) -> Result<File, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses settings text (YAML, of which JSON is a subset). An empty file is all defaults.
+fn parse(text: &str) -> Result<File, String> {
+    if text.trim().is_empty() {
+        return Ok(File::default());
+    }
+    serde_norway::from_str(text).map_err(|e| e.to_string())
+}
+
+/// The file's values, with the flags over them, checked.
+fn resolve(file: File, args: &DevicePluginArgs, origin: &str) -> Result<Config, ConfigError> {
+    let bad = |field: &'static str, value: String, expected: &str| ConfigError::Value {
+        field,
+        value,
+        origin: origin.to_string(),
+        expected: expected.to_string(),
+    };
+    let slices_per_gpu = args
+        .slices_per_gpu
+        .or(file.slices_per_gpu)
+        .unwrap_or(DEFAULT_SLICES_PER_GPU);
+    if !(1..=MAX_SLICES_PER_GPU).contains(&slices_per_gpu) {
+        return Err(bad(
+            "slicesPerGpu",
+            slices_per_gpu.to_string(),
+            &format!("1 to {MAX_SLICES_PER_GPU}"),
+        ));
+    }
+    let resources = resources(file.resources, slices_per_gpu, &bad)?;
+
+    let ledger_host = args
+        .dir
+        .clone()
+        .or(file.ledger_dir)
+        .unwrap_or_else(|| PathBuf::from(crate::locate::SYSTEM_LEDGER_DIR));
+    let shim_host = args
+        .shim
+        .clone()
+        .or(file.shim)
+        .or_else(|| crate::locate::shim(None).ok())
+        .ok_or_else(|| {
+            bad(
+                "shim",
+                String::new(),
+                "the host path of libgpuslice.so (the `shim` field or --shim)",
+            )
+        })?;
+    let layout = Layout {
+        ledger_container: file
+            .ledger_container_dir
+            .unwrap_or_else(|| ledger_host.clone()),
+        shim_container: file
+            .shim_container_path
+            .unwrap_or_else(|| shim_host.clone()),
+        ledger_host,
+        shim_host,
+        preload: args.preload.or(file.preload).unwrap_or_default(),
+    };
+    for (field, path) in [
+        ("ledgerDir", &layout.ledger_host),
+        ("ledgerContainerDir", &layout.ledger_container),
+        ("shim", &layout.shim_host),
+        ("shimContainerPath", &layout.shim_container),
+    ] {
+        if !path.is_absolute() || path.to_string_lossy().contains([' ', ':']) {
+            return Err(bad(
+                field,
+                path.display().to_string(),
+                "an absolute path without spaces or ':'",
+            ));
+        }
+    }
+
+    let nvidia_cdi_device = match args.nvidia_cdi_device.clone().or(file.nvidia_cdi_device) {
+        None => Some(DEFAULT_NVIDIA_DEVICE.to_string()),
+        Some(t) if t.is_empty() => None,
+        Some(t) if is_device_template(&t) => Some(t),
+        Some(t) => {
+            return Err(bad(
+                "nvidiaCdiDevice",
+                t,
+                "a CDI device name with {uuid} or {index}, such as nvidia.com/gpu={uuid}, \
+                 or \"\" to leave NVIDIA's device out",
+            ));
+        }
+    };
+
+    let seconds = |field: &'static str,
+                   value: Option<f64>,
+                   range: std::ops::RangeInclusive<f64>,
+                   default: Duration| match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && range.contains(&s) => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(bad(
+            field,
+            s.to_string(),
+            &format!("{} to {} (seconds)", range.start(), range.end()),
+        )),
+    };
+    let sweep_interval = seconds(
+        "sweepIntervalSeconds",
+        file.sweep_interval_seconds,
+        0.1..=3600.0,
+        DEFAULT_SWEEP_INTERVAL,
+    )?;
+    let cleanup_grace = seconds(
+        "cleanupGraceSeconds",
+        file.cleanup_grace_seconds,
+        0.0..=86400.0,
+        DEFAULT_CLEANUP_GRACE,
+    )?;
+    let pod_resources_socket = match args
+        .pod_resources_socket
+        .clone()
+        .or(file.pod_resources_socket)
+    {
+        None => Some(PathBuf::from(DEFAULT_POD_RESOURCES_SOCKET)),
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p),
+    };
+
+    let health_interval = match args.health_interval_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => match file.health_interval_seconds {
+            None => DEFAULT_HEALTH_INTERVAL,
+            Some(s) if s.is_finite() && (0.01..=3600.0).contains(&s) => Duration::from_secs_f64(s),
+            Some(s) => {
+                return Err(bad("healthIntervalSeconds", s.to_string(), "0.01 to 3600"));
+            }
+        },
+    };
+
+    Ok(Config {
+        slices_per_gpu,
+        resources,
+        layout,
+        cdi_dir: args
+            .cdi_dir
+            .clone()
+            .or(file.cdi_dir)
+            .unwrap_or_else(|| DEFAULT_CDI_DIR.into()),
+        kubelet_dir: args
+            .kubelet_dir
+            .clone()
+            .or(file.kubelet_dir)
+            .unwrap_or_else(|| DEFAULT_KUBELET_DIR.into()),
+        nvidia_cdi_device,
+        health_interval,
+        metrics_listen: args
+            .metrics_listen
+            .clone()
+            .or(file.metrics_listen)
+            .filter(|a| !a.is_empty()),
+        pod_resources_socket,
+        sweep_interval,
+        cleanup_grace,
+    })
+}
+
+/// The resources, their slices laid out one after another on each GPU. Without a list, one
+/// resource, `gpuslice.dev/gpu`, has every slice; with one, the counts must add up to
+/// `slices_per_gpu` (a single resource without a count takes them all).
+fn resources(
+    listed: Option<Vec<FileResource>>,
+    slices_per_gpu: u32,
+    bad: &impl Fn(&'static str, String, &str) -> ConfigError,
+) -> Result<Vec<Resource>, ConfigError> {
+    let listed = listed.unwrap_or_else(|| {
+        vec![FileResource {
+            name: DEFAULT_RESOURCE.to_string(),
+            slices: None,
+            priority: None,
+            compute_limit: None,
+        }]
+    });
+    if listed.is_empty() {
+        return Err(bad(
+            "resources",
+            "[]".into(),
+            "at least one resource (or no `resources` field)",
+        ));
+    }
+    let single = listed.len() == 1;
+    let mut names = HashSet::new();
+    let mut next = 0u32;
+    let mut out = Vec::new();
+    for r in listed {
+        if !is_resource_name(&r.name) {
+            return Err(bad(
+                "resources[].name",
+                r.name,
+                "an extended resource name such as gpuslice.dev/gpu (a DNS domain, '/', \
+                 and a name of letters, digits, '-', '_' and '.')",
+            ));
+        }
+        if !names.insert(r.name.clone()) {
+            return Err(bad("resources[].name", r.name, "each resource once"));
+        }
+        let slices = match (r.slices, single) {
+            (Some(n), _) => n,
+            (None, true) => slices_per_gpu,
+            (None, false) => {
+                return Err(bad(
+                    "resources[].slices",
+                    format!("(missing for {})", r.name),
+                    "a count for every resource when there are several",
+                ));
+            }
+        };
+        if slices == 0 {
+            return Err(bad(
+                "resources[].slices",
+                format!("0 (for {})", r.name),
+                "at least 1",
+            ));
+        }
+        out.push(Resource {
+            name: r.name,
+            first_slice: next,
+            slices,
+            priority: match r.priority {
+                Some(PriorityName::High) => Priority::High,
+                Some(PriorityName::Low) => Priority::Low,
+                Some(PriorityName::Normal) | None => Priority::Normal,
+            },
+            compute_limit: r.compute_limit.unwrap_or_default(),
+        });
+        next = next.saturating_add(slices);
+    }
+    if next != slices_per_gpu {
+        return Err(bad(
+            "resources[].slices",
+            format!("{next} in all"),
+            &format!("counts that add up to slicesPerGpu ({slices_per_gpu})"),
+        ));
+    }
+    Ok(out)
+}
+
+/// `domain/name`: a DNS subdomain, a slash, and a name of `[A-Za-z0-9._-]` that starts and
+/// ends with a letter or digit (what Kubernetes accepts as an extended resource).
+fn is_resource_name(name: &str) -> bool {
+    let Some((domain, class)) = name.split_once('/') else {
+        return false;
+    };
+    let label_ok = |s: &str, extra: &[char]| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || extra.contains(&c))
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    domain.contains('.')
+        && domain.len() <= 253
+        && domain
+            .split('.')
+            .all(|l| label_ok(l, &[]) && l == l.to_ascii_lowercase())
+        && label_ok(class, &['_', '.'])
+}
+
+/// A CDI device name template: `vendor/class=name` with `{uuid}` or `{index}` in the name.
+fn is_device_template(template: &str) -> bool {
+    template.split_once('=').is_some_and(|(kind, name)| {
+        kind.contains('/') && (name.contains("{uuid}") || name.contains("{index}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> DevicePluginArgs {
+        let mut argv = vec![
+            "gpuslice",
+            "device-plugin",
+            "--shim",
+            "/opt/gpuslice/libgpuslice.so",
+        ];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::DevicePlugin(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    fn from_text(text: &str, extra: &[&str]) -> Result<Config, ConfigError> {
+        let file = parse(text).map_err(|message| ConfigError::Parse {
+            path: "test.yaml".into(),
+            message,
+        })?;
+        resolve(file, &args(extra), "test.yaml")
+    }
+
+    #[test]
+    fn defaults_are_four_slices_of_gpuslice_dev_gpu() {
+        let c = from_text("", &[]).unwrap();
+        assert_eq!(c.slices_per_gpu, 4);
+        assert_eq!(c.resources.len(), 1);
+        let r = &c.resources[0];
+        assert_eq!(
+            (r.name.as_str(), r.first_slice, r.slices),
+            ("gpuslice.dev/gpu", 0, 4)
+        );
+        assert_eq!(r.priority, Priority::Normal);
+        assert_eq!(r.socket_name(), "gpuslice-gpu.sock");
+        assert_eq!(c.layout.ledger_host, Path::new("/run/gpuslice"));
+        assert_eq!(c.cdi_dir, Path::new("/var/run/cdi"));
+        assert_eq!(
+            c.nvidia_cdi_device.as_deref(),
+            Some("nvidia.com/gpu={uuid}")
+        );
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(
+            c.pod_resources_socket.as_deref(),
+            Some(Path::new("/var/lib/kubelet/pod-resources/kubelet.sock"))
+        );
+        assert_eq!(c.sweep_interval, Duration::from_secs(30));
+        assert_eq!(c.cleanup_grace, Duration::from_secs(120));
+        let c = from_text("podResourcesSocket: \"\"\ncleanupGraceSeconds: 0", &[]).unwrap();
+        assert_eq!(c.pod_resources_socket, None);
+        assert_eq!(c.cleanup_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn resources_partition_each_gpus_slices_and_flags_override_the_file() {
+        let text = "\
+slicesPerGpu: 4
+resources:
+  - name: gpuslice.dev/gpu
+    slices: 3
+  - name: gpuslice.dev/gpu-realtime
+    slices: 1
+    priority: high
+    computeLimit: share
+nvidiaCdiDevice: \"\"
+healthIntervalSeconds: 0.5
+";
+        let c = from_text(text, &["--cdi-dir", "/tmp/cdi"]).unwrap();
+        let rt = &c.resources[1];
+        assert_eq!((rt.first_slice, rt.slices), (3, 1));
+        assert_eq!(rt.priority, Priority::High);
+        assert_eq!(rt.compute_limit, ComputeLimit::Share);
+        assert!(rt.owns(3) && !rt.owns(2));
+        assert_eq!(rt.socket_name(), "gpuslice-gpu-realtime.sock");
+        assert_eq!(c.nvidia_cdi_device, None);
+        assert_eq!(c.health_interval, Duration::from_millis(500));
+        assert_eq!(c.cdi_dir, Path::new("/tmp/cdi"));
+    }
+
+    #[test]
+    fn invalid_files_are_refused_naming_the_field() {
+        for (text, field) in [
+            ("slicesPerGpu: 0", "slicesPerGpu"),
+            ("slicesPerGpu: 101", "slicesPerGpu"),
+            ("slicesPerGpu: four", "invalid config file"),
+            ("slicesPerGpus: 4", "unknown field"),
+            ("resources: []", "resources"),
+            ("resources: [{name: gpu}]", "resources[].name"),
+            ("resources: [{name: Gpuslice.dev/gpu}]", "resources[].name"),
+            (
+                "resources: [{name: a.io/x, slices: 2}, {name: a.io/x, slices: 2}]",
+                "each resource once",
+            ),
+            ("resources: [{name: a.io/x, slices: 3}]", "add up"),
+            (
+                "resources: [{name: a.io/x}, {name: a.io/y}]",
+                "a count for every",
+            ),
+            (
+                "resources: [{name: a.io/x, priority: urgent}]",
+                "unknown variant",
+            ),
+            ("nvidiaCdiDevice: nvidia.com/gpu", "nvidiaCdiDevice"),
+            ("ledgerDir: relative/dir", "ledgerDir"),
+            ("healthIntervalSeconds: 0", "healthIntervalSeconds"),
+            ("sweepIntervalSeconds: 0", "sweepIntervalSeconds"),
+            ("cleanupGraceSeconds: -1", "cleanupGraceSeconds"),
+            ("preload: ld_preload", "unknown variant"),
+        ] {
+            let err = from_text(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(field), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn json_is_accepted_too() {
+        let c = from_text(r#"{"slicesPerGpu": 2, "preload": "ld-so-preload"}"#, &[]).unwrap();
+        assert_eq!(c.slices_per_gpu, 2);
+        assert_eq!(c.layout.preload, Preload::LdSoPreload);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let err = Config::load(&args(&["--config", "/nonexistent/gpuslice.yaml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/gpuslice.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_example_configmap_in_deploy_is_a_valid_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/configmap.yaml");
+        let manifest: serde_norway::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let text = manifest["data"]["device-plugin.yaml"].as_str().unwrap();
+        let c = from_text(text, &[]).unwrap();
+        let names: Vec<&str> = c.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["gpuslice.dev/gpu", "gpuslice.dev/gpu-realtime"]);
+        assert_eq!(c.resources[1].priority, Priority::High);
+    }
+}

@@ -1,0 +1,313 @@
+//! `gpuslice device-plugin`: the kubelet device plugin that hands out GPU slices.
+//!
+//! Each GPU is cut into N slices (`slicesPerGpu`), advertised as `gpuslice.dev/gpu` (or as
+//! several resources that split each GPU's slices between them). A container that asks for
+//! k slices gets a tenant whose quota is k/N of each GPU's memory and a k/N share of its
+//! time, and a CDI device that puts the shim, the ledger and the tenant into it.
+//!
+//! ```text
+//! health (thread)  NVML -> GPUs and their health --watch--> ListAndWatch, Allocate, sweep
+//! kubelet          per resource: socket + gRPC server + registration, again on restart
+//! server           DevicePlugin: options, ListAndWatch, GetPreferredAllocation, Allocate
+//! allocate         slices -> tenant + quota (ledger) + CDI spec -> CDI device names
+//! tenants          the plugin's tenants: names, records, cleanup
+//! podresources     the kubelet's pod resources API: which devices containers still have
+//! ```
+//!
+//! Nothing here exits on bad input from outside: a config file that does not parse is
+//! reported and read again until it does (the previous configuration keeps running if there
+//! was one), NVML that does not answer is retried, the kubelet is waited for, and a bad
+//! request gets a gRPC error that says what was wrong.
+
+mod allocate;
+pub mod api;
+mod config;
+mod health;
+mod kubelet;
+mod nvml;
+mod podresources;
+mod server;
+mod slices;
+mod tenants;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use gpuslice_ledger::Ledger;
+use tokio::sync::watch;
+
+use crate::cli::DevicePluginArgs;
+use crate::exit::{self, Failure, ResultExt};
+use config::{Config, ConfigError};
+use health::Inventory;
+
+/// How often a config file is read again (to apply a change, or to see a fix).
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Runs `gpuslice device-plugin` until SIGTERM or SIGINT.
+pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
+    let level = args.log_level;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+        .failed()?;
+    runtime.block_on(async {
+        let shutdown = watch_signals();
+        supervise(args, shutdown).await
+    })
+}
+
+/// A flag that turns true at SIGTERM or SIGINT (never, if the handlers cannot be installed).
+fn watch_signals() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = watch::channel(false);
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                    _ = int.recv() => tracing::info!("SIGINT: stopping"),
+                }
+                let _ = tx.send(true);
+            });
+        }
+        _ => tracing::warn!("cannot catch SIGTERM and SIGINT; they will kill the plugin"),
+    }
+    rx
+}
+
+/// Resolves once `shutdown` turns true.
+async fn signalled(shutdown: &watch::Receiver<bool>) {
+    let mut shutdown = shutdown.clone();
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Why a run of the plugin ended.
+enum End {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// The config file changed to this valid configuration.
+    Reload(Box<Config>),
+}
+
+/// Loads the configuration, then runs the plugin, again with each new configuration.
+async fn supervise(args: DevicePluginArgs, shutdown: watch::Receiver<bool>) -> Result<u8, Failure> {
+    let mut config = match Config::load(&args) {
+        Ok(config) => config,
+        // Flags alone do not change: a bad one is a usage error.
+        Err(e) if args.config.is_none() => return Err(e).usage(),
+        Err(e) => {
+            tracing::error!("{e}; advertising nothing until the file is fixed");
+            match wait_for_valid_config(&args, &e.to_string(), &shutdown).await {
+                Some(config) => config,
+                None => return Ok(exit::OK),
+            }
+        }
+    };
+    if let Some(address) = &config.metrics_listen {
+        start_metrics(address, config.layout.ledger_host.clone()).usage()?;
+    }
+    loop {
+        match run(&config, &args, &shutdown).await {
+            End::Signal => return Ok(exit::OK),
+            End::Reload(next) => {
+                tracing::info!("the config file changed: restarting with the new settings");
+                config = *next;
+            }
+        }
+    }
+}
+
+/// Reads the config file until it is valid; `None` if a signal came first.
+async fn wait_for_valid_config(
+    args: &DevicePluginArgs,
+    last: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<Config> {
+    let mut last = last.to_string();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(CONFIG_POLL) => {}
+            () = signalled(shutdown) => return None,
+        }
+        match Config::load(args) {
+            Ok(config) => {
+                tracing::info!("the config file is valid now");
+                return Some(config);
+            }
+            Err(e) => report_config_error(&e, &mut last),
+        }
+    }
+}
+
+/// Logs a configuration error once (until it changes). While the plugin runs, it goes on
+/// with the settings it has.
+fn report_config_error(e: &ConfigError, last: &mut String) {
+    let text = e.to_string();
+    if text != *last {
+        tracing::error!("{text}");
+        *last = text;
+    }
+}
+
+/// Serves Prometheus metrics of the ledger at `address` on a thread of its own.
+fn start_metrics(address: &str, ledger: PathBuf) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("could not listen on {address} for metrics"))?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!("serving metrics on http://{local}/metrics");
+    }
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || crate::metrics::serve_forever(&listener, ledger))
+        .context("could not start the metrics thread")?;
+    Ok(())
+}
+
+/// Runs the plugin with `config` until a signal, or until the config file changes.
+async fn run(config: &Config, args: &DevicePluginArgs, shutdown: &watch::Receiver<bool>) -> End {
+    let (inventory_tx, inventory) = watch::channel(Inventory::default());
+    if let Err(e) = health::spawn(config.health_interval, inventory_tx) {
+        tracing::error!("could not start the health thread: {e}");
+    }
+    let ledger = loop {
+        match prepare(config) {
+            Ok(ledger) => break ledger,
+            Err(e) => {
+                tracing::error!("{e:#}; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(CONFIG_POLL) => {}
+                    () = signalled(shutdown) => return End::Signal,
+                }
+            }
+        }
+    };
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for resource in &config.resources {
+        let allocator = Arc::new(allocate::Allocator::new(
+            ledger.clone(),
+            config.clone(),
+            resource.clone(),
+            inventory.clone(),
+        ));
+        tasks.push(tokio::spawn(kubelet::serve_resource(
+            config.kubelet_dir.clone(),
+            resource.clone(),
+            allocator,
+            inventory.clone(),
+            stop.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(sweep_forever(
+        ledger,
+        config.clone(),
+        inventory,
+        stop.clone(),
+    )));
+    let end = tokio::select! {
+        () = signalled(shutdown) => End::Signal,
+        next = config_changed(config, args) => End::Reload(Box::new(next)),
+    };
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    end
+}
+
+/// Opens the ledger and creates the CDI directory.
+fn prepare(config: &Config) -> anyhow::Result<Ledger> {
+    let ledger = Ledger::open(&config.layout.ledger_host)?;
+    std::fs::create_dir_all(&config.cdi_dir).with_context(|| {
+        format!(
+            "could not create the CDI directory {}",
+            config.cdi_dir.display()
+        )
+    })?;
+    if !config.layout.shim_host.is_file() {
+        tracing::warn!(
+            "the shim {} is not a file here; containers will fail to start unless it exists on \
+             the host",
+            config.layout.shim_host.display()
+        );
+    }
+    Ok(ledger)
+}
+
+/// Sweeps the plugin's tenants and CDI specs at start, whenever GPU health changes, and
+/// every `sweep_interval`, asking the kubelet first which devices its containers have.
+async fn sweep_forever(
+    ledger: Ledger,
+    config: Config,
+    mut inventory: watch::Receiver<Inventory>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_error = String::new();
+    loop {
+        let in_use = match &config.pod_resources_socket {
+            None => None,
+            Some(socket) => match podresources::devices_in_use(socket).await {
+                Ok(devices) => {
+                    if !last_error.is_empty() {
+                        tracing::info!("the kubelet's pod resources answer again");
+                        last_error.clear();
+                    }
+                    Some(devices)
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text != last_error {
+                        tracing::warn!(
+                            "cannot list the kubelet's pod resources ({text}); tenants are \
+                             removed only when their slices are allocated again"
+                        );
+                        last_error = text;
+                    }
+                    None
+                }
+            },
+        };
+        let snapshot = inventory.borrow_and_update().clone();
+        let (ledger_now, config_now) = (ledger.clone(), config.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            tenants::sweep(&ledger_now, &config_now, &snapshot, in_use.as_ref())
+        })
+        .await;
+        tokio::select! {
+            () = tokio::time::sleep(config.sweep_interval) => {}
+            changed = inventory.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Waits until the config file holds a valid configuration different from `config`. An
+/// invalid file is reported and the plugin goes on with `config`. Never returns without a
+/// config file.
+async fn config_changed(config: &Config, args: &DevicePluginArgs) -> Config {
+    if args.config.is_none() {
+        return std::future::pending().await;
+    }
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(CONFIG_POLL).await;
+        match Config::load(args) {
+            Ok(next) if next != *config => return next,
+            Ok(_) => last.clear(),
+            Err(e) => report_config_error(&e, &mut last),
+        }
+    }
+}
