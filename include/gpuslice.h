@@ -2,7 +2,7 @@
  * gpuslice.h - the C interface of gpuslice.
  *
  * gpuslice lets several containers share one NVIDIA GPU: an LD_PRELOAD shim (libgpuslice.so)
- * gives each tenant a memory quota (and, later, a share of kernel time). This header documents what a
+ * gives each tenant a memory quota and a share of kernel time. This header documents what a
  * C program can rely on: the environment variables the shim reads, and the on-disk ABI of the
  * ledger, the shared-memory directory through which the shim's processes coordinate.
  *
@@ -32,6 +32,15 @@ extern "C" {
  *                          (1.5Gi, rounded up to whole bytes) or an exponent (1e9). The
  *                          tenant's quota file, when present, is the ceiling: the effective
  *                          limit is the lower of the two.
+ *   GPUSLICE_COMPUTE_SHARE the tenant's guaranteed part of each GPU's kernel time while others
+ *                          want it too, and its weight among the active tenants: a percentage
+ *                          from 0.1 to 100 with at most one decimal ("30", "12.5", "30%").
+ *   GPUSLICE_COMPUTE_LIMIT a hard cap on the tenant's kernel time on each GPU, even when the
+ *                          GPU is otherwise idle; same form. Default: none.
+ *   GPUSLICE_PRIORITY      high, normal (default) or low: while a high tenant is active, the
+ *                          others keep at most 2 launches unfinished.
+ *                          The quota file's compute settings are the ceiling: the lower share,
+ *                          the lower limit and the lower priority apply.
  *   GPUSLICE_DIR           the ledger directory, an absolute path; default /run/gpuslice.
  *   GPUSLICE_LOG           off, error, warn (default), info, debug or trace; to stderr,
  *                          lines prefixed "gpuslice[<pid>]: ".
@@ -41,8 +50,7 @@ extern "C" {
  * one line naming what was wrong and the accepted form, after which cuInit and every memory
  * and context call the shim hooks return CUDA_ERROR_NOT_INITIALIZED (3) (the driver is then
  * never initialized, so the rest fail too), and the NVML memory queries NVML_ERROR_UNKNOWN
- * (999). GPUSLICE_COMPUTE_SHARE, GPUSLICE_COMPUTE_LIMIT and
- * GPUSLICE_PRIORITY are reserved for compute isolation and refused by this version.
+ * (999). Launches are never refused: while the tenant has used up its share they wait.
  *
  * What callers see under a quota:
  *   - an allocation that would pass the limit returns CUDA_ERROR_OUT_OF_MEMORY (2) and
@@ -57,6 +65,9 @@ extern "C" {
  */
 #define GPUSLICE_ENV_TENANT "GPUSLICE_TENANT"
 #define GPUSLICE_ENV_MEMORY_LIMIT "GPUSLICE_MEMORY_LIMIT"
+#define GPUSLICE_ENV_COMPUTE_SHARE "GPUSLICE_COMPUTE_SHARE"
+#define GPUSLICE_ENV_COMPUTE_LIMIT "GPUSLICE_COMPUTE_LIMIT"
+#define GPUSLICE_ENV_PRIORITY "GPUSLICE_PRIORITY"
 #define GPUSLICE_ENV_DIR "GPUSLICE_DIR"
 #define GPUSLICE_ENV_LOG "GPUSLICE_LOG"
 #define GPUSLICE_DEFAULT_DIR "/run/gpuslice"
@@ -208,7 +219,10 @@ struct gpuslice_usage_gpu {
     uint32_t reserved0;
     uint64_t oom_refusals;         /* allocations refused for being over quota (atomic) */
     uint64_t retired_gpu_time_ns;  /* GPU time of processes whose slots were emptied (atomic) */
-    uint64_t reserved[3];          /* zero; the last word pads the entry to 64 bytes */
+    uint64_t credit_ns;            /* the tenant's compute credit, cumulative ns (atomic) */
+    uint64_t refilled_at_ns;       /* CLOCK_MONOTONIC ns of the last refill; moved by CAS by
+                                      the process that refills (atomic) */
+    uint64_t throttled_ns;         /* wall time launches waited for credit (atomic) */
 };
 
 /**
@@ -218,7 +232,9 @@ struct gpuslice_slot_gpu {
     uint64_t memory_bytes; /* memory this process holds on the GPU (atomic) */
     uint64_t gpu_time_ns;  /* GPU time charged to this process on the GPU (atomic) */
     uint64_t pending_bytes; /* reservations being checked, not yet granted (atomic) */
-    uint64_t reserved;
+    uint64_t activity;      /* bit 63: work in flight now; bit 62: backlogged (wants more);
+                               bits 0-61: CLOCK_MONOTONIC ns it last had work in flight or
+                               waited for credit (atomic) */
 };
 
 /**
@@ -244,7 +260,10 @@ struct gpuslice_slot {
     uint32_t state;           /* GPUSLICE_SLOT_FREE / GPUSLICE_SLOT_LIVE */
     uint32_t pid;             /* informational only, never trusted */
     uint64_t claimed_unix_ms; /* when the slot was claimed */
-    uint64_t reserved[2];
+    uint64_t compute;         /* settings the process enforces: bit 63 published; bits 0-15
+                                 share permille, 16-31 limit permille, 32-39 priority
+                                 (GPUSLICE_PRIORITY_*); 0 = unset (atomic) */
+    uint64_t reserved;
     struct gpuslice_slot_gpu gpus[GPUSLICE_MAX_GPUS]; /* offset 32 in the slot */
 };
 
@@ -310,13 +329,17 @@ _Static_assert(sizeof(struct gpuslice_usage_gpu) == GPUSLICE_USAGE_ENTRY_SIZE, "
 _Static_assert(offsetof(struct gpuslice_usage_gpu, state) == 16, "gpu state");
 _Static_assert(offsetof(struct gpuslice_usage_gpu, oom_refusals) == 24, "oom_refusals");
 _Static_assert(offsetof(struct gpuslice_usage_gpu, retired_gpu_time_ns) == 32, "retired");
-_Static_assert(offsetof(struct gpuslice_usage_gpu, reserved) == 40, "gpu reserved");
+_Static_assert(offsetof(struct gpuslice_usage_gpu, credit_ns) == 40, "credit_ns");
+_Static_assert(offsetof(struct gpuslice_usage_gpu, refilled_at_ns) == 48, "refilled_at_ns");
+_Static_assert(offsetof(struct gpuslice_usage_gpu, throttled_ns) == 56, "throttled_ns");
 
 _Static_assert(sizeof(struct gpuslice_slot_gpu) == 32, "slot gpu record");
 _Static_assert(offsetof(struct gpuslice_slot_gpu, gpu_time_ns) == 8, "gpu_time_ns");
 _Static_assert(sizeof(struct gpuslice_slot) == GPUSLICE_USAGE_SLOT_SIZE, "slot size");
 _Static_assert(offsetof(struct gpuslice_slot, pid) == 4, "pid");
 _Static_assert(offsetof(struct gpuslice_slot, claimed_unix_ms) == 8, "claimed_unix_ms");
+_Static_assert(offsetof(struct gpuslice_slot, compute) == 16, "compute");
+_Static_assert(offsetof(struct gpuslice_slot_gpu, activity) == 24, "activity");
 _Static_assert(offsetof(struct gpuslice_slot, gpus) == 32, "slot gpus");
 
 _Static_assert(offsetof(struct gpuslice_usage_file, gpus) == GPUSLICE_USAGE_TABLE_OFFSET,
