@@ -147,7 +147,7 @@ impl Default for StreamTable {
 /// The lookup key of a stream: created streams are known by handle alone (their context
 /// is fixed); legacy streams by their context.
 fn key(stream: usize, context: usize) -> usize {
-    (stream ^ context.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> 7
+    (stream ^ context.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7
 }
 
 impl StreamTable {

@@ -139,19 +139,19 @@ impl UsageSnapshot {
         for (i, rec) in gpus.iter_mut().enumerate() {
             let at = USAGE_TABLE_OFFSET + i * USAGE_ENTRY_SIZE;
             *rec = GpuRecord {
-                registered: read_u32(&bytes, at + offset_of!(UsageGpu, state)) == 1,
-                uuid: read_array(&bytes, at + offset_of!(UsageGpu, uuid)),
-                oom_refusals: read_u64(&bytes, at + offset_of!(UsageGpu, oom_refusals)),
+                registered: read_u32(bytes, at + offset_of!(UsageGpu, state)) == 1,
+                uuid: read_array(bytes, at + offset_of!(UsageGpu, uuid)),
+                oom_refusals: read_u64(bytes, at + offset_of!(UsageGpu, oom_refusals)),
                 retired_gpu_time_ns: read_u64(
-                    &bytes,
+                    bytes,
                     at + offset_of!(UsageGpu, retired_gpu_time_ns),
                 ),
-                credit_ns: read_u64(&bytes, at + offset_of!(UsageGpu, credit_ns)),
-                throttled_ns: read_u64(&bytes, at + offset_of!(UsageGpu, throttled_ns)),
+                credit_ns: read_u64(bytes, at + offset_of!(UsageGpu, credit_ns)),
+                throttled_ns: read_u64(bytes, at + offset_of!(UsageGpu, throttled_ns)),
             };
         }
 
-        let bitmap = read_u64(&bytes, layout::header::WORD);
+        let bitmap = read_u64(bytes, layout::header::WORD);
         let mut slots = Vec::new();
         for (i, index) in (0u32..).take(MAX_SLOTS).enumerate() {
             if bitmap & (1u64 << i) == 0 {
@@ -163,17 +163,17 @@ impl UsageSnapshot {
             let mut activity = [0u64; MAX_GPUS];
             for g in 0..MAX_GPUS {
                 let rec = at + SLOT_GPUS_OFFSET + g * SLOT_GPU_SIZE;
-                memory[g] = read_u64(&bytes, rec + offset_of!(SlotGpu, memory_bytes));
-                gpu_time[g] = read_u64(&bytes, rec + offset_of!(SlotGpu, gpu_time_ns));
-                activity[g] = read_u64(&bytes, rec + offset_of!(SlotGpu, activity));
+                memory[g] = read_u64(bytes, rec + offset_of!(SlotGpu, memory_bytes));
+                gpu_time[g] = read_u64(bytes, rec + offset_of!(SlotGpu, gpu_time_ns));
+                activity[g] = read_u64(bytes, rec + offset_of!(SlotGpu, activity));
             }
             let live = !liveness
                 || sys::ofd_is_locked(file.as_fd(), slot_lock_byte(index)).unwrap_or(true);
             slots.push(SlotRecord {
                 info: SlotInfo {
                     index,
-                    pid: read_u32(&bytes, at + offset_of!(Slot, pid)),
-                    claimed_unix_ms: read_u64(&bytes, at + offset_of!(Slot, claimed_unix_ms)),
+                    pid: read_u32(bytes, at + offset_of!(Slot, pid)),
+                    claimed_unix_ms: read_u64(bytes, at + offset_of!(Slot, claimed_unix_ms)),
                     live,
                     memory_bytes: (0u32..)
                         .zip(memory)
@@ -184,7 +184,7 @@ impl UsageSnapshot {
                 memory,
                 gpu_time,
                 activity,
-                compute: read_u64(&bytes, at + offset_of!(Slot, compute)),
+                compute: read_u64(bytes, at + offset_of!(Slot, compute)),
             });
         }
         Ok(UsageSnapshot {
