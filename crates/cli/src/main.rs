@@ -187,7 +187,10 @@ change the exit code, which stays the command's.
 
 mod cli;
 mod completions;
+mod compute;
 mod demo;
+mod demo_compute;
+mod demo_memory;
 mod demo_worker;
 mod doctor;
 mod exit;
@@ -204,27 +207,14 @@ mod top;
 use std::process::ExitCode;
 
 use clap::Parser;
-use clap::error::{ContextKind, ContextValue, ErrorKind};
 
-use crate::cli::{Cli, Command, NOT_YET_SUPPORTED};
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let compute_flag = err.kind() == ErrorKind::UnknownArgument
-                && matches!(
-                    err.get(ContextKind::InvalidArg),
-                    Some(ContextValue::String(arg))
-                        if NOT_YET_SUPPORTED.iter().any(|f| arg.starts_with(f))
-                );
             let _ = err.print();
-            if compute_flag {
-                eprintln!(
-                    "\nnote: compute shares, limits and priorities are not supported by this \
-                     version of gpuslice, which enforces memory quotas only"
-                );
-            }
             // 0 for --help and --version, 2 (exit::USAGE) for errors.
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(exit::USAGE));
         }
