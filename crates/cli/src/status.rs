@@ -336,7 +336,7 @@ pub fn format_duration(ns: u64) -> String {
     let tenths = |unit: u64| ns as f64 / unit as f64;
     match ns {
         0 => "0 s".into(),
-        n if n < S => format!("{} ms", n.div_ceil(MS)),
+        n if n < S => format!("{} ms", n / MS),
         n if n < 3600 * S => format!("{:.1} s", tenths(S)),
         _ => format!("{:.1} h", tenths(3600 * S)),
     }
@@ -574,19 +574,31 @@ mod tests {
         // USED ends where the header's USED ends.
         let used_end = header.find("USED").unwrap() + "USED".len();
         assert_eq!(&gpu[used_end - "3 GiB".len()..used_end], "3 GiB", "{text}");
+        // The compute line, wrapped at 80 columns.
         assert_eq!(
-            lines[5],
-            "    share 12.5%, limit 100%, priority high; gets 99.9%; GPU time 1000.0 h, \
-             throttled 1000 ms",
+            lines[5], "    share 12.5%, limit 100%, priority high; gets 99.9%; GPU time 1000.0 h,",
             "{text}"
         );
-        let process = lines[6];
+        assert_eq!(lines[6], "      throttled 999 ms", "{text}");
+        let process = lines[7];
         assert!(process.starts_with("    slot 63, pid 4194304"), "{text}");
         assert_eq!(
             &process[used_end - "1023 GiB".len()..used_end],
             "1023 GiB",
             "{text}"
         );
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(format_duration(0), "0 s");
+        assert_eq!(format_duration(999_999), "0 ms");
+        assert_eq!(format_duration(250_000_000), "250 ms");
+        assert_eq!(format_duration(12_340_000_000), "12.3 s");
+        assert_eq!(format_duration(9_000_000_000_000), "2.5 h");
+        assert_eq!(percent_text(Some(30.0)), "30%");
+        assert_eq!(percent_text(Some(12.5)), "12.5%");
+        assert_eq!(percent_text(None), "-");
     }
 
     #[test]
