@@ -665,7 +665,9 @@ pub fn render(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gpuslice_ledger::{GpuUuid, Ledger, Limits, TenantName, TenantQuota};
+    use gpuslice_ledger::{
+        ComputeSettings, GpuUuid, Ledger, Limits, Priority, TenantName, TenantQuota,
+    };
     use ratatui::backend::TestBackend;
 
     const MIB: u64 = 1 << 20;
@@ -740,6 +742,15 @@ mod tests {
         let slot = usage.claim_slot().unwrap();
         slot.try_reserve(a, 300 * MIB, GIB).unwrap();
         usage.record_oom(a);
+        slot.publish_compute(ComputeSettings {
+            share_permille: Some(300),
+            limit_permille: Some(125),
+            priority: Some(Priority::High),
+        });
+        usage.add_throttled(a, 1_500_000_000);
+        let before = read_report(dir.path()).unwrap();
+        // 100 ms of GPU time in 400 ms of wall time: 25%.
+        slot.add_gpu_time(a, 100_000_000);
         held.push(slot);
 
         ledger
@@ -766,7 +777,9 @@ mod tests {
             .write_quota(&name("idle"), &quota(Some(4 * GIB)))
             .unwrap();
 
-        let report = read_report(dir.path()).unwrap();
+        let mut report = read_report(dir.path()).unwrap();
+        report.read_at = before.read_at + Duration::from_millis(400);
+        status::measure_gets(&before, &mut report);
         (dir, report, held)
     }
 
@@ -798,9 +811,33 @@ mod tests {
         assert!(line_with(&screen, GPU_A).contains("2 tenants"), "{screen}");
 
         let a = line_with(&screen, "team-a");
-        for figure in ["300 MiB / 1 GiB", "29%", "█", "░", " 1 "] {
+        for figure in [
+            "300 MiB / 1 GiB",
+            "29%",
+            "█",
+            "░",
+            " 1 ",
+            " 30% ",
+            " 12.5% ",
+            " high ",
+            " 25% ",
+            " 1.5 s ",
+        ] {
             assert!(a.contains(figure), "{figure:?} in {a:?}");
         }
+        let head = line_with(&screen, "THROTTLED");
+        for column in ["SHARE", "LIMIT", "PRIO", "GETS"] {
+            assert!(head.contains(column), "{column} in {head:?}");
+        }
+        // GETS lines up under its header; a tenant not in both readings has none.
+        // (In characters: the bars are several bytes each.)
+        let gets_end = head[..head.find("GETS").unwrap()].chars().count() + "GETS".len();
+        let upto = |line: &str| line.chars().take(gets_end).collect::<String>();
+        assert!(upto(a).ends_with("25%"), "{screen}");
+        assert!(
+            upto(line_with(&screen, "team-c")).ends_with(" -"),
+            "{screen}"
+        );
         assert!(a.contains(&std::process::id().to_string()), "PIDs: {a:?}");
         let b_on_a = lines[at(GPU_A)..at(GPU_B)]
             .iter()
@@ -843,6 +880,8 @@ mod tests {
         let a = line_with(&screen, "team-a");
         assert!(a.contains("300MiB/1GiB"), "{a:?}");
         assert!(a.contains("29%"), "{a:?}");
+        assert!(line_with(&screen, "GETS").contains("USE%"), "{screen}");
+        assert!(a.contains(" 25% "), "what it gets: {a:?}");
         for line in screen.lines() {
             assert_eq!(line.chars().count(), 40, "{line:?}");
         }
@@ -852,6 +891,23 @@ mod tests {
             short.lines().last().unwrap().contains("4 more lines"),
             "{short}"
         );
+    }
+
+    #[test]
+    fn medium_view_shows_share_and_gets_but_not_limit_or_priority() {
+        let (_dir, report, _held) = busy_ledger();
+        let screen = draw(&report, 80, 20);
+        eprintln!("{screen}");
+        let head = line_with(&screen, "SHARE");
+        assert!(head.contains("GETS") && !head.contains("PRIO"), "{head:?}");
+        let a = line_with(&screen, "team-a");
+        assert!(a.contains(" 30% ") && a.contains(" 25% "), "{a:?}");
+        assert!(!a.contains("high"), "{a:?}");
+        let idle = line_with(&screen, "idle");
+        assert!(idle.contains(" - "), "no share, nothing measured: {idle:?}");
+        for line in screen.lines() {
+            assert_eq!(line.chars().count(), 80, "{line:?}");
+        }
     }
 
     #[test]
