@@ -4,8 +4,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use gpuslice_ledger::TenantName;
+use gpuslice_ledger::{Priority, TenantName};
 
+use crate::compute::{parse_percent_arg, parse_priority_arg};
 use crate::quantity::parse_memory_arg;
 
 /// Exit codes, as `--help` lists them.
@@ -14,13 +15,13 @@ Exit codes:
   0    success (run: the command's own status is passed through)
   1    doctor: at least one check failed; demo: a tenant did not get its quota
   2    usage or configuration error (a bad flag or value, no ledger directory,
-       no shim, --memory above the quota of the tenant being joined)
+       no shim, a setting above the quota of the tenant being joined)
   125  gpuslice itself failed (run: before it could start the command)
   126  the command was found but could not be executed
   127  the command was not found
   N    run: the command's exit status; 128+S when a signal S killed it";
 
-/// Let containers and programs share one NVIDIA GPU under memory quotas.
+/// Let containers and programs share one NVIDIA GPU under memory quotas and compute shares.
 #[derive(Debug, Parser)]
 #[command(name = "gpuslice", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -32,12 +33,14 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a command as a tenant with a GPU memory quota.
+    /// Run a command as a tenant with a GPU memory quota and compute share.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
-    /// Show every tenant's GPU memory: used, limit, refusals, processes.
+    /// Show every tenant's GPU memory and GPU time: used, limits, shares, processes.
+    #[command(after_help = STATUS_HELP)]
     Status(StatusArgs),
-    /// Watch every tenant's GPU memory live, per GPU (q quits).
+    /// Watch every tenant's GPU memory and GPU time live, per GPU (q quits).
+    #[command(after_help = TOP_HELP)]
     Top(TopArgs),
     /// Serve the ledger as Prometheus metrics (or print them once).
     Metrics(MetricsArgs),
@@ -46,7 +49,7 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
-    /// Watch two tenants share one GPU under memory quotas (real or simulated GPU).
+    /// Watch two tenants share one GPU: memory quotas, then compute shares.
     #[command(after_help = DEMO_HELP)]
     Demo(DemoArgs),
     /// Kubernetes device plugin: advertise GPU slices to the kubelet, one tenant each.
@@ -65,27 +68,37 @@ pub enum Command {
 /// details are here, wrapped by hand to 80 columns.
 const RUN_HELP: &str = "\
 Defaults:
-  --memory  unlimited (usage is still recorded)
-  --tenant  run-PID: a new tenant of its own
-  --gpu     every GPU; a UUID (GPU-xxxxxxxx-...) or an index of nvidia-smi -L
-  --dir     $GPUSLICE_DIR, else /run/gpuslice if writable, else
-            $XDG_RUNTIME_DIR/gpuslice
-  --shim    $GPUSLICE_SHIM, else libgpuslice.so next to this program, else
-            ../lib/libgpuslice.so relative to it
+  --memory         unlimited (usage is still recorded)
+  --compute-share  none: the tenant splits what shares leave unguaranteed
+  --compute-limit  none: the tenant may use an idle GPU whole
+  --priority       normal
+  --tenant         run-PID: a new tenant of its own
+  --gpu            every GPU; a UUID (GPU-xxxxxxxx-...) or an index of
+                   nvidia-smi -L
+  --dir            $GPUSLICE_DIR, else /run/gpuslice if writable, else
+                   $XDG_RUNTIME_DIR/gpuslice
+  --shim           $GPUSLICE_SHIM, else libgpuslice.so next to this program,
+                   else ../lib/libgpuslice.so relative to it
+
+Percentages are 0.1 to 100 with at most one decimal (30, 12.5, 30%), as the
+shim reads GPUSLICE_COMPUTE_SHARE and GPUSLICE_COMPUTE_LIMIT. The share is the
+part of the GPU's time the tenant is guaranteed while others want the GPU too;
+the limit caps it even on an idle GPU; a high priority makes other tenants
+keep little work queued while this one is active. They apply on every GPU
+(--gpu places --memory only).
 
 The command runs with the shim preloaded (before any LD_PRELOAD it had) and with
 GPUSLICE_TENANT, GPUSLICE_DIR and, when it lowers the tenant's quota,
-GPUSLICE_MEMORY_LIMIT set; inherited values of these are replaced, GPUSLICE_LOG
-passes through, and any other GPUSLICE_ variable is refused (as the shim would
-refuse it).
+GPUSLICE_MEMORY_LIMIT, GPUSLICE_COMPUTE_SHARE, GPUSLICE_COMPUTE_LIMIT or
+GPUSLICE_PRIORITY set; inherited values of these are replaced (the flags say
+what the command gets), GPUSLICE_LOG passes through, and any other GPUSLICE_
+variable is refused (as the shim would refuse it).
 
-A tenant that does not exist is created with --memory as its quota (on every
-GPU, or with --gpu on that GPU only) and removed when the last run of it exits
-and no process of it still holds a slot in the ledger. A tenant that exists is
-joined: its quota is the ceiling, and --memory may only lower it for this
-command.
-
-Compute shares, limits and priorities are not supported by this version.
+A tenant that does not exist is created with the flags as its quota (--memory
+on every GPU, or with --gpu on that GPU only) and removed when the last run of
+it exits and no process of it still holds a slot in the ledger. A tenant that
+exists is joined: its quota is the ceiling, and each flag may only lower it
+for this command (a higher value is refused, naming both).
 
 Exit codes:
   0..255  the command's exit status; 128+S when a signal S killed it
@@ -100,6 +113,18 @@ pub struct RunArgs {
     /// Memory quota per GPU: 4Gi, 512Mi, 8G, 1.5Gi, bytes
     #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
     pub memory: Option<u64>,
+
+    /// Guaranteed share of GPU time under contention, in percent: 30, 12.5
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent_arg)]
+    pub compute_share: Option<u32>,
+
+    /// Most GPU time the tenant may use even when the GPU is idle, in percent
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent_arg)]
+    pub compute_limit: Option<u32>,
+
+    /// Ordering against other tenants: high, normal or low
+    #[arg(long, value_name = "PRIORITY", value_parser = parse_priority_arg)]
+    pub priority: Option<Priority>,
 
     /// Tenant to create or join
     #[arg(long, value_name = "NAME", value_parser = parse_tenant)]
@@ -127,12 +152,32 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// How `status` measures the share each tenant gets, after the flags in `--help`.
+const STATUS_HELP: &str = "\
+GETS is the share of the GPU's time a tenant actually received: the GPU time
+its processes were charged (as the shim measures it) over the wall time between
+two readings of the ledger, --sample MS apart (default 250; 0 reads once and
+shows no GETS). It is what happened in that short window, not an average over
+the tenant's life: a tenant that was idle then gets 0%. GPU TIME and THROTTLED
+are totals since the tenant first used the GPU. SHARE, LIMIT and PRIORITY are
+those the tenant's live processes enforce (the quota, lowered by their
+environment), or the quota's when none is running.";
+
 /// `gpuslice status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON (schema: see the README)
     #[arg(long)]
     pub json: bool,
+
+    /// Milliseconds between the two readings that measure GETS (0: one reading, no GETS)
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 250,
+        value_parser = clap::value_parser!(u64).range(0..=60_000)
+    )]
+    pub sample: u64,
 
     /// Ledger directory [default: as for run]
     #[arg(long, value_name = "DIR")]
@@ -178,17 +223,23 @@ pub struct DoctorArgs {
 
 /// What `demo` does, after the flags in `--help`.
 const DEMO_HELP: &str = "\
-Two tenants, demo-a and demo-b, each allocate GPU memory side by side until
-refused, then free it and allocate again. Their quotas are 1 GiB and 2 GiB on
-the simulated GPU, 4 GiB and 8 GiB on a real one. A table at the end says what
-each was promised, what it saw and what it got.
+Two tenants, demo-a and demo-b, share GPU 0 in two phases, each ending with a
+table of what each tenant was promised and what it got:
+
+  memory   each allocates GPU memory side by side until refused, then frees it
+           and allocates again. Quotas: 1 GiB and 2 GiB on the simulated GPU,
+           4 GiB and 8 GiB on a real one.
+  compute  both launch spin kernels back to back for a few seconds, with
+           compute shares of 30% and 70%. What each got is measured from its
+           own kernels: how many finished in the time both ran, times their
+           length, over that time.
 
 The simulated GPU (libfakecuda.so: 80 GiB, contexts of 64 MiB) is used with
 --simulated or when no NVIDIA GPU answers; it is found through
 $GPUSLICE_FAKECUDA, else next to this program, in ../lib or in deps/.
 
 Exit codes:
-  0  both tenants got what they were promised
+  0  both tenants got what they were promised (shares within 5 points)
   1  a tenant did not (the reason is printed)
   2  usage or configuration error (no shim, no GPU and no simulated GPU)";
 
@@ -206,6 +257,15 @@ pub struct DemoArgs {
     /// Use the simulated GPU even when a real one is there
     #[arg(long)]
     pub simulated: bool,
+
+    /// Seconds both tenants run kernels in the compute phase
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u64).range(2..=600)
+    )]
+    pub compute_seconds: u64,
 }
 
 /// `gpuslice __demo-worker`: what one tenant of the demo does.
@@ -215,13 +275,25 @@ pub struct DemoWorkerArgs {
     #[arg(long, value_enum, default_value = "memory")]
     pub phase: DemoPhase,
 
-    /// Bytes per allocation
-    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
+    /// Bytes per allocation (memory phase)
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg, default_value = "64Mi")]
     pub chunk: u64,
 
-    /// Stop, unrefused, once this much is allocated
-    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
+    /// Stop, unrefused, once this much is allocated (memory phase)
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg, default_value = "1Ti")]
     pub give_up_at: u64,
+
+    /// Milliseconds to keep launching kernels (compute phase)
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub for_ms: u64,
+
+    /// Nanoseconds each kernel spins (compute phase)
+    #[arg(long, value_name = "NS", default_value_t = 2_000_000)]
+    pub kernel_ns: u64,
+
+    /// Kernels kept queued at once (compute phase)
+    #[arg(long, value_name = "K", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub depth: u64,
 
     /// After printing total=, wait for a line on stdin before allocating
     #[arg(long)]
@@ -232,11 +304,13 @@ pub struct DemoWorkerArgs {
     pub pause_ms: u64,
 }
 
-/// The phases of the demo; compute shares will be the next one.
+/// The phases of the demo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DemoPhase {
     /// Allocate until refused, free, allocate again.
     Memory,
+    /// Launch spin kernels back to back, reporting each one that finished.
+    Compute,
 }
 
 /// `gpuslice completions`.
@@ -246,6 +320,15 @@ pub struct CompletionsArgs {
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
 }
+
+/// What `top` shows, after the flags in `--help`.
+const TOP_HELP: &str = "\
+Per GPU and tenant: memory used / limit, OOM refusals, the compute share,
+limit and priority the tenant enforces, GETS (the share of the GPU's time it
+received since the previous refresh: GPU time charged over wall time), the
+time its launches waited for credit (THROTTLED, in total) and its processes.
+Narrow terminals drop columns. q, Esc or Ctrl-C quits; arrows and PgUp/PgDn
+scroll.";
 
 /// `gpuslice top`.
 #[derive(Debug, Args)]
@@ -398,9 +481,6 @@ fn parse_tenant(text: &str) -> Result<TenantName, String> {
     TenantName::new(text).map_err(|e| e.to_string())
 }
 
-/// Flags of a later version that users may try: refused like any unknown flag, with a note.
-pub const NOT_YET_SUPPORTED: [&str; 3] = ["--compute-share", "--compute-limit", "--priority"];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,13 +503,36 @@ mod tests {
     }
 
     #[test]
-    fn compute_flags_do_not_exist() {
-        for flag in NOT_YET_SUPPORTED {
+    fn compute_flags_take_percent_and_priority() {
+        let cli = Cli::try_parse_from([
+            "gpuslice",
+            "run",
+            "--compute-share",
+            "12.5%",
+            "--compute-limit",
+            "50",
+            "--priority",
+            "High",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.compute_share, Some(125));
+        assert_eq!(run.compute_limit, Some(500));
+        assert_eq!(run.priority, Some(Priority::High));
+        for (flag, bad) in [
+            ("--compute-share", "0"),
+            ("--compute-limit", "30.25"),
+            ("--priority", "urgent"),
+        ] {
             let err =
-                Cli::try_parse_from(["gpuslice", "run", flag, "1", "--", "true"]).unwrap_err();
+                Cli::try_parse_from(["gpuslice", "run", flag, bad, "--", "true"]).unwrap_err();
             assert_eq!(
                 err.kind(),
-                clap::error::ErrorKind::UnknownArgument,
+                clap::error::ErrorKind::ValueValidation,
                 "{flag}"
             );
         }

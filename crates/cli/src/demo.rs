@@ -1,37 +1,39 @@
-//! `gpuslice demo`: two tenants share one GPU under memory quotas, side by side, and a table
-//! says what each was promised, what it saw and what it got.
+//! `gpuslice demo`: two tenants share one GPU, side by side, first under memory quotas, then
+//! with compute shares, and a table says what each was promised and what it got.
 //!
 //! The demo is made of what `run` does: it creates the tenants with their quota files
 //! ([`tenancy::enter`]) and starts each tenant's program under the shim
 //! ([`run::tenant_command`]). That program is this binary again, as the hidden
 //! `__demo-worker` subcommand ([`crate::demo_worker`]), so nothing else needs building.
 //!
-//! The demo runs in phases, each a worker per tenant whose `key=value` lines are shown as
-//! they come and then judged. There is one phase, memory; compute shares will be the next.
+//! The demo runs in [`Phase`]s, each a worker per tenant whose `key=value` lines are shown as
+//! they come and then judged: memory ([`crate::demo_memory`]), then compute
+//! ([`crate::demo_compute`]).
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
 use anyhow::anyhow;
-use gpuslice_ledger::{Ledger, TenantName};
+use gpuslice_ledger::{ComputeSettings, Ledger, TenantName};
 
 use crate::cli::{DemoArgs, DemoPhase};
-use crate::demo_worker::CUDA_ERROR_OUT_OF_MEMORY;
+use crate::demo_compute::{self, ComputePhase};
+use crate::demo_memory::{self, MemoryPhase};
 use crate::doctor;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
 use crate::run;
+use crate::status;
 use crate::tenancy::{self, Entry, Join, Membership};
 
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
-/// What each worker waits after an allocation, so that the progress can be watched; a whole
-/// demo on the simulated GPU takes about 31 of them.
-const PAUSE_MS: u64 = 40;
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+/// The tenants' compute shares, in permille.
+const SHARES: [u32; 2] = [300, 700];
 /// The names the simulated GPU library is loaded under.
 const DRIVER_NAMES: [&str; 4] = [
     "libcuda.so",
@@ -54,23 +56,27 @@ enum Gpu {
 
 /// One tenant of the demo.
 #[derive(Debug)]
-struct Tenant {
-    name: TenantName,
-    quota: u64,
-    chunk: u64,
+pub struct Tenant {
+    /// Its name.
+    pub name: TenantName,
+    /// Its memory quota, bytes.
+    pub quota: u64,
+    /// What its memory worker allocates at a time.
+    pub chunk: u64,
+    /// Its compute share, permille.
+    pub share_permille: u32,
 }
 
-/// What one tenant's memory worker reported.
-#[derive(Debug, Default)]
-struct MemoryOutcome {
-    total: Option<u64>,
-    allocated: u64,
-    refused_at: Option<u64>,
-    refusal: Option<u32>,
-    never_refused: bool,
-    recovered: bool,
-    /// Its exit status and stderr, when it did not exit 0.
-    failure: Option<String>,
+/// One phase of the demo: what its workers are asked to do, and what becomes of their lines.
+pub trait Phase {
+    /// The worker's `--phase`.
+    fn kind(&self) -> DemoPhase;
+    /// The worker's arguments after `--phase`, for `tenant`.
+    fn worker_args(&self, tenant: &Tenant) -> Vec<String>;
+    /// Takes in line `line` of the stdout of the worker of tenant `index`.
+    fn line(&mut self, index: usize, line: &str);
+    /// The worker of tenant `index` did not exit 0, for this reason.
+    fn failed(&mut self, index: usize, why: String);
 }
 
 /// Runs `gpuslice demo`.
@@ -94,10 +100,12 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
     let tenants = ["demo-a", "demo-b"]
         .into_iter()
         .zip(quotas)
-        .map(|(name, quota)| Tenant {
+        .zip(SHARES)
+        .map(|((name, quota), share_permille)| Tenant {
             name: TenantName::new(name).unwrap_or_else(|e| unreachable!("{name}: {e}")),
             quota,
             chunk,
+            share_permille,
         })
         .collect::<Vec<_>>();
 
@@ -111,15 +119,12 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
     println!("ledger: {}", dir.display());
     for tenant in &tenants {
         println!(
-            "tenant {}: quota {} per GPU",
+            "tenant {}: quota {} per GPU, compute share {}%",
             tenant.name,
-            exact_size(tenant.quota)
+            exact_size(tenant.quota),
+            tenant.share_permille / 10
         );
     }
-    println!(
-        "Each allocates {} at a time until refused, frees it all and allocates again.\n",
-        exact_size(chunk)
-    );
 
     let mut memberships = Vec::new();
     for tenant in &tenants {
@@ -131,38 +136,72 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
             }
         }
     }
-    let outcomes = memory_phase(&tenants, &gpu, &shim, &dir);
+    let outcome = both_phases(&tenants, &gpu, &shim, &dir, args.compute_seconds);
     memberships.into_iter().for_each(leave);
-    let outcomes = outcomes?;
+    let (memory, compute) = outcome?;
 
-    println!("\n{}", memory_table(&tenants, &outcomes));
+    println!(
+        "\n{}",
+        demo_compute::summary_table(&tenants, &memory.outcomes, &compute)
+    );
     let problems = tenants
         .iter()
-        .zip(&outcomes)
-        .filter_map(|(tenant, outcome)| memory_problem(tenant, outcome))
+        .enumerate()
+        .filter_map(|(i, tenant)| {
+            let memory = demo_memory::memory_problem(tenant, &memory.outcomes[i]);
+            let compute = compute.problem(i, tenant);
+            match (memory, compute) {
+                (Some(m), Some(c)) => Some(format!("{m}; {c}")),
+                (m, c) => m.or(c),
+            }
+        })
         .collect::<Vec<_>>();
     if !problems.is_empty() {
         return Err(Failure::new(
             exit::PROBLEMS,
             anyhow!(
-                "the quotas did not hold as promised: {}",
+                "the tenants did not get what was promised: {}",
                 problems.join("; ")
             ),
         ));
     }
-    let first = &tenants[0];
     println!(
-        "\nA CUDA context's own memory counts against its tenant's quota, which is why\n\
-         {} could allocate {} of its {} MiB.",
-        first.name,
-        outcomes[0].refused_at.unwrap_or_default() / MIB,
-        first.quota / MIB
-    );
-    println!(
-        "Neither tenant affected the other: each saw its own quota as the GPU's total\n\
-         and was refused at its own quota while the other allocated side by side."
+        "\nEach tenant was refused at its own memory quota (its CUDA context counts against\n\
+         it) and could allocate again after freeing, while the other allocated side by\n\
+         side; and each got its share of the GPU's time while both wanted all of it."
     );
     Ok(exit::OK)
+}
+
+/// The memory phase, its table, then the compute phase.
+fn both_phases(
+    tenants: &[Tenant],
+    gpu: &Gpu,
+    shim: &Path,
+    dir: &Path,
+    compute_seconds: u64,
+) -> Result<(MemoryPhase, ComputePhase), Failure> {
+    println!(
+        "\nMemory: each allocates {} at a time until refused, frees it all and allocates \
+         again.\n",
+        exact_size(tenants[0].chunk)
+    );
+    let mut memory = MemoryPhase::new(tenants);
+    run_phase(tenants, gpu, shim, dir, &mut memory)?;
+    println!("\n{}", demo_memory::memory_table(tenants, &memory.outcomes));
+
+    println!(
+        "\nCompute: both launch {} ms kernels back to back for {compute_seconds} s; the \
+         shares are measured from the kernels each got through while both ran.\n",
+        demo_compute::KERNEL_NS / 1_000_000
+    );
+    let mut compute = ComputePhase::new(tenants, compute_seconds * 1000);
+    run_phase(tenants, gpu, shim, dir, &mut compute)?;
+    // What the ledger says, read while the tenants still exist.
+    if let Ok(report) = status::read_report(dir) {
+        compute.take_ledger(tenants, &report);
+    }
+    Ok((memory, compute))
 }
 
 /// The real GPU if NVML lists one (and `--simulated` was not given), else the simulated GPU
@@ -194,7 +233,14 @@ fn choose_gpu(simulated: bool, scratch: &Path) -> Result<Gpu, Failure> {
 /// Creates `tenant` with its quota, as `run` does; one that exists already is refused, as
 /// its quota may not be the demo's.
 fn enter(ledger: &Ledger, dir: &Path, tenant: &Tenant) -> Result<Membership, Failure> {
-    let quota = run::new_quota(Some(tenant.quota), None);
+    let wanted = run::Wanted {
+        memory: Some(tenant.quota),
+        compute: ComputeSettings {
+            share_permille: Some(tenant.share_permille),
+            ..ComputeSettings::default()
+        },
+    };
+    let quota = run::new_quota(&wanted, None);
     let membership = tenancy::enter(ledger, &tenant.name, &quota, Join::Allowed).failed()?;
     if let Entry::Joined(_) = membership.entry {
         return Err(anyhow!(
@@ -216,22 +262,19 @@ fn leave(membership: Membership) {
     }
 }
 
-/// Runs one memory worker per tenant, side by side, shows their progress and collects what
-/// they reported.
-fn memory_phase(
+/// Runs one worker of `phase` per tenant, side by side, and hands their lines to `phase` as
+/// they come.
+fn run_phase(
     tenants: &[Tenant],
     gpu: &Gpu,
     shim: &Path,
     dir: &Path,
-) -> Result<Vec<MemoryOutcome>, Failure> {
+    phase: &mut dyn Phase,
+) -> Result<(), Failure> {
     let (events, received) = mpsc::channel();
     let mut workers: Vec<(Child, thread::JoinHandle<String>)> = Vec::new();
-    let mut outcomes: Vec<MemoryOutcome> =
-        tenants.iter().map(|_| MemoryOutcome::default()).collect();
-    let mut display = Display::new(tenants);
     for (index, tenant) in tenants.iter().enumerate() {
-        let worker = spawn_worker(tenant, gpu, shim, dir, DemoPhase::Memory);
-        let mut child = match worker {
+        let mut child = match spawn_worker(tenant, gpu, shim, dir, phase) {
             Ok(child) => child,
             Err(e) => {
                 for (mut child, _) in workers {
@@ -241,8 +284,11 @@ fn memory_phase(
                 return Err(e);
             }
         };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(anyhow!("a demo worker's output was not piped")).failed();
+        };
         let events = events.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -263,8 +309,7 @@ fn memory_phase(
         // both. Wait for this one's first line, or for its end.
         for (from, line) in received.iter() {
             if let Some(line) = &line {
-                read_line(&mut outcomes[from], line);
-                display.line(from, line, &outcomes);
+                phase.line(from, line);
             }
             if from == index {
                 break;
@@ -282,31 +327,28 @@ fn memory_phase(
     // Until every worker's stdout is closed: each reader thread holds a sender.
     for (index, line) in received {
         if let Some(line) = line {
-            read_line(&mut outcomes[index], &line);
-            display.line(index, &line, &outcomes);
+            phase.line(index, &line);
         }
     }
-    for (((mut child, errors), outcome), tenant) in
-        workers.into_iter().zip(&mut outcomes).zip(tenants)
-    {
+    for (index, ((mut child, errors), tenant)) in workers.into_iter().zip(tenants).enumerate() {
         let status = child
             .wait()
             .map_err(|e| anyhow!("could not wait for a demo worker: {e}"))
             .failed()?;
         let errors = errors.join().unwrap_or_default();
-        if !status.success() {
-            outcome.failure = Some(format!(
-                "its program ended with {status}: {}",
-                errors.trim()
-            ));
-        } else {
+        if status.success() {
             // The shim's notes, such as the refusal it logged.
             for line in errors.lines() {
                 eprintln!("[{}] {line}", tenant.name);
             }
+        } else {
+            phase.failed(
+                index,
+                format!("its program ended with {status}: {}", errors.trim()),
+            );
         }
     }
-    Ok(outcomes)
+    Ok(())
 }
 
 /// The worker of `phase` for `tenant`, under the shim, with stdout and stderr piped.
@@ -315,22 +357,19 @@ fn spawn_worker(
     gpu: &Gpu,
     shim: &Path,
     dir: &Path,
-    phase: DemoPhase,
+    phase: &dyn Phase,
 ) -> Result<Child, Failure> {
     let me = std::env::current_exe()
         .map_err(|e| anyhow!("cannot find this program to start the demo's workers: {e}"))
         .failed()?;
     let mut command = run::tenant_command(&me, shim, &tenant.name, dir);
-    let phase = match phase {
+    let name = match phase.kind() {
         DemoPhase::Memory => "memory",
+        DemoPhase::Compute => "compute",
     };
     command
-        .args(["__demo-worker", "--phase", phase, "--chunk"])
-        .arg(tenant.chunk.to_string())
-        .arg("--give-up-at")
-        .arg((2 * tenant.quota).to_string())
-        .arg("--pause-ms")
-        .arg(PAUSE_MS.to_string())
+        .args(["__demo-worker", "--phase", name])
+        .args(phase.worker_args(tenant))
         .arg("--start-on-stdin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -357,234 +396,13 @@ fn spawn_worker(
         .failed()
 }
 
-/// Takes in one `key=value` line of a memory worker.
-fn read_line(outcome: &mut MemoryOutcome, line: &str) {
-    let value = |key: &str| {
-        line.split_whitespace()
-            .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    if line.starts_with("total=") {
-        outcome.total = value("total");
-    } else if line.starts_with("progress ") {
-        outcome.allocated = value("allocated").unwrap_or(outcome.allocated);
-    } else if line.starts_with("refused_at=") {
-        outcome.refused_at = value("refused_at");
-        outcome.refusal = value("error").and_then(|e| u32::try_from(e).ok());
-    } else if line.starts_with("never_refused ") {
-        outcome.never_refused = true;
-    } else if line == "recovered=ok" {
-        outcome.recovered = true;
-    }
-}
-
-/// How progress is shown: a bar per tenant on a terminal, else the workers' lines.
-struct Display {
-    names: Vec<(String, u64)>,
-    bars: bool,
-    drawn: bool,
-}
-
-impl Display {
-    fn new(tenants: &[Tenant]) -> Display {
-        Display {
-            names: tenants
-                .iter()
-                .map(|t| (t.name.to_string(), t.quota))
-                .collect(),
-            bars: std::io::stdout().is_terminal(),
-            drawn: false,
-        }
-    }
-
-    /// Shows `line` of tenant `index`, or redraws the bars.
-    fn line(&mut self, index: usize, line: &str, outcomes: &[MemoryOutcome]) {
-        let mut out = std::io::stdout().lock();
-        if !self.bars {
-            let _ = writeln!(out, "[{}] {line}", self.names[index].0);
-            return;
-        }
-        if self.drawn {
-            let _ = write!(out, "\x1b[{}A", self.names.len());
-        }
-        for ((name, quota), outcome) in self.names.iter().zip(outcomes) {
-            let _ = writeln!(out, "\x1b[2K{}", bar(name, *quota, outcome));
-        }
-        let _ = out.flush();
-        self.drawn = true;
-    }
-}
-
-/// `demo-a  [########............]   640 MiB of 1 GiB  refused, allocated again`.
-fn bar(name: &str, quota: u64, outcome: &MemoryOutcome) -> String {
-    const WIDTH: u64 = 30;
-    let filled = (outcome.allocated.min(quota) * WIDTH)
-        .checked_div(quota)
-        .unwrap_or_default();
-    let filled = usize::try_from(filled).unwrap_or_default();
-    let width = usize::try_from(WIDTH).unwrap_or_default();
-    let state = match (outcome.refused_at, outcome.recovered) {
-        (Some(_), true) => "refused, allocated again",
-        (Some(_), false) => "refused",
-        (None, _) => "",
-    };
-    format!(
-        "{name:<8}[{}{}] {:>9} of {}  {state}",
-        "#".repeat(filled),
-        ".".repeat(width - filled),
-        exact_size(outcome.allocated),
-        exact_size(quota)
-    )
-}
-
-/// The table of what each tenant was promised, saw and got.
-fn memory_table(tenants: &[Tenant], outcomes: &[MemoryOutcome]) -> String {
-    let row = |cells: [&str; 6]| {
-        format!(
-            "{:<9}{:<11}{:<15}{:<27}{:<27}{}",
-            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
-        )
-    };
-    let mut lines = vec![row([
-        "tenant",
-        "promised",
-        "saw as total",
-        "allocated before refusal",
-        "refusal",
-        "after freeing",
-    ])];
-    for (tenant, outcome) in tenants.iter().zip(outcomes) {
-        let saw = outcome.total.map_or("-".into(), exact_size);
-        let (before, refusal) = match (outcome.refused_at, outcome.refusal) {
-            (Some(at), Some(CUDA_ERROR_OUT_OF_MEMORY)) => {
-                (exact_size(at), "CUDA_ERROR_OUT_OF_MEMORY".to_string())
-            }
-            (Some(at), Some(rc)) => (exact_size(at), format!("CUDA error {rc}")),
-            _ if outcome.never_refused => (exact_size(outcome.allocated), "never refused".into()),
-            _ => (exact_size(outcome.allocated), "-".into()),
-        };
-        let after = if outcome.recovered {
-            "allocated again"
-        } else {
-            "-"
-        };
-        lines.push(row([
-            tenant.name.as_str(),
-            &exact_size(tenant.quota),
-            &saw,
-            &before,
-            &refusal,
-            after,
-        ]));
-    }
-    lines.join("\n")
-}
-
-/// Why `tenant` did not get what it was promised, if it did not.
-fn memory_problem(tenant: &Tenant, outcome: &MemoryOutcome) -> Option<String> {
-    let name = &tenant.name;
-    let quota = exact_size(tenant.quota);
-    if let Some(failure) = &outcome.failure {
-        return Some(format!("{name}: {failure}"));
-    }
-    if outcome.total != Some(tenant.quota) {
-        let saw = outcome.total.map_or("nothing".into(), exact_size);
-        return Some(format!(
-            "{name} saw {saw} as the GPU's total, not its quota {quota}"
-        ));
-    }
-    match (outcome.refused_at, outcome.refusal) {
-        (Some(at), Some(CUDA_ERROR_OUT_OF_MEMORY)) if at <= tenant.quota => {}
-        (Some(at), Some(CUDA_ERROR_OUT_OF_MEMORY)) => {
-            return Some(format!(
-                "{name} was refused only at {}, above its quota {quota}",
-                exact_size(at)
-            ));
-        }
-        _ => {
-            return Some(format!(
-                "{name} allocated {} without being refused, beyond its quota {quota} (is the \
-                 shim loaded?)",
-                exact_size(outcome.allocated)
-            ));
-        }
-    }
-    if !outcome.recovered {
-        return Some(format!("{name} could not allocate again after freeing"));
-    }
-    None
-}
-
 /// `bytes` in whole GiB or MiB when it is a multiple of one, else in bytes.
-fn exact_size(bytes: u64) -> String {
+pub fn exact_size(bytes: u64) -> String {
     if bytes >= GIB && bytes.is_multiple_of(GIB) {
         format!("{} GiB", bytes / GIB)
     } else if bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{bytes} B")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tenant(name: &str, quota: u64) -> Tenant {
-        Tenant {
-            name: TenantName::new(name).unwrap(),
-            quota,
-            chunk: 64 * MIB,
-        }
-    }
-
-    fn outcome_of(lines: &[&str]) -> MemoryOutcome {
-        let mut outcome = MemoryOutcome::default();
-        for line in lines {
-            read_line(&mut outcome, line);
-        }
-        outcome
-    }
-
-    #[test]
-    fn a_tenant_refused_within_its_quota_that_recovers_is_as_promised() {
-        let outcome = outcome_of(&[
-            "total=1073741824 free=1006632960",
-            "progress allocated=67108864",
-            "refused_at=1006632960 error=2",
-            "recovered=ok",
-        ]);
-        assert_eq!(memory_problem(&tenant("a", GIB), &outcome), None);
-        let table = memory_table(&[tenant("a", GIB)], &[outcome]);
-        let row = table.lines().nth(1).unwrap();
-        assert_eq!(
-            row.split_whitespace().collect::<Vec<_>>(),
-            [
-                "a",
-                "1",
-                "GiB",
-                "1",
-                "GiB",
-                "960",
-                "MiB",
-                "CUDA_ERROR_OUT_OF_MEMORY",
-                "allocated",
-                "again"
-            ]
-        );
-    }
-
-    #[test]
-    fn a_tenant_never_refused_or_seeing_the_whole_gpu_is_a_problem() {
-        let unrefused = outcome_of(&[
-            "total=1073741824 free=1",
-            "never_refused allocated=2147483648",
-            "recovered=ok",
-        ]);
-        let problem = memory_problem(&tenant("a", GIB), &unrefused).unwrap();
-        assert!(problem.contains("without being refused"), "{problem}");
-        let whole = outcome_of(&["total=85899345920 free=1", "refused_at=0 error=2"]);
-        let problem = memory_problem(&tenant("a", GIB), &whole).unwrap();
-        assert!(problem.contains("80 GiB"), "{problem}");
     }
 }

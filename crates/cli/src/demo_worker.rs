@@ -13,11 +13,28 @@
 //! ```
 //!
 //! With `--start-on-stdin` it waits for a line on stdin between the first line and the
-//! first allocation. `never_refused allocated=N` replaces the refusal when `--give-up-at` was reached first
-//! (no quota was enforced). Any other CUDA error is a message on stderr and exit 1.
+//! first allocation. `never_refused allocated=N` replaces the refusal when `--give-up-at` was
+//! reached first (no quota was enforced). Any other CUDA error is a message on stderr and
+//! exit 1.
+//!
+//! The compute phase (`--phase compute`) loads `examples/ptx/spin.ptx` (compiled into this
+//! binary; a real driver JIT-compiles it, the simulated GPU knows its kernels by name) and
+//! launches `gpuslice_spin(--kernel-ns)` back to back on a stream of its own for `--for-ms`,
+//! keeping `--depth` kernels queued, as a training loop does:
+//!
+//! ```text
+//! ready                                  context, stream and module are there
+//! done at_ns=123456789 kernels=1         each time a kernel is seen finished
+//! finished kernels=1480 ns_each=2000000  at the end
+//! ```
+//!
+//! `at_ns` is `CLOCK_MONOTONIC`, which every process on the machine shares, so that `demo`
+//! can count what each tenant got over the same stretch of time.
 
+use std::collections::VecDeque;
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
-use std::time::Duration;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 
@@ -36,6 +53,13 @@ type CuDevice = c_int;
 type CuContext = *mut c_void;
 /// `CUdeviceptr`.
 type CuDevicePtr = u64;
+/// `CUmodule`, `CUfunction`, `CUstream`, `CUevent`: opaque handles.
+type Handle = *mut c_void;
+
+/// The kernels, as PTX text with the NUL that `cuModuleLoadData` needs.
+const SPIN_PTX: &str = concat!(include_str!("../../../examples/ptx/spin.ptx"), "\0");
+/// The kernel that spins for its argument's nanoseconds.
+const SPIN_KERNEL: &CStr = c"gpuslice_spin";
 
 type Init = unsafe extern "C" fn(c_uint) -> CuResult;
 type DeviceGet = unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult;
@@ -45,6 +69,33 @@ type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult;
 type MemAlloc = unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult;
 type MemFree = unsafe extern "C" fn(CuDevicePtr) -> CuResult;
 type GetErrorName = unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult;
+type ModuleLoadData = unsafe extern "C" fn(*mut Handle, *const c_void) -> CuResult;
+type ModuleGetFunction = unsafe extern "C" fn(*mut Handle, Handle, *const c_char) -> CuResult;
+type ModuleUnload = unsafe extern "C" fn(Handle) -> CuResult;
+type StreamCreate = unsafe extern "C" fn(*mut Handle, c_uint) -> CuResult;
+type StreamDestroy = unsafe extern "C" fn(Handle) -> CuResult;
+type EventCreate = unsafe extern "C" fn(*mut Handle, c_uint) -> CuResult;
+type EventRecord = unsafe extern "C" fn(Handle, Handle) -> CuResult;
+type EventSynchronize = unsafe extern "C" fn(Handle) -> CuResult;
+type EventDestroy = unsafe extern "C" fn(Handle) -> CuResult;
+type LaunchKernel = unsafe extern "C" fn(
+    Handle,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    Handle,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CuResult;
+
+/// `CU_STREAM_NON_BLOCKING`: the stream does not wait for the legacy NULL stream.
+const CU_STREAM_NON_BLOCKING: c_uint = 1;
+/// `CU_EVENT_DISABLE_TIMING`: an event only to wait on.
+const CU_EVENT_DISABLE_TIMING: c_uint = 2;
 
 /// The driver functions the worker calls, valid while `_lib` is loaded.
 struct Driver {
@@ -57,6 +108,16 @@ struct Driver {
     mem_alloc: MemAlloc,
     mem_free: MemFree,
     get_error_name: GetErrorName,
+    module_load_data: ModuleLoadData,
+    module_get_function: ModuleGetFunction,
+    module_unload: ModuleUnload,
+    stream_create: StreamCreate,
+    stream_destroy: StreamDestroy,
+    event_create: EventCreate,
+    event_record: EventRecord,
+    event_synchronize: EventSynchronize,
+    event_destroy: EventDestroy,
+    launch_kernel: LaunchKernel,
 }
 
 impl std::fmt::Debug for Driver {
@@ -84,6 +145,16 @@ impl Driver {
                 mem_alloc: symbol(&lib, "cuMemAlloc_v2")?,
                 mem_free: symbol(&lib, "cuMemFree_v2")?,
                 get_error_name: symbol(&lib, "cuGetErrorName")?,
+                module_load_data: symbol(&lib, "cuModuleLoadData")?,
+                module_get_function: symbol(&lib, "cuModuleGetFunction")?,
+                module_unload: symbol(&lib, "cuModuleUnload")?,
+                stream_create: symbol(&lib, "cuStreamCreate")?,
+                stream_destroy: symbol(&lib, "cuStreamDestroy_v2")?,
+                event_create: symbol(&lib, "cuEventCreate")?,
+                event_record: symbol(&lib, "cuEventRecord")?,
+                event_synchronize: symbol(&lib, "cuEventSynchronize")?,
+                event_destroy: symbol(&lib, "cuEventDestroy_v2")?,
+                launch_kernel: symbol(&lib, "cuLaunchKernel")?,
                 _lib: lib,
             })
         }
@@ -125,15 +196,15 @@ unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> anyhow::Resu
 pub fn worker(args: &DemoWorkerArgs) -> Result<u8, Failure> {
     let result = match args.phase {
         DemoPhase::Memory => memory_phase(args),
+        DemoPhase::Compute => compute_phase(args),
     };
     result
         .map(|()| exit::OK)
         .map_err(|e| Failure::new(exit::PROBLEMS, e))
 }
 
-/// Allocates `--chunk` after `--chunk` until refused, frees everything, allocates again.
-fn memory_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
-    let chunk = usize::try_from(args.chunk).map_err(|_| anyhow!("--chunk is too large"))?;
+/// Loads the driver and makes device 0's primary context current.
+fn driver_with_context() -> anyhow::Result<Driver> {
     let driver = Driver::load()?;
     // Every call below takes plain values or pointers to live locals of the types cuda.h
     // declares ("as above"), and the driver is loaded (`driver` owns it).
@@ -154,6 +225,24 @@ fn memory_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
     driver.check("cuCtxSetCurrent", unsafe {
         (driver.ctx_set_current)(context)
     })?;
+    Ok(driver)
+}
+
+/// Waits for the start signal, a line on stdin.
+fn wait_for_start() -> anyhow::Result<()> {
+    let mut go = String::new();
+    std::io::stdin()
+        .read_line(&mut go)
+        .map_err(|e| anyhow!("could not read the start signal: {e}"))?;
+    Ok(())
+}
+
+/// Allocates `--chunk` after `--chunk` until refused, frees everything, allocates again.
+fn memory_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
+    let chunk = usize::try_from(args.chunk).map_err(|_| anyhow!("--chunk is too large"))?;
+    let driver = driver_with_context()?;
+    // Every call below takes plain values or pointers to live locals of the types cuda.h
+    // declares ("as above"), and the driver is loaded (`driver` owns it).
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: as above.
     driver.check("cuMemGetInfo_v2", unsafe {
@@ -164,10 +253,7 @@ fn memory_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
         // `demo` starts the tenants' allocations together, once every context exists: the
         // shim measures a context's footprint as the GPU's used memory before and after
         // creating it, which another process's allocations in between would inflate.
-        let mut go = String::new();
-        std::io::stdin()
-            .read_line(&mut go)
-            .map_err(|e| anyhow!("could not read the start signal: {e}"))?;
+        wait_for_start()?;
     }
 
     let mut held: Vec<CuDevicePtr> = Vec::new();
@@ -203,5 +289,134 @@ fn memory_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
     // SAFETY: as above.
     driver.check("cuMemFree_v2", unsafe { (driver.mem_free)(pointer) })?;
     println!("recovered=ok");
+    Ok(())
+}
+
+/// Nanoseconds on `CLOCK_MONOTONIC`, the clock every process on the machine shares.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Launches `gpuslice_spin(--kernel-ns)` back to back for `--for-ms`, `--depth` queued, and
+/// prints a `done` line for each kernel seen finished.
+fn compute_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
+    let driver = driver_with_context()?;
+    // As in the memory phase, every call takes plain values, handles the driver gave, or
+    // pointers to live locals ("as above").
+    let mut module: Handle = std::ptr::null_mut();
+    // SAFETY: as above; SPIN_PTX is NUL-terminated and lives for the whole program.
+    driver.check("cuModuleLoadData", unsafe {
+        (driver.module_load_data)(&raw mut module, SPIN_PTX.as_ptr().cast())
+    })?;
+    let mut function: Handle = std::ptr::null_mut();
+    // SAFETY: as above; `module` is loaded.
+    driver.check("cuModuleGetFunction", unsafe {
+        (driver.module_get_function)(&raw mut function, module, SPIN_KERNEL.as_ptr())
+    })?;
+    let mut stream: Handle = std::ptr::null_mut();
+    // SAFETY: as above.
+    driver.check("cuStreamCreate", unsafe {
+        (driver.stream_create)(&raw mut stream, CU_STREAM_NON_BLOCKING)
+    })?;
+    let depth = usize::try_from(args.depth).unwrap_or(1).max(1);
+    let mut events: Vec<Handle> = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        let mut event: Handle = std::ptr::null_mut();
+        // SAFETY: as above.
+        driver.check("cuEventCreate", unsafe {
+            (driver.event_create)(&raw mut event, CU_EVENT_DISABLE_TIMING)
+        })?;
+        events.push(event);
+    }
+    println!("ready");
+    if args.start_on_stdin {
+        wait_for_start()?;
+    }
+
+    let mut queued: VecDeque<Handle> = VecDeque::with_capacity(depth);
+    let mut free: Vec<Handle> = events.clone();
+    let mut done = 0u64;
+    let start = Instant::now();
+    let run_for = Duration::from_millis(args.for_ms);
+    while start.elapsed() < run_for {
+        let mut ns = args.kernel_ns;
+        let mut params: [*mut c_void; 1] = [(&raw mut ns).cast()];
+        // SAFETY: as above; `function` takes one .u64 parameter, and `params` holds one
+        // pointer to a live u64 (the driver copies it before returning).
+        driver.check("cuLaunchKernel", unsafe {
+            (driver.launch_kernel)(
+                function,
+                1,
+                1,
+                1,
+                1,
+                1,
+                1,
+                0,
+                stream,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        })?;
+        let Some(event) = free.pop() else {
+            return Err(anyhow!("no free event: depth bookkeeping is wrong"));
+        };
+        // SAFETY: as above; `event` is not queued, so it may be recorded again.
+        driver.check("cuEventRecord", unsafe {
+            (driver.event_record)(event, stream)
+        })?;
+        queued.push_back(event);
+        if queued.len() >= depth {
+            finish_oldest(&driver, &mut queued, &mut free, &mut done)?;
+        }
+    }
+    while !queued.is_empty() {
+        finish_oldest(&driver, &mut queued, &mut free, &mut done)?;
+    }
+    println!("finished kernels={done} ns_each={}", args.kernel_ns);
+    for event in events {
+        // SAFETY: as above; every event is finished and destroyed once.
+        driver.check("cuEventDestroy_v2", unsafe {
+            (driver.event_destroy)(event)
+        })?;
+    }
+    // SAFETY: as above; the stream is idle and destroyed once.
+    driver.check("cuStreamDestroy_v2", unsafe {
+        (driver.stream_destroy)(stream)
+    })?;
+    // SAFETY: as above; no kernel of the module is running any more.
+    driver.check("cuModuleUnload", unsafe { (driver.module_unload)(module) })?;
+    Ok(())
+}
+
+/// Waits for the oldest queued kernel (its event), gives the event back to `free`, counts it
+/// in `done` and says so on stdout.
+fn finish_oldest(
+    driver: &Driver,
+    queued: &mut VecDeque<Handle>,
+    free: &mut Vec<Handle>,
+    done: &mut u64,
+) -> anyhow::Result<()> {
+    let Some(oldest) = queued.pop_front() else {
+        return Ok(());
+    };
+    // SAFETY: `oldest` was created by cuEventCreate and recorded on a live stream.
+    driver.check("cuEventSynchronize", unsafe {
+        (driver.event_synchronize)(oldest)
+    })?;
+    *done += 1;
+    free.push(oldest);
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (demo gone) is no reason to stop; the exit status says enough.
+    let _ = writeln!(out, "done at_ns={} kernels={done}", monotonic_ns());
+    let _ = out.flush();
     Ok(())
 }

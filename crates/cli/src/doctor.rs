@@ -11,6 +11,7 @@ use std::path::Path;
 use object::{Object, ObjectKind, ObjectSymbol};
 
 use crate::cli::DoctorArgs;
+use crate::compute;
 use crate::exit::{self, Failure};
 use crate::locate;
 use crate::quantity::format_size;
@@ -371,35 +372,41 @@ fn may_write(path: &Path) -> bool {
 
 /// The variables the shim reads (its `KNOWN_VARIABLES`), and `GPUSLICE_SHIM` and
 /// `GPUSLICE_FAKECUDA`, which only this command reads and removes before starting a command.
-const KNOWN_VARIABLES: [&str; 6] = [
+const KNOWN_VARIABLES: [&str; 9] = [
     "GPUSLICE_TENANT",
     "GPUSLICE_MEMORY_LIMIT",
+    "GPUSLICE_COMPUTE_SHARE",
+    "GPUSLICE_COMPUTE_LIMIT",
+    "GPUSLICE_PRIORITY",
     "GPUSLICE_DIR",
     "GPUSLICE_LOG",
     locate::ENV_SHIM,
     locate::ENV_FAKECUDA,
 ];
-/// Variables of compute isolation, which the shim refuses until it exists.
-const NOT_YET_ENFORCED: [&str; 3] = [
-    "GPUSLICE_COMPUTE_SHARE",
-    "GPUSLICE_COMPUTE_LIMIT",
-    "GPUSLICE_PRIORITY",
-];
 
-/// `GPUSLICE_` variables in this environment that the shim would refuse.
+/// `GPUSLICE_` variables in this environment that the shim would refuse: unknown ones, and
+/// compute settings it could not read.
 fn check_environment(findings: &mut Findings) {
     let mut stray = 0;
-    for (name, _) in std::env::vars_os() {
+    for (name, value) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if !name.starts_with("GPUSLICE_") || KNOWN_VARIABLES.contains(&name.as_ref()) {
+        if !name.starts_with("GPUSLICE_") {
             continue;
         }
-        stray += 1;
-        let why = if NOT_YET_ENFORCED.contains(&name.as_ref()) {
-            "compute settings are not supported by this version"
-        } else {
-            "no part of gpuslice reads it (a typo?)"
+        let value = value.to_string_lossy();
+        let why = match name.as_ref() {
+            "GPUSLICE_COMPUTE_SHARE" | "GPUSLICE_COMPUTE_LIMIT"
+                if compute::parse_percent(&value).is_none() =>
+            {
+                format!("{value:?} is not {}", compute::PERCENT_FORM)
+            }
+            "GPUSLICE_PRIORITY" if compute::parse_priority(&value).is_none() => {
+                format!("{value:?} is not {}", compute::PRIORITY_FORM)
+            }
+            known if KNOWN_VARIABLES.contains(&known) => continue,
+            _ => "no part of gpuslice reads it (a typo?)".to_string(),
         };
+        stray += 1;
         findings.say(
             Level::Fail,
             "environment",

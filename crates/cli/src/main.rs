@@ -1,12 +1,12 @@
 /*!
-The `gpuslice` command: run programs as tenants with a GPU memory quota, and see what every
-tenant holds.
+The `gpuslice` command: run programs as tenants with a GPU memory quota and a compute share,
+and see what every tenant holds and gets.
 
 This binary is glue over the ledger crate ([`gpuslice_ledger`]): it writes quota files the
 way a tenant's creator does, and reads usage files the way an observer does. It never links
 the shim (`libgpuslice.so`); it preloads it into the commands it runs.
 
-# `gpuslice run [--memory Q] [--tenant NAME] [--gpu UUID|INDEX] [--dir DIR] [--shim PATH] -- CMD...`
+# `gpuslice run [--memory Q] [--compute-share PCT] [--compute-limit PCT] [--priority P] [--tenant NAME] [--gpu UUID|INDEX] [--dir DIR] [--shim PATH] -- CMD...`
 
 Runs `CMD` with the shim preloaded, as a process of a tenant.
 
@@ -17,7 +17,12 @@ Runs `CMD` with the shim preloaded, as a process of a tenant.
   `--dir`. It is passed to the command as an absolute `GPUSLICE_DIR`.
 - **Creating**: a tenant without a quota file is created: its quota is `--memory` (a
   Kubernetes quantity: `4Gi`, `512Mi`, `8G`, `1.5Gi`, bytes) on every GPU, or with `--gpu`
-  on that GPU only (other GPUs unlimited); without `--memory`, unlimited. `--gpu` takes a
+  on that GPU only (other GPUs unlimited); without `--memory`, unlimited. `--compute-share`
+  and `--compute-limit` (percent, 0.1 to 100 with at most one decimal, an optional `%`:
+  exactly what the shim accepts in `GPUSLICE_COMPUTE_SHARE` / `GPUSLICE_COMPUTE_LIMIT`) and
+  `--priority` (`high`, `normal`, `low`) go into the quota's defaults: the shim applies them
+  per tenant on every GPU (a `--gpu` entry carries them too). Unset, the tenant has no
+  share, no limit and normal priority. `--gpu` takes a
   UUID (`GPU-...`), or an index that `nvidia-smi -L` can turn into one (nvidia-smi's order,
   not necessarily CUDA's). `--gpu` only says where the quota applies; it does not hide the
   other GPUs from the command.
@@ -25,16 +30,20 @@ Runs `CMD` with the shim preloaded, as a process of a tenant.
   same`, or a tenant made by someone else). Its quota is the ceiling: a `--memory` above it
   (its default limit, or its limit on the `--gpu` GPU) is a usage error naming both values;
   one below it is passed to the command as `GPUSLICE_MEMORY_LIMIT`, which the shim applies on
-  every GPU (an environment variable has no per-GPU form).
+  every GPU (an environment variable has no per-GPU form). Likewise a `--compute-share` or
+  `--compute-limit` above the quota's, or a `--priority` above it (low < normal < high), is
+  a usage error naming both; a lower one is passed on as `GPUSLICE_COMPUTE_SHARE`,
+  `GPUSLICE_COMPUTE_LIMIT` or `GPUSLICE_PRIORITY`, with a note on stderr saying what the
+  command gets. A setting the quota leaves unset may be given freely.
 - **Shim**: `--shim PATH`, else `$GPUSLICE_SHIM`, else `libgpuslice.so` next to the
   `gpuslice` executable, else `../lib/libgpuslice.so` relative to it. It is put first in
   `LD_PRELOAD`, before anything already there.
 - **Environment**: the command gets `GPUSLICE_TENANT`, `GPUSLICE_DIR` and, when lowered,
-  `GPUSLICE_MEMORY_LIMIT`; inherited values of these are replaced (an inherited limit with a
-  note on stderr), `GPUSLICE_SHIM` is removed, `GPUSLICE_LOG` passes through. Any other
-  `GPUSLICE_` variable is refused before the command starts, as the shim would refuse it
-  once the command used the GPU; the compute settings (`GPUSLICE_COMPUTE_SHARE`,
-  `GPUSLICE_COMPUTE_LIMIT`, `GPUSLICE_PRIORITY`) and their flags do not exist yet.
+  `GPUSLICE_MEMORY_LIMIT`, `GPUSLICE_COMPUTE_SHARE`, `GPUSLICE_COMPUTE_LIMIT`,
+  `GPUSLICE_PRIORITY`; inherited values of these are replaced (an inherited limit, share or
+  priority with a note on stderr: `run` takes them from its flags), `GPUSLICE_SHIM` is
+  removed, `GPUSLICE_LOG` passes through. Any other `GPUSLICE_` variable is refused before
+  the command starts, as the shim would refuse it once the command used the GPU.
 - **Signals**: SIGINT, SIGTERM and SIGHUP sent to `gpuslice` are forwarded to the command,
   except those the kernel sends to the whole process group (Ctrl-C at a terminal), which the
   command receives itself. `gpuslice` waits for the command either way.
@@ -44,25 +53,40 @@ Runs `CMD` with the shim preloaded, as a process of a tenant.
   run-created tenant left behind by a run that was killed with SIGKILL is removed and
   created afresh by the next run that enters it (the `tenancy` module explains the locks).
 
-# `gpuslice status [--json] [--dir DIR]`
+# `gpuslice status [--json] [--sample MS] [--dir DIR]`
 
 Every tenant in the ledger, sorted by name: per GPU, the memory its live processes hold, its
-limit, how many allocations were refused for being over it, and the live processes with
-their slot, PID (as recorded, in the process's own PID namespace) and memory. Memory held by
-slots of dead processes that nobody reclaimed yet is not counted. The ledger directory is
-found as for `run`, but never created. A tenant whose files are damaged is reported with its
-error and the others are still shown.
+limit, how many allocations were refused for being over it, its compute share, limit and
+priority, the GPU time it was charged and how long its launches were throttled (both in
+total), the share of the GPU it **gets**, and the live processes with their slot, PID (as
+recorded, in the process's own PID namespace), memory and GPU time. Memory held by slots of
+dead processes that nobody reclaimed yet is not counted. The ledger directory is found as
+for `run`, but never created. A tenant whose files are damaged is reported with its error
+and the others are still shown.
 
-The human output is a table of at most 80 columns. `--json` prints one document:
+What a tenant gets is measured, not computed from its settings: `status` reads the ledger
+twice, `--sample` milliseconds apart (default 250), and divides the GPU time each tenant was
+charged in between (as the shim measures it) by the wall time in between. It says what
+happened in that window only; `--sample 0` reads once and measures nothing. The compute
+settings shown per GPU are those the tenant's live processes published, the ones they
+enforce (the quota, lowered by their environment; the most restrictive when processes
+differ), or the quota's when no process has published any.
+
+The human output is a table of at most 80 columns, with a compute line under each GPU.
+`--json` prints one document:
 
 ```json
 {
   "version": 1,
   "ledger": "/run/gpuslice",
+  "gets_window_ms": 250,
   "tenants": [
     {
       "name": "team-a",
       "memory_limit_bytes": 4294967296,
+      "compute_share_percent": 30.0,
+      "compute_limit_percent": null,
+      "priority": "high",
       "live_processes": 2,
       "gpus": [
         {
@@ -70,9 +94,16 @@ The human output is a table of at most 80 columns. `--json` prints one document:
           "memory_used_bytes": 1342177280,
           "memory_limit_bytes": 4294967296,
           "oom_refusals": 0,
+          "compute_share_percent": 30.0,
+          "compute_limit_percent": null,
+          "priority": "high",
+          "compute_source": "published",
+          "gpu_time_ns": 81234567890,
+          "throttled_ns": 1200000000,
+          "gets_percent": 29.8,
           "processes": [
-            { "slot": 0, "pid": 4242, "memory_bytes": 1073741824 },
-            { "slot": 1, "pid": 4250, "memory_bytes": 268435456 }
+            { "slot": 0, "pid": 4242, "memory_bytes": 1073741824, "gpu_time_ns": 61234567890 },
+            { "slot": 1, "pid": 4250, "memory_bytes": 268435456, "gpu_time_ns": 20000000000 }
           ]
         }
       ]
@@ -86,26 +117,38 @@ The human output is a table of at most 80 columns. `--json` prints one document:
 |---|---|
 | `version` | schema version, 1; raised only when a field changes meaning or is removed (fields may be added) |
 | `ledger` | the ledger directory read |
+| `gets_window_ms` | the wall time `gets_percent` was measured over (`--sample`, as it happened); `null` with `--sample 0` |
 | `tenants[].name` | the tenant |
 | `tenants[].error` | present only when the tenant's files could not be read; the fields below are then absent |
 | `tenants[].memory_limit_bytes` | the quota's limit on GPUs without a limit of their own; `null` = unlimited (also when the tenant has no quota file) |
+| `tenants[].compute_share_percent` | the quota's compute share, percent (30.0, 12.5); `null` = none |
+| `tenants[].compute_limit_percent` | the quota's compute limit, percent; `null` = none (an idle GPU may be used whole) |
+| `tenants[].priority` | the quota's priority, `high`, `normal` or `low`; `null` = not set (normal) |
 | `tenants[].live_processes` | processes holding a live slot (they have used a GPU through the shim), with or without memory |
 | `tenants[].gpus[]` | the GPUs the tenant's processes have used, in usage-file order, then GPUs its quota names |
 | `gpus[].uuid` | `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` |
 | `gpus[].memory_used_bytes` | the sum of `processes[].memory_bytes` |
 | `gpus[].memory_limit_bytes` | the quota's limit on this GPU; `null` = unlimited. A process's own `GPUSLICE_MEMORY_LIMIT` may be lower and is not recorded in the ledger |
 | `gpus[].oom_refusals` | allocations refused for being over the limit, since the GPU was first used by the tenant |
-| `gpus[].processes[]` | live processes holding memory on this GPU: `slot` (0 to 63), `pid`, `memory_bytes` |
+| `gpus[].compute_share_percent`, `gpus[].compute_limit_percent`, `gpus[].priority` | the settings the tenant enforces on this GPU (as above; `null` = none / normal) |
+| `gpus[].compute_source` | `published`: what its live processes published (what they enforce); `quota`: no live process published any, so the quota's |
+| `gpus[].gpu_time_ns` | GPU time charged to the tenant on this GPU since it first used it (departed processes included), as the shim measures it |
+| `gpus[].throttled_ns` | wall time the tenant's launches waited for their share on this GPU, in total |
+| `gpus[].gets_percent` | the share of this GPU's time the tenant received over `gets_window_ms`, percent with one decimal; `null` when not measured (`--sample 0`, or the GPU was not in the first reading) |
+| `gpus[].processes[]` | live processes holding memory on this GPU: `slot` (0 to 63), `pid`, `memory_bytes`, `gpu_time_ns` |
 
 # `gpuslice top [--dir DIR] [--interval MS]`
 
 The figures of `status`, live in the terminal and grouped by GPU: for each tenant on a GPU,
-its memory used and limit, a bar and the percentage of the limit, its OOM refusals, and its
-live processes (their count, and their PIDs on a wide terminal). Tenants that have not used
+its memory used and limit, a bar and the percentage of the limit, its compute share, limit
+and priority, GETS (the share of the GPU's time it received since the previous refresh: GPU
+time charged over wall time), THROTTLED (how long its launches waited, in total), its OOM
+refusals, and its live processes (their count, and their PIDs on a wide terminal). Tenants that have not used
 a GPU yet and damaged tenants (with their error) follow. The ledger is read again every
 `--interval` milliseconds (default 250); a read that fails keeps the last figures on screen
 and says why. `q`, Esc or Ctrl-C quits; the arrow keys, PgUp/PgDn and Home scroll. Below
-60 columns the bars go and UUIDs are cut (`GPU-5f8c3a12…`). The terminal is given back
+100 columns LIMIT, PRIO, THROTTLED and the PIDs go; below 60 the bars and SHARE go too, GETS
+is in whole percents and UUIDs are cut (`GPU-5f8c3a12…`). The terminal is given back
 however it ends, a panic included. With a stdout that is not a terminal it exits 2 and
 points to `gpuslice status`.
 
@@ -126,6 +169,11 @@ read).
 | `gpuslice_memory_used_bytes` | gauge | `tenant`, `gpu` | memory held by the tenant's live processes on the GPU (as `status` counts it) |
 | `gpuslice_memory_limit_bytes` | gauge | `tenant`, `gpu` | the tenant's quota on the GPU; no series when unlimited |
 | `gpuslice_oom_refusals_total` | counter | `tenant`, `gpu` | allocations refused for being over the limit |
+| `gpuslice_gpu_time_seconds_total` | counter | `tenant`, `gpu` | GPU time charged to the tenant (`gpus[].gpu_time_ns`); `rate()` of it is the share the tenant gets |
+| `gpuslice_throttled_seconds_total` | counter | `tenant`, `gpu` | wall time its launches waited for their share (`gpus[].throttled_ns`) |
+| `gpuslice_compute_share_ratio` | gauge | `tenant`, `gpu` | the compute share it enforces, 0 to 1; no series when none |
+| `gpuslice_compute_limit_ratio` | gauge | `tenant`, `gpu` | the compute limit it enforces, 0 to 1; no series when none |
+| `gpuslice_compute_priority` | gauge | `tenant`, `gpu`, `priority` | 1, with `priority` `high`, `normal` or `low` |
 | `gpuslice_processes` | gauge | `tenant` | live processes of the tenant |
 | `gpuslice_tenants` | gauge | | tenants in the ledger, readable or not |
 | `gpuslice_ledger_errors` | gauge | | tenants whose files could not be read at this scrape |
@@ -141,17 +189,29 @@ shared object exporting `cuMemAlloc_v2` and `dlsym`; `libcuda.so.1` and
 driver or a GPU these are warnings; the ledger directory exists (a warning if not yet), is
 writable (else which tenants' usage files are), and every tenant's files can be read (each
 damaged tenant is a failure with the ledger's error); no `GPUSLICE_` variable is set that the
-shim would refuse. Exit 0 when nothing failed, 1 when something did.
+shim would refuse (an unknown one, or a compute setting it cannot read). Exit 0 when nothing failed, 1 when something did.
 
-# `gpuslice demo [--dir DIR] [--shim PATH] [--simulated]`
+# `gpuslice demo [--dir DIR] [--shim PATH] [--simulated] [--compute-seconds S]`
 
 Two tenants, `demo-a` and `demo-b`, share GPU 0 under memory quotas (4 GiB and 8 GiB on a real
-GPU, 1 GiB and 2 GiB on the simulated one). Each runs this binary again as a hidden worker
-(`__demo-worker`) under the shim, as `run` would start it: it creates a context, reads
-`cuMemGetInfo`, allocates chunks until `CUDA_ERROR_OUT_OF_MEMORY`, frees them and allocates
-once more. Progress is shown as it comes (a bar per tenant on a terminal, the workers' lines
-prefixed with the tenant otherwise), then a table: promised, seen as total, allocated before
-the refusal, the refusal, and whether allocating after freeing worked.
+GPU, 1 GiB and 2 GiB on the simulated one) and compute shares of 30% and 70%, in two phases.
+In each, every tenant runs this binary again as a hidden worker (`__demo-worker`) under the
+shim, as `run` would start it.
+
+- **Memory**: the worker creates a context, reads `cuMemGetInfo`, allocates chunks until
+  `CUDA_ERROR_OUT_OF_MEMORY`, frees them and allocates once more. Progress is shown as it
+  comes (a bar per tenant on a terminal, the workers' lines prefixed with the tenant
+  otherwise), then a table: promised, seen as total, allocated before the refusal, the
+  refusal, and whether allocating after freeing worked.
+- **Compute**: both workers load `examples/ptx/spin.ptx` (compiled into the binary; a real
+  driver JIT-compiles it) and launch `gpuslice_spin` kernels of 2 ms back to back on a
+  stream of their own, four queued, for `--compute-seconds` (default 4), reporting each
+  kernel they see finish. The share each got is measured from its own kernels: those it
+  finished in the time both ran (less the first 300 ms and the last 50 ms), times 2 ms,
+  over that time. Progress shows the shares over the last half second.
+
+It ends with a table per tenant: its memory quota, what happened at it, its promised share,
+the share it got, and how long its launches were throttled (from the ledger).
 
 - **GPU**: the real one when NVML lists a GPU (as `doctor` asks), unless `--simulated`;
   otherwise the simulated GPU, `libfakecuda.so` from `$GPUSLICE_FAKECUDA`, else next to the
@@ -160,8 +220,8 @@ the refusal, the refusal, and whether allocating after freeing worked.
 - **Ledger**: `--dir`, else a fresh temporary directory; the tenants are created as `run`
   creates them and removed afterwards. A `demo-a` or `demo-b` that already exists there is a
   usage error. **Shim**: as for `run`.
-- **Exit**: 0 when each tenant saw its quota as the total, was refused at or below it and
-  could allocate again; 1 with the reason otherwise.
+- **Exit**: 0 when each tenant saw its quota as the total, was refused at or below it, could
+  allocate again, and got its share within 5 points; 1 with the reason otherwise.
 
 # `gpuslice device-plugin [--config FILE] [--slices-per-gpu N] [FLAGS]`
 
@@ -200,7 +260,7 @@ Prints the shell's completion script, e.g. `gpuslice completions bash >
 |---|---|
 | 0 | success; for `run`, the command exited 0 |
 | 1 | `doctor`: at least one check failed; `demo`: a tenant did not get what was promised |
-| 2 | usage or configuration error: a bad flag or value, no usable ledger directory, no shim, no GPU for `demo`, an unknown `GPUSLICE_` variable, `--memory` above the quota of the tenant being joined, `top` without a terminal |
+| 2 | usage or configuration error: a bad flag or value, no usable ledger directory, no shim, no GPU for `demo`, an unknown `GPUSLICE_` variable, a `--memory`, `--compute-share`, `--compute-limit` or `--priority` above the quota of the tenant being joined, `top` without a terminal |
 | 125 | gpuslice itself failed; for `run`, before it could start the command (a damaged ledger file, a failed system call); for `status`, only if its output cannot be written |
 | 126 | `run`: the command was found but could not be executed |
 | 127 | `run`: the command was not found |
@@ -214,7 +274,10 @@ change the exit code, which stays the command's.
 mod cdi;
 mod cli;
 mod completions;
+mod compute;
 mod demo;
+mod demo_compute;
+mod demo_memory;
 mod demo_worker;
 mod doctor;
 mod exit;
@@ -232,27 +295,14 @@ mod top;
 use std::process::ExitCode;
 
 use clap::Parser;
-use clap::error::{ContextKind, ContextValue, ErrorKind};
 
-use crate::cli::{Cli, Command, NOT_YET_SUPPORTED};
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let compute_flag = err.kind() == ErrorKind::UnknownArgument
-                && matches!(
-                    err.get(ContextKind::InvalidArg),
-                    Some(ContextValue::String(arg))
-                        if NOT_YET_SUPPORTED.iter().any(|f| arg.starts_with(f))
-                );
             let _ = err.print();
-            if compute_flag {
-                eprintln!(
-                    "\nnote: compute shares, limits and priorities are not supported by this \
-                     version of gpuslice, which enforces memory quotas only"
-                );
-            }
             // 0 for --help and --version, 2 (exit::USAGE) for errors.
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(exit::USAGE));
         }

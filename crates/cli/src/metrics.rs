@@ -11,7 +11,7 @@
 //! could save. The limits on request size and time keep a slow or hostile client from
 //! holding a thread for long.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -185,7 +185,7 @@ impl<'a> Family<'a> {
         Family { out }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -259,6 +259,102 @@ pub fn render(report: &Report) -> String {
         }
     }
 
+    let name = "gpuslice_gpu_time_seconds_total";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "counter",
+        "GPU time charged to a tenant on a GPU, as the shim measures it (rate() of it is the \
+         share of the GPU the tenant gets).",
+    );
+    for (tenant, usage) in &readable {
+        for gpu in &usage.gpus {
+            f.sample(
+                name,
+                &[("tenant", tenant), ("gpu", &gpu.uuid)],
+                seconds(gpu.gpu_time_ns),
+            );
+        }
+    }
+
+    let name = "gpuslice_throttled_seconds_total";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "counter",
+        "Wall time a tenant's kernel launches waited for their share on a GPU.",
+    );
+    for (tenant, usage) in &readable {
+        for gpu in &usage.gpus {
+            f.sample(
+                name,
+                &[("tenant", tenant), ("gpu", &gpu.uuid)],
+                seconds(gpu.throttled_ns),
+            );
+        }
+    }
+
+    let name = "gpuslice_compute_share_ratio";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "The share of GPU time a tenant is guaranteed on a GPU under contention, as its \
+         processes enforce it (no series when it has none).",
+    );
+    for (tenant, usage) in &readable {
+        for gpu in &usage.gpus {
+            if let Some(percent) = gpu.compute_share_percent {
+                f.sample(
+                    name,
+                    &[("tenant", tenant), ("gpu", &gpu.uuid)],
+                    percent / 100.0,
+                );
+            }
+        }
+    }
+
+    let name = "gpuslice_compute_limit_ratio";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "The most GPU time a tenant may use on a GPU, as its processes enforce it (no series \
+         when unlimited).",
+    );
+    for (tenant, usage) in &readable {
+        for gpu in &usage.gpus {
+            if let Some(percent) = gpu.compute_limit_percent {
+                f.sample(
+                    name,
+                    &[("tenant", tenant), ("gpu", &gpu.uuid)],
+                    percent / 100.0,
+                );
+            }
+        }
+    }
+
+    let name = "gpuslice_compute_priority";
+    let mut f = Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "1 for the priority a tenant has on a GPU (label priority: high, normal or low).",
+    );
+    for (tenant, usage) in &readable {
+        for gpu in &usage.gpus {
+            f.sample(
+                name,
+                &[
+                    ("tenant", tenant),
+                    ("gpu", &gpu.uuid),
+                    ("priority", gpu.priority.unwrap_or("normal")),
+                ],
+                1,
+            );
+        }
+    }
+
     let name = "gpuslice_processes";
     let mut f = Family::new(
         &mut out,
@@ -288,6 +384,13 @@ pub fn render(report: &Report) -> String {
     );
     f.sample(name, &[], count(report.tenants.len() - readable.len()));
     out
+}
+
+/// Nanoseconds as seconds, the base unit Prometheus wants.
+fn seconds(ns: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let ns = ns as f64;
+    ns / 1e9
 }
 
 /// A count as a sample value.
@@ -324,6 +427,8 @@ mod tests {
         let report = Report {
             version: SCHEMA_VERSION,
             ledger: "/l".into(),
+            gets_window_ms: None,
+            read_at: std::time::Instant::now(),
             tenants: vec![
                 TenantReport {
                     name: "we\"ird\\\n".into(),
@@ -331,11 +436,21 @@ mod tests {
                     usage: Some(TenantUsage {
                         memory_limit_bytes: None,
                         live_processes: 3,
+                        compute_share_percent: None,
+                        compute_limit_percent: None,
+                        priority: None,
                         gpus: vec![GpuReport {
                             uuid: "GPU-x".into(),
                             memory_used_bytes: 7,
                             memory_limit_bytes: None,
                             oom_refusals: 2,
+                            compute_share_percent: Some(12.5),
+                            compute_limit_percent: None,
+                            priority: None,
+                            compute_source: "quota",
+                            gpu_time_ns: 1_500_000_000,
+                            throttled_ns: 1,
+                            gets_percent: None,
                             processes: vec![],
                         }],
                     }),
@@ -357,6 +472,19 @@ mod tests {
             "unlimited: {text}"
         );
         assert!(text.contains("gpuslice_tenants 2\n"), "{text}");
+        let gpu = r#"{tenant="we\"ird\\\n",gpu="GPU-x"}"#;
+        for sample in [
+            format!("gpuslice_gpu_time_seconds_total{gpu} 1.5\n"),
+            format!("gpuslice_throttled_seconds_total{gpu} 0.000000001\n"),
+            format!("gpuslice_compute_share_ratio{gpu} 0.125\n"),
+        ] {
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
+        assert!(
+            !text.contains("gpuslice_compute_limit_ratio{"),
+            "unlimited: {text}"
+        );
+        assert!(text.contains(r#"priority="normal"} 1"#), "{text}");
         assert!(text.contains("gpuslice_ledger_errors 1\n"), "{text}");
         assert!(!text.contains("broken"), "{text}");
         for line in text.lines() {

@@ -7,9 +7,12 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::anyhow;
-use gpuslice_ledger::{GpuUuid, Ledger, Limits, TenantName, TenantQuota};
+use gpuslice_ledger::{
+    ComputeSettings, GpuUuid, Ledger, Limits, Priority, TenantName, TenantQuota,
+};
 
 use crate::cli::RunArgs;
+use crate::compute::{format_percent, priority_name, priority_rank};
 use crate::exit::{self, Failure, ResultExt};
 use crate::gpu;
 use crate::locate::{self, ENV_DIR, ENV_FAKECUDA, ENV_SHIM};
@@ -21,14 +24,41 @@ use crate::tenancy::{self, Entry, Join};
 const ENV_TENANT: &str = "GPUSLICE_TENANT";
 /// A limit below the tenant's quota (the shim reads it; `run` sets it when lowering).
 const ENV_MEMORY_LIMIT: &str = "GPUSLICE_MEMORY_LIMIT";
+/// A compute share below the tenant's (the shim reads it; `run` sets it when lowering).
+const ENV_COMPUTE_SHARE: &str = "GPUSLICE_COMPUTE_SHARE";
+/// A compute limit below the tenant's (the shim reads it; `run` sets it when lowering).
+const ENV_COMPUTE_LIMIT: &str = "GPUSLICE_COMPUTE_LIMIT";
+/// A priority below the tenant's (the shim reads it; `run` sets it when lowering).
+const ENV_PRIORITY: &str = "GPUSLICE_PRIORITY";
 /// The shim's log level, which `run` passes through untouched.
 const ENV_LOG: &str = "GPUSLICE_LOG";
-/// Compute settings, refused until compute isolation exists (as the shim refuses them).
-const NOT_YET_ENFORCED: [&str; 3] = [
-    "GPUSLICE_COMPUTE_SHARE",
-    "GPUSLICE_COMPUTE_LIMIT",
-    "GPUSLICE_PRIORITY",
+/// The settings `run` takes from its flags, and the flag each comes from: inherited values
+/// are replaced.
+const FROM_FLAGS: [(&str, &str); 4] = [
+    (ENV_MEMORY_LIMIT, "--memory"),
+    (ENV_COMPUTE_SHARE, "--compute-share"),
+    (ENV_COMPUTE_LIMIT, "--compute-limit"),
+    (ENV_PRIORITY, "--priority"),
 ];
+
+/// What a run asks for: the quota of a tenant it creates, the ceiling it must stay under
+/// in a tenant it joins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// `--memory`.
+    pub memory: Option<u64>,
+    /// `--compute-share`, `--compute-limit`, `--priority`.
+    pub compute: ComputeSettings,
+}
+
+/// Settings below the joined tenant's quota, which the command gets in its environment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Lowered {
+    memory: Option<u64>,
+    share: Option<u32>,
+    limit: Option<u32>,
+    priority: Option<Priority>,
+}
 
 /// Runs `gpuslice run`; the exit code is the command's.
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
@@ -51,18 +81,35 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let forwarder = Forwarder::install()
         .map_err(|e| anyhow!("could not install signal handlers: {e}"))
         .failed()?;
-    let quota = new_quota(args.memory, gpu.as_ref());
+    let wanted = Wanted {
+        memory: args.memory,
+        compute: ComputeSettings {
+            share_permille: args.compute_share,
+            limit_permille: args.compute_limit,
+            priority: args.priority,
+        },
+    };
+    let quota = new_quota(&wanted, gpu.as_ref());
     let membership = tenancy::enter(&ledger, &tenant, &quota, join).failed()?;
-    let memory_limit = match &membership.entry {
-        Entry::Created => None,
+    let lowered = match &membership.entry {
+        Entry::Created => Lowered::default(),
         // On refusal `membership` is dropped: it withdraws without removing anything.
-        Entry::Joined(existing) => lowered_limit(&tenant, existing, args.memory, gpu.as_ref())?,
+        Entry::Joined(existing) => lowered(&tenant, existing, &wanted, gpu.as_ref())?,
     };
 
     let mut command = tenant_command(program, &shim, &tenant, &dir);
     command.args(program_args);
-    if let Some(limit) = memory_limit {
+    if let Some(limit) = lowered.memory {
         command.env(ENV_MEMORY_LIMIT, limit.to_string());
+    }
+    if let Some(share) = lowered.share {
+        command.env(ENV_COMPUTE_SHARE, format_percent(share));
+    }
+    if let Some(limit) = lowered.limit {
+        command.env(ENV_COMPUTE_LIMIT, format_percent(limit));
+    }
+    if let Some(priority) = lowered.priority {
+        command.env(ENV_PRIORITY, priority_name(priority));
     }
 
     forwarder.prepare(&mut command);
@@ -109,39 +156,27 @@ pub fn tenant_command(
 
 /// Refuses `GPUSLICE_` variables in the environment that neither `run` nor the shim reads,
 /// as the shim would refuse them once the command used the GPU: a typo must not go
-/// unnoticed until then. Notes an inherited limit, which `run` replaces.
+/// unnoticed until then. Notes an inherited limit, share or priority, which `run` replaces
+/// with what its flags say.
 fn check_environment() -> anyhow::Result<()> {
     for (name, value) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         if !name.starts_with("GPUSLICE_") {
             continue;
         }
-        if NOT_YET_ENFORCED.contains(&name) {
-            return Err(anyhow!(
-                "{name} is set, but this version of gpuslice enforces memory quotas only; unset it"
-            ));
-        }
-        if name == ENV_MEMORY_LIMIT {
+        if let Some((_, flag)) = FROM_FLAGS.iter().find(|(env, _)| *env == name) {
             eprintln!(
                 "gpuslice: note: ignoring {name}={} from the environment; `gpuslice run` takes \
-                 the limit from --memory",
+                 it from {flag}",
                 value.to_string_lossy()
             );
+            continue;
         }
-        if ![
-            ENV_TENANT,
-            ENV_MEMORY_LIMIT,
-            ENV_DIR,
-            ENV_LOG,
-            ENV_SHIM,
-            ENV_FAKECUDA,
-        ]
-        .contains(&name)
-        {
+        if ![ENV_TENANT, ENV_DIR, ENV_LOG, ENV_SHIM, ENV_FAKECUDA].contains(&name) {
             return Err(anyhow!(
                 "unknown variable {name} in the environment: gpuslice reads only {ENV_TENANT}, \
-                 {ENV_MEMORY_LIMIT}, {ENV_DIR}, {ENV_LOG}, {ENV_SHIM} and {ENV_FAKECUDA}; \
-                 unset it"
+                 {ENV_MEMORY_LIMIT}, {ENV_COMPUTE_SHARE}, {ENV_COMPUTE_LIMIT}, {ENV_PRIORITY}, \
+                 {ENV_DIR}, {ENV_LOG}, {ENV_SHIM} and {ENV_FAKECUDA}; unset it"
             ));
         }
     }
@@ -155,21 +190,139 @@ fn generated_tenant() -> TenantName {
     TenantName::new(&name).unwrap_or_else(|e| unreachable!("{name}: {e}"))
 }
 
-/// The quota of a tenant this run creates: `memory` on every GPU, or on `gpu` only.
-pub fn new_quota(memory: Option<u64>, gpu: Option<&GpuUuid>) -> TenantQuota {
-    let limits = Limits {
-        memory_bytes: memory,
+/// The quota of a tenant this run creates: the memory limit on every GPU, or on `gpu` only;
+/// the compute settings in the defaults, as the shim reads them there for every GPU.
+pub fn new_quota(wanted: &Wanted, gpu: Option<&GpuUuid>) -> TenantQuota {
+    let compute = Limits {
+        compute_share_permille: wanted.compute.share_permille,
+        compute_limit_permille: wanted.compute.limit_permille,
+        priority: wanted.compute.priority,
         ..Limits::default()
     };
     match gpu {
         Some(gpu) => TenantQuota {
-            defaults: Limits::default(),
-            per_gpu: vec![(*gpu, limits)],
+            defaults: compute,
+            per_gpu: vec![(
+                *gpu,
+                Limits {
+                    memory_bytes: wanted.memory,
+                    ..compute
+                },
+            )],
         },
         None => TenantQuota {
-            defaults: limits,
+            defaults: Limits {
+                memory_bytes: wanted.memory,
+                ..compute
+            },
             per_gpu: Vec::new(),
         },
+    }
+}
+
+/// What a run joining a tenant with quota `existing` passes to its command: each setting
+/// below the quota; an error naming both values for one above it.
+fn lowered(
+    tenant: &TenantName,
+    existing: &TenantQuota,
+    wanted: &Wanted,
+    gpu: Option<&GpuUuid>,
+) -> Result<Lowered, Failure> {
+    let memory = lowered_limit(tenant, existing, wanted.memory, gpu)?;
+    let ceiling = existing.defaults;
+    let share = lowered_percent(
+        tenant,
+        "--compute-share",
+        "share",
+        wanted.compute.share_permille,
+        ceiling.compute_share_permille,
+    )?;
+    let limit = lowered_percent(
+        tenant,
+        "--compute-limit",
+        "compute limit",
+        wanted.compute.limit_permille,
+        ceiling.compute_limit_permille,
+    )?;
+    let priority = match (wanted.compute.priority, ceiling.priority) {
+        (Some(wanted), Some(quota)) if priority_rank(wanted) > priority_rank(quota) => {
+            return Err(anyhow!(
+                "--priority {} is higher than the priority of tenant {tenant}, {}; a run that \
+                 joins an existing tenant may lower its quota, not raise it",
+                priority_name(wanted),
+                priority_name(quota),
+            ))
+            .usage();
+        }
+        (Some(wanted), Some(quota)) if wanted == quota => None,
+        (wanted, _) => wanted,
+    };
+    let lowered = Lowered {
+        memory,
+        share,
+        limit,
+        priority,
+    };
+    note_lowered(tenant, existing, &lowered);
+    Ok(lowered)
+}
+
+/// Says on stderr which compute settings of the joined tenant this command gets lowered
+/// (memory is silent, as it always was: the shim's OOM line names the limit).
+fn note_lowered(tenant: &TenantName, existing: &TenantQuota, lowered: &Lowered) {
+    let quota = existing.defaults;
+    let percent = |v: Option<u32>| {
+        v.map_or_else(|| "none".to_string(), |p| format!("{}%", format_percent(p)))
+    };
+    let mut changes = Vec::new();
+    if let Some(share) = lowered.share {
+        changes.push(format!(
+            "compute share {}% (the tenant's: {})",
+            format_percent(share),
+            percent(quota.compute_share_permille)
+        ));
+    }
+    if let Some(limit) = lowered.limit {
+        changes.push(format!(
+            "compute limit {}% (the tenant's: {})",
+            format_percent(limit),
+            percent(quota.compute_limit_permille)
+        ));
+    }
+    if let Some(priority) = lowered.priority {
+        changes.push(format!(
+            "priority {} (the tenant's: {})",
+            priority_name(priority),
+            quota.priority.map_or("none", priority_name)
+        ));
+    }
+    if !changes.is_empty() {
+        eprintln!(
+            "gpuslice: note: joining tenant {tenant}; this command gets {}",
+            changes.join(", ")
+        );
+    }
+}
+
+/// A percent setting of a joining run: `None` when not below the quota's `ceiling`; an
+/// error when above it.
+fn lowered_percent(
+    tenant: &TenantName,
+    flag: &str,
+    what: &str,
+    wanted: Option<u32>,
+    ceiling: Option<u32>,
+) -> Result<Option<u32>, Failure> {
+    match (wanted, ceiling) {
+        (Some(wanted), Some(ceiling)) if wanted > ceiling => Err(anyhow!(
+            "{flag} {}% is more than the {what} of tenant {tenant}, {}%; a run that joins an \
+             existing tenant may lower its quota, not raise it",
+            format_percent(wanted),
+            format_percent(ceiling),
+        ))
+        .usage(),
+        (Some(wanted), Some(ceiling)) if wanted == ceiling => Ok(None),
+        (wanted, _) => Ok(wanted),
     }
 }
 
@@ -229,7 +382,13 @@ mod tests {
     use super::*;
 
     fn quota(memory: Option<u64>) -> TenantQuota {
-        new_quota(memory, None)
+        new_quota(
+            &Wanted {
+                memory,
+                ..Wanted::default()
+            },
+            None,
+        )
     }
 
     #[test]
@@ -256,7 +415,13 @@ mod tests {
     #[test]
     fn per_gpu_quota_applies_to_that_gpu_only() {
         let gpu = GpuUuid([7; 16]);
-        let q = new_quota(Some(1 << 30), Some(&gpu));
+        let q = new_quota(
+            &Wanted {
+                memory: Some(1 << 30),
+                ..Wanted::default()
+            },
+            Some(&gpu),
+        );
         assert_eq!(q.limits_for(&gpu).memory_bytes, Some(1 << 30));
         assert_eq!(q.limits_for(&GpuUuid([8; 16])).memory_bytes, None);
         let t = TenantName::new("t").unwrap();
@@ -264,6 +429,76 @@ mod tests {
         assert_eq!(
             lowered_limit(&t, &q, Some(2 << 30), None).unwrap(),
             Some(2 << 30)
+        );
+    }
+
+    fn compute(share: Option<u32>, limit: Option<u32>, priority: Option<Priority>) -> Wanted {
+        Wanted {
+            memory: None,
+            compute: ComputeSettings {
+                share_permille: share,
+                limit_permille: limit,
+                priority,
+            },
+        }
+    }
+
+    #[test]
+    fn compute_settings_go_into_the_defaults_even_with_a_gpu() {
+        let gpu = GpuUuid([7; 16]);
+        let wanted = Wanted {
+            memory: Some(1 << 30),
+            ..compute(Some(300), Some(500), Some(Priority::High))
+        };
+        let q = new_quota(&wanted, Some(&gpu));
+        assert_eq!(q.defaults.compute_share_permille, Some(300));
+        assert_eq!(q.defaults.compute_limit_permille, Some(500));
+        assert_eq!(q.defaults.priority, Some(Priority::High));
+        assert_eq!(q.defaults.memory_bytes, None);
+        let on_gpu = q.limits_for(&gpu);
+        assert_eq!(on_gpu.memory_bytes, Some(1 << 30));
+        assert_eq!(on_gpu.compute_share_permille, Some(300));
+    }
+
+    #[test]
+    fn joining_may_lower_compute_settings_but_not_raise_them() {
+        let t = TenantName::new("t").unwrap();
+        let q = new_quota(&compute(Some(500), Some(800), Some(Priority::Normal)), None);
+        let got = lowered(
+            &t,
+            &q,
+            &compute(Some(300), Some(800), Some(Priority::Low)),
+            None,
+        )
+        .unwrap();
+        assert_eq!(got.share, Some(300));
+        assert_eq!(got.limit, None, "the same as the quota: nothing to set");
+        assert_eq!(got.priority, Some(Priority::Low));
+        for (wanted, names) in [
+            (compute(Some(501), None, None), ["50.1%", "50%"]),
+            (compute(None, Some(1000), None), ["100%", "80%"]),
+            (
+                compute(None, None, Some(Priority::High)),
+                ["high", "normal"],
+            ),
+        ] {
+            let err = lowered(&t, &q, &wanted, None).unwrap_err();
+            assert_eq!(err.status, exit::USAGE);
+            let msg = format!("{:#}", err.error);
+            assert!(msg.contains(names[0]) && msg.contains(names[1]), "{msg}");
+        }
+        // A tenant without compute settings may be given any.
+        let free = new_quota(&Wanted::default(), None);
+        let got = lowered(
+            &t,
+            &free,
+            &compute(Some(1000), Some(1), Some(Priority::High)),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (got.share, got.limit, got.priority),
+            (Some(1000), Some(1), Some(Priority::High))
         );
     }
 }

@@ -7,12 +7,16 @@
 
 use std::io::{self, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use gpuslice_ledger::{GpuUuid, Ledger, LedgerError, TenantName, TenantQuota, UsageSnapshot};
+use gpuslice_ledger::{
+    ComputeSettings, GpuUuid, Ledger, LedgerError, TenantName, TenantQuota, UsageSnapshot,
+};
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
+use crate::compute::{self, Source, percent_number, priority_name};
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
 use crate::quantity::format_size;
@@ -28,8 +32,13 @@ pub struct Report {
     pub version: u32,
     /// The ledger directory.
     pub ledger: String,
+    /// The wall time over which `gets_percent` was measured; `None` (null) when it was not.
+    pub gets_window_ms: Option<u64>,
     /// Every tenant, sorted by name.
     pub tenants: Vec<TenantReport>,
+    /// When the ledger was read (for measuring what tenants get between two reports).
+    #[serde(skip)]
+    pub read_at: Instant,
 }
 
 /// One tenant: its usage, or why it could not be read.
@@ -50,6 +59,12 @@ pub struct TenantReport {
 pub struct TenantUsage {
     /// The limit on GPUs without a limit of their own; `None` (null) = unlimited.
     pub memory_limit_bytes: Option<u64>,
+    /// The quota's compute share in percent; `None` (null) = none.
+    pub compute_share_percent: Option<f64>,
+    /// The quota's compute limit in percent; `None` (null) = none.
+    pub compute_limit_percent: Option<f64>,
+    /// The quota's priority (`high`, `normal`, `low`); `None` (null) = not set (normal).
+    pub priority: Option<&'static str>,
     /// Processes holding a live slot (using a GPU through the shim), with or without memory.
     pub live_processes: usize,
     /// The GPUs the tenant's processes have used, then those its quota names.
@@ -67,6 +82,21 @@ pub struct GpuReport {
     pub memory_limit_bytes: Option<u64>,
     /// Allocations refused for being over the limit.
     pub oom_refusals: u64,
+    /// The compute share the tenant enforces on it, in percent; `None` (null) = none.
+    pub compute_share_percent: Option<f64>,
+    /// The compute limit the tenant enforces on it, in percent; `None` (null) = none.
+    pub compute_limit_percent: Option<f64>,
+    /// The priority the tenant enforces on it; `None` (null) = not set (normal).
+    pub priority: Option<&'static str>,
+    /// Where the three above come from: `published` by live processes, or the `quota`.
+    pub compute_source: &'static str,
+    /// GPU time charged to the tenant on it, in total (departed processes included).
+    pub gpu_time_ns: u64,
+    /// Wall time the tenant's launches waited for credit on it, in total.
+    pub throttled_ns: u64,
+    /// The share of the GPU's time the tenant received over `gets_window_ms`, in percent;
+    /// `None` (null) when not measured.
+    pub gets_percent: Option<f64>,
     /// The live processes holding memory on it, by slot.
     pub processes: Vec<ProcessReport>,
 }
@@ -80,12 +110,14 @@ pub struct ProcessReport {
     pub pid: u32,
     /// What it holds on the GPU.
     pub memory_bytes: u64,
+    /// GPU time charged to it on the GPU.
+    pub gpu_time_ns: u64,
 }
 
 /// Runs `gpuslice status`.
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
-    let report = read_report(&dir).usage()?;
+    let report = read_sampled_report(&dir, Duration::from_millis(args.sample)).usage()?;
     let text = if args.json {
         let mut json = serde_json::to_string_pretty(&report)
             .context("could not encode the report as JSON")
@@ -103,7 +135,46 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     }
 }
 
-/// Reads the whole ledger at `dir`; an error only when the directory itself is unusable.
+/// Reads the ledger twice, `window` apart, and measures what each tenant got in between
+/// ([`measure_gets`]); with a zero `window`, once.
+pub fn read_sampled_report(dir: &Path, window: Duration) -> anyhow::Result<Report> {
+    let first = read_report(dir)?;
+    if window.is_zero() {
+        return Ok(first);
+    }
+    std::thread::sleep(window);
+    let mut second = read_report(dir)?;
+    measure_gets(&first, &mut second);
+    Ok(second)
+}
+
+/// Fills in `gets_percent` of `after` from the GPU time gained since `before`, for every
+/// tenant and GPU in both, and `gets_window_ms`.
+pub fn measure_gets(before: &Report, after: &mut Report) {
+    let wall = after.read_at.saturating_duration_since(before.read_at);
+    let wall_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
+    after.gets_window_ms = Some(u64::try_from(wall.as_millis()).unwrap_or(u64::MAX));
+    for tenant in &mut after.tenants {
+        let Some(usage) = &mut tenant.usage else {
+            continue;
+        };
+        let earlier = before
+            .tenants
+            .iter()
+            .find(|t| t.name == tenant.name)
+            .and_then(|t| t.usage.as_ref());
+        for gpu in &mut usage.gpus {
+            let Some(was) = earlier.and_then(|u| u.gpus.iter().find(|g| g.uuid == gpu.uuid)) else {
+                continue;
+            };
+            gpu.gets_percent = compute::received(was.gpu_time_ns, gpu.gpu_time_ns, wall_ns)
+                .map(|fraction| (fraction * 1000.0).round() / 10.0);
+        }
+    }
+}
+
+/// Reads the whole ledger at `dir` once (no `gets_percent`); an error only when the
+/// directory itself is unusable.
 pub fn read_report(dir: &Path) -> anyhow::Result<Report> {
     let ledger = Ledger::open_existing(dir).with_context(|| {
         format!(
@@ -114,13 +185,16 @@ pub fn read_report(dir: &Path) -> anyhow::Result<Report> {
     let tenants = ledger
         .tenants()
         .with_context(|| format!("could not list the tenants of {}", dir.display()))?;
+    let tenants = tenants
+        .iter()
+        .filter_map(|t| tenant_report(&ledger, t))
+        .collect();
     Ok(Report {
         version: SCHEMA_VERSION,
         ledger: dir.display().to_string(),
-        tenants: tenants
-            .iter()
-            .filter_map(|t| tenant_report(&ledger, t))
-            .collect(),
+        gets_window_ms: None,
+        tenants,
+        read_at: Instant::now(),
     })
 }
 
@@ -155,6 +229,10 @@ fn tenant_report(ledger: &Ledger, tenant: &TenantName) -> Option<TenantReport> {
 /// A tenant's usage from its quota and a copy of its usage file (either may be missing).
 fn tenant_usage(quota: Option<&TenantQuota>, usage: Option<&UsageSnapshot>) -> TenantUsage {
     let limit_on = |gpu: &GpuUuid| quota.and_then(|q| q.limits_for(gpu).memory_bytes);
+    // Compute settings are per tenant: the shim reads them from the quota's defaults.
+    let quota_compute = quota
+        .map(|q| compute::from_limits(&q.defaults))
+        .unwrap_or_default();
     let live: Vec<_> = usage
         .map(|u| u.slots().into_iter().filter(|s| s.live).collect())
         .unwrap_or_default();
@@ -162,6 +240,7 @@ fn tenant_usage(quota: Option<&TenantQuota>, usage: Option<&UsageSnapshot>) -> T
     let mut gpus: Vec<GpuReport> = registered
         .iter()
         .map(|(index, uuid)| {
+            let slot_times = usage.map(|u| u.compute_slots(*index)).unwrap_or_default();
             let processes: Vec<ProcessReport> = live
                 .iter()
                 .filter_map(|slot| {
@@ -170,35 +249,65 @@ fn tenant_usage(quota: Option<&TenantQuota>, usage: Option<&UsageSnapshot>) -> T
                         slot: slot.index,
                         pid: slot.pid,
                         memory_bytes: *bytes,
+                        gpu_time_ns: slot_times
+                            .iter()
+                            .find(|s| s.index == slot.index)
+                            .map_or(0, |s| s.gpu_time_ns),
                     })
                 })
                 .collect();
-            GpuReport {
-                uuid: uuid.to_string(),
-                memory_used_bytes: processes
-                    .iter()
-                    .fold(0u64, |sum, p| sum.saturating_add(p.memory_bytes)),
-                memory_limit_bytes: limit_on(uuid),
-                oom_refusals: usage.map_or(0, |u| u.oom_refusals(*index)),
-                processes,
-            }
+            let (settings, source) = compute::enforced(usage, &live, Some(*index), quota_compute);
+            let mut gpu = gpu_report(uuid, limit_on(uuid), settings, source);
+            gpu.memory_used_bytes = processes
+                .iter()
+                .fold(0u64, |sum, p| sum.saturating_add(p.memory_bytes));
+            gpu.oom_refusals = usage.map_or(0, |u| u.oom_refusals(*index));
+            gpu.gpu_time_ns = usage.map_or(0, |u| u.gpu_time_ns(*index));
+            gpu.throttled_ns = usage.map_or(0, |u| u.throttled_ns(*index));
+            gpu.processes = processes;
+            gpu
         })
         .collect();
     for (uuid, limits) in quota.map(|q| q.per_gpu.as_slice()).unwrap_or_default() {
         if !registered.iter().any(|(_, u)| u == uuid) {
-            gpus.push(GpuReport {
-                uuid: uuid.to_string(),
-                memory_used_bytes: 0,
-                memory_limit_bytes: limits.memory_bytes,
-                oom_refusals: 0,
-                processes: Vec::new(),
-            });
+            gpus.push(gpu_report(
+                &uuid.to_string(),
+                limits.memory_bytes,
+                quota_compute,
+                Source::Quota,
+            ));
         }
     }
     TenantUsage {
         memory_limit_bytes: quota.and_then(|q| q.defaults.memory_bytes),
+        compute_share_percent: quota_compute.share_permille.map(percent_number),
+        compute_limit_percent: quota_compute.limit_permille.map(percent_number),
+        priority: quota_compute.priority.map(priority_name),
         live_processes: live.len(),
         gpus,
+    }
+}
+
+/// A GPU's report with its limits and compute settings, and nothing used yet.
+fn gpu_report(
+    uuid: &(impl ToString + ?Sized),
+    memory_limit_bytes: Option<u64>,
+    settings: ComputeSettings,
+    source: Source,
+) -> GpuReport {
+    GpuReport {
+        uuid: uuid.to_string(),
+        memory_used_bytes: 0,
+        memory_limit_bytes,
+        oom_refusals: 0,
+        compute_share_percent: settings.share_permille.map(percent_number),
+        compute_limit_percent: settings.limit_permille.map(percent_number),
+        priority: settings.priority.map(priority_name),
+        compute_source: source.name(),
+        gpu_time_ns: 0,
+        throttled_ns: 0,
+        gets_percent: None,
+        processes: Vec::new(),
     }
 }
 
@@ -219,10 +328,64 @@ fn limit_text(limit: Option<u64>) -> String {
     limit.map_or_else(|| "unlimited".to_string(), format_size)
 }
 
+/// A duration in nanoseconds, short: `0 s`, `250 ms`, `12.3 s`, `2.5 h`.
+pub fn format_duration(ns: u64) -> String {
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000 * MS;
+    #[allow(clippy::cast_precision_loss)]
+    let tenths = |unit: u64| ns as f64 / unit as f64;
+    match ns {
+        0 => "0 s".into(),
+        n if n < S => format!("{} ms", n / MS),
+        n if n < 3600 * S => format!("{:.1} s", tenths(S)),
+        _ => format!("{:.1} h", tenths(3600 * S)),
+    }
+}
+
+/// A percent figure of the report (30.0, 12.5) as the table writes it: `30%`, `12.5%`.
+pub fn percent_text(percent: Option<f64>) -> String {
+    match percent {
+        None => "-".into(),
+        Some(p) if p.fract() == 0.0 => format!("{p:.0}%"),
+        Some(p) => format!("{p:.1}%"),
+    }
+}
+
+/// The compute line under a GPU row (or a tenant with no GPU used yet).
+fn compute_line(
+    share: Option<f64>,
+    limit: Option<f64>,
+    priority: Option<&str>,
+    gpu: Option<&GpuReport>,
+) -> String {
+    let mut text = format!(
+        "share {}, limit {}, priority {}",
+        share.map_or("none".into(), |p| percent_text(Some(p))),
+        limit.map_or("none".into(), |p| percent_text(Some(p))),
+        priority.unwrap_or("normal")
+    );
+    if let Some(gpu) = gpu {
+        if let Some(gets) = gpu.gets_percent {
+            text.push_str(&format!("; gets {}", percent_text(Some(gets))));
+        }
+        text.push_str(&format!(
+            "; GPU time {}, throttled {}",
+            format_duration(gpu.gpu_time_ns),
+            format_duration(gpu.throttled_ns)
+        ));
+    }
+    text
+}
+
 /// The report as an aligned table of at most 80 columns.
 pub fn render_table(report: &Report) -> String {
     let mut out = String::new();
     wrap(&mut out, &format!("ledger {}", report.ledger), "", "  ");
+    if let Some(ms) = report.gets_window_ms {
+        out.push_str(&format!(
+            "gets: share of the GPU's time received in the last {ms} ms\n"
+        ));
+    }
     row(&mut out, "TENANT / GPU / PROCESS", "USED", "LIMIT", "OOM");
     if report.tenants.is_empty() {
         out.push_str("(no tenants)\n");
@@ -249,6 +412,13 @@ pub fn render_table(report: &Report) -> String {
                 &limit_text(usage.memory_limit_bytes),
                 "-",
             );
+            let line = compute_line(
+                usage.compute_share_percent,
+                usage.compute_limit_percent,
+                usage.priority,
+                None,
+            );
+            wrap(&mut out, &line, "    ", "      ");
         }
         for gpu in &usage.gpus {
             row(
@@ -258,6 +428,13 @@ pub fn render_table(report: &Report) -> String {
                 &limit_text(gpu.memory_limit_bytes),
                 &gpu.oom_refusals.to_string(),
             );
+            let line = compute_line(
+                gpu.compute_share_percent,
+                gpu.compute_limit_percent,
+                gpu.priority,
+                Some(gpu),
+            );
+            wrap(&mut out, &line, "    ", "      ");
             for p in &gpu.processes {
                 row(
                     &mut out,
@@ -320,7 +497,9 @@ mod tests {
         Report {
             version: SCHEMA_VERSION,
             ledger: "/run/gpuslice".into(),
+            gets_window_ms: Some(250),
             tenants,
+            read_at: Instant::now(),
         }
     }
 
@@ -330,16 +509,27 @@ mod tests {
             error: None,
             usage: Some(TenantUsage {
                 memory_limit_bytes: Some(4 << 30),
+                compute_share_percent: Some(30.0),
+                compute_limit_percent: None,
+                priority: Some("high"),
                 live_processes: 2,
                 gpus: vec![GpuReport {
                     uuid: GpuUuid([0xab; 16]).to_string(),
                     memory_used_bytes: 3 << 30,
                     memory_limit_bytes: None,
                     oom_refusals: 12_345,
+                    compute_share_percent: Some(12.5),
+                    compute_limit_percent: Some(100.0),
+                    priority: Some("high"),
+                    compute_source: "published",
+                    gpu_time_ns: 3_600_000_000_000_000,
+                    throttled_ns: 999_999_999,
+                    gets_percent: Some(99.9),
                     processes: vec![ProcessReport {
                         slot: 63,
                         pid: 4_194_304,
                         memory_bytes: (1 << 40) - 1,
+                        gpu_time_ns: 5,
                     }],
                 }],
             }),
@@ -379,18 +569,36 @@ mod tests {
     fn table_columns_line_up() {
         let text = render_table(&report(vec![busy_tenant("a")]));
         let lines: Vec<&str> = text.lines().collect();
-        let header = lines[1];
-        let gpu = lines[3];
+        let header = lines[2];
+        let gpu = lines[4];
         // USED ends where the header's USED ends.
         let used_end = header.find("USED").unwrap() + "USED".len();
         assert_eq!(&gpu[used_end - "3 GiB".len()..used_end], "3 GiB", "{text}");
-        let process = lines[4];
+        // The compute line, wrapped at 80 columns.
+        assert_eq!(
+            lines[5], "    share 12.5%, limit 100%, priority high; gets 99.9%; GPU time 1000.0 h,",
+            "{text}"
+        );
+        assert_eq!(lines[6], "      throttled 999 ms", "{text}");
+        let process = lines[7];
         assert!(process.starts_with("    slot 63, pid 4194304"), "{text}");
         assert_eq!(
             &process[used_end - "1023 GiB".len()..used_end],
             "1023 GiB",
             "{text}"
         );
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(format_duration(0), "0 s");
+        assert_eq!(format_duration(999_999), "0 ms");
+        assert_eq!(format_duration(250_000_000), "250 ms");
+        assert_eq!(format_duration(12_340_000_000), "12.3 s");
+        assert_eq!(format_duration(9_000_000_000_000), "2.5 h");
+        assert_eq!(percent_text(Some(30.0)), "30%");
+        assert_eq!(percent_text(Some(12.5)), "12.5%");
+        assert_eq!(percent_text(None), "-");
     }
 
     #[test]
@@ -418,6 +626,18 @@ mod tests {
         assert_eq!(gpu["processes"][0]["slot"], 63);
         assert_eq!(gpu["processes"][0]["pid"], 4_194_304);
         assert_eq!(gpu["processes"][0]["memory_bytes"], (1u64 << 40) - 1);
+        assert_eq!(gpu["processes"][0]["gpu_time_ns"], 5);
+        assert_eq!(value["gets_window_ms"], 250);
+        assert_eq!(a["compute_share_percent"], 30.0);
+        assert!(a["compute_limit_percent"].is_null());
+        assert_eq!(a["priority"], "high");
+        assert_eq!(gpu["compute_share_percent"], 12.5);
+        assert_eq!(gpu["compute_limit_percent"], 100.0);
+        assert_eq!(gpu["priority"], "high");
+        assert_eq!(gpu["compute_source"], "published");
+        assert_eq!(gpu["gpu_time_ns"], 3_600_000_000_000_000u64);
+        assert_eq!(gpu["throttled_ns"], 999_999_999);
+        assert_eq!(gpu["gets_percent"], 99.9);
         let b = &value["tenants"][1];
         assert_eq!(b["error"], "bad");
         assert!(b.get("gpus").is_none());

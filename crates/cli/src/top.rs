@@ -1,5 +1,6 @@
 //! `gpuslice top`: a live terminal view of the ledger, per GPU: every tenant's memory against
-//! its quota, its refusals and its processes, read again a few times a second.
+//! its quota, its refusals, its compute share, limit and priority, the share of the GPU it
+//! gets and how long it was throttled, and its processes, read again a few times a second.
 //!
 //! The data is exactly what `gpuslice status` reads ([`status::read_report`]), regrouped by
 //! GPU ([`items`]). [`render`] draws it into any ratatui frame, so tests draw it on a
@@ -7,8 +8,8 @@
 //! [`TerminalGuard`] gives back as it found it however the loop ends (`q`, an error, a panic).
 //!
 //! The table is a list of [`Column`]s chosen by the terminal's width: a column is a header,
-//! a width and a cell, so the compute columns of a later version (share, limit, received
-//! share, throttled time) are new variants, not a new layout.
+//! a width and a cell. What a tenant gets (GETS) is measured between two reads of the ledger
+//! ([`status::measure_gets`]): the GPU time it was charged over the wall time in between.
 
 use std::io::{self, IsTerminal};
 use std::path::Path;
@@ -29,7 +30,7 @@ use crate::cli::TopArgs;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
 use crate::quantity::format_size;
-use crate::status::{Report, TenantUsage, read_report};
+use crate::status::{self, Report, TenantUsage, format_duration, percent_text, read_report};
 
 /// Below this many columns the view is narrow: no gauge bars, abbreviated UUIDs, short
 /// figures.
@@ -101,7 +102,8 @@ fn event_loop(dir: &Path, mut report: Report, interval: Duration) -> io::Result<
         }
         if Instant::now() >= next_read {
             match read_report(dir) {
-                Ok(fresh) => {
+                Ok(mut fresh) => {
+                    status::measure_gets(&report, &mut fresh);
                     report = fresh;
                     refreshed = clock_now();
                     error = None;
@@ -201,6 +203,14 @@ struct Row<'a> {
     used: u64,
     limit: Option<u64>,
     oom: u64,
+    /// Compute share, limit (percent) and priority.
+    share: Option<f64>,
+    compute_limit: Option<f64>,
+    priority: Option<&'a str>,
+    /// The share received since the last refresh, in percent.
+    gets: Option<f64>,
+    /// Time its launches waited for credit, in total.
+    throttled_ns: Option<u64>,
     /// Live processes: those holding memory on this GPU, or for a tenant with no GPU used
     /// yet, those holding a slot.
     processes: usize,
@@ -233,6 +243,11 @@ fn items(report: &Report, width: u16) -> Vec<Item<'_>> {
                     used: gpu.memory_used_bytes,
                     limit: gpu.memory_limit_bytes,
                     oom: gpu.oom_refusals,
+                    share: gpu.compute_share_percent,
+                    compute_limit: gpu.compute_limit_percent,
+                    priority: gpu.priority,
+                    gets: gpu.gets_percent,
+                    throttled_ns: Some(gpu.throttled_ns),
                     processes: gpu.processes.len(),
                     pids: gpu.processes.iter().map(|p| p.pid).collect(),
                 })
@@ -252,6 +267,11 @@ fn items(report: &Report, width: u16) -> Vec<Item<'_>> {
             used: 0,
             limit: usage.memory_limit_bytes,
             oom: 0,
+            share: usage.compute_share_percent,
+            compute_limit: usage.compute_limit_percent,
+            priority: usage.priority,
+            gets: None,
+            throttled_ns: None,
             processes: usage.live_processes,
             pids: Vec::new(),
         })
@@ -294,6 +314,11 @@ enum Column {
     Memory,
     Percent,
     Bar,
+    Share,
+    Limit,
+    Priority,
+    Gets,
+    Throttled,
     Oom,
     Processes,
     Pids,
@@ -304,11 +329,14 @@ impl Column {
     fn for_width(width: u16) -> &'static [Column] {
         use Column::*;
         if width < NARROW {
-            &[Tenant, Memory, Percent, Oom, Processes]
+            &[Tenant, Memory, Percent, Gets, Oom, Processes]
         } else if width < WIDE {
-            &[Tenant, Memory, Percent, Bar, Oom, Processes]
+            &[Tenant, Memory, Percent, Bar, Share, Gets, Oom, Processes]
         } else {
-            &[Tenant, Memory, Percent, Bar, Oom, Processes, Pids]
+            &[
+                Tenant, Memory, Percent, Bar, Share, Limit, Priority, Gets, Throttled, Oom,
+                Processes, Pids,
+            ]
         }
     }
 
@@ -319,6 +347,11 @@ impl Column {
             Column::Memory => "USED / LIMIT",
             Column::Percent => "USE%",
             Column::Bar => "",
+            Column::Share => "SHARE",
+            Column::Limit => "LIMIT",
+            Column::Priority => "PRIO",
+            Column::Gets => "GETS",
+            Column::Throttled => "THROTTLED",
             Column::Oom => "OOM",
             Column::Processes if narrow => "PRC",
             Column::Processes => "PROCS",
@@ -345,6 +378,13 @@ impl Column {
             ),
             Column::Percent => percent(row).map_or("-".into(), |p| format!("{p}%")),
             Column::Bar => String::new(),
+            Column::Share => percent_text(row.share),
+            Column::Limit => percent_text(row.compute_limit),
+            Column::Priority => row.priority.unwrap_or("normal").to_string(),
+            // Whole percents where room is short.
+            Column::Gets if narrow => percent_text(row.gets.map(f64::round)),
+            Column::Gets => percent_text(row.gets),
+            Column::Throttled => row.throttled_ns.map_or("-".into(), format_duration),
             Column::Oom => row.oom.to_string(),
             Column::Processes => row.processes.to_string(),
             Column::Pids => row
@@ -359,7 +399,14 @@ impl Column {
     fn right_aligned(self) -> bool {
         matches!(
             self,
-            Column::Memory | Column::Percent | Column::Oom | Column::Processes
+            Column::Memory
+                | Column::Percent
+                | Column::Share
+                | Column::Limit
+                | Column::Gets
+                | Column::Throttled
+                | Column::Oom
+                | Column::Processes
         )
     }
 
@@ -618,7 +665,9 @@ pub fn render(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gpuslice_ledger::{GpuUuid, Ledger, Limits, TenantName, TenantQuota};
+    use gpuslice_ledger::{
+        ComputeSettings, GpuUuid, Ledger, Limits, Priority, TenantName, TenantQuota,
+    };
     use ratatui::backend::TestBackend;
 
     const MIB: u64 = 1 << 20;
@@ -693,6 +742,15 @@ mod tests {
         let slot = usage.claim_slot().unwrap();
         slot.try_reserve(a, 300 * MIB, GIB).unwrap();
         usage.record_oom(a);
+        slot.publish_compute(ComputeSettings {
+            share_permille: Some(300),
+            limit_permille: Some(125),
+            priority: Some(Priority::High),
+        });
+        usage.add_throttled(a, 1_500_000_000);
+        let before = read_report(dir.path()).unwrap();
+        // 100 ms of GPU time in 400 ms of wall time: 25%.
+        slot.add_gpu_time(a, 100_000_000);
         held.push(slot);
 
         ledger
@@ -719,7 +777,9 @@ mod tests {
             .write_quota(&name("idle"), &quota(Some(4 * GIB)))
             .unwrap();
 
-        let report = read_report(dir.path()).unwrap();
+        let mut report = read_report(dir.path()).unwrap();
+        report.read_at = before.read_at + Duration::from_millis(400);
+        status::measure_gets(&before, &mut report);
         (dir, report, held)
     }
 
@@ -751,9 +811,33 @@ mod tests {
         assert!(line_with(&screen, GPU_A).contains("2 tenants"), "{screen}");
 
         let a = line_with(&screen, "team-a");
-        for figure in ["300 MiB / 1 GiB", "29%", "█", "░", " 1 "] {
+        for figure in [
+            "300 MiB / 1 GiB",
+            "29%",
+            "█",
+            "░",
+            " 1 ",
+            " 30% ",
+            " 12.5% ",
+            " high ",
+            " 25% ",
+            " 1.5 s ",
+        ] {
             assert!(a.contains(figure), "{figure:?} in {a:?}");
         }
+        let head = line_with(&screen, "THROTTLED");
+        for column in ["SHARE", "LIMIT", "PRIO", "GETS"] {
+            assert!(head.contains(column), "{column} in {head:?}");
+        }
+        // GETS lines up under its header; a tenant not in both readings has none.
+        // (In characters: the bars are several bytes each.)
+        let gets_end = head[..head.find("GETS").unwrap()].chars().count() + "GETS".len();
+        let upto = |line: &str| line.chars().take(gets_end).collect::<String>();
+        assert!(upto(a).ends_with("25%"), "{screen}");
+        assert!(
+            upto(line_with(&screen, "team-c")).ends_with(" -"),
+            "{screen}"
+        );
         assert!(a.contains(&std::process::id().to_string()), "PIDs: {a:?}");
         let b_on_a = lines[at(GPU_A)..at(GPU_B)]
             .iter()
@@ -796,6 +880,8 @@ mod tests {
         let a = line_with(&screen, "team-a");
         assert!(a.contains("300MiB/1GiB"), "{a:?}");
         assert!(a.contains("29%"), "{a:?}");
+        assert!(line_with(&screen, "GETS").contains("USE%"), "{screen}");
+        assert!(a.contains(" 25% "), "what it gets: {a:?}");
         for line in screen.lines() {
             assert_eq!(line.chars().count(), 40, "{line:?}");
         }
@@ -805,6 +891,23 @@ mod tests {
             short.lines().last().unwrap().contains("4 more lines"),
             "{short}"
         );
+    }
+
+    #[test]
+    fn medium_view_shows_share_and_gets_but_not_limit_or_priority() {
+        let (_dir, report, _held) = busy_ledger();
+        let screen = draw(&report, 80, 20);
+        eprintln!("{screen}");
+        let head = line_with(&screen, "SHARE");
+        assert!(head.contains("GETS") && !head.contains("PRIO"), "{head:?}");
+        let a = line_with(&screen, "team-a");
+        assert!(a.contains(" 30% ") && a.contains(" 25% "), "{a:?}");
+        assert!(!a.contains("high"), "{a:?}");
+        let idle = line_with(&screen, "idle");
+        assert!(idle.contains(" - "), "no share, nothing measured: {idle:?}");
+        for line in screen.lines() {
+            assert_eq!(line.chars().count(), 80, "{line:?}");
+        }
     }
 
     #[test]

@@ -17,8 +17,31 @@ fn row<'a>(stdout: &'a str, tenant: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The words of the closing summary row of `tenant` (the last line that starts with it).
+fn summary_row<'a>(stdout: &'a str, tenant: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .rfind(|l| l.starts_with(tenant))
+        .unwrap_or_else(|| panic!("no summary row for {tenant} in:\n{stdout}"))
+        .split_whitespace()
+        .collect()
+}
+
+/// The share a summary row says the tenant got, after the promised one.
+fn got_share(row: &[&str], promised: &str) -> f64 {
+    let at = row
+        .iter()
+        .position(|w| *w == promised)
+        .unwrap_or_else(|| panic!("no {promised} in {row:?}"));
+    row.get(at + 1)
+        .and_then(|w| w.strip_suffix('%'))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no measured share after {promised} in {row:?}"))
+}
+
 #[test]
-fn simulated_demo_keeps_each_tenant_to_its_quota_and_both_recover() {
+fn simulated_demo_keeps_quotas_and_gives_the_tenants_30_and_70_percent() {
+    let started = std::time::Instant::now();
     let dir = TestDir::new();
     let mut command = dir.gpuslice(&["demo", "--simulated", "--shim"]);
     command
@@ -66,6 +89,44 @@ fn simulated_demo_keeps_each_tenant_to_its_quota_and_both_recover() {
         out.stdout.contains("[demo-a] progress allocated="),
         "{out:?}"
     );
+
+    // The compute phase: progress, then the summary with the measured shares.
+    assert!(out.stdout.contains("[compute] "), "{out:?}");
+    let a = summary_row(&out.stdout, "demo-a");
+    let b = summary_row(&out.stdout, "demo-b");
+    assert_eq!(
+        a[..8],
+        [
+            "demo-a",
+            "1",
+            "GiB",
+            "refused",
+            "at",
+            "960",
+            "MiB,",
+            "recovered"
+        ]
+    );
+    assert_eq!(
+        b[..8],
+        [
+            "demo-b",
+            "2",
+            "GiB",
+            "refused",
+            "at",
+            "1984",
+            "MiB,",
+            "recovered"
+        ]
+    );
+    let (got_a, got_b) = (got_share(&a, "30%"), got_share(&b, "70%"));
+    eprintln!("demo shares: demo-a {got_a}% (30% promised), demo-b {got_b}% (70% promised)");
+    assert!((got_a - 30.0).abs() <= 5.0, "demo-a got {got_a}%: {out:?}");
+    assert!((got_b - 70.0).abs() <= 5.0, "demo-b got {got_b}%: {out:?}");
+    let took = started.elapsed();
+    eprintln!("the demo took {took:?}");
+    assert!(took < DEMO_TIMEOUT, "{took:?}");
     assert!(
         !dir.tenant_exists("demo-a") && !dir.tenant_exists("demo-b"),
         "the demo left its tenants behind"

@@ -114,3 +114,91 @@ fn status_shows_what_a_program_under_the_shim_holds() {
         "the tenant was left behind"
     );
 }
+
+/// The `done at_ns=` times a compute worker printed.
+fn kernel_times(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("done at_ns="))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_run_with_a_30_percent_limit_gets_30_percent_and_status_and_metrics_say_so() {
+    const KERNEL_NS: u64 = 2_000_000;
+    let node = Node::new();
+    let mut command = node.run(&["--tenant", "capped", "--compute-limit", "30", "--"]);
+    command.arg(GPUSLICE).args([
+        "__demo-worker",
+        "--phase",
+        "compute",
+        "--for-ms",
+        "3500",
+        "--kernel-ns",
+        &KERNEL_NS.to_string(),
+    ]);
+    let mut worker = Running::spawn(&mut command);
+    let seen = worker.wait_for_line("done at_ns=");
+    // Let the limit settle, then measure for a second and a half.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = finish(
+        node.gpuslice(&["status", "--json", "--sample", "1500", "--dir"])
+            .arg(node.dir.ledger_dir()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let status: Value = serde_json::from_str(&out.stdout).unwrap();
+    let capped = status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "capped")
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(capped["compute_limit_percent"], 30.0, "{capped:#}");
+    let gpu = &capped["gpus"][0];
+    assert_eq!(gpu["uuid"], FAKE_GPU0, "{capped:#}");
+    assert_eq!(gpu["compute_limit_percent"], 30.0, "{capped:#}");
+    assert_eq!(gpu["compute_source"], "published", "{capped:#}");
+    let gets = gpu["gets_percent"].as_f64().unwrap();
+    eprintln!("status says the 30%-limited tenant gets {gets}%");
+    assert!((gets - 30.0).abs() <= 5.0, "gets {gets}%: {capped:#}");
+    assert!(gpu["throttled_ns"].as_u64().unwrap() > 0, "{capped:#}");
+
+    // Metrics say the same as the ledger: the limit, and GPU time that grows.
+    let metrics = finish(
+        node.gpuslice(&["metrics", "--once", "--dir"])
+            .arg(node.dir.ledger_dir()),
+    );
+    assert_eq!(metrics.code, Some(0), "{metrics:?}");
+    let line = |name: &str| {
+        metrics
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{tenant=\"capped\"")))
+            .unwrap_or_else(|| panic!("no {name}:\n{}", metrics.stdout))
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap()
+    };
+    assert_eq!(line("gpuslice_compute_limit_ratio"), 0.3);
+    #[allow(clippy::cast_precision_loss)]
+    let at_status = gpu["gpu_time_ns"].as_u64().unwrap() as f64 / 1e9;
+    assert!(
+        line("gpuslice_gpu_time_seconds_total") >= at_status,
+        "GPU time went backwards"
+    );
+
+    // The kernels the program itself saw finish say the same.
+    let out = worker.wait(TIMEOUT);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let times = kernel_times(&format!("{seen}{}", out.stdout));
+    let from = times[0] + 500_000_000;
+    let to = times[times.len() - 1] - 50_000_000;
+    let kernels = times.iter().filter(|&&t| t > from && t <= to).count() as u64;
+    #[allow(clippy::cast_precision_loss)]
+    let share = (kernels * KERNEL_NS) as f64 / (to - from) as f64 * 100.0;
+    eprintln!("its kernels got {share:.1}% of the GPU");
+    assert!((share - 30.0).abs() <= 5.0, "kernels got {share:.1}%");
+    assert!(!node.dir.tenant_exists("capped"));
+}

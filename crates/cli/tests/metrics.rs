@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use gpuslice_ledger::{GpuUuid, Limits, TenantQuota};
+use gpuslice_ledger::{ComputeSettings, GpuUuid, Limits, Priority, TenantQuota};
 use prometheus_parse::{Sample, Scrape, Value};
 
 use crate::util::*;
@@ -51,6 +51,13 @@ fn populated(t: &TestDir) -> impl Sized {
     let index = usage.register_gpu(&gpu).unwrap();
     slot.try_reserve(index, 300 * MIB, GIB).unwrap();
     usage.record_oom(index);
+    slot.publish_compute(ComputeSettings {
+        share_permille: Some(250),
+        limit_permille: Some(500),
+        priority: Some(Priority::High),
+    });
+    slot.add_gpu_time(index, 1_500_000_000);
+    usage.add_throttled(index, 20_000_000);
     let idle = usage.claim_slot().unwrap();
     let free = ledger.open_usage(&tenant("free")).unwrap();
     let free_index = free.register_gpu(&gpu).unwrap();
@@ -89,6 +96,29 @@ fn check_populated(scrape: &Scrape) {
     );
     assert_eq!(value(scrape, "gpuslice_tenants", &[]), 2.0);
     assert_eq!(value(scrape, "gpuslice_ledger_errors", &[]), 0.0);
+
+    // Compute, in seconds and ratios, as the ledger holds it.
+    assert_eq!(value(scrape, "gpuslice_gpu_time_seconds_total", &a), 1.5);
+    assert_eq!(value(scrape, "gpuslice_throttled_seconds_total", &a), 0.02);
+    assert_eq!(value(scrape, "gpuslice_compute_share_ratio", &a), 0.25);
+    assert_eq!(value(scrape, "gpuslice_compute_limit_ratio", &a), 0.5);
+    let high = [("tenant", "team-a"), ("gpu", GPU), ("priority", "high")];
+    assert_eq!(value(scrape, "gpuslice_compute_priority", &high), 1.0);
+    assert_eq!(value(scrape, "gpuslice_gpu_time_seconds_total", &free), 0.0);
+    let normal = [("tenant", "free"), ("gpu", GPU), ("priority", "normal")];
+    assert_eq!(value(scrape, "gpuslice_compute_priority", &normal), 1.0);
+    for metric in [
+        "gpuslice_compute_share_ratio",
+        "gpuslice_compute_limit_ratio",
+    ] {
+        assert!(
+            !scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == metric && s.labels.get("tenant") == Some("free")),
+            "a tenant without {metric} has no series"
+        );
+    }
 }
 
 #[test]
@@ -109,10 +139,21 @@ fn metrics_once_says_what_the_ledger_holds() {
         .find(|s| s.metric == "gpuslice_oom_refusals_total")
         .unwrap();
     assert!(matches!(counter.value, Value::Counter(_)), "{counter:?}");
+    let gpu_time = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "gpuslice_gpu_time_seconds_total")
+        .unwrap();
+    assert!(matches!(gpu_time.value, Value::Counter(_)), "{gpu_time:?}");
     for metric in [
         "gpuslice_memory_used_bytes",
         "gpuslice_memory_limit_bytes",
         "gpuslice_oom_refusals_total",
+        "gpuslice_gpu_time_seconds_total",
+        "gpuslice_throttled_seconds_total",
+        "gpuslice_compute_share_ratio",
+        "gpuslice_compute_limit_ratio",
+        "gpuslice_compute_priority",
         "gpuslice_processes",
         "gpuslice_tenants",
         "gpuslice_ledger_errors",

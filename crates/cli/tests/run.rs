@@ -219,22 +219,58 @@ fn unusable_ledger_dir_is_a_usage_error() {
 }
 
 #[test]
-fn compute_settings_are_refused_until_they_exist() {
+fn bad_compute_values_are_usage_errors_naming_the_accepted_form() {
     let t = TestDir::new();
-    for flag in ["--compute-share", "--compute-limit", "--priority"] {
-        let out = finish(t.run(&[flag, "30", "--", "true"]));
-        assert_eq!(out.code, Some(2), "{flag}: {out:?}");
-        assert!(out.stderr.contains(flag), "{flag}: {out:?}");
-        assert!(out.stderr.contains("memory quotas only"), "{flag}: {out:?}");
+    let marker = t.path().join("ran");
+    for (flag, value, expected) in [
+        ("--compute-share", "0", "0.1 to 100"),
+        ("--compute-share", "100.1", "0.1 to 100"),
+        ("--compute-limit", "30.25", "at most one decimal"),
+        ("--compute-limit", "thirty", "such as 30, 12.5 or 30%"),
+        ("--priority", "urgent", "high, normal or low"),
+    ] {
+        let out = finish(t.run(&[flag, value, "--", "touch", marker.to_str().unwrap()]));
+        assert_eq!(out.code, Some(2), "{flag} {value}: {out:?}");
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains(expected),
+            "{flag} {value}: {out:?}"
+        );
+        assert!(!marker.exists(), "the command ran");
     }
     let help = finish(&mut t.gpuslice(&["run", "--help"]));
     assert_eq!(help.code, Some(0));
-    assert!(!help.stdout.contains("--compute"), "{}", help.stdout);
-    assert!(!help.stdout.contains("--priority"), "{}", help.stdout);
+    for flag in ["--compute-share", "--compute-limit", "--priority"] {
+        assert!(help.stdout.contains(flag), "{flag}: {}", help.stdout);
+    }
+}
 
-    let out = finish(t.run(&["--", "true"]).env("GPUSLICE_COMPUTE_SHARE", "30"));
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("memory quotas only"), "{out:?}");
+#[test]
+fn inherited_compute_settings_are_replaced_with_a_note() {
+    let t = TestDir::new();
+    let out = finish(
+        t.run(&[
+            "--",
+            "sh",
+            "-c",
+            "echo ${GPUSLICE_COMPUTE_SHARE-unset} ${GPUSLICE_COMPUTE_LIMIT-unset} \
+             ${GPUSLICE_PRIORITY-unset}",
+        ])
+        .env("GPUSLICE_COMPUTE_SHARE", "30")
+        .env("GPUSLICE_COMPUTE_LIMIT", "bogus")
+        .env("GPUSLICE_PRIORITY", "high"),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim(), "unset unset unset");
+    for (name, flag) in [
+        ("GPUSLICE_COMPUTE_SHARE=30", "--compute-share"),
+        ("GPUSLICE_COMPUTE_LIMIT=bogus", "--compute-limit"),
+        ("GPUSLICE_PRIORITY=high", "--priority"),
+    ] {
+        assert!(
+            out.stderr.contains(&format!("ignoring {name}")) && out.stderr.contains(flag),
+            "{out:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `gpuslice status`: what it reports, in JSON and as a table, and how it treats damage.
 
-use gpuslice_ledger::{GpuUuid, Limits, TenantQuota};
+use gpuslice_ledger::{ComputeSettings, GpuUuid, Limits, Priority, TenantQuota};
 use serde_json::Value;
 
 use crate::util::*;
@@ -80,10 +80,26 @@ fn status_reports_what_a_process_actually_holds() {
     slot.try_reserve(index, 300 * MIB, GIB).unwrap();
     assert!(slot.try_reserve(index, GIB, GIB).is_err());
     usage.record_oom(index);
+    // What its watcher does: publish the settings it enforces, charge GPU time, count the
+    // time its launches waited.
+    slot.publish_compute(ComputeSettings {
+        share_permille: Some(250),
+        limit_permille: Some(500),
+        priority: Some(Priority::Low),
+    });
+    slot.add_gpu_time(index, 1_500_000_000);
+    usage.add_throttled(index, 20_000_000);
     // A second process holding nothing yet.
     let idle = usage.claim_slot().unwrap();
 
     let status = t.status_json();
+    assert_eq!(status["version"], 1);
+    assert!(
+        status["gets_window_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms >= 250),
+        "{status:#}"
+    );
     let entry = tenant_entry(&status, "team-a");
     assert!(entry.get("error").is_none(), "{entry:#}");
     assert_eq!(entry["memory_limit_bytes"], GIB);
@@ -100,8 +116,20 @@ fn status_reports_what_a_process_actually_holds() {
             "slot": slot.index(),
             "pid": std::process::id(),
             "memory_bytes": 300 * MIB,
+            "gpu_time_ns": 1_500_000_000u64,
         }])
     );
+    // The quota has no compute settings; the process published its own.
+    assert!(entry["compute_share_percent"].is_null(), "{entry:#}");
+    assert!(entry["priority"].is_null(), "{entry:#}");
+    assert_eq!(gpus[0]["compute_share_percent"], 25.0);
+    assert_eq!(gpus[0]["compute_limit_percent"], 50.0);
+    assert_eq!(gpus[0]["priority"], "low");
+    assert_eq!(gpus[0]["compute_source"], "published");
+    assert_eq!(gpus[0]["gpu_time_ns"], 1_500_000_000u64);
+    assert_eq!(gpus[0]["throttled_ns"], 20_000_000u64);
+    // Nothing ran while status sampled.
+    assert_eq!(gpus[0]["gets_percent"], 0.0);
 
     // The table says the same.
     let out = finish(t.gpuslice(&["status", "--dir"]).arg(t.ledger_dir()));
@@ -121,6 +149,13 @@ fn status_reports_what_a_process_actually_holds() {
         "{gpu_line}"
     );
     assert!(gpu_line.trim_end().ends_with(" 1"), "{gpu_line}");
+    assert!(
+        out.stdout.contains(
+            "share 25%, limit 50%, priority low; gets 0%; GPU time 1.5 s, throttled 20 ms"
+        ),
+        "{}",
+        out.stdout
+    );
     assert!(
         out.stdout.contains(&format!(
             "slot {}, pid {}",
@@ -253,4 +288,49 @@ fn status_shows_a_tenant_while_gpuslice_run_holds_it() {
     t.release();
     assert_eq!(run.wait(TIMEOUT).code, Some(0));
     assert_eq!(t.status_json()["tenants"], Value::Array(vec![]));
+}
+
+#[test]
+fn status_shows_the_quotas_compute_settings_until_a_process_publishes_its_own() {
+    let t = TestDir::new();
+    let mut run = Running::spawn(
+        t.run(&[
+            "--tenant",
+            "shares",
+            "--compute-share",
+            "30",
+            "--compute-limit",
+            "12.5%",
+            "--priority",
+            "high",
+            "--",
+        ])
+        .args(hold(&t.release_file())),
+    );
+    run.wait_for_line("ready");
+    let out = finish(
+        t.gpuslice(&["status", "--json", "--sample", "0", "--dir"])
+            .arg(t.ledger_dir()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let status: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(
+        status["gets_window_ms"].is_null(),
+        "one reading: {status:#}"
+    );
+    let entry = tenant_entry(&status, "shares");
+    assert_eq!(entry["compute_share_percent"], 30.0);
+    assert_eq!(entry["compute_limit_percent"], 12.5);
+    assert_eq!(entry["priority"], "high");
+    // No GPU used yet, so no GPU entries; the table says what the quota says.
+    assert_eq!(entry["gpus"], serde_json::json!([]));
+    let out = finish(t.gpuslice(&["status", "--dir"]).arg(t.ledger_dir()));
+    assert!(
+        out.stdout
+            .contains("    share 30%, limit 12.5%, priority high\n"),
+        "{}",
+        out.stdout
+    );
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
 }

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use gpuslice_ledger::{GpuUuid, Limits, TenantQuota};
+use gpuslice_ledger::{GpuUuid, Limits, Priority, TenantQuota};
 
 use crate::util::*;
 
@@ -336,4 +336,120 @@ fn many_runs_of_one_tenant_at_once_leave_nothing_behind() {
         assert_eq!(run.wait(TIMEOUT).code, Some(0));
     }
     assert!(!t.tenant_exists("crowd"));
+}
+
+#[test]
+fn run_writes_compute_settings_into_the_quota_and_not_the_environment() {
+    let t = TestDir::new();
+    let mut command = t.run(&[
+        "--tenant",
+        "shares",
+        "--memory",
+        "1Gi",
+        "--gpu",
+        "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d",
+        "--compute-share",
+        "30%",
+        "--compute-limit",
+        "12.5",
+        "--priority",
+        "low",
+        "--",
+        "sh",
+        "-c",
+    ]);
+    command.arg(format!(
+        "echo \"${{GPUSLICE_COMPUTE_SHARE-unset}}|${{GPUSLICE_PRIORITY-unset}}\"; {}",
+        hold(&t.release_file())[2]
+    ));
+    let mut run = Running::spawn(&mut command);
+    let seen = run.wait_for_line("ready");
+    assert!(seen.starts_with("unset|unset"), "{seen}");
+    let quota = quota_of(&t, "shares");
+    // Compute settings are per tenant, on every GPU; --gpu places the memory limit.
+    assert_eq!(quota.defaults.compute_share_permille, Some(300));
+    assert_eq!(quota.defaults.compute_limit_permille, Some(125));
+    assert_eq!(quota.defaults.priority, Some(Priority::Low));
+    assert_eq!(quota.defaults.memory_bytes, None);
+    assert_eq!(quota.per_gpu.len(), 1);
+    assert_eq!(quota.per_gpu[0].1.memory_bytes, Some(GIB));
+    assert_eq!(quota.per_gpu[0].1.compute_share_permille, Some(300));
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+}
+
+#[test]
+fn joining_with_a_higher_share_limit_or_priority_fails_and_a_lower_one_is_passed_on() {
+    let t = TestDir::new();
+    let first = start_holding(
+        &t,
+        &[
+            "--tenant",
+            "shared",
+            "--compute-share",
+            "50",
+            "--compute-limit",
+            "80",
+            "--priority",
+            "normal",
+        ],
+    );
+    let marker = t.path().join("second-ran");
+    for (flag, value, names) in [
+        ("--compute-share", "60", ["60%", "50%"]),
+        ("--compute-limit", "100", ["100%", "80%"]),
+        ("--priority", "high", ["high", "normal"]),
+    ] {
+        let out = finish(t.run(&[
+            "--tenant",
+            "shared",
+            flag,
+            value,
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ]));
+        assert_eq!(out.code, Some(2), "{flag}: {out:?}");
+        assert!(
+            out.stderr.contains(names[0]) && out.stderr.contains(names[1]),
+            "{flag}: {out:?}"
+        );
+        assert!(out.stderr.contains("shared"), "{out:?}");
+        assert!(!marker.exists(), "the command ran");
+    }
+    let echo = "echo ${GPUSLICE_COMPUTE_SHARE-unset} ${GPUSLICE_COMPUTE_LIMIT-unset} \
+                ${GPUSLICE_PRIORITY-unset}";
+    let out = finish(t.run(&[
+        "--tenant",
+        "shared",
+        "--compute-share",
+        "20.5",
+        "--compute-limit",
+        "80",
+        "--priority",
+        "low",
+        "--",
+        "sh",
+        "-c",
+        echo,
+    ]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        "20.5 unset low",
+        "the same limit sets nothing"
+    );
+    assert!(
+        out.stderr.contains("joining tenant shared")
+            && out
+                .stderr
+                .contains("compute share 20.5% (the tenant's: 50%)"),
+        "{out:?}"
+    );
+    // The refused and the lowering runs changed nothing.
+    let quota = quota_of(&t, "shared");
+    assert_eq!(quota.defaults.compute_share_permille, Some(500));
+    assert_eq!(quota.defaults.priority, Some(Priority::Normal));
+    t.release();
+    assert_eq!(first.wait(TIMEOUT).code, Some(0));
 }
