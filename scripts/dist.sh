@@ -46,6 +46,10 @@ mkdir -p dist/examples
 for artifact in "${artifacts[@]}"; do
   cp "${artifact%%:*}" "dist/${artifact#*:}"
 done
+# The command and the examples without their debug info: the device plugin's gRPC stack
+# makes the command's alone larger than what the GPU machine takes. The shim keeps its own
+# (backtraces from inside a user's process are worth the size).
+strip --strip-debug dist/gpuslice dist/examples/*
 
 {
   echo "commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)"
