@@ -8,7 +8,9 @@
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
-use gpuslice_ledger::{Priority, TenantName, parse_quantity};
+use gpuslice_ledger::{
+    PERCENT_FORM, Priority, TenantName, parse_percent, parse_priority, parse_quantity,
+};
 
 use crate::log::Level;
 
@@ -25,10 +27,6 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "GPUSLICE_DIR",
     "GPUSLICE_LOG",
 ];
-
-/// The accepted form of the percent settings, in words.
-const PERCENT_FORM: &str =
-    "a percentage from 0.1 to 100 with at most one decimal, such as 30, 12.5 or 30%";
 
 /// What the shim does in this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,33 +203,6 @@ impl Config {
             dir: dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
         });
         Ok(Config { tenant, log })
-    }
-}
-
-/// A percentage (`30`, `12.5`, `30%`) in permille: 1 to 1000, at most one decimal.
-pub fn parse_percent(text: &str) -> Option<u32> {
-    let text = text.trim();
-    let number = text.strip_suffix('%').unwrap_or(text).trim_end();
-    let (whole, tenth) = match number.split_once('.') {
-        Some((w, t)) if t.len() == 1 => (w, t),
-        Some(_) => return None,
-        None => (number, "0"),
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !digits(tenth) || whole.len() > 3 {
-        return None;
-    }
-    let permille = whole.parse::<u32>().ok()? * 10 + tenth.parse::<u32>().ok()?;
-    (1..=1000).contains(&permille).then_some(permille)
-}
-
-/// `high`, `normal` or `low` (any case).
-pub fn parse_priority(text: &str) -> Option<Priority> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "high" => Some(Priority::High),
-        "normal" => Some(Priority::Normal),
-        "low" => Some(Priority::Low),
-        _ => None,
     }
 }
 

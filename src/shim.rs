@@ -15,7 +15,6 @@ use crate::hooks::device::DeviceTable;
 use crate::hooks::driver_memory::DriverMemory;
 use crate::policy::memory::{Bytes, MemoryPolicy};
 use crate::streams::StreamTable;
-use crate::watcher::{lower, lower_priority};
 
 /// Everything an enforcing process keeps. Built once per process (and again in a forked
 /// child), never freed.
@@ -93,11 +92,16 @@ impl Shim {
             .quota()
             .map(|q| q.defaults())
             .unwrap_or_default();
-        ComputeSettings {
-            share_permille: lower(file.compute_share_permille, self.settings.compute_share),
-            limit_permille: lower(file.compute_limit_permille, self.settings.compute_limit),
-            priority: lower_priority(file.priority, self.settings.priority),
-        }
+        let from_file = ComputeSettings {
+            share_permille: file.compute_share_permille,
+            limit_permille: file.compute_limit_permille,
+            priority: file.priority,
+        };
+        from_file.lowered_by(ComputeSettings {
+            share_permille: self.settings.compute_share,
+            limit_permille: self.settings.compute_limit,
+            priority: self.settings.priority,
+        })
     }
 
     /// Starts the watcher on the first launch (once; a forked child has a `Shim` of its
@@ -134,11 +138,7 @@ impl Shim {
                     ", compute share {}, limit {}, priority {}",
                     Permille(compute.share_permille),
                     Permille(compute.limit_permille),
-                    match compute.priority {
-                        Some(gpuslice_ledger::Priority::High) => "high",
-                        Some(gpuslice_ledger::Priority::Low) => "low",
-                        _ => "normal",
-                    }
+                    compute.priority.map_or("normal", |p| p.name())
                 )
             }
         }

@@ -55,6 +55,9 @@ const CREDIT: Credit = Credit {
     burst_ns: 10_000_000,
     max_debt_ns: 500_000_000,
 };
+/// The shortest stretch of time a refill of the tenant's credit adds (a refill is one CAS
+/// in the tenant's usage file; more often would only add contention between its processes).
+const REFILL_NS: u64 = 1_000_000;
 /// How few unfinished launches tenants below a high-priority one keep while it is active.
 const YIELD_IN_FLIGHT: u64 = 2;
 /// `CUDA_ERROR_NOT_READY`.
@@ -251,7 +254,7 @@ impl Watcher {
             // 3. The tenant's credit and gate.
             let usage = shim.memory.usage();
             let consumed = usage.gpu_time_ns(gpu);
-            usage.refill_credit(gpu, now, 1_000_000, |credit, dt| {
+            usage.refill_credit(gpu, now, REFILL_NS, |credit, dt| {
                 CREDIT.refill(credit, consumed, rate, dt)
             });
             let open = Credit::may_launch(usage.credit_ns(gpu), usage.gpu_time_ns(gpu));
@@ -472,39 +475,7 @@ fn in_flight_elsewhere(
 
 /// A tenant's settings from what its processes published: the most restrictive of each.
 fn combined(all: impl Iterator<Item = ComputeSettings>) -> ComputeSettings {
-    let mut out: Option<ComputeSettings> = None;
-    for s in all {
-        out = Some(match out {
-            None => s,
-            Some(o) => ComputeSettings {
-                share_permille: lower(o.share_permille, s.share_permille),
-                limit_permille: lower(o.limit_permille, s.limit_permille),
-                priority: lower_priority(o.priority, s.priority),
-            },
-        });
-    }
-    out.unwrap_or_default()
-}
-
-/// The lower of two optional values, where unset means "no constraint".
-pub fn lower(a: Option<u32>, b: Option<u32>) -> Option<u32> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The lower of two priorities; unset means normal-or-above, so a set one wins.
-pub fn lower_priority(a: Option<Priority>, b: Option<Priority>) -> Option<Priority> {
-    let rank = |p: Priority| match p {
-        Priority::Low => 0,
-        Priority::Normal => 1,
-        Priority::High => 2,
-    };
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if rank(a) <= rank(b) { a } else { b }),
-        (a, b) => a.or(b),
-    }
+    all.reduce(ComputeSettings::lowered_by).unwrap_or_default()
 }
 
 /// Calls a real driver function if the driver has it; `CUDA_ERROR_NOT_FOUND` if not.

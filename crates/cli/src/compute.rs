@@ -5,42 +5,12 @@
 //! `GPUSLICE_COMPUTE_LIMIT` and `GPUSLICE_PRIORITY` (its `config` module), so that a value
 //! `gpuslice run` takes is never one the shim would refuse, and the other way round.
 
-use gpuslice_ledger::{ComputeSettings, Limits, PERMILLE_MAX, Priority, SlotInfo, UsageSnapshot};
+use gpuslice_ledger::{ComputeSettings, Limits, Priority, SlotInfo, UsageSnapshot};
 
-/// The accepted form of a percentage, in words, for error messages.
-pub const PERCENT_FORM: &str =
-    "a percentage from 0.1 to 100 with at most one decimal, such as 30, 12.5 or 30%";
+pub use gpuslice_ledger::{PERCENT_FORM, parse_percent, parse_priority};
 
 /// The accepted priorities, in words.
 pub const PRIORITY_FORM: &str = "high, normal or low";
-
-/// A percentage (`30`, `12.5`, `30%`, surrounding blanks allowed) in permille: 1 to 1000,
-/// at most one decimal. The shim's `parse_percent`, rule for rule.
-pub fn parse_percent(text: &str) -> Option<u32> {
-    let text = text.trim();
-    let number = text.strip_suffix('%').unwrap_or(text).trim_end();
-    let (whole, tenth) = match number.split_once('.') {
-        Some((whole, tenth)) if tenth.len() == 1 => (whole, tenth),
-        Some(_) => return None,
-        None => (number, "0"),
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !digits(tenth) || whole.len() > 3 {
-        return None;
-    }
-    let permille = whole.parse::<u32>().ok()? * 10 + tenth.parse::<u32>().ok()?;
-    (1..=PERMILLE_MAX).contains(&permille).then_some(permille)
-}
-
-/// `high`, `normal` or `low`, in any case: the shim's `parse_priority`.
-pub fn parse_priority(text: &str) -> Option<Priority> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "high" => Some(Priority::High),
-        "normal" => Some(Priority::Normal),
-        "low" => Some(Priority::Low),
-        _ => None,
-    }
-}
 
 /// The `--compute-share` / `--compute-limit` value parser: permille, or what is accepted.
 pub fn parse_percent_arg(text: &str) -> Result<u32, String> {
@@ -64,45 +34,6 @@ pub fn format_percent(permille: u32) -> String {
 /// A permille value as a percentage number (for JSON): 30.0, 12.5.
 pub fn percent_number(permille: u32) -> f64 {
     f64::from(permille) / 10.0
-}
-
-/// The priority's name, as `--priority` takes it.
-pub fn priority_name(priority: Priority) -> &'static str {
-    match priority {
-        Priority::High => "high",
-        Priority::Normal => "normal",
-        Priority::Low => "low",
-    }
-}
-
-/// How a priority ranks: low < normal < high.
-pub fn priority_rank(priority: Priority) -> u8 {
-    match priority {
-        Priority::Low => 0,
-        Priority::Normal => 1,
-        Priority::High => 2,
-    }
-}
-
-/// The lower of two optional permille values, unset meaning "no constraint" (the shim's
-/// `lower`).
-fn lower(a: Option<u32>, b: Option<u32>) -> Option<u32> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The lower of two priorities; a set one wins over unset (the shim's `lower_priority`).
-fn lower_priority(a: Option<Priority>, b: Option<Priority>) -> Option<Priority> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if priority_rank(a) <= priority_rank(b) {
-            a
-        } else {
-            b
-        }),
-        (a, b) => a.or(b),
-    }
 }
 
 /// The compute settings of a quota's limits.
@@ -150,11 +81,7 @@ pub fn enforced(
             .collect(),
         _ => Vec::new(),
     };
-    let combined = published.into_iter().reduce(|a, b| ComputeSettings {
-        share_permille: lower(a.share_permille, b.share_permille),
-        limit_permille: lower(a.limit_permille, b.limit_permille),
-        priority: lower_priority(a.priority, b.priority),
-    });
+    let combined = published.into_iter().reduce(ComputeSettings::lowered_by);
     match combined {
         Some(settings) => (settings, Source::Published),
         None => (quota, Source::Quota),
@@ -236,15 +163,31 @@ mod tests {
             ..ComputeSettings::default()
         };
         assert_eq!(enforced(None, &[], None, quota), (quota, Source::Quota));
+        let with = |share, priority| ComputeSettings {
+            share_permille: share,
+            limit_permille: None,
+            priority,
+        };
+        let lowered = |a: ComputeSettings, b| a.lowered_by(b);
         assert_eq!(
-            lower_priority(Some(Priority::High), Some(Priority::Low)),
+            lowered(
+                with(None, Some(Priority::High)),
+                with(None, Some(Priority::Low))
+            )
+            .priority,
             Some(Priority::Low)
         );
         assert_eq!(
-            lower_priority(None, Some(Priority::High)),
+            lowered(with(None, None), with(None, Some(Priority::High))).priority,
             Some(Priority::High)
         );
-        assert_eq!(lower(Some(300), None), Some(300));
-        assert_eq!(lower(Some(300), Some(200)), Some(200));
+        assert_eq!(
+            lowered(with(Some(300), None), with(None, None)).share_permille,
+            Some(300)
+        );
+        assert_eq!(
+            lowered(with(Some(300), None), with(Some(200), None)).share_permille,
+            Some(200)
+        );
     }
 }

@@ -12,7 +12,7 @@ use gpuslice_ledger::{
 };
 
 use crate::cli::RunArgs;
-use crate::compute::{format_percent, priority_name, priority_rank};
+use crate::compute::format_percent;
 use crate::exit::{self, Failure, ResultExt};
 use crate::gpu;
 use crate::locate::{self, ENV_DIR, ENV_FAKECUDA, ENV_SHIM};
@@ -109,7 +109,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         command.env(ENV_COMPUTE_LIMIT, format_percent(limit));
     }
     if let Some(priority) = lowered.priority {
-        command.env(ENV_PRIORITY, priority_name(priority));
+        command.env(ENV_PRIORITY, priority.name());
     }
 
     forwarder.prepare(&mut command);
@@ -245,12 +245,12 @@ fn lowered(
         ceiling.compute_limit_permille,
     )?;
     let priority = match (wanted.compute.priority, ceiling.priority) {
-        (Some(wanted), Some(quota)) if priority_rank(wanted) > priority_rank(quota) => {
+        (Some(wanted), Some(quota)) if wanted > quota => {
             return Err(anyhow!(
                 "--priority {} is higher than the priority of tenant {tenant}, {}; a run that \
                  joins an existing tenant may lower its quota, not raise it",
-                priority_name(wanted),
-                priority_name(quota),
+                wanted.name(),
+                quota.name(),
             ))
             .usage();
         }
@@ -292,8 +292,8 @@ fn note_lowered(tenant: &TenantName, existing: &TenantQuota, lowered: &Lowered) 
     if let Some(priority) = lowered.priority {
         changes.push(format!(
             "priority {} (the tenant's: {})",
-            priority_name(priority),
-            quota.priority.map_or("none", priority_name)
+            priority.name(),
+            quota.priority.map_or("none", Priority::name)
         ));
     }
     if !changes.is_empty() {

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use gpuslice_ledger::{
-    ComputeSettings, GpuUuid, Ledger, LedgerError, TenantName, TenantQuota, UsageSnapshot,
+    ComputeSettings, GpuUuid, Ledger, LedgerError, Priority, TenantName, TenantQuota, UsageSnapshot,
 };
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
-use crate::compute::{self, Source, percent_number, priority_name};
+use crate::compute::{self, Source, percent_number};
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
 use crate::quantity::format_size;
@@ -282,7 +282,7 @@ fn tenant_usage(quota: Option<&TenantQuota>, usage: Option<&UsageSnapshot>) -> T
         memory_limit_bytes: quota.and_then(|q| q.defaults.memory_bytes),
         compute_share_percent: quota_compute.share_permille.map(percent_number),
         compute_limit_percent: quota_compute.limit_permille.map(percent_number),
-        priority: quota_compute.priority.map(priority_name),
+        priority: quota_compute.priority.map(Priority::name),
         live_processes: live.len(),
         gpus,
     }
@@ -302,7 +302,7 @@ fn gpu_report(
         oom_refusals: 0,
         compute_share_percent: settings.share_permille.map(percent_number),
         compute_limit_percent: settings.limit_permille.map(percent_number),
-        priority: settings.priority.map(priority_name),
+        priority: settings.priority.map(Priority::name),
         compute_source: source.name(),
         gpu_time_ns: 0,
         throttled_ns: 0,

@@ -24,6 +24,60 @@ pub struct ComputeSettings {
     pub priority: Option<Priority>,
 }
 
+/// The accepted form of a compute percentage, in words, for error messages.
+pub const PERCENT_FORM: &str =
+    "a percentage from 0.1 to 100 with at most one decimal, such as 30, 12.5 or 30%";
+
+/// A compute percentage (`30`, `12.5`, `30%`, surrounding blanks allowed) in permille: 1 to
+/// 1000, at most one decimal. What `GPUSLICE_COMPUTE_SHARE` / `_LIMIT` and the command's
+/// flags accept, so that the command never takes a value the shim would refuse.
+pub fn parse_percent(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let number = text.strip_suffix('%').unwrap_or(text).trim_end();
+    let (whole, tenth) = match number.split_once('.') {
+        Some((whole, tenth)) if tenth.len() == 1 => (whole, tenth),
+        Some(_) => return None,
+        None => (number, "0"),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(tenth) || whole.len() > 3 {
+        return None;
+    }
+    let permille = whole.parse::<u32>().ok()? * 10 + tenth.parse::<u32>().ok()?;
+    (1..=PERMILLE_MAX).contains(&permille).then_some(permille)
+}
+
+/// `high`, `normal` or `low`, in any case.
+pub fn parse_priority(text: &str) -> Option<Priority> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "high" => Some(Priority::High),
+        "normal" => Some(Priority::Normal),
+        "low" => Some(Priority::Low),
+        _ => None,
+    }
+}
+
+/// The lower of two optional settings, unset meaning "no constraint": a set one wins.
+fn lower<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl ComputeSettings {
+    /// The most restrictive of the two, field by field: the lower share, the lower limit,
+    /// the lower priority. How a quota file's ceiling meets the environment, and how a
+    /// tenant's processes that enforce different settings are combined.
+    pub fn lowered_by(self, other: ComputeSettings) -> ComputeSettings {
+        ComputeSettings {
+            share_permille: lower(self.share_permille, other.share_permille),
+            limit_permille: lower(self.limit_permille, other.limit_permille),
+            priority: lower(self.priority, other.priority),
+        }
+    }
+}
+
 /// Set in a packed [`ComputeSettings`] once the process has published them.
 const PUBLISHED: u64 = 1 << 63;
 
@@ -205,6 +259,28 @@ mod tests {
             Some(ComputeSettings::default()),
             "out-of-range fields read as unset"
         );
+    }
+
+    #[test]
+    fn lowering_keeps_the_most_restrictive_of_each_setting() {
+        let file = ComputeSettings {
+            share_permille: Some(500),
+            limit_permille: None,
+            priority: Some(Priority::Normal),
+        };
+        let env = ComputeSettings {
+            share_permille: Some(700),
+            limit_permille: Some(300),
+            priority: Some(Priority::High),
+        };
+        let lowered = ComputeSettings {
+            share_permille: Some(500),
+            limit_permille: Some(300),
+            priority: Some(Priority::Normal),
+        };
+        assert_eq!(file.lowered_by(env), lowered);
+        assert_eq!(env.lowered_by(file), lowered);
+        assert_eq!(file.lowered_by(ComputeSettings::default()), file);
     }
 
     #[test]

@@ -117,7 +117,7 @@ mod snapshot;
 mod sys;
 mod usage;
 
-pub use compute::{Activity, ComputeSettings};
+pub use compute::{Activity, ComputeSettings, PERCENT_FORM, parse_percent, parse_priority};
 pub use error::LedgerError;
 pub use ledger::Ledger;
 pub use limits::{Limits, PERMILLE_MAX, Priority, TenantQuota};

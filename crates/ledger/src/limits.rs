@@ -7,8 +7,9 @@ use crate::error::LedgerError;
 use crate::layout::RawLimits;
 use crate::names::GpuUuid;
 
-/// How a tenant's work is ordered against other tenants' on a contended GPU.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// How a tenant's work is ordered against other tenants' on a contended GPU. Ordered
+/// low < normal < high.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Priority {
     /// Yields to everyone else.
     Low,
@@ -19,6 +20,15 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Its name, as `GPUSLICE_PRIORITY` and `--priority` take it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
     /// The stored form: 0 unset, 1 low, 2 normal, 3 high.
     pub(crate) fn to_raw(p: Option<Priority>) -> u32 {
         match p {
