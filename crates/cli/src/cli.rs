@@ -266,6 +266,10 @@ pub struct DemoArgs {
         value_parser = clap::value_parser!(u64).range(2..=600)
     )]
     pub compute_seconds: u64,
+
+    /// Also draw each tenant's share over time into this PNG file
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `gpuslice __demo-worker`: what one tenant of the demo does.
@@ -287,9 +291,9 @@ pub struct DemoWorkerArgs {
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     pub for_ms: u64,
 
-    /// Nanoseconds each kernel spins (compute phase)
-    #[arg(long, value_name = "NS", default_value_t = 2_000_000)]
-    pub kernel_ns: u64,
+    /// Rounds of work per kernel (compute phase)
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub rounds: u64,
 
     /// Kernels kept queued at once (compute phase)
     #[arg(long, value_name = "K", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]

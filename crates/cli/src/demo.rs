@@ -23,6 +23,7 @@ use gpuslice_ledger::{ComputeSettings, Ledger, TenantName};
 use crate::cli::{DemoArgs, DemoPhase};
 use crate::demo_compute::{self, ComputePhase};
 use crate::demo_memory::{self, MemoryPhase};
+use crate::demo_plot::{self, Plot};
 use crate::doctor;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
@@ -82,6 +83,12 @@ pub trait Phase {
 /// Runs `gpuslice demo`.
 pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
     let shim = locate::shim(args.shim.as_deref()).usage()?;
+    let plot = args
+        .plot
+        .as_deref()
+        .map(Plot::prepare)
+        .transpose()
+        .usage()?;
     let scratch = tempfile::Builder::new()
         .prefix("gpuslice-demo.")
         .tempdir()
@@ -144,6 +151,15 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
         "\n{}",
         demo_compute::summary_table(&tenants, &memory.outcomes, &compute)
     );
+    if let Some(plot) = &plot {
+        let promised: Vec<f64> = tenants
+            .iter()
+            .map(|t| f64::from(t.share_permille) / 10.0)
+            .collect();
+        let steps = compute.over_time(demo_plot::STEP_NS);
+        plot.draw(compute.names(), &promised, &steps).failed()?;
+        println!("\nplot: {}", plot.path().display());
+    }
     let problems = tenants
         .iter()
         .enumerate()
@@ -190,12 +206,20 @@ fn both_phases(
     run_phase(tenants, gpu, shim, dir, &mut memory)?;
     println!("\n{}", demo_memory::memory_table(tenants, &memory.outcomes));
 
+    let mut trial = ComputePhase::trial(&tenants[0]);
+    run_phase(&tenants[..1], gpu, shim, dir, &mut trial)?;
+    let calibration = trial
+        .calibrated()
+        .map_err(|why| anyhow!("could not size the compute phase's kernels: {why}"))
+        .failed()?;
     println!(
-        "\nCompute: both launch {} ms kernels back to back for {compute_seconds} s; the \
-         shares are measured from the kernels each got through while both ran.\n",
-        demo_compute::KERNEL_NS / 1_000_000
+        "\nCompute: a kernel of {} rounds of work takes {:.2} ms on the GPU alone. Both now\n\
+         launch such kernels back to back for {compute_seconds} s; the shares are measured from \
+         the\nkernels each got through while both ran.\n",
+        calibration.rounds,
+        calibration.solo_ns / 1e6
     );
-    let mut compute = ComputePhase::new(tenants, compute_seconds * 1000);
+    let mut compute = ComputePhase::new(tenants, compute_seconds * 1000, calibration);
     run_phase(tenants, gpu, shim, dir, &mut compute)?;
     // What the ledger says, read while the tenants still exist.
     if let Ok(report) = status::read_report(dir) {

@@ -1,11 +1,13 @@
-//! The compute phase of `gpuslice demo`: both tenants launch spin kernels back to back at
-//! once, and each one's share of the GPU is measured from its own kernels.
+//! The compute phase of `gpuslice demo`: both tenants launch kernels of a fixed amount of work
+//! back to back at once, and each one's share of the GPU is measured from its own kernels.
 //!
-//! A worker prints a `done at_ns=T` line for each kernel it saw finish, `T` on the clock
-//! every process shares. A tenant's share over a stretch of time is the kernels it finished
-//! in it, times their length, over the stretch: what it actually got through, whatever the
-//! shim believes it charged. The stretch is the time both tenants ran, less the first
-//! moments (while the shares settle) and the last (while the first to stop drains).
+//! First one tenant runs alone for a moment (the trial) to learn how long a kernel takes on
+//! the GPU undisturbed, and the kernels' size is set from it. A worker prints a `done at_ns=T`
+//! line for each kernel it saw finish, `T` on the clock every process shares. A tenant's
+//! share over a stretch of time is the kernels it finished in it, times what one takes alone,
+//! over the stretch: the part of a whole GPU's work it got through, whatever the shim
+//! believes it charged. The stretch is the time both tenants ran, less the first moments
+//! (while the shares settle) and the last (while the first to stop drains).
 
 use std::io::{IsTerminal, Write};
 
@@ -15,9 +17,17 @@ use crate::demo_memory::MemoryOutcome;
 use crate::demo_worker::CUDA_ERROR_OUT_OF_MEMORY;
 use crate::status::{Report, format_duration};
 
-/// How long each kernel spins: long against the shim's watcher tick, short against a
-/// refresh of the progress display.
+/// How long each kernel takes alone, once sized by the trial: long against the shim's
+/// watcher tick, short against a refresh of the progress display.
 pub const KERNEL_NS: u64 = 2_000_000;
+/// The rounds of work of each kernel of the trial.
+const TRIAL_ROUNDS: u64 = 20_000;
+/// How long the trial launches kernels.
+pub const TRIAL_MS: u64 = 700;
+/// The start of the trial that is left out of its measurement (module load, warm-up).
+const TRIAL_SETTLE_NS: u64 = 150_000_000;
+/// The fewest trial kernels a kernel's time is measured from.
+const TRIAL_FEWEST: usize = 8;
 /// Kernels each worker keeps queued.
 const DEPTH: u64 = 4;
 /// The first part of the time both ran that is left out of the measurement.
@@ -32,6 +42,15 @@ pub const TOLERANCE_POINTS: f64 = 5.0;
 const LIVE_NS: u64 = 500_000_000;
 /// How often the live display is redrawn (in the workers' time).
 const LIVE_EVERY_NS: u64 = 250_000_000;
+
+/// The size of the phase's kernels and what one takes on the GPU alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Rounds of work per kernel.
+    pub rounds: u64,
+    /// Nanoseconds one kernel of `rounds` takes with the GPU to itself.
+    pub solo_ns: f64,
+}
 
 /// What one tenant's compute worker reported, and what the ledger says of it.
 #[derive(Debug, Default)]
@@ -56,12 +75,12 @@ impl ComputeOutcome {
         end.saturating_sub(start)
     }
 
-    /// The fraction of the GPU its kernels took in `(from, to]`.
-    fn share(&self, from: u64, to: u64) -> f64 {
-        let kernels = u64::try_from(self.kernels_in(from, to)).unwrap_or(u64::MAX);
+    /// The fraction of a whole GPU's work its kernels did in `(from, to]`, one taking
+    /// `solo_ns` alone.
+    fn share(&self, from: u64, to: u64, solo_ns: f64) -> f64 {
         #[allow(clippy::cast_precision_loss)]
         let share =
-            kernels.saturating_mul(KERNEL_NS) as f64 / to.saturating_sub(from).max(1) as f64;
+            self.kernels_in(from, to) as f64 * solo_ns / to.saturating_sub(from).max(1) as f64;
         share
     }
 }
@@ -73,6 +92,10 @@ pub struct ComputePhase {
     pub outcomes: Vec<ComputeOutcome>,
     for_ms: u64,
     names: Vec<String>,
+    /// The kernels' size.
+    calibration: Calibration,
+    /// Whether progress is shown at all (not during the trial).
+    live: bool,
     /// Whether progress is drawn as bars (a terminal) or printed as lines.
     bars: bool,
     drawn: bool,
@@ -82,17 +105,73 @@ pub struct ComputePhase {
 }
 
 impl ComputePhase {
-    /// The phase for `tenants`, each launching kernels for `for_ms`.
-    pub fn new(tenants: &[Tenant], for_ms: u64) -> ComputePhase {
+    /// The phase for `tenants`, each launching kernels of `calibration` for `for_ms`.
+    pub fn new(tenants: &[Tenant], for_ms: u64, calibration: Calibration) -> ComputePhase {
         ComputePhase {
             outcomes: tenants.iter().map(|_| ComputeOutcome::default()).collect(),
             for_ms,
             names: tenants.iter().map(|t| t.name.to_string()).collect(),
+            calibration,
+            live: true,
             bars: std::io::stdout().is_terminal(),
             drawn: false,
             started_ns: None,
             shown_ns: 0,
         }
+    }
+
+    /// The trial: `tenant` alone, with kernels of [`TRIAL_ROUNDS`], shown nothing.
+    pub fn trial(tenant: &Tenant) -> ComputePhase {
+        let mut phase = ComputePhase::new(
+            std::slice::from_ref(tenant),
+            TRIAL_MS,
+            Calibration {
+                rounds: TRIAL_ROUNDS,
+                solo_ns: f64::NAN,
+            },
+        );
+        phase.live = false;
+        phase
+    }
+
+    /// After the trial: kernels sized to take [`KERNEL_NS`] alone, and how long they take,
+    /// from how often the trial's kernels finished after it settled.
+    pub fn calibrated(&self) -> Result<Calibration, String> {
+        let Some(outcome) = self.outcomes.first() else {
+            return Err("the trial had no tenant".into());
+        };
+        if let Some(failure) = &outcome.failure {
+            return Err(format!("the trial's kernels: {failure}"));
+        }
+        let first = outcome.done.first().copied().unwrap_or(0);
+        let settled: Vec<u64> = outcome
+            .done
+            .iter()
+            .copied()
+            .filter(|&t| t >= first.saturating_add(TRIAL_SETTLE_NS))
+            .collect();
+        let (Some(&from), Some(&to)) = (settled.first(), settled.last()) else {
+            return Err(format!(
+                "the trial's kernels did not finish within {TRIAL_MS} ms (is the GPU busy?)"
+            ));
+        };
+        if settled.len() < TRIAL_FEWEST || to <= from {
+            return Err(format!(
+                "only {} of the trial's kernels finished within {TRIAL_MS} ms (is the GPU \
+                 busy?)",
+                outcome.done.len()
+            ));
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let trial_ns = to.saturating_sub(from) as f64 / (settled.len() - 1) as f64;
+        #[allow(clippy::cast_precision_loss)]
+        let per_round = trial_ns / TRIAL_ROUNDS as f64;
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        #[allow(clippy::cast_sign_loss)]
+        let rounds = ((KERNEL_NS as f64 / per_round).round() as u64).max(1);
+        #[allow(clippy::cast_precision_loss)]
+        let solo_ns = per_round * rounds as f64;
+        Ok(Calibration { rounds, solo_ns })
     }
 
     /// The stretch all tenants ran in, less the settling and draining: `(from, to)`.
@@ -117,7 +196,49 @@ impl ComputePhase {
     /// What tenant `index` got, as a fraction of the GPU, over [`ComputePhase::window`].
     pub fn measured(&self, index: usize) -> Option<f64> {
         let (from, to) = self.window()?;
-        Some(self.outcomes.get(index)?.share(from, to))
+        Some(
+            self.outcomes
+                .get(index)?
+                .share(from, to, self.calibration.solo_ns),
+        )
+    }
+
+    /// What each tenant got over successive `every_ns` from the first kernel seen to the
+    /// last time all reported: `(seconds since the start, shares)` per step.
+    pub fn over_time(&self, every_ns: u64) -> Vec<(f64, Vec<f64>)> {
+        let (Some(started), Some(end)) = (self.started_ns, self.reported_until()) else {
+            return Vec::new();
+        };
+        let every_ns = every_ns.max(1);
+        let mut steps = Vec::new();
+        let mut from = started;
+        while from.saturating_add(every_ns) <= end {
+            let to = from + every_ns;
+            #[allow(clippy::cast_precision_loss)]
+            let at = (to - started) as f64 / 1e9;
+            let shares = self
+                .outcomes
+                .iter()
+                .map(|o| o.share(from, to, self.calibration.solo_ns))
+                .collect();
+            steps.push((at, shares));
+            from = to;
+        }
+        steps
+    }
+
+    /// The latest time every worker has reported up to.
+    fn reported_until(&self) -> Option<u64> {
+        self.outcomes
+            .iter()
+            .map(|o| o.done.last().copied())
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|last| last.into_iter().min())
+    }
+
+    /// The tenants' names, in order.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Takes the GPU time and throttled time the ledger recorded for each tenant.
@@ -151,7 +272,7 @@ impl ComputePhase {
         let got = got * 100.0;
         ((got - promised).abs() > TOLERANCE_POINTS).then(|| {
             format!(
-                "{name} got {got:.1}% of the GPU's time, promised {promised:.0}% (± \
+                "{name} got {got:.1}% of the GPU, promised {promised:.0}% (± \
                  {TOLERANCE_POINTS:.0} points)"
             )
         })
@@ -159,14 +280,10 @@ impl ComputePhase {
 
     /// Shows the shares over the last [`LIVE_NS`], at most every [`LIVE_EVERY_NS`].
     fn show(&mut self) {
-        // The latest time every worker has reported up to.
-        let Some(now) = self
-            .outcomes
-            .iter()
-            .map(|o| o.done.last().copied())
-            .collect::<Option<Vec<u64>>>()
-            .and_then(|last| last.into_iter().min())
-        else {
+        if !self.live {
+            return;
+        }
+        let Some(now) = self.reported_until() else {
             return;
         };
         let Some(started) = self.started_ns else {
@@ -180,7 +297,12 @@ impl ComputePhase {
         if now <= from {
             return;
         }
-        let shares: Vec<f64> = self.outcomes.iter().map(|o| o.share(from, now)).collect();
+        let solo_ns = self.calibration.solo_ns;
+        let shares: Vec<f64> = self
+            .outcomes
+            .iter()
+            .map(|o| o.share(from, now, solo_ns))
+            .collect();
         #[allow(clippy::cast_precision_loss)]
         let elapsed = now.saturating_sub(started) as f64 / 1e9;
         let mut out = std::io::stdout().lock();
@@ -220,8 +342,8 @@ impl Phase for ComputePhase {
         vec![
             "--for-ms".into(),
             self.for_ms.to_string(),
-            "--kernel-ns".into(),
-            KERNEL_NS.to_string(),
+            "--rounds".into(),
+            self.calibration.rounds.to_string(),
             "--depth".into(),
             DEPTH.to_string(),
         ]
@@ -332,9 +454,12 @@ pub fn summary_table(
     if let Some((from, to)) = compute.window() {
         #[allow(clippy::cast_precision_loss)]
         let seconds = to.saturating_sub(from) as f64 / 1e9;
+        let Calibration { rounds, solo_ns } = compute.calibration;
         lines.push(format!(
-            "\ngot: the GPU time of the kernels each tenant finished in the {seconds:.1} s both\n\
-             ran, over that time. throttled: how long its launches waited for their share."
+            "\ngot: the work each tenant's kernels did in the {seconds:.1} s both ran, as a part\n\
+             of what the GPU does for one alone (a kernel of {rounds} rounds took {:.2} ms\n\
+             alone). throttled: how long its launches waited for their share.",
+            solo_ns / 1e6
         ));
     }
     lines.join("\n")
@@ -358,8 +483,12 @@ mod tests {
     /// `b_every` ns, for `seconds`.
     fn phase(a_every: u64, b_every: u64, seconds: u64) -> ComputePhase {
         let tenants = [tenant("a", 300), tenant("b", 700)];
-        let mut phase = ComputePhase::new(&tenants, seconds * 1000);
-        phase.bars = false;
+        let calibration = Calibration {
+            rounds: 1000,
+            solo_ns: 2e6,
+        };
+        let mut phase = ComputePhase::new(&tenants, seconds * 1000, calibration);
+        phase.live = false;
         let end = 1_000_000_000 + seconds * 1_000_000_000;
         for (index, every) in [(0, a_every), (1, b_every)] {
             let mut t = 1_000_000_000;
@@ -386,6 +515,40 @@ mod tests {
         let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(row[0], "a");
         assert!(row.contains(&"30%") && row.contains(&"30.0%"), "{table}");
+    }
+
+    #[test]
+    fn the_trial_sizes_kernels_to_their_time_alone() {
+        let a = tenant("a", 300);
+        let mut trial = ComputePhase::trial(&a);
+        // A trial kernel every 0.5 ms for 700 ms: 25 ns a round, so 80000 rounds take 2 ms.
+        trial.outcomes[0].done = (1..=1400).map(|i| 1_000_000_000 + i * 500_000).collect();
+        let c = trial.calibrated().unwrap();
+        assert_eq!(c.rounds, 80_000);
+        assert!((c.solo_ns - 2e6).abs() < 1.0, "{c:?}");
+
+        // Too few kernels, or a failed worker, size nothing.
+        trial.outcomes[0].done = vec![1_000_000_000, 1_300_000_000, 1_600_000_000];
+        let e = trial.calibrated().unwrap_err();
+        assert!(e.contains("only 3"), "{e}");
+        trial.outcomes[0].done.clear();
+        assert!(trial.calibrated().unwrap_err().contains("did not finish"));
+        trial.outcomes[0].failure = Some("exit status 1: no GPU".into());
+        assert!(trial.calibrated().unwrap_err().contains("no GPU"));
+    }
+
+    #[test]
+    fn shares_over_time_are_per_step() {
+        let mut p = phase(6_666_667, 2_857_143, 4);
+        p.started_ns = Some(1_000_000_000);
+        let steps = p.over_time(500_000_000);
+        // Up to the last time both reported (a: just before 5 s): seven whole steps.
+        assert_eq!(steps.len(), 7);
+        assert!((steps[0].0 - 0.5).abs() < 1e-9);
+        for (_, shares) in &steps {
+            assert!((shares[0] - 0.30).abs() < 0.02, "{shares:?}");
+            assert!((shares[1] - 0.70).abs() < 0.02, "{shares:?}");
+        }
     }
 
     #[test]

@@ -19,13 +19,16 @@
 //!
 //! The compute phase (`--phase compute`) loads `examples/ptx/spin.ptx` (compiled into this
 //! binary; a real driver JIT-compiles it, the simulated GPU knows its kernels by name) and
-//! launches `gpuslice_spin(--kernel-ns)` back to back on a stream of its own for `--for-ms`,
-//! keeping `--depth` kernels queued, as a training loop does:
+//! launches `gpuslice_work(--rounds)` back to back on a stream of its own for `--for-ms`,
+//! keeping `--depth` kernels queued, as a training loop does. Each kernel is a fixed amount
+//! of work, which progresses only while the GPU runs this process, so the kernels finished
+//! count the GPU time it got (a kernel spinning on the clock would end on time even while
+//! time-sliced out):
 //!
 //! ```text
 //! ready                                  context, stream and module are there
 //! done at_ns=123456789 kernels=1         each time a kernel is seen finished
-//! finished kernels=1480 ns_each=2000000  at the end
+//! finished kernels=1480 rounds_each=66000  at the end
 //! ```
 //!
 //! `at_ns` is `CLOCK_MONOTONIC`, which every process on the machine shares, so that `demo`
@@ -58,8 +61,8 @@ type Handle = *mut c_void;
 
 /// The kernels, as PTX text with the NUL that `cuModuleLoadData` needs.
 const SPIN_PTX: &str = concat!(include_str!("../../../examples/ptx/spin.ptx"), "\0");
-/// The kernel that spins for its argument's nanoseconds.
-const SPIN_KERNEL: &CStr = c"gpuslice_spin";
+/// The kernel that does its argument's rounds of work.
+const WORK_KERNEL: &CStr = c"gpuslice_work";
 
 type Init = unsafe extern "C" fn(c_uint) -> CuResult;
 type DeviceGet = unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult;
@@ -305,7 +308,7 @@ fn monotonic_ns() -> u64 {
     secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
-/// Launches `gpuslice_spin(--kernel-ns)` back to back for `--for-ms`, `--depth` queued, and
+/// Launches `gpuslice_work(--rounds)` back to back for `--for-ms`, `--depth` queued, and
 /// prints a `done` line for each kernel seen finished.
 fn compute_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
     let driver = driver_with_context()?;
@@ -319,7 +322,7 @@ fn compute_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
     let mut function: Handle = std::ptr::null_mut();
     // SAFETY: as above; `module` is loaded.
     driver.check("cuModuleGetFunction", unsafe {
-        (driver.module_get_function)(&raw mut function, module, SPIN_KERNEL.as_ptr())
+        (driver.module_get_function)(&raw mut function, module, WORK_KERNEL.as_ptr())
     })?;
     let mut stream: Handle = std::ptr::null_mut();
     // SAFETY: as above.
@@ -347,8 +350,8 @@ fn compute_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let run_for = Duration::from_millis(args.for_ms);
     while start.elapsed() < run_for {
-        let mut ns = args.kernel_ns;
-        let mut params: [*mut c_void; 1] = [(&raw mut ns).cast()];
+        let mut rounds = args.rounds;
+        let mut params: [*mut c_void; 1] = [(&raw mut rounds).cast()];
         // SAFETY: as above; `function` takes one .u64 parameter, and `params` holds one
         // pointer to a live u64 (the driver copies it before returning).
         driver.check("cuLaunchKernel", unsafe {
@@ -381,7 +384,7 @@ fn compute_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
     while !queued.is_empty() {
         finish_oldest(&driver, &mut queued, &mut free, &mut done)?;
     }
-    println!("finished kernels={done} ns_each={}", args.kernel_ns);
+    println!("finished kernels={done} rounds_each={}", args.rounds);
     for event in events {
         // SAFETY: as above; every event is finished and destroyed once.
         driver.check("cuEventDestroy_v2", unsafe {

@@ -278,6 +278,7 @@ mod compute;
 mod demo;
 mod demo_compute;
 mod demo_memory;
+mod demo_plot;
 mod demo_worker;
 mod doctor;
 mod exit;

@@ -43,14 +43,28 @@ fn got_share(row: &[&str], promised: &str) -> f64 {
 fn simulated_demo_keeps_quotas_and_gives_the_tenants_30_and_70_percent() {
     let started = std::time::Instant::now();
     let dir = TestDir::new();
+    let plot = dir.path().join("shares.png");
     let mut command = dir.gpuslice(&["demo", "--simulated", "--shim"]);
     command
         .arg(artifact("libgpuslice.so"))
         .arg("--dir")
         .arg(dir.ledger_dir())
+        .arg("--plot")
+        .arg(&plot)
         .env("GPUSLICE_FAKECUDA", artifact("libfakecuda.so"));
     let out = Running::spawn(&mut command).wait(DEMO_TIMEOUT);
     assert_eq!(out.code, Some(0), "{out:?}");
+    // A PNG of 960 x 480: the signature, then the IHDR chunk's width and height.
+    let png = std::fs::read(&plot).expect("the demo wrote no plot");
+    assert_eq!(png[..8], *b"\x89PNG\r\n\x1a\n");
+    assert_eq!(png[12..16], *b"IHDR");
+    assert_eq!(png[16..24], [0, 0, 3, 0xc0, 0, 0, 1, 0xe0]);
+    assert!(out.stdout.contains("plot: "), "{out:?}");
+    // The trial sized the kernels to 2 ms alone (the simulated GPU's rate is exact).
+    assert!(
+        out.stdout.contains("takes 2.00 ms on the GPU alone"),
+        "{out:?}"
+    );
     assert!(out.stdout.contains("SIMULATED GPU"), "{out:?}");
     // The context's 64 MiB counts against the quota: 960 of 1024 MiB, 1984 of 2048 MiB.
     assert_eq!(
@@ -131,6 +145,26 @@ fn simulated_demo_keeps_quotas_and_gives_the_tenants_30_and_70_percent() {
         !dir.tenant_exists("demo-a") && !dir.tenant_exists("demo-b"),
         "the demo left its tenants behind"
     );
+}
+
+#[test]
+fn a_plot_that_cannot_be_drawn_is_refused_before_the_demo_starts() {
+    let dir = TestDir::new();
+    for (plot, why) in [
+        (dir.path().join("shares.svg"), "ending in .png"),
+        (dir.path().join("missing/shares.png"), "does not exist"),
+    ] {
+        let out = finish(
+            dir.gpuslice(&["demo", "--simulated", "--shim"])
+                .arg(artifact("libgpuslice.so"))
+                .arg("--plot")
+                .arg(&plot)
+                .env("GPUSLICE_FAKECUDA", artifact("libfakecuda.so")),
+        );
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains(why), "{out:?}");
+        assert!(!out.stdout.contains("Memory:"), "the demo ran: {out:?}");
+    }
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! is the time it occupies its stream:
 //!
 //! - `gpuslice_spin(.u64 ns)` runs for `ns` nanoseconds of GPU time;
+//! - `gpuslice_work(.u64 iterations)` runs for [`WORK_NS_PER_ITERATION`] nanoseconds of GPU
+//!   time per iteration (on a real GPU it does a fixed amount of work; here the two are the
+//!   same, as the simulated GPU's clock never changes);
 //! - `gpuslice_noop()` and every other kernel run in zero time.
 //!
 //! `run` is the one place where a kernel turns into device time.
@@ -64,6 +67,11 @@ pub const TICK: Duration = Duration::from_millis(1);
 
 /// The kernel that runs for as many nanoseconds as its one `.u64` argument says.
 pub const SPIN: &str = "gpuslice_spin";
+/// The kernel that does as many rounds of work as its one `.u64` argument says.
+pub const WORK: &str = "gpuslice_work";
+/// The GPU time one round of `gpuslice_work` takes here: about what an H100 takes for its
+/// volatile shared-memory round.
+pub const WORK_NS_PER_ITERATION: u64 = 30;
 /// The kernel that does nothing.
 pub const NOOP: &str = "gpuslice_noop";
 
@@ -72,6 +80,8 @@ pub const NOOP: &str = "gpuslice_noop";
 pub enum Kernel {
     /// `gpuslice_spin`: busy for its argument's nanoseconds.
     Spin,
+    /// `gpuslice_work`: busy for [`WORK_NS_PER_ITERATION`] per round of its argument.
+    Work,
     /// Any other kernel (`gpuslice_noop` included): zero time.
     Instant,
 }
@@ -79,16 +89,16 @@ pub enum Kernel {
 impl Kernel {
     /// The behaviour of the kernel called `name`.
     pub fn from_name(name: &str) -> Kernel {
-        if name == SPIN {
-            Kernel::Spin
-        } else {
-            Kernel::Instant
+        match name {
+            SPIN => Kernel::Spin,
+            WORK => Kernel::Work,
+            _ => Kernel::Instant,
         }
     }
 
     /// Whether the launch must pass a first `.u64` argument.
     pub fn needs_u64_argument(self) -> bool {
-        self == Kernel::Spin
+        matches!(self, Kernel::Spin | Kernel::Work)
     }
 
     /// How long one launch runs, given its first `.u64` argument (if it has one).
@@ -96,6 +106,9 @@ impl Kernel {
         match self {
             Kernel::Spin => first_u64
                 .map(Duration::from_nanos)
+                .ok_or(CuError::InvalidValue),
+            Kernel::Work => first_u64
+                .map(|rounds| Duration::from_nanos(rounds.saturating_mul(WORK_NS_PER_ITERATION)))
                 .ok_or(CuError::InvalidValue),
             Kernel::Instant => Ok(Duration::ZERO),
         }
@@ -269,7 +282,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spin_takes_its_argument_and_everything_else_no_time() {
+    fn spin_and_work_take_their_argument_and_everything_else_no_time() {
         assert_eq!(Kernel::from_name("gpuslice_spin"), Kernel::Spin);
         assert_eq!(Kernel::from_name("gpuslice_noop"), Kernel::Instant);
         assert_eq!(Kernel::from_name("matmul"), Kernel::Instant);
@@ -278,6 +291,12 @@ mod tests {
             Ok(Duration::from_millis(5))
         );
         assert_eq!(Kernel::Spin.duration(None), Err(CuError::InvalidValue));
+        assert_eq!(Kernel::from_name("gpuslice_work"), Kernel::Work);
+        assert_eq!(
+            Kernel::Work.duration(Some(1000)),
+            Ok(Duration::from_nanos(1000 * WORK_NS_PER_ITERATION))
+        );
+        assert_eq!(Kernel::Work.duration(None), Err(CuError::InvalidValue));
         assert_eq!(Kernel::Instant.duration(None), Ok(Duration::ZERO));
     }
 

@@ -315,7 +315,10 @@ mod tests {
 
     #[test]
     fn the_example_ptx_declares_spin_and_noop() {
-        assert_eq!(parse_entries(SPIN_PTX), ["gpuslice_spin", "gpuslice_noop"]);
+        assert_eq!(
+            parse_entries(SPIN_PTX),
+            ["gpuslice_spin", "gpuslice_work", "gpuslice_noop"]
+        );
         assert_eq!(parse_version(SPIN_PTX), Some(78));
     }
 
