@@ -33,6 +33,15 @@ under() {
 }
 bare() { env -u LD_PRELOAD "$py" "$load" "$@"; }
 
+# clocks NAME: samples the SM clock, power and utilization every 100 ms into
+# $out/clocks_NAME.csv until stop_clocks (read-only queries; no setting is changed).
+clocks() {
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,utilization.gpu --format=csv,noheader \
+    -lms 100 >"$out/clocks_$1.csv" 2>/dev/null &
+  clocks_pid=$!
+}
+stop_clocks() { kill "$clocks_pid" 2>/dev/null || true; wait "$clocks_pid" 2>/dev/null || true; }
+
 {
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n 1 | sed 's/^/gpu=/'
@@ -41,12 +50,16 @@ bare() { env -u LD_PRELOAD "$py" "$load" "$@"; }
 
 if [[ " $only " == *" solo "* ]]; then
   echo "solo: bare, then share-only under the shim" >&2
+  clocks solo
   bare load --seconds "$each" >"$out/solo_bare.log"
+  stop_clocks
   under alone GPUSLICE_COMPUTE_SHARE=25 -- load --seconds "$each" >"$out/solo_share25.log"
 fi
 if [[ " $only " == *" limit "* ]]; then
   echo "limit: 30% alone" >&2
+  clocks limit30
   under limited GPUSLICE_COMPUTE_LIMIT=30 -- load --seconds "$each" >"$out/limit30.log"
+  stop_clocks
 fi
 if [[ " $only " == *" shares "* ]]; then
   echo "shares: bare pair, 25/75, 10/30/60" >&2
@@ -62,7 +75,7 @@ if [[ " $only " == *" shares "* ]]; then
   wait
 fi
 if [[ " $only " == *" latency "* ]]; then
-  for size in ${NEIGHBOUR_SIZES:-8192 4096}; do
+  for size in ${NEIGHBOUR_SIZES:-8192 4096 2048}; do
     echo "latency: neighbour of size $size" >&2
     bare load --seconds "$each" --size "$size" >"$out/neighbour${size}_solo.log"
     bare latency --seconds "$each" --size 2048 >"$out/requests_solo_bare.log"

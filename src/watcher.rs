@@ -21,7 +21,8 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use gpuslice_ledger::{
-    Activity, ComputeSettings, GpuIndex, GpuUuid, Ledger, MAX_GPUS, Priority, TenantName,
+    Activity, ComputeSettings, GpuIndex, GpuUuid, Ledger, MAX_GPUS, Priority, SlotCompute,
+    TenantName,
 };
 
 use crate::clock::monotonic_ns;
@@ -30,6 +31,7 @@ use crate::gate::UNBOUNDED;
 use crate::log::{Level, RateLimit, log};
 use crate::neighbours::{Neighbours, Tenant};
 use crate::policy::compute::{Credit, Demand, entitled_rates};
+use crate::policy::turns::{Contender, OwnTurn, Turns, contested};
 use crate::real;
 use crate::shim::Shim;
 use crate::streams::{CAPACITY, Occupancy, StreamKind};
@@ -51,15 +53,24 @@ const HEADROOM: f64 = 1.25;
 const HEADROOM_FLOOR: f64 = 0.02;
 /// How far credit may run ahead (a burst after idling) and fall behind (work already queued
 /// when the gate closed, paid back by waiting).
+/// The burst is a little more than a turn's worth of waiting at a small share, so that
+/// taking turns loses no credit.
 const CREDIT: Credit = Credit {
-    burst_ns: 10_000_000,
+    burst_ns: 20_000_000,
     max_debt_ns: 500_000_000,
 };
 /// The shortest stretch of time a refill of the tenant's credit adds (a refill is one CAS
 /// in the tenant's usage file; more often would only add contention between its processes).
 const REFILL_NS: u64 = 1_000_000;
-/// How few unfinished launches tenants below a high-priority one keep while it is active.
-const YIELD_IN_FLIGHT: u64 = 2;
+/// How few unfinished launches tenants below a high-priority one keep while it is active:
+/// its requests wait for at most this many of their kernels.
+const YIELD_IN_FLIGHT: u64 = 1;
+/// How long a backlogged tenant keeps the GPU while another waits, and how long one waits
+/// for its turn before going anyway (see `policy::turns`).
+const TURNS: Turns = Turns {
+    max_turn_ns: 30_000_000,
+    max_wait_ns: 100_000_000,
+};
 /// `CUDA_ERROR_NOT_READY`.
 const NOT_READY: CUresult = 600;
 /// `CU_EVENT_DISABLE_TIMING`.
@@ -138,6 +149,24 @@ struct GpuTrack {
     busy_since_ns: u64,
     last_active_ns: u64,
     published: u64,
+    /// Since when launches wait for a turn (0: they do not).
+    turn_wait_since_ns: u64,
+    /// Its turn is over until its work drains (see `policy::turns`).
+    turn_ended: bool,
+}
+
+/// This tenant's standing on a GPU this tick.
+#[derive(Debug)]
+struct Entitlement {
+    /// The fraction of the GPU it is entitled to now.
+    rate: f64,
+    /// A high-priority tenant is active elsewhere and this one is not high.
+    yield_to_high: bool,
+    /// Whether this tenant has priority high.
+    high: bool,
+    /// The other tenants on the GPU, each with whether this one goes before it on a tie.
+    rivals: Vec<Contender>,
+    own_first: Vec<bool>,
 }
 
 /// A tenant's rate of use on a GPU, measured by this watcher.
@@ -219,7 +248,7 @@ impl Watcher {
             if quiet && !gate.has_waiters() {
                 continue;
             }
-            let (rate, yield_to_high) = self.entitlement(&tenants, &uuid, now);
+            let entitled = self.entitlement(&tenants, &uuid, now);
             let track = &mut self.gpus[g];
 
             // 1. Charge this process its part of the tick.
@@ -240,9 +269,11 @@ impl Watcher {
             if busy_now || backlogged {
                 track.last_active_ns = now;
             }
+            let waiting = gate.has_waiters();
             let activity = Activity {
                 in_flight: busy_now,
                 backlogged,
+                waiting,
                 at_ns: track.last_active_ns,
             }
             .pack();
@@ -255,10 +286,43 @@ impl Watcher {
             let usage = shim.memory.usage();
             let consumed = usage.gpu_time_ns(gpu);
             usage.refill_credit(gpu, now, REFILL_NS, |credit, dt| {
-                CREDIT.refill(credit, consumed, rate, dt)
+                CREDIT.refill(credit, consumed, entitled.rate, dt)
             });
-            let open = Credit::may_launch(usage.credit_ns(gpu), usage.gpu_time_ns(gpu));
-            let cap = if yield_to_high {
+            let (credit, consumed) = (usage.credit_ns(gpu), usage.gpu_time_ns(gpu));
+            let own = Contender {
+                in_flight: busy_now,
+                waiting,
+                backlogged,
+                available_ns: available(credit, consumed),
+                high: entitled.high,
+            };
+            let turn = OwnTurn {
+                held_ns: if busy_now {
+                    now.saturating_sub(track.busy_since_ns).max(1)
+                } else {
+                    0
+                },
+                waited_ns: if track.turn_wait_since_ns == 0 {
+                    0
+                } else {
+                    now.saturating_sub(track.turn_wait_since_ns)
+                },
+                ended: track.turn_ended,
+            };
+            let has_credit = Credit::may_launch(credit, consumed);
+            let my_turn = TURNS.may_launch(&own, turn, &entitled.rivals, |i| {
+                entitled.own_first.get(i).copied().unwrap_or(true)
+            });
+            track.turn_wait_since_ns =
+                match (has_credit && !my_turn && waiting, track.turn_wait_since_ns) {
+                    (false, _) => 0,
+                    (true, 0) => now,
+                    (true, since) => since,
+                };
+            let open = has_credit && my_turn;
+            track.turn_ended =
+                busy_now && (track.turn_ended || (!open && contested(&entitled.rivals)));
+            let cap = if entitled.yield_to_high {
                 YIELD_IN_FLIGHT
             } else {
                 UNBOUNDED
@@ -378,14 +442,16 @@ impl Watcher {
         tracked.busy = status == NOT_READY;
     }
 
-    /// This tenant's entitled rate on `uuid` now, and whether it must yield to an active
-    /// high-priority tenant.
-    fn entitlement(&mut self, tenants: &[Tenant], uuid: &GpuUuid, now: u64) -> (f64, bool) {
+    /// This tenant's standing on `uuid` now: its entitled rate, whether it must yield to an
+    /// active high-priority tenant, and the others as contenders for turns.
+    fn entitlement(&mut self, tenants: &[Tenant], uuid: &GpuUuid, now: u64) -> Entitlement {
         let own = self.shim.tenant();
         let own_settings = self.shim.compute_settings();
         let mut demands = Vec::with_capacity(tenants.len());
         let mut own_index = None;
         let mut high_active_elsewhere = false;
+        let mut rivals = Vec::with_capacity(tenants.len());
+        let mut own_first = Vec::with_capacity(tenants.len());
         for tenant in tenants {
             let Some(gpu) = tenant.usage.gpu_index(uuid) else {
                 continue;
@@ -407,13 +473,22 @@ impl Watcher {
                         .filter_map(|s| s.settings),
                 )
             };
-            if tenant.name != *own && active && settings.priority == Some(Priority::High) {
-                high_active_elsewhere = true;
-            }
+            let high = settings.priority == Some(Priority::High);
             let used = tenant.usage.gpu_time_ns(gpu);
             let rate = self.measured_rate(&tenant.name, uuid, used, now);
             if tenant.name == *own {
                 own_index = Some(demands.len());
+            } else {
+                high_active_elsewhere |= active && high;
+                let fresh = |s: &&SlotCompute| s.activity.seen_within(now, FRESH_NS);
+                rivals.push(Contender {
+                    in_flight: slots.iter().filter(fresh).any(|s| s.activity.in_flight),
+                    waiting: slots.iter().filter(fresh).any(|s| s.activity.waiting),
+                    backlogged,
+                    available_ns: available(tenant.usage.credit_ns(gpu), used),
+                    high,
+                });
+                own_first.push(own.as_str() < tenant.name.as_str());
             }
             demands.push(Demand {
                 share_permille: settings.share_permille,
@@ -428,8 +503,14 @@ impl Watcher {
         let rate = own_index
             .and_then(|i| rates.get(i).copied())
             .unwrap_or_else(|| f64::from(own_settings.limit_permille.unwrap_or(1000)) / 1000.0);
-        let yield_to_high = high_active_elsewhere && own_settings.priority != Some(Priority::High);
-        (rate, yield_to_high)
+        let high = own_settings.priority == Some(Priority::High);
+        Entitlement {
+            rate,
+            yield_to_high: high_active_elsewhere && !high,
+            high,
+            rivals,
+            own_first,
+        }
     }
 
     fn measured_rate(&mut self, tenant: &TenantName, uuid: &GpuUuid, used: u64, now: u64) -> f64 {
@@ -471,6 +552,12 @@ fn in_flight_elsewhere(
             .count() as u64;
     }
     count
+}
+
+/// Credit in hand: credit less consumption, in nanoseconds (negative: in debt).
+fn available(credit: u64, consumed: u64) -> i64 {
+    let ahead = i64::try_from(credit.abs_diff(consumed)).unwrap_or(i64::MAX);
+    if credit >= consumed { ahead } else { -ahead }
 }
 
 /// A tenant's settings from what its processes published: the most restrictive of each.

@@ -121,16 +121,22 @@ pub struct Activity {
     /// It wanted more of the GPU than it got: its launches waited for credit, or its work
     /// kept the GPU busy without a gap.
     pub backlogged: bool,
+    /// A launch of it was waiting at its gate (for credit or for its turn).
+    pub waiting: bool,
     /// When it was seen so (`CLOCK_MONOTONIC`, nanoseconds); 0 never.
     pub at_ns: u64,
 }
 
 const IN_FLIGHT: u64 = 1 << 63;
 const BACKLOGGED: u64 = 1 << 62;
-const TIME_MASK: u64 = BACKLOGGED - 1;
+const WAITING: u64 = 1 << 61;
+/// 2^61 ns is 73 years of uptime; records written before `waiting` existed read as not
+/// waiting.
+const TIME_MASK: u64 = WAITING - 1;
 
 impl Activity {
-    /// The stored form: bit 63 in flight, bit 62 backlogged, the rest the time.
+    /// The stored form: bit 63 in flight, bit 62 backlogged, bit 61 waiting, the rest the
+    /// time.
     pub fn pack(self) -> u64 {
         let mut word = self.at_ns & TIME_MASK;
         if self.in_flight {
@@ -138,6 +144,9 @@ impl Activity {
         }
         if self.backlogged {
             word |= BACKLOGGED;
+        }
+        if self.waiting {
+            word |= WAITING;
         }
         word
     }
@@ -147,6 +156,7 @@ impl Activity {
         Activity {
             in_flight: word & IN_FLIGHT != 0,
             backlogged: word & BACKLOGGED != 0,
+            waiting: word & WAITING != 0,
             at_ns: word & TIME_MASK,
         }
     }
@@ -288,9 +298,17 @@ mod tests {
         let a = Activity {
             in_flight: true,
             backlogged: false,
+            waiting: true,
             at_ns: 123_456_789,
         };
         assert_eq!(Activity::unpack(a.pack()), a);
+        let b = Activity {
+            in_flight: false,
+            backlogged: true,
+            waiting: false,
+            at_ns: (1 << 61) - 1,
+        };
+        assert_eq!(Activity::unpack(b.pack()), b);
         assert!(a.seen_within(123_456_789 + 10, 10));
         assert!(!a.seen_within(123_456_789 + 11, 10));
         assert!(!Activity::default().seen_within(5, u64::MAX));
@@ -339,6 +357,7 @@ mod tests {
             Activity {
                 in_flight: true,
                 backlogged: true,
+                waiting: false,
                 at_ns: 42,
             },
         );
