@@ -71,6 +71,9 @@ const TURNS: Turns = Turns {
     max_turn_ns: 30_000_000,
     max_wait_ns: 100_000_000,
 };
+/// A gap in a process's work shorter than this (a synchronization between two steps of a
+/// loop) does not end its turn.
+const TURN_GAP_NS: u64 = 2_000_000;
 /// `CUDA_ERROR_NOT_READY`.
 const NOT_READY: CUresult = 600;
 /// `CU_EVENT_DISABLE_TIMING`.
@@ -153,6 +156,9 @@ struct GpuTrack {
     turn_wait_since_ns: u64,
     /// Its turn is over until its work drains (see `policy::turns`).
     turn_ended: bool,
+    /// Since when it holds a turn (0: it holds none), and when it last had work in flight.
+    held_since_ns: u64,
+    last_busy_ns: u64,
 }
 
 /// This tenant's standing on a GPU this tick.
@@ -261,8 +267,17 @@ impl Watcher {
                 track.busy_since_ns = now;
             }
             track.busy = busy_now;
+            if busy_now {
+                track.last_busy_ns = now;
+                if track.held_since_ns == 0 {
+                    track.held_since_ns = now;
+                }
+            } else if now.saturating_sub(track.last_busy_ns) > TURN_GAP_NS {
+                track.held_since_ns = 0;
+                track.turn_ended = false;
+            }
 
-            // 2. Publish what it does.
+            // 2. What it does (published once the gate is set).
             let waited = gate.waited_at_ns();
             let backlogged = (waited != 0 && now.saturating_sub(waited) <= BACKLOG_NS)
                 || (busy_now && now.saturating_sub(track.busy_since_ns) >= BACKLOG_NS);
@@ -270,17 +285,6 @@ impl Watcher {
                 track.last_active_ns = now;
             }
             let waiting = gate.has_waiters();
-            let activity = Activity {
-                in_flight: busy_now,
-                backlogged,
-                waiting,
-                at_ns: track.last_active_ns,
-            }
-            .pack();
-            if activity != track.published {
-                slot.set_activity(gpu, Activity::unpack(activity));
-                track.published = activity;
-            }
 
             // 3. The tenant's credit and gate.
             let usage = shim.memory.usage();
@@ -291,16 +295,17 @@ impl Watcher {
             let (credit, consumed) = (usage.credit_ns(gpu), usage.gpu_time_ns(gpu));
             let own = Contender {
                 in_flight: busy_now,
+                holding: track.held_since_ns != 0 && !track.turn_ended,
                 waiting,
                 backlogged,
                 available_ns: available(credit, consumed),
                 high: entitled.high,
             };
             let turn = OwnTurn {
-                held_ns: if busy_now {
-                    now.saturating_sub(track.busy_since_ns).max(1)
-                } else {
+                held_ns: if track.held_since_ns == 0 {
                     0
+                } else {
+                    now.saturating_sub(track.held_since_ns).max(1)
                 },
                 waited_ns: if track.turn_wait_since_ns == 0 {
                     0
@@ -320,14 +325,28 @@ impl Watcher {
                     (true, since) => since,
                 };
             let open = has_credit && my_turn;
-            track.turn_ended =
-                busy_now && (track.turn_ended || (!open && contested(&entitled.rivals)));
+            track.turn_ended = track.held_since_ns != 0
+                && (track.turn_ended || (!open && contested(&entitled.rivals)));
             let cap = if entitled.yield_to_high {
                 YIELD_IN_FLIGHT
             } else {
                 UNBOUNDED
             };
             gate.set(open, cap);
+
+            // 4. Publish what it does.
+            let activity = Activity {
+                in_flight: busy_now,
+                backlogged,
+                waiting,
+                holding: track.held_since_ns != 0 && !track.turn_ended,
+                at_ns: track.last_active_ns,
+            }
+            .pack();
+            if activity != track.published {
+                slot.set_activity(gpu, Activity::unpack(activity));
+                track.published = activity;
+            }
             if !busy_now && !backlogged && now.saturating_sub(track.last_active_ns) > ACTIVE_NS {
                 track.last_active_ns = 0;
             }
@@ -483,6 +502,7 @@ impl Watcher {
                 let fresh = |s: &&SlotCompute| s.activity.seen_within(now, FRESH_NS);
                 rivals.push(Contender {
                     in_flight: slots.iter().filter(fresh).any(|s| s.activity.in_flight),
+                    holding: slots.iter().filter(fresh).any(|s| s.activity.holding),
                     waiting: slots.iter().filter(fresh).any(|s| s.activity.waiting),
                     backlogged,
                     available_ns: available(tenant.usage.credit_ns(gpu), used),

@@ -243,11 +243,6 @@ fn an_idle_tenant_hands_its_time_over_and_gets_its_share_back_within_100_ms() {
     );
     let back = resume + 100 * ms;
     let end = pausing.last.min(steady.last);
-    eprintln!(
-        pausing.share(back, end),
-        steady.share(back, end),
-        (end - back) / ms
-    );
     assert_near("the returning tenant", pausing.share(back, end), 0.75);
     assert_near("the steady tenant after", steady.share(back, end), 0.25);
 }

@@ -32,6 +32,9 @@ use std::cmp::Ordering;
 pub struct Contender {
     /// It has work in flight.
     pub in_flight: bool,
+    /// It holds a turn: work in flight, short gaps aside (a synchronization between
+    /// steps), and its turn has not ended.
+    pub holding: bool,
     /// A launch of it waits at its gate now.
     pub waiting: bool,
     /// It wants more than it gets.
@@ -45,7 +48,7 @@ pub struct Contender {
 /// What this process knows of its own turn on a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct OwnTurn {
-    /// How long it has had work in flight without a gap, nanoseconds (0: none in flight).
+    /// How long it has held its turn, nanoseconds (0: it holds none).
     pub held_ns: u64,
     /// How long its launches have waited for a turn, nanoseconds (0: not waiting).
     pub waited_ns: u64,
@@ -86,8 +89,8 @@ impl Turns {
         if turn.held_ns > 0 {
             return !turn.ended && (turn.held_ns <= self.max_turn_ns || !contested(rivals));
         }
-        // Holding the GPU: in flight, and still launching.
-        if rivals.iter().any(|r| r.in_flight && !r.waiting) {
+        // Holding the GPU and still launching; one whose launches wait is draining.
+        if rivals.iter().any(|r| r.holding && !r.waiting) {
             return false;
         }
         !rivals.iter().enumerate().any(|(i, r)| {
@@ -124,6 +127,7 @@ mod tests {
     fn idle() -> Contender {
         Contender {
             in_flight: false,
+            holding: false,
             waiting: false,
             backlogged: false,
             available_ns: 0,
@@ -142,6 +146,7 @@ mod tests {
     fn holding(available_ns: i64) -> Contender {
         Contender {
             in_flight: true,
+            holding: true,
             ..greedy(available_ns)
         }
     }
@@ -176,6 +181,18 @@ mod tests {
         assert!(!TURNS.may_launch(&greedy(5), waited(1), &[holding(-3)], first));
         assert!(TURNS.may_launch(&greedy(5), waited(1), &[greedy(-3)], first));
         assert!(TURNS.may_launch(&greedy(5), waited(1), &[idle()], first));
+        // Between two steps (nothing in flight for a moment) the holder still holds.
+        let between = Contender {
+            in_flight: false,
+            ..holding(-3)
+        };
+        assert!(!TURNS.may_launch(&greedy(5), waited(1), &[between], first));
+        // Work in flight whose turn has ended (draining) holds nothing.
+        let ended = Contender {
+            holding: false,
+            ..holding(-3)
+        };
+        assert!(TURNS.may_launch(&greedy(5), waited(1), &[ended], first));
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //!
 //! Text needs a TrueType font. plotters' own font lookup (font-kit) would bring fontconfig
 //! along, so the plot takes the first of a few common fonts found under the usual font
-//! directories, and says what to install when there is none. Both the font and the file's
-//! name are checked before the demo starts, so that a plot that cannot be drawn costs no
-//! wait.
+//! directories. Without one (a minimal container) the plot is drawn without its text, and
+//! the demo says what to install. The file's name and the font are checked before the demo
+//! starts, so that a plot that cannot be drawn costs no wait.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -36,8 +36,8 @@ const SIZE: (u32, u32) = (960, 480);
 #[derive(Debug)]
 pub struct Plot {
     path: PathBuf,
-    /// The font file the text is drawn with.
-    font: PathBuf,
+    /// The font file the text is drawn with; `None`: no text.
+    font: Option<PathBuf>,
 }
 
 /// The font registered with plotters (it keeps a `&'static` to its bytes), and its file.
@@ -66,10 +66,16 @@ impl Plot {
                 parent.display()
             ));
         }
-        let font = REGISTERED
-            .get_or_init(register_font)
-            .clone()
-            .map_err(|why| anyhow!("--plot {}: {why}", path.display()))?;
+        let font = match REGISTERED.get_or_init(register_font) {
+            Ok(font) => Some(font.clone()),
+            Err(why) => {
+                eprintln!(
+                    "gpuslice: warning: --plot {}: {why}; the plot will have no text",
+                    path.display()
+                );
+                None
+            }
+        };
         Ok(Plot {
             path: path.to_path_buf(),
             font,
@@ -89,13 +95,8 @@ impl Plot {
         promised: &[f64],
         steps: &[(f64, Vec<f64>)],
     ) -> anyhow::Result<()> {
-        self.try_draw(names, promised, steps).with_context(|| {
-            format!(
-                "could not draw the plot into {} (text in {})",
-                self.path.display(),
-                self.font.display()
-            )
-        })
+        self.try_draw(names, promised, steps)
+            .with_context(|| format!("could not draw the plot into {}", self.path.display()))
     }
 
     fn try_draw(
@@ -108,21 +109,28 @@ impl Plot {
         let end = steps.last().map_or(1.0, |(at, _)| *at).max(0.1);
         let root = BitMapBackend::new(&self.path, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plotting)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("gpuslice demo: each tenant's share of the GPU", (FONT, 22))
-            .margin(14)
-            .x_label_area_size(42)
-            .y_label_area_size(56)
+        let text = self.font.is_some();
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(14);
+        if text {
+            builder
+                .caption("gpuslice demo: each tenant's share of the GPU", (FONT, 22))
+                .x_label_area_size(42)
+                .y_label_area_size(56);
+        }
+        let mut chart = builder
             .build_cartesian_2d(0f64..end, 0f64..100f64)
             .map_err(plotting)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since both started")
-            .y_desc("% of what the GPU does for one alone")
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .draw()
-            .map_err(plotting)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("seconds since both started")
+                .y_desc("% of what the GPU does for one alone")
+                .label_style((FONT, 14))
+                .axis_desc_style((FONT, 15));
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(plotting)?;
         for (i, name) in names.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let got = steps
@@ -147,6 +155,10 @@ impl Plot {
                     .label(format!("{name}: promised {share:.0}%"))
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
             }
+        }
+        if !text {
+            root.present().map_err(plotting)?;
+            return Ok(());
         }
         chart
             .configure_series_labels()
@@ -235,6 +247,20 @@ mod tests {
         assert!(e.to_string().contains("ending in .png"), "{e}");
         let e = Plot::prepare(&dir.path().join("missing/shares.png")).unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn without_a_font_the_plot_is_drawn_without_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let plot = Plot {
+            path: dir.path().join("shares.png"),
+            font: None,
+        };
+        let steps = vec![(0.2, vec![0.3, 0.7]), (0.4, vec![0.29, 0.71])];
+        let names = ["a".to_string(), "b".to_string()];
+        plot.draw(&names, &[30.0, 70.0], &steps).unwrap();
+        let png = std::fs::read(plot.path()).unwrap();
+        assert_eq!(png[..8], *b"\x89PNG\r\n\x1a\n");
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub struct Activity {
     pub backlogged: bool,
     /// A launch of it was waiting at its gate (for credit or for its turn).
     pub waiting: bool,
+    /// It holds a turn on the GPU: it keeps work in flight (short gaps aside) and its turn
+    /// has not ended.
+    pub holding: bool,
     /// When it was seen so (`CLOCK_MONOTONIC`, nanoseconds); 0 never.
     pub at_ns: u64,
 }
@@ -130,13 +133,14 @@ pub struct Activity {
 const IN_FLIGHT: u64 = 1 << 63;
 const BACKLOGGED: u64 = 1 << 62;
 const WAITING: u64 = 1 << 61;
-/// 2^61 ns is 73 years of uptime; records written before `waiting` existed read as not
-/// waiting.
-const TIME_MASK: u64 = WAITING - 1;
+const HOLDING: u64 = 1 << 60;
+/// 2^60 ns is 36 years of uptime; records written before `waiting` and `holding` existed
+/// read as neither.
+const TIME_MASK: u64 = HOLDING - 1;
 
 impl Activity {
-    /// The stored form: bit 63 in flight, bit 62 backlogged, bit 61 waiting, the rest the
-    /// time.
+    /// The stored form: bit 63 in flight, bit 62 backlogged, bit 61 waiting, bit 60
+    /// holding, the rest the time.
     pub fn pack(self) -> u64 {
         let mut word = self.at_ns & TIME_MASK;
         if self.in_flight {
@@ -148,6 +152,9 @@ impl Activity {
         if self.waiting {
             word |= WAITING;
         }
+        if self.holding {
+            word |= HOLDING;
+        }
         word
     }
 
@@ -157,6 +164,7 @@ impl Activity {
             in_flight: word & IN_FLIGHT != 0,
             backlogged: word & BACKLOGGED != 0,
             waiting: word & WAITING != 0,
+            holding: word & HOLDING != 0,
             at_ns: word & TIME_MASK,
         }
     }
@@ -299,6 +307,7 @@ mod tests {
             in_flight: true,
             backlogged: false,
             waiting: true,
+            holding: false,
             at_ns: 123_456_789,
         };
         assert_eq!(Activity::unpack(a.pack()), a);
@@ -306,7 +315,8 @@ mod tests {
             in_flight: false,
             backlogged: true,
             waiting: false,
-            at_ns: (1 << 61) - 1,
+            holding: true,
+            at_ns: (1 << 60) - 1,
         };
         assert_eq!(Activity::unpack(b.pack()), b);
         assert!(a.seen_within(123_456_789 + 10, 10));
@@ -358,6 +368,7 @@ mod tests {
                 in_flight: true,
                 backlogged: true,
                 waiting: false,
+                holding: false,
                 at_ns: 42,
             },
         );
