@@ -86,14 +86,31 @@ def main():
         target = "" if w is None else (f">= {w:.0%}" if "alone" in label and "share" in label else f"{w:.0%} ± 3")
         print(f"{label:22} {name:16} {g:8.1%} {target:>10} {verdict}")
 
+    sizes = sorted(
+        {int(m.group(1)) for f in os.listdir(args.logs) for m in [re.match(r"neighbour(\d+)_solo\.log$", f)] if m},
+        reverse=True,
+    )
+    for name in ["clocks_solo", "clocks_limit30"]:
+        if have(name + ".csv"):
+            busy = []
+            for line in open(d(name + ".csv")):
+                fields = [f.strip() for f in line.split(",")]
+                if len(fields) >= 4 and fields[3].endswith("%") and int(fields[3].rstrip(" %")) > 0:
+                    busy.append(int(fields[1].split()[0]))
+            if busy:
+                busy.sort()
+                print(f"{name:28} SM clock while the GPU is busy: median {busy[len(busy) // 2]} MHz over {len(busy)} samples")
+
     latency_rows = []
-    for name in ["requests_solo_bare", "requests_solo_shim", "requests_beside8192_bare",
-                 "requests_beside8192_high", "requests_beside4096_bare", "requests_beside4096_high"]:
+    names = ["requests_solo_bare", "requests_solo_shim"]
+    for size in sizes:
+        names += [f"requests_beside{size}_bare", f"requests_beside{size}_high"]
+    for name in names:
         if have(name + ".log"):
             lat = requests(d(name + ".log"))
             latency_rows.append((name, lat))
             print(f"{name:28} n={len(lat):5} p50={pct(lat, 0.5) / 1e3:8.1f} us  p99={pct(lat, 0.99) / 1e3:8.1f} us")
-    for size in (8192, 4096):
+    for size in sizes:
         s, low, bare = (f"neighbour{size}_solo.log", f"neighbour{size}_low.log", f"neighbour{size}_bare.log")
         if have(s) and have(low):
             solo_n = done(d(s))

@@ -191,7 +191,7 @@ writable (else which tenants' usage files are), and every tenant's files can be 
 damaged tenant is a failure with the ledger's error); no `GPUSLICE_` variable is set that the
 shim would refuse (an unknown one, or a compute setting it cannot read). Exit 0 when nothing failed, 1 when something did.
 
-# `gpuslice demo [--dir DIR] [--shim PATH] [--simulated] [--compute-seconds S]`
+# `gpuslice demo [--dir DIR] [--shim PATH] [--simulated] [--compute-seconds S] [--plot FILE.png]`
 
 Two tenants, `demo-a` and `demo-b`, share GPU 0 under memory quotas (4 GiB and 8 GiB on a real
 GPU, 1 GiB and 2 GiB on the simulated one) and compute shares of 30% and 70%, in two phases.
@@ -203,12 +203,18 @@ shim, as `run` would start it.
   comes (a bar per tenant on a terminal, the workers' lines prefixed with the tenant
   otherwise), then a table: promised, seen as total, allocated before the refusal, the
   refusal, and whether allocating after freeing worked.
-- **Compute**: both workers load `examples/ptx/spin.ptx` (compiled into the binary; a real
-  driver JIT-compiles it) and launch `gpuslice_spin` kernels of 2 ms back to back on a
-  stream of their own, four queued, for `--compute-seconds` (default 4), reporting each
-  kernel they see finish. The share each got is measured from its own kernels: those it
-  finished in the time both ran (less the first 300 ms and the last 50 ms), times 2 ms,
-  over that time. Progress shows the shares over the last half second.
+- **Compute**: the workers load `examples/ptx/spin.ptx` (compiled into the binary; a real
+  driver JIT-compiles it) and launch `gpuslice_work` kernels (a fixed amount of work, which
+  progresses only while the GPU runs their process) back to back on a stream of their own,
+  four queued, reporting each kernel they see finish. First `demo-a` alone runs for 0.7 s
+  (the trial), which sizes the kernels to take 2 ms on the GPU alone; then both run for
+  `--compute-seconds` (default 4). The share each got is its finished kernels in the time
+  both ran (less the first 300 ms and the last 50 ms), times their time alone, over that
+  time: its part of what the GPU does for one alone. Progress shows the shares over the
+  last half second. `--plot FILE.png` draws them over time (checked before the demo starts:
+  a `.png` in an existing directory; its text uses the first TrueType font found under
+  `~/.local/share/fonts`, `~/.fonts`, `/usr/share/fonts` or `/usr/local/share/fonts`, and
+  without one the plot is drawn without text, with a warning).
 
 It ends with a table per tenant: its memory quota, what happened at it, its promised share,
 the share it got, and how long its launches were throttled (from the ledger).
