@@ -126,7 +126,9 @@ fn kernel_times(stdout: &str) -> Vec<u64> {
 
 #[test]
 fn a_run_with_a_30_percent_limit_gets_30_percent_and_status_and_metrics_say_so() {
-    const KERNEL_NS: u64 = 2_000_000;
+    // The simulated GPU runs a round of gpuslice_work in 30 ns: 2 ms kernels.
+    const ROUNDS: u64 = 66_667;
+    const KERNEL_NS: u64 = ROUNDS * 30;
     let node = Node::new();
     let mut command = node.run(&["--tenant", "capped", "--compute-limit", "30", "--"]);
     command.arg(GPUSLICE).args([
@@ -135,8 +137,8 @@ fn a_run_with_a_30_percent_limit_gets_30_percent_and_status_and_metrics_say_so()
         "compute",
         "--for-ms",
         "3500",
-        "--kernel-ns",
-        &KERNEL_NS.to_string(),
+        "--rounds",
+        &ROUNDS.to_string(),
     ]);
     let mut worker = Running::spawn(&mut command);
     let seen = worker.wait_for_line("done at_ns=");

@@ -348,17 +348,31 @@ fn slice(gpu: &str, i: u32) -> String {
 }
 
 /// Allocates `ids` to one container.
+/// Allocates `ids`. Like the kubelet, it retries while the plugin answers `Unavailable`
+/// (registered, but its GPUs not discovered yet: slow on a loaded machine), for up to 10 s.
 pub async fn allocate(
     client: &mut DevicePluginClient<Channel>,
     ids: &[String],
 ) -> Result<api::ContainerAllocateResponse, tonic::Status> {
-    let answer = client
-        .allocate(api::AllocateRequest {
-            container_requests: vec![api::ContainerAllocateRequest {
-                devices_ids: ids.to_vec(),
-            }],
-        })
-        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = client
+            .allocate(api::AllocateRequest {
+                container_requests: vec![api::ContainerAllocateRequest {
+                    devices_ids: ids.to_vec(),
+                }],
+            })
+            .await;
+        match answer {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other?,
+        }
+    };
     Ok(answer
         .into_inner()
         .container_responses
