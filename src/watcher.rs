@@ -170,9 +170,8 @@ struct Entitlement {
     yield_to_high: bool,
     /// Whether this tenant has priority high.
     high: bool,
-    /// The other tenants on the GPU, each with whether this one goes before it on a tie.
+    /// The other tenants on the GPU.
     rivals: Vec<Contender>,
-    own_first: Vec<bool>,
 }
 
 /// A tenant's rate of use on a GPU, measured by this watcher.
@@ -300,6 +299,7 @@ impl Watcher {
                 backlogged,
                 available_ns: available(credit, consumed),
                 high: entitled.high,
+                wins_ties: false,
             };
             let turn = OwnTurn {
                 held_ns: if track.held_since_ns == 0 {
@@ -315,9 +315,7 @@ impl Watcher {
                 ended: track.turn_ended,
             };
             let has_credit = Credit::may_launch(credit, consumed);
-            let my_turn = TURNS.may_launch(&own, turn, &entitled.rivals, |i| {
-                entitled.own_first.get(i).copied().unwrap_or(true)
-            });
+            let my_turn = TURNS.may_launch(&own, turn, &entitled.rivals);
             track.turn_wait_since_ns =
                 match (has_credit && !my_turn && waiting, track.turn_wait_since_ns) {
                     (false, _) => 0,
@@ -470,7 +468,6 @@ impl Watcher {
         let mut own_index = None;
         let mut high_active_elsewhere = false;
         let mut rivals = Vec::with_capacity(tenants.len());
-        let mut own_first = Vec::with_capacity(tenants.len());
         for tenant in tenants {
             let Some(gpu) = tenant.usage.gpu_index(uuid) else {
                 continue;
@@ -507,8 +504,8 @@ impl Watcher {
                     backlogged,
                     available_ns: available(tenant.usage.credit_ns(gpu), used),
                     high,
+                    wins_ties: tenant.name.as_str() < own.as_str(),
                 });
-                own_first.push(own.as_str() < tenant.name.as_str());
             }
             demands.push(Demand {
                 share_permille: settings.share_permille,
@@ -529,7 +526,6 @@ impl Watcher {
             yield_to_high: high_active_elsewhere && !high,
             high,
             rivals,
-            own_first,
         }
     }
 

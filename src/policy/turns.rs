@@ -43,6 +43,9 @@ pub struct Contender {
     pub available_ns: i64,
     /// It has priority `high`.
     pub high: bool,
+    /// Of a rival: it starts before this tenant when both have as much credit (a fixed
+    /// order every process agrees on, such as the tenants' names).
+    pub wins_ties: bool,
 }
 
 /// What this process knows of its own turn on a GPU.
@@ -67,15 +70,8 @@ pub struct Turns {
 
 impl Turns {
     /// Whether this tenant (`own`, its process's `turn`) may launch now, beside `rivals` (the
-    /// other tenants on the GPU, in the ledger's order); its tie-breaker against each rival is
-    /// `before(rival index)`: whether it comes first when both have as much credit.
-    pub fn may_launch(
-        &self,
-        own: &Contender,
-        turn: OwnTurn,
-        rivals: &[Contender],
-        before: impl Fn(usize) -> bool,
-    ) -> bool {
+    /// other tenants on the GPU).
+    pub fn may_launch(&self, own: &Contender, turn: OwnTurn, rivals: &[Contender]) -> bool {
         if own.high {
             return true;
         }
@@ -93,11 +89,11 @@ impl Turns {
         if rivals.iter().any(|r| r.holding && !r.waiting) {
             return false;
         }
-        !rivals.iter().enumerate().any(|(i, r)| {
+        !rivals.iter().any(|r| {
             competing(r)
                 && match r.available_ns.cmp(&own.available_ns) {
                     Ordering::Greater => true,
-                    Ordering::Equal => !before(i),
+                    Ordering::Equal => r.wins_ties,
                     Ordering::Less => false,
                 }
         })
@@ -132,6 +128,7 @@ mod tests {
             backlogged: false,
             available_ns: 0,
             high: false,
+            wins_ties: false,
         }
     }
 
@@ -172,37 +169,33 @@ mod tests {
         }
     }
 
-    fn first(_: usize) -> bool {
-        true
-    }
-
     #[test]
     fn a_greedy_tenant_waits_while_another_holds_the_gpu() {
-        assert!(!TURNS.may_launch(&greedy(5), waited(1), &[holding(-3)], first));
-        assert!(TURNS.may_launch(&greedy(5), waited(1), &[greedy(-3)], first));
-        assert!(TURNS.may_launch(&greedy(5), waited(1), &[idle()], first));
+        assert!(!TURNS.may_launch(&greedy(5), waited(1), &[holding(-3)]));
+        assert!(TURNS.may_launch(&greedy(5), waited(1), &[greedy(-3)]));
+        assert!(TURNS.may_launch(&greedy(5), waited(1), &[idle()]));
         // Between two steps (nothing in flight for a moment) the holder still holds.
         let between = Contender {
             in_flight: false,
             ..holding(-3)
         };
-        assert!(!TURNS.may_launch(&greedy(5), waited(1), &[between], first));
+        assert!(!TURNS.may_launch(&greedy(5), waited(1), &[between]));
         // Work in flight whose turn has ended (draining) holds nothing.
         let ended = Contender {
             holding: false,
             ..holding(-3)
         };
-        assert!(TURNS.may_launch(&greedy(5), waited(1), &[ended], first));
+        assert!(TURNS.may_launch(&greedy(5), waited(1), &[ended]));
     }
 
     #[test]
     fn the_holder_keeps_its_turn_until_it_is_long_and_someone_waits() {
         let own = holding(5);
-        assert!(TURNS.may_launch(&own, held(10), &[waiting(9)], first));
-        assert!(!TURNS.may_launch(&own, held(31), &[waiting(9)], first));
+        assert!(TURNS.may_launch(&own, held(10), &[waiting(9)]));
+        assert!(!TURNS.may_launch(&own, held(31), &[waiting(9)]));
         // Nobody waiting, or only for credit: the turn goes on.
-        assert!(TURNS.may_launch(&own, held(500), &[greedy(9)], first));
-        assert!(TURNS.may_launch(&own, held(500), &[waiting(-2)], first));
+        assert!(TURNS.may_launch(&own, held(500), &[greedy(9)]));
+        assert!(TURNS.may_launch(&own, held(500), &[waiting(-2)]));
         // Both in flight at once (they started together): the first past the bound yields.
         assert!(!TURNS.may_launch(
             &own,
@@ -210,8 +203,7 @@ mod tests {
             &[Contender {
                 waiting: true,
                 ..holding(9)
-            }],
-            first
+            }]
         ));
     }
 
@@ -221,13 +213,13 @@ mod tests {
             ended: true,
             ..held(5)
         };
-        assert!(!TURNS.may_launch(&holding(5), ended, &[waiting(9)], first));
+        assert!(!TURNS.may_launch(&holding(5), ended, &[waiting(9)]));
         // A holder whose launches wait is draining: the next one starts at once.
         let draining = Contender {
             waiting: true,
             ..holding(-1)
         };
-        assert!(TURNS.may_launch(&waiting(9), waited(1), &[draining], first));
+        assert!(TURNS.may_launch(&waiting(9), waited(1), &[draining]));
         assert!(contested(&[waiting(9)]));
         assert!(!contested(&[waiting(0), greedy(9)]));
     }
@@ -235,20 +227,24 @@ mod tests {
     #[test]
     fn of_several_waiting_the_one_with_most_credit_starts() {
         let rivals = [waiting(4), waiting(2)];
-        assert!(!TURNS.may_launch(&waiting(3), waited(1), &rivals, first));
-        assert!(TURNS.may_launch(&waiting(5), waited(1), &rivals, first));
+        assert!(!TURNS.may_launch(&waiting(3), waited(1), &rivals));
+        assert!(TURNS.may_launch(&waiting(5), waited(1), &rivals));
         // Rivals without credit cannot start: they are no reason to wait.
-        assert!(TURNS.may_launch(&waiting(1), waited(1), &[waiting(0), waiting(-5)], first));
+        assert!(TURNS.may_launch(&waiting(1), waited(1), &[waiting(0), waiting(-5)]));
         // Equal credit: the tie-breaker says who.
-        assert!(TURNS.may_launch(&waiting(4), waited(1), &rivals, |i| i == 0));
-        assert!(!TURNS.may_launch(&waiting(4), waited(1), &rivals, |_| false));
+        assert!(TURNS.may_launch(&waiting(4), waited(1), &rivals));
+        let tie_winner = Contender {
+            wins_ties: true,
+            ..waiting(4)
+        };
+        assert!(!TURNS.may_launch(&waiting(4), waited(1), &[tie_winner, waiting(2)]));
     }
 
     #[test]
     fn light_tenants_and_long_waits_fall_back_to_time_slicing() {
-        assert!(TURNS.may_launch(&idle(), waited(0), &[holding(0)], first));
-        assert!(!TURNS.may_launch(&greedy(0), waited(100), &[holding(0)], first));
-        assert!(TURNS.may_launch(&greedy(0), waited(101), &[holding(0)], first));
+        assert!(TURNS.may_launch(&idle(), waited(0), &[holding(0)]));
+        assert!(!TURNS.may_launch(&greedy(0), waited(100), &[holding(0)]));
+        assert!(TURNS.may_launch(&greedy(0), waited(101), &[holding(0)]));
     }
 
     #[test]
@@ -257,14 +253,14 @@ mod tests {
             high: true,
             ..greedy(0)
         };
-        assert!(TURNS.may_launch(&high, waited(1), &[holding(50)], first));
+        assert!(TURNS.may_launch(&high, waited(1), &[holding(50)]));
         let high_running = Contender {
             in_flight: true,
             ..high
         };
         // Even a light tenant, even one holding the GPU, waits while its work runs.
-        assert!(!TURNS.may_launch(&idle(), waited(0), &[high_running], first));
-        assert!(!TURNS.may_launch(&holding(9), held(1), &[high_running], first));
+        assert!(!TURNS.may_launch(&idle(), waited(0), &[high_running]));
+        assert!(!TURNS.may_launch(&holding(9), held(1), &[high_running]));
         // A high tenant waiting (for credit) holds nobody back.
         assert!(TURNS.may_launch(
             &greedy(1),
@@ -272,8 +268,7 @@ mod tests {
             &[Contender {
                 waiting: true,
                 ..high
-            }],
-            first
+            }]
         ));
     }
 }

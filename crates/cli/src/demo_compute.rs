@@ -184,12 +184,7 @@ impl ComputePhase {
             .into_iter()
             .max()?
             .saturating_add(SETTLE_NS);
-        let to = self
-            .outcomes
-            .iter()
-            .filter_map(|o| o.done.last().copied())
-            .min()?
-            .saturating_sub(DRAIN_NS);
+        let to = self.reported_until()?.saturating_sub(DRAIN_NS);
         (to >= from.saturating_add(SHORTEST_NS)).then_some((from, to))
     }
 
