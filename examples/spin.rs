@@ -9,6 +9,9 @@
 //! spin --for MS [--ns D] [--depth K] [--legacy] [--idle-after MS --idle-for MS]
 //!                                 kernels of D ns for MS milliseconds, K in flight at once,
 //!                                 idle for a while in the middle if asked
+//! spin --for MS --requests-every P [--ns D]
+//!                                 requests for MS milliseconds: one kernel of D ns and a
+//!                                 synchronization each, P milliseconds apart
 //! ```
 //!
 //! Prints `kernels=<n> ns_each=<d> elapsed_ms=<..> busy_fraction=<..> event_ms=<..>`, where
@@ -20,7 +23,8 @@
 //! `CLOCK_MONOTONIC`, which all processes share, so that the shares of several processes
 //! can be compared over the same window), then the summary line. `--for` uses a stream of
 //! its own (`--legacy`: the legacy NULL stream) and keeps K kernels queued, as a training
-//! loop does.
+//! loop does. With `--requests-every`, a line `request at_ns=<t> latency_ns=<l>` per request
+//! (launch to end of synchronization), then `requests=<n> p50_ns=<..> p99_ns=<..>`.
 //!
 //! Context, stream, events and synchronization use cudarc's safe API. Loading a module from
 //! PTX and launching use cudarc's result API: the safe API's `load_module` and launch builder
@@ -36,12 +40,14 @@ use cudarc::driver::{CudaContext, DriverError, result};
 
 const PTX: &str = include_str!("ptx/spin.ptx");
 const USAGE: &str = "usage: spin [--kernels N] [--ns D] | spin --noop N | \
-                     spin --for MS [--ns D] [--depth K] [--legacy] [--idle-after MS --idle-for MS]";
+                     spin --for MS [--ns D] [--depth K] [--legacy] [--idle-after MS --idle-for MS] | \
+                     spin --for MS --requests-every P [--ns D]";
 
 enum Mode {
     Spin { kernels: u64, ns: u64 },
     Noop { launches: u64 },
     Load(Load),
+    Requests { millis: u64, ns: u64, every_ms: u64 },
 }
 
 /// Kernels back to back for a while.
@@ -103,7 +109,7 @@ fn run(mode: Mode) -> Result<(), String> {
     };
     let module = Module::load(PTX).map_err(|e| format!("loading spin.ptx: {e}"))?;
     let kernel = match mode {
-        Mode::Spin { .. } | Mode::Load(_) => "gpuslice_spin",
+        Mode::Spin { .. } | Mode::Load(_) | Mode::Requests { .. } => "gpuslice_spin",
         Mode::Noop { .. } => "gpuslice_noop",
     };
     let function = module
@@ -211,6 +217,38 @@ fn run(mode: Mode) -> Result<(), String> {
                 done as f64 * ns as f64 / elapsed.as_nanos().max(1) as f64,
             );
         }
+        Mode::Requests {
+            millis,
+            ns,
+            every_ms,
+        } => {
+            let start = Instant::now();
+            let mut latencies = Vec::new();
+            while start.elapsed().as_millis() < u128::from(millis) {
+                let sent = monotonic_ns();
+                let mut argument = ns;
+                launch(&mut [(&raw mut argument).cast()])?;
+                stream
+                    .synchronize()
+                    .map_err(|e| format!("cuStreamSynchronize: {e}"))?;
+                let answered = monotonic_ns();
+                let latency = answered.saturating_sub(sent);
+                println!("request at_ns={answered} latency_ns={latency}");
+                latencies.push(latency);
+                std::thread::sleep(std::time::Duration::from_millis(every_ms));
+            }
+            latencies.sort_unstable();
+            let at = |percent: usize| {
+                let last = latencies.len().saturating_sub(1);
+                latencies.get(last * percent / 100).copied().unwrap_or(0)
+            };
+            println!(
+                "requests={} p50_ns={} p99_ns={}",
+                latencies.len(),
+                at(50),
+                at(99)
+            );
+        }
         Mode::Noop { launches } => {
             let start = Instant::now();
             for _ in 0..launches {
@@ -242,7 +280,7 @@ fn number(flag: &str, value: Option<String>) -> Result<u64, String> {
 fn parse_args() -> Result<Mode, String> {
     let (mut kernels, mut ns, mut noop) = (100, 1_000_000, None);
     let (mut millis, mut depth, mut legacy) = (None, 4, false);
-    let (mut idle_after, mut idle_for) = (None, 0);
+    let (mut idle_after, mut idle_for, mut every_ms) = (None, 0, None);
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         match arg.as_str() {
@@ -254,6 +292,9 @@ fn parse_args() -> Result<Mode, String> {
             "--legacy" => legacy = true,
             "--idle-after" => idle_after = Some(number("--idle-after", argv.next())?),
             "--idle-for" => idle_for = number("--idle-for", argv.next())?,
+            "--requests-every" => {
+                every_ms = Some(number("--requests-every", argv.next())?);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -263,6 +304,11 @@ fn parse_args() -> Result<Mode, String> {
     }
     Ok(match (noop, millis) {
         (Some(launches), _) => Mode::Noop { launches },
+        (None, Some(millis)) if let Some(every_ms) = every_ms => Mode::Requests {
+            millis,
+            ns,
+            every_ms,
+        },
         (None, Some(millis)) => Mode::Load(Load {
             millis,
             ns,

@@ -62,17 +62,26 @@ if [[ " $only " == *" limit "* ]]; then
   stop_clocks
 fi
 if [[ " $only " == *" shares "* ]]; then
-  echo "shares: bare pair, 25/75, 10/30/60" >&2
+  echo "shares: bare pair, 25/75, 10/30/60, then solo again (drift)" >&2
+  clocks pair_bare
   bare load --seconds "$each" >"$out/pair_bare_a.log" &
   bare load --seconds "$each" >"$out/pair_bare_b.log"
   wait
+  stop_clocks
+  clocks pair
   under s25 GPUSLICE_COMPUTE_SHARE=25 -- load --seconds "$each" >"$out/pair_25.log" &
   under s75 GPUSLICE_COMPUTE_SHARE=75 -- load --seconds "$each" >"$out/pair_75.log"
   wait
+  stop_clocks
+  clocks trio
   under t10 GPUSLICE_COMPUTE_SHARE=10 -- load --seconds "$each" >"$out/trio_10.log" &
   under t30 GPUSLICE_COMPUTE_SHARE=30 -- load --seconds "$each" >"$out/trio_30.log" &
   under t60 GPUSLICE_COMPUTE_SHARE=60 -- load --seconds "$each" >"$out/trio_60.log"
   wait
+  stop_clocks
+  clocks solo_after
+  bare load --seconds "$each" >"$out/solo_bare_after.log"
+  stop_clocks
 fi
 if [[ " $only " == *" latency "* ]]; then
   for size in ${NEIGHBOUR_SIZES:-8192 4096 2048}; do
@@ -92,5 +101,18 @@ if [[ " $only " == *" latency "* ]]; then
       >"$out/requests_beside${size}_high.log"
     wait
   done
+  # A light neighbour (one 2048² matmul + sync every millisecond): what a request pays
+  # for another context having run at all, with next to nothing of it left to wait for.
+  echo "latency: light neighbour" >&2
+  bare latency --seconds $((each + 4)) --size 2048 --interval-ms 1 >"$out/light_bare.log" &
+  sleep 2
+  bare latency --seconds "$each" --size 2048 >"$out/requests_besidelight_bare.log"
+  wait
+  under lo GPUSLICE_PRIORITY=low -- latency --seconds $((each + 4)) --size 2048 --interval-ms 1 \
+    >"$out/light_low.log" &
+  sleep 2
+  under hi GPUSLICE_PRIORITY=high -- latency --seconds "$each" --size 2048 \
+    >"$out/requests_besidelight_high.log"
+  wait
 fi
 echo "bench-shares: logs in $out" >&2

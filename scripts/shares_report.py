@@ -90,7 +90,10 @@ def main():
         {int(m.group(1)) for f in os.listdir(args.logs) for m in [re.match(r"neighbour(\d+)_solo\.log$", f)] if m},
         reverse=True,
     )
-    for name in ["clocks_solo", "clocks_limit30"]:
+    if have("solo_bare_after.log"):
+        after = done(d("solo_bare_after.log"))
+        print(f"solo without the shim again, after the shares: {rate(after, *window([after])) / solo_rate:.1%} of the first")
+    for name in sorted(f.removesuffix(".csv") for f in os.listdir(args.logs) if f.startswith("clocks_")):
         if have(name + ".csv"):
             busy = []
             for line in open(d(name + ".csv")):
@@ -103,7 +106,7 @@ def main():
 
     latency_rows = []
     names = ["requests_solo_bare", "requests_solo_shim"]
-    for size in sizes:
+    for size in sizes + ["light"]:
         names += [f"requests_beside{size}_bare", f"requests_beside{size}_high"]
     for name in names:
         if have(name + ".log"):

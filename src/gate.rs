@@ -3,8 +3,11 @@
 //!
 //! A closed gate makes the launching thread wait, off the fast path: it sleeps on a futex
 //! that the watcher bumps every tick while anyone waits, and the time it waited is added to
-//! the tenant's throttled time. The gate also bounds how many launches may be unfinished
-//! at once (the watcher lowers that bound while a high-priority tenant is active).
+//! the tenant's throttled time. The first launch to wait rings the watcher's bell, so that
+//! the watcher looks at once (publishing that the tenant waits) instead of at its next tick.
+//! The gate also bounds how many launches may be unfinished at once (the watcher lowers
+//! that bound while a high-priority tenant is active); a waiter is woken at the first tick
+//! that sees a launch finish.
 //!
 //! It also keeps the watcher's CUDA calls out of the way of stream capture: no stream may be
 //! queried or have an event recorded on it while any stream of the process captures (that
@@ -70,12 +73,15 @@ impl GpuGate {
         self.launched.fetch_add(1, Release);
     }
 
-    /// Waits until a launch may go, adding the time waited to the tenant's throttled time.
+    /// Waits until a launch may go, adding the time waited to the tenant's throttled time;
+    /// the first waiter rings `watcher`.
     #[cold]
     #[inline(never)]
-    pub fn wait(&self, usage: &UsageFile, gpu: GpuIndex) {
+    pub fn wait(&self, usage: &UsageFile, gpu: GpuIndex, watcher: &Bell) {
         let start = clock::monotonic_ns();
-        self.waiters.fetch_add(1, SeqCst);
+        if self.waiters.fetch_add(1, SeqCst) == 0 {
+            watcher.ring();
+        }
         loop {
             self.waited_at_ns.store(clock::monotonic_ns(), Relaxed);
             let generation = self.generation.load(SeqCst);
@@ -103,9 +109,21 @@ impl GpuGate {
         self.launched.load(Acquire)
     }
 
-    /// The watcher's side: how many launches are known finished.
+    /// The watcher's side: how many launches are known finished. Whoever waits for one to
+    /// finish is woken by the `set` that follows in the same tick, once the gate is decided
+    /// (a high-priority tenant may have started meanwhile).
     pub fn set_finished(&self, finished: u64) {
         self.finished.store(finished, Release);
+    }
+
+    /// Launches known finished.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Acquire)
+    }
+
+    /// The bound on unfinished launches now.
+    pub fn in_flight_cap(&self) -> u64 {
+        self.in_flight_cap.load(Relaxed)
     }
 
     /// When a launch last had to wait (0: never).
@@ -119,10 +137,36 @@ impl GpuGate {
     }
 }
 
-/// The gates of every GPU of the tenant, and the coordination between capture and polls.
+/// What the watcher sleeps on between ticks: rung by a launch that starts to wait.
+#[derive(Debug, Default)]
+pub struct Bell {
+    rung: AtomicU32,
+}
+
+impl Bell {
+    /// How often it has been rung (wrapping); pass it to [`Bell::sleep`].
+    pub fn rung(&self) -> u32 {
+        self.rung.load(SeqCst)
+    }
+
+    /// Sleeps for `timeout` unless it was rung since `rung()` said `seen`.
+    pub fn sleep(&self, seen: u32, timeout: Duration) {
+        futex_wait(&self.rung, seen, timeout);
+    }
+
+    /// Wakes the sleeper.
+    pub fn ring(&self) {
+        self.rung.fetch_add(1, SeqCst);
+        futex_wake_all(&self.rung);
+    }
+}
+
+/// The gates of every GPU of the tenant, the watcher's bell, and the coordination between
+/// capture and polls.
 #[derive(Debug)]
 pub struct LaunchGates {
     gpus: [GpuGate; MAX_GPUS],
+    bell: Bell,
     capturing: AtomicU32,
     polling: AtomicBool,
 }
@@ -138,6 +182,7 @@ impl LaunchGates {
     pub fn new() -> LaunchGates {
         LaunchGates {
             gpus: std::array::from_fn(|_| GpuGate::new()),
+            bell: Bell::default(),
             capturing: AtomicU32::new(0),
             polling: AtomicBool::new(false),
         }
@@ -147,6 +192,11 @@ impl LaunchGates {
     #[inline]
     pub fn gpu(&self, gpu: u32) -> Option<&GpuGate> {
         self.gpus.get(usize::try_from(gpu).ok()?)
+    }
+
+    /// The watcher's bell.
+    pub fn bell(&self) -> &Bell {
+        &self.bell
     }
 
     /// Opens every gate (the watcher is stopping: nothing would open them again).
@@ -202,8 +252,8 @@ impl LaunchGates {
 
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let timeout = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: libc::c_long::try_from(timeout.as_nanos()).unwrap_or(1_000_000),
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(1),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
     };
     // SAFETY: `word` is a live, aligned u32 for the duration of the call; the timeout is a
     // valid timespec. A spurious or timed-out return is fine: the caller loops.
@@ -250,10 +300,11 @@ mod tests {
         let waiter = {
             let gates = Arc::clone(&gates);
             let usage = Arc::clone(&usage);
-            std::thread::spawn(move || gates.gpu(0).unwrap().wait(&usage, gpu))
+            std::thread::spawn(move || gates.gpu(0).unwrap().wait(&usage, gpu, gates.bell()))
         };
         std::thread::sleep(Duration::from_millis(30));
         assert!(gate.has_waiters());
+        assert_eq!(gates.bell().rung(), 1, "the first waiter rings the watcher");
         gate.set(true, UNBOUNDED);
         waiter.join().unwrap();
         assert!(
@@ -275,6 +326,52 @@ mod tests {
         gate.set_finished(1);
         assert!(gate.may_pass());
         assert!(gates.gpu(16).is_none());
+    }
+
+    #[test]
+    fn a_launch_waiting_for_one_to_finish_goes_at_the_tick_that_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let usage = ledger.open_usage(&TenantName::new("t").unwrap()).unwrap();
+        let gpu = usage.register_gpu(&GpuUuid([1; 16])).unwrap();
+        let gates = Arc::new(LaunchGates::new());
+        let gate = gates.gpu(0).unwrap();
+        gate.set(true, 1);
+        gate.count_launch();
+        let waiter = {
+            let gates = Arc::clone(&gates);
+            let usage = Arc::clone(&usage);
+            std::thread::spawn(move || {
+                gates.gpu(0).unwrap().wait(&usage, gpu, gates.bell());
+                clock::monotonic_ns()
+            })
+        };
+        while !gate.has_waiters() {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let finished_at = clock::monotonic_ns();
+        gate.set_finished(1);
+        gate.set(true, 1);
+        let went_at = waiter.join().unwrap();
+        // Without the wake it would sleep out its 2 ms timeout.
+        assert!(
+            went_at - finished_at < 1_500_000,
+            "{}",
+            went_at - finished_at
+        );
+        assert_eq!(gate.finished(), 1);
+        assert_eq!(gate.in_flight_cap(), 1);
+    }
+
+    #[test]
+    fn a_bell_rung_before_the_sleep_cuts_it_short() {
+        let bell = Bell::default();
+        let seen = bell.rung();
+        bell.ring();
+        let start = std::time::Instant::now();
+        bell.sleep(seen, Duration::from_secs(5));
+        assert!(start.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The watcher: one thread per enforcing process that measures the GPU time the process
 //! receives and keeps its launch gates, so that launches themselves only mark a stream.
 //!
-//! Every tick (`TICK`) it:
+//! Every tick (`TICK`; `FAST_TICK` while a launch waits at a gate or a high-priority tenant
+//! shares the GPU, and at once when a launch starts to wait) it:
 //! 1. polls the streams the process launched on: an event it records behind the latest
 //!    launches of a created stream says when they finished; a legacy stream is queried.
 //!    Its CUDA calls go straight to the driver, so they are neither gated nor counted;
@@ -31,6 +32,7 @@ use crate::gate::UNBOUNDED;
 use crate::log::{Level, RateLimit, log};
 use crate::neighbours::{Neighbours, Tenant};
 use crate::policy::compute::{Credit, Demand, entitled_rates};
+use crate::policy::priority::{LaunchTime, Yield};
 use crate::policy::turns::{Contender, OwnTurn, Turns, contested};
 use crate::real;
 use crate::shim::Shim;
@@ -38,6 +40,11 @@ use crate::streams::{CAPACITY, Occupancy, StreamKind};
 
 /// How often the watcher polls and decides.
 const TICK: Duration = Duration::from_micros(500);
+/// How often while a launch of the process waits at its gate (its thread sleeps: the
+/// watcher's time costs the program nothing, and the sooner it sees a launch finish or a
+/// turn come, the less the GPU idles), while it yields to a high-priority tenant, or while
+/// it is high-priority beside others (who hold back while its work is in flight).
+const FAST_TICK: Duration = Duration::from_micros(50);
 /// A process's "in flight" mark counts this long after it was written (a process that
 /// died or stalled stops counting).
 const FRESH_NS: u64 = 5_000_000;
@@ -62,9 +69,12 @@ const CREDIT: Credit = Credit {
 /// The shortest stretch of time a refill of the tenant's credit adds (a refill is one CAS
 /// in the tenant's usage file; more often would only add contention between its processes).
 const REFILL_NS: u64 = 1_000_000;
-/// How few unfinished launches tenants below a high-priority one keep while it is active:
-/// its requests wait for at most this many of their kernels.
-const YIELD_IN_FLIGHT: u64 = 1;
+/// How much work tenants below a high-priority one keep queued while it is active: its
+/// requests wait for at most this, or for one kernel where one takes longer.
+const YIELD: Yield = Yield {
+    queue_ns: 100_000,
+    max_in_flight: 16,
+};
 /// How long a backlogged tenant keeps the GPU while another waits, and how long one waits
 /// for its turn before going anyway (see `policy::turns`).
 const TURNS: Turns = Turns {
@@ -159,6 +169,9 @@ struct GpuTrack {
     /// Since when it holds a turn (0: it holds none), and when it last had work in flight.
     held_since_ns: u64,
     last_busy_ns: u64,
+    /// Launches known finished at the last tick, and the time each has been taking.
+    finished: u64,
+    launch_time: LaunchTime,
 }
 
 /// This tenant's standing on a GPU this tick.
@@ -189,6 +202,8 @@ struct Watcher {
     gpus: Vec<GpuTrack>,
     rates: HashMap<(TenantName, GpuUuid), UseRate>,
     last_tick_ns: u64,
+    /// Whether the next tick comes after `FAST_TICK` rather than `TICK`.
+    fast: bool,
     errors: RateLimit,
 }
 
@@ -201,19 +216,27 @@ impl Watcher {
             gpus: (0..MAX_GPUS).map(|_| GpuTrack::default()).collect(),
             rates: HashMap::new(),
             last_tick_ns: monotonic_ns(),
+            fast: false,
             errors: RateLimit::new(),
         }
     }
 
     fn run(&mut self) {
+        precise_sleeps();
+        let bell = self.shim.gates.bell();
+        let mut seen = bell.rung();
         while !STOPPING.load(SeqCst) {
-            std::thread::sleep(TICK);
+            bell.sleep(seen, if self.fast { FAST_TICK } else { TICK });
+            // Read before the tick looks at the gates: a launch that starts to wait during
+            // the tick cuts the next sleep short.
+            seen = bell.rung();
             self.tick();
         }
     }
 
     fn tick(&mut self) {
         let shim = self.shim;
+        self.fast = false;
         let busy = if shim.gates.start_poll() {
             let busy = self.poll_streams();
             shim.gates.end_poll();
@@ -262,6 +285,13 @@ impl Watcher {
             if halves > 0 {
                 slot.add_gpu_time(gpu, elapsed * halves / 2 / (others + 1));
             }
+            let finished = gate.finished();
+            track.launch_time.observe(
+                elapsed * halves / 2,
+                finished.saturating_sub(track.finished),
+                halves == 2,
+            );
+            track.finished = finished;
             if busy_now && !track.busy {
                 track.busy_since_ns = now;
             }
@@ -326,11 +356,14 @@ impl Watcher {
             track.turn_ended = track.held_since_ns != 0
                 && (track.turn_ended || (!open && contested(&entitled.rivals)));
             let cap = if entitled.yield_to_high {
-                YIELD_IN_FLIGHT
+                YIELD.in_flight(track.launch_time.per_launch_ns())
             } else {
                 UNBOUNDED
             };
             gate.set(open, cap);
+            self.fast |= waiting
+                || entitled.yield_to_high
+                || (entitled.high && entitled.rivals.iter().any(|r| r.in_flight));
 
             // 4. Publish what it does.
             let activity = Activity {
@@ -543,6 +576,15 @@ impl Watcher {
         entry.gpu_time_ns = used;
         entry.at_ns = now;
         entry.rate
+    }
+}
+
+/// Makes the watcher's sleeps as long as asked: the default timer slack (50 µs) is half a
+/// fast tick.
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain number and only affects the calling thread.
+    if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) } != 0 {
+        log!(Level::Debug, "cannot shorten the watcher's timer slack");
     }
 }
 

@@ -305,3 +305,106 @@ fn now_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
+
+/// Requests under the shim as a process of `tenant`: one `REQUEST_NS` kernel and a
+/// synchronization every `REQUEST_EVERY_MS`, for `millis`.
+fn requests(node: &Node, tenant: &str, env: &[(&str, &str)], millis: u64) -> Running {
+    let mut command = node.tenant(tenant, None, example("spin"));
+    command.args([
+        "--for",
+        &millis.to_string(),
+        "--requests-every",
+        &REQUEST_EVERY_MS.to_string(),
+        "--ns",
+        &REQUEST_NS.to_string(),
+    ]);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Running::spawn(&mut command)
+}
+
+/// Each request's (answered at, latency) from a finished `requests` run.
+fn latencies(running: Running) -> Vec<(u64, u64)> {
+    let output = running.wait_output(Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "requests failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let all: Vec<(u64, u64)> = stdout
+        .lines()
+        .filter(|l| l.starts_with("request "))
+        .map(|l| (field(l, "at_ns"), field(l, "latency_ns")))
+        .collect();
+    assert!(all.len() >= 40, "too few requests: {stdout}");
+    all
+}
+
+fn median(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// A request of the high-priority tenant, and how far apart they come.
+const REQUEST_NS: u64 = 1_000_000;
+const REQUEST_EVERY_MS: u64 = 8;
+/// The neighbour's kernels: longer than what it may queue beside a high-priority tenant
+/// (one at a time), short against a request.
+const NEIGHBOUR_NS: u64 = 500_000;
+
+#[test]
+fn a_high_priority_tenant_waits_little_beside_a_busy_neighbour_that_keeps_working() {
+    let _serial = serial();
+    let node = Node::new();
+    let high = [("GPUSLICE_PRIORITY", "high")];
+    let solo = latencies(requests(&node, "hi", &high, 1000));
+    let solo_p50 = median(solo.iter().map(|&(_, l)| l).collect());
+
+    let mut neighbour = load(
+        &node,
+        "lo",
+        &[("GPUSLICE_PRIORITY", "low")],
+        4000,
+        &["--ns", &NEIGHBOUR_NS.to_string(), "--depth", "8"],
+    );
+    neighbour.wait_for_line("done ", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let beside = latencies(requests(&node, "hi", &high, 2500));
+    let neighbour = finish(neighbour);
+
+    // Leave out the first 200 ms, while the neighbour learns that a high tenant is active.
+    let from = beside[0].0 + 200_000_000;
+    let to = beside[beside.len() - 1].0;
+    let p50 = median(
+        beside
+            .iter()
+            .filter(|&&(at, _)| at > from)
+            .map(|&(_, l)| l)
+            .collect(),
+    );
+    let kept = neighbour
+        .done
+        .iter()
+        .filter(|&&t| t > from && t <= to)
+        .count() as f64
+        * NEIGHBOUR_NS as f64
+        / (to - from) as f64;
+    eprintln!(
+        "requests alone p50 {solo_p50} ns, beside the neighbour {p50} ns; the neighbour keeps {:.1}% of the GPU",
+        kept * 100.0
+    );
+    // Without priority the neighbour's queue time-slices with every request: twice as long.
+    // With it, a request shares the GPU only with what remains of one neighbour kernel.
+    assert!(
+        p50 as f64 <= 1.6 * solo_p50 as f64,
+        "p50 {p50} ns beside the neighbour, {solo_p50} ns alone"
+    );
+    assert!(
+        kept >= 0.5,
+        "the neighbour keeps only {:.1}% of the GPU",
+        kept * 100.0
+    );
+}

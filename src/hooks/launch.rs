@@ -54,7 +54,11 @@ fn gated(stream: CUstream, launch: impl FnOnce() -> CUresult) -> CUresult {
         return launch();
     };
     if !gate.may_pass() {
-        gate.wait(shim.memory.usage(), GpuIndex(entry.gpu()));
+        gate.wait(
+            shim.memory.usage(),
+            GpuIndex(entry.gpu()),
+            shim.gates.bell(),
+        );
     }
     let status = launch();
     if status == CUDA_SUCCESS {

@@ -2,4 +2,5 @@
 
 pub mod compute;
 pub mod memory;
+pub mod priority;
 pub mod turns;

@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const MIB: u64 = 1 << 20;
@@ -256,57 +256,111 @@ pub fn run_ok(command: &mut Command) -> String {
     stdout
 }
 
-/// A child process that is killed if the test lets go of it.
+/// A child process that is killed if the test lets go of it. What it prints is read as it
+/// comes (a child that prints more than a pipe holds must not stall on a full pipe).
 pub struct Running {
     child: Option<Child>,
+    stdout: Captured,
+    stderr: Captured,
+    /// How much of stdout `wait_for_line` has handed out.
+    seen: usize,
+}
+
+/// Everything read so far from one of a child's pipes, by a thread of its own.
+struct Captured {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Captured {
+    fn start(pipe: Option<impl Read + Send + 'static>) -> Captured {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let reader = pipe.map(|mut pipe| {
+            let bytes = Arc::clone(&bytes);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    bytes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&chunk[..n]);
+                }
+            })
+        });
+        Captured { bytes, reader }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn ended(&self) -> bool {
+        self.reader.as_ref().is_none_or(|r| r.is_finished())
+    }
+
+    /// Everything, once the pipe is closed.
+    fn finish(&mut self) -> Vec<u8> {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.snapshot()
+    }
 }
 
 impl Running {
     pub fn spawn(command: &mut Command) -> Running {
-        let child = command
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-        Running { child: Some(child) }
+        let stdout = Captured::start(child.stdout.take());
+        let stderr = Captured::start(child.stderr.take());
+        Running {
+            child: Some(child),
+            stdout,
+            stderr,
+            seen: 0,
+        }
     }
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
-    /// Reads stdout until a line contains `marker` (the child says it is ready).
+    /// Waits until a line of stdout after those already handed out contains `marker` (the
+    /// child says it is ready); returns the text up to the end of that line.
     pub fn wait_for_line(&mut self, marker: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
-        let stdout = self
-            .child
-            .as_mut()
-            .and_then(|c| c.stdout.as_mut())
-            .expect("piped stdout");
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        while Instant::now() < deadline {
-            match stdout.read(&mut byte) {
-                Ok(0) => break,
-                Ok(_) => {
-                    seen.push(byte[0]);
-                    if byte[0] == b'\n' && String::from_utf8_lossy(&seen).contains(marker) {
-                        return String::from_utf8_lossy(&seen).to_string();
-                    }
+        loop {
+            let ended = self.stdout.ended();
+            let bytes = self.stdout.snapshot();
+            let fresh = &bytes[self.seen.min(bytes.len())..];
+            let mut offset = 0;
+            for line in fresh.split_inclusive(|&b| b == b'\n') {
+                offset += line.len();
+                if line.ends_with(b"\n") && String::from_utf8_lossy(line).contains(marker) {
+                    let text = String::from_utf8_lossy(&fresh[..offset]).to_string();
+                    self.seen += offset;
+                    return text;
                 }
-                Err(_) => break,
             }
+            if ended || Instant::now() >= deadline {
+                panic!(
+                    "child never printed {marker:?}; it printed:\n{}",
+                    String::from_utf8_lossy(fresh)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        panic!(
-            "child never printed {marker:?}; it printed:\n{}",
-            String::from_utf8_lossy(&seen)
-        );
     }
 
     pub fn kill9(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running child");
-        // SAFETY-free: plain libc call through std.
         let _ = child.kill();
         child.wait().expect("reap child")
     }
@@ -314,20 +368,25 @@ impl Running {
     pub fn wait_output(mut self, timeout: Duration) -> Output {
         let mut child = self.child.take().expect("running child");
         let deadline = Instant::now() + timeout;
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                return child.wait_with_output().expect("output");
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                let output = child.wait_with_output().expect("output");
+                let _ = child.wait();
                 panic!(
                     "timed out after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
+                    String::from_utf8_lossy(&self.stdout.finish()),
+                    String::from_utf8_lossy(&self.stderr.finish())
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
+        };
+        Output {
+            status,
+            stdout: self.stdout.finish(),
+            stderr: self.stderr.finish(),
         }
     }
 }
