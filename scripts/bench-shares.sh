@@ -63,21 +63,26 @@ if [[ " $only " == *" limit "* ]]; then
 fi
 if [[ " $only " == *" shares "* ]]; then
   echo "shares: bare pair, 25/75, 10/30/60, then solo again (drift)" >&2
+  # (A plain `wait` would also wait for the clock sampler: wait for the loads by pid.)
   clocks pair_bare
   bare load --seconds "$each" >"$out/pair_bare_a.log" &
+  first=$!
   bare load --seconds "$each" >"$out/pair_bare_b.log"
-  wait
+  wait "$first"
   stop_clocks
   clocks pair
   under s25 GPUSLICE_COMPUTE_SHARE=25 -- load --seconds "$each" >"$out/pair_25.log" &
+  first=$!
   under s75 GPUSLICE_COMPUTE_SHARE=75 -- load --seconds "$each" >"$out/pair_75.log"
-  wait
+  wait "$first"
   stop_clocks
   clocks trio
   under t10 GPUSLICE_COMPUTE_SHARE=10 -- load --seconds "$each" >"$out/trio_10.log" &
+  first=$!
   under t30 GPUSLICE_COMPUTE_SHARE=30 -- load --seconds "$each" >"$out/trio_30.log" &
+  second=$!
   under t60 GPUSLICE_COMPUTE_SHARE=60 -- load --seconds "$each" >"$out/trio_60.log"
-  wait
+  wait "$first" "$second"
   stop_clocks
   clocks solo_after
   bare load --seconds "$each" >"$out/solo_bare_after.log"

@@ -169,6 +169,7 @@ pub struct LaunchGates {
     bell: Bell,
     capturing: AtomicU32,
     polling: AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl Default for LaunchGates {
@@ -185,6 +186,7 @@ impl LaunchGates {
             bell: Bell::default(),
             capturing: AtomicU32::new(0),
             polling: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -226,14 +228,22 @@ impl LaunchGates {
         self.capturing.load(Relaxed) > 0
     }
 
-    /// The watcher's side: starts a poll unless a capture is open.
+    /// The watcher's side: starts a poll unless a capture is open or polls have stopped.
     pub fn start_poll(&self) -> bool {
         self.polling.store(true, SeqCst);
-        if self.capturing.load(SeqCst) > 0 {
+        if self.capturing.load(SeqCst) > 0 || self.stopped.load(SeqCst) {
             self.polling.store(false, SeqCst);
             return false;
         }
         true
+    }
+
+    /// At exit: waits for a poll in progress to end and lets none start again (the driver
+    /// is about to be torn down). Either the watcher sees `stopped` before it polls, or
+    /// this sees its poll and waits for it.
+    pub fn stop_polls(&self) {
+        self.stopped.store(true, SeqCst);
+        self.wait_for_poll();
     }
 
     /// The watcher's side: the poll is over.
@@ -384,5 +394,14 @@ mod tests {
         gates.end_poll();
         gates.end_capture();
         assert!(!gates.capturing(), "never below zero");
+    }
+
+    #[test]
+    fn no_poll_starts_once_polls_have_stopped() {
+        let gates = LaunchGates::new();
+        assert!(gates.start_poll());
+        gates.end_poll();
+        gates.stop_polls();
+        assert!(!gates.start_poll());
     }
 }

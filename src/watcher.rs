@@ -132,11 +132,12 @@ pub fn start(shim: &'static Shim) {
     }
 }
 
-/// At exit, before the driver's own teardown: no more CUDA calls from the watcher.
+/// At exit, before the driver's own teardown: no more CUDA calls from the watcher (a poll
+/// in progress ends first; none starts after).
 extern "C" fn stop_at_exit() {
     STOPPING.store(true, SeqCst);
     if let crate::runtime::Mode::Enforcing(shim) = crate::runtime::current_mode() {
-        shim.gates.wait_for_poll();
+        shim.gates.stop_polls();
     }
 }
 
