@@ -3,11 +3,11 @@
 //!
 //! A closed gate makes the launching thread wait, off the fast path: it sleeps on a futex
 //! that the watcher bumps every tick while anyone waits, and the time it waited is added to
-//! the tenant's throttled time. The first launch to wait rings the watcher's bell, so that
-//! the watcher looks at once (publishing that the tenant waits) instead of at its next tick.
-//! The gate also bounds how many launches may be unfinished at once (the watcher lowers
-//! that bound while a high-priority tenant is active); a waiter is woken at the first tick
-//! that sees a launch finish.
+//! the tenant's throttled time. The gate also bounds how many launches may be unfinished at
+//! once (the watcher lowers that bound while a high-priority tenant is active); the first
+//! launch to wait on that bound rings the watcher's bell, so that the watcher starts
+//! following it at once instead of at its next tick, and it is woken at the first tick that
+//! sees a launch finish.
 //!
 //! It also keeps the watcher's CUDA calls out of the way of stream capture: no stream may be
 //! queried or have an event recorded on it while any stream of the process captures (that
@@ -74,12 +74,12 @@ impl GpuGate {
     }
 
     /// Waits until a launch may go, adding the time waited to the tenant's throttled time;
-    /// the first waiter rings `watcher`.
+    /// the first to wait while launches in flight are bounded rings `watcher`.
     #[cold]
     #[inline(never)]
     pub fn wait(&self, usage: &UsageFile, gpu: GpuIndex, watcher: &Bell) {
         let start = clock::monotonic_ns();
-        if self.waiters.fetch_add(1, SeqCst) == 0 {
+        if self.waiters.fetch_add(1, SeqCst) == 0 && self.in_flight_cap() != UNBOUNDED {
             watcher.ring();
         }
         loop {
@@ -305,7 +305,7 @@ mod tests {
         let gates = Arc::new(LaunchGates::new());
         let gate = gates.gpu(0).unwrap();
         assert!(gate.may_pass());
-        gate.set(false, UNBOUNDED);
+        gate.set(false, 8);
         assert!(!gate.may_pass());
         let waiter = {
             let gates = Arc::clone(&gates);
