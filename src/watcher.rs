@@ -581,8 +581,8 @@ impl Watcher {
     }
 }
 
-/// Makes the watcher's sleeps as long as asked: the default timer slack (50 µs) is half a
-/// fast tick.
+/// Makes the watcher's sleeps as long as asked: the default timer slack (50 µs) would double
+/// a fast tick.
 fn precise_sleeps() {
     // SAFETY: PR_SET_TIMERSLACK takes a plain number and only affects the calling thread.
     if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) } != 0 {
