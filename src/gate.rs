@@ -296,12 +296,18 @@ mod tests {
     use gpuslice_ledger::{GpuUuid, Ledger, TenantName};
     use std::sync::Arc;
 
-    #[test]
-    fn a_closed_gate_holds_a_launch_until_the_watcher_opens_it() {
+    /// A tenant's usage file with one GPU, in a ledger that lives as long as the directory.
+    fn usage() -> (tempfile::TempDir, Arc<UsageFile>, GpuIndex) {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
         let usage = ledger.open_usage(&TenantName::new("t").unwrap()).unwrap();
         let gpu = usage.register_gpu(&GpuUuid([1; 16])).unwrap();
+        (dir, usage, gpu)
+    }
+
+    #[test]
+    fn a_closed_gate_holds_a_launch_until_the_watcher_opens_it() {
+        let (_dir, usage, gpu) = usage();
         let gates = Arc::new(LaunchGates::new());
         let gate = gates.gpu(0).unwrap();
         assert!(gate.may_pass());
@@ -340,10 +346,7 @@ mod tests {
 
     #[test]
     fn a_launch_waiting_for_one_to_finish_goes_at_the_tick_that_sees_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
-        let usage = ledger.open_usage(&TenantName::new("t").unwrap()).unwrap();
-        let gpu = usage.register_gpu(&GpuUuid([1; 16])).unwrap();
+        let (_dir, usage, gpu) = usage();
         let gates = Arc::new(LaunchGates::new());
         let gate = gates.gpu(0).unwrap();
         gate.set(true, 1);

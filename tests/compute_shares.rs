@@ -52,7 +52,8 @@ struct Report {
     last: u64,
 }
 
-fn finish(running: Running) -> Report {
+/// What a spin run printed, once it exited 0 (within a minute).
+fn succeeded(running: Running) -> String {
     let output: Output = running.wait_output(Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(
@@ -61,6 +62,11 @@ fn finish(running: Running) -> Report {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+fn finish(running: Running) -> Report {
+    let stdout = succeeded(running);
     let at = |l: &str| field(l, "at_ns");
     let done: Vec<u64> = stdout
         .lines()
@@ -326,14 +332,7 @@ fn requests(node: &Node, tenant: &str, env: &[(&str, &str)], millis: u64) -> Run
 
 /// Each request's (answered at, latency) from a finished `requests` run.
 fn latencies(running: Running) -> Vec<(u64, u64)> {
-    let output = running.wait_output(Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "requests failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = succeeded(running);
     let all: Vec<(u64, u64)> = stdout
         .lines()
         .filter(|l| l.starts_with("request "))
