@@ -246,6 +246,11 @@ impl LaunchGates {
         self.wait_for_poll();
     }
 
+    /// Whether the process has begun to exit (the watcher stops).
+    pub fn polls_stopped(&self) -> bool {
+        self.stopped.load(SeqCst)
+    }
+
     /// The watcher's side: the poll is over.
     pub fn end_poll(&self) {
         self.polling.store(false, SeqCst);

@@ -17,8 +17,6 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use gpuslice_ledger::{
@@ -91,8 +89,6 @@ const NOT_READY: CUresult = 600;
 /// `CU_EVENT_DISABLE_TIMING`.
 const EVENT_DISABLE_TIMING: u32 = 0x2;
 
-static STOPPING: AtomicBool = AtomicBool::new(false);
-
 /// Starts the watcher of `shim` (once per process; again in a forked child). Without it
 /// the gates stay open: launches go ungated rather than fail.
 pub fn start(shim: &'static Shim) {
@@ -137,7 +133,6 @@ pub fn start(shim: &'static Shim) {
 /// At exit, before the driver's own teardown: no more CUDA calls from the watcher (a poll
 /// in progress ends first; none starts after).
 extern "C" fn stop_at_exit() {
-    STOPPING.store(true, SeqCst);
     if let crate::runtime::Mode::Enforcing(shim) = crate::runtime::current_mode() {
         shim.gates.stop_polls();
     }
@@ -228,7 +223,7 @@ impl Watcher {
         precise_sleeps();
         let bell = self.shim.gates.bell();
         let mut seen = bell.rung();
-        while !STOPPING.load(SeqCst) {
+        while !self.shim.gates.polls_stopped() {
             bell.sleep(seen, if self.fast { FAST_TICK } else { TICK });
             // Read before the tick looks at the gates: a launch that starts to wait during
             // the tick cuts the next sleep short.

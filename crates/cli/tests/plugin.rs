@@ -330,6 +330,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The plugin's `ListAndWatch` stream.
+async fn watch(
+    client: &mut DevicePluginClient<Channel>,
+) -> tonic::Streaming<api::ListAndWatchResponse> {
+    client
+        .list_and_watch(api::Empty {})
+        .await
+        .expect("ListAndWatch")
+        .into_inner()
+}
+
 /// The next device list of a `ListAndWatch` stream, as ID -> health.
 async fn next_list(
     stream: &mut tonic::Streaming<api::ListAndWatchResponse>,
@@ -401,11 +412,7 @@ fn plugin_registers_and_allocates_a_tenant_with_its_cdi_spec() {
         assert!(!options.pre_start_required);
 
         let mut client = kubelet.plugin(&registration.endpoint).await;
-        let mut stream = client
-            .list_and_watch(api::Empty {})
-            .await
-            .expect("ListAndWatch")
-            .into_inner();
+        let mut stream = watch(&mut client).await;
         let devices = next_list(&mut stream).await;
         assert_eq!(devices.len(), 8, "2 GPUs x 4 slices: {devices:?}");
         assert!(devices.values().all(|h| h == "Healthy"), "{devices:?}");
@@ -505,11 +512,7 @@ fn a_lost_gpu_turns_its_slices_unhealthy_and_back() {
         let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
         let registration = kubelet.registration().await;
         let mut client = kubelet.plugin(&registration.endpoint).await;
-        let mut stream = client
-            .list_and_watch(api::Empty {})
-            .await
-            .expect("ListAndWatch")
-            .into_inner();
+        let mut stream = watch(&mut client).await;
         assert!(
             next_list(&mut stream)
                 .await
@@ -548,11 +551,7 @@ fn plugin_registers_again_when_the_kubelet_restarts() {
         let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
         let first = kubelet.registration().await;
         let mut client = kubelet.plugin(&first.endpoint).await;
-        let mut stream = client
-            .list_and_watch(api::Empty {})
-            .await
-            .expect("ListAndWatch")
-            .into_inner();
+        let mut stream = watch(&mut client).await;
         next_list(&mut stream).await;
 
         kubelet.restart();
@@ -562,11 +561,7 @@ fn plugin_registers_again_when_the_kubelet_restarts() {
         let again = kubelet.registration().await;
         assert_eq!(again.resource_name, "gpuslice.dev/gpu");
         let mut client = kubelet.plugin(&again.endpoint).await;
-        let mut stream = client
-            .list_and_watch(api::Empty {})
-            .await
-            .expect("ListAndWatch after the restart")
-            .into_inner();
+        let mut stream = watch(&mut client).await;
         assert_eq!(next_list(&mut stream).await.len(), 8);
         allocate(&mut client, &[slice(FAKE_GPU0, 0)])
             .await
@@ -608,11 +603,7 @@ fn a_restarted_plugin_keeps_its_tenants_and_drops_what_is_stale() {
         let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
         let registration = kubelet.registration().await;
         let mut client = kubelet.plugin(&registration.endpoint).await;
-        let mut stream = client
-            .list_and_watch(api::Empty {})
-            .await
-            .expect("ListAndWatch")
-            .into_inner();
+        let mut stream = watch(&mut client).await;
         assert_eq!(next_list(&mut stream).await.len(), 4, "one GPU left");
         plugin.wait_for_log(&format!("removed tenant {on_gpu1}"));
         assert!(
@@ -834,11 +825,7 @@ fn an_invalid_config_file_is_reported_and_read_again_until_fixed() {
         let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
         let registration = kubelet.registration().await;
         let mut client = kubelet.plugin(&registration.endpoint).await;
-        let mut stream = client
-            .list_and_watch(api::Empty {})
-            .await
-            .expect("ListAndWatch")
-            .into_inner();
+        let mut stream = watch(&mut client).await;
         assert_eq!(next_list(&mut stream).await.len(), 4, "2 GPUs x 2 slices");
 
         // Broken again while running: reported, and the plugin goes on as it was.
