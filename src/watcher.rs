@@ -30,7 +30,8 @@ use crate::gate::UNBOUNDED;
 use crate::log::{Level, RateLimit, log};
 use crate::neighbours::{Neighbours, Tenant};
 use crate::policy::compute::{Credit, Demand, entitled_rates};
-use crate::policy::priority::{LaunchTime, Yield};
+use crate::policy::launch_time::LaunchTime;
+use crate::policy::priority::Yield;
 use crate::policy::turns::{Contender, OwnTurn, Turns, contested};
 use crate::real;
 use crate::shim::Shim;
@@ -81,6 +82,10 @@ const TURNS: Turns = Turns {
     max_turn_ns: 30_000_000,
     max_wait_ns: 100_000_000,
 };
+/// How much work a draining tenant may have left when the next turn starts: about what the
+/// next one takes to notice (a tick) and get its first kernel to the GPU, so that the GPU
+/// goes from one queue to the next with neither a gap nor a stretch of time-slicing.
+const HANDOVER_NS: u64 = 1_000_000;
 /// A gap in a process's work shorter than this (a synchronization between two steps of a
 /// loop) does not end its turn.
 const TURN_GAP_NS: u64 = 2_000_000;
@@ -170,6 +175,9 @@ struct GpuTrack {
     /// Launches known finished at the last tick, and the time each has been taking.
     finished: u64,
     launch_time: LaunchTime,
+    /// When launches were last seen to finish, or work to start after none was in flight:
+    /// the GPU has worked on what is unfinished since.
+    progress_at_ns: u64,
 }
 
 /// This tenant's standing on a GPU this tick.
@@ -289,10 +297,21 @@ impl Watcher {
                 finished.saturating_sub(track.finished),
                 halves == 2,
             );
+            if finished != track.finished || (busy_now && !track.busy) {
+                track.progress_at_ns = now;
+            }
             track.finished = finished;
             if busy_now && !track.busy {
                 track.busy_since_ns = now;
             }
+            let long_queue = busy_now
+                && track
+                    .launch_time
+                    .remaining_ns(
+                        gate.launched().saturating_sub(finished),
+                        now.saturating_sub(track.progress_at_ns),
+                    )
+                    .is_none_or(|left| left > HANDOVER_NS);
             track.busy = busy_now;
             if busy_now {
                 track.last_busy_ns = now;
@@ -324,6 +343,7 @@ impl Watcher {
                 in_flight: busy_now,
                 holding: track.held_since_ns != 0 && !track.turn_ended,
                 waiting,
+                long_queue,
                 backlogged,
                 available_ns: available(credit, consumed),
                 high: entitled.high,
@@ -366,8 +386,11 @@ impl Watcher {
             let activity = Activity {
                 in_flight: busy_now,
                 backlogged,
-                waiting,
+                // A tenant whose turn has just ended lets those that waited through it go
+                // first, whatever its credit: it waits again once its work has drained.
+                waiting: waiting && !track.turn_ended,
                 holding: track.held_since_ns != 0 && !track.turn_ended,
+                long_queue,
                 at_ns: track.last_active_ns,
             }
             .pack();
@@ -531,6 +554,7 @@ impl Watcher {
                     in_flight: slots.iter().filter(fresh).any(|s| s.activity.in_flight),
                     holding: slots.iter().filter(fresh).any(|s| s.activity.holding),
                     waiting: slots.iter().filter(fresh).any(|s| s.activity.waiting),
+                    long_queue: slots.iter().filter(fresh).any(|s| s.activity.long_queue),
                     backlogged,
                     available_ns: available(tenant.usage.credit_ns(gpu), used),
                     high,

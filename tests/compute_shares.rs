@@ -7,7 +7,7 @@
 
 mod util;
 
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,6 +27,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// A spin load of `millis` as a process of `tenant` with compute settings `env`.
 fn load(node: &Node, tenant: &str, env: &[(&str, &str)], millis: u64, extra: &[&str]) -> Running {
     let mut command = node.tenant(tenant, None, example("spin"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    spin_load(&mut command, millis, extra)
+}
+
+/// `command` (spin, with or without the shim) running a load of `millis`.
+fn spin_load(command: &mut Command, millis: u64, extra: &[&str]) -> Running {
     command.args([
         "--for",
         &millis.to_string(),
@@ -36,10 +44,7 @@ fn load(node: &Node, tenant: &str, env: &[(&str, &str)], millis: u64, extra: &[&
         "4",
     ]);
     command.args(extra);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    Running::spawn(&mut command)
+    Running::spawn(command)
 }
 
 /// What a load printed.
@@ -136,6 +141,51 @@ fn two_tenants_with_shares_25_and_75_get_25_and_75() {
     );
     assert_near("the 25% tenant", got[0], 0.25);
     assert_near("the 75% tenant", got[1], 0.75);
+}
+
+/// A GPU loses time whenever it switches between processes (an H100 running two matmul
+/// loops side by side gets through about 10% less than one alone). Tenants taking turns
+/// hand the GPU over whole: the shares hold and next to nothing is lost, where two processes
+/// without gpuslice lose what switching costs.
+#[test]
+fn tenants_taking_turns_lose_next_to_nothing_to_switching() {
+    let _serial = serial();
+    let mut node = Node::new();
+    node.extra_env
+        .push(("FAKECUDA_SWITCH_LOSS".to_owned(), "20".to_owned()));
+    let bare: Vec<Report> = (0..2)
+        .map(|_| spin_load(&mut node.bare(example("spin")), 2000, &[]))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(finish)
+        .collect();
+    let (from, to) = common_window(&bare.iter().collect::<Vec<_>>(), 300);
+    let bare_total: f64 = bare.iter().map(|r| r.share(from, to)).sum();
+    eprintln!("two processes without gpuslice: {:.1}%", bare_total * 100.0);
+    assert!(bare_total < 0.85, "switching costs nothing: {bare_total}");
+
+    let shared: Vec<Report> = [("a", "25"), ("b", "75")]
+        .iter()
+        .map(|(tenant, share)| {
+            load(
+                &node,
+                tenant,
+                &[("GPUSLICE_COMPUTE_SHARE", share)],
+                3000,
+                &[],
+            )
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(finish)
+        .collect();
+    let (from, to) = common_window(&shared.iter().collect::<Vec<_>>(), 300);
+    let got: Vec<f64> = shared.iter().map(|r| r.share(from, to)).collect();
+    assert_near("the 25% tenant", got[0], 0.25);
+    assert_near("the 75% tenant", got[1], 0.75);
+    let total: f64 = got.iter().sum();
+    eprintln!("the two tenants together: {:.1}%", total * 100.0);
+    assert!(total >= 0.96, "turns lose to switching: {total}");
 }
 
 #[test]

@@ -15,6 +15,10 @@ pub const ENV_CONTEXT_FOOTPRINT: &str = "FAKECUDA_CONTEXT_FOOTPRINT";
 pub const ENV_MODULE_FOOTPRINT: &str = "FAKECUDA_MODULE_FOOTPRINT";
 /// `off` makes every kernel take its whole duration of wall time, whoever else executes.
 pub const ENV_TIMESLICE: &str = "FAKECUDA_TIMESLICE";
+/// Percent of the device's time lost to switching while it time-slices between processes.
+pub const ENV_SWITCH_LOSS: &str = "FAKECUDA_SWITCH_LOSS";
+/// The most `FAKECUDA_SWITCH_LOSS` may be: some of the time must still go to work.
+pub const MAX_SWITCH_LOSS: u32 = 90;
 
 /// The most devices a simulated machine may have.
 pub const MAX_DEVICES: usize = 16;
@@ -39,6 +43,9 @@ pub struct Config {
     /// Whether the processes executing kernels on a device share its time
     /// (`FAKECUDA_TIMESLICE`, `on` by default).
     pub timeslice: bool,
+    /// Percent of the device's time lost while it time-slices between processes
+    /// (`FAKECUDA_SWITCH_LOSS`, 0 by default).
+    pub switch_loss_percent: u32,
 }
 
 /// An environment variable with a value fakecuda cannot use.
@@ -119,6 +126,19 @@ impl Config {
             }
         };
 
+        let switch_loss_percent = match text(ENV_SWITCH_LOSS)? {
+            None => 0,
+            Some(value) => value
+                .parse::<u32>()
+                .ok()
+                .filter(|&p| p <= MAX_SWITCH_LOSS)
+                .ok_or_else(|| ConfigError {
+                    var: ENV_SWITCH_LOSS,
+                    value: value.clone(),
+                    expected: format!("a whole percent from 0 to {MAX_SWITCH_LOSS}"),
+                })?,
+        };
+
         let state_dir = match lookup(ENV_STATE_DIR) {
             Some(dir) if dir.is_empty() => {
                 return Err(ConfigError {
@@ -137,6 +157,7 @@ impl Config {
             context_footprint,
             module_footprint,
             timeslice,
+            switch_loss_percent,
         })
     }
 }
@@ -249,9 +270,12 @@ mod tests {
             (ENV_CONTEXT_FOOTPRINT, "0"),
             (ENV_MODULE_FOOTPRINT, "32Mi"),
             (ENV_TIMESLICE, "off"),
+            (ENV_SWITCH_LOSS, "10"),
         ])
         .unwrap();
         assert!(!c.timeslice);
+        assert_eq!(c.switch_loss_percent, 10);
+        assert_eq!(config(&[]).unwrap().switch_loss_percent, 0);
         assert!(config(&[(ENV_TIMESLICE, "on")]).unwrap().timeslice);
         assert_eq!(c.devices, vec![80 << 30, 512 << 20, 1 << 30]);
         assert_eq!(c.state_dir, PathBuf::from("/x/y"));
@@ -271,6 +295,9 @@ mod tests {
             (ENV_STATE_DIR, ""),
             (ENV_TIMESLICE, "OFF"),
             (ENV_TIMESLICE, "0"),
+            (ENV_SWITCH_LOSS, "91"),
+            (ENV_SWITCH_LOSS, "10%"),
+            (ENV_SWITCH_LOSS, "-1"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

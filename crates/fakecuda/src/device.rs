@@ -32,6 +32,8 @@ pub struct Device {
     pub module_footprint: u64,
     /// Whether kernels share the device's time with other processes' (`FAKECUDA_TIMESLICE`).
     pub time_sliced: bool,
+    /// Percent of its time lost while it time-slices (`FAKECUDA_SWITCH_LOSS`).
+    pub switch_loss_percent: u32,
     ledger: Ledger,
     /// The primary context's reference count and flags.
     pub primary: Mutex<PrimaryState>,
@@ -88,12 +90,14 @@ pub struct Sizes {
 
 impl Device {
     /// Opens device `index`'s state file in `state_dir`. With `time_sliced`, kernels share
-    /// the device's time with other processes' (see `kernel.rs`).
+    /// the device's time with other processes', losing `switch_loss_percent` of it while
+    /// they do (see `kernel.rs`).
     pub fn open(
         index: usize,
         sizes: Sizes,
         state_dir: &Path,
         time_sliced: bool,
+        switch_loss_percent: u32,
     ) -> std::io::Result<Device> {
         let Sizes {
             capacity,
@@ -108,6 +112,7 @@ impl Device {
             context_footprint,
             module_footprint,
             time_sliced,
+            switch_loss_percent: switch_loss_percent.min(crate::config::MAX_SWITCH_LOSS),
             ledger,
             primary: Mutex::new(PrimaryState::new()),
             default_pool,
@@ -291,7 +296,7 @@ mod tests {
             context_footprint: 100,
             module_footprint: 10,
         };
-        Box::leak(Box::new(Device::open(index, sizes, dir, true).unwrap()))
+        Box::leak(Box::new(Device::open(index, sizes, dir, true, 0).unwrap()))
     }
 
     #[test]

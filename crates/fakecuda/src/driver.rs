@@ -56,7 +56,13 @@ impl Driver {
                     context_footprint: config.context_footprint,
                     module_footprint: config.module_footprint,
                 };
-                Device::open(index, sizes, &config.state_dir, config.timeslice)
+                Device::open(
+                    index,
+                    sizes,
+                    &config.state_dir,
+                    config.timeslice,
+                    config.switch_loss_percent,
+                )
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(system)?;

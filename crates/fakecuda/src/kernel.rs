@@ -52,6 +52,11 @@
 //!   not model them competing for the device's SMs.
 //! - **Stream clocks and events** keep the computed ends, so `cuEventElapsedTime` around a
 //!   kernel shows its stretched wall time, as on real hardware.
+//! - **Switching costs**: a real GPU loses time each time it switches between contexts (an
+//!   H100 running two matmul loops side by side gets through about 10% less than one alone).
+//!   `FAKECUDA_SWITCH_LOSS=P` takes P% off the progress of every kernel while more than one
+//!   process executes (fluidly, as the sharing itself), so that what overlaps costs; 0 by
+//!   default.
 //! - `FAKECUDA_TIMESLICE=off` makes every kernel take its duration of wall time whoever else
 //!   executes (the behaviour before time-slicing); such a process marks nothing either.
 
@@ -209,6 +214,9 @@ pub fn run(
 /// Runs a kernel progressing at `1/k` of wall time: see the module's documentation.
 fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant {
     let ledger = share.device.ledger();
+    let slicing = Slicing {
+        loss_percent: u128::from(share.device.switch_loss_percent),
+    };
     let start_ns = ns_at(start, Instant::now(), ledger::now_ns());
     let mut remaining = u128::from(nanos(duration));
     let mut at = start;
@@ -224,7 +232,7 @@ fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant 
                 // The change came before the last look (its process marked it late): take
                 // back what this kernel was credited since, at 1/before, to credit it at 1/k.
                 let back = at_ns - changed_ns.max(start_ns).min(at_ns);
-                remaining += u128::from(back) / u128::from(before);
+                remaining += slicing.progress(u128::from(back), before);
                 at = at.checked_sub(Duration::from_nanos(back)).unwrap_or(at);
             }
         }
@@ -239,11 +247,11 @@ fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant 
             };
             let mut t = at;
             for (wall, k) in [(first, before), (elapsed - first, k)] {
-                let (wall, k) = (u128::from(wall), u128::from(k));
-                let credit = wall / k;
+                let wall = u128::from(wall);
+                let credit = slicing.progress(wall, k);
                 if credit >= remaining {
                     // The kernel ends in this span, no later than now.
-                    let end = remaining * k;
+                    let end = slicing.wall_time(remaining, k);
                     return t + Duration::from_nanos(u64::try_from(end).unwrap_or(u64::MAX));
                 }
                 remaining -= credit;
@@ -252,9 +260,34 @@ fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant 
             at = now;
         }
         // Look again when k changes, at the next tick, or exactly at the end if k stays.
-        let to_end = remaining.saturating_mul(u128::from(k));
+        let to_end = slicing.wall_time(remaining, k);
         let to_end = Duration::from_nanos(u64::try_from(to_end).unwrap_or(u64::MAX));
         ledger.wait_for_change(generation, to_end.min(TICK));
+    }
+}
+
+/// How a kernel progresses with `k` processes executing: at `1/k` of wall time, less the
+/// part lost to switching between them when `k > 1`.
+#[derive(Clone, Copy, Debug)]
+struct Slicing {
+    loss_percent: u128,
+}
+
+impl Slicing {
+    /// The progress `wall` nanoseconds buy.
+    fn progress(self, wall: u128, k: u32) -> u128 {
+        match u128::from(k) {
+            0 | 1 => wall,
+            k => wall * (100 - self.loss_percent) / (100 * k),
+        }
+    }
+
+    /// The wall time `progress` nanoseconds take (the inverse of `progress`, rounded up).
+    fn wall_time(self, progress: u128, k: u32) -> u128 {
+        match u128::from(k) {
+            0 | 1 => progress,
+            k => (progress.saturating_mul(100 * k)).div_ceil(100 - self.loss_percent),
+        }
     }
 }
 
@@ -280,6 +313,18 @@ pub fn run_alone(start: Instant, duration: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switching_loses_its_part_only_while_processes_share_the_device() {
+        let lossy = Slicing { loss_percent: 10 };
+        assert_eq!(lossy.progress(1_000, 1), 1_000, "alone: nothing lost");
+        assert_eq!(lossy.progress(1_000, 2), 450);
+        assert_eq!(lossy.wall_time(450, 2), 1_000);
+        assert_eq!(lossy.wall_time(451, 2), 1_003, "rounded up: never early");
+        let free = Slicing { loss_percent: 0 };
+        assert_eq!(free.progress(900, 3), 300);
+        assert_eq!(free.wall_time(300, 3), 900);
+    }
 
     #[test]
     fn spin_and_work_take_their_argument_and_everything_else_no_time() {
@@ -308,7 +353,7 @@ mod tests {
             context_footprint: 0,
             module_footprint: 0,
         };
-        Box::leak(Box::new(Device::open(0, sizes, dir, true).unwrap()))
+        Box::leak(Box::new(Device::open(0, sizes, dir, true, 0).unwrap()))
     }
 
     #[test]

@@ -126,6 +126,9 @@ pub struct Activity {
     /// It holds a turn on the GPU: it keeps work in flight (short gaps aside) and its turn
     /// has not ended.
     pub holding: bool,
+    /// Its work in flight takes longer than a handover to finish: another process that
+    /// started now would be time-sliced with it rather than follow it.
+    pub long_queue: bool,
     /// When it was seen so (`CLOCK_MONOTONIC`, nanoseconds); 0 never.
     pub at_ns: u64,
 }
@@ -134,13 +137,14 @@ const IN_FLIGHT: u64 = 1 << 63;
 const BACKLOGGED: u64 = 1 << 62;
 const WAITING: u64 = 1 << 61;
 const HOLDING: u64 = 1 << 60;
-/// 2^60 ns is 36 years of uptime; records written before `waiting` and `holding` existed
-/// read as neither.
-const TIME_MASK: u64 = HOLDING - 1;
+const LONG_QUEUE: u64 = 1 << 59;
+/// 2^59 ns is 18 years of uptime; records written before `waiting`, `holding` and
+/// `long_queue` existed read as none of them.
+const TIME_MASK: u64 = LONG_QUEUE - 1;
 
 impl Activity {
     /// The stored form: bit 63 in flight, bit 62 backlogged, bit 61 waiting, bit 60
-    /// holding, the rest the time.
+    /// holding, bit 59 long queue, the rest the time.
     pub fn pack(self) -> u64 {
         let mut word = self.at_ns & TIME_MASK;
         if self.in_flight {
@@ -155,6 +159,9 @@ impl Activity {
         if self.holding {
             word |= HOLDING;
         }
+        if self.long_queue {
+            word |= LONG_QUEUE;
+        }
         word
     }
 
@@ -165,6 +172,7 @@ impl Activity {
             backlogged: word & BACKLOGGED != 0,
             waiting: word & WAITING != 0,
             holding: word & HOLDING != 0,
+            long_queue: word & LONG_QUEUE != 0,
             at_ns: word & TIME_MASK,
         }
     }
@@ -308,6 +316,7 @@ mod tests {
             backlogged: false,
             waiting: true,
             holding: false,
+            long_queue: true,
             at_ns: 123_456_789,
         };
         assert_eq!(Activity::unpack(a.pack()), a);
@@ -316,7 +325,8 @@ mod tests {
             backlogged: true,
             waiting: false,
             holding: true,
-            at_ns: (1 << 60) - 1,
+            long_queue: false,
+            at_ns: (1 << 59) - 1,
         };
         assert_eq!(Activity::unpack(b.pack()), b);
         assert!(a.seen_within(123_456_789 + 10, 10));
@@ -369,6 +379,7 @@ mod tests {
                 backlogged: true,
                 waiting: false,
                 holding: false,
+                long_queue: false,
                 at_ns: 42,
             },
         );
