@@ -79,7 +79,7 @@ const YIELD: Yield = Yield {
 /// How long a backlogged tenant keeps the GPU while another waits, and how long one waits
 /// for its turn before going anyway (see `policy::turns`).
 const TURNS: Turns = Turns {
-    max_turn_ns: 30_000_000,
+    max_turn_ns: 60_000_000,
     max_wait_ns: 100_000_000,
 };
 /// How much work a draining tenant may have left when the next turn starts: about what the

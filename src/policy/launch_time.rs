@@ -5,20 +5,27 @@
 /// The time a process's launches take each on a GPU, from how long it had work in flight
 /// and how many launches finished in that time: a moving average over recent launches.
 ///
-/// Only stretches in which work stayed queued throughout measure it: once the queue has
-/// run dry, part of the time was the GPU waiting for the process's next launch, which
-/// would make its kernels look longer, hence fewer of them allowed in flight, hence more
-/// waiting (a spiral down to one launch at a time). Such a stretch still bounds the time
-/// from above, and lowers an average that is higher.
+/// Stretches in which work stayed queued throughout measure it. Once the queue has run
+/// dry, part of the time may have been the GPU waiting for the process's next launch,
+/// which would make its kernels look longer, hence fewer of them allowed in flight, hence
+/// more waiting (a spiral down to one launch at a time): a short such stretch only bounds
+/// the time from above (it lowers an average that is higher, or starts one). A long one
+/// (at least [`LONG_STRETCH_NS`]) measures it too: what the watcher could not place, part
+/// of a tick, is small beside it. That is how programs that only ever see their queue run
+/// dry are measured: the watcher learns about the NULL stream only that all of it is done.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LaunchTime {
     /// Busy time not yet matched by a finished launch.
     pending_busy_ns: u64,
     average_ns: Option<f64>,
+    /// Whether the average comes from a measurement, not only from bounds.
+    measured: bool,
 }
 
 /// The weight of each new measurement in the average.
 const LAUNCH_TIME_WEIGHT: f64 = 0.2;
+/// The shortest stretch that ran dry and still measures the time a launch takes.
+pub const LONG_STRETCH_NS: u64 = 4_000_000;
 
 impl LaunchTime {
     /// Adds `busy_ns` of time with work in flight, in which `finished` launches finished;
@@ -32,14 +39,18 @@ impl LaunchTime {
             }
             return;
         }
+        let measures = queued_throughout || self.pending_busy_ns >= LONG_STRETCH_NS;
         #[allow(clippy::cast_precision_loss)]
         let sample = self.pending_busy_ns as f64 / finished as f64;
         self.pending_busy_ns = 0;
-        self.average_ns = match (self.average_ns, queued_throughout) {
-            (None, true) => Some(sample),
-            (Some(average), true) => Some(average + LAUNCH_TIME_WEIGHT * (sample - average)),
-            (average, false) => average.map(|a| a.min(sample)),
+        self.average_ns = match (self.average_ns, measures) {
+            (Some(average), true) if self.measured => {
+                Some(average + LAUNCH_TIME_WEIGHT * (sample - average))
+            }
+            (Some(average), false) => Some(average.min(sample)),
+            (_, _) => Some(sample),
         };
+        self.measured |= measures;
     }
 
     /// The time a launch takes, nanoseconds (`None` before any finished).
@@ -101,11 +112,7 @@ mod tests {
         // 25 µs kernels, then one at a time with the GPU waiting 100 µs for each launch.
         time.observe(100_000, 0, false);
         time.observe(125_000, 1, false);
-        assert_eq!(
-            time.per_launch_ns(),
-            None,
-            "nothing known from waiting alone"
-        );
+        assert_eq!(time.per_launch_ns(), Some(125_000), "at most this");
         time.observe(500_000, 20, true);
         for _ in 0..50 {
             time.observe(125_000, 1, false);
@@ -118,6 +125,26 @@ mod tests {
         time.observe(300_000, 0, false);
         time.observe(100_000, 5, true);
         assert_eq!(time.per_launch_ns(), Some(20_000));
+    }
+
+    #[test]
+    fn long_stretches_that_ran_dry_measure_the_time() {
+        // Steps of four 1.6 ms kernels on the NULL stream, each seen only once done, with
+        // the watcher's uncertainty about the ends (±250 µs) around 6.4 ms.
+        let mut time = LaunchTime::default();
+        for busy in [
+            6_650_000, 6_150_000, 6_400_000, 6_650_000, 6_150_000, 6_400_000,
+        ] {
+            time.observe(busy, 4, false);
+        }
+        let now = time.per_launch_ns().unwrap();
+        assert!((1_500_000..=1_700_000).contains(&now), "{now}");
+        // Longer kernels raise it again, which short stretches could not.
+        for _ in 0..20 {
+            time.observe(8_000_000, 4, false);
+        }
+        let now = time.per_launch_ns().unwrap();
+        assert!((1_950_000..=2_000_000).contains(&now), "{now}");
     }
 
     #[test]
