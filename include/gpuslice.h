@@ -233,10 +233,11 @@ struct gpuslice_slot_gpu {
     uint64_t gpu_time_ns;  /* GPU time charged to this process on the GPU (atomic) */
     uint64_t pending_bytes; /* reservations being checked, not yet granted (atomic) */
     uint64_t activity;      /* bit 63: work in flight now; bit 62: backlogged (wants more);
-                               bit 61: a launch waits at its gate now; bit 60: it holds a
-                               turn on the GPU (see docs/architecture.md);
-                               bits 0-59: CLOCK_MONOTONIC ns it last had work in flight or
-                               waited for credit (atomic) */
+                               bit 61: a launch waits at its gate now (not published in the
+                               moments after its turn ended); bit 60: it holds a turn on the
+                               GPU; bit 59: its queued work takes more than 1 ms to finish
+                               (see docs/architecture.md); bits 0-58: CLOCK_MONOTONIC ns it
+                               last had work in flight or waited for credit (atomic) */
 };
 
 /**

@@ -77,6 +77,11 @@
 //!   process takes its duration of wall time whatever other processes execute, and the
 //!   process is not counted by theirs (the behaviour before time-slicing), for tests that
 //!   want fixed kernel times with several processes.
+//! - `FAKECUDA_SWITCH_LOSS`: a whole percent from 0 (the default) to 90, taken off the
+//!   progress of this process's kernels while other processes execute on the device too:
+//!   what a real GPU loses switching between contexts (an H100 running two matmul loops
+//!   side by side gets through about 10% less than one alone). Set it alike in every
+//!   process of a test.
 //!
 //! An invalid value makes `cuInit` return `CUDA_ERROR_INVALID_VALUE` (and `nvmlInit`
 //! `NVML_ERROR_DRIVER_NOT_LOADED`) after printing one line naming the variable.
