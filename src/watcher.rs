@@ -45,8 +45,7 @@ const TICK: Duration = Duration::from_micros(500);
 /// between tenants of the same priority, a process ticking faster than the others would
 /// see their published state relatively later, and be charged less for time they shared
 /// (on the H100, shares 25/75 came out 28/65 with fast ticks while waiting for a turn).
-const FAST_TICK: Duration = Duration::from_nanos(FAST_TICK_NS);
-const FAST_TICK_NS: u64 = 50_000;
+const FAST_TICK: Duration = Duration::from_micros(50);
 /// A process's "in flight" mark counts this long after it was written (a process that
 /// died or stalled stops counting).
 const FRESH_NS: u64 = 5_000_000;
@@ -72,11 +71,9 @@ const CREDIT: Credit = Credit {
 /// in the tenant's usage file; more often would only add contention between its processes).
 const REFILL_NS: u64 = 1_000_000;
 /// How much work tenants below a high-priority one keep queued while it is active: its
-/// requests wait for at most this, or for one kernel where one takes longer (plus what
-/// finished since the watcher last looked, which the gate still counts).
+/// requests wait for at most this, or for one kernel where one takes longer.
 const YIELD: Yield = Yield {
     queue_ns: 100_000,
-    seen_late_ns: FAST_TICK_NS,
     max_in_flight: 16,
 };
 /// How long a backlogged tenant keeps the GPU while another waits, and how long one waits

@@ -8,21 +8,12 @@
 //! time: the neighbour keeps as many launches in flight as its kernels take to fill
 //! [`Yield::queue_ns`], judged by the time its kernels have been taking, and always at least
 //! one (it must make progress).
-//!
-//! The gate counts a launch unfinished until the watcher sees it finish, up to a tick
-//! later: by then the GPU may have run a tick's worth of the queue already. So the bound
-//! also lets through what finishes in [`Yield::seen_late_ns`]; otherwise a neighbour that
-//! synchronizes after every few short kernels would wait a tick at each step for launches
-//! that had long finished (on an H100, a loop of four 25 µs matmuls and a synchronization
-//! kept under half its throughput).
 
 /// The bound on a lower tenant's queued work beside an active high-priority tenant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Yield {
     /// How much of its work, in GPU time, may wait ahead of a high-priority request.
     pub queue_ns: u64,
-    /// How late the watcher sees a launch finish (its tick while priority is in play).
-    pub seen_late_ns: u64,
     /// The most launches in flight however short they are.
     pub max_in_flight: u64,
 }
@@ -33,7 +24,7 @@ impl Yield {
     pub fn in_flight(&self, per_launch_ns: Option<u64>) -> u64 {
         per_launch_ns
             .filter(|&t| t > 0)
-            .map_or(1, |t| (self.queue_ns + self.seen_late_ns) / t)
+            .map_or(1, |t| self.queue_ns / t)
             .clamp(1, self.max_in_flight.max(1))
     }
 }
@@ -44,18 +35,13 @@ mod tests {
 
     const YIELD: Yield = Yield {
         queue_ns: 100_000,
-        seen_late_ns: 50_000,
         max_in_flight: 16,
     };
 
     #[test]
     fn short_kernels_fill_the_queue_and_long_ones_go_one_at_a_time() {
-        assert_eq!(
-            YIELD.in_flight(Some(25_000)),
-            6,
-            "100 µs queued, 50 µs seen late"
-        );
-        assert_eq!(YIELD.in_flight(Some(30_000)), 5);
+        assert_eq!(YIELD.in_flight(Some(25_000)), 4);
+        assert_eq!(YIELD.in_flight(Some(30_000)), 3);
         assert_eq!(YIELD.in_flight(Some(200_000)), 1);
         assert_eq!(YIELD.in_flight(Some(1_600_000)), 1);
     }
@@ -66,8 +52,8 @@ mod tests {
         assert_eq!(YIELD.in_flight(Some(0)), 1);
         assert_eq!(YIELD.in_flight(Some(1_000)), 16);
         let none = Yield {
+            queue_ns: 100_000,
             max_in_flight: 0,
-            ..YIELD
         };
         assert_eq!(none.in_flight(Some(1_000)), 1, "never below one");
     }
