@@ -37,6 +37,7 @@ use std::time::Instant;
 
 use cudarc::driver::sys::{CUevent_flags, CUfunction, CUmodule};
 use cudarc::driver::{CudaContext, DriverError, result};
+use gpuslice_ledger::monotonic_ns;
 
 const PTX: &str = include_str!("ptx/spin.ptx");
 const USAGE: &str = "usage: spin [--kernels N] [--ns D] | spin --noop N | \
@@ -60,17 +61,6 @@ struct Load {
     idle_after: Option<u64>,
     /// ...for this many.
     idle_for: u64,
-}
-
-/// Nanoseconds on `CLOCK_MONOTONIC`, the clock every process shares.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// A module loaded from PTX, unloaded on drop.

@@ -9,24 +9,14 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 
 use gpuslice_ledger::{
-    PERCENT_FORM, Priority, TenantName, parse_percent, parse_priority, parse_quantity,
+    PERCENT_FORM, Priority, SHIM_VARIABLES, TenantName, parse_percent, parse_priority,
+    parse_quantity,
 };
 
 use crate::log::Level;
 
 /// The ledger directory when `GPUSLICE_DIR` is not set.
 pub const DEFAULT_DIR: &str = "/run/gpuslice";
-
-/// Every variable the shim reads; anything else starting with `GPUSLICE_` is refused.
-pub const KNOWN_VARIABLES: &[&str] = &[
-    "GPUSLICE_TENANT",
-    "GPUSLICE_MEMORY_LIMIT",
-    "GPUSLICE_COMPUTE_SHARE",
-    "GPUSLICE_COMPUTE_LIMIT",
-    "GPUSLICE_PRIORITY",
-    "GPUSLICE_DIR",
-    "GPUSLICE_LOG",
-];
 
 /// What the shim does in this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +60,7 @@ pub enum ConfigError {
         expected: &'static str,
     },
     /// A `GPUSLICE_` variable this version does not know.
-    #[error("unknown variable {name}: gpuslice reads only {}", KNOWN_VARIABLES.join(", "))]
+    #[error("unknown variable {name}: gpuslice reads only {}", SHIM_VARIABLES.join(", "))]
     Unknown {
         /// The variable.
         name: String,

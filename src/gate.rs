@@ -18,9 +18,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use gpuslice_ledger::{GpuIndex, MAX_GPUS, UsageFile};
-
-use crate::clock;
+use gpuslice_ledger::{GpuIndex, MAX_GPUS, UsageFile, monotonic_ns};
 
 /// No bound on unfinished launches.
 pub const UNBOUNDED: u64 = u64::MAX;
@@ -78,12 +76,12 @@ impl GpuGate {
     #[cold]
     #[inline(never)]
     pub fn wait(&self, usage: &UsageFile, gpu: GpuIndex, watcher: &Bell) {
-        let start = clock::monotonic_ns();
+        let start = monotonic_ns();
         if self.waiters.fetch_add(1, SeqCst) == 0 && self.in_flight_cap() != UNBOUNDED {
             watcher.ring();
         }
         loop {
-            self.waited_at_ns.store(clock::monotonic_ns(), Relaxed);
+            self.waited_at_ns.store(monotonic_ns(), Relaxed);
             let generation = self.generation.load(SeqCst);
             if self.may_pass() {
                 break;
@@ -91,7 +89,7 @@ impl GpuGate {
             futex_wait(&self.generation, generation, Duration::from_millis(2));
         }
         self.waiters.fetch_sub(1, SeqCst);
-        usage.add_throttled(gpu, clock::monotonic_ns().saturating_sub(start));
+        usage.add_throttled(gpu, monotonic_ns().saturating_sub(start));
     }
 
     /// The watcher's side: sets the gate and wakes whoever waits.
@@ -361,14 +359,14 @@ mod tests {
             let usage = Arc::clone(&usage);
             std::thread::spawn(move || {
                 gates.gpu(0).unwrap().wait(&usage, gpu, gates.bell());
-                clock::monotonic_ns()
+                monotonic_ns()
             })
         };
         while !gate.has_waiters() {
             std::thread::yield_now();
         }
         std::thread::sleep(Duration::from_millis(20));
-        let finished_at = clock::monotonic_ns();
+        let finished_at = monotonic_ns();
         gate.set_finished(1);
         gate.set(true, 1);
         let went_at = waiter.join().unwrap();

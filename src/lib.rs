@@ -19,7 +19,6 @@
 //! looked-up name is one we hook.
 
 pub mod allocations;
-pub mod clock;
 pub mod config;
 pub mod cuda;
 pub mod exports;

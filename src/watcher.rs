@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use gpuslice_ledger::{
     Activity, ComputeSettings, GpuIndex, GpuUuid, Ledger, MAX_GPUS, Priority, SlotCompute,
-    TenantName,
+    TenantName, monotonic_ns,
 };
 
-use crate::clock::monotonic_ns;
 use crate::cuda::{CUDA_SUCCESS, CUresult};
 use crate::gate::UNBOUNDED;
 use crate::log::{Level, RateLimit, log};

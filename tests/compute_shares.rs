@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use gpuslice_ledger::monotonic_ns;
+
 use util::*;
 
 /// Kernel length: long against the watcher's tick and the simulation's heartbeat.
@@ -117,12 +119,22 @@ fn assert_near(what: &str, got: f64, want: f64) {
 
 /// Runs tenants with these shares side by side; returns each one's share.
 fn shares(settings: &[&[(&str, &str)]], millis: u64) -> Vec<f64> {
-    let node = Node::new();
-    let running: Vec<Running> = settings
-        .iter()
-        .enumerate()
-        .map(|(i, env)| load(&node, &format!("t{i}"), env, millis, &[]))
-        .collect();
+    shares_on(&Node::new(), settings, millis)
+}
+
+/// Runs tenants with these shares side by side on `node`; returns each one's share.
+fn shares_on(node: &Node, settings: &[&[(&str, &str)]], millis: u64) -> Vec<f64> {
+    shares_of(
+        settings
+            .iter()
+            .enumerate()
+            .map(|(i, env)| load(node, &format!("t{i}"), env, millis, &[]))
+            .collect(),
+    )
+}
+
+/// Each run's share of the GPU over the window in which all of them ran.
+fn shares_of(running: Vec<Running>) -> Vec<f64> {
     let reports: Vec<Report> = running.into_iter().map(finish).collect();
     let all: Vec<&Report> = reports.iter().collect();
     let (from, to) = common_window(&all, 300);
@@ -153,34 +165,23 @@ fn tenants_taking_turns_lose_next_to_nothing_to_switching() {
     let mut node = Node::new();
     node.extra_env
         .push(("FAKECUDA_SWITCH_LOSS".to_owned(), "20".to_owned()));
-    let bare: Vec<Report> = (0..2)
-        .map(|_| spin_load(&mut node.bare(example("spin")), 2000, &[]))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(finish)
-        .collect();
-    let (from, to) = common_window(&bare.iter().collect::<Vec<_>>(), 300);
-    let bare_total: f64 = bare.iter().map(|r| r.share(from, to)).sum();
+    let bare = shares_of(
+        (0..2)
+            .map(|_| spin_load(&mut node.bare(example("spin")), 2000, &[]))
+            .collect(),
+    );
+    let bare_total: f64 = bare.iter().sum();
     eprintln!("two processes without gpuslice: {:.1}%", bare_total * 100.0);
     assert!(bare_total < 0.85, "switching costs nothing: {bare_total}");
 
-    let shared: Vec<Report> = [("a", "25"), ("b", "75")]
-        .iter()
-        .map(|(tenant, share)| {
-            load(
-                &node,
-                tenant,
-                &[("GPUSLICE_COMPUTE_SHARE", share)],
-                3000,
-                &[],
-            )
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(finish)
-        .collect();
-    let (from, to) = common_window(&shared.iter().collect::<Vec<_>>(), 300);
-    let got: Vec<f64> = shared.iter().map(|r| r.share(from, to)).collect();
+    let got = shares_on(
+        &node,
+        &[
+            &[("GPUSLICE_COMPUTE_SHARE", "25")],
+            &[("GPUSLICE_COMPUTE_SHARE", "75")],
+        ],
+        3000,
+    );
     assert_near("the 25% tenant", got[0], 0.25);
     assert_near("the 75% tenant", got[1], 0.75);
     let total: f64 = got.iter().sum();
@@ -324,7 +325,7 @@ fn kill_9_in_the_middle_of_a_slice_leaves_nothing_stuck() {
     victim.wait_for_line("done ", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1000));
     victim.kill9();
-    let killed_at = now_ns();
+    let killed_at = monotonic_ns();
     // A newcomer after the kill gets its share: nothing of the victim holds the GPU.
     std::thread::sleep(Duration::from_millis(1000));
     let newcomer = load(
@@ -350,16 +351,6 @@ fn kill_9_in_the_middle_of_a_slice_leaves_nothing_stuck() {
         0.25,
     );
     assert_near("the newcomer", newcomer.share(from, to), 0.75);
-}
-
-fn now_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// Requests under the shim as a process of `tenant`: one `REQUEST_NS` kernel and a

@@ -40,6 +40,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use gpuslice_ledger::monotonic_ns;
 
 use crate::cli::{DemoPhase, DemoWorkerArgs};
 use crate::exit::{self, Failure};
@@ -293,19 +294,6 @@ fn memory_phase(args: &DemoWorkerArgs) -> anyhow::Result<()> {
     driver.check("cuMemFree_v2", unsafe { (driver.mem_free)(pointer) })?;
     println!("recovered=ok");
     Ok(())
-}
-
-/// Nanoseconds on `CLOCK_MONOTONIC`, the clock every process on the machine shares.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
-    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 /// Launches `gpuslice_work(--rounds)` back to back for `--for-ms`, `--depth` queued, and

@@ -8,6 +8,7 @@
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::Path;
 
+use gpuslice_ledger::SHIM_VARIABLES;
 use object::{Object, ObjectKind, ObjectSymbol};
 
 use crate::cli::DoctorArgs;
@@ -370,19 +371,8 @@ fn may_write(path: &Path) -> bool {
     unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
 }
 
-/// The variables the shim reads (its `KNOWN_VARIABLES`), and `GPUSLICE_SHIM` and
-/// `GPUSLICE_FAKECUDA`, which only this command reads and removes before starting a command.
-const KNOWN_VARIABLES: [&str; 9] = [
-    "GPUSLICE_TENANT",
-    "GPUSLICE_MEMORY_LIMIT",
-    "GPUSLICE_COMPUTE_SHARE",
-    "GPUSLICE_COMPUTE_LIMIT",
-    "GPUSLICE_PRIORITY",
-    "GPUSLICE_DIR",
-    "GPUSLICE_LOG",
-    locate::ENV_SHIM,
-    locate::ENV_FAKECUDA,
-];
+/// Variables only this command reads, and removes before starting a command.
+const COMMAND_VARIABLES: [&str; 2] = [locate::ENV_SHIM, locate::ENV_FAKECUDA];
 
 /// `GPUSLICE_` variables in this environment that the shim would refuse: unknown ones, and
 /// compute settings it could not read.
@@ -403,7 +393,9 @@ fn check_environment(findings: &mut Findings) {
             "GPUSLICE_PRIORITY" if compute::parse_priority(&value).is_none() => {
                 format!("{value:?} is not {}", compute::PRIORITY_FORM)
             }
-            known if KNOWN_VARIABLES.contains(&known) => continue,
+            known if SHIM_VARIABLES.contains(&known) || COMMAND_VARIABLES.contains(&known) => {
+                continue;
+            }
             _ => "no part of gpuslice reads it (a typo?)".to_string(),
         };
         stray += 1;

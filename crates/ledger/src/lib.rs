@@ -103,6 +103,7 @@ crash them.
 */
 #![deny(missing_docs)]
 
+mod clock;
 mod compute;
 mod error;
 mod files;
@@ -116,7 +117,9 @@ mod slot;
 mod snapshot;
 mod sys;
 mod usage;
+mod variables;
 
+pub use clock::monotonic_ns;
 pub use compute::{Activity, ComputeSettings, PERCENT_FORM, parse_percent, parse_priority};
 pub use error::LedgerError;
 pub use ledger::Ledger;
@@ -127,6 +130,7 @@ pub use quota::QuotaFile;
 pub use slot::{OverLimit, ProcessSlot};
 pub use snapshot::{SlotCompute, UsageReader, UsageSnapshot};
 pub use usage::{GpuIndex, ReclaimReport, SlotInfo, UsageFile};
+pub use variables::SHIM_VARIABLES;
 
 /// How many GPUs a ledger file can describe (per-GPU limits in a quota file, GPU table
 /// entries in a usage file).

@@ -1,6 +1,7 @@
 //! The node-wide clock the compute records are dated by: `CLOCK_MONOTONIC`, which every
 //! process on the machine shares (containers included) and which reads without a system
-//! call (the vDSO).
+//! call (the vDSO). The shim, the command and the test programs all date by it, so that
+//! their stamps compare.
 
 /// Nanoseconds on `CLOCK_MONOTONIC`.
 pub fn monotonic_ns() -> u64 {
