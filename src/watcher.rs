@@ -29,7 +29,7 @@ use crate::gate::UNBOUNDED;
 use crate::log::{Level, RateLimit, log};
 use crate::neighbours::{Neighbours, Tenant};
 use crate::policy::compute::{Credit, Demand, entitled_rates};
-use crate::policy::launch_time::LaunchTime;
+use crate::policy::launch_time::{LaunchTime, TickWork};
 use crate::policy::priority::Yield;
 use crate::policy::turns::{Contender, OwnTurn, Turns, contested};
 use crate::real;
@@ -45,6 +45,11 @@ const TICK: Duration = Duration::from_micros(500);
 /// see their published state relatively later, and be charged less for time they shared
 /// (on the H100, shares 25/75 came out 28/65 with fast ticks while waiting for a turn).
 const FAST_TICK: Duration = Duration::from_micros(50);
+/// How often while a launch of the process waits for one of its few launches in flight
+/// beside a high-priority tenant to finish: the GPU has nothing more of it to run once they
+/// have, and the launch waits for the watcher to see it (on an H100 a 2048² matmul takes
+/// 25 µs; at `FAST_TICK` a neighbour of such kernels kept less than half its throughput).
+const HELD_TICK: Duration = Duration::from_micros(10);
 /// A process's "in flight" mark counts this long after it was written (a process that
 /// died or stalled stops counting).
 const FRESH_NS: u64 = 5_000_000;
@@ -209,6 +214,8 @@ struct Watcher {
     last_tick_ns: u64,
     /// Whether the next tick comes after `FAST_TICK` rather than `TICK`.
     fast: bool,
+    /// Whether it comes after `HELD_TICK`: launches wait for few in flight to finish.
+    held: bool,
     errors: RateLimit,
 }
 
@@ -222,6 +229,7 @@ impl Watcher {
             rates: HashMap::new(),
             last_tick_ns: monotonic_ns(),
             fast: false,
+            held: false,
             errors: RateLimit::new(),
         }
     }
@@ -231,7 +239,14 @@ impl Watcher {
         let bell = self.shim.gates.bell();
         let mut seen = bell.rung();
         while !self.shim.gates.polls_stopped() {
-            bell.sleep(seen, if self.fast { FAST_TICK } else { TICK });
+            let tick = if self.held {
+                HELD_TICK
+            } else if self.fast {
+                FAST_TICK
+            } else {
+                TICK
+            };
+            bell.sleep(seen, tick);
             // Read before the tick looks at the gates: a launch that starts to wait during
             // the tick cuts the next sleep short.
             seen = bell.rung();
@@ -242,6 +257,7 @@ impl Watcher {
     fn tick(&mut self) {
         let shim = self.shim;
         self.fast = false;
+        self.held = false;
         let busy = if shim.gates.start_poll() {
             let busy = self.poll_streams();
             shim.gates.end_poll();
@@ -291,11 +307,14 @@ impl Watcher {
                 slot.add_gpu_time(gpu, elapsed * halves / 2 / (others + 1));
             }
             let finished = gate.finished();
-            track.launch_time.observe(
-                elapsed * halves / 2,
-                finished.saturating_sub(track.finished),
-                halves == 2,
-            );
+            track.launch_time.observe(TickWork {
+                tick_ns: elapsed,
+                finished: finished.saturating_sub(track.finished),
+                busy_before: track.busy,
+                busy_after: busy_now,
+                held: gate.in_flight_cap() != UNBOUNDED
+                    && (gate.has_waiters() || gate.waited_at_ns() >= now.saturating_sub(elapsed)),
+            });
             if finished != track.finished || (busy_now && !track.busy) {
                 track.progress_at_ns = now;
             }
@@ -377,9 +396,18 @@ impl Watcher {
             } else {
                 UNBOUNDED
             };
+            // Only for short kernels: beside long ones the watcher's lag is small, and
+            // polling this often would only take a core's time.
+            let held = cap != UNBOUNDED
+                && waiting
+                && track
+                    .launch_time
+                    .per_launch_ns()
+                    .is_none_or(|ns| ns < YIELD.queue_ns);
             gate.set(open, cap);
             self.fast |= entitled.yield_to_high
                 || (entitled.high && entitled.rivals.iter().any(|r| r.in_flight));
+            self.held |= held;
 
             // 4. Publish what it does.
             let activity = Activity {

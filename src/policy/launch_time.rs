@@ -5,21 +5,50 @@
 /// The time a process's launches take each on a GPU, from how long it had work in flight
 /// and how many launches finished in that time: a moving average over recent launches.
 ///
-/// Stretches in which work stayed queued throughout measure it. Once the queue has run
-/// dry, part of the time may have been the GPU waiting for the process's next launch,
-/// which would make its kernels look longer, hence fewer of them allowed in flight, hence
-/// more waiting (a spiral down to one launch at a time): a short such stretch only bounds
-/// the time from above (it lowers an average that is higher, or starts one). A long one
-/// (at least [`LONG_STRETCH_NS`]) measures it too: what the watcher could not place, part
-/// of a tick, is small beside it. That is how programs that only ever see their queue run
-/// dry are measured: the watcher learns about the NULL stream only that all of it is done.
+/// The watcher sees the process's queue only at its ticks: it knows a launch finished
+/// somewhere between two polls, not when. So each sample spans whole ticks, from the poll
+/// that last saw the queue empty (or the last sample) to the poll that sees launches
+/// finished, and is the most those launches can have taken, never less (a launch that both
+/// started and finished between two polls took at most the tick, not nothing).
+///
+/// Whether it is also about what they took depends on whether the GPU could have waited
+/// for the process in that time. It could not where work stayed queued throughout; nor,
+/// beyond the moment the watcher needs to see a launch finish, where the process's launches
+/// were held back at its gate (it had more to launch all along). Such samples measure the
+/// time (less half the tick in which the queue was seen empty: its last launch finished
+/// some time in it). Where the queue ran dry on its own, part of the time may have been the GPU waiting
+/// for the process's next launch, which would make its kernels look longer, hence fewer of
+/// them allowed in flight, hence more waiting (a spiral down to one launch at a time): such
+/// a sample only bounds the time from above (it lowers an average that is higher, or starts
+/// one), unless it is long (at least [`LONG_STRETCH_NS`]): what the watcher could not place,
+/// part of a tick, is small beside it. That is how programs that only ever see their queue
+/// run dry are measured: the watcher learns about the NULL stream only that all of it is
+/// done.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LaunchTime {
-    /// Busy time not yet matched by a finished launch.
-    pending_busy_ns: u64,
+    /// Time since the start of the current sample, while launches were unfinished.
+    pending_ns: u64,
+    /// Whether the sample began with work in flight (not at a poll that saw none).
+    pending_from_busy: bool,
+    /// Whether launches were held back at the gate in it.
+    pending_held: bool,
     average_ns: Option<f64>,
     /// Whether the average comes from a measurement, not only from bounds.
     measured: bool,
+}
+
+/// What the watcher saw of a process's work on a GPU in one tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickWork {
+    /// The tick's length.
+    pub tick_ns: u64,
+    /// Launches seen finished in it.
+    pub finished: u64,
+    /// Work was in flight at the poll that began it, and at the one that ended it.
+    pub busy_before: bool,
+    pub busy_after: bool,
+    /// A launch waited at the gate during it.
+    pub held: bool,
 }
 
 /// The weight of each new measurement in the average.
@@ -28,21 +57,36 @@ const LAUNCH_TIME_WEIGHT: f64 = 0.2;
 pub const LONG_STRETCH_NS: u64 = 4_000_000;
 
 impl LaunchTime {
-    /// Adds `busy_ns` of time with work in flight, in which `finished` launches finished;
-    /// `queued_throughout`: work was in flight from its start to its end (as far as the
-    /// watcher saw), so that none of it was the GPU waiting for this process.
-    pub fn observe(&mut self, busy_ns: u64, finished: u64, queued_throughout: bool) {
-        self.pending_busy_ns = self.pending_busy_ns.saturating_add(busy_ns);
-        if finished == 0 {
-            if !queued_throughout {
-                self.pending_busy_ns = 0;
-            }
+    /// Adds what one tick saw.
+    pub fn observe(&mut self, tick: TickWork) {
+        if !tick.busy_before {
+            // The last poll saw nothing in flight: whatever finishes next started since.
+            self.pending_ns = 0;
+            self.pending_from_busy = false;
+            self.pending_held = false;
+        }
+        if tick.busy_before || tick.busy_after || tick.finished > 0 {
+            self.pending_ns = self.pending_ns.saturating_add(tick.tick_ns);
+        }
+        self.pending_held |= tick.held;
+        if tick.finished == 0 {
             return;
         }
-        let measures = queued_throughout || self.pending_busy_ns >= LONG_STRETCH_NS;
+        let measures = (self.pending_from_busy && tick.busy_after)
+            || self.pending_held
+            || self.pending_ns >= LONG_STRETCH_NS;
+        // Held launches went as soon as the watcher saw the queue empty: the queue ran dry
+        // only between the last launch finishing, some time in this tick, and then.
+        let busy_ns = if self.pending_held && !tick.busy_after {
+            self.pending_ns.saturating_sub(tick.tick_ns / 2)
+        } else {
+            self.pending_ns
+        };
         #[allow(clippy::cast_precision_loss)]
-        let sample = self.pending_busy_ns as f64 / finished as f64;
-        self.pending_busy_ns = 0;
+        let sample = busy_ns as f64 / tick.finished as f64;
+        self.pending_ns = 0;
+        self.pending_from_busy = tick.busy_after;
+        self.pending_held = false;
         self.average_ns = match (self.average_ns, measures) {
             (Some(average), true) if self.measured => {
                 Some(average + LAUNCH_TIME_WEIGHT * (sample - average))
@@ -82,25 +126,55 @@ impl LaunchTime {
 mod tests {
     use super::*;
 
+    /// A tick with work in flight at both of its polls.
+    fn queued(tick_ns: u64, finished: u64) -> TickWork {
+        TickWork {
+            tick_ns,
+            finished,
+            busy_before: true,
+            busy_after: true,
+            held: false,
+        }
+    }
+
+    /// A tick whose second poll found the queue empty.
+    fn drained(tick_ns: u64, finished: u64, busy_before: bool) -> TickWork {
+        TickWork {
+            tick_ns,
+            finished,
+            busy_before,
+            busy_after: false,
+            held: false,
+        }
+    }
+
+    /// A tick whose first poll found the queue empty and whose second found work.
+    fn started(tick_ns: u64) -> TickWork {
+        TickWork {
+            busy_before: false,
+            ..queued(tick_ns, 0)
+        }
+    }
+
     #[test]
     fn the_launch_time_spans_ticks_in_which_nothing_finished() {
         let mut time = LaunchTime::default();
         assert_eq!(time.per_launch_ns(), None);
-        // A 1.6 ms kernel seen across four 500 µs ticks.
-        time.observe(500_000, 0, true);
-        time.observe(500_000, 0, true);
-        time.observe(500_000, 0, true);
-        time.observe(100_000, 1, true);
+        // A 1.6 ms kernel seen across four 500 µs ticks, queued throughout.
+        time.observe(queued(500_000, 0));
+        time.observe(queued(500_000, 0));
+        time.observe(queued(500_000, 0));
+        time.observe(queued(100_000, 1));
         assert_eq!(time.per_launch_ns(), Some(1_600_000));
     }
 
     #[test]
     fn the_launch_time_follows_a_change_of_kernels() {
         let mut time = LaunchTime::default();
-        time.observe(500_000, 20, true);
+        time.observe(queued(500_000, 20));
         assert_eq!(time.per_launch_ns(), Some(25_000));
         for _ in 0..30 {
-            time.observe(400_000, 2, true);
+            time.observe(queued(400_000, 2));
         }
         let now = time.per_launch_ns().unwrap();
         assert!((199_000..=201_000).contains(&now), "{now}");
@@ -109,22 +183,69 @@ mod tests {
     #[test]
     fn time_after_the_queue_ran_dry_only_lowers_the_average() {
         let mut time = LaunchTime::default();
-        // 25 µs kernels, then one at a time with the GPU waiting 100 µs for each launch.
-        time.observe(100_000, 0, false);
-        time.observe(125_000, 1, false);
+        // One launch at a time, the GPU waiting for each: started in one tick, seen done
+        // in the next.
+        time.observe(started(100_000));
+        time.observe(drained(25_000, 1, true));
         assert_eq!(time.per_launch_ns(), Some(125_000), "at most this");
-        time.observe(500_000, 20, true);
+        time.observe(queued(500_000, 20));
         for _ in 0..50 {
-            time.observe(125_000, 1, false);
+            time.observe(started(100_000));
+            time.observe(drained(25_000, 1, true));
         }
         assert_eq!(time.per_launch_ns(), Some(25_000));
         // A stretch that ran dry says the kernels take at most this: lower it.
-        time.observe(20_000, 1, false);
+        time.observe(started(10_000));
+        time.observe(drained(10_000, 1, true));
         assert_eq!(time.per_launch_ns(), Some(20_000));
-        // What was pending when the queue ran dry is not carried into the next sample.
-        time.observe(300_000, 0, false);
-        time.observe(100_000, 5, true);
-        assert_eq!(time.per_launch_ns(), Some(20_000));
+    }
+
+    #[test]
+    fn a_launch_that_started_and_finished_between_two_polls_took_at_most_the_tick() {
+        let mut time = LaunchTime::default();
+        time.observe(queued(500_000, 20));
+        assert_eq!(time.per_launch_ns(), Some(25_000));
+        // Seen neither in flight nor taking time: it says nothing below the tick, and the
+        // average must not fall towards nothing (which would read as "not known").
+        for _ in 0..50 {
+            time.observe(drained(50_000, 1, false));
+        }
+        assert_eq!(time.per_launch_ns(), Some(25_000));
+        time.observe(drained(50_000, 4, false));
+        assert_eq!(time.per_launch_ns(), Some(12_500));
+    }
+
+    #[test]
+    fn launches_held_at_the_gate_measure_the_time_though_the_queue_ran_dry() {
+        // 200 µs kernels one at a time beside a high-priority tenant, released as soon as
+        // the watcher sees the last one done, at the end of 210 µs windows of which the
+        // last tick (30 µs) holds the end of the kernel and the watcher's lag.
+        let mut time = LaunchTime::default();
+        time.observe(queued(500_000, 20));
+        for _ in 0..40 {
+            time.observe(TickWork {
+                held: true,
+                ..started(60_000)
+            });
+            time.observe(queued(60_000, 0));
+            time.observe(queued(60_000, 0));
+            time.observe(TickWork {
+                held: true,
+                ..drained(30_000, 1, true)
+            });
+        }
+        let now = time.per_launch_ns().unwrap();
+        assert_eq!(now, 195_000, "the last tick's half taken off: {now}");
+        // The same without the gate holding anything back: an upper bound only.
+        let mut unheld = LaunchTime::default();
+        unheld.observe(queued(500_000, 20));
+        for _ in 0..40 {
+            unheld.observe(started(60_000));
+            unheld.observe(queued(60_000, 0));
+            unheld.observe(queued(60_000, 0));
+            unheld.observe(drained(30_000, 1, true));
+        }
+        assert_eq!(unheld.per_launch_ns(), Some(25_000));
     }
 
     #[test]
@@ -135,13 +256,15 @@ mod tests {
         for busy in [
             6_650_000, 6_150_000, 6_400_000, 6_650_000, 6_150_000, 6_400_000,
         ] {
-            time.observe(busy, 4, false);
+            time.observe(started(250_000));
+            time.observe(drained(busy - 250_000, 4, true));
         }
         let now = time.per_launch_ns().unwrap();
         assert!((1_500_000..=1_700_000).contains(&now), "{now}");
         // Longer kernels raise it again, which short stretches could not.
         for _ in 0..20 {
-            time.observe(8_000_000, 4, false);
+            time.observe(started(250_000));
+            time.observe(drained(7_750_000, 4, true));
         }
         let now = time.per_launch_ns().unwrap();
         assert!((1_950_000..=2_000_000).contains(&now), "{now}");
@@ -152,7 +275,7 @@ mod tests {
         let mut time = LaunchTime::default();
         assert_eq!(time.remaining_ns(0, 0), Some(0));
         assert_eq!(time.remaining_ns(3, 0), None, "not measured yet");
-        time.observe(1_600_000, 1, true);
+        time.observe(queued(1_600_000, 1));
         assert_eq!(time.remaining_ns(4, 0), Some(6_400_000));
         assert_eq!(time.remaining_ns(4, 1_000_000), Some(5_400_000));
         assert_eq!(time.remaining_ns(3, 4_000_000), Some(800_000));
