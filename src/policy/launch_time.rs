@@ -15,21 +15,24 @@
 /// for the process in that time. It could not where work stayed queued throughout; nor,
 /// beyond the moment the watcher needs to see a launch finish, where the process's launches
 /// were held back at its gate (it had more to launch all along). Such samples measure the
-/// time (less half the tick in which the queue was seen empty: its last launch finished
-/// some time in it). Where the queue ran dry on its own, part of the time may have been the GPU waiting
+/// time. Where the queue ran dry on its own, part of the time may have been the GPU waiting
 /// for the process's next launch, which would make its kernels look longer, hence fewer of
 /// them allowed in flight, hence more waiting (a spiral down to one launch at a time): such
 /// a sample only bounds the time from above (it lowers an average that is higher, or starts
 /// one), unless it is long (at least [`LONG_STRETCH_NS`]): what the watcher could not place,
 /// part of a tick, is small beside it. That is how programs that only ever see their queue
 /// run dry are measured: the watcher learns about the NULL stream only that all of it is
-/// done.
+/// done. A sample that measures counts half of a tick at an end where the queue was seen
+/// empty (the work began, or ended, some time in it), except at the start of held launches:
+/// they go as soon as the watcher has seen the queue empty.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LaunchTime {
     /// Time since the start of the current sample, while launches were unfinished.
     pending_ns: u64,
     /// Whether the sample began with work in flight (not at a poll that saw none).
     pending_from_busy: bool,
+    /// The length of its first tick.
+    first_tick_ns: u64,
     /// Whether launches were held back at the gate in it.
     pending_held: bool,
     average_ns: Option<f64>,
@@ -66,6 +69,9 @@ impl LaunchTime {
             self.pending_held = false;
         }
         if tick.busy_before || tick.busy_after || tick.finished > 0 {
+            if self.pending_ns == 0 {
+                self.first_tick_ns = tick.tick_ns;
+            }
             self.pending_ns = self.pending_ns.saturating_add(tick.tick_ns);
         }
         self.pending_held |= tick.held;
@@ -75,10 +81,14 @@ impl LaunchTime {
         let measures = (self.pending_from_busy && tick.busy_after)
             || self.pending_held
             || self.pending_ns >= LONG_STRETCH_NS;
-        // Held launches went as soon as the watcher saw the queue empty: the queue ran dry
-        // only between the last launch finishing, some time in this tick, and then.
-        let busy_ns = if self.pending_held && !tick.busy_after {
-            self.pending_ns.saturating_sub(tick.tick_ns / 2)
+        let busy_ns = if measures {
+            let start = if self.pending_from_busy || self.pending_held {
+                0
+            } else {
+                self.first_tick_ns / 2
+            };
+            let end = if tick.busy_after { 0 } else { tick.tick_ns / 2 };
+            self.pending_ns.saturating_sub(start + end)
         } else {
             self.pending_ns
         };
@@ -253,21 +263,22 @@ mod tests {
         // Steps of four 1.6 ms kernels on the NULL stream, each seen only once done, with
         // the watcher's uncertainty about the ends (±250 µs) around 6.4 ms.
         let mut time = LaunchTime::default();
-        for busy in [
-            6_650_000, 6_150_000, 6_400_000, 6_650_000, 6_150_000, 6_400_000,
-        ] {
-            time.observe(started(250_000));
-            time.observe(drained(busy - 250_000, 4, true));
+        for (first, last) in [(0, 500_000), (500_000, 0), (250_000, 250_000)].repeat(2) {
+            // 500 µs ticks: the work started `first` before the end of the first, and ended
+            // `last` after the start of the last.
+            time.observe(started(500_000));
+            time.observe(queued(6_400_000 - first - last, 0));
+            time.observe(drained(500_000, 4, true));
         }
-        let now = time.per_launch_ns().unwrap();
-        assert!((1_500_000..=1_700_000).contains(&now), "{now}");
+        assert_eq!(time.per_launch_ns(), Some(1_600_000));
         // Longer kernels raise it again, which short stretches could not.
         for _ in 0..20 {
-            time.observe(started(250_000));
-            time.observe(drained(7_750_000, 4, true));
+            time.observe(started(500_000));
+            time.observe(queued(7_500_000, 0));
+            time.observe(drained(500_000, 4, true));
         }
         let now = time.per_launch_ns().unwrap();
-        assert!((1_950_000..=2_000_000).contains(&now), "{now}");
+        assert!((1_990_000..=2_000_000).contains(&now), "{now}");
     }
 
     #[test]
