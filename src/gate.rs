@@ -1,12 +1,13 @@
 //! The launch gate: one per GPU, opened and closed by the watcher (`watcher.rs`) from the
-//! tenant's credit, and passed by every launch with two atomic loads.
+//! tenant's credit, and passed by every launch with two atomic loads (three more while the
+//! launches in flight are bounded).
 //!
 //! A closed gate makes the launching thread wait, off the fast path: it sleeps on a futex
 //! that the watcher bumps every tick while anyone waits, and the time it waited is added to
 //! the tenant's throttled time. The gate also bounds how many launches may be unfinished at
 //! once (the watcher lowers that bound while a high-priority tenant is active); the first
 //! launch to wait on that bound rings the watcher's bell, so that the watcher starts
-//! following it at once instead of at its next tick, and it is woken at the first tick that
+//! following it at once instead of at its next tick, and it is woken by the first poll that
 //! sees a launch finish.
 //!
 //! It also keeps the watcher's CUDA calls out of the way of stream capture: no stream may be
@@ -31,10 +32,14 @@ pub struct GpuGate {
     /// Bumped by the watcher each tick while threads wait; what they sleep on.
     generation: AtomicU32,
     waiters: AtomicU32,
-    /// Launches that reached the driver on this GPU.
-    launched: AtomicU64,
-    /// Of those, how many are known finished (kept by the watcher).
-    finished: AtomicU64,
+    /// Launches that reached the driver on this GPU while their number in flight was
+    /// bounded (counted only then: the fast path of an unbounded gate increments nothing
+    /// here, the stream's count being enough for the watcher).
+    bounded_launches: AtomicU64,
+    /// `bounded_launches` as the watcher read it before its last poll of the streams...
+    seen: AtomicU64,
+    /// ...and the launches that poll found unfinished (streams' counts less what finished).
+    unfinished: AtomicU64,
     /// The most launches that may be unfinished at once.
     in_flight_cap: AtomicU64,
     /// When a launch last had to wait (`CLOCK_MONOTONIC` ns).
@@ -47,8 +52,9 @@ impl GpuGate {
             open: AtomicU32::new(1),
             generation: AtomicU32::new(0),
             waiters: AtomicU32::new(0),
-            launched: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
+            bounded_launches: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            unfinished: AtomicU64::new(0),
             in_flight_cap: AtomicU64::new(UNBOUNDED),
             waited_at_ns: AtomicU64::new(0),
         }
@@ -57,18 +63,31 @@ impl GpuGate {
     /// Whether a launch may go now. The launch fast path: atomic loads, nothing else.
     #[inline]
     pub fn may_pass(&self) -> bool {
-        self.open.load(Relaxed) != 0
-            && self
-                .launched
-                .load(Relaxed)
-                .saturating_sub(self.finished.load(Relaxed))
-                < self.in_flight_cap.load(Relaxed)
+        if self.open.load(Relaxed) == 0 {
+            return false;
+        }
+        let cap = self.in_flight_cap.load(Relaxed);
+        cap == UNBOUNDED || self.in_flight() < cap
     }
 
-    /// Counts a launch that reached the driver.
+    /// Launches unfinished as far as the watcher knows, and those made since its last poll.
+    /// Launches made while it read the streams may count twice: never fewer than there are.
+    fn in_flight(&self) -> u64 {
+        // `seen` first: the watcher stores it after `unfinished`, so this reads the
+        // `unfinished` of the same poll or a later one (which counts launches since `seen`
+        // twice, not none), and a count of launches at least `seen`.
+        let seen = self.seen.load(Acquire);
+        let unfinished = self.unfinished.load(Acquire);
+        let since_poll = self.bounded_launches.load(Acquire).saturating_sub(seen);
+        unfinished.saturating_add(since_poll)
+    }
+
+    /// Counts a launch that reached the driver, where the number in flight is bounded.
     #[inline]
     pub fn count_launch(&self) {
-        self.launched.fetch_add(1, Release);
+        if self.in_flight_cap.load(Relaxed) != UNBOUNDED {
+            self.bounded_launches.fetch_add(1, Release);
+        }
     }
 
     /// Waits until a launch may go, adding the time waited to the tenant's throttled time;
@@ -102,27 +121,26 @@ impl GpuGate {
         }
     }
 
-    /// Launches that reached the driver.
-    pub fn launched(&self) -> u64 {
-        self.launched.load(Acquire)
+    /// The watcher's side, before it polls the streams: what it will count launches made
+    /// from now on against.
+    pub fn start_count(&self) -> u64 {
+        self.bounded_launches.load(Acquire)
     }
 
-    /// The watcher's side: how many launches are known finished. Whoever waits for one to
+    /// The watcher's side, after it polled the streams: `unfinished` launches were in
+    /// flight, counted from `seen` (what `start_count` said). Whoever waits for one to
     /// finish while the gate is open goes at once, on the gate's last decision, rather than
     /// after the watcher has read the ledger and decided again (the `set` that follows in
     /// the same tick): that takes about as long as a short kernel, for which the GPU would
     /// wait.
-    pub fn set_finished(&self, finished: u64) {
-        self.finished.store(finished, Release);
+    pub fn set_unfinished(&self, unfinished: u64, seen: u64) {
+        // In this order: see `in_flight`.
+        self.unfinished.store(unfinished, Release);
+        self.seen.store(seen, Release);
         if self.waiters.load(SeqCst) > 0 && self.may_pass() {
             self.generation.fetch_add(1, SeqCst);
             futex_wake_all(&self.generation);
         }
-    }
-
-    /// Launches known finished.
-    pub fn finished(&self) -> u64 {
-        self.finished.load(Acquire)
     }
 
     /// The bound on unfinished launches now.
@@ -348,9 +366,41 @@ mod tests {
         assert!(gate.may_pass());
         gate.count_launch();
         assert!(!gate.may_pass());
-        gate.set_finished(1);
+        // A poll found one of the two unfinished.
+        let seen = gate.start_count();
+        gate.set_unfinished(1, seen);
         assert!(gate.may_pass());
+        gate.count_launch();
+        assert!(!gate.may_pass(), "one unfinished, one since the poll");
         assert!(gates.gpu(16).is_none());
+    }
+
+    #[test]
+    fn launches_made_while_the_streams_are_read_count_twice_not_never() {
+        let gates = LaunchGates::new();
+        let gate = gates.gpu(0).unwrap();
+        gate.set(true, 2);
+        let seen = gate.start_count();
+        // Launched after the count started, and found unfinished in its stream.
+        gate.count_launch();
+        gate.set_unfinished(1, seen);
+        assert!(!gate.may_pass(), "counted in the stream and since the poll");
+        let seen = gate.start_count();
+        gate.set_unfinished(1, seen);
+        assert!(gate.may_pass(), "the next poll counts it once");
+    }
+
+    #[test]
+    fn an_unbounded_gate_counts_nothing() {
+        let gates = LaunchGates::new();
+        let gate = gates.gpu(0).unwrap();
+        for _ in 0..100 {
+            gate.count_launch();
+        }
+        assert_eq!(gate.start_count(), 0);
+        assert!(gate.may_pass());
+        gate.set(false, UNBOUNDED);
+        assert!(!gate.may_pass());
     }
 
     #[test]
@@ -373,7 +423,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(20));
         let finished_at = monotonic_ns();
-        gate.set_finished(1);
+        gate.set_unfinished(0, gate.start_count());
         let went_at = waiter.join().unwrap();
         // Without the wake it would sleep out its 2 ms timeout.
         assert!(
@@ -381,7 +431,6 @@ mod tests {
             "{}",
             went_at - finished_at
         );
-        assert_eq!(gate.finished(), 1);
         assert_eq!(gate.in_flight_cap(), 1);
     }
 
@@ -403,7 +452,7 @@ mod tests {
         while !gate.has_waiters() {
             std::thread::yield_now();
         }
-        gate.set_finished(1);
+        gate.set_unfinished(0, gate.start_count());
         std::thread::sleep(Duration::from_millis(10));
         assert!(gate.has_waiters(), "the gate is closed: it still waits");
         gate.set(true, 1);

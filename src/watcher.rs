@@ -176,6 +176,12 @@ struct GpuTrack {
     /// Since when it holds a turn (0: it holds none), and when it last had work in flight.
     held_since_ns: u64,
     last_busy_ns: u64,
+    /// What the last poll found: launches made (streams retired since included) and of
+    /// those, how many were unfinished.
+    polled_launched: u64,
+    polled_unfinished: u64,
+    /// Launches of streams since retired.
+    retired_launches: u64,
     /// Launches known finished at the last tick, and the time each has been taking.
     finished: u64,
     launch_time: LaunchTime,
@@ -306,7 +312,9 @@ impl Watcher {
             if halves > 0 {
                 slot.add_gpu_time(gpu, elapsed * halves / 2 / (others + 1));
             }
-            let finished = gate.finished();
+            let finished = track
+                .polled_launched
+                .saturating_sub(track.polled_unfinished);
             track.launch_time.observe(TickWork {
                 tick_ns: elapsed,
                 finished: finished.saturating_sub(track.finished),
@@ -326,7 +334,7 @@ impl Watcher {
                 && track
                     .launch_time
                     .remaining_ns(
-                        gate.launched().saturating_sub(finished),
+                        track.polled_unfinished,
                         now.saturating_sub(track.progress_at_ns),
                     )
                     .is_none_or(|left| left > HANDOVER_NS);
@@ -436,14 +444,18 @@ impl Watcher {
         let shim = self.shim;
         let mut busy = [false; MAX_GPUS];
         let mut unfinished = [0u64; MAX_GPUS];
-        let launched: [u64; MAX_GPUS] = std::array::from_fn(|g| {
+        let mut launched: [u64; MAX_GPUS] = std::array::from_fn(|g| self.gpus[g].retired_launches);
+        // Before the streams' counts: launches from now on count against it, those made
+        // while the streams are read perhaps twice (see `GpuGate::set_unfinished`).
+        let seen: [u64; MAX_GPUS] = std::array::from_fn(|g| {
             u32::try_from(g)
                 .ok()
                 .and_then(|g| shim.gates.gpu(g))
-                .map_or(0, |gate| gate.launched())
+                .map_or(0, crate::gate::GpuGate::start_count)
         });
         for (i, entry, occupancy) in shim.streams.entries() {
             let tracked = &mut self.streams[i];
+            let gpu = usize::try_from(entry.gpu()).ok().filter(|&g| g < MAX_GPUS);
             match occupancy {
                 Occupancy::Free => continue,
                 Occupancy::Retired => {
@@ -451,6 +463,11 @@ impl Watcher {
                         destroy_event(tracked.event);
                     }
                     *tracked = Tracked::default();
+                    if let Some(g) = gpu {
+                        // Its work is over as far as anyone can tell: count it finished.
+                        self.gpus[g].retired_launches += entry.launches();
+                        launched[g] += entry.launches();
+                    }
                     shim.streams.free(i);
                     continue;
                 }
@@ -464,14 +481,17 @@ impl Watcher {
                 StreamKind::Legacy => self.poll_legacy(i, entry.owner(), launches),
             }
             let tracked = &self.streams[i];
-            if let Some(g) = usize::try_from(entry.gpu()).ok().filter(|&g| g < MAX_GPUS) {
+            if let Some(g) = gpu {
                 busy[g] |= tracked.busy;
+                launched[g] += launches;
                 unfinished[g] += launches.saturating_sub(tracked.finished);
             }
         }
-        for (g, (&launched, &unfinished)) in launched.iter().zip(&unfinished).enumerate() {
+        for (g, track) in self.gpus.iter_mut().enumerate() {
+            track.polled_launched = launched[g];
+            track.polled_unfinished = unfinished[g];
             if let Some(gate) = u32::try_from(g).ok().and_then(|g| shim.gates.gpu(g)) {
-                gate.set_finished(launched.saturating_sub(unfinished));
+                gate.set_unfinished(unfinished[g], seen[g]);
             }
         }
         busy
