@@ -166,6 +166,7 @@ macro_rules! launch_kernel {
     ($(#[$doc:meta])* $name:ident, $real:ident) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
         pub(crate) unsafe fn $name(
             f: CUfunction,
             grid_x: u32,
@@ -207,6 +208,7 @@ macro_rules! launch_cooperative {
     ($(#[$doc:meta])* $name:ident, $real:ident) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
         pub(crate) unsafe fn $name(
             f: CUfunction,
             grid_x: u32,
