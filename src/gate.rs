@@ -115,10 +115,7 @@ impl GpuGate {
     pub fn set(&self, open: bool, in_flight_cap: u64) {
         self.open.store(u32::from(open), SeqCst);
         self.in_flight_cap.store(in_flight_cap, SeqCst);
-        if self.waiters.load(SeqCst) > 0 {
-            self.generation.fetch_add(1, SeqCst);
-            futex_wake_all(&self.generation);
-        }
+        self.wake_waiters();
     }
 
     /// The watcher's side, before it polls the streams: what it will count launches made
@@ -137,7 +134,14 @@ impl GpuGate {
         // In this order: see `in_flight`.
         self.unfinished.store(unfinished, Release);
         self.seen.store(seen, Release);
-        if self.waiters.load(SeqCst) > 0 && self.may_pass() {
+        if self.may_pass() {
+            self.wake_waiters();
+        }
+    }
+
+    /// Wakes whoever waits, to look at the gate again.
+    fn wake_waiters(&self) {
+        if self.waiters.load(SeqCst) > 0 {
             self.generation.fetch_add(1, SeqCst);
             futex_wake_all(&self.generation);
         }
@@ -332,6 +336,19 @@ mod tests {
         (dir, usage, gpu)
     }
 
+    /// A thread that launches on GPU 0 through `wait`; it returns when its launch went.
+    fn waiter(
+        gates: &Arc<LaunchGates>,
+        usage: &Arc<UsageFile>,
+        gpu: GpuIndex,
+    ) -> std::thread::JoinHandle<u64> {
+        let (gates, usage) = (Arc::clone(gates), Arc::clone(usage));
+        std::thread::spawn(move || {
+            gates.gpu(0).unwrap().wait(&usage, gpu, gates.bell());
+            monotonic_ns()
+        })
+    }
+
     #[test]
     fn a_closed_gate_holds_a_launch_until_the_watcher_opens_it() {
         let (_dir, usage, gpu) = usage();
@@ -340,11 +357,7 @@ mod tests {
         assert!(gate.may_pass());
         gate.set(false, 8);
         assert!(!gate.may_pass());
-        let waiter = {
-            let gates = Arc::clone(&gates);
-            let usage = Arc::clone(&usage);
-            std::thread::spawn(move || gates.gpu(0).unwrap().wait(&usage, gpu, gates.bell()))
-        };
+        let waiter = waiter(&gates, &usage, gpu);
         std::thread::sleep(Duration::from_millis(30));
         assert!(gate.has_waiters());
         assert_eq!(gates.bell().rung(), 1, "the first waiter rings the watcher");
@@ -410,14 +423,7 @@ mod tests {
         let gate = gates.gpu(0).unwrap();
         gate.set(true, 1);
         gate.count_launch();
-        let waiter = {
-            let gates = Arc::clone(&gates);
-            let usage = Arc::clone(&usage);
-            std::thread::spawn(move || {
-                gates.gpu(0).unwrap().wait(&usage, gpu, gates.bell());
-                monotonic_ns()
-            })
-        };
+        let waiter = waiter(&gates, &usage, gpu);
         while !gate.has_waiters() {
             std::thread::yield_now();
         }
@@ -442,13 +448,7 @@ mod tests {
         gate.set(true, 1);
         gate.count_launch();
         gate.set(false, 1);
-        let waiter = {
-            let gates = Arc::clone(&gates);
-            let usage = Arc::clone(&usage);
-            std::thread::spawn(move || {
-                gates.gpu(0).unwrap().wait(&usage, gpu, gates.bell());
-            })
-        };
+        let waiter = waiter(&gates, &usage, gpu);
         while !gate.has_waiters() {
             std::thread::yield_now();
         }

@@ -48,7 +48,7 @@ const FAST_TICK: Duration = Duration::from_micros(50);
 /// How often while a launch of the process waits for one of its few launches in flight
 /// beside a high-priority tenant to finish: the GPU has nothing more of it to run once they
 /// have, and the launch waits for the watcher to see it (on an H100 a 2048² matmul takes
-/// 25 µs; at `FAST_TICK` a neighbour of such kernels kept less than half its throughput).
+/// 25 µs, half a `FAST_TICK`).
 const HELD_TICK: Duration = Duration::from_micros(10);
 /// A process's "in flight" mark counts this long after it was written (a process that
 /// died or stalled stops counting).
@@ -176,9 +176,9 @@ struct GpuTrack {
     /// Since when it holds a turn (0: it holds none), and when it last had work in flight.
     held_since_ns: u64,
     last_busy_ns: u64,
-    /// What the last poll found: launches made (streams retired since included) and of
-    /// those, how many were unfinished.
-    polled_launched: u64,
+    /// What the last poll found: launches finished (those of streams retired since
+    /// included) and unfinished.
+    polled_finished: u64,
     polled_unfinished: u64,
     /// Launches of streams since retired.
     retired_launches: u64,
@@ -221,7 +221,7 @@ struct Watcher {
     /// Whether the next tick comes after `FAST_TICK` rather than `TICK`.
     fast: bool,
     /// Whether it comes after `HELD_TICK`: launches wait for few in flight to finish.
-    held: bool,
+    waiting_at_cap: bool,
     errors: RateLimit,
 }
 
@@ -235,7 +235,7 @@ impl Watcher {
             rates: HashMap::new(),
             last_tick_ns: monotonic_ns(),
             fast: false,
-            held: false,
+            waiting_at_cap: false,
             errors: RateLimit::new(),
         }
     }
@@ -245,7 +245,7 @@ impl Watcher {
         let bell = self.shim.gates.bell();
         let mut seen = bell.rung();
         while !self.shim.gates.polls_stopped() {
-            let tick = if self.held {
+            let tick = if self.waiting_at_cap {
                 HELD_TICK
             } else if self.fast {
                 FAST_TICK
@@ -263,7 +263,7 @@ impl Watcher {
     fn tick(&mut self) {
         let shim = self.shim;
         self.fast = false;
-        self.held = false;
+        self.waiting_at_cap = false;
         let busy = if shim.gates.start_poll() {
             let busy = self.poll_streams();
             shim.gates.end_poll();
@@ -312,9 +312,7 @@ impl Watcher {
             if halves > 0 {
                 slot.add_gpu_time(gpu, elapsed * halves / 2 / (others + 1));
             }
-            let finished = track
-                .polled_launched
-                .saturating_sub(track.polled_unfinished);
+            let finished = track.polled_finished;
             track.launch_time.observe(TickWork {
                 tick_ns: elapsed,
                 finished: finished.saturating_sub(track.finished),
@@ -406,7 +404,7 @@ impl Watcher {
             };
             // Only for short kernels: beside long ones the watcher's lag is small, and
             // polling this often would only take a core's time.
-            let held = cap != UNBOUNDED
+            let waiting_at_cap = cap != UNBOUNDED
                 && waiting
                 && track
                     .launch_time
@@ -415,7 +413,7 @@ impl Watcher {
             gate.set(open, cap);
             self.fast |= entitled.yield_to_high
                 || (entitled.high && entitled.rivals.iter().any(|r| r.in_flight));
-            self.held |= held;
+            self.waiting_at_cap |= waiting_at_cap;
 
             // 4. Publish what it does.
             let activity = Activity {
@@ -488,7 +486,7 @@ impl Watcher {
             }
         }
         for (g, track) in self.gpus.iter_mut().enumerate() {
-            track.polled_launched = launched[g];
+            track.polled_finished = launched[g].saturating_sub(unfinished[g]);
             track.polled_unfinished = unfinished[g];
             if let Some(gate) = u32::try_from(g).ok().and_then(|g| shim.gates.gpu(g)) {
                 gate.set_unfinished(unfinished[g], seen[g]);

@@ -4,8 +4,8 @@
 //! The fast path, a launch on a stream already in the table while the gate is open, makes
 //! no system call, takes no lock and calls no CUDA function: a table lookup, two atomic
 //! loads, the real launch, one atomic add (the stream's launch count; while a high-priority
-//! tenant bounds the launches in flight, a few more loads and a second add). The NULL stream is one per context: each
-//! thread caches its entry, valid until a call that can change the thread's current context
+//! tenant bounds the launches in flight, a few more loads and a second add). The NULL
+//! stream is one per context: each thread caches its entry, valid until a call that can change the thread's current context
 //! (`cuCtxSetCurrent`, push, pop, create, destroy) bumps the thread's epoch. A stream's
 //! first launch registers it (and starts the watcher once).
 //!

@@ -225,6 +225,20 @@ mod tests {
         assert_eq!(time.per_launch_ns(), Some(12_500));
     }
 
+    /// One launch seen in flight over 210 µs of ticks: started, queued twice, drained.
+    fn one_launch_in_four_ticks(time: &mut LaunchTime, held: bool) {
+        time.observe(TickWork {
+            held,
+            ..started(60_000)
+        });
+        time.observe(queued(60_000, 0));
+        time.observe(queued(60_000, 0));
+        time.observe(TickWork {
+            held,
+            ..drained(30_000, 1, true)
+        });
+    }
+
     #[test]
     fn launches_held_at_the_gate_measure_the_time_though_the_queue_ran_dry() {
         // 200 µs kernels one at a time beside a high-priority tenant, released as soon as
@@ -233,16 +247,7 @@ mod tests {
         let mut time = LaunchTime::default();
         time.observe(queued(500_000, 20));
         for _ in 0..40 {
-            time.observe(TickWork {
-                held: true,
-                ..started(60_000)
-            });
-            time.observe(queued(60_000, 0));
-            time.observe(queued(60_000, 0));
-            time.observe(TickWork {
-                held: true,
-                ..drained(30_000, 1, true)
-            });
+            one_launch_in_four_ticks(&mut time, true);
         }
         let now = time.per_launch_ns().unwrap();
         assert_eq!(now, 195_000, "the last tick's half taken off: {now}");
@@ -250,10 +255,7 @@ mod tests {
         let mut unheld = LaunchTime::default();
         unheld.observe(queued(500_000, 20));
         for _ in 0..40 {
-            unheld.observe(started(60_000));
-            unheld.observe(queued(60_000, 0));
-            unheld.observe(queued(60_000, 0));
-            unheld.observe(drained(30_000, 1, true));
+            one_launch_in_four_ticks(&mut unheld, false);
         }
         assert_eq!(unheld.per_launch_ns(), Some(25_000));
     }
