@@ -353,6 +353,19 @@ async fn next_list(
     item.devices.into_iter().map(|d| (d.id, d.health)).collect()
 }
 
+/// The first device list of a `ListAndWatch` stream once the plugin has discovered its GPUs:
+/// until then it sends an empty list (slow on a loaded machine), as the kubelet expects.
+async fn first_list(
+    stream: &mut tonic::Streaming<api::ListAndWatchResponse>,
+) -> HashMap<String, String> {
+    loop {
+        let devices = next_list(stream).await;
+        if !devices.is_empty() {
+            return devices;
+        }
+    }
+}
+
 /// Slice `i` of a simulated GPU.
 fn slice(gpu: &str, i: u32) -> String {
     format!("{gpu}-slice-{i}")
@@ -413,7 +426,7 @@ fn plugin_registers_and_allocates_a_tenant_with_its_cdi_spec() {
 
         let mut client = kubelet.plugin(&registration.endpoint).await;
         let mut stream = watch(&mut client).await;
-        let devices = next_list(&mut stream).await;
+        let devices = first_list(&mut stream).await;
         assert_eq!(devices.len(), 8, "2 GPUs x 4 slices: {devices:?}");
         assert!(devices.values().all(|h| h == "Healthy"), "{devices:?}");
         assert!(devices.contains_key(&slice(FAKE_GPU1, 3)));
@@ -514,7 +527,7 @@ fn a_lost_gpu_turns_its_slices_unhealthy_and_back() {
         let mut client = kubelet.plugin(&registration.endpoint).await;
         let mut stream = watch(&mut client).await;
         assert!(
-            next_list(&mut stream)
+            first_list(&mut stream)
                 .await
                 .values()
                 .all(|h| h == "Healthy")
@@ -552,7 +565,7 @@ fn plugin_registers_again_when_the_kubelet_restarts() {
         let first = kubelet.registration().await;
         let mut client = kubelet.plugin(&first.endpoint).await;
         let mut stream = watch(&mut client).await;
-        next_list(&mut stream).await;
+        first_list(&mut stream).await;
 
         kubelet.restart();
         // The old stream ends (the plugin stopped that server) and a new registration comes.
@@ -562,7 +575,7 @@ fn plugin_registers_again_when_the_kubelet_restarts() {
         assert_eq!(again.resource_name, "gpuslice.dev/gpu");
         let mut client = kubelet.plugin(&again.endpoint).await;
         let mut stream = watch(&mut client).await;
-        assert_eq!(next_list(&mut stream).await.len(), 8);
+        assert_eq!(first_list(&mut stream).await.len(), 8);
         allocate(&mut client, &[slice(FAKE_GPU0, 0)])
             .await
             .expect("Allocate after the restart");
@@ -604,7 +617,7 @@ fn a_restarted_plugin_keeps_its_tenants_and_drops_what_is_stale() {
         let registration = kubelet.registration().await;
         let mut client = kubelet.plugin(&registration.endpoint).await;
         let mut stream = watch(&mut client).await;
-        assert_eq!(next_list(&mut stream).await.len(), 4, "one GPU left");
+        assert_eq!(first_list(&mut stream).await.len(), 4, "one GPU left");
         plugin.wait_for_log(&format!("removed tenant {on_gpu1}"));
         assert!(
             node.node.dir.tenant_exists(&kept),
@@ -826,7 +839,7 @@ fn an_invalid_config_file_is_reported_and_read_again_until_fixed() {
         let registration = kubelet.registration().await;
         let mut client = kubelet.plugin(&registration.endpoint).await;
         let mut stream = watch(&mut client).await;
-        assert_eq!(next_list(&mut stream).await.len(), 4, "2 GPUs x 2 slices");
+        assert_eq!(first_list(&mut stream).await.len(), 4, "2 GPUs x 2 slices");
 
         // Broken again while running: reported, and the plugin goes on as it was.
         std::fs::write(&config, "slicesPerGpu: [\n").expect("broken config");
