@@ -251,6 +251,49 @@ fn a_limit_holds_on_the_legacy_null_stream_too() {
     );
 }
 
+/// A process with a context on each of two GPUs, launching on the NULL stream of one, then
+/// of the other, then of the first again: each GPU's launches are measured and held to the
+/// limit on that GPU, whether the second context is the GPU's primary one or one created,
+/// and through every way a program finds the driver's functions.
+#[test]
+fn null_stream_launches_of_two_contexts_are_limited_each_on_its_own_gpu() {
+    let _serial = serial();
+    const KERNELS: u64 = 40;
+    let ptx = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ptx/spin.ptx");
+    let spin = ["spin", &KERNELS.to_string(), &KERNEL_NS.to_string()].map(String::from);
+    let node = Node::with_devices("80Gi,80Gi");
+    for path in ALL_PATHS {
+        for second in ["use-device", "new-context"] {
+            let mut command = node.probe(path, "two", None, &[]);
+            command.env("GPUSLICE_COMPUTE_LIMIT", "25");
+            command.args(["module", ptx]).args(&spin);
+            command.args([second, "1", "module", ptx]).args(&spin);
+            command.args(["use-device", "0"]).args(&spin);
+            let stdout = run_ok(&mut command);
+            let phases: Vec<u64> = stdout
+                .lines()
+                .filter(|l| l.starts_with("spin "))
+                .map(|l| {
+                    assert_eq!(field(l, "rc"), 0, "{path:?} {second}: {stdout}");
+                    field(l, "elapsed_ns")
+                })
+                .collect();
+            assert_eq!(phases.len(), 3, "{path:?} {second}: {stdout}");
+            // At 25% the kernels take four times their length, less what the bucket holds
+            // at the start (about 35 ms, refilled on the first GPU while the second runs:
+            // 2.7 times in all); a GPU whose launches went unmeasured runs them back to back.
+            for (phase, elapsed) in phases.iter().enumerate() {
+                assert!(
+                    *elapsed as f64 >= 2.0 * (KERNELS * KERNEL_NS) as f64,
+                    "{path:?} {second}: phase {phase} on GPU {} took {elapsed} ns, not held \
+                     to 25%\n{stdout}",
+                    [0, 1, 0][phase]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_tenant_with_only_a_share_gets_the_whole_gpu_when_alone() {
     let _serial = serial();

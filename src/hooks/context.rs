@@ -207,8 +207,17 @@ unsafe fn created(
     device: CUdevice,
     driver: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    // A new context becomes the thread's current one.
+    // A new context becomes the thread's current one. It is known only once made (and
+    // this thread launches nothing before it is recorded).
     crate::hooks::stream::context_may_change();
+    let driver = || {
+        let status = driver();
+        if status == CUDA_SUCCESS && !context.is_null() {
+            // SAFETY: non-null and written by the driver on success.
+            crate::hooks::stream::becomes_current(unsafe { *context });
+        }
+        status
+    };
     let shim = shim_or!(driver());
     if context.is_null() {
         return driver();

@@ -5,15 +5,18 @@
 //! no system call, takes no lock and calls no CUDA function: a table lookup, two atomic
 //! loads, the real launch, one atomic add (the stream's launch count; while a high-priority
 //! tenant bounds the launches in flight, a few more loads and a second add). The NULL
-//! stream is one per context: each thread caches its entry, valid until a call that can change the thread's current context
-//! (`cuCtxSetCurrent`, push, pop, create, destroy) bumps the thread's epoch. A stream's
-//! first launch registers it (and starts the watcher once).
+//! stream is one per context: while the process has made only one context current, its
+//! entry is cached for all threads; otherwise each thread caches its own, valid until a
+//! call that can change the thread's current context (`cuCtxSetCurrent`, push, pop,
+//! create, destroy) bumps the thread's epoch. A stream's first launch registers it (and
+//! starts the watcher once).
 //!
 //! Launches into a stream being captured into a graph do not run, so they pass ungated;
 //! the graph's launch (`cuGraphLaunch`) is gated instead.
 
 use std::cell::Cell;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use gpuslice_ledger::GpuIndex;
 
@@ -31,6 +34,10 @@ const STREAM_LEGACY: usize = 0x1;
 const STREAM_PER_THREAD: usize = 0x2;
 
 static UNTRACKED: RateLimit = RateLimit::new();
+
+/// The table index of the sole context's NULL-stream entry (see `sole_context`): an index
+/// only, checked against the entry at each use.
+static SOLE_NULL_STREAM: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 thread_local! {
     /// This thread's NULL-stream entry: (table index, context, context epoch when cached).
@@ -83,6 +90,21 @@ fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEnt
     // default streams cannot be polled from another thread, so they are polled as their
     // context's legacy stream, which sees their work only where the two coincide (the
     // simulated GPU). Their launches are gated all the same.
+    // In a process with one context (the common case) it is that context's, whichever the
+    // thread.
+    if let Some(context) = crate::hooks::stream::sole_context()
+        && let Some(entry) = shim.streams.get(SOLE_NULL_STREAM.load(Relaxed))
+        && entry.is_legacy_of(context)
+    {
+        return Some(entry);
+    }
+    null_stream_entry(shim)
+}
+
+/// The NULL-stream entry of the calling thread's current context, registering it on first
+/// sight.
+#[inline(never)]
+fn null_stream_entry(shim: &'static Shim) -> Option<&'static StreamEntry> {
     // The thread's current context changes only through calls that bump its epoch, so
     // the entry found for it stays right until the epoch moves.
     let epoch = crate::hooks::stream::context_epoch();
@@ -100,6 +122,9 @@ fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEnt
     };
     if let Some(index) = shim.streams.index_of(entry) {
         NULL_STREAM.set((index, context, epoch));
+        if crate::hooks::stream::sole_context() == Some(context) {
+            SOLE_NULL_STREAM.store(index, Relaxed);
+        }
     }
     Some(entry)
 }

@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::cuda::*;
 use crate::exports::driver::real;
@@ -16,6 +17,40 @@ thread_local! {
     /// the launch path may cache the thread's NULL-stream entry instead of asking the
     /// driver for the current context at each launch.
     static CONTEXT_EPOCH: Cell<u64> = const { Cell::new(1) };
+}
+
+/// The one context this process has made current so far: `NO_CONTEXT` before any,
+/// `MANY_CONTEXTS` once a second one was. While there is one, every thread's current
+/// context is that one or none (contexts become current only through the calls hooked
+/// here), so the launch path needs neither a thread-local nor the driver to know it.
+static SOLE_CONTEXT: AtomicUsize = AtomicUsize::new(NO_CONTEXT);
+const NO_CONTEXT: usize = 0;
+const MANY_CONTEXTS: usize = usize::MAX;
+
+/// The context every thread of this process has current, if it has one, while the process
+/// has made only one context current; `None` otherwise.
+#[inline]
+pub(crate) fn sole_context() -> Option<usize> {
+    // Relaxed: a thread that made another context current stored `MANY_CONTEXTS` itself
+    // and reads it back; one that did not still has the sole context (or none) current,
+    // whatever it reads.
+    match SOLE_CONTEXT.load(Relaxed) {
+        NO_CONTEXT | MANY_CONTEXTS => None,
+        context => Some(context),
+    }
+}
+
+/// `context` becomes current on the calling thread (before the driver makes it so).
+pub(crate) fn becomes_current(context: CUcontext) {
+    let context = context as usize;
+    if context == NO_CONTEXT {
+        return; // the thread will have none
+    }
+    if let Err(sole) = SOLE_CONTEXT.compare_exchange(NO_CONTEXT, context, Relaxed, Relaxed)
+        && sole != context
+    {
+        SOLE_CONTEXT.store(MANY_CONTEXTS, Relaxed);
+    }
 }
 
 /// The calling thread's context epoch (see `CONTEXT_EPOCH`).
@@ -33,6 +68,7 @@ pub(crate) fn context_may_change() {
 /// `cuCtxSetCurrent`.
 pub(crate) unsafe fn set_current(context: CUcontext) -> CUresult {
     let real = real_or_missing!(real::cuCtxSetCurrent);
+    becomes_current(context);
     context_may_change();
     // SAFETY: the caller's argument, unchanged.
     unsafe { real(context) }
@@ -41,6 +77,7 @@ pub(crate) unsafe fn set_current(context: CUcontext) -> CUresult {
 /// `cuCtxPushCurrent_v2`.
 pub(crate) unsafe fn push_current(context: CUcontext) -> CUresult {
     let real = real_or_missing!(real::cuCtxPushCurrent_v2);
+    becomes_current(context);
     context_may_change();
     // SAFETY: the caller's argument, unchanged.
     unsafe { real(context) }
@@ -49,6 +86,7 @@ pub(crate) unsafe fn push_current(context: CUcontext) -> CUresult {
 /// `cuCtxPushCurrent` (v1 name).
 pub(crate) unsafe fn push_current_v1(context: CUcontext) -> CUresult {
     let real = real_or_missing!(real::cuCtxPushCurrent);
+    becomes_current(context);
     context_may_change();
     // SAFETY: the caller's argument, unchanged.
     unsafe { real(context) }

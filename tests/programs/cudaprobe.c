@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef int CUresult;
@@ -58,7 +59,11 @@ typedef struct { unsigned version; unsigned long long total, reserved, free, use
   X(cuArrayCreate_v2, CUresult, (CUarray *, const ArrayDesc *)) \
   X(cuArray3DCreate_v2, CUresult, (CUarray *, const Array3dDesc *)) \
   X(cuArrayDestroy, CUresult, (CUarray)) \
-  X(cuModuleLoadData, CUresult, (void **, const void *))
+  X(cuModuleLoadData, CUresult, (void **, const void *)) \
+  X(cuModuleGetFunction, CUresult, (void **, void *, const char *)) \
+  X(cuLaunchKernel, CUresult, (void *, unsigned, unsigned, unsigned, unsigned, unsigned, \
+                               unsigned, unsigned, CUstream, void **, void **)) \
+  X(cuCtxSynchronize, CUresult, (void))
 
 #ifdef DIRECT
 #define DECLARE(name, ret, args) ret name args;
@@ -72,6 +77,8 @@ typedef CUresult (*GetProcAddress)(const char *, void **, int, unsigned long lon
 #endif
 
 static CUdevice device;
+/* The module "module" loaded last. */
+static void *module;
 enum { MAX_HELD = 4096 };
 static struct { char kind; uint64_t handle; } held[MAX_HELD];
 static int held_count;
@@ -269,7 +276,6 @@ int main(int argc, char **argv) {
       size_t length = fread(image, 1, sizeof image - 1, file);
       fclose(file);
       image[length] = 0;
-      void *module = NULL;
       rc = CALL(cuModuleLoadData)(&module, image);
       printf("module rc=%d\n", rc);
     } else if (!strcmp(cmd, "fill")) {
@@ -291,6 +297,38 @@ int main(int argc, char **argv) {
         printf("ctx-destroy rc=%d\n", rc);
         CALL(cuCtxSetCurrent)(ctx);
       }
+    } else if (!strcmp(cmd, "use-device")) {
+      /* Makes another GPU's primary context current: a process with two contexts. */
+      int ordinal = atoi(NEXT());
+      CUcontext other = NULL;
+      rc = CALL(cuDeviceGet)(&device, ordinal);
+      if (rc == 0) rc = CALL(cuDevicePrimaryCtxRetain)(&other, device);
+      if (rc == 0) rc = CALL(cuCtxSetCurrent)(other);
+      printf("use-device %d rc=%d\n", ordinal, rc);
+    } else if (!strcmp(cmd, "new-context")) {
+      /* Creates a context on another GPU, which becomes current. */
+      int ordinal = atoi(NEXT());
+      CUcontext created = NULL;
+      rc = CALL(cuDeviceGet)(&device, ordinal);
+      if (rc == 0) rc = CALL(cuCtxCreate_v2)(&created, 0, device);
+      printf("new-context %d rc=%d\n", ordinal, rc);
+    } else if (!strcmp(cmd, "spin")) {
+      /* N kernels of NS nanoseconds each (gpuslice_spin of spin.ptx, loaded in this
+       * context by "module") on the NULL stream, one at a time. */
+      long kernels = atol(NEXT());
+      unsigned long long ns = strtoull(NEXT(), NULL, 10);
+      void *spin = NULL;
+      rc = CALL(cuModuleGetFunction)(&spin, module, "gpuslice_spin");
+      struct timespec start, end;
+      clock_gettime(CLOCK_MONOTONIC, &start);
+      void *params[] = { &ns };
+      for (long k = 0; k < kernels && rc == 0; k++) {
+        rc = CALL(cuLaunchKernel)(spin, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
+        if (rc == 0) rc = CALL(cuCtxSynchronize)();
+      }
+      clock_gettime(CLOCK_MONOTONIC, &end);
+      long long elapsed = (end.tv_sec - start.tv_sec) * 1000000000LL + (end.tv_nsec - start.tv_nsec);
+      printf("spin rc=%d elapsed_ns=%lld\n", rc, elapsed);
     } else if (!strcmp(cmd, "release-primary")) {
       rc = CALL(cuDevicePrimaryCtxRelease_v2)(device);
       printf("release-primary rc=%d\n", rc);
