@@ -78,7 +78,8 @@ done
 gcc -O2 -Wall -o "$work/bench_paired" scripts/gpu/bench_paired.c -ldl
 paired_dir=$(mktemp -d)
 if ! env LD_PRELOAD="$dist/libgpuslice.so" GPUSLICE_TENANT=bench GPUSLICE_MEMORY_LIMIT="$shim_limit" \
-  GPUSLICE_COMPUTE_SHARE=50 GPUSLICE_DIR="$paired_dir" "$work/bench_paired" "$dist/spin.ptx" "${PAIRED_ROUNDS:-60}" >"$work/paired.out" 2>&1; then
+  GPUSLICE_COMPUTE_SHARE=50 GPUSLICE_DIR="$paired_dir" PAIRED_ROUNDS_FILE="$work/paired_rounds.txt" \
+  "$work/bench_paired" "$dist/spin.ptx" "${PAIRED_ROUNDS:-60}" >"$work/paired.out" 2>&1; then
   echo "bench-gpu: bench_paired failed:" >&2
   cat "$work/paired.out" >&2
   exit 1
@@ -93,6 +94,7 @@ rm -rf "$paired_dir"
   echo
   echo "In one process, hooked and real calls interleaved (the shim's own cost):"
   cat "$work/paired.out"
+  python3 scripts/gpu/paired_ci.py "$work/paired_rounds.txt"
   echo
   echo "Separate processes, bare and under the shim, alternating:"
   python3 scripts/gpu/bench_table.py "$work/raw.txt"

@@ -9,6 +9,8 @@
  *
  * usage: bench_paired PTX [ROUNDS]
  * Prints `paired <metric> real_ns=.. shim_ns=.. ratio=.. ratio_p25=.. ratio_p75=..` lines.
+ * With PAIRED_ROUNDS_FILE set, also appends each round there as `round <metric> real_ns=..
+ * shim_ns=..`, so that scripts/gpu/paired_ci.py can pool the rounds of several runs.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -99,6 +101,17 @@ static double launch_enqueue(const struct driver *d, CUfunction f) {
 }
 
 static void report(const char *metric, double *real, double *shim, int rounds) {
+  const char *rounds_file = getenv("PAIRED_ROUNDS_FILE");
+  if (rounds_file && *rounds_file) {
+    FILE *out = fopen(rounds_file, "a");
+    if (!out) {
+      fprintf(stderr, "bench_paired: cannot append to %s\n", rounds_file);
+      exit(1);
+    }
+    for (int r = 0; r < rounds; r++)
+      fprintf(out, "round %s real_ns=%.2f shim_ns=%.2f\n", metric, real[r], shim[r]);
+    fclose(out);
+  }
   double ratio[MAX_ROUNDS];
   for (int r = 0; r < rounds; r++) ratio[r] = shim[r] / real[r];
   double p25 = quantile(ratio, rounds, 0.25), p50 = quantile(ratio, rounds, 0.5),
