@@ -349,6 +349,13 @@ mod tests {
         })
     }
 
+    /// Returns once a launch waits at `gate`.
+    fn until_waiting(gate: &GpuGate) {
+        while !gate.has_waiters() {
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn a_closed_gate_holds_a_launch_until_the_watcher_opens_it() {
         let (_dir, usage, gpu) = usage();
@@ -424,9 +431,7 @@ mod tests {
         gate.set(true, 1);
         gate.count_launch();
         let waiter = waiter(&gates, &usage, gpu);
-        while !gate.has_waiters() {
-            std::thread::yield_now();
-        }
+        until_waiting(gate);
         std::thread::sleep(Duration::from_millis(20));
         let finished_at = monotonic_ns();
         gate.set_unfinished(0, gate.start_count());
@@ -449,9 +454,7 @@ mod tests {
         gate.count_launch();
         gate.set(false, 1);
         let waiter = waiter(&gates, &usage, gpu);
-        while !gate.has_waiters() {
-            std::thread::yield_now();
-        }
+        until_waiting(gate);
         gate.set_unfinished(0, gate.start_count());
         std::thread::sleep(Duration::from_millis(10));
         assert!(gate.has_waiters(), "the gate is closed: it still waits");

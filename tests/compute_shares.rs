@@ -26,13 +26,16 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// spin under the shim as a process of `tenant` with compute settings `env`.
+fn tenant_spin(node: &Node, tenant: &str, env: &[(&str, &str)]) -> Command {
+    let mut command = node.tenant(tenant, None, example("spin"));
+    command.envs(env.iter().copied());
+    command
+}
+
 /// A spin load of `millis` as a process of `tenant` with compute settings `env`.
 fn load(node: &Node, tenant: &str, env: &[(&str, &str)], millis: u64, extra: &[&str]) -> Running {
-    let mut command = node.tenant(tenant, None, example("spin"));
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    spin_load(&mut command, millis, extra)
+    spin_load(&mut tenant_spin(node, tenant, env), millis, extra)
 }
 
 /// `command` (spin, with or without the shim) running a load of `millis`.
@@ -399,7 +402,7 @@ fn kill_9_in_the_middle_of_a_slice_leaves_nothing_stuck() {
 /// Requests under the shim as a process of `tenant`: one `REQUEST_NS` kernel and a
 /// synchronization every `REQUEST_EVERY_MS`, for `millis`.
 fn requests(node: &Node, tenant: &str, env: &[(&str, &str)], millis: u64) -> Running {
-    let mut command = node.tenant(tenant, None, example("spin"));
+    let mut command = tenant_spin(node, tenant, env);
     command.args([
         "--for",
         &millis.to_string(),
@@ -408,9 +411,6 @@ fn requests(node: &Node, tenant: &str, env: &[(&str, &str)], millis: u64) -> Run
         "--ns",
         &REQUEST_NS.to_string(),
     ]);
-    for (k, v) in env {
-        command.env(k, v);
-    }
     Running::spawn(&mut command)
 }
 

@@ -40,7 +40,8 @@ pub(crate) fn sole_context() -> Option<usize> {
     }
 }
 
-/// `context` becomes current on the calling thread (before the driver makes it so).
+/// `context` is about to become, or has just become, current on the calling thread (which
+/// launches nothing in between).
 pub(crate) fn becomes_current(context: CUcontext) {
     let context = context as usize;
     if context == NO_CONTEXT {

@@ -371,8 +371,7 @@ fn slice(gpu: &str, i: u32) -> String {
     format!("{gpu}-slice-{i}")
 }
 
-/// Allocates `ids` to one container.
-/// Allocates `ids`. Like the kubelet, it retries while the plugin answers `Unavailable`
+/// Allocates `ids` to one container. Like the kubelet, it retries while the plugin answers `Unavailable`
 /// (registered, but its GPUs not discovered yet: slow on a loaded machine), for up to 10 s.
 pub async fn allocate(
     client: &mut DevicePluginClient<Channel>,
