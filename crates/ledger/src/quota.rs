@@ -4,13 +4,17 @@
 //! Consistency between the many fields of an update comes from the header's generation, used
 //! as a sequence lock: a writer makes it odd, stores the new values, and makes it even again
 //! (one greater than before, plus one); a reader retries while it is odd or changed under it.
-//! Writers serialize among themselves with an OFD write lock on byte 0.
+//! Writers serialize among themselves with an OFD write lock on byte 0, held for the whole
+//! update, so a reader can tell a writer that is slow (descheduled with the generation odd:
+//! wait for it) from one that died mid-update (the lock is gone with its process).
 
 use std::fmt;
-use std::os::fd::AsFd;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::fence;
+use std::time::Duration;
 
 use crate::error::LedgerError;
 use crate::files::{self, Access, TempFile};
@@ -20,9 +24,13 @@ use crate::limits::{Limits, TenantQuota};
 use crate::names::GpuUuid;
 use crate::sys::{self, View};
 
-/// How many times a reader retries while a writer is mid-update before it settles for what it
-/// read (a writer that died mid-update leaves the generation odd until the next write).
-const SEQLOCK_ATTEMPTS: u32 = 10_000;
+/// How many times a reader retries at once while a writer is mid-update. An update takes
+/// microseconds, so this covers it unless the writer was descheduled.
+const SPINS_BEFORE_SLEEPING: u32 = 200;
+
+/// How long a reader sleeps between later retries, each after checking that a writer still
+/// holds the lock.
+const RETRY_SLEEP: Duration = Duration::from_micros(100);
 
 /// A tenant's quota file, mapped read-only and validated when opened.
 ///
@@ -30,6 +38,8 @@ const SEQLOCK_ATTEMPTS: u32 = 10_000;
 /// running tenant picks up a new quota without restarting.
 pub struct QuotaFile {
     path: PathBuf,
+    /// Kept open to ask whether a writer holds the update lock.
+    file: File,
     view: View<QuotaLayout>,
 }
 
@@ -52,9 +62,10 @@ impl QuotaFile {
         let view = View::map(file.as_fd(), false).map_err(|e| LedgerError::io(path, "map", e))?;
         let quota = QuotaFile {
             path: path.to_path_buf(),
+            file,
             view,
         };
-        if let Some(problem) = read_consistent(quota.view.get(), entry_problem) {
+        if let Some(problem) = quota.read_consistent(entry_problem) {
             return Err(LedgerError::corrupt(path, problem));
         }
         Ok(Some(quota))
@@ -63,7 +74,7 @@ impl QuotaFile {
     /// The limits on `gpu`: its own entry if the quota has one, else the defaults.
     pub fn limits_for(&self, gpu: &GpuUuid) -> Limits {
         let wanted = uuid_words(&gpu.0);
-        read_consistent(self.view.get(), |l| {
+        self.read_consistent(|l| {
             l.gpus
                 .iter()
                 .find(|e| {
@@ -77,12 +88,12 @@ impl QuotaFile {
 
     /// The limits on a GPU without an entry of its own.
     pub fn defaults(&self) -> Limits {
-        read_consistent(self.view.get(), |l| Limits::load(&l.defaults))
+        self.read_consistent(|l| Limits::load(&l.defaults))
     }
 
     /// The whole quota, read consistently.
     pub fn quota(&self) -> TenantQuota {
-        read_consistent(self.view.get(), |l| TenantQuota {
+        self.read_consistent(|l| TenantQuota {
             defaults: Limits::load(&l.defaults),
             per_gpu: l
                 .gpus
@@ -106,23 +117,46 @@ impl QuotaFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Runs `read` over the mapped file until it ran while no writer was active.
+    fn read_consistent<R>(&self, read: impl Fn(&QuotaLayout) -> R) -> R {
+        read_consistent(self.view.get(), self.file.as_fd(), read)
+    }
 }
 
-/// Runs `read` until it ran while no writer was active (bounded; see [`SEQLOCK_ATTEMPTS`]).
-fn read_consistent<R>(layout: &QuotaLayout, read: impl Fn(&QuotaLayout) -> R) -> R {
+/// Runs `read` until it ran while no writer was active.
+///
+/// A writer that keeps the generation odd for long is waited for while it holds the update
+/// lock; once it holds none, it died mid-update, and what is stored is returned: every field
+/// holds a value some writer stored, and the next update rewrites them all.
+fn read_consistent<R>(
+    layout: &QuotaLayout,
+    fd: BorrowedFd<'_>,
+    read: impl Fn(&QuotaLayout) -> R,
+) -> R {
     let generation = &layout.header.word;
-    let mut attempts = 0;
+    let mut attempts: u32 = 0;
     loop {
         let before = generation.load(Acquire);
         let value = read(layout);
         // Orders the data loads above before the re-check below (seqlock reader).
         fence(Acquire);
         let after = generation.load(Relaxed);
-        if (before == after && before.is_multiple_of(2)) || attempts >= SEQLOCK_ATTEMPTS {
+        if before == after && before.is_multiple_of(2) {
             return value;
         }
-        attempts += 1;
-        std::hint::spin_loop();
+        attempts = attempts.saturating_add(1);
+        if attempts < SPINS_BEFORE_SLEEPING {
+            std::hint::spin_loop();
+            continue;
+        }
+        // A probe that fails cannot tell; waiting on could then never end, so settle.
+        let writer_holds_lock = sys::ofd_is_locked(fd, QUOTA_LOCK_BYTE).unwrap_or(false);
+        // Re-read after the probe: a writer that just finished released the lock too.
+        if before == after && !writer_holds_lock && generation.load(Acquire) == before {
+            return value;
+        }
+        std::thread::sleep(RETRY_SLEEP);
     }
 }
 
@@ -241,4 +275,77 @@ fn update_in_place(path: &Path, q: &TenantQuota) -> Result<bool, LedgerError> {
     sys::ofd_unlock(file.as_fd(), QUOTA_LOCK_BYTE)
         .map_err(|e| LedgerError::io(path, "unlock", e))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    fn memory_only(bytes: u64) -> TenantQuota {
+        TenantQuota {
+            defaults: Limits {
+                memory_bytes: Some(bytes),
+                ..Limits::default()
+            },
+            per_gpu: Vec::new(),
+        }
+    }
+
+    /// A quota file holding `memory_only(1)`, open for reading, and a writable view of it
+    /// through a second open file description (a writer's).
+    fn quota_file() -> (tempfile::TempDir, QuotaFile, File, View<QuotaLayout>) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("quota");
+        write_quota(dir.path(), &path, &memory_only(1)).expect("first write");
+        let reader = QuotaFile::open(&path).expect("open").expect("exists");
+        let writer = files::open_existing(&path, Access::ReadWrite)
+            .expect("open")
+            .expect("exists");
+        let view = View::<QuotaLayout>::map(writer.as_fd(), true).expect("map");
+        (dir, reader, writer, view)
+    }
+
+    #[test]
+    fn reader_waits_for_a_writer_descheduled_mid_update() {
+        let (_dir, reader, writer, view) = quota_file();
+        let generation = &view.get().header.word;
+        sys::ofd_lock_wait(writer.as_fd(), QUOTA_LOCK_BYTE).expect("lock");
+        let odd = generation.load(Relaxed) | 1;
+        generation.store(odd, Release);
+        // Half an update: only the memory limit written so far.
+        memory_only(2).defaults.store(&view.get().defaults);
+        let finished = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let read = s.spawn(|| {
+                let limits = reader.defaults();
+                finished.store(true, Release);
+                limits
+            });
+            // Far longer than the spinning; the writer still holds the lock, so no answer yet.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!finished.load(Acquire), "read a half-written update");
+            memory_only(3).defaults.store(&view.get().defaults);
+            generation.store(odd + 1, Release);
+            sys::ofd_unlock(writer.as_fd(), QUOTA_LOCK_BYTE).expect("unlock");
+            assert_eq!(read.join().expect("reader").memory_bytes, Some(3));
+        });
+    }
+
+    #[test]
+    fn reader_settles_for_what_a_writer_that_died_mid_update_left() {
+        let (_dir, reader, _writer, view) = quota_file();
+        let generation = &view.get().header.word;
+        // Odd with nobody holding the lock: the writer is gone.
+        generation.store(generation.load(Relaxed) | 1, Release);
+        memory_only(2).defaults.store(&view.get().defaults);
+        let start = Instant::now();
+        assert_eq!(reader.defaults().memory_bytes, Some(2));
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }
