@@ -5,9 +5,13 @@ load:     saturating bf16 matmuls of SIZE, synchronizing every SYNC_EVERY of the
           synchronization, t on CLOCK_MONOTONIC (shared by all processes), so that the
           throughput of several processes can be compared over one window.
 latency:  small requests, one SIZE matmul + synchronize each, INTERVAL_MS apart; prints
-          `request at_ns=<t> latency_ns=<l>` for each, then a summary line.
+          `request at_ns=<t> latency_ns=<l>` for each, then a summary line. With
+          `--arrivals poisson` the pauses are drawn from an exponential distribution of mean
+          INTERVAL_MS (fixed seed), as requests of independent clients come: periodic
+          requests can lock in phase with a neighbour's kernels.
 """
 import argparse
+import random
 import time
 
 import torch
@@ -20,6 +24,7 @@ def main():
     p.add_argument("--size", type=int, default=8192)
     p.add_argument("--sync-every", type=int, default=4)
     p.add_argument("--interval-ms", type=float, default=2.0)
+    p.add_argument("--arrivals", choices=["periodic", "poisson"], default="periodic")
     args = p.parse_args()
 
     a = torch.randn(args.size, args.size, device="cuda", dtype=torch.bfloat16)
@@ -41,6 +46,7 @@ def main():
         lines.append(f"summary iters={iters} size={args.size}")
     else:
         latencies = []
+        pauses = random.Random(1)
         while time.monotonic_ns() < deadline:
             t0 = time.monotonic_ns()
             a @ b
@@ -48,7 +54,10 @@ def main():
             t1 = time.monotonic_ns()
             latencies.append(t1 - t0)
             lines.append(f"request at_ns={t1} latency_ns={t1 - t0}")
-            time.sleep(args.interval_ms / 1e3)
+            pause_ms = args.interval_ms
+            if args.arrivals == "poisson":
+                pause_ms = pauses.expovariate(1.0 / args.interval_ms)
+            time.sleep(pause_ms / 1e3)
         latencies.sort()
         n = len(latencies)
         lines.append(
