@@ -198,9 +198,10 @@ struct gpuslice_quota_gpu {
  * between two generation bumps (see gpuslice_header.word), so a running tenant sees a new
  * quota without restarting. Writers serialize with an OFD write lock (F_OFD_SETLKW) on
  * byte 0 of the file, held from before the generation turns odd until after it is even
- * again. A reader that keeps finding it odd waits while that lock is held (F_OFD_GETLK):
- * the writer is alive, only descheduled. Odd with no lock held means the writer died
- * mid-update; the fields then hold values some writer stored, until the next update.
+ * again. A reader that keeps finding it odd waits while that lock is held (F_OFD_GETLK),
+ * for up to about a second: the writer is alive, only descheduled. Odd with no lock held
+ * means the writer died mid-update; the fields then hold values some writer stored, until
+ * the next update.
  */
 struct gpuslice_quota_file {
     struct gpuslice_header header;

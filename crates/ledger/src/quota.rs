@@ -29,8 +29,11 @@ use crate::sys::{self, View};
 const SPINS_BEFORE_SLEEPING: u32 = 200;
 
 /// How long a reader sleeps between later retries, each after checking that a writer still
-/// holds the lock.
+/// holds the lock...
 const RETRY_SLEEP: Duration = Duration::from_micros(100);
+/// ...and at most how many times (a second or more): a writer that holds the lock longer is
+/// stopped (a debugger, a frozen cgroup), and a tenant's allocation must not hang on it.
+const MAX_SLEEPS: u32 = 10_000;
 
 /// A tenant's quota file, mapped read-only and validated when opened.
 ///
@@ -127,8 +130,9 @@ impl QuotaFile {
 /// Runs `read` until it ran while no writer was active.
 ///
 /// A writer that keeps the generation odd for long is waited for while it holds the update
-/// lock; once it holds none, it died mid-update, and what is stored is returned: every field
-/// holds a value some writer stored, and the next update rewrites them all.
+/// lock (up to [`MAX_SLEEPS`] times); once it holds none, it died mid-update, and what is
+/// stored is returned: every field holds a value some writer stored, and the next update
+/// rewrites them all.
 fn read_consistent<R>(
     layout: &QuotaLayout,
     fd: BorrowedFd<'_>,
@@ -149,6 +153,9 @@ fn read_consistent<R>(
         if attempts < SPINS_BEFORE_SLEEPING {
             std::hint::spin_loop();
             continue;
+        }
+        if attempts >= SPINS_BEFORE_SLEEPING + MAX_SLEEPS {
+            return value;
         }
         // A probe that fails cannot tell; waiting on could then never end, so settle.
         let writer_holds_lock = sys::ofd_is_locked(fd, QUOTA_LOCK_BYTE).unwrap_or(false);
