@@ -341,6 +341,19 @@ mod tests {
     }
 
     #[test]
+    fn reader_does_not_hang_on_a_writer_stopped_mid_update() {
+        let (_dir, reader, writer, view) = quota_file();
+        let generation = &view.get().header.word;
+        sys::ofd_lock_wait(writer.as_fd(), QUOTA_LOCK_BYTE).expect("lock");
+        generation.store(generation.load(Relaxed) | 1, Release);
+        let start = Instant::now();
+        assert_eq!(reader.defaults().memory_bytes, Some(1));
+        let waited = start.elapsed();
+        assert!(waited >= MAX_SLEEPS * RETRY_SLEEP, "{waited:?}");
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
+    }
+
+    #[test]
     fn reader_settles_for_what_a_writer_that_died_mid_update_left() {
         let (_dir, reader, _writer, view) = quota_file();
         let generation = &view.get().header.word;
