@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::fence;
@@ -122,48 +122,41 @@ impl QuotaFile {
     }
 
     /// Runs `read` over the mapped file until it ran while no writer was active.
+    ///
+    /// A writer that keeps the generation odd for long is waited for while it holds the
+    /// update lock (up to [`MAX_SLEEPS`] times); once it holds none, it died mid-update, and
+    /// what is stored is returned: every field holds a value some writer stored, and the
+    /// next update rewrites them all.
     fn read_consistent<R>(&self, read: impl Fn(&QuotaLayout) -> R) -> R {
-        read_consistent(self.view.get(), self.file.as_fd(), read)
-    }
-}
-
-/// Runs `read` until it ran while no writer was active.
-///
-/// A writer that keeps the generation odd for long is waited for while it holds the update
-/// lock (up to [`MAX_SLEEPS`] times); once it holds none, it died mid-update, and what is
-/// stored is returned: every field holds a value some writer stored, and the next update
-/// rewrites them all.
-fn read_consistent<R>(
-    layout: &QuotaLayout,
-    fd: BorrowedFd<'_>,
-    read: impl Fn(&QuotaLayout) -> R,
-) -> R {
-    let generation = &layout.header.word;
-    let mut attempts: u32 = 0;
-    loop {
-        let before = generation.load(Acquire);
-        let value = read(layout);
-        // Orders the data loads above before the re-check below (seqlock reader).
-        fence(Acquire);
-        let after = generation.load(Relaxed);
-        if before == after && before.is_multiple_of(2) {
-            return value;
+        let layout = self.view.get();
+        let generation = &layout.header.word;
+        let mut attempts: u32 = 0;
+        loop {
+            let before = generation.load(Acquire);
+            let value = read(layout);
+            // Orders the data loads above before the re-check below (seqlock reader).
+            fence(Acquire);
+            let after = generation.load(Relaxed);
+            if before == after && before.is_multiple_of(2) {
+                return value;
+            }
+            attempts = attempts.saturating_add(1);
+            if attempts < SPINS_BEFORE_SLEEPING {
+                std::hint::spin_loop();
+                continue;
+            }
+            if attempts >= SPINS_BEFORE_SLEEPING + MAX_SLEEPS {
+                return value;
+            }
+            // A probe that fails cannot tell: settle rather than wait out the bound.
+            let writer_holds_lock =
+                sys::ofd_is_locked(self.file.as_fd(), QUOTA_LOCK_BYTE).unwrap_or(false);
+            // Re-read after the probe: a writer that just finished released the lock too.
+            if before == after && !writer_holds_lock && generation.load(Acquire) == before {
+                return value;
+            }
+            std::thread::sleep(RETRY_SLEEP);
         }
-        attempts = attempts.saturating_add(1);
-        if attempts < SPINS_BEFORE_SLEEPING {
-            std::hint::spin_loop();
-            continue;
-        }
-        if attempts >= SPINS_BEFORE_SLEEPING + MAX_SLEEPS {
-            return value;
-        }
-        // A probe that fails cannot tell; waiting on could then never end, so settle.
-        let writer_holds_lock = sys::ofd_is_locked(fd, QUOTA_LOCK_BYTE).unwrap_or(false);
-        // Re-read after the probe: a writer that just finished released the lock too.
-        if before == after && !writer_holds_lock && generation.load(Acquire) == before {
-            return value;
-        }
-        std::thread::sleep(RETRY_SLEEP);
     }
 }
 
