@@ -150,8 +150,9 @@ fn register_process_handlers() {
 }
 
 /// In a forked child: the parent's state stays the parent's. Leak it (its locks may be
-/// held by threads that do not exist here), let go of the parent's process slot, and start
-/// over on the child's first CUDA call.
+/// held by threads that do not exist here) with the parent's process slot, whose lock the
+/// child keeps holding until it exits or execs (as it keeps the parent's device memory),
+/// and start over on the child's first CUDA call.
 extern "C" fn child_after_fork() {
     let old = SHIM.swap(std::ptr::null_mut(), Ordering::AcqRel);
     if !old.is_null() {

@@ -15,7 +15,7 @@ use crate::exports::driver::real;
 use crate::hooks::nvml_probe::{self, Listing};
 use crate::hooks::{real_or_missing, shim_or};
 use crate::log::{Level, log};
-use crate::policy::memory::{Bytes, Charge, Gpu};
+use crate::policy::memory::{Bytes, Charge, Gpu, Refusal};
 use crate::shim::Shim;
 
 /// What a primary context took on an H100 80GB HBM3 (driver 580.159.04, CUDA 13.0) by the
@@ -286,7 +286,7 @@ fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
             );
             Some(reservation.commit())
         }
-        Err(_) => {
+        Err(Refusal::OverLimit(_)) => {
             log!(
                 Level::Warn,
                 "a new context on {} needs {} and does not fit in the tenant's quota",
@@ -295,6 +295,8 @@ fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
             );
             None
         }
+        // `reserve` said what the ledger could not do (all process slots taken, say).
+        Err(Refusal::Ledger(_)) => None,
     }
 }
 

@@ -60,6 +60,7 @@ pub struct MemoryPolicy {
     /// taking a lock the parent's threads may have held at `fork`.
     slot: AtomicPtr<ProcessSlot>,
     refusals_logged: RateLimit,
+    ledger_errors_logged: RateLimit,
 }
 
 impl MemoryPolicy {
@@ -72,6 +73,7 @@ impl MemoryPolicy {
             env_limit,
             slot: AtomicPtr::new(std::ptr::null_mut()),
             refusals_logged: RateLimit::new(),
+            ledger_errors_logged: RateLimit::new(),
         }
     }
 
@@ -100,7 +102,27 @@ impl MemoryPolicy {
     /// Reserves `bytes` on `gpu` before the driver is asked for them. Dropping the
     /// reservation gives the bytes back; [`Reservation::commit`] keeps them.
     pub fn reserve(&self, gpu: &Gpu, bytes: u64) -> Result<Reservation<'_>, Refusal> {
-        let slot = self.slot().map_err(Refusal::Ledger)?;
+        let slot = match self.slot() {
+            Ok(slot) => slot,
+            Err(error) => {
+                // Not a quota matter: say what is wrong (all the tenant's process slots
+                // taken, an unusable ledger), since "out of memory" alone would mislead.
+                if let Some(held_back) = self.ledger_errors_logged.admit() {
+                    log!(
+                        Level::Error,
+                        "refused {} on {}: this process cannot be counted: {error}{}",
+                        Bytes(bytes),
+                        gpu.uuid,
+                        if held_back > 0 {
+                            format!(" ({held_back} similar refusals not shown)")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                return Err(Refusal::Ledger(error));
+            }
+        };
         let limit = self.limit(gpu).unwrap_or(u64::MAX);
         let first = slot.try_reserve(gpu.index, bytes, limit);
         let outcome = match first {
@@ -197,14 +219,13 @@ impl MemoryPolicy {
         Some(quota_view(limit, self.used(gpu), physical))
     }
 
-    /// For a forked child: lets go of the parent's slot without touching it.
+    /// For a forked child: lets go of the parent's slot without touching it. The slot, and
+    /// the descriptor that holds its lock, are leaked on purpose: the child keeps the
+    /// parent's device memory alive for as long as it keeps the parent's descriptors of the
+    /// driver, so the parent's slot must stay live as long (see
+    /// [`ProcessSlot::abandon_after_fork`]); and nothing is freed in a forked child.
     pub fn abandon_after_fork(&self) {
-        let slot = self.slot.swap(std::ptr::null_mut(), Ordering::AcqRel);
-        if !slot.is_null() {
-            // SAFETY: `slot` came from `Box::into_raw` in `slot()`; in the child no other
-            // thread exists, so nothing else can still be using it.
-            unsafe { Box::from_raw(slot) }.abandon_after_fork();
-        }
+        self.slot.swap(std::ptr::null_mut(), Ordering::AcqRel);
     }
 
     /// The tenant's usage file.

@@ -1,8 +1,9 @@
 //! CDI (Container Device Interface) specs for gpuslice: what a container runtime adds to a
 //! container so that it runs as a tenant. The shim is mounted read-only and preloaded (through
-//! `LD_PRELOAD`, or a mounted `/etc/ld.so.preload`), the ledger directory is mounted read-only
-//! and the tenant's usage file read-write on top of it, and `GPUSLICE_TENANT` and
-//! `GPUSLICE_DIR` name the tenant and the ledger. Limits are not in the environment: the
+//! `LD_PRELOAD`, or a mounted `/etc/ld.so.preload`), the ledger's `tenants/` directory is
+//! mounted read-only and the tenant's usage file read-write on top of it, the tenant's lock
+//! file (and no other tenant's: `locks/` is never mounted whole) read-write, and
+//! `GPUSLICE_TENANT` and `GPUSLICE_DIR` name the tenant and the ledger. Limits are not in the environment: the
 //! tenant's quota file is the ceiling the shim enforces, and whoever made the tenant wrote it.
 //!
 //! A spec has kind `gpuslice.dev/gpu` and one device per tenant, named after it, so a
@@ -155,24 +156,32 @@ impl Layout {
         edits
             .env
             .push(format!("GPUSLICE_DIR={}", self.ledger_container.display()));
-        edits
-            .mounts
-            .push(Mount::bind(&self.ledger_host, &self.ledger_container, true));
+        // Every tenant's quota and usage, read-only (tenants read each other's usage to share
+        // the GPU); not the lock files beside them.
+        let tenants = |ledger: &Path| Ledger::at_path(ledger).tenants_dir().to_path_buf();
+        edits.mounts.push(Mount::bind(
+            &tenants(&self.ledger_host),
+            &tenants(&self.ledger_container),
+            true,
+        ));
         edits
     }
 
-    /// The device of tenant `t`: its name, and its usage file mounted read-write.
+    /// The device of tenant `t`: its name, its usage file mounted read-write over the
+    /// read-only `tenants/`, and its lock file, the only one the container sees.
     fn device(&self, t: &TenantName) -> Device {
-        let usage = |ledger: &Path| ledger.join("tenants").join(t.as_str()).join("usage");
+        let (host, container) = (
+            Ledger::at_path(&self.ledger_host),
+            Ledger::at_path(&self.ledger_container),
+        );
         Device {
             name: t.as_str().to_string(),
             container_edits: ContainerEdits {
                 env: vec![format!("GPUSLICE_TENANT={t}")],
-                mounts: vec![Mount::bind(
-                    &usage(&self.ledger_host),
-                    &usage(&self.ledger_container),
-                    false,
-                )],
+                mounts: vec![
+                    Mount::bind(&host.usage_path(t), &container.usage_path(t), false),
+                    Mount::bind(&host.lock_path(t), &container.lock_path(t), false),
+                ],
             },
         }
     }
@@ -322,7 +331,7 @@ pub fn generate(args: &CdiGenerateArgs) -> Result<u8, Failure> {
             ))
             .usage();
         }
-        ledger.open_usage(t).failed()?;
+        crate::plugin::tenants::prepare_usage(&ledger, t).failed()?;
     }
     if layout.preload == Preload::LdSoPreload {
         ensure_preload_file(&layout).failed()?;
@@ -359,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_mounts_the_shim_and_ledger_read_only_and_the_usage_file_read_write() {
+    fn spec_mounts_the_shim_and_tenants_read_only_and_the_usage_and_lock_files_read_write() {
         let t = TenantName::new("team-a").unwrap();
         let spec = layout(Preload::Env).spec(std::slice::from_ref(&t));
         assert_eq!(spec.cdi_version, "0.5.0");
@@ -375,18 +384,32 @@ mod tests {
         assert_eq!(shim.host_path, "/var/lib/gpuslice/lib/libgpuslice.so");
         assert_eq!(shim.container_path, "/opt/gpuslice/libgpuslice.so");
         assert!(shim.options.contains(&"ro".into()));
-        let ledger = common
+        let tenants = common
             .mounts
             .iter()
-            .find(|m| m.container_path == "/run/gpuslice")
+            .find(|m| m.container_path == "/run/gpuslice/tenants")
             .unwrap();
-        assert!(ledger.options.contains(&"ro".into()));
+        assert_eq!(tenants.host_path, "/run/gpuslice/tenants");
+        assert!(tenants.options.contains(&"ro".into()));
+        // Never the whole ledger, nor locks/: another tenant's lock file must stay out of
+        // reach.
+        assert!(
+            !common
+                .mounts
+                .iter()
+                .chain(&spec.devices[0].container_edits.mounts)
+                .any(|m| m.host_path == "/run/gpuslice" || m.host_path == "/run/gpuslice/locks")
+        );
         let device = &spec.devices[0];
         assert_eq!(device.name, "team-a");
         assert_eq!(device.container_edits.env, ["GPUSLICE_TENANT=team-a"]);
         let usage = &device.container_edits.mounts[0];
         assert_eq!(usage.host_path, "/run/gpuslice/tenants/team-a/usage");
         assert!(usage.options.contains(&"rw".into()));
+        let lock = &device.container_edits.mounts[1];
+        assert_eq!(lock.host_path, "/run/gpuslice/locks/team-a");
+        assert_eq!(lock.container_path, "/run/gpuslice/locks/team-a");
+        assert!(lock.options.contains(&"rw".into()));
         assert_eq!(device_name(&t), "gpuslice.dev/gpu=team-a");
     }
 

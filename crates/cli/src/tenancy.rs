@@ -6,28 +6,33 @@
 //! tenant's directory. Tenants without the marker were made by someone else (the device
 //! plugin, an administrator) and are never removed by a run.
 //!
-//! Two `flock(2)` locks, both dropped by the kernel when a process dies however it dies:
+//! Two OFD locks on the tenant's lock file (`<dir>/locks/<tenant>`, which only the tenant's
+//! own user can open, so no other user can hold, block or fake them), both dropped by the
+//! kernel when a process dies however it dies:
 //!
-//! - **The tenant directory, exclusively**, held for the few system calls of an entry or a
-//!   departure: runs of one tenant enter and leave one at a time, so a run cannot join a
-//!   tenant that is being removed, and of two runs leaving at once the second sees the first
-//!   gone.
-//! - **The marker, shared**, held by every run of the tenant for as long as it is in it.
-//!   A leaving run that can turn its shared lock into an exclusive one is the last run of
-//!   the tenant; it removes the tenant if, in addition, no process holds a live slot in the
-//!   tenant's usage file (a process that uses the GPU outside `gpuslice run`, or a child that
-//!   outlived the command, keeps it).
+//! - **Entry, exclusively** ([`RUN_ENTRY`](lock_bytes::RUN_ENTRY)), held for the few system
+//!   calls of an entry or a departure: runs of one tenant enter and leave one at a time, so a
+//!   run cannot join a tenant that is being removed, and of two runs leaving at once the
+//!   second sees the first gone.
+//! - **Membership, shared** ([`RUN_MEMBERS`](lock_bytes::RUN_MEMBERS)), held by every run of
+//!   the tenant for as long as it is in it. A leaving run that can turn its shared lock into
+//!   an exclusive one is the last run of the tenant; it removes the tenant if, in addition,
+//!   no process holds a live slot in the tenant's usage file (a process that uses the GPU
+//!   outside `gpuslice run`, or a child that outlived the command, keeps it).
 //!
 //! A run-created tenant left behind (its last run was killed with SIGKILL) has a marker that
 //! nobody locks and no live slots: the next run that enters it removes it and starts afresh,
 //! so a stale quota never becomes the ceiling of an unrelated run.
 
-use std::fs::{self, DirBuilder, File, TryLockError};
+use std::fs::{DirBuilder, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use gpuslice_ledger::{Ledger, LedgerError, TenantName, TenantQuota};
+use gpuslice_ledger::layout::lock_bytes;
+use gpuslice_ledger::{
+    Ledger, LedgerError, LockFile, LockHandle, LockKind, TenantName, TenantQuota,
+};
 
 /// The marker a run-created tenant has in its directory.
 pub const MARKER: &str = "created-by-run";
@@ -124,8 +129,9 @@ pub struct Membership {
     tenant: TenantName,
     /// How it entered.
     pub entry: Entry,
-    /// The marker, share-locked; `None` in a tenant not created by a run.
-    marker: Option<File>,
+    /// A description of the tenant's lock file holding the shared membership lock; `None`
+    /// in a tenant not created by a run.
+    membership: Option<LockHandle>,
 }
 
 /// Enters `tenant`: creates it with `quota` if it has no quota, else joins it (if `join`
@@ -139,12 +145,17 @@ pub fn enter(
     let dir = ledger.tenant_dir(tenant);
     let marker_path = dir.join(MARKER);
     for _ in 0..ENTER_ATTEMPTS {
-        let Some(_dir_lock) = lock_tenant_dir(&dir, true)? else {
+        let Some((locks, _entry)) = lock_entry(ledger, tenant, true)? else {
             continue;
         };
         let Some(existing) = ledger.read_quota(tenant)? else {
             // Marker first: should this process die between the two, a quota without a
             // marker would pass for someone else's tenant and never be removed.
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir)
+                .map_err(TenancyError::io("create", &dir))?;
             let marker =
                 File::create(&marker_path).map_err(TenancyError::io("create", &marker_path))?;
             io::Write::write_all(
@@ -152,24 +163,24 @@ pub fn enter(
                 format!("created by `gpuslice run` (pid {})\n", std::process::id()).as_bytes(),
             )
             .map_err(TenancyError::io("write", &marker_path))?;
-            marker
-                .lock_shared()
-                .map_err(TenancyError::io("lock", &marker_path))?;
+            let membership = locks.handle()?;
+            membership.lock_wait(lock_bytes::RUN_MEMBERS, LockKind::Shared)?;
             ledger.write_quota(tenant, quota)?;
             return Ok(Membership {
                 ledger: ledger.clone(),
                 tenant: tenant.clone(),
                 entry: Entry::Created,
-                marker: Some(marker),
+                membership: Some(membership),
             });
         };
-        let marker = match File::open(&marker_path) {
-            Ok(marker) => Some(marker),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(TenancyError::io("open", &marker_path)(e)),
+        let run_created = marker_path.exists();
+        let membership = if run_created {
+            Some(locks.handle()?)
+        } else {
+            None
         };
-        if let Some(marker) = &marker
-            && is_abandoned(ledger, tenant, marker, &marker_path)?
+        if let Some(membership) = &membership
+            && is_abandoned(ledger, tenant, membership)?
         {
             ledger.remove_tenant(tenant)?;
             continue;
@@ -179,17 +190,15 @@ pub fn enter(
                 tenant: tenant.clone(),
             });
         }
-        if let Some(marker) = &marker {
+        if let Some(membership) = &membership {
             // Also turns the exclusive lock `is_abandoned` may have taken back into a shared one.
-            marker
-                .lock_shared()
-                .map_err(TenancyError::io("lock", &marker_path))?;
+            membership.lock_wait(lock_bytes::RUN_MEMBERS, LockKind::Shared)?;
         }
         return Ok(Membership {
             ledger: ledger.clone(),
             tenant: tenant.clone(),
             entry: Entry::Joined(existing.quota()),
-            marker,
+            membership,
         });
     }
     Err(TenancyError::Unstable {
@@ -206,18 +215,14 @@ impl Membership {
     /// Leaves the tenant, removing it if this run is the last of a run-created tenant and
     /// no process holds a live slot in it.
     pub fn leave(self) -> Result<Departure, TenancyError> {
-        let Some(marker) = &self.marker else {
+        let Some(membership) = &self.membership else {
             return Ok(Departure::NotRunCreated);
         };
-        let dir = self.ledger.tenant_dir(&self.tenant);
-        let Some(_dir_lock) = lock_tenant_dir(&dir, false)? else {
+        let Some((_locks, _entry)) = lock_entry(&self.ledger, &self.tenant, false)? else {
             return Ok(Departure::AlreadyGone);
         };
-        let marker_path = dir.join(MARKER);
-        match marker.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Ok(Departure::OtherRuns),
-            Err(TryLockError::Error(e)) => return Err(TenancyError::io("lock", &marker_path)(e)),
+        if !membership.try_lock(lock_bytes::RUN_MEMBERS, LockKind::Exclusive)? {
+            return Ok(Departure::OtherRuns);
         }
         match live_slots(&self.ledger, &self.tenant)? {
             0 => {
@@ -229,18 +234,17 @@ impl Membership {
     }
 }
 
-/// Whether a run-created tenant has been left behind: no run holds its marker and no process
-/// a live slot. When it returns true the caller holds the marker exclusively.
+/// Whether a run-created tenant has been left behind: no run holds its membership lock and
+/// no process a live slot. When it returns true, `membership` holds that lock exclusively.
 fn is_abandoned(
     ledger: &Ledger,
     tenant: &TenantName,
-    marker: &File,
-    marker_path: &Path,
+    membership: &LockHandle,
 ) -> Result<bool, TenancyError> {
-    match marker.try_lock() {
-        Ok(()) => Ok(live_slots(ledger, tenant)? == 0),
-        Err(TryLockError::WouldBlock) => Ok(false),
-        Err(TryLockError::Error(e)) => Err(TenancyError::io("lock", marker_path)(e)),
+    if membership.try_lock(lock_bytes::RUN_MEMBERS, LockKind::Exclusive)? {
+        Ok(live_slots(ledger, tenant)? == 0)
+    } else {
+        Ok(false)
     }
 }
 
@@ -253,30 +257,27 @@ fn live_slots(ledger: &Ledger, tenant: &TenantName) -> Result<usize, TenancyErro
     }
 }
 
-/// Locks the tenant directory `dir` exclusively (creating it first if `create`), and
-/// returns the locked handle; the lock goes with it. `None` when the directory is missing
-/// (without `create`) or was removed or replaced while this process waited for the lock.
-fn lock_tenant_dir(dir: &Path, create: bool) -> Result<Option<File>, TenancyError> {
-    if create {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(TenancyError::io("create", dir))?;
-    }
-    let handle = match File::open(dir) {
-        Ok(handle) => handle,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(TenancyError::io("open", dir)(e)),
+/// Takes the tenant's entry lock (creating its lock file first if `create`), and returns the
+/// lock file with the description that holds the lock; the lock goes with it. `None` when
+/// the lock file is missing (without `create`) or was removed or replaced while this
+/// process waited for the lock.
+fn lock_entry(
+    ledger: &Ledger,
+    tenant: &TenantName,
+    create: bool,
+) -> Result<Option<(LockFile, LockHandle)>, TenancyError> {
+    let locks = if create {
+        ledger.open_locks(tenant)?
+    } else {
+        match ledger.open_existing_locks(tenant)? {
+            Some(locks) => locks,
+            None => return Ok(None),
+        }
     };
-    handle.lock().map_err(TenancyError::io("lock", dir))?;
-    let held = handle
-        .metadata()
-        .map_err(TenancyError::io("inspect", dir))?;
-    match fs::metadata(dir) {
-        Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => Ok(Some(handle)),
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TenancyError::io("inspect", dir)(e)),
+    let entry = locks.handle()?;
+    entry.lock_wait(lock_bytes::RUN_ENTRY, LockKind::Exclusive)?;
+    if !locks.is_still_at_its_path()? {
+        return Ok(None);
     }
+    Ok(Some((locks, entry)))
 }

@@ -184,7 +184,7 @@ fn memory_of_dead_processes_is_not_counted() {
     let dead = usage.claim_slot().unwrap();
     dead.try_reserve(index, 200 * MIB, u64::MAX).unwrap();
     // Drops the slot's lock without emptying it: what a process that died leaves behind.
-    dead.abandon_after_fork();
+    dead.close_as_if_dead();
 
     let status = t.status_json();
     let entry = tenant_entry(&status, "a");

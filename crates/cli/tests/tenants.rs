@@ -453,3 +453,59 @@ fn joining_with_a_higher_share_limit_or_priority_fails_and_a_lower_one_is_passed
     t.release();
     assert_eq!(first.wait(TIMEOUT).code, Some(0));
 }
+
+/// Makes `path` and its parents traversable (and readable) by everyone, as a shared ledger
+/// directory is, so that another user reaches it.
+fn open_to_others(path: &std::path::Path) {
+    for p in path
+        .ancestors()
+        .take_while(|p| *p != std::path::Path::new("/"))
+    {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o005)).unwrap();
+    }
+}
+
+#[test]
+fn another_users_locks_on_a_run_tenant_neither_hang_nor_keep_it() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to run the other user (uid 65534)");
+        return;
+    }
+    let t = TestDir::new();
+    let run = start_holding(&t, &["--tenant", "shared", "--memory", "1Gi"]);
+    open_to_others(&t.ledger_dir().join("tenants/shared"));
+    let dir = t.ledger_dir().join("tenants/shared");
+    let marker = dir.join("created-by-run");
+    // Another user holds flock(2) locks, exclusive, on what it can open of the tenant: its
+    // directory and marker (what runs locked before the tenant's lock file did it).
+    let mut other = Running::spawn(
+        std::process::Command::new("flock")
+            .arg("-x")
+            .arg(&dir)
+            .args(["flock", "-x"])
+            .arg(&marker)
+            .args(["sh", "-c"])
+            .arg("echo ready; sleep 600")
+            .uid(65534)
+            .gid(65534),
+    );
+    other.wait_for_line("ready");
+    // A second run of the tenant enters and leaves, and so does the first: nobody waits on
+    // the other user.
+    let out = finish(t.run(&["--tenant", "shared", "--", "true"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    t.release();
+    assert_eq!(run.wait(TIMEOUT).code, Some(0));
+    assert!(
+        !t.tenant_exists("shared"),
+        "the other user's locks kept the tenant"
+    );
+    assert!(
+        !t.ledger().lock_path(&tenant("shared")).exists(),
+        "the lock file goes with the tenant"
+    );
+    drop(other);
+}

@@ -126,8 +126,13 @@ pub(crate) struct TempFile {
 }
 
 impl TempFile {
-    /// Creates `dir/.<stem>.tmp-<pid>-<n>` with mode 0644, `len` bytes of zeros.
-    pub(crate) fn create(dir: &Path, stem: &str, len: u64) -> Result<TempFile, LedgerError> {
+    /// Creates `dir/.<stem>.tmp-<pid>-<n>` with `mode`, `len` bytes of zeros.
+    pub(crate) fn create(
+        dir: &Path,
+        stem: &str,
+        len: u64,
+        mode: u32,
+    ) -> Result<TempFile, LedgerError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(".{stem}.tmp-{}-{n}", std::process::id()));
@@ -135,14 +140,14 @@ impl TempFile {
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(FILE_MODE)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| LedgerError::io(&path, "create", e))?;
         let temp = TempFile { path, file };
-        // The umask may have taken bits away; readers need 0644.
+        // The umask may have taken bits away (readers of a 0644 file need them).
         temp.file
-            .set_permissions(Permissions::from_mode(FILE_MODE))
+            .set_permissions(Permissions::from_mode(mode))
             .map_err(|e| LedgerError::io(&temp.path, "set the mode of", e))?;
         temp.file
             .set_len(len)

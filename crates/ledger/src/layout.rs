@@ -22,6 +22,8 @@ compile_error!("the gpuslice ledger layout is little-endian; big-endian targets 
 pub const QUOTA_MAGIC: [u8; 8] = *b"GPUSLQTA";
 /// The magic of a usage file, its first 8 bytes.
 pub const USAGE_MAGIC: [u8; 8] = *b"GPUSLUSE";
+/// The magic of a tenant's lock file, its first 8 bytes.
+pub const LOCK_MAGIC: [u8; 8] = *b"GPUSLLCK";
 
 /// Size of the header that starts both files.
 pub const HEADER_SIZE: usize = size_of::<Header>();
@@ -36,18 +38,19 @@ pub const QUOTA_TABLE_OFFSET: usize = offset_of!(QuotaLayout, gpus);
 pub const QUOTA_ENTRY_SIZE: usize = size_of::<QuotaGpu>();
 /// Length of a quota file.
 pub const QUOTA_FILE_SIZE: usize = size_of::<QuotaLayout>();
-/// The byte of a quota file that writers lock (OFD write lock) while they update it in place.
-pub const QUOTA_LOCK_BYTE: u64 = 0;
 
-/// Offset of the GPU table in a usage file (its header's `table_offset`); also the byte that
-/// is locked while a GPU is registered.
+/// Offset of the GPU table in a usage file (its header's `table_offset`).
 pub const USAGE_TABLE_OFFSET: usize = offset_of!(UsageLayout, gpus);
+/// Offset of the occupied-slot bitmap in a usage file: right after the GPU table,
+/// `MAX_SLOTS / 64` little-endian u64 words, bit *i* of word *w* for slot `64 w + i`.
+pub const USAGE_BITMAP_OFFSET: usize = offset_of!(UsageLayout, occupied);
+/// How many u64 words the occupied-slot bitmap has.
+pub const BITMAP_WORDS: usize = MAX_SLOTS / 64;
 /// Size of one GPU table entry of a usage file (its header's `entry_size`).
 pub const USAGE_ENTRY_SIZE: usize = size_of::<UsageGpu>();
 /// Offset of the process slots in a usage file (its header's `slot_offset`).
 pub const USAGE_SLOT_OFFSET: usize = offset_of!(UsageLayout, slots);
-/// Size of one process slot (its header's `slot_size`); slot *i*'s lock byte is at
-/// `USAGE_SLOT_OFFSET + i * USAGE_SLOT_SIZE`.
+/// Size of one process slot (its header's `slot_size`).
 pub const USAGE_SLOT_SIZE: usize = size_of::<Slot>();
 /// Offset of the per-GPU records inside a slot.
 pub const SLOT_GPUS_OFFSET: usize = offset_of!(Slot, gpus);
@@ -56,6 +59,26 @@ pub const SLOT_GPU_SIZE: usize = size_of::<SlotGpu>();
 /// Length of a usage file.
 pub const USAGE_FILE_SIZE: usize = size_of::<UsageLayout>();
 
+/// Length of a tenant's lock file: its header alone. The locks are on byte ranges, which need
+/// no bytes behind them.
+pub const LOCK_FILE_SIZE: usize = HEADER_SIZE;
+
+/// The bytes of a tenant's lock file (`<dir>/locks/<tenant>`) whose OFD locks coordinate
+/// the tenant's processes and its creator. Only the tenant's own processes and its creator
+/// can open the file (it is not in the directory other tenants see), so nobody else can
+/// hold, block or fake any of these locks.
+pub mod lock_bytes {
+    /// Write lock: held by a quota writer for the whole of an in-place update.
+    pub const QUOTA_UPDATE: u64 = 0;
+    /// Write lock: held while a GPU is added to the usage file's GPU table.
+    pub const GPU_TABLE: u64 = 1;
+    /// Write lock: held by `gpuslice run` while it enters or leaves the tenant.
+    pub const RUN_ENTRY: u64 = 2;
+    /// Read lock: held by every `gpuslice run` in the tenant for as long as it is in it.
+    pub const RUN_MEMBERS: u64 = 3;
+    /// Write lock on `SLOTS + i`: held by the process that owns slot *i*, for its life.
+    pub const SLOTS: u64 = 64;
+}
 /// Byte offsets of the header's fields (the same in both files).
 pub mod header {
     use super::Header;
@@ -99,8 +122,8 @@ pub(crate) struct Header {
     pub(crate) slot_offset: AtomicU64,
     pub(crate) entry_size: AtomicU32,
     pub(crate) slot_size: AtomicU32,
-    /// Usage: bit *i* set = slot *i* may hold usage. Quota: the generation (odd while an
-    /// update is being written).
+    /// Quota: the generation (odd while an update is being written). Usage and lock files:
+    /// 0 (the usage file's occupied bitmap has its own place, after the GPU table).
     pub(crate) word: AtomicU64,
 }
 
@@ -173,12 +196,15 @@ pub(crate) struct SlotGpu {
 pub(crate) struct Slot {
     /// 0 free, 1 live.
     pub(crate) state: AtomicU32,
-    /// Informational only: PIDs are not trusted across namespaces.
+    /// The process's PID in its own PID namespace. Informational only (reports match it
+    /// with the host's view of GPU processes); never trusted to prove anything.
     pub(crate) pid: AtomicU32,
     pub(crate) claimed_unix_ms: AtomicU64,
     /// The process's compute settings: [`ComputeSettings`](crate::ComputeSettings), packed.
     pub(crate) compute: AtomicU64,
-    pub(crate) reserved: AtomicU64,
+    /// The inode of the process's PID namespace (`/proc/self/ns/pid`), 0 if unknown:
+    /// with `pid`, what names the process from any namespace. Informational only.
+    pub(crate) pid_namespace: AtomicU64,
     pub(crate) gpus: [SlotGpu; MAX_GPUS],
 }
 
@@ -187,7 +213,15 @@ pub(crate) struct Slot {
 pub(crate) struct UsageLayout {
     pub(crate) header: Header,
     pub(crate) gpus: [UsageGpu; MAX_GPUS],
+    /// Bit *i* of word *w* set: slot `64 w + i` may hold usage.
+    pub(crate) occupied: [AtomicU64; BITMAP_WORDS],
     pub(crate) slots: [Slot; MAX_SLOTS],
+}
+
+/// A whole lock file: only the header (the locks are on byte ranges, see [`lock_bytes`]).
+#[repr(C)]
+pub(crate) struct LockLayout {
+    pub(crate) header: Header,
 }
 
 /// `GpuUuid` bytes as the two little-endian words they are stored as.
@@ -207,17 +241,17 @@ pub(crate) fn uuid_bytes(words: [u64; 2]) -> [u8; 16] {
     out
 }
 
-/// The byte a process locks to own slot `index`.
+/// The byte of the lock file a process locks to own slot `index`.
 pub(crate) fn slot_lock_byte(index: u32) -> u64 {
-    // Widening casts only: usize is at least 32 bits on every supported target.
-    (USAGE_SLOT_OFFSET as u64) + u64::from(index) * (USAGE_SLOT_SIZE as u64)
+    lock_bytes::SLOTS + u64::from(index)
 }
 
-/// Which of the two files.
+/// Which of the three files.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum FileKind {
     Quota,
     Usage,
+    Lock,
 }
 
 /// What a valid header of one kind of file holds.
@@ -256,6 +290,18 @@ pub(crate) const QUOTA_GEOMETRY: Geometry = Geometry {
     table_offset: QUOTA_TABLE_OFFSET as u64,
     slot_offset: 0,
     entry_size: QUOTA_ENTRY_SIZE_U32,
+    slot_size: 0,
+};
+
+/// A valid lock file's header.
+pub(crate) const LOCK_GEOMETRY: Geometry = Geometry {
+    kind: FileKind::Lock,
+    magic: LOCK_MAGIC,
+    file_size: LOCK_FILE_SIZE as u64,
+    max_slots: MAX_SLOTS_U32,
+    table_offset: 0,
+    slot_offset: 0,
+    entry_size: 0,
     slot_size: 0,
 };
 
@@ -304,13 +350,13 @@ impl Geometry {
         }
         let magic = read_array::<8>(bytes, header::MAGIC);
         if magic != self.magic {
-            let (other_kind, other_magic) = match self.kind {
-                FileKind::Quota => ("usage", USAGE_MAGIC),
-                FileKind::Usage => ("quota", QUOTA_MAGIC),
-            };
-            return if magic == other_magic {
+            let other = [FileKind::Quota, FileKind::Usage, FileKind::Lock]
+                .into_iter()
+                .find(|k| k.magic() == magic);
+            return if let Some(other) = other {
                 bad(format!(
-                    "it is a gpuslice {other_kind} file (magic {}), not a {} file",
+                    "it is a gpuslice {} file (magic {}), not a {} file",
+                    other.name(),
                     String::from_utf8_lossy(&magic),
                     self.kind.name()
                 ))
@@ -390,11 +436,21 @@ impl Geometry {
 }
 
 impl FileKind {
-    /// "quota" or "usage".
+    /// "quota", "usage" or "lock".
     pub(crate) fn name(self) -> &'static str {
         match self {
             FileKind::Quota => "quota",
             FileKind::Usage => "usage",
+            FileKind::Lock => "lock",
+        }
+    }
+
+    /// The magic its files start with.
+    fn magic(self) -> [u8; 8] {
+        match self {
+            FileKind::Quota => QUOTA_MAGIC,
+            FileKind::Usage => USAGE_MAGIC,
+            FileKind::Lock => LOCK_MAGIC,
         }
     }
 }
@@ -474,13 +530,15 @@ mod tests {
         assert_eq!(offset_of!(UsageGpu, refilled_at_ns), 48);
         assert_eq!(offset_of!(UsageGpu, throttled_ns), 56);
 
-        assert_eq!(USAGE_SLOT_OFFSET, 1088);
+        assert_eq!(USAGE_BITMAP_OFFSET, 1088);
+        assert_eq!(BITMAP_WORDS, 16);
+        assert_eq!(USAGE_SLOT_OFFSET, 1216);
         assert_eq!(USAGE_SLOT_SIZE, 544);
         assert_eq!(offset_of!(Slot, state), 0);
         assert_eq!(offset_of!(Slot, pid), 4);
         assert_eq!(offset_of!(Slot, claimed_unix_ms), 8);
         assert_eq!(offset_of!(Slot, compute), 16);
-        assert_eq!(offset_of!(Slot, reserved), 24);
+        assert_eq!(offset_of!(Slot, pid_namespace), 24);
         assert_eq!(SLOT_GPUS_OFFSET, 32);
         assert_eq!(SLOT_GPU_SIZE, 32);
         assert_eq!(offset_of!(SlotGpu, memory_bytes), 0);
@@ -488,8 +546,9 @@ mod tests {
         assert_eq!(offset_of!(SlotGpu, pending_bytes), 16);
         assert_eq!(offset_of!(SlotGpu, activity), 24);
 
-        assert_eq!(USAGE_FILE_SIZE, 1088 + 64 * 544);
-        assert_eq!(USAGE_FILE_SIZE, 35904);
+        assert_eq!(MAX_SLOTS, 1024);
+        assert_eq!(USAGE_FILE_SIZE, 1216 + 1024 * 544);
+        assert_eq!(USAGE_FILE_SIZE, 558_272);
     }
 
     #[test]
@@ -500,26 +559,33 @@ mod tests {
         assert_eq!(USAGE_SLOT_SIZE % 8, 0);
         assert_eq!(USAGE_ENTRY_SIZE % 8, 0);
         assert_eq!(QUOTA_ENTRY_SIZE % 8, 0);
+        assert_eq!(USAGE_BITMAP_OFFSET % 8, 0);
+        assert_eq!(USAGE_SLOT_OFFSET % 64, 0);
     }
 
     #[test]
-    fn lock_bytes_are_distinct_and_inside_the_file() {
-        let registration = USAGE_TABLE_OFFSET as u64;
-        let mut seen = vec![registration];
+    fn lock_bytes_are_distinct() {
+        let mut seen = vec![
+            lock_bytes::QUOTA_UPDATE,
+            lock_bytes::GPU_TABLE,
+            lock_bytes::RUN_ENTRY,
+            lock_bytes::RUN_MEMBERS,
+        ];
         for i in 0..u32::try_from(MAX_SLOTS).unwrap() {
             let b = slot_lock_byte(i);
-            assert!(b < USAGE_FILE_SIZE as u64);
             assert!(!seen.contains(&b));
             seen.push(b);
         }
-        assert_eq!(slot_lock_byte(0), 1088);
-        assert_eq!(slot_lock_byte(63), 1088 + 63 * 544);
+        assert_eq!(slot_lock_byte(0), 64);
+        assert_eq!(slot_lock_byte(1023), 64 + 1023);
+        assert_eq!(LOCK_FILE_SIZE, 64);
     }
 
     #[test]
     fn magics_are_the_documented_ascii() {
         assert_eq!(&QUOTA_MAGIC, b"GPUSLQTA");
         assert_eq!(&USAGE_MAGIC, b"GPUSLUSE");
+        assert_eq!(&LOCK_MAGIC, b"GPUSLLCK");
     }
 
     #[test]

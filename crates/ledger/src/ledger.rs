@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::LedgerError;
-use crate::files;
+use crate::files::{self, Access};
 use crate::limits::TenantQuota;
+use crate::locks::LockFile;
 use crate::names::TenantName;
 use crate::quota::{self, QuotaFile};
 use crate::snapshot::{UsageReader, UsageSnapshot};
@@ -15,6 +16,8 @@ use crate::usage::UsageFile;
 
 /// The name of the directory that holds one directory per tenant.
 const TENANTS_DIR: &str = "tenants";
+/// The name of the directory that holds one lock file per tenant.
+const LOCKS_DIR: &str = "locks";
 /// A tenant's quota file, inside its directory.
 const QUOTA_FILE: &str = "quota";
 /// A tenant's usage file, inside its directory.
@@ -25,11 +28,16 @@ const USAGE_FILE: &str = "usage";
 /// ```text
 /// <dir>/tenants/<tenant>/quota   written by whoever created the tenant; read-only to it
 /// <dir>/tenants/<tenant>/usage   written by the tenant's processes; read-only to others
+/// <dir>/locks/<tenant>           the tenant's locks: its processes' and creator's alone
 /// ```
+///
+/// `tenants/` is what every tenant sees (read-only); `locks/` is never shown to other
+/// tenants (each container gets its own tenant's lock file, nothing else of it).
 #[derive(Debug, Clone)]
 pub struct Ledger {
     dir: PathBuf,
     tenants: PathBuf,
+    locks: PathBuf,
 }
 
 impl Ledger {
@@ -59,17 +67,29 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// The paths of a ledger at `dir`, opening nothing (to name the paths of a ledger as
+    /// another mount namespace sees it, say).
+    pub fn at_path(dir: &Path) -> Ledger {
+        Ledger::at(dir)
+    }
+
     /// The paths of a ledger at `dir`.
     fn at(dir: &Path) -> Ledger {
         Ledger {
             dir: dir.to_path_buf(),
             tenants: dir.join(TENANTS_DIR),
+            locks: dir.join(LOCKS_DIR),
         }
     }
 
     /// The ledger directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory of the tenants' directories: `<dir>/tenants`.
+    pub fn tenants_dir(&self) -> &Path {
+        &self.tenants
     }
 
     /// The directory of tenant `t`: `<dir>/tenants/<t>`.
@@ -87,6 +107,43 @@ impl Ledger {
         self.tenant_dir(t).join(USAGE_FILE)
     }
 
+    /// The directory of the tenants' lock files: `<dir>/locks`.
+    pub fn locks_dir(&self) -> &Path {
+        &self.locks
+    }
+
+    /// The lock file of tenant `t`: `<dir>/locks/<t>`.
+    pub fn lock_path(&self, t: &TenantName) -> PathBuf {
+        self.locks.join(t.as_str())
+    }
+
+    /// Opens the tenant's lock file read-write, creating it (mode 0600, and `locks/` if
+    /// needed) if missing. An existing one is opened without touching its directory (in a
+    /// container it is a file bind-mounted on its own).
+    pub fn open_locks(&self, t: &TenantName) -> Result<LockFile, LedgerError> {
+        let path = self.lock_path(t);
+        if let Some(locks) = LockFile::open(&path, Access::ReadWrite)? {
+            return Ok(locks);
+        }
+        files::ensure_dir(&self.locks)?;
+        LockFile::create(&self.locks, &path)?;
+        LockFile::open(&path, Access::ReadWrite)?
+            .ok_or_else(|| LedgerError::io(&path, "open", io::Error::from(io::ErrorKind::NotFound)))
+    }
+
+    /// Opens the tenant's lock file read-write if it exists; `None` if it does not.
+    pub fn open_existing_locks(&self, t: &TenantName) -> Result<Option<LockFile>, LedgerError> {
+        LockFile::open(&self.lock_path(t), Access::ReadWrite)
+    }
+
+    /// The tenant's lock file for asking who holds its locks, where this process may open it
+    /// (read-only is enough to ask); `None` where it is missing or this process may not.
+    fn probe_locks(&self, t: &TenantName) -> Option<LockFile> {
+        LockFile::open(&self.lock_path(t), Access::ReadOnly)
+            .ok()
+            .flatten()
+    }
+
     /// Creates or updates the tenant's quota file (the creator's side).
     ///
     /// The first write builds the whole file under a temporary name and then links it into
@@ -94,16 +151,20 @@ impl Ledger {
     /// place, atomically, and bump the generation, so tenants that have the file mapped see
     /// the change at once. Refuses more than [`MAX_GPUS`](crate::MAX_GPUS) per-GPU entries,
     /// the same GPU twice, and permille values outside 1..=1000.
+    ///
+    /// Writers serialize on the tenant's lock file, which is created (mode 0600) if missing.
     pub fn write_quota(&self, t: &TenantName, q: &TenantQuota) -> Result<(), LedgerError> {
-        quota::write_quota(&self.tenant_dir(t), &self.quota_path(t), q)
+        let locks = self.open_locks(t)?;
+        quota::write_quota(&self.tenant_dir(t), &self.quota_path(t), &locks, q)
     }
 
     /// Opens the tenant's quota file; `None` when the tenant has none.
     pub fn read_quota(&self, t: &TenantName) -> Result<Option<QuotaFile>, LedgerError> {
-        QuotaFile::open(&self.quota_path(t))
+        QuotaFile::open(&self.quota_path(t), self.probe_locks(t))
     }
 
-    /// Opens the tenant's usage file read-write, creating it if missing.
+    /// Opens the tenant's usage file read-write, with its lock file, creating either if
+    /// missing (the lock file first, see [`Ledger::open_locks`]).
     ///
     /// An existing file is opened without touching its directory (which may be a read-only
     /// mount with only the file bind-mounted writable). A missing one is built under a
@@ -111,22 +172,23 @@ impl Ledger {
     /// created first. Creates `tenants/<t>/` if needed.
     pub fn open_usage(&self, t: &TenantName) -> Result<Arc<UsageFile>, LedgerError> {
         let path = self.usage_path(t);
-        if let Some(usage) = UsageFile::open(&path)? {
-            return Ok(Arc::new(usage));
+        let locks = self.open_locks(t)?;
+        if !path.exists() {
+            let dir = self.tenant_dir(t);
+            files::ensure_dir(&dir)?;
+            UsageFile::create(&dir, &path)?;
         }
-        let dir = self.tenant_dir(t);
-        files::ensure_dir(&dir)?;
-        UsageFile::create(&dir, &path)?;
-        UsageFile::open(&path)?
+        UsageFile::open(&path, locks)?
             .map(Arc::new)
             .ok_or_else(|| LedgerError::io(&path, "open", io::Error::from(io::ErrorKind::NotFound)))
     }
 
     /// A point-in-time copy of the tenant's usage file, read with `pread` (no mapping), for
     /// observers: a tenant truncating its own file can never crash an observer with SIGBUS;
-    /// the observer gets an error instead.
+    /// the observer gets an error instead. Whether each slot is live is asked of the
+    /// tenant's lock file, where this process may open it (else every slot reads as live).
     pub fn snapshot_usage(&self, t: &TenantName) -> Result<UsageSnapshot, LedgerError> {
-        UsageSnapshot::read(&self.usage_path(t))
+        UsageSnapshot::read(&self.usage_path(t), self.probe_locks(t).as_ref())
     }
 
     /// A reader of `t`'s usage file that copies it anew on each read without opening it
@@ -153,15 +215,21 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Removes the tenant's directory and everything in it. Processes that still have its
-    /// files open keep their (now nameless) copies. Removing a tenant that does not exist is
-    /// not an error.
+    /// Removes the tenant's directory and everything in it, then its lock file. Processes
+    /// that still have its files open keep their (now nameless) copies. Removing a tenant
+    /// that does not exist is not an error.
     pub fn remove_tenant(&self, t: &TenantName) -> Result<(), LedgerError> {
         let dir = self.tenant_dir(t);
         match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LedgerError::io(&dir, "remove", e)),
+        }
+        let lock = self.lock_path(t);
+        match fs::remove_file(&lock) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(LedgerError::io(&dir, "remove", e)),
+            Err(e) => Err(LedgerError::io(&lock, "remove", e)),
         }
     }
 }

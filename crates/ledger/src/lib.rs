@@ -110,6 +110,7 @@ mod files;
 pub mod layout;
 mod ledger;
 mod limits;
+mod locks;
 mod names;
 mod quantity;
 mod quota;
@@ -124,6 +125,7 @@ pub use compute::{Activity, ComputeSettings, PERCENT_FORM, parse_percent, parse_
 pub use error::LedgerError;
 pub use ledger::Ledger;
 pub use limits::{Limits, PERMILLE_MAX, Priority, TenantQuota};
+pub use locks::{LockFile, LockHandle, LockKind};
 pub use names::{GpuUuid, MAX_TENANT_NAME_LEN, TenantName};
 pub use quantity::parse_quantity;
 pub use quota::QuotaFile;
@@ -136,6 +138,13 @@ pub use variables::SHIM_VARIABLES;
 /// entries in a usage file).
 pub const MAX_GPUS: usize = 16;
 /// How many processes of one tenant can use GPUs at once (process slots in a usage file).
-pub const MAX_SLOTS: usize = 64;
+/// Far more than a tenant runs (a training job with a process per GPU and data-loader
+/// workers, an inference server with a worker per model); the file is sparse, so slots that
+/// were never used take no memory.
+pub const MAX_SLOTS: usize = 1024;
 /// The version of the on-disk layout; a file of another version is refused.
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// Version 2 moved every lock into the tenant's lock file (version 1 locked bytes of the
+/// usage and quota files, which every tenant can open read-only and so read-lock), grew the
+/// slots from 64 to 1024 with a bitmap of its own, and records each slot's PID namespace.
+pub const LAYOUT_VERSION: u32 = 2;

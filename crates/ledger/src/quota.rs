@@ -4,9 +4,12 @@
 //! Consistency between the many fields of an update comes from the header's generation, used
 //! as a sequence lock: a writer makes it odd, stores the new values, and makes it even again
 //! (one greater than before, plus one); a reader retries while it is odd or changed under it.
-//! Writers serialize among themselves with an OFD write lock on byte 0, held for the whole
-//! update, so a reader can tell a writer that is slow (descheduled with the generation odd:
-//! wait for it) from one that died mid-update (the lock is gone with its process).
+//! Writers serialize among themselves with an OFD write lock on the tenant's lock file (its
+//! [`QUOTA_UPDATE`](lock_bytes::QUOTA_UPDATE) byte), held for the whole update, so a reader
+//! can tell a writer that is slow (descheduled with the generation odd: wait for it) from one
+//! that died mid-update (the lock is gone with its process). The lock is in the lock file,
+//! not the quota file, because every tenant can open the quota file read-only, and a read
+//! lock on it would have blocked writers and faked a live one.
 
 use std::fmt;
 use std::fs::File;
@@ -18,11 +21,12 @@ use std::time::Duration;
 
 use crate::error::LedgerError;
 use crate::files::{self, Access, TempFile};
-use crate::layout::{QUOTA_FILE_SIZE, QUOTA_GEOMETRY, QUOTA_LOCK_BYTE, QuotaLayout, RawLimits};
+use crate::layout::{QUOTA_FILE_SIZE, QUOTA_GEOMETRY, QuotaLayout, RawLimits, lock_bytes};
 use crate::layout::{uuid_bytes, uuid_words};
 use crate::limits::{Limits, TenantQuota};
+use crate::locks::{LockFile, LockKind};
 use crate::names::GpuUuid;
-use crate::sys::{self, View};
+use crate::sys::View;
 
 /// How many times a reader retries at once while a writer is mid-update. An update takes
 /// microseconds, so this covers it unless the writer was descheduled.
@@ -35,15 +39,24 @@ const RETRY_SLEEP: Duration = Duration::from_micros(100);
 /// stopped (a debugger, a frozen cgroup), and a tenant's allocation must not hang on it.
 const MAX_SLEEPS: u32 = 10_000;
 
+/// How long a writer waits for the update lock before giving up: writers hold it for
+/// microseconds, so a longer wait means one of the tenant's own processes holds it (they
+/// can open the lock file too), and the writer, often the device plugin serving every
+/// tenant, must not hang on it.
+const WRITER_WAIT: Duration = Duration::from_secs(2);
+
 /// A tenant's quota file, mapped read-only and validated when opened.
 ///
 /// Reads are live: an update written while the file is open is seen by the next call, so a
 /// running tenant picks up a new quota without restarting.
 pub struct QuotaFile {
     path: PathBuf,
-    /// Kept open to ask whether a writer holds the update lock.
-    file: File,
+    /// Kept open with the mapping.
+    _file: File,
     view: View<QuotaLayout>,
+    /// The tenant's lock file, to ask whether a writer holds the update lock; `None` where
+    /// this process cannot open it (then an odd generation is waited out to the bound).
+    locks: Option<LockFile>,
 }
 
 impl fmt::Debug for QuotaFile {
@@ -56,8 +69,12 @@ impl fmt::Debug for QuotaFile {
 }
 
 impl QuotaFile {
-    /// Opens and validates the quota file at `path`; `None` if there is none.
-    pub(crate) fn open(path: &Path) -> Result<Option<QuotaFile>, LedgerError> {
+    /// Opens and validates the quota file at `path`; `None` if there is none. `locks` is the
+    /// tenant's lock file, where this process can open it.
+    pub(crate) fn open(
+        path: &Path,
+        locks: Option<LockFile>,
+    ) -> Result<Option<QuotaFile>, LedgerError> {
         let Some(file) = files::open_existing(path, Access::ReadOnly)? else {
             return Ok(None);
         };
@@ -65,8 +82,9 @@ impl QuotaFile {
         let view = View::map(file.as_fd(), false).map_err(|e| LedgerError::io(path, "map", e))?;
         let quota = QuotaFile {
             path: path.to_path_buf(),
-            file,
+            _file: file,
             view,
+            locks,
         };
         if let Some(problem) = quota.read_consistent(entry_problem) {
             return Err(LedgerError::corrupt(path, problem));
@@ -148,9 +166,12 @@ impl QuotaFile {
             if attempts >= SPINS_BEFORE_SLEEPING + MAX_SLEEPS {
                 return value;
             }
-            // A probe that fails cannot tell: settle rather than wait out the bound.
-            let writer_holds_lock =
-                sys::ofd_is_locked(self.file.as_fd(), QUOTA_LOCK_BYTE).unwrap_or(false);
+            // Without the lock file nothing tells a slow writer from a dead one: wait out the
+            // bound (a writer that died mid-update is the rare case).
+            let writer_holds_lock = self
+                .locks
+                .as_ref()
+                .is_none_or(|locks| locks.is_locked(lock_bytes::QUOTA_UPDATE));
             // Re-read after the probe: a writer that just finished released the lock too.
             if before == after && !writer_holds_lock && generation.load(Acquire) == before {
                 return value;
@@ -218,14 +239,20 @@ fn zero_limits(raw: &RawLimits) {
 }
 
 /// Writes `q` as the quota file at `path` inside the tenant directory `dir`: a new file is
-/// published whole; an existing one is updated in place, live.
-pub(crate) fn write_quota(dir: &Path, path: &Path, q: &TenantQuota) -> Result<(), LedgerError> {
+/// published whole; an existing one is updated in place, live, under the update lock of the
+/// tenant's lock file `locks`.
+pub(crate) fn write_quota(
+    dir: &Path,
+    path: &Path,
+    locks: &LockFile,
+    q: &TenantQuota,
+) -> Result<(), LedgerError> {
     q.check(path)?;
-    if update_in_place(path, q)? {
+    if update_in_place(path, locks, q)? {
         return Ok(());
     }
     files::ensure_dir(dir)?;
-    let temp = TempFile::create(dir, "quota", QUOTA_FILE_SIZE as u64)?;
+    let temp = TempFile::create(dir, "quota", QUOTA_FILE_SIZE as u64, files::FILE_MODE)?;
     {
         let view = View::<QuotaLayout>::map(temp.file.as_fd(), true)
             .map_err(|e| LedgerError::io(&temp.path, "map", e))?;
@@ -240,7 +267,7 @@ pub(crate) fn write_quota(dir: &Path, path: &Path, q: &TenantQuota) -> Result<()
         return Ok(());
     }
     // Another writer published first: update theirs, so no reader is left on a stale file.
-    if update_in_place(path, q)? {
+    if update_in_place(path, locks, q)? {
         Ok(())
     } else {
         Err(LedgerError::io(
@@ -251,17 +278,32 @@ pub(crate) fn write_quota(dir: &Path, path: &Path, q: &TenantQuota) -> Result<()
     }
 }
 
+/// Takes the update lock of `locks` through a description of its own (so writers in other
+/// threads wait too), waiting at most [`WRITER_WAIT`].
+fn lock_for_update(locks: &LockFile) -> Result<crate::locks::LockHandle, LedgerError> {
+    let handle = locks.handle()?;
+    let started = std::time::Instant::now();
+    while !handle.try_lock(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)? {
+        if started.elapsed() >= WRITER_WAIT {
+            return Err(LedgerError::LockHeld {
+                path: locks.path().to_path_buf(),
+                what: "the quota update lock",
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(handle)
+}
+
 /// Updates an existing quota file in place; `false` if there is none.
-fn update_in_place(path: &Path, q: &TenantQuota) -> Result<bool, LedgerError> {
+fn update_in_place(path: &Path, locks: &LockFile, q: &TenantQuota) -> Result<bool, LedgerError> {
     let Some(file) = files::open_existing(path, Access::ReadWrite)? else {
         return Ok(false);
     };
     files::validate(&file, path, &QUOTA_GEOMETRY)?;
     let view = View::<QuotaLayout>::map(file.as_fd(), true)
         .map_err(|e| LedgerError::io(path, "map", e))?;
-    // This call's own open file description, so writers in other threads wait here too.
-    sys::ofd_lock_wait(file.as_fd(), QUOTA_LOCK_BYTE)
-        .map_err(|e| LedgerError::io(path, "lock", e))?;
+    let lock = lock_for_update(locks)?;
     let layout = view.get();
     let generation = &layout.header.word;
     // Odd already means a writer died mid-update; we hold the lock, so just finish its job.
@@ -272,8 +314,7 @@ fn update_in_place(path: &Path, q: &TenantQuota) -> Result<bool, LedgerError> {
     store_quota(layout, q);
     generation.store(odd.wrapping_add(1), Release);
     drop(view);
-    sys::ofd_unlock(file.as_fd(), QUOTA_LOCK_BYTE)
-        .map_err(|e| LedgerError::io(path, "unlock", e))?;
+    lock.unlock(lock_bytes::QUOTA_UPDATE)?;
     Ok(true)
 }
 
@@ -293,25 +334,45 @@ mod tests {
         }
     }
 
+    /// The tenant's lock file in `dir`, created.
+    fn lock_file(dir: &Path) -> LockFile {
+        let path = dir.join("lock");
+        LockFile::create(dir, &path).expect("create the lock file");
+        LockFile::open(&path, Access::ReadWrite)
+            .expect("open")
+            .expect("exists")
+    }
+
     /// A quota file holding `memory_only(1)`, open for reading, and a writable view of it
-    /// through a second open file description (a writer's).
-    fn quota_file() -> (tempfile::TempDir, QuotaFile, File, View<QuotaLayout>) {
+    /// with a description of the lock file (a writer's).
+    fn quota_file() -> (
+        tempfile::TempDir,
+        QuotaFile,
+        crate::locks::LockHandle,
+        View<QuotaLayout>,
+    ) {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("quota");
-        write_quota(dir.path(), &path, &memory_only(1)).expect("first write");
-        let reader = QuotaFile::open(&path).expect("open").expect("exists");
+        let locks = lock_file(dir.path());
+        write_quota(dir.path(), &path, &locks, &memory_only(1)).expect("first write");
+        let writer_lock = locks.handle().expect("a description of the lock file");
+        let reader = QuotaFile::open(&path, Some(locks))
+            .expect("open")
+            .expect("exists");
         let writer = files::open_existing(&path, Access::ReadWrite)
             .expect("open")
             .expect("exists");
         let view = View::<QuotaLayout>::map(writer.as_fd(), true).expect("map");
-        (dir, reader, writer, view)
+        (dir, reader, writer_lock, view)
     }
 
     #[test]
     fn reader_waits_for_a_writer_descheduled_mid_update() {
         let (_dir, reader, writer, view) = quota_file();
         let generation = &view.get().header.word;
-        sys::ofd_lock_wait(writer.as_fd(), QUOTA_LOCK_BYTE).expect("lock");
+        writer
+            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
+            .expect("lock");
         let odd = generation.load(Relaxed) | 1;
         generation.store(odd, Release);
         // Half an update: only the memory limit written so far.
@@ -328,7 +389,7 @@ mod tests {
             assert!(!finished.load(Acquire), "read a half-written update");
             memory_only(3).defaults.store(&view.get().defaults);
             generation.store(odd + 1, Release);
-            sys::ofd_unlock(writer.as_fd(), QUOTA_LOCK_BYTE).expect("unlock");
+            writer.unlock(lock_bytes::QUOTA_UPDATE).expect("unlock");
             assert_eq!(read.join().expect("reader").memory_bytes, Some(3));
         });
     }
@@ -337,7 +398,9 @@ mod tests {
     fn reader_does_not_hang_on_a_writer_stopped_mid_update() {
         let (_dir, reader, writer, view) = quota_file();
         let generation = &view.get().header.word;
-        sys::ofd_lock_wait(writer.as_fd(), QUOTA_LOCK_BYTE).expect("lock");
+        writer
+            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
+            .expect("lock");
         generation.store(generation.load(Relaxed) | 1, Release);
         let start = Instant::now();
         assert_eq!(reader.defaults().memory_bytes, Some(1));

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use crate::layout::{Slot, SlotGpu};
-use crate::usage::{
-    GpuIndex, UsageFile, bit, claimed, clear_slot, committed, saturating_sub, slot_gpu,
-};
+use crate::usage::{GpuIndex, UsageFile, claimed, clear_slot, committed, saturating_sub, slot_gpu};
 
 /// How often [`ProcessSlot::try_reserve`] retries after a transient clash.
 const RESERVE_ATTEMPTS: u32 = 64;
@@ -40,9 +38,10 @@ impl std::error::Error for OverLimit {}
 
 /// This process's slot in its tenant's usage file: the counters it reserves memory in.
 ///
-/// Ownership is proven by an OFD write lock on the slot's byte, carried by a file description
-/// only this value holds. Dropping it gives the slot back cleanly; if the process dies
-/// instead, the kernel drops the lock and the next [`UsageFile::reclaim_dead`] or
+/// Ownership is proven by an OFD write lock on the slot's byte of the tenant's lock file,
+/// carried by a file description only this value (and the process's forked children) hold.
+/// Dropping it gives the slot back cleanly; if the process dies instead, the kernel drops the
+/// lock once its last forked child is gone too, and the next [`UsageFile::reclaim_dead`] or
 /// [`UsageFile::claim_slot`] empties the slot.
 ///
 /// Share it between the process's threads (`&ProcessSlot` is enough for every operation).
@@ -109,9 +108,9 @@ impl ProcessSlot {
             return refuse(0);
         };
         let layout = self.file.layout();
-        let own_bit = bit(self.index);
+        let own_slot = Some(self.index);
         if bytes > limit {
-            return refuse(committed(layout, g, own_bit));
+            return refuse(committed(layout, g, own_slot));
         }
         let mut others = 0;
         for _ in 0..RESERVE_ATTEMPTS {
@@ -122,11 +121,11 @@ impl ProcessSlot {
                 // The counter wrapped (no real GPU gets here): undo exactly, since a
                 // saturating undo of a wrapped add would lose what the slot held, and refuse.
                 own.pending_bytes.fetch_sub(bytes, SeqCst);
-                return refuse(committed(layout, g, own_bit));
+                return refuse(committed(layout, g, own_slot));
             }
             // A saturated sum means the counters would wrap: never grant that, even against
             // an unlimited quota. Below it, the own counter (part of the sum) cannot wrap.
-            let total = claimed(layout, g, own_bit);
+            let total = claimed(layout, g, own_slot);
             if total < u64::MAX && total <= limit {
                 // Granted: hold the bytes before dropping the announcement, so the claim is
                 // never absent while the reservation stands.
@@ -135,9 +134,9 @@ impl ProcessSlot {
                 return Ok(());
             }
             saturating_sub(&own.pending_bytes, bytes);
-            others = claimed(layout, g, own_bit);
+            others = claimed(layout, g, own_slot);
             if others.saturating_add(bytes) > limit {
-                return refuse(committed(layout, g, own_bit));
+                return refuse(committed(layout, g, own_slot));
             }
             std::hint::spin_loop();
         }
@@ -187,21 +186,35 @@ impl ProcessSlot {
     }
 
     /// For a forked child: forgets this slot without touching it (the parent still owns it)
-    /// and closes the child's copy of the lock's descriptor, so that the lock dies with the
-    /// parent and not with whichever of the two exits last.
+    /// and keeps the child's copy of the lock's descriptor open for as long as the child
+    /// lives (it is closed on `exec`).
     ///
-    /// Async-signal-safe: it only calls `close()`. It frees nothing (the child's reference to
-    /// the usage file is leaked on purpose, as freeing memory is not async-signal-safe).
+    /// The child holds the parent's GPU memory as long as it holds the parent's descriptors
+    /// of the driver (the kernel frees a process's device memory when the last copy of them
+    /// closes, not when the process that allocated it dies), so the parent's charges must
+    /// stay until then too: the slot's lock, shared by both descriptors, goes with the last.
+    ///
+    /// Async-signal-safe: it calls nothing. It frees nothing (the child's reference to the
+    /// usage file and the descriptor are leaked on purpose).
     pub fn abandon_after_fork(self) {
-        let mut this = std::mem::ManuallyDrop::new(self);
-        drop(this.lock.take());
+        let _ = std::mem::ManuallyDrop::new(self);
+    }
+}
+
+impl ProcessSlot {
+    /// Closes the slot's lock without emptying the slot: what the kernel does when a process
+    /// dies. For tests of how dead processes are seen and reclaimed.
+    #[doc(hidden)]
+    pub fn close_as_if_dead(mut self) {
+        drop(self.lock.take());
     }
 }
 
 impl Drop for ProcessSlot {
     /// A clean exit: empties the slot (its GPU time goes to `retired_gpu_time_ns`), marks it
-    /// free, clears its bit, and only then closes the descriptor, which drops the lock. In a
-    /// forked child that did not call [`ProcessSlot::abandon_after_fork`] it only closes.
+    /// free, clears its bit, and only then closes the descriptor, which drops the lock (unless
+    /// a forked child still has a copy). In a forked child that did not call
+    /// [`ProcessSlot::abandon_after_fork`] it only closes its copy.
     fn drop(&mut self) {
         let Some(lock) = self.lock.take() else {
             return;

@@ -5,21 +5,20 @@
 //! only fail to validate, which is an error like any other.
 
 use std::mem::offset_of;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use crate::MAX_GPUS;
 use crate::compute::{Activity, ComputeSettings};
 use crate::error::LedgerError;
 use crate::files::{self, Access};
 use crate::layout::{
-    self, SLOT_GPU_SIZE, SLOT_GPUS_OFFSET, Slot, SlotGpu, USAGE_ENTRY_SIZE, USAGE_FILE_SIZE,
-    USAGE_GEOMETRY, USAGE_SLOT_OFFSET, USAGE_SLOT_SIZE, USAGE_TABLE_OFFSET, UsageGpu, read_array,
-    read_u32, read_u64, slot_lock_byte,
+    BITMAP_WORDS, SLOT_GPU_SIZE, SLOT_GPUS_OFFSET, Slot, SlotGpu, USAGE_BITMAP_OFFSET,
+    USAGE_ENTRY_SIZE, USAGE_FILE_SIZE, USAGE_GEOMETRY, USAGE_SLOT_OFFSET, USAGE_SLOT_SIZE,
+    USAGE_TABLE_OFFSET, UsageGpu, read_array, read_u32, read_u64, slot_lock_byte,
 };
+use crate::locks::LockFile;
 use crate::names::GpuUuid;
-use crate::sys;
-use crate::usage::{GpuIndex, SlotInfo};
-use crate::{MAX_GPUS, MAX_SLOTS};
+use crate::usage::{GpuIndex, SlotInfo, slots_in};
 
 /// One GPU table entry as copied.
 #[derive(Debug, Clone, Copy, Default)]
@@ -84,9 +83,10 @@ impl UsageReader {
     }
 
     /// A copy of the file now. Slots are not checked for a live owner (that takes a
-    /// system call per slot); their activity times say how current they are.
+    /// system call per slot, and the lock file is the tenant's own); their activity times
+    /// say how current they are.
     pub fn read(&mut self) -> Result<UsageSnapshot, LedgerError> {
-        UsageSnapshot::parse(&self.file, &self.path, &mut self.bytes, false)
+        UsageSnapshot::parse(&self.file, &self.path, &mut self.bytes, Liveness::Unchecked)
     }
 }
 
@@ -101,9 +101,22 @@ pub struct UsageSnapshot {
     slots: Vec<SlotRecord>,
 }
 
+/// Whether a copy asks who holds each occupied slot's lock.
+enum Liveness<'a> {
+    /// No: every slot reads as live.
+    Unchecked,
+    /// Yes, in this lock file; `None` where it cannot be opened (then every slot reads as
+    /// live: a process is never called dead on a guess).
+    Checked(Option<&'a LockFile>),
+}
+
 impl UsageSnapshot {
-    /// Copies and validates the usage file at `path`.
-    pub(crate) fn read(path: &Path) -> Result<UsageSnapshot, LedgerError> {
+    /// Copies and validates the usage file at `path`, asking the tenant's lock file `locks`
+    /// (where this process can open it) which slots are live.
+    pub(crate) fn read(
+        path: &Path,
+        locks: Option<&LockFile>,
+    ) -> Result<UsageSnapshot, LedgerError> {
         let file = files::open_existing(path, Access::ReadOnly)?.ok_or_else(|| {
             LedgerError::io(
                 path,
@@ -113,26 +126,47 @@ impl UsageSnapshot {
         })?;
         files::validate(&file, path, &USAGE_GEOMETRY)?;
         let mut bytes = vec![0u8; USAGE_FILE_SIZE];
-        UsageSnapshot::parse(&file, path, &mut bytes, true)
+        UsageSnapshot::parse(&file, path, &mut bytes, Liveness::Checked(locks))
     }
 
-    /// Copies `file` into `bytes` and reads it; `liveness`: ask the kernel whether each
-    /// occupied slot's owner holds its lock.
+    /// Copies what matters of `file` into `bytes` (the header, the GPU table, the bitmap and
+    /// the slots up to the last occupied one: slots are taken lowest first, so that is a
+    /// small part of the file) and reads it.
     fn parse(
         file: &std::fs::File,
         path: &Path,
         bytes: &mut [u8],
-        liveness: bool,
+        liveness: Liveness<'_>,
     ) -> Result<UsageSnapshot, LedgerError> {
-        let got =
-            files::read_at_most(file, bytes, 0).map_err(|e| LedgerError::io(path, "read", e))?;
-        if got != USAGE_FILE_SIZE {
-            return Err(LedgerError::corrupt(
+        let shrank = |got: usize, wanted: usize| {
+            LedgerError::corrupt(
                 path,
                 format!(
-                    "it shrank to {got} bytes while being read (its header records {USAGE_FILE_SIZE})"
+                    "it shrank to {got} of the {wanted} bytes being read (its header records \
+                     {USAGE_FILE_SIZE})"
                 ),
-            ));
+            )
+        };
+        let head = bytes
+            .get_mut(..USAGE_SLOT_OFFSET)
+            .ok_or_else(|| shrank(0, USAGE_SLOT_OFFSET))?;
+        let got =
+            files::read_at_most(file, head, 0).map_err(|e| LedgerError::io(path, "read", e))?;
+        if got != USAGE_SLOT_OFFSET {
+            return Err(shrank(got, USAGE_SLOT_OFFSET));
+        }
+        let bitmap: [u64; BITMAP_WORDS] =
+            std::array::from_fn(|w| read_u64(bytes, USAGE_BITMAP_OFFSET + 8 * w));
+        if let Some(last) = slots_in(bitmap).last() {
+            let end = USAGE_SLOT_OFFSET + (last as usize + 1) * USAGE_SLOT_SIZE;
+            let slots = bytes
+                .get_mut(USAGE_SLOT_OFFSET..end)
+                .ok_or_else(|| shrank(0, end))?;
+            let got = files::read_at_most(file, slots, USAGE_SLOT_OFFSET as u64)
+                .map_err(|e| LedgerError::io(path, "read", e))?;
+            if got != end - USAGE_SLOT_OFFSET {
+                return Err(shrank(USAGE_SLOT_OFFSET + got, end));
+            }
         }
 
         let mut gpus = [GpuRecord::default(); MAX_GPUS];
@@ -151,13 +185,9 @@ impl UsageSnapshot {
             };
         }
 
-        let bitmap = read_u64(bytes, layout::header::WORD);
         let mut slots = Vec::new();
-        for (i, index) in (0u32..).take(MAX_SLOTS).enumerate() {
-            if bitmap & (1u64 << i) == 0 {
-                continue;
-            }
-            let at = USAGE_SLOT_OFFSET + i * USAGE_SLOT_SIZE;
+        for index in slots_in(bitmap) {
+            let at = USAGE_SLOT_OFFSET + index as usize * USAGE_SLOT_SIZE;
             let mut memory = [0u64; MAX_GPUS];
             let mut gpu_time = [0u64; MAX_GPUS];
             let mut activity = [0u64; MAX_GPUS];
@@ -167,12 +197,15 @@ impl UsageSnapshot {
                 gpu_time[g] = read_u64(bytes, rec + offset_of!(SlotGpu, gpu_time_ns));
                 activity[g] = read_u64(bytes, rec + offset_of!(SlotGpu, activity));
             }
-            let live = !liveness
-                || sys::ofd_is_locked(file.as_fd(), slot_lock_byte(index)).unwrap_or(true);
+            let live = match liveness {
+                Liveness::Checked(Some(locks)) => locks.is_locked(slot_lock_byte(index)),
+                Liveness::Checked(None) | Liveness::Unchecked => true,
+            };
             slots.push(SlotRecord {
                 info: SlotInfo {
                     index,
                     pid: read_u32(bytes, at + offset_of!(Slot, pid)),
+                    pid_namespace: read_u64(bytes, at + offset_of!(Slot, pid_namespace)),
                     claimed_unix_ms: read_u64(bytes, at + offset_of!(Slot, claimed_unix_ms)),
                     live,
                     memory_bytes: (0u32..)

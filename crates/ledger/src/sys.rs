@@ -11,7 +11,7 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
-use crate::layout::{QuotaLayout, UsageLayout};
+use crate::layout::{LockLayout, QuotaLayout, UsageLayout};
 
 /// A layout that may be viewed through a shared mapping of a file.
 ///
@@ -29,6 +29,8 @@ pub(crate) unsafe trait SharedLayout: Sized {}
 unsafe impl SharedLayout for QuotaLayout {}
 // SAFETY: as for QuotaLayout: #[repr(C)], atomics only, no padding (tests check the size).
 unsafe impl SharedLayout for UsageLayout {}
+// SAFETY: as for QuotaLayout: #[repr(C)], one Header (atomics only, no padding).
+unsafe impl SharedLayout for LockLayout {}
 
 /// A `MAP_SHARED` mapping of the first `size_of::<T>()` bytes of a file, viewed as `T`.
 ///
@@ -148,10 +150,28 @@ fn fcntl_lock(fd: BorrowedFd<'_>, cmd: libc::c_int, fl: &mut libc::flock) -> io:
     }
 }
 
-/// Tries to take an OFD write lock on `byte` without waiting. `Ok(false)`: someone else (any
-/// other open file description, in any process) holds a lock on it.
-pub(crate) fn ofd_try_lock(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
-    let mut fl = one_byte(libc::F_WRLCK, byte)?;
+/// The two kinds of OFD lock.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum LockType {
+    /// `F_RDLCK`: needs a descriptor open for reading.
+    Read,
+    /// `F_WRLCK`: needs a descriptor open for writing.
+    Write,
+}
+
+impl LockType {
+    fn raw(self) -> libc::c_int {
+        match self {
+            LockType::Read => libc::F_RDLCK,
+            LockType::Write => libc::F_WRLCK,
+        }
+    }
+}
+
+/// Tries to take an OFD lock of `kind` on `byte` without waiting. `Ok(false)`: another open
+/// file description (in any process) holds a conflicting lock on it.
+pub(crate) fn ofd_try_lock(fd: BorrowedFd<'_>, byte: u64, kind: LockType) -> io::Result<bool> {
+    let mut fl = one_byte(kind.raw(), byte)?;
     match fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl) {
         Ok(()) => Ok(true),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
@@ -159,9 +179,9 @@ pub(crate) fn ofd_try_lock(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
     }
 }
 
-/// Takes an OFD write lock on `byte`, waiting for it.
-pub(crate) fn ofd_lock_wait(fd: BorrowedFd<'_>, byte: u64) -> io::Result<()> {
-    let mut fl = one_byte(libc::F_WRLCK, byte)?;
+/// Takes an OFD lock of `kind` on `byte`, waiting for it.
+pub(crate) fn ofd_lock_wait(fd: BorrowedFd<'_>, byte: u64, kind: LockType) -> io::Result<()> {
+    let mut fl = one_byte(kind.raw(), byte)?;
     loop {
         match fcntl_lock(fd, libc::F_OFD_SETLKW, &mut fl) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -176,7 +196,8 @@ pub(crate) fn ofd_unlock(fd: BorrowedFd<'_>, byte: u64) -> io::Result<()> {
     fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl)
 }
 
-/// Whether an open file description other than `fd`'s holds a lock on `byte`.
+/// Whether an open file description other than `fd`'s holds a lock (of either kind) on
+/// `byte`.
 pub(crate) fn ofd_is_locked(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
     let mut fl = one_byte(libc::F_WRLCK, byte)?;
     fcntl_lock(fd, libc::F_OFD_GETLK, &mut fl)?;

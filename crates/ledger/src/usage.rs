@@ -1,9 +1,10 @@
-//! Usage files: what a tenant's processes hold, per GPU and per process, with the slots that
-//! prove which processes are alive and the lock-free reservation protocol.
+//! Usage files: what a tenant's processes hold, per GPU and per process, in slots whose
+//! owners prove themselves alive through the tenant's lock file, and the lock-free
+//! reservation protocol.
 
 use std::fmt;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -13,23 +14,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::LedgerError;
 use crate::files::{self, Access, TempFile};
 use crate::layout::{
-    USAGE_FILE_SIZE, USAGE_GEOMETRY, USAGE_TABLE_OFFSET, UsageLayout, slot_lock_byte, uuid_bytes,
-    uuid_words,
+    BITMAP_WORDS, USAGE_FILE_SIZE, USAGE_GEOMETRY, UsageLayout, lock_bytes, slot_lock_byte,
+    uuid_bytes, uuid_words,
 };
+use crate::locks::{LockFile, LockKind};
 use crate::names::GpuUuid;
 use crate::slot::ProcessSlot;
 use crate::sys::{self, View};
 use crate::{MAX_GPUS, MAX_SLOTS};
 
-// The occupied-slot bitmap is one u64.
-const _: () = assert!(MAX_SLOTS == 64);
+// The occupied-slot bitmap is whole u64 words.
+const _: () = assert!(MAX_SLOTS.is_multiple_of(64) && BITMAP_WORDS * 64 == MAX_SLOTS);
 
 /// `state` of a GPU table entry that holds a GPU.
 const GPU_REGISTERED: u32 = 1;
 /// `state` of a slot owned by a live process.
 const SLOT_LIVE: u32 = 1;
-/// The byte whose lock serializes GPU registration.
-const GPU_TABLE_LOCK_BYTE: u64 = USAGE_TABLE_OFFSET as u64;
 
 /// A GPU's position in a usage file's GPU table (from [`UsageFile::register_gpu`]).
 ///
@@ -47,13 +47,14 @@ impl GpuIndex {
     }
 }
 
-/// Bit `index` of the occupied bitmap (0 for an index past it).
-pub(crate) fn bit(index: u32) -> u64 {
-    1u64.checked_shl(index).unwrap_or(0)
+/// Where slot `index`'s bit is in the occupied bitmap: its word and mask (`None` past it).
+pub(crate) fn bit(index: u32) -> Option<(usize, u64)> {
+    let index = usize::try_from(index).ok()?;
+    (index < MAX_SLOTS).then(|| (index / 64, 1u64 << (index % 64)))
 }
 
 /// The indexes of the set bits of `word`, lowest first.
-fn set_bits(mut word: u64) -> impl Iterator<Item = u32> {
+pub(crate) fn set_bits(mut word: u64) -> impl Iterator<Item = u32> {
     std::iter::from_fn(move || {
         if word == 0 {
             return None;
@@ -64,17 +65,38 @@ fn set_bits(mut word: u64) -> impl Iterator<Item = u32> {
     })
 }
 
+/// The slots in `words` (a bitmap of [`BITMAP_WORDS`] words), lowest first.
+pub(crate) fn slots_in(words: impl IntoIterator<Item = u64>) -> impl Iterator<Item = u32> {
+    (0u32..)
+        .step_by(64)
+        .zip(words)
+        .flat_map(|(base, word)| set_bits(word).map(move |i| base + i))
+}
+
+/// The occupied slots, and `extra` (a slot that counts whether or not its bit is set: the
+/// caller's own), lowest first. Each word is loaded once (SeqCst).
+fn occupied_and(layout: &UsageLayout, extra: Option<u32>) -> impl Iterator<Item = u32> + '_ {
+    let extra = extra.and_then(bit);
+    slots_in((0..BITMAP_WORDS).map(move |w| {
+        let word = layout.occupied.get(w).map_or(0, |a| a.load(SeqCst));
+        match extra {
+            Some((ew, mask)) if ew == w => word | mask,
+            _ => word,
+        }
+    }))
+}
+
 /// Slot indexes as the u32 the API uses (MAX_SLOTS fits).
 fn slot_indexes() -> impl Iterator<Item = u32> {
     (0u32..).take(MAX_SLOTS)
 }
 
-/// Sum of `memory_bytes` on GPU `gpu` over the slots in the occupied bitmap and in `extra`:
-/// what the tenant holds, as observers see it.
+/// Sum of `memory_bytes` on GPU `gpu` over the occupied slots and `extra`: what the tenant
+/// holds, as observers see it.
 #[inline]
-pub(crate) fn committed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
+pub(crate) fn committed(layout: &UsageLayout, gpu: usize, extra: Option<u32>) -> u64 {
     let mut total = 0u64;
-    for i in set_bits(layout.header.word.load(SeqCst) | extra) {
+    for i in occupied_and(layout, extra) {
         if let Some(rec) = slot_gpu(layout, i, gpu) {
             total = total.saturating_add(rec.memory_bytes.load(SeqCst));
         }
@@ -90,9 +112,9 @@ pub(crate) fn committed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
 /// pending before the move still sees the bytes there, one after it comes after the add to
 /// memory. Loaded the other way round, a read straddling the move would see neither.
 #[inline]
-pub(crate) fn claimed(layout: &UsageLayout, gpu: usize, extra: u64) -> u64 {
+pub(crate) fn claimed(layout: &UsageLayout, gpu: usize, extra: Option<u32>) -> u64 {
     let mut total = 0u64;
-    for i in set_bits(layout.header.word.load(SeqCst) | extra) {
+    for i in occupied_and(layout, extra) {
         if let Some(rec) = slot_gpu(layout, i, gpu) {
             let pending = rec.pending_bytes.load(SeqCst);
             let held = rec.memory_bytes.load(SeqCst);
@@ -123,13 +145,32 @@ fn slot_in_use(layout: &UsageLayout, index: u32) -> bool {
     else {
         return false;
     };
-    layout.header.word.load(SeqCst) & bit(index) != 0
+    is_occupied(layout, index)
         || slot.state.load(SeqCst) != 0
         || slot.gpus.iter().any(|g| {
             g.memory_bytes.load(SeqCst) != 0
                 || g.pending_bytes.load(SeqCst) != 0
                 || g.gpu_time_ns.load(SeqCst) != 0
         })
+}
+
+/// Whether slot `index`'s bit is set.
+fn is_occupied(layout: &UsageLayout, index: u32) -> bool {
+    bit(index).is_some_and(|(w, mask)| {
+        layout
+            .occupied
+            .get(w)
+            .is_some_and(|a| a.load(SeqCst) & mask != 0)
+    })
+}
+
+/// Sets slot `index`'s bit.
+fn set_occupied(layout: &UsageLayout, index: u32) {
+    if let Some((w, mask)) = bit(index)
+        && let Some(word) = layout.occupied.get(w)
+    {
+        word.fetch_or(mask, SeqCst);
+    }
 }
 
 /// Empties slot `index` and clears its bit. The caller holds the slot's lock. Its GPU time
@@ -154,9 +195,13 @@ pub(crate) fn clear_slot(layout: &UsageLayout, index: u32) -> [u64; MAX_GPUS] {
     slot.pid.store(0, Relaxed);
     slot.claimed_unix_ms.store(0, Relaxed);
     slot.compute.store(0, Relaxed);
-    slot.reserved.store(0, Relaxed);
+    slot.pid_namespace.store(0, Relaxed);
     slot.state.store(0, SeqCst);
-    layout.header.word.fetch_and(!bit(index), SeqCst);
+    if let Some((w, mask)) = bit(index)
+        && let Some(word) = layout.occupied.get(w)
+    {
+        word.fetch_and(!mask, SeqCst);
+    }
     freed
 }
 
@@ -177,6 +222,12 @@ pub(crate) fn saturating_sub(a: &AtomicU64, v: u64) {
     let _ = a.fetch_update(SeqCst, SeqCst, |cur| Some(cur.saturating_sub(v)));
 }
 
+/// The inode of this process's PID namespace, 0 if it cannot be read (no /proc).
+fn own_pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 fn now_unix_ms() -> u64 {
     SystemTime::now()
@@ -184,50 +235,52 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A tenant's usage file, mapped read-write (`MAP_SHARED`) and validated when opened.
+/// A tenant's usage file, mapped read-write (`MAP_SHARED`) and validated when opened, with
+/// the tenant's lock file, whose locks say which slots' processes are alive.
 ///
 /// Shared by all threads of a process (as `Arc<UsageFile>`), and through the file by all the
-/// tenant's processes. It holds no lock of its own: its file descriptor is only used to map
-/// the file and to ask who holds locks, so a forked child that inherits it inherits nothing
+/// tenant's processes. It holds no lock of its own: its descriptors are only used to map the
+/// file and to ask who holds locks, so a forked child that inherits them inherits nothing
 /// that could outlive the parent.
 pub struct UsageFile {
     path: PathBuf,
-    /// The description the mapping came from; never holds a lock.
-    file: File,
+    /// The description the mapping came from; kept open with the mapping.
+    _file: File,
     view: View<UsageLayout>,
-    /// (device, inode): new descriptions must reach the same file.
-    identity: (u64, u64),
+    /// The tenant's lock file: slot ownership and GPU registration are locked there.
+    locks: LockFile,
 }
 
 impl fmt::Debug for UsageFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageFile")
             .field("path", &self.path)
-            .field("fd", &self.file.as_raw_fd())
+            .field("locks", &self.locks)
             .finish_non_exhaustive()
     }
 }
 
 impl UsageFile {
-    /// Opens and validates the usage file at `path`; `None` if there is none.
-    pub(crate) fn open(path: &Path) -> Result<Option<UsageFile>, LedgerError> {
+    /// Opens and validates the usage file at `path`, whose slots `locks` guards; `None` if
+    /// there is none.
+    pub(crate) fn open(path: &Path, locks: LockFile) -> Result<Option<UsageFile>, LedgerError> {
         let Some(file) = files::open_existing(path, Access::ReadWrite)? else {
             return Ok(None);
         };
-        let meta = files::validate(&file, path, &USAGE_GEOMETRY)?;
+        files::validate(&file, path, &USAGE_GEOMETRY)?;
         let view = View::map(file.as_fd(), true).map_err(|e| LedgerError::io(path, "map", e))?;
         Ok(Some(UsageFile {
             path: path.to_path_buf(),
-            file,
+            _file: file,
             view,
-            identity: files::identity(&meta),
+            locks,
         }))
     }
 
     /// Creates an empty usage file at `path` in directory `dir`, unless one appears there
     /// first (then that one is kept).
     pub(crate) fn create(dir: &Path, path: &Path) -> Result<(), LedgerError> {
-        let temp = TempFile::create(dir, "usage", USAGE_FILE_SIZE as u64)?;
+        let temp = TempFile::create(dir, "usage", USAGE_FILE_SIZE as u64, files::FILE_MODE)?;
         {
             let view = View::<UsageLayout>::map(temp.file.as_fd(), true)
                 .map_err(|e| LedgerError::io(&temp.path, "map", e))?;
@@ -252,34 +305,9 @@ impl UsageFile {
         gpu.get().and_then(|g| self.view.get().gpus.get(g))
     }
 
-    /// A new open file description of this same file, for locks that must not be shared with
-    /// anything else (every `ProcessSlot`, every registration, every reclaim gets its own).
-    fn new_description(&self, action: &'static str) -> Result<File, LedgerError> {
-        // Through /proc the new description reaches our inode even if the path was replaced.
-        let via_proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&via_proc)
-        {
-            Ok(f) => f,
-            Err(_) => files::open_existing(&self.path, Access::ReadWrite)?.ok_or_else(|| {
-                LedgerError::io(
-                    &self.path,
-                    action,
-                    std::io::Error::from(std::io::ErrorKind::NotFound),
-                )
-            })?,
-        };
-        let meta = file
-            .metadata()
-            .map_err(|e| LedgerError::io(&self.path, "inspect", e))?;
-        if files::identity(&meta) != self.identity {
-            return Err(LedgerError::Replaced {
-                path: self.path.clone(),
-            });
-        }
-        Ok(file)
+    /// The tenant's lock file.
+    pub fn locks(&self) -> &LockFile {
+        &self.locks
     }
 
     /// Where `uuid` sits in the GPU table, if it was registered. Lock-free.
@@ -297,18 +325,18 @@ impl UsageFile {
 
     /// The index of `uuid`, adding it to the GPU table if it is not there yet. Idempotent,
     /// and safe against concurrent registration from any thread or process: the table is
-    /// changed only under an OFD write lock on the byte at `table_offset`, taken through a
-    /// description of this call's own and dropped before it returns.
+    /// changed only under a write lock on the lock file's
+    /// [`GPU_TABLE`](lock_bytes::GPU_TABLE) byte, taken through a description of this call's
+    /// own and dropped before it returns. Only the tenant's processes can hold that lock.
     pub fn register_gpu(&self, uuid: &GpuUuid) -> Result<GpuIndex, LedgerError> {
         if let Some(i) = self.gpu_index(uuid) {
             return Ok(i);
         }
-        let lock = self.new_description("lock the GPU table of")?;
-        sys::ofd_lock_wait(lock.as_fd(), GPU_TABLE_LOCK_BYTE)
-            .map_err(|e| LedgerError::io(&self.path, "lock the GPU table of", e))?;
+        let lock = self.locks.handle()?;
+        lock.lock_wait(lock_bytes::GPU_TABLE, LockKind::Exclusive)?;
         let result = self.register_locked(uuid);
         // Closing `lock` drops the lock too; unlocking first just makes it prompt.
-        let _ = sys::ofd_unlock(lock.as_fd(), GPU_TABLE_LOCK_BYTE);
+        let _ = lock.unlock(lock_bytes::GPU_TABLE);
         result
     }
 
@@ -357,7 +385,7 @@ impl UsageFile {
     /// [`UsageFile::reclaim_dead`] first for an exact figure), and, for an instant, requests
     /// that are being reserved and may still be refused.
     pub fn memory_used(&self, gpu: GpuIndex) -> u64 {
-        gpu.get().map_or(0, |g| committed(self.view.get(), g, 0))
+        gpu.get().map_or(0, |g| committed(self.view.get(), g, None))
     }
 
     /// The tenant's GPU time on `gpu` in nanoseconds: what departed processes were charged,
@@ -369,7 +397,7 @@ impl UsageFile {
             .gpus
             .get(g)
             .map_or(0, |e| e.retired_gpu_time_ns.load(SeqCst));
-        set_bits(layout.header.word.load(SeqCst))
+        occupied_and(layout, None)
             .filter_map(|i| slot_gpu(layout, i, g))
             .fold(retired, |t, rec| {
                 t.saturating_add(rec.gpu_time_ns.load(SeqCst))
@@ -392,26 +420,26 @@ impl UsageFile {
 
     /// Takes a process slot for this process.
     ///
-    /// Tries a non-blocking OFD write lock on each slot's byte, free-looking slots first,
-    /// through a new open file description that the returned [`ProcessSlot`] owns: the
-    /// kernel drops the lock when that description closes, which happens when the process
-    /// exits however it exits. A slot it locks that still holds usage belonged to a process
-    /// that died; it is emptied first. Then the slot is marked live with this process's PID
-    /// and the time, and its bit is set in the occupied bitmap.
+    /// Tries a non-blocking write lock on each slot's byte of the lock file, free-looking
+    /// slots first, through a new open file description that the returned [`ProcessSlot`]
+    /// owns: the kernel drops the lock when that description closes, which happens when the
+    /// process exits however it exits (and its forked children with it, which keep the
+    /// description, as they keep the driver's). A slot it locks that still holds usage
+    /// belonged to a process that died; it is emptied first. Then the slot is marked live with
+    /// this process's PID, PID namespace and the time, and its bit is set in the occupied
+    /// bitmap.
     pub fn claim_slot(self: &Arc<Self>) -> Result<ProcessSlot, LedgerError> {
-        let lock = self.new_description("claim a process slot in")?;
+        let lock = self.locks.new_description("claim a process slot in")?;
         let layout = self.view.get();
-        let mut clean = 0u64;
-        for i in slot_indexes() {
-            if !slot_in_use(layout, i) {
-                clean |= bit(i);
-            }
-        }
+        let clean: Vec<u32> = slot_indexes()
+            .filter(|&i| !slot_in_use(layout, i))
+            .collect();
+        let dirty = slot_indexes().filter(|&i| slot_in_use(layout, i));
         // Each slot is tried once: first those that looked free, then the rest.
-        for i in set_bits(clean).chain(set_bits(!clean)) {
+        for i in clean.iter().copied().chain(dirty) {
             let byte = slot_lock_byte(i);
-            let locked = sys::ofd_try_lock(lock.as_fd(), byte)
-                .map_err(|e| LedgerError::io(&self.path, "lock a process slot in", e))?;
+            let locked = sys::ofd_try_lock(lock.as_fd(), byte, sys::LockType::Write)
+                .map_err(|e| LedgerError::io(self.locks.path(), "lock a process slot in", e))?;
             if !locked {
                 continue;
             }
@@ -424,9 +452,10 @@ impl UsageFile {
             }
             let pid = std::process::id();
             slot.pid.store(pid, Relaxed);
+            slot.pid_namespace.store(own_pid_namespace(), Relaxed);
             slot.claimed_unix_ms.store(now_unix_ms(), Relaxed);
             slot.state.store(SLOT_LIVE, SeqCst);
-            layout.header.word.fetch_or(bit(i), SeqCst);
+            set_occupied(layout, i);
             return Ok(ProcessSlot::new(
                 Arc::clone(self),
                 i,
@@ -457,11 +486,11 @@ impl UsageFile {
             }
             let fd = match &probe {
                 Some(f) => f,
-                None => probe.insert(self.new_description("reclaim slots in")?),
+                None => probe.insert(self.locks.new_description("reclaim slots in")?),
             };
             let byte = slot_lock_byte(i);
-            let locked = sys::ofd_try_lock(fd.as_fd(), byte)
-                .map_err(|e| LedgerError::io(&self.path, "lock a process slot in", e))?;
+            let locked = sys::ofd_try_lock(fd.as_fd(), byte, sys::LockType::Write)
+                .map_err(|e| LedgerError::io(self.locks.path(), "lock a process slot in", e))?;
             if !locked {
                 continue;
             }
@@ -474,7 +503,7 @@ impl UsageFile {
                 slots += 1;
             }
             sys::ofd_unlock(fd.as_fd(), byte)
-                .map_err(|e| LedgerError::io(&self.path, "unlock a process slot in", e))?;
+                .map_err(|e| LedgerError::io(self.locks.path(), "unlock a process slot in", e))?;
         }
         Ok(ReclaimReport {
             slots,
@@ -490,15 +519,15 @@ impl UsageFile {
     /// that is occupied but not live belongs to a dead process and awaits reclaiming.
     pub fn slots(&self) -> Vec<SlotInfo> {
         let layout = self.view.get();
-        set_bits(layout.header.word.load(SeqCst))
+        occupied_and(layout, None)
             .filter_map(|i| {
                 let slot = layout.slots.get(usize::try_from(i).ok()?)?;
                 Some(SlotInfo {
                     index: i,
                     pid: slot.pid.load(Relaxed),
+                    pid_namespace: slot.pid_namespace.load(Relaxed),
                     claimed_unix_ms: slot.claimed_unix_ms.load(Relaxed),
-                    // If the kernel cannot say, assume live: never call a process dead wrongly.
-                    live: sys::ofd_is_locked(self.file.as_fd(), slot_lock_byte(i)).unwrap_or(true),
+                    live: self.locks.is_locked(slot_lock_byte(i)),
                     memory_bytes: slot_memory(slot),
                 })
             })
@@ -523,9 +552,14 @@ pub struct SlotInfo {
     /// The PID the process had in its own namespace when it claimed the slot. Informational
     /// only: it means nothing in another PID namespace.
     pub pid: u32,
+    /// The inode of that PID namespace (0 if the process could not tell): with `pid`, what
+    /// names the process from the host. Informational only, like `pid`.
+    pub pid_namespace: u64,
     /// When the slot was claimed.
     pub claimed_unix_ms: u64,
-    /// Whether a process holds the slot's lock (`F_OFD_GETLK`); occupied and not live = dead.
+    /// Whether a process holds the slot's lock in the tenant's lock file (`F_OFD_GETLK`);
+    /// occupied and not live = dead. True where that cannot be asked (no lock file, or one
+    /// this process may not open): a process is never called dead on a guess.
     pub live: bool,
     /// Memory the slot holds, per GPU (only GPUs with a non-zero amount).
     pub memory_bytes: Vec<(GpuIndex, u64)>,
@@ -544,11 +578,23 @@ mod tests {
     }
 
     #[test]
-    fn bit_past_the_bitmap_is_zero() {
-        assert_eq!(bit(0), 1);
-        assert_eq!(bit(63), 1 << 63);
-        assert_eq!(bit(64), 0);
-        assert_eq!(bit(u32::MAX), 0);
+    fn bit_says_which_word_and_which_bit() {
+        assert_eq!(bit(0), Some((0, 1)));
+        assert_eq!(bit(63), Some((0, 1 << 63)));
+        assert_eq!(bit(64), Some((1, 1)));
+        assert_eq!(bit(1023), Some((15, 1 << 63)));
+        assert_eq!(bit(1024), None);
+        assert_eq!(bit(u32::MAX), None);
+    }
+
+    #[test]
+    fn slots_in_numbers_bits_across_words() {
+        assert_eq!(
+            slots_in([0b101, 0, 1 << 1]).collect::<Vec<_>>(),
+            [0, 2, 129]
+        );
+        assert_eq!(slots_in([0u64; BITMAP_WORDS]).count(), 0);
+        assert_eq!(slots_in([u64::MAX; BITMAP_WORDS]).count(), MAX_SLOTS);
     }
 
     #[test]

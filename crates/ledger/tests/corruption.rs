@@ -97,7 +97,14 @@ fn assert_quota_refused(ledger: &Ledger, t: &TenantName, reason: &str) {
 fn truncated_usage_file_is_refused() {
     let (_d, ledger, t) = with_usage();
     resize(&ledger.usage_path(&t), 1000);
-    assert_usage_refused(&ledger, &t, "1000 bytes long but its header records 35904");
+    assert_usage_refused(
+        &ledger,
+        &t,
+        &format!(
+            "1000 bytes long but its header records {}",
+            layout::USAGE_FILE_SIZE
+        ),
+    );
 }
 
 #[test]
@@ -151,9 +158,9 @@ fn unknown_layout_version_is_refused() {
     poke(
         &ledger.usage_path(&t),
         header::LAYOUT_VERSION,
-        &2u32.to_le_bytes(),
+        &1u32.to_le_bytes(),
     );
-    assert_usage_refused(&ledger, &t, "unknown layout_version 2");
+    assert_usage_refused(&ledger, &t, "unknown layout_version 1");
 
     let (_d, ledger, t) = with_quota();
     poke(
@@ -183,7 +190,14 @@ fn recorded_file_size_that_differs_from_the_layout_is_refused() {
         header::FILE_SIZE,
         &99_999u64.to_le_bytes(),
     );
-    assert_usage_refused(&ledger, &t, "records file_size 99999, expected 35904");
+    assert_usage_refused(
+        &ledger,
+        &t,
+        &format!(
+            "records file_size 99999, expected {}",
+            layout::USAGE_FILE_SIZE
+        ),
+    );
 }
 
 #[test]
@@ -197,7 +211,7 @@ fn every_wrong_geometry_field_is_refused_by_name() {
         (
             header::MAX_SLOTS,
             &128u32.to_le_bytes(),
-            "max_slots is 128, expected 64",
+            "max_slots is 128, expected 1024",
         ),
         (
             header::TABLE_OFFSET,
@@ -207,7 +221,7 @@ fn every_wrong_geometry_field_is_refused_by_name() {
         (
             header::SLOT_OFFSET,
             &1024u64.to_le_bytes(),
-            "slot_offset is 1024, expected 1088",
+            "slot_offset is 1024, expected 1216",
         ),
         (
             header::ENTRY_SIZE,
@@ -314,10 +328,11 @@ fn snapshot_of_a_file_truncated_while_mapped_is_an_error_not_a_crash() {
 fn garbage_in_the_tables_is_bounded_not_trusted() {
     let (_d, ledger, t) = with_usage();
     let path = ledger.usage_path(&t);
-    // Every slot and GPU entry filled with 0xff; the header left valid.
+    // Every slot, bitmap word and GPU entry filled with 0xff; the header left valid.
     let table = vec![0xffu8; layout::USAGE_FILE_SIZE - layout::HEADER_SIZE];
     poke(&path, layout::HEADER_SIZE, &table);
     poke(&path, header::WORD, &u64::MAX.to_le_bytes());
+    let slots = gpuslice_ledger::MAX_SLOTS;
 
     let usage = ledger.open_usage(&t).unwrap();
     assert!(
@@ -331,11 +346,11 @@ fn garbage_in_the_tables_is_bounded_not_trusted() {
     );
     let snap = ledger.snapshot_usage(&t).unwrap();
     assert_eq!(snap.memory_used(GpuIndex(0)), u64::MAX);
-    assert_eq!(snap.slots().len(), 64);
+    assert_eq!(snap.slots().len(), slots);
 
     // Nobody holds any slot's lock: they all belonged to dead processes.
     let report = usage.reclaim_dead().unwrap();
-    assert_eq!(report.slots, 64);
+    assert_eq!(report.slots as usize, slots);
     assert_eq!(usage.memory_used(GpuIndex(0)), 0);
     let slot = usage.claim_slot().unwrap();
     assert_eq!(slot.held(GpuIndex(0)), 0);
@@ -344,6 +359,34 @@ fn garbage_in_the_tables_is_bounded_not_trusted() {
         usage.register_gpu(&gpu(1)),
         Err(LedgerError::GpuTableFull { .. })
     ));
+}
+
+/// The tenant's lock file, damaged: every open of the tenant's usage refuses it.
+fn assert_lock_file_refused(ledger: &Ledger, t: &TenantName, reason: &str) {
+    let path = ledger.lock_path(t);
+    assert_refused(ledger.open_usage(t).unwrap_err(), &path, "lock", reason);
+    assert_refused(ledger.open_locks(t).unwrap_err(), &path, "lock", reason);
+}
+
+#[test]
+fn damaged_lock_file_is_refused_not_recreated() {
+    let (_d, ledger, t) = with_usage();
+    poke(&ledger.lock_path(&t), header::MAGIC, b"NOTMAGIC");
+    assert_lock_file_refused(&ledger, &t, "bad magic NOTMAGIC, expected GPUSLLCK");
+
+    let (_d, ledger, t) = with_usage();
+    std::fs::copy(ledger.usage_path(&t), ledger.lock_path(&t)).unwrap();
+    assert_lock_file_refused(&ledger, &t, "it is a gpuslice usage file (magic GPUSLUSE)");
+
+    let (_d, ledger, t) = with_usage();
+    resize(&ledger.lock_path(&t), 0);
+    assert_lock_file_refused(&ledger, &t, "it is 0 bytes long");
+
+    let (_d, ledger, t) = with_usage();
+    let lock = ledger.lock_path(&t);
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(ledger.usage_path(&t), &lock).unwrap();
+    assert_lock_file_refused(&ledger, &t, "it is a symbolic link");
 }
 
 #[test]

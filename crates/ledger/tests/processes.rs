@@ -37,6 +37,36 @@ fn child_role_runs_only_when_spawned_by_a_test() {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
+        // Reserve, fork a child that keeps the slot's descriptor (sleeping, or exec'ing a
+        // sleep when EXEC is set), report the child's PID, and wait to be killed.
+        "hold-and-fork" => {
+            slot.try_reserve(index, 8 * MIB, u64::MAX).unwrap();
+            let exec = std::env::var_os("EXEC").is_some();
+            let sleep = std::ffi::CString::new("/bin/sleep").unwrap();
+            let arg = std::ffi::CString::new("600").unwrap();
+            // SAFETY: the child only calls async-signal-safe functions (execv, pause, _exit)
+            // after abandon_after_fork, which calls nothing.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                slot.abandon_after_fork();
+                // SAFETY: plain calls with valid C strings; _exit if exec fails.
+                unsafe {
+                    if exec {
+                        let argv = [sleep.as_ptr(), arg.as_ptr(), std::ptr::null()];
+                        libc::execv(sleep.as_ptr(), argv.as_ptr());
+                        libc::_exit(127);
+                    }
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            publish(&ready, &format!("{pid}\n"));
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         // Reserve and exit without any cleanup (no destructors run).
         "exit-without-cleanup" => {
             slot.try_reserve(index, 5 * MIB, u64::MAX).unwrap();
@@ -196,6 +226,7 @@ fn claim_slot_takes_over_a_dead_slot_when_all_others_are_live() {
     let index = usage.register_gpu(&gpu(1)).unwrap();
     assert_eq!(usage.memory_used(index), 7 * MIB);
     // No reclaim_dead: claiming all slots must empty the dead one on the way.
+    common::raise_open_file_limit(MAX_SLOTS as u64 + 64);
     let slots: Vec<_> = (0..MAX_SLOTS)
         .map(|_| usage.claim_slot().unwrap())
         .collect();
@@ -294,8 +325,8 @@ fn forked_child_that_abandons_its_copy_leaves_the_parent_slot_live() {
     let slot = usage.claim_slot().unwrap();
     slot.try_reserve(index, 9 * MIB, u64::MAX).unwrap();
 
-    // SAFETY: the child only calls abandon_after_fork (close) and _exit, both
-    // async-signal-safe, so forking this multi-threaded test process is sound.
+    // SAFETY: the child only calls abandon_after_fork (which calls nothing) and _exit, so
+    // forking this multi-threaded test process is sound.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
@@ -314,6 +345,72 @@ fn forked_child_that_abandons_its_copy_leaves_the_parent_slot_live() {
     assert_eq!(slots.len(), 1);
     assert!(slots[0].live, "the parent still holds the lock");
     assert_eq!(usage.reclaim_dead().unwrap(), ReclaimReport::default());
+}
+
+/// Kills (SIGKILL) and reaps nothing: `pid` is not this process's child.
+fn kill_9(pid: libc::pid_t) {
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+}
+
+/// Waits until `pid` is gone or a zombie (a killed grandchild: its descriptors are closed
+/// either way, whether or not whoever adopted it reaps it).
+fn wait_gone(pid: libc::pid_t) {
+    let end = Instant::now() + WAIT;
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.starts_with(" Z"))
+        })
+    };
+    while running() {
+        assert!(Instant::now() < end, "process {pid} did not go away");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn forked_child_keeps_its_killed_parents_charge_until_it_exits() {
+    let s = Setup::new();
+    let mut parent = s.spawn("hold-and-fork", "parent", &[]);
+    let child: libc::pid_t = s.wait_ready("parent").trim().parse().unwrap();
+    let usage = s.ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.gpu_index(&gpu(1)).unwrap();
+
+    parent.kill();
+    // The child still has the parent's descriptors, the driver's among them: the device
+    // still holds the parent's memory, so the ledger must still count it.
+    assert!(usage.slots()[0].live, "the child shares the parent's lock");
+    assert_eq!(usage.reclaim_dead().unwrap(), ReclaimReport::default());
+    assert_eq!(usage.memory_used(index), 8 * MIB);
+
+    kill_9(child);
+    wait_gone(child);
+    let report = usage.reclaim_dead().unwrap();
+    assert_eq!(report.bytes, vec![(index, 8 * MIB)]);
+    assert_eq!(usage.memory_used(index), 0);
+}
+
+#[test]
+fn forked_child_that_execs_lets_its_killed_parents_charge_go() {
+    let s = Setup::new();
+    let mut parent = s.spawn("hold-and-fork", "parent", &[("EXEC", "1".to_string())]);
+    let child: libc::pid_t = s.wait_ready("parent").trim().parse().unwrap();
+    let usage = s.ledger.open_usage(&tenant(TENANT)).unwrap();
+    let index = usage.gpu_index(&gpu(1)).unwrap();
+
+    // exec closes the descriptors opened close-on-exec, the slot's as the driver's.
+    let end = Instant::now() + WAIT;
+    while std::fs::read_link(format!("/proc/{child}/exe")).is_ok_and(|exe| !exe.ends_with("sleep"))
+    {
+        assert!(Instant::now() < end, "the child did not exec");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    parent.kill();
+    let report = usage.reclaim_dead().unwrap();
+    assert_eq!(report.bytes, vec![(index, 8 * MIB)]);
+    kill_9(child);
 }
 
 #[test]

@@ -199,7 +199,9 @@ fn claimed_slot_is_occupied_live_and_carries_this_pid() {
 }
 
 #[test]
-fn slots_full_after_64_live_claims() {
+fn slots_full_after_1024_live_claims() {
+    // Each claim holds a descriptor of its own: more than a default soft limit of 1024.
+    common::raise_open_file_limit(MAX_SLOTS as u64 + 64);
     let (_dir, ledger) = ledger();
     let t = tenant("t");
     let usage = ledger.open_usage(&t).unwrap();
@@ -208,7 +210,7 @@ fn slots_full_after_64_live_claims() {
         .collect();
     let mut indexes: Vec<_> = held.iter().map(|s| s.index()).collect();
     indexes.sort_unstable();
-    assert_eq!(indexes, (0..64).collect::<Vec<u32>>());
+    assert_eq!(indexes, (0..1024).collect::<Vec<u32>>());
 
     let err = usage.claim_slot().unwrap_err();
     assert!(

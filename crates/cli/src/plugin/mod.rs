@@ -28,7 +28,7 @@ mod nvml;
 mod podresources;
 mod server;
 mod slices;
-mod tenants;
+pub(crate) mod tenants;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -140,18 +140,25 @@ pub fn write_record(ledger: &Ledger, t: &TenantName, record: &Record) -> Result<
     Ok(())
 }
 
-/// Creates tenant `t`'s usage file if missing, writable by anyone: the container runs as
-/// any user, and only its own usage file is mounted writable into it.
+/// Creates tenant `t`'s usage and lock files if missing, writable by anyone: the container
+/// runs as any user, and only its own usage and lock files are mounted into it. The lock
+/// files' directory is closed to everyone but root, so that no process on the host outside
+/// the tenant's containers can reach a tenant's lock file and take part in its locks.
 pub fn prepare_usage(ledger: &Ledger, t: &TenantName) -> Result<PathBuf, TenantError> {
     ledger.open_usage(t)?;
+    let chmod = |path: &Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+            TenantError::Io {
+                action: "set the mode of",
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    };
+    chmod(ledger.locks_dir(), 0o700)?;
+    chmod(&ledger.lock_path(t), 0o666)?;
     let path = ledger.usage_path(t);
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).map_err(|source| {
-        TenantError::Io {
-            action: "make writable",
-            path: path.clone(),
-            source,
-        }
-    })?;
+    chmod(&path, 0o666)?;
     Ok(path)
 }
 
