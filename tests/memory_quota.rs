@@ -254,6 +254,60 @@ fn forked_child_exiting_keeps_parents_usage() {
     assert_eq!(field(line(&out, "info"), "free"), GIB - CONTEXT - 256 * MIB);
 }
 
+/// The device frees a process's memory when the last copy of its descriptors of the driver
+/// closes: a child forked after the parent allocated, and still running, keeps the parent's
+/// memory on the device after the parent is killed. The ledger must keep charging it until
+/// the child is gone too (before, the killed parent's charge went at once, and a tenant with
+/// a 1 GiB quota held 2 GiB of the device).
+#[test]
+fn forked_child_outliving_its_killed_parent_keeps_the_parents_memory_charged() {
+    let node = Node::new();
+    let mut parent = Running::spawn(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("1Gi"),
+        &["alloc", "512M", "fork-hold", "hold"],
+    ));
+    let forked = parent.wait_for_line("fork-hold", Duration::from_secs(30));
+    let child = libc::pid_t::try_from(field(line(&forked, "fork-hold"), "child_pid")).unwrap();
+    parent.wait_for_line("holding", Duration::from_secs(30));
+    parent.kill9();
+
+    // The device still holds the parent's context and 512 MiB, as NVML read without the shim
+    // says; the tenant's next process gets only what is left of the quota.
+    let bare = run_ok(
+        node.bare(probe(CallPath::Dlsym).0)
+            .args(probe(CallPath::Dlsym).1)
+            .arg("nvml"),
+    );
+    let held = field(line(&bare, "nvml "), "used");
+    assert!(
+        held >= CONTEXT + 512 * MIB,
+        "the device let go already: {bare}"
+    );
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "512M"]));
+    assert_eq!(
+        field(line(&out, "alloc"), "rc"),
+        2,
+        "512M more would take the tenant past its quota while the child lives: {out}"
+    );
+
+    // SAFETY: kill has no memory-safety preconditions; `child` is the probe's child.
+    assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["alloc", "512M"]));
+        if field(line(&out, "alloc"), "rc") == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the charge stayed after the child died: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Children that use the GPU (fork + exec, since the driver refuses CUDA in a child forked
 /// after the parent initialized it) share the parent's quota and give their part back.
 #[test]

@@ -401,6 +401,18 @@ int main(int argc, char **argv) {
       waitpid(child, &status, 0);
       free(child_argv);
       printf("fork-exec child_status=%d\n", WEXITSTATUS(status));
+    } else if (!strcmp(cmd, "fork-hold")) {
+      /* A child that keeps everything it inherited (the driver's descriptors with the
+       * parent's memory behind them) and does nothing, until it is killed. */
+      fflush(stdout);
+      pid_t child = fork();
+      if (child == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        for (;;) pause();
+      }
+      printf("fork-hold child_pid=%d\n", (int)child);
     } else if (!strcmp(cmd, "hold")) {
       printf("holding\n");
       fflush(stdout);

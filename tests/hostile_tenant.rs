@@ -1,0 +1,96 @@
+//! A hostile neighbour, end to end: with what a container gets (read access to every other
+//! tenant's ledger files) and as another Unix user, it takes every lock it can on every file
+//! of the ledger, and a victim tenant's processes still start, still have their dead
+//! reclaimed, and still get their whole quota.
+//!
+//! Needs root (to run the neighbour as another user); skipped with a message otherwise.
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use gpuslice_ledger::{Limits, TenantName, TenantQuota};
+use util::*;
+
+/// `nobody`.
+const NEIGHBOUR: u32 = 65534;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Makes `path` and its parents traversable and readable by everyone, as a ledger mounted
+/// into every container is.
+fn open_to_others(path: &Path) {
+    for p in path.ancestors().take_while(|p| *p != Path::new("/")) {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o005)).unwrap();
+    }
+}
+
+#[test]
+fn a_read_only_neighbour_can_neither_hang_a_tenant_nor_keep_its_dead_alive() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to run the neighbour as uid {NEIGHBOUR}");
+        return;
+    }
+    let node = Node::new();
+    // The victim's tenant, made as the device plugin makes one: quota, usage and lock files
+    // before any process of it runs (a fresh usage file is the case that hung).
+    let ledger = node.ledger();
+    let victim = TenantName::new("victim").unwrap();
+    let quota = TenantQuota {
+        defaults: Limits {
+            memory_bytes: Some(GIB),
+            ..Limits::default()
+        },
+        per_gpu: vec![],
+    };
+    ledger.write_quota(&victim, &quota).unwrap();
+    drop(ledger.open_usage(&victim).unwrap());
+    open_to_others(&node.ledger_dir().join("tenants/victim"));
+    open_to_others(&node.ledger_dir().join("locks"));
+
+    let locker = compile_c("tests/programs/lock_everything.c", &[]);
+    open_to_others(&locker);
+    let mut neighbour = Running::spawn(
+        Command::new(&locker)
+            .arg(node.ledger_dir())
+            .uid(NEIGHBOUR)
+            .gid(NEIGHBOUR),
+    );
+    let report = neighbour.wait_for_line("locked", WAIT);
+    let usage = ledger.usage_path(&victim).display().to_string();
+    assert!(
+        report.contains(&format!("{usage} open=yes ofd=1")),
+        "the neighbour read-locked the victim's usage file, as any tenant can: {report}"
+    );
+    let lock = ledger.lock_path(&victim).display().to_string();
+    assert!(
+        report.contains(&format!("{lock} open=denied")),
+        "the victim's lock file is out of the neighbour's reach: {report}"
+    );
+
+    // The victim's first process starts (registers its GPU, claims a slot) and allocates.
+    let mut first = Running::spawn(&mut node.probe(
+        CallPath::Dlsym,
+        "victim",
+        None,
+        &["alloc", "512M", "hold"],
+    ));
+    let out = first.wait_for_line("holding", WAIT);
+    assert_eq!(field(line(&out, "alloc"), "rc"), 0, "{out}");
+    first.kill9();
+
+    // It died: its memory comes back to the tenant although the neighbour still holds
+    // read locks on every byte of the usage file.
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "victim", None, &["alloc", "900M"]));
+    assert_eq!(
+        field(line(&out, "alloc"), "rc"),
+        0,
+        "the dead process's 512M is still counted: {out}"
+    );
+    drop(neighbour);
+}
