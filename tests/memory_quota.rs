@@ -308,6 +308,38 @@ fn forked_child_outliving_its_killed_parent_keeps_the_parents_memory_charged() {
     }
 }
 
+/// A tenant whose every process slot is taken refuses a new process's memory and says so:
+/// the slots are full, not the quota (which was what the log said before).
+#[test]
+fn the_process_past_the_last_slot_is_told_the_slots_are_full_not_the_quota() {
+    let node = Node::new();
+    raise_open_file_limit(gpuslice_ledger::MAX_SLOTS as u64 + 256);
+    let usage = node
+        .ledger()
+        .open_usage(&gpuslice_ledger::TenantName::new("crowded").unwrap())
+        .unwrap();
+    let held: Vec<_> = (0..gpuslice_ledger::MAX_SLOTS)
+        .map(|_| usage.claim_slot().unwrap())
+        .collect();
+    let output = run(&mut node.probe(CallPath::Dlsym, "crowded", Some("1Gi"), &["alloc", "64M"]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stderr.contains(&format!(
+            "all {} process slots are held by live processes of this tenant",
+            gpuslice_ledger::MAX_SLOTS
+        )),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("does not fit in the tenant's quota"),
+        "{stderr}"
+    );
+    // Its context is the first memory it asks for: refused, as out of memory (2).
+    assert_eq!(field(line(&stdout, "context"), "rc"), 2, "{stdout}");
+    drop(held);
+}
+
 /// Children that use the GPU (fork + exec, since the driver refuses CUDA in a child forked
 /// after the parent initialized it) share the parent's quota and give their part back.
 #[test]

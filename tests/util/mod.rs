@@ -430,3 +430,26 @@ pub fn tenant_usage(node: &Node, tenant: &str) -> u64 {
         .flat_map(|slot| slot.memory_bytes.iter().map(|(_, bytes)| *bytes))
         .sum()
 }
+
+/// Raises this process's soft limit on open files to at least `wanted` (up to the hard
+/// limit), for tests that hold a descriptor per process slot.
+pub fn raise_open_file_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(rc, 0);
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    assert!(
+        limit.rlim_max >= wanted,
+        "the hard limit on open files ({}) is below the {wanted} this test needs",
+        limit.rlim_max
+    );
+    limit.rlim_cur = wanted;
+    // SAFETY: setrlimit reads one rlimit, which `limit` is.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+}
