@@ -74,17 +74,30 @@ extern "C" {
 
 /* ---- The ledger: on-disk ABI ----
  *
- * A directory, GPUSLICE_DIR (default /run/gpuslice), holding one directory per tenant:
+ * A directory, GPUSLICE_DIR (default /run/gpuslice), holding one directory per tenant and
+ * one lock file per tenant:
  *
  *     <dir>/tenants/<tenant>/quota   struct gpuslice_quota_file: what the tenant may use;
  *                                    written by whoever created the tenant, read-only to it
  *     <dir>/tenants/<tenant>/usage   struct gpuslice_usage_file: what the tenant uses;
  *                                    written by the tenant's processes, read by anyone
+ *     <dir>/locks/<tenant>           struct gpuslice_lock_file: the tenant's locks (see
+ *                                    GPUSLICE_LOCK_*); open to the tenant's processes and its
+ *                                    creator alone
  *
  * A tenant name is 1 to 63 characters of [A-Za-z0-9._-], not starting with '.' or '-'.
- * Directories are mode 0755, files 0644.
+ * Directories are mode 0755, quota and usage files 0644, lock files 0600 (the device plugin
+ * makes its tenants' lock files 0666 for the containers' users, keeps locks/ at 0700, and
+ * mounts into a container only tenants/ (read-only), the tenant's usage file and the
+ * tenant's lock file).
  *
- * Both files are fixed-size and little-endian, and are read and written through shared
+ * Why a lock file of its own: every tenant can open the quota and usage files of every other
+ * tenant for reading (tenants/ is mounted read-only into every container), and a read-only
+ * descriptor is enough to take a read lock, which blocks a write lock on the same bytes. So
+ * no lock is ever taken on those files: every lock gpuslice relies on is on a byte of the
+ * tenant's lock file, which no other tenant can open.
+ *
+ * The files are fixed-size and little-endian, and are read and written through shared
  * memory mappings by many processes at once. Every field that can change while the file is
  * in use is a naturally aligned 32- or 64-bit integer that must be accessed atomically
  * (C11 atomics, or __atomic_load_n / __atomic_store_n / __atomic_fetch_add with
@@ -94,7 +107,7 @@ extern "C" {
  * Validation. A reader must refuse (and name) a file whose magic, layout_version,
  * header_size, file_size, max_gpus, max_slots, table_offset, slot_offset, entry_size or
  * slot_size differ from the values below, or whose length on disk differs from file_size.
- * A quota file is never accepted as a usage file, nor the reverse. Every index read from a
+ * No kind of file is ever accepted as another kind. Every index read from a
  * file must be bounds-checked.
  *
  * Readers of another tenant's usage file should copy it with pread(2) rather than map it:
@@ -103,19 +116,23 @@ extern "C" {
  */
 
 /** Version of the layout described here; files of any other version are refused. */
-#define GPUSLICE_LAYOUT_VERSION 1u
+#define GPUSLICE_LAYOUT_VERSION 2u
 
 /** First 8 bytes of a quota file (no terminating NUL in the file). */
 #define GPUSLICE_QUOTA_MAGIC "GPUSLQTA"
 /** First 8 bytes of a usage file (no terminating NUL in the file). */
 #define GPUSLICE_USAGE_MAGIC "GPUSLUSE"
+/** First 8 bytes of a lock file (no terminating NUL in the file). */
+#define GPUSLICE_LOCK_MAGIC "GPUSLLCK"
 /** Length of a magic. */
 #define GPUSLICE_MAGIC_LEN 8
 
 /** GPUs per file: per-GPU entries of a quota file, GPU table entries of a usage file. */
 #define GPUSLICE_MAX_GPUS 16
-/** Process slots per usage file (the occupied bitmap is one uint64_t). */
-#define GPUSLICE_MAX_SLOTS 64
+/** Process slots per usage file. */
+#define GPUSLICE_MAX_SLOTS 1024
+/** Words of a usage file's occupied-slot bitmap. */
+#define GPUSLICE_BITMAP_WORDS (GPUSLICE_MAX_SLOTS / 64)
 
 #define GPUSLICE_HEADER_SIZE 64u
 #define GPUSLICE_QUOTA_TABLE_OFFSET 96u
@@ -123,9 +140,27 @@ extern "C" {
 #define GPUSLICE_QUOTA_FILE_SIZE 1120u
 #define GPUSLICE_USAGE_TABLE_OFFSET 64u
 #define GPUSLICE_USAGE_ENTRY_SIZE 64u
-#define GPUSLICE_USAGE_SLOT_OFFSET 1088u
+#define GPUSLICE_USAGE_BITMAP_OFFSET 1088u
+#define GPUSLICE_USAGE_SLOT_OFFSET 1216u
 #define GPUSLICE_USAGE_SLOT_SIZE 544u
-#define GPUSLICE_USAGE_FILE_SIZE 35904u
+#define GPUSLICE_USAGE_FILE_SIZE 558272u
+#define GPUSLICE_LOCK_FILE_SIZE 64u
+
+/*
+ * The bytes of a tenant's lock file whose OFD locks (F_OFD_SETLK / F_OFD_SETLKW, l_len = 1)
+ * coordinate the tenant's processes and its creator. Locks need no bytes behind them: the
+ * file is only its header.
+ */
+/** Write lock: held by a quota writer for a whole in-place update of the quota file. */
+#define GPUSLICE_LOCK_QUOTA_UPDATE 0u
+/** Write lock: held while a GPU is added to the usage file's GPU table. */
+#define GPUSLICE_LOCK_GPU_TABLE 1u
+/** Write lock: held by `gpuslice run` while it enters or leaves the tenant. */
+#define GPUSLICE_LOCK_RUN_ENTRY 2u
+/** Read lock: held by every `gpuslice run` in the tenant while it is in it. */
+#define GPUSLICE_LOCK_RUN_MEMBERS 3u
+/** Write lock on GPUSLICE_LOCK_SLOTS + i: held by the process that owns slot i. */
+#define GPUSLICE_LOCK_SLOTS 64u
 
 /** gpuslice_limits.memory_limit_bytes meaning "no limit". */
 #define GPUSLICE_MEMORY_UNLIMITED UINT64_MAX
@@ -145,26 +180,25 @@ extern "C" {
 #define GPUSLICE_SLOT_LIVE 1u
 
 /**
- * The 64-byte header that starts both files.
+ * The 64-byte header that starts every file.
  */
 struct gpuslice_header {
-    uint8_t magic[GPUSLICE_MAGIC_LEN]; /* GPUSLICE_QUOTA_MAGIC or GPUSLICE_USAGE_MAGIC */
+    uint8_t magic[GPUSLICE_MAGIC_LEN]; /* GPUSLICE_QUOTA_MAGIC, _USAGE_MAGIC or _LOCK_MAGIC */
     uint32_t layout_version;           /* GPUSLICE_LAYOUT_VERSION */
     uint32_t header_size;              /* 64 */
-    uint64_t file_size;                /* GPUSLICE_QUOTA_FILE_SIZE or _USAGE_FILE_SIZE */
+    uint64_t file_size;                /* GPUSLICE_QUOTA_FILE_SIZE, _USAGE_ or _LOCK_ */
     uint32_t max_gpus;                 /* GPUSLICE_MAX_GPUS */
-    uint32_t max_slots;                /* usage: GPUSLICE_MAX_SLOTS; quota: 0 */
-    uint64_t table_offset;             /* quota: per-GPU limits (96); usage: GPU table (64) */
-    uint64_t slot_offset;              /* usage: process slots (1088); quota: 0 */
-    uint32_t entry_size;               /* size of one per-GPU entry (64 in both files) */
-    uint32_t slot_size;                /* usage: 544; quota: 0 */
+    uint32_t max_slots;                /* usage and lock: GPUSLICE_MAX_SLOTS; quota: 0 */
+    uint64_t table_offset;             /* quota: per-GPU limits (96); usage: GPU table (64);
+                                          lock: 0 */
+    uint64_t slot_offset;              /* usage: process slots (1216); quota, lock: 0 */
+    uint32_t entry_size;               /* size of one per-GPU entry (64; lock: 0) */
+    uint32_t slot_size;                /* usage: 544; quota, lock: 0 */
     /*
-     * usage: the occupied-slot bitmap (atomic). Bit i set = slot i may hold usage, so it is
-     *        included in the sums; set by the slot's owner after it claims the slot, cleared
-     *        when the slot is emptied.
      * quota: the generation (atomic), a sequence lock: odd while an update is being written,
      *        even and larger after it. A reader loads it (acquire), reads the fields, issues
      *        an acquire fence, loads it again, and retries if it was odd or changed.
+     * usage, lock: 0 (the usage file's occupied bitmap follows its GPU table).
      */
     uint64_t word;
 };
@@ -196,12 +230,14 @@ struct gpuslice_quota_gpu {
  * Created whole: written under a temporary name in the tenant's directory and hard-linked
  * into place, so no reader sees a partial file. Later updates are atomic stores in place
  * between two generation bumps (see gpuslice_header.word), so a running tenant sees a new
- * quota without restarting. Writers serialize with an OFD write lock (F_OFD_SETLKW) on
- * byte 0 of the file, held from before the generation turns odd until after it is even
- * again. A reader that keeps finding it odd waits while that lock is held (F_OFD_GETLK),
- * for up to about a second: the writer is alive, only descheduled. Odd with no lock held
- * means the writer died mid-update; the fields then hold values some writer stored, until
- * the next update.
+ * quota without restarting. Writers serialize with an OFD write lock on
+ * GPUSLICE_LOCK_QUOTA_UPDATE of the tenant's lock file, held from before the generation
+ * turns odd until after it is even again; a writer gives up (with an error) rather than
+ * wait for it more than a couple of seconds. A reader that keeps finding the generation odd
+ * waits while that lock is held (F_OFD_GETLK), for up to about a second: the writer is
+ * alive, only descheduled. Odd with no lock held means the writer died mid-update; the fields
+ * then hold values some writer stored, until the next update. A reader that cannot open the
+ * lock file waits out the second.
  */
 struct gpuslice_quota_file {
     struct gpuslice_header header;
@@ -212,8 +248,9 @@ struct gpuslice_quota_file {
 /**
  * One entry of a usage file's GPU table (64 bytes).
  *
- * Registration (adding a GPU) happens under an OFD write lock (F_OFD_SETLKW) on the byte at
- * table_offset (64): the registrant fills uuid and zeroes the counters, then stores
+ * Registration (adding a GPU) happens under an OFD write lock (F_OFD_SETLKW) on
+ * GPUSLICE_LOCK_GPU_TABLE of the tenant's lock file: the registrant fills uuid and zeroes
+ * the counters, then stores
  * state = GPUSLICE_GPU_REGISTERED last, with release ordering. Lock-free readers load state
  * (acquire) before uuid. Indexes into this table (0..15) are per file.
  */
@@ -247,21 +284,24 @@ struct gpuslice_slot_gpu {
 /**
  * One process slot (544 bytes).
  *
- * Slot i is owned by whoever holds an OFD write lock (F_OFD_SETLK, l_start = slot_offset +
- * i * slot_size, l_len = 1) on the slot's first byte. The kernel drops the lock when the
- * owning open file description is closed, in particular when the process dies, in any PID
- * namespace; pid is informational only. Claiming: take the lock (non-blocking), empty the
- * slot if it still holds anything (its previous owner died), store pid and claimed_unix_ms,
- * state = GPUSLICE_SLOT_LIVE, then set bit i of the occupied bitmap. A clean exit empties
- * the slot, stores state = GPUSLICE_SLOT_FREE, clears the bit, and only then drops the lock.
+ * Slot i is owned by whoever holds an OFD write lock (F_OFD_SETLK, l_start =
+ * GPUSLICE_LOCK_SLOTS + i, l_len = 1) on the tenant's lock file. The kernel drops the lock
+ * when the owning open file description is closed, in particular when the process dies, in
+ * any PID namespace; pid and pid_namespace are informational only. Claiming: take the lock
+ * (non-blocking), empty the slot if it still holds anything (its previous owner died),
+ * store pid, pid_namespace and claimed_unix_ms, state = GPUSLICE_SLOT_LIVE, then set bit i
+ * of the occupied bitmap. A clean exit empties the slot, stores state = GPUSLICE_SLOT_FREE,
+ * clears the bit, and only then drops the lock.
  *
  * Reclaiming: a slot that may hold usage (bit set, state non-zero, or counters non-zero)
  * whose lock can be taken belonged to a dead process. The taker zeroes it (adding each
  * gpu_time_ns to the GPU table's retired_gpu_time_ns), clears its bit, and unlocks.
  * F_OFD_GETLK on the byte tells an observer whether the owner is alive.
  *
- * A forked child shares its parent's lock (the open file description is shared): it must
- * close its copy of the descriptor and claim a slot of its own.
+ * A forked child shares its parent's lock (the open file description is shared) and keeps
+ * it, close-on-exec, as it keeps the parent's descriptors of the driver and with them the
+ * parent's device memory: the slot stays live until the parent and every such child are
+ * gone. A child that uses the GPU itself claims a slot of its own.
  */
 struct gpuslice_slot {
     uint32_t state;           /* GPUSLICE_SLOT_FREE / GPUSLICE_SLOT_LIVE */
@@ -270,16 +310,19 @@ struct gpuslice_slot {
     uint64_t compute;         /* settings the process enforces: bit 63 published; bits 0-15
                                  share permille, 16-31 limit permille, 32-39 priority
                                  (GPUSLICE_PRIORITY_*); 0 = unset (atomic) */
-    uint64_t reserved;
+    uint64_t pid_namespace;   /* inode of the process's PID namespace (/proc/self/ns/pid),
+                                 0 if unknown; with pid, names the process from the host.
+                                 Informational only */
     struct gpuslice_slot_gpu gpus[GPUSLICE_MAX_GPUS]; /* offset 32 in the slot */
 };
 
 /**
- * A usage file (35904 bytes).
+ * A usage file (558272 bytes, sparse: slots never used take no memory).
  *
  * The memory a tenant uses on GPU g is the sum of slots[i].gpus[g].memory_bytes over the
- * slots i whose bit is set in header.word. There is no separate total, so a process that
- * dies at any instruction leaves a consistent file: its slot still holds what it had.
+ * slots i whose bit is set in the occupied bitmap (bit i % 64 of word i / 64). There is no
+ * separate total, so a process that dies at any instruction leaves a consistent file: its
+ * slot still holds what it had.
  *
  * The reservation protocol (lock-free, no syscall), to reserve n bytes on GPU g against
  * limit L from slot s:
@@ -301,7 +344,19 @@ struct gpuslice_slot {
 struct gpuslice_usage_file {
     struct gpuslice_header header;
     struct gpuslice_usage_gpu gpus[GPUSLICE_MAX_GPUS]; /* offset 64 = table_offset */
-    struct gpuslice_slot slots[GPUSLICE_MAX_SLOTS];    /* offset 1088 = slot_offset */
+    /* offset 1088: bit i % 64 of occupied[i / 64] set = slot i may hold usage, so it is
+     * included in the sums; set by the slot's owner after it claims the slot, cleared when
+     * the slot is emptied (atomic). Readers of another tenant's file need copy only the
+     * slots up to the last occupied one: slots are claimed lowest first. */
+    uint64_t occupied[GPUSLICE_BITMAP_WORDS];
+    struct gpuslice_slot slots[GPUSLICE_MAX_SLOTS];    /* offset 1216 = slot_offset */
+};
+
+/**
+ * A lock file (64 bytes): its header alone. The locks are on the GPUSLICE_LOCK_* bytes.
+ */
+struct gpuslice_lock_file {
+    struct gpuslice_header header;
 };
 
 /* The layout, checked by the compiler. */
@@ -346,14 +401,18 @@ _Static_assert(sizeof(struct gpuslice_slot) == GPUSLICE_USAGE_SLOT_SIZE, "slot s
 _Static_assert(offsetof(struct gpuslice_slot, pid) == 4, "pid");
 _Static_assert(offsetof(struct gpuslice_slot, claimed_unix_ms) == 8, "claimed_unix_ms");
 _Static_assert(offsetof(struct gpuslice_slot, compute) == 16, "compute");
+_Static_assert(offsetof(struct gpuslice_slot, pid_namespace) == 24, "pid_namespace");
 _Static_assert(offsetof(struct gpuslice_slot_gpu, activity) == 24, "activity");
 _Static_assert(offsetof(struct gpuslice_slot, gpus) == 32, "slot gpus");
 
 _Static_assert(offsetof(struct gpuslice_usage_file, gpus) == GPUSLICE_USAGE_TABLE_OFFSET,
                "usage table");
+_Static_assert(offsetof(struct gpuslice_usage_file, occupied) == GPUSLICE_USAGE_BITMAP_OFFSET,
+               "occupied bitmap");
 _Static_assert(offsetof(struct gpuslice_usage_file, slots) == GPUSLICE_USAGE_SLOT_OFFSET,
                "slots");
 _Static_assert(sizeof(struct gpuslice_usage_file) == GPUSLICE_USAGE_FILE_SIZE, "usage file");
+_Static_assert(sizeof(struct gpuslice_lock_file) == GPUSLICE_LOCK_FILE_SIZE, "lock file");
 
 #ifdef __cplusplus
 }
