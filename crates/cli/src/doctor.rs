@@ -17,6 +17,7 @@ use crate::exit::{self, Failure};
 use crate::locate;
 use crate::quantity::format_size;
 use crate::status;
+use crate::unenforced;
 
 /// What a finding means for gpuslice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +356,41 @@ fn check_ledger(findings: &mut Findings, dir: &Path) {
             Level::Ok,
             "tenants",
             &format!("{} tenant(s), all readable", report.tenants.len()),
+        );
+    }
+    if let Ok(ledger) = &ledger {
+        check_unenforced(findings, ledger);
+    }
+}
+
+/// Every process with a context on a GPU holds a live slot: none runs outside the limits.
+fn check_unenforced(findings: &mut Findings, ledger: &gpuslice_ledger::Ledger) {
+    let check = unenforced::check(ledger);
+    if let Some(reason) = &check.reason {
+        return findings.say(
+            Level::Warn,
+            "unenforced processes",
+            &format!("not checked: {reason}"),
+        );
+    }
+    for p in &check.processes {
+        findings.say(Level::Fail, "unenforced process", &unenforced::describe(p));
+    }
+    if check.processes.is_empty() {
+        findings.say(
+            Level::Ok,
+            "unenforced processes",
+            "every process using a GPU is under gpuslice",
+        );
+    }
+    if check.unresolved > 0 {
+        findings.say(
+            Level::Warn,
+            "unenforced processes",
+            &format!(
+                "{} GPU process(es) could not be looked up (gone, or hidden from this process)",
+                check.unresolved
+            ),
         );
     }
 }

@@ -298,6 +298,7 @@ mod signals;
 mod status;
 mod tenancy;
 mod top;
+mod unenforced;
 
 use std::process::ExitCode;
 

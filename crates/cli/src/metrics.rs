@@ -39,7 +39,7 @@ const REQUEST_TIME: Duration = Duration::from_secs(10);
 pub fn metrics(args: MetricsArgs) -> Result<u8, Failure> {
     let dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
     if args.once {
-        let report = status::read_report(&dir).usage()?;
+        let report = status::read_report_checked(&dir).usage()?;
         return match io::stdout().lock().write_all(render(&report).as_bytes()) {
             Ok(()) => Ok(exit::OK),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(exit::OK),
@@ -106,7 +106,7 @@ fn serve(mut stream: TcpStream, dir: &Path) {
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let _ = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => match status::read_report(dir) {
+        ("GET" | "HEAD", "/metrics") => match status::read_report_checked(dir) {
             Ok(report) => {
                 let body = render(&report);
                 let body = if method == "HEAD" { "" } else { body.as_str() };
@@ -383,6 +383,48 @@ pub fn render(report: &Report) -> String {
         "Tenants whose ledger files could not be read at this scrape (see gpuslice status).",
     );
     f.sample(name, &[], count(report.tenants.len() - readable.len()));
+
+    if let Some(check) = &report.unenforced {
+        let name = "gpuslice_unenforced_check_up";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "1 if the GPUs' processes could be checked for ones outside gpuslice's limits at \
+             this scrape, 0 if not (see gpuslice status for why).",
+        );
+        f.sample(name, &[], u64::from(check.checked));
+        if check.checked {
+            let name = "gpuslice_unenforced_processes";
+            let mut f = Family::new(
+                &mut out,
+                name,
+                "gauge",
+                "Processes using a GPU without a live gpuslice slot: not under its limits.",
+            );
+            f.sample(name, &[], count(check.processes.len()));
+            let name = "gpuslice_unenforced_process_memory_bytes";
+            let mut f = Family::new(
+                &mut out,
+                name,
+                "gauge",
+                "GPU memory held by a process outside gpuslice's limits (label tenant: the \
+                 tenant whose container it runs in, empty if none).",
+            );
+            for p in &check.processes {
+                let pid = p.pid.to_string();
+                f.sample(
+                    name,
+                    &[
+                        ("gpu", &p.gpu),
+                        ("pid", &pid),
+                        ("tenant", p.tenant.as_deref().unwrap_or("")),
+                    ],
+                    p.memory_bytes,
+                );
+            }
+        }
+    }
     out
 }
 
@@ -428,6 +470,7 @@ mod tests {
             version: SCHEMA_VERSION,
             ledger: "/l".into(),
             gets_window_ms: None,
+            unenforced: None,
             read_at: std::time::Instant::now(),
             tenants: vec![
                 TenantReport {
@@ -490,5 +533,44 @@ mod tests {
         for line in text.lines() {
             assert!(!line.is_empty());
         }
+    }
+
+    #[test]
+    fn unenforced_processes_are_counted_and_each_named_by_gpu_pid_and_tenant() {
+        let report = |check| Report {
+            version: SCHEMA_VERSION,
+            ledger: "/l".into(),
+            gets_window_ms: None,
+            unenforced: Some(check),
+            read_at: std::time::Instant::now(),
+            tenants: Vec::new(),
+        };
+        let text = render(&report(crate::unenforced::Check {
+            checked: true,
+            reason: None,
+            processes: vec![crate::unenforced::UnenforcedProcess {
+                pid: 4242,
+                gpu: "GPU-x".into(),
+                memory_bytes: 1024,
+                tenant: Some("pod-a".into()),
+            }],
+            unresolved: 0,
+        }));
+        assert!(text.contains("gpuslice_unenforced_check_up 1\n"), "{text}");
+        assert!(text.contains("gpuslice_unenforced_processes 1\n"), "{text}");
+        assert!(
+            text.contains(
+                r#"gpuslice_unenforced_process_memory_bytes{gpu="GPU-x",pid="4242",tenant="pod-a"} 1024"#
+            ),
+            "{text}"
+        );
+        let text = render(&report(crate::unenforced::Check {
+            checked: false,
+            reason: Some("no NVML".into()),
+            processes: Vec::new(),
+            unresolved: 0,
+        }));
+        assert!(text.contains("gpuslice_unenforced_check_up 0\n"), "{text}");
+        assert!(!text.contains("gpuslice_unenforced_processes "), "{text}");
     }
 }

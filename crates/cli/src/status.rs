@@ -20,6 +20,7 @@ use crate::compute::{self, Source, percent_number};
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
 use crate::quantity::format_size;
+use crate::unenforced;
 
 /// The version of the JSON schema; bumped only when a field changes meaning or goes away
 /// (new fields may appear without a bump).
@@ -36,6 +37,10 @@ pub struct Report {
     pub gets_window_ms: Option<u64>,
     /// Every tenant, sorted by name.
     pub tenants: Vec<TenantReport>,
+    /// Processes using a GPU without a live slot: not under gpuslice's limits. Checked by
+    /// `status` (not by every reader of the ledger: it asks NVML).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unenforced: Option<unenforced::Check>,
     /// When the ledger was read (for measuring what tenants get between two reports).
     #[serde(skip)]
     pub read_at: Instant,
@@ -117,7 +122,8 @@ pub struct ProcessReport {
 /// Runs `gpuslice status`.
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
-    let report = read_sampled_report(&dir, Duration::from_millis(args.sample)).usage()?;
+    let mut report = read_sampled_report(&dir, Duration::from_millis(args.sample)).usage()?;
+    check_unenforced(&dir, &mut report);
     let text = if args.json {
         let mut json = serde_json::to_string_pretty(&report)
             .context("could not encode the report as JSON")
@@ -173,6 +179,21 @@ pub fn measure_gets(before: &Report, after: &mut Report) {
     }
 }
 
+/// Looks for processes using a GPU outside gpuslice ([`unenforced::check`]) and records
+/// what it found in `report`.
+pub fn check_unenforced(dir: &Path, report: &mut Report) {
+    if let Ok(ledger) = Ledger::open_existing(dir) {
+        report.unenforced = Some(unenforced::check(&ledger));
+    }
+}
+
+/// [`read_report`], with the check for unenforced processes.
+pub fn read_report_checked(dir: &Path) -> anyhow::Result<Report> {
+    let mut report = read_report(dir)?;
+    check_unenforced(dir, &mut report);
+    Ok(report)
+}
+
 /// Reads the whole ledger at `dir` once (no `gets_percent`); an error only when the
 /// directory itself is unusable.
 pub fn read_report(dir: &Path) -> anyhow::Result<Report> {
@@ -194,6 +215,7 @@ pub fn read_report(dir: &Path) -> anyhow::Result<Report> {
         ledger: dir.display().to_string(),
         gets_window_ms: None,
         tenants,
+        unenforced: None,
         read_at: Instant::now(),
     })
 }
@@ -446,7 +468,44 @@ pub fn render_table(report: &Report) -> String {
             }
         }
     }
+    if let Some(check) = &report.unenforced {
+        render_unenforced(&mut out, check);
+    }
     out
+}
+
+/// The unenforced processes, loudly, or why they could not be looked for.
+fn render_unenforced(out: &mut String, check: &unenforced::Check) {
+    if let Some(reason) = &check.reason {
+        wrap(
+            out,
+            &format!("unenforced processes: not checked: {reason}"),
+            "",
+            "  ",
+        );
+        return;
+    }
+    if !check.processes.is_empty() {
+        out.push_str(&format!(
+            "UNENFORCED: {} process(es) use a GPU without gpuslice's limits\n",
+            check.processes.len()
+        ));
+    }
+    for p in &check.processes {
+        wrap(out, &unenforced::describe(p), "  ", "    ");
+    }
+    if check.unresolved > 0 {
+        wrap(
+            out,
+            &format!(
+                "{} GPU process(es) could not be looked up (gone, or hidden from this \
+                 process): not checked",
+                check.unresolved
+            ),
+            "",
+            "  ",
+        );
+    }
 }
 
 /// Appends `text` wrapped at [`WIDTH`] columns: the first line after `first`, the others
@@ -499,6 +558,7 @@ mod tests {
             ledger: "/run/gpuslice".into(),
             gets_window_ms: Some(250),
             tenants,
+            unenforced: None,
             read_at: Instant::now(),
         }
     }

@@ -334,3 +334,68 @@ fn status_shows_the_quotas_compute_settings_until_a_process_publishes_its_own() 
     t.release();
     assert_eq!(run.wait(TIMEOUT).code, Some(0));
 }
+
+/// `gpuslice status` on `node`, as JSON.
+fn node_status_json(node: &Node) -> Value {
+    let out = finish(
+        node.gpuslice(&["status", "--json", "--dir"])
+            .arg(node.dir.ledger_dir()),
+    );
+    assert_eq!(out.code, Some(0), "status failed: {out:?}");
+    serde_json::from_str(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn a_process_using_the_gpu_outside_gpuslice_is_reported_unenforced() {
+    use std::os::unix::fs::MetadataExt;
+    let host = std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino());
+    if host.ok() != Some(0xEFFF_FFFC) {
+        eprintln!("SKIPPED: not in the host's PID namespace, where NVML's PIDs can be looked up");
+        return;
+    }
+    let node = Node::new();
+    let probe = cudaprobe();
+    let probe = probe.to_str().unwrap();
+    // One process under gpuslice, one beside it with the same program and no shim (what an
+    // image whose loader ignores the preload, or a static binary, amounts to).
+    let mut enforced = Running::spawn(node.run(&[
+        "--tenant", "a", "--memory", "1Gi", "--", probe, "dlsym", "alloc", "64M", "hold",
+    ]));
+    enforced.wait_for_line("holding");
+    let mut bare = Running::spawn(
+        node.bare(std::path::Path::new(probe))
+            .args(["dlsym", "alloc", "64M", "hold"]),
+    );
+    bare.wait_for_line("holding");
+
+    let status = node_status_json(&node);
+    let check = &status["unenforced"];
+    assert_eq!(check["checked"], true, "{check}");
+    let found = check["processes"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "only the process without the shim: {check}");
+    assert_eq!(found[0]["pid"], bare.pid());
+    assert_eq!(found[0]["gpu"], FAKE_GPU0);
+    assert!(found[0]["memory_bytes"].as_u64().unwrap() >= 64 * MIB);
+    assert!(
+        found[0]["tenant"].is_null(),
+        "a host process is in no tenant's container"
+    );
+
+    let table = finish(
+        node.gpuslice(&["status", "--dir"])
+            .arg(node.dir.ledger_dir()),
+    );
+    assert!(
+        table
+            .stdout
+            .contains("UNENFORCED: 1 process(es) use a GPU without gpuslice's limits"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains(&format!("pid {}", bare.pid())),
+        "{}",
+        table.stdout
+    );
+    drop((enforced, bare));
+}

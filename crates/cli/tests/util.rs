@@ -333,7 +333,22 @@ impl Node {
 
     /// `gpuslice ARGS` on this node: the simulated GPU in the environment.
     pub fn gpuslice(&self, args: &[&str]) -> Command {
-        let mut command = self.dir.gpuslice(args);
+        self.on_gpu(self.dir.gpuslice(args))
+    }
+
+    /// `program` on this node's simulated GPU, without gpuslice.
+    pub fn bare(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("GPUSLICE_") || name == "LD_PRELOAD" {
+                command.env_remove(name);
+            }
+        }
+        self.on_gpu(command)
+    }
+
+    /// `command` with the simulated GPU in its environment.
+    fn on_gpu(&self, mut command: Command) -> Command {
         for (name, _) in std::env::vars() {
             if name.starts_with("FAKECUDA_") {
                 command.env_remove(name);

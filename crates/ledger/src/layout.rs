@@ -632,7 +632,10 @@ mod tests {
                 "offsetof(struct gpuslice_slot, pid_namespace)",
                 offset_of!(Slot, pid_namespace) as u64,
             ),
-            ("offsetof(struct gpuslice_slot, gpus)", SLOT_GPUS_OFFSET as u64),
+            (
+                "offsetof(struct gpuslice_slot, gpus)",
+                SLOT_GPUS_OFFSET as u64,
+            ),
             (
                 "offsetof(struct gpuslice_slot_gpu, pending_bytes)",
                 offset_of!(SlotGpu, pending_bytes) as u64,

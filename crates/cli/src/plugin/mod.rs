@@ -24,7 +24,7 @@ pub mod api;
 mod config;
 mod health;
 mod kubelet;
-mod nvml;
+pub(crate) mod nvml;
 mod podresources;
 mod server;
 mod slices;
@@ -256,6 +256,7 @@ async fn sweep_forever(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_error = String::new();
+    let mut unenforced = UnenforcedLog::default();
     loop {
         let in_use = match &config.pod_resources_socket {
             None => None,
@@ -282,10 +283,14 @@ async fn sweep_forever(
         };
         let snapshot = inventory.borrow_and_update().clone();
         let (ledger_now, config_now) = (ledger.clone(), config.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            tenants::sweep(&ledger_now, &config_now, &snapshot, in_use.as_ref())
+        let check = tokio::task::spawn_blocking(move || {
+            tenants::sweep(&ledger_now, &config_now, &snapshot, in_use.as_ref());
+            crate::unenforced::check(&ledger_now)
         })
         .await;
+        if let Ok(check) = check {
+            unenforced.log(&check);
+        }
         tokio::select! {
             () = tokio::time::sleep(config.sweep_interval) => {}
             changed = inventory.changed() => if changed.is_err() { return },
@@ -309,5 +314,37 @@ async fn config_changed(config: &Config, args: &DevicePluginArgs) -> Config {
             Ok(_) => last.clear(),
             Err(e) => report_config_error(&e, &mut last),
         }
+    }
+}
+
+/// Logs processes that use a GPU outside gpuslice's limits, each once (while it lasts), and
+/// why the check cannot run, once until that changes.
+#[derive(Debug, Default)]
+struct UnenforcedLog {
+    seen: std::collections::HashSet<(u32, String)>,
+    unavailable: Option<String>,
+}
+
+impl UnenforcedLog {
+    fn log(&mut self, check: &crate::unenforced::Check) {
+        if let Some(reason) = &check.reason {
+            if self.unavailable.as_ref() != Some(reason) {
+                tracing::warn!("cannot check for processes outside gpuslice's limits: {reason}");
+                self.unavailable = Some(reason.clone());
+            }
+            return;
+        }
+        self.unavailable = None;
+        let now: std::collections::HashSet<(u32, String)> = check
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.gpu.clone()))
+            .collect();
+        for p in &check.processes {
+            if !self.seen.contains(&(p.pid, p.gpu.clone())) {
+                tracing::warn!("{}", crate::unenforced::describe(p));
+            }
+        }
+        self.seen = now;
     }
 }

@@ -32,6 +32,29 @@ type ByUuidFn = unsafe extern "C" fn(*const c_char, *mut Handle) -> Return;
 type UuidFn = unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> Return;
 type MemoryFn = unsafe extern "C" fn(Handle, *mut Memory) -> Return;
 type ErrorStringFn = unsafe extern "C" fn(Return) -> *const c_char;
+type ProcessesFn = unsafe extern "C" fn(Handle, *mut c_uint, *mut ProcessInfo) -> Return;
+
+/// `nvmlProcessInfo_t` as `nvmlDeviceGetComputeRunningProcesses_v3` fills it.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct ProcessInfo {
+    pid: c_uint,
+    used_gpu_memory: u64,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+/// `NVML_ERROR_INSUFFICIENT_SIZE`.
+const INSUFFICIENT_SIZE: Return = 7;
+
+/// A process with a context on a GPU, as NVML lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuProcess {
+    /// Its PID in the host's PID namespace (NVML's numbering, whoever asks).
+    pub pid: u32,
+    /// The device memory NVML says it holds (0 where NVML cannot tell).
+    pub memory_bytes: u64,
+}
 
 /// A GPU of this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +95,8 @@ pub struct Nvml {
     uuid: UuidFn,
     memory: MemoryFn,
     error_string: ErrorStringFn,
+    /// `nvmlDeviceGetComputeRunningProcesses_v3`; `None` with an NVML too old to have it.
+    processes: Option<ProcessesFn>,
 }
 
 impl fmt::Debug for Nvml {
@@ -110,6 +135,7 @@ impl Nvml {
                 uuid: symbol(&lib, "nvmlDeviceGetUUID")?,
                 memory: symbol(&lib, "nvmlDeviceGetMemoryInfo")?,
                 error_string: symbol(&lib, "nvmlErrorString")?,
+                processes: symbol(&lib, "nvmlDeviceGetComputeRunningProcesses_v3").ok(),
                 _lib: lib,
             };
             (nvml.check("nvmlInit_v2", init()))?;
@@ -180,6 +206,62 @@ impl Nvml {
         let rc = unsafe { (self.memory)(handle, &raw mut info) };
         self.check("nvmlDeviceGetMemoryInfo", rc)?;
         Ok(info.total)
+    }
+
+    /// The processes with a context on the GPU with this UUID.
+    pub fn processes(&self, uuid: &GpuUuid) -> Result<Vec<GpuProcess>, NvmlError> {
+        let list = self
+            .processes
+            .ok_or(NvmlError::Symbol("nvmlDeviceGetComputeRunningProcesses_v3"))?;
+        let handle = self.handle_of(uuid)?;
+        let mut entries = vec![ProcessInfo::default(); 64];
+        // Processes come and go between calls: a few tries with the size NVML asks for.
+        for _ in 0..4 {
+            let mut count = c_uint::try_from(entries.len()).unwrap_or(c_uint::MAX);
+            // SAFETY: `entries` has room for `count` structs of the layout the v3 call fills;
+            // `handle` came from NVML.
+            let rc = unsafe { list(handle, &raw mut count, entries.as_mut_ptr()) };
+            if rc == INSUFFICIENT_SIZE {
+                let needed = usize::try_from(count)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(8);
+                entries.resize(needed.min(1 << 16), ProcessInfo::default());
+                continue;
+            }
+            self.check("nvmlDeviceGetComputeRunningProcesses_v3", rc)?;
+            let listed = entries
+                .get(..usize::try_from(count).unwrap_or(0))
+                .unwrap_or(&[]);
+            return Ok(listed
+                .iter()
+                .map(|p| GpuProcess {
+                    pid: p.pid,
+                    // NVML_VALUE_NOT_AVAILABLE (all ones) where it cannot tell.
+                    memory_bytes: if p.used_gpu_memory == u64::MAX {
+                        0
+                    } else {
+                        p.used_gpu_memory
+                    },
+                })
+                .collect());
+        }
+        Err(NvmlError::Call {
+            call: "nvmlDeviceGetComputeRunningProcesses_v3",
+            message: "the list of processes kept growing".into(),
+        })
+    }
+
+    /// The NVML handle of the GPU with this UUID.
+    fn handle_of(&self, uuid: &GpuUuid) -> Result<Handle, NvmlError> {
+        let text = CString::new(uuid.to_string()).map_err(|_| NvmlError::Call {
+            call: "nvmlDeviceGetHandleByUUID",
+            message: "the UUID cannot be passed to NVML".into(),
+        })?;
+        let mut handle: Handle = std::ptr::null_mut();
+        // SAFETY: `text` is NUL-terminated and outlives the call; `handle` is a valid place.
+        let rc = unsafe { (self.by_uuid)(text.as_ptr(), &raw mut handle) };
+        self.check("nvmlDeviceGetHandleByUUID", rc)?;
+        Ok(handle)
     }
 
     /// Whether the GPU answers: `None` when it does; otherwise what NVML said (it is gone,
