@@ -422,6 +422,73 @@ check_context_footprint() {
   fi
 }
 
+# gpu_used_mib: the GPU's used memory in MiB, as NVML (nvidia-smi, no shim) reports it.
+gpu_used_mib() {
+  env -u LD_PRELOAD nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null |
+    head -n 1 | tr -dc '0-9'
+}
+
+# wait_for_line FILE TEXT: waits (up to 60 s) until FILE has a line containing TEXT.
+wait_for_line() {
+  local _
+  for _ in $(seq 600); do
+    grep -q -- "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# A child forked after its parent allocated keeps the parent's descriptors of the driver;
+# does the device keep the parent's memory while the child lives, after the parent is
+# killed? If it does, the tenant's charge must stay until the child is gone too (issue 15
+# item 3): the tenant's next process is refused what the quota no longer has room for, and
+# gets it once the child dies. Also records whether the driver's descriptors are
+# close-on-exec (the shim's slot lock is, to match).
+check_fork_child_keeps_memory() {
+  [ -z "$PROBE_ERROR" ] || { problem "$PROBE_ERROR"; return; }
+  shim_env
+  local out=$CHECK_DIR/parent.out baseline held after_kill after_child child parent fd flags cloexec=""
+  baseline=$(gpu_used_mib)
+  "${SHIM[@]}" "$PROBE" dlsym alloc 2048M fork-hold hold </dev/null >"$out" 2>"$CHECK_DIR/parent.err" &
+  parent=$!
+  if ! wait_for_line "$out" holding; then
+    problem "the parent never held its memory: $(last_line "$CHECK_DIR/parent.err")"
+    kill -9 "$parent" 2>/dev/null
+    return
+  fi
+  child=$(field "$out" fork-hold child_pid)
+  held=$(gpu_used_mib)
+  for fd in /proc/"$child"/fd/*; do
+    case $(readlink "$fd") in
+      /dev/nvidia*)
+        flags=$(awk '/^flags:/ { print $2 }' "/proc/$child/fdinfo/${fd##*/}")
+        cloexec+="$(readlink "$fd")=$(( (8#$flags & 8#2000000) != 0 )) "
+        ;;
+    esac
+  done
+  detail "driver descriptors close-on-exec: ${cloexec:-none seen}"
+  kill -9 "$parent" 2>/dev/null
+  wait "$parent" 2>/dev/null
+  sleep 2
+  after_kill=$(gpu_used_mib)
+  detail "GPU used: baseline $baseline MiB, with the parent $held MiB, parent killed and child alive $after_kill MiB"
+  run next "${SHIM[@]}" "$PROBE" dlsym alloc 3072M
+  local next_rc
+  next_rc=$(field "$CHECK_DIR/next.out" alloc rc)
+  if is_int "$after_kill" && is_int "$baseline" && [ $((after_kill - baseline)) -ge 2048 ]; then
+    detail "the device kept the killed parent's memory while its child lived"
+    expect "next process's 3 GiB refused while the child holds the parent's 2 GiB" "$next_rc" "==" 2
+  else
+    detail "the device let the killed parent's memory go although its child lived (the ledger then over-counts until the child exits)"
+  fi
+  kill -9 "$child" 2>/dev/null
+  sleep 2
+  after_child=$(gpu_used_mib)
+  detail "child killed: $after_child MiB"
+  run after "${SHIM[@]}" "$PROBE" dlsym alloc 3072M
+  expect "3 GiB granted once the child is gone" "$(field "$CHECK_DIR/after.out" alloc rc)" "==" 0
+}
+
 # --- driver ----------------------------------------------------------------------------
 
 # run_check NAME FUNCTION: one PASS or FAIL line; a failed check shows its programs' output.
@@ -487,7 +554,7 @@ header() {
 
 CHECKS=(torch-mem-get-info torch-oom torch-expandable-oom torch-fine-oom jax-prealloc cupy-oom triton-kernel
   nvidia-smi cudarc-alloc-until-oom cudarc-spin cudaprobe-paths bad-setting-fails-closed
-  no-cuda-programs context-footprint)
+  no-cuda-programs context-footprint fork-child-keeps-memory)
 
 main() {
   local name
