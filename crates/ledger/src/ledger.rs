@@ -139,9 +139,7 @@ impl Ledger {
     /// The tenant's lock file for asking who holds its locks, where this process may open it
     /// (read-only is enough to ask); `None` where it is missing or this process may not.
     fn probe_locks(&self, t: &TenantName) -> Option<LockFile> {
-        LockFile::open(&self.lock_path(t), Access::ReadOnly)
-            .ok()
-            .flatten()
+        LockFile::open_for_probing(&self.lock_path(t))
     }
 
     /// Creates or updates the tenant's quota file (the creator's side).

@@ -73,6 +73,21 @@ impl LockFile {
         }))
     }
 
+    /// Opens the lock file at `path` only to ask who holds its locks: read-only, and without
+    /// checking its header, since the answer is about the file, not its bytes (a tenant can
+    /// write its own lock file, and garbage there must not make its dead processes look
+    /// alive to the host forever). `None` if it is missing, not a regular file, or cannot be
+    /// opened by this process.
+    pub(crate) fn open_for_probing(path: &Path) -> Option<LockFile> {
+        let file = files::open_existing(path, Access::ReadOnly).ok()??;
+        let meta = file.metadata().ok()?;
+        meta.file_type().is_file().then(|| LockFile {
+            path: path.to_path_buf(),
+            file,
+            identity: files::identity(&meta),
+        })
+    }
+
     /// Creates an empty lock file at `path` in directory `dir` (mode 0600), unless one
     /// appears there first (then that one is kept).
     pub(crate) fn create(dir: &Path, path: &Path) -> Result<(), LedgerError> {

@@ -406,3 +406,22 @@ fn reclaim_dead_empties_a_dirty_slot_left_outside_the_bitmap() {
     assert_eq!(report.slots, 1);
     assert_eq!(report.bytes, vec![(GpuIndex(0), 12345)]);
 }
+
+#[test]
+fn a_tenant_that_damages_its_own_lock_file_does_not_make_its_dead_look_alive() {
+    let (_d, ledger) = ledger();
+    let t = tenant("t");
+    let usage = ledger.open_usage(&t).unwrap();
+    let i = usage.register_gpu(&gpu(1)).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    slot.try_reserve(i, 5, 10).unwrap();
+    slot.close_as_if_dead();
+    // The tenant may write its own lock file: garbage there does not change who holds locks.
+    poke(&ledger.lock_path(&t), header::MAGIC, b"GARBAGE!");
+    let snap = ledger.snapshot_usage(&t).unwrap();
+    assert_eq!(snap.slots().len(), 1);
+    assert!(
+        !snap.slots()[0].live,
+        "an observer still sees the process is gone"
+    );
+}
