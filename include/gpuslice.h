@@ -142,8 +142,8 @@ extern "C" {
 #define GPUSLICE_USAGE_ENTRY_SIZE 64u
 #define GPUSLICE_USAGE_BITMAP_OFFSET 1088u
 #define GPUSLICE_USAGE_SLOT_OFFSET 1216u
-#define GPUSLICE_USAGE_SLOT_SIZE 544u
-#define GPUSLICE_USAGE_FILE_SIZE 558272u
+#define GPUSLICE_USAGE_SLOT_SIZE 672u
+#define GPUSLICE_USAGE_FILE_SIZE 689344u
 #define GPUSLICE_LOCK_FILE_SIZE 64u
 
 /*
@@ -193,7 +193,7 @@ struct gpuslice_header {
                                           lock: 0 */
     uint64_t slot_offset;              /* usage: process slots (1216); quota, lock: 0 */
     uint32_t entry_size;               /* size of one per-GPU entry (64; lock: 0) */
-    uint32_t slot_size;                /* usage: 544; quota, lock: 0 */
+    uint32_t slot_size;                /* usage: 672; quota, lock: 0 */
     /*
      * quota: the generation (atomic), a sequence lock: odd while an update is being written,
      *        even and larger after it. A reader loads it (acquire), reads the fields, issues
@@ -267,7 +267,7 @@ struct gpuslice_usage_gpu {
 };
 
 /**
- * One process slot's record for one GPU (32 bytes), indexed like the GPU table.
+ * One process slot's record for one GPU (40 bytes), indexed like the GPU table.
  */
 struct gpuslice_slot_gpu {
     uint64_t memory_bytes; /* memory this process holds on the GPU (atomic) */
@@ -279,10 +279,16 @@ struct gpuslice_slot_gpu {
                                GPU; bit 59: its queued work takes more than 1 ms to finish
                                (see docs/architecture.md); bits 0-58: CLOCK_MONOTONIC ns it
                                last had work in flight or waited for credit (atomic) */
+    uint64_t compute;       /* the compute settings the process enforces on this GPU: bit 63
+                               published; bits 0-15 share permille, 16-31 limit permille,
+                               32-39 priority (GPUSLICE_PRIORITY_*); 0 = unset (atomic).
+                               Readers must not believe more than the tenant's quota gives
+                               on the GPU: no share where it has none, at most its share,
+                               at most its priority (normal where it has none) */
 };
 
 /**
- * One process slot (544 bytes).
+ * One process slot (672 bytes).
  *
  * Slot i is owned by whoever holds an OFD write lock (F_OFD_SETLK, l_start =
  * GPUSLICE_LOCK_SLOTS + i, l_len = 1) on the tenant's lock file. The kernel drops the lock
@@ -307,9 +313,7 @@ struct gpuslice_slot {
     uint32_t state;           /* GPUSLICE_SLOT_FREE / GPUSLICE_SLOT_LIVE */
     uint32_t pid;             /* informational only, never trusted */
     uint64_t claimed_unix_ms; /* when the slot was claimed */
-    uint64_t compute;         /* settings the process enforces: bit 63 published; bits 0-15
-                                 share permille, 16-31 limit permille, 32-39 priority
-                                 (GPUSLICE_PRIORITY_*); 0 = unset (atomic) */
+    uint64_t reserved;        /* zero */
     uint64_t pid_namespace;   /* inode of the process's PID namespace (/proc/self/ns/pid),
                                  0 if unknown; with pid, names the process from the host.
                                  Informational only */
@@ -317,7 +321,7 @@ struct gpuslice_slot {
 };
 
 /**
- * A usage file (558272 bytes, sparse: slots never used take no memory).
+ * A usage file (689344 bytes, sparse: slots never used take no memory).
  *
  * The memory a tenant uses on GPU g is the sum of slots[i].gpus[g].memory_bytes over the
  * slots i whose bit is set in the occupied bitmap (bit i % 64 of word i / 64). There is no
@@ -395,12 +399,12 @@ _Static_assert(offsetof(struct gpuslice_usage_gpu, credit_ns) == 40, "credit_ns"
 _Static_assert(offsetof(struct gpuslice_usage_gpu, refilled_at_ns) == 48, "refilled_at_ns");
 _Static_assert(offsetof(struct gpuslice_usage_gpu, throttled_ns) == 56, "throttled_ns");
 
-_Static_assert(sizeof(struct gpuslice_slot_gpu) == 32, "slot gpu record");
+_Static_assert(sizeof(struct gpuslice_slot_gpu) == 40, "slot gpu record");
 _Static_assert(offsetof(struct gpuslice_slot_gpu, gpu_time_ns) == 8, "gpu_time_ns");
 _Static_assert(sizeof(struct gpuslice_slot) == GPUSLICE_USAGE_SLOT_SIZE, "slot size");
 _Static_assert(offsetof(struct gpuslice_slot, pid) == 4, "pid");
 _Static_assert(offsetof(struct gpuslice_slot, claimed_unix_ms) == 8, "claimed_unix_ms");
-_Static_assert(offsetof(struct gpuslice_slot, compute) == 16, "compute");
+_Static_assert(offsetof(struct gpuslice_slot_gpu, compute) == 32, "compute");
 _Static_assert(offsetof(struct gpuslice_slot, pid_namespace) == 24, "pid_namespace");
 _Static_assert(offsetof(struct gpuslice_slot_gpu, activity) == 24, "activity");
 _Static_assert(offsetof(struct gpuslice_slot, gpus) == 32, "slot gpus");

@@ -4,9 +4,12 @@
 //! Copies, never mappings: another tenant can truncate its own usage file, which would
 //! raise SIGBUS in a process that mapped it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuslice_ledger::{Ledger, TenantName, UsageReader, UsageSnapshot};
+use gpuslice_ledger::{
+    ComputeSettings, GpuUuid, Ledger, QuotaFile, TenantName, UsageReader, UsageSnapshot,
+};
 
 use crate::log::{Level, RateLimit, log};
 
@@ -20,13 +23,37 @@ pub struct Tenant {
     pub name: TenantName,
     /// Its usage file's copy.
     pub usage: UsageSnapshot,
+    /// Its quota file, if it has one: the ceiling of what its processes may claim.
+    pub quota: Option<Arc<QuotaFile>>,
+}
+
+impl Tenant {
+    /// What the tenant may claim on `gpu` of what its processes published: capped by its
+    /// quota file, which it cannot write (a process that wrote its own usage file could
+    /// otherwise claim any share, or high priority, and make every neighbour yield to it).
+    /// A tenant without a quota file (made by nobody but its own processes) is taken at
+    /// its word: nothing bounds it.
+    pub fn ceiling(&self, gpu: &GpuUuid, published: ComputeSettings) -> ComputeSettings {
+        match &self.quota {
+            Some(quota) => published.capped_by(quota.limits_for(gpu).compute()),
+            None => published,
+        }
+    }
+}
+
+/// One tenant's open files.
+#[derive(Debug)]
+struct Reader {
+    name: TenantName,
+    usage: UsageReader,
+    quota: Option<Arc<QuotaFile>>,
 }
 
 /// The readers of every tenant's usage file.
 #[derive(Debug)]
 pub struct Neighbours {
     ledger: Ledger,
-    readers: Vec<(TenantName, UsageReader)>,
+    readers: Vec<Reader>,
     scanned: Option<Instant>,
     errors: RateLimit,
 }
@@ -49,11 +76,12 @@ impl Neighbours {
             self.rescan();
         }
         let mut out = Vec::with_capacity(self.readers.len());
-        for (name, reader) in &mut self.readers {
-            match reader.read() {
+        for Reader { name, usage, quota } in &mut self.readers {
+            match usage.read() {
                 Ok(usage) => out.push(Tenant {
                     name: name.clone(),
                     usage,
+                    quota: quota.clone(),
                 }),
                 Err(error) => {
                     if self.errors.admit().is_some() {
@@ -84,11 +112,15 @@ impl Neighbours {
         };
         // Keep the readers of tenants still there (their files may have been replaced:
         // a tenant removed and created again; reopening each rescan catches that).
-        self.readers.retain(|(name, _)| names.contains(name));
+        self.readers.retain(|r| names.contains(&r.name));
         for name in names {
-            let reopened = match self.ledger.usage_reader(&name) {
-                Ok(Some(reader)) => reader,
-                Ok(None) => continue,
+            let opened = self
+                .ledger
+                .usage_reader(&name)
+                .and_then(|usage| Ok((usage, self.ledger.read_quota(&name)?)));
+            let (usage, quota) = match opened {
+                Ok((Some(usage), quota)) => (usage, quota.map(Arc::new)),
+                Ok((None, _)) => continue,
                 Err(error) => {
                     if self.errors.admit().is_some() {
                         log!(
@@ -99,9 +131,10 @@ impl Neighbours {
                     continue;
                 }
             };
-            match self.readers.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, reader)) => *reader = reopened,
-                None => self.readers.push((name, reopened)),
+            let reopened = Reader { name, usage, quota };
+            match self.readers.iter_mut().find(|r| r.name == reopened.name) {
+                Some(reader) => *reader = reopened,
+                None => self.readers.push(reopened),
             }
         }
     }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use gpuslice_ledger::{ComputeSettings, Ledger, LedgerError, TenantName};
+use gpuslice_ledger::{ComputeSettings, GpuUuid, Ledger, LedgerError, Limits, TenantName};
 
 use crate::allocations::Allocations;
 use crate::config::TenantSettings;
@@ -83,25 +83,26 @@ impl Shim {
         &self.settings.dir
     }
 
-    /// The compute settings this process enforces now: the tenant's quota file (read live)
-    /// is the ceiling, and the environment may lower it. Compute settings are per tenant,
-    /// the same on every GPU (per-GPU quota entries set memory only).
-    pub fn compute_settings(&self) -> ComputeSettings {
-        let file = self
-            .memory
-            .quota()
-            .map(|q| q.defaults())
-            .unwrap_or_default();
-        let from_file = ComputeSettings {
-            share_permille: file.compute_share_permille,
-            limit_permille: file.compute_limit_permille,
-            priority: file.priority,
-        };
-        from_file.lowered_by(ComputeSettings {
+    /// The compute settings this process enforces on `gpu` now: the environment's, under
+    /// the ceiling of the tenant's quota file (read live) for that GPU, which the
+    /// environment may lower but never raise ([`ComputeSettings::capped_by`]: a share or
+    /// high priority the quota does not give cannot be claimed). Without a quota file, the
+    /// environment's.
+    pub fn compute_settings(&self, gpu: &GpuUuid) -> ComputeSettings {
+        self.compute_settings_under(self.memory.quota().map(|q| q.limits_for(gpu)))
+    }
+
+    /// The environment's compute settings under `ceiling` (a quota's limits), if any.
+    fn compute_settings_under(&self, ceiling: Option<Limits>) -> ComputeSettings {
+        let env = ComputeSettings {
             share_permille: self.settings.compute_share,
             limit_permille: self.settings.compute_limit,
             priority: self.settings.priority,
-        })
+        };
+        match ceiling {
+            Some(limits) => env.capped_by(limits.compute()),
+            None => env,
+        }
     }
 
     /// Starts the watcher on the first launch (once; a forked child has a `Shim` of its
@@ -109,9 +110,6 @@ impl Shim {
     pub fn ensure_watcher(&'static self) {
         if self.watcher_started.swap(true, Ordering::AcqRel) {
             return;
-        }
-        if let Ok(slot) = self.memory.slot() {
-            slot.publish_compute(self.compute_settings());
         }
         crate::watcher::start(self);
     }
@@ -132,7 +130,10 @@ impl Shim {
                     Some(limit) => write!(f, ", GPUSLICE_MEMORY_LIMIT {}", Bytes(limit))?,
                     None => write!(f, ", no GPUSLICE_MEMORY_LIMIT")?,
                 }
-                let compute = self.0.compute_settings();
+                // The quota's defaults: what GPUs without an entry of their own get.
+                let compute = self
+                    .0
+                    .compute_settings_under(self.0.memory.quota().map(|q| q.defaults()));
                 write!(
                     f,
                     ", compute share {}, limit {}, priority {}",

@@ -169,6 +169,8 @@ struct GpuTrack {
     busy_since_ns: u64,
     last_active_ns: u64,
     published: u64,
+    /// The compute settings last published on this GPU.
+    published_compute: Option<ComputeSettings>,
     /// Since when launches wait for a turn (0: they do not).
     turn_wait_since_ns: u64,
     /// Its turn is over until its work drains (see `policy::turns`).
@@ -303,7 +305,11 @@ impl Watcher {
             if quiet && !gate.has_waiters() {
                 continue;
             }
-            let entitled = self.entitlement(&tenants, &uuid, now);
+            let settings = shim.compute_settings(&uuid);
+            if track_settings(&mut self.gpus[g].published_compute, settings) {
+                slot.publish_compute(gpu, settings);
+            }
+            let entitled = self.entitlement(&tenants, &uuid, now, settings);
             let track = &mut self.gpus[g];
 
             // 1. Charge this process its part of the tick.
@@ -559,9 +565,14 @@ impl Watcher {
 
     /// This tenant's standing on `uuid` now: its entitled rate, whether it must yield to an
     /// active high-priority tenant, and the others as contenders for turns.
-    fn entitlement(&mut self, tenants: &[Tenant], uuid: &GpuUuid, now: u64) -> Entitlement {
+    fn entitlement(
+        &mut self,
+        tenants: &[Tenant],
+        uuid: &GpuUuid,
+        now: u64,
+        own_settings: ComputeSettings,
+    ) -> Entitlement {
         let own = self.shim.tenant();
-        let own_settings = self.shim.compute_settings();
         let mut demands = Vec::with_capacity(tenants.len());
         let mut own_index = None;
         let mut high_active_elsewhere = false;
@@ -579,12 +590,15 @@ impl Watcher {
                 own_settings
             } else {
                 // Only processes active now: a dead one's slot keeps its settings until
-                // it is reclaimed.
-                combined(
-                    slots
-                        .iter()
-                        .filter(|s| s.activity.seen_within(now, ACTIVE_NS))
-                        .filter_map(|s| s.settings),
+                // it is reclaimed. Never more than the tenant's quota allows.
+                tenant.ceiling(
+                    uuid,
+                    combined(
+                        slots
+                            .iter()
+                            .filter(|s| s.activity.seen_within(now, ACTIVE_NS))
+                            .filter_map(|s| s.settings),
+                    ),
                 )
             };
             let high = settings.priority == Some(Priority::High);
@@ -682,6 +696,13 @@ fn in_flight_elsewhere(
 fn available(credit: u64, consumed: u64) -> i64 {
     let ahead = i64::try_from(credit.abs_diff(consumed)).unwrap_or(i64::MAX);
     if credit >= consumed { ahead } else { -ahead }
+}
+
+/// Whether `settings` differ from what was last published on a GPU (then it is recorded).
+fn track_settings(published: &mut Option<ComputeSettings>, settings: ComputeSettings) -> bool {
+    let changed = *published != Some(settings);
+    *published = Some(settings);
+    changed
 }
 
 /// A tenant's settings from what its processes published: the most restrictive of each.

@@ -491,3 +491,71 @@ fn a_high_priority_tenant_waits_little_beside_a_busy_neighbour_that_keeps_workin
         kept * 100.0
     );
 }
+
+/// The device plugin writes a tenant's compute settings into the quota's entry for each GPU
+/// it allocated (the defaults, for every other GPU, give nothing). The shim used to read
+/// only the defaults, so in Kubernetes a pod's share and cap were not applied at all and its
+/// own environment decided them; and where the quota set no share or priority, the
+/// environment could claim one. Now the quota's entry for the GPU is the ceiling.
+#[test]
+fn per_gpu_compute_quota_holds_whatever_the_environment_claims() {
+    let _serial = serial();
+    let node = Node::new();
+    let gpu = gpuslice_ledger::GpuUuid::parse("GPU-fa4ec0da-0000-4000-8000-000000000000").unwrap();
+    let limits = gpuslice_ledger::Limits {
+        memory_bytes: Some(GIB),
+        compute_share_permille: Some(300),
+        compute_limit_permille: Some(300),
+        priority: None,
+    };
+    node.ledger()
+        .write_quota(
+            &gpuslice_ledger::TenantName::new("pod").unwrap(),
+            &gpuslice_ledger::TenantQuota {
+                defaults: gpuslice_ledger::Limits {
+                    memory_bytes: Some(0),
+                    ..gpuslice_ledger::Limits::default()
+                },
+                per_gpu: vec![(gpu, limits)],
+            },
+        )
+        .unwrap();
+    let running = load(
+        &node,
+        "pod",
+        &[
+            ("GPUSLICE_COMPUTE_LIMIT", "100"),
+            ("GPUSLICE_COMPUTE_SHARE", "100"),
+            ("GPUSLICE_PRIORITY", "high"),
+        ],
+        2500,
+        &[],
+    );
+    // While it runs: what it publishes is what the quota allows, not what it asked for.
+    std::thread::sleep(Duration::from_millis(500));
+    let usage = node
+        .ledger()
+        .snapshot_usage(&gpuslice_ledger::TenantName::new("pod").unwrap())
+        .unwrap();
+    let index = usage.gpu_index(&gpu).unwrap();
+    let published: Vec<_> = usage
+        .compute_slots(index)
+        .into_iter()
+        .filter_map(|s| s.settings)
+        .collect();
+    assert_eq!(
+        published,
+        vec![gpuslice_ledger::ComputeSettings {
+            share_permille: Some(300),
+            limit_permille: Some(300),
+            priority: Some(gpuslice_ledger::Priority::Normal),
+        }]
+    );
+    let report = finish(running);
+    let (from, to) = common_window(&[&report], 300);
+    assert_near(
+        "the pod capped at 30% by its quota's entry",
+        report.share(from, to),
+        0.30,
+    );
+}

@@ -5,7 +5,7 @@
 //! `GPUSLICE_COMPUTE_LIMIT` and `GPUSLICE_PRIORITY` (its `config` module), so that a value
 //! `gpuslice run` takes is never one the shim would refuse, and the other way round.
 
-use gpuslice_ledger::{ComputeSettings, Limits, Priority, SlotInfo, UsageSnapshot};
+use gpuslice_ledger::{ComputeSettings, Priority, SlotInfo, UsageSnapshot};
 
 pub use gpuslice_ledger::{PERCENT_FORM, parse_percent, parse_priority};
 
@@ -36,15 +36,6 @@ pub fn percent_number(permille: u32) -> f64 {
     f64::from(permille) / 10.0
 }
 
-/// The compute settings of a quota's limits.
-pub fn from_limits(limits: &Limits) -> ComputeSettings {
-    ComputeSettings {
-        share_permille: limits.compute_share_permille,
-        limit_permille: limits.compute_limit_permille,
-        priority: limits.priority,
-    }
-}
-
 /// Where the settings a report shows come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -65,12 +56,13 @@ impl Source {
 }
 
 /// The settings a tenant enforces on a GPU: the most restrictive of those its live
-/// processes published (as other tenants' watchers combine them), else `quota`'s.
+/// processes published there, under its `quota`'s ceiling for the GPU if it has a quota
+/// file (as other tenants' watchers take them), else the quota's.
 pub fn enforced(
     usage: Option<&UsageSnapshot>,
     live: &[SlotInfo],
     gpu: Option<gpuslice_ledger::GpuIndex>,
-    quota: ComputeSettings,
+    quota: Option<ComputeSettings>,
 ) -> (ComputeSettings, Source) {
     let published: Vec<ComputeSettings> = match (usage, gpu) {
         (Some(usage), Some(gpu)) => usage
@@ -82,9 +74,10 @@ pub fn enforced(
         _ => Vec::new(),
     };
     let combined = published.into_iter().reduce(ComputeSettings::lowered_by);
-    match combined {
-        Some(settings) => (settings, Source::Published),
-        None => (quota, Source::Quota),
+    match (combined, quota) {
+        (Some(settings), Some(quota)) => (settings.capped_by(quota), Source::Published),
+        (Some(settings), None) => (settings, Source::Published),
+        (None, quota) => (quota.unwrap_or_default(), Source::Quota),
     }
 }
 
@@ -162,7 +155,10 @@ mod tests {
             share_permille: Some(500),
             ..ComputeSettings::default()
         };
-        assert_eq!(enforced(None, &[], None, quota), (quota, Source::Quota));
+        assert_eq!(
+            enforced(None, &[], None, Some(quota)),
+            (quota, Source::Quota)
+        );
         let with = |share, priority| ComputeSettings {
             share_permille: share,
             limit_permille: None,

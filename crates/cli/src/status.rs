@@ -251,10 +251,8 @@ fn tenant_report(ledger: &Ledger, tenant: &TenantName) -> Option<TenantReport> {
 /// A tenant's usage from its quota and a copy of its usage file (either may be missing).
 fn tenant_usage(quota: Option<&TenantQuota>, usage: Option<&UsageSnapshot>) -> TenantUsage {
     let limit_on = |gpu: &GpuUuid| quota.and_then(|q| q.limits_for(gpu).memory_bytes);
-    // Compute settings are per tenant: the shim reads them from the quota's defaults.
-    let quota_compute = quota
-        .map(|q| compute::from_limits(&q.defaults))
-        .unwrap_or_default();
+    // The quota's compute settings on a GPU: its entry's, else the defaults.
+    let quota_compute = |gpu: &GpuUuid| quota.map(|q| q.limits_for(gpu).compute());
     let live: Vec<_> = usage
         .map(|u| u.slots().into_iter().filter(|s| s.live).collect())
         .unwrap_or_default();
@@ -278,7 +276,8 @@ fn tenant_usage(quota: Option<&TenantQuota>, usage: Option<&UsageSnapshot>) -> T
                     })
                 })
                 .collect();
-            let (settings, source) = compute::enforced(usage, &live, Some(*index), quota_compute);
+            let (settings, source) =
+                compute::enforced(usage, &live, Some(*index), quota_compute(uuid));
             let mut gpu = gpu_report(uuid, limit_on(uuid), settings, source);
             gpu.memory_used_bytes = processes
                 .iter()
@@ -295,16 +294,17 @@ fn tenant_usage(quota: Option<&TenantQuota>, usage: Option<&UsageSnapshot>) -> T
             gpus.push(gpu_report(
                 &uuid.to_string(),
                 limits.memory_bytes,
-                quota_compute,
+                limits.compute(),
                 Source::Quota,
             ));
         }
     }
+    let defaults = quota.map(|q| q.defaults.compute()).unwrap_or_default();
     TenantUsage {
         memory_limit_bytes: quota.and_then(|q| q.defaults.memory_bytes),
-        compute_share_percent: quota_compute.share_permille.map(percent_number),
-        compute_limit_percent: quota_compute.limit_permille.map(percent_number),
-        priority: quota_compute.priority.map(Priority::name),
+        compute_share_percent: defaults.share_permille.map(percent_number),
+        compute_limit_percent: defaults.limit_permille.map(percent_number),
+        priority: defaults.priority.map(Priority::name),
         live_processes: live.len(),
         gpus,
     }

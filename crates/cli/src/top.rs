@@ -734,19 +734,24 @@ mod tests {
         );
         let mut held = Vec::new();
 
-        ledger
-            .write_quota(&name("team-a"), &quota(Some(GIB)))
-            .unwrap();
+        // A quota that gives team-a what its process then publishes (a process never
+        // publishes more than its quota gives; observers cap what it says by the quota).
+        let compute = ComputeSettings {
+            share_permille: Some(300),
+            limit_permille: Some(125),
+            priority: Some(Priority::High),
+        };
+        let mut team_a = quota(Some(GIB));
+        team_a.defaults.compute_share_permille = compute.share_permille;
+        team_a.defaults.compute_limit_permille = compute.limit_permille;
+        team_a.defaults.priority = compute.priority;
+        ledger.write_quota(&name("team-a"), &team_a).unwrap();
         let usage = ledger.open_usage(&name("team-a")).unwrap();
         let a = usage.register_gpu(&gpu_a).unwrap();
         let slot = usage.claim_slot().unwrap();
         slot.try_reserve(a, 300 * MIB, GIB).unwrap();
         usage.record_oom(a);
-        slot.publish_compute(ComputeSettings {
-            share_permille: Some(300),
-            limit_permille: Some(125),
-            priority: Some(Priority::High),
-        });
+        slot.publish_compute(a, compute);
         usage.add_throttled(a, 1_500_000_000);
         let before = read_report(dir.path()).unwrap();
         // 100 ms of GPU time in 400 ms of wall time: 25%.

@@ -38,9 +38,13 @@ fn populated(t: &TestDir) -> impl Sized {
     let ledger = t.ledger();
     let a = tenant("team-a");
     let gpu = GpuUuid::parse(GPU).unwrap();
+    // The quota gives what the process publishes below (observers cap what a process says
+    // by its quota).
     let quota = TenantQuota {
         defaults: Limits {
             memory_bytes: Some(GIB),
+            compute_share_permille: Some(250),
+            priority: Some(Priority::High),
             ..Limits::default()
         },
         per_gpu: vec![],
@@ -51,11 +55,14 @@ fn populated(t: &TestDir) -> impl Sized {
     let index = usage.register_gpu(&gpu).unwrap();
     slot.try_reserve(index, 300 * MIB, GIB).unwrap();
     usage.record_oom(index);
-    slot.publish_compute(ComputeSettings {
-        share_permille: Some(250),
-        limit_permille: Some(500),
-        priority: Some(Priority::High),
-    });
+    slot.publish_compute(
+        index,
+        ComputeSettings {
+            share_permille: Some(250),
+            limit_permille: Some(500),
+            priority: Some(Priority::High),
+        },
+    );
     slot.add_gpu_time(index, 1_500_000_000);
     usage.add_throttled(index, 20_000_000);
     let idle = usage.claim_slot().unwrap();

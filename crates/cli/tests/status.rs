@@ -71,7 +71,10 @@ fn status_reports_what_a_process_actually_holds() {
     let ledger = t.ledger();
     let a = tenant("team-a");
     let gpu = GpuUuid::parse("GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d").unwrap();
-    ledger.write_quota(&a, &gib_quota(1)).unwrap();
+    // A quota with a share above what the process enforces (it lowered it).
+    let mut quota = gib_quota(1);
+    quota.defaults.compute_share_permille = Some(500);
+    ledger.write_quota(&a, &quota).unwrap();
 
     // What a shim process does: claim a slot, register the GPU, reserve, be refused.
     let usage = ledger.open_usage(&a).unwrap();
@@ -82,11 +85,14 @@ fn status_reports_what_a_process_actually_holds() {
     usage.record_oom(index);
     // What its watcher does: publish the settings it enforces, charge GPU time, count the
     // time its launches waited.
-    slot.publish_compute(ComputeSettings {
-        share_permille: Some(250),
-        limit_permille: Some(500),
-        priority: Some(Priority::Low),
-    });
+    slot.publish_compute(
+        index,
+        ComputeSettings {
+            share_permille: Some(250),
+            limit_permille: Some(500),
+            priority: Some(Priority::Low),
+        },
+    );
     slot.add_gpu_time(index, 1_500_000_000);
     usage.add_throttled(index, 20_000_000);
     // A second process holding nothing yet.
@@ -119,8 +125,8 @@ fn status_reports_what_a_process_actually_holds() {
             "gpu_time_ns": 1_500_000_000u64,
         }])
     );
-    // The quota has no compute settings; the process published its own.
-    assert!(entry["compute_share_percent"].is_null(), "{entry:#}");
+    // The quota's share is 50%; the process published lower settings of its own.
+    assert_eq!(entry["compute_share_percent"], 50.0, "{entry:#}");
     assert!(entry["priority"].is_null(), "{entry:#}");
     assert_eq!(gpus[0]["compute_share_percent"], 25.0);
     assert_eq!(gpus[0]["compute_limit_percent"], 50.0);
@@ -398,4 +404,33 @@ fn a_process_using_the_gpu_outside_gpuslice_is_reported_unenforced() {
         table.stdout
     );
     drop((enforced, bare));
+}
+
+/// A process that writes its own usage file can publish any settings; what observers (and
+/// the other tenants' watchers) take is capped by the tenant's quota, which it cannot write.
+#[test]
+fn settings_a_process_publishes_above_its_quota_are_not_believed() {
+    let t = TestDir::new();
+    let ledger = t.ledger();
+    let a = tenant("boaster");
+    let gpu = GpuUuid([9; 16]);
+    let mut quota = gib_quota(1);
+    quota.defaults.compute_share_permille = Some(100);
+    ledger.write_quota(&a, &quota).unwrap();
+    let usage = ledger.open_usage(&a).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    let index = usage.register_gpu(&gpu).unwrap();
+    slot.publish_compute(
+        index,
+        ComputeSettings {
+            share_permille: Some(1000),
+            limit_permille: None,
+            priority: Some(Priority::High),
+        },
+    );
+    let status = t.status_json();
+    let gpus = &tenant_entry(&status, "boaster")["gpus"];
+    assert_eq!(gpus[0]["compute_share_percent"], 10.0, "{gpus:#}");
+    assert_eq!(gpus[0]["priority"], "normal", "{gpus:#}");
+    drop(slot);
 }

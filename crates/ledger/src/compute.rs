@@ -12,8 +12,9 @@ use crate::limits::{PERMILLE_MAX, Priority};
 use crate::slot::ProcessSlot;
 use crate::usage::{GpuIndex, UsageFile};
 
-/// A process's compute settings as it enforces them (the tenant's quota lowered by its
-/// environment), published in its slot so that other tenants can split the GPU.
+/// A process's compute settings on a GPU as it enforces them (its environment's, under the
+/// tenant's quota: see [`ComputeSettings::capped_by`]), published in its slot so that other
+/// tenants can split the GPU.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ComputeSettings {
     /// The guaranteed part when others compete, 1..=1000 permille.
@@ -66,9 +67,30 @@ fn lower<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
 }
 
 impl ComputeSettings {
+    /// These settings under a quota's `ceiling`: what a process may claim where a quota file
+    /// sets its tenant's compute settings. Unlike [`lowered_by`](Self::lowered_by), an
+    /// unset field of the ceiling is a constraint too: no share in the quota means no share
+    /// may be claimed (a share is a guarantee), and no priority means normal (so no process
+    /// can make itself high). The limit only ever comes down: any cap is allowed where the
+    /// quota has none. Where the ceiling has a share and these settings none, the quota's
+    /// share applies.
+    pub fn capped_by(self, ceiling: ComputeSettings) -> ComputeSettings {
+        let ceiling_priority = ceiling.priority.unwrap_or(Priority::Normal);
+        ComputeSettings {
+            share_permille: ceiling
+                .share_permille
+                .map(|c| self.share_permille.map_or(c, |s| s.min(c))),
+            limit_permille: lower(self.limit_permille, ceiling.limit_permille),
+            priority: Some(
+                self.priority
+                    .map_or(ceiling_priority, |p| p.min(ceiling_priority)),
+            ),
+        }
+    }
+
     /// The most restrictive of the two, field by field: the lower share, the lower limit,
-    /// the lower priority. How a quota file's ceiling meets the environment, and how a
-    /// tenant's processes that enforce different settings are combined.
+    /// the lower priority, a set one winning over an unset one. How a tenant's processes
+    /// that enforce different settings are combined.
     pub fn lowered_by(self, other: ComputeSettings) -> ComputeSettings {
         ComputeSettings {
             share_permille: lower(self.share_permille, other.share_permille),
@@ -184,10 +206,10 @@ impl Activity {
 }
 
 impl ProcessSlot {
-    /// Publishes this process's compute settings.
-    pub fn publish_compute(&self, settings: ComputeSettings) {
-        if let Some(slot) = self.slot() {
-            slot.compute.store(settings.pack(), SeqCst);
+    /// Publishes the compute settings this process enforces on `gpu`.
+    pub fn publish_compute(&self, gpu: GpuIndex, settings: ComputeSettings) {
+        if let Some(own) = self.own_record(gpu) {
+            own.compute.store(settings.pack(), SeqCst);
         }
     }
 
@@ -259,6 +281,69 @@ impl UsageFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(
+        share: Option<u32>,
+        limit: Option<u32>,
+        priority: Option<Priority>,
+    ) -> ComputeSettings {
+        ComputeSettings {
+            share_permille: share,
+            limit_permille: limit,
+            priority,
+        }
+    }
+
+    #[test]
+    fn under_a_quota_a_process_can_lower_its_settings_but_never_raise_them() {
+        use Priority::{High, Low, Normal};
+        // (claimed, quota) -> what holds
+        let cases = [
+            // Nothing claimed: the quota's.
+            (
+                settings(None, None, None),
+                settings(Some(250), Some(500), Some(High)),
+                settings(Some(250), Some(500), Some(High)),
+            ),
+            // Lower share, lower limit, lower priority: taken.
+            (
+                settings(Some(100), Some(300), Some(Low)),
+                settings(Some(250), Some(500), Some(Normal)),
+                settings(Some(100), Some(300), Some(Low)),
+            ),
+            // Higher share, higher limit, higher priority: the quota's.
+            (
+                settings(Some(900), Some(1000), Some(High)),
+                settings(Some(250), Some(500), Some(Normal)),
+                settings(Some(250), Some(500), Some(Normal)),
+            ),
+            // No share in the quota: none may be claimed.
+            (
+                settings(Some(1000), None, None),
+                settings(None, None, None),
+                settings(None, None, Some(Normal)),
+            ),
+            // No priority in the quota: normal at most.
+            (
+                settings(None, None, Some(High)),
+                settings(None, None, None),
+                settings(None, None, Some(Normal)),
+            ),
+            // No limit in the quota: any cap is a lowering.
+            (
+                settings(None, Some(300), None),
+                settings(None, None, None),
+                settings(None, Some(300), Some(Normal)),
+            ),
+        ];
+        for (claimed, quota, want) in cases {
+            assert_eq!(
+                claimed.capped_by(quota),
+                want,
+                "{claimed:?} under {quota:?}"
+            );
+        }
+    }
     use crate::{GpuUuid, Ledger, TenantName};
 
     #[test]
@@ -368,10 +453,13 @@ mod tests {
         let usage = ledger.open_usage(&tenant).unwrap();
         let gpu = usage.register_gpu(&GpuUuid([7; 16])).unwrap();
         let slot = usage.claim_slot().unwrap();
-        slot.publish_compute(ComputeSettings {
-            share_permille: Some(300),
-            ..ComputeSettings::default()
-        });
+        slot.publish_compute(
+            gpu,
+            ComputeSettings {
+                share_permille: Some(300),
+                ..ComputeSettings::default()
+            },
+        );
         slot.set_activity(
             gpu,
             Activity {

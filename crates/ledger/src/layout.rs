@@ -189,6 +189,9 @@ pub(crate) struct SlotGpu {
     pub(crate) pending_bytes: AtomicU64,
     /// What the process is doing on the GPU: [`Activity`](crate::Activity), packed.
     pub(crate) activity: AtomicU64,
+    /// The compute settings the process enforces on the GPU:
+    /// [`ComputeSettings`](crate::ComputeSettings), packed.
+    pub(crate) compute: AtomicU64,
 }
 
 /// One process slot.
@@ -200,8 +203,7 @@ pub(crate) struct Slot {
     /// with the host's view of GPU processes); never trusted to prove anything.
     pub(crate) pid: AtomicU32,
     pub(crate) claimed_unix_ms: AtomicU64,
-    /// The process's compute settings: [`ComputeSettings`](crate::ComputeSettings), packed.
-    pub(crate) compute: AtomicU64,
+    pub(crate) reserved: AtomicU64,
     /// The inode of the process's PID namespace (`/proc/self/ns/pid`), 0 if unknown:
     /// with `pid`, what names the process from any namespace. Informational only.
     pub(crate) pid_namespace: AtomicU64,
@@ -533,22 +535,23 @@ mod tests {
         assert_eq!(USAGE_BITMAP_OFFSET, 1088);
         assert_eq!(BITMAP_WORDS, 16);
         assert_eq!(USAGE_SLOT_OFFSET, 1216);
-        assert_eq!(USAGE_SLOT_SIZE, 544);
+        assert_eq!(USAGE_SLOT_SIZE, 672);
         assert_eq!(offset_of!(Slot, state), 0);
         assert_eq!(offset_of!(Slot, pid), 4);
         assert_eq!(offset_of!(Slot, claimed_unix_ms), 8);
-        assert_eq!(offset_of!(Slot, compute), 16);
+        assert_eq!(offset_of!(Slot, reserved), 16);
         assert_eq!(offset_of!(Slot, pid_namespace), 24);
         assert_eq!(SLOT_GPUS_OFFSET, 32);
-        assert_eq!(SLOT_GPU_SIZE, 32);
+        assert_eq!(SLOT_GPU_SIZE, 40);
         assert_eq!(offset_of!(SlotGpu, memory_bytes), 0);
         assert_eq!(offset_of!(SlotGpu, gpu_time_ns), 8);
         assert_eq!(offset_of!(SlotGpu, pending_bytes), 16);
         assert_eq!(offset_of!(SlotGpu, activity), 24);
+        assert_eq!(offset_of!(SlotGpu, compute), 32);
 
         assert_eq!(MAX_SLOTS, 1024);
-        assert_eq!(USAGE_FILE_SIZE, 1216 + 1024 * 544);
-        assert_eq!(USAGE_FILE_SIZE, 558_272);
+        assert_eq!(USAGE_FILE_SIZE, 1216 + 1024 * 672);
+        assert_eq!(USAGE_FILE_SIZE, 689_344);
     }
 
     #[test]
@@ -625,9 +628,10 @@ mod tests {
                 offset_of!(Slot, pid) as u64,
             ),
             (
-                "offsetof(struct gpuslice_slot, compute)",
-                offset_of!(Slot, compute) as u64,
+                "offsetof(struct gpuslice_slot_gpu, compute)",
+                offset_of!(SlotGpu, compute) as u64,
             ),
+            ("sizeof(struct gpuslice_slot_gpu)", SLOT_GPU_SIZE as u64),
             (
                 "offsetof(struct gpuslice_slot, pid_namespace)",
                 offset_of!(Slot, pid_namespace) as u64,

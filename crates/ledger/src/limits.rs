@@ -69,6 +69,15 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The compute part of these limits.
+    pub fn compute(&self) -> crate::ComputeSettings {
+        crate::ComputeSettings {
+            share_permille: self.compute_share_permille,
+            limit_permille: self.compute_limit_permille,
+            priority: self.priority,
+        }
+    }
+
     /// Refuses values the file cannot hold (a permille of 0 would read back as unset).
     pub(crate) fn check(&self, path: &Path) -> Result<(), LedgerError> {
         for (what, v) in [

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
-use crate::layout::{Slot, SlotGpu};
+use crate::layout::SlotGpu;
 use crate::usage::{GpuIndex, UsageFile, claimed, clear_slot, committed, saturating_sub, slot_gpu};
 
 /// How often [`ProcessSlot::try_reserve`] retries after a transient clash.
@@ -75,13 +75,6 @@ impl ProcessSlot {
     /// This slot's record for `gpu`, for the compute records.
     pub(crate) fn own_record(&self, gpu: GpuIndex) -> Option<&SlotGpu> {
         self.own(gpu)
-    }
-
-    /// This slot.
-    pub(crate) fn slot(&self) -> Option<&Slot> {
-        usize::try_from(self.index)
-            .ok()
-            .and_then(|i| self.file.layout().slots.get(i))
     }
 
     /// Reserves `bytes` on `gpu` for this process, unless the tenant's total on that GPU

@@ -38,7 +38,7 @@ struct SlotRecord {
     memory: [u64; MAX_GPUS],
     gpu_time: [u64; MAX_GPUS],
     activity: [u64; MAX_GPUS],
-    compute: u64,
+    compute: [u64; MAX_GPUS],
 }
 
 /// One occupied slot's compute records on one GPU, as copied.
@@ -191,11 +191,13 @@ impl UsageSnapshot {
             let mut memory = [0u64; MAX_GPUS];
             let mut gpu_time = [0u64; MAX_GPUS];
             let mut activity = [0u64; MAX_GPUS];
+            let mut compute = [0u64; MAX_GPUS];
             for g in 0..MAX_GPUS {
                 let rec = at + SLOT_GPUS_OFFSET + g * SLOT_GPU_SIZE;
                 memory[g] = read_u64(bytes, rec + offset_of!(SlotGpu, memory_bytes));
                 gpu_time[g] = read_u64(bytes, rec + offset_of!(SlotGpu, gpu_time_ns));
                 activity[g] = read_u64(bytes, rec + offset_of!(SlotGpu, activity));
+                compute[g] = read_u64(bytes, rec + offset_of!(SlotGpu, compute));
             }
             let live = match liveness {
                 Liveness::Checked(Some(locks)) => locks.is_locked(slot_lock_byte(index)),
@@ -217,7 +219,7 @@ impl UsageSnapshot {
                 memory,
                 gpu_time,
                 activity,
-                compute: read_u64(bytes, at + offset_of!(Slot, compute)),
+                compute,
             });
         }
         Ok(UsageSnapshot {
@@ -301,7 +303,7 @@ impl UsageSnapshot {
             .iter()
             .map(|s| SlotCompute {
                 index: s.info.index,
-                settings: ComputeSettings::unpack(s.compute),
+                settings: ComputeSettings::unpack(s.compute[g]),
                 activity: Activity::unpack(s.activity[g]),
                 gpu_time_ns: s.gpu_time[g],
             })

@@ -191,10 +191,11 @@ pub(crate) fn clear_slot(layout: &UsageLayout, index: u32) -> [u64; MAX_GPUS] {
             entry.retired_gpu_time_ns.fetch_add(time, SeqCst);
         }
         rec.activity.store(0, Relaxed);
+        rec.compute.store(0, Relaxed);
     }
     slot.pid.store(0, Relaxed);
     slot.claimed_unix_ms.store(0, Relaxed);
-    slot.compute.store(0, Relaxed);
+    slot.reserved.store(0, Relaxed);
     slot.pid_namespace.store(0, Relaxed);
     slot.state.store(0, SeqCst);
     if let Some((w, mask)) = bit(index)

@@ -231,7 +231,7 @@ fn every_wrong_geometry_field_is_refused_by_name() {
         (
             header::SLOT_SIZE,
             &512u32.to_le_bytes(),
-            "slot_size is 512, expected 544",
+            "slot_size is 512, expected 672",
         ),
     ];
     for (offset, bytes, reason) in usage_cases {
