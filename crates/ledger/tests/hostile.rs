@@ -59,12 +59,15 @@ fn child_role_runs_only_when_spawned_by_a_test() {
 
 /// Everything a read-only descriptor allows, on every file under `dir` this user can open:
 /// OFD and POSIX read locks over the whole file (and past its end), `flock` exclusive, a
-/// lease. Returns one line per file: what it could open and take.
+/// lease; and whether it could open the file for writing at all. Returns lines per file:
+/// what it could open and take.
 fn attack(dir: &Path) -> String {
     let mut report = String::new();
     let mut files = Vec::new();
     walk(dir, &mut files);
     for path in files {
+        let writable = std::fs::OpenOptions::new().write(true).open(&path).is_ok();
+        report.push_str(&format!("{} write:{writable}\n", path.display()));
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) => {
@@ -213,8 +216,12 @@ fn a_read_only_neighbour_cannot_block_or_fake_another_tenants_locks() {
     assert!(
         !report
             .lines()
-            .any(|l| l.starts_with(&lock_path) && !l.contains("open:")),
+            .any(|l| l.starts_with(&lock_path) && l.contains("ofd:")),
         "the attacker must not even open the victim's lock file: {report}"
+    );
+    assert!(
+        !report.contains("write:true"),
+        "the attacker could open one of the victim's files for writing: {report}"
     );
 
     // The victim's first process registers its GPU and claims a slot without hanging.
