@@ -94,3 +94,49 @@ fn a_read_only_neighbour_can_neither_hang_a_tenant_nor_keep_its_dead_alive() {
     );
     drop(neighbour);
 }
+
+/// A container running as root, without a user namespace, has the same filesystem user as
+/// the device plugin's files, so the kernel lets it take a read lease on a neighbour's usage
+/// file before any process of that neighbour runs; a process opening the file for writing
+/// then waits until the lease is broken (`lease-break-time`, 45 s by default). The shim opens
+/// without blocking: the neighbour's process fails to start at once, closed and saying why,
+/// rather than hang. (docs/security.md says what to run containers as where this matters.)
+#[test]
+fn a_lease_on_a_neighbours_usage_file_fails_its_process_closed_instead_of_hanging_it() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to own the ledger's files and lease them");
+        return;
+    }
+    let node = Node::new();
+    let ledger = node.ledger();
+    let victim = TenantName::new("victim").unwrap();
+    drop(ledger.open_usage(&victim).unwrap());
+    let locker = compile_c("tests/programs/lock_everything.c", &[]);
+    let mut neighbour = Running::spawn(Command::new(&locker).arg(ledger.usage_path(&victim)));
+    let report = neighbour.wait_for_line("locked", WAIT);
+    assert!(
+        report.contains("lease=1"),
+        "root could not lease its own file: {report}"
+    );
+
+    let started = std::time::Instant::now();
+    let output = run(&mut node.probe(CallPath::Dlsym, "victim", Some("1Gi"), &["alloc", "64M"]));
+    let waited = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        waited < Duration::from_secs(20),
+        "it waited {waited:?} for the lease"
+    );
+    assert!(
+        stderr.contains(&ledger.usage_path(&victim).display().to_string()),
+        "the refusal names the usage file: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_ne!(
+        field(line(&stdout, "init"), "rc"),
+        0,
+        "it ran without its ledger: {stdout}"
+    );
+    drop(neighbour);
+}

@@ -90,6 +90,10 @@ pub const ALL_PATHS: [CallPath; 3] = [CallPath::Direct, CallPath::Dlsym, CallPat
 
 /// Compiles a C test program once per source and flags, into the target dir.
 pub fn compile_c(source: &str, flags: &[&str]) -> PathBuf {
+    // Tests of one binary run on threads: one compiles at a time (two writing the same
+    // partial file, or running it while the other writes it, fail).
+    static COMPILING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
     let source_path = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
     let text = std::fs::read(&source_path).expect("C source");
     let mut hasher = DefaultHasher::new();
