@@ -25,8 +25,9 @@ extern "C" {
  * GPUSLICE_MEMORY_LIMIT set, the shim passes every call through unchanged.
  *
  *   GPUSLICE_TENANT        the tenant the process belongs to: 1 to 63 characters of
- *                          [A-Za-z0-9._-], not starting with '.' or '-'. Every process of a
- *                          tenant shares its quota. Required when a limit is set.
+ *                          [A-Za-z0-9._-] that start and end with a letter or a digit.
+ *                          Every process of a tenant shares its quota. Required when a
+ *                          limit is set.
  *   GPUSLICE_MEMORY_LIMIT  the memory quota on each GPU, as a Kubernetes quantity: plain
  *                          bytes, Ki Mi Gi Ti Pi Ei, k M G T P E, a decimal fraction
  *                          (1.5Gi, rounded up to whole bytes) or an exponent (1e9). The
@@ -85,7 +86,8 @@ extern "C" {
  *                                    GPUSLICE_LOCK_*); open to the tenant's processes and its
  *                                    creator alone
  *
- * A tenant name is 1 to 63 characters of [A-Za-z0-9._-], not starting with '.' or '-'.
+ * A tenant name is 1 to 63 characters of [A-Za-z0-9._-] that start and end with a letter or
+ * a digit (so never "..", a hidden file or an option, and always a valid CDI device name).
  * Directories are mode 0755, quota and usage files 0644, lock files 0600 (the device plugin
  * makes its tenants' lock files 0666 for the containers' users, keeps locks/ at 0700, and
  * mounts into a container only tenants/ (read-only), the tenant's usage file and the

@@ -109,8 +109,8 @@ impl Config {
                     tenant = Some(TenantName::new(&value).map_err(|_| ConfigError::Invalid {
                         name: "GPUSLICE_TENANT",
                         value: value.to_string(),
-                        expected: "1 to 63 characters of A-Z a-z 0-9 . _ -, not starting \
-                                   with . or -",
+                        expected: "1 to 63 characters of A-Z a-z 0-9 . _ - that start \
+                                   and end with a letter or a digit",
                     })?);
                 }
                 "GPUSLICE_MEMORY_LIMIT" => {

@@ -10,8 +10,9 @@ the shim (`libgpuslice.so`); it preloads it into the commands it runs.
 
 Runs `CMD` with the shim preloaded, as a process of a tenant.
 
-- **Tenant**: `--tenant NAME` (1 to 63 characters of `A-Z a-z 0-9 . _ -`), or a new tenant
-  `run-<pid>` of its own. A generated name never joins an existing tenant.
+- **Tenant**: `--tenant NAME` (1 to 63 characters of `A-Z a-z 0-9 . _ -` that start and
+  end with a letter or a digit, as a CDI device name must), or a new tenant `run-<pid>` of
+  its own. A generated name never joins an existing tenant.
 - **Ledger directory**: `--dir`, else `$GPUSLICE_DIR`, else `/run/gpuslice` if this process
   can write or create it, else `$XDG_RUNTIME_DIR/gpuslice`; otherwise an error asks for
   `--dir`. It is passed to the command as an absolute `GPUSLICE_DIR`.

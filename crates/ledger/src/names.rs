@@ -88,8 +88,11 @@ impl FromStr for GpuUuid {
 
 /// The name of a tenant: the unit that gets a quota (a container, or one `gpuslice run`).
 ///
-/// It names the tenant's directory in the ledger, so it is validated: 1 to 63 characters of
-/// `[A-Za-z0-9._-]`, not starting with `.` or `-` (so never `..`, a hidden file or an option).
+/// It names the tenant's directory in the ledger and its CDI device (`gpuslice.dev/gpu=<name>`),
+/// so it is validated: 1 to 63 characters of `[A-Za-z0-9._-]` that start and end with a letter
+/// or a digit. That makes it never `..`, a hidden file or an option, and always a device name
+/// that container runtimes accept (CDI's rule: a letter or digit first and last, and only
+/// letters, digits, `_`, `-`, `.` and `:` between).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct TenantName(String);
 
@@ -118,8 +121,16 @@ impl TenantName {
         {
             return Err(refuse(format!("character {bad:?} is not allowed")));
         }
-        if s.starts_with('.') || s.starts_with('-') {
-            return Err(refuse("it starts with '.' or '-'".into()));
+        let first_and_last = [s.chars().next(), s.chars().next_back()];
+        if let Some(end) = first_and_last
+            .into_iter()
+            .flatten()
+            .find(|c| !c.is_ascii_alphanumeric())
+        {
+            return Err(refuse(format!(
+                "it starts or ends with {end:?}, and a tenant name must start and end with a \
+                 letter or a digit (it is also a CDI device name)"
+            )));
         }
         Ok(TenantName(s.to_string()))
     }
@@ -255,5 +266,78 @@ mod tests {
         let msg = TenantName::new("a/b").unwrap_err().to_string();
         assert!(msg.contains("'/'"), "{msg}");
         assert!(msg.contains("1 to 63 characters"), "{msg}");
+    }
+
+    /// Issue 15, item 7: CDI refuses a device name that does not start and end with a letter
+    /// or a digit, and a runtime then refuses every device of the spec file that holds it.
+    #[test]
+    fn tenant_names_cdi_would_refuse_are_refused() {
+        for bad in ["team_", "a-", "_x", "a.", "x_-", "_", "-", "Z."] {
+            let err = TenantName::new(bad).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(&err, LedgerError::InvalidTenantName { name, .. } if name == bad),
+                "{bad:?}: {msg}"
+            );
+            assert!(
+                msg.contains("start and end with a letter or a digit"),
+                "{msg}"
+            );
+        }
+        for ok in ["a_b", "a-b", "a.b", "9", "x_-y", "run-123"] {
+            assert!(TenantName::new(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// What a tenant name may be, said independently of [`TenantName::new`]'s code.
+        fn is_valid(s: &str) -> bool {
+            let alnum = |c: char| c.is_ascii_alphanumeric();
+            !s.is_empty()
+                && s.len() <= MAX_TENANT_NAME_LEN
+                && s.chars().all(|c| alnum(c) || matches!(c, '.' | '_' | '-'))
+                && s.starts_with(alnum)
+                && s.ends_with(alnum)
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_is_accepted_exactly_when_it_is_a_valid_name(s in any::<String>()) {
+                prop_assert_eq!(TenantName::new(&s).is_ok(), is_valid(&s));
+            }
+
+            #[test]
+            fn names_of_the_allowed_characters_are_judged_by_their_ends_and_length(
+                s in "[A-Za-z0-9._-]{0,70}"
+            ) {
+                match TenantName::new(&s) {
+                    Ok(name) => {
+                        prop_assert!(is_valid(&s));
+                        prop_assert_eq!(name.as_str(), s.as_str());
+                        prop_assert_eq!(name.to_string(), s);
+                    }
+                    Err(e) => {
+                        prop_assert!(!is_valid(&s));
+                        let quoted = format!("{s:?}");
+                        prop_assert!(e.to_string().contains(&quoted));
+                    }
+                }
+            }
+
+            #[test]
+            fn gpu_uuids_round_trip_through_their_text(bytes in any::<[u8; 16]>()) {
+                let uuid = GpuUuid(bytes);
+                prop_assert_eq!(GpuUuid::parse(&uuid.to_string()).ok(), Some(uuid));
+            }
+
+            #[test]
+            fn uuid_parsing_never_panics(s in any::<String>()) {
+                let _ = GpuUuid::parse(&s);
+            }
+        }
     }
 }
