@@ -9,6 +9,8 @@
 //! A spec has kind `gpuslice.dev/gpu` and one device per tenant, named after it, so a
 //! container asks for `gpuslice.dev/gpu=<tenant>`. It is written with the lowest
 //! `cdiVersion` its fields need, 0.5.0, since runtimes refuse versions newer than they know.
+//! Every spec is checked against CDI's rules ([`cdi_rules`](crate::cdi_rules)) before it is
+//! rendered: a runtime that finds one thing wrong in a file refuses every device in it.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -18,6 +20,7 @@ use anyhow::{Context as _, anyhow};
 use gpuslice_ledger::{Ledger, TenantName};
 use serde::{Deserialize, Serialize};
 
+use crate::cdi_rules::{self, Violation};
 use crate::cli::{CdiFormat, CdiGenerateArgs};
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
@@ -231,6 +234,9 @@ pub enum CdiError {
         /// The operating system's error.
         source: io::Error,
     },
+    /// The spec breaks a rule of CDI, so a runtime would refuse every device in it.
+    #[error("refusing to write a CDI spec that container runtimes would reject: {0}")]
+    Invalid(#[from] Violation),
     /// Serialization failed (it cannot, for these types; kept typed all the same).
     #[error("could not render the CDI spec as {format}: {message}")]
     Render {
@@ -241,8 +247,9 @@ pub enum CdiError {
     },
 }
 
-/// The spec as pretty JSON, with a final newline.
+/// The spec as pretty JSON, with a final newline; an error for a spec that breaks CDI's rules.
 pub fn to_json(spec: &Spec) -> Result<String, CdiError> {
+    cdi_rules::check_spec(spec)?;
     serde_json::to_string_pretty(spec)
         .map(|s| s + "\n")
         .map_err(|e| CdiError::Render {
@@ -251,8 +258,9 @@ pub fn to_json(spec: &Spec) -> Result<String, CdiError> {
         })
 }
 
-/// The spec as YAML.
+/// The spec as YAML; an error for a spec that breaks CDI's rules.
 pub fn to_yaml(spec: &Spec) -> Result<String, CdiError> {
+    cdi_rules::check_spec(spec)?;
     serde_norway::to_string(spec).map_err(|e| CdiError::Render {
         format: "YAML",
         message: e.to_string(),
@@ -323,6 +331,15 @@ pub fn generate(args: &CdiGenerateArgs) -> Result<u8, Failure> {
     } else {
         args.tenant.clone()
     };
+    if tenants.is_empty() {
+        return Err(anyhow!(
+            "the ledger {} has no tenants, and a CDI spec without devices is refused by \
+             container runtimes; create tenants first (gpuslice run --tenant NAME, or the \
+             device plugin)",
+            layout.ledger_host.display()
+        ))
+        .usage();
+    }
     for t in &tenants {
         if ledger.read_quota(t).failed()?.is_none() {
             return Err(anyhow!(

@@ -6,6 +6,7 @@
 
 mod util;
 
+mod cdi;
 mod demo;
 mod doctor;
 mod end_to_end;

@@ -455,11 +455,22 @@ fn is_resource_name(name: &str) -> bool {
         && label_ok(class, &['_', '.'])
 }
 
-/// A CDI device name template: `vendor/class=name` with `{uuid}` or `{index}` in the name.
+/// A CDI device name template: `vendor/class=name` with `{uuid}` or `{index}` in the name,
+/// which gives a qualified name CDI accepts for any GPU (a runtime refuses a container that
+/// asks for a device by a name CDI's rules reject).
 fn is_device_template(template: &str) -> bool {
-    template.split_once('=').is_some_and(|(kind, name)| {
-        kind.contains('/') && (name.contains("{uuid}") || name.contains("{index}"))
-    })
+    let Some((_, name)) = template.split_once('=') else {
+        return false;
+    };
+    let example =
+        |uuid: &str, index: &str| template.replace("{uuid}", uuid).replace("{index}", index);
+    (name.contains("{uuid}") || name.contains("{index}"))
+        && [
+            example("GPU-00000000-0000-0000-0000-000000000000", "0"),
+            example("GPU-ffffffff-ffff-ffff-ffff-ffffffffffff", "15"),
+        ]
+        .iter()
+        .all(|qualified| crate::cdi_rules::check_qualified_name(qualified).is_ok())
 }
 
 #[cfg(test)]
@@ -569,6 +580,12 @@ healthIntervalSeconds: 0.5
                 "unknown variant",
             ),
             ("nvidiaCdiDevice: nvidia.com/gpu", "nvidiaCdiDevice"),
+            (
+                "nvidiaCdiDevice: nvidia.com/gpu=_{index}",
+                "nvidiaCdiDevice",
+            ),
+            ("nvidiaCdiDevice: nvidia.com/gpu={uuid}-", "nvidiaCdiDevice"),
+            ("nvidiaCdiDevice: nvidia/com/gpu={uuid}", "nvidiaCdiDevice"),
             ("ledgerDir: relative/dir", "ledgerDir"),
             ("healthIntervalSeconds: 0", "healthIntervalSeconds"),
             ("sweepIntervalSeconds: 0", "sweepIntervalSeconds"),

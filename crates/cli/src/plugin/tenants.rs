@@ -387,6 +387,24 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Issue 15, item 7: the tenant of any allocation has a name CDI accepts, so its
+        /// spec is never refused by a runtime.
+        #[test]
+        fn the_tenant_of_any_slices_is_a_valid_cdi_device(
+            uuids in proptest::collection::vec(proptest::prelude::any::<[u8; 16]>(), 1..4),
+            index in 0u32..100,
+        ) {
+            let slices: Vec<SliceId> = uuids
+                .iter()
+                .enumerate()
+                .map(|(i, u)| SliceId::new(gpuslice_ledger::GpuUuid(*u), index + u32::try_from(i).unwrap()))
+                .collect();
+            let t = tenant_name(&slices).unwrap();
+            proptest::prop_assert_eq!(crate::cdi_rules::check_device_name(t.as_str()), Ok(()));
+        }
+    }
+
     #[test]
     fn records_round_trip_and_a_damaged_one_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
