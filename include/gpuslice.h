@@ -420,6 +420,16 @@ _Static_assert(offsetof(struct gpuslice_usage_file, slots) == GPUSLICE_USAGE_SLO
 _Static_assert(sizeof(struct gpuslice_usage_file) == GPUSLICE_USAGE_FILE_SIZE, "usage file");
 _Static_assert(sizeof(struct gpuslice_lock_file) == GPUSLICE_LOCK_FILE_SIZE, "lock file");
 
+/* ---- The shim's marker ----
+ *
+ * libgpuslice.so exports the GPUSLICE_LAYOUT_VERSION it was built for, in its read-only data.
+ * A tool handed a path as "the shim" reads it (from the ELF dynamic symbol table, or with
+ * dlsym) to know the file is the shim and speaks the tool's ledger layout: gpuslice run,
+ * cdi generate and the device plugin refuse any other file, since a file the loader ignores
+ * (or a shim of another layout) would leave the workload without limits.
+ */
+extern const uint32_t gpuslice_ledger_layout_version;
+
 #ifdef __cplusplus
 }
 #endif

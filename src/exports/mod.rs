@@ -13,6 +13,7 @@ use crate::log::{Level, RateLimit, log};
 
 pub mod dlsym;
 pub mod driver;
+pub mod marker;
 pub mod nvml;
 
 /// A hooked symbol: the exported name and our function of that name.

@@ -313,6 +313,8 @@ pub fn ensure_preload_file(layout: &Layout) -> Result<(), CdiError> {
 pub fn generate(args: &CdiGenerateArgs) -> Result<u8, Failure> {
     let ledger_dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
     let shim = locate::shim(args.shim.as_deref()).usage()?;
+    // A container given another file as the shim would run without limits.
+    crate::shim_check::identify(&shim).usage()?;
     let layout = Layout {
         ledger_container: args
             .container_dir

@@ -61,6 +61,9 @@ pub enum Command {
     /// One tenant's program of `demo` (run by `demo` itself, under the shim).
     #[command(name = "__demo-worker", hide = true)]
     DemoWorker(DemoWorkerArgs),
+    /// Says whether the shim is preloaded (run by `run` itself, with the shim preloaded).
+    #[command(name = "__shim-probe", hide = true)]
+    ShimProbe,
 }
 
 /// How `run` treats tenants and the environment, after the flags in `--help`. Flag help
@@ -74,7 +77,7 @@ Defaults:
   --priority       normal
   --tenant         run-PID: a new tenant of its own
   --gpu            every GPU; a UUID (GPU-xxxxxxxx-...) or an index of
-                   nvidia-smi -L
+                   nvidia-smi -L, which NVML must list
   --dir            $GPUSLICE_DIR, else /run/gpuslice if writable, else
                    $XDG_RUNTIME_DIR/gpuslice
   --shim           $GPUSLICE_SHIM, else libgpuslice.so next to this program,
@@ -86,6 +89,9 @@ part of the GPU's time the tenant is guaranteed while others want the GPU too;
 the limit caps it even on an idle GPU; a high priority makes other tenants
 keep little work queued while this one is active. They apply on every GPU
 (--gpu places --memory only).
+
+The shim must be the gpuslice shim of this ledger layout, and one the dynamic
+loader preloads: run checks both before the command starts.
 
 The command runs with the shim preloaded (before any LD_PRELOAD it had) and with
 GPUSLICE_TENANT, GPUSLICE_DIR and, when it lowers the tenant's quota,

@@ -82,7 +82,7 @@ pub trait Phase {
 
 /// Runs `gpuslice demo`.
 pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
-    let shim = locate::shim(args.shim.as_deref()).usage()?;
+    let shim = crate::shim_check::proven(args.shim.as_deref()).usage()?;
     let plot = args
         .plot
         .as_deref()

@@ -9,13 +9,13 @@ use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::Path;
 
 use gpuslice_ledger::SHIM_VARIABLES;
-use object::{Object, ObjectKind, ObjectSymbol};
 
 use crate::cli::DoctorArgs;
 use crate::compute;
 use crate::exit::{self, Failure};
 use crate::locate;
 use crate::quantity::format_size;
+use crate::shim_check;
 use crate::status;
 use crate::unenforced;
 
@@ -45,9 +45,6 @@ impl Findings {
     }
 }
 
-/// The symbols a shim must export: an allocation it gates and the `dlsym` it interposes.
-const SHIM_SYMBOLS: [&str; 2] = ["cuMemAlloc_v2", "dlsym"];
-
 /// Runs `gpuslice doctor`; exit 0 when nothing failed, [`exit::PROBLEMS`] otherwise.
 pub fn doctor(args: DoctorArgs) -> Result<u8, Failure> {
     let mut findings = Findings::default();
@@ -65,59 +62,29 @@ pub fn doctor(args: DoctorArgs) -> Result<u8, Failure> {
     })
 }
 
-/// The shim, found as `run` finds it, must be an ELF shared object exporting [`SHIM_SYMBOLS`].
+/// The shim, found as `run` finds it, must be what `run` accepts: the gpuslice shim of this
+/// ledger layout, which the dynamic loader preloads.
 fn check_shim(findings: &mut Findings, flag: Option<&Path>) {
     let path = match locate::shim(flag) {
         Ok(path) => path,
         Err(e) => return findings.say(Level::Fail, "shim", &e.to_string()),
     };
-    match shim_problem(&path) {
-        None => findings.say(
+    let proven = shim_check::identify(&path).and_then(|info| {
+        shim_check::check_preloads(&path, std::env::var_os("LD_PRELOAD").as_deref()).map(|()| info)
+    });
+    match proven {
+        Ok(info) => findings.say(
             Level::Ok,
             "shim",
             &format!(
-                "{} is a shared object exporting {}",
+                "{} is the gpuslice shim (exports {}; ledger layout version {}) and the \
+                 dynamic loader preloads it",
                 path.display(),
-                SHIM_SYMBOLS.join(" and ")
+                shim_check::SHIM_SYMBOLS.join(" and "),
+                info.layout_version
             ),
         ),
-        Some(problem) => findings.say(
-            Level::Fail,
-            "shim",
-            &format!("{} {problem}", path.display()),
-        ),
-    }
-}
-
-/// Why the file at `path` is not a usable shim, or `None` if it is one.
-fn shim_problem(path: &Path) -> Option<String> {
-    let data = match std::fs::read(path) {
-        Ok(data) => data,
-        Err(e) => return Some(format!("cannot be read: {e}")),
-    };
-    let file = match object::File::parse(&*data) {
-        Ok(file) => file,
-        Err(e) => return Some(format!("is not an ELF shared object ({e})")),
-    };
-    if file.format() != object::BinaryFormat::Elf || file.kind() != ObjectKind::Dynamic {
-        return Some("is not an ELF shared object".into());
-    }
-    let missing: Vec<&str> = SHIM_SYMBOLS
-        .iter()
-        .copied()
-        .filter(|wanted| {
-            !file
-                .dynamic_symbols()
-                .any(|s| s.is_definition() && s.is_global() && s.name().is_ok_and(|n| n == *wanted))
-        })
-        .collect();
-    if missing.is_empty() {
-        None
-    } else {
-        Some(format!(
-            "does not export {}: it is not the gpuslice shim",
-            missing.join(", ")
-        ))
+        Err(e) => findings.say(Level::Fail, "shim", &e.to_string()),
     }
 }
 

@@ -23,10 +23,11 @@ Runs `CMD` with the shim preloaded, as a process of a tenant.
   exactly what the shim accepts in `GPUSLICE_COMPUTE_SHARE` / `GPUSLICE_COMPUTE_LIMIT`) and
   `--priority` (`high`, `normal`, `low`) go into the quota's defaults: the shim applies them
   per tenant on every GPU (a `--gpu` entry carries them too). Unset, the tenant has no
-  share, no limit and normal priority. `--gpu` takes a
-  UUID (`GPU-...`), or an index that `nvidia-smi -L` can turn into one (nvidia-smi's order,
-  not necessarily CUDA's). `--gpu` only says where the quota applies; it does not hide the
-  other GPUs from the command.
+  share, no limit and normal priority. `--gpu` takes a UUID (`GPU-...`), or an index in
+  NVML's order (`nvidia-smi -L`'s, not necessarily CUDA's); either way NVML must list the
+  GPU, or `run` refuses (exit 2): a quota on a GPU that is not there would limit nothing.
+  `--gpu` only says where the quota applies; it does not hide the other GPUs from the
+  command.
 - **Joining**: a tenant that has a quota file is joined (another `gpuslice run --tenant
   same`, or a tenant made by someone else). Its quota is the ceiling: a `--memory` above it
   (its default limit, or its limit on the `--gpu` GPU) is a usage error naming both values;
@@ -38,7 +39,13 @@ Runs `CMD` with the shim preloaded, as a process of a tenant.
   command gets. A setting the quota leaves unset may be given freely.
 - **Shim**: `--shim PATH`, else `$GPUSLICE_SHIM`, else `libgpuslice.so` next to the
   `gpuslice` executable, else `../lib/libgpuslice.so` relative to it. It is put first in
-  `LD_PRELOAD`, before anything already there.
+  `LD_PRELOAD`, before anything already there. Before the command starts, `run` proves it
+  is the shim: an ELF shared object of this machine exporting `cuMemAlloc_v2`, `dlsym` and
+  `gpuslice_ledger_layout_version`, whose value is the ledger layout this `gpuslice` writes,
+  and one the dynamic loader preloads (`run` starts itself once, as the hidden
+  `__shim-probe`, with the shim preloaded, and looks the marker up). Anything else is a
+  usage error (exit 2): a file the loader ignores, or another library, would let the
+  command run without limits.
 - **Environment**: the command gets `GPUSLICE_TENANT`, `GPUSLICE_DIR` and, when lowered,
   `GPUSLICE_MEMORY_LIMIT`, `GPUSLICE_COMPUTE_SHARE`, `GPUSLICE_COMPUTE_LIMIT`,
   `GPUSLICE_PRIORITY`; inherited values of these are replaced (an inherited limit, share or
@@ -184,8 +191,8 @@ tenant (those its processes used, then those its quota names).
 
 # `gpuslice doctor [--dir DIR] [--shim PATH]`
 
-Checks, one `OK` / `WARN` / `FAIL` line each: the shim (found as `run` finds it) is an ELF
-shared object exporting `cuMemAlloc_v2` and `dlsym`; `libcuda.so.1` and
+Checks, one `OK` / `WARN` / `FAIL` line each: the shim (found as `run` finds it) is what
+`run` accepts (the gpuslice shim of this ledger layout, preloaded by the dynamic loader); `libcuda.so.1` and
 `libnvidia-ml.so.1` load and NVML lists the GPUs (UUID, total and free memory) — without a
 driver or a GPU these are warnings; the ledger directory exists (a warning if not yet), is
 writable (else which tenants' usage files are), and every tenant's files can be read (each
@@ -254,7 +261,10 @@ Prints a CDI spec (`cdiVersion` 0.5.0, kind `gpuslice.dev/gpu`) with one device 
 `/etc/ld.so.preload`), the ledger mounted read-only with `GPUSLICE_DIR`, and per tenant
 `GPUSLICE_TENANT` and its usage file mounted read-write (created if missing).
 `--container-dir` and `--container-shim` say where containers see them when the paths
-differ from the host's. A tenant without a quota file is a usage error (exit 2).
+differ from the host's. A tenant without a quota file, a ledger without tenants (a spec
+without devices is refused by runtimes) and a `--shim` that is not the gpuslice shim of
+this ledger layout are usage errors (exit 2). Every spec is checked against CDI's rules
+(kind, device names, no name twice) before it is written.
 
 # `gpuslice completions bash|zsh|fish|elvish|powershell`
 
@@ -296,6 +306,7 @@ mod metrics;
 mod plugin;
 mod quantity;
 mod run;
+mod shim_check;
 mod signals;
 mod status;
 mod tenancy;
@@ -328,6 +339,7 @@ fn main() -> ExitCode {
         Command::DemoWorker(args) => demo_worker::worker(&args),
         Command::DevicePlugin(args) => plugin::device_plugin(args),
         Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),
+        Command::ShimProbe => Ok(shim_check::probe()),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -17,6 +17,7 @@ use crate::exit::{self, Failure, ResultExt};
 use crate::gpu;
 use crate::locate::{self, ENV_DIR, ENV_FAKECUDA, ENV_SHIM};
 use crate::quantity::format_quantity;
+use crate::shim_check;
 use crate::signals::{self, Forwarder};
 use crate::tenancy::{self, Entry, Join};
 
@@ -69,7 +70,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .usage()?;
     check_environment().usage()?;
     let dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
-    let shim = locate::shim(args.shim.as_deref()).usage()?;
+    // Nothing starts until the shim is shown to be the shim, preloaded by the loader, and
+    // the GPU named to exist: any of them wrong, the command would run without limits.
+    let shim = shim_check::proven(args.shim.as_deref()).usage()?;
     let gpu = args.gpu.as_deref().map(gpu::resolve).transpose().usage()?;
     let (tenant, join) = match args.tenant {
         Some(tenant) => (tenant, Join::Allowed),

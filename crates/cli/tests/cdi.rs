@@ -93,3 +93,26 @@ fn cdi_generate_without_tenants_writes_no_spec() {
     assert!(out.stderr.contains("no tenants"), "{out:?}");
     assert!(!file.exists(), "an empty spec was written");
 }
+
+/// Issue 15, item 4, for specs: a container given a file that is not the shim would run
+/// without limits, so `cdi generate` refuses to name one.
+#[test]
+fn cdi_generate_refuses_a_shim_that_is_not_the_shim() {
+    let node = Node::new();
+    node.dir
+        .ledger()
+        .write_quota(&tenant("team-a"), &TenantQuota::default())
+        .expect("quota");
+    for shim in [node.dir.not_a_shim(), artifact("libfakecuda.so")] {
+        let out = finish(
+            node.dir
+                .gpuslice(&["cdi", "generate", "--dir"])
+                .arg(node.dir.ledger_dir())
+                .arg("--shim")
+                .arg(&shim),
+        );
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(out.stderr.contains(&shim.display().to_string()), "{out:?}");
+    }
+}

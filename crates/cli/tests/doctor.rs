@@ -21,7 +21,7 @@ fn doctor_fails_on_a_shim_that_is_not_elf() {
         t.gpuslice(&["doctor", "--dir"])
             .arg(t.ledger_dir())
             .arg("--shim")
-            .arg(t.dummy_shim()),
+            .arg(t.not_a_shim()),
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     let shim = line(&out, "shim");

@@ -81,6 +81,11 @@ impl PluginNode {
 
     /// `gpuslice device-plugin` on this node, with `extra` flags.
     pub fn plugin_command(&self, extra: &[&str]) -> Command {
+        self.plugin_command_with_shim(&self.node.shim, extra)
+    }
+
+    /// [`PluginNode::plugin_command`] with `shim` as `--shim`.
+    pub fn plugin_command_with_shim(&self, shim: &Path, extra: &[&str]) -> Command {
         let mut command = self.node.gpuslice(&["device-plugin"]);
         command
             .env("FAKECUDA_DEVICES", &self.devices)
@@ -91,7 +96,7 @@ impl PluginNode {
             .arg("--dir")
             .arg(self.node.dir.ledger_dir())
             .arg("--shim")
-            .arg(&self.node.shim)
+            .arg(shim)
             .args(["--health-interval-ms", "100"])
             .arg("--pod-resources-socket")
             .arg(self.pod_resources_socket())
@@ -850,6 +855,33 @@ fn an_invalid_config_file_is_reported_and_read_again_until_fixed() {
     assert!(plugin.running());
     assert_eq!(plugin.stop(libc::SIGTERM), Some(0));
     assert!(!node.socket().exists(), "the socket was left behind");
+}
+
+/// Issue 15, item 4, for the plugin: containers given a file that is not the shim would run
+/// without limits, so the plugin advertises nothing until the file there is the shim.
+#[test]
+fn plugin_advertises_nothing_while_its_shim_is_not_the_shim() {
+    let node = PluginNode::new();
+    let shim = node.node.dir.not_a_shim();
+    let plugin = Daemon::spawn(node.plugin_command_with_shim(&shim, &[]));
+    plugin.wait_for_log("advertising nothing until the shim is in place");
+    assert!(
+        plugin.log().contains("not an ELF shared object"),
+        "{}",
+        plugin.log()
+    );
+    assert!(!node.socket().exists(), "the plugin served a resource");
+    // Once the shim is put there, it starts serving.
+    std::fs::copy(&node.node.shim, &shim).expect("put the shim in place");
+    let deadline = Instant::now() + WAIT;
+    while !node.socket().exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin never served with the shim in place; log:\n{}",
+            plugin.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -105,7 +105,7 @@ fn command_gets_the_settings_the_shim_needs() {
         .env("LD_PRELOAD", "/other/preloaded.so"),
     );
     assert_eq!(out.code, Some(0), "{out:?}");
-    let shim = t.dummy_shim();
+    let shim = t.shim();
     assert_eq!(
         out.stdout.trim(),
         format!(
@@ -127,7 +127,7 @@ fn relative_ledger_dir_is_passed_on_as_an_absolute_path() {
     assert_eq!(out.code, Some(0), "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines[0], t.path().join("relative").display().to_string());
-    assert_eq!(lines[1], t.dummy_shim().display().to_string());
+    assert_eq!(lines[1], t.shim().display().to_string());
 }
 
 #[test]
@@ -154,13 +154,13 @@ fn shim_comes_from_gpuslice_shim_when_not_given_and_is_not_passed_on() {
                 "-c",
                 "echo \"$LD_PRELOAD|${GPUSLICE_SHIM-unset}|$GPUSLICE_LOG\"",
             ])
-            .env("GPUSLICE_SHIM", t.dummy_shim())
+            .env("GPUSLICE_SHIM", t.shim())
             .env("GPUSLICE_LOG", "debug"),
     );
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(
         out.stdout.trim(),
-        format!("{}|unset|debug", t.dummy_shim().display())
+        format!("{}|unset|debug", t.shim().display())
     );
 }
 

@@ -50,15 +50,25 @@ fn run_without_memory_creates_an_unlimited_tenant() {
     assert_eq!(run.wait(TIMEOUT).code, Some(0));
 }
 
+/// `gpuslice run ARGS -- <hold>` on the simulated node, started, and ready.
+fn start_holding_on(node: &Node, args: &[&str]) -> Running {
+    let mut command = node.run(args);
+    command.arg("--").args(hold(&node.dir.release_file()));
+    let mut run = Running::spawn(&mut command);
+    run.wait_for_line("ready");
+    run
+}
+
 #[test]
 fn run_with_gpu_limits_that_gpu_only() {
-    let t = TestDir::new();
-    let uuid = "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d";
-    let run = start_holding(
-        &t,
-        &["--tenant", "one-gpu", "--memory", "512Mi", "--gpu", uuid],
+    let node = Node::new();
+    let run = start_holding_on(
+        &node,
+        &[
+            "--tenant", "one-gpu", "--memory", "512Mi", "--gpu", FAKE_GPU0,
+        ],
     );
-    let quota = quota_of(&t, "one-gpu");
+    let quota = quota_of(&node.dir, "one-gpu");
     assert_eq!(
         quota.defaults,
         Limits::default(),
@@ -67,74 +77,63 @@ fn run_with_gpu_limits_that_gpu_only() {
     assert_eq!(
         quota.per_gpu,
         vec![(
-            GpuUuid::parse(uuid).unwrap(),
+            GpuUuid::parse(FAKE_GPU0).unwrap(),
             Limits {
                 memory_bytes: Some(512 * MIB),
                 ..Limits::default()
             }
         )]
     );
-    t.release();
+    node.dir.release();
     assert_eq!(run.wait(TIMEOUT).code, Some(0));
 }
 
-/// A directory with an `nvidia-smi` that prints `list` for `-L`, for PATH.
-fn fake_nvidia_smi(t: &TestDir, list: &str) -> String {
-    let bin = t.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let script = bin.join("nvidia-smi");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\n[ \"$1\" = -L ] || exit 9\ncat <<'END'\n{list}END\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!("{}:/usr/bin:/bin", bin.display())
-}
-
 #[test]
-fn gpu_index_is_looked_up_with_nvidia_smi() {
-    let t = TestDir::new();
-    let path = fake_nvidia_smi(
-        &t,
-        "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)\n\
-         GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n",
-    );
-    let mut command = t.run(&["--tenant", "by-index", "--memory", "1Gi", "--gpu", "1"]);
-    command
-        .env("PATH", &path)
-        .arg("--")
-        .args(hold(&t.release_file()));
+fn gpu_index_is_looked_up_with_nvml() {
+    let node = Node::new();
+    let two_gpus = |args: &[&str]| {
+        let mut command = node.run(args);
+        command.env("FAKECUDA_DEVICES", "80Gi,80Gi");
+        command
+    };
+    let mut command = two_gpus(&["--tenant", "by-index", "--memory", "1Gi", "--gpu", "1"]);
+    command.arg("--").args(hold(&node.dir.release_file()));
     let mut run = Running::spawn(&mut command);
     run.wait_for_line("ready");
-    let quota = quota_of(&t, "by-index");
+    let quota = quota_of(&node.dir, "by-index");
     assert_eq!(
         quota.per_gpu[0].0.to_string(),
-        "GPU-11111111-2222-3333-4444-555555555555"
+        "GPU-fa4ec0da-0000-4000-8000-000000000001"
     );
-    t.release();
+    node.dir.release();
     assert_eq!(run.wait(TIMEOUT).code, Some(0));
 
-    let out = finish(
-        t.run(&["--memory", "1Gi", "--gpu", "2", "--", "true"])
-            .env("PATH", &path),
-    );
+    let out = finish(two_gpus(&["--memory", "1Gi", "--gpu", "2", "--", "true"]));
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("lists GPUs 0, 1"), "{out:?}");
+    assert!(out.stderr.contains("no such GPU"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("0 GPU-fa4ec0da-0000-4000-8000-000000000000, 1 GPU-fa4ec0da"),
+        "{out:?}"
+    );
 }
 
+/// Issue 15, item 4: without NVML, whether a GPU exists cannot be known, and a quota on a
+/// GPU that is not there would limit nothing.
 #[test]
-fn gpu_index_without_nvidia_smi_asks_for_a_uuid() {
+fn gpu_without_nvml_is_refused() {
     let t = TestDir::new();
-    let empty = t.path().join("empty-bin");
-    std::fs::create_dir_all(&empty).unwrap();
-    let out = finish(
-        t.run(&["--memory", "1Gi", "--gpu", "0", "--", "true"])
-            .env("PATH", &empty),
-    );
-    assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("nvidia-smi"), "{out:?}");
-    assert!(out.stderr.contains("pass the UUID"), "{out:?}");
+    let marker = t.path().join("ran");
+    for gpu in ["0", "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d"] {
+        let out = finish(
+            t.run(&["--memory", "1Gi", "--gpu", gpu, "--", "touch"])
+                .arg(&marker),
+        );
+        assert_eq!(out.code, Some(2), "--gpu {gpu}: {out:?}");
+        assert!(out.stderr.contains(&format!("--gpu {gpu}")), "{out:?}");
+        assert!(out.stderr.contains("NVML"), "{out:?}");
+        assert!(!marker.exists(), "the command ran");
+    }
 }
 
 #[test]
@@ -340,14 +339,15 @@ fn many_runs_of_one_tenant_at_once_leave_nothing_behind() {
 
 #[test]
 fn run_writes_compute_settings_into_the_quota_and_not_the_environment() {
-    let t = TestDir::new();
-    let mut command = t.run(&[
+    let node = Node::new();
+    let t = &node.dir;
+    let mut command = node.run(&[
         "--tenant",
         "shares",
         "--memory",
         "1Gi",
         "--gpu",
-        "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d",
+        FAKE_GPU0,
         "--compute-share",
         "30%",
         "--compute-limit",
@@ -365,7 +365,7 @@ fn run_writes_compute_settings_into_the_quota_and_not_the_environment() {
     let mut run = Running::spawn(&mut command);
     let seen = run.wait_for_line("ready");
     assert!(seen.starts_with("unset|unset"), "{seen}");
-    let quota = quota_of(&t, "shares");
+    let quota = quota_of(t, "shares");
     // Compute settings are per tenant, on every GPU; --gpu places the memory limit.
     assert_eq!(quota.defaults.compute_share_permille, Some(300));
     assert_eq!(quota.defaults.compute_limit_permille, Some(125));

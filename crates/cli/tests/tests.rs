@@ -14,6 +14,7 @@ mod metrics;
 mod plugin;
 mod podman;
 mod run;
+mod run_fails_closed;
 mod status;
 mod tenants;
 mod top;

@@ -25,8 +25,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// The binary under test.
 pub const GPUSLICE: &str = env!("CARGO_BIN_EXE_gpuslice");
 
-/// A fresh directory for one test: the ledger lives in `ledger/`, a dummy shim in
-/// `libgpuslice.so`, and commands run with it as their working directory.
+/// A fresh directory for one test: the ledger lives in `ledger/`, the shim of this build is
+/// linked as `libgpuslice.so`, and commands run with it as their working directory.
 pub struct TestDir {
     pub root: tempfile::TempDir,
 }
@@ -34,7 +34,11 @@ pub struct TestDir {
 impl TestDir {
     pub fn new() -> TestDir {
         let root = tempfile::tempdir().expect("temp dir");
-        std::fs::write(root.path().join("libgpuslice.so"), "").expect("dummy shim");
+        std::os::unix::fs::symlink(
+            artifact("libgpuslice.so"),
+            root.path().join("libgpuslice.so"),
+        )
+        .expect("link the shim");
         TestDir { root }
     }
 
@@ -51,10 +55,18 @@ impl TestDir {
         Ledger::open(&self.ledger_dir()).expect("open ledger")
     }
 
-    /// The dummy shim: an empty file (the dynamic loader says it cannot preload it, and the
-    /// command runs anyway).
-    pub fn dummy_shim(&self) -> PathBuf {
+    /// The shim, as this directory has it (a link to the shim of this build).
+    pub fn shim(&self) -> PathBuf {
         self.path().join("libgpuslice.so")
+    }
+
+    /// A file named like the shim that is not it: empty (the dynamic loader says it cannot
+    /// preload it and starts the program anyway, without limits).
+    pub fn not_a_shim(&self) -> PathBuf {
+        let path = self.path().join("not-the-shim").join("libgpuslice.so");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(&path, "").expect("empty file");
+        path
     }
 
     /// `gpuslice ARGS`, in this directory, with an environment free of gpuslice settings.
@@ -69,14 +81,14 @@ impl TestDir {
         command
     }
 
-    /// `gpuslice run --dir <ledger> --shim <dummy> ARGS`.
+    /// `gpuslice run --dir <ledger> --shim <shim> ARGS`, on a machine without a GPU.
     pub fn run(&self, args: &[&str]) -> Command {
         let mut command = self.gpuslice(&["run"]);
         command
             .arg("--dir")
             .arg(self.ledger_dir())
             .arg("--shim")
-            .arg(self.dummy_shim())
+            .arg(self.shim())
             .args(args);
         command
     }

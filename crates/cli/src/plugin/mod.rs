@@ -228,7 +228,8 @@ async fn run(config: &Config, args: &DevicePluginArgs, shutdown: &watch::Receive
     end
 }
 
-/// Opens the ledger and creates the CDI directory.
+/// Opens the ledger, creates the CDI directory, and checks that the shim the specs mount is
+/// the gpuslice shim of this ledger layout (where this process can see it).
 fn prepare(config: &Config) -> anyhow::Result<Ledger> {
     let ledger = Ledger::open(&config.layout.ledger_host)?;
     std::fs::create_dir_all(&config.cdi_dir).with_context(|| {
@@ -237,7 +238,12 @@ fn prepare(config: &Config) -> anyhow::Result<Ledger> {
             config.cdi_dir.display()
         )
     })?;
-    if !config.layout.shim_host.is_file() {
+    if config.layout.shim_host.is_file() {
+        // Containers given another file in its place would run without limits: hand out
+        // nothing until the file there is the shim.
+        crate::shim_check::identify(&config.layout.shim_host)
+            .context("advertising nothing until the shim is in place")?;
+    } else {
         tracing::warn!(
             "the shim {} is not a file here; containers will fail to start unless it exists on \
              the host",
