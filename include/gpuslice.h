@@ -42,12 +42,16 @@ extern "C" {
  *                          others keep at most 100 us of work queued (at least one launch).
  *                          The quota file's compute settings are the ceiling: the lower share,
  *                          the lower limit and the lower priority apply.
- *   GPUSLICE_DIR           the ledger directory, an absolute path; default /run/gpuslice.
+ *   GPUSLICE_DIR           the ledger directory, an absolute path (taken byte for byte);
+ *                          default /run/gpuslice. It must exist: the shim never creates it
+ *                          (a mistyped path would be a fresh ledger without the tenant's
+ *                          quota); inside an existing, empty one it creates what it needs.
  *   GPUSLICE_LOG           off, error, warn (default), info, debug or trace; to stderr,
  *                          lines prefixed "gpuslice[<pid>]: ".
  *
- * Fail closed: an invalid value, any other GPUSLICE_ variable (a misspelling), a limit
- * without a tenant, or a ledger directory or file that cannot be used makes the shim print
+ * Fail closed: an invalid value, any other GPUSLICE_ variable (a misspelling, or a name that
+ * is not UTF-8), a limit without a tenant, a ledger directory that does not exist, or a
+ * ledger directory or file that cannot be used makes the shim print
  * one line naming what was wrong and the accepted form, after which cuInit and every memory
  * and context call the shim hooks return CUDA_ERROR_NOT_INITIALIZED (3) (the driver is then
  * never initialized, so the rest fail too), and the NVML memory queries NVML_ERROR_UNKNOWN

@@ -11,6 +11,9 @@ shim=$target/libgpuslice.so
 example=$target/examples/alloc_until_oom
 ledger=$(mktemp -d)
 trap 'rm -rf "$ledger"' EXIT
+# The shim never creates the ledger directory (a mistyped GPUSLICE_DIR must fail, not start a
+# fresh ledger), so make it here as gpuslice run would.
+mkdir -p "$ledger/ledger"
 
 if nvidia-smi -L >/dev/null 2>&1; then
   echo "== on the real GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"

@@ -6,6 +6,7 @@
 //! error rather than something to ignore.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use gpuslice_ledger::{
@@ -97,13 +98,17 @@ impl Config {
         let mut dir = None;
         let mut log = Level::Warn;
         for (key, value) in vars {
-            let Some(key) = key.as_ref().to_str() else {
-                continue;
-            };
-            if !key.starts_with("GPUSLICE_") {
+            let (key, raw_value) = (key.as_ref(), value.as_ref());
+            if !key.as_bytes().starts_with(b"GPUSLICE_") {
                 continue;
             }
-            let value = value.as_ref().to_string_lossy();
+            // A name that is not UTF-8 is none of ours: as unknown as a misspelled one.
+            let Some(key) = key.to_str() else {
+                return Err(ConfigError::Unknown {
+                    name: key.to_string_lossy().into_owned(),
+                });
+            };
+            let value = raw_value.to_string_lossy();
             match key {
                 "GPUSLICE_TENANT" => {
                     tenant = Some(TenantName::new(&value).map_err(|_| ConfigError::Invalid {
@@ -146,7 +151,10 @@ impl Config {
                         })?);
                 }
                 "GPUSLICE_DIR" => {
-                    let path = PathBuf::from(value.as_ref());
+                    // The path exactly as given, bytes that are not UTF-8 included: a
+                    // rewritten path would be another directory, a ledger without the
+                    // tenant's quota.
+                    let path = PathBuf::from(raw_value);
                     if !path.is_absolute() {
                         return Err(ConfigError::Invalid {
                             name: "GPUSLICE_DIR",
@@ -302,11 +310,131 @@ mod tests {
         assert!(config(&[("GPUSLICE_TENANT", "a"), ("GPUSLICE_PRIORITY", "urgent")]).is_err());
     }
 
+    /// Issue 15, item 8: a `GPUSLICE_DIR` with bytes that are not UTF-8 was rewritten (each
+    /// such byte became U+FFFD), so the process used another directory than the one named.
+    #[test]
+    fn non_utf8_gpuslice_dir_is_used_exactly() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let dir = OsString::from_vec(b"/run/gpu\xffslice".to_vec());
+        let config = Config::from_vars([
+            (OsString::from("GPUSLICE_TENANT"), OsString::from("a")),
+            (OsString::from("GPUSLICE_DIR"), dir.clone()),
+        ])
+        .unwrap();
+        assert_eq!(config.tenant.unwrap().dir.as_os_str(), dir);
+    }
+
+    /// Issue 15, item 8: a `GPUSLICE_` variable whose name is not UTF-8 was skipped.
+    #[test]
+    fn non_utf8_gpuslice_variable_name_is_refused_as_unknown() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let name = OsString::from_vec(b"GPUSLICE_MEMORY_LIM\xffT".to_vec());
+        let err = Config::from_vars([
+            (OsString::from("GPUSLICE_TENANT"), OsString::from("a")),
+            (name, OsString::from("1Gi")),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Unknown { name } if name.starts_with("GPUSLICE_MEMORY_LIM")),
+            "{err}"
+        );
+        // Other variables whose names are not UTF-8 are none of gpuslice's business.
+        let other = OsString::from_vec(b"OTHER_\xff".to_vec());
+        assert!(Config::from_vars([(other, OsString::from("x"))]).is_ok());
+    }
+
     #[test]
     fn bad_tenant_dir_and_log_are_refused() {
         assert!(config(&[("GPUSLICE_TENANT", "../etc")]).is_err());
         assert!(config(&[("GPUSLICE_TENANT", "")]).is_err());
         assert!(config(&[("GPUSLICE_TENANT", "a"), ("GPUSLICE_DIR", "rel/dir")]).is_err());
         assert!(config(&[("GPUSLICE_LOG", "verbose")]).is_err());
+    }
+
+    mod properties {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn os(bytes: Vec<u8>) -> OsString {
+            OsString::from_vec(bytes)
+        }
+
+        /// Names the shim reads, and a few near misses, as raw bytes.
+        fn name() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::sample::select(SHIM_VARIABLES).prop_map(|n| n.as_bytes().to_vec()),
+                "GPUSLICE_[A-Z_]{0,16}".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..24).prop_map(|tail| [
+                    b"GPUSLICE_".as_slice(),
+                    &tail
+                ]
+                .concat()),
+                proptest::collection::vec(
+                    any::<u8>().prop_filter("no NUL or =", |b| *b != 0 && *b != b'='),
+                    0..24
+                ),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn reading_any_environment_never_panics(
+                vars in proptest::collection::vec(
+                    (name(), proptest::collection::vec(any::<u8>(), 0..32)),
+                    0..8,
+                )
+            ) {
+                let _ = Config::from_vars(vars.into_iter().map(|(k, v)| (os(k), os(v))));
+            }
+
+            #[test]
+            fn every_unknown_gpuslice_variable_is_refused(
+                tail in proptest::collection::vec(any::<u8>(), 0..24)
+            ) {
+                let name = [b"GPUSLICE_".as_slice(), &tail].concat();
+                prop_assume!(!SHIM_VARIABLES.iter().any(|known| known.as_bytes() == name));
+                let result = Config::from_vars([(os(name), OsString::from("1"))]);
+                prop_assert!(matches!(result, Err(ConfigError::Unknown { .. })), "{result:?}");
+            }
+
+            #[test]
+            fn an_absolute_gpuslice_dir_is_kept_byte_for_byte(
+                tail in proptest::collection::vec(any::<u8>().prop_filter("no NUL", |b| *b != 0), 0..40)
+            ) {
+                let dir = os([b"/".as_slice(), &tail].concat());
+                let config = Config::from_vars([
+                    (OsString::from("GPUSLICE_TENANT"), OsString::from("t")),
+                    (OsString::from("GPUSLICE_DIR"), dir.clone()),
+                ]);
+                prop_assert_eq!(config.unwrap().tenant.unwrap().dir.into_os_string(), dir);
+            }
+
+            #[test]
+            fn a_memory_limit_in_bytes_is_read_as_given(bytes in any::<u64>()) {
+                let config = Config::from_vars([
+                    ("GPUSLICE_TENANT", "t".to_string()),
+                    ("GPUSLICE_MEMORY_LIMIT", bytes.to_string()),
+                ]);
+                prop_assert_eq!(config.unwrap().tenant.unwrap().memory_limit, Some(bytes));
+            }
+
+            #[test]
+            fn an_accepted_tenant_is_the_name_given(value in "[ -~]{0,70}") {
+                let config = Config::from_vars([("GPUSLICE_TENANT", value.as_str())]);
+                match config {
+                    Ok(config) => {
+                        let name = config.tenant.unwrap().name;
+                        prop_assert_eq!(name.as_str(), value.as_str());
+                    }
+                    Err(e) => prop_assert!(TenantName::new(&value).is_err(), "{e}"),
+                }
+            }
+        }
     }
 }

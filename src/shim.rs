@@ -2,13 +2,13 @@
 //! bookkeeping (which allocation holds what, which GPU is which).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gpuslice_ledger::{ComputeSettings, GpuUuid, Ledger, LedgerError, Limits, TenantName};
 
 use crate::allocations::Allocations;
-use crate::config::TenantSettings;
+use crate::config::{DEFAULT_DIR, TenantSettings};
 use crate::gate::LaunchGates;
 use crate::hooks::context::Contexts;
 use crate::hooks::device::DeviceTable;
@@ -42,20 +42,58 @@ pub struct Shim {
 
 /// Why the shim could not start enforcing.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot use the gpuslice ledger for tenant {tenant}: {source}")]
-pub struct OpenError {
-    tenant: TenantName,
-    #[source]
-    source: LedgerError,
+pub enum OpenError {
+    /// The ledger directory does not exist (or is not a directory). The shim never creates
+    /// it: a mistyped `GPUSLICE_DIR` would otherwise be a fresh ledger without the tenant's
+    /// quota file, and the tenant would run without its limits.
+    #[error(
+        "cannot use the gpuslice ledger for tenant {tenant}: the ledger directory {} \
+         (GPUSLICE_DIR, default {DEFAULT_DIR}) {problem}; gpuslice run and the device plugin \
+         create it, so check GPUSLICE_DIR, or create it first",
+        dir.display()
+    )]
+    NoLedgerDir {
+        /// The tenant.
+        tenant: TenantName,
+        /// The directory.
+        dir: PathBuf,
+        /// "does not exist", "is not a directory", or the error reading it.
+        problem: String,
+    },
+    /// The ledger refused.
+    #[error("cannot use the gpuslice ledger for tenant {tenant}: {source}")]
+    Ledger {
+        /// The tenant.
+        tenant: TenantName,
+        /// What the ledger said.
+        #[source]
+        source: LedgerError,
+    },
 }
 
 impl Shim {
     /// Opens the tenant's records in the ledger.
     pub fn open(settings: TenantSettings) -> Result<Shim, OpenError> {
-        let fail = |source| OpenError {
+        let fail = |source| OpenError::Ledger {
             tenant: settings.name.clone(),
             source,
         };
+        let problem = match std::fs::metadata(&settings.dir) {
+            Ok(meta) if meta.is_dir() => None,
+            Ok(_) => Some("is not a directory".to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("does not exist".to_string())
+            }
+            Err(e) => Some(format!("cannot be read ({e})")),
+        };
+        if let Some(problem) = problem {
+            return Err(OpenError::NoLedgerDir {
+                tenant: settings.name.clone(),
+                dir: settings.dir.clone(),
+                problem,
+            });
+        }
+        // The directory exists; an empty one is a new ledger, whose tenants/ is made here.
         let ledger = Ledger::open(&settings.dir).map_err(fail)?;
         let usage = ledger.open_usage(&settings.name).map_err(fail)?;
         let quota = ledger.read_quota(&settings.name).map_err(fail)?;

@@ -2,6 +2,10 @@
 
 mod util;
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use gpuslice_ledger::{Ledger, Limits, TenantName, TenantQuota};
 use util::*;
 
 /// Runs cudaprobe and returns (stdout, stderr).
@@ -198,4 +202,83 @@ fn an_unusable_ledger_directory_is_refused() {
         ],
     );
     assert_fails_closed(&stdout, &stderr, &blocker.display().to_string());
+}
+
+/// A quota of `limit` bytes on every GPU for tenant `a` in the ledger at `dir`.
+fn quota_for_a(dir: &std::path::Path, limit: u64) {
+    let quota = TenantQuota {
+        defaults: Limits {
+            memory_bytes: Some(limit),
+            ..Limits::default()
+        },
+        per_gpu: vec![],
+    };
+    Ledger::open(dir)
+        .expect("ledger")
+        .write_quota(&TenantName::new("a").expect("name"), &quota)
+        .expect("quota");
+}
+
+/// Issue 15, item 8: the shim created a `GPUSLICE_DIR` that did not exist, so a typo in it
+/// gave a fresh ledger without the tenant's quota file, and the tenant ran without limits.
+#[test]
+fn a_missing_ledger_directory_is_refused_not_created() {
+    let node = Node::new();
+    quota_for_a(&node.ledger_dir(), 256 * MIB);
+    let typo = node.root.path().join("ledgr");
+    let (stdout, stderr) = probe_with(&node, &[("GPUSLICE_DIR", typo.to_str().unwrap())]);
+    assert_fails_closed(
+        &stdout,
+        &stderr,
+        &format!("the ledger directory {} (GPUSLICE_DIR", typo.display()),
+    );
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(!typo.exists(), "the shim created {}", typo.display());
+}
+
+/// An existing, empty directory is a new ledger: the shim makes what it needs inside it.
+#[test]
+fn an_empty_ledger_directory_is_a_new_ledger() {
+    let node = Node::new();
+    let out = run_ok(&mut node.probe(CallPath::Dlsym, "a", Some("1Gi"), &["fill", "64M"]));
+    assert_eq!(field(line(&out, "fill"), "bytes"), GIB - CONTEXT);
+    assert!(node.ledger_dir().join("tenants/a/usage").is_file());
+}
+
+/// Issue 15, item 8: a `GPUSLICE_DIR` with bytes that are not UTF-8 was rewritten (each
+/// such byte became U+FFFD), so the process used another directory: not the tenant's
+/// ledger, and not its quota.
+#[test]
+fn a_gpuslice_dir_that_is_not_utf8_is_used_as_given() {
+    let node = Node::new();
+    let dir = node.root.path().join(OsStr::from_bytes(b"ledger-\xff"));
+    std::fs::create_dir(&dir).unwrap();
+    quota_for_a(&dir, 256 * MIB);
+    let mut command = node.probe(CallPath::Dlsym, "a", None, &["fill", "64M"]);
+    command.env("GPUSLICE_DIR", &dir);
+    let out = run_ok(&mut command);
+    assert_eq!(
+        field(line(&out, "fill"), "bytes"),
+        256 * MIB - CONTEXT,
+        "the quota in {} applies",
+        dir.display()
+    );
+    let rewritten = node.root.path().join("ledger-\u{fffd}");
+    assert!(!rewritten.exists(), "the shim used {}", rewritten.display());
+}
+
+/// Issue 15, item 8: a `GPUSLICE_` variable whose name is not UTF-8 was skipped, where any
+/// other unknown `GPUSLICE_` variable (a misspelling) is refused.
+#[test]
+fn a_gpuslice_variable_whose_name_is_not_utf8_is_refused() {
+    let node = Node::new();
+    let mut command = node.probe(CallPath::Dlsym, "a", None, &["alloc", "1M"]);
+    command.env(OsStr::from_bytes(b"GPUSLICE_MEMORY_LIM\xffT"), "1Gi");
+    let output = run(&mut command);
+    assert!(output.status.success(), "{output:?}");
+    assert_fails_closed(
+        &String::from_utf8_lossy(&output.stdout),
+        &String::from_utf8_lossy(&output.stderr),
+        "unknown variable GPUSLICE_MEMORY_LIM",
+    );
 }

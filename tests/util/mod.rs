@@ -167,11 +167,13 @@ impl Node {
         Node::with_devices("80Gi")
     }
 
-    /// A node with simulated GPUs of these capacities (`FAKECUDA_DEVICES`).
+    /// A node with simulated GPUs of these capacities (`FAKECUDA_DEVICES`), and an empty
+    /// ledger directory (which the shim never creates itself).
     pub fn with_devices(devices: &str) -> Node {
         let root = tempfile::tempdir().expect("temp dir");
         link_fake_gpu(&root.path().join("lib"));
         std::fs::create_dir_all(root.path().join("gpu")).expect("gpu state dir");
+        std::fs::create_dir_all(root.path().join("ledger")).expect("ledger dir");
         Node {
             root,
             devices: devices.to_string(),

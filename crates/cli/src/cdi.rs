@@ -135,6 +135,25 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// An error for a path that is not UTF-8: a spec is UTF-8 text, and a path rewritten to
+    /// fit (each odd byte replaced) would be another path, a ledger without the tenant.
+    pub fn check_paths(&self) -> Result<(), CdiError> {
+        for (what, path) in [
+            ("ledger directory", &self.ledger_host),
+            ("ledger directory in containers", &self.ledger_container),
+            ("shim", &self.shim_host),
+            ("shim in containers", &self.shim_container),
+        ] {
+            if path.to_str().is_none() {
+                return Err(CdiError::NotUtf8 {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The host file that `/etc/ld.so.preload` mode mounts: `<ledger>/ld.so.preload`.
     pub fn preload_file(&self) -> PathBuf {
         self.ledger_host.join(PRELOAD_FILE_NAME)
@@ -234,6 +253,15 @@ pub enum CdiError {
         /// The operating system's error.
         source: io::Error,
     },
+    /// A path a spec cannot hold as it is.
+    #[error("the {what} {} is not UTF-8, which a CDI spec (JSON or YAML text) cannot hold \
+             unchanged; use a path of UTF-8 text", .path.display())]
+    NotUtf8 {
+        /// Which path.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
     /// The spec breaks a rule of CDI, so a runtime would refuse every device in it.
     #[error("refusing to write a CDI spec that container runtimes would reject: {0}")]
     Invalid(#[from] Violation),
@@ -325,6 +353,7 @@ pub fn generate(args: &CdiGenerateArgs) -> Result<u8, Failure> {
         shim_host: shim,
         preload: args.preload,
     };
+    layout.check_paths().usage()?;
     let ledger = Ledger::open_existing(&layout.ledger_host)
         .context("no ledger to describe (create tenants first)")
         .usage()?;

@@ -269,7 +269,11 @@ fn check_ledger(findings: &mut Findings, dir: &Path) {
             return findings.say(
                 Level::Warn,
                 "ledger",
-                &format!("{shown} does not exist yet (gpuslice run creates it)"),
+                &format!(
+                    "{shown} does not exist yet: gpuslice run and the device plugin create it, \
+                     and until then a process with the shim preloaded by hand fails to start \
+                     CUDA (the shim never creates it)"
+                ),
             );
         }
         Err(e) => return findings.say(Level::Fail, "ledger", &format!("{shown}: {e}")),

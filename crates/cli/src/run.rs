@@ -163,10 +163,17 @@ pub fn tenant_command(
 /// with what its flags say.
 fn check_environment() -> anyhow::Result<()> {
     for (name, value) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        if !name.starts_with("GPUSLICE_") {
+        if !name.as_bytes().starts_with(b"GPUSLICE_") {
             continue;
         }
+        // A name that is not UTF-8 is none of gpuslice's, as unknown as a misspelled one.
+        let Some(name) = name.to_str() else {
+            return Err(anyhow!(
+                "unknown variable {} in the environment (its name is not UTF-8): gpuslice \
+                 reads no such variable, and the shim would refuse it; unset it",
+                name.to_string_lossy()
+            ));
+        };
         if let Some((_, flag)) = FROM_FLAGS.iter().find(|(env, _)| *env == name) {
             eprintln!(
                 "gpuslice: note: ignoring {name}={} from the environment; `gpuslice run` takes \

@@ -195,21 +195,29 @@ pub fn read_report_checked(dir: &Path) -> anyhow::Result<Report> {
 }
 
 /// Reads the whole ledger at `dir` once (no `gets_percent`); an error only when the
-/// directory itself is unusable.
+/// directory itself is unusable. A directory that exists but holds nothing yet is a new
+/// ledger without tenants; one that does not exist is an error (a mistyped `--dir` must not
+/// pass for an idle node).
 pub fn read_report(dir: &Path) -> anyhow::Result<Report> {
-    let ledger = Ledger::open_existing(dir).with_context(|| {
-        format!(
-            "no usable gpuslice ledger at {} (pass --dir DIR or set GPUSLICE_DIR)",
-            dir.display()
-        )
-    })?;
-    let tenants = ledger
-        .tenants()
-        .with_context(|| format!("could not list the tenants of {}", dir.display()))?;
-    let tenants = tenants
-        .iter()
-        .filter_map(|t| tenant_report(&ledger, t))
-        .collect();
+    check_ledger_dir(dir)?;
+    let tenants = match Ledger::open_existing(dir) {
+        Ok(ledger) => ledger
+            .tenants()
+            .with_context(|| format!("could not list the tenants of {}", dir.display()))?
+            .iter()
+            .filter_map(|t| tenant_report(&ledger, t))
+            .collect(),
+        // The directory is there, and nothing was made in it yet.
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "no usable gpuslice ledger at {} (pass --dir DIR or set GPUSLICE_DIR)",
+                    dir.display()
+                )
+            });
+        }
+    };
     Ok(Report {
         version: SCHEMA_VERSION,
         ledger: dir.display().to_string(),
@@ -218,6 +226,27 @@ pub fn read_report(dir: &Path) -> anyhow::Result<Report> {
         unenforced: None,
         read_at: Instant::now(),
     })
+}
+
+/// An error unless `dir` is a directory.
+fn check_ledger_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(anyhow!(
+            "{} is not a directory, so not a gpuslice ledger (pass --dir DIR or set \
+             GPUSLICE_DIR)",
+            dir.display()
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(anyhow!(
+            "the ledger directory {} does not exist (pass --dir DIR or set GPUSLICE_DIR; \
+             gpuslice run and the device plugin create it)",
+            dir.display()
+        )),
+        Err(e) => Err(anyhow!(
+            "cannot read the ledger directory {}: {e}",
+            dir.display()
+        )),
+    }
 }
 
 /// One tenant's report; `None` if it was removed while being read.

@@ -116,3 +116,26 @@ fn cdi_generate_refuses_a_shim_that_is_not_the_shim() {
         assert!(out.stderr.contains(&shim.display().to_string()), "{out:?}");
     }
 }
+
+/// Issue 15, item 8, for specs: a ledger path that is not UTF-8 would be written into the
+/// spec as another path (each odd byte replaced), so containers would use another ledger.
+#[test]
+fn cdi_generate_refuses_a_ledger_path_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let node = Node::new();
+    let dir = node
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"ledger-\xff"));
+    std::fs::create_dir(&dir).unwrap();
+    let out = finish(
+        node.dir
+            .gpuslice(&["cdi", "generate", "--dir"])
+            .arg(&dir)
+            .arg("--shim")
+            .arg(&node.shim),
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("is not UTF-8"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}

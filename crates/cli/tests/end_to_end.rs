@@ -204,3 +204,34 @@ fn a_run_with_a_30_percent_limit_gets_30_percent_and_status_and_metrics_say_so()
     assert!((share - 30.0).abs() <= 5.0, "kernels got {share:.1}%");
     assert!(!node.dir.tenant_exists("capped"));
 }
+
+/// Issue 15, item 8: a ledger directory whose path is not UTF-8 is passed on and used byte
+/// for byte, so the command is held to the quota `run` wrote there.
+#[test]
+fn run_with_a_ledger_dir_that_is_not_utf8_holds_the_command_to_its_quota() {
+    use std::os::unix::ffi::OsStrExt;
+    let node = Node::new();
+    let dir = node
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"ledger-\xff"));
+    let out = finish(
+        node.gpuslice(&["run", "--memory", "512Mi", "--shim"])
+            .arg(&node.shim)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--")
+            .arg(cudaprobe())
+            .args(["dlsym", "fill", "64M"]),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        field(&out.stdout, "fill", "bytes"),
+        512 * MIB - CONTEXT,
+        "{out:?}"
+    );
+    assert!(
+        !node.dir.path().join("ledger-\u{fffd}").exists(),
+        "a rewritten path was used"
+    );
+}

@@ -280,3 +280,49 @@ fn metrics_server_answers_get_metrics_on_an_ephemeral_port() {
     drop(server);
     drop(held);
 }
+
+/// Issue 15, item 8: on a new ledger directory (made, nothing in it yet) the server
+/// answered 500; a ledger without tenants is a normal state. A directory that does not
+/// exist is still an error, which says so.
+#[test]
+fn metrics_of_an_empty_ledger_directory_report_no_tenants() {
+    let t = TestDir::new();
+    std::fs::create_dir(t.ledger_dir()).unwrap();
+    let out = finish(
+        t.gpuslice(&["metrics", "--once", "--dir"])
+            .arg(t.ledger_dir()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(value(&parse(&out.stdout), "gpuslice_tenants", &[]), 0.0);
+
+    let missing = t.path().join("missing");
+    let mut server = Running::spawn(
+        t.gpuslice(&["metrics", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(t.ledger_dir()),
+    );
+    let line = server.wait_for_line("serving http://");
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let (status, _, body) = http(&address, "GET /metrics HTTP/1.0\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(value(&parse(&body), "gpuslice_tenants", &[]), 0.0);
+    assert_eq!(value(&parse(&body), "gpuslice_ledger_errors", &[]), 0.0);
+    assert!(
+        !t.ledger_dir().join("tenants").exists(),
+        "metrics wrote into the ledger"
+    );
+
+    let out = finish(t.gpuslice(&["metrics", "--once", "--dir"]).arg(&missing));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "the ledger directory {} does not exist",
+            missing.display()
+        )),
+        "{out:?}"
+    );
+}

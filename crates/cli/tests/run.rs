@@ -286,6 +286,24 @@ fn misspelled_gpuslice_variable_is_refused_before_the_command_runs() {
     assert!(!marker.exists(), "the command ran");
 }
 
+/// Issue 15, item 8: a `GPUSLICE_` variable whose name is not UTF-8 passed unnoticed.
+#[test]
+fn gpuslice_variable_whose_name_is_not_utf8_is_refused_before_the_command_runs() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = TestDir::new();
+    let marker = t.path().join("ran");
+    let out = finish(t.run(&["--", "touch", marker.to_str().unwrap()]).env(
+        std::ffi::OsStr::from_bytes(b"GPUSLICE_MEMORY_LIM\xffT"),
+        "1Gi",
+    ));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("unknown variable GPUSLICE_MEMORY_LIM"),
+        "{out:?}"
+    );
+    assert!(!marker.exists(), "the command ran");
+}
+
 #[test]
 fn inherited_limit_is_replaced_with_a_note() {
     let t = TestDir::new();

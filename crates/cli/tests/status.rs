@@ -38,6 +38,21 @@ fn status_of_an_empty_ledger_lists_no_tenants() {
     assert!(out.stdout.contains("(no tenants)"), "{out:?}");
 }
 
+/// Issue 15, item 8: `status` exited 2 on a new ledger directory (made, nothing in it yet).
+#[test]
+fn status_of_an_empty_ledger_directory_lists_no_tenants() {
+    let t = TestDir::new();
+    std::fs::create_dir(t.ledger_dir()).unwrap();
+    let out = finish(t.gpuslice(&["status", "--dir"]).arg(t.ledger_dir()));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("(no tenants)"), "{out:?}");
+    assert_eq!(t.status_json()["tenants"], Value::Array(vec![]));
+    assert!(
+        !t.ledger_dir().join("tenants").exists(),
+        "status wrote into the ledger"
+    );
+}
+
 #[test]
 fn status_without_a_ledger_exits_2() {
     let t = TestDir::new();
@@ -47,6 +62,7 @@ fn status_without_a_ledger_exits_2() {
     );
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("--dir"), "{out:?}");
+    assert!(out.stderr.contains("does not exist"), "{out:?}");
     assert!(
         !t.path().join("missing").exists(),
         "status created the ledger"

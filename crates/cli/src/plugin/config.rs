@@ -258,11 +258,12 @@ fn resolve(file: File, args: &DevicePluginArgs, origin: &str) -> Result<Config, 
         ("shim", &layout.shim_host),
         ("shimContainerPath", &layout.shim_container),
     ] {
-        if !path.is_absolute() || path.to_string_lossy().contains([' ', ':']) {
+        // CDI specs are UTF-8 text: a path that is not would be written as another path.
+        if !path.is_absolute() || path.to_str().is_none_or(|p| p.contains([' ', ':'])) {
             return Err(bad(
                 field,
                 path.display().to_string(),
-                "an absolute path without spaces or ':'",
+                "an absolute path of UTF-8 text without spaces or ':'",
             ));
         }
     }
@@ -500,6 +501,31 @@ mod tests {
         resolve(file, &args(extra), "test.yaml")
     }
 
+    /// Issue 15, item 8: a path that is not UTF-8 would be written into CDI specs as
+    /// another path.
+    #[test]
+    fn a_ledger_dir_that_is_not_utf8_is_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::ffi::OsStr::from_bytes(b"/run/gpu\xffslice");
+        let argv = [
+            std::ffi::OsStr::new("gpuslice"),
+            std::ffi::OsStr::new("device-plugin"),
+            std::ffi::OsStr::new("--shim"),
+            std::ffi::OsStr::new("/opt/gpuslice/libgpuslice.so"),
+            std::ffi::OsStr::new("--dir"),
+            dir,
+        ];
+        let crate::cli::Command::DevicePlugin(args) =
+            crate::cli::Cli::try_parse_from(argv).unwrap().command
+        else {
+            unreachable!()
+        };
+        let err = resolve(parse("{}").unwrap(), &args, "flags")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ledgerDir") && err.contains("UTF-8"), "{err}");
+    }
+
     #[test]
     fn defaults_are_four_slices_of_gpuslice_dev_gpu() {
         let c = from_text("", &[]).unwrap();
@@ -587,6 +613,7 @@ healthIntervalSeconds: 0.5
             ("nvidiaCdiDevice: nvidia.com/gpu={uuid}-", "nvidiaCdiDevice"),
             ("nvidiaCdiDevice: nvidia/com/gpu={uuid}", "nvidiaCdiDevice"),
             ("ledgerDir: relative/dir", "ledgerDir"),
+            ("ledgerDir: /run/gpu slice", "ledgerDir"),
             ("healthIntervalSeconds: 0", "healthIntervalSeconds"),
             ("sweepIntervalSeconds: 0", "sweepIntervalSeconds"),
             ("cleanupGraceSeconds: -1", "cleanupGraceSeconds"),
