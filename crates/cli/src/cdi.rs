@@ -15,6 +15,7 @@
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, anyhow};
 use gpuslice_ledger::{Ledger, TenantName};
@@ -298,7 +299,12 @@ pub fn to_yaml(spec: &Spec) -> Result<String, CdiError> {
 /// Writes `text` to `path` whole: under a temporary name in the same directory (one a CDI
 /// runtime does not read, since it does not end in `.json` or `.yaml`), then renamed over
 /// `path`, so a runtime watching the directory never reads half a file. Mode 0644.
+///
+/// The temporary name is this call's own (process and a counter): the device plugin's
+/// `Allocate` and its sweep may write the same spec at once, and with a name per process the
+/// second rename found the file already moved away.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), CdiError> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let io_error = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| CdiError::Io {
@@ -311,7 +317,11 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), CdiError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let temp = path.with_file_name(format!(
+        ".{file_name}.{}.{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut file = fs::File::create(&temp).map_err(io_error("create", &temp))?;
     let written = file
         .write_all(text.as_bytes())
@@ -507,6 +517,26 @@ mod tests {
         assert_eq!(tenant_of_spec_file(&name), Some(t.as_str()));
         assert_eq!(tenant_of_spec_file("nvidia.com-gpu.json"), None);
         assert_eq!(tenant_of_spec_file(".gpuslice.dev-gpu_x.json.1.tmp"), None);
+    }
+
+    #[test]
+    fn writers_of_one_file_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..8)
+                .map(|i| {
+                    let path = &path;
+                    scope.spawn(move || {
+                        (0..50).try_for_each(|_| write_atomically(path, &format!("{i}")))
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
