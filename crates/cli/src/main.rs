@@ -69,8 +69,9 @@ priority, the GPU time it was charged and how long its launches were throttled (
 total), the share of the GPU it **gets**, and the live processes with their slot, PID (as
 recorded, in the process's own PID namespace), memory and GPU time. Memory held by slots of
 dead processes that nobody reclaimed yet is not counted. The ledger directory is found as
-for `run`, but never created. A tenant whose files are damaged is reported with its error
-and the others are still shown.
+for `run`, but never created: one that exists but holds nothing yet is a ledger without
+tenants, one that does not exist is a usage error (exit 2) that says so. A tenant whose
+files are damaged is reported with its error and the others are still shown.
 
 What a tenant gets is measured, not computed from its settings: `status` reads the ledger
 twice, `--sample` milliseconds apart (default 250), and divides the GPU time each tenant was
@@ -166,7 +167,8 @@ Serves the ledger as Prometheus metrics on `GET /metrics` (text format 0.0.4, `C
 text/plain; version=0.0.4`), at `--listen` (default `127.0.0.1:9400`; port 0 picks a free
 port). It prints `gpuslice metrics: serving http://ADDR/metrics ...` on stdout once
 listening. Other paths are 404, other methods than `GET`/`HEAD` 405. The ledger is read
-afresh at every scrape (a scrape of an unreadable ledger directory is a 500); a tenant whose
+afresh at every scrape (an existing, empty ledger directory has no tenants; a scrape of a
+missing or unreadable one is a 500 that says why); a tenant whose
 files are damaged has no series at that scrape and is counted in `gpuslice_ledger_errors`.
 At most 16 connections are served at once (more get 503); a request head may take 8 KiB and
 10 seconds. `--once` prints the exposition to stdout and exits (2 if the ledger cannot be
