@@ -44,7 +44,7 @@ pub enum LedgerError {
     /// A tenant name that the ledger cannot use as a directory name.
     #[error(
         "invalid tenant name {name:?}: {reason}; use 1 to 63 characters of A-Z a-z 0-9 . _ -, \
-         not starting with '.' or '-'"
+         starting and ending with a letter or a digit"
     )]
     InvalidTenantName {
         /// The name as given.
