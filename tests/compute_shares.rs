@@ -588,8 +588,8 @@ fn per_gpu_compute_quota_holds_whatever_the_environment_claims() {
 /// guaranteed GPU time. The bound on a neighbour's queue beside a high tenant costs the
 /// neighbour GPU time (the GPU waits for the neighbour's watcher between its launches, and
 /// at the end of each burst of the high tenant's work); a 70% tenant beside a busy
-/// high-priority 30% tenant received 59-62% of the GPU (46% with 500 µs kernels), the GPU
-/// idle 8%. What the bound costs it is now counted, and queued on top of the bound.
+/// high-priority 30% tenant received 59-62% of the GPU, the GPU idle 8-11%. What the bound
+/// costs it is now counted, and queued on top of the bound.
 #[test]
 fn priority_never_takes_a_normal_tenant_below_its_share() {
     let _serial = serial();
@@ -600,7 +600,8 @@ fn priority_never_takes_a_normal_tenant_below_its_share() {
     ];
 
     // Beside a high tenant that wants all its share gives it: both get their shares, and
-    // the GPU is not left idle.
+    // the GPU is not left idle (within the share tests' 3 points: 68-70% and 98-100% on
+    // the 2-core machine).
     let got = shares(&[&normal, &high], 3000);
     eprintln!(
         "beside a busy high tenant: the 70% tenant {:.1}%, the high one {:.1}%",
@@ -622,7 +623,7 @@ fn priority_never_takes_a_normal_tenant_below_its_share() {
     );
 
     // Beside the high tenant's requests, the 70% tenant also gets its share, and the
-    // requests keep the advantage the priority test asserts.
+    // requests keep the advantage the priority test asserts (1.40-1.55x solo there).
     let node = Node::new();
     let solo = requests_beside(requests(&node, "hi", &high, 1000));
     let mut neighbour = load(
@@ -663,8 +664,9 @@ fn priority_never_takes_a_normal_tenant_below_its_share() {
         charged * 100.0
     );
     // Its kernels, one or two in flight at a time, are charged more GPU time than they
-    // take on the simulated GPU: 70% charged, 63-65% finished on the 2-core machine. The
-    // bound on what they take is its share less that gap (without relief: 38-56%).
+    // take on the simulated GPU, with or without relief: 70% charged and 63-65% finished
+    // on the 2-core machine (before: 63-64% and 59%). So the bound on what they take is
+    // its share less that gap, with a margin.
     assert!(
         kept >= 0.60,
         "the 70% tenant keeps only {:.1}% of the GPU beside the requests",
