@@ -39,7 +39,9 @@ extern "C" {
  *   GPUSLICE_COMPUTE_LIMIT a hard cap on the tenant's kernel time on each GPU, even when the
  *                          GPU is otherwise idle; same form. Default: none.
  *   GPUSLICE_PRIORITY      high, normal (default) or low: while a high tenant is active, the
- *                          others keep at most 100 us of work queued (at least one launch).
+ *                          others keep at most 100 us of work queued (at least one launch),
+ *                          never at the cost of their guaranteed share: one that this keeps
+ *                          below its share queues the GPU time it is owed on top.
  *                          The quota file's compute settings are the ceiling: the lower share,
  *                          the lower limit and the lower priority apply.
  *   GPUSLICE_DIR           the ledger directory, an absolute path (taken byte for byte);

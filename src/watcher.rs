@@ -28,9 +28,9 @@ use crate::cuda::{CUDA_SUCCESS, CUresult};
 use crate::gate::UNBOUNDED;
 use crate::log::{Level, RateLimit, log};
 use crate::neighbours::{Neighbours, Tenant};
-use crate::policy::compute::{Credit, Demand, entitled_rates};
+use crate::policy::compute::{Credit, Demand, entitled_rates, guaranteed_rates};
 use crate::policy::launch_time::{LaunchTime, TickWork};
-use crate::policy::priority::Yield;
+use crate::policy::priority::{Relief, Tick, Yield};
 use crate::policy::turns::{Contender, OwnTurn, Turns, contested};
 use crate::real;
 use crate::shim::Shim;
@@ -75,10 +75,15 @@ const CREDIT: Credit = Credit {
 /// in the tenant's usage file; more often would only add contention between its processes).
 const REFILL_NS: u64 = 1_000_000;
 /// How much work tenants below a high-priority one keep queued while it is active: its
-/// requests wait for at most this, or for one kernel where one takes longer.
+/// requests wait for at most this, or for one kernel where one takes longer, unless that has
+/// cost the tenant its guaranteed share (see `policy::priority`). It may be owed as much as
+/// the credit's burst, and queues work while the high-priority tenant's work runs only once
+/// it is owed more than a quarter of that.
 const YIELD: Yield = Yield {
     queue_ns: 100_000,
     max_in_flight: 16,
+    max_relief_ns: 20_000_000,
+    owed_before_running_ns: 5_000_000,
 };
 /// How long a backlogged tenant keeps the GPU while another waits, and how long one waits
 /// for its turn before going anyway (see `policy::turns`).
@@ -187,6 +192,10 @@ struct GpuTrack {
     /// Launches known finished at the last tick, and the time each has been taking.
     finished: u64,
     launch_time: LaunchTime,
+    /// What it may queue beyond the bound beside a high-priority tenant, to keep its share.
+    relief: Relief,
+    /// The tenant's GPU time as of the last tick (`None` before the first).
+    consumed: Option<u64>,
     /// When launches were last seen to finish, or work to start after none was in flight:
     /// the GPU has worked on what is unfinished since.
     progress_at_ns: u64,
@@ -203,6 +212,9 @@ struct Entitlement {
     high: bool,
     /// The other tenants on the GPU.
     rivals: Vec<Contender>,
+    /// The fraction of the GPU guaranteed to it while it wants it (its share when every
+    /// active tenant wants all it may get).
+    guaranteed: f64,
 }
 
 /// A tenant's rate of use on a GPU, measured by this watcher.
@@ -400,14 +412,33 @@ impl Watcher {
                     (true, 0) => now,
                     (true, since) => since,
                 };
-            let open = has_credit && my_turn;
-            track.turn_ended = track.held_since_ns != 0
-                && (track.turn_ended || (!open && contested(&entitled.rivals)));
+            let received = track
+                .consumed
+                .replace(consumed)
+                .map_or(0, |before| consumed.saturating_sub(before));
             let cap = if entitled.yield_to_high {
-                YIELD.in_flight(track.launch_time.per_launch_ns())
+                track.relief.follow(
+                    &YIELD,
+                    Tick {
+                        elapsed_ns: elapsed,
+                        received_ns: received,
+                        guaranteed: entitled.guaranteed,
+                        wants_more: backlogged,
+                    },
+                );
+                let high_running = entitled.rivals.iter().any(|r| r.high && r.in_flight);
+                YIELD.in_flight(
+                    track.launch_time.per_launch_ns(),
+                    &track.relief,
+                    high_running,
+                )
             } else {
+                track.relief = Relief::default();
                 UNBOUNDED
             };
+            let open = has_credit && my_turn && cap > 0;
+            track.turn_ended = track.held_since_ns != 0
+                && (track.turn_ended || (!open && contested(&entitled.rivals)));
             // Only for short kernels: beside long ones the watcher's lag is small, and
             // polling this often would only take a core's time.
             let waiting_at_cap = cap != UNBOUNDED
@@ -416,7 +447,7 @@ impl Watcher {
                     .launch_time
                     .per_launch_ns()
                     .is_none_or(|ns| ns < YIELD.queue_ns);
-            gate.set(open, cap);
+            gate.set(open, cap.max(1));
             self.fast |= entitled.yield_to_high
                 || (entitled.high && entitled.rivals.iter().any(|r| r.in_flight));
             self.waiting_at_cap |= waiting_at_cap;
@@ -633,12 +664,16 @@ impl Watcher {
         let rate = own_index
             .and_then(|i| rates.get(i).copied())
             .unwrap_or_else(|| f64::from(own_settings.limit_permille.unwrap_or(1000)) / 1000.0);
+        let guaranteed = own_index
+            .and_then(|i| guaranteed_rates(&demands).get(i).copied())
+            .unwrap_or(rate);
         let high = own_settings.priority == Some(Priority::High);
         Entitlement {
             rate,
             yield_to_high: high_active_elsewhere && !high,
             high,
             rivals,
+            guaranteed,
         }
     }
 

@@ -96,8 +96,13 @@ fn finish(running: Running) -> Report {
 impl Report {
     /// The fraction of the GPU its kernels took between `from` and `to`.
     fn share(&self, from: u64, to: u64) -> f64 {
+        self.share_of(KERNEL_NS, from, to)
+    }
+
+    /// The same, for kernels of `kernel_ns`.
+    fn share_of(&self, kernel_ns: u64, from: u64, to: u64) -> f64 {
         let kernels = self.done.iter().filter(|&&t| t > from && t <= to).count();
-        (kernels as f64 * KERNEL_NS as f64) / (to - from) as f64
+        (kernels as f64 * kernel_ns as f64) / (to - from) as f64
     }
 }
 
@@ -431,6 +436,39 @@ fn median(mut values: Vec<u64>) -> u64 {
     values[values.len() / 2]
 }
 
+/// How a high-priority tenant's requests fared.
+struct Beside {
+    /// Their median latency, leaving out the first 200 ms (while the others learn that a
+    /// high tenant is active).
+    p50: u64,
+    /// When the requests counted were answered: from the first to the last.
+    from: u64,
+    to: u64,
+}
+
+/// What a finished `requests` run says of its requests.
+fn requests_beside(running: Running) -> Beside {
+    let all = latencies(running);
+    let from = all[0].0 + 200_000_000;
+    let to = all[all.len() - 1].0;
+    let p50 = median(
+        all.iter()
+            .filter(|&&(at, _)| at > from)
+            .map(|&(_, l)| l)
+            .collect(),
+    );
+    Beside { p50, from, to }
+}
+
+/// The GPU time the shim has charged to `tenant` on the node's GPU.
+fn charged_ns(node: &Node, tenant: &str) -> u64 {
+    let name = gpuslice_ledger::TenantName::new(tenant).expect("a valid tenant name");
+    node.ledger()
+        .snapshot_usage(&name)
+        .expect("the tenant's usage file")
+        .gpu_time_ns(gpuslice_ledger::GpuIndex(0))
+}
+
 /// A request of the high-priority tenant, and how far apart they come.
 const REQUEST_NS: u64 = 1_000_000;
 const REQUEST_EVERY_MS: u64 = 8;
@@ -455,26 +493,12 @@ fn a_high_priority_tenant_waits_little_beside_a_busy_neighbour_that_keeps_workin
     );
     neighbour.wait_for_line("done ", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
-    let beside = latencies(requests(&node, "hi", &high, 2500));
+    let beside = requests_beside(requests(&node, "hi", &high, 2500));
     let neighbour = finish(neighbour);
-
-    // Leave out the first 200 ms, while the neighbour learns that a high tenant is active.
-    let from = beside[0].0 + 200_000_000;
-    let to = beside[beside.len() - 1].0;
-    let p50 = median(
-        beside
-            .iter()
-            .filter(|&&(at, _)| at > from)
-            .map(|&(_, l)| l)
-            .collect(),
+    let (p50, kept) = (
+        beside.p50,
+        neighbour.share_of(NEIGHBOUR_NS, beside.from, beside.to),
     );
-    let kept = neighbour
-        .done
-        .iter()
-        .filter(|&&t| t > from && t <= to)
-        .count() as f64
-        * NEIGHBOUR_NS as f64
-        / (to - from) as f64;
     eprintln!(
         "requests alone p50 {solo_p50} ns, beside the neighbour {p50} ns; the neighbour keeps {:.1}% of the GPU",
         kept * 100.0
@@ -557,5 +581,95 @@ fn per_gpu_compute_quota_holds_whatever_the_environment_claims() {
         "the pod capped at 30% by its quota's entry",
         report.share(from, to),
         0.30,
+    );
+}
+
+/// A share is a guarantee: priority buys a high tenant latency, never another tenant's
+/// guaranteed GPU time. The bound on a neighbour's queue beside a high tenant costs the
+/// neighbour GPU time (the GPU waits for the neighbour's watcher between its launches, and
+/// at the end of each burst of the high tenant's work); a 70% tenant beside a busy
+/// high-priority 30% tenant received 59-62% of the GPU, the GPU idle 8-11%. What the bound
+/// costs it is now counted, and queued on top of the bound.
+#[test]
+fn priority_never_takes_a_normal_tenant_below_its_share() {
+    let _serial = serial();
+    let normal = [("GPUSLICE_COMPUTE_SHARE", "70")];
+    let high = [
+        ("GPUSLICE_PRIORITY", "high"),
+        ("GPUSLICE_COMPUTE_SHARE", "30"),
+    ];
+
+    // Beside a high tenant that wants all its share gives it: both get their shares, and
+    // the GPU is not left idle (within the share tests' 3 points: 68-70% and 98-100% on
+    // the 2-core machine).
+    let got = shares(&[&normal, &high], 3000);
+    eprintln!(
+        "beside a busy high tenant: the 70% tenant {:.1}%, the high one {:.1}%",
+        got[0] * 100.0,
+        got[1] * 100.0
+    );
+    assert!(
+        got[0] >= 0.70 - TOLERANCE,
+        "the 70% tenant beside a busy high-priority 30% tenant: {:.1}%",
+        got[0] * 100.0
+    );
+    assert_near("the busy high-priority 30% tenant", got[1], 0.30);
+    let total = got[0] + got[1];
+    eprintln!("the two together: {:.1}%", total * 100.0);
+    assert!(
+        total >= 1.0 - TOLERANCE,
+        "the GPU idles beside a tenant below its share: {:.1}% used",
+        total * 100.0
+    );
+
+    // Beside the high tenant's requests, the 70% tenant also gets its share, and the
+    // requests keep the advantage the priority test asserts (1.40-1.55x solo there).
+    let node = Node::new();
+    let solo = requests_beside(requests(&node, "hi", &high, 1000));
+    let mut neighbour = load(
+        &node,
+        "normal",
+        &normal,
+        4000,
+        &["--ns", &NEIGHBOUR_NS.to_string(), "--depth", "8"],
+    );
+    neighbour.wait_for_line("done ", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let running = requests(&node, "hi", &high, 2500);
+    std::thread::sleep(Duration::from_millis(700));
+    let (charged_from, charged_at_from) = (monotonic_ns(), charged_ns(&node, "normal"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (charged_to, charged_at_to) = (monotonic_ns(), charged_ns(&node, "normal"));
+    let beside = requests_beside(running);
+    let neighbour = finish(neighbour);
+    let kept = neighbour.share_of(NEIGHBOUR_NS, beside.from, beside.to);
+    let charged = (charged_at_to - charged_at_from) as f64 / (charged_to - charged_from) as f64;
+    eprintln!(
+        "requests alone p50 {} ns, beside the 70% tenant {} ns; it keeps {:.1}% of the GPU \
+         ({:.1}% as the shim charges it)",
+        solo.p50,
+        beside.p50,
+        kept * 100.0,
+        charged * 100.0
+    );
+    assert!(
+        beside.p50 as f64 <= 1.6 * solo.p50 as f64,
+        "p50 {} ns beside the 70% tenant, {} ns alone",
+        beside.p50,
+        solo.p50
+    );
+    assert!(
+        charged >= 0.70 - TOLERANCE,
+        "the 70% tenant is charged {:.1}% of the GPU beside the requests",
+        charged * 100.0
+    );
+    // Its kernels, one or two in flight at a time, are charged more GPU time than they
+    // take on the simulated GPU, with or without relief: 70% charged and 63-65% finished
+    // on the 2-core machine (before: 63-64% and 59%). So the bound on what they take is
+    // its share less that gap, with a margin.
+    assert!(
+        kept >= 0.60,
+        "the 70% tenant keeps only {:.1}% of the GPU beside the requests",
+        kept * 100.0
     );
 }

@@ -88,6 +88,17 @@ pub fn entitled_rates(demands: &[Demand]) -> Vec<f64> {
     rates
 }
 
+/// The fraction of the GPU each tenant is guaranteed now: what [`entitled_rates`] gives it
+/// when every active tenant wants all it may get, so that none leaves part of its share to
+/// the others. A tenant receiving less than this while it wants more is below its share.
+pub fn guaranteed_rates(demands: &[Demand]) -> Vec<f64> {
+    let competing: Vec<Demand> = demands
+        .iter()
+        .map(|d| Demand { wants: None, ..*d })
+        .collect();
+    entitled_rates(&competing)
+}
+
 fn permille(value: u32) -> f64 {
     f64::from(value.min(1000)) / 1000.0
 }
@@ -233,6 +244,46 @@ mod tests {
             rates[0] > 0.98 && rates[1] > 0.0 && rates[1] < 0.02,
             "{rates:?}"
         );
+    }
+
+    /// What each is guaranteed is its part when all compete: a light tenant leaves what it
+    /// does not use to the others, but keeps its guarantee for when it wants it.
+    #[test]
+    fn the_guarantee_is_the_split_when_every_active_tenant_wants_all_it_may_get() {
+        let light = Demand {
+            wants: Some(0.12),
+            ..tenant(Some(700), None)
+        };
+        let high = tenant(Some(300), None);
+        assert_rates(&[light, high], &[0.12, 0.88]);
+        let guaranteed = guaranteed_rates(&[light, high]);
+        assert!((guaranteed[0] - 0.7).abs() < 1e-9, "{guaranteed:?}");
+        assert!((guaranteed[1] - 0.3).abs() < 1e-9, "{guaranteed:?}");
+        // (demands, guaranteed)
+        let limited = Demand {
+            wants: Some(0.05),
+            ..tenant(Some(500), Some(200))
+        };
+        let mut idle = tenant(Some(500), None);
+        idle.active = false;
+        let table: &[(&[Demand], &[f64])] = &[
+            // A limit still caps it, and what it leaves goes to the others.
+            (&[limited, tenant(Some(500), None)], &[0.2, 0.8]),
+            // Without a share: its part of what the shares leave.
+            (&[tenant(None, None), tenant(Some(300), None)], &[0.7, 0.3]),
+            (&[tenant(None, None), tenant(None, None)], &[0.5, 0.5]),
+            // Inactive tenants are guaranteed nothing and take nothing from the others.
+            (&[tenant(Some(250), None), idle], &[1.0, 0.0]),
+        ];
+        for (demands, expected) in table {
+            let got = guaranteed_rates(demands);
+            for (got_one, want) in got.iter().zip(expected.iter()) {
+                assert!(
+                    (got_one - want).abs() < 1e-9,
+                    "{got:?}, expected {expected:?}"
+                );
+            }
+        }
     }
 
     #[test]

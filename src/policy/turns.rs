@@ -20,8 +20,8 @@
 //!   turn: it is time-sliced in by the hardware as without gpuslice;
 //! - a tenant waiting longer than [`Turns::max_wait_ns`] goes anyway (another's kernels too
 //!   long to end a turn: back to time-slicing, never a lockout);
-//! - a high-priority tenant never waits for a turn, and while its work is in flight the
-//!   others start nothing.
+//! - a high-priority tenant takes no turns: it never waits for one, and holds none against
+//!   the others; how they yield to it is `policy::priority`'s.
 //!
 //! Every process decides for itself from what all published in the ledger, a tick old at
 //! most; when two decide to start at once, the cost is a moment of time-slicing, as without
@@ -79,9 +79,6 @@ impl Turns {
         if own.high {
             return true;
         }
-        if rivals.iter().any(|r| r.high && r.in_flight) {
-            return false;
-        }
         if !own.backlogged || turn.waited_ns > self.max_wait_ns {
             return true;
         }
@@ -93,6 +90,7 @@ impl Turns {
         // time-sliced with this tenant's work.
         if rivals
             .iter()
+            .filter(|r| !r.high)
             .any(|r| (r.holding && !r.waiting) || (r.in_flight && r.long_queue))
         {
             return false;
@@ -289,27 +287,30 @@ mod tests {
     }
 
     #[test]
-    fn high_priority_never_waits_and_holds_the_others_back() {
+    fn high_priority_takes_no_turns() {
         let high = Contender {
             high: true,
             ..greedy(0)
         };
         assert!(TURNS.may_launch(&high, waited(1), &[holding(50)]));
+        assert!(TURNS.may_launch(&high, waited(1), &[waiting(50)]));
+        // Nor does it hold one against the others, in flight or not: how they yield to it
+        // is policy::priority's.
         let high_running = Contender {
             in_flight: true,
+            holding: true,
+            long_queue: true,
             ..high
         };
-        // Even a light tenant, even one holding the GPU, waits while its work runs.
-        assert!(!TURNS.may_launch(&idle(), waited(0), &[high_running]));
-        assert!(!TURNS.may_launch(&holding(9), held(1), &[high_running]));
-        // A high tenant waiting (for credit) holds nobody back.
-        assert!(TURNS.may_launch(
-            &greedy(1),
-            waited(0),
-            &[Contender {
-                waiting: true,
-                ..high
-            }]
-        ));
+        assert!(TURNS.may_launch(&greedy(1), waited(1), &[high_running]));
+        assert!(TURNS.may_launch(&idle(), waited(0), &[high_running]));
+        assert!(TURNS.may_launch(&holding(9), held(1), &[high_running]));
+        // A high tenant waiting with credit is no rival waiting for a turn either.
+        let high_waiting = Contender {
+            waiting: true,
+            available_ns: 9,
+            ..high
+        };
+        assert!(!contested(&[high_waiting]));
     }
 }
