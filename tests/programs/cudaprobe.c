@@ -256,13 +256,20 @@ int main(int argc, char **argv) {
       if (rc == 0) keep('v', handle);
       printf("vmm %zu rc=%d\n", bytes, rc);
     } else if (!strcmp(cmd, "array")) {
-      ArrayDesc desc = { quantity(NEXT()), quantity(NEXT()), 0x20 /* FLOAT */, 4 };
+      /* One argument a statement: the order of an initializer list's expressions is
+       * unspecified in C. */
+      size_t width = quantity(NEXT());
+      size_t height = quantity(NEXT());
+      ArrayDesc desc = { width, height, 0x20 /* FLOAT */, 4 };
       CUarray array = NULL;
       rc = CALL(cuArrayCreate_v2)(&array, &desc);
       if (rc == 0) keep('r', (uint64_t)(uintptr_t)array);
       printf("array rc=%d\n", rc);
     } else if (!strcmp(cmd, "array3d")) {
-      Array3dDesc desc = { quantity(NEXT()), quantity(NEXT()), quantity(NEXT()), 0x01 /* UINT8 */, 1, 0 };
+      size_t width = quantity(NEXT());
+      size_t height = quantity(NEXT());
+      size_t depth = quantity(NEXT());
+      Array3dDesc desc = { width, height, depth, 0x01 /* UINT8 */, 1, 0 };
       CUarray array = NULL;
       rc = CALL(cuArray3DCreate_v2)(&array, &desc);
       if (rc == 0) keep('r', (uint64_t)(uintptr_t)array);

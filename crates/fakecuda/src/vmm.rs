@@ -51,8 +51,19 @@ pub fn create(device: &'static Device, size: usize) -> CuResult<u64> {
         return Err(CuError::InvalidValue);
     }
     let charge = device.reserve(size as u64)?;
+    // The system call, not glibc's wrapper, which glibc has only from 2.27: the simulated
+    // GPU is also built against the shim's glibc baseline (2.17) to test old images.
     // SAFETY: memfd_create reads a NUL-terminated name and returns a new fd or -1.
-    let raw = unsafe { libc::memfd_create(c"fakecuda-vmm".as_ptr(), libc::MFD_CLOEXEC) };
+    let raw = unsafe {
+        libc::syscall(
+            libc::SYS_memfd_create,
+            c"fakecuda-vmm".as_ptr(),
+            libc::MFD_CLOEXEC,
+        )
+    };
+    let Ok(raw) = i32::try_from(raw) else {
+        return Err(CuError::OperatingSystem);
+    };
     if raw < 0 {
         return Err(CuError::OperatingSystem);
     }
