@@ -5,6 +5,7 @@
 # usage: bash scripts/glibc-baseline.sh build PACKAGE...   (e.g. build gpuslice fakecuda)
 #        bash scripts/glibc-baseline.sh check FILE...
 #        bash scripts/glibc-baseline.sh cc CC-ARGS...       (zig's C compiler, same baseline)
+#        bash scripts/glibc-baseline.sh baseline            (prints the baseline: 2.17)
 #
 # Why: the shim is preloaded into whatever a container runs, with the image's own glibc. A
 # shim linked on this machine (glibc 2.36) asks for symbol versions up to GLIBC_2.34, and in
@@ -16,7 +17,7 @@
 #
 # build: `cargo zigbuild --release` of each package's library for
 #        x86_64-unknown-linux-gnu.2.17, then `check` on each .so; prints the directory holding
-#        them (target/x86_64-unknown-linux-gnu/release) as its last line.
+#        them (the absolute path of target/x86_64-unknown-linux-gnu/release) as its last line.
 # check: fails, naming each symbol and the version it needs, if a file needs a GLIBC_ symbol
 #        version newer than the baseline (read from its version references: the loader
 #        refuses a library if any of them is missing), or a symbol without a version, which
@@ -24,9 +25,9 @@
 # cc:    compiles C against the same glibc (the tests build programs for an old image so).
 #
 # Needs cargo-zigbuild and zig: `pip install cargo-zigbuild ziglang` (.ci/run does), and
-# objdump (binutils, which gcc brings).
+# objdump and readelf (binutils, which gcc brings).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repository=$(cd "$(dirname "$0")/.." && pwd)
 
 BASELINE=2.17
 TRIPLE=x86_64-unknown-linux-gnu
@@ -98,11 +99,12 @@ build() {
     die "cargo-zigbuild is not installed: pip install cargo-zigbuild ziglang (see .ci/run)"
   local packages=() package
   for package in "$@"; do packages+=(-p "$package"); done
+  cd "$repository"
   cargo zigbuild --release --locked --lib "${packages[@]}" --target "$TRIPLE.$BASELINE" >&2
   local dir=${CARGO_TARGET_DIR:-target}/$TRIPLE/release files=()
   for package in "$@"; do files+=("$dir/lib${package//-/_}.so"); done
   check "${files[@]}" >&2
-  echo "$dir"
+  (cd "$dir" && pwd)
 }
 
 cc() {
@@ -115,5 +117,6 @@ case "${1:-}" in
   build) shift && build "$@" ;;
   check) shift && check "$@" ;;
   cc) shift && cc "$@" ;;
-  *) die "usage: $0 build PACKAGE... | check FILE... | cc CC-ARGS..." ;;
+  baseline) echo "$BASELINE" ;;
+  *) die "usage: $0 build PACKAGE... | check FILE... | cc CC-ARGS... | baseline" ;;
 esac

@@ -73,11 +73,6 @@ fn baseline_build() -> &'static Path {
             text(&output.stderr)
         );
         let dir = PathBuf::from(stdout.lines().last().expect("the build's directory").trim());
-        let dir = if dir.is_absolute() {
-            dir
-        } else {
-            repository().join(dir)
-        };
         assert!(dir.join("libgpuslice.so").is_file(), "{}", dir.display());
         dir
     })
@@ -122,30 +117,24 @@ fn build_old_rootfs() -> Result<PathBuf, String> {
         return Ok(rootfs);
     }
     std::fs::create_dir_all(&parent).expect("rootfs parent");
+    remove_abandoned_builds(&parent);
     // Built aside and renamed into place, so an interrupted build is never taken for a
     // finished one.
     let partial = parent.join(format!(".{OLD_RELEASE}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     // Debian puts it in /usr/sbin, which a non-login shell's PATH may lack.
-    let debootstrap = ["/usr/sbin/debootstrap", "/usr/bin/debootstrap"]
+    let Some(debootstrap) = ["/usr/sbin/debootstrap", "/usr/bin/debootstrap"]
         .into_iter()
         .find(|path| Path::new(path).is_file())
-        .unwrap_or("debootstrap");
+    else {
+        panic!("debootstrap is not installed (Debian: apt-get install debootstrap; .ci/run does)");
+    };
     let mut command = Command::new(debootstrap);
     command
         .args(["--variant=minbase", OLD_RELEASE])
         .arg(&partial)
         .arg(MIRROR);
-    let spawned = command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    if let Err(e) = spawned {
-        panic!("debootstrap cannot be run ({e}): install it (Debian: apt-get install debootstrap)");
-    }
-    let child = spawned.expect("checked above");
-    let output = child.wait_with_output().expect("wait for debootstrap");
+    let output = Running::spawn(&mut command).wait_output(BUILD_TIMEOUT);
     let log = format!("{}{}", text(&output.stdout), text(&output.stderr));
     if !output.status.success() {
         let _ = std::fs::remove_dir_all(&partial);
@@ -168,6 +157,24 @@ fn build_old_rootfs() -> Result<PathBuf, String> {
         assert!(rootfs.is_dir(), "{} was not built", rootfs.display());
     }
     Ok(rootfs)
+}
+
+/// Removes what builds of the root filesystem by test processes that no longer run left
+/// behind (`.bullseye.<pid>`: a build interrupted by a killed test run).
+fn remove_abandoned_builds(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let prefix = format!(".{OLD_RELEASE}.");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// `podman run` of `command_line` in the old image: its root read-only, the test's files at
@@ -205,13 +212,18 @@ fn podman_run(
     command
 }
 
-/// Why containers of the old image cannot run here, if they cannot.
-fn cannot_run_containers(rootfs: &Path, files: &Path, node: &Path) -> Option<String> {
+/// Why there is no podman to use, if there is none.
+fn no_podman() -> Option<String> {
     match Command::new("podman").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => return Some(format!("podman --version failed: {out:?}")),
-        Err(e) => return Some(format!("podman is not installed ({e})")),
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!("podman --version failed: {out:?}")),
+        Err(e) => Some(format!("podman is not installed ({e})")),
     }
+}
+
+/// Why containers of the old image cannot run here, if they cannot: podman fails a trivial
+/// one.
+fn cannot_run_containers(rootfs: &Path, files: &Path, node: &Path) -> Option<String> {
     let out = run(&mut podman_run(
         rootfs,
         files,
@@ -256,7 +268,16 @@ impl OldImage {
     /// The image and a node for `test`, or `None` (having said why) where containers
     /// cannot run or the image cannot be built for want of the mirror.
     fn for_test(test: &str) -> Option<OldImage> {
-        let rootfs = match old_rootfs() {
+        if let Some(why) = no_podman() {
+            skip(test, &why);
+            return None;
+        }
+        // The image and the old-glibc build each take a minute or so the first time: at once.
+        let rootfs = std::thread::scope(|scope| {
+            scope.spawn(baseline_build);
+            old_rootfs()
+        });
+        let rootfs = match rootfs {
             Ok(rootfs) => rootfs,
             Err(why) => {
                 skip(test, &why);
@@ -468,7 +489,7 @@ fn old_glibc_image_keeps_rtld_next_lookups_relative_to_their_caller() {
 /// The check that guards the build can fail: it refuses the plain build of the shim made on
 /// this machine, naming the symbols that ask for a newer glibc.
 #[test]
-fn baseline_check_names_what_a_plain_build_needs() {
+fn the_baseline_check_names_what_a_plain_build_needs() {
     let out = run(baseline_script(&["check"]).arg(shim_library()));
     let stderr = text(&out.stderr);
     assert!(
@@ -489,7 +510,7 @@ fn baseline_check_names_what_a_plain_build_needs() {
 /// It also refuses what linking against the baseline leaves of a function glibc added
 /// later: a reference with no version, which an older glibc cannot satisfy.
 #[test]
-fn baseline_check_names_functions_the_baseline_glibc_lacks() {
+fn the_baseline_check_names_functions_the_baseline_glibc_lacks() {
     let dir = tempfile::tempdir().expect("temp dir");
     let library = dir.path().join("libuses-memfd-create.so");
     compile_for_old_glibc(
@@ -513,7 +534,7 @@ fn baseline_check_names_functions_the_baseline_glibc_lacks() {
 
 /// What dist/ and the image ship passes that check.
 #[test]
-fn baseline_build_needs_no_newer_glibc() {
+fn shipped_shim_needs_no_glibc_newer_than_the_baseline() {
     let dir = baseline_build();
     let out = run(baseline_script(&["check"])
         .arg(dir.join("libgpuslice.so"))
@@ -524,7 +545,7 @@ fn baseline_build_needs_no_newer_glibc() {
 /// The baseline build is also what runs on a current glibc (this machine's; a GPU node's
 /// images): the quota holds through each call path there too.
 #[test]
-fn baseline_shim_enforces_the_quota_on_a_current_glibc() {
+fn shipped_shim_enforces_the_quota_on_a_current_glibc() {
     let shim = baseline_build().join("libgpuslice.so");
     for path in ALL_PATHS {
         let node = Node::new();
@@ -541,7 +562,7 @@ fn baseline_shim_enforces_the_quota_on_a_current_glibc() {
 /// libc and versioned GLIBC_2.34): another interposer's `RTLD_NEXT` lookups still resolve
 /// relative to it.
 #[test]
-fn baseline_shim_keeps_rtld_next_lookups_relative_to_their_caller_on_a_current_glibc() {
+fn shipped_shim_keeps_rtld_next_lookups_relative_to_their_caller_on_a_current_glibc() {
     let dir = tempfile::tempdir().expect("temp dir");
     let interposer = dir.path().join("libnext-interposer.so");
     let status = Command::new("cc")
