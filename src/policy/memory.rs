@@ -102,6 +102,18 @@ impl MemoryPolicy {
     /// Reserves `bytes` on `gpu` before the driver is asked for them. Dropping the
     /// reservation gives the bytes back; [`Reservation::commit`] keeps them.
     pub fn reserve(&self, gpu: &Gpu, bytes: u64) -> Result<Reservation<'_>, Refusal> {
+        self.reserve_making_room(gpu, bytes, || false)
+    }
+
+    /// As [`reserve`](Self::reserve), but on the way to a refusal `make_room` may give back
+    /// what the process holds and no longer needs (memory pools' idle memory); it says
+    /// whether it gave anything back, and if it did the reservation is tried once more.
+    pub fn reserve_making_room(
+        &self,
+        gpu: &Gpu,
+        bytes: u64,
+        make_room: impl FnOnce() -> bool,
+    ) -> Result<Reservation<'_>, Refusal> {
         let slot = match self.slot() {
             Ok(slot) => slot,
             Err(error) => {
@@ -141,6 +153,10 @@ impl MemoryPolicy {
                 }
                 _ => first,
             },
+        };
+        let outcome = match outcome {
+            Err(_) if make_room() => slot.try_reserve(gpu.index, bytes, limit),
+            outcome => outcome,
         };
         match outcome {
             Ok(()) => Ok(Reservation {
@@ -193,6 +209,14 @@ impl MemoryPolicy {
     /// decisions on the allocation path. Dead processes' memory may still be in it.
     pub fn used_now(&self, gpu: GpuIndex) -> u64 {
         self.usage.memory_used(gpu)
+    }
+
+    /// Whether `bytes` more would fit in the tenant's limit on `gpu` as things stand (no
+    /// syscall, nothing reserved): for deciding how much room to make before a reservation
+    /// is tried again.
+    pub fn would_fit(&self, gpu: &Gpu, bytes: u64) -> bool {
+        self.limit(gpu)
+            .is_none_or(|limit| self.used_now(gpu.index).saturating_add(bytes) <= limit)
     }
 
     /// Records memory this process holds on `gpu` without having asked for it (the driver
