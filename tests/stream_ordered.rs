@@ -389,3 +389,28 @@ fn destroying_a_pool_keeps_the_charge_of_what_it_still_holds() {
     ));
     assert_eq!(field(line(&out, "info"), "free"), GIB - CONTEXT, "{out}");
 }
+
+/// Threads allocating from one pool at once, each on a stream of its own and against a
+/// tight quota, settle the pool's charge one at a time: no growth is counted twice or
+/// lost. Once the pools have given everything back, the ledger holds exactly the context,
+/// as the device does.
+#[test]
+fn concurrent_stream_ordered_allocations_are_counted_once() {
+    let node = Node::new();
+    let mut holder = Running::spawn(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("512Mi"),
+        &["stress-async", "12", "300", "40M", "sync", "0", "info", "hold"],
+    ));
+    let out = holder.wait_for_line("holding", Duration::from_secs(120));
+    let stress = line(&out, "stress-async");
+    assert_eq!(field(stress, "other"), 0, "{out}");
+    assert!(
+        field(stress, "ok") > 0 && field(stress, "refused") > 0,
+        "the quota was contended: {out}"
+    );
+    assert_eq!(field(line(&out, "info"), "free"), 512 * MIB - CONTEXT, "{out}");
+    assert_eq!(device_used(&node, 0), CONTEXT);
+    assert_eq!(tenant_usage(&node, "a"), CONTEXT);
+}

@@ -201,6 +201,31 @@ static void *stress_thread(void *arg) {
   return NULL;
 }
 
+/* Stream-ordered churn: each thread allocates on a stream of its own, frees in stream order
+ * and synchronizes, so that the pool grows and shrinks under all of them at once. */
+static void *stress_async_thread(void *arg) {
+  struct stress *s = arg;
+  CALL(cuCtxSetCurrent)(NULL);
+  CUcontext ctx;
+  CALL(cuDevicePrimaryCtxRetain)(&ctx, device);
+  CALL(cuCtxSetCurrent)(ctx);
+  CUstream stream;
+  if (CALL(cuStreamCreate)(&stream, 1) != 0) { s->other++; return NULL; }
+  for (long i = 0; i < s->iterations; i++) {
+    CUdeviceptr p;
+    CUresult rc = CALL(cuMemAllocAsync)(&p, s->bytes, stream);
+    if (rc == 0) {
+      s->ok++;
+      if (CALL(cuMemFreeAsync)(p, stream) != 0) s->other++;
+      if (i % 4 == 3 && CALL(cuStreamSynchronize)(stream) != 0) s->other++;
+    }
+    else if (rc == 2) s->refused++;
+    else s->other++;
+  }
+  if (CALL(cuStreamSynchronize)(stream) != 0) s->other++;
+  return NULL;
+}
+
 static void free_all(void) {
   for (int i = 0; i < held_count; i++) {
     switch (held[i].kind) {
@@ -440,6 +465,22 @@ int main(int argc, char **argv) {
       int r1 = info(nvml_device, &m), r2 = info2(nvml_device, &m2);
       printf("nvml rc=%d total=%llu free=%llu used=%llu\n", r1, m.total, m.free, m.used);
       printf("nvml_v2 rc=%d total=%llu reserved=%llu free=%llu used=%llu\n", r2, m2.total, m2.reserved, m2.free, m2.used);
+    } else if (!strcmp(cmd, "stress-async")) {
+      int threads = atoi(NEXT());
+      long iterations = atol(NEXT());
+      size_t bytes = quantity(NEXT());
+      pthread_t *ids = calloc((size_t)threads, sizeof *ids);
+      struct stress *work = calloc((size_t)threads, sizeof *work);
+      for (int t = 0; t < threads; t++) {
+        work[t].iterations = iterations; work[t].bytes = bytes;
+        pthread_create(&ids[t], NULL, stress_async_thread, &work[t]);
+      }
+      long ok = 0, refused = 0, other = 0;
+      for (int t = 0; t < threads; t++) {
+        pthread_join(ids[t], NULL);
+        ok += work[t].ok; refused += work[t].refused; other += work[t].other;
+      }
+      printf("stress-async ok=%ld refused=%ld other=%ld\n", ok, refused, other);
     } else if (!strcmp(cmd, "stress")) {
       int threads = atoi(NEXT());
       long iterations = atol(NEXT());
