@@ -401,7 +401,16 @@ fn concurrent_stream_ordered_allocations_are_counted_once() {
         CallPath::Dlsym,
         "a",
         Some("512Mi"),
-        &["stress-async", "12", "300", "40M", "sync", "0", "info", "hold"],
+        &[
+            "stress-async",
+            "12",
+            "300",
+            "40M",
+            "sync",
+            "0",
+            "info",
+            "hold",
+        ],
     ));
     let out = holder.wait_for_line("holding", Duration::from_secs(120));
     let stress = line(&out, "stress-async");
@@ -410,7 +419,11 @@ fn concurrent_stream_ordered_allocations_are_counted_once() {
         field(stress, "ok") > 0 && field(stress, "refused") > 0,
         "the quota was contended: {out}"
     );
-    assert_eq!(field(line(&out, "info"), "free"), 512 * MIB - CONTEXT, "{out}");
+    assert_eq!(
+        field(line(&out, "info"), "free"),
+        512 * MIB - CONTEXT,
+        "{out}"
+    );
     assert_eq!(device_used(&node, 0), CONTEXT);
     assert_eq!(tenant_usage(&node, "a"), CONTEXT);
 }
