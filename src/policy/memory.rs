@@ -402,6 +402,36 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_is_tried_once_more_only_after_room_was_made() {
+        use gpuslice_ledger::{GpuUuid, Ledger, TenantName};
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let usage = ledger.open_usage(&TenantName::new("t").unwrap()).unwrap();
+        let policy = MemoryPolicy::new(usage, None, Some(GIB));
+        let gpu = policy.gpu(GpuUuid([1; 16])).unwrap();
+        let idle = policy.reserve(&gpu, GIB).unwrap().commit();
+        assert!(policy.would_fit(&gpu, 0) && !policy.would_fit(&gpu, 1));
+        let mut asked = 0;
+        let refused = policy.reserve_making_room(&gpu, GIB / 2, || {
+            asked += 1;
+            false
+        });
+        assert!(matches!(refused, Err(Refusal::OverLimit(_))));
+        assert_eq!(asked, 1);
+        let granted = policy.reserve_making_room(&gpu, GIB / 2, || {
+            policy.release(idle);
+            true
+        });
+        assert!(granted.is_ok());
+        assert_eq!(policy.used_now(gpu.index), GIB / 2);
+        // A reservation that fits never asks.
+        drop(granted);
+        let _fits = policy
+            .reserve_making_room(&gpu, GIB, || unreachable!("room was there"))
+            .unwrap();
+    }
+
+    #[test]
     fn bytes_print_in_round_units() {
         assert_eq!(Bytes(4 * GIB).to_string(), "4 GiB");
         assert_eq!(Bytes(512 << 20).to_string(), "512 MiB");
