@@ -380,6 +380,9 @@ pub(crate) fn refresh_gpu(shim: &Shim, gpu: GpuIndex) -> bool {
 /// that the reservation is worth trying again.
 pub(crate) fn make_room(shim: &Shim, gpu: &Gpu, bytes: u64) -> bool {
     let pools = shim.pools.on_gpu(gpu.index);
+    if pools.is_empty() {
+        return false;
+    }
     let mut released = false;
     for (pool, charge) in &pools {
         released |= refresh(shim, *pool, charge);
