@@ -142,10 +142,13 @@ python_result() {
 
 # --- the host-side monitor -------------------------------------------------------------
 
+# monitor_start [LIMIT]: the host-side monitor, judging against LIMIT bytes (default: the
+# quota every check uses).
 monitor_start() {
   MONITOR_OUT=$CHECK_DIR/monitor.txt
+  MONITOR_LIMIT=${1:-$QUOTA_BYTES}
   env -u LD_PRELOAD "$PYTHON" "$ROOT/scripts/gpu/monitor.py" --out "$MONITOR_OUT" \
-    --ready "$CHECK_DIR/monitor.ready" --limit "$QUOTA_BYTES" --interval "$MONITOR_INTERVAL" \
+    --ready "$CHECK_DIR/monitor.ready" --limit "$MONITOR_LIMIT" --interval "$MONITOR_INTERVAL" \
     </dev/null 2>"$CHECK_DIR/monitor.err" &
   MONITOR_PID=$!
   local _
@@ -183,7 +186,7 @@ monitor_report() {
     return
   fi
   detail "outside max $(kv "$MONITOR_OUT" outside_max_mib) MiB ($source, pids $(kv "$MONITOR_OUT" pid_max_mib))"
-  expect "outside view (NVML, no shim) <= quota" "$outside" "<=" "$QUOTA_BYTES"
+  expect "outside view (NVML, no shim) <= quota" "$outside" "<=" "$MONITOR_LIMIT"
 }
 
 # --- the checks ------------------------------------------------------------------------
@@ -489,6 +492,65 @@ check_fork_child_keeps_memory() {
   expect "3 GiB granted once the child is gone" "$(field "$CHECK_DIR/after.out" alloc rc)" "==" 0
 }
 
+# Issue 15, item 1, against the real driver: under a 2 GiB quota, fill it with stream-ordered
+# allocations on one stream, queue their frees behind a 3 s kernel and keep allocating on
+# another stream. The driver's pool still holds the freed memory until the stream reaches
+# the frees, so the second fill must get (almost) nothing: together the two fills stay under
+# the quota, and NVML without the shim never sees the process above it. Once the stream has
+# reached the frees (a synchronization), the memory is the tenant's again.
+check_stream_ordered_frees() {
+  [ -z "$PROBE_ERROR" ] || { problem "$PROBE_ERROR"; return; }
+  local quota=$((2 * GIB)) out=$CHECK_DIR/probe.out
+  shim_env
+  monitor_start "$quota"
+  # `sleep 500` holds the peak for the monitor while the frees are still queued.
+  run probe "${SHIM[@]}" GPUSLICE_MEMORY_LIMIT=$quota "$PROBE" dlsym module "$DIST/spin.ptx" \
+    async-fill-on 1 64M spin-on 1 3000000000 free-async-on 1 async-fill-on 2 64M sleep 500 \
+    sync 1 async-fill-on 2 64M sleep 300
+  local status=$?
+  monitor_stop
+  [ "$status" -eq 0 ] || problem "cudaprobe $(how_it_ended "$status"): $(last_line "$CHECK_DIR/probe.err")"
+  local first queued after
+  first=$(field "$out" async-fill bytes 1)
+  queued=$(field "$out" async-fill bytes 2)
+  after=$(field "$out" async-fill bytes 3)
+  detail "filled $(mib "$first"), then behind the queued frees $(mib "$queued"), after the stream reached them $(mib "$after")"
+  expect "module rc == 0" "$(field "$out" module rc)" "==" 0
+  expect "spin-on rc == 0" "$(field "$out" spin-on rc)" "==" 0
+  expect "free-async-on failures == 0" "$(field "$out" free-async-on failed)" "==" 0
+  expect "first fill > 1 GiB" "$first" ">" "$GIB"
+  expect "first fill rc == 2" "$(field "$out" async-fill rc 1)" "==" 2
+  is_int "$first" && is_int "$queued" &&
+    expect "both fills together <= quota" "$((first + queued))" "<=" "$quota"
+  is_int "$first" && expect "after the stream reached the frees: refilled >= half the first" \
+    "$after" ">=" "$((first / 2))"
+}
+
+# A pool whose release threshold is above what it holds keeps freed memory after a
+# synchronization: it stays charged (cuMemGetInfo shows it gone from free), and a tenant at
+# its quota is still not refused (the shim trims the idle pool to make room).
+check_pool_release_threshold() {
+  [ -z "$PROBE_ERROR" ] || { problem "$PROBE_ERROR"; return; }
+  local quota=$((2 * GIB)) out=$CHECK_DIR/probe.out
+  shim_env
+  monitor_start "$quota"
+  run probe "${SHIM[@]}" GPUSLICE_MEMORY_LIMIT=$quota "$PROBE" dlsym info pool-threshold 64G \
+    async-on 0 1G free-async-on 0 sync 0 pool-reserved info alloc 1G info sleep 300
+  local status=$?
+  monitor_stop
+  [ "$status" -eq 0 ] || problem "cudaprobe $(how_it_ended "$status"): $(last_line "$CHECK_DIR/probe.err")"
+  local before kept reserved
+  before=$(field "$out" info free 1)
+  kept=$(field "$out" info free 2)
+  reserved=$(field "$out" pool-reserved reserved)
+  detail "free $(mib "$before") -> $(mib "$kept") with 1 GiB freed into the pool (pool holds $(mib "$reserved")) -> $(mib "$(field "$out" info free 3)") after cuMemAlloc 1G"
+  expect "pool-threshold rc == 0" "$(field "$out" pool-threshold rc)" "==" 0
+  expect "async-on 1G rc == 0" "$(field "$out" async-on rc)" "==" 0
+  expect "the pool keeps the freed GiB" "$reserved" ">=" "$GIB"
+  is_int "$before" && expect "free memory still excludes what the pool keeps" "$kept" "<=" "$((before - GIB))"
+  expect "cuMemAlloc 1G at the quota rc == 0 (the idle pool is trimmed)" "$(field "$out" alloc rc)" "==" 0
+}
+
 # --- driver ----------------------------------------------------------------------------
 
 # run_check NAME FUNCTION: one PASS or FAIL line; a failed check shows its programs' output.
@@ -554,7 +616,8 @@ header() {
 
 CHECKS=(torch-mem-get-info torch-oom torch-expandable-oom torch-fine-oom jax-prealloc cupy-oom triton-kernel
   nvidia-smi cudarc-alloc-until-oom cudarc-spin cudaprobe-paths bad-setting-fails-closed
-  no-cuda-programs context-footprint fork-child-keeps-memory)
+  no-cuda-programs context-footprint fork-child-keeps-memory stream-ordered-frees
+  pool-release-threshold)
 
 main() {
   local name

@@ -39,6 +39,21 @@ pub const CUDA_ERROR_UNKNOWN: CUresult = 999;
 
 /// `CU_MEM_LOCATION_TYPE_DEVICE`: the only VMM location that takes device memory.
 pub const CU_MEM_LOCATION_TYPE_DEVICE: u32 = 1;
+/// `CU_MEM_LOCATION_TYPE_HOST`, `_HOST_NUMA`, `_HOST_NUMA_CURRENT`: host memory.
+pub const CU_MEM_LOCATION_TYPES_HOST: [u32; 3] = [2, 3, 4];
+/// `CU_MEM_ALLOCATION_TYPE_PINNED`: memory that stays where it was put (not managed).
+pub const CU_MEM_ALLOCATION_TYPE_PINNED: u32 = 1;
+
+/// `CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE`: the pool an allocation came from.
+pub const CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE: u32 = 17;
+/// `CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT`: the memory a pool holds on its device
+/// (`cuuint64_t`).
+pub const CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: u32 = 5;
+/// `CU_STREAM_CAPTURE_STATUS_ACTIVE`.
+pub const CU_STREAM_CAPTURE_STATUS_ACTIVE: u32 = 1;
+
+/// `CUhostFn`: a host function a stream calls when it reaches it.
+pub type CUhostFn = Option<unsafe extern "C" fn(*mut c_void)>;
 
 /// `CUuuid`.
 #[repr(C)]
@@ -64,6 +79,19 @@ pub struct CUmemAllocationProp {
     pub location: CUmemLocation,
     pub win32_handle_meta_data: *mut c_void,
     pub alloc_flags: [u8; 8],
+}
+
+/// `CUmemPoolProps`: only `alloc_type` and `location` are read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CUmemPoolProps {
+    pub alloc_type: u32,
+    pub handle_types: u32,
+    pub location: CUmemLocation,
+    pub win32_security_attributes: *mut c_void,
+    pub max_size: usize,
+    pub usage: u16,
+    pub reserved: [u8; 54],
 }
 
 /// `CUDA_ARRAY_DESCRIPTOR` (`_v2`).
@@ -152,6 +180,8 @@ mod tests {
     #[test]
     fn struct_layouts_match_the_cuda_headers() {
         assert_eq!(size_of::<CUmemAllocationProp>(), 32);
+        assert_eq!(size_of::<CUmemPoolProps>(), 88);
+        assert_eq!(offset_of!(CUmemPoolProps, location), 8);
         assert_eq!(offset_of!(CUmemAllocationProp, location), 8);
         assert_eq!(size_of::<CudaArrayDescriptor>(), 24);
         assert_eq!(size_of::<CudaArray3dDescriptor>(), 40);

@@ -162,7 +162,7 @@ macro_rules! imports {
 
 /// Driver functions the shim calls without hooking them.
 pub mod cuda {
-    use crate::cuda::{CUcontext, CUdevice, CUstream, CUuuid};
+    use crate::cuda::{CUcontext, CUdevice, CUdeviceptr, CUhostFn, CUmemoryPool, CUstream, CUuuid};
     use std::ffi::c_void;
 
     imports! {
@@ -177,6 +177,12 @@ pub mod cuda {
         fn cuDeviceGetUuid_v2(*mut CUuuid, CUdevice);
         fn cuDeviceGetUuid(*mut CUuuid, CUdevice);
         fn cuStreamGetDevice(CUstream, *mut CUdevice);
+        fn cuStreamIsCapturing(CUstream, *mut u32);
+        fn cuStreamIsCapturing_ptsz(CUstream, *mut u32);
+        fn cuLaunchHostFunc(CUstream, CUhostFn, *mut c_void);
+        fn cuLaunchHostFunc_ptsz(CUstream, CUhostFn, *mut c_void);
+        fn cuPointerGetAttribute(*mut c_void, u32, CUdeviceptr);
+        fn cuMemPoolGetAttribute(CUmemoryPool, u32, *mut c_void);
     }
 }
 

@@ -14,6 +14,7 @@ use crate::hooks::context::Contexts;
 use crate::hooks::device::DeviceTable;
 use crate::hooks::driver_memory::DriverMemory;
 use crate::policy::memory::{Bytes, MemoryPolicy};
+use crate::policy::pools::PoolCharges;
 use crate::streams::StreamTable;
 
 /// Everything an enforcing process keeps. Built once per process (and again in a forked
@@ -26,6 +27,8 @@ pub struct Shim {
     pub memory: MemoryPolicy,
     /// This process's allocations and their charges.
     pub allocations: Allocations,
+    /// The memory pools this process allocates from and their charges.
+    pub pools: PoolCharges,
     /// CUDA ordinals and NVML handles mapped to the tenant's GPUs.
     pub devices: DeviceTable,
     /// Contexts and the memory their creation took.
@@ -101,6 +104,7 @@ impl Shim {
             tenant: settings.name.clone(),
             memory: MemoryPolicy::new(usage, quota, settings.memory_limit),
             allocations: Allocations::default(),
+            pools: PoolCharges::new(),
             devices: DeviceTable::new(),
             contexts: Contexts::new(),
             driver_memory: DriverMemory::new(),

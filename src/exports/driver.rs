@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void};
 
 use crate::cuda::*;
-use crate::hooks::{context, launch, memory, procaddr, stream};
+use crate::hooks::{context, launch, memory, pools, procaddr, stream};
 
 /// Hooks of the pre-3.2 32-bit memory API: see [`memory::legacy_refused`].
 unsafe fn legacy_alloc(_: *mut u32, _: u32) -> CUresult {
@@ -44,13 +44,16 @@ super::exports! {
     fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) => memory::alloc;
     fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytes: usize, flags: u32) => memory::alloc_managed;
     fn cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, element_size: u32) => memory::alloc_pitch;
-    fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) => memory::alloc_async;
-    fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) => memory::alloc_async_ptsz;
-    fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) => memory::alloc_from_pool_async;
-    fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) => memory::alloc_from_pool_async_ptsz;
+    fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) => pools::alloc_async;
+    fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) => pools::alloc_async_ptsz;
+    fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) => pools::alloc_from_pool_async;
+    fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) => pools::alloc_from_pool_async_ptsz;
     fn cuMemFree_v2(dptr: CUdeviceptr) => memory::free;
-    fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) => memory::free_async;
-    fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) => memory::free_async_ptsz;
+    fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) => pools::free_async;
+    fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) => pools::free_async_ptsz;
+    fn cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const CUmemPoolProps) => pools::create;
+    fn cuMemPoolDestroy(pool: CUmemoryPool) => pools::destroy;
+    fn cuMemPoolTrimTo(pool: CUmemoryPool, keep: usize) => pools::trim_to;
     fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, bytes: usize, prop: *const CUmemAllocationProp, flags: u64) => memory::vmm_create;
     fn cuMemRelease(handle: CUmemGenericAllocationHandle) => memory::vmm_release;
     fn cuArrayCreate_v2(array: *mut CUarray, desc: *const CudaArrayDescriptor) => memory::array_create;

@@ -154,6 +154,8 @@ unsafe fn primary_released(
             let charge = primary.charge;
             book.primary.remove(&device);
             shim.memory.release(charge);
+            // The context's allocations went with it, and its pools gave memory back.
+            crate::hooks::pools::refresh_gpu(shim, charge.gpu);
         }
     }
     status
@@ -271,12 +273,14 @@ unsafe fn destroyed(context: CUcontext, driver: impl FnOnce() -> CUresult) -> CU
         && let Some(charge) = book.created.remove(&(context as usize))
     {
         shim.memory.release(charge);
+        crate::hooks::pools::refresh_gpu(shim, charge.gpu);
     }
     status
 }
 
 fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
-    match shim.memory.reserve(gpu, footprint) {
+    let make_room = || crate::hooks::pools::make_room(shim, gpu, footprint);
+    match shim.memory.reserve_making_room(gpu, footprint, make_room) {
         Ok(reservation) => {
             log!(
                 Level::Debug,

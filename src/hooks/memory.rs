@@ -1,4 +1,5 @@
-//! Every call that takes or gives back device memory.
+//! Every call that takes or gives back device memory, except stream-ordered allocation and
+//! memory pools (`pools.rs`), which share the reservation made here.
 //!
 //! Order matters. Taking memory: reserve in the ledger, then call the driver, then record
 //! the charge (a failed driver call drops the reservation). Giving it back: take the charge
@@ -11,23 +12,35 @@ use std::ffi::c_void;
 use crate::allocations::ChargeTable;
 use crate::cuda::*;
 use crate::exports::driver::real;
-use crate::hooks::{real_or_missing, shim_or};
+use crate::hooks::{pools, real_or_missing, shim_or};
 use crate::log::{Level, RateLimit, log};
-use crate::policy::memory::{Gpu, MemoryView};
+use crate::policy::memory::{Gpu, MemoryView, Refusal, Reservation};
 use crate::shim::Shim;
+
+/// Reserves `bytes` on `gpu` for an allocation: the driver's own memory brought up to date
+/// first near the limit, and on the way to a refusal the process's memory pools there made
+/// to give back what they hold idle.
+pub(crate) fn reserve<'a>(
+    shim: &'a Shim,
+    gpu: &Gpu,
+    bytes: u64,
+) -> Result<Reservation<'a>, Refusal> {
+    shim.driver_memory
+        .before_reserving(&shim.memory, gpu, bytes);
+    shim.memory
+        .reserve_making_room(gpu, bytes, || pools::make_room(shim, gpu, bytes))
+}
 
 /// Reserves `bytes` on `gpu`, runs the driver call, and records the charge under the key
 /// the call produced. Returns the driver's status, or out-of-memory if refused.
-fn charged(
+pub(crate) fn charged(
     shim: &Shim,
     table: &ChargeTable,
     gpu: &Gpu,
     bytes: u64,
     driver_call: impl FnOnce() -> (CUresult, Option<u64>),
 ) -> CUresult {
-    shim.driver_memory
-        .before_reserving(&shim.memory, gpu, bytes);
-    let Ok(reservation) = shim.memory.reserve(gpu, bytes) else {
+    let Ok(reservation) = reserve(shim, gpu, bytes) else {
         return CUDA_ERROR_OUT_OF_MEMORY;
     };
     let (status, key) = driver_call();
@@ -122,9 +135,7 @@ pub(crate) unsafe fn alloc_pitch(
         Err(status) => return status,
     };
     let requested = (width as u64).saturating_mul(height as u64);
-    shim.driver_memory
-        .before_reserving(&shim.memory, &gpu, requested);
-    let Ok(reservation) = shim.memory.reserve(&gpu, requested) else {
+    let Ok(reservation) = reserve(shim, &gpu, requested) else {
         return CUDA_ERROR_OUT_OF_MEMORY;
     };
     let status = call();
@@ -138,7 +149,7 @@ pub(crate) unsafe fn alloc_pitch(
         .saturating_sub(requested);
     let mut charge = reservation.commit();
     if padding > 0 {
-        match shim.memory.reserve(&gpu, padding) {
+        match reserve(shim, &gpu, padding) {
             Ok(extra) => charge.bytes += extra.commit().bytes,
             Err(_) => {
                 shim.memory.release(charge);
@@ -156,103 +167,12 @@ pub(crate) unsafe fn alloc_pitch(
     status
 }
 
-/// `cuMemAllocAsync`.
-pub(crate) unsafe fn alloc_async(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    stream: CUstream,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocAsync);
-    // SAFETY: the caller's arguments, unchanged; `dptr` is checked before it is read.
-    unsafe { stream_ordered_alloc(dptr, bytes, stream, || real(dptr, bytes, stream)) }
-}
-
-/// `cuMemAllocAsync_ptsz`.
-pub(crate) unsafe fn alloc_async_ptsz(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    stream: CUstream,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocAsync_ptsz);
-    // SAFETY: as in `alloc_async`.
-    unsafe { stream_ordered_alloc(dptr, bytes, stream, || real(dptr, bytes, stream)) }
-}
-
-/// `cuMemAllocFromPoolAsync`.
-pub(crate) unsafe fn alloc_from_pool_async(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    pool: CUmemoryPool,
-    stream: CUstream,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocFromPoolAsync);
-    // SAFETY: as in `alloc_async`.
-    unsafe { stream_ordered_alloc(dptr, bytes, stream, || real(dptr, bytes, pool, stream)) }
-}
-
-/// `cuMemAllocFromPoolAsync_ptsz`.
-pub(crate) unsafe fn alloc_from_pool_async_ptsz(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    pool: CUmemoryPool,
-    stream: CUstream,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocFromPoolAsync_ptsz);
-    // SAFETY: as in `alloc_async`.
-    unsafe { stream_ordered_alloc(dptr, bytes, stream, || real(dptr, bytes, pool, stream)) }
-}
-
-/// Stream-ordered allocations count on the stream's GPU (a pool's memory sits on the
-/// device of the stream that allocates from it).
-///
-/// # Safety
-/// `driver` makes the real call with the caller's arguments; `dptr` is the out-pointer it
-/// writes on success.
-unsafe fn stream_ordered_alloc(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    stream: CUstream,
-    driver: impl FnOnce() -> CUresult,
-) -> CUresult {
-    let shim = shim_or!(driver());
-    if dptr.is_null() {
-        return driver();
-    }
-    let gpu = match shim.devices.of_stream(&shim.memory, stream) {
-        Ok(gpu) => gpu,
-        Err(status) => return status,
-    };
-    charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        let status = driver();
-        // SAFETY: `dptr` is non-null and written by the driver when it succeeded.
-        (status, Some(unsafe { *dptr }))
-    })
-}
-
-/// `cuMemFree_v2`.
+/// `cuMemFree_v2`. A block of a memory pool is not in the table: it goes back to its pool,
+/// which keeps the memory (and its charge), so nothing is released.
 pub(crate) unsafe fn free(dptr: CUdeviceptr) -> CUresult {
     let real = real_or_missing!(real::cuMemFree_v2);
     // SAFETY: the caller's argument, unchanged.
     let call = || unsafe { real(dptr) };
-    let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.device, dptr, call)
-}
-
-/// `cuMemFreeAsync`. The bytes are given back when the free is enqueued: from then on no
-/// work may use them, and the pool returns them to the device at the next sync.
-pub(crate) unsafe fn free_async(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    let real = real_or_missing!(real::cuMemFreeAsync);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(dptr, stream) };
-    let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.device, dptr, call)
-}
-
-/// `cuMemFreeAsync_ptsz`.
-pub(crate) unsafe fn free_async_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    let real = real_or_missing!(real::cuMemFreeAsync_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(dptr, stream) };
     let shim = shim_or!(call());
     uncharged(shim, &shim.allocations.device, dptr, call)
 }
@@ -438,6 +358,7 @@ pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
+    pools::refresh_gpu(shim, gpu.index);
     shim.driver_memory.refresh(&shim.memory, &gpu);
     // SAFETY: both non-null and just written by the driver.
     let (physical_free, physical_total) = unsafe { (*free as u64, *total as u64) };

@@ -9,6 +9,7 @@ pub mod launch;
 pub mod memory;
 pub mod nvml;
 pub mod nvml_probe;
+pub mod pools;
 pub mod procaddr;
 pub mod stream;
 

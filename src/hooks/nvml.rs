@@ -73,6 +73,7 @@ fn quota_view(device: NvmlDevice, physical: MemoryView) -> Result<Option<MemoryV
         Mode::Failed => return Err(NVML_ERROR_UNKNOWN),
     };
     let gpu = shim.devices.by_nvml(&shim.memory, device)?;
+    crate::hooks::pools::refresh_gpu(shim, gpu.index);
     shim.driver_memory.refresh(&shim.memory, &gpu);
     Ok(shim.memory.view(&gpu, physical))
 }

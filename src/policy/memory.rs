@@ -102,6 +102,18 @@ impl MemoryPolicy {
     /// Reserves `bytes` on `gpu` before the driver is asked for them. Dropping the
     /// reservation gives the bytes back; [`Reservation::commit`] keeps them.
     pub fn reserve(&self, gpu: &Gpu, bytes: u64) -> Result<Reservation<'_>, Refusal> {
+        self.reserve_making_room(gpu, bytes, || false)
+    }
+
+    /// As [`reserve`](Self::reserve), but on the way to a refusal `make_room` may give back
+    /// what the process holds and no longer needs (memory pools' idle memory); it says
+    /// whether it gave anything back, and if it did the reservation is tried once more.
+    pub fn reserve_making_room(
+        &self,
+        gpu: &Gpu,
+        bytes: u64,
+        make_room: impl FnOnce() -> bool,
+    ) -> Result<Reservation<'_>, Refusal> {
         let slot = match self.slot() {
             Ok(slot) => slot,
             Err(error) => {
@@ -141,6 +153,10 @@ impl MemoryPolicy {
                 }
                 _ => first,
             },
+        };
+        let outcome = match outcome {
+            Err(_) if make_room() => slot.try_reserve(gpu.index, bytes, limit),
+            outcome => outcome,
         };
         match outcome {
             Ok(()) => Ok(Reservation {
@@ -193,6 +209,14 @@ impl MemoryPolicy {
     /// decisions on the allocation path. Dead processes' memory may still be in it.
     pub fn used_now(&self, gpu: GpuIndex) -> u64 {
         self.usage.memory_used(gpu)
+    }
+
+    /// Whether `bytes` more would fit in the tenant's limit on `gpu` as things stand (no
+    /// syscall, nothing reserved): for deciding how much room to make before a reservation
+    /// is tried again.
+    pub fn would_fit(&self, gpu: &Gpu, bytes: u64) -> bool {
+        self.limit(gpu)
+            .is_none_or(|limit| self.used_now(gpu.index).saturating_add(bytes) <= limit)
     }
 
     /// Records memory this process holds on `gpu` without having asked for it (the driver
@@ -375,6 +399,36 @@ mod tests {
                 used: GIB
             }
         );
+    }
+
+    #[test]
+    fn a_refusal_is_tried_once_more_only_after_room_was_made() {
+        use gpuslice_ledger::{GpuUuid, Ledger, TenantName};
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let usage = ledger.open_usage(&TenantName::new("t").unwrap()).unwrap();
+        let policy = MemoryPolicy::new(usage, None, Some(GIB));
+        let gpu = policy.gpu(GpuUuid([1; 16])).unwrap();
+        let idle = policy.reserve(&gpu, GIB).unwrap().commit();
+        assert!(policy.would_fit(&gpu, 0) && !policy.would_fit(&gpu, 1));
+        let mut asked = 0;
+        let refused = policy.reserve_making_room(&gpu, GIB / 2, || {
+            asked += 1;
+            false
+        });
+        assert!(matches!(refused, Err(Refusal::OverLimit(_))));
+        assert_eq!(asked, 1);
+        let granted = policy.reserve_making_room(&gpu, GIB / 2, || {
+            policy.release(idle);
+            true
+        });
+        assert!(granted.is_ok());
+        assert_eq!(policy.used_now(gpu.index), GIB / 2);
+        // A reservation that fits never asks.
+        drop(granted);
+        let _fits = policy
+            .reserve_making_room(&gpu, GIB, || unreachable!("room was there"))
+            .unwrap();
     }
 
     #[test]

@@ -3,5 +3,6 @@
 pub mod compute;
 pub mod launch_time;
 pub mod memory;
+pub mod pools;
 pub mod priority;
 pub mod turns;

@@ -30,6 +30,7 @@ typedef void *CUarray;
 typedef void *CUmemoryPool;
 typedef uint64_t CUmemHandle;
 typedef struct { unsigned type, handle_types; struct { unsigned type; int id; } location; void *win32; unsigned char flags[8]; } CUmemAllocationProp;
+typedef struct { unsigned alloc_type, handle_types; struct { unsigned type; int id; } location; void *win32; size_t max_size; unsigned short usage; unsigned char reserved[54]; } CUmemPoolProps;
 typedef struct { size_t width, height; unsigned format, channels; } ArrayDesc;
 typedef struct { size_t width, height, depth; unsigned format, channels, flags; } Array3dDesc;
 typedef struct { unsigned long long total, free, used; } NvmlMemory;
@@ -63,7 +64,13 @@ typedef struct { unsigned version; unsigned long long total, reserved, free, use
   X(cuModuleGetFunction, CUresult, (void **, void *, const char *)) \
   X(cuLaunchKernel, CUresult, (void *, unsigned, unsigned, unsigned, unsigned, unsigned, \
                                unsigned, unsigned, CUstream, void **, void **)) \
-  X(cuCtxSynchronize, CUresult, (void))
+  X(cuCtxSynchronize, CUresult, (void)) \
+  X(cuStreamCreate, CUresult, (CUstream *, unsigned)) \
+  X(cuMemPoolCreate, CUresult, (CUmemoryPool *, const CUmemPoolProps *)) \
+  X(cuMemPoolDestroy, CUresult, (CUmemoryPool)) \
+  X(cuMemPoolTrimTo, CUresult, (CUmemoryPool, size_t)) \
+  X(cuMemPoolSetAttribute, CUresult, (CUmemoryPool, int, void *)) \
+  X(cuMemPoolGetAttribute, CUresult, (CUmemoryPool, int, void *))
 
 #ifdef DIRECT
 #define DECLARE(name, ret, args) ret name args;
@@ -82,6 +89,27 @@ static void *module;
 enum { MAX_HELD = 4096 };
 static struct { char kind; uint64_t handle; } held[MAX_HELD];
 static int held_count;
+
+/* Streams by number: 0 is the NULL stream, 1 to 3 are created (non-blocking) on first use. */
+static CUstream streams[4];
+/* The pool "pool-create" made last (NULL: the device's default pool). */
+static CUmemoryPool created_pool;
+
+static CUstream stream_arg(const char *text) {
+  int n = atoi(text);
+  if (n < 0 || n > 3) { fprintf(stderr, "stream %s: 0 to 3\n", text); exit(2); }
+  if (n > 0 && !streams[n] && CALL(cuStreamCreate)(&streams[n], 1) != 0) {
+    fprintf(stderr, "cuStreamCreate failed\n"); exit(2);
+  }
+  return streams[n];
+}
+
+static CUmemoryPool pool_arg(void) {
+  if (created_pool) return created_pool;
+  CUmemoryPool pool = NULL;
+  CALL(cuDeviceGetDefaultMemPool)(&pool, device);
+  return pool;
+}
 
 static void keep(char kind, uint64_t handle) {
   if (held_count < MAX_HELD) { held[held_count].kind = kind; held[held_count].handle = handle; held_count++; }
@@ -173,6 +201,31 @@ static void *stress_thread(void *arg) {
   return NULL;
 }
 
+/* Stream-ordered churn: each thread allocates on a stream of its own, frees in stream order
+ * and synchronizes, so that the pool grows and shrinks under all of them at once. */
+static void *stress_async_thread(void *arg) {
+  struct stress *s = arg;
+  CALL(cuCtxSetCurrent)(NULL);
+  CUcontext ctx;
+  CALL(cuDevicePrimaryCtxRetain)(&ctx, device);
+  CALL(cuCtxSetCurrent)(ctx);
+  CUstream stream;
+  if (CALL(cuStreamCreate)(&stream, 1) != 0) { s->other++; return NULL; }
+  for (long i = 0; i < s->iterations; i++) {
+    CUdeviceptr p;
+    CUresult rc = CALL(cuMemAllocAsync)(&p, s->bytes, stream);
+    if (rc == 0) {
+      s->ok++;
+      if (CALL(cuMemFreeAsync)(p, stream) != 0) s->other++;
+      if (i % 4 == 3 && CALL(cuStreamSynchronize)(stream) != 0) s->other++;
+    }
+    else if (rc == 2) s->refused++;
+    else s->other++;
+  }
+  if (CALL(cuStreamSynchronize)(stream) != 0) s->other++;
+  return NULL;
+}
+
 static void free_all(void) {
   for (int i = 0; i < held_count; i++) {
     switch (held[i].kind) {
@@ -238,6 +291,74 @@ int main(int argc, char **argv) {
       }
       if (rc == 0) keep(kind, p);
       printf("%s %zu rc=%d\n", cmd, bytes, rc);
+    } else if (!strcmp(cmd, "async-on") || !strcmp(cmd, "pool-alloc-on")) {
+      /* A stream-ordered allocation on stream S: from the device's current pool, or from
+       * the pool "pool-create" made (or the default pool). */
+      CUstream stream = stream_arg(NEXT());
+      size_t bytes = quantity(NEXT());
+      CUdeviceptr p = 0;
+      if (!strcmp(cmd, "async-on")) rc = CALL(cuMemAllocAsync)(&p, bytes, stream);
+      else rc = CALL(cuMemAllocFromPoolAsync)(&p, bytes, pool_arg(), stream);
+      if (rc == 0) keep('a', p);
+      printf("%s %zu rc=%d\n", cmd, bytes, rc);
+    } else if (!strcmp(cmd, "async-fill-on")) {
+      /* Stream-ordered allocations of CHUNK on stream S until one is refused. */
+      CUstream stream = stream_arg(NEXT());
+      size_t chunk = quantity(NEXT());
+      unsigned long long total = 0;
+      int chunks = 0;
+      CUdeviceptr p;
+      while ((rc = CALL(cuMemAllocAsync)(&p, chunk, stream)) == 0) { keep('a', p); total += chunk; chunks++; }
+      printf("async-fill chunks=%d bytes=%llu rc=%d\n", chunks, total, rc);
+    } else if (!strcmp(cmd, "free-async-on")) {
+      /* Every allocation held so far (stream-ordered or not) freed with cuMemFreeAsync on
+       * stream S. */
+      CUstream stream = stream_arg(NEXT());
+      int failed = 0;
+      for (int i = 0; i < held_count; i++) {
+        if (held[i].kind == 'a' || held[i].kind == 'd')
+          failed += CALL(cuMemFreeAsync)(held[i].handle, stream) != 0;
+      }
+      held_count = 0;
+      printf("free-async-on failed=%d\n", failed);
+    } else if (!strcmp(cmd, "spin-on")) {
+      /* One gpuslice_spin kernel of NS nanoseconds (spin.ptx, loaded by "module") queued on
+       * stream S, not waited for. */
+      CUstream stream = stream_arg(NEXT());
+      unsigned long long ns = strtoull(NEXT(), NULL, 10);
+      void *spin = NULL;
+      rc = CALL(cuModuleGetFunction)(&spin, module, "gpuslice_spin");
+      void *params[] = { &ns };
+      if (rc == 0) rc = CALL(cuLaunchKernel)(spin, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+      printf("spin-on rc=%d\n", rc);
+    } else if (!strcmp(cmd, "sync")) {
+      rc = CALL(cuStreamSynchronize)(stream_arg(NEXT()));
+      printf("sync rc=%d\n", rc);
+    } else if (!strcmp(cmd, "pool-threshold")) {
+      /* The release threshold of the pool "pool-create" made, or of the default pool. */
+      unsigned long long threshold = quantity(NEXT());
+      rc = CALL(cuMemPoolSetAttribute)(pool_arg(), 4 /* RELEASE_THRESHOLD */, &threshold);
+      printf("pool-threshold rc=%d\n", rc);
+    } else if (!strcmp(cmd, "pool-trim")) {
+      rc = CALL(cuMemPoolTrimTo)(pool_arg(), 0);
+      printf("pool-trim rc=%d\n", rc);
+    } else if (!strcmp(cmd, "pool-reserved")) {
+      unsigned long long reserved = 0, used = 0;
+      rc = CALL(cuMemPoolGetAttribute)(pool_arg(), 5 /* RESERVED_MEM_CURRENT */, &reserved);
+      if (rc == 0) rc = CALL(cuMemPoolGetAttribute)(pool_arg(), 7 /* USED_MEM_CURRENT */, &used);
+      printf("pool-reserved rc=%d reserved=%llu used=%llu\n", rc, reserved, used);
+    } else if (!strcmp(cmd, "pool-create")) {
+      CUmemPoolProps props;
+      memset(&props, 0, sizeof props);
+      props.alloc_type = 1;     /* CU_MEM_ALLOCATION_TYPE_PINNED */
+      props.location.type = 1;  /* CU_MEM_LOCATION_TYPE_DEVICE */
+      props.location.id = device;
+      rc = CALL(cuMemPoolCreate)(&created_pool, &props);
+      printf("pool-create rc=%d\n", rc);
+    } else if (!strcmp(cmd, "pool-destroy")) {
+      rc = CALL(cuMemPoolDestroy)(created_pool);
+      created_pool = NULL;
+      printf("pool-destroy rc=%d\n", rc);
     } else if (!strcmp(cmd, "pitch")) {
       size_t width = quantity(NEXT()), height = quantity(NEXT()), pitch = 0;
       CUdeviceptr p = 0;
@@ -351,6 +472,22 @@ int main(int argc, char **argv) {
       int r1 = info(nvml_device, &m), r2 = info2(nvml_device, &m2);
       printf("nvml rc=%d total=%llu free=%llu used=%llu\n", r1, m.total, m.free, m.used);
       printf("nvml_v2 rc=%d total=%llu reserved=%llu free=%llu used=%llu\n", r2, m2.total, m2.reserved, m2.free, m2.used);
+    } else if (!strcmp(cmd, "stress-async")) {
+      int threads = atoi(NEXT());
+      long iterations = atol(NEXT());
+      size_t bytes = quantity(NEXT());
+      pthread_t *ids = calloc((size_t)threads, sizeof *ids);
+      struct stress *work = calloc((size_t)threads, sizeof *work);
+      for (int t = 0; t < threads; t++) {
+        work[t].iterations = iterations; work[t].bytes = bytes;
+        pthread_create(&ids[t], NULL, stress_async_thread, &work[t]);
+      }
+      long ok = 0, refused = 0, other = 0;
+      for (int t = 0; t < threads; t++) {
+        pthread_join(ids[t], NULL);
+        ok += work[t].ok; refused += work[t].refused; other += work[t].other;
+      }
+      printf("stress-async ok=%ld refused=%ld other=%ld\n", ok, refused, other);
     } else if (!strcmp(cmd, "stress")) {
       int threads = atoi(NEXT());
       long iterations = atol(NEXT());

@@ -459,3 +459,15 @@ pub fn raise_open_file_limit(wanted: u64) {
     // SAFETY: setrlimit reads one rlimit, which `limit` is.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
 }
+
+/// Bytes in use on the node's simulated GPU `index` by every process, as the simulated GPU
+/// itself counts them (its shared state file), independent of gpuslice.
+pub fn device_used(node: &Node, index: usize) -> u64 {
+    let path = node
+        .root
+        .path()
+        .join("gpu")
+        .join(format!("device-{index}.state"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    u64::from_ne_bytes(bytes[16..24].try_into().expect("state file header"))
+}

@@ -14,6 +14,7 @@ use crate::error::{CuError, CuResult};
 use crate::handles::{self, Table};
 use crate::memory;
 use crate::module;
+use crate::pool;
 use crate::stream::{self, Queue, Stream};
 
 /// A context on a device.
@@ -183,8 +184,10 @@ impl Context {
     }
 }
 
-/// Ends a context: waits for its streams, stops them, frees its allocations, unloads its
-/// modules (and gives back its libraries' module memory) and gives back its footprint. Threads that still have it current get `CUDA_ERROR_INVALID_CONTEXT`.
+/// Ends a context: waits for its streams, stops them, frees its allocations (a pool's blocks
+/// go back to their pools, whose idle memory above their release thresholds goes back to
+/// the device), unloads its modules (and gives back its libraries' module memory) and gives
+/// back its footprint. Threads that still have it current get `CUDA_ERROR_INVALID_CONTEXT`.
 fn teardown(ctx: &Arc<Context>) {
     CONTEXTS.remove(ctx.handle);
     let streams = std::mem::take(&mut *ctx.streams.lock());
@@ -196,6 +199,7 @@ fn teardown(ctx: &Arc<Context>) {
     ctx.null_stream.synchronize();
     ctx.null_stream.shutdown();
     memory::free_context(ctx.handle);
+    pool::context_ended(ctx.device.index);
     module::context_destroyed(ctx.handle);
     ctx.footprint.lock().take();
 }

@@ -54,6 +54,23 @@ impl Charge {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// Takes `bytes` more of the device's memory into this charge (a memory pool growing);
+    /// `CUDA_ERROR_OUT_OF_MEMORY`, and nothing taken, if they do not fit.
+    pub fn grow(&mut self, bytes: u64) -> CuResult {
+        let mut more = self.device.reserve(bytes)?;
+        self.bytes += std::mem::take(&mut more.bytes);
+        Ok(())
+    }
+
+    /// Gives `bytes` of this charge back to the device (all of it, at most).
+    pub fn shrink(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.bytes);
+        if bytes > 0 {
+            self.bytes -= bytes;
+            self.device.ledger.release(bytes);
+        }
+    }
 }
 
 impl Drop for Charge {

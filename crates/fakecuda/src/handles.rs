@@ -61,6 +61,11 @@ impl<T> Table<T> {
         self.objects.lock().remove(&handle)
     }
 
+    /// Every object, in handle order.
+    pub fn values(&self) -> Vec<Arc<T>> {
+        self.objects.lock().values().cloned().collect()
+    }
+
     /// The handles of every object for which `pred` holds (called with the table locked).
     pub fn select(&self, mut pred: impl FnMut(&T) -> bool) -> Vec<usize> {
         self.objects

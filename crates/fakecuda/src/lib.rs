@@ -29,6 +29,20 @@
 //!   address, so copies and memsets work and untouched memory costs nothing (zeroing whole
 //!   pages hands them back to the kernel). Every allocation path is charged: `cuMemAlloc`,
 //!   pitched, managed, stream-ordered and pool allocations, VMM (`cuMemCreate`) and arrays.
+//! - **Memory pools** as a real driver keeps them (see `pool`): stream-ordered
+//!   allocations (`cuMemAllocAsync`, `cuMemAllocFromPoolAsync`) come from a pool, whose
+//!   *reserved* memory is what is charged to the device (and so what NVML and other
+//!   processes see). An allocation takes idle pool memory when there is enough, otherwise
+//!   the pool grows (in 2 MiB steps). A block goes back to its pool at `cuMemFree`, or when
+//!   the stream reaches `cuMemFreeAsync`; the pool gives idle memory back to the device only
+//!   at `cuStreamSynchronize`, `cuEventSynchronize` or `cuCtxSynchronize` (all of the
+//!   process's pools, down to each one's `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD`, default 0),
+//!   at `cuMemPoolTrimTo` (never memory behind a free the stream has not reached), and when
+//!   the context is torn down. `cuMemPoolGetAttribute` / `cuMemPoolSetAttribute` know the
+//!   release threshold, the reuse policies (recorded only), and `RESERVED_MEM_CURRENT` /
+//!   `_HIGH`, `USED_MEM_CURRENT` / `_HIGH` (the high watermarks reset to 0 only). A
+//!   destroyed pool gives back its idle memory at once and the rest as its allocations are
+//!   freed. Pools count bytes, not blocks: they are never fragmented.
 //! - **Streams and events**: each stream executes its work in order on a worker thread and
 //!   keeps the device's clock; events record that clock.
 //! - **Kernels** from PTX text: `gpuslice_spin(.u64 ns)` runs for `ns` nanoseconds of GPU

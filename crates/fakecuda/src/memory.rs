@@ -1,7 +1,7 @@
 //! Device memory: allocations backed by private anonymous mappings whose addresses are the
 //! device pointers (so that copies and memsets are plain memory operations), each holding a
-//! charge on its device; host ("pinned") allocations, which are not charged; and arrays,
-//! which are charged but have no backing.
+//! charge on its device or a block of a memory pool; host ("pinned") allocations, which are
+//! not charged; and arrays, which are charged but have no backing.
 
 use std::collections::BTreeMap;
 use std::ptr;
@@ -14,6 +14,7 @@ use crate::device::Charge;
 use crate::error::{CuError, CuResult};
 use crate::handles::Table;
 use crate::mapping::{self, Mapping};
+use crate::pool::{Block, Pool};
 use crate::vmm;
 
 /// Rows of a pitched allocation are aligned to this many bytes.
@@ -36,7 +37,15 @@ pub enum Kind {
 struct Allocation {
     _mapping: Mapping,
     info: Info,
-    _charge: Charge,
+    _memory: Held,
+}
+
+/// The memory behind an allocation, given back when it is dropped: to the device, or to
+/// the pool it came from.
+#[derive(Debug)]
+enum Held {
+    Device { _charge: Charge },
+    Pool { _block: Block },
 }
 
 /// What is known about the allocation containing a pointer.
@@ -97,6 +106,26 @@ pub fn allocate(ctx: &Context, bytes: usize, kind: Kind) -> CuResult<usize> {
         return Err(CuError::InvalidValue);
     }
     let charge = ctx.device.reserve(bytes as u64)?;
+    map(ctx, bytes, kind, Held::Device { _charge: charge })
+}
+
+/// Allocates `bytes` in `ctx` from the memory pool `pool` (whose handle is `handle`),
+/// growing the pool if its idle memory does not serve them.
+pub fn allocate_from_pool(
+    ctx: &Context,
+    pool: &Arc<Pool>,
+    handle: usize,
+    bytes: usize,
+) -> CuResult<usize> {
+    if bytes == 0 {
+        return Err(CuError::InvalidValue);
+    }
+    let block = pool.allocate(ctx.device, bytes as u64)?;
+    map(ctx, bytes, Kind::Pool(handle), Held::Pool { _block: block })
+}
+
+/// Backs an allocation of `bytes` that holds `memory` with a mapping, and records it.
+fn map(ctx: &Context, bytes: usize, kind: Kind, memory: Held) -> CuResult<usize> {
     let mapping = Mapping::anonymous(bytes).map_err(|_| CuError::OutOfMemory)?;
     let base = mapping.addr();
     let info = Info {
@@ -111,7 +140,7 @@ pub fn allocate(ctx: &Context, bytes: usize, kind: Kind) -> CuResult<usize> {
         Allocation {
             _mapping: mapping,
             info,
-            _charge: charge,
+            _memory: memory,
         },
     );
     Ok(base)
@@ -163,16 +192,6 @@ pub fn lookup(ptr: usize) -> Option<Info> {
     let allocations = ALLOCATIONS.lock();
     let (_, a) = allocations.range(..=ptr).next_back()?;
     (ptr < a.info.base + a.info.size).then_some(a.info)
-}
-
-/// Bytes allocated from the pool `pool` and not yet freed.
-pub fn pool_usage(pool: usize) -> u64 {
-    ALLOCATIONS
-        .lock()
-        .values()
-        .filter(|a| a.info.kind == Kind::Pool(pool))
-        .map(|a| a.info.size as u64)
-        .sum()
 }
 
 /// Checks that `[ptr, ptr + len)` is device memory this process may access: inside one

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::context::{self, Context};
 use crate::error::{CuError, CuResult};
-use crate::memory::{self, Fill, InFlight, Kind};
+use crate::memory::{self, Fill, InFlight};
 use crate::stream::{self, Op, Stream};
 
 /// What kind of memory a copy's ends are.
@@ -98,34 +98,38 @@ pub fn fill(dst: usize, value: Fill, count: usize, stream: Option<usize>) -> CuR
     Ok(())
 }
 
-/// `cuMemAllocAsync` / `cuMemAllocFromPoolAsync`: the memory is charged at once. If the
-/// device is full, frees queued earlier on the stream are let through first, as stream
-/// ordering allows. Zero bytes give a NULL pointer, as on a real GPU.
+/// `cuMemAllocAsync` / `cuMemAllocFromPoolAsync`: served from the pool (the device's
+/// current one unless given), which grows on the device if its idle memory does not
+/// suffice. If the device has no room, frees queued earlier on the stream are let through
+/// first (as stream ordering allows), then the pool's idle memory goes back to the device
+/// so that the pool can grow in one piece. Zero bytes give a NULL pointer, as on a real GPU.
 pub fn allocate(stream: usize, bytes: usize, pool: Option<usize>) -> CuResult<usize> {
     let s = stream::resolve(stream)?;
     let ctx = context_of(&s)?;
-    let pool = match pool {
-        Some(p) => {
-            if crate::pool::get(p)?.device != ctx.device.index {
-                return Err(CuError::InvalidValue);
-            }
-            p
-        }
-        None => ctx.device.current_pool(),
-    };
+    let handle = pool.unwrap_or_else(|| ctx.device.current_pool());
+    let pool = crate::pool::get(handle)?;
+    if pool.device != ctx.device.index {
+        return Err(CuError::InvalidValue);
+    }
     if bytes == 0 {
         return Ok(0);
     }
-    match memory::allocate(&ctx, bytes, Kind::Pool(pool)) {
-        Err(CuError::OutOfMemory) => {
-            s.synchronize();
-            memory::allocate(&ctx, bytes, Kind::Pool(pool))
-        }
-        result => result,
+    let attempt = || memory::allocate_from_pool(&ctx, &pool, handle, bytes);
+    let mut result = attempt();
+    if result == Err(CuError::OutOfMemory) {
+        s.synchronize();
+        result = attempt();
     }
+    if result == Err(CuError::OutOfMemory) {
+        pool.trim_to(0);
+        result = attempt();
+    }
+    result
 }
 
-/// `cuMemFreeAsync`: the memory goes back to the device when the stream reaches the free.
+/// `cuMemFreeAsync`: the memory goes back when the stream reaches the free: a pool's block
+/// to its pool (which keeps it until a synchronization or a trim), any other allocation's
+/// to the device.
 pub fn free(ptr: usize, stream: usize) -> CuResult {
     let s = stream::resolve(stream)?;
     if ptr == 0 {

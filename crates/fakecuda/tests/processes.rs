@@ -609,3 +609,113 @@ fn a_module_load_that_does_not_fit_fails_with_out_of_memory() {
     assert_eq!(num(&f, "before_free"), 32 * MI, "{out}");
     assert_eq!(sim.used_in_state_file(0), 0);
 }
+
+/// The "<step> reserved= used= nvml= device_used=" line of a `probe pools` output, in MiB:
+/// (the pool's reserved, its used, this process's NVML figure less its context).
+fn pool_step(out: &str, step: &str) -> (u64, u64, u64) {
+    let line = out
+        .lines()
+        .find_map(|line| line.strip_prefix(step)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {step} line in {out}"));
+    let f = fields(line);
+    assert_eq!(
+        num(&f, "nvml"),
+        num(&f, "device_used"),
+        "one process: NVML's per-process and device figures agree: {line}"
+    );
+    (
+        num(&f, "reserved") / MI,
+        num(&f, "used") / MI,
+        (num(&f, "nvml") - 64 * MI) / MI,
+    )
+}
+
+/// Memory pools keep what they reserve on the device, as a real driver's do: a queued free
+/// gives its block back only when the stream reaches it, and the pool gives idle memory
+/// back to the device only at a synchronization (above its release threshold) or a trim.
+/// NVML counts what the pool holds, not what the program uses.
+#[test]
+fn memory_pools_hold_their_memory_until_a_synchronization_or_a_trim() {
+    let _cpu = share_cpu();
+    let sim = Sim::new("1Gi");
+    let ptx = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/ptx/spin.ptx");
+    let out = run_ok(sim.command(&probe_dlopen()).args(["pools", ptx]));
+    let step = |name| pool_step(&out, name);
+    assert_eq!(step("start"), (0, 0, 0));
+    assert_eq!(step("allocated"), (100, 100, 100));
+    assert_eq!(
+        step("queued"),
+        (100, 100, 100),
+        "a free queued behind a kernel still holds its block"
+    );
+    assert_eq!(
+        step("other_stream"),
+        (150, 150, 150),
+        "so another stream's allocation grows the pool"
+    );
+    assert_eq!(
+        step("synchronized"),
+        (50, 50, 50),
+        "the stream reached the free; the synchronization released the idle block"
+    );
+    assert_eq!(num(&all_fields(&out), "threshold"), 1 << 30);
+    assert_eq!(
+        step("kept"),
+        (50, 0, 50),
+        "idle under the release threshold stays"
+    );
+    assert_eq!(step("reused"), (50, 30, 50), "idle memory serves what fits");
+    assert_eq!(step("trimmed"), (0, 0, 0));
+    let high = fields(
+        out.lines()
+            .find_map(|l| l.strip_prefix("high "))
+            .unwrap_or_else(|| panic!("{out}")),
+    );
+    assert_eq!(
+        (num(&high, "reserved"), num(&high, "used")),
+        (150 * MI, 150 * MI)
+    );
+    assert_eq!(
+        step("trim_queued"),
+        (20, 20, 20),
+        "a trim cannot take memory behind a queued free"
+    );
+    assert_eq!(step("context_synchronized"), (0, 0, 0));
+    assert_eq!(step("event_synchronized"), (0, 0, 0));
+    assert_eq!(
+        step("created"),
+        (50, 40, 50),
+        "a created pool's memory counts too"
+    );
+    assert_eq!(
+        step("destroyed").2,
+        40,
+        "destroying a pool releases its idle memory at once"
+    );
+    assert_eq!(
+        step("destroyed_queued").2,
+        40,
+        "the rest waits for its free"
+    );
+    assert_eq!(step("destroyed_freed").2, 0);
+}
+
+/// What a pool keeps is taken from the device for every process, as any allocation is.
+#[test]
+fn other_processes_see_the_memory_a_pool_keeps() {
+    let _cpu = share_cpu();
+    let sim = Sim::new("1Gi");
+    let mut holder = Running::start(
+        sim.command(&probe_linked())
+            .args(["pool-hold", &(200 * MI).to_string()]),
+    );
+    holder.expect_line("held");
+    let free = |out: &str| num(&all_fields(out), "cuda_free");
+    let before = run_ok(sim.command(&probe_dlopen()).arg("meminfo"));
+    assert_eq!(free(&before), (1024 - 64 - 200 - 64) * MI, "{before}");
+    holder.send("trim");
+    holder.expect_line("trimmed");
+    let after = run_ok(sim.command(&probe_dlopen()).arg("meminfo"));
+    assert_eq!(free(&after), (1024 - 64 - 64) * MI, "{after}");
+    holder.finish();
+}

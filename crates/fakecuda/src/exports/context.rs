@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::context::{self, Context};
 use crate::driver;
 use crate::error::{CuError, CuResult};
+use crate::pool;
 use crate::stream::PRIORITY_RANGE;
 
 /// What `cuCtxGetApiVersion` reports for every context (the v2 context API's version).
@@ -137,16 +138,19 @@ cuda_api! {
         Ok(())
     }
 
-    /// `cuCtxSynchronize`: waits for all streams of the current context.
+    /// `cuCtxSynchronize`: waits for all streams of the current context; then memory pools
+    /// give back idle memory above their release thresholds.
     fn cuCtxSynchronize() {
         context::current()?.synchronize();
+        pool::synchronized();
         Ok(())
     }
 
     /// `cuCtxSynchronize_v2` (CUDA 13): waits for all streams of `ctx` (NULL: the current
-    /// context).
+    /// context); then memory pools give back idle memory above their release thresholds.
     fn cuCtxSynchronize_v2(ctx: usize) {
         context_or_current(ctx)?.synchronize();
+        pool::synchronized();
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use crate::driver;
 use crate::error::{CuError, CuResult};
 use crate::memory::{self, Fill, Kind};
 use crate::ordered::{self, Direction};
-use crate::pool;
+use crate::pool::{self, AttributeValue};
 
 /// `CU_MEM_ATTACH_GLOBAL` and `CU_MEM_ATTACH_HOST`, the flags `cuMemAllocManaged` accepts.
 const MANAGED_ATTACH_FLAGS: [u32; 2] = [0x1, 0x2];
@@ -119,7 +119,8 @@ cuda_api! {
         Ok(())
     }
 
-    /// `cuMemFree_v2`: waits for queued copies and memsets, then gives the memory back.
+    /// `cuMemFree_v2`: waits for queued copies and memsets, then gives the memory back (a
+    /// pool's block to its pool).
     fn cuMemFree_v2(dptr: u64) {
         driver::get()?;
         memory::free(addr(dptr)?)
@@ -300,14 +301,14 @@ cuda_api! {
         memory::destroy_array(array)
     }
 
-    /// `cuMemAllocAsync`: from the device's current pool, charged at once.
+    /// `cuMemAllocAsync`: from the device's current pool, which grows if it must.
     fn cuMemAllocAsync | cuMemAllocAsync_ptsz (dptr: Out<'_, u64>, bytes: usize, stream: usize) {
         let out = dptr.ok_or(CuError::InvalidValue)?;
         out.write(device_ptr(ordered::allocate(stream, bytes, None)?));
         Ok(())
     }
 
-    /// `cuMemAllocFromPoolAsync`: charged at once.
+    /// `cuMemAllocFromPoolAsync`: from `pool`, which grows if it must.
     fn cuMemAllocFromPoolAsync | cuMemAllocFromPoolAsync_ptsz (
         dptr: Out<'_, u64>,
         bytes: usize,
@@ -319,7 +320,7 @@ cuda_api! {
         Ok(())
     }
 
-    /// `cuMemFreeAsync`: given back when the stream reaches the free.
+    /// `cuMemFreeAsync`: back to its pool (or the device) when the stream reaches the free.
     fn cuMemFreeAsync | cuMemFreeAsync_ptsz (dptr: u64, stream: usize) {
         ordered::free(addr(dptr)?, stream)
     }
@@ -335,39 +336,49 @@ cuda_api! {
         Ok(())
     }
 
-    /// `cuMemPoolDestroy`.
+    /// `cuMemPoolDestroy`: idle memory goes back at once, the rest as its allocations are
+    /// freed.
     fn cuMemPoolDestroy(pool_handle: usize) {
         driver::get()?;
         pool::destroy(pool_handle)
     }
 
-    /// `cuMemPoolTrimTo`: nothing to trim, freed memory goes straight back to the device.
+    /// `cuMemPoolTrimTo`: idle memory goes back to the device until the pool holds at most
+    /// `keep` bytes (or what its allocations use); frees a stream has not reached yet keep
+    /// their memory.
     fn cuMemPoolTrimTo(pool_handle: usize, keep: usize) {
-        let _ = keep;
-        pool::get(pool_handle).map(drop)
-    }
-
-    /// `cuMemPoolSetAttribute`: accepted and ignored.
-    fn cuMemPoolSetAttribute(pool_handle: usize, attribute: u32, value: *mut c_void) {
-        pool::get(pool_handle)?;
-        if value.is_null() || !matches!(attribute, 1..=4 | 6 | 8) {
-            return Err(CuError::InvalidValue);
-        }
+        pool::get(pool_handle)?.trim_to(keep as u64);
         Ok(())
     }
 
-    /// `cuMemPoolGetAttribute`: reuse flags 1, release threshold 0, reserved and used memory
-    /// the pool's live allocations.
-    fn cuMemPoolGetAttribute(pool_handle: usize, attribute: u32, value: *mut c_void) {
-        pool::get(pool_handle)?;
+    /// `cuMemPoolSetAttribute`: the reuse policies, the release threshold, and resets of
+    /// the high watermarks (to 0 only).
+    fn cuMemPoolSetAttribute(pool_handle: usize, attribute: u32, value: *mut c_void) {
+        let pool = pool::get(pool_handle)?;
+        if value.is_null() {
+            return Err(CuError::InvalidValue);
+        }
         // SAFETY: the caller passes storage of the attribute's documented type (int for the
-        // reuse flags, cuuint64_t for the others).
+        // reuse policies, cuuint64_t for the others); it need not be aligned.
+        let value = unsafe {
+            if pool::is_int_attribute(attribute) {
+                AttributeValue::Int(value.cast::<i32>().read_unaligned())
+            } else {
+                AttributeValue::Bytes(value.cast::<u64>().read_unaligned())
+            }
+        };
+        pool.set_attribute(attribute, value)
+    }
+
+    /// `cuMemPoolGetAttribute`: the reuse policies, the release threshold, and the pool's
+    /// reserved and used memory, current and high.
+    fn cuMemPoolGetAttribute(pool_handle: usize, attribute: u32, value: *mut c_void) {
+        let answer = pool::get(pool_handle)?.attribute(attribute)?;
+        // SAFETY: the caller passes storage of the attribute's documented type.
         unsafe {
-            match attribute {
-                1..=3 => write_attribute(value, 1_i32),
-                4 => write_attribute(value, 0_u64),
-                5..=8 => write_attribute(value, memory::pool_usage(pool_handle)),
-                _ => Err(CuError::InvalidValue),
+            match answer {
+                AttributeValue::Int(flag) => write_attribute(value, flag),
+                AttributeValue::Bytes(bytes) => write_attribute(value, bytes),
             }
         }
     }

@@ -7,6 +7,7 @@ use crate::context;
 use crate::error::{CuError, CuResult};
 use crate::event;
 use crate::ordered::context_of;
+use crate::pool;
 use crate::stream::{self, NON_BLOCKING, Op};
 
 /// A host function (`CUhostFn`).
@@ -103,9 +104,11 @@ cuda_api! {
         query(handle)
     }
 
-    /// `cuStreamSynchronize`.
+    /// `cuStreamSynchronize`: then memory pools give back idle memory above their release
+    /// thresholds.
     fn cuStreamSynchronize | cuStreamSynchronize_ptsz (handle: usize) {
         stream::resolve(handle)?.synchronize();
+        pool::synchronized();
         Ok(())
     }
 
@@ -149,9 +152,12 @@ cuda_api! {
         event::query(ev)
     }
 
-    /// `cuEventSynchronize`.
+    /// `cuEventSynchronize`: then memory pools give back idle memory above their release
+    /// thresholds.
     fn cuEventSynchronize(ev: usize) {
-        event::synchronize(ev)
+        event::synchronize(ev)?;
+        pool::synchronized();
+        Ok(())
     }
 
     /// `cuEventDestroy_v2`.

@@ -22,6 +22,16 @@
  *                          line per process
  *   modmem                 context, then module loads and unloads: cuMemGetInfo free and this
  *                          process's NVML usedGpuMemory after each step
+ *   pools <ptx file>       stream-ordered allocation from memory pools, step by step: after
+ *                          each, "<step> reserved= used= nvml= device_used=" (the pool's
+ *                          reserved and used bytes, this process's NVML usedGpuMemory, the
+ *                          device's used memory by NVML); frees queued behind 300 ms
+ *                          kernels, synchronizations, the release threshold, trims,
+ *                          watermarks, a destroyed pool
+ *   pool-hold <bytes>      allocates from the default pool with a release threshold of
+ *                          UINT64_MAX, frees, synchronizes (the pool keeps the memory),
+ *                          prints "held"; at a line on stdin, trims the pool and prints
+ *                          "trimmed"; exits when stdin closes
  *   slice <ptx file> <device> <kernel ns> <window ns> [<gap ns>]
  *                          a context on <device>, prints "ready", reads "go <start ns>"
  *                          (CLOCK_MONOTONIC) from stdin and sleeps until then; prints
@@ -62,6 +72,16 @@ typedef struct {
     struct { int type; int id; } location;
     int flags;
 } CUmemAccessDesc;
+
+typedef struct {
+    int allocType;
+    int handleTypes;
+    struct { int type; int id; } location;
+    void *win32SecurityAttributes;
+    size_t maxSize;
+    unsigned short usage;
+    unsigned char reserved[54];
+} CUmemPoolProps;
 
 typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
 typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
@@ -125,7 +145,14 @@ typedef struct {
     X(cuStreamCreate, (void **, unsigned))                                               \
     X(cuStreamWaitEvent, (void *, void *, unsigned))                                     \
     X(cuStreamSynchronize, (void *))                                                     \
-    X(cuLaunchHostFunc, (void *, void (*)(void *), void *))
+    X(cuLaunchHostFunc, (void *, void (*)(void *), void *))                               \
+    X(cuDeviceGetDefaultMemPool, (void **, CUdevice))                                    \
+    X(cuMemAllocFromPoolAsync, (CUdeviceptr *, size_t, void *, void *))                  \
+    X(cuMemPoolCreate, (void **, const CUmemPoolProps *))                                \
+    X(cuMemPoolDestroy, (void *))                                                        \
+    X(cuMemPoolTrimTo, (void *, size_t))                                                 \
+    X(cuMemPoolGetAttribute, (void *, int, void *))                                      \
+    X(cuMemPoolSetAttribute, (void *, int, void *))
 
 #ifdef PROBE_DLOPEN
 #define DECLARE(name, args) static CUresult(*p_##name) args;
@@ -604,6 +631,130 @@ static void modmem(void) {
     printf("ctx_destroyed_get_function=%d\n", p_cuModuleGetFunction(&func, module, "tiny"));
 }
 
+enum {
+    POOL_RELEASE_THRESHOLD = 4,
+    POOL_RESERVED_CURRENT = 5,
+    POOL_RESERVED_HIGH = 6,
+    POOL_USED_CURRENT = 7,
+    POOL_USED_HIGH = 8,
+};
+
+static unsigned long long pool_attribute(void *pool, int attribute) {
+    unsigned long long value = 0;
+    check(p_cuMemPoolGetAttribute(pool, attribute, &value), "cuMemPoolGetAttribute");
+    return value;
+}
+
+static void pool_report(const char *step, void *pool) {
+    int listed;
+    unsigned long long nvml = nvml_own_usage(&listed);
+    nvmlMemory_t m;
+    check(nvml_info(nvml_dev, &m), "nvmlDeviceGetMemoryInfo");
+    printf("%s reserved=%llu used=%llu nvml=%llu device_used=%llu\n", step,
+           pool_attribute(pool, POOL_RESERVED_CURRENT), pool_attribute(pool, POOL_USED_CURRENT),
+           nvml, m.used);
+}
+
+static void pools(const char *ptx_path) {
+    const size_t MI = 1 << 20;
+    const char *ptx = read_ptx(ptx_path);
+    context();
+    nvml_open();
+    void *module, *spin, *s1, *s2, *pool, *event;
+    check(p_cuModuleLoadData(&module, ptx), "cuModuleLoadData");
+    check(p_cuModuleGetFunction(&spin, module, "gpuslice_spin"), "cuModuleGetFunction");
+    check(p_cuStreamCreate(&s1, 1), "cuStreamCreate");
+    check(p_cuStreamCreate(&s2, 1), "cuStreamCreate");
+    check(p_cuEventCreate(&event, 0), "cuEventCreate");
+    check(p_cuDeviceGetDefaultMemPool(&pool, 0), "cuDeviceGetDefaultMemPool");
+    unsigned long long long_kernel = 300000000;
+    void *args[] = {&long_kernel};
+    CUdeviceptr a, b, c;
+    pool_report("start", pool);
+
+    check(p_cuMemAllocAsync(&a, 100 * MI, s1), "cuMemAllocAsync");
+    pool_report("allocated", pool);
+    check(p_cuLaunchKernel(spin, 1, 1, 1, 1, 1, 1, 0, s1, args, NULL), "cuLaunchKernel");
+    check(p_cuMemFreeAsync(a, s1), "cuMemFreeAsync");
+    pool_report("queued", pool);
+    check(p_cuMemAllocAsync(&b, 50 * MI, s2), "cuMemAllocAsync");
+    pool_report("other_stream", pool);
+    check(p_cuStreamSynchronize(s1), "cuStreamSynchronize");
+    pool_report("synchronized", pool);
+
+    unsigned long long threshold = 1ull << 30;
+    check(p_cuMemPoolSetAttribute(pool, POOL_RELEASE_THRESHOLD, &threshold), "cuMemPoolSetAttribute");
+    printf("threshold=%llu\n", pool_attribute(pool, POOL_RELEASE_THRESHOLD));
+    check(p_cuMemFreeAsync(b, s2), "cuMemFreeAsync");
+    check(p_cuStreamSynchronize(s2), "cuStreamSynchronize");
+    pool_report("kept", pool);
+    check(p_cuMemAllocAsync(&c, 30 * MI, s2), "cuMemAllocAsync");
+    pool_report("reused", pool);
+    check(p_cuMemFreeAsync(c, s2), "cuMemFreeAsync");
+    check(p_cuStreamSynchronize(s2), "cuStreamSynchronize");
+    check(p_cuMemPoolTrimTo(pool, 0), "cuMemPoolTrimTo");
+    pool_report("trimmed", pool);
+    printf("high reserved=%llu used=%llu\n", pool_attribute(pool, POOL_RESERVED_HIGH),
+           pool_attribute(pool, POOL_USED_HIGH));
+
+    threshold = 0;
+    check(p_cuMemPoolSetAttribute(pool, POOL_RELEASE_THRESHOLD, &threshold), "cuMemPoolSetAttribute");
+    check(p_cuMemAllocAsync(&a, 20 * MI, s1), "cuMemAllocAsync");
+    check(p_cuLaunchKernel(spin, 1, 1, 1, 1, 1, 1, 0, s1, args, NULL), "cuLaunchKernel");
+    check(p_cuMemFreeAsync(a, s1), "cuMemFreeAsync");
+    check(p_cuMemPoolTrimTo(pool, 0), "cuMemPoolTrimTo");
+    pool_report("trim_queued", pool);
+    check(p_cuCtxSynchronize(), "cuCtxSynchronize");
+    pool_report("context_synchronized", pool);
+    check(p_cuMemAllocAsync(&a, 10 * MI, s1), "cuMemAllocAsync");
+    check(p_cuMemFreeAsync(a, s1), "cuMemFreeAsync");
+    check(p_cuEventRecord(event, s1), "cuEventRecord");
+    check(p_cuEventSynchronize(event), "cuEventSynchronize");
+    pool_report("event_synchronized", pool);
+
+    /* A created pool destroyed while one of its allocations is still to be freed. */
+    CUmemPoolProps props;
+    memset(&props, 0, sizeof props);
+    props.allocType = 1;     /* CU_MEM_ALLOCATION_TYPE_PINNED */
+    props.location.type = 1; /* CU_MEM_LOCATION_TYPE_DEVICE */
+    void *created;
+    check(p_cuMemPoolCreate(&created, &props), "cuMemPoolCreate");
+    check(p_cuMemPoolSetAttribute(created, POOL_RELEASE_THRESHOLD, &(unsigned long long){1ull << 30}),
+          "cuMemPoolSetAttribute");
+    check(p_cuMemAllocFromPoolAsync(&a, 40 * MI, created, s1), "cuMemAllocFromPoolAsync");
+    check(p_cuMemAllocFromPoolAsync(&b, 10 * MI, created, s1), "cuMemAllocFromPoolAsync");
+    check(p_cuMemFreeAsync(b, s1), "cuMemFreeAsync");
+    check(p_cuStreamSynchronize(s1), "cuStreamSynchronize");
+    pool_report("created", created);
+    check(p_cuMemPoolDestroy(created), "cuMemPoolDestroy");
+    pool_report("destroyed", pool);
+    check(p_cuLaunchKernel(spin, 1, 1, 1, 1, 1, 1, 0, s1, args, NULL), "cuLaunchKernel");
+    check(p_cuMemFreeAsync(a, s1), "cuMemFreeAsync");
+    pool_report("destroyed_queued", pool);
+    check(p_cuStreamSynchronize(s1), "cuStreamSynchronize");
+    pool_report("destroyed_freed", pool);
+}
+
+static void pool_hold(size_t bytes) {
+    context();
+    void *pool, *stream;
+    check(p_cuStreamCreate(&stream, 1), "cuStreamCreate");
+    check(p_cuDeviceGetDefaultMemPool(&pool, 0), "cuDeviceGetDefaultMemPool");
+    unsigned long long threshold = ~0ull;
+    check(p_cuMemPoolSetAttribute(pool, POOL_RELEASE_THRESHOLD, &threshold), "cuMemPoolSetAttribute");
+    CUdeviceptr p;
+    check(p_cuMemAllocAsync(&p, bytes, stream), "cuMemAllocAsync");
+    check(p_cuMemFreeAsync(p, stream), "cuMemFreeAsync");
+    check(p_cuStreamSynchronize(stream), "cuStreamSynchronize");
+    printf("held\n");
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) return;
+    check(p_cuMemPoolTrimTo(pool, 0), "cuMemPoolTrimTo");
+    printf("trimmed\n");
+    while (getchar() != EOF) {
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: probe <command> [args]");
     const char *cmd = argv[1];
@@ -656,6 +807,10 @@ int main(int argc, char **argv) {
     } else if (strcmp(cmd, "slice") == 0 && (argc == 6 || argc == 7)) {
         slice(argv[2], atoi(argv[3]), strtoull(argv[4], 0, 10), strtoll(argv[5], 0, 10),
               argc == 7 ? strtoll(argv[6], 0, 10) : -1);
+    } else if (strcmp(cmd, "pools") == 0 && argc == 3) {
+        pools(argv[2]);
+    } else if (strcmp(cmd, "pool-hold") == 0 && argc == 3) {
+        pool_hold(strtoull(argv[2], 0, 10));
     } else if (strcmp(cmd, "vmm") == 0 && argc == 3) {
         context();
         vmm(strtoull(argv[2], 0, 10));
