@@ -270,6 +270,15 @@ fn forked_child_outliving_its_killed_parent_keeps_the_parents_memory_charged() {
     ));
     let forked = parent.wait_for_line("fork-hold", Duration::from_secs(30));
     let child = libc::pid_t::try_from(field(line(&forked, "fork-hold"), "child_pid")).unwrap();
+    /// Kills the forked child whatever happens to the test (it is nobody's child here).
+    struct KillOnDrop(libc::pid_t);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _child_guard = KillOnDrop(child);
     parent.wait_for_line("holding", Duration::from_secs(30));
     parent.kill9();
 

@@ -650,4 +650,112 @@ healthIntervalSeconds: 0.5
         assert_eq!(names, ["gpuslice.dev/gpu", "gpuslice.dev/gpu-realtime"]);
         assert_eq!(c.resources[1].priority, Priority::High);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A settings file made of the fields the plugin knows, with values of any shape.
+        fn settings_text() -> impl Strategy<Value = String> {
+            let value = prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                "[a-zA-Z0-9./_: -]{0,40}".prop_map(|s| format!("{s:?}")),
+                Just("[]".to_string()),
+                Just("{}".to_string()),
+                Just("null".to_string()),
+            ];
+            let resource = (
+                "[a-z0-9./-]{0,30}",
+                proptest::option::of(0u32..2000),
+                proptest::option::of(prop_oneof!["high", "normal", "low", "urgent"]),
+                proptest::option::of(prop_oneof!["share", "none", "all"]),
+            )
+                .prop_map(|(name, slices, priority, limit)| {
+                    let mut r = format!("{{name: {name:?}");
+                    if let Some(slices) = slices {
+                        r.push_str(&format!(", slices: {slices}"));
+                    }
+                    if let Some(priority) = priority {
+                        r.push_str(&format!(", priority: {priority}"));
+                    }
+                    if let Some(limit) = limit {
+                        r.push_str(&format!(", computeLimit: {limit}"));
+                    }
+                    r.push('}');
+                    r
+                });
+            (
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            "slicesPerGpu",
+                            "ledgerDir",
+                            "shim",
+                            "preload",
+                            "healthIntervalSeconds",
+                            "unknownField",
+                        ],
+                        value,
+                    ),
+                    0..5,
+                ),
+                proptest::collection::vec(resource, 0..4),
+            )
+                .prop_map(|(fields, resources)| {
+                    let mut text: String = fields
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}: {v}\n"))
+                        .collect();
+                    if !resources.is_empty() {
+                        text.push_str(&format!("resources: [{}]\n", resources.join(", ")));
+                    }
+                    text
+                })
+        }
+
+        proptest! {
+            /// Any text at all: a configuration or a named error, never a panic.
+            #[test]
+            fn any_text_is_read_or_refused_without_panicking(text in any::<String>()) {
+                let _ = from_text(&text, &[]);
+            }
+
+            /// Settings files of the right shape with values of any kind: every one the
+            /// plugin accepts has the invariants the rest of it relies on, and every one it
+            /// refuses says which field (or the file's syntax) was wrong.
+            #[test]
+            fn accepted_settings_hold_their_invariants(text in settings_text()) {
+                match from_text(&text, &[]) {
+                    Ok(c) => {
+                        prop_assert!((1..=MAX_SLICES_PER_GPU).contains(&c.slices_per_gpu));
+                        prop_assert!(!c.resources.is_empty());
+                        // The resources partition each GPU's slices: none empty, none past
+                        // the GPU's, no slice in two.
+                        let mut owner = vec![0u32; c.slices_per_gpu as usize];
+                        for r in &c.resources {
+                            prop_assert!(r.slices >= 1, "{r:?}");
+                            prop_assert!(!r.name.is_empty());
+                            for i in r.first_slice..r.first_slice + r.slices {
+                                let slot = owner.get_mut(i as usize);
+                                prop_assert!(slot.is_some(), "slice {i} past the GPU's: {c:?}");
+                                if let Some(n) = slot {
+                                    *n += 1;
+                                }
+                            }
+                        }
+                        prop_assert!(owner.iter().all(|&n| n <= 1), "a slice in two resources");
+                        let mut names: Vec<_> = c.resources.iter().map(|r| &r.name).collect();
+                        names.sort();
+                        names.dedup();
+                        prop_assert_eq!(names.len(), c.resources.len(), "a resource twice");
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        prop_assert!(!message.is_empty());
+                        prop_assert!(message.contains("test.yaml"), "{message}");
+                    }
+                }
+            }
+        }
+    }
 }
