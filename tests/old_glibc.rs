@@ -241,6 +241,50 @@ fn cannot_run_containers(rootfs: &Path, files: &Path, node: &Path) -> Option<Str
     ))
 }
 
+/// Whether this machine has what building against the old glibc needs (cargo-zigbuild and
+/// zig), and, for `image`, what building the old image needs (debootstrap). Where it has not:
+/// a failure when `GPUSLICE_REQUIRE_OLD_GLIBC` is set (CI sets it, and `.ci/run` installs
+/// them), else a loud skip, so that the README's test command still runs everything else on
+/// a machine without them.
+fn has_tools(test: &str, image: bool) -> bool {
+    let mut missing = Vec::new();
+    if !Command::new("cargo-zigbuild")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        missing.push("cargo-zigbuild");
+    }
+    if !Command::new("python3")
+        .args(["-c", "import ziglang"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        missing.push("zig (python3 -m ziglang)");
+    }
+    if image
+        && !["/usr/sbin/debootstrap", "/usr/bin/debootstrap"]
+            .iter()
+            .any(|p| Path::new(p).is_file())
+    {
+        missing.push("debootstrap");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "{} not installed (pip install cargo-zigbuild ziglang; apt-get install debootstrap; \
+         .ci/run installs them)",
+        missing.join(", ")
+    );
+    assert!(
+        std::env::var_os("GPUSLICE_REQUIRE_OLD_GLIBC").is_none(),
+        "GPUSLICE_REQUIRE_OLD_GLIBC is set but {why}"
+    );
+    skip(test, &why);
+    false
+}
+
 /// Says loudly that a test did not run, and why: on stderr itself, not through the test
 /// harness's capture (which would show it only for a failing test).
 fn skip(test: &str, why: &str) {
@@ -268,6 +312,9 @@ impl OldImage {
     /// The image and a node for `test`, or `None` (having said why) where containers
     /// cannot run or the image cannot be built for want of the mirror.
     fn for_test(test: &str) -> Option<OldImage> {
+        if !has_tools(test, true) {
+            return None;
+        }
         if let Some(why) = no_podman() {
             skip(test, &why);
             return None;
@@ -511,6 +558,12 @@ fn the_baseline_check_names_what_a_plain_build_needs() {
 /// later: a reference with no version, which an older glibc cannot satisfy.
 #[test]
 fn the_baseline_check_names_functions_the_baseline_glibc_lacks() {
+    if !has_tools(
+        "the_baseline_check_names_functions_the_baseline_glibc_lacks",
+        false,
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let library = dir.path().join("libuses-memfd-create.so");
     compile_for_old_glibc(
@@ -535,6 +588,9 @@ fn the_baseline_check_names_functions_the_baseline_glibc_lacks() {
 /// What dist/ and the image ship passes that check.
 #[test]
 fn shipped_shim_needs_no_glibc_newer_than_the_baseline() {
+    if !has_tools("shipped_shim_needs_no_glibc_newer_than_the_baseline", false) {
+        return;
+    }
     let dir = baseline_build();
     let out = run(baseline_script(&["check"])
         .arg(dir.join("libgpuslice.so"))
@@ -546,6 +602,9 @@ fn shipped_shim_needs_no_glibc_newer_than_the_baseline() {
 /// images): the quota holds through each call path there too.
 #[test]
 fn shipped_shim_enforces_the_quota_on_a_current_glibc() {
+    if !has_tools("shipped_shim_enforces_the_quota_on_a_current_glibc", false) {
+        return;
+    }
     let shim = baseline_build().join("libgpuslice.so");
     for path in ALL_PATHS {
         let node = Node::new();
@@ -563,6 +622,12 @@ fn shipped_shim_enforces_the_quota_on_a_current_glibc() {
 /// relative to it.
 #[test]
 fn shipped_shim_keeps_rtld_next_lookups_relative_to_their_caller_on_a_current_glibc() {
+    if !has_tools(
+        "shipped_shim_keeps_rtld_next_lookups_relative_to_their_caller_on_a_current_glibc",
+        false,
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let interposer = dir.path().join("libnext-interposer.so");
     let status = Command::new("cc")
