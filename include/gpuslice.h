@@ -238,14 +238,16 @@ struct gpuslice_quota_gpu {
  * Created whole: written under a temporary name in the tenant's directory and hard-linked
  * into place, so no reader sees a partial file. Later updates are atomic stores in place
  * between two generation bumps (see gpuslice_header.word), so a running tenant sees a new
- * quota without restarting. Writers serialize with an OFD write lock on
- * GPUSLICE_LOCK_QUOTA_UPDATE of the tenant's lock file, held from before the generation
- * turns odd until after it is even again; a writer gives up (with an error) rather than
- * wait for it more than a couple of seconds. A reader that keeps finding the generation odd
- * waits while that lock is held (F_OFD_GETLK), for up to about a second: the writer is
- * alive, only descheduled. Odd with no lock held means the writer died mid-update; the fields
- * then hold values some writer stored, until the next update. A reader that cannot open the
- * lock file waits out the second.
+ * quota without restarting. A writer claims an update by turning the generation from even
+ * to odd with a compare-and-swap, and holds, where it can (F_OFD_SETLK, never waiting), an
+ * OFD write lock on GPUSLICE_LOCK_QUOTA_UPDATE of the tenant's lock file from before that
+ * until the generation is even again. A writer that finds the generation odd takes the
+ * update over (compare-and-swap to the next odd value) at once when nobody holds the lock,
+ * else after about 2 seconds. A reader that keeps finding the generation odd waits while
+ * that lock is held (F_OFD_GETLK), for up to about a second: the writer is alive, only
+ * descheduled. Odd with no lock held means the writer died mid-update; the fields then hold
+ * values some writer stored, until the next update. A reader that cannot open the lock file
+ * settles after about a millisecond.
  */
 struct gpuslice_quota_file {
     struct gpuslice_header header;

@@ -141,20 +141,6 @@ pub enum LedgerError {
         /// The usage file.
         path: PathBuf,
     },
-
-    /// A lock of the tenant's lock file stayed held far longer than its holders ever hold it:
-    /// one of the tenant's own processes (the only others that can open the file) holds it.
-    #[error(
-        "{what} in {} stayed held for seconds; a process of the tenant holds it (only they can \
-         open that file); end it, or retry",
-        .path.display()
-    )]
-    LockHeld {
-        /// The lock file.
-        path: PathBuf,
-        /// Which lock.
-        what: &'static str,
-    },
 }
 
 /// The kind of ledger file a path names, for messages: a file named `quota` or `usage`, or

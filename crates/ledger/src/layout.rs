@@ -68,7 +68,8 @@ pub const LOCK_FILE_SIZE: usize = HEADER_SIZE;
 /// can open the file (it is not in the directory other tenants see), so nobody else can
 /// hold, block or fake any of these locks.
 pub mod lock_bytes {
-    /// Write lock: held by a quota writer for the whole of an in-place update.
+    /// Write lock: held by a quota writer, where it can take it, for the whole of an in-place
+    /// update; what tells readers a writer is alive (writers never wait for it).
     pub const QUOTA_UPDATE: u64 = 0;
     /// Write lock: held while a GPU is added to the usage file's GPU table.
     pub const GPU_TABLE: u64 = 1;

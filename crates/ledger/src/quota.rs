@@ -4,20 +4,23 @@
 //! Consistency between the many fields of an update comes from the header's generation, used
 //! as a sequence lock: a writer makes it odd, stores the new values, and makes it even again
 //! (one greater than before, plus one); a reader retries while it is odd or changed under it.
-//! Writers serialize among themselves with an OFD write lock on the tenant's lock file (its
-//! [`QUOTA_UPDATE`](lock_bytes::QUOTA_UPDATE) byte), held for the whole update, so a reader
-//! can tell a writer that is slow (descheduled with the generation odd: wait for it) from one
-//! that died mid-update (the lock is gone with its process). The lock is in the lock file,
-//! not the quota file, because every tenant can open the quota file read-only, and a read
-//! lock on it would have blocked writers and faked a live one.
+//! Writers claim an update by turning the generation odd with a compare-and-swap, so two
+//! writers never write at once; and each holds, where it can, a write lock on the tenant's
+//! lock file (its [`QUOTA_UPDATE`](lock_bytes::QUOTA_UPDATE) byte) for the whole update, so a
+//! reader can tell a writer that is slow (descheduled with the generation odd: wait for it)
+//! from one that died mid-update (the lock is gone with its process). The lock is only a
+//! signal to readers, never something a writer waits for: the tenant's own processes can
+//! open the lock file and hold that byte, and must not keep their creator from lowering
+//! their quota. (The lock is in the lock file, not the quota file, because every tenant can
+//! open the quota file read-only, and a read lock on it would fake a live writer.)
 
 use std::fmt;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::fence;
-use std::time::Duration;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU64, fence};
+use std::time::{Duration, Instant};
 
 use crate::error::LedgerError;
 use crate::files::{self, Access, TempFile};
@@ -39,11 +42,18 @@ const RETRY_SLEEP: Duration = Duration::from_micros(100);
 /// stopped (a debugger, a frozen cgroup), and a tenant's allocation must not hang on it.
 const MAX_SLEEPS: u32 = 10_000;
 
-/// How long a writer waits for the update lock before giving up: writers hold it for
-/// microseconds, so a longer wait means one of the tenant's own processes holds it (they
-/// can open the lock file too), and the writer, often the device plugin serving every
-/// tenant, must not hang on it.
+/// How long a writer waits for another that keeps the generation odd while the update lock
+/// is held, before it takes the update over: writers take microseconds, so a longer wait
+/// means a writer stopped (a debugger, a frozen cgroup) or one of the tenant's own processes
+/// holds the byte, and the writer, often the device plugin serving every tenant, must not
+/// hang on either.
 const WRITER_WAIT: Duration = Duration::from_secs(2);
+
+/// How many times a reader that cannot ask whether a writer is alive (it cannot open the
+/// tenant's lock file: another tenant, an observer of another user) sleeps before it settles
+/// for what is stored: briefly, since it cannot tell a slow writer from a dead one, and a
+/// neighbour's watcher reads quotas every tick.
+const BLIND_SLEEPS: u32 = 10;
 
 /// A tenant's quota file, mapped read-only and validated when opened.
 ///
@@ -163,15 +173,18 @@ impl QuotaFile {
                 std::hint::spin_loop();
                 continue;
             }
+            let Some(locks) = &self.locks else {
+                // Nothing tells a slow writer from a dead one: a short wait, then settle.
+                if attempts >= SPINS_BEFORE_SLEEPING + BLIND_SLEEPS {
+                    return value;
+                }
+                std::thread::sleep(RETRY_SLEEP);
+                continue;
+            };
             if attempts >= SPINS_BEFORE_SLEEPING + MAX_SLEEPS {
                 return value;
             }
-            // Without the lock file nothing tells a slow writer from a dead one: wait out the
-            // bound (a writer that died mid-update is the rare case).
-            let writer_holds_lock = self
-                .locks
-                .as_ref()
-                .is_none_or(|locks| locks.is_locked(lock_bytes::QUOTA_UPDATE));
+            let writer_holds_lock = locks.is_locked(lock_bytes::QUOTA_UPDATE);
             // Re-read after the probe: a writer that just finished released the lock too.
             if before == after && !writer_holds_lock && generation.load(Acquire) == before {
                 return value;
@@ -278,21 +291,40 @@ pub(crate) fn write_quota(
     }
 }
 
-/// Takes the update lock of `locks` through a description of its own (so writers in other
-/// threads wait too), waiting at most [`WRITER_WAIT`].
-fn lock_for_update(locks: &LockFile) -> Result<crate::locks::LockHandle, LedgerError> {
-    let handle = locks.handle()?;
-    let started = std::time::Instant::now();
-    while !handle.try_lock(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)? {
-        if started.elapsed() >= WRITER_WAIT {
-            return Err(LedgerError::LockHeld {
-                path: locks.path().to_path_buf(),
-                what: "the quota update lock",
-            });
+/// Claims `generation` for an update: turns it from even to odd with a compare-and-swap and
+/// returns the odd value. An odd one belongs to another writer: one that holds no update
+/// lock died mid-update and is taken over at once; otherwise it is waited for at most
+/// [`WRITER_WAIT`] and then taken over (moved to the next odd value, so that readers of the
+/// old one read again). `ours`: this writer holds the update lock.
+fn begin_update(generation: &AtomicU64, locks: &LockFile, ours: bool) -> u64 {
+    let started = Instant::now();
+    loop {
+        let current = generation.load(Acquire);
+        if current.is_multiple_of(2) {
+            if generation
+                .compare_exchange(current, current | 1, AcqRel, Acquire)
+                .is_ok()
+            {
+                return current | 1;
+            }
+            continue;
+        }
+        // A write lock has one holder: when it is this writer's, the one that left the
+        // generation odd holds none, so it died (or is a writer that could not take the
+        // lock either, which the compare-and-swap below still keeps apart from this one).
+        let writer_alive = !ours && locks.is_locked(lock_bytes::QUOTA_UPDATE);
+        if !writer_alive || started.elapsed() >= WRITER_WAIT {
+            let next = current.wrapping_add(2);
+            if generation
+                .compare_exchange(current, next, AcqRel, Acquire)
+                .is_ok()
+            {
+                return next;
+            }
+            continue;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(handle)
 }
 
 /// Updates an existing quota file in place; `false` if there is none.
@@ -303,18 +335,21 @@ fn update_in_place(path: &Path, locks: &LockFile, q: &TenantQuota) -> Result<boo
     files::validate(&file, path, &QUOTA_GEOMETRY)?;
     let view = View::<QuotaLayout>::map(file.as_fd(), true)
         .map_err(|e| LedgerError::io(path, "map", e))?;
-    let lock = lock_for_update(locks)?;
+    // The lock tells readers a writer is alive; if the tenant holds it, they will think so
+    // anyway, and the update goes ahead.
+    let lock = locks.handle()?;
+    let ours = lock.try_lock(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)?;
     let layout = view.get();
     let generation = &layout.header.word;
-    // Odd already means a writer died mid-update; we hold the lock, so just finish its job.
-    let odd = generation.load(Relaxed) | 1;
-    generation.store(odd, Relaxed);
+    let odd = begin_update(generation, locks, ours);
     // Orders the odd generation before the data stores (seqlock writer).
     fence(Release);
     store_quota(layout, q);
     generation.store(odd.wrapping_add(1), Release);
     drop(view);
-    lock.unlock(lock_bytes::QUOTA_UPDATE)?;
+    if ours {
+        lock.unlock(lock_bytes::QUOTA_UPDATE)?;
+    }
     Ok(true)
 }
 
@@ -420,6 +455,80 @@ mod tests {
         assert_eq!(reader.defaults().memory_bytes, Some(2));
         assert!(
             start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_tenant_holding_its_update_lock_cannot_keep_its_creator_from_changing_its_quota() {
+        let (dir, reader, tenant_lock, _view) = quota_file();
+        // A process of the tenant (which can open its lock file) holds the byte.
+        tenant_lock
+            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
+            .expect("lock");
+        let locks = LockFile::open(&dir.path().join("lock"), Access::ReadWrite)
+            .expect("open")
+            .expect("exists");
+        let start = Instant::now();
+        write_quota(
+            dir.path(),
+            &dir.path().join("quota"),
+            &locks,
+            &memory_only(7),
+        )
+        .expect("the update goes through");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(reader.defaults().memory_bytes, Some(7));
+    }
+
+    #[test]
+    fn a_writer_takes_over_an_update_a_dead_writer_left_half_done() {
+        let (dir, reader, _tenant_lock, view) = quota_file();
+        let generation = &view.get().header.word;
+        // Odd, with nobody holding the lock: a writer died mid-update.
+        generation.store(generation.load(Relaxed) | 1, Release);
+        let locks = LockFile::open(&dir.path().join("lock"), Access::ReadWrite)
+            .expect("open")
+            .expect("exists");
+        let start = Instant::now();
+        write_quota(
+            dir.path(),
+            &dir.path().join("quota"),
+            &locks,
+            &memory_only(9),
+        )
+        .expect("the update goes through");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(generation.load(Acquire).is_multiple_of(2));
+        assert_eq!(reader.defaults().memory_bytes, Some(9));
+    }
+
+    #[test]
+    fn a_reader_that_cannot_ask_about_writers_settles_quickly() {
+        let (dir, _reader, writer, view) = quota_file();
+        writer
+            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
+            .expect("lock");
+        let generation = &view.get().header.word;
+        generation.store(generation.load(Relaxed) | 1, Release);
+        // Another tenant's watcher: no lock file to probe. It must not stall its tick for
+        // the second a tenant's own reader may wait.
+        let blind = QuotaFile::open(&dir.path().join("quota"), None)
+            .expect("open")
+            .expect("exists");
+        let start = Instant::now();
+        assert_eq!(blind.defaults().memory_bytes, Some(1));
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
             "{:?}",
             start.elapsed()
         );
