@@ -194,7 +194,8 @@ struct GpuTrack {
     launch_time: LaunchTime,
     /// What it may queue beyond the bound beside a high-priority tenant, to keep its share.
     relief: Relief,
-    /// The tenant's GPU time as of the last tick (`None` before the first).
+    /// This process's GPU time as of the last tick it followed (`None` before the first,
+    /// and after ticks it skipped).
     consumed: Option<u64>,
     /// When launches were last seen to finish, or work to start after none was in flight:
     /// the GPU has worked on what is unfinished since.
@@ -315,6 +316,9 @@ impl Watcher {
             };
             let quiet = !busy_now && !self.gpus[g].busy && self.gpus[g].last_active_ns == 0;
             if quiet && !gate.has_waiters() {
+                // What it receives is counted from the next tick it follows, not across the
+                // quiet ones.
+                self.gpus[g].consumed = None;
                 continue;
             }
             let settings = shim.compute_settings(&uuid);
@@ -412,17 +416,23 @@ impl Watcher {
                     (true, 0) => now,
                     (true, since) => since,
                 };
+            // Relief is followed per process (each process's gate queues what it is owed), so
+            // each takes its part of the tenant's guarantee, split among its processes that
+            // want more, against what it received itself.
+            let own_time = slot.gpu_time_ns(gpu);
             let received = track
                 .consumed
-                .replace(consumed)
-                .map_or(0, |before| consumed.saturating_sub(before));
+                .replace(own_time)
+                .map_or(0, |before| own_time.saturating_sub(before));
+            let wanting = own_processes_wanting_more(&tenants, &uuid, shim.tenant(), now).max(1);
             let cap = if entitled.yield_to_high {
                 track.relief.follow(
                     &YIELD,
                     Tick {
                         elapsed_ns: elapsed,
                         received_ns: received,
-                        guaranteed: entitled.guaranteed,
+                        #[allow(clippy::cast_precision_loss)]
+                        guaranteed: entitled.guaranteed / wanting as f64,
                         wants_more: backlogged,
                     },
                 );
@@ -725,6 +735,26 @@ fn in_flight_elsewhere(
             .count() as u64;
     }
     count
+}
+
+/// Processes of `own` that want more of `uuid` than they get now (their launches wait, or
+/// they keep the GPU busy without a gap), as their published activity says.
+fn own_processes_wanting_more(
+    tenants: &[Tenant],
+    uuid: &GpuUuid,
+    own: &TenantName,
+    now: u64,
+) -> u64 {
+    tenants
+        .iter()
+        .find(|t| t.name == *own)
+        .and_then(|t| Some(t.usage.compute_slots(t.usage.gpu_index(uuid)?)))
+        .map_or(0, |slots| {
+            slots
+                .iter()
+                .filter(|s| s.activity.backlogged && s.activity.seen_within(now, BACKLOG_NS))
+                .count() as u64
+        })
 }
 
 /// Credit in hand: credit less consumption, in nanoseconds (negative: in debt).

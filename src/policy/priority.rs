@@ -54,10 +54,11 @@ pub struct Relief {
 pub struct Tick {
     /// How long the tick lasted.
     pub elapsed_ns: u64,
-    /// The GPU time the tenant received in it (all its processes).
+    /// The GPU time the process received in it.
     pub received_ns: u64,
-    /// The fraction of the GPU guaranteed to the tenant: its share when every active
-    /// tenant wants all it may get.
+    /// The process's part of the fraction of the GPU guaranteed to its tenant (its share
+    /// when every active tenant wants all it may get), split among the tenant's processes
+    /// that want more: each process's gate queues what it is owed.
     pub guaranteed: f64,
     /// The tenant wants more than it gets (its launches wait): only then is it owed
     /// anything. A tenant that uses less than its share by choice is owed nothing.
