@@ -331,7 +331,7 @@ struct gpuslice_slot {
 };
 
 /**
- * A usage file (689344 bytes, sparse: slots never used take no memory).
+ * A usage file (689344 bytes).
  *
  * The memory a tenant uses on GPU g is the sum of slots[i].gpus[g].memory_bytes over the
  * slots i whose bit is set in the occupied bitmap (bit i % 64 of word i / 64). There is no

@@ -23,8 +23,20 @@ pub struct Tenant {
     pub name: TenantName,
     /// Its usage file's copy.
     pub usage: UsageSnapshot,
-    /// Its quota file, if it has one: the ceiling of what its processes may claim.
-    pub quota: Option<Arc<QuotaFile>>,
+    /// Its quota file: the ceiling of what its processes may claim.
+    pub quota: Quota,
+}
+
+/// A neighbour's quota file, as far as this process can read it.
+#[derive(Debug, Clone)]
+pub enum Quota {
+    /// It has none: nothing bounds what its processes claim.
+    Missing,
+    /// Its quota file.
+    File(Arc<QuotaFile>),
+    /// It has one this process cannot read (damaged): the tenant is still counted, under
+    /// the lowest ceiling (no share, normal priority at most).
+    Unreadable,
 }
 
 impl Tenant {
@@ -35,8 +47,9 @@ impl Tenant {
     /// its word: nothing bounds it.
     pub fn ceiling(&self, gpu: &GpuUuid, published: ComputeSettings) -> ComputeSettings {
         match &self.quota {
-            Some(quota) => published.capped_by(quota.limits_for(gpu).compute()),
-            None => published,
+            Quota::File(quota) => published.capped_by(quota.limits_for(gpu).compute()),
+            Quota::Unreadable => published.capped_by(ComputeSettings::default()),
+            Quota::Missing => published,
         }
     }
 }
@@ -46,7 +59,7 @@ impl Tenant {
 struct Reader {
     name: TenantName,
     usage: UsageReader,
-    quota: Option<Arc<QuotaFile>>,
+    quota: Quota,
 }
 
 /// The readers of every tenant's usage file.
@@ -114,13 +127,9 @@ impl Neighbours {
         // a tenant removed and created again; reopening each rescan catches that).
         self.readers.retain(|r| names.contains(&r.name));
         for name in names {
-            let opened = self
-                .ledger
-                .usage_reader(&name)
-                .and_then(|usage| Ok((usage, self.ledger.read_quota(&name)?)));
-            let (usage, quota) = match opened {
-                Ok((Some(usage), quota)) => (usage, quota.map(Arc::new)),
-                Ok((None, _)) => continue,
+            let usage = match self.ledger.usage_reader(&name) {
+                Ok(Some(usage)) => usage,
+                Ok(None) => continue,
                 Err(error) => {
                     if self.errors.admit().is_some() {
                         log!(
@@ -129,6 +138,22 @@ impl Neighbours {
                         );
                     }
                     continue;
+                }
+            };
+            // A damaged quota does not take the tenant out of the split (this one would then
+            // take more than its share): it is counted under the lowest ceiling.
+            let quota = match self.ledger.read_quota(&name) {
+                Ok(Some(quota)) => Quota::File(Arc::new(quota)),
+                Ok(None) => Quota::Missing,
+                Err(error) => {
+                    if self.errors.admit().is_some() {
+                        log!(
+                            Level::Warn,
+                            "tenant {name}'s quota cannot be read ({error}): it is counted \
+                             in compute shares with no share and normal priority"
+                        );
+                    }
+                    Quota::Unreadable
                 }
             };
             let reopened = Reader { name, usage, quota };

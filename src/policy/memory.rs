@@ -2,7 +2,7 @@
 //! told about the GPU's memory? Plain Rust over the ledger; it never calls CUDA.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use gpuslice_ledger::{
     GpuIndex, GpuUuid, LedgerError, OverLimit, ProcessSlot, QuotaFile, UsageFile,
@@ -61,7 +61,12 @@ pub struct MemoryPolicy {
     slot: AtomicPtr<ProcessSlot>,
     refusals_logged: RateLimit,
     ledger_errors_logged: RateLimit,
+    /// When a claim last found every slot of the tenant live (`CLOCK_MONOTONIC` ns; 0 never).
+    slots_full_at: AtomicU64,
 }
+
+/// How long after finding every slot live a process tries again.
+const SLOTS_FULL_RETRY_NS: u64 = 100_000_000;
 
 impl MemoryPolicy {
     /// A policy over the tenant's usage file, its quota file (if any) and the
@@ -74,6 +79,7 @@ impl MemoryPolicy {
             slot: AtomicPtr::new(std::ptr::null_mut()),
             refusals_logged: RateLimit::new(),
             ledger_errors_logged: RateLimit::new(),
+            slots_full_at: AtomicU64::new(0),
         }
     }
 
@@ -270,7 +276,25 @@ impl MemoryPolicy {
             // child where no other thread can hold this reference.
             return Ok(unsafe { &*current });
         }
-        let claimed = Box::into_raw(Box::new(self.usage.claim_slot()?));
+        // With every slot live, a claim costs a system call per slot: after one fails, the
+        // next tries wait a while (each allocation would otherwise pay it again).
+        let now = gpuslice_ledger::monotonic_ns();
+        let failed_at = self.slots_full_at.load(Ordering::Relaxed);
+        if failed_at != 0 && now.saturating_sub(failed_at) < SLOTS_FULL_RETRY_NS {
+            return Err(LedgerError::SlotsFull {
+                path: self.usage.path().to_path_buf(),
+                max: gpuslice_ledger::MAX_SLOTS,
+            });
+        }
+        let claimed = match self.usage.claim_slot() {
+            Ok(slot) => Box::into_raw(Box::new(slot)),
+            Err(error) => {
+                if matches!(error, LedgerError::SlotsFull { .. }) {
+                    self.slots_full_at.store(now.max(1), Ordering::Relaxed);
+                }
+                return Err(error);
+            }
+        };
         match self.slot.compare_exchange(
             std::ptr::null_mut(),
             claimed,

@@ -347,11 +347,17 @@ fn check_unenforced(findings: &mut Findings, ledger: &gpuslice_ledger::Ledger) {
     for p in &check.processes {
         findings.say(Level::Fail, "unenforced process", &unenforced::describe(p));
     }
-    if check.processes.is_empty() {
+    if check.processes.is_empty() && check.unresolved == 0 {
         findings.say(
             Level::Ok,
             "unenforced processes",
             "every process using a GPU is under gpuslice",
+        );
+    } else if check.processes.is_empty() {
+        findings.say(
+            Level::Ok,
+            "unenforced processes",
+            "none found among the GPU processes that could be looked up",
         );
     }
     if check.unresolved > 0 {

@@ -318,7 +318,7 @@ fn processes_sharing_a_limit_never_exceed_it_together() {
 }
 
 #[test]
-fn forked_child_that_abandons_its_copy_leaves_the_parent_slot_live() {
+fn forked_child_that_abandons_the_slot_leaves_it_live_and_untouched() {
     let (_dir, ledger) = ledger();
     let usage = ledger.open_usage(&tenant(TENANT)).unwrap();
     let index = usage.register_gpu(&gpu(1)).unwrap();

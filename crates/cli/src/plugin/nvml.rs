@@ -95,6 +95,8 @@ pub struct Nvml {
     uuid: UuidFn,
     memory: MemoryFn,
     error_string: ErrorStringFn,
+    /// `nvmlShutdown`, called when this value goes (each `nvmlInit_v2` wants one).
+    shutdown: InitFn,
     /// `nvmlDeviceGetComputeRunningProcesses_v3`; `None` with an NVML too old to have it.
     processes: Option<ProcessesFn>,
 }
@@ -118,6 +120,14 @@ unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &'static str) -> Resu
         .map_err(|_| NvmlError::Symbol(name))
 }
 
+impl Drop for Nvml {
+    fn drop(&mut self) {
+        // SAFETY: nvmlShutdown takes nothing and matches the nvmlInit_v2 of `open`; the
+        // library is still loaded (`_lib` is dropped after this runs).
+        unsafe { (self.shutdown)() };
+    }
+}
+
 impl Nvml {
     /// Loads `libnvidia-ml.so.1` and calls `nvmlInit_v2`.
     pub fn open() -> Result<Nvml, NvmlError> {
@@ -135,6 +145,7 @@ impl Nvml {
                 uuid: symbol(&lib, "nvmlDeviceGetUUID")?,
                 memory: symbol(&lib, "nvmlDeviceGetMemoryInfo")?,
                 error_string: symbol(&lib, "nvmlErrorString")?,
+                shutdown: symbol(&lib, "nvmlShutdown")?,
                 processes: symbol(&lib, "nvmlDeviceGetComputeRunningProcesses_v3").ok(),
                 _lib: lib,
             };
