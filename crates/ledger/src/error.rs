@@ -141,6 +141,21 @@ pub enum LedgerError {
         /// The usage file.
         path: PathBuf,
     },
+
+    /// A lock of the tenant's lock file that is held for microseconds stayed held for
+    /// seconds: something holds it (only the tenant's own processes should be able to).
+    #[error(
+        "{what} in {} stayed held for seconds (only the tenant's own processes should be able to \
+         open that file: is the ledger directory mounted whole into a container by an old CDI \
+         spec?); retry, or end what holds it",
+        .path.display()
+    )]
+    LockHeld {
+        /// The lock file.
+        path: PathBuf,
+        /// Which lock.
+        what: &'static str,
+    },
 }
 
 /// The kind of ledger file a path names, for messages: a file named `quota` or `usage`, or

@@ -182,6 +182,28 @@ impl LockHandle {
             .map_err(|e| LedgerError::io(&self.path, "lock", e))
     }
 
+    /// Takes a lock on `byte`, waiting at most `limit` for it: `false` if it is still held
+    /// then. For locks that only the tenant's own processes should hold for microseconds,
+    /// where a longer hold means something is wrong (a lock file another tenant can reach
+    /// through an old mount), and a wait without end would hang a program's CUDA call.
+    pub fn lock_within(
+        &self,
+        byte: u64,
+        kind: LockKind,
+        limit: std::time::Duration,
+    ) -> Result<bool, LedgerError> {
+        let started = std::time::Instant::now();
+        loop {
+            if self.try_lock(byte, kind)? {
+                return Ok(true);
+            }
+            if started.elapsed() >= limit {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Takes a lock on `byte` if nobody else holds a conflicting one; `false` if somebody
     /// does.
     pub fn try_lock(&self, byte: u64, kind: LockKind) -> Result<bool, LedgerError> {

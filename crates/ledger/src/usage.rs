@@ -30,6 +30,9 @@ const _: () = assert!(MAX_SLOTS.is_multiple_of(64) && BITMAP_WORDS * 64 == MAX_S
 const GPU_REGISTERED: u32 = 1;
 /// `state` of a slot owned by a live process.
 const SLOT_LIVE: u32 = 1;
+/// How long a registration waits for the GPU table's lock, which registrations hold for
+/// microseconds: a CUDA call must fail, not hang, when something else holds it.
+const LOCK_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A GPU's position in a usage file's GPU table (from [`UsageFile::register_gpu`]).
 ///
@@ -334,7 +337,12 @@ impl UsageFile {
             return Ok(i);
         }
         let lock = self.locks.handle()?;
-        lock.lock_wait(lock_bytes::GPU_TABLE, LockKind::Exclusive)?;
+        if !lock.lock_within(lock_bytes::GPU_TABLE, LockKind::Exclusive, LOCK_LIMIT)? {
+            return Err(LedgerError::LockHeld {
+                path: self.locks.path().to_path_buf(),
+                what: "the GPU table's lock",
+            });
+        }
         let result = self.register_locked(uuid);
         // Closing `lock` drops the lock too; unlocking first just makes it prompt.
         let _ = lock.unlock(lock_bytes::GPU_TABLE);

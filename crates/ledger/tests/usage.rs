@@ -546,3 +546,27 @@ fn unasked_charges_count_even_past_the_limit_and_block_reservations() {
     slot.try_reserve(i, 20, 100).unwrap();
     assert_eq!(usage.memory_used(i), 100);
 }
+
+/// An old CDI spec mounted the whole ledger directory, lock files included, into every
+/// container: there another tenant can hold a lock it should never reach. A registration
+/// then fails, naming the lock, instead of hanging the program's first CUDA call.
+#[test]
+fn a_gpu_registration_behind_a_held_table_lock_fails_instead_of_hanging() {
+    let (_dir, ledger) = ledger();
+    let t = tenant("t");
+    let usage = ledger.open_usage(&t).unwrap();
+    let holder = ledger.open_locks(&t).unwrap().handle().unwrap();
+    holder
+        .lock_wait(
+            gpuslice_ledger::layout::lock_bytes::GPU_TABLE,
+            gpuslice_ledger::LockKind::Exclusive,
+        )
+        .unwrap();
+    let start = std::time::Instant::now();
+    let err = usage.register_gpu(&gpu(1)).unwrap_err();
+    assert!(matches!(err, LedgerError::LockHeld { .. }), "{err:?}");
+    assert!(err.to_string().contains("GPU table"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    drop(holder);
+    usage.register_gpu(&gpu(1)).unwrap();
+}
