@@ -140,3 +140,80 @@ fn a_lease_on_a_neighbours_usage_file_fails_its_process_closed_instead_of_hangin
     );
     drop(neighbour);
 }
+
+/// Unmounts a filesystem when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A tenant can write its own usage file, so it can also make it grow until the ledger's
+/// filesystem is full. Ledger files were created sparse and written through shared
+/// mappings, so the next process to touch a page that was never written died of SIGBUS: a
+/// neighbour's first CUDA call, `gpuslice run`, the device plugin. Now every ledger file has
+/// all its pages when it is created: a neighbour that already exists works on, and a tenant
+/// created on a full filesystem is refused with an error.
+#[test]
+fn a_tenant_filling_the_ledger_filesystem_cannot_crash_a_neighbour() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to mount a small tmpfs for the ledger");
+        return;
+    }
+    let node = Node::new();
+    let dir = node.ledger_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "gpuslice-test"])
+        .arg(&dir)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    let _unmount = Mounted(dir.clone());
+    let ledger = node.ledger();
+    let victim = TenantName::new("victim").unwrap();
+    let evil = TenantName::new("evil").unwrap();
+    for t in [&victim, &evil] {
+        ledger
+            .write_quota(
+                t,
+                &TenantQuota {
+                    defaults: Limits {
+                        memory_bytes: Some(GIB),
+                        ..Limits::default()
+                    },
+                    per_gpu: vec![],
+                },
+            )
+            .unwrap();
+        drop(ledger.open_usage(t).unwrap());
+    }
+    // The hostile tenant grows its own usage file until the filesystem is full.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ledger.usage_path(&evil))
+        .unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+
+    let out = run(&mut node.probe(CallPath::Dlsym, "victim", None, &["alloc", "64M"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the neighbour's process died ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(field(line(&stdout, "alloc"), "rc"), 0, "{stdout}");
+
+    // A tenant made now is refused, not half made.
+    let err = ledger
+        .open_usage(&TenantName::new("latecomer").unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+}

@@ -250,11 +250,7 @@ fn is_abandoned(
 
 /// How many slots of the tenant's usage file a live process holds (0 without a usage file).
 fn live_slots(ledger: &Ledger, tenant: &TenantName) -> Result<usize, TenancyError> {
-    match ledger.snapshot_usage(tenant) {
-        Ok(usage) => Ok(usage.slots().iter().filter(|s| s.live).count()),
-        Err(e) if e.is_not_found() => Ok(0),
-        Err(e) => Err(e.into()),
-    }
+    Ok(ledger.live_processes(tenant)?)
 }
 
 /// Takes the tenant's entry lock (creating its lock file first if `create`), and returns the

@@ -966,3 +966,42 @@ fn cdi_generate_prints_the_spec_as_json_or_yaml() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("nobody"), "{out:?}");
 }
+
+/// A pod can write its own usage file with anything before it goes. Whether the tenant is
+/// still in use is asked of its lock file alone, so the next pod given the same slice gets a
+/// fresh tenant instead of an error, forever (red team).
+#[test]
+fn a_gone_pod_that_damaged_its_usage_file_does_not_block_its_slice() {
+    let node = PluginNode::new();
+    let _plugin = node.start(&[]);
+    let first = slice(FAKE_GPU0, 0);
+    let rt = runtime();
+    let mut client = rt.block_on(async {
+        let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
+        let registration = kubelet.registration().await;
+        let mut client = kubelet.plugin(&registration.endpoint).await;
+        allocate(&mut client, std::slice::from_ref(&first))
+            .await
+            .expect("Allocate");
+        client
+    });
+    let usage = node
+        .node
+        .dir
+        .ledger()
+        .usage_path(&crate::util::tenant(&first));
+    std::fs::write(&usage, b"garbage").expect("write own usage file");
+    let answer = rt.block_on(async { allocate(&mut client, std::slice::from_ref(&first)).await });
+    assert!(
+        answer.is_ok(),
+        "the next pod cannot get the slice: {answer:?}"
+    );
+    assert!(
+        node.node
+            .dir
+            .ledger()
+            .snapshot_usage(&crate::util::tenant(&first))
+            .is_ok(),
+        "the tenant was made afresh"
+    );
+}

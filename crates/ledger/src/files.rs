@@ -149,9 +149,10 @@ impl TempFile {
         temp.file
             .set_permissions(Permissions::from_mode(mode))
             .map_err(|e| LedgerError::io(&temp.path, "set the mode of", e))?;
-        temp.file
-            .set_len(len)
-            .map_err(|e| LedgerError::io(&temp.path, "size", e))?;
+        // Every page allocated now: a full filesystem is an error here, never a SIGBUS
+        // later in a process writing through the mapping.
+        crate::sys::allocate(std::os::fd::AsFd::as_fd(&temp.file), len)
+            .map_err(|e| LedgerError::io(&temp.path, "allocate", e))?;
         Ok(temp)
     }
 

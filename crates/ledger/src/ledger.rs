@@ -136,6 +136,21 @@ impl Ledger {
         LockFile::open(&self.lock_path(t), Access::ReadWrite)
     }
 
+    /// How many of the tenant's processes hold a slot: asked of its lock file alone, so that
+    /// a tenant that damaged its own usage file (which it can write) is not kept forever by
+    /// it. 0 without a lock file (nobody can hold a slot then).
+    pub fn live_processes(&self, t: &TenantName) -> Result<usize, LedgerError> {
+        match LockFile::open_for_probing(&self.lock_path(t)) {
+            Some(locks) => Ok(locks.locked_slots()?.len()),
+            None if !self.lock_path(t).exists() => Ok(0),
+            None => Err(LedgerError::io(
+                &self.lock_path(t),
+                "open",
+                io::Error::from(io::ErrorKind::PermissionDenied),
+            )),
+        }
+    }
+
     /// The tenant's lock file for asking who holds its locks, where this process may open it
     /// (read-only is enough to ask); `None` where it is missing or this process may not.
     fn probe_locks(&self, t: &TenantName) -> Option<LockFile> {

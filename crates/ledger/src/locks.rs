@@ -19,9 +19,10 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
+use crate::MAX_SLOTS;
 use crate::error::LedgerError;
 use crate::files::{self, Access, TempFile};
-use crate::layout::{LOCK_FILE_SIZE, LOCK_GEOMETRY, LockLayout};
+use crate::layout::{LOCK_FILE_SIZE, LOCK_GEOMETRY, LockLayout, slot_lock_byte};
 use crate::sys::{self, View};
 
 /// Mode of a lock file as the ledger creates it: the creator's processes only. A creator
@@ -147,6 +148,32 @@ impl LockFile {
             });
         }
         Ok(file)
+    }
+
+    /// The process slots whose lock some process holds: the tenant's live processes, asked
+    /// of this file alone (whatever the usage file holds). An error from the kernel is an
+    /// error: never call a process dead on a guess.
+    pub fn locked_slots(&self) -> Result<Vec<u32>, LedgerError> {
+        let first = slot_lock_byte(0);
+        let end = slot_lock_byte(u32::try_from(MAX_SLOTS).unwrap_or(u32::MAX));
+        let mut live = Vec::new();
+        // The kernel names one lock in a range, not necessarily the lowest: split the range
+        // at each lock found and ask again on both sides.
+        let mut ranges = vec![(first, end)];
+        while let Some((from, to)) = ranges.pop() {
+            if from >= to {
+                continue;
+            }
+            let found = sys::ofd_first_locked(self.file.as_fd(), from, to - from)
+                .map_err(|e| LedgerError::io(&self.path, "ask who holds the locks of", e))?;
+            if let Some(byte) = found.filter(|b| (from..to).contains(b)) {
+                live.push(u32::try_from(byte - first).unwrap_or(u32::MAX));
+                ranges.push((from, byte));
+                ranges.push((byte + 1, to));
+            }
+        }
+        live.sort_unstable();
+        Ok(live)
     }
 
     /// Whether some description (other than this value's own, which never locks) holds a

@@ -121,6 +121,20 @@ impl<T: SharedLayout> fmt::Debug for View<T> {
     }
 }
 
+/// Gives `fd`'s file its first `len` bytes for real (`posix_fallocate`): a ledger file is
+/// written through a shared mapping, and a page of a sparse file that the filesystem cannot
+/// then find room for (a tmpfs another tenant filled) would raise SIGBUS in whoever touched
+/// it. Allocated here, that is an error now instead.
+pub(crate) fn allocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file length out of range"))?;
+    // SAFETY: posix_fallocate only acts on the open descriptor, which outlives the call.
+    match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        code => Err(io::Error::from_raw_os_error(code)),
+    }
+}
+
 /// Builds the `struct flock` for one byte. OFD locks require `l_pid == 0`.
 fn one_byte(kind: libc::c_int, byte: u64) -> io::Result<libc::flock> {
     let start = libc::off_t::try_from(byte)
@@ -194,6 +208,26 @@ pub(crate) fn ofd_lock_wait(fd: BorrowedFd<'_>, byte: u64, kind: LockType) -> io
 pub(crate) fn ofd_unlock(fd: BorrowedFd<'_>, byte: u64) -> io::Result<()> {
     let mut fl = one_byte(libc::F_UNLCK, byte)?;
     fcntl_lock(fd, libc::F_OFD_SETLK, &mut fl)
+}
+
+/// A byte at or after `start` (and before `start + len`) on which an open file description
+/// other than `fd`'s holds a lock of either kind (the first of the lock the kernel names,
+/// which need not be the lowest); `None` if there is none. For one-byte locks, which are all
+/// the ledger takes.
+pub(crate) fn ofd_first_locked(
+    fd: BorrowedFd<'_>,
+    start: u64,
+    len: u64,
+) -> io::Result<Option<u64>> {
+    let mut fl = one_byte(libc::F_WRLCK, start)?;
+    fl.l_len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "lock range out of range"))?;
+    fcntl_lock(fd, libc::F_OFD_GETLK, &mut fl)?;
+    if libc::c_int::from(fl.l_type) == libc::F_UNLCK {
+        return Ok(None);
+    }
+    // A lock that began before `start` still covers it.
+    Ok(Some(u64::try_from(fl.l_start).unwrap_or(0).max(start)))
 }
 
 /// Whether an open file description other than `fd`'s holds a lock (of either kind) on

@@ -570,3 +570,38 @@ fn a_gpu_registration_behind_a_held_table_lock_fails_instead_of_hanging() {
     drop(holder);
     usage.register_gpu(&gpu(1)).unwrap();
 }
+
+/// Who is alive is asked of the lock file alone: exact whatever the usage file says, and
+/// whichever slots are held.
+#[test]
+fn live_processes_are_counted_from_the_lock_file_alone() {
+    common::raise_open_file_limit(512);
+    let (_dir, ledger) = ledger();
+    let t = tenant("t");
+    let usage = ledger.open_usage(&t).unwrap();
+    assert_eq!(ledger.live_processes(&t).unwrap(), 0);
+    let mut held: Vec<_> = (0..300).map(|_| usage.claim_slot().unwrap()).collect();
+    // Drop every third, scattered through the range.
+    let mut i = 0;
+    held.retain(|_| {
+        i += 1;
+        i % 3 != 0
+    });
+    assert_eq!(ledger.live_processes(&t).unwrap(), held.len());
+    // Garbage in the usage file (its header here; the length kept, since this process maps
+    // it) changes nothing.
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(ledger.usage_path(&t))
+            .unwrap(),
+        b"garbage!",
+        0,
+    )
+    .unwrap();
+    assert!(ledger.snapshot_usage(&t).is_err());
+    assert_eq!(ledger.live_processes(&t).unwrap(), held.len());
+    drop(held);
+    assert_eq!(ledger.live_processes(&t).unwrap(), 0);
+    assert_eq!(ledger.live_processes(&tenant("nobody")).unwrap(), 0);
+}
