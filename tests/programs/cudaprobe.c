@@ -545,18 +545,31 @@ int main(int argc, char **argv) {
       waitpid(child, &status, 0);
       free(child_argv);
       printf("fork-exec child_status=%d\n", WEXITSTATUS(status));
-    } else if (!strcmp(cmd, "fork-hold")) {
+    } else if (!strcmp(cmd, "fork-hold") || !strcmp(cmd, "fork-hold-unlocked")) {
       /* A child that keeps everything it inherited (the driver's descriptors with the
-       * parent's memory behind them) and does nothing, until it is killed. */
+       * parent's memory behind them) and does nothing, until it is killed. The unlocked
+       * one (a hostile tenant's) first closes its copies of gpuslice's lock file, so that
+       * the parent's slot looks dead when the parent dies. */
+      int unlocked = !strcmp(cmd, "fork-hold-unlocked");
       fflush(stdout);
       pid_t child = fork();
       if (child == 0) {
+        if (unlocked) {
+          for (int fd = 3; fd < 1024; fd++) {
+            char link[64], target[4096];
+            snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+            ssize_t n = readlink(link, target, sizeof target - 1);
+            if (n <= 0) continue;
+            target[n] = 0;
+            if (strstr(target, "/locks/")) close(fd);
+          }
+        }
         int devnull = open("/dev/null", O_RDWR);
         dup2(devnull, 1);
         dup2(devnull, 2);
         for (;;) pause();
       }
-      printf("fork-hold child_pid=%d\n", (int)child);
+      printf("%s child_pid=%d\n", cmd, (int)child);
     } else if (!strcmp(cmd, "hold")) {
       printf("holding\n");
       fflush(stdout);

@@ -553,6 +553,7 @@ mod tests {
                 gpu: "GPU-x".into(),
                 memory_bytes: 1024,
                 tenant: Some("pod-a".into()),
+                gone: false,
             }],
             unresolved: 0,
         }));

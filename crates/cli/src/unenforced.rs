@@ -41,6 +41,21 @@ pub struct UnenforcedProcess {
     /// The tenant whose container (PID namespace) it runs in, where one is known: a live
     /// process of that tenant shares its PID namespace.
     pub tenant: Option<String>,
+    /// The process is gone while the GPU still holds its memory: something it left behind
+    /// keeps it (a forked child that kept its descriptors of the driver and let go of its
+    /// gpuslice slot), and no quota counts it.
+    pub gone: bool,
+}
+
+/// How a process with this host PID names itself, as far as the host can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its PID namespace and its PID there.
+    Found(Identity),
+    /// There is no such process (it ended; NVML still lists what it held).
+    Gone,
+    /// It exists but cannot be read (hidden from this process).
+    Hidden,
 }
 
 /// The outcome of the check, as `status --json` reports it.
@@ -53,8 +68,8 @@ pub struct Check {
     pub reason: Option<String>,
     /// The processes found without a live slot (empty when not checked).
     pub processes: Vec<UnenforcedProcess>,
-    /// GPU processes whose PID could not be looked up on the host (gone since NVML listed
-    /// them, or hidden): neither enforced nor unenforced as far as this check knows.
+    /// GPU processes whose PID exists but could not be read (hidden from this process):
+    /// neither enforced nor unenforced as far as this check knows.
     pub unresolved: usize,
 }
 
@@ -129,7 +144,7 @@ fn live_slots(ledger: &Ledger) -> Vec<(TenantName, SlotInfo)> {
 pub fn classify(
     listed: &[(GpuUuid, GpuProcess)],
     slots: &[(TenantName, SlotInfo)],
-    identity: impl Fn(u32) -> Option<Identity>,
+    identity: impl Fn(u32) -> Lookup,
     host: u64,
 ) -> (Vec<UnenforcedProcess>, usize) {
     let enforced: HashSet<Identity> = slots
@@ -142,9 +157,22 @@ pub fn classify(
     let mut unresolved = 0;
     let mut out = Vec::new();
     for (gpu, process) in listed {
-        let Some(who) = identity(process.pid) else {
-            unresolved += 1;
-            continue;
+        let who = match identity(process.pid) {
+            Lookup::Found(who) => who,
+            Lookup::Hidden => {
+                unresolved += 1;
+                continue;
+            }
+            Lookup::Gone => {
+                out.push(UnenforcedProcess {
+                    pid: process.pid,
+                    gpu: gpu.to_string(),
+                    memory_bytes: process.memory_bytes,
+                    tenant: None,
+                    gone: true,
+                });
+                continue;
+            }
         };
         if enforced.contains(&who) {
             continue;
@@ -162,14 +190,24 @@ pub fn classify(
             gpu: gpu.to_string(),
             memory_bytes: process.memory_bytes,
             tenant,
+            gone: false,
         });
     }
     (out, unresolved)
 }
 
 /// How the process with this host PID names itself: its PID namespace and its PID there
-/// (the last `NSpid` entry). `None` if it is gone or hidden.
-pub fn host_identity(pid: u32) -> Option<Identity> {
+/// (the last `NSpid` entry); or that it is gone, or hidden.
+pub fn host_identity(pid: u32) -> Lookup {
+    match read_identity(pid) {
+        Some(who) => Lookup::Found(who),
+        None if !std::path::Path::new(&format!("/proc/{pid}")).exists() => Lookup::Gone,
+        None => Lookup::Hidden,
+    }
+}
+
+/// [`host_identity`]'s reading of `/proc`.
+fn read_identity(pid: u32) -> Option<Identity> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let inner = status
         .lines()
@@ -192,6 +230,15 @@ fn own_pid_namespace() -> Option<u64> {
 
 /// One line per unenforced process, for logs and the table.
 pub fn describe(p: &UnenforcedProcess) -> String {
+    if p.gone {
+        return format!(
+            "pid {} is gone but {} still holds {} for it, counted in no quota (a forked child \
+             that kept its descriptors of the driver?)",
+            p.pid,
+            p.gpu,
+            crate::quantity::format_size(p.memory_bytes)
+        );
+    }
     let whose = p.tenant.as_deref().map_or_else(
         || "outside any tenant".to_string(),
         |t| format!("in tenant {t}'s container"),
@@ -240,18 +287,20 @@ mod tests {
             .collect()
     }
 
-    /// Host PIDs 100.. map to PIDs 1.. in the pod's namespace; 50.. are host processes.
-    fn table(pid: u32) -> Option<Identity> {
+    /// Host PIDs 100.. map to PIDs 1.. in the pod's namespace; 50.. are host processes;
+    /// 10.. are hidden, the rest gone.
+    fn table(pid: u32) -> Lookup {
         match pid {
-            100.. => Some(Identity {
+            100.. => Lookup::Found(Identity {
                 pid_namespace: POD,
                 pid: pid - 99,
             }),
-            50..100 => Some(Identity {
+            50..100 => Lookup::Found(Identity {
                 pid_namespace: HOST,
                 pid,
             }),
-            _ => None,
+            10..50 => Lookup::Hidden,
+            _ => Lookup::Gone,
         }
     }
 
@@ -274,6 +323,7 @@ mod tests {
                 gpu: gpu().to_string(),
                 memory_bytes: 1 << 20,
                 tenant: Some("a".into()),
+                gone: false,
             }]
         );
     }
@@ -296,14 +346,20 @@ mod tests {
     }
 
     #[test]
-    fn processes_that_cannot_be_looked_up_are_counted_apart() {
-        let (found, unresolved) = classify(&listed(&[3, 4]), &[], table, HOST);
-        assert_eq!((found.len(), unresolved), (0, 2));
+    fn hidden_processes_are_counted_apart_and_gone_ones_are_unenforced() {
+        let (found, unresolved) = classify(&listed(&[13, 14, 3]), &[], table, HOST);
+        assert_eq!(unresolved, 2);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].gone);
+        assert!(describe(&found[0]).contains("is gone"));
     }
 
     #[test]
-    fn this_process_can_look_itself_up() {
-        let me = host_identity(std::process::id()).unwrap();
+    fn this_process_can_look_itself_up_and_a_pid_no_process_has_is_gone() {
+        let Lookup::Found(me) = host_identity(std::process::id()) else {
+            panic!("cannot look this process up");
+        };
         assert_eq!(Some(me.pid_namespace), own_pid_namespace());
+        assert_eq!(host_identity(u32::MAX), Lookup::Gone);
     }
 }

@@ -450,3 +450,53 @@ fn settings_a_process_publishes_above_its_quota_are_not_believed() {
     assert_eq!(gpus[0]["priority"], "normal", "{gpus:#}");
     drop(slot);
 }
+
+/// A hostile tenant's forked child can close its copy of the lock file and keep the
+/// driver's descriptors: the parent's slot then looks dead when the parent dies, and the
+/// device still holds its memory for the child, counted in no quota. gpuslice cannot see
+/// the child holds it, but NVML still lists the memory under the dead parent's PID: status
+/// reports that as unenforced memory of a process that is gone.
+#[test]
+fn memory_a_dead_process_left_to_a_child_is_reported_unenforced() {
+    use std::os::unix::fs::MetadataExt;
+    let host = std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino());
+    if host.ok() != Some(0xEFFF_FFFC) {
+        eprintln!("SKIPPED: not in the host's PID namespace, where NVML's PIDs can be looked up");
+        return;
+    }
+    let node = Node::new();
+    let probe = cudaprobe();
+    let mut parent = Running::spawn(
+        node.bare(&probe)
+            .env("LD_PRELOAD", &node.shim)
+            .env("GPUSLICE_TENANT", "evil")
+            .env("GPUSLICE_DIR", node.dir.ledger_dir())
+            .env("GPUSLICE_MEMORY_LIMIT", "1Gi")
+            .args(["dlsym", "alloc", "512M", "fork-hold-unlocked", "hold"]),
+    );
+    std::fs::create_dir_all(node.dir.ledger_dir()).unwrap();
+    let forked = parent.wait_for_line("fork-hold-unlocked");
+    let child: i32 = forked
+        .split("child_pid=")
+        .nth(1)
+        .and_then(|s| s.trim().parse().ok())
+        .expect("child pid");
+    parent.wait_for_line("holding");
+    let parent_pid = parent.pid();
+    parent.signal(libc::SIGKILL);
+    let _ = parent.wait(TIMEOUT);
+
+    let status = node_status_json(&node);
+    let found = status["unenforced"]["processes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // SAFETY: kill has no memory-safety preconditions; `child` is the probe's child.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    assert!(
+        found
+            .iter()
+            .any(|p| p["pid"] == parent_pid && p["gone"] == true),
+        "{status:#}"
+    );
+}
