@@ -78,6 +78,14 @@ extern "C" {
 #define GPUSLICE_ENV_DIR "GPUSLICE_DIR"
 #define GPUSLICE_ENV_LOG "GPUSLICE_LOG"
 #define GPUSLICE_DEFAULT_DIR "/run/gpuslice"
+/**
+ * Where a container's tenant is pinned: `GPUSLICE_TENANT=<name>` and `GPUSLICE_DIR=<path>`
+ * lines (blank lines and # comments allowed, nothing else). gpuslice's CDI specs mount it
+ * read-only. Where it exists, the shim takes the tenant and the ledger from it; the
+ * environment may only repeat them (another value fails CUDA initialization), and its
+ * limits may only lower the quota's. An unreadable or malformed file fails closed.
+ */
+#define GPUSLICE_PINNED_TENANT_FILE "/etc/gpuslice/tenant"
 
 /* ---- The ledger: on-disk ABI ----
  *

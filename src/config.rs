@@ -19,6 +19,14 @@ use crate::log::Level;
 /// The ledger directory when `GPUSLICE_DIR` is not set.
 pub const DEFAULT_DIR: &str = "/run/gpuslice";
 
+/// Where a container's tenant is pinned ([`gpuslice_ledger::PINNED_TENANT_FILE`]): where
+/// it exists, it decides the tenant and the ledger, and the environment (which a process can
+/// change) may only repeat them. Without it, a process that cleared `GPUSLICE_TENANT` was
+/// passed through, unlimited, even when the shim itself was preloaded from a read-only
+/// `/etc/ld.so.preload`. A fixed path, on purpose: a path that came from the environment
+/// could be pointed elsewhere.
+pub const PINNED_FILE: &str = gpuslice_ledger::PINNED_TENANT_FILE;
+
 /// What the shim does in this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -66,6 +74,25 @@ pub enum ConfigError {
         /// The variable.
         name: String,
     },
+    /// The pinned-tenant file cannot be read or does not hold what it must.
+    #[error("invalid {PINNED_FILE}: {reason}")]
+    Pinned {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The environment names another tenant or ledger than the pinned-tenant file.
+    #[error(
+        "{name}={value:?} differs from {pinned:?}, which {PINNED_FILE} pins for this \
+         container; unset it or give the same value"
+    )]
+    PinnedMismatch {
+        /// The variable.
+        name: &'static str,
+        /// Its value in the environment.
+        value: String,
+        /// What the file pins.
+        pinned: String,
+    },
     /// A limit without a tenant to hold it.
     #[error(
         "{name} is set but GPUSLICE_TENANT is not: name the tenant the setting belongs to \
@@ -78,9 +105,59 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment, under the pinned-tenant file if there is one.
     pub fn from_process_env() -> Result<Config, ConfigError> {
-        Config::from_vars(std::env::vars_os())
+        let pinned = Pinned::read(std::path::Path::new(PINNED_FILE))?;
+        Config::from_vars_pinned(std::env::vars_os(), pinned)
+    }
+
+    /// [`Config::from_vars`] under a pinned tenant and ledger, where there are some: they
+    /// are the tenant's, and the environment may only repeat them.
+    pub fn from_vars_pinned<I, K, V>(vars: I, pinned: Option<Pinned>) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let Some(pinned) = pinned else {
+            return Config::from_vars(vars);
+        };
+        // The pinned tenant stands in for an unset GPUSLICE_TENANT, so that limits in the
+        // environment (which may lower the tenant's) have a tenant to belong to.
+        let mut vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+            .collect();
+        if !vars.iter().any(|(k, _)| k == "GPUSLICE_TENANT") {
+            vars.push(("GPUSLICE_TENANT".into(), pinned.tenant.as_str().into()));
+        }
+        let mut config = Config::from_vars(vars)?;
+        match &mut config.tenant {
+            Some(tenant) => {
+                if tenant.name != pinned.tenant {
+                    return Err(ConfigError::PinnedMismatch {
+                        name: "GPUSLICE_TENANT",
+                        value: tenant.name.to_string(),
+                        pinned: pinned.tenant.to_string(),
+                    });
+                }
+                if tenant.dir != pinned.dir && tenant.dir != std::path::Path::new(DEFAULT_DIR) {
+                    return Err(ConfigError::PinnedMismatch {
+                        name: "GPUSLICE_DIR",
+                        value: tenant.dir.display().to_string(),
+                        pinned: pinned.dir.display().to_string(),
+                    });
+                }
+                tenant.dir = pinned.dir;
+            }
+            // GPUSLICE_TENANT is always set by now.
+            None => {
+                return Err(ConfigError::Pinned {
+                    reason: "its tenant was not taken".to_string(),
+                });
+            }
+        }
+        Ok(config)
     }
 
     /// Reads settings from `(name, value)` pairs, as `std::env::vars_os` yields them.
@@ -204,12 +281,165 @@ impl Config {
     }
 }
 
+/// A tenant and a ledger pinned by [`PINNED_FILE`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pinned {
+    /// `GPUSLICE_TENANT=`.
+    pub tenant: TenantName,
+    /// `GPUSLICE_DIR=`.
+    pub dir: PathBuf,
+}
+
+impl Pinned {
+    /// Reads the file at `path`: `None` if there is none, an error if it cannot be read or
+    /// does not hold exactly a tenant and an absolute ledger directory.
+    pub fn read(path: &std::path::Path) -> Result<Option<Pinned>, ConfigError> {
+        let bad = |reason: String| ConfigError::Pinned { reason };
+        let text = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(bad(format!("cannot be read: {e}"))),
+        };
+        Pinned::parse(&text).map(Some).map_err(bad)
+    }
+
+    /// The file's text: `GPUSLICE_TENANT=<name>` and `GPUSLICE_DIR=<absolute path>` lines,
+    /// blank lines and `#` comments allowed, nothing else.
+    pub fn parse(text: &[u8]) -> Result<Pinned, String> {
+        let mut tenant = None;
+        let mut dir = None;
+        for line in text.split(|&b| b == b'\n') {
+            let line = line.trim_ascii();
+            if line.is_empty() || line.starts_with(b"#") {
+                continue;
+            }
+            let Some(at) = line.iter().position(|&b| b == b'=') else {
+                return Err(format!(
+                    "line {:?} is not NAME=value",
+                    String::from_utf8_lossy(line)
+                ));
+            };
+            let (key, value) = (&line[..at], &line[at + 1..]);
+            match key {
+                b"GPUSLICE_TENANT" => {
+                    let value = std::str::from_utf8(value)
+                        .map_err(|_| "GPUSLICE_TENANT is not UTF-8".to_string())?;
+                    tenant = Some(
+                        TenantName::new(value)
+                            .map_err(|e| format!("GPUSLICE_TENANT={value:?}: {e}"))?,
+                    );
+                }
+                b"GPUSLICE_DIR" => {
+                    let path = PathBuf::from(OsStr::from_bytes(value));
+                    if !path.is_absolute() {
+                        return Err(format!("GPUSLICE_DIR={} is not absolute", path.display()));
+                    }
+                    dir = Some(path);
+                }
+                other => {
+                    return Err(format!(
+                        "{} is not a setting it may pin (GPUSLICE_TENANT, GPUSLICE_DIR)",
+                        String::from_utf8_lossy(other)
+                    ));
+                }
+            }
+        }
+        match (tenant, dir) {
+            (Some(tenant), Some(dir)) => Ok(Pinned { tenant, dir }),
+            _ => Err("it must hold both GPUSLICE_TENANT= and GPUSLICE_DIR=".to_string()),
+        }
+    }
+
+    /// The file's text for `tenant` and `dir`.
+    pub fn text(tenant: &TenantName, dir: &std::path::Path) -> String {
+        format!("GPUSLICE_TENANT={tenant}\nGPUSLICE_DIR={}\n", dir.display())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_vars(vars.iter().copied())
+    }
+
+    fn pinned(tenant: &str, dir: &str) -> Option<Pinned> {
+        Some(Pinned {
+            tenant: TenantName::new(tenant).unwrap(),
+            dir: PathBuf::from(dir),
+        })
+    }
+
+    /// Red team: in `/etc/ld.so.preload` mode a process that cleared `GPUSLICE_TENANT` was
+    /// passed through, unlimited.
+    #[test]
+    fn a_pinned_tenant_holds_whatever_the_environment_says() {
+        let config =
+            Config::from_vars_pinned([("PATH", "/bin")], pinned("pod", "/run/gs")).unwrap();
+        let tenant = config.tenant.unwrap();
+        assert_eq!(tenant.name.as_str(), "pod");
+        assert_eq!(tenant.dir, PathBuf::from("/run/gs"));
+
+        for vars in [
+            &[("GPUSLICE_TENANT", "pod"), ("GPUSLICE_MEMORY_LIMIT", "1Gi")][..],
+            &[("GPUSLICE_MEMORY_LIMIT", "1Gi")][..],
+        ] {
+            let lower =
+                Config::from_vars_pinned(vars.iter().copied(), pinned("pod", "/run/gs")).unwrap();
+            assert_eq!(lower.tenant.unwrap().memory_limit, Some(1 << 30));
+        }
+
+        let other =
+            Config::from_vars_pinned([("GPUSLICE_TENANT", "else")], pinned("pod", "/run/gs"));
+        assert!(matches!(
+            other,
+            Err(ConfigError::PinnedMismatch {
+                name: "GPUSLICE_TENANT",
+                ..
+            })
+        ));
+        let elsewhere = Config::from_vars_pinned(
+            [("GPUSLICE_TENANT", "pod"), ("GPUSLICE_DIR", "/tmp/x")],
+            pinned("pod", "/run/gs"),
+        );
+        assert!(matches!(
+            elsewhere,
+            Err(ConfigError::PinnedMismatch {
+                name: "GPUSLICE_DIR",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_pinned_file_must_hold_exactly_a_tenant_and_an_absolute_dir() {
+        let ok = Pinned::parse(b"# made by gpuslice\nGPUSLICE_TENANT=pod\nGPUSLICE_DIR=/run/gs\n");
+        assert_eq!(ok, Ok(pinned("pod", "/run/gs").unwrap()));
+        for bad in [
+            &b""[..],
+            b"GPUSLICE_TENANT=pod\n",
+            b"GPUSLICE_TENANT=pod\nGPUSLICE_DIR=relative\n",
+            b"GPUSLICE_TENANT=_x\nGPUSLICE_DIR=/run/gs\n",
+            b"GPUSLICE_TENANT=pod\nGPUSLICE_DIR=/run/gs\nGPUSLICE_MEMORY_LIMIT=1Gi\n",
+            b"nonsense\n",
+        ] {
+            assert!(
+                Pinned::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let text = Pinned::text(
+            &TenantName::new("pod").unwrap(),
+            std::path::Path::new("/run/gs"),
+        );
+        assert_eq!(
+            Pinned::parse(text.as_bytes()),
+            Ok(pinned("pod", "/run/gs").unwrap())
+        );
+        let missing = Pinned::read(std::path::Path::new("/nonexistent/gpuslice/tenant"));
+        assert_eq!(missing, Ok(None));
     }
 
     #[test]

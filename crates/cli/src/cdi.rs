@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, anyhow};
-use gpuslice_ledger::{Ledger, TenantName};
+use gpuslice_ledger::{Ledger, PINNED_TENANT_FILE, TenantName};
 use serde::{Deserialize, Serialize};
 
 use crate::cdi_rules::{self, Violation};
@@ -34,6 +34,8 @@ pub const KIND: &str = "gpuslice.dev/gpu";
 pub const LD_SO_PRELOAD: &str = "/etc/ld.so.preload";
 /// The file, in the ledger directory, mounted as `/etc/ld.so.preload` in that mode.
 pub const PRELOAD_FILE_NAME: &str = "ld.so.preload";
+/// The file, in a tenant's directory, that pins the tenant in its containers.
+pub const PIN_FILE_NAME: &str = "pinned";
 
 /// A CDI spec file (the subset of the format gpuslice writes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,8 +192,18 @@ impl Layout {
         edits
     }
 
+    /// The host file that pins tenant `t` in its containers: `<ledger>/tenants/<t>/pinned`,
+    /// mounted read-only at [`PINNED_TENANT_FILE`].
+    pub fn pin_file(&self, t: &TenantName) -> PathBuf {
+        Ledger::at_path(&self.ledger_host)
+            .tenant_dir(t)
+            .join(PIN_FILE_NAME)
+    }
+
     /// The device of tenant `t`: its name, its usage file mounted read-write over the
-    /// read-only `tenants/`, and its lock file, the only one the container sees.
+    /// read-only `tenants/`, its lock file (the only one the container sees), and the file
+    /// that pins the tenant, read-only (a process cannot leave its tenant by clearing
+    /// `GPUSLICE_TENANT`).
     fn device(&self, t: &TenantName) -> Device {
         let (host, container) = (
             Ledger::at_path(&self.ledger_host),
@@ -204,6 +216,7 @@ impl Layout {
                 mounts: vec![
                     Mount::bind(&host.usage_path(t), &container.usage_path(t), false),
                     Mount::bind(&host.lock_path(t), &container.lock_path(t), false),
+                    Mount::bind(&self.pin_file(t), Path::new(PINNED_TENANT_FILE), true),
                 ],
             },
         }
@@ -336,6 +349,20 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), CdiError> {
     })
 }
 
+/// Makes sure tenant `t`'s pin file names it and the ledger as its containers see them;
+/// rewrites it only when it says something else.
+pub fn ensure_pin_file(layout: &Layout, t: &TenantName) -> Result<(), CdiError> {
+    let path = layout.pin_file(t);
+    let wanted = format!(
+        "GPUSLICE_TENANT={t}\nGPUSLICE_DIR={}\n",
+        layout.ledger_container.display()
+    );
+    if fs::read_to_string(&path).is_ok_and(|text| text == wanted) {
+        return Ok(());
+    }
+    write_atomically(&path, &wanted)
+}
+
 /// Makes sure `<ledger>/ld.so.preload` names the shim as the container sees it (for
 /// `/etc/ld.so.preload` mode); rewrites it only when it says something else.
 pub fn ensure_preload_file(layout: &Layout) -> Result<(), CdiError> {
@@ -390,6 +417,7 @@ pub fn generate(args: &CdiGenerateArgs) -> Result<u8, Failure> {
             .usage();
         }
         crate::plugin::tenants::prepare_usage(&ledger, t).failed()?;
+        ensure_pin_file(&layout, t).failed()?;
     }
     if layout.preload == Preload::LdSoPreload {
         ensure_preload_file(&layout).failed()?;
@@ -468,6 +496,10 @@ mod tests {
         assert_eq!(lock.host_path, "/run/gpuslice/locks/team-a");
         assert_eq!(lock.container_path, "/run/gpuslice/locks/team-a");
         assert!(lock.options.contains(&"rw".into()));
+        let pin = &device.container_edits.mounts[2];
+        assert_eq!(pin.host_path, "/run/gpuslice/tenants/team-a/pinned");
+        assert_eq!(pin.container_path, PINNED_TENANT_FILE);
+        assert!(pin.options.contains(&"ro".into()));
         assert_eq!(device_name(&t), "gpuslice.dev/gpu=team-a");
     }
 

@@ -191,6 +191,8 @@ fn podman_runs_a_container_as_the_tenant_of_its_allocation() {
             "/bin/sh",
             "-c",
             "echo \"preload=$LD_PRELOAD tenant=$GPUSLICE_TENANT dir=$GPUSLICE_DIR\"; \
+             (unset GPUSLICE_TENANT GPUSLICE_DIR; echo unpinned-attempt; \
+              exec /cudaprobe dlsym info) && \
              exec /cudaprobe dlsym info fill 16M",
         ],
     );
@@ -203,7 +205,20 @@ fn podman_runs_a_container_as_the_tenant_of_its_allocation() {
             .contains(&format!("preload={shim} tenant={tenant} dir={ledger}")),
         "{out:?}"
     );
-    assert_eq!(field(&out.stdout, "info", "total"), 256 * MIB, "{out:?}");
+    // Every process of the container is the tenant's: one that clears GPUSLICE_TENANT
+    // (before: passed through, unlimited) is pinned by the mounted file.
+    let totals: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("info"))
+        .collect();
+    assert_eq!(totals.len(), 2, "{out:?}");
+    for line in totals {
+        assert!(
+            line.contains(&format!("total={}", 256 * MIB)),
+            "{line}: {out:?}"
+        );
+    }
     assert_eq!(
         field(&out.stdout, "fill", "bytes"),
         256 * MIB - CONTEXT,

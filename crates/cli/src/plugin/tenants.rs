@@ -340,6 +340,7 @@ pub fn ensure_spec(
     cdi_dir: &Path,
     t: &TenantName,
 ) -> Result<bool, TenantError> {
+    cdi::ensure_pin_file(layout, t)?;
     let path = cdi_dir.join(cdi::spec_file_name(t));
     let wanted = cdi::to_json(&layout.spec(std::slice::from_ref(t)))?;
     if fs::read_to_string(&path).is_ok_and(|text| text == wanted) {
