@@ -206,9 +206,7 @@ impl VmmCharges {
         {
             allocation.handle_references = allocation.handle_references.saturating_add(1);
         }
-        let Some(Pin(id)) = pin else {
-            return None;
-        };
+        let Pin(id) = pin?;
         if named != Some(id)
             && let Some(allocation) = state.allocations.get_mut(&id)
         {
@@ -588,50 +586,69 @@ mod tests {
 
         #[derive(Clone, Debug)]
         enum Call {
-            Create { slots: u64 },
-            Map { handle: u64, at: usize },
+            Create { slots: usize },
+            Map { handle: usize, at: usize },
             Unmap { at: usize, slots: usize },
-            Release { handle: u64 },
+            Release { handle: usize },
             Retain { at: usize },
         }
 
         fn call() -> impl Strategy<Value = Call> {
             prop_oneof![
-                (1u64..4).prop_map(|slots| Call::Create { slots }),
-                (1u64..8, 0..SLOTS).prop_map(|(handle, at)| Call::Map { handle, at }),
+                (1usize..4).prop_map(|slots| Call::Create { slots }),
+                (1usize..8, 0..SLOTS).prop_map(|(handle, at)| Call::Map { handle, at }),
                 (0..SLOTS, 1..SLOTS).prop_map(|(at, slots)| Call::Unmap { at, slots }),
-                (1u64..8).prop_map(|handle| Call::Release { handle }),
+                (1usize..8).prop_map(|handle| Call::Release { handle }),
                 (0..SLOTS).prop_map(|at| Call::Retain { at }),
             ]
         }
 
+        /// One allocation as the driver keeps it; freed once both counts are 0.
+        #[derive(Clone, Copy)]
+        struct Kept {
+            slots: usize,
+            handle_references: u32,
+            mappings: u32,
+        }
+
+        impl Kept {
+            fn live(&self) -> bool {
+                self.handle_references > 0 || self.mappings > 0
+            }
+        }
+
         #[derive(Default)]
         struct Driver {
-            /// By handle - 1: (slots, handle references, mappings); freed once both are 0.
-            allocations: Vec<(u64, u32, u32)>,
+            /// By handle - 1 (handles are 1, 2, ...).
+            allocations: Vec<Kept>,
             /// What is mapped in each slot: (handle, first slot of its mapping).
-            slots: [Option<(u64, usize)>; SLOTS],
+            slots: [Option<(usize, usize)>; SLOTS],
         }
 
         impl Driver {
-            fn live(&self, handle: u64) -> Option<&(u64, u32, u32)> {
-                let a = self
-                    .allocations
-                    .get(usize::try_from(handle).ok()?.checked_sub(1)?)?;
-                (a.1 > 0 || a.2 > 0).then_some(a)
+            fn get(&mut self, handle: usize) -> Option<&mut Kept> {
+                self.allocations
+                    .get_mut(handle.checked_sub(1)?)
+                    .filter(|a| a.live())
             }
 
-            fn allocated_mib(&self) -> u64 {
-                self.allocations
+            fn allocated(&self) -> u64 {
+                let slots: usize = self
+                    .allocations
                     .iter()
-                    .filter(|a| a.1 > 0 || a.2 > 0)
-                    .map(|a| a.0)
-                    .sum()
+                    .filter(|a| a.live())
+                    .map(|a| a.slots)
+                    .sum();
+                slots as u64 * MIB
             }
         }
 
-        fn slot_address(at: usize) -> u64 {
-            VA + at as u64 * MIB
+        fn address(slot: usize) -> u64 {
+            VA + slot as u64 * MIB
+        }
+
+        fn bytes(charge: Option<Charge>) -> u64 {
+            charge.map_or(0, |c| c.bytes)
         }
 
         proptest! {
@@ -644,31 +661,36 @@ mod tests {
                 let mut given_back = 0u64;
                 let mut freed_by_driver = 0u64;
                 for call in calls {
-                    let before = driver.allocated_mib();
+                    let before = driver.allocated();
                     match call {
                         Call::Create { slots } => {
-                            driver.allocations.push((slots, 1, 0));
+                            driver.allocations.push(Kept { slots, handle_references: 1, mappings: 0 });
                             let handle = driver.allocations.len() as u64;
-                            prop_assert_eq!(table.created(handle, charge(slots)), None);
+                            prop_assert_eq!(table.created(handle, charge(slots as u64)), None);
                         }
                         Call::Map { handle, at } => {
-                            let pin = table.pin_handle(handle);
-                            let fits = driver.live(handle).is_some_and(|a| {
-                                a.1 > 0
-                                    && at + a.0 as usize <= SLOTS
-                                    && driver.slots[at..at + a.0 as usize].iter().all(Option::is_none)
+                            let pin = table.pin_handle(handle as u64);
+                            let free = driver.slots;
+                            let mapped = driver.get(handle).and_then(|a| {
+                                let end = at + a.slots;
+                                let fits = a.handle_references > 0
+                                    && end <= SLOTS
+                                    && free[at..end].iter().all(Option::is_none);
+                                fits.then(|| {
+                                    a.mappings += 1;
+                                    a.slots
+                                })
                             });
-                            if fits {
-                                let slots = driver.allocations[handle as usize - 1].0;
-                                driver.allocations[handle as usize - 1].2 += 1;
-                                for slot in &mut driver.slots[at..at + slots as usize] {
-                                    *slot = Some((handle, at));
+                            match mapped {
+                                Some(slots) => {
+                                    for slot in &mut driver.slots[at..at + slots] {
+                                        *slot = Some((handle, at));
+                                    }
+                                    for c in table.mapped(pin, address(at), slots as u64 * MIB) {
+                                        given_back += c.bytes;
+                                    }
                                 }
-                                for c in table.mapped(pin, slot_address(at), slots * MIB) {
-                                    given_back += c.bytes;
-                                }
-                            } else if let Some(pin) = pin {
-                                given_back += table.unpin(pin).map_or(0, |c| c.bytes);
+                                None => given_back += bytes(pin.and_then(|p| table.unpin(p))),
                             }
                         }
                         Call::Unmap { at, slots } => {
@@ -677,8 +699,7 @@ mod tests {
                             // Whole mappings only, and at least one.
                             let whole = range.iter().any(Option::is_some)
                                 && range.iter().flatten().all(|&(handle, first)| {
-                                    let len = driver.allocations[handle as usize - 1].0 as usize;
-                                    first >= at && first + len <= end
+                                    first >= at && first + driver.allocations[handle - 1].slots <= end
                                 });
                             if whole {
                                 let mut seen = Vec::new();
@@ -687,43 +708,40 @@ mod tests {
                                         && !seen.contains(&mapping)
                                     {
                                         seen.push(mapping);
-                                        driver.allocations[mapping.0 as usize - 1].2 -= 1;
+                                        driver.allocations[mapping.0 - 1].mappings -= 1;
                                     }
                                 }
-                                let size = (end - at) as u64 * MIB;
-                                for c in table.unmapped(slot_address(at), size) {
+                                for c in table.unmapped(address(at), (end - at) as u64 * MIB) {
                                     given_back += c.bytes;
                                 }
                             }
                         }
                         Call::Release { handle } => {
-                            let pin = table.pin_handle(handle);
-                            let valid = driver.live(handle).is_some_and(|a| a.1 > 0);
-                            if valid {
-                                driver.allocations[handle as usize - 1].1 -= 1;
-                            }
+                            let pin = table.pin_handle(handle as u64);
+                            let valid = match driver.get(handle) {
+                                Some(a) if a.handle_references > 0 => {
+                                    a.handle_references -= 1;
+                                    true
+                                }
+                                _ => false,
+                            };
                             if let Some(pin) = pin {
-                                let freed = if valid { table.released(pin) } else { table.unpin(pin) };
-                                given_back += freed.map_or(0, |c| c.bytes);
+                                given_back += bytes(if valid { table.released(pin) } else { table.unpin(pin) });
                             }
                         }
                         Call::Retain { at } => {
-                            let pin = table.pin_address(slot_address(at));
+                            let pin = table.pin_address(address(at));
                             match driver.slots[at] {
                                 Some((handle, _)) => {
-                                    driver.allocations[handle as usize - 1].1 += 1;
-                                    given_back += table.retained(pin, handle).map_or(0, |c| c.bytes);
+                                    driver.allocations[handle - 1].handle_references += 1;
+                                    given_back += bytes(table.retained(pin, handle as u64));
                                 }
-                                None => {
-                                    if let Some(pin) = pin {
-                                        given_back += table.unpin(pin).map_or(0, |c| c.bytes);
-                                    }
-                                }
+                                None => given_back += bytes(pin.and_then(|p| table.unpin(p))),
                             }
                         }
                     }
-                    freed_by_driver += before.saturating_sub(driver.allocated_mib()) * MIB;
-                    prop_assert_eq!(table.charged(), driver.allocated_mib() * MIB);
+                    freed_by_driver += before.saturating_sub(driver.allocated());
+                    prop_assert_eq!(table.charged(), driver.allocated());
                     prop_assert_eq!(given_back, freed_by_driver);
                 }
             }
