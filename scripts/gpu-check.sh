@@ -551,6 +551,52 @@ check_pool_release_threshold() {
   expect "cuMemAlloc 1G at the quota rc == 0 (the idle pool is trimmed)" "$(field "$out" alloc rc)" "==" 0
 }
 
+# The red-team's VMM loop against the real driver: under a 2 GiB quota, create 512 MiB, map
+# it and release the handle at once, ten times. The mapping keeps the memory, so the rounds
+# must be refused at the quota and NVML without the shim never sees the process above it;
+# unmapping gives it all back. Then NCCL's free pattern: a handle retained from a mapped
+# address keeps the memory charged after the unmap until it is released too.
+check_vmm_release_while_mapped() {
+  [ -z "$PROBE_ERROR" ] || { problem "$PROBE_ERROR"; return; }
+  local quota=$((2 * GIB)) out=$CHECK_DIR/probe.out chunk=$((512 * MIB))
+  shim_env
+  monitor_start "$quota"
+  # `sleep 500` holds the peak for the monitor.
+  run probe "${SHIM[@]}" GPUSLICE_MEMORY_LIMIT=$quota "$PROBE" dlsym vmm-loop 10 512M info \
+    sleep 500 vmm-unmap-loop info
+  local status=$?
+  monitor_stop
+  [ "$status" -eq 0 ] || problem "cudaprobe $(how_it_ended "$status"): $(last_line "$CHECK_DIR/probe.err")"
+  local mapped refused before after
+  mapped=$(field "$out" vmm-loop mapped)
+  refused=$(field "$out" vmm-loop refused)
+  before=$(field "$out" info free 1)
+  after=$(field "$out" info free 2)
+  detail "$mapped of 10 rounds of 512 MiB mapped with their handles released, $refused refused; free $(mib "$before") -> $(mib "$after") after the unmaps"
+  expect "vmm-loop other == 0" "$(field "$out" vmm-loop other)" "==" 0
+  expect "at least one round mapped" "$mapped" ">=" 1
+  is_int "$mapped" && expect "mapped rounds <= quota" "$((mapped * chunk))" "<=" "$quota"
+  is_int "$mapped" && expect "every other round refused" "$refused" "==" "$((10 - mapped))"
+  expect "vmm-unmap-loop failures == 0" "$(field "$out" vmm-unmap-loop failed)" "==" 0
+  is_int "$mapped" && is_int "$before" &&
+    expect "the unmaps give back every round" "$after" ">=" "$((before + mapped * chunk))"
+
+  out=$CHECK_DIR/retain.out
+  run retain "${SHIM[@]}" GPUSLICE_MEMORY_LIMIT=$quota "$PROBE" dlsym info vmm 64M va-reserve 64M \
+    vmm-map 0 0 vmm-retain 4096 vmm-release 0 vmm-unmap 0 64M info vmm-release 0 info
+  status=$?
+  [ "$status" -eq 0 ] || problem "cudaprobe $(how_it_ended "$status"): $(last_line "$CHECK_DIR/retain.err")"
+  local start retained released
+  start=$(field "$out" info free 1)
+  retained=$(field "$out" info free 2)
+  released=$(field "$out" info free 3)
+  detail "retain/release/unmap/release: free $(mib "$start") -> $(mib "$retained") -> $(mib "$released")"
+  expect "vmm-map rc == 0" "$(field "$out" vmm-map rc)" "==" 0
+  expect "vmm-retain returns the handle that maps it" "$(field "$out" vmm-retain index)" "==" 0
+  is_int "$start" && expect "unmapped but retained: still charged" "$retained" "<=" "$((start - 64 * MIB))"
+  is_int "$start" && expect "released: given back" "$released" ">=" "$((start - 16 * MIB))"
+}
+
 # --- driver ----------------------------------------------------------------------------
 
 # run_check NAME FUNCTION: one PASS or FAIL line; a failed check shows its programs' output.
@@ -617,7 +663,7 @@ header() {
 CHECKS=(torch-mem-get-info torch-oom torch-expandable-oom torch-fine-oom jax-prealloc cupy-oom triton-kernel
   nvidia-smi cudarc-alloc-until-oom cudarc-spin cudaprobe-paths bad-setting-fails-closed
   no-cuda-programs context-footprint fork-child-keeps-memory stream-ordered-frees
-  pool-release-threshold)
+  pool-release-threshold vmm-release-while-mapped)
 
 main() {
   local name

@@ -7,6 +7,7 @@ use std::hash::BuildHasherDefault;
 use parking_lot::Mutex;
 
 use crate::policy::memory::Charge;
+use crate::policy::vmm::VmmCharges;
 
 const SHARDS: usize = 16;
 
@@ -67,8 +68,8 @@ impl Default for ChargeTable {
 pub struct Allocations {
     /// `cuMemAlloc*` and friends: device pointers.
     pub device: ChargeTable,
-    /// `cuMemCreate`: VMM allocation handles.
-    pub vmm: ChargeTable,
+    /// `cuMemCreate`: VMM allocations, their references and mappings.
+    pub vmm: VmmCharges,
     /// `cuArrayCreate`, `cuArray3DCreate`, `cuMipmappedArrayCreate`: array handles.
     pub arrays: ChargeTable,
 }

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void};
 
 use crate::cuda::*;
-use crate::hooks::{context, launch, memory, pools, procaddr, stream};
+use crate::hooks::{context, launch, memory, pools, procaddr, stream, vmm};
 
 /// Hooks of the pre-3.2 32-bit memory API: see [`memory::legacy_refused`].
 unsafe fn legacy_alloc(_: *mut u32, _: u32) -> CUresult {
@@ -54,8 +54,11 @@ super::exports! {
     fn cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const CUmemPoolProps) => pools::create;
     fn cuMemPoolDestroy(pool: CUmemoryPool) => pools::destroy;
     fn cuMemPoolTrimTo(pool: CUmemoryPool, keep: usize) => pools::trim_to;
-    fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, bytes: usize, prop: *const CUmemAllocationProp, flags: u64) => memory::vmm_create;
-    fn cuMemRelease(handle: CUmemGenericAllocationHandle) => memory::vmm_release;
+    fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, bytes: usize, prop: *const CUmemAllocationProp, flags: u64) => vmm::create;
+    fn cuMemRelease(handle: CUmemGenericAllocationHandle) => vmm::release;
+    fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64) => vmm::map;
+    fn cuMemUnmap(ptr: CUdeviceptr, size: usize) => vmm::unmap;
+    fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) => vmm::retain;
     fn cuArrayCreate_v2(array: *mut CUarray, desc: *const CudaArrayDescriptor) => memory::array_create;
     fn cuArray3DCreate_v2(array: *mut CUarray, desc: *const CudaArray3dDescriptor) => memory::array3d_create;
     fn cuArrayDestroy(array: CUarray) => memory::array_destroy;

@@ -1,5 +1,6 @@
 //! Every call that takes or gives back device memory, except stream-ordered allocation and
-//! memory pools (`pools.rs`), which share the reservation made here.
+//! memory pools (`pools.rs`) and virtual memory management (`vmm.rs`), which share the
+//! reservation made here.
 //!
 //! Order matters. Taking memory: reserve in the ledger, then call the driver, then record
 //! the charge (a failed driver call drops the reservation). Giving it back: take the charge
@@ -175,46 +176,6 @@ pub(crate) unsafe fn free(dptr: CUdeviceptr) -> CUresult {
     let call = || unsafe { real(dptr) };
     let shim = shim_or!(call());
     uncharged(shim, &shim.allocations.device, dptr, call)
-}
-
-/// `cuMemCreate` (VMM: PyTorch's expandable segments, JAX, NCCL). Only device-located
-/// allocations take device memory.
-pub(crate) unsafe fn vmm_create(
-    handle: *mut CUmemGenericAllocationHandle,
-    bytes: usize,
-    prop: *const CUmemAllocationProp,
-    flags: u64,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemCreate);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(handle, bytes, prop, flags) };
-    let shim = shim_or!(call());
-    if handle.is_null() || prop.is_null() {
-        return call();
-    }
-    // SAFETY: non-null, and the API requires it to point at a CUmemAllocationProp.
-    let location = unsafe { (*prop).location };
-    if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
-        return call();
-    }
-    let gpu = match shim.devices.by_ordinal(&shim.memory, location.id) {
-        Ok(gpu) => gpu,
-        Err(status) => return status,
-    };
-    charged(shim, &shim.allocations.vmm, &gpu, bytes as u64, || {
-        let status = call();
-        // SAFETY: `handle` is non-null and written by the driver when `call` succeeded.
-        (status, Some(unsafe { *handle }))
-    })
-}
-
-/// `cuMemRelease`.
-pub(crate) unsafe fn vmm_release(handle: CUmemGenericAllocationHandle) -> CUresult {
-    let real = real_or_missing!(real::cuMemRelease);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(handle) };
-    let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.vmm, handle, call)
 }
 
 /// Bytes an array of these dimensions takes. A format this shim does not know is charged

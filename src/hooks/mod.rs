@@ -12,6 +12,7 @@ pub mod nvml_probe;
 pub mod pools;
 pub mod procaddr;
 pub mod stream;
+pub mod vmm;
 
 /// The real function a hook forwards to; `CUDA_ERROR_NOT_FOUND` from the hook when the
 /// installed driver lacks it.

@@ -6,3 +6,4 @@ pub mod memory;
 pub mod pools;
 pub mod priority;
 pub mod turns;
+pub mod vmm;

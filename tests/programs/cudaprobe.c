@@ -31,6 +31,7 @@ typedef void *CUmemoryPool;
 typedef uint64_t CUmemHandle;
 typedef struct { unsigned type, handle_types; struct { unsigned type; int id; } location; void *win32; unsigned char flags[8]; } CUmemAllocationProp;
 typedef struct { unsigned alloc_type, handle_types; struct { unsigned type; int id; } location; void *win32; size_t max_size; unsigned short usage; unsigned char reserved[54]; } CUmemPoolProps;
+typedef struct { struct { unsigned type; int id; } location; unsigned flags; } CUmemAccessDesc;
 typedef struct { size_t width, height; unsigned format, channels; } ArrayDesc;
 typedef struct { size_t width, height, depth; unsigned format, channels, flags; } Array3dDesc;
 typedef struct { unsigned long long total, free, used; } NvmlMemory;
@@ -57,6 +58,12 @@ typedef struct { unsigned version; unsigned long long total, reserved, free, use
   X(cuStreamSynchronize, CUresult, (CUstream)) \
   X(cuMemCreate, CUresult, (CUmemHandle *, size_t, const CUmemAllocationProp *, unsigned long long)) \
   X(cuMemRelease, CUresult, (CUmemHandle)) \
+  X(cuMemAddressReserve, CUresult, (CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long)) \
+  X(cuMemAddressFree, CUresult, (CUdeviceptr, size_t)) \
+  X(cuMemMap, CUresult, (CUdeviceptr, size_t, size_t, CUmemHandle, unsigned long long)) \
+  X(cuMemUnmap, CUresult, (CUdeviceptr, size_t)) \
+  X(cuMemSetAccess, CUresult, (CUdeviceptr, size_t, const CUmemAccessDesc *, size_t)) \
+  X(cuMemRetainAllocationHandle, CUresult, (CUmemHandle *, void *)) \
   X(cuArrayCreate_v2, CUresult, (CUarray *, const ArrayDesc *)) \
   X(cuArray3DCreate_v2, CUresult, (CUarray *, const Array3dDesc *)) \
   X(cuArrayDestroy, CUresult, (CUarray)) \
@@ -89,6 +96,16 @@ static void *module;
 enum { MAX_HELD = 4096 };
 static struct { char kind; uint64_t handle; } held[MAX_HELD];
 static int held_count;
+
+/* VMM: the handles "vmm" created, in order (their size beside), the range "va-reserve" made
+ * last, and the ranges "vmm-loop" mapped. */
+enum { MAX_VMM = 256 };
+static struct { CUmemHandle handle; size_t bytes; } created[MAX_VMM];
+static int created_count;
+static CUdeviceptr va;
+static size_t va_bytes;
+static struct { CUdeviceptr va; size_t bytes; } looped[MAX_VMM];
+static int looped_count;
 
 /* Streams by number: 0 is the NULL stream, 1 to 3 are created (non-blocking) on first use. */
 static CUstream streams[4];
@@ -224,6 +241,31 @@ static void *stress_async_thread(void *arg) {
   }
   if (CALL(cuStreamSynchronize)(stream) != 0) s->other++;
   return NULL;
+}
+
+static int vmm_index(const char *text) {
+  int i = atoi(text);
+  if (i < 0 || i >= created_count) { fprintf(stderr, "no VMM handle #%s\n", text); exit(2); }
+  return i;
+}
+
+static CUmemAllocationProp device_prop(void) {
+  CUmemAllocationProp prop;
+  memset(&prop, 0, sizeof prop);
+  prop.type = 1;           /* CU_MEM_ALLOCATION_TYPE_PINNED */
+  prop.location.type = 1;  /* CU_MEM_LOCATION_TYPE_DEVICE */
+  prop.location.id = device;
+  return prop;
+}
+
+/* Read-write access for this process's device to [ptr, ptr + bytes). */
+static CUresult grant_access(CUdeviceptr ptr, size_t bytes) {
+  CUmemAccessDesc access;
+  memset(&access, 0, sizeof access);
+  access.location.type = 1;
+  access.location.id = device;
+  access.flags = 3;  /* CU_MEM_ACCESS_FLAGS_PROT_READWRITE */
+  return CALL(cuMemSetAccess)(ptr, bytes, &access, 1);
 }
 
 static void free_all(void) {
@@ -367,15 +409,88 @@ int main(int argc, char **argv) {
       printf("pitch %zux%zu rc=%d pitch=%zu\n", width, height, rc, pitch);
     } else if (!strcmp(cmd, "vmm")) {
       size_t bytes = quantity(NEXT());
-      CUmemAllocationProp prop;
-      memset(&prop, 0, sizeof prop);
-      prop.type = 1;           /* CU_MEM_ALLOCATION_TYPE_PINNED */
-      prop.location.type = 1;  /* CU_MEM_LOCATION_TYPE_DEVICE */
-      prop.location.id = device;
+      CUmemAllocationProp prop = device_prop();
       CUmemHandle handle = 0;
       rc = CALL(cuMemCreate)(&handle, bytes, &prop, 0);
-      if (rc == 0) keep('v', handle);
+      if (rc == 0) {
+        keep('v', handle);
+        if (created_count < MAX_VMM) {
+          created[created_count].handle = handle;
+          created[created_count].bytes = bytes;
+          created_count++;
+        }
+      }
       printf("vmm %zu rc=%d\n", bytes, rc);
+    } else if (!strcmp(cmd, "va-reserve")) {
+      /* An address range for "vmm-map", "vmm-unmap" and "vmm-retain" (offsets into it). */
+      va_bytes = quantity(NEXT());
+      rc = CALL(cuMemAddressReserve)(&va, va_bytes, 0, 0, 0);
+      printf("va-reserve rc=%d\n", rc);
+    } else if (!strcmp(cmd, "vmm-map")) {
+      /* Maps all of handle #I (in the order "vmm" created them) at OFFSET of the range, and
+       * makes it readable and writable. */
+      int i = vmm_index(NEXT());
+      size_t offset = quantity(NEXT());
+      rc = CALL(cuMemMap)(va + offset, created[i].bytes, 0, created[i].handle, 0);
+      CUresult access = rc == 0 ? grant_access(va + offset, created[i].bytes) : -1;
+      printf("vmm-map rc=%d access=%d\n", rc, access);
+    } else if (!strcmp(cmd, "vmm-unmap")) {
+      size_t offset = quantity(NEXT());
+      size_t bytes = quantity(NEXT());
+      rc = CALL(cuMemUnmap)(va + offset, bytes);
+      printf("vmm-unmap rc=%d\n", rc);
+    } else if (!strcmp(cmd, "vmm-release")) {
+      /* Releases handle #I once more (free-all no longer does). */
+      int i = vmm_index(NEXT());
+      rc = CALL(cuMemRelease)(created[i].handle);
+      for (int h = 0; h < held_count; h++)
+        if (held[h].kind == 'v' && held[h].handle == created[i].handle) held[h].kind = 0;
+      printf("vmm-release rc=%d\n", rc);
+    } else if (!strcmp(cmd, "vmm-retain")) {
+      /* cuMemRetainAllocationHandle at OFFSET of the range: which handle # it returned. */
+      size_t offset = quantity(NEXT());
+      CUmemHandle handle = 0;
+      rc = CALL(cuMemRetainAllocationHandle)(&handle, (void *)(uintptr_t)(va + offset));
+      int index = -1;
+      for (int i = 0; i < created_count; i++)
+        if (rc == 0 && created[i].handle == handle) index = i;
+      printf("vmm-retain rc=%d index=%d\n", rc, index);
+    } else if (!strcmp(cmd, "vmm-loop")) {
+      /* The documented VMM pattern N times: create, reserve, map, grant access, release the
+       * handle at once (the mapping keeps the memory). */
+      int rounds = atoi(NEXT());
+      size_t bytes = quantity(NEXT());
+      int mapped = 0, refused = 0, other = 0;
+      for (int r = 0; r < rounds; r++) {
+        CUmemAllocationProp prop = device_prop();
+        CUmemHandle handle = 0;
+        CUdeviceptr range = 0;
+        rc = CALL(cuMemCreate)(&handle, bytes, &prop, 0);
+        if (rc == 2) { refused++; continue; }
+        if (rc != 0) { other++; continue; }
+        int ok = CALL(cuMemAddressReserve)(&range, bytes, 0, 0, 0) == 0;
+        ok = ok && CALL(cuMemMap)(range, bytes, 0, handle, 0) == 0;
+        ok = ok && grant_access(range, bytes) == 0;
+        ok = CALL(cuMemRelease)(handle) == 0 && ok;
+        if (ok && looped_count < MAX_VMM) {
+          looped[looped_count].va = range;
+          looped[looped_count].bytes = bytes;
+          looped_count++;
+          mapped++;
+        } else {
+          other++;
+        }
+      }
+      printf("vmm-loop mapped=%d refused=%d other=%d\n", mapped, refused, other);
+    } else if (!strcmp(cmd, "vmm-unmap-loop")) {
+      /* Unmaps what "vmm-loop" mapped and frees its ranges. */
+      int failed = 0;
+      for (int i = 0; i < looped_count; i++) {
+        failed += CALL(cuMemUnmap)(looped[i].va, looped[i].bytes) != 0;
+        failed += CALL(cuMemAddressFree)(looped[i].va, looped[i].bytes) != 0;
+      }
+      looped_count = 0;
+      printf("vmm-unmap-loop failed=%d\n", failed);
     } else if (!strcmp(cmd, "array")) {
       /* One argument a statement: the order of an initializer list's expressions is
        * unspecified in C. */

@@ -128,6 +128,7 @@ pub static TABLE: &[Entry] = entries! {
     "cuMemAddressFree" 10020 => "cuMemAddressFree";
     "cuMemCreate" 10020 => "cuMemCreate";
     "cuMemRelease" 10020 => "cuMemRelease";
+    "cuMemRetainAllocationHandle" 11000 => "cuMemRetainAllocationHandle";
     "cuMemMap" 10020 => "cuMemMap";
     "cuMemUnmap" 10020 => "cuMemUnmap";
     "cuMemSetAccess" 10020 => "cuMemSetAccess";

@@ -1,9 +1,11 @@
 //! Virtual memory management (`cuMemCreate`, `cuMemAddressReserve`, `cuMemMap`, ...), as
 //! PyTorch's expandable segments, JAX and NCCL use it.
 //!
-//! Physical memory is a memfd of the requested size, charged to its device while any handle
-//! or mapping refers to it; address ranges are `PROT_NONE` reservations; `cuMemMap` places
-//! the memfd into a reservation with `MAP_FIXED | MAP_SHARED` (still inaccessible), and
+//! Physical memory is a memfd of the requested size, charged to its device while anything
+//! refers to it, as the driver does: its handle, until released as often as it was taken
+//! (`cuMemCreate` and each `cuMemRetainAllocationHandle` give one reference), and every range
+//! it is mapped into, until unmapped. Address ranges are `PROT_NONE` reservations; `cuMemMap`
+//! places the memfd into a reservation with `MAP_FIXED | MAP_SHARED` (still inaccessible), and
 //! `cuMemSetAccess` makes it readable and writable.
 
 use std::collections::BTreeMap;
@@ -15,25 +17,34 @@ use parking_lot::Mutex;
 
 use crate::device::{Charge, Device};
 use crate::error::{CuError, CuResult};
-use crate::handles::Table;
+use crate::handles;
 use crate::mapping::{self, Access, Mapping};
 
 /// Allocation granularity (minimum and recommended): 2 MiB, as on an H100.
 pub const GRANULARITY: usize = 2 << 20;
 
-/// Physical memory made by `cuMemCreate`.
+/// Physical memory made by `cuMemCreate`; its charge goes with the last reference to it.
 #[derive(Debug)]
 struct Physical {
     fd: OwnedFd,
     size: usize,
+    /// The handle value that names it, for as long as it lives.
+    handle: usize,
     _charge: Charge,
+}
+
+/// A handle's references to its physical memory.
+#[derive(Debug)]
+struct HandleReferences {
+    physical: Arc<Physical>,
+    count: u32,
 }
 
 #[derive(Debug)]
 struct MappedRange {
     len: usize,
     access: Access,
-    _physical: Arc<Physical>,
+    physical: Arc<Physical>,
 }
 
 #[derive(Debug)]
@@ -42,7 +53,9 @@ struct Reservation {
     mapped: BTreeMap<usize, MappedRange>,
 }
 
-static PHYSICAL: Table<Physical> = Table::new();
+/// Handles not yet released as often as they were taken. Locked after `RESERVATIONS` when
+/// both are.
+static HANDLES: Mutex<BTreeMap<usize, HandleReferences>> = Mutex::new(BTreeMap::new());
 static RESERVATIONS: Mutex<BTreeMap<usize, Reservation>> = Mutex::new(BTreeMap::new());
 
 /// `cuMemCreate`: `size` bytes (a multiple of the granularity) of device memory.
@@ -72,28 +85,61 @@ pub fn create(device: &'static Device, size: usize) -> CuResult<u64> {
     let file = File::from(fd);
     file.set_len(size as u64)
         .map_err(|_| CuError::OperatingSystem)?;
-    let handle = PHYSICAL.insert(Arc::new(Physical {
+    let handle = handles::fresh();
+    let physical = Arc::new(Physical {
         fd: file.into(),
         size,
+        handle,
         _charge: charge,
-    }));
+    });
+    HANDLES
+        .lock()
+        .insert(handle, HandleReferences { physical, count: 1 });
     Ok(handle as u64)
 }
 
 fn physical(handle: u64) -> CuResult<Arc<Physical>> {
-    usize::try_from(handle)
-        .ok()
-        .and_then(|h| PHYSICAL.get(h))
+    let handle = usize::try_from(handle).map_err(|_| CuError::InvalidHandle)?;
+    HANDLES
+        .lock()
+        .get(&handle)
+        .map(|references| Arc::clone(&references.physical))
         .ok_or(CuError::InvalidHandle)
 }
 
-/// `cuMemRelease`: the memory goes back to the device once it is also unmapped everywhere.
+/// `cuMemRelease`: one reference of the handle goes; the memory goes back to the device once
+/// the handle has none left and nothing maps the memory.
 pub fn release(handle: u64) -> CuResult {
     let handle = usize::try_from(handle).map_err(|_| CuError::InvalidHandle)?;
-    PHYSICAL
-        .remove(handle)
-        .map(drop)
-        .ok_or(CuError::InvalidHandle)
+    let mut handles = HANDLES.lock();
+    let references = handles.get_mut(&handle).ok_or(CuError::InvalidHandle)?;
+    references.count -= 1;
+    let last = (references.count == 0).then(|| handles.remove(&handle));
+    drop(handles);
+    // The memory's charge (if this was its last reference) goes with it, outside the lock.
+    drop(last);
+    Ok(())
+}
+
+/// `cuMemRetainAllocationHandle`: the handle of the memory mapped at `ptr` (any address
+/// inside a mapping), with one more reference.
+pub fn retain(ptr: usize) -> CuResult<u64> {
+    let reservations = RESERVATIONS.lock();
+    let physical = reservations
+        .range(..=ptr)
+        .next_back()
+        .filter(|(_, r)| r.range.contains(ptr, 1))
+        .and_then(|(_, r)| r.mapped.range(..=ptr).next_back())
+        .filter(|(start, m)| **start + m.len > ptr)
+        .map(|(_, m)| Arc::clone(&m.physical))
+        .ok_or(CuError::InvalidValue)?;
+    let handle = physical.handle;
+    HANDLES
+        .lock()
+        .entry(handle)
+        .and_modify(|references| references.count += 1)
+        .or_insert(HandleReferences { physical, count: 1 });
+    Ok(handle as u64)
 }
 
 /// `cuMemAddressReserve`: an inaccessible range of `size` bytes.
@@ -117,7 +163,8 @@ pub fn reserve(size: usize, alignment: usize) -> CuResult<usize> {
     Ok(start)
 }
 
-/// `cuMemAddressFree`: gives back a whole reservation.
+/// `cuMemAddressFree`: gives back a whole reservation; what is still mapped in it is unmapped
+/// with it.
 pub fn free(ptr: usize, size: usize) -> CuResult {
     let mut reservations = RESERVATIONS.lock();
     match reservations.get(&ptr) {
@@ -152,13 +199,13 @@ fn overlaps(r: &Reservation, ptr: usize, size: usize) -> bool {
         .is_some_and(|(&start, m)| start + m.len > ptr)
 }
 
-/// `cuMemMap`: places `size` bytes of `handle` (from `offset`) at `ptr`, inaccessible until
-/// `cuMemSetAccess`.
+/// `cuMemMap`: places the first `size` bytes of `handle` at `ptr`, inaccessible until
+/// `cuMemSetAccess`. The offset into the memory must be 0 (as the driver's "currently must
+/// be zero").
 pub fn map(ptr: usize, size: usize, offset: usize, handle: u64) -> CuResult {
     let physical = physical(handle)?;
-    if offset
-        .checked_add(size)
-        .is_none_or(|end| end > physical.size)
+    if offset != 0
+        || size > physical.size
         || !ptr.is_multiple_of(GRANULARITY)
         || !size.is_multiple_of(GRANULARITY)
     {
@@ -170,37 +217,42 @@ pub fn map(ptr: usize, size: usize, offset: usize, handle: u64) -> CuResult {
         }
         // SAFETY: [ptr, ptr + size) is inside reservation r, owned by this module, and no
         // mapping occupies it.
-        unsafe {
-            mapping::map_fixed_shared(ptr, size, physical.fd.as_fd(), offset as u64, Access::None)
-        }
-        .map_err(|_| CuError::OperatingSystem)?;
+        unsafe { mapping::map_fixed_shared(ptr, size, physical.fd.as_fd(), 0, Access::None) }
+            .map_err(|_| CuError::OperatingSystem)?;
         r.mapped.insert(
             ptr,
             MappedRange {
                 len: size,
                 access: Access::None,
-                _physical: Arc::clone(&physical),
+                physical: Arc::clone(&physical),
             },
         );
         Ok(())
     })
 }
 
-/// `cuMemUnmap`: unmaps every mapping inside `[ptr, ptr + size)`.
+/// `cuMemUnmap`: unmaps every mapping in `[ptr, ptr + size)`, which may span several. Part
+/// of a mapping cannot be unmapped: a range that cuts one, or holds none, is refused and
+/// nothing changes.
 pub fn unmap(ptr: usize, size: usize) -> CuResult {
     with_reservation(ptr, size, |r| {
-        let inside: Vec<usize> = r
+        let end = ptr + size;
+        let cut_at_start = r
             .mapped
-            .range(ptr..ptr + size)
-            .filter(|(start, m)| **start + m.len <= ptr + size)
-            .map(|(&start, _)| start)
+            .range(..ptr)
+            .next_back()
+            .is_some_and(|(&start, m)| start + m.len > ptr);
+        let inside: Vec<(usize, usize)> = r
+            .mapped
+            .range(ptr..end)
+            .map(|(&start, m)| (start, start + m.len))
             .collect();
-        if inside.is_empty() {
+        if cut_at_start || inside.is_empty() || inside.iter().any(|&(_, to)| to > end) {
             return Err(CuError::InvalidValue);
         }
         // SAFETY: the range is inside reservation r, owned by this module.
         unsafe { mapping::map_fixed_none(ptr, size) }.map_err(|_| CuError::OperatingSystem)?;
-        for start in inside {
+        for (start, _) in inside {
             r.mapped.remove(&start);
         }
         Ok(())

@@ -298,6 +298,56 @@ fn vmm_memory_is_charged_from_create_until_released_and_unmapped() {
     assert_eq!(num(&f, "unaligned_create"), 1, "CUDA_ERROR_INVALID_VALUE");
 }
 
+/// As the driver: one unmap may take several whole mappings but never part of one; a
+/// retained handle is a reference of its own; the memory goes with the last reference.
+#[test]
+fn vmm_memory_goes_with_the_last_of_its_handle_references_and_mappings() {
+    let _cpu = share_cpu();
+    let sim = Sim::new("1Gi");
+    let bytes = 4 * MI;
+    let out = run_ok(
+        sim.command(&probe_dlopen())
+            .args(["vmm-refs", &bytes.to_string()]),
+    );
+    let line = |prefix: &str| {
+        fields(
+            out.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} line in {out}")),
+        )
+    };
+    assert_eq!(num(&line("released="), "released"), 2 * bytes, "mapped");
+    let refused = line("unmap_part=");
+    assert_eq!(num(&refused, "unmap_part"), 1, "CUDA_ERROR_INVALID_VALUE");
+    assert_eq!(num(&refused, "unmap_across"), 1, "cuts both mappings");
+    assert_eq!(
+        num(&refused, "held"),
+        2 * bytes,
+        "a refused unmap changes nothing"
+    );
+    let retain = line("retain=");
+    assert_eq!(num(&retain, "retain"), 0);
+    assert_eq!(num(&retain, "retained_is_b"), 1, "the handle used to map");
+    let both = line("unmap_both=");
+    assert_eq!(num(&both, "unmap_both"), 0);
+    assert_eq!(num(&both, "held"), bytes, "the retained handle keeps b");
+    assert_eq!(num(&line("retain_unmapped="), "retain_unmapped"), 1);
+    let release = line("release_retained=");
+    assert_eq!(num(&release, "release_retained"), 0);
+    assert_eq!(num(&release, "held"), 0);
+    assert_eq!(
+        num(&release, "release_again"),
+        400,
+        "CUDA_ERROR_INVALID_HANDLE"
+    );
+    assert_eq!(
+        num(&line("map_at_offset="), "map_at_offset"),
+        1,
+        "must be 0"
+    );
+    assert_eq!(num(&line("end "), "held"), 0);
+}
+
 #[test]
 fn an_invalid_configuration_fails_cu_init_with_one_line_naming_the_variable() {
     let _cpu = share_cpu();

@@ -111,6 +111,7 @@ pub fn address_of(name: &str) -> Option<*const c_void> {
         "cuMemAddressFree" => cuMemAddressFree as *const c_void,
         "cuMemCreate" => cuMemCreate as *const c_void,
         "cuMemRelease" => cuMemRelease as *const c_void,
+        "cuMemRetainAllocationHandle" => cuMemRetainAllocationHandle as *const c_void,
         "cuMemMap" => cuMemMap as *const c_void,
         "cuMemUnmap" => cuMemUnmap as *const c_void,
         "cuMemSetAccess" => cuMemSetAccess as *const c_void,

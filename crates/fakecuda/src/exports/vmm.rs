@@ -1,5 +1,5 @@
-//! Virtual memory management: `cuMemCreate`, `cuMemRelease`, `cuMemAddressReserve`,
-//! `cuMemAddressFree`, `cuMemMap`, `cuMemUnmap`, `cuMemSetAccess`,
+//! Virtual memory management: `cuMemCreate`, `cuMemRelease`, `cuMemRetainAllocationHandle`,
+//! `cuMemAddressReserve`, `cuMemAddressFree`, `cuMemMap`, `cuMemUnmap`, `cuMemSetAccess`,
 //! `cuMemGetAllocationGranularity`.
 
 use super::abi::{
@@ -22,10 +22,20 @@ cuda_api! {
         Ok(())
     }
 
-    /// `cuMemRelease`: the memory goes back to the device once no mapping uses it.
+    /// `cuMemRelease`: one reference of the handle; the memory goes back to the device once
+    /// the handle has none left and no mapping uses it.
     fn cuMemRelease(handle: u64) {
         driver::get()?;
         vmm::release(handle)
+    }
+
+    /// `cuMemRetainAllocationHandle`: the handle of the memory mapped at `addr`, with one more
+    /// reference to release.
+    fn cuMemRetainAllocationHandle(handle: Out<'_, u64>, addr: usize) {
+        let out = handle.ok_or(CuError::InvalidValue)?;
+        driver::get()?;
+        out.write(vmm::retain(addr)?);
+        Ok(())
     }
 
     /// `cuMemAddressReserve`: an inaccessible address range; the address hint is ignored.

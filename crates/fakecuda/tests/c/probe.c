@@ -13,6 +13,8 @@
  *   procaddr               reads "symbol version flags expected" lines from stdin and checks
  *                          cuGetProcAddress[_v2] against dlsym of the expected name
  *   vmm <bytes>            cuMemCreate/AddressReserve/Map/SetAccess, writes and reads, frees
+ *   vmm-refs <bytes>       two handles mapped side by side and released: what unmaps of part
+ *                          of a mapping, of both, and a retained handle's release leave held
  *   edges                  return codes of edge cases: name=<CUresult> lines
  *   churn <threads> <n> <bytes>   threads each allocate, memset and free n times
  *   streams <ptx file>     two streams ordered by an event, host functions, stream queries,
@@ -109,6 +111,7 @@ typedef struct {
     X(cuMemCreate, (CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, \
                     unsigned long long))                                                 \
     X(cuMemRelease, (CUmemGenericAllocationHandle))                                      \
+    X(cuMemRetainAllocationHandle, (CUmemGenericAllocationHandle *, void *))             \
     X(cuMemAddressReserve, (CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long)) \
     X(cuMemAddressFree, (CUdeviceptr, size_t))                                           \
     X(cuMemMap, (CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long)) \
@@ -296,6 +299,50 @@ static void vmm(size_t bytes) {
     printf("created=%zu mapped_after_release=%zu released=%zu roundtrip=%d unaligned_create=%d\n",
            free0 - free1, free0 - free2, free0 - free3, strcmp(text, back) == 0,
            p_cuMemCreate(&handle, 12345, &prop, 0));
+}
+
+/* What the device holds beyond what it held at `before` (cuMemGetInfo). */
+static size_t held_since(size_t before) {
+    size_t free, total;
+    check(p_cuMemGetInfo_v2(&free, &total), "cuMemGetInfo_v2");
+    return before - free;
+}
+
+static void vmm_refs(size_t bytes) {
+    CUmemAllocationProp prop = {0};
+    prop.type = 1;          /* CU_MEM_ALLOCATION_TYPE_PINNED */
+    prop.location.type = 1; /* CU_MEM_LOCATION_TYPE_DEVICE */
+    CUmemAccessDesc access = {{1, 0}, 3};
+    CUmemGenericAllocationHandle a, b, c, retained = 0;
+    CUdeviceptr va;
+    size_t before, total;
+    check(p_cuMemGetInfo_v2(&before, &total), "cuMemGetInfo_v2");
+    check(p_cuMemCreate(&a, bytes, &prop, 0), "cuMemCreate");
+    check(p_cuMemCreate(&b, bytes, &prop, 0), "cuMemCreate");
+    check(p_cuMemAddressReserve(&va, 2 * bytes, 0, 0, 0), "cuMemAddressReserve");
+    check(p_cuMemMap(va, bytes, 0, a, 0), "cuMemMap");
+    check(p_cuMemMap(va + bytes, bytes, 0, b, 0), "cuMemMap");
+    check(p_cuMemSetAccess(va, 2 * bytes, &access, 1), "cuMemSetAccess");
+    check(p_cuMemRelease(a), "cuMemRelease");
+    check(p_cuMemRelease(b), "cuMemRelease");
+    printf("released=%zu\n", held_since(before));
+    /* One call a statement: the order of a call's arguments is unspecified in C. */
+    int part = p_cuMemUnmap(va, bytes / 2);
+    int across = p_cuMemUnmap(va + bytes / 2, bytes);
+    printf("unmap_part=%d unmap_across=%d held=%zu\n", part, across, held_since(before));
+    int rc = p_cuMemRetainAllocationHandle(&retained, (void *)(uintptr_t)(va + bytes + 4096));
+    printf("retain=%d retained_is_b=%d\n", rc, retained == b);
+    rc = p_cuMemUnmap(va, 2 * bytes);
+    printf("unmap_both=%d held=%zu\n", rc, held_since(before));
+    printf("retain_unmapped=%d\n", p_cuMemRetainAllocationHandle(&c, (void *)(uintptr_t)va));
+    rc = p_cuMemRelease(retained);
+    size_t held = held_since(before);
+    printf("release_retained=%d held=%zu release_again=%d\n", rc, held, p_cuMemRelease(retained));
+    check(p_cuMemCreate(&c, bytes, &prop, 0), "cuMemCreate");
+    printf("map_at_offset=%d\n", p_cuMemMap(va, bytes / 2, bytes / 2, c, 0));
+    check(p_cuMemRelease(c), "cuMemRelease");
+    check(p_cuMemAddressFree(va, 2 * bytes), "cuMemAddressFree");
+    printf("end held=%zu\n", held_since(before));
 }
 
 static const char TINY_PTX[] = ".version 7.8\n.target sm_75\n.address_size 64\n"
@@ -814,6 +861,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(cmd, "vmm") == 0 && argc == 3) {
         context();
         vmm(strtoull(argv[2], 0, 10));
+    } else if (strcmp(cmd, "vmm-refs") == 0 && argc == 3) {
+        context();
+        vmm_refs(strtoull(argv[2], 0, 10));
     } else {
         die("unknown command");
     }
