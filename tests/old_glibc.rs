@@ -243,7 +243,7 @@ fn cannot_run_containers(rootfs: &Path, files: &Path, node: &Path) -> Option<Str
 
 /// Whether this machine has what building against the old glibc needs (cargo-zigbuild and
 /// zig), and, for `image`, what building the old image needs (debootstrap). Where it has not:
-/// a failure when `GPUSLICE_REQUIRE_OLD_GLIBC` is set (CI sets it, and `.ci/run` installs
+/// a failure when `REQUIRE_OLD_GLIBC_TESTS` is set (CI sets it, and `.ci/run` installs
 /// them), else a loud skip, so that the README's test command still runs everything else on
 /// a machine without them.
 fn has_tools(test: &str, image: bool) -> bool {
@@ -278,8 +278,8 @@ fn has_tools(test: &str, image: bool) -> bool {
         missing.join(", ")
     );
     assert!(
-        std::env::var_os("GPUSLICE_REQUIRE_OLD_GLIBC").is_none(),
-        "GPUSLICE_REQUIRE_OLD_GLIBC is set but {why}"
+        std::env::var_os("REQUIRE_OLD_GLIBC_TESTS").is_none(),
+        "REQUIRE_OLD_GLIBC_TESTS is set but {why}"
     );
     skip(test, &why);
     false
