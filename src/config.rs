@@ -53,6 +53,9 @@ pub struct TenantSettings {
     pub priority: Option<Priority>,
     /// `GPUSLICE_DIR`.
     pub dir: PathBuf,
+    /// `GPUSLICE_TRACE`: where the compute watcher writes what it sees and decides each tick
+    /// (`trace.rs`), for recording a workload's shape; `None`: nowhere.
+    pub trace: Option<PathBuf>,
 }
 
 /// A setting the shim cannot use. Its `Display` is the one line printed to stderr.
@@ -173,6 +176,7 @@ impl Config {
         let mut compute_limit = None;
         let mut priority = None;
         let mut dir = None;
+        let mut trace = None;
         let mut log = Level::Warn;
         for (key, value) in vars {
             let (key, raw_value) = (key.as_ref(), value.as_ref());
@@ -241,6 +245,17 @@ impl Config {
                     }
                     dir = Some(path);
                 }
+                "GPUSLICE_TRACE" => {
+                    let path = PathBuf::from(raw_value);
+                    if !path.is_absolute() {
+                        return Err(ConfigError::Invalid {
+                            name: "GPUSLICE_TRACE",
+                            value: value.to_string(),
+                            expected: "an absolute path for the compute watcher's trace",
+                        });
+                    }
+                    trace = Some(path);
+                }
                 "GPUSLICE_LOG" => {
                     log = Level::parse(&value).ok_or_else(|| ConfigError::Invalid {
                         name: "GPUSLICE_LOG",
@@ -276,6 +291,7 @@ impl Config {
             compute_limit,
             priority,
             dir: dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
+            trace,
         });
         Ok(Config { tenant, log })
     }

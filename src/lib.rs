@@ -31,4 +31,5 @@ pub mod real;
 pub mod runtime;
 pub mod shim;
 pub mod streams;
+pub mod trace;
 pub mod watcher;

@@ -125,6 +125,11 @@ impl Shim {
         &self.settings.dir
     }
 
+    /// Where the watcher writes its trace (`GPUSLICE_TRACE`), if anywhere.
+    pub fn trace_path(&self) -> Option<&Path> {
+        self.settings.trace.as_deref()
+    }
+
     /// The compute settings this process enforces on `gpu` now: the environment's, under
     /// the ceiling of the tenant's quota file (read live) for that GPU, which the
     /// environment may lower but never raise ([`ComputeSettings::capped_by`]: a share or

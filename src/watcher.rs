@@ -35,6 +35,7 @@ use crate::policy::turns::{Contender, OwnTurn, Turns, contested};
 use crate::real;
 use crate::shim::Shim;
 use crate::streams::{CAPACITY, Occupancy, StreamKind};
+use crate::trace::{TickRecord, Trace};
 
 /// How often the watcher polls and decides.
 const TICK: Duration = Duration::from_micros(500);
@@ -238,7 +239,14 @@ struct Watcher {
     /// Whether it comes after `HELD_TICK`: launches wait for few in flight to finish.
     waiting_at_cap: bool,
     errors: RateLimit,
+    /// `GPUSLICE_TRACE`, when set and writable.
+    trace: Option<Trace>,
+    /// When the trace was last flushed.
+    trace_flushed_ns: u64,
 }
+
+/// How often the trace is flushed: a process's exit can lose at most this much of it.
+const TRACE_FLUSH_NS: u64 = 100_000_000;
 
 impl Watcher {
     fn new(shim: &'static Shim, neighbours: Neighbours) -> Watcher {
@@ -252,6 +260,8 @@ impl Watcher {
             fast: false,
             waiting_at_cap: false,
             errors: RateLimit::new(),
+            trace: shim.trace_path().and_then(Trace::open),
+            trace_flushed_ns: 0,
         }
     }
 
@@ -273,12 +283,16 @@ impl Watcher {
             seen = bell.rung();
             self.tick();
         }
+        if let Some(trace) = &mut self.trace {
+            trace.flush();
+        }
     }
 
     fn tick(&mut self) {
         let shim = self.shim;
         self.fast = false;
         self.waiting_at_cap = false;
+        let poll_start = monotonic_ns();
         let busy = if shim.gates.start_poll() {
             let busy = self.poll_streams();
             shim.gates.end_poll();
@@ -288,6 +302,13 @@ impl Watcher {
             std::array::from_fn(|g| self.gpus[g].busy)
         };
         let now = monotonic_ns();
+        let poll_ns = now.saturating_sub(poll_start);
+        if let Some(trace) = &mut self.trace
+            && now.saturating_sub(self.trace_flushed_ns) >= TRACE_FLUSH_NS
+        {
+            trace.flush();
+            self.trace_flushed_ns = now;
+        }
         let elapsed = now.saturating_sub(self.last_tick_ns);
         self.last_tick_ns = now;
         let Ok(slot) = shim.memory.slot() else {
@@ -331,9 +352,23 @@ impl Watcher {
             // 1. Charge this process its part of the tick.
             let others = in_flight_elsewhere(&tenants, &uuid, shim.tenant(), slot.index(), now);
             let halves = u64::from(busy_now) + u64::from(track.busy);
-            if halves > 0 {
-                slot.add_gpu_time(gpu, elapsed * halves / 2 / (others + 1));
+            let charged = elapsed * halves / 2 / (others + 1);
+            if charged > 0 {
+                slot.add_gpu_time(gpu, charged);
             }
+            let mut record = TickRecord {
+                at_ns: now,
+                gpu: index,
+                elapsed_ns: elapsed,
+                poll_ns,
+                busy_before: track.busy,
+                busy_after: busy_now,
+                finished: track.polled_finished,
+                unfinished: track.polled_unfinished,
+                others_in_flight: others,
+                charged_ns: charged,
+                ..TickRecord::default()
+            };
             let finished = track.polled_finished;
             track.launch_time.observe(TickWork {
                 tick_ns: elapsed,
@@ -458,6 +493,15 @@ impl Watcher {
                     .per_launch_ns()
                     .is_none_or(|ns| ns < YIELD.queue_ns);
             gate.set(open, cap.max(1));
+            if let Some(trace) = &mut self.trace {
+                record.rate = entitled.rate;
+                record.credit_ns = credit;
+                record.consumed_ns = consumed;
+                record.open = open;
+                record.cap = cap;
+                record.waiting = waiting;
+                trace.record(&record);
+            }
             self.fast |= entitled.yield_to_high
                 || (entitled.high && entitled.rivals.iter().any(|r| r.in_flight));
             self.waiting_at_cap |= waiting_at_cap;

@@ -17,4 +17,5 @@ pub const SHIM_VARIABLES: &[&str] = &[
     "GPUSLICE_PRIORITY",
     "GPUSLICE_DIR",
     "GPUSLICE_LOG",
+    "GPUSLICE_TRACE",
 ];
