@@ -171,6 +171,9 @@ pub mod cuda {
         fn cuCtxGetCurrent(*mut CUcontext);
         fn cuEventCreate(*mut *mut c_void, u32);
         fn cuEventRecord(*mut c_void, CUstream);
+        fn cuEventRecord_ptsz(*mut c_void, CUstream);
+        fn cuEventElapsedTime_v2(*mut f32, *mut c_void, *mut c_void);
+        fn cuEventElapsedTime(*mut f32, *mut c_void, *mut c_void);
         fn cuEventQuery(*mut c_void);
         fn cuEventDestroy_v2(*mut c_void);
         fn cuStreamQuery(CUstream);

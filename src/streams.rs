@@ -50,6 +50,47 @@ pub struct StreamEntry {
     launches: AtomicU64,
     /// Retired because its context was destroyed (its events went with it).
     context_gone: std::sync::atomic::AtomicBool,
+    /// A launch the watcher asked to have timed.
+    sample: SampleSlot,
+}
+
+/// Where a sampled launch stands (`policy::gpu_time`): the watcher arms one launch of a
+/// stream to be timed with two of its events; the launching thread that reaches it takes
+/// it, records the events around the launch and says so; the watcher reads the time once
+/// the second event is reached, and arms another later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleState {
+    /// Nothing asked.
+    Idle,
+    /// A launch is to be timed.
+    Armed,
+    /// A launching thread is recording it.
+    Taken,
+    /// Its events are recorded around it.
+    Recorded,
+}
+
+const SAMPLE_IDLE: u8 = 0;
+const SAMPLE_ARMED: u8 = 1;
+const SAMPLE_TAKEN: u8 = 2;
+const SAMPLE_RECORDED: u8 = 3;
+
+/// The handshake of a sampled launch.
+#[derive(Debug)]
+struct SampleSlot {
+    /// The count of the launch to time (the first launch is 1); 0: none asked.
+    at: AtomicU64,
+    state: AtomicU8,
+    /// The events recorded before and after it.
+    start: AtomicUsize,
+    end: AtomicUsize,
+    /// How long the launch call took, when the stream had nothing left before it (the
+    /// first event was reached by the time the call returned): the GPU had reached the
+    /// first event before the launch was submitted, so that time is not the launch's.
+    lead_ns: AtomicU64,
+    /// The count of the launch that was timed: once its second event is reached, every
+    /// launch of the stream up to it has finished.
+    launch: AtomicU64,
 }
 
 impl StreamEntry {
@@ -63,7 +104,104 @@ impl StreamEntry {
             kind: AtomicU8::new(0),
             launches: AtomicU64::new(0),
             context_gone: std::sync::atomic::AtomicBool::new(false),
+            sample: SampleSlot {
+                at: AtomicU64::new(0),
+                state: AtomicU8::new(SAMPLE_IDLE),
+                start: AtomicUsize::new(0),
+                end: AtomicUsize::new(0),
+                lead_ns: AtomicU64::new(0),
+                launch: AtomicU64::new(0),
+            },
         }
+    }
+
+    /// The launch path's side: the events to record around this launch, if it is the
+    /// one the watcher asked to have timed (then the caller must end with
+    /// [`StreamEntry::sample_recorded`]). One relaxed load while none is asked, two while
+    /// one is.
+    #[inline]
+    pub fn take_sample(&self) -> Option<(usize, usize)> {
+        let at = self.sample.at.load(Acquire);
+        if at == 0 || self.launches.load(Relaxed).saturating_add(1) < at {
+            return None;
+        }
+        self.take_sample_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_sample_slow(&self) -> Option<(usize, usize)> {
+        self.sample
+            .state
+            .compare_exchange(SAMPLE_ARMED, SAMPLE_TAKEN, Acquire, Relaxed)
+            .ok()?;
+        self.sample.at.store(0, Relaxed);
+        Some((
+            self.sample.start.load(Relaxed),
+            self.sample.end.load(Relaxed),
+        ))
+    }
+
+    /// The launch path's side, after a launch it took to time: whether both events were
+    /// recorded around it, and the time between the events that was not the launch's
+    /// (see `SampleSlot::lead_ns`).
+    pub fn sample_recorded(&self, recorded: bool, lead_ns: u64) {
+        self.sample.lead_ns.store(lead_ns, Relaxed);
+        self.sample
+            .launch
+            .store(self.launches.load(Relaxed), Relaxed);
+        let state = if recorded {
+            SAMPLE_RECORDED
+        } else {
+            SAMPLE_IDLE
+        };
+        self.sample.state.store(state, Release);
+    }
+
+    /// The watcher's side: asks for launch number `at` (counted from 1) to be timed with
+    /// `start` and `end`, events of the stream's context.
+    pub fn arm_sample(&self, at: u64, start: usize, end: usize) {
+        if self
+            .sample
+            .state
+            .compare_exchange(SAMPLE_IDLE, SAMPLE_ARMED, AcqRel, Relaxed)
+            .is_ok()
+        {
+            self.sample.start.store(start, Relaxed);
+            self.sample.end.store(end, Relaxed);
+            // Last: a launch that sees it sees the events.
+            self.sample.at.store(at.max(1), Release);
+        }
+    }
+
+    /// The launch count as of the timed launch (it included): all of them have finished
+    /// once its second event is reached.
+    pub fn sample_launch(&self) -> u64 {
+        self.sample.launch.load(Relaxed)
+    }
+
+    /// The time between the recorded sample's events that was not its launch's.
+    pub fn sample_lead_ns(&self) -> u64 {
+        self.sample.lead_ns.load(Relaxed)
+    }
+
+    /// Where its sampled launch stands.
+    pub fn sample_state(&self) -> SampleState {
+        match self.sample.state.load(Acquire) {
+            SAMPLE_ARMED => SampleState::Armed,
+            SAMPLE_TAKEN => SampleState::Taken,
+            SAMPLE_RECORDED => SampleState::Recorded,
+            _ => SampleState::Idle,
+        }
+    }
+
+    /// The watcher's side: the recorded sample was read (or cannot be); another may be
+    /// armed.
+    pub fn finish_sample(&self) {
+        let _ = self
+            .sample
+            .state
+            .compare_exchange(SAMPLE_RECORDED, SAMPLE_IDLE, AcqRel, Relaxed);
     }
 
     /// The GPU index it runs on.
@@ -212,6 +350,8 @@ impl StreamTable {
                 entry.owner.store(owner, Relaxed);
                 entry.launches.store(0, Relaxed);
                 entry.context_gone.store(false, Relaxed);
+                entry.sample.at.store(0, Relaxed);
+                entry.sample.state.store(SAMPLE_IDLE, Relaxed);
                 entry.state.store(LIVE, Release);
                 return Some(entry);
             }
@@ -282,6 +422,40 @@ mod tests {
             .insert(0x1000, 0, 0xc0, 4, StreamKind::Created)
             .unwrap();
         assert_eq!((again.gpu(), again.launches()), (4, 0));
+    }
+
+    #[test]
+    fn a_sampled_launch_is_taken_once_by_the_launch_it_names() {
+        let table = StreamTable::new();
+        let e = table
+            .insert(0x2000, 0, 0xc0, 0, StreamKind::Created)
+            .unwrap();
+        assert_eq!(e.take_sample(), None, "nothing asked");
+        e.count_launch();
+        // The third launch is to be timed: the second passes, the third takes it.
+        e.arm_sample(3, 0xa, 0xb);
+        assert_eq!(e.sample_state(), SampleState::Armed);
+        assert_eq!(e.take_sample(), None);
+        e.count_launch();
+        assert_eq!(e.take_sample(), Some((0xa, 0xb)));
+        assert_eq!(e.sample_state(), SampleState::Taken);
+        assert_eq!(e.take_sample(), None, "taken once");
+        // Arming again while it is out changes nothing.
+        e.arm_sample(4, 0xc, 0xd);
+        assert_eq!(e.sample_state(), SampleState::Taken);
+        e.sample_recorded(true, 0);
+        assert_eq!(e.sample_state(), SampleState::Recorded);
+        e.finish_sample();
+        assert_eq!(e.sample_state(), SampleState::Idle);
+        // A launch past the one asked for (another thread's got there first) takes it.
+        e.arm_sample(1, 0xa, 0xb);
+        assert_eq!(e.take_sample(), Some((0xa, 0xb)));
+        e.sample_recorded(false, 0);
+        assert_eq!(
+            e.sample_state(),
+            SampleState::Idle,
+            "a failed recording asks again"
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct TickRecord {
     pub others_in_flight: u64,
     /// The GPU time charged to this process for the tick.
     pub charged_ns: u64,
+    /// What the launches seen finished took, per sampled launches (`None`: some had no
+    /// sample; the polled estimate was charged).
+    pub counted_ns: Option<u64>,
     /// The tenant's rate, credit and consumption after the refill.
     pub rate: f64,
     pub credit_ns: u64,
@@ -90,7 +93,7 @@ impl Trace {
     /// Adds one tick of one GPU.
     pub fn record(&mut self, r: &TickRecord) {
         self.line(format_args!(
-            "{} {} {} {} {} {} {} {} {} {} {:.4} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {} {:.4} {} {} {} {} {} {}",
             r.at_ns,
             r.gpu,
             r.elapsed_ns,
@@ -107,6 +110,8 @@ impl Trace {
             u8::from(r.open),
             if r.cap == u64::MAX { 0 } else { r.cap },
             u8::from(r.waiting),
+            r.counted_ns
+                .map_or_else(|| "-".to_string(), |ns| ns.to_string()),
         ));
     }
 
@@ -134,7 +139,7 @@ impl Trace {
 /// The columns of a trace line, in order.
 pub const FIELDS: &str = "at_ns gpu elapsed_ns poll_ns busy_before busy_after finished \
                           unfinished others_in_flight charged_ns rate credit_ns consumed_ns \
-                          open cap waiting";
+                          open cap waiting counted_ns";
 
 #[cfg(test)]
 mod tests {
@@ -156,6 +161,7 @@ mod tests {
             unfinished: 0,
             others_in_flight: 2,
             charged_ns: 250,
+            counted_ns: None,
             rate: 0.3,
             credit_ns: 99,
             consumed_ns: 98,
@@ -168,7 +174,7 @@ mod tests {
         let mut lines = text.lines();
         assert!(lines.next().unwrap().starts_with("# gpuslice trace pid="));
         let line = lines.next().unwrap();
-        assert_eq!(line, "10 1 500 7 1 0 3 0 2 250 0.3000 99 98 1 0 0");
+        assert_eq!(line, "10 1 500 7 1 0 3 0 2 250 0.3000 99 98 1 0 0 -");
         assert_eq!(line.split(' ').count(), FIELDS.split_whitespace().count());
     }
 

@@ -29,12 +29,13 @@ use crate::gate::UNBOUNDED;
 use crate::log::{Level, RateLimit, log};
 use crate::neighbours::{Neighbours, Tenant};
 use crate::policy::compute::{Credit, Demand, entitled_rates, guaranteed_rates};
+use crate::policy::gpu_time::{Charge, LaunchSamples, TickUse};
 use crate::policy::launch_time::{LaunchTime, TickWork};
 use crate::policy::priority::{Relief, Tick, Yield};
 use crate::policy::turns::{Contender, OwnTurn, Turns, contested};
 use crate::real;
 use crate::shim::Shim;
-use crate::streams::{CAPACITY, Occupancy, StreamKind};
+use crate::streams::{CAPACITY, Occupancy, SampleState, StreamEntry, StreamKind};
 use crate::trace::{TickRecord, Trace};
 
 /// How often the watcher polls and decides.
@@ -103,6 +104,11 @@ const TURN_GAP_NS: u64 = 2_000_000;
 const NOT_READY: CUresult = 600;
 /// `CU_EVENT_DISABLE_TIMING`.
 const EVENT_DISABLE_TIMING: u32 = 0x2;
+/// `CU_EVENT_DEFAULT`: with timing, for sampled launches.
+const EVENT_TIMED: u32 = 0x0;
+/// How often a stream has one of its launches timed (`policy::gpu_time`): two event
+/// records on that launch, so that this keeps their cost far below a launch's.
+const SAMPLE_EVERY_NS: u64 = 2_000_000;
 
 /// Starts the watcher of `shim` (once per process; again in a forked child). Without it
 /// the gates stay open: launches go ungated rather than fail.
@@ -165,6 +171,15 @@ struct Tracked {
     /// Launches known finished.
     finished: u64,
     busy: bool,
+    /// The events it times sampled launches with (made on first need), and what they
+    /// measured.
+    sample_events: Option<(usize, usize)>,
+    samples: LaunchSamples,
+    /// When a sample was last asked for, and the launch count then.
+    armed_at_ns: u64,
+    launches_at_arm: u64,
+    /// Launches already counted at their sampled time.
+    counted: u64,
 }
 
 /// What the watcher keeps about one GPU.
@@ -201,6 +216,14 @@ struct GpuTrack {
     /// When launches were last seen to finish, or work to start after none was in flight:
     /// the GPU has worked on what is unfinished since.
     progress_at_ns: u64,
+    /// The GPU time this process is charged (`policy::gpu_time`).
+    charge: Charge,
+    /// What launches seen finished took, per their streams' samples, not yet charged;
+    /// and whether some finished without a sample to count them by.
+    counted_ns: u64,
+    uncounted: bool,
+    /// Processes with work in flight on the GPU at the last tick, this one included.
+    sharing: u64,
 }
 
 /// This tenant's standing on a GPU this tick.
@@ -243,6 +266,8 @@ struct Watcher {
     trace: Option<Trace>,
     /// When the trace was last flushed.
     trace_flushed_ns: u64,
+    /// Picks which launch of the next ones is timed.
+    rng: u64,
 }
 
 /// How often the trace is flushed: a process's exit can lose at most this much of it.
@@ -262,6 +287,7 @@ impl Watcher {
             errors: RateLimit::new(),
             trace: shim.trace_path().and_then(Trace::open),
             trace_flushed_ns: 0,
+            rng: monotonic_ns() | 1,
         }
     }
 
@@ -335,7 +361,10 @@ impl Watcher {
             let Some(uuid) = self.gpus[g].uuid else {
                 continue;
             };
-            let quiet = !busy_now && !self.gpus[g].busy && self.gpus[g].last_active_ns == 0;
+            let quiet = !busy_now
+                && !self.gpus[g].busy
+                && self.gpus[g].last_active_ns == 0
+                && self.gpus[g].polled_finished == self.gpus[g].finished;
             if quiet && !gate.has_waiters() {
                 // What it receives is counted from the next tick it follows, not across the
                 // quiet ones.
@@ -351,8 +380,19 @@ impl Watcher {
 
             // 1. Charge this process its part of the tick.
             let others = in_flight_elsewhere(&tenants, &uuid, shim.tenant(), slot.index(), now);
-            let halves = u64::from(busy_now) + u64::from(track.busy);
-            let charged = elapsed * halves / 2 / (others + 1);
+            let finished = track.polled_finished;
+            let counted_ns = (!std::mem::take(&mut track.uncounted))
+                .then(|| std::mem::take(&mut track.counted_ns));
+            track.counted_ns = 0;
+            track.sharing = others + 1;
+            let charged = track.charge.tick(TickUse {
+                tick_ns: elapsed,
+                busy_before: track.busy,
+                busy_after: busy_now,
+                finished: finished.saturating_sub(track.finished),
+                counted_ns,
+                sharing: others + 1,
+            });
             if charged > 0 {
                 slot.add_gpu_time(gpu, charged);
             }
@@ -367,9 +407,9 @@ impl Watcher {
                 unfinished: track.polled_unfinished,
                 others_in_flight: others,
                 charged_ns: charged,
+                counted_ns,
                 ..TickRecord::default()
             };
-            let finished = track.polled_finished;
             track.launch_time.observe(TickWork {
                 tick_ns: elapsed,
                 finished: finished.saturating_sub(track.finished),
@@ -548,8 +588,21 @@ impl Watcher {
             match occupancy {
                 Occupancy::Free => continue,
                 Occupancy::Retired => {
-                    if tracked.event != 0 && !entry.context_gone() {
-                        destroy_event(tracked.event);
+                    if !entry.context_gone() {
+                        if tracked.event != 0 {
+                            destroy_event(tracked.event);
+                        }
+                        if let Some((start, end)) = tracked.sample_events
+                            && entry.sample_state() != SampleState::Taken
+                        {
+                            destroy_event(start);
+                            destroy_event(end);
+                        }
+                    }
+                    if let Some(g) = gpu {
+                        // Its launches not counted yet count as finished now.
+                        let left = entry.launches().saturating_sub(tracked.counted);
+                        count_finished(&mut self.gpus[g], &tracked.samples, left);
                     }
                     *tracked = Tracked::default();
                     if let Some(g) = gpu {
@@ -569,11 +622,15 @@ impl Watcher {
                 }
                 StreamKind::Legacy => self.poll_legacy(i, entry.owner(), launches),
             }
-            let tracked = &self.streams[i];
+            self.follow_sample(i, entry);
+            let tracked = &mut self.streams[i];
             if let Some(g) = gpu {
                 busy[g] |= tracked.busy;
                 launched[g] += launches;
                 unfinished[g] += launches.saturating_sub(tracked.finished);
+                let newly = tracked.finished.saturating_sub(tracked.counted);
+                tracked.counted = tracked.finished;
+                count_finished(&mut self.gpus[g], &tracked.samples, newly);
             }
         }
         for (g, track) in self.gpus.iter_mut().enumerate() {
@@ -584,6 +641,62 @@ impl Watcher {
             }
         }
         busy
+    }
+
+    /// Reads the stream's timed launch once its events are reached, and asks for another
+    /// every `SAMPLE_EVERY_NS`, at a launch picked at random among as many as it made in
+    /// the last such stretch (so that every launch is as likely to be timed, whatever the
+    /// program's rhythm).
+    fn follow_sample(&mut self, i: usize, entry: &StreamEntry) {
+        let tracked = &mut self.streams[i];
+        match entry.sample_state() {
+            SampleState::Recorded => {
+                let Some((start, end)) = tracked.sample_events else {
+                    entry.finish_sample();
+                    return;
+                };
+                // SAFETY: an event this watcher created, in the stream's live context.
+                match call(real::cuda::cuEventQuery(), |f| unsafe {
+                    f(end as *mut c_void)
+                }) {
+                    NOT_READY => {}
+                    CUDA_SUCCESS => {
+                        if let Some(ns) = elapsed_ns(start, end) {
+                            let g = usize::try_from(entry.gpu()).unwrap_or(0).min(MAX_GPUS - 1);
+                            let ran = ns.saturating_sub(entry.sample_lead_ns());
+                            tracked.samples.add(ran, self.gpus[g].sharing);
+                        }
+                        // Streams run in order: what came before it has finished too (the
+                        // only news of progress on a legacy stream that never drains).
+                        tracked.finished = tracked.finished.max(entry.sample_launch());
+                        entry.finish_sample();
+                    }
+                    _ => entry.finish_sample(),
+                }
+            }
+            SampleState::Idle => {
+                let now = monotonic_ns();
+                if now.saturating_sub(tracked.armed_at_ns) < SAMPLE_EVERY_NS {
+                    return;
+                }
+                if tracked.sample_events.is_none() {
+                    tracked.sample_events = create_event_pair(entry.owner());
+                }
+                let Some((start, end)) = tracked.sample_events else {
+                    return;
+                };
+                let launches = entry.launches();
+                let recent = launches.saturating_sub(tracked.launches_at_arm).max(1);
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                let offset = self.rng % recent;
+                entry.arm_sample(launches + 1 + offset, start, end);
+                tracked.armed_at_ns = now;
+                tracked.launches_at_arm = launches;
+            }
+            SampleState::Armed | SampleState::Taken => {}
+        }
     }
 
     fn poll_created(&mut self, i: usize, stream: usize, owner: usize, launches: u64) {
@@ -598,7 +711,7 @@ impl Watcher {
                     // Reached, or the event is unusable (its context went away): either
                     // way nothing is known to run behind it any more.
                     tracked.outstanding = false;
-                    tracked.finished = tracked.marked;
+                    tracked.finished = tracked.finished.max(tracked.marked);
                     if status != CUDA_SUCCESS {
                         tracked.event = 0;
                     }
@@ -833,15 +946,57 @@ fn set_current(context: usize) -> bool {
 }
 
 fn create_event(owner: usize) -> Option<usize> {
+    create_event_with(owner, EVENT_DISABLE_TIMING)
+}
+
+fn create_event_with(owner: usize, flags: u32) -> Option<usize> {
     if !set_current(owner) {
         return None;
     }
     let mut event: *mut c_void = std::ptr::null_mut();
     let status = call(real::cuda::cuEventCreate(), |f| {
         // SAFETY: `event` is a valid place for the driver to write a handle.
-        unsafe { f(&raw mut event, EVENT_DISABLE_TIMING) }
+        unsafe { f(&raw mut event, flags) }
     });
     (status == CUDA_SUCCESS && !event.is_null()).then_some(event as usize)
+}
+
+/// Two events with timing in `owner`, to time a sampled launch with.
+fn create_event_pair(owner: usize) -> Option<(usize, usize)> {
+    let start = create_event_with(owner, EVENT_TIMED)?;
+    match create_event_with(owner, EVENT_TIMED) {
+        Some(end) => Some((start, end)),
+        None => {
+            destroy_event(start);
+            None
+        }
+    }
+}
+
+/// The GPU time between two reached events, nanoseconds.
+fn elapsed_ns(start: usize, end: usize) -> Option<u64> {
+    let mut ms = 0.0_f32;
+    let elapsed = real::cuda::cuEventElapsedTime_v2().or_else(real::cuda::cuEventElapsedTime);
+    let status = call(elapsed, |f| {
+        // SAFETY: two events this watcher created, both reached; `ms` is a valid place for
+        // the driver to write the time.
+        unsafe { f(&raw mut ms, start as *mut c_void, end as *mut c_void) }
+    });
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    (status == CUDA_SUCCESS && ms.is_finite() && ms >= 0.0)
+        .then(|| (f64::from(ms) * 1e6).round() as u64)
+}
+
+/// Adds `launches` seen finished on a stream to its GPU's count: at their sampled time,
+/// or, without samples, as uncounted (the tick falls back to the polled estimate).
+fn count_finished(track: &mut GpuTrack, samples: &LaunchSamples, launches: u64) {
+    if launches == 0 {
+        return;
+    }
+    match samples.time_of(launches) {
+        Some(ns) => track.counted_ns = track.counted_ns.saturating_add(ns),
+        None => track.uncounted = true,
+    }
 }
 
 fn destroy_event(event: usize) {

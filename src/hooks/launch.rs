@@ -45,8 +45,9 @@ thread_local! {
 }
 
 /// Runs `launch` (the real driver call for `stream`) once the gate lets it through.
+/// `per_thread`: it came through a `_ptsz` entry point (the NULL stream is the thread's).
 #[inline]
-fn gated(stream: CUstream, launch: impl FnOnce() -> CUresult) -> CUresult {
+fn gated(stream: CUstream, per_thread: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
     let shim = match runtime::mode() {
         Mode::Enforcing(shim) => shim,
         Mode::PassThrough => return launch(),
@@ -68,12 +69,74 @@ fn gated(stream: CUstream, launch: impl FnOnce() -> CUresult) -> CUresult {
             shim.gates.bell(),
         );
     }
+    if let Some(events) = entry.take_sample() {
+        return timed(entry, gate, stream, per_thread, events, launch);
+    }
     let status = launch();
     if status == CUDA_SUCCESS {
         entry.count_launch();
         gate.count_launch();
     }
     status
+}
+
+/// A launch the watcher asked to have timed (`policy::gpu_time`): between two of its
+/// events, recorded on the launch's own stream, so that they add no dependency the launch
+/// itself does not make.
+#[cold]
+#[inline(never)]
+fn timed(
+    entry: &StreamEntry,
+    gate: &crate::gate::GpuGate,
+    stream: CUstream,
+    per_thread: bool,
+    (start, end): (usize, usize),
+    launch: impl FnOnce() -> CUresult,
+) -> CUresult {
+    let before = gpuslice_ledger::monotonic_ns();
+    let started = record(start, stream, per_thread);
+    let status = launch();
+    let returned = gpuslice_ledger::monotonic_ns();
+    if status == CUDA_SUCCESS {
+        entry.count_launch();
+        gate.count_launch();
+    }
+    // On an idle stream the first event is reached as soon as it is recorded, while the
+    // launch is still being submitted: that part of the time between the events was not
+    // the launch's. On a busy one it is reached when the work before ends, when the
+    // launch starts.
+    let lead_ns = if reached(start) {
+        returned.saturating_sub(before)
+    } else {
+        0
+    };
+    entry.sample_recorded(
+        started && status == CUDA_SUCCESS && record(end, stream, per_thread),
+        lead_ns,
+    );
+    status
+}
+
+/// Whether one of the watcher's events was reached.
+fn reached(event: usize) -> bool {
+    crate::real::cuda::cuEventQuery().is_some_and(|query| {
+        // SAFETY: an event the watcher created, recorded just before.
+        unsafe { query(event as *mut c_void) == CUDA_SUCCESS }
+    })
+}
+
+/// Records one of the watcher's events on the program's `stream`.
+fn record(event: usize, stream: CUstream, per_thread: bool) -> bool {
+    let record = if per_thread {
+        crate::real::cuda::cuEventRecord_ptsz()
+    } else {
+        crate::real::cuda::cuEventRecord()
+    };
+    record.is_some_and(|record| {
+        // SAFETY: an event the watcher created in the stream's context, and the stream the
+        // program is launching on, not captured (capture was checked before).
+        unsafe { record(event as *mut c_void, stream) == CUDA_SUCCESS }
+    })
 }
 
 /// The table entry of the stream a launch goes to, registering it on first sight.
@@ -188,7 +251,7 @@ unsafe fn config_stream(config: *const c_void) -> Option<CUstream> {
 
 /// `cuLaunchKernel` and `cuLaunchKernel_ptsz`, which share a signature.
 macro_rules! launch_kernel {
-    ($(#[$doc:meta])* $name:ident, $real:ident) => {
+    ($(#[$doc:meta])* $name:ident, $real:ident, $per_thread:expr) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
         #[inline(always)]
@@ -206,7 +269,7 @@ macro_rules! launch_kernel {
             extra: *mut *mut c_void,
         ) -> CUresult {
             let real = real_or_missing!(real::$real);
-            gated(stream, || {
+            gated(stream, $per_thread, || {
                 // SAFETY: the caller's arguments, unchanged.
                 unsafe {
                     real(
@@ -221,16 +284,16 @@ macro_rules! launch_kernel {
 
 launch_kernel!(
     /// `cuLaunchKernel`.
-    kernel, cuLaunchKernel
+    kernel, cuLaunchKernel, false
 );
 launch_kernel!(
     /// `cuLaunchKernel_ptsz`.
-    kernel_ptsz, cuLaunchKernel_ptsz
+    kernel_ptsz, cuLaunchKernel_ptsz, true
 );
 
 /// `cuLaunchCooperativeKernel` and its `_ptsz` twin.
 macro_rules! launch_cooperative {
-    ($(#[$doc:meta])* $name:ident, $real:ident) => {
+    ($(#[$doc:meta])* $name:ident, $real:ident, $per_thread:expr) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
         #[inline(always)]
@@ -247,7 +310,7 @@ macro_rules! launch_cooperative {
             params: *mut *mut c_void,
         ) -> CUresult {
             let real = real_or_missing!(real::$real);
-            gated(stream, || {
+            gated(stream, $per_thread, || {
                 // SAFETY: the caller's arguments, unchanged.
                 unsafe {
                     real(
@@ -262,16 +325,16 @@ macro_rules! launch_cooperative {
 
 launch_cooperative!(
     /// `cuLaunchCooperativeKernel`.
-    cooperative, cuLaunchCooperativeKernel
+    cooperative, cuLaunchCooperativeKernel, false
 );
 launch_cooperative!(
     /// `cuLaunchCooperativeKernel_ptsz`.
-    cooperative_ptsz, cuLaunchCooperativeKernel_ptsz
+    cooperative_ptsz, cuLaunchCooperativeKernel_ptsz, true
 );
 
 /// `cuLaunchKernelEx` and its `_ptsz` twin: the stream is inside the config.
 macro_rules! launch_ex {
-    ($(#[$doc:meta])* $name:ident, $real:ident) => {
+    ($(#[$doc:meta])* $name:ident, $real:ident, $per_thread:expr) => {
         $(#[$doc])*
         pub(crate) unsafe fn $name(
             config: *const c_void,
@@ -286,30 +349,30 @@ macro_rules! launch_ex {
                 return unsafe { real(config, f, params, extra) };
             };
             // SAFETY: the caller's arguments, unchanged.
-            gated(stream, || unsafe { real(config, f, params, extra) })
+            gated(stream, $per_thread, || unsafe { real(config, f, params, extra) })
         }
     };
 }
 
 launch_ex!(
     /// `cuLaunchKernelEx`.
-    kernel_ex, cuLaunchKernelEx
+    kernel_ex, cuLaunchKernelEx, false
 );
 launch_ex!(
     /// `cuLaunchKernelEx_ptsz`.
-    kernel_ex_ptsz, cuLaunchKernelEx_ptsz
+    kernel_ex_ptsz, cuLaunchKernelEx_ptsz, true
 );
 
 /// `cuGraphLaunch`.
 pub(crate) unsafe fn graph(exec: CUgraphExec, stream: CUstream) -> CUresult {
     let real = real_or_missing!(real::cuGraphLaunch);
     // SAFETY: the caller's arguments, unchanged.
-    gated(stream, || unsafe { real(exec, stream) })
+    gated(stream, false, || unsafe { real(exec, stream) })
 }
 
 /// `cuGraphLaunch_ptsz`.
 pub(crate) unsafe fn graph_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
     let real = real_or_missing!(real::cuGraphLaunch_ptsz);
     // SAFETY: the caller's arguments, unchanged.
-    gated(stream, || unsafe { real(exec, stream) })
+    gated(stream, true, || unsafe { real(exec, stream) })
 }

@@ -1,6 +1,7 @@
 //! Policies: what a tenant may do, decided from its quota and the ledger. No CUDA here.
 
 pub mod compute;
+pub mod gpu_time;
 pub mod launch_time;
 pub mod memory;
 pub mod pools;
