@@ -50,6 +50,10 @@ extern "C" {
  *                          quota); inside an existing, empty one it creates what it needs.
  *   GPUSLICE_LOG           off, error, warn (default), info, debug or trace; to stderr,
  *                          lines prefixed "gpuslice[<pid>]: ".
+ *   GPUSLICE_TRACE         an absolute path: the compute watcher appends one line per GPU
+ *                          per tick (what it saw, charged and decided; columns named in the
+ *                          file's first line). A diagnostic: limits hold without it, and a
+ *                          trace that cannot be written is dropped with a warning.
  *
  * Fail closed: an invalid value, any other GPUSLICE_ variable (a misspelling, or a name that
  * is not UTF-8), a limit without a tenant, a ledger directory that does not exist, or a
@@ -77,6 +81,7 @@ extern "C" {
 #define GPUSLICE_ENV_PRIORITY "GPUSLICE_PRIORITY"
 #define GPUSLICE_ENV_DIR "GPUSLICE_DIR"
 #define GPUSLICE_ENV_LOG "GPUSLICE_LOG"
+#define GPUSLICE_ENV_TRACE "GPUSLICE_TRACE"
 #define GPUSLICE_DEFAULT_DIR "/run/gpuslice"
 /**
  * Where a container's tenant is pinned: `GPUSLICE_TENANT=<name>` and `GPUSLICE_DIR=<path>`

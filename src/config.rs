@@ -599,6 +599,19 @@ mod tests {
         assert!(config(&[("GPUSLICE_LOG", "verbose")]).is_err());
     }
 
+    #[test]
+    fn a_trace_path_must_be_absolute() {
+        let error = config(&[("GPUSLICE_TENANT", "a"), ("GPUSLICE_TRACE", "trace.txt")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("GPUSLICE_TRACE") && error.contains("absolute"),
+            "{error}"
+        );
+        let traced = config(&[("GPUSLICE_TENANT", "a"), ("GPUSLICE_TRACE", "/tmp/t")]).unwrap();
+        assert_eq!(traced.tenant.unwrap().trace, Some(PathBuf::from("/tmp/t")));
+    }
+
     mod properties {
         use std::ffi::OsString;
         use std::os::unix::ffi::OsStringExt;
