@@ -4,6 +4,9 @@ metric: the median of the per-round shim/real ratios, with a 95% bootstrap inter
 
   paired_ci.py ROUNDS_FILE...
 
+scripts/isolation_report.py uses median_interval for the process pairs of
+scripts/bench-overhead.sh.
+
 A single run's median moves by more than its own spread from run to run (the driver's
 launch time drifts), so a goal as tight as 1% is judged on the rounds of several runs.
 """
@@ -13,6 +16,16 @@ import statistics
 import sys
 
 RESAMPLES = 2000
+
+
+def median_interval(values, rng=None):
+    """The median of VALUES with a 95% bootstrap interval: (median, low, high)."""
+    rng = rng or random.Random(1)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(RESAMPLES)
+    )
+    low, high = medians[int(0.025 * RESAMPLES)], medians[int(0.975 * RESAMPLES) - 1]
+    return statistics.median(values), low, high
 
 
 def main():
@@ -44,10 +57,7 @@ def main():
         return 1
     rng = random.Random(1)
     for metric, values in sorted(ratios.items()):
-        medians = sorted(
-            statistics.median(rng.choices(values, k=len(values))) for _ in range(RESAMPLES)
-        )
-        low, high = medians[int(0.025 * RESAMPLES)], medians[int(0.975 * RESAMPLES) - 1]
+        _, low, high = median_interval(values, rng)
         print(
             f"{metric}: median ratio {statistics.median(values):.4f} "
             f"(95% interval {low:.4f} to {high:.4f}) over {len(values)} rounds "
