@@ -18,7 +18,11 @@
 # usage: OUT=/some/dir bash scripts/bench-overhead.sh [DIST_DIR]
 # env:   OUT          folder for the logs (required): $OUT/overhead/, replaced on each run
 #        PAIRS        pairs of each C case (default 10)
-#        HF_PAIRS     pairs of the inference case (default 6; a process takes ~8 s)
+#        HF_PAIRS     pairs of the inference case, the first pairs (default 4; a process
+#                     takes about 10 s: Python, torch, transformers, the model, warm-up)
+#        TIME_BUDGET  seconds: no pair starts that would end after this, going by the
+#                     last pair's length (default 0: no budget); the report says how many
+#                     pairs ran
 #        ONLY         cases or families to run, space-separated: runtime driver hf, or case
 #                     names (default: all)
 #        BENCH_ARGS   bench_driver options (default "--pairs 2000 --launches 20000
@@ -41,11 +45,13 @@ shim=$dist/libgpuslice.so
 py=${PYTHON:-python3}
 pairs=${PAIRS:-10}
 require_int PAIRS "$pairs"
-hf_pairs=${HF_PAIRS:-6}
+hf_pairs=${HF_PAIRS:-4}
 require_int HF_PAIRS "$hf_pairs"
 launches=${LAUNCHES:-20000}
 require_int LAUNCHES "$launches"
 hf_requests=${HF_REQUESTS:-20}
+budget=${TIME_BUDGET:-0}
+[ "$budget" = 0 ] || require_int TIME_BUDGET "$budget"
 require_int HF_REQUESTS "$hf_requests"
 read -r -a bench_args <<<"${BENCH_ARGS:---pairs 2000 --launches 20000 --spins 200 --batches 3}"
 device=${SHAPES_DEVICE:-cuda}
@@ -156,7 +162,13 @@ run_one() {
 }
 
 started=$SECONDS
+last_pair=0
 for pair in $(seq 1 "$pairs"); do
+  if [ "$budget" != 0 ] && [ $((SECONDS - started + last_pair)) -gt "$budget" ]; then
+    say "TIME_BUDGET=$budget s: stopping after $((pair - 1)) pairs"
+    break
+  fi
+  pair_started=$SECONDS
   for case in "${cases[@]}"; do
     case $case in hf-*) [ "$pair" -le "$hf_pairs" ] || continue ;; esac
     if [ $((pair % 2)) = 1 ]; then
@@ -167,7 +179,8 @@ for pair in $(seq 1 "$pairs"); do
       run_one "$case" bare "$pair"
     fi
   done
-  say "pair $pair of $pairs done ($((SECONDS - started)) s)"
+  last_pair=$((SECONDS - pair_started))
+  say "pair $pair of $pairs done in $last_pair s ($((SECONDS - started)) s in all)"
 done
 
 say "bench-overhead: logs in $out ($((SECONDS - started)) s of runs)"

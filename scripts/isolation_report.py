@@ -276,7 +276,7 @@ def limit_section(directory, limit):
             u = row["util_limited"]
             row["verdict"] = "no NVML data" if u is None else verdict(abs(u - limit) <= LIMIT_BAND)
         rows.append(row)
-    return {"rows": rows, "nvml": nvml, "limit": limit}
+    return {"rows": rows, "nvml": nvml, "limit": limit, "dir": directory}
 
 
 def shares_section(directory):
@@ -313,7 +313,7 @@ def shares_section(directory):
                 else:
                     row["verdict"] = "no data"
             rows.append(row)
-    return {"rows": rows, "nvml": nvml, "solo": solo}
+    return {"rows": rows, "nvml": nvml, "solo": solo, "dir": directory}
 
 
 def priority_section(directory):
@@ -361,7 +361,7 @@ def priority_section(directory):
                                              and row["neighbour"] >= NEIGHBOUR_MIN)
             case["rows"].append(row)
         cases.append(case)
-    return {"cases": cases, "nvml": nvml, "neighbour_solo": n_solo}
+    return {"cases": cases, "nvml": nvml, "neighbour_solo": n_solo, "dir": directory}
 
 
 def overhead_section(directory):
@@ -504,7 +504,7 @@ def limit_markdown(part, images):
             f"| {row['what']} | {pct(row['util_bare'])} → {pct(row['util_limited'])} | "
             f"{pct(row['proc_limited'])} | {row.get('target', '')} | {row['verdict']} | "
             f"{ratio_pct(row['of_bare'])} | {mhz(row['clock_bare'])} → {mhz(row['clock_limited'])} |")
-    lines += nvml_notes(part["nvml"])
+    lines += nvml_notes(part["nvml"], part["dir"])
     lines += image_lines(images, "limit")
     return lines
 
@@ -522,7 +522,7 @@ def shares_markdown(part, images):
             f"| {row['run']} | {row['tenant']} | {pct(row.get('proc_util'))} | "
             f"{row.get('target', '')} | {row.get('verdict', '')} | {pct(row.get('device_util'))} | "
             f"{ratio_pct(row.get('of_solo'))} |")
-    lines += nvml_notes(part["nvml"])
+    lines += nvml_notes(part["nvml"], part["dir"])
     lines += image_lines(images, "shares")
     return lines
 
@@ -543,7 +543,7 @@ def priority_markdown(part, images):
                 f"{pct(row.get('high_util'))} / {pct(row.get('low_util'))} | {row.get('target', '')} | "
                 f"{row.get('verdict', '')} |")
         lines.append("")
-    lines += nvml_notes(part["nvml"])
+    lines += nvml_notes(part["nvml"], part["dir"])
     lines += image_lines(images, "priority")
     return lines
 
@@ -583,7 +583,7 @@ def fmt_ns(ns):
     return f"{ns:.0f} ns"
 
 
-def nvml_notes(nvml):
+def nvml_notes(nvml, directory):
     notes = []
     if not nvml.device:
         notes.append("No NVML samples (" + nvml.info.get("error", "the sampler wrote nothing") + ").")
@@ -592,6 +592,16 @@ def nvml_notes(nvml):
     if nvml.device and not nvml.proc:
         why = nvml.info.get("first_error_process_utilization")
         notes.append("No per-process samples from NVML" + (f" ({why})" if why else "") + ".")
+    if nvml.proc:
+        logged = set()
+        for name in os.listdir(directory):
+            if name.endswith(".log"):
+                log = Log(os.path.join(directory, name))
+                if log.pid is not None:
+                    logged.add(log.pid)
+        if logged and not logged & {pid for _, pid, _ in nvml.proc}:
+            notes.append("NVML's per-process samples name none of the workloads' pids "
+                         "(a PID namespace between them?): per-process figures are left out.")
     return ([""] + notes + [""]) if notes else [""]
 
 

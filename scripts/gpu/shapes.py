@@ -257,6 +257,9 @@ def requests(run, args):
 
 def llama_model(args):
     """A Llama-style model from a config, random weights: nothing is downloaded."""
+    # The GPU machine has no network: never let the hub be tried (and time out).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

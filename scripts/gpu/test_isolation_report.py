@@ -146,6 +146,23 @@ class SyntheticLogs(unittest.TestCase):
             self.assertIn(f"](img/{png})", text)
 
 
+    def test_pids_that_nvml_does_not_share_with_the_logs_are_said(self):
+        part = report.shares_section(self.section("shares"))
+        self.assertEqual(report.nvml_notes(part["nvml"], part["dir"]), [""])
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in os.listdir(self.section("shares")):
+                with open(os.path.join(self.section("shares"), name)) as f:
+                    text = f.read()
+                if name == "nvml_proc.csv":
+                    rows = text.splitlines()
+                    text = "\n".join([rows[0]] + [r.replace(",1", ",9", 1) for r in rows[1:]]) + "\n"
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write(text)
+            part = report.shares_section(tmp)
+            self.assertIsNone(part["rows"][0]["proc_util"])
+            self.assertIn("PID namespace", " ".join(report.nvml_notes(part["nvml"], tmp)))
+
+
 class Sampler(unittest.TestCase):
     def test_sampler_output_is_what_the_report_reads(self):
         with tempfile.TemporaryDirectory() as tmp:
