@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compute isolation on every workload shape (issue 13): each workload runs without the shim
 # and under it in the same run, while scripts/gpu/nvml_sampler.py (without the shim) samples
-# NVML every 50 ms: device utilization, SM clock, power, per-process utilization. The
+# NVML every 50 ms into SECTION/nvml.log: device utilization, SM clock, power, per-process
+# utilization, stamped with CLOCK_MONOTONIC as the workloads' logs are. The
 # workloads are scripts/gpu/shapes.py, one Python process per run.
 #
 # usage: OUT=/some/dir bash scripts/bench-isolation.sh [DIST_DIR]
@@ -71,7 +72,7 @@ wants() {
 sampler_start() {
   local dir=$1 ready=$work/sampler.ready
   rm -f "$ready"
-  env -u LD_PRELOAD "$py" scripts/gpu/nvml_sampler.py --out-dir "$dir" --interval 0.05 \
+  env -u LD_PRELOAD "$py" scripts/gpu/nvml_sampler.py --out "$dir/nvml.log" --period-ms 50 \
     --ready "$ready" </dev/null 2>"$dir/nvml_sampler.err" &
   sampler_pid=$!
   local _
@@ -82,6 +83,8 @@ sampler_start() {
   done
   if [ ! -e "$ready" ] || [ -s "$dir/nvml_sampler.err" ]; then
     say "WARNING: the NVML sampler did not start cleanly; throughput only: $(tail -n 1 "$dir/nvml_sampler.err" 2>/dev/null)"
+  elif grep -q '^error' "$dir/nvml.log" 2>/dev/null; then
+    say "WARNING: NVML refuses a query (the report will say what is missing): $(grep -m 1 '^error' "$dir/nvml.log")"
   fi
 }
 

@@ -24,7 +24,6 @@ How each figure is made:
 """
 
 import argparse
-import csv
 import importlib.util
 import os
 import re
@@ -103,34 +102,35 @@ def read_log(directory, name):
 
 
 class Nvml:
-    """The NVML sampler's output for one section (scripts/gpu/nvml_sampler.py)."""
+    """The NVML sampler's log for one section (scripts/gpu/nvml_sampler.py: `dev`, `proc`,
+    `error` and `info` lines)."""
 
     def __init__(self, directory):
         self.device = []  # (t, util, clock, power), None where NVML gave nothing
         self.proc = []  # (sample_t, pid, sm_util)
-        self.info = read_kv(os.path.join(directory, "nvml_info.txt"))
-        path = os.path.join(directory, "nvml.csv")
-        if os.path.exists(path):
-            with open(path, newline="") as f:
-                for row in csv.DictReader(f):
-                    try:
-                        self.device.append((
-                            int(row["mono_ns"]),
-                            number(row.get("gpu_util_pct")),
-                            number(row.get("sm_clock_mhz")),
-                            number(row.get("power_w")),
-                        ))
-                    except (KeyError, ValueError, TypeError):
-                        continue  # a line cut short by a kill
-        path = os.path.join(directory, "nvml_proc.csv")
-        if os.path.exists(path):
-            with open(path, newline="") as f:
-                for row in csv.DictReader(f):
-                    try:
-                        self.proc.append((int(row["sample_mono_ns"]), int(row["pid"]),
-                                          float(row["sm_util_pct"])))
-                    except (KeyError, ValueError, TypeError):
-                        continue
+        self.errors = {}  # what -> its first error
+        self.info = {}
+        path = os.path.join(directory, "nvml.log")
+        if not os.path.exists(path):
+            return
+        with open(path, errors="replace") as f:
+            for line in f:
+                kind, _, rest = line.partition(" ")
+                fields = dict(w.split("=", 1) for w in rest.split() if "=" in w)
+                try:
+                    if kind == "dev":
+                        self.device.append((int(fields["at_ns"]), number(fields.get("util")),
+                                            number(fields.get("sm_mhz")), number(fields.get("power_w"))))
+                    elif kind == "proc":
+                        at = int(fields.get("sample_ns", fields["at_ns"]))
+                        self.proc.append((at, int(fields["pid"]), float(fields["sm"])))
+                    elif kind == "error":
+                        what = fields.get("what", "?")
+                        self.errors.setdefault(what, rest.split(f"what={what}", 1)[-1].strip())
+                    elif kind == "info":
+                        self.info.update(fields)
+                except (KeyError, ValueError):
+                    continue  # a line cut short by a kill
 
     def device_mean(self, column, start, end):
         values = [s[column] for s in self.device if start <= s[0] <= end and s[column] is not None]
@@ -586,16 +586,15 @@ def fmt_ns(ns):
 def nvml_notes(nvml, directory):
     notes = []
     if not nvml.device:
-        notes.append("No NVML samples (" + nvml.info.get("error", "the sampler wrote nothing") + ").")
-    elif all(s[1] is None for s in nvml.device):
-        notes.append("NVML gave no utilization (" + nvml.info.get("first_error_utilization", "?") + ").")
-    if nvml.device and not nvml.proc:
-        why = nvml.info.get("first_error_process_utilization")
+        why = nvml.errors.get("init") or nvml.errors.get("device") or "the sampler wrote nothing"
+        notes.append(f"No NVML samples ({why}).")
+    elif not nvml.proc:
+        why = nvml.errors.get("process")
         notes.append("No per-process samples from NVML" + (f" ({why})" if why else "") + ".")
     if nvml.proc:
         logged = set()
         for name in os.listdir(directory):
-            if name.endswith(".log"):
+            if name.endswith(".log") and name != "nvml.log":
                 log = Log(os.path.join(directory, name))
                 if log.pid is not None:
                     logged.add(log.pid)

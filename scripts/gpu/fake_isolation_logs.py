@@ -81,16 +81,16 @@ class Section:
         return start
 
     def close(self):
-        with open(os.path.join(self.dir, "nvml.csv"), "w") as f:
-            f.write("mono_ns,gpu_util_pct,sm_clock_mhz,power_w\n")
-            for t, util, clock, power in self.device:
-                f.write(f"{t},{util:.0f},{clock},{power}\n")
-        with open(os.path.join(self.dir, "nvml_proc.csv"), "w") as f:
-            f.write("mono_ns,pid,sample_mono_ns,sm_util_pct\n")
-            for t, pid, sample, util in self.proc:
-                f.write(f"{t},{pid},{sample},{util:.0f}\n")
-        with open(os.path.join(self.dir, "nvml_info.txt"), "w") as f:
-            f.write(f"gpu=Synthetic GPU\nsamples={len(self.device)}\n")
+        """The NVML sampler's log (scripts/gpu/nvml_sampler.py), in time order."""
+        lines = [(0, "info gpu=Synthetic_GPU driver=580.00")]
+        for t, util, clock, power in self.device:
+            lines.append((t, f"dev at_ns={t} util={util:.0f} sm_mhz={clock} power_w={power}"))
+        for t, pid, sample, util in self.proc:
+            lines.append((t, f"proc at_ns={t} pid={pid} ts_us={(sample + WALL_OFFSET_NS) // 1000} "
+                             f"sm={util:.0f} sample_ns={sample}"))
+        lines.sort(key=lambda pair: pair[0])
+        with open(os.path.join(self.dir, "nvml.log"), "w") as f:
+            f.write("\n".join(text for _, text in lines) + "\n")
 
 
 def loop(util, step_ns, shim=0):

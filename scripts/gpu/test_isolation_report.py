@@ -153,9 +153,8 @@ class SyntheticLogs(unittest.TestCase):
             for name in os.listdir(self.section("shares")):
                 with open(os.path.join(self.section("shares"), name)) as f:
                     text = f.read()
-                if name == "nvml_proc.csv":
-                    rows = text.splitlines()
-                    text = "\n".join([rows[0]] + [r.replace(",1", ",9", 1) for r in rows[1:]]) + "\n"
+                if name == "nvml.log":
+                    text = text.replace(" pid=1", " pid=9")
                 with open(os.path.join(tmp, name), "w") as f:
                     f.write(text)
             part = report.shares_section(tmp)
@@ -172,9 +171,10 @@ class Sampler(unittest.TestCase):
             ready = os.path.join(tmp, "ready")
             env = dict(os.environ, PYTHONPATH=tmp)
             before = time.monotonic_ns()
+            os.mkdir(out)
             sampler = subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "nvml_sampler.py"), "--out-dir", out,
-                 "--interval", "0.01", "--ready", ready], env=env)
+                [sys.executable, os.path.join(HERE, "nvml_sampler.py"), "--out",
+                 os.path.join(out, "nvml.log"), "--period-ms", "10", "--ready", ready], env=env)
             try:
                 deadline = time.monotonic() + 20
                 while not os.path.exists(ready) and time.monotonic() < deadline:
@@ -192,8 +192,8 @@ class Sampler(unittest.TestCase):
             self.assertGreater(len(nvml.proc), 0)
             # The stamps were moved onto CLOCK_MONOTONIC, and old samples dropped.
             self.assertEqual(nvml.process_util([4242], before, after), 30)
-            self.assertEqual(nvml.info["gpu"], "Stand-in GPU")
-            self.assertIn("first_error_power", nvml.info)
+            self.assertEqual(nvml.info["gpu"], "Stand-in_GPU")
+            self.assertIn("power", nvml.errors)
 
 
 def torch_installed():
