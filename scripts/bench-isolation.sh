@@ -20,6 +20,9 @@
 #        RUN_TIMEOUT       seconds a process may take beyond its run: start-up, warm-up
 #                          (default 90); one that takes longer is killed and reported
 #        SHAPES_DEVICE     cuda (default); cpu only for a dry run of this script without a GPU
+#        TRACE             1: every process under the shim also writes the watcher's trace
+#                          (GPUSLICE_TRACE) beside its log, as LOG.trace (a diagnostic; off
+#                          by default, since writing it is work the watcher does)
 #
 # Then scripts/isolation_report.py reads $OUT and writes $OUT/isolation.md and plots in
 # $OUT/img (without matplotlib, the tables alone; run it again elsewhere for the plots).
@@ -27,6 +30,9 @@
 # (the others still ran; the report says which are missing).
 set -uo pipefail # not -e: a failed run is recorded and the others still run
 
+: "${OUT:?set OUT to a folder for the logs}"
+# Relative to where the script was started (GPUSLICE_TRACE takes only an absolute path).
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 # shellcheck source=scripts/gpu/bench_common.sh
@@ -46,7 +52,8 @@ extra=${RUN_TIMEOUT:-90}
 require_int RUN_TIMEOUT "$extra"
 device=${SHAPES_DEVICE:-cuda}
 only=${ONLY:-limit shares priority}
-top=${OUT:?set OUT to a folder for the logs}/isolation
+top=$OUT/isolation
+trace=${TRACE:-0}
 shapes=$ROOT/scripts/gpu/shapes.py
 longest=$((each > pseconds ? each : pseconds))
 run_timeout=$((longest + extra))
@@ -137,6 +144,7 @@ member() {
   if [ "$who" != bare ]; then
     launcher=(env LD_PRELOAD="$shim" GPUSLICE_DIR="$group_ledger" GPUSLICE_TENANT="$who"
       ${settings[@]+"${settings[@]}"})
+    [ "$trace" = 1 ] && launcher+=(GPUSLICE_TRACE="$group_dir/${log%.log}.trace")
     expect=1
   fi
   local ready=$work/${group_name}.${#group_pids[@]}.ready

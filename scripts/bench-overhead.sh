@@ -34,6 +34,9 @@
 #        SHAPES_DEVICE  cuda (default); cpu only for a dry run without a GPU
 set -uo pipefail
 
+: "${OUT:?set OUT to a folder for the logs}"
+# Relative to where the script was started (GPUSLICE_TRACE takes only an absolute path).
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 # shellcheck source=scripts/gpu/bench_common.sh
