@@ -52,6 +52,14 @@ extra=${RUN_TIMEOUT:-90}
 require_int RUN_TIMEOUT "$extra"
 device=${SHAPES_DEVICE:-cuda}
 only=${ONLY:-limit shares priority}
+# A misspelt ONLY would run nothing of what was meant: refuse it before anything runs.
+known="limit shares priority torch4096 jax4096 graph4096 step2048 step1024 streams4096 procs4096 light2048 requests llama"
+for word in $only; do
+  if [[ " $known " != *" $word "* ]]; then
+    echo "bench-isolation: ONLY: unknown section or case '$word' (known: $known)" >&2
+    exit 2
+  fi
+done
 top=$OUT/isolation
 trace=${TRACE:-0}
 shapes=$ROOT/scripts/gpu/shapes.py

@@ -59,6 +59,13 @@ require_int HF_REQUESTS "$hf_requests"
 read -r -a bench_args <<<"${BENCH_ARGS:---pairs 2000 --launches 20000 --spins 200 --batches 3}"
 device=${SHAPES_DEVICE:-cuda}
 only=${ONLY:-runtime driver hf}
+known="runtime driver hf runtime-none runtime-share50 driver-none driver-share50 hf-share50"
+for word in $only; do
+  if [[ " $known " != *" $word "* ]]; then
+    echo "bench-overhead: ONLY: unknown case '$word' (known: $known)" >&2
+    exit 2
+  fi
+done
 out=${OUT:?set OUT to a folder for the logs}/overhead
 nvcc=${NVCC:-nvcc}
 # Any one process: start-up and the timed loops take a few seconds; a hang must not eat the
