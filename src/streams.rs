@@ -84,9 +84,9 @@ struct SampleSlot {
     /// The events recorded before and after it.
     start: AtomicUsize,
     end: AtomicUsize,
-    /// How long the launch call took, when the stream had nothing left before it (the
-    /// first event was reached by the time the call returned): the GPU had reached the
-    /// first event before the launch was submitted, so that time is not the launch's.
+    /// How long recording the first event took, when the stream had nothing left before
+    /// it (the first event was reached by the time the launch call returned): the GPU had
+    /// reached it before the launch was submitted, so that time is not the launch's.
     lead_ns: AtomicU64,
     /// The count of the launch that was timed: once its second event is reached, every
     /// launch of the stream up to it has finished.

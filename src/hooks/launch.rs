@@ -95,18 +95,20 @@ fn timed(
 ) -> CUresult {
     let before = gpuslice_ledger::monotonic_ns();
     let started = record(start, stream, per_thread);
+    let recorded = gpuslice_ledger::monotonic_ns();
     let status = launch();
-    let returned = gpuslice_ledger::monotonic_ns();
     if status == CUDA_SUCCESS {
         entry.count_launch();
         gate.count_launch();
     }
-    // On an idle stream the first event is reached as soon as it is recorded, while the
-    // launch is still being submitted: that part of the time between the events was not
-    // the launch's. On a busy one it is reached when the work before ends, when the
-    // launch starts.
+    // On an idle stream the first event is reached as soon as it is recorded, before the
+    // launch is submitted: the time its own recording took was not the launch's. (The
+    // launch call's time is the launch's, or near enough: on an H100 its work reaches the
+    // GPU early in the call, and taking the whole call off undercounted 2048² matmuls
+    // synchronized one by one by 5 µs each, a fifth of their time.) On a busy stream the
+    // first event is reached when the work before it ends, when the launch starts.
     let lead_ns = if reached(start) {
-        returned.saturating_sub(before)
+        recorded.saturating_sub(before)
     } else {
         0
     };
