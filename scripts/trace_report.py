@@ -99,6 +99,7 @@ def main():
                 ax.plot(*zip(*limited["series"]), label=f"limit 30%, {label}")
             ax.axhline(30, color="k", linestyle=":", linewidth=1)
             ax.set_ylim(0, 105)
+            ax.set_xlim(left=-0.5)
             ax.set_ylabel("NVML util %")
             ax.set_title(NAMES[shape], fontsize=9)
             ax.legend(fontsize=7, loc="upper right")
