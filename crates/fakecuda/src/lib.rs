@@ -65,7 +65,8 @@
 //!   the state directory) executing a kernel on the same device at the time, itself
 //!   included; idle processes do not count, nor do other devices. Two processes keeping
 //!   5 ms kernels back to back each complete one every 10 ms; alone, every 5 ms. Kernels on
-//!   several streams of one process run side by side, each at the process's rate. Stream
+//!   several streams of one process share the process's part, as kernels that fill the GPU
+//!   do (three streams each keeping 5 ms kernels complete one each every 15 ms). Stream
 //!   clocks, and so `cuEventElapsedTime`, show the stretched time. A process killed
 //!   mid-kernel stops counting within 5 to 7 ms (its mark in the state file is reclaimed
 //!   through the same OFD lock as its memory). See `kernel.rs` for the model and its
