@@ -26,9 +26,11 @@
 //!                                 (a training step; --ns 20000 --sync-every 1 is a
 //!                                 launch-bound loop); U microseconds asleep after each
 //!                                 synchronization (a light tenant: a kernel, then a pause)
-//!   --graph N [--pause-us U]      N kernels captured into a CUDA graph once (global capture
-//!                                 mode), then the graph replayed, with cuCtxSynchronize after
-//!                                 each replay (not with --legacy or several streams)
+//!   --graph N [--pause-us U]      N kernels run once and synchronized (a warm-up, as
+//!                                 frameworks do), then captured into a CUDA graph (global
+//!                                 capture mode), then the graph replayed, with
+//!                                 cuCtxSynchronize after each replay (not with --legacy or
+//!                                 several streams)
 //! ```
 //!
 //! Prints `kernels=<n> ns_each=<d> elapsed_ms=<..> busy_fraction=<..> event_ms=<..>`, where
@@ -396,9 +398,17 @@ fn run_load(
     load: &Load,
 ) -> Result<(), String> {
     let ns = load.ns;
+    let mut finished = Finished { kernels: 0 };
     let graph = match load.shape {
         Shape::Graph(n, _) => {
+            // A warm-up run first, as frameworks do before capturing (and so that a shim
+            // watching the process is at work during the capture).
             let stream = &streams[0];
+            for _ in 0..n {
+                launcher.spin(stream, ns)?;
+            }
+            synchronize(ctx)?;
+            finished.saw(n);
             stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
                 .map_err(|e| format!("cuStreamBeginCapture_v2: {e}"))?;
@@ -415,7 +425,6 @@ fn run_load(
     let mut in_flight = InFlight {
         queues: streams.iter().map(|_| VecDeque::new()).collect(),
     };
-    let mut finished = Finished { kernels: 0 };
     let mut next_stream = 0;
     let mut idled = false;
     let start = Instant::now();
