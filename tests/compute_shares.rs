@@ -7,32 +7,16 @@
 
 mod util;
 
-use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::process::Command;
 use std::time::Duration;
 
 use gpuslice_ledger::monotonic_ns;
 
+use util::compute::*;
 use util::*;
 
 /// Kernel length: long against the watcher's tick and the simulation's heartbeat.
 const KERNEL_NS: u64 = 2_000_000;
-/// The simulated GPU's tolerance around each figure the issue asks for (points).
-const TOLERANCE: f64 = 0.03;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// spin under the shim as a process of `tenant` with compute settings `env`.
-fn tenant_spin(node: &Node, tenant: &str, env: &[(&str, &str)]) -> Command {
-    let mut command = node.tenant(tenant, None, example("spin"));
-    command.envs(env.iter().copied());
-    command
-}
-
 /// A spin load of `millis` as a process of `tenant` with compute settings `env`.
 fn load(node: &Node, tenant: &str, env: &[(&str, &str)], millis: u64, extra: &[&str]) -> Running {
     spin_load(&mut tenant_spin(node, tenant, env), millis, extra)
@@ -50,79 +34,6 @@ fn spin_load(command: &mut Command, millis: u64, extra: &[&str]) -> Running {
     ]);
     command.args(extra);
     Running::spawn(command)
-}
-
-/// What a load printed.
-struct Report {
-    /// When each kernel was seen finished.
-    done: Vec<u64>,
-    idle_at: Option<u64>,
-    resume_at: Option<u64>,
-    first: u64,
-    last: u64,
-}
-
-/// What a spin run printed, once it exited 0 (within a minute).
-fn succeeded(running: Running) -> String {
-    let output: Output = running.wait_output(Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "spin failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-fn finish(running: Running) -> Report {
-    let stdout = succeeded(running);
-    let at = |l: &str| field(l, "at_ns");
-    let done: Vec<u64> = stdout
-        .lines()
-        .filter(|l| l.starts_with("done "))
-        .map(at)
-        .collect();
-    assert!(!done.is_empty(), "{stdout}");
-    Report {
-        first: done[0],
-        last: done[done.len() - 1],
-        idle_at: stdout.lines().find(|l| l.starts_with("idle ")).map(at),
-        resume_at: stdout.lines().find(|l| l.starts_with("resume ")).map(at),
-        done,
-    }
-}
-
-impl Report {
-    /// The fraction of the GPU its kernels took between `from` and `to`.
-    fn share(&self, from: u64, to: u64) -> f64 {
-        self.share_of(KERNEL_NS, from, to)
-    }
-
-    /// The same, for kernels of `kernel_ns`.
-    fn share_of(&self, kernel_ns: u64, from: u64, to: u64) -> f64 {
-        let kernels = self.done.iter().filter(|&&t| t > from && t <= to).count();
-        (kernels as f64 * kernel_ns as f64) / (to - from) as f64
-    }
-}
-
-/// A window in which all of `reports` ran, leaving out their first `settle` ms.
-fn common_window(reports: &[&Report], settle_ms: u64) -> (u64, u64) {
-    let from = reports.iter().map(|r| r.first).max().unwrap() + settle_ms * 1_000_000;
-    let to = reports.iter().map(|r| r.last).min().unwrap() - 50_000_000;
-    assert!(to > from + 500_000_000, "too short a common window");
-    (from, to)
-}
-
-fn assert_near(what: &str, got: f64, want: f64) {
-    eprintln!("{what}: {:.1}% (want {:.1}%)", got * 100.0, want * 100.0);
-    assert!(
-        (got - want).abs() <= TOLERANCE,
-        "{what}: got {:.1}%, want {:.1}% ± {:.0}",
-        got * 100.0,
-        want * 100.0,
-        TOLERANCE * 100.0
-    );
 }
 
 /// Runs tenants with these shares side by side; returns each one's share.

@@ -1,6 +1,7 @@
 //! Contexts: each device's primary context, created ones, and each thread's stack of current
 //! contexts. A live context holds the device's context footprint of memory, and owns its
-//! streams and the allocations made in it.
+//! streams (each thread's per-thread default stream among them) and the allocations made in
+//! it.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -63,6 +64,25 @@ static CONTEXTS: Table<Context> = Table::new();
 
 thread_local! {
     static STACK: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    static PER_THREAD: RefCell<PerThreadStreams> =
+        const { RefCell::new(PerThreadStreams(Vec::new())) };
+}
+
+/// A thread's per-thread default streams, one for each context it used one in: blocking
+/// streams of those contexts, ended (their queued work still runs) when the thread exits.
+#[derive(Debug)]
+struct PerThreadStreams(Vec<Arc<Stream>>);
+
+impl Drop for PerThreadStreams {
+    fn drop(&mut self) {
+        for s in self.0.drain(..) {
+            if let Some(ctx) = s.ctx.upgrade() {
+                ctx.streams.lock().retain(|t| !Arc::ptr_eq(t, &s));
+            }
+            crate::capture::forget(&s);
+            s.shutdown();
+        }
+    }
 }
 
 /// `CUlimit` defaults: stack size, printf FIFO, malloc heap, sync depth, pending launches,
@@ -124,10 +144,31 @@ impl Context {
         Ok(s)
     }
 
+    /// The calling thread's per-thread default stream in this context (`CU_STREAM_PER_THREAD`),
+    /// started at its first use.
+    pub fn per_thread_stream(self: &Arc<Self>) -> CuResult<Arc<Stream>> {
+        let found = PER_THREAD.try_with(|streams| -> CuResult<Arc<Stream>> {
+            let mut streams = streams.borrow_mut();
+            // Those of contexts that are gone were ended with them.
+            streams.0.retain(|s| s.ctx.strong_count() > 0);
+            let me = Arc::downgrade(self);
+            if let Some(s) = streams.0.iter().find(|s| s.ctx.ptr_eq(&me)) {
+                return Ok(Arc::clone(s));
+            }
+            let s = Stream::spawn(me, self.handle, stream::PER_THREAD, 0, 0)?;
+            self.streams.lock().push(Arc::clone(&s));
+            streams.0.push(Arc::clone(&s));
+            Ok(s)
+        });
+        // The thread is exiting: its per-thread streams are gone.
+        found.unwrap_or(Err(CuError::InvalidContext))
+    }
+
     /// Destroys a created stream: its queued work still runs, then its worker exits.
     pub fn destroy_stream(&self, handle: usize) -> CuResult {
         let s = stream::unregister(handle).ok_or(CuError::InvalidHandle)?;
         self.streams.lock().retain(|t| t.handle != handle);
+        crate::capture::forget(&s);
         s.shutdown();
         Ok(())
     }
@@ -192,7 +233,10 @@ fn teardown(ctx: &Arc<Context>) {
     CONTEXTS.remove(ctx.handle);
     let streams = std::mem::take(&mut *ctx.streams.lock());
     for s in streams {
-        stream::unregister(s.handle);
+        if s.handle != stream::PER_THREAD {
+            stream::unregister(s.handle);
+        }
+        crate::capture::forget(&s);
         s.synchronize();
         s.shutdown();
     }

@@ -33,12 +33,30 @@ pub enum CuError {
     OperatingSystem = 304,
     /// `CUDA_ERROR_INVALID_HANDLE`: an unknown stream, event, module, function, pool or handle.
     InvalidHandle = 400,
+    /// `CUDA_ERROR_ILLEGAL_STATE`: ending a capture on a stream that is not capturing, or
+    /// beginning one on a stream that is.
+    IllegalState = 401,
     /// `CUDA_ERROR_NOT_FOUND`: an unknown kernel or symbol name.
     NotFound = 500,
     /// `CUDA_ERROR_NOT_READY`: queued work has not finished yet.
     NotReady = 600,
     /// `CUDA_ERROR_NOT_SUPPORTED`: a call the simulator does not implement.
     NotSupported = 801,
+    /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`: a call not permitted while a stream captures
+    /// (it invalidates the capture).
+    StreamCaptureUnsupported = 900,
+    /// `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`: the capture was invalidated by an earlier
+    /// call.
+    StreamCaptureInvalidated = 901,
+    /// `CUDA_ERROR_STREAM_CAPTURE_IMPLICIT`: work on the legacy NULL stream while a blocking
+    /// stream of its context captures.
+    StreamCaptureImplicit = 906,
+    /// `CUDA_ERROR_CAPTURED_EVENT`: waiting for or querying an event last recorded in a
+    /// capture.
+    CapturedEvent = 907,
+    /// `CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD`: a capture not begun in relaxed mode ended
+    /// from another thread.
+    StreamCaptureWrongThread = 908,
     /// `CUDA_ERROR_UNKNOWN`: an internal failure (a caught panic).
     Unknown = 999,
 }
@@ -203,6 +221,12 @@ mod tests {
             CuError::NotFound,
             CuError::NotReady,
             CuError::NotSupported,
+            CuError::IllegalState,
+            CuError::StreamCaptureUnsupported,
+            CuError::StreamCaptureInvalidated,
+            CuError::StreamCaptureImplicit,
+            CuError::CapturedEvent,
+            CuError::StreamCaptureWrongThread,
             CuError::Unknown,
         ] {
             assert!(name(e.code()).is_some(), "{e:?}");

@@ -46,10 +46,13 @@
 //!   of `k` is placed at its instant, except that kernels already ended cannot be moved: a
 //!   change marked later than the end of another process's kernel is not seen by that
 //!   kernel (`tests/timeslice.rs` measures the result).
-//! - **Within a process**, kernels on different streams run concurrently: each progresses at
-//!   the process's rate `1/k` (a process counts once in `k` however many of its streams
-//!   execute). Real GPUs run kernels of one context side by side too; the simulation does
-//!   not model them competing for the device's SMs.
+//! - **Within a process**, kernels on several streams share the process's part: `m` of its
+//!   streams executing at once each progress at `1/(k·m)` (a process counts once in `k`
+//!   however many of its streams execute), so that a process keeping kernels on three
+//!   streams gets through as much kernel time as one keeping them on one. That is how an
+//!   H100 runs kernels that fill it (the matmuls of a training step, XLA's streams): side
+//!   by side only where each leaves SMs free, which the simulation does not model. Every
+//!   stream that starts or stops executing wakes the others, as a change of `k` does.
 //! - **Stream clocks and events** keep the computed ends, so `cuEventElapsedTime` around a
 //!   kernel shows its stretched wall time, as on real hardware.
 //! - **Switching costs**: a real GPU loses time each time it switches between contexts (an
@@ -130,6 +133,22 @@ fn ns_at(at: Instant, now: Instant, now_ns: u64) -> u64 {
     }
 }
 
+/// Who a kernel shares the device with at a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sharers {
+    /// The processes executing on the device, this one included (`k`).
+    processes: u32,
+    /// This process's streams executing on the device, this one included (`m`).
+    streams: u32,
+}
+
+impl Sharers {
+    const ALONE: Sharers = Sharers {
+        processes: 1,
+        streams: 1,
+    };
+}
+
 /// A stream's place among the processes executing kernels on a device: this process's mark
 /// in the device's state file, held while the stream executes kernels back to back and
 /// removed by `end` (or when dropped), and what the stream last saw of the device.
@@ -137,8 +156,8 @@ fn ns_at(at: Instant, now: Instant, now_ns: u64) -> u64 {
 pub struct Share {
     device: &'static Device,
     slot: Option<usize>,
-    /// The processes executing at the last look, this one included.
-    k: u32,
+    /// Who shared the device at the last look.
+    k: Sharers,
     /// The state file's executing generation at the last look.
     generation: u32,
 }
@@ -153,7 +172,7 @@ impl Share {
         let mut share = Share {
             device,
             slot,
-            k: 1,
+            k: Sharers::ALONE,
             generation: ledger.executing_generation().0,
         };
         share.k = share.executing(now_ns);
@@ -172,14 +191,18 @@ impl Share {
         }
     }
 
-    /// Refreshes this process's heartbeat and counts the processes executing on the device,
-    /// this one included.
-    fn executing(&self, now_ns: u64) -> u32 {
+    /// Refreshes this process's heartbeat and counts the processes executing on the device
+    /// and this process's streams executing there, this one included in each.
+    fn executing(&self, now_ns: u64) -> Sharers {
         let ledger = self.device.ledger();
-        if let Some(slot) = self.slot {
+        let streams = self.slot.map_or(1, |slot| {
             ledger.beat(slot, now_ns);
+            ledger.streams_executing(slot).max(1)
+        });
+        Sharers {
+            processes: 1 + ledger.others_executing(self.slot, now_ns),
+            streams,
         }
-        1 + ledger.others_executing(self.slot, now_ns)
     }
 }
 
@@ -211,7 +234,7 @@ pub fn run(
     run_shared(start, duration, share)
 }
 
-/// Runs a kernel progressing at `1/k` of wall time: see the module's documentation.
+/// Runs a kernel progressing at `1/(k·m)` of wall time: see the module's documentation.
 fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant {
     let ledger = share.device.ledger();
     let slicing = Slicing {
@@ -266,8 +289,9 @@ fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant 
     }
 }
 
-/// How a kernel progresses with `k` processes executing: at `1/k` of wall time, less the
-/// part lost to switching between them when `k > 1`.
+/// How a kernel progresses with `k` processes and `m` of its own process's streams
+/// executing: at `1/(k·m)` of wall time, less the part lost to switching between processes
+/// when `k > 1`.
 #[derive(Clone, Copy, Debug)]
 struct Slicing {
     loss_percent: u128,
@@ -275,18 +299,20 @@ struct Slicing {
 
 impl Slicing {
     /// The progress `wall` nanoseconds buy.
-    fn progress(self, wall: u128, k: u32) -> u128 {
-        match u128::from(k) {
-            0 | 1 => wall,
-            k => wall * (100 - self.loss_percent) / (100 * k),
+    fn progress(self, wall: u128, k: Sharers) -> u128 {
+        let m = u128::from(k.streams.max(1));
+        match u128::from(k.processes) {
+            0 | 1 => wall / m,
+            k => wall * (100 - self.loss_percent) / (100 * k * m),
         }
     }
 
     /// The wall time `progress` nanoseconds take (the inverse of `progress`, rounded up).
-    fn wall_time(self, progress: u128, k: u32) -> u128 {
-        match u128::from(k) {
-            0 | 1 => progress,
-            k => (progress.saturating_mul(100 * k)).div_ceil(100 - self.loss_percent),
+    fn wall_time(self, progress: u128, k: Sharers) -> u128 {
+        let m = u128::from(k.streams.max(1));
+        match u128::from(k.processes) {
+            0 | 1 => progress.saturating_mul(m),
+            k => (progress.saturating_mul(100 * k * m)).div_ceil(100 - self.loss_percent),
         }
     }
 }
@@ -314,16 +340,35 @@ pub fn run_alone(start: Instant, duration: Duration) -> Instant {
 mod tests {
     use super::*;
 
+    fn sharers(processes: u32, streams: u32) -> Sharers {
+        Sharers { processes, streams }
+    }
+
     #[test]
     fn switching_loses_its_part_only_while_processes_share_the_device() {
         let lossy = Slicing { loss_percent: 10 };
-        assert_eq!(lossy.progress(1_000, 1), 1_000, "alone: nothing lost");
-        assert_eq!(lossy.progress(1_000, 2), 450);
-        assert_eq!(lossy.wall_time(450, 2), 1_000);
-        assert_eq!(lossy.wall_time(451, 2), 1_003, "rounded up: never early");
+        assert_eq!(
+            lossy.progress(1_000, Sharers::ALONE),
+            1_000,
+            "alone: nothing lost"
+        );
+        assert_eq!(lossy.progress(1_000, sharers(2, 1)), 450);
+        assert_eq!(lossy.wall_time(450, sharers(2, 1)), 1_000);
+        assert_eq!(
+            lossy.wall_time(451, sharers(2, 1)),
+            1_003,
+            "rounded up: never early"
+        );
+        assert_eq!(
+            lossy.progress(1_000, sharers(1, 2)),
+            500,
+            "own streams: shared, nothing lost"
+        );
+        assert_eq!(lossy.progress(1_000, sharers(2, 2)), 225);
         let free = Slicing { loss_percent: 0 };
-        assert_eq!(free.progress(900, 3), 300);
-        assert_eq!(free.wall_time(300, 3), 900);
+        assert_eq!(free.progress(900, sharers(3, 1)), 300);
+        assert_eq!(free.wall_time(300, sharers(3, 1)), 900);
+        assert_eq!(free.wall_time(300, sharers(1, 3)), 900);
     }
 
     #[test]
@@ -395,6 +440,31 @@ mod tests {
         let end = run(t1, Duration::from_millis(3), Some(ours), &mut share);
         let took = (end - t1).as_secs_f64() * 1e3;
         assert!((took - 6.0).abs() < 0.01, "{took} ms");
+    }
+
+    #[test]
+    fn streams_of_one_process_share_its_part_of_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = device(dir.path());
+        let t0 = Instant::now();
+        // Two streams of the process start executing at once: a 2 ms kernel on one and a
+        // 6 ms kernel on the other progress at half speed until the first ends, 4 ms in, and
+        // its stream stops executing; the rest of the second runs alone, to 8 ms. (The first
+        // stream's thread may run up to 8 ms late before the second would end without it.)
+        let mut first = Some(Share::begin(dev, t0));
+        let mut second = Some(Share::begin(dev, t0));
+        let other = std::thread::spawn(move || {
+            let end = run(t0, Duration::from_millis(6), Some(dev), &mut second);
+            (end, second)
+        });
+        let first_end = run(t0, Duration::from_millis(2), Some(dev), &mut first);
+        first.take().unwrap().end(first_end);
+        let (second_end, second) = other.join().unwrap();
+        drop(second);
+        let ms = |end: Instant| (end - t0).as_secs_f64() * 1e3;
+        assert!((ms(first_end) - 4.0).abs() < 0.01, "{} ms", ms(first_end));
+        assert!((ms(second_end) - 8.0).abs() < 0.01, "{} ms", ms(second_end));
+        assert_eq!(dev.ledger().others_executing(None, ledger::now_ns()), 0);
     }
 
     #[test]

@@ -111,8 +111,8 @@ pub unsafe fn launch(
         None
     };
     let device = s.ctx.upgrade().map(|ctx| ctx.device);
-    s.submit(Op::Kernel(f.kernel.duration(argument)?, device));
-    Ok(())
+    s.submit(Op::Kernel(f.kernel.duration(argument)?, device))
+        .map(drop)
 }
 
 #[cfg(test)]

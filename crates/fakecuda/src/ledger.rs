@@ -18,9 +18,10 @@
 //! whose heartbeat is stale (its owner descheduled, stopped, or dead) costs an OFD lock test,
 //! and a dead owner's slot is then reclaimed, memory and mark together. The header's
 //! `claimed` bounds the slots ever claimed, so that this count scans only those. Whenever a
-//! slot starts or stops executing (a mark appears, or is removed or reclaimed), the header's
-//! `changed_ns` records when and its `generation` is incremented and woken as a futex, so
-//! that executing streams of every process look again at once instead of polling.
+//! stream starts or stops executing (a mark is added or removed, or a slot reclaimed), the
+//! header's `changed_ns` records when and its `generation` is incremented and woken as a
+//! futex, so that executing streams of every process look again at once instead of polling
+//! (those of the same process share its part of the device, so its own changes count too).
 //!
 //! Layout (native endian, version 1): a 64-byte header (`magic` "FAKECUDA", `version`,
 //! `slot_count`, `used`, `claimed` u64, `generation` u32, a reserved u32, `changed_ns` u64;
@@ -56,7 +57,7 @@ struct Header {
     used: AtomicU64,
     /// One past the highest slot index ever claimed in this file (only grows).
     claimed: AtomicU64,
-    /// Incremented (and woken as a futex) whenever a slot starts or stops executing.
+    /// Incremented (and woken as a futex) whenever a stream starts or stops executing.
     generation: AtomicU32,
     _reserved0: AtomicU32,
     /// When the latest such change happened (`CLOCK_MONOTONIC` ns).
@@ -332,15 +333,15 @@ impl Ledger {
     /// (claiming the process's slot if needed) and sets the slot's heartbeat to `now_ns`.
     /// Returns the slot's index, for `beat` and `end_executing`; `None` after `release_all`
     /// or when no slot can be had (the kernel then runs unseen by other processes).
-    /// If the process was not executing, the change is dated `at_ns`.
+    /// The change is dated `at_ns` (and wakes every executing stream: this process's others
+    /// share its part of the device with this one).
     pub fn begin_executing(&self, now_ns: u64, at_ns: u64) -> Option<usize> {
         let mut own = self.own.lock();
         let index = self.own_slot(&mut own).ok()??;
         let slot = self.slot(index);
         slot.beat.store(now_ns, Ordering::Release);
-        if slot.executing.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.executing_changed(at_ns);
-        }
+        slot.executing.fetch_add(1, Ordering::AcqRel);
+        self.executing_changed(at_ns);
         Some(index)
     }
 
@@ -349,8 +350,8 @@ impl Ledger {
         self.slot(index).beat.store(now_ns, Ordering::Release);
     }
 
-    /// Uncounts a stream counted by `begin_executing` (nothing after `release_all`). If the
-    /// process no longer executes, the change is dated `at_ns`.
+    /// Uncounts a stream counted by `begin_executing` (nothing after `release_all`); the
+    /// change is dated `at_ns`.
     pub fn end_executing(&self, index: usize, at_ns: u64) {
         if let OwnSlot::Claimed { index: own, .. } = *self.own.lock()
             && own == index
@@ -361,13 +362,19 @@ impl Ledger {
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                         Some(n.saturating_sub(1))
                     });
-            if before == Ok(1) {
+            if before.is_ok_and(|n| n > 0) {
                 self.executing_changed(at_ns);
             }
         }
     }
 
-    /// How many times a slot has started or stopped executing (wrapping), and when it last
+    /// How many of this process's streams slot `index` (from `begin_executing`) counts as
+    /// executing.
+    pub fn streams_executing(&self, index: usize) -> u32 {
+        self.slot(index).executing.load(Ordering::Acquire)
+    }
+
+    /// How many times a stream has started or stopped executing (wrapping), and when it last
     /// did (`CLOCK_MONOTONIC` ns).
     pub fn executing_generation(&self) -> (u32, u64) {
         let header = self.header();
@@ -705,22 +712,25 @@ mod tests {
         let now = now_ns();
         let (generation, _) = b.executing_generation();
         assert_eq!(b.others_executing(None, now), 0);
-        // Two streams of A: A counts once, and only the first and last change wake anyone.
+        // Two streams of A: A counts once among the processes, both among its streams, and
+        // every change wakes everyone (A's streams share A's part).
         let ia = a.begin_executing(now, now - 7).unwrap();
-        assert_eq!(a.begin_executing(now, now), Some(ia));
         assert_eq!(
             b.executing_generation(),
             (generation.wrapping_add(1), now - 7)
         );
+        assert_eq!(a.begin_executing(now, now), Some(ia));
+        assert_eq!(a.streams_executing(ia), 2);
         assert_eq!(b.others_executing(None, now), 1);
         assert_eq!(a.others_executing(Some(ia), now), 0, "not counting itself");
         a.end_executing(ia, now + 1);
+        assert_eq!(a.streams_executing(ia), 1);
         assert_eq!(b.others_executing(None, now), 1);
         a.end_executing(ia, now + 2);
         assert_eq!(b.others_executing(None, now), 0);
         assert_eq!(
             b.executing_generation(),
-            (generation.wrapping_add(2), now + 2)
+            (generation.wrapping_add(4), now + 2)
         );
         // Waiting for a change that already happened returns at once.
         let t = std::time::Instant::now();

@@ -44,7 +44,20 @@
 //!   destroyed pool gives back its idle memory at once and the rest as its allocations are
 //!   freed. Pools count bytes, not blocks: they are never fragmented.
 //! - **Streams and events**: each stream executes its work in order on a worker thread and
-//!   keeps the device's clock; events record that clock.
+//!   keeps the device's clock; events record that clock. The legacy NULL stream synchronizes
+//!   with the context's blocking streams; each thread has a per-thread default stream of its
+//!   own in each context (`CU_STREAM_PER_THREAD`, and NULL in the `_ptsz` / `_ptds` entry
+//!   points), a blocking stream ended with the thread.
+//! - **Stream capture and graphs** (see `capture` and `graph`): while a stream captures
+//!   (`cuStreamBeginCapture[_v2]` to `cuStreamEndCapture`), its kernel launches (and graph
+//!   launches) are recorded, not run; the captured graph, instantiated
+//!   (`cuGraphInstantiate[_v2|WithFlags]`), runs its kernels back to back on the stream it is
+//!   launched on (`cuGraphLaunch`). What a capture refuses follows the driver: querying or
+//!   synchronizing the capturing stream or its context, the legacy stream beside a blocking
+//!   capture, queries of events recorded in a capture, and "potentially unsafe" calls
+//!   (stream and event queries and synchronizations) from other threads during a global
+//!   capture, each invalidating the capture; other work (copies, host functions) in a
+//!   capture is not simulated and refused.
 //! - **Kernels** from PTX text: `gpuslice_spin(.u64 ns)` runs for `ns` nanoseconds of GPU
 //!   time, every other kernel (such as `gpuslice_noop`) takes no time.
 //! - **Time-slicing between processes**, as the hardware does between contexts: a kernel
@@ -52,7 +65,8 @@
 //!   the state directory) executing a kernel on the same device at the time, itself
 //!   included; idle processes do not count, nor do other devices. Two processes keeping
 //!   5 ms kernels back to back each complete one every 10 ms; alone, every 5 ms. Kernels on
-//!   several streams of one process run side by side, each at the process's rate. Stream
+//!   several streams of one process share the process's part, as kernels that fill the GPU
+//!   do (three streams each keeping 5 ms kernels complete one each every 15 ms). Stream
 //!   clocks, and so `cuEventElapsedTime`, show the stretched time. A process killed
 //!   mid-kernel stops counting within 5 to 7 ms (its mark in the state file is reclaimed
 //!   through the same OFD lock as its memory). See `kernel.rs` for the model and its
@@ -123,14 +137,19 @@
 //! the latest version, with and without the per-thread flag) and the edge cases pinned in
 //! `tests/processes.rs` (including NVML's process lists: sizes, NULL arguments, the v1
 //! stride, instance ids, killed processes) were compared with driver 580 (CUDA 13.0) on an
-//! H100 with the same C probe. The real context footprint there is about 518 MiB per
-//! process as NVML counts it; the default `FAKECUDA_CONTEXT_FOOTPRINT` is smaller. Not simulated: graphs (`cuGraphLaunch` is `CUDA_ERROR_NOT_SUPPORTED`), cubins and
-//! fatbinaries, array copies, 2D/3D copies, IPC, stream priorities and capture, pre-3.2
-//! (32-bit) entry points; the per-thread default stream is the NULL stream; a child forked
-//! after `cuInit` gets `CUDA_ERROR_NOT_INITIALIZED`, as on a real GPU.
+//! H100 with the same C probe (the capture and graph entries since, which follow CUDA 13's
+//! `cudaTypedefs.h` and its documented return codes, were not). The real context footprint
+//! there is about 518 MiB per process as NVML counts it; the default
+//! `FAKECUDA_CONTEXT_FOOTPRINT` is smaller. Not simulated: graphs other than captured
+//! kernels (nodes added by hand, copies or host functions in a graph, updates, capture
+//! into an existing graph, several streams joined into one capture), cubins and
+//! fatbinaries, array copies, 2D/3D copies, IPC, stream priorities, pre-3.2 (32-bit) entry
+//! points; a child forked after `cuInit` gets `CUDA_ERROR_NOT_INITIALIZED`, as on a real
+//! GPU.
 
 #![deny(missing_docs)]
 
+pub mod capture;
 pub mod config;
 pub mod context;
 pub mod device;
@@ -139,6 +158,7 @@ pub mod error;
 pub mod event;
 pub mod exports;
 pub mod faults;
+pub mod graph;
 pub mod handles;
 pub mod kernel;
 pub mod launch;

@@ -1,14 +1,15 @@
 //! Memory operations in stream order: copies, memsets, and stream-ordered allocation and
 //! free.
 //!
-//! Synchronous calls run on the current context's NULL stream and wait for it. Copies that
+//! Synchronous calls run on the current context's NULL stream (the thread's per-thread
+//! default stream in the `_ptds` entry points) and wait for it. Copies that
 //! touch host memory wait even when asynchronous, as they do for pageable memory on a real
 //! GPU (which is why callers may reuse their buffers at once). Device-to-device copies and
 //! memsets on a stream run when the stream reaches them.
 
 use std::sync::Arc;
 
-use crate::context::{self, Context};
+use crate::context::Context;
 use crate::error::{CuError, CuResult};
 use crate::memory::{self, Fill, InFlight};
 use crate::stream::{self, Op, Stream};
@@ -28,10 +29,7 @@ pub enum Direction {
 
 /// The stream a call targets: its stream argument, or the NULL stream for synchronous calls.
 fn target(stream: Option<usize>) -> CuResult<Arc<Stream>> {
-    match stream {
-        Some(handle) => stream::resolve(handle),
-        None => Ok(context::current()?.null_stream()),
-    }
+    stream::resolve(stream.unwrap_or(0))
 }
 
 /// The context a stream belongs to.
@@ -72,11 +70,10 @@ pub fn copy(
         drop(in_flight);
     }));
     if stream.is_some() && direction == Direction::DeviceToDevice {
-        s.submit(op);
+        s.submit(op).map(drop)
     } else {
-        s.submit_and_wait(op);
+        s.submit_and_wait(op)
     }
-    Ok(())
 }
 
 /// Sets `count` elements at `dst` in the order of `stream` (`None`: synchronous).
@@ -91,11 +88,10 @@ pub fn fill(dst: usize, value: Fill, count: usize, stream: Option<usize>) -> CuR
         drop(in_flight);
     }));
     if stream.is_some() {
-        s.submit(op);
+        s.submit(op).map(drop)
     } else {
-        s.submit_and_wait(op);
+        s.submit_and_wait(op)
     }
-    Ok(())
 }
 
 /// `cuMemAllocAsync` / `cuMemAllocFromPoolAsync`: served from the pool (the device's
@@ -142,6 +138,6 @@ pub fn free(ptr: usize, stream: usize) -> CuResult {
     s.submit(Op::Host(Box::new(move || {
         // A second free of the same pointer is the caller's error; nothing to report here.
         let _ = memory::free_now(ptr);
-    })));
-    Ok(())
+    })))
+    .map(drop)
 }

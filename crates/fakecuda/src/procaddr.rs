@@ -152,6 +152,11 @@ pub static TABLE: &[Entry] = entries! {
     "cuStreamQuery" 2000 => "cuStreamQuery" | "cuStreamQuery_ptsz";
     "cuStreamSynchronize" 2000 => "cuStreamSynchronize" | "cuStreamSynchronize_ptsz";
     "cuStreamDestroy" 4000 => "cuStreamDestroy_v2";
+    "cuStreamBeginCapture" 10000 => "cuStreamBeginCapture" | "cuStreamBeginCapture_ptsz";
+    "cuStreamBeginCapture" 10010 => "cuStreamBeginCapture_v2" | "cuStreamBeginCapture_v2_ptsz";
+    "cuStreamEndCapture" 10000 => "cuStreamEndCapture" | "cuStreamEndCapture_ptsz";
+    "cuStreamIsCapturing" 10000 => "cuStreamIsCapturing" | "cuStreamIsCapturing_ptsz";
+    "cuThreadExchangeStreamCaptureMode" 10010 => "cuThreadExchangeStreamCaptureMode";
     "cuLaunchHostFunc" 10000 => "cuLaunchHostFunc" | "cuLaunchHostFunc_ptsz";
     "cuEventCreate" 2000 => "cuEventCreate";
     "cuEventRecord" 2000 => "cuEventRecord" | "cuEventRecord_ptsz";
@@ -179,7 +184,13 @@ pub static TABLE: &[Entry] = entries! {
     "cuLaunchKernel" 4000 => "cuLaunchKernel" | "cuLaunchKernel_ptsz";
     "cuLaunchKernelEx" 11060 => "cuLaunchKernelEx" | "cuLaunchKernelEx_ptsz";
     "cuLaunchCooperativeKernel" 9000 => "cuLaunchCooperativeKernel" | "cuLaunchCooperativeKernel_ptsz";
+    "cuGraphInstantiate" 10000 => "cuGraphInstantiate";
+    "cuGraphInstantiate" 11000 => "cuGraphInstantiate_v2";
+    "cuGraphInstantiate" 12000 => "cuGraphInstantiateWithFlags";
+    "cuGraphInstantiateWithFlags" 11040 => "cuGraphInstantiateWithFlags";
     "cuGraphLaunch" 10000 => "cuGraphLaunch" | "cuGraphLaunch_ptsz";
+    "cuGraphExecDestroy" 10000 => "cuGraphExecDestroy";
+    "cuGraphDestroy" 10000 => "cuGraphDestroy";
 };
 
 /// The exported function for `base` at `version`: the entry with the latest `since` not after
@@ -250,6 +261,18 @@ mod tests {
             Lookup::Found(symbol) => symbol,
             other => panic!("{base} at {version}: {other:?}"),
         };
+        assert_eq!(
+            found("cuGraphInstantiate", 11040, false),
+            "cuGraphInstantiate_v2"
+        );
+        assert_eq!(
+            found("cuGraphInstantiate", 12000, false),
+            "cuGraphInstantiateWithFlags"
+        );
+        assert_eq!(
+            found("cuStreamBeginCapture", 13000, true),
+            "cuStreamBeginCapture_v2_ptsz"
+        );
         assert_eq!(found("cuCtxGetDevice", 12090, false), "cuCtxGetDevice");
         assert_eq!(found("cuCtxGetDevice", 13000, false), "cuCtxGetDevice_v2");
         assert_eq!(
@@ -337,8 +360,12 @@ mod tests {
 
     #[test]
     fn symbols_are_unique_per_entry() {
+        // CUDA 12 gave cuGraphInstantiate the ABI of cuGraphInstantiateWithFlags: the one
+        // symbol serves both names.
+        let shared = ("cuGraphInstantiate", "cuGraphInstantiateWithFlags");
         let mut symbols: Vec<&str> = TABLE
             .iter()
+            .filter(|e| (e.base, e.symbol) != shared)
             .flat_map(|e| std::iter::once(e.symbol).chain(e.per_thread))
             .collect();
         let n = symbols.len();

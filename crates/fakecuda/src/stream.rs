@@ -3,15 +3,23 @@
 //!
 //! The NULL stream is a per-context stream with the legacy semantics: work on it waits for
 //! earlier work on the context's blocking streams, and work on a blocking stream waits for
-//! earlier work on it. `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` (and NULL in `_ptsz`
-//! calls) all mean the current context's NULL stream here.
+//! earlier work on it. NULL and `CU_STREAM_LEGACY` mean the current context's NULL stream;
+//! `CU_STREAM_PER_THREAD`, and NULL in the `_ptsz` / `_ptds` entry points, mean the calling
+//! thread's per-thread default stream of the current context: a blocking stream of its own,
+//! made at its first use and ended when the thread exits (see `Context::per_thread_stream`).
+//!
+//! While a stream captures (`capture.rs`), what is submitted to it is recorded or refused
+//! there instead of queued.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::capture::{self, Intercepted};
 use crate::context::{self, Context};
 use crate::device::Device;
 use crate::error::{CuError, CuResult};
@@ -40,7 +48,8 @@ impl Marker {
         Arc::new(Marker::default())
     }
 
-    fn complete(&self, at: Instant) {
+    /// Completes the marker at `at` (what a stream does when it reaches it).
+    pub(crate) fn complete(&self, at: Instant) {
         *self.done.lock() = Some(at);
         self.reached.notify_all();
     }
@@ -112,17 +121,16 @@ pub struct Queue {
 }
 
 impl Queue {
-    fn push(&self, op: Op) -> u64 {
+    /// Queues `ops` in order, all at once.
+    fn push_all(&self, ops: impl IntoIterator<Item = Op>) {
         let mut state = self.state.lock();
-        state.entries.push_back(Entry {
-            op,
-            enqueued: Instant::now(),
-        });
-        state.submitted += 1;
-        let seq = state.submitted;
+        let enqueued = Instant::now();
+        for op in ops {
+            state.entries.push_back(Entry { op, enqueued });
+            state.submitted += 1;
+        }
         drop(state);
         self.changed.notify_all();
-        seq
     }
 
     /// Work submitted so far, if some of it has not completed.
@@ -188,10 +196,44 @@ pub struct Stream {
     pub flags: u32,
     /// Priority (lower is greater).
     pub priority: i32,
+    /// A number no other stream of this process has, NULL and per-thread ones included.
+    pub id: u64,
     queue: Arc<Queue>,
 }
 
+/// What became of work submitted to a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued: the stream runs it.
+    Queued,
+    /// Recorded into the stream's capture (of this id): nothing runs now.
+    Captured(u64),
+}
+
 static STREAMS: Table<Stream> = Table::new();
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Whether the calling thread is inside a `_ptsz` / `_ptds` entry point, where NULL
+    /// means its per-thread default stream.
+    static PER_THREAD_CALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `body` as a `_ptsz` / `_ptds` entry point when `per_thread` is set: NULL stream
+/// arguments (and calls without one) then mean the thread's per-thread default stream.
+pub fn with_default_stream<T>(per_thread: bool, body: impl FnOnce() -> T) -> T {
+    if !per_thread {
+        return body();
+    }
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PER_THREAD_CALL.set(self.0);
+        }
+    }
+    let _restore = Restore(PER_THREAD_CALL.replace(true));
+    body()
+}
 
 impl Stream {
     /// Starts a stream with its worker thread. `handle` 0 makes a NULL stream (not in the
@@ -224,11 +266,12 @@ impl Stream {
             ctx_handle,
             flags,
             priority,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             queue,
         }
     }
 
-    /// Whether this is a context's NULL stream.
+    /// Whether this is a context's (legacy) NULL stream.
     pub fn is_null(&self) -> bool {
         self.handle == 0
     }
@@ -238,20 +281,37 @@ impl Stream {
         self.flags & NON_BLOCKING == 0
     }
 
-    /// Queues `op`, after any implicit dependency of the legacy NULL stream.
-    pub fn submit(&self, op: Op) {
-        if let Some(ctx) = self.ctx.upgrade() {
-            for (queue, seq) in ctx.legacy_dependencies(self) {
-                self.queue.push(Op::AwaitStream(queue, seq));
-            }
-        }
-        self.queue.push(op);
+    /// Queues `op`, after any implicit dependency of the legacy NULL stream; or, while the
+    /// stream captures, records it into the capture (or refuses it: see `capture.rs`).
+    pub fn submit(&self, op: Op) -> CuResult<Submitted> {
+        self.submit_all(vec![op])
+    }
+
+    /// Queues `ops` one after the other with nothing of another thread between them (a
+    /// graph's launch), as `submit` does.
+    pub fn submit_all(&self, ops: Vec<Op>) -> CuResult<Submitted> {
+        let ops = match capture::intercept(self, ops)? {
+            Intercepted::Captured(id) => return Ok(Submitted::Captured(id)),
+            Intercepted::Run(ops) => ops,
+        };
+        let dependencies = self
+            .ctx
+            .upgrade()
+            .map(|ctx| ctx.legacy_dependencies(self))
+            .unwrap_or_default();
+        let awaits = dependencies
+            .into_iter()
+            .map(|(queue, seq)| Op::AwaitStream(queue, seq));
+        self.queue.push_all(awaits.chain(ops));
+        Ok(Submitted::Queued)
     }
 
     /// Queues `op` and waits until the stream has executed it.
-    pub fn submit_and_wait(&self, op: Op) {
-        self.submit(op);
-        self.synchronize();
+    pub fn submit_and_wait(&self, op: Op) -> CuResult {
+        if self.submit(op)? == Submitted::Queued {
+            self.synchronize();
+        }
+        Ok(())
     }
 
     /// Work submitted so far if some of it is still pending, for legacy dependencies.
@@ -359,13 +419,22 @@ pub fn unregister(handle: usize) -> Option<Arc<Stream>> {
     STREAMS.remove(handle)
 }
 
-/// The stream a `CUstream` argument means: NULL, `CU_STREAM_LEGACY` and
-/// `CU_STREAM_PER_THREAD` are the current context's NULL stream.
+/// The stream a `CUstream` argument means: `CU_STREAM_LEGACY` is the current context's NULL
+/// stream, and so is NULL except in a `_ptsz` / `_ptds` entry point, where it is the
+/// thread's per-thread default stream, as `CU_STREAM_PER_THREAD` is everywhere.
 pub fn resolve(handle: usize) -> CuResult<Arc<Stream>> {
     match handle {
-        0 | LEGACY | PER_THREAD => Ok(context::current()?.null_stream()),
+        0 if PER_THREAD_CALL.get() => context::current()?.per_thread_stream(),
+        0 | LEGACY => Ok(context::current()?.null_stream()),
+        PER_THREAD => context::current()?.per_thread_stream(),
         _ => STREAMS.get(handle).ok_or(CuError::InvalidHandle),
     }
+}
+
+/// Whether a `CUstream` argument names a stream every thread or context has (NULL,
+/// `CU_STREAM_LEGACY`, `CU_STREAM_PER_THREAD`) rather than a created one.
+pub fn is_special(handle: usize) -> bool {
+    matches!(handle, 0 | LEGACY | PER_THREAD)
 }
 
 #[cfg(test)]
@@ -378,12 +447,14 @@ mod tests {
         let (gate, first, second) = (Marker::new(), Marker::new(), Marker::new());
         // Everything is queued before the stream may start (otherwise the first record could
         // run before the first kernel is even launched, and the kernels start later).
-        stream.submit(Op::Wait(Arc::clone(&gate)));
-        stream.submit(Op::Record(Arc::clone(&first)));
+        stream.submit(Op::Wait(Arc::clone(&gate))).unwrap();
+        stream.submit(Op::Record(Arc::clone(&first))).unwrap();
         for _ in 0..5 {
-            stream.submit(Op::Kernel(Duration::from_millis(2), None));
+            stream
+                .submit(Op::Kernel(Duration::from_millis(2), None))
+                .unwrap();
         }
-        stream.submit(Op::Record(Arc::clone(&second)));
+        stream.submit(Op::Record(Arc::clone(&second))).unwrap();
         assert!(!stream.is_idle());
         gate.complete(Instant::now());
         let end = second.wait();
@@ -398,11 +469,12 @@ mod tests {
         let a = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
         let b = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
         let gate = Marker::new();
-        a.submit(Op::Kernel(Duration::from_millis(20), None));
-        a.submit(Op::Record(Arc::clone(&gate)));
-        b.submit(Op::Wait(Arc::clone(&gate)));
+        a.submit(Op::Kernel(Duration::from_millis(20), None))
+            .unwrap();
+        a.submit(Op::Record(Arc::clone(&gate))).unwrap();
+        b.submit(Op::Wait(Arc::clone(&gate))).unwrap();
         let after = Marker::new();
-        b.submit(Op::Record(Arc::clone(&after)));
+        b.submit(Op::Record(Arc::clone(&after))).unwrap();
         assert!(after.wait() >= gate.time().unwrap());
         a.shutdown();
         b.shutdown();

@@ -172,6 +172,22 @@ const PROC_ADDRESS_CASES: &[(&str, i32, u64, &str)] = &[
     ("cuGetProcAddress", 11030, 0, "cuGetProcAddress"),
     ("cuGetProcAddress", 12000, 0, "cuGetProcAddress_v2"),
     ("cuGetProcAddress", 13000, 0, "cuGetProcAddress_v2"),
+    ("cuStreamBeginCapture", 10000, 0, "cuStreamBeginCapture"),
+    (
+        "cuStreamBeginCapture",
+        13000,
+        2,
+        "cuStreamBeginCapture_v2_ptsz",
+    ),
+    ("cuStreamEndCapture", 13000, 2, "cuStreamEndCapture_ptsz"),
+    ("cuGraphInstantiate", 11000, 0, "cuGraphInstantiate_v2"),
+    (
+        "cuGraphInstantiate",
+        12000,
+        0,
+        "cuGraphInstantiateWithFlags",
+    ),
+    ("cuGraphLaunch", 13000, 2, "cuGraphLaunch_ptsz"),
 ];
 
 fn proc_address_queries(extra: &[(&str, i32, u64, &str)]) -> String {
@@ -468,6 +484,70 @@ fn streams_order_work_through_events_host_functions_and_the_per_thread_stream() 
     assert_eq!(num(&f, "host_calls"), 1, "{out}");
     assert_eq!(num(&f, "query_idle"), 0, "{out}");
     assert!((9.9..40.0).contains(&ms("per_thread_ms")), "{out}");
+}
+
+#[test]
+fn captured_kernels_replay_as_a_graph_and_capture_refuses_what_it_must() {
+    let _alone = timing_alone();
+    let sim = Sim::new("1Gi");
+    let ptx = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/ptx/spin.ptx");
+    for probe in [probe_dlopen(), probe_linked()] {
+        let out = run_ok(sim.command(&probe).args(["graphs", ptx]));
+        let f = all_fields(&out);
+        let code = |key: &str| num(&f, key);
+        let ms = |key: &str| -> f64 { f[key].parse().unwrap_or_else(|_| panic!("{key}: {out}")) };
+        // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: the legacy stream cannot capture.
+        assert_eq!(code("begin_legacy"), 900, "{out}");
+        // CUDA_ERROR_ILLEGAL_STATE: no capture to end, or one already begun.
+        assert_eq!(code("end_not_capturing"), 401, "{out}");
+        assert_eq!(code("begin_again"), 401, "{out}");
+        assert_eq!(code("status_capturing"), 1, "ACTIVE: {out}");
+        // CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: the legacy stream beside a blocking capture.
+        assert_eq!(code("status_legacy"), 906, "{out}");
+        // Four 5 ms kernels captured: nothing ran.
+        assert!(ms("capture_ms") < 10.0, "{out}");
+        // CUDA_ERROR_CAPTURED_EVENT.
+        assert_eq!(code("query_captured_event"), 907, "{out}");
+        assert_eq!(code("status_ended"), 0, "NONE: {out}");
+        assert_eq!(code("instantiate_v1_error_node_null"), 1, "{out}");
+        assert_eq!(code("log_empty"), 1, "{out}");
+        // Two replays of the four kernels: 40 ms, back to back.
+        assert!((39.9..60.0).contains(&ms("replay_ms")), "{out}");
+        assert_eq!(code("launch_destroyed"), 400, "{out}");
+        // Querying the capturing stream invalidates the capture.
+        assert_eq!(code("query_capturing"), 900, "{out}");
+        assert_eq!(code("status_invalidated"), 2, "INVALIDATED: {out}");
+        assert_eq!(code("launch_invalidated"), 901, "{out}");
+        assert_eq!(code("end_invalidated"), 901, "{out}");
+        assert_eq!(code("graph_null"), 1, "{out}");
+        assert_eq!(code("legacy_launch"), 906, "{out}");
+        assert_eq!(code("end_after_legacy"), 901, "{out}");
+        assert_eq!(code("ctx_sync"), 900, "{out}");
+        assert_eq!(code("end_after_ctx_sync"), 901, "{out}");
+        // Another thread's query during a global capture invalidates it; during a
+        // thread-local one it is that thread's business.
+        assert_eq!(code("other_thread_query_global"), 900, "{out}");
+        assert_eq!(code("end_after_other_thread_global"), 901, "{out}");
+        assert_eq!(code("other_thread_query_thread_local"), 0, "{out}");
+        assert_eq!(code("end_after_other_thread_thread_local"), 0, "{out}");
+        assert_eq!(code("previous_mode"), 0, "GLOBAL by default: {out}");
+    }
+}
+
+#[test]
+fn each_thread_has_a_per_thread_stream_the_legacy_stream_synchronizes_with() {
+    let _alone = timing_alone();
+    let sim = Sim::new("1Gi");
+    let ptx = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/ptx/spin.ptx");
+    let out = run_ok(sim.command(&probe_dlopen()).args(["per-thread", ptx]));
+    let f = all_fields(&out);
+    let ms = |key: &str| -> f64 { f[key].parse().unwrap_or_else(|_| panic!("{key}: {out}")) };
+    // Another thread's per-thread stream is empty, and the legacy stream has none of the
+    // 100 ms kernel: neither waits for it.
+    assert!(ms("other_thread_sync_ms") < 50.0, "{out}");
+    assert_eq!(num(&f, "legacy_query"), 0, "{out}");
+    // Work on the legacy stream does.
+    assert!(ms("legacy_after_ms") >= 100.0, "{out}");
 }
 
 /// The `v3` / `v2` / `v1` process lines of a `probe procs` output, as (pid, used) pairs,

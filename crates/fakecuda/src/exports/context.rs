@@ -141,7 +141,9 @@ cuda_api! {
     /// `cuCtxSynchronize`: waits for all streams of the current context; then memory pools
     /// give back idle memory above their release thresholds.
     fn cuCtxSynchronize() {
-        context::current()?.synchronize();
+        let ctx = context::current()?;
+        crate::capture::check_context_wait(ctx.handle)?;
+        ctx.synchronize();
         pool::synchronized();
         Ok(())
     }
@@ -149,7 +151,9 @@ cuda_api! {
     /// `cuCtxSynchronize_v2` (CUDA 13): waits for all streams of `ctx` (NULL: the current
     /// context); then memory pools give back idle memory above their release thresholds.
     fn cuCtxSynchronize_v2(ctx: usize) {
-        context_or_current(ctx)?.synchronize();
+        let ctx = context_or_current(ctx)?;
+        crate::capture::check_context_wait(ctx.handle)?;
+        ctx.synchronize();
         pool::synchronized();
         Ok(())
     }

@@ -1,15 +1,18 @@
-//! Modules, libraries and launches: `cuModule*`, `cuFunc*`, `cuLibrary*`,
-//! `cuKernelGetFunction`, `cuLaunchKernel[Ex]`, `cuLaunchCooperativeKernel`, `cuGraphLaunch`.
+//! Modules, libraries, launches and graphs: `cuModule*`, `cuFunc*`, `cuLibrary*`,
+//! `cuKernelGetFunction`, `cuLaunchKernel[Ex]`, `cuLaunchCooperativeKernel`,
+//! `cuGraphInstantiate*`, `cuGraphLaunch`, `cuGraphExecDestroy`, `cuGraphDestroy`.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 
 use super::abi::LaunchConfig;
-use super::{Out, c_str, cuda_api, put};
+use super::{Out, c_str, cuda_api, put, put_if, write_c_string};
 use crate::context::{self, Context};
 use crate::driver;
 use crate::error::{CuError, CuResult};
+use crate::graph;
 use crate::launch::{self, Dims};
 use crate::module::{self, Kind};
+use crate::stream;
 
 /// Loads a module from an image argument: NUL-terminated PTX text (cubins and fatbinaries
 /// are refused by their magic bytes). It takes the module footprint on `ctx`'s device.
@@ -218,9 +221,48 @@ cuda_api! {
         unsafe { launch::launch(func, &dims, stream, params, std::ptr::null_mut()) }
     }
 
-    /// `cuGraphLaunch`: graphs are not simulated (`CUDA_ERROR_NOT_SUPPORTED`).
+    /// `cuGraphInstantiateWithFlags`: an executable copy of a captured graph.
+    fn cuGraphInstantiateWithFlags(exec: Out<'_, usize>, graph: usize, flags: u64) {
+        let exec = exec.ok_or(CuError::InvalidValue)?;
+        exec.write(graph::instantiate(graph, flags)?);
+        Ok(())
+    }
+
+    /// `cuGraphInstantiate` (CUDA 10.0) and `cuGraphInstantiate_v2` (11.0): as
+    /// `cuGraphInstantiateWithFlags` without flags; nothing fails, so the error node is NULL
+    /// and the log empty.
+    fn cuGraphInstantiate | cuGraphInstantiate_v2 (
+        exec: Out<'_, usize>,
+        graph: usize,
+        error_node: Out<'_, usize>,
+        log: *mut c_char,
+        log_size: usize,
+    ) {
+        let exec = exec.ok_or(CuError::InvalidValue)?;
+        exec.write(graph::instantiate(graph, 0)?);
+        put_if(error_node, 0);
+        if !log.is_null() && log_size > 0 {
+            // SAFETY: the caller's log buffer holds log_size bytes.
+            unsafe { write_c_string(log, log_size, b"") }?;
+        }
+        Ok(())
+    }
+
+    /// `cuGraphLaunch`: the graph's kernels, back to back on the stream (recorded instead,
+    /// if the stream captures).
     fn cuGraphLaunch | cuGraphLaunch_ptsz (graph_exec: usize, stream: usize) {
-        let _ = (graph_exec, stream);
-        Err(CuError::NotSupported)
+        graph::launch(graph_exec, &*stream::resolve(stream)?).map(drop)
+    }
+
+    /// `cuGraphExecDestroy`: launches already queued still run.
+    fn cuGraphExecDestroy(graph_exec: usize) {
+        driver::get()?;
+        graph::destroy_exec(graph_exec)
+    }
+
+    /// `cuGraphDestroy`: instances made from the graph stay usable.
+    fn cuGraphDestroy(graph: usize) {
+        driver::get()?;
+        graph::destroy(graph)
     }
 }

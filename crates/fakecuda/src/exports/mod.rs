@@ -58,6 +58,18 @@ pub fn guard(body: impl FnOnce() -> CuResult) -> u32 {
     code_of(catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(CuError::Unknown)))
 }
 
+/// Whether an exported name is a per-thread default stream variant (`_ptsz`, `_ptds`), in
+/// which a NULL stream means the calling thread's per-thread stream.
+pub const fn is_per_thread_variant(name: &str) -> bool {
+    let b = name.as_bytes();
+    let n = b.len();
+    n >= 5
+        && b[n - 5] == b'_'
+        && b[n - 4] == b'p'
+        && b[n - 3] == b't'
+        && ((b[n - 2] == b's' && b[n - 1] == b'z') || (b[n - 2] == b'd' && b[n - 1] == b's'))
+}
+
 /// Reads a NUL-terminated UTF-8 string argument.
 ///
 /// # Safety
@@ -93,7 +105,8 @@ pub unsafe fn write_c_string(buf: *mut c_char, len: usize, text: &[u8]) -> CuRes
 }
 
 /// Declares exported driver functions. Each `fn a | b (args) { body }` exports every listed
-/// name with the same arguments and body (the `_ptsz` / `_ptds` and `_v2` twins); the body
+/// name with the same arguments and body (the `_ptsz` / `_ptds` and `_v2` twins, the former
+/// running the body with NULL meaning the thread's per-thread default stream); the body
 /// returns `CuResult`.
 macro_rules! cuda_api {
     () => {};
@@ -118,9 +131,39 @@ macro_rules! cuda_api {
         #[cfg_attr(not(test), unsafe(no_mangle))]
         #[allow(non_snake_case)] // the C name
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
-            $crate::exports::guard(move || -> $crate::error::CuResult { $body })
+            const PER_THREAD: bool = $crate::exports::is_per_thread_variant(stringify!($name));
+            $crate::exports::guard(move || -> $crate::error::CuResult {
+                $crate::stream::with_default_stream(PER_THREAD, move || -> $crate::error::CuResult {
+                    $body
+                })
+            })
         }
     };
 }
 
 pub(crate) use cuda_api;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_thread_variants_are_known_by_their_suffix() {
+        for name in [
+            "cuLaunchKernel_ptsz",
+            "cuMemcpy_ptds",
+            "cuStreamBeginCapture_v2_ptsz",
+        ] {
+            assert!(is_per_thread_variant(name), "{name}");
+        }
+        for name in [
+            "cuLaunchKernel",
+            "cuMemcpyHtoD_v2",
+            "_ptz",
+            "ptsz",
+            "cuGraphLaunch_pts",
+        ] {
+            assert!(!is_per_thread_variant(name), "{name}");
+        }
+    }
+}

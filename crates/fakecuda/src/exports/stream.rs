@@ -1,11 +1,14 @@
-//! Streams, events and host functions: `cuStream*`, `cuEvent*`, `cuLaunchHostFunc`.
+//! Streams, events, host functions and stream capture: `cuStream*`, `cuEvent*`,
+//! `cuLaunchHostFunc`, `cuThreadExchangeStreamCaptureMode`.
 
 use std::ffi::{c_int, c_void};
 
 use super::{Out, cuda_api, put, put_if};
+use crate::capture::{self, Mode};
 use crate::context;
 use crate::error::{CuError, CuResult};
-use crate::event;
+use crate::event::{self, Recorded};
+use crate::graph;
 use crate::ordered::context_of;
 use crate::pool;
 use crate::stream::{self, NON_BLOCKING, Op};
@@ -23,7 +26,9 @@ fn create_stream(out: Out<'_, usize>, flags: u32, priority: c_int) -> CuResult {
 }
 
 fn query(handle: usize) -> CuResult {
-    if stream::resolve(handle)?.is_idle() {
+    let s = stream::resolve(handle)?;
+    capture::check_stream_wait(&s)?;
+    if s.is_idle() {
         Ok(())
     } else {
         Err(CuError::NotReady)
@@ -35,10 +40,14 @@ fn wait_event(handle: usize, ev: usize, flags: u32) -> CuResult {
     if flags & !0x1 != 0 {
         return Err(CuError::InvalidValue);
     }
-    if let Some(marker) = event::latest(ev)? {
-        s.submit(Op::Wait(marker));
+    match event::latest(ev)? {
+        None => Ok(()),
+        Some(Recorded::Marker(marker)) => s.submit(Op::Wait(marker)).map(drop),
+        // Recorded earlier in this same capture: the capture keeps stream order already.
+        Some(Recorded::Captured(id)) if capture::capture_of(&s) == Some(id) => Ok(()),
+        // Joining another stream into a capture is not simulated.
+        Some(Recorded::Captured(_)) => Err(CuError::NotSupported),
     }
-    Ok(())
 }
 
 fn launch_host_func(handle: usize, f: HostFn, user_data: *mut c_void) -> CuResult {
@@ -48,8 +57,28 @@ fn launch_host_func(handle: usize, f: HostFn, user_data: *mut c_void) -> CuResul
     s.submit(Op::Host(Box::new(move || {
         // SAFETY: the caller registered f to be called with user_data in stream order.
         unsafe { f(user_data as *mut c_void) };
-    })));
-    Ok(())
+    })))
+    .map(drop)
+}
+
+fn begin_capture(handle: usize, mode: Mode) -> CuResult {
+    capture::begin(&*stream::resolve(handle)?, mode).map(drop)
+}
+
+fn end_capture(handle: usize, out: Out<'_, usize>) -> CuResult {
+    let out = out.ok_or(CuError::InvalidValue)?;
+    let s = stream::resolve(handle)?;
+    match capture::end(&s) {
+        Ok(kernels) => {
+            out.write(graph::create(kernels));
+            Ok(())
+        }
+        Err(CuError::StreamCaptureInvalidated) => {
+            out.write(0);
+            Err(CuError::StreamCaptureInvalidated)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn stream_ctx(handle: usize) -> CuResult<usize> {
@@ -99,26 +128,63 @@ cuda_api! {
         wait_event(handle, ev, flags)
     }
 
-    /// `cuStreamQuery`: `CUDA_ERROR_NOT_READY` while work is queued.
+    /// `cuStreamQuery`: `CUDA_ERROR_NOT_READY` while work is queued. Refused while the
+    /// stream captures, and a potentially unsafe call during other captures (`capture.rs`).
     fn cuStreamQuery | cuStreamQuery_ptsz (handle: usize) {
         query(handle)
     }
 
     /// `cuStreamSynchronize`: then memory pools give back idle memory above their release
-    /// thresholds.
+    /// thresholds. Refused as `cuStreamQuery` is during captures.
     fn cuStreamSynchronize | cuStreamSynchronize_ptsz (handle: usize) {
-        stream::resolve(handle)?.synchronize();
+        let s = stream::resolve(handle)?;
+        capture::check_stream_wait(&s)?;
+        s.synchronize();
         pool::synchronized();
         Ok(())
     }
 
-    /// `cuStreamDestroy_v2`: queued work still runs.
+    /// `cuStreamDestroy_v2`: queued work still runs. The NULL, legacy and per-thread streams
+    /// cannot be destroyed.
     fn cuStreamDestroy_v2(handle: usize) {
-        let s = stream::resolve(handle)?;
-        if s.is_null() {
+        if stream::is_special(handle) {
             return Err(CuError::InvalidHandle);
         }
+        let s = stream::resolve(handle)?;
         context_of(&s)?.destroy_stream(handle)
+    }
+
+    /// `cuStreamBeginCapture` (CUDA 10.0, without a mode: global).
+    fn cuStreamBeginCapture | cuStreamBeginCapture_ptsz (handle: usize) {
+        begin_capture(handle, Mode::Global)
+    }
+
+    /// `cuStreamBeginCapture_v2`: the stream's kernels are recorded, not run, until
+    /// `cuStreamEndCapture`.
+    fn cuStreamBeginCapture_v2 | cuStreamBeginCapture_v2_ptsz (handle: usize, mode: u32) {
+        begin_capture(handle, Mode::from_raw(mode)?)
+    }
+
+    /// `cuStreamEndCapture`: the graph of what was recorded; a NULL graph and
+    /// `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED` if the capture was invalidated.
+    fn cuStreamEndCapture | cuStreamEndCapture_ptsz (handle: usize, graph: Out<'_, usize>) {
+        end_capture(handle, graph)
+    }
+
+    /// `cuStreamIsCapturing`: `CU_STREAM_CAPTURE_STATUS_NONE`, `_ACTIVE` or `_INVALIDATED`.
+    fn cuStreamIsCapturing | cuStreamIsCapturing_ptsz (handle: usize, status: Out<'_, u32>) {
+        let status = status.ok_or(CuError::InvalidValue)?;
+        let (now, _) = capture::status(&*stream::resolve(handle)?)?;
+        status.write(now.raw());
+        Ok(())
+    }
+
+    /// `cuThreadExchangeStreamCaptureMode`: sets the calling thread's mode from `*mode` and
+    /// writes back the one it had.
+    fn cuThreadExchangeStreamCaptureMode(mode: Option<&mut u32>) {
+        let mode = mode.ok_or(CuError::InvalidValue)?;
+        *mode = capture::exchange_mode(Mode::from_raw(*mode)?).raw();
+        Ok(())
     }
 
     /// `cuLaunchHostFunc`: calls `f(user_data)` on the stream's thread in stream order.

@@ -19,6 +19,11 @@
  *   churn <threads> <n> <bytes>   threads each allocate, memset and free n times
  *   streams <ptx file>     two streams ordered by an event, host functions, stream queries,
  *                          the per-thread stream; kernels from the PTX's gpuslice_spin
+ *   graphs <ptx file>      stream capture and graphs: what capture records and what it
+ *                          refuses (return codes as name=<CUresult>), replays of a captured
+ *                          graph (replay_ms)
+ *   per-thread <ptx file>  the per-thread default stream (cuLaunchKernel_ptsz with NULL) of
+ *                          one thread, seen from another thread and from the legacy stream
  *   procs                  NVML only (no cuInit): nvmlDeviceGetComputeRunningProcesses[_v2|_v3]
  *                          of device 0 with their size edge cases; one "v3|v2|v1 pid= used="
  *                          line per process
@@ -155,7 +160,17 @@ typedef struct {
     X(cuMemPoolDestroy, (void *))                                                        \
     X(cuMemPoolTrimTo, (void *, size_t))                                                 \
     X(cuMemPoolGetAttribute, (void *, int, void *))                                      \
-    X(cuMemPoolSetAttribute, (void *, int, void *))
+    X(cuMemPoolSetAttribute, (void *, int, void *))                                      \
+    X(cuEventQuery, (void *))                                                            \
+    X(cuStreamBeginCapture_v2, (void *, unsigned))                                       \
+    X(cuStreamEndCapture, (void *, void **))                                             \
+    X(cuStreamIsCapturing, (void *, unsigned *))                                         \
+    X(cuThreadExchangeStreamCaptureMode, (unsigned *))                                   \
+    X(cuGraphInstantiate, (void **, void *, void **, char *, size_t))                    \
+    X(cuGraphInstantiateWithFlags, (void **, void *, unsigned long long))                \
+    X(cuGraphLaunch, (void *, void *))                                                   \
+    X(cuGraphExecDestroy, (void *))                                                      \
+    X(cuGraphDestroy, (void *))
 
 #ifdef PROBE_DLOPEN
 #define DECLARE(name, args) static CUresult(*p_##name) args;
@@ -539,6 +554,151 @@ static void streams(const char *ptx_path) {
     check(p_cuCtxSynchronize(), "cuCtxSynchronize");
 }
 
+/* Stream capture and graphs. Capture modes: 0 global, 1 thread-local, 2 relaxed. */
+static void *graphs_other_stream;
+static void *query_from_other_thread(void *arg) {
+    int *rc = arg;
+    *rc = p_cuStreamQuery(graphs_other_stream);
+    return NULL;
+}
+
+static int other_thread_query(void) {
+    pthread_t t;
+    int rc = -1;
+    pthread_create(&t, NULL, query_from_other_thread, &rc);
+    pthread_join(t, NULL);
+    return rc;
+}
+
+static void graphs(const char *ptx_path) {
+    const char *ptx = read_ptx(ptx_path);
+    context();
+    void *module, *spin, *s, *ev, *graph = NULL, *exec = NULL;
+    check(p_cuModuleLoadData(&module, ptx), "cuModuleLoadData");
+    check(p_cuModuleGetFunction(&spin, module, "gpuslice_spin"), "cuModuleGetFunction");
+    check(p_cuStreamCreate(&s, 0), "cuStreamCreate");
+    check(p_cuStreamCreate(&graphs_other_stream, 0), "cuStreamCreate");
+    check(p_cuEventCreate(&ev, 0), "cuEventCreate");
+    unsigned long long ns5 = 5000000;
+    void *args[] = {&ns5};
+    unsigned status = 99;
+#define LAUNCH(stream) p_cuLaunchKernel(spin, 1, 1, 1, 1, 1, 1, 0, stream, args, NULL)
+
+    printf("begin_legacy=%d\n", p_cuStreamBeginCapture_v2(NULL, 0));
+    printf("end_not_capturing=%d\n", p_cuStreamEndCapture(s, &graph));
+
+    /* Four 5 ms kernels captured: recorded, not run. */
+    check(p_cuStreamBeginCapture_v2(s, 0), "cuStreamBeginCapture_v2");
+    printf("begin_again=%d\n", p_cuStreamBeginCapture_v2(s, 0));
+    check(p_cuStreamIsCapturing(s, &status), "cuStreamIsCapturing");
+    printf("status_capturing=%u\n", status);
+    printf("status_legacy=%d\n", p_cuStreamIsCapturing(NULL, &status));
+    double t0 = now_ms();
+    for (int i = 0; i < 4; i++) check(LAUNCH(s), "cuLaunchKernel (captured)");
+    check(p_cuEventRecord(ev, s), "cuEventRecord (captured)");
+    printf("capture_ms=%.3f\n", now_ms() - t0);
+    printf("query_captured_event=%d\n", p_cuEventQuery(ev));
+    check(p_cuStreamEndCapture(s, &graph), "cuStreamEndCapture");
+    check(p_cuStreamIsCapturing(s, &status), "cuStreamIsCapturing");
+    printf("status_ended=%u\n", status);
+    check(p_cuGraphInstantiateWithFlags(&exec, graph, 0), "cuGraphInstantiateWithFlags");
+    void *exec_v1 = NULL, *error_node = (void *)1;
+    char log[8] = "x";
+    check(p_cuGraphInstantiate(&exec_v1, graph, &error_node, log, sizeof log),
+          "cuGraphInstantiate");
+    printf("instantiate_v1_error_node_null=%d log_empty=%d\n", error_node == NULL, log[0] == 0);
+    check(p_cuGraphDestroy(graph), "cuGraphDestroy");
+
+    /* Two replays: eight 5 ms kernels back to back. */
+    t0 = now_ms();
+    check(p_cuGraphLaunch(exec, s), "cuGraphLaunch");
+    check(p_cuGraphLaunch(exec_v1, s), "cuGraphLaunch");
+    check(p_cuStreamSynchronize(s), "cuStreamSynchronize");
+    printf("replay_ms=%.3f\n", now_ms() - t0);
+    check(p_cuGraphExecDestroy(exec_v1), "cuGraphExecDestroy");
+    printf("launch_destroyed=%d\n", p_cuGraphLaunch(exec_v1, s));
+
+    /* What invalidates a capture. */
+    check(p_cuStreamBeginCapture_v2(s, 2), "cuStreamBeginCapture_v2");
+    check(LAUNCH(s), "cuLaunchKernel (captured)");
+    printf("query_capturing=%d\n", p_cuStreamQuery(s));
+    check(p_cuStreamIsCapturing(s, &status), "cuStreamIsCapturing");
+    printf("status_invalidated=%u\n", status);
+    printf("launch_invalidated=%d\n", LAUNCH(s));
+    graph = (void *)1;
+    CUresult ended = p_cuStreamEndCapture(s, &graph);
+    printf("end_invalidated=%d graph_null=%d\n", ended, graph == NULL);
+
+    check(p_cuStreamBeginCapture_v2(s, 2), "cuStreamBeginCapture_v2");
+    printf("legacy_launch=%d\n", LAUNCH(NULL));
+    printf("end_after_legacy=%d\n", p_cuStreamEndCapture(s, &graph));
+
+    check(p_cuStreamBeginCapture_v2(s, 2), "cuStreamBeginCapture_v2");
+    printf("ctx_sync=%d\n", p_cuCtxSynchronize());
+    printf("end_after_ctx_sync=%d\n", p_cuStreamEndCapture(s, &graph));
+
+    check(p_cuStreamBeginCapture_v2(s, 0), "cuStreamBeginCapture_v2");
+    printf("other_thread_query_global=%d\n", other_thread_query());
+    printf("end_after_other_thread_global=%d\n", p_cuStreamEndCapture(s, &graph));
+
+    check(p_cuStreamBeginCapture_v2(s, 1), "cuStreamBeginCapture_v2");
+    printf("other_thread_query_thread_local=%d\n", other_thread_query());
+    printf("end_after_other_thread_thread_local=%d\n", p_cuStreamEndCapture(s, &graph));
+
+    unsigned mode = 2;
+    check(p_cuThreadExchangeStreamCaptureMode(&mode), "cuThreadExchangeStreamCaptureMode");
+    printf("previous_mode=%u\n", mode);
+
+    check(p_cuGraphExecDestroy(exec), "cuGraphExecDestroy");
+    check(p_cuCtxSynchronize(), "cuCtxSynchronize");
+#undef LAUNCH
+}
+
+static CUresult (*per_thread_sync)(void *);
+static void *per_thread_ctx;
+static void *other_thread_view(void *arg) {
+    double *out = arg;
+    check(p_cuCtxSetCurrent(per_thread_ctx), "cuCtxSetCurrent");
+    double t0 = now_ms();
+    check(per_thread_sync(NULL), "cuStreamSynchronize_ptsz");
+    out[0] = now_ms() - t0;
+    out[1] = p_cuStreamQuery(NULL);
+    return NULL;
+}
+
+static void per_thread(const char *ptx_path) {
+    const char *ptx = read_ptx(ptx_path);
+    context();
+    void *module, *spin, *launch_ptsz = NULL, *sync_ptsz = NULL;
+    int status = -1;
+    check(p_cuModuleLoadData(&module, ptx), "cuModuleLoadData");
+    check(p_cuModuleGetFunction(&spin, module, "gpuslice_spin"), "cuModuleGetFunction");
+    check(p_cuGetProcAddress_v2("cuLaunchKernel", &launch_ptsz, 12000, 2, &status),
+          "cuGetProcAddress_v2");
+    check(p_cuGetProcAddress_v2("cuStreamSynchronize", &sync_ptsz, 12000, 2, &status),
+          "cuGetProcAddress_v2");
+    CUresult (*launch)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                       unsigned, void *, void **, void **) = launch_ptsz;
+    per_thread_sync = sync_ptsz;
+    check(p_cuCtxGetCurrent(&per_thread_ctx), "cuCtxGetCurrent");
+    unsigned long long ns100 = 100000000, ns1 = 1000000;
+    void *args100[] = {&ns100}, *args1[] = {&ns1};
+    double t0 = now_ms();
+    /* 100 ms on this thread's per-thread stream (NULL in a _ptsz call). */
+    check(launch(spin, 1, 1, 1, 1, 1, 1, 0, NULL, args100, NULL), "cuLaunchKernel_ptsz");
+    double other[2] = {-1, -1};
+    pthread_t t;
+    pthread_create(&t, NULL, other_thread_view, other);
+    pthread_join(t, NULL);
+    printf("other_thread_sync_ms=%.3f legacy_query=%d\n", other[0], (int)other[1]);
+    /* Work on the legacy stream waits for it. */
+    check(p_cuLaunchKernel(spin, 1, 1, 1, 1, 1, 1, 0, NULL, args1, NULL), "cuLaunchKernel");
+    check(p_cuStreamSynchronize(NULL), "cuStreamSynchronize");
+    printf("legacy_after_ms=%.3f\n", now_ms() - t0);
+    check(per_thread_sync(NULL), "cuStreamSynchronize_ptsz");
+    check(p_cuCtxSynchronize(), "cuCtxSynchronize");
+}
+
 typedef int (*nvml_procs_fn)(nvmlDevice_t, unsigned *, void *);
 static nvml_procs_fn nvml_procs_v3, nvml_procs_v2, nvml_procs_v1;
 static int (*nvml_info)(nvmlDevice_t, nvmlMemory_t *);
@@ -836,6 +996,10 @@ int main(int argc, char **argv) {
         churn(atoi(argv[2]), strtoull(argv[3], 0, 10), strtoull(argv[4], 0, 10));
     } else if (strcmp(cmd, "streams") == 0 && argc == 3) {
         streams(argv[2]);
+    } else if (strcmp(cmd, "graphs") == 0 && argc == 3) {
+        graphs(argv[2]);
+    } else if (strcmp(cmd, "per-thread") == 0 && argc == 3) {
+        per_thread(argv[2]);
     } else if (strcmp(cmd, "edges") == 0) {
         edges();
     } else if (strcmp(cmd, "hold-context") == 0) {

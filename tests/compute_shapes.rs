@@ -1,0 +1,388 @@
+//! Compute limits on every workload shape, end to end (issue 13): on a real H100 a tenant
+//! limited to 30% received from 24% to 39% of the GPU's time depending on how its work was
+//! shaped, so each shape here runs under the shim on the simulated GPU, which time-slices
+//! between processes like the hardware:
+//!
+//! - a loop of one kernel and a `cuCtxSynchronize` (0.2, 2 and 10 ms kernels), a training
+//!   step of 8 kernels and a synchronization, and a launch-bound loop of 20 µs kernels and a
+//!   synchronization each;
+//! - a CUDA graph of 8 kernels, captured once and replayed with a synchronization after each
+//!   replay;
+//! - kernels round-robin over three streams of the process, 4 in flight on each;
+//! - the per-thread default stream (`cuLaunchKernel_ptsz` on NULL), 4 in flight;
+//! - one tenant of two processes, each keeping 4 kernels in flight.
+//!
+//! For each, two promises (issue 13, item 1):
+//!
+//! - **A limit is a fraction of the GPU's time**: a tenant limited to 30%, alone, receives
+//!   30 ± 3% of it, whatever the shape (the launch-bound loop keeps the GPU busy only about a
+//!   third of the time by itself, so there it is the lesser of 30% and what it takes without
+//!   gpuslice).
+//! - **A tenant under its limit is not throttled**: the same shape run lightly (its steps
+//!   then a pause, 15% of the GPU's time in all, under the same 30% limit) keeps at least 95%
+//!   of the throughput it has without gpuslice.
+//!
+//! Everything is judged from the workload's own completions (`util::compute`), never from
+//! what gpuslice measured. The tests take 2-3 seconds of load each and run one at a time.
+
+mod util;
+
+use std::process::Command;
+
+use util::compute::*;
+use util::*;
+
+/// How long a limited load runs, and how much of its start is left out (the bucket's first
+/// credit, the watcher learning the shape).
+const LIMITED_MS: u64 = 2500;
+const SETTLE_MS: u64 = 300;
+/// How long a light load runs.
+const LIGHT_MS: u64 = 2000;
+/// The limit every test sets, and what it promises.
+const LIMIT: &str = "30";
+const LIMIT_SHARE: f64 = 0.30;
+/// What a light tenant uses of the GPU's time (per mille), and what it must keep of its
+/// throughput.
+const LIGHT_DUTY_PERMILLE: u64 = 150;
+const LIGHT_KEEPS: f64 = 0.95;
+
+/// A workload shape: spin's arguments for it, its kernels' length, and how many processes of
+/// the tenant run it.
+struct Shape {
+    what: &'static str,
+    ns: u64,
+    /// What spin runs: `--streams`/`--per-thread`, `--depth`/`--sync-every`/`--graph`.
+    args: &'static [&'static str],
+    /// The light variant: steps (`--sync-every`) or graph replays (`--graph`) of
+    /// `light_step` kernels, each followed by a pause that makes the tenant's duty
+    /// `LIGHT_DUTY_PERMILLE`, with these other arguments.
+    light_flag: &'static str,
+    light_step: u64,
+    light_args: &'static [&'static str],
+    processes: usize,
+}
+
+impl Shape {
+    /// spin's arguments for a run of `millis`.
+    fn load_args(&self, millis: u64) -> Vec<String> {
+        let mut args = vec![
+            "--for".to_owned(),
+            millis.to_string(),
+            "--ns".to_owned(),
+            self.ns.to_string(),
+        ];
+        args.extend(self.args.iter().map(|a| (*a).to_owned()));
+        args
+    }
+
+    /// spin's arguments for a light run of `millis`: each process pauses after each step so
+    /// that the tenant's processes together keep the GPU busy `LIGHT_DUTY_PERMILLE` of the
+    /// time.
+    fn light_load_args(&self, millis: u64) -> Vec<String> {
+        let step_ns = self.light_step * self.ns;
+        let duty = LIGHT_DUTY_PERMILLE / self.processes as u64;
+        let pause_us = step_ns * (1000 - duty) / duty / 1000;
+        let mut args = vec![
+            "--for".to_owned(),
+            millis.to_string(),
+            "--ns".to_owned(),
+            self.ns.to_string(),
+        ];
+        args.extend(self.light_args.iter().map(|a| (*a).to_owned()));
+        args.extend([
+            self.light_flag.to_owned(),
+            self.light_step.to_string(),
+            "--pause-us".to_owned(),
+            pause_us.to_string(),
+        ]);
+        args
+    }
+}
+
+const SYNC_EVERY_STEP_0_2_MS: Shape = Shape {
+    what: "a loop of 0.2 ms kernels synchronized after each",
+    ns: 200_000,
+    args: &["--sync-every", "1"],
+    light_flag: "--sync-every",
+    light_step: 1,
+    light_args: &[],
+    processes: 1,
+};
+
+const SYNC_EVERY_STEP_2_MS: Shape = Shape {
+    what: "a loop of 2 ms kernels synchronized after each",
+    ns: 2_000_000,
+    ..SYNC_EVERY_STEP_0_2_MS
+};
+
+const SYNC_EVERY_STEP_10_MS: Shape = Shape {
+    what: "a loop of 10 ms kernels synchronized after each",
+    ns: 10_000_000,
+    ..SYNC_EVERY_STEP_0_2_MS
+};
+
+const SYNC_EVERY_8: Shape = Shape {
+    what: "steps of 8 kernels of 2 ms and a synchronization",
+    ns: 2_000_000,
+    args: &["--sync-every", "8"],
+    light_flag: "--sync-every",
+    light_step: 8,
+    light_args: &[],
+    processes: 1,
+};
+
+const LAUNCH_BOUND: Shape = Shape {
+    what: "a launch-bound loop of 20 µs kernels synchronized after each",
+    ns: 20_000,
+    args: &["--sync-every", "1"],
+    light_flag: "--sync-every",
+    light_step: 1,
+    light_args: &[],
+    processes: 1,
+};
+
+const GRAPH: Shape = Shape {
+    what: "replays of a CUDA graph of 8 kernels of 2 ms",
+    ns: 2_000_000,
+    args: &["--graph", "8"],
+    light_flag: "--graph",
+    light_step: 8,
+    light_args: &[],
+    processes: 1,
+};
+
+const THREE_STREAMS: Shape = Shape {
+    what: "2 ms kernels on three streams at once",
+    ns: 2_000_000,
+    args: &["--streams", "3", "--depth", "4"],
+    light_flag: "--sync-every",
+    light_step: 3,
+    light_args: &["--streams", "3"],
+    processes: 1,
+};
+
+const PER_THREAD: Shape = Shape {
+    what: "2 ms kernels on the per-thread default stream",
+    ns: 2_000_000,
+    args: &["--per-thread", "--depth", "4"],
+    light_flag: "--sync-every",
+    light_step: 1,
+    light_args: &["--per-thread"],
+    processes: 1,
+};
+
+const TWO_PROCESSES: Shape = Shape {
+    what: "a tenant of two processes keeping 2 ms kernels in flight",
+    ns: 2_000_000,
+    args: &["--depth", "4"],
+    light_flag: "--sync-every",
+    light_step: 1,
+    light_args: &[],
+    processes: 2,
+};
+
+/// Runs `shape`'s processes, each made by `command` with `args`; returns their reports.
+fn run_processes(
+    shape: &Shape,
+    mut command: impl FnMut() -> Command,
+    args: &[String],
+) -> Vec<Report> {
+    let running: Vec<Running> = (0..shape.processes)
+        .map(|_| Running::spawn(command().args(args)))
+        .collect();
+    running.into_iter().map(finish).collect()
+}
+
+/// The share of the GPU's time the processes received together over the window in which all
+/// ran, leaving out their first `SETTLE_MS`.
+fn share_together(reports: &[Report]) -> f64 {
+    let all: Vec<&Report> = reports.iter().collect();
+    let (from, to) = common_window(&all, SETTLE_MS);
+    reports.iter().map(|r| r.share(from, to)).sum()
+}
+
+/// The share of the GPU's time a tenant limited to 30% received running `shape` alone.
+fn limited_share(shape: &Shape) -> f64 {
+    let node = Node::new();
+    let limit = [("GPUSLICE_COMPUTE_LIMIT", LIMIT)];
+    let reports = run_processes(
+        shape,
+        || tenant_spin(&node, "limited", &limit),
+        &shape.load_args(LIMITED_MS),
+    );
+    share_together(&reports)
+}
+
+/// The share of the GPU's time `shape` takes without gpuslice.
+fn bare_share(shape: &Shape) -> f64 {
+    let node = Node::new();
+    let reports = run_processes(
+        shape,
+        || node.bare(example("spin")),
+        &shape.load_args(LIMITED_MS),
+    );
+    share_together(&reports)
+}
+
+/// Asserts that a tenant limited to 30% receives 30 ± 3% of the GPU running `shape`.
+fn assert_limit_holds(shape: &Shape) {
+    let _serial = serial();
+    assert_near(
+        &format!("{}, limited to {LIMIT}%", shape.what),
+        limited_share(shape),
+        LIMIT_SHARE,
+    );
+}
+
+/// Kernels per second over a report's run, leaving out its first `SETTLE_MS`: from the first
+/// sighting after that to the last, so that whole steps are counted (a 10 ms step and its
+/// pause take 67 ms, and a window cutting steps would be off by as much as one).
+fn kernels_per_second(report: &Report) -> f64 {
+    let from = report.first + SETTLE_MS * 1_000_000;
+    let first = report
+        .done
+        .iter()
+        .position(|&t| t > from)
+        .expect("sightings after the settling time");
+    let last = report.done.len() - 1;
+    assert!(last > first, "too few steps to time");
+    let span = report.done[last] - report.done[first];
+    (last - first) as f64 / (span as f64 / 1e9)
+}
+
+/// The kernels per second a light run of `shape` completes (its processes together): made
+/// by `command`.
+fn light_throughput(shape: &Shape, command: impl FnMut() -> Command) -> f64 {
+    let reports = run_processes(shape, command, &shape.light_load_args(LIGHT_MS));
+    reports.iter().map(kernels_per_second).sum()
+}
+
+/// Asserts that `shape`, run lightly under a 30% limit, keeps 95% of the throughput it has
+/// without gpuslice.
+fn assert_light_tenant_not_throttled(shape: &Shape) {
+    let _serial = serial();
+    let node = Node::new();
+    let bare = light_throughput(shape, || node.bare(example("spin")));
+    let limit = [("GPUSLICE_COMPUTE_LIMIT", LIMIT)];
+    let limited = light_throughput(shape, || tenant_spin(&node, "light", &limit));
+    let kept = limited / bare;
+    eprintln!(
+        "{}, light ({}% of the GPU) under a {LIMIT}% limit: {limited:.1} kernels/s, \
+         {bare:.1} without gpuslice: keeps {:.1}%",
+        shape.what,
+        LIGHT_DUTY_PERMILLE / 10,
+        kept * 100.0
+    );
+    assert!(
+        kept >= LIGHT_KEEPS,
+        "{}, light under a {LIMIT}% limit, keeps {:.1}% of its throughput (want at least {:.0}%)",
+        shape.what,
+        kept * 100.0,
+        LIGHT_KEEPS * 100.0
+    );
+}
+
+#[test]
+fn a_30_percent_limit_holds_on_a_loop_of_0_2_ms_kernels_synchronized_after_each() {
+    assert_limit_holds(&SYNC_EVERY_STEP_0_2_MS);
+}
+
+#[test]
+fn a_30_percent_limit_holds_on_a_loop_of_2_ms_kernels_synchronized_after_each() {
+    assert_limit_holds(&SYNC_EVERY_STEP_2_MS);
+}
+
+#[test]
+fn a_30_percent_limit_holds_on_a_loop_of_10_ms_kernels_synchronized_after_each() {
+    assert_limit_holds(&SYNC_EVERY_STEP_10_MS);
+}
+
+#[test]
+fn a_30_percent_limit_holds_on_steps_of_8_kernels_and_a_synchronization() {
+    assert_limit_holds(&SYNC_EVERY_8);
+}
+
+/// The launch-bound loop keeps the simulated GPU busy about a third of the time by itself
+/// (each 20 µs kernel waits for the synchronization of the one before, as on the H100, where
+/// such a loop of 1024² matmuls took 33% and a 30% limit cut it to 24%): the limit holds it
+/// to 30%, or to what it takes without gpuslice where that is less.
+#[test]
+fn a_30_percent_limit_holds_on_a_launch_bound_loop_of_20_us_kernels() {
+    let _serial = serial();
+    let bare = bare_share(&LAUNCH_BOUND);
+    eprintln!(
+        "{}, without gpuslice: {:.1}%",
+        LAUNCH_BOUND.what,
+        bare * 100.0
+    );
+    assert_near(
+        &format!("{}, limited to {LIMIT}%", LAUNCH_BOUND.what),
+        limited_share(&LAUNCH_BOUND),
+        LIMIT_SHARE.min(bare),
+    );
+}
+
+#[test]
+fn a_30_percent_limit_holds_on_cuda_graph_replays() {
+    assert_limit_holds(&GRAPH);
+}
+
+#[test]
+fn a_30_percent_limit_holds_on_three_streams_at_once() {
+    assert_limit_holds(&THREE_STREAMS);
+}
+
+#[test]
+fn a_30_percent_limit_holds_on_the_per_thread_default_stream() {
+    assert_limit_holds(&PER_THREAD);
+}
+
+#[test]
+fn a_30_percent_limit_holds_for_a_tenant_of_two_processes_together() {
+    assert_limit_holds(&TWO_PROCESSES);
+}
+
+#[test]
+fn a_light_loop_of_0_2_ms_kernels_synchronized_after_each_is_not_throttled() {
+    assert_light_tenant_not_throttled(&SYNC_EVERY_STEP_0_2_MS);
+}
+
+#[test]
+fn a_light_loop_of_2_ms_kernels_synchronized_after_each_is_not_throttled() {
+    assert_light_tenant_not_throttled(&SYNC_EVERY_STEP_2_MS);
+}
+
+#[test]
+fn a_light_loop_of_10_ms_kernels_synchronized_after_each_is_not_throttled() {
+    assert_light_tenant_not_throttled(&SYNC_EVERY_STEP_10_MS);
+}
+
+#[test]
+fn light_steps_of_8_kernels_and_a_synchronization_are_not_throttled() {
+    assert_light_tenant_not_throttled(&SYNC_EVERY_8);
+}
+
+#[test]
+fn a_light_launch_bound_loop_of_20_us_kernels_is_not_throttled() {
+    assert_light_tenant_not_throttled(&LAUNCH_BOUND);
+}
+
+#[test]
+fn light_cuda_graph_replays_are_not_throttled() {
+    assert_light_tenant_not_throttled(&GRAPH);
+}
+
+#[test]
+fn light_work_on_three_streams_at_once_is_not_throttled() {
+    assert_light_tenant_not_throttled(&THREE_STREAMS);
+}
+
+#[test]
+fn light_work_on_the_per_thread_default_stream_is_not_throttled() {
+    assert_light_tenant_not_throttled(&PER_THREAD);
+}
+
+#[test]
+fn a_light_tenant_of_two_processes_is_not_throttled() {
+    assert_light_tenant_not_throttled(&TWO_PROCESSES);
+}
