@@ -52,6 +52,9 @@ pub struct StreamEntry {
     context_gone: std::sync::atomic::AtomicBool,
     /// A launch the watcher asked to have timed.
     sample: SampleSlot,
+    /// Launches went to a per-thread default stream through this (legacy) entry: work the
+    /// legacy stream's query does not see.
+    per_thread: std::sync::atomic::AtomicBool,
 }
 
 /// Where a sampled launch stands (`policy::gpu_time`): the watcher arms one launch of a
@@ -112,7 +115,22 @@ impl StreamEntry {
                 lead_ns: AtomicU64::new(0),
                 launch: AtomicU64::new(0),
             },
+            per_thread: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The launch path's side: a launch went to a per-thread default stream. A relaxed
+    /// load, and a store the first time.
+    #[inline]
+    pub fn note_per_thread(&self) {
+        if !self.per_thread.load(Relaxed) {
+            self.per_thread.store(true, Relaxed);
+        }
+    }
+
+    /// Whether launches went to per-thread default streams through it.
+    pub fn has_per_thread(&self) -> bool {
+        self.per_thread.load(Relaxed)
     }
 
     /// The launch path's side: the events to record around this launch, if it is the
@@ -352,6 +370,7 @@ impl StreamTable {
                 entry.context_gone.store(false, Relaxed);
                 entry.sample.at.store(0, Relaxed);
                 entry.sample.state.store(SAMPLE_IDLE, Relaxed);
+                entry.per_thread.store(false, Relaxed);
                 entry.state.store(LIVE, Release);
                 return Some(entry);
             }

@@ -620,7 +620,9 @@ impl Watcher {
                 StreamKind::Created => {
                     self.poll_created(i, entry.stream(), entry.owner(), launches)
                 }
-                StreamKind::Legacy => self.poll_legacy(i, entry.owner(), launches),
+                StreamKind::Legacy => {
+                    self.poll_legacy(i, entry.owner(), launches, entry.has_per_thread());
+                }
             }
             self.follow_sample(i, entry);
             let tracked = &mut self.streams[i];
@@ -745,7 +747,10 @@ impl Watcher {
         tracked.busy = tracked.outstanding || launches > tracked.finished;
     }
 
-    fn poll_legacy(&mut self, i: usize, owner: usize, launches: u64) {
+    /// Polls a context's legacy stream. `per_thread`: some of its launches went to
+    /// per-thread default streams, which only their own threads can query: those are known
+    /// finished only through sampled launches (`follow_sample`), and in flight until then.
+    fn poll_legacy(&mut self, i: usize, owner: usize, launches: u64, per_thread: bool) {
         let tracked = &mut self.streams[i];
         let status = if set_current(owner) {
             // SAFETY: the legacy stream of the context just made current; no capture is open.
@@ -755,10 +760,10 @@ impl Watcher {
         } else {
             CUDA_SUCCESS
         };
-        if status != NOT_READY {
+        if status != NOT_READY && !per_thread {
             tracked.finished = launches;
         }
-        tracked.busy = status == NOT_READY;
+        tracked.busy = status == NOT_READY || (per_thread && launches > tracked.finished);
     }
 
     /// This tenant's standing on `uuid` now: its entitled rate, whether it must yield to an

@@ -62,6 +62,9 @@ fn gated(stream: CUstream, per_thread: bool, launch: impl FnOnce() -> CUresult) 
     let Some(gate) = shim.gates.gpu(entry.gpu()) else {
         return launch();
     };
+    if stream as usize == STREAM_PER_THREAD || (per_thread && stream.is_null()) {
+        entry.note_per_thread();
+    }
     if !gate.may_pass() {
         gate.wait(
             shim.memory.usage(),
@@ -152,9 +155,10 @@ fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEnt
         };
     }
     // The NULL stream (legacy, or the thread's own in the `_ptsz` entry points): per-thread
-    // default streams cannot be polled from another thread, so they are polled as their
-    // context's legacy stream, which sees their work only where the two coincide (the
-    // simulated GPU). Their launches are gated all the same.
+    // default streams cannot be polled from another thread, so they share their context's
+    // legacy entry, marked as having per-thread work (`gated`): the watcher then knows
+    // their launches finished only through the launches it has timed on them, which are
+    // recorded on the launching thread's own stream. Their launches are gated all the same.
     // In a process with one context (the common case) it is that context's, whichever the
     // thread.
     if let Some(context) = crate::hooks::stream::sole_context()

@@ -101,6 +101,7 @@ pub unsafe fn launch(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CuResult {
+    let called = std::time::Instant::now();
     let f = module::function(func)?;
     dims.check()?;
     let s = stream::resolve(stream)?;
@@ -111,7 +112,7 @@ pub unsafe fn launch(
         None
     };
     let device = s.ctx.upgrade().map(|ctx| ctx.device);
-    s.submit(Op::Kernel(f.kernel.duration(argument)?, device))
+    s.submit_at(Op::Kernel(f.kernel.duration(argument)?, device), called)
         .map(drop)
 }
 

@@ -121,10 +121,9 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Queues `ops` in order, all at once.
-    fn push_all(&self, ops: impl IntoIterator<Item = Op>) {
+    /// Queues `ops` in order, all at once, as submitted at `enqueued`.
+    fn push_all(&self, ops: impl IntoIterator<Item = Op>, enqueued: Instant) {
         let mut state = self.state.lock();
-        let enqueued = Instant::now();
         for op in ops {
             state.entries.push_back(Entry { op, enqueued });
             state.submitted += 1;
@@ -287,9 +286,21 @@ impl Stream {
         self.submit_all(vec![op])
     }
 
+    /// As `submit`, for work that reached the device at `called`, when the call that
+    /// submits it began: a real driver pushes a launch to the GPU early in the call, so
+    /// that on an idle stream the kernel starts before the call returns, and an event
+    /// recorded just before it is reached only the push's moment earlier.
+    pub fn submit_at(&self, op: Op, called: Instant) -> CuResult<Submitted> {
+        self.submit_all_at(vec![op], called)
+    }
+
     /// Queues `ops` one after the other with nothing of another thread between them (a
     /// graph's launch), as `submit` does.
     pub fn submit_all(&self, ops: Vec<Op>) -> CuResult<Submitted> {
+        self.submit_all_at(ops, Instant::now())
+    }
+
+    fn submit_all_at(&self, ops: Vec<Op>, enqueued: Instant) -> CuResult<Submitted> {
         let ops = match capture::intercept(self, ops)? {
             Intercepted::Captured(id) => return Ok(Submitted::Captured(id)),
             Intercepted::Run(ops) => ops,
@@ -302,7 +313,7 @@ impl Stream {
         let awaits = dependencies
             .into_iter()
             .map(|(queue, seq)| Op::AwaitStream(queue, seq));
-        self.queue.push_all(awaits.chain(ops));
+        self.queue.push_all(awaits.chain(ops), enqueued);
         Ok(Submitted::Queued)
     }
 
