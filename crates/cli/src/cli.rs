@@ -88,7 +88,11 @@ shim reads GPUSLICE_COMPUTE_SHARE and GPUSLICE_COMPUTE_LIMIT. The share is the
 part of the GPU's time the tenant is guaranteed while others want the GPU too;
 the limit caps it even on an idle GPU; a high priority makes other tenants
 keep little work queued while this one is active. They apply on every GPU
-(--gpu places --memory only).
+(--gpu places --memory only). Both are fractions of the GPU's time, the time
+its kernels run: what nvidia-smi's utilization and DCGM's GPU_UTIL report, not
+of its throughput (a GPU held to 30% of its time clocks higher than a
+saturated one, so it may do 36% of the saturated work). A tenant that uses
+less than its limit is not slowed.
 
 The shim must be the gpuslice shim of this ledger layout, and one the dynamic
 loader preloads: run checks both before the command starts.
