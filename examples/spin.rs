@@ -20,8 +20,9 @@
 //!                                 cuLaunchKernel_ptsz entry point (from cuGetProcAddress) on
 //!                                 NULL, events on CU_STREAM_PER_THREAD
 //! shape (one of; default: --depth 4):
-//!   --depth K                     K kernels in flight on each stream, as a training loop
-//!                                 keeps them queued
+//!   --depth K [--mix S:E]         K kernels in flight on each stream, as a training loop
+//!                                 keeps them queued; with --mix, kernels of S ns but every
+//!                                 E-th (the first included), which is of D ns
 //!   --sync-every N [--pause-us U] N kernels back to back, then cuCtxSynchronize, repeated
 //!                                 (a training step; --ns 20000 --sync-every 1 is a
 //!                                 launch-bound loop); U microseconds asleep after each
@@ -67,7 +68,7 @@ use gpuslice_ledger::monotonic_ns;
 const PTX: &str = include_str!("ptx/spin.ptx");
 const USAGE: &str = "usage: spin [--kernels N] [--ns D] | spin --noop N | \
                      spin --for MS [--ns D] [--streams K | --legacy | --per-thread] \
-                     [--depth K | --sync-every N [--pause-us U] | --graph N [--pause-us U]] \
+                     [--depth K [--mix S:E] | --sync-every N [--pause-us U] | --graph N [--pause-us U]] \
                      [--idle-after MS --idle-for MS] | \
                      spin --for MS --requests-every P [--ns D]";
 
@@ -88,6 +89,8 @@ struct Load {
     idle_after: Option<u64>,
     /// ...for this many.
     idle_for: u64,
+    /// With `--depth`: kernels of this many ns, all but every so many (those of `ns`).
+    mix: Option<(u64, u64)>,
 }
 
 /// Which streams the kernels go to.
@@ -427,6 +430,8 @@ fn run_load(
     };
     let mut next_stream = 0;
     let mut idled = false;
+    let mut launched = 0u64;
+    let mut launched_ns = 0u64;
     let start = Instant::now();
     while start.elapsed().as_millis() < u128::from(load.millis) {
         let idle_now = load
@@ -443,7 +448,13 @@ fn run_load(
             Shape::InFlight(depth) => {
                 let i = next_stream;
                 next_stream = (next_stream + 1) % streams.len();
-                launcher.spin(&streams[i], ns)?;
+                let this_ns = match load.mix {
+                    Some((short, every)) if !launched.is_multiple_of(every.max(1)) => short,
+                    _ => ns,
+                };
+                launched += 1;
+                launched_ns += this_ns;
+                launcher.spin(&streams[i], this_ns)?;
                 in_flight.queues[i].push_back(
                     streams[i]
                         .record_event(None)
@@ -475,11 +486,17 @@ fn run_load(
     in_flight.drain(&mut finished)?;
     drop(graph);
     let elapsed = start.elapsed();
+    // With --mix every launched kernel has finished by now (drained): their own times.
+    let busy_ns = if load.mix.is_some() {
+        launched_ns as f64
+    } else {
+        finished.kernels as f64 * ns as f64
+    };
     println!(
         "kernels={} ns_each={ns} elapsed_ms={:.3} busy_fraction={:.4}",
         finished.kernels,
         elapsed.as_secs_f64() * 1e3,
-        finished.kernels as f64 * ns as f64 / elapsed.as_nanos().max(1) as f64,
+        busy_ns / elapsed.as_nanos().max(1) as f64,
     );
     Ok(())
 }
@@ -518,6 +535,7 @@ fn parse_args() -> Result<Mode, String> {
     let (mut millis, mut depth, mut legacy, mut per_thread) = (None, None, None, None);
     let (mut streams, mut sync_every, mut graph, mut pause_us) = (None, None, None, None);
     let (mut idle_after, mut idle_for, mut every_ms) = (None, 0, None);
+    let mut mix = None;
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         match arg.as_str() {
@@ -534,6 +552,7 @@ fn parse_args() -> Result<Mode, String> {
             "--pause-us" => pause_us = Some(number("--pause-us", argv.next())?),
             "--idle-after" => idle_after = Some(number("--idle-after", argv.next())?),
             "--idle-for" => idle_for = number("--idle-for", argv.next())?,
+            "--mix" => mix = Some(mix_of(argv.next())?),
             "--requests-every" => {
                 every_ms = Some(number("--requests-every", argv.next())?);
             }
@@ -587,9 +606,21 @@ fn parse_args() -> Result<Mode, String> {
             shape,
             idle_after,
             idle_for,
+            mix,
         }),
         (None, None) => Mode::Spin { kernels, ns },
     })
+}
+
+/// `--mix SHORT_NS:EVERY`.
+fn mix_of(value: Option<String>) -> Result<(u64, u64), String> {
+    let value = value.ok_or("--mix needs SHORT_NS:EVERY")?;
+    let (short, every) = value
+        .split_once(':')
+        .ok_or_else(|| format!("--mix {value:?}: expected SHORT_NS:EVERY"))?;
+    let short = number("--mix", Some(short.to_string()))?;
+    let every = count("--mix", Some(every.to_string()))?;
+    Ok((short, every))
 }
 
 fn main() -> ExitCode {

@@ -180,6 +180,12 @@ struct Tracked {
     launches_at_arm: u64,
     /// Launches already counted at their sampled time.
     counted: u64,
+    /// Busy with the same work from the poll before to this one (`policy::gpu_time`).
+    busy_throughout: bool,
+    /// The launches up to this count ran through ticks charged whole (`busy_throughout`).
+    covered_through: u64,
+    /// The launch count at the poll before.
+    polled_launches: u64,
 }
 
 /// What the watcher keeps about one GPU.
@@ -224,6 +230,14 @@ struct GpuTrack {
     uncounted: bool,
     /// Processes with work in flight on the GPU at the last tick, this one included.
     sharing: u64,
+    /// Some stream was busy with the same work throughout the last poll's tick.
+    busy_throughout: bool,
+    /// A stream with work at the last poll was not saturated (`LaunchSamples`).
+    unsaturated: bool,
+    /// What launches that ran through ticks charged whole took, counted since the last
+    /// tick; and whether some such are still unfinished.
+    covered_ns: u64,
+    covering: bool,
 }
 
 /// This tenant's standing on a GPU this tick.
@@ -392,6 +406,10 @@ impl Watcher {
                 finished: finished.saturating_sub(track.finished),
                 counted_ns,
                 sharing: others + 1,
+                busy_throughout: std::mem::take(&mut track.busy_throughout),
+                covered_ns: std::mem::take(&mut track.covered_ns),
+                covered_done: !std::mem::take(&mut track.covering),
+                saturated: !std::mem::take(&mut track.unsaturated),
             });
             if charged > 0 {
                 slot.add_gpu_time(gpu, charged);
@@ -601,8 +619,7 @@ impl Watcher {
                     }
                     if let Some(g) = gpu {
                         // Its launches not counted yet count as finished now.
-                        let left = entry.launches().saturating_sub(tracked.counted);
-                        count_finished(&mut self.gpus[g], &tracked.samples, left);
+                        count_finished(&mut self.gpus[g], tracked, entry.launches());
                     }
                     *tracked = Tracked::default();
                     if let Some(g) = gpu {
@@ -626,13 +643,17 @@ impl Watcher {
             }
             self.follow_sample(i, entry);
             let tracked = &mut self.streams[i];
+            tracked.polled_launches = launches;
             if let Some(g) = gpu {
                 busy[g] |= tracked.busy;
+                self.gpus[g].busy_throughout |= tracked.busy_throughout;
+                if (tracked.busy || launches != tracked.counted) && !tracked.samples.saturated() {
+                    self.gpus[g].unsaturated = true;
+                }
                 launched[g] += launches;
                 unfinished[g] += launches.saturating_sub(tracked.finished);
-                let newly = tracked.finished.saturating_sub(tracked.counted);
-                tracked.counted = tracked.finished;
-                count_finished(&mut self.gpus[g], &tracked.samples, newly);
+                let finished = tracked.finished;
+                count_finished(&mut self.gpus[g], tracked, finished);
             }
         }
         for (g, track) in self.gpus.iter_mut().enumerate() {
@@ -665,8 +686,9 @@ impl Watcher {
                     CUDA_SUCCESS => {
                         if let Some(ns) = elapsed_ns(start, end) {
                             let g = usize::try_from(entry.gpu()).unwrap_or(0).min(MAX_GPUS - 1);
-                            let ran = ns.saturating_sub(entry.sample_lead_ns());
-                            tracked.samples.add(ran, self.gpus[g].sharing);
+                            let lead = entry.sample_lead_ns();
+                            let ran = ns.saturating_sub(lead);
+                            tracked.samples.add(ran, self.gpus[g].sharing, lead > 0);
                         }
                         // Streams run in order: what came before it has finished too (the
                         // only news of progress on a legacy stream that never drains).
@@ -703,12 +725,21 @@ impl Watcher {
 
     fn poll_created(&mut self, i: usize, stream: usize, owner: usize, launches: u64) {
         let tracked = &mut self.streams[i];
+        // A marker recorded at an earlier poll and still not reached: the work before it
+        // kept the stream busy all through the tick.
+        let marker_before = tracked.outstanding;
+        tracked.busy_throughout = false;
         if tracked.outstanding {
             let event = tracked.event as *mut c_void;
             // SAFETY: an event this watcher created, in the stream's live context (entries
             // of destroyed streams and contexts are retired before the driver frees them).
             match call(real::cuda::cuEventQuery(), |f| unsafe { f(event) }) {
-                NOT_READY => {}
+                NOT_READY => {
+                    tracked.busy_throughout = marker_before;
+                    if marker_before {
+                        tracked.covered_through = tracked.covered_through.max(tracked.marked);
+                    }
+                }
                 status => {
                     // Reached, or the event is unusable (its context went away): either
                     // way nothing is known to run behind it any more.
@@ -762,6 +793,14 @@ impl Watcher {
         };
         if status != NOT_READY && !per_thread {
             tracked.finished = launches;
+        }
+        // In flight at both polls with no launch between them: the same work all along.
+        tracked.busy_throughout = status == NOT_READY
+            && tracked.busy
+            && launches == tracked.polled_launches
+            && !per_thread;
+        if tracked.busy_throughout {
+            tracked.covered_through = tracked.covered_through.max(launches);
         }
         tracked.busy = status == NOT_READY || (per_thread && launches > tracked.finished);
     }
@@ -992,15 +1031,27 @@ fn elapsed_ns(start: usize, end: usize) -> Option<u64> {
         .then(|| (f64::from(ms) * 1e6).round() as u64)
 }
 
-/// Adds `launches` seen finished on a stream to its GPU's count: at their sampled time,
-/// or, without samples, as uncounted (the tick falls back to the polled estimate).
-fn count_finished(track: &mut GpuTrack, samples: &LaunchSamples, launches: u64) {
-    if launches == 0 {
-        return;
+/// The stream's launches up to `finished` have finished: adds those not counted yet to
+/// its GPU's count at their sampled time, those that ran through ticks charged whole apart
+/// (`policy::gpu_time`); without samples, marks the GPU uncounted (the tick falls back to
+/// the polled estimate).
+fn count_finished(track: &mut GpuTrack, stream: &mut Tracked, finished: u64) {
+    let covered_end = stream.covered_through.min(finished);
+    let covered = covered_end.saturating_sub(stream.counted);
+    let uncovered = finished.saturating_sub(stream.counted.max(covered_end));
+    stream.counted = stream.counted.max(finished);
+    if stream.counted < stream.covered_through {
+        track.covering = true;
     }
-    match samples.time_of(launches) {
-        Some(ns) => track.counted_ns = track.counted_ns.saturating_add(ns),
-        None => track.uncounted = true,
+    for (launches, into_covered) in [(covered, true), (uncovered, false)] {
+        if launches == 0 {
+            continue;
+        }
+        match stream.samples.time_of(launches) {
+            Some(ns) if into_covered => track.covered_ns = track.covered_ns.saturating_add(ns),
+            Some(ns) => track.counted_ns = track.counted_ns.saturating_add(ns),
+            None => track.uncounted = true,
+        }
     }
 }
 

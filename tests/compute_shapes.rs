@@ -391,3 +391,63 @@ fn light_work_on_the_per_thread_default_stream_is_not_throttled() {
 fn a_light_tenant_of_two_processes_is_not_throttled() {
     assert_light_tenant_not_throttled(&TWO_PROCESSES);
 }
+
+/// The busy fraction spin reports for its whole run (with `--mix`, its kernels' own times
+/// over its wall time).
+fn reported_busy_fraction(command: &mut Command, args: &[&str]) -> f64 {
+    command.args(args);
+    let output = Running::spawn(command).wait_output(std::time::Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "spin failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("kernels="))
+        .unwrap_or_else(|| panic!("no summary line in\n{stdout}"));
+    field_f64(summary, "busy_fraction")
+}
+
+fn field_f64(line: &str, name: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+/// Red team: one 20 ms kernel among 200 of 20 µs is rarely the launch the watcher times, so
+/// the average launch it charged was near 20 µs and a tenant limited to 30% got 58% of the
+/// GPU. Ticks a stream is busy through with the same work are now charged whole.
+#[test]
+fn a_rare_long_kernel_among_short_ones_cannot_take_more_than_the_limit() {
+    let _serial = serial();
+    let node = Node::new();
+    let limit = [("GPUSLICE_COMPUTE_LIMIT", LIMIT)];
+    let args = [
+        "--for",
+        "3000",
+        "--ns",
+        "20000000",
+        "--depth",
+        "8",
+        "--mix",
+        "20000:200",
+    ];
+    // What this test holds is the limit: the tenant gets no more than 30% (± 3). It may get
+    // less: 23 to 31% over runs on the 2-core machine (docs/benchmarks.md), which is the
+    // open part of measuring such mixes.
+    for place in [&[][..], &["--legacy"][..]] {
+        let mut command = tenant_spin(&node, "mixed", &limit);
+        command.args(place);
+        let got = reported_busy_fraction(&mut command, &args);
+        eprintln!("a 20 ms kernel every 200 of 20 µs {place:?}, limited to {LIMIT}%: {got:.3}");
+        assert!(
+            got <= LIMIT_SHARE + 0.03,
+            "a 20 ms kernel every 200 of 20 µs {place:?}, limited to {LIMIT}%, got {:.1}%",
+            got * 100.0
+        );
+    }
+}
