@@ -234,3 +234,124 @@ pub fn available(credit: u64, consumed: u64) -> i64 {
 fn combined(all: impl Iterator<Item = ComputeSettings>) -> ComputeSettings {
     all.reduce(ComputeSettings::lowered_by).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_000_000_000;
+
+    fn share(permille: u32) -> ComputeSettings {
+        ComputeSettings {
+            share_permille: Some(permille),
+            ..ComputeSettings::default()
+        }
+    }
+
+    /// A slot that published `settings`, backlogged, seen `ago_ns` before now.
+    fn slot(index: u32, settings: ComputeSettings, ago_ns: u64) -> PublishedSlot {
+        PublishedSlot {
+            index,
+            settings: Some(settings),
+            activity: Activity {
+                backlogged: true,
+                at_ns: NOW - ago_ns,
+                ..Activity::default()
+            },
+        }
+    }
+
+    fn tenant(
+        name: &str,
+        ceiling: Option<ComputeSettings>,
+        slots: Vec<PublishedSlot>,
+    ) -> PublishedTenant {
+        PublishedTenant {
+            name: TenantName::new(name).unwrap(),
+            gpu_time_ns: 0,
+            credit_ns: 0,
+            ceiling,
+            slots,
+        }
+    }
+
+    /// A neighbour counts with the most restrictive settings of its active processes,
+    /// under its quota's ceiling: here, beside this tenant's share of 50%.
+    #[test]
+    fn a_neighbours_settings_are_its_active_processes_under_its_quota() {
+        let long_ago = 2 * ACTIVE_NS;
+        // (its slots, its quota's ceiling, this tenant's rate)
+        let table: &[(&[PublishedSlot], Option<ComputeSettings>, f64)] = &[
+            (&[slot(0, share(300), 0)], None, 500.0 / 800.0),
+            // A process gone quiet long ago no longer lowers it...
+            (
+                &[slot(0, share(300), 0), slot(1, share(100), long_ago)],
+                None,
+                500.0 / 800.0,
+            ),
+            // ...an active one does.
+            (
+                &[slot(0, share(300), 0), slot(1, share(100), 0)],
+                None,
+                500.0 / 600.0,
+            ),
+            // Never more than its quota gives.
+            (&[slot(0, share(300), 0)], Some(share(200)), 500.0 / 700.0),
+            // A quota that cannot be read gives no share: the two split what is left.
+            (
+                &[slot(0, share(300), 0)],
+                Some(ComputeSettings::default()),
+                0.5,
+            ),
+        ];
+        for (slots, ceiling, rate) in table {
+            let tenants = [
+                tenant("own", None, vec![slot(0, share(500), 0)]),
+                tenant("neighbour", *ceiling, slots.to_vec()),
+            ];
+            let own = TenantName::new("own").unwrap();
+            let got = standing(&tenants, &own, share(500), NOW, &mut UseRates::default());
+            assert!(
+                (got.rate - rate).abs() < 1e-9,
+                "{slots:?} under {ceiling:?}: {got:?}"
+            );
+            assert!(
+                got.rivals[0].wins_ties,
+                "\"neighbour\" sorts before \"own\": on equal credit it starts first"
+            );
+        }
+    }
+
+    /// A light neighbour (not backlogged) wants a little more than it has been using, and
+    /// leaves the rest: its use is measured from its GPU time, tick after tick.
+    #[test]
+    fn a_light_neighbour_leaves_what_it_does_not_use() {
+        let own = TenantName::new("own").unwrap();
+        let mut rates = UseRates::default();
+        let light = |gpu_time_ns| PublishedTenant {
+            gpu_time_ns,
+            slots: vec![PublishedSlot {
+                activity: Activity {
+                    in_flight: true,
+                    at_ns: NOW,
+                    ..Activity::default()
+                },
+                ..slot(0, share(750), 0)
+            }],
+            ..tenant("light", None, Vec::new())
+        };
+        // It has been using 10% for a second: it wants 1.25 x 10% + 2 points.
+        let mut got = None;
+        for step in 0..=1_000u64 {
+            let tenants = [
+                tenant("own", None, vec![slot(0, share(250), 0)]),
+                light(step * 100_000),
+            ];
+            let now = NOW - 1_000_000_000 + step * 1_000_000;
+            got = Some(standing(&tenants, &own, share(250), now, &mut rates));
+        }
+        let got = got.unwrap();
+        assert!((got.rate - (1.0 - 0.145)).abs() < 1e-3, "{got:?}");
+        assert!((got.guaranteed - 0.25).abs() < 1e-9, "{got:?}");
+    }
+}
