@@ -50,13 +50,16 @@ pub const FORMAT: &str = "v2";
 ///   `b` backlogged, `w` waiting, `h` holding, `q` long queue) then `@` and how long ago;
 /// - `step`: `q` quiet, `d` charged and decided;
 /// - the account after the charge and refill (`-` on quiet lines): `credit_ns`,
-///   `consumed_ns`, `own_gpu_time_ns`;
+///   `consumed_ns`, `own_gpu_time_ns`; and `refill`, the refill of the credit this process
+///   made, if it made one (`credit_ns:consumed_ns:elapsed_ns:refilled_ns`: the credit and
+///   consumption it refilled from, over how long, and the credit it wrote; `-`: another
+///   process of the tenant refilled less than `REFILL_NS` ago);
 /// - the decisions (`-` on quiet lines): `charged_ns`, `rate`, `sharing`,
 ///   `publish_settings` (1: the settings were published), `open`, `cap` (`-`: unbounded),
 ///   `publish_activity` (`-`: none), `next_tick` (`n` normal, `f` fast, `h` held).
 pub const COLUMNS: &str = "at_ns gpu elapsed_ns poll_ns slot busy finished unfinished \
                            counted_ns waiters waited_ago_ns gate_cap settings tenants step \
-                           credit_ns consumed_ns own_gpu_time_ns charged_ns rate sharing \
+                           credit_ns consumed_ns own_gpu_time_ns refill charged_ns rate sharing \
                            publish_settings open cap publish_activity next_tick";
 
 /// What the controller decided in a tick it did not find quiet.
@@ -67,9 +70,22 @@ pub struct Outcome {
     pub rate: f64,
     pub sharing: u64,
     pub published_settings: bool,
+    /// The refill of the tenant's credit this process made between the steps, if any.
+    pub refill: Option<Refill>,
     /// The tenant's numbers it decided the second step on.
     pub account: Account,
     pub decision: Decision,
+}
+
+/// A refill of the tenant's credit (`policy::controller::Charged::refilled_credit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refill {
+    /// The credit and the consumption it refilled from, and over how long.
+    pub credit_ns: u64,
+    pub consumed_ns: u64,
+    pub elapsed_ns: u64,
+    /// The credit it wrote.
+    pub refilled_ns: u64,
 }
 
 /// One GPU's tick, as traced.
@@ -188,7 +204,7 @@ pub fn format_tick(out: &mut String, record: &TickRecord) {
     write_tenants(out, &record.tenants, now);
     let Some(outcome) = &record.outcome else {
         out.push_str(" q");
-        for _ in 0..11 {
+        for _ in 0..12 {
             out.push_str(" -");
         }
         return;
@@ -196,10 +212,22 @@ pub fn format_tick(out: &mut String, record: &TickRecord) {
     let (a, d) = (&outcome.account, &outcome.decision);
     let _ = write!(
         out,
-        " d {} {} {} {} {} {} {} {} ",
-        a.credit_ns,
-        a.consumed_ns,
-        a.own_gpu_time_ns,
+        " d {} {} {} ",
+        a.credit_ns, a.consumed_ns, a.own_gpu_time_ns,
+    );
+    match outcome.refill {
+        Some(r) => {
+            let _ = write!(
+                out,
+                "{}:{}:{}:{}",
+                r.credit_ns, r.consumed_ns, r.elapsed_ns, r.refilled_ns
+            );
+        }
+        None => out.push('-'),
+    }
+    let _ = write!(
+        out,
+        " {} {} {} {} {} ",
         outcome.charged_ns,
         outcome.rate,
         outcome.sharing,
@@ -354,6 +382,7 @@ pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
                 .map_err(|e| in_column("rate")(e.to_string()))?,
             sharing: number("sharing")?,
             published_settings: flag("publish_settings")?,
+            refill: parse_refill(column("refill")).map_err(in_column("refill"))?,
             account: Account {
                 credit_ns: number("credit_ns")?,
                 consumed_ns: number("consumed_ns")?,
@@ -425,6 +454,25 @@ fn parse_ago(text: &str, now: u64) -> Result<u64, String> {
         .ok()
         .filter(|&at| at != 0)
         .ok_or_else(|| format!("{text:?} before {now} is no time"))
+}
+
+fn parse_refill(text: &str) -> Result<Option<Refill>, String> {
+    if text == "-" {
+        return Ok(None);
+    }
+    let numbers = text
+        .split(':')
+        .map(parse_u64)
+        .collect::<Result<Vec<u64>, String>>()?;
+    let [credit_ns, consumed_ns, elapsed_ns, refilled_ns] = numbers[..] else {
+        return Err(format!("{text:?} is not credit:consumed:elapsed:refilled"));
+    };
+    Ok(Some(Refill {
+        credit_ns,
+        consumed_ns,
+        elapsed_ns,
+        refilled_ns,
+    }))
 }
 
 fn parse_settings(text: &str) -> Result<ComputeSettings, String> {
@@ -604,6 +652,12 @@ mod tests {
                 rate: 0.1 + 0.2,
                 sharing: 2,
                 published_settings: true,
+                refill: Some(Refill {
+                    credit_ns: 90,
+                    consumed_ns: 98,
+                    elapsed_ns: 30,
+                    refilled_ns: 99,
+                }),
                 account: Account {
                     credit_ns: 99,
                     consumed_ns: 98,
@@ -633,7 +687,7 @@ mod tests {
             "10000000 1 500 7 3 1 12 4 - 1 -100 2 -/300/- \
              a.b-c_d,98,99,-,3:-/300/-:iq@1000;\
              high,5,0,500/-/h,0:-:@-,1:250/1000/l:bwh@9999999 \
-             d 99 98 97 250 0.30000000000000004 2 1 0 - i@0 h"
+             d 99 98 97 90:98:30:99 250 0.30000000000000004 2 1 0 - i@0 h"
         );
         assert_eq!(line.split(' ').count(), COLUMNS.split_whitespace().count());
         assert_eq!(parse_tick(&line), Ok(record));
@@ -649,7 +703,7 @@ mod tests {
         let mut line = String::new();
         format_tick(&mut line, &record);
         assert!(
-            line.ends_with(" -/300/- - q - - - - - - - - - - -"),
+            line.ends_with(" -/300/- - q - - - - - - - - - - - -"),
             "{line}"
         );
         assert_eq!(parse_tick(&line), Ok(record));

@@ -20,6 +20,8 @@
 
 mod poll;
 
+use std::cell::Cell;
+
 use gpuslice_ledger::{GpuIndex, GpuUuid, Ledger, MAX_GPUS, TenantName, monotonic_ns};
 
 use crate::gate::GpuGate;
@@ -30,7 +32,7 @@ use crate::policy::controller::{
 };
 use crate::policy::standing::{PublishedSlot, PublishedTenant};
 use crate::shim::Shim;
-use crate::trace::{Outcome, TickRecord, Trace};
+use crate::trace::{Outcome, Refill, TickRecord, Trace};
 use poll::Poller;
 
 /// Starts the watcher of `shim` (once per process; again in a forked child). Without it
@@ -227,8 +229,16 @@ impl Watcher {
             // included, which only the usage file holds.
             let usage = shim.memory.usage();
             let consumed = usage.gpu_time_ns(gpu);
+            let refill = Cell::new(None);
             usage.refill_credit(gpu, now, REFILL_NS, |credit, dt| {
-                charged.refilled_credit(credit, consumed, dt)
+                let refilled_ns = charged.refilled_credit(credit, consumed, dt);
+                refill.set(Some(Refill {
+                    credit_ns: credit,
+                    consumed_ns: consumed,
+                    elapsed_ns: dt,
+                    refilled_ns,
+                }));
+                refilled_ns
             });
             let account = Account {
                 credit_ns: usage.credit_ns(gpu),
@@ -256,6 +266,7 @@ impl Watcher {
                         rate,
                         sharing,
                         published_settings,
+                        refill: refill.get(),
                         account,
                         decision,
                     }),

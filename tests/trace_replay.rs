@@ -73,7 +73,7 @@ fn a_synchronized_loop_of_short_kernels_limited_to_30_percent_replays() {
 #[test]
 fn two_tenants_with_shares_replay_each_on_its_side() {
     replays("shares-25", 200, 50);
-    replays("shares-75", 200, 20);
+    replays("shares-75", 200, 10);
     assert!(ticks_with("shares-25", "tenants", |t| t.contains(';')) >= 200);
 }
 

@@ -152,6 +152,7 @@ fn replay_tick(controller: &mut Controller, tick: &TickRecord) -> Result<(), Fai
         rate,
         sharing,
         published_settings,
+        refill,
         account,
         decision,
     } = *outcome;
@@ -163,6 +164,13 @@ fn replay_tick(controller: &mut Controller, tick: &TickRecord) -> Result<(), Fai
         published_settings,
         charged.publish_settings.is_some(),
     )?;
+    if let Some(refill) = refill {
+        same(
+            "refill",
+            refill.refilled_ns,
+            charged.refilled_credit(refill.credit_ns, refill.consumed_ns, refill.elapsed_ns),
+        )?;
+    }
     let replayed = controller.decide(charged, account);
     same("open", decision.open, replayed.open)?;
     same("cap", decision.in_flight_cap, replayed.in_flight_cap)?;
@@ -195,7 +203,7 @@ mod tests {
     use super::*;
     use crate::policy::controller::{Account, GateState, Observation, Poll};
     use crate::policy::standing::{PublishedSlot, PublishedTenant};
-    use crate::trace::{COLUMNS, format_tick, header};
+    use crate::trace::{COLUMNS, Refill, format_tick, header};
     use gpuslice_ledger::{Activity, ComputeSettings};
 
     /// A trace of a process limited to 30% alone, saturating, as a watcher records it:
@@ -239,7 +247,13 @@ mod tests {
                 panic!("a busy tick is never quiet");
             };
             consumed += charged.charged_ns;
-            credit = charged.refilled_credit(credit, consumed, 500_000);
+            let refill = Refill {
+                credit_ns: credit,
+                consumed_ns: consumed,
+                elapsed_ns: 500_000,
+                refilled_ns: charged.refilled_credit(credit, consumed, 500_000),
+            };
+            credit = refill.refilled_ns;
             let account = Account {
                 credit_ns: credit,
                 consumed_ns: consumed,
@@ -250,6 +264,7 @@ mod tests {
                 rate: charged.rate,
                 sharing: charged.sharing,
                 published_settings: charged.publish_settings.is_some(),
+                refill: Some(refill),
                 account,
                 decision: controller.decide(charged, account),
             };
