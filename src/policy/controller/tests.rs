@@ -211,7 +211,8 @@ fn a_backlogged_tenant_whose_turn_ends_while_another_waits_lets_it_go_first() {
     let shared = settings(Some(500), None, None);
     // (ticks, own work in flight, own launches waiting, rival's activity flags, gate
     // open at every tick, the own activity published last in the phase, if any)
-    let phases: &[(u64, bool, bool, &str, bool, Option<&str>)] = &[
+    type Phase = (u64, bool, bool, &'static str, bool, Option<&'static str>);
+    let phases: &[Phase] = &[
         // Its turn, 60 ms long (backlogged after 20 ms busy without a gap).
         (121, true, false, "bw", true, Some("ibh")),
         // Over: it no longer holds a turn, nor counts as waiting.
@@ -264,61 +265,39 @@ fn a_backlogged_tenant_whose_turn_ends_while_another_waits_lets_it_go_first() {
 /// tenant's work runs, otherwise `YIELD.queue_ns` of its own kernels, at least one.
 #[test]
 fn yielding_to_a_high_priority_tenant_bounds_the_launches_in_flight() {
-    let high = settings(None, None, Some(Priority::High));
-    let normal = ComputeSettings::default();
+    use NextTick::{Fast, Held, Normal};
+    let (high, normal) = (
+        settings(None, None, Some(Priority::High)),
+        ComputeSettings::default(),
+    );
+    let (h, n, u) = (high, normal, UNBOUNDED);
     // (own settings, the other's published settings, its quota's ceiling, its
-    // activity, own launches waiting, cap, open, next tick)
-    let table: &[(
+    // activity, own launches waiting; the bound, open, the next tick)
+    type Row = (
         ComputeSettings,
         ComputeSettings,
         Option<ComputeSettings>,
-        &str,
+        &'static str,
         bool,
         u64,
         bool,
         NextTick,
-    )] = &[
+    );
+    let table: &[Row] = &[
         // The high tenant is active, its work not in flight: one launch at a time
         // (its kernels are not measured yet).
-        (normal, high, None, "", false, 1, true, NextTick::Fast),
+        (n, h, None, "", false, 1, true, Fast),
         // Its work runs: nothing starts.
-        (normal, high, None, "i", false, 1, false, NextTick::Fast),
+        (n, h, None, "i", false, 1, false, Fast),
         // A launch waits on the bound: the watcher follows it closely (and the tenant,
         // wanting more, is owed its part of the tick: two in flight).
-        (normal, high, None, "", true, 2, true, NextTick::Held),
+        (n, h, None, "", true, 2, true, Held),
         // High itself beside a busy tenant: unbounded, and it ticks fast.
-        (
-            high,
-            normal,
-            None,
-            "i",
-            false,
-            UNBOUNDED,
-            true,
-            NextTick::Fast,
-        ),
+        (h, n, None, "i", false, u, true, Fast),
         // A tenant whose quota does not give it high priority is not yielded to.
-        (
-            normal,
-            high,
-            Some(normal),
-            "i",
-            false,
-            UNBOUNDED,
-            true,
-            NextTick::Normal,
-        ),
+        (n, h, Some(n), "i", false, u, true, Normal),
         // No high tenant active: nothing to yield to.
-        (
-            normal,
-            normal,
-            None,
-            "i",
-            false,
-            UNBOUNDED,
-            true,
-            NextTick::Normal,
-        ),
+        (n, n, None, "i", false, u, true, Normal),
     ];
     for &(own, other, ceiling, flags, waiting, cap, open, next_tick) in table {
         let mut controller = Controller::new(name("own"));
@@ -470,7 +449,8 @@ fn charges_are_divided_among_the_processes_with_work_in_flight() {
     // A mark counts for `FRESH_NS` (5 ms) after it was written.
     let (fresh, stale) = (T0 - 4_900_000, T0 - 5_100_000);
     // (own tenant's slots, another tenant's slots, processes sharing)
-    let table: &[(&[(u32, Activity)], &[(u32, Activity)], u64)] = &[
+    type Slots<'a> = &'a [(u32, Activity)];
+    let table: &[(Slots, Slots, u64)] = &[
         (&[(0, seen(T0, "i"))], &[], 1),
         (&[(0, seen(T0, "i")), (1, seen(T0, "i"))], &[], 2),
         (&[(1, seen(T0, "i"))], &[(0, seen(T0, "i"))], 3),
