@@ -511,8 +511,8 @@ impl Controller {
         }
         Decision {
             open,
-            // A gate bounded to none would never pass the launch that waits for the
-            // high-priority tenant's work to end: `open` holds it instead.
+            // The gate's bound is at least one launch: where none may start, `open` is
+            // false instead.
             in_flight_cap: cap.max(1),
             publish_activity,
             next_tick,
