@@ -7,7 +7,10 @@
 #
 # Build first: cargo build -p gpuslice --examples && cargo build -p fakecuda
 # Record again whenever the trace format changes, or when the controller's decisions change
-# on purpose (the replay test then fails on the old traces: that is what it is for).
+# on purpose (the replay test then fails on the old traces: that is what it is for). The
+# replay test also asks the priority traces for a held tick and a quiet tick, which not
+# every recording has (they depend on timing): record again until `cargo test --test
+# trace_replay` passes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 target=$(cd "${1:-$here/../../target/debug}" && pwd)
