@@ -48,13 +48,32 @@ def read_run(folder, shape, mode):
 
 
 def charged(folder, shape):
+    """The GPU time the watcher charged over the ticks it followed, as a fraction of them.
+    Reads the columns by the names in each process's header line: `columns:` in formats v2 and v3
+    (quiet ticks, which charge nothing and are written only at the start of a quiet run,
+    left out), `fields:` before it."""
     try:
         with open(f"{folder}/{shape}.limit30.trace") as f:
-            rows = [l.split() for l in f if not l.startswith("#")]
+            lines = f.read().splitlines()
     except OSError:
         return None
-    elapsed = sum(int(r[2]) for r in rows)
-    return sum(int(r[9]) for r in rows) / elapsed if elapsed else None
+    elapsed = total = 0
+    names = None
+    for line in lines:
+        if line.startswith("#"):
+            words = line.split()
+            for marker in ("columns:", "fields:"):
+                if marker in words:
+                    names = words[words.index(marker) + 1:]
+            continue
+        if names is None:
+            continue
+        row = dict(zip(names, line.split()))
+        if row.get("step") == "q":
+            continue
+        elapsed += int(row["elapsed_ns"])
+        total += int(row["charged_ns"])
+    return total / elapsed if elapsed else None
 
 
 def main():

@@ -2,8 +2,8 @@
 //! to, and the credit that turns a rate into "may this launch go now?".
 //!
 //! Plain functions of the ledger's numbers, so that every process of every tenant computes
-//! the same answer without talking to the others. The watcher (`watcher.rs`) drives them;
-//! the launch gate (`gate.rs`) acts on the answer.
+//! the same answer without talking to the others. The controller (`controller.rs`) drives
+//! them; the launch gate (`gate.rs`) acts on the answer.
 
 /// One tenant's standing on a GPU, as every process reads it from the ledger.
 #[derive(Clone, Copy, Debug, PartialEq)]
