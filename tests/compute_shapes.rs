@@ -451,3 +451,36 @@ fn a_rare_long_kernel_among_short_ones_cannot_take_more_than_the_limit() {
         );
     }
 }
+
+/// Work on a per-thread default stream is known finished only through timed launches, and
+/// the last launches before a pause are rarely timed: without an end to it, the process
+/// stayed "in flight" through its pause, charged all along, and its gate never opened
+/// again (a hang seen once in the suite). It must resume at its limit after a pause.
+#[test]
+fn per_thread_work_that_pauses_is_not_held_in_flight() {
+    let _serial = serial();
+    let node = Node::new();
+    let limit = [("GPUSLICE_COMPUTE_LIMIT", LIMIT)];
+    let mut command = tenant_spin(&node, "paused", &limit);
+    command.args([
+        "--for",
+        "2500",
+        "--ns",
+        "2000000",
+        "--depth",
+        "4",
+        "--per-thread",
+        "--idle-after",
+        "800",
+        "--idle-for",
+        "300",
+    ]);
+    let report = finish(Running::spawn(&mut command));
+    let resumed = report.resume_at.expect("spin resumed after its pause");
+    let from = resumed + SETTLE_MS * 1_000_000;
+    assert_near(
+        "2 ms kernels on the per-thread stream after a 300 ms pause, limited to 30%",
+        report.share(from, report.last),
+        LIMIT_SHARE,
+    );
+}

@@ -23,6 +23,11 @@ use crate::streams::{CAPACITY, Occupancy, SampleState, StreamEntry, StreamKind};
 
 /// `CUDA_ERROR_NOT_READY`.
 const NOT_READY: CUresult = 600;
+/// How long without launches before untimed work on a per-thread stream is taken as
+/// finished (`Poller::poll_legacy`): at least this...
+const PER_THREAD_SETTLE_NS: u64 = 2_000_000;
+/// ...and this before any of its launches was timed.
+const PER_THREAD_SETTLE_UNTIMED_NS: u64 = 20_000_000;
 /// `CU_EVENT_DISABLE_TIMING`.
 const EVENT_DISABLE_TIMING: u32 = 0x2;
 /// `CU_EVENT_DEFAULT`: with timing, for sampled launches.
@@ -58,6 +63,8 @@ struct Tracked {
     covered_through: u64,
     /// The launch count at the poll before.
     polled_launches: u64,
+    /// When a poll last saw its launch count change.
+    launched_at_ns: u64,
 }
 
 /// What the poller keeps about one GPU.
@@ -196,7 +203,11 @@ impl Poller {
             if let Some(g) = gpu {
                 busy[g] |= tracked.busy;
                 self.gpus[g].busy_throughout |= tracked.busy_throughout;
-                if (tracked.busy || launches != tracked.counted) && !tracked.samples.saturated() {
+                // Per-thread work's "in flight" is a guess (see `poll_legacy`): never a
+                // saturated queue's floor.
+                if (tracked.busy || launches != tracked.counted)
+                    && (!tracked.samples.saturated() || entry.has_per_thread())
+                {
                     self.gpus[g].unsaturated = true;
                 }
                 launched[g] += launches;
@@ -329,7 +340,8 @@ impl Poller {
 
     /// Polls a context's legacy stream. `per_thread`: some of its launches went to
     /// per-thread default streams, which only their own threads can query: those are known
-    /// finished only through sampled launches (`follow_sample`), and in flight until then.
+    /// finished through timed launches (`follow_sample`), and in flight until then or
+    /// until a while passes without launches.
     fn poll_legacy(&mut self, i: usize, owner: usize, launches: u64, per_thread: bool) {
         let tracked = &mut self.streams[i];
         let status = if set_current(owner) {
@@ -342,6 +354,28 @@ impl Poller {
         };
         if status != NOT_READY && !per_thread {
             tracked.finished = launches;
+        }
+        if per_thread {
+            // Work on per-thread streams is seen finished only through timed launches,
+            // and a program that stops launching leaves the last ones untimed: once no
+            // launch has come for twice what the unfinished ones take (2 ms at least, 20 ms
+            // before any is timed), they are taken as finished. Otherwise the process would
+            // stay "in flight" for good, charged, blocking others' turns, and its gate
+            // closed (`per_thread_work_that_pauses_is_not_held_in_flight`).
+            let now = monotonic_ns();
+            if launches != tracked.polled_launches {
+                tracked.launched_at_ns = now;
+            }
+            let unfinished = launches.saturating_sub(tracked.finished);
+            let settle_ns = tracked
+                .samples
+                .time_of(unfinished.saturating_mul(2))
+                .map_or(PER_THREAD_SETTLE_UNTIMED_NS, |ns| {
+                    ns.max(PER_THREAD_SETTLE_NS)
+                });
+            if unfinished > 0 && now.saturating_sub(tracked.launched_at_ns) > settle_ns {
+                tracked.finished = launches;
+            }
         }
         // In flight at both polls with no launch between them: the same work all along.
         tracked.busy_throughout = status == NOT_READY
