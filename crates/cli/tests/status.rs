@@ -466,6 +466,9 @@ fn memory_a_dead_process_left_to_a_child_is_reported_unenforced() {
     }
     let node = Node::new();
     let probe = cudaprobe();
+    // Before the process starts: the shim never creates the ledger directory (this raced,
+    // and failed once in the suite).
+    std::fs::create_dir_all(node.dir.ledger_dir()).unwrap();
     let mut parent = Running::spawn(
         node.bare(&probe)
             .env("LD_PRELOAD", &node.shim)
@@ -474,7 +477,6 @@ fn memory_a_dead_process_left_to_a_child_is_reported_unenforced() {
             .env("GPUSLICE_MEMORY_LIMIT", "1Gi")
             .args(["dlsym", "alloc", "512M", "fork-hold-unlocked", "hold"]),
     );
-    std::fs::create_dir_all(node.dir.ledger_dir()).unwrap();
     let forked = parent.wait_for_line("fork-hold-unlocked");
     let child: i32 = forked
         .split("child_pid=")
