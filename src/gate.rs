@@ -440,7 +440,11 @@ mod tests {
         // its timeout.
         let generation = gate.generation.load(SeqCst);
         gate.set_unfinished(0, gate.start_count());
-        assert_ne!(gate.generation.load(SeqCst), generation, "the waiter was woken");
+        assert_ne!(
+            gate.generation.load(SeqCst),
+            generation,
+            "the waiter was woken"
+        );
         waiter.join().unwrap();
         assert_eq!(gate.in_flight_cap(), 1);
     }
