@@ -8,9 +8,8 @@
 # Build first: cargo build -p gpuslice --examples && cargo build -p fakecuda
 # Record again whenever the trace format changes, or when the controller's decisions change
 # on purpose (the replay test then fails on the old traces: that is what it is for). The
-# replay test also asks the priority traces for a held tick and a quiet tick, which not
-# every recording has (they depend on timing): record again until `cargo test --test
-# trace_replay` passes.
+# replay test also asks the priority traces for a held tick and a quiet tick, which depend
+# on timing: if one is missing, record again until `cargo test --test trace_replay` passes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 target=$(cd "${1:-$here/../../target/debug}" && pwd)
@@ -59,11 +58,13 @@ GPUSLICE_COMPUTE_SHARE=25 traced shares t25 shares-25 --for "$run_ms" --ns 20000
 first=$!
 GPUSLICE_COMPUTE_SHARE=75 traced shares t75 shares-75 --for "$run_ms" --ns 2000000 --depth 4
 wait "$first"
-# High-priority requests (0.5 ms kernels, 2 ms apart) beside a saturating neighbour of 0.2
-# ms kernels, which yields: fast and held ticks, so half as long.
+# A high-priority tenant (0.5 ms kernels, one at a time) beside a saturating neighbour of
+# 0.2 ms kernels, which yields: fast and held ticks, so half as long. The high tenant pauses
+# for 60 ms after 40 (its watcher goes quiet: nothing in flight for longer than a tenant
+# counts as active).
 node priority
 GPUSLICE_PRIORITY=high traced priority high priority-high \
-  --for "$((run_ms / 2))" --requests-every 2 --ns 500000 &
+  --for "$((run_ms / 2))" --ns 500000 --depth 1 --idle-after 40 --idle-for 60 &
 first=$!
 traced priority low priority-low --for "$((run_ms / 2))" --ns 200000 --depth 8
 wait "$first"

@@ -368,24 +368,24 @@ fn relief_lets_a_tenant_below_its_guaranteed_share_queue_more() {
         tick(&mut controller, &observation, &tenants, plenty(0));
     }
     assert_eq!(controller.launch_time.per_launch_ns(), Some(200_000));
-    // (received in the tick, its launches waiting, the bound after the tick)
-    let table: &[(u64, bool, u64)] = &[
-        // Nothing received, 350 µs owed a tick: (100 µs + owed) / 200 µs.
-        (0, true, 2),
-        (0, true, 4),
-        (0, true, 5),
-        // Its share received: owed as much as before.
-        (350_000, true, 5),
-        // More than its share: it catches up.
-        (700_000, true, 4),
-        (700_000, true, 2),
+    // Relief follows the polled estimate of what it received (half a tick for each poll
+    // that saw its work in flight): (work in flight at this poll, its launches waiting,
+    // the bound after the tick).
+    let table: &[(bool, bool, u64)] = &[
+        // Nothing in flight: at most half a tick received, 100 µs owed a tick, then 350.
+        (false, true, 1),
+        (false, true, 2),
+        (false, true, 4),
+        // In flight from this poll: half a tick received, 100 µs more owed.
+        (true, true, 5),
+        // In flight throughout: a whole tick received, more than its 350 µs: it catches up.
+        (true, true, 4),
+        (true, true, 3),
         // It wants no more than it gets: the bound alone.
-        (0, false, 1),
+        (true, false, 1),
     ];
-    let mut own_time = 0;
-    for &(received, waiting, cap) in table {
+    for &(busy, waiting, cap) in table {
         now += TICK;
-        own_time += received;
         let observation = Observation {
             settings: own,
             gate: GateState {
@@ -393,21 +393,12 @@ fn relief_lets_a_tenant_below_its_guaranteed_share_queue_more() {
                 waited_at_ns: if waiting { now } else { T0 - 50 * MS },
                 in_flight_cap: 1,
             },
-            ..observed(now, true, 4, Some(0))
+            ..observed(now, busy, 4, Some(0))
         };
-        let (_, decision) = tick(
-            &mut controller,
-            &observation,
-            &tenants,
-            Account {
-                credit_ns: 10 * MS,
-                consumed_ns: 0,
-                own_gpu_time_ns: own_time,
-            },
-        );
+        let (_, decision) = tick(&mut controller, &observation, &tenants, plenty(0));
         assert_eq!(
             decision.in_flight_cap, cap,
-            "received {received}, waiting {waiting}"
+            "in flight {busy}, waiting {waiting}"
         );
         assert!(decision.open);
     }
