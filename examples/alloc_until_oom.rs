@@ -120,25 +120,9 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// A byte quantity: an integer with an optional `Ki`/`Mi`/`Gi`/`Ti` or `k`/`M`/`G`/`T` suffix.
+/// A byte quantity, as gpuslice reads them (`gpuslice_ledger::parse_quantity`).
 fn parse_quantity(text: &str) -> Option<usize> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(split);
-    let multiplier: usize = match suffix {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return None,
-    };
-    digits.parse::<usize>().ok()?.checked_mul(multiplier)
+    gpuslice_ledger::parse_quantity(text).and_then(|bytes| usize::try_from(bytes).ok())
 }
 
 fn parse_args() -> Result<Args, String> {

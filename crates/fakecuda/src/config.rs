@@ -179,35 +179,11 @@ fn parse_devices(value: &str) -> Option<Vec<u64>> {
         .then_some(devices)
 }
 
-/// Parses a byte quantity the way Kubernetes writes them: an integer with an optional binary
-/// (`Ki`, `Mi`, `Gi`, `Ti`, `Pi`, `Ei`) or decimal (`k`, `M`, `G`, `T`, `P`, `E`) suffix.
-/// Surrounding whitespace is ignored; overflow and anything else is `None`.
+/// Parses a byte quantity as gpuslice does everywhere (`gpuslice_ledger::parse_quantity`:
+/// Kubernetes' binary and decimal suffixes, fractions rounded up to whole bytes), with
+/// surrounding whitespace ignored; overflow and anything else is `None`.
 pub fn parse_quantity(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(digits_end);
-    if digits.is_empty() {
-        return None;
-    }
-    let multiplier: u64 = match suffix {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "E" => 1_000_000_000_000_000_000,
-        _ => return None,
-    };
-    digits.parse::<u64>().ok()?.checked_mul(multiplier)
+    gpuslice_ledger::parse_quantity(text.trim())
 }
 
 #[cfg(test)]
@@ -233,6 +209,8 @@ mod tests {
         assert_eq!(parse_quantity("3k"), Some(3_000));
         assert_eq!(parse_quantity(" 1Ti "), Some(1 << 40));
         assert_eq!(parse_quantity("0"), Some(0));
+        // As the shim reads GPUSLICE_MEMORY_LIMIT: one parser for gpuslice.
+        assert_eq!(parse_quantity("1.5Gi"), Some(3 << 29));
     }
 
     #[test]
@@ -240,7 +218,7 @@ mod tests {
         for bad in [
             "",
             "Gi",
-            "1.5Gi",
+            "1.5GB",
             "-1",
             "10GB",
             "10gi",
@@ -291,7 +269,7 @@ mod tests {
             (ENV_DEVICES, "1Gi,,2Gi"),
             (ENV_DEVICES, "0"),
             (ENV_CONTEXT_FOOTPRINT, "64MB"),
-            (ENV_MODULE_FOOTPRINT, "1.5Mi"),
+            (ENV_MODULE_FOOTPRINT, "1.5MB"),
             (ENV_STATE_DIR, ""),
             (ENV_TIMESLICE, "OFF"),
             (ENV_TIMESLICE, "0"),
