@@ -75,7 +75,12 @@ fn gated(stream: CUstream, per_thread: bool, launch: impl FnOnce() -> CUresult) 
     if let Some(events) = entry.take_sample() {
         return timed(entry, gate, stream, per_thread, events, launch);
     }
-    let status = launch();
+    counted(entry, gate, launch())
+}
+
+/// Counts a launch that reached the driver, in its stream and its gate.
+#[inline]
+fn counted(entry: &StreamEntry, gate: &crate::gate::GpuGate, status: CUresult) -> CUresult {
     if status == CUDA_SUCCESS {
         entry.count_launch();
         gate.count_launch();
@@ -99,11 +104,7 @@ fn timed(
     let before = gpuslice_ledger::monotonic_ns();
     let started = record(start, stream, per_thread);
     let recorded = gpuslice_ledger::monotonic_ns();
-    let status = launch();
-    if status == CUDA_SUCCESS {
-        entry.count_launch();
-        gate.count_launch();
-    }
+    let status = counted(entry, gate, launch());
     // On an idle stream the first event is reached as soon as it is recorded, before the
     // launch is submitted: the time its own recording took was not the launch's. (The
     // launch call's time is the launch's, or near enough: on an H100 its work reaches the

@@ -187,19 +187,19 @@ impl Charge {
         let mut charged = self.pending_ns.min(self.allowance_ns);
         self.pending_ns -= charged;
         self.allowance_ns -= charged;
+        // The least the tick is charged, and what pays back what it charges ahead.
         let halves = u64::from(tick.busy_before) + u64::from(tick.busy_after);
-        let (floor, prepaid, most) = if tick.busy_throughout {
-            (tick.tick_ns / sharing, &mut self.prepaid_ns, MAX_PREPAID_NS)
+        let floor = if tick.busy_throughout {
+            Some((tick.tick_ns / sharing, &mut self.prepaid_ns, MAX_PREPAID_NS))
         } else if tick.saturated {
-            (
-                tick.tick_ns * halves / 2 / sharing,
-                &mut self.prepaid_saturated_ns,
-                MAX_ALLOWANCE_NS,
-            )
+            let polled = tick.tick_ns * halves / 2 / sharing;
+            Some((polled, &mut self.prepaid_saturated_ns, MAX_ALLOWANCE_NS))
         } else {
-            (0, &mut self.prepaid_ns, MAX_PREPAID_NS)
+            None
         };
-        if charged < floor {
+        if let Some((floor, prepaid, most)) = floor
+            && charged < floor
+        {
             let ahead = floor - charged;
             charged = floor;
             self.allowance_ns = self.allowance_ns.saturating_sub(ahead);
