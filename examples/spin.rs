@@ -9,9 +9,13 @@
 //! spin --for MS [--ns D] [where] [shape] [--idle-after MS --idle-for MS]
 //!                                 kernels of D ns for MS milliseconds, idle for a while in
 //!                                 the middle if asked
-//! spin --for MS --requests-every P [--ns D]
-//!                                 requests for MS milliseconds: one kernel of D ns and a
-//!                                 synchronization each, P milliseconds apart
+//! spin --for MS --requests-every P [--ns D] [--launches K [--gap-us G]]
+//!                                 requests for MS milliseconds, P milliseconds apart: K
+//!                                 kernels of D ns (default 1), each followed by G µs of
+//!                                 host work (a busy wait, as a framework's Python between
+//!                                 two launches: K short kernels with a gap longer than
+//!                                 each is a launch-bound inference request), then a
+//!                                 synchronization
 //!
 //! where (one of; default: one stream of its own):
 //!   --streams K                   K streams of its own, kernels round-robin across them
@@ -70,13 +74,13 @@ const USAGE: &str = "usage: spin [--kernels N] [--ns D] | spin --noop N | \
                      spin --for MS [--ns D] [--streams K | --legacy | --per-thread] \
                      [--depth K [--mix S:E] | --sync-every N [--pause-us U] | --graph N [--pause-us U]] \
                      [--idle-after MS --idle-for MS] | \
-                     spin --for MS --requests-every P [--ns D]";
+                     spin --for MS --requests-every P [--ns D] [--launches K [--gap-us G]]";
 
 enum Mode {
     Spin { kernels: u64, ns: u64 },
     Noop { launches: u64 },
     Load(Load),
-    Requests { millis: u64, ns: u64, every_ms: u64 },
+    Requests(Requests),
 }
 
 /// Kernels for a while, in some shape.
@@ -91,6 +95,28 @@ struct Load {
     idle_for: u64,
     /// With `--depth`: kernels of this many ns, all but every so many (those of `ns`).
     mix: Option<(u64, u64)>,
+}
+
+/// Requests, one after another with a pause between them.
+struct Requests {
+    millis: u64,
+    /// Each kernel's length.
+    ns: u64,
+    /// The pause after each request.
+    every_ms: u64,
+    /// Kernels per request.
+    launches: u64,
+    /// Host work after each launch.
+    gap: Duration,
+}
+
+/// Keeps the thread busy for `how_long`, as host code between two launches does (a sleep
+/// would give the core away and wake up late).
+fn busy_wait(how_long: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < how_long {
+        std::hint::spin_loop();
+    }
 }
 
 /// Which streams the kernels go to.
@@ -254,7 +280,7 @@ fn run(mode: Mode) -> Result<(), String> {
     let stream = &streams[0];
     let module = Module::load(PTX).map_err(|e| format!("loading spin.ptx: {e}"))?;
     let kernel = match mode {
-        Mode::Spin { .. } | Mode::Load(_) | Mode::Requests { .. } => "gpuslice_spin",
+        Mode::Spin { .. } | Mode::Load(_) | Mode::Requests(_) => "gpuslice_spin",
         Mode::Noop { .. } => "gpuslice_noop",
     };
     let launcher = Launcher {
@@ -296,16 +322,15 @@ fn run(mode: Mode) -> Result<(), String> {
             );
         }
         Mode::Load(load) => run_load(&ctx, &streams, &launcher, &load)?,
-        Mode::Requests {
-            millis,
-            ns,
-            every_ms,
-        } => {
+        Mode::Requests(requests) => {
             let start = Instant::now();
             let mut latencies = Vec::new();
-            while start.elapsed().as_millis() < u128::from(millis) {
+            while start.elapsed().as_millis() < u128::from(requests.millis) {
                 let sent = monotonic_ns();
-                launcher.spin(stream, ns)?;
+                for _ in 0..requests.launches {
+                    launcher.spin(stream, requests.ns)?;
+                    busy_wait(requests.gap);
+                }
                 stream
                     .synchronize()
                     .map_err(|e| format!("cuStreamSynchronize: {e}"))?;
@@ -313,7 +338,7 @@ fn run(mode: Mode) -> Result<(), String> {
                 let latency = answered.saturating_sub(sent);
                 println!("request at_ns={answered} latency_ns={latency}");
                 latencies.push(latency);
-                std::thread::sleep(Duration::from_millis(every_ms));
+                std::thread::sleep(Duration::from_millis(requests.every_ms));
             }
             latencies.sort_unstable();
             let at = |percent: usize| {
@@ -535,7 +560,7 @@ fn parse_args() -> Result<Mode, String> {
     let (mut millis, mut depth, mut legacy, mut per_thread) = (None, None, None, None);
     let (mut streams, mut sync_every, mut graph, mut pause_us) = (None, None, None, None);
     let (mut idle_after, mut idle_for, mut every_ms) = (None, 0, None);
-    let mut mix = None;
+    let (mut mix, mut launches, mut gap_us) = (None, None, None);
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         match arg.as_str() {
@@ -553,6 +578,8 @@ fn parse_args() -> Result<Mode, String> {
             "--idle-after" => idle_after = Some(number("--idle-after", argv.next())?),
             "--idle-for" => idle_for = number("--idle-for", argv.next())?,
             "--mix" => mix = Some(mix_of(argv.next())?),
+            "--launches" => launches = Some(count("--launches", argv.next())?),
+            "--gap-us" => gap_us = Some(number("--gap-us", argv.next())?),
             "--requests-every" => {
                 every_ms = Some(number("--requests-every", argv.next())?);
             }
@@ -592,13 +619,20 @@ fn parse_args() -> Result<Mode, String> {
              several streams\n{USAGE}"
         ));
     }
+    if every_ms.is_none() && (launches.is_some() || gap_us.is_some()) {
+        return Err(format!(
+            "--launches and --gap-us go with --requests-every\n{USAGE}"
+        ));
+    }
     Ok(match (noop, millis) {
         (Some(launches), _) => Mode::Noop { launches },
-        (None, Some(millis)) if let Some(every_ms) = every_ms => Mode::Requests {
+        (None, Some(millis)) if let Some(every_ms) = every_ms => Mode::Requests(Requests {
             millis,
             ns,
             every_ms,
-        },
+            launches: launches.unwrap_or(1),
+            gap: Duration::from_micros(gap_us.unwrap_or(0)),
+        }),
         (None, Some(millis)) => Mode::Load(Load {
             millis,
             ns,

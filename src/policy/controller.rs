@@ -373,11 +373,19 @@ impl Controller {
         if poll.busy && !self.busy {
             self.busy_since_ns = now;
         }
+        // A high-priority tenant's queue is long once a lower tenant's work started now
+        // would delay it by more than that tenant may keep queued beside it: until then
+        // they fill the GPU's gaps between its short work (see `policy::priority`).
+        let long_after_ns = if standing.high {
+            YIELD.queue_ns
+        } else {
+            HANDOVER_NS
+        };
         let long_queue = poll.busy
             && self
                 .launch_time
                 .remaining_ns(poll.unfinished, now.saturating_sub(self.progress_at_ns))
-                .is_none_or(|left| left > HANDOVER_NS);
+                .is_none_or(|left| left > long_after_ns);
         self.busy = poll.busy;
         if poll.busy {
             self.last_busy_ns = now;
@@ -484,7 +492,10 @@ impl Controller {
                     wants_more: backlogged,
                 },
             );
-            let high_running = standing.rivals.iter().any(|r| r.high && r.in_flight);
+            let high_running = standing
+                .rivals
+                .iter()
+                .any(|r| r.high && r.in_flight && r.long_queue);
             YIELD.in_flight(self.launch_time.per_launch_ns(), &self.relief, high_running)
         } else {
             self.relief = Relief::default();

@@ -288,8 +288,11 @@ fn yielding_to_a_high_priority_tenant_bounds_the_launches_in_flight() {
         // The high tenant is active, its work not in flight: one launch at a time
         // (its kernels are not measured yet).
         (n, h, None, "", false, 1, true, Fast),
-        // Its work runs: nothing starts.
-        (n, h, None, "i", false, 1, false, Fast),
+        // Its long work runs: nothing starts.
+        (n, h, None, "iq", false, 1, false, Fast),
+        // Its short work runs (a launch-bound server's, kernels shorter than the bound):
+        // the GPU's gaps between them are filled, one launch at a time.
+        (n, h, None, "i", false, 1, true, Fast),
         // A launch waits on the bound: the watcher follows it closely (and the tenant,
         // wanting more, is owed its part of the tick: two in flight).
         (n, h, None, "", true, 2, true, Held),
