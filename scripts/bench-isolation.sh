@@ -289,13 +289,22 @@ if wants shares; then
 fi
 
 # priority_case NAME SHAPES_ARGS...: the high tenant's workload alone without the shim,
-# then beside the 4096² loop without the shim, then as `high` beside it as `low`.
+# then beside the 4096² loop without the shim, then as `high` beside it as `low`. With
+# FLOOR=1 also beside the least neighbour there is (a 256² matmul and a synchronization,
+# over and over, without the shim): what sharing the GPU with another process costs at all,
+# however little that process runs, which no bound on its queue can take away.
 priority_case() {
   local name=$1
   shift
   group "$section_dir" "${name}_solo"
   member "${name}_solo.log" bare -- "$@" --seconds "$pseconds"
   group_run
+  if [ "${FLOOR:-0}" = 1 ]; then
+    group "$section_dir" "${name}_floor"
+    member "${name}_floor.log" bare -- "$@" --seconds "$pseconds"
+    member "${name}_floor_neighbour.log" bare -- light --size 256 --burst 1 --sleep-ms 0 --seconds "$pseconds"
+    group_run
+  fi
   group "$section_dir" "${name}_bare"
   member "${name}_bare.log" bare -- "$@" --seconds "$pseconds"
   member "${name}_bare_neighbour.log" bare -- "${loop4096[@]}" --seconds "$pseconds"
@@ -311,7 +320,7 @@ if wants priority requests || wants priority llama; then
   group "$section_dir" neighbour_solo
   member neighbour_solo.log bare -- "${loop4096[@]}" --seconds "$each"
   group_run
-  wants priority requests && priority_case requests requests --size 2048 --interval-ms 2
+  wants priority requests && FLOOR=1 priority_case requests requests --size 2048 --interval-ms 2
   wants priority llama && priority_case llama llama --interval-ms 2
   section_end
 fi

@@ -8,7 +8,7 @@ usage: fake_isolation_logs.py OUT
 The figures it plants (the test checks that the report finds them):
   limit 30%: torch4096 31% (met), jax4096 35% (missed), the others 30%, each at 40% of
              its bare throughput; light2048 15% bare and limited, 99% of bare (met)
-  shares:    s25 26% per process (met), s75 70% (missed), each at its share of solo
+  shares:    s25 at 26% of solo (met), s75 at 70% (missed); NVML per process 26% and 97%
   priority:  requests: solo p50 100 µs, p99 400 µs; high 180 / 700 µs, neighbour 60%
              (met); llama: solo 20 / 30 ms, high 25 / 40 ms, neighbour 30% (missed)
   overhead:  driver-none launch_ns 1.004 ± 0.002 (met), alloc_free_pair_ns 1.05 (missed)
@@ -125,8 +125,8 @@ def main():
 
     shares = Section(os.path.join(iso, "shares"), limit.clock)
     shares.run([("solo.log", "loop", loop(99, bare_step))])
-    shares.run([("s25.log", "loop", loop(26, 40_000_000, shim=1)),
-                ("s75.log", "loop", loop(70, 13_333_333, shim=1))])
+    shares.run([("s25.log", "loop", loop(26, 38_461_538, shim=1)),
+                ("s75.log", "loop", loop(97, 14_285_714, shim=1))])
     shares.run([("bare_a.log", "loop", loop(50, 2 * bare_step)),
                 ("bare_b.log", "loop", loop(50, 2 * bare_step))])
     shares.close()
