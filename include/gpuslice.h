@@ -40,6 +40,7 @@ extern "C" {
  *                          GPU is otherwise idle; same form. Default: none.
  *   GPUSLICE_PRIORITY      high, normal (default) or low: while a high tenant is active, the
  *                          others keep at most 100 us of work queued (at least one launch),
+ *                          and start none while more than 100 us of its work is queued,
  *                          never at the cost of their guaranteed share: one that this keeps
  *                          below its share queues the GPU time it is owed on top.
  *                          The quota file's compute settings are the ceiling: the lower share,
@@ -300,6 +301,7 @@ struct gpuslice_slot_gpu {
                                bit 61: a launch waits at its gate now (not published in the
                                moments after its turn ended); bit 60: it holds a turn on the
                                GPU; bit 59: its queued work takes more than 1 ms to finish
+                               (a high-priority process's: more than 100 us)
                                (see docs/architecture.md); bits 0-58: CLOCK_MONOTONIC ns it
                                last had work in flight or waited for credit (atomic) */
     uint64_t compute;       /* the compute settings the process enforces on this GPU: bit 63

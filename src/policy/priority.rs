@@ -7,8 +7,12 @@
 //! matmul at a time leaves the GPU idle between the neighbour's launches. So the bound is a
 //! time: the neighbour keeps as many launches in flight as its kernels take to fill
 //! [`Yield::queue_ns`], judged by the time its kernels have been taking, and always at least
-//! one (it must make progress); and while the high-priority tenant's work is in flight it
-//! starts nothing, since new work would share the GPU with that work for as long as it lasts.
+//! one (it must make progress); and while the high-priority tenant's long work is in flight
+//! it starts nothing, since new work would share the GPU with that work for as long as it
+//! lasts. Its short work (no more than the neighbour's own bound: a launch-bound inference
+//! server's kernel or two) the neighbour's work delays by about as much as it would have
+//! waited anyway, so beside that the neighbour fills the GPU's gaps; once the high tenant's
+//! work backs up behind the neighbour's, its queue is long and the neighbour stops.
 //!
 //! The bound buys latency with the neighbour's GPU time: between two of its launches the
 //! GPU waits for its watcher to see the first finish, and at the end of the high-priority

@@ -149,7 +149,9 @@ pub struct Activity {
     /// has not ended.
     pub holding: bool,
     /// Its work in flight takes longer than a handover to finish: another process that
-    /// started now would be time-sliced with it rather than follow it.
+    /// started now would be time-sliced with it rather than follow it. A high-priority
+    /// process's, longer than the others may keep queued beside it (they start nothing
+    /// beside a long one).
     pub long_queue: bool,
     /// When it was seen so (`CLOCK_MONOTONIC`, nanoseconds); 0 never.
     pub at_ns: u64,

@@ -348,6 +348,53 @@ fn yielding_to_a_high_priority_tenant_bounds_the_launches_in_flight() {
 /// A tenant of 200 µs kernels guaranteed 70% beside an active high-priority tenant
 /// of 30%: while its launches wait and it receives less than 70%, it may queue what it
 /// is owed on top of the bound; once it wants no more, the bound is whole again.
+/// A high-priority tenant's queue is long, for the tenants yielding to it, once it holds
+/// more than they may keep queued beside it (100 µs): until then they fill the gaps
+/// between its short work. Any other tenant's queue is long beyond a handover (1 ms).
+#[test]
+fn a_high_priority_tenants_queue_is_long_beyond_what_others_may_queue_beside_it() {
+    let (high, normal) = (
+        settings(None, None, Some(Priority::High)),
+        ComputeSettings::default(),
+    );
+    // (own settings, launches unfinished of 20 µs each; published as long)
+    let table: &[(ComputeSettings, u64, bool)] = &[
+        (high, 4, false),
+        (high, 6, true),
+        (high, 40, true),
+        (normal, 6, false),
+        (normal, 40, false),
+        (normal, 60, true),
+    ];
+    for &(own, unfinished, long) in table {
+        let mut controller = Controller::new(name("own"));
+        let others = [tenant("other", normal, MS, &[(0, seen(T0, "i"))])];
+        let mut published = None;
+        // 25 launches finish in each 500 µs tick of a busy queue: 20 µs each.
+        for k in 0..4u64 {
+            let observation = Observation {
+                settings: own,
+                poll: Poll {
+                    unfinished,
+                    ..observed(T0 + k * TICK, true, 25 * k, Some(0)).poll
+                },
+                ..observed(T0 + k * TICK, true, 25 * k, Some(0))
+            };
+            let tenants = [
+                tenant("own", own, MS, &[(0, Activity::default())]),
+                others[0].clone(),
+            ];
+            let (_, decision) = tick(&mut controller, &observation, &tenants, plenty(0));
+            published = decision.publish_activity.or(published);
+        }
+        assert_eq!(
+            published.map(|a| a.long_queue),
+            Some(long),
+            "{own:?} with {unfinished} launches of 20 µs unfinished"
+        );
+    }
+}
+
 #[test]
 fn relief_lets_a_tenant_below_its_guaranteed_share_queue_more() {
     let own = settings(Some(700), None, None);
