@@ -87,9 +87,12 @@ struct SampleSlot {
     /// The events recorded before and after it.
     start: AtomicUsize,
     end: AtomicUsize,
-    /// How long recording the first event took, when the stream had nothing left before
-    /// it (the first event was reached by the time the launch call returned): the GPU had
-    /// reached it before the launch was submitted, so that time is not the launch's.
+    /// The time between the events that was not the launch's: how long recording the
+    /// first event took, when the stream had nothing left before it (the first event was
+    /// reached by the time the launch call returned: the GPU had reached it before the
+    /// launch was submitted); and from the launch call's return to the second event's
+    /// recording, when the launch had already finished by then (the second event was
+    /// reached as soon as it was recorded). Not 0: the stream was found idle.
     lead_ns: AtomicU64,
     /// The count of the launch that was timed: once its second event is reached, every
     /// launch of the stream up to it has finished.

@@ -116,10 +116,19 @@ fn timed(
     } else {
         0
     };
-    entry.sample_recorded(
-        started && status == CUDA_SUCCESS && record(end, stream, per_thread),
-        lead_ns,
-    );
+    // Likewise at the other end: a kernel shorter than the launch call has ended before the
+    // second event is recorded, which the GPU then reaches as soon as it is recorded. The
+    // time that recording took was not the kernel's either (on the H100, 1024² matmuls
+    // synchronized one by one were charged about a quarter more than NVML saw them run).
+    let launched = gpuslice_ledger::monotonic_ns();
+    let ended = started && status == CUDA_SUCCESS && record(end, stream, per_thread);
+    let end_recorded = gpuslice_ledger::monotonic_ns();
+    let tail_ns = if ended && reached(end) {
+        end_recorded.saturating_sub(launched)
+    } else {
+        0
+    };
+    entry.sample_recorded(ended, lead_ns.saturating_add(tail_ns));
     status
 }
 
