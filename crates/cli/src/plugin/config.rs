@@ -670,7 +670,11 @@ healthIntervalSeconds: 0.5
             .filter_map(|m| {
                 let host = host_path_of(m["name"].as_str().unwrap())?;
                 let read_only = m["readOnly"].as_bool().unwrap_or(false);
-                Some((PathBuf::from(m["mountPath"].as_str().unwrap()), host, read_only))
+                Some((
+                    PathBuf::from(m["mountPath"].as_str().unwrap()),
+                    host,
+                    read_only,
+                ))
             })
             .collect();
         (container, mounts)
