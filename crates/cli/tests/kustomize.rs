@@ -630,6 +630,23 @@ fn the_realtime_overlay_only_adds_a_high_priority_resource() {
     });
 }
 
+/// Whether `kubectl`'s kustomize takes directories under `resources`, as docs/kubernetes.md
+/// writes them: kubectl 1.21 and later, which report their kustomize version. Before that,
+/// kubectl embedded kustomize 2.0.3, which takes them only under `bases`.
+fn takes_directories_as_resources(kubectl: &Path) -> bool {
+    let out = Command::new(kubectl)
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    version.get("kustomizeVersion").is_some()
+}
+
 /// The path of `to` from `from`, both absolute: kustomize refuses absolute paths to bases.
 fn relative(from: &Path, to: &Path) -> PathBuf {
     let from: Vec<_> = from.components().collect();
@@ -646,22 +663,39 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 }
 
 #[test]
-fn a_kustomization_of_your_own_sets_the_image_and_adds_monitoring() {
+fn a_kustomization_of_your_own_sets_the_image_the_settings_and_monitoring() {
     with_each_kubectl(|kubectl| {
-        // As docs/kubernetes.md writes it: an overlay and the add-on as bases, the image
-        // that was built and pushed.
+        // As docs/kubernetes.md writes it for a migration: the overlay and the monitoring
+        // add-on, settings of one's own in place of the overlay's, and the image that was
+        // built and pushed.
         let mine = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let here = mine.path().canonicalize().unwrap();
         let to = |dir: &str| relative(&here, &layout().join(dir)).display().to_string();
+        let directories = if takes_directories_as_resources(kubectl) {
+            "resources"
+        } else {
+            "bases"
+        };
         let kustomization = format!(
-            "bases:\n  - {}\n  - {}\nimages:\n  - name: gpuslice\n    \
+            "{directories}:\n  - {}\n  - {}\n\
+             configMapGenerator:\n  - name: gpuslice-device-plugin\n    namespace: gpuslice\n    \
+             behavior: replace\n    files:\n      - device-plugin.yaml\n\
+             generatorOptions:\n  disableNameSuffixHash: true\n\
+             images:\n  - name: gpuslice\n    \
              newName: registry.example.com/gpuslice\n    newTag: \"0.1.0\"\n",
-            to("overlays/realtime"),
+            to("overlays/time-slicing-migration"),
             to("monitoring"),
         );
         std::fs::write(mine.path().join("kustomization.yaml"), kustomization).unwrap();
+        let base_settings =
+            std::fs::read_to_string(layout().join("base/device-plugin.yaml")).unwrap();
+        let settings = base_settings.replace("\nslicesPerGpu: 4\n", "\nslicesPerGpu: 8\n");
+        assert_ne!(settings, base_settings);
+        std::fs::write(mine.path().join("device-plugin.yaml"), &settings).unwrap();
+
         let objects = render(kubectl, mine.path());
-        for c in all_containers(daemonset(&objects)) {
+        let ds = daemonset(&objects);
+        for c in all_containers(ds) {
             assert_eq!(
                 c.image.as_deref(),
                 Some("registry.example.com/gpuslice:0.1.0"),
@@ -669,6 +703,13 @@ fn a_kustomization_of_your_own_sets_the_image_and_adds_monitoring() {
                 c.name
             );
         }
+        assert!(pod_spec(ds).affinity.is_some(), "the overlay's affinity");
+        let config = configmap(&objects);
+        assert_eq!(config.metadata.namespace.as_deref(), Some(NAMESPACE));
+        assert_eq!(
+            config.data.as_ref().unwrap().get("device-plugin.yaml"),
+            Some(&settings)
+        );
         assert_eq!(
             objects
                 .iter()
@@ -676,7 +717,5 @@ fn a_kustomization_of_your_own_sets_the_image_and_adds_monitoring() {
                 .count(),
             1
         );
-        let config = configmap(&objects);
-        assert!(config.data.as_ref().unwrap()["device-plugin.yaml"].contains("gpu-realtime"));
     });
 }
