@@ -697,11 +697,12 @@ healthIntervalSeconds: 0.5
                 .iter()
                 .map(|a| a.as_str().unwrap().to_string()),
         );
-        let crate::cli::Command::DevicePlugin(args) =
+        let crate::cli::Command::DevicePlugin(mut args) =
             crate::cli::Cli::try_parse_from(&argv).unwrap().command
         else {
             panic!("the DaemonSet does not run device-plugin: {argv:?}")
         };
+        assert!(args.config.is_some(), "the DaemonSet passes no --config");
         // Mounted from the host at the same path, read-write or not.
         let mount_of = |path: &Path| {
             mounts
@@ -724,8 +725,9 @@ healthIntervalSeconds: 0.5
             ),
         ];
         for (file, resources) in expected {
-            let text = std::fs::read_to_string(root.join(file)).unwrap();
-            let config = resolve(parse(&text).unwrap(), &args, file).unwrap();
+            // The file as the plugin reads it, with the DaemonSet's other flags.
+            args.config = Some(root.join(file));
+            let config = Config::load(&args).unwrap();
             let got: Vec<(&str, Priority)> = config
                 .resources
                 .iter()
