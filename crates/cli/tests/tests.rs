@@ -1,8 +1,9 @@
 //! The `gpuslice` command, tested by running the real binary: `run` (exit codes, signals,
 //! the environment it gives the command, tenant creation, joining and cleanup), `status`
 //! (JSON and table, damaged files), and both over the real shim and the simulated GPU, as
-//! does `demo`; `device-plugin` against a fake kubelet (`plugin`), and its CDI specs in a
-//! real container runtime (`podman`).
+//! does `demo`; `device-plugin` against a fake kubelet (`plugin`), its CDI specs in a
+//! real container runtime (`podman`), and its Kubernetes manifests rendered and decoded with
+//! the API types (`kustomize`).
 
 mod util;
 
@@ -10,6 +11,7 @@ mod cdi;
 mod demo;
 mod doctor;
 mod end_to_end;
+mod kustomize;
 mod metrics;
 mod plugin;
 mod podman;

@@ -639,16 +639,144 @@ healthIntervalSeconds: 0.5
         assert!(err.contains("/nonexistent/gpuslice.yaml"), "{err}");
     }
 
-    #[test]
-    fn the_example_configmap_in_deploy_is_a_valid_config() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/configmap.yaml");
-        let manifest: serde_norway::Value =
+    /// The plugin's container in deploy/kustomize/base/daemonset.yaml, and what the
+    /// DaemonSet mounts from the host: (path in the container, path on the host, read-only).
+    fn deploy_daemonset() -> (serde_norway::Value, Vec<(PathBuf, PathBuf, bool)>) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/kustomize/base/daemonset.yaml");
+        let daemonset: serde_norway::Value =
             serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let text = manifest["data"]["device-plugin.yaml"].as_str().unwrap();
-        let c = from_text(text, &[]).unwrap();
-        let names: Vec<&str> = c.resources.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["gpuslice.dev/gpu", "gpuslice.dev/gpu-realtime"]);
-        assert_eq!(c.resources[1].priority, Priority::High);
+        let pod = &daemonset["spec"]["template"]["spec"];
+        let container = pod["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "device-plugin")
+            .expect("a container named device-plugin")
+            .clone();
+        let host_path_of = |volume: &str| {
+            pod["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == volume)
+                .and_then(|v| v["hostPath"]["path"].as_str())
+                .map(PathBuf::from)
+        };
+        let mounts = container["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|m| {
+                let host = host_path_of(m["name"].as_str().unwrap())?;
+                let read_only = m["readOnly"].as_bool().unwrap_or(false);
+                Some((
+                    PathBuf::from(m["mountPath"].as_str().unwrap()),
+                    host,
+                    read_only,
+                ))
+            })
+            .collect();
+        (container, mounts)
+    }
+
+    /// Every settings file the kustomize layout ships (the base's and each overlay's) is
+    /// valid with the flags the DaemonSet passes, and every host path the plugin then
+    /// uses is mounted from the same path on the host: read-write where it writes (the
+    /// ledger, CDI specs, the kubelet's sockets), at all where it only reads (the shim, the
+    /// pod resources socket).
+    #[test]
+    fn the_settings_in_deploy_are_valid_and_their_host_paths_are_mounted() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kustomize");
+        let (container, mounts) = deploy_daemonset();
+        let mut argv = vec!["gpuslice".to_string()];
+        argv.extend(
+            container["args"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string()),
+        );
+        let crate::cli::Command::DevicePlugin(mut args) =
+            crate::cli::Cli::try_parse_from(&argv).unwrap().command
+        else {
+            panic!("the DaemonSet does not run device-plugin: {argv:?}")
+        };
+        assert!(args.config.is_some(), "the DaemonSet passes no --config");
+        // Mounted from the host at the same path, read-write or not.
+        let mount_of = |path: &Path| {
+            mounts
+                .iter()
+                .find(|(inside, host, _)| inside == host && path.starts_with(inside))
+                .map(|(_, _, read_only)| *read_only)
+        };
+
+        let expected: [(&str, &[(&str, Priority)]); 2] = [
+            (
+                "base/device-plugin.yaml",
+                &[("gpuslice.dev/gpu", Priority::Normal)],
+            ),
+            (
+                "overlays/realtime/device-plugin.yaml",
+                &[
+                    ("gpuslice.dev/gpu", Priority::Normal),
+                    ("gpuslice.dev/gpu-realtime", Priority::High),
+                ],
+            ),
+        ];
+        for (file, resources) in expected {
+            // The file as the plugin reads it, with the DaemonSet's other flags.
+            args.config = Some(root.join(file));
+            let config = Config::load(&args).unwrap();
+            let got: Vec<(&str, Priority)> = config
+                .resources
+                .iter()
+                .map(|r| (r.name.as_str(), r.priority))
+                .collect();
+            assert_eq!(got, resources, "{file}");
+            assert!(config.metrics_listen.is_some(), "{file}: no metrics");
+            for written in [
+                &config.layout.ledger_host,
+                &config.cdi_dir,
+                &config.kubelet_dir,
+            ] {
+                assert_eq!(
+                    mount_of(written),
+                    Some(false),
+                    "{file}: {} is not mounted read-write from the host",
+                    written.display()
+                );
+            }
+            let socket = config.pod_resources_socket.as_deref().unwrap();
+            for read in [&config.layout.shim_host, socket] {
+                assert!(
+                    mount_of(read).is_some(),
+                    "{file}: {} is not mounted from the host",
+                    read.display()
+                );
+            }
+            // What containers are given is what the plugin sees, on the host.
+            assert_eq!(config.layout.ledger_container, config.layout.ledger_host);
+            assert_eq!(config.layout.shim_container, config.layout.shim_host);
+        }
+
+        // No settings file in deploy/kustomize escapes the check above.
+        let mut found = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.file_name().unwrap() == "device-plugin.yaml" {
+                    found.push(path.strip_prefix(&root).unwrap().display().to_string());
+                }
+            }
+        }
+        found.sort();
+        let mut checked: Vec<String> = expected.iter().map(|(f, _)| f.to_string()).collect();
+        checked.sort();
+        assert_eq!(found, checked);
     }
 
     mod properties {
