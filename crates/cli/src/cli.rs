@@ -58,6 +58,9 @@ pub enum Command {
     /// Container Device Interface specs that inject the shim and a tenant.
     #[command(subcommand)]
     Cdi(CdiCommand),
+    /// The device plugin's config file: NVIDIA's format as gpuslice's.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// One tenant's program of `demo` (run by `demo` itself, under the shim).
     #[command(name = "__demo-worker", hide = true)]
     DemoWorker(DemoWorkerArgs),
@@ -425,6 +428,37 @@ pub struct DevicePluginArgs {
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: tracing::Level,
+}
+
+/// `gpuslice config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the gpuslice equivalent of NVIDIA's device plugin config (version: v1).
+    #[command(after_help = CONFIG_CONVERT_HELP)]
+    Convert(ConfigConvertArgs),
+}
+
+/// What `config convert` prints, after the arguments in `--help`.
+const CONFIG_CONVERT_HELP: &str = "\
+FILE is a config file of NVIDIA's k8s-device-plugin (version: v1, flags,
+sharing.timeSlicing). The device plugin reads it as it is; this prints the same
+settings in gpuslice's format (YAML), with what gpuslice adds in comments: each
+slice's memory quota and compute share, the priority, the compute limit, and
+their defaults. sharing.mps, which the device plugin refuses, is converted to
+the slices that give what MPS's limits gave. A file in gpuslice's format is
+printed as it is.
+
+Exit codes:
+  0  printed
+  2  the file cannot be read, or is not a valid config (the error names the
+     field and what was wrong)";
+
+/// `gpuslice config convert`.
+#[derive(Debug, Args)]
+pub struct ConfigConvertArgs {
+    /// NVIDIA's device plugin config file (YAML or JSON)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// `gpuslice cdi`.

@@ -341,6 +341,7 @@ fn main() -> ExitCode {
         Command::DemoWorker(args) => demo_worker::worker(&args),
         Command::DevicePlugin(args) => plugin::device_plugin(args),
         Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),
+        Command::Config(cli::ConfigCommand::Convert(args)) => plugin::convert::convert(&args),
         Command::ShimProbe => Ok(shim_check::probe()),
     };
     match result {

@@ -22,8 +22,11 @@
 mod allocate;
 pub mod api;
 mod config;
+pub mod convert;
 mod health;
 mod kubelet;
+mod nvidia_config;
+mod nvidia_flags;
 pub(crate) mod nvml;
 mod podresources;
 mod server;
@@ -119,14 +122,46 @@ async fn supervise(args: DevicePluginArgs, shutdown: watch::Receiver<bool>) -> R
     if let Some(address) = &config.metrics_listen {
         start_metrics(address, config.layout.ledger_host.clone()).usage()?;
     }
+    describe_config(&config, &args);
     loop {
         match run(&config, &args, &shutdown).await {
             End::Signal => return Ok(exit::OK),
             End::Reload(next) => {
                 tracing::info!("the config file changed: restarting with the new settings");
                 config = *next;
+                describe_config(&config, &args);
             }
         }
+    }
+}
+
+/// Says what the plugin advertises, and, for a file in NVIDIA's format, which of its
+/// settings are ignored and why.
+fn describe_config(config: &Config, args: &DevicePluginArgs) {
+    let resources: Vec<String> = config
+        .resources
+        .iter()
+        .map(|r| {
+            format!(
+                "{} ({} of {} slices per GPU)",
+                r.name, r.slices, config.slices_per_gpu
+            )
+        })
+        .collect();
+    if config.format == config::Format::Nvidia {
+        let file = args
+            .config
+            .as_deref()
+            .map_or_else(String::new, |p| p.display().to_string());
+        tracing::info!(
+            "{file} is NVIDIA's device plugin config: advertising {}",
+            resources.join(", ")
+        );
+        for note in &config.ignored {
+            tracing::warn!("ignoring {note}");
+        }
+    } else {
+        tracing::info!("advertising {}", resources.join(", "));
     }
 }
 
