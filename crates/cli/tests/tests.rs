@@ -11,6 +11,7 @@ mod demo;
 mod doctor;
 mod end_to_end;
 mod metrics;
+mod nvidia_config;
 mod plugin;
 mod podman;
 mod run;
