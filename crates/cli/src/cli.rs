@@ -422,12 +422,16 @@ pub struct DevicePluginArgs {
     pub metrics_listen: Option<String>,
 
     /// The kubelet's pod resources socket, "" for none [default: /var/lib/kubelet/pod-resources/kubelet.sock]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = parse_path_or_none)]
     pub pod_resources_socket: Option<PathBuf>,
 
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: tracing::Level,
+
+    /// Log lines as text (coloured only on a terminal) or as JSON objects
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// `gpuslice config`.
@@ -522,6 +526,12 @@ pub enum CdiFormat {
     Json,
     /// YAML.
     Yaml,
+}
+
+/// The value parser of a path flag whose `""` means "none": clap's own refuses an empty
+/// path.
+fn parse_path_or_none(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
 }
 
 /// `--tenant`'s value parser.

@@ -304,6 +304,7 @@ mod doctor;
 mod exit;
 mod gpu;
 mod locate;
+mod logging;
 mod metrics;
 mod plugin;
 mod quantity;

@@ -10,6 +10,7 @@ mod cdi;
 mod demo;
 mod doctor;
 mod end_to_end;
+mod logs;
 mod metrics;
 mod nvidia_config;
 mod plugin;

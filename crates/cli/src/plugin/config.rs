@@ -750,6 +750,25 @@ mod tests {
         assert_eq!(c.cleanup_grace, Duration::ZERO);
     }
 
+    /// Issue 16, item 6: `--pod-resources-socket ""` was documented as turning the lookup
+    /// off, and clap refused the empty path.
+    #[test]
+    fn an_empty_pod_resources_socket_flag_turns_the_lookup_off() {
+        let c = from_text("", &["--pod-resources-socket", ""]).unwrap();
+        assert_eq!(c.pod_resources_socket, None);
+        let c = from_text(
+            "podResourcesSocket: /elsewhere.sock",
+            &["--pod-resources-socket", ""],
+        )
+        .unwrap();
+        assert_eq!(c.pod_resources_socket, None, "the flag overrides the file");
+        let c = from_text("", &["--pod-resources-socket", "/run/pr.sock"]).unwrap();
+        assert_eq!(
+            c.pod_resources_socket.as_deref(),
+            Some(Path::new("/run/pr.sock"))
+        );
+    }
+
     #[test]
     fn resources_partition_each_gpus_slices_and_flags_override_the_file() {
         let text = "\

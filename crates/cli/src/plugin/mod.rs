@@ -51,12 +51,7 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// Runs `gpuslice device-plugin` until SIGTERM or SIGINT.
 pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
-    let level = args.log_level;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_target(false)
-        .init();
+    crate::logging::init(args.log_level, args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
