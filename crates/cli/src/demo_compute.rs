@@ -286,6 +286,10 @@ impl ComputePhase {
         let Some(started) = self.started_ns else {
             return;
         };
+        // The first figures after a whole step, not at the first kernel.
+        if self.shown_ns == 0 {
+            self.shown_ns = started;
+        }
         let every = if self.bars {
             LIVE_EVERY_NS
         } else {

@@ -313,6 +313,7 @@ mod shim_check;
 mod signals;
 mod status;
 mod tenancy;
+mod tenant;
 mod top;
 mod unenforced;
 
@@ -343,6 +344,7 @@ fn main() -> ExitCode {
         Command::DevicePlugin(args) => plugin::device_plugin(args),
         Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),
         Command::Config(cli::ConfigCommand::Convert(args)) => plugin::convert::convert(&args),
+        Command::Tenant(command) => tenant::tenant(command),
         Command::ShimProbe => Ok(shim_check::probe()),
     };
     match result {

@@ -18,5 +18,6 @@ mod podman;
 mod run;
 mod run_fails_closed;
 mod status;
+mod tenant_cmd;
 mod tenants;
 mod top;
