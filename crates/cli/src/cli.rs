@@ -13,7 +13,8 @@ use crate::quantity::parse_memory_arg;
 const EXIT_CODES: &str = "\
 Exit codes:
   0    success (run: the command's own status is passed through)
-  1    doctor: at least one check failed; demo: a tenant did not get its quota
+  1    doctor: at least one check failed; demo: a tenant did not get its quota;
+       tenant delete: the tenant is in use and was kept
   2    usage or configuration error (a bad flag or value, no ledger directory,
        no shim, a setting above the quota of the tenant being joined)
   125  gpuslice itself failed (run: before it could start the command)
@@ -374,8 +375,10 @@ advertised to the kubelet as gpuslice.dev/gpu. A container that asks for k
 slices gets a tenant with k/N of the GPU's memory and a k/N share of its time,
 a CDI spec in --cdi-dir, and the CDI devices nvidia.com/gpu=<uuid> and
 gpuslice.dev/gpu=<tenant>. Flags override the --config file (YAML, see
-docs/kubernetes.md). A config file that cannot be used is reported and read
-again every 2 seconds; the plugin never exits over it.
+docs/kubernetes.md), which may also be NVIDIA's device plugin config (version:
+v1, sharing.timeSlicing), read as it is (docs/config.md). A config file that
+cannot be used is reported and read again every 2 seconds; the plugin never
+exits over it.
 
 Exit codes:
   0  stopped by SIGTERM or SIGINT
