@@ -154,27 +154,18 @@ pub fn read(flags: &Flags, ignored: &mut Vec<String>) -> Result<Option<String>, 
             "gpuslice finds GPUs through NVML",
         );
     }
-    if flags.gfd.is_some() {
-        let gfd = flags.gfd.as_ref();
+    if let Some(g) = &flags.gfd {
         let mut names: Vec<&str> = [
-            ("oneshot", gfd.is_some_and(|g| g.oneshot.is_some())),
-            ("noTimestamp", gfd.is_some_and(|g| g.no_timestamp.is_some())),
-            (
-                "sleepInterval",
-                gfd.is_some_and(|g| g.sleep_interval.is_some()),
-            ),
-            ("outputFile", gfd.is_some_and(|g| g.output_file.is_some())),
-            (
-                "machineTypeFile",
-                gfd.is_some_and(|g| g.machine_type_file.is_some()),
-            ),
+            ("oneshot", g.oneshot.is_some()),
+            ("noTimestamp", g.no_timestamp.is_some()),
+            ("sleepInterval", g.sleep_interval.is_some()),
+            ("outputFile", g.output_file.is_some()),
+            ("machineTypeFile", g.machine_type_file.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
         .collect();
-        if let Some(g) = gfd {
-            names.extend(g.unknown.keys().map(String::as_str));
-        }
+        names.extend(g.unknown.keys().map(String::as_str));
         if !names.is_empty() {
             note(
                 "gfd",
