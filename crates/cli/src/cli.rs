@@ -480,7 +480,9 @@ Exit codes:
 const TENANT_DELETE_HELP: &str = "\
 A tenant in use is kept: while a process of it holds a live slot in the ledger
 (a container or a program of it is using a GPU), while a gpuslice run is in
-it, or when the device plugin made it for a container. --force deletes it even
+it, when the device plugin made it for a container, or when its entry lock
+stays taken for 2 seconds (runs hold it for a moment; a process of the tenant
+can hold it for good). --force deletes it even
 so: its running processes keep the quota they read, but one that starts in its
 containers afterwards finds no quota and runs without limits.
 

@@ -287,8 +287,9 @@ variable of the CDI spec `cdi generate` would write for it (words a shell would 
 single-quoted). With `--cdi-dir DIR` it writes that spec as `DIR/gpuslice.dev-gpu_NAME.json`
 and prints `--device gpuslice.dev/gpu=NAME`. A tenant that exists is exit 2. `flags` prints
 the line of an existing tenant again. `delete` removes the tenant (and the spec `create`
-wrote) unless a process of it holds a live slot, a `gpuslice run` is in it, or the device
-plugin made it: then it says which and exits 1; `--force` removes it anyway, warning that
+wrote) unless a process of it holds a live slot, a `gpuslice run` is in it, the device
+plugin made it, or its entry lock stays taken for 2 seconds (which runs hold for a moment,
+and a process of the tenant could hold for good): then it says which and exits 1; `--force` removes it anyway, warning that
 its containers' new processes will find no quota. `list` prints one row per tenant: its
 memory limit, share, limit, priority, live processes and who made it (`tenant create`,
 `gpuslice run`, `device plugin`), a line per GPU with a limit of its own, and the error of a

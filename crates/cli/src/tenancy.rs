@@ -246,9 +246,16 @@ pub struct Removal {
     pub runs_inside: bool,
     /// How many processes hold a live slot in it.
     pub live_processes: usize,
+    /// Whether its entry lock stayed taken for [`ENTRY_PATIENCE`]: a run entering or
+    /// leaving holds it for a few system calls only, so someone else holds it (a process
+    /// of the tenant can, since its containers have its lock file).
+    pub entry_held: bool,
     /// Whether it was removed (not in use, or forced).
     pub removed: bool,
 }
+
+/// How long [`remove`] waits for a tenant's entry lock.
+pub const ENTRY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Creates `tenant` with `quota` for `gpuslice tenant create`, marked with
 /// [`CREATE_MARKER`] (holding `marker_text`), under the entry lock, so that a run entering
@@ -286,32 +293,52 @@ pub fn create(
 
 /// Removes `tenant` unless a `gpuslice run` is in it or a process holds a live slot in it;
 /// with `force`, even then. The entry lock is held from the look to the removal, so no run
-/// enters in between (one waiting for it finds the tenant gone and starts afresh).
+/// enters in between (one waiting for it finds the tenant gone and starts afresh). The lock
+/// is waited for [`ENTRY_PATIENCE`] at most: the tenant's own processes can take it, and
+/// one that never lets go must not hang the command (unforced, the tenant is kept).
 pub fn remove(ledger: &Ledger, tenant: &TenantName, force: bool) -> Result<Removal, TenancyError> {
-    let locked = lock_entry(ledger, tenant, false)?;
-    let runs_inside = match &locked {
-        Some((locks, _entry)) => {
-            let membership = locks.handle()?;
-            !membership.try_lock(lock_bytes::RUN_MEMBERS, LockKind::Exclusive)?
-        }
-        // No lock file: no run ever entered it, nor can one be in it.
-        None => false,
+    let mut removal = Removal {
+        runs_inside: false,
+        live_processes: 0,
+        entry_held: false,
+        removed: false,
     };
-    let live_processes = live_slots(ledger, tenant)?;
-    let in_use = runs_inside || live_processes > 0;
+    // Held until the end of this function.
+    let mut _entry = None;
+    for _ in 0..ENTER_ATTEMPTS {
+        // No lock file: no run ever entered the tenant, nor can one be in it.
+        let Some(locks) = ledger.open_existing_locks(tenant)? else {
+            break;
+        };
+        let entry = locks.handle()?;
+        let deadline = std::time::Instant::now() + ENTRY_PATIENCE;
+        let mut held = false;
+        while !entry.try_lock(lock_bytes::RUN_ENTRY, LockKind::Exclusive)? {
+            if std::time::Instant::now() >= deadline {
+                held = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // A run that removed the tenant and made it afresh meanwhile has a new lock file,
+        // whose locks are the ones that count.
+        if !held && !locks.is_still_at_its_path()? {
+            continue;
+        }
+        let membership = locks.handle()?;
+        removal.entry_held = held;
+        removal.runs_inside = !membership.try_lock(lock_bytes::RUN_MEMBERS, LockKind::Exclusive)?;
+        _entry = Some((locks, entry, membership));
+        break;
+    }
+    removal.live_processes = live_slots(ledger, tenant)?;
+    let in_use = removal.runs_inside || removal.live_processes > 0 || removal.entry_held;
     if in_use && !force {
-        return Ok(Removal {
-            runs_inside,
-            live_processes,
-            removed: false,
-        });
+        return Ok(removal);
     }
     ledger.remove_tenant(tenant)?;
-    Ok(Removal {
-        runs_inside,
-        live_processes,
-        removed: true,
-    })
+    removal.removed = true;
+    Ok(removal)
 }
 
 /// Whether a run-created tenant has been left behind: no run holds its membership lock and

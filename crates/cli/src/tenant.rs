@@ -167,6 +167,12 @@ fn delete(args: &TenantDeleteArgs) -> Result<u8, Failure> {
     if removal.runs_inside {
         users.push("a gpuslice run is in it".to_string());
     }
+    if removal.entry_held {
+        users.push(format!(
+            "its entry lock stayed taken for {} s (a process of it holds it?)",
+            tenancy::ENTRY_PATIENCE.as_secs()
+        ));
+    }
     if !removal.removed {
         println!(
             "kept tenant {t}: {}; stop them first, or --force deletes it even so",

@@ -285,3 +285,29 @@ fn podman_runs_a_container_in_a_tenant_made_by_tenant_create_with_the_printed_fl
         .expect("the tenant in status");
     assert_eq!(entry["gpus"][0]["oom_refusals"], 1, "{status}");
 }
+
+/// A process of the tenant can take its entry lock (its containers have its lock file) and
+/// never let go: delete must not wait for it forever.
+#[test]
+fn tenant_delete_does_not_hang_on_an_entry_lock_a_process_of_the_tenant_holds() {
+    let t = TestDir::new();
+    create(&t, "stuck", &[]);
+    let locks = t.ledger().open_locks(&tenant("stuck")).unwrap();
+    let holder = locks.handle().unwrap();
+    assert!(
+        holder
+            .try_lock(
+                gpuslice_ledger::layout::lock_bytes::RUN_ENTRY,
+                gpuslice_ledger::LockKind::Exclusive
+            )
+            .unwrap()
+    );
+    let out = finish(tenant_command(&t, &["delete", "stuck"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("entry lock stayed taken"), "{out:?}");
+    assert!(t.tenant_exists("stuck"));
+    let out = finish(tenant_command(&t, &["delete", "stuck", "--force"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!t.tenant_exists("stuck"));
+    drop(holder);
+}
