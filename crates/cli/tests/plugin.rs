@@ -43,7 +43,7 @@ use api::device_plugin_client::DevicePluginClient;
 use api::registration_server::{Registration, RegistrationServer};
 
 /// The UUID of the simulated GPU 1.
-const FAKE_GPU1: &str = "GPU-fa4ec0da-0000-4000-8000-000000000001";
+pub const FAKE_GPU1: &str = "GPU-fa4ec0da-0000-4000-8000-000000000001";
 /// How long the plugin gets to do anything the tests wait for.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -327,7 +327,7 @@ impl FakeKubelet {
 }
 
 /// A runtime for one test's async part.
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -336,7 +336,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The plugin's `ListAndWatch` stream.
-async fn watch(
+pub async fn watch(
     client: &mut DevicePluginClient<Channel>,
 ) -> tonic::Streaming<api::ListAndWatchResponse> {
     client
@@ -347,7 +347,7 @@ async fn watch(
 }
 
 /// The next device list of a `ListAndWatch` stream, as ID -> health.
-async fn next_list(
+pub async fn next_list(
     stream: &mut tonic::Streaming<api::ListAndWatchResponse>,
 ) -> HashMap<String, String> {
     let item = tokio::time::timeout(WAIT, stream.next())
@@ -360,7 +360,7 @@ async fn next_list(
 
 /// The first device list of a `ListAndWatch` stream once the plugin has discovered its GPUs:
 /// until then it sends an empty list (slow on a loaded machine), as the kubelet expects.
-async fn first_list(
+pub async fn first_list(
     stream: &mut tonic::Streaming<api::ListAndWatchResponse>,
 ) -> HashMap<String, String> {
     loop {
@@ -372,7 +372,7 @@ async fn first_list(
 }
 
 /// Slice `i` of a simulated GPU.
-fn slice(gpu: &str, i: u32) -> String {
+pub fn slice(gpu: &str, i: u32) -> String {
     format!("{gpu}-slice-{i}")
 }
 
