@@ -341,6 +341,7 @@ mod demo_memory;
 mod demo_plot;
 mod demo_worker;
 mod doctor;
+mod dra;
 mod exit;
 mod gpu;
 mod locate;
@@ -382,6 +383,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::demo(args),
         Command::DemoWorker(args) => demo_worker::worker(&args),
         Command::DevicePlugin(args) => plugin::device_plugin(args),
+        Command::DraDriver(args) => dra::dra_driver(args),
         Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),
         Command::Config(cli::ConfigCommand::Convert(args)) => plugin::convert::convert(&args),
         Command::Tenant(command) => tenant::tenant(command),

@@ -269,11 +269,11 @@ fn configmap(objects: &[Object]) -> &ConfigMap {
 }
 
 fn pod_spec(ds: &DaemonSet) -> &PodSpec {
-    ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    ds.spec.template.spec.as_ref().unwrap()
 }
 
 fn pod_labels(ds: &DaemonSet) -> &BTreeMap<String, String> {
-    let template = &ds.spec.as_ref().unwrap().template;
+    let template = &ds.spec.template;
     template.metadata.as_ref().unwrap().labels.as_ref().unwrap()
 }
 
@@ -493,13 +493,7 @@ fn the_base_installs_the_plugin_with_what_it_needs() {
         assert_eq!(service_ports.len(), 1);
         assert_eq!(service_ports[0].target_port, Some(metrics));
         assert!(selects(
-            ds.spec
-                .as_ref()
-                .unwrap()
-                .selector
-                .match_labels
-                .as_ref()
-                .unwrap(),
+            ds.spec.selector.match_labels.as_ref().unwrap(),
             pod_labels(ds)
         ));
     });
@@ -584,7 +578,7 @@ fn the_migration_overlay_only_adds_the_takeover_node_affinity() {
         // Without that affinity, the overlay is the base.
         for o in &mut overlay {
             if let Object::DaemonSet(ds) = o {
-                let spec = ds.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+                let spec = ds.spec.template.spec.as_mut().unwrap();
                 spec.affinity = None;
             }
         }

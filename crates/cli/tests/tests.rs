@@ -10,6 +10,7 @@ mod util;
 mod cdi;
 mod demo;
 mod doctor;
+mod dra;
 mod end_to_end;
 mod kustomize;
 mod logs;
