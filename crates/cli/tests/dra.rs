@@ -937,3 +937,111 @@ fn the_api_servers_requests_are_the_drivers_own_objects_only() {
         }
     });
 }
+
+/// The CDI spec of a prepared claim in a real container runtime: podman runs a container
+/// with the claim's CDI device on the simulated GPU; inside, the shim is preloaded, the
+/// process is the claim's tenant, the memory it sees and may take is the claim's, and the
+/// compute settings the shim reads are the claim's.
+#[test]
+fn podman_runs_a_container_with_a_prepared_claims_cdi_spec_within_the_claims_quota() {
+    use crate::podman::{cannot_run_containers, no_podman, podman_run, rootfs, skip_test};
+    let skip = |why: &str| {
+        skip_test(
+            "podman_runs_a_container_with_a_prepared_claims_cdi_spec_within_the_claims_quota",
+            "The DRA driver's CDI spec is",
+            why,
+        );
+    };
+    let mut node = DraNode::new();
+    node.devices = "1Gi".into();
+    if let Some(why) = no_podman() {
+        return skip(&why);
+    }
+    let root = rootfs(node.node.dir.path());
+    if let Some(why) = cannot_run_containers(&root) {
+        return skip(&why);
+    }
+    let tenant = DraNode::tenant_of(UID_A);
+    let names = runtime().block_on(async {
+        let api = ApiServer::start().await;
+        // NVIDIA's CDI device does not exist here: the rootfs has the (simulated) driver.
+        let driver = node.start(&api, &["--nvidia-cdi-device", ""]);
+        api.put_claim(claim(
+            "c",
+            UID_A,
+            &[("gpu", DEV0, "s", "512Mi", "30")],
+            Some(config(json!({"computeLimit": "share", "priority": "high"}))),
+        ));
+        let mut client = node.kubelet().v1().await;
+        let answer = prepare(&mut client, "c", UID_A).await;
+        assert_eq!(answer.error, "", "{}", driver.log());
+        answer.devices[0].cdi_device_ids.clone()
+    });
+    assert_eq!(names, [format!("gpuslice.dev/gpu={tenant}")]);
+
+    // Where podman reads CDI specs (Debian's podman 4.3 has no flag for another directory).
+    let installed =
+        Path::new("/var/run/cdi").join(format!("gpuslice-dra-test-{}.json", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all("/var/run/cdi")
+        .and_then(|()| std::fs::copy(node.spec_of(UID_A), &installed).map(|_| ()))
+    {
+        return skip(&format!("cannot install the spec in /var/run/cdi: {e}"));
+    }
+    let out = finish(podman_run(
+        &[
+            "--device",
+            &names[0],
+            "-e",
+            "FAKECUDA_DEVICES=1Gi",
+            "-e",
+            "FAKECUDA_STATE_DIR=/tmp/gpu",
+            "-e",
+            "LD_LIBRARY_PATH=/usr/lib/gpu",
+        ],
+        &root,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo \"preload=$LD_PRELOAD tenant=$GPUSLICE_TENANT\"; \
+             exec /cudaprobe dlsym info fill 16M",
+        ],
+    ));
+    let _ = std::fs::remove_file(&installed);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let shim = node.node.shim.display().to_string();
+    assert!(
+        out.stdout
+            .contains(&format!("preload={shim} tenant={tenant}")),
+        "{out:?}"
+    );
+    assert_eq!(
+        field(&out.stdout, "info", "total"),
+        512 * MIB,
+        "the claim's memory: {out:?}"
+    );
+    assert_eq!(
+        field(&out.stdout, "fill", "bytes"),
+        512 * MIB - CONTEXT,
+        "{out:?}"
+    );
+    assert_eq!(
+        field(&out.stdout, "fill", "rc"),
+        2,
+        "refused past the quota: {out:?}"
+    );
+    // What it did and what it was held to, in the ledger it wrote through its usage file.
+    let status = node.node.dir.status_json();
+    let entry = status["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .find(|t| t["name"] == tenant.as_str())
+        .cloned()
+        .expect("the tenant in status");
+    let gpu = &entry["gpus"][0];
+    assert_eq!(gpu["oom_refusals"], 1, "{status}");
+    assert_eq!(gpu["memory_limit_bytes"], 512 * MIB, "{status}");
+    assert_eq!(gpu["compute_share_percent"], 30.0, "{status}");
+    assert_eq!(gpu["compute_limit_percent"], 30.0, "{status}");
+    assert_eq!(gpu["priority"], "high", "{status}");
+}
