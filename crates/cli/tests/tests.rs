@@ -11,6 +11,7 @@ mod cdi;
 mod demo;
 mod doctor;
 mod dra;
+mod dra_deploy;
 mod end_to_end;
 mod kustomize;
 mod logs;
