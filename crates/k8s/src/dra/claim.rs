@@ -72,7 +72,7 @@ pub enum ClaimError {
     )]
     Replaced {
         /// The claim asked for.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The UID found.
         found: String,
     },
@@ -80,13 +80,13 @@ pub enum ClaimError {
     #[error("claim {claim} is not allocated")]
     NotAllocated {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
     },
     /// A device of this node's pool that this driver does not publish.
     #[error("claim {claim}: device {device} is not one of this driver's (expected gpu-<uuid>)")]
     UnknownDevice {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The device name.
         device: String,
     },
@@ -97,7 +97,7 @@ pub enum ClaimError {
     #[error("claim {claim}: GPU {gpu} ({device}) is not on this node")]
     GpuGone {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The device name.
         device: String,
         /// Its GPU.
@@ -107,7 +107,7 @@ pub enum ClaimError {
     #[error("claim {claim}: GPU {gpu} ({device}) cannot be used: {problem}")]
     GpuUnusable {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The device name.
         device: String,
         /// Its GPU.
@@ -119,7 +119,7 @@ pub enum ClaimError {
     #[error("claim {claim}: device {device}: consumed capacity {capacity} = {value:?} {why}")]
     BadCapacity {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The device name.
         device: String,
         /// `memory` or `compute`.
@@ -133,7 +133,7 @@ pub enum ClaimError {
     #[error("claim {claim}: request {request}: {source}")]
     Config {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The request the configuration applies to.
         request: String,
         /// What is wrong.
@@ -147,7 +147,7 @@ pub enum ClaimError {
     )]
     LimitBelowShare {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The request.
         request: String,
         /// The cap, percent.
@@ -168,12 +168,12 @@ pub fn grants(
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     if uid != expected.uid {
         return Err(ClaimError::Replaced {
-            claim: expected.clone(),
+            claim: Box::new(expected.clone()),
             found: uid,
         });
     }
     let not_allocated = || ClaimError::NotAllocated {
-        claim: expected.clone(),
+        claim: Box::new(expected.clone()),
     };
     let devices = claim
         .status
@@ -193,27 +193,27 @@ pub fn grants(
             continue;
         }
         let bad = |capacity: &str, value: &str, why: &str| ClaimError::BadCapacity {
-            claim: expected.clone(),
+            claim: Box::new(expected.clone()),
             device: result.device.clone(),
             capacity: capacity.to_string(),
             value: value.to_string(),
             why: why.to_string(),
         };
         let gpu = gpu_of_device(&result.device).ok_or_else(|| ClaimError::UnknownDevice {
-            claim: expected.clone(),
+            claim: Box::new(expected.clone()),
             device: result.device.clone(),
         })?;
         if !inventory.discovered {
             return Err(ClaimError::NotDiscovered);
         }
         let state = inventory.gpu(&gpu).ok_or_else(|| ClaimError::GpuGone {
-            claim: expected.clone(),
+            claim: Box::new(expected.clone()),
             device: result.device.clone(),
             gpu,
         })?;
         if let Some(problem) = &state.problem {
             return Err(ClaimError::GpuUnusable {
-                claim: expected.clone(),
+                claim: Box::new(expected.clone()),
                 device: result.device.clone(),
                 gpu,
                 problem: problem.clone(),
@@ -255,7 +255,7 @@ pub fn grants(
                     config
                         .overlaid(&opaque.parameters.0)
                         .map_err(|source| ClaimError::Config {
-                            claim: expected.clone(),
+                            claim: Box::new(expected.clone()),
                             request: result.request.clone(),
                             source,
                         })?;
@@ -275,7 +275,7 @@ pub fn grants(
             && limit < compute_permille
         {
             return Err(ClaimError::LimitBelowShare {
-                claim: expected.clone(),
+                claim: Box::new(expected.clone()),
                 request: result.request.clone(),
                 limit: f64::from(limit) / 10.0,
                 share: f64::from(compute_permille) / 10.0,
@@ -304,11 +304,19 @@ pub(crate) mod tests {
     use gpuslice_ledger::Priority;
     use serde_json::json;
 
+    /// One device of an allocation: request, device, share ID, consumed memory and compute.
+    pub type Allocated<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<(&'a str, &'a str)>,
+    );
+
     /// A claim allocated as the scheduler writes it: `results` (request, device, share ID,
     /// consumed memory and compute) and `config` (source, requests, parameters).
     pub fn allocated_claim(
         uid: &str,
-        results: &[(&str, &str, Option<&str>, Option<(&str, &str)>)],
+        results: &[Allocated<'_>],
         config: &[(&str, &[&str], serde_json::Value)],
     ) -> ResourceClaim {
         serde_json::from_value(json!({

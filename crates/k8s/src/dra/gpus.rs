@@ -278,7 +278,10 @@ pub(crate) mod tests {
         assert!(first.discovered);
         assert_eq!(first.healthy().count(), 2);
         let lost = first.after_look(&[Ok(a.clone()), Err("GPU 1: GPU is lost".into())]);
-        assert_eq!(lost.healthy().cloned().collect::<Vec<_>>(), [a.clone()]);
+        assert_eq!(
+            lost.healthy().cloned().collect::<Vec<_>>(),
+            std::slice::from_ref(&a)
+        );
         let problem = lost.gpu(&b.uuid).unwrap().problem.clone().unwrap();
         assert!(problem.contains("GPU is lost"), "{problem}");
         let gone = lost.after_look(&[Ok(a.clone())]);

@@ -142,7 +142,7 @@ pub enum PrepareError {
     #[error("claim {claim}: its UID cannot name a tenant: {source}")]
     BadUid {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// Why.
         source: LedgerError,
     },
@@ -154,7 +154,7 @@ pub enum PrepareError {
     )]
     CapacityExceeded {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The GPU.
         gpu: GpuUuid,
         /// `memory` or `compute`.
@@ -178,7 +178,7 @@ pub enum PrepareError {
     )]
     NotOurs {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The tenant.
         tenant: TenantName,
     },
@@ -186,7 +186,7 @@ pub enum PrepareError {
     #[error("claim {claim}: {source}")]
     Ledger {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// Why.
         source: LedgerError,
     },
@@ -194,7 +194,7 @@ pub enum PrepareError {
     #[error("claim {claim}: {message}")]
     Files {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// What went wrong.
         message: String,
     },
@@ -219,7 +219,7 @@ pub enum UnprepareError {
     )]
     InUse {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// The tenant.
         tenant: TenantName,
         /// How many live slots.
@@ -229,7 +229,7 @@ pub enum UnprepareError {
     #[error("claim {claim}: {source}")]
     Ledger {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// Why.
         source: LedgerError,
     },
@@ -237,7 +237,7 @@ pub enum UnprepareError {
     #[error("claim {claim}: {message}")]
     Files {
         /// The claim.
-        claim: ClaimRef,
+        claim: Box<ClaimRef>,
         /// What went wrong.
         message: String,
     },
@@ -309,16 +309,16 @@ impl Claims {
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         let ledger_error = |source| PrepareError::Ledger {
-            claim: claim.clone(),
+            claim: Box::new(claim.clone()),
             source,
         };
         let tenant = tenant_of(claim).map_err(|source| PrepareError::BadUid {
-            claim: claim.clone(),
+            claim: Box::new(claim.clone()),
             source,
         })?;
         let existing =
             read_record(&self.ledger, &tenant).map_err(|message| PrepareError::Files {
-                claim: claim.clone(),
+                claim: Box::new(claim.clone()),
                 message,
             })?;
         let devices: Vec<RecordDevice> = grants.iter().map(RecordDevice::from_grant).collect();
@@ -352,7 +352,7 @@ impl Claims {
                         .is_some()
                 {
                     return Err(PrepareError::NotOurs {
-                        claim: claim.clone(),
+                        claim: Box::new(claim.clone()),
                         tenant,
                     });
                 }
@@ -371,7 +371,7 @@ impl Claims {
             prepared_unix_ms: now_ms(),
         };
         write_record(&self.ledger, &tenant, &record).map_err(|message| PrepareError::Files {
-            claim: claim.clone(),
+            claim: Box::new(claim.clone()),
             message,
         })?;
         self.ledger
@@ -390,7 +390,7 @@ impl Claims {
     pub fn unprepare(&self, claim: &ClaimRef) -> Result<Unprepared, UnprepareError> {
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         let ledger_error = |source| UnprepareError::Ledger {
-            claim: claim.clone(),
+            claim: Box::new(claim.clone()),
             source,
         };
         let Ok(tenant) = tenant_of(claim) else {
@@ -398,7 +398,7 @@ impl Claims {
         };
         let record =
             read_record(&self.ledger, &tenant).map_err(|message| UnprepareError::Files {
-                claim: claim.clone(),
+                claim: Box::new(claim.clone()),
                 message,
             })?;
         if record.is_none_or(|r| r.claim.uid != claim.uid) {
@@ -407,7 +407,7 @@ impl Claims {
         let live = self.ledger.live_processes(&tenant).map_err(ledger_error)?;
         if live > 0 {
             return Err(UnprepareError::InUse {
-                claim: claim.clone(),
+                claim: Box::new(claim.clone()),
                 tenant,
                 live,
             });
@@ -415,7 +415,7 @@ impl Claims {
         self.files
             .uninstall(&tenant)
             .map_err(|message| UnprepareError::Files {
-                claim: claim.clone(),
+                claim: Box::new(claim.clone()),
                 message,
             })?;
         self.ledger.remove_tenant(&tenant).map_err(ledger_error)?;
@@ -506,7 +506,7 @@ impl Claims {
                 let left = total.saturating_sub(held);
                 if asked > left {
                     return Err(PrepareError::CapacityExceeded {
-                        claim: claim.clone(),
+                        claim: Box::new(claim.clone()),
                         gpu,
                         capacity,
                         unit,
@@ -527,7 +527,7 @@ impl Claims {
         self.files
             .install(tenant)
             .map_err(|message| PrepareError::Files {
-                claim: claim.clone(),
+                claim: Box::new(claim.clone()),
                 message,
             })
     }
@@ -718,7 +718,7 @@ pub fn held(records: &[Record]) -> BTreeMap<String, (u64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::super::claim::grants;
-    use super::super::claim::tests::{allocated_claim, claim_ref};
+    use super::super::claim::tests::{Allocated, allocated_claim, claim_ref};
     use super::super::gpus::tests::gpu;
     use super::*;
     use serde_json::json;
@@ -773,11 +773,7 @@ mod tests {
         }
     }
 
-    fn grants_of(
-        f: &Fixture,
-        uid: &str,
-        results: &[(&str, &str, Option<&str>, Option<(&str, &str)>)],
-    ) -> Vec<Grant> {
+    fn grants_of(f: &Fixture, uid: &str, results: &[Allocated<'_>]) -> Vec<Grant> {
         grants(
             &allocated_claim(uid, results, &[]),
             &claim_ref(uid),
