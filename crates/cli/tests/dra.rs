@@ -644,6 +644,12 @@ fn prepare_twice_gives_one_tenant_with_the_claims_quota_and_unprepare_twice_remo
             "",
             "unprepare of an unknown claim"
         );
+        let missing = prepare(&mut client, "never-made", UID_B).await;
+        assert!(
+            missing.error.contains("does not exist in the API server"),
+            "{missing:?}"
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_B)));
     });
 }
 

@@ -307,6 +307,11 @@ impl Claims {
         grants: &[Grant],
         inventory: &Inventory,
     ) -> Result<Vec<PreparedDevice>, PrepareError> {
+        if grants.is_empty() {
+            // Nothing of this driver's on this node (the claim's devices are other
+            // drivers'): nothing to enforce, and no tenant to make.
+            return Ok(Vec::new());
+        }
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         let ledger_error = |source| PrepareError::Ledger {
             claim: Box::new(claim.clone()),
@@ -972,6 +977,26 @@ mod tests {
         );
         assert_eq!(on1.compute_limit_permille, None, "c is not capped");
         assert_eq!(on1.priority, Some(Priority::High));
+    }
+
+    #[test]
+    fn a_claim_with_nothing_of_this_driver_on_this_node_makes_no_tenant() {
+        let f = fixture();
+        let u = uid(10);
+        assert_eq!(
+            f.claims.prepare(&claim_ref(&u), &[], &f.inventory).unwrap(),
+            []
+        );
+        assert!(
+            !f.claims
+                .ledger()
+                .tenant_dir(&tenant_of(&claim_ref(&u)).unwrap())
+                .exists()
+        );
+        assert_eq!(
+            f.claims.unprepare(&claim_ref(&u)).unwrap(),
+            Unprepared::NotPrepared
+        );
     }
 
     #[test]
