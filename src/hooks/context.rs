@@ -15,18 +15,9 @@ use crate::exports::driver::real;
 use crate::hooks::nvml_probe::{self, Listing};
 use crate::hooks::{real_or_missing, shim_or};
 use crate::log::{Level, log};
+use crate::policy::footprint::{ContextReadings, context_footprint};
 use crate::policy::memory::{Bytes, Charge, Gpu, Refusal};
 use crate::shim::Shim;
-
-/// What a primary context took on an H100 80GB HBM3 (driver 580.159.04, CUDA 13.0) by the
-/// whole device's used memory in NVML (the process's own figure is 518 MiB). Charged when
-/// NVML cannot measure at all (no NVML on the machine) or measures nonsense: the larger
-/// figure, so that a guess errs towards the quota.
-pub const FALLBACK_CONTEXT_FOOTPRINT: u64 = 523 << 20;
-
-/// A measurement above this is another process's allocation landing in the same instant,
-/// not a context: the fallback is charged instead.
-const MAX_PLAUSIBLE_FOOTPRINT: u64 = 4 << 30;
 
 /// Contexts of this process and what each took.
 #[derive(Debug, Default)]
@@ -304,10 +295,8 @@ fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
     }
 }
 
-/// Runs `create` and returns its status with the device memory it took: this process's own
-/// usage before and after, where NVML can tell (other processes creating contexts or
-/// allocating in the same instant then cannot be mistaken for ours); otherwise the whole
-/// device's, which they can skew.
+/// Runs `create` and returns its status with the device memory it took, from NVML's
+/// readings around it (`policy::footprint`).
 fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     let own_before = nvml_probe::process_listing(uuid);
     let device_before = nvml_probe::device_used(uuid);
@@ -315,27 +304,18 @@ fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUre
     if status != CUDA_SUCCESS {
         return (status, 0);
     }
-    if let Some(before) = own_before {
-        let before = match before {
-            Listing::Listed(bytes) => bytes,
-            Listing::NotListed => 0,
-        };
-        if let Some(Listing::Listed(after)) = nvml_probe::process_listing(uuid) {
-            return (status, plausible(after.checked_sub(before)));
-        }
-    }
-    let device_after = nvml_probe::device_used(uuid);
-    let footprint = match (device_before, device_after) {
-        (Some(before), Some(after)) => plausible(after.checked_sub(before)),
-        _ => FALLBACK_CONTEXT_FOOTPRINT,
+    // Read only where they can matter, as before: NVML's list again only where it listed
+    // this process before, the device only where this process's own reading cannot serve.
+    let own_after = own_before.and_then(|_| nvml_probe::process_listing(uuid));
+    let device_after = match own_after {
+        Some(Listing::Listed(_)) => None,
+        _ => nvml_probe::device_used(uuid),
     };
-    (status, footprint)
-}
-
-/// A measured footprint, or the fallback where the measurement makes no sense (negative, or
-/// more than any context takes).
-fn plausible(measured: Option<u64>) -> u64 {
-    measured
-        .filter(|bytes| *bytes <= MAX_PLAUSIBLE_FOOTPRINT)
-        .unwrap_or(FALLBACK_CONTEXT_FOOTPRINT)
+    let readings = ContextReadings {
+        own_before,
+        own_after,
+        device_before,
+        device_after,
+    };
+    (status, context_footprint(readings))
 }

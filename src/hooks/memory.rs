@@ -13,8 +13,9 @@ use std::ffi::c_void;
 use crate::allocations::ChargeTable;
 use crate::cuda::*;
 use crate::exports::driver::real;
-use crate::hooks::{pools, real_or_missing, shim_or};
+use crate::hooks::{nvml_probe, pools, real_or_missing, shim_or};
 use crate::log::{Level, RateLimit, log};
+use crate::policy::footprint::{ArrayShape, pitch_padding};
 use crate::policy::memory::{Gpu, MemoryView, Refusal, Reservation};
 use crate::shim::Shim;
 
@@ -27,7 +28,9 @@ pub(crate) fn reserve<'a>(
     bytes: u64,
 ) -> Result<Reservation<'a>, Refusal> {
     shim.driver_memory
-        .before_reserving(&shim.memory, gpu, bytes);
+        .before_reserving(&shim.memory, gpu, bytes, || {
+            nvml_probe::process_used(&gpu.uuid)
+        });
     shim.memory
         .reserve_making_room(gpu, bytes, || pools::make_room(shim, gpu, bytes))
 }
@@ -145,9 +148,7 @@ pub(crate) unsafe fn alloc_pitch(
     }
     // SAFETY: both out-pointers are non-null and written by the driver on success.
     let (address, actual_pitch) = unsafe { (*dptr, *pitch) };
-    let padding = (actual_pitch as u64)
-        .saturating_mul(height as u64)
-        .saturating_sub(requested);
+    let padding = pitch_padding(width, height, actual_pitch);
     let mut charge = reservation.commit();
     if padding > 0 {
         match reserve(shim, &gpu, padding) {
@@ -178,17 +179,21 @@ pub(crate) unsafe fn free(dptr: CUdeviceptr) -> CUresult {
     uncharged(shim, &shim.allocations.device, dptr, call)
 }
 
-/// Bytes an array of these dimensions takes. A format this shim does not know is charged
-/// at 16 bytes per element, the most any format needs.
-fn array_bytes(width: usize, height: usize, depth: usize, format: u32, channels: u32) -> u64 {
-    let elements = (width.max(1) as u64)
-        .saturating_mul(height.max(1) as u64)
-        .saturating_mul(depth.max(1) as u64);
-    let element = match array_format_bytes(format) {
-        Some(bytes) => bytes.saturating_mul(u64::from(channels.max(1))),
-        None => 16,
-    };
-    elements.saturating_mul(element)
+/// The shape of an array as `policy::footprint` charges it.
+fn array_shape(
+    width: usize,
+    height: usize,
+    depth: usize,
+    format: u32,
+    channels: u32,
+) -> ArrayShape {
+    ArrayShape {
+        width,
+        height,
+        depth,
+        format_bytes: array_format_bytes(format),
+        channels,
+    }
 }
 
 /// `cuArrayCreate_v2`.
@@ -205,7 +210,7 @@ pub(crate) unsafe fn array_create(
     }
     // SAFETY: non-null, and the API requires a valid descriptor.
     let d = unsafe { *desc };
-    let bytes = array_bytes(d.width, d.height, 1, d.format, d.num_channels);
+    let bytes = array_shape(d.width, d.height, 1, d.format, d.num_channels).bytes();
     // SAFETY: `array` is non-null and is the out-pointer `call` writes.
     unsafe { array_charged(shim, array, bytes, call) }
 }
@@ -224,7 +229,7 @@ pub(crate) unsafe fn array3d_create(
     }
     // SAFETY: non-null, and the API requires a valid descriptor.
     let d = unsafe { *desc };
-    let bytes = array_bytes(d.width, d.height, d.depth, d.format, d.num_channels);
+    let bytes = array_shape(d.width, d.height, d.depth, d.format, d.num_channels).bytes();
     // SAFETY: `array` is non-null and is the out-pointer `call` writes.
     unsafe { array_charged(shim, array, bytes, call) }
 }
@@ -244,12 +249,8 @@ pub(crate) unsafe fn mipmapped_create(
     }
     // SAFETY: non-null, and the API requires a valid descriptor.
     let d = unsafe { *desc };
-    let (mut width, mut height, mut depth) = (d.width, d.height, d.depth);
-    let mut bytes = 0u64;
-    for _ in 0..levels.max(1) {
-        bytes = bytes.saturating_add(array_bytes(width, height, depth, d.format, d.num_channels));
-        (width, height, depth) = ((width / 2).max(1), (height / 2).max(1), (depth / 2).max(1));
-    }
+    let bytes =
+        array_shape(d.width, d.height, d.depth, d.format, d.num_channels).mipmapped_bytes(levels);
     // SAFETY: `array` is non-null and is the out-pointer `call` writes.
     unsafe { array_charged(shim, array, bytes, call) }
 }
@@ -320,7 +321,8 @@ pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
         Err(status) => return status,
     };
     pools::refresh_gpu(shim, gpu.index);
-    shim.driver_memory.refresh(&shim.memory, &gpu);
+    shim.driver_memory
+        .refresh(&shim.memory, &gpu, || nvml_probe::process_used(&gpu.uuid));
     // SAFETY: both non-null and just written by the driver.
     let (physical_free, physical_total) = unsafe { (*free as u64, *total as u64) };
     let physical = MemoryView {
@@ -358,19 +360,4 @@ pub(crate) unsafe fn total_mem(bytes: *mut usize, device: CUdevice) -> CUresult 
         unsafe { *bytes = (*bytes).min(limit) };
     }
     status
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arrays_are_charged_by_dimensions_and_format() {
-        // 1024 x 768 RGBA float: 4 channels x 4 bytes.
-        assert_eq!(array_bytes(1024, 768, 0, 0x20, 4), 1024 * 768 * 16);
-        // 1D arrays have height and depth 0.
-        assert_eq!(array_bytes(4096, 0, 0, 0x01, 1), 4096);
-        // An unknown format is charged the most any format takes.
-        assert_eq!(array_bytes(10, 10, 10, 0xfe, 1), 1000 * 16);
-    }
 }

@@ -4,7 +4,6 @@
 
 pub mod context;
 pub mod device;
-pub mod driver_memory;
 pub mod launch;
 pub mod memory;
 pub mod nvml;

@@ -74,6 +74,8 @@ fn quota_view(device: NvmlDevice, physical: MemoryView) -> Result<Option<MemoryV
     };
     let gpu = shim.devices.by_nvml(&shim.memory, device)?;
     crate::hooks::pools::refresh_gpu(shim, gpu.index);
-    shim.driver_memory.refresh(&shim.memory, &gpu);
+    shim.driver_memory.refresh(&shim.memory, &gpu, || {
+        crate::hooks::nvml_probe::process_used(&gpu.uuid)
+    });
     Ok(shim.memory.view(&gpu, physical))
 }

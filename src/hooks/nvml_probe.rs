@@ -30,14 +30,7 @@ pub fn process_used(uuid: &GpuUuid) -> Option<u64> {
     }
 }
 
-/// What NVML's process list says about this process on one GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listing {
-    /// Listed, with the device memory it uses.
-    Listed(u64),
-    /// The list was read and this process is not in it: it holds nothing there.
-    NotListed,
-}
+pub use crate::policy::footprint::Listing;
 
 /// Reads NVML's list of processes on the GPU with this UUID and finds this process in it.
 /// `None` when NVML cannot say, including when its PIDs are not this process's (a PID
