@@ -44,6 +44,12 @@ thread_local! {
     static NULL_STREAM: Cell<(usize, usize, u64)> = const { Cell::new((usize::MAX, 0, 0)) };
 }
 
+/// In a forked child (one thread): the parent's stream table is not the child's.
+pub(crate) fn forget_after_fork() {
+    SOLE_NULL_STREAM.store(usize::MAX, Relaxed);
+    NULL_STREAM.set((usize::MAX, 0, 0));
+}
+
 /// Runs `launch` (the real driver call for `stream`) once the gate lets it through.
 /// `per_thread`: it came through a `_ptsz` entry point (the NULL stream is the thread's).
 #[inline]

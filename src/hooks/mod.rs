@@ -37,3 +37,12 @@ macro_rules! shim_or {
     };
 }
 pub(crate) use shim_or;
+
+/// In a forked child, before anything else runs there: what the hooks cached for the
+/// parent (its sole context, the NULL-stream entries of its stream table, NVML's state)
+/// goes, so that the child's new state is never read through the parent's caches.
+pub(crate) fn forget_after_fork() {
+    stream::forget_after_fork();
+    launch::forget_after_fork();
+    nvml_probe::forget_after_fork();
+}

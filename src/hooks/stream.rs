@@ -54,6 +54,13 @@ pub(crate) fn becomes_current(context: CUcontext) {
     }
 }
 
+/// In a forked child (one thread): no context made current yet, and the thread's cached
+/// NULL-stream entry stale.
+pub(crate) fn forget_after_fork() {
+    SOLE_CONTEXT.store(NO_CONTEXT, Relaxed);
+    CONTEXT_EPOCH.set(CONTEXT_EPOCH.get().wrapping_add(1).max(1));
+}
+
 /// The calling thread's context epoch (see `CONTEXT_EPOCH`).
 #[inline]
 pub(crate) fn context_epoch() -> u64 {
