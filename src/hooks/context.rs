@@ -5,7 +5,6 @@
 //! cannot see this process, see `measure_footprint`).
 
 use std::collections::HashMap;
-use std::ffi::c_void;
 
 use gpuslice_ledger::GpuUuid;
 use parking_lot::Mutex;
@@ -13,7 +12,7 @@ use parking_lot::Mutex;
 use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::nvml_probe::{self, Listing};
-use crate::hooks::{real_or_missing, shim_or};
+use crate::hooks::shim_or;
 use crate::log::{Level, log};
 use crate::policy::footprint::{ContextReadings, context_footprint};
 use crate::policy::memory::{Bytes, Charge, Gpu, Refusal};
@@ -47,23 +46,17 @@ impl Contexts {
 }
 
 /// `cuInit`: where a process with unusable gpuslice settings is stopped.
-pub(crate) unsafe fn init(flags: u32) -> CUresult {
-    let real = real_or_missing!(real::cuInit);
-    // SAFETY: the caller's argument, unchanged.
-    let _enforcing = shim_or!(unsafe { real(flags) });
-    // SAFETY: as above.
-    unsafe { real(flags) }
+pub(crate) fn init(call: impl Fn() -> CUresult) -> CUresult {
+    let _enforcing = shim_or!(call());
+    call()
 }
 
 /// `cuDevicePrimaryCtxRetain`: the first retain creates the context and is charged.
-pub(crate) unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxRetain);
-    // SAFETY: the caller's arguments, unchanged (all `real` calls in this function).
-    let shim = shim_or!(unsafe { real(context, device) });
+pub(crate) fn primary_retain(call: impl Fn() -> CUresult, device: CUdevice) -> CUresult {
+    let shim = shim_or!(call());
     let mut book = shim.contexts.book.lock();
     if let Some(primary) = book.primary.get_mut(&device) {
-        // SAFETY: as above.
-        let status = unsafe { real(context, device) };
+        let status = call();
         if status == CUDA_SUCCESS {
             primary.retained += 1;
         }
@@ -73,8 +66,7 @@ pub(crate) unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
-    // SAFETY: as above.
-    let (status, footprint) = measure_footprint(&gpu.uuid, || unsafe { real(context, device) });
+    let (status, footprint) = measure_footprint(&gpu.uuid, &call);
     if status != CUDA_SUCCESS {
         return status;
     }
@@ -99,37 +91,17 @@ pub(crate) unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -
     }
 }
 
-/// `cuDevicePrimaryCtxRelease_v2`.
-pub(crate) unsafe fn primary_release(device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxRelease_v2);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { primary_released(device, || real(device), false) }
-}
+/// `primary_released`: the count goes down by one (`cuDevicePrimaryCtxRelease` and its
+/// `_v2`)...
+pub(crate) const RELEASE: bool = false;
+/// ...or the context goes whatever its count (`cuDevicePrimaryCtxReset` and its `_v2`).
+pub(crate) const RESET: bool = true;
 
-/// `cuDevicePrimaryCtxRelease` (the pre-11.0 name, same contract).
-pub(crate) unsafe fn primary_release_v1(device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxRelease);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { primary_released(device, || real(device), false) }
-}
-
-/// `cuDevicePrimaryCtxReset_v2`: destroys the primary context whatever its count.
-pub(crate) unsafe fn primary_reset(device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxReset_v2);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { primary_released(device, || real(device), true) }
-}
-
-/// `cuDevicePrimaryCtxReset` (the pre-11.0 name).
-pub(crate) unsafe fn primary_reset_v1(device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxReset);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { primary_released(device, || real(device), true) }
-}
-
-unsafe fn primary_released(
+/// The primary context of `device` is released or reset (`RELEASE`, `RESET`): the watcher
+/// stops polling its streams first; once it is gone, so is its charge.
+pub(crate) fn primary_released(
+    driver: impl Fn() -> CUresult,
     device: CUdevice,
-    driver: impl FnOnce() -> CUresult,
     reset: bool,
 ) -> CUresult {
     let shim = shim_or!(driver());
@@ -152,53 +124,16 @@ unsafe fn primary_released(
     status
 }
 
-/// `cuCtxCreate` (v1 name; same arguments as `_v2`).
-pub(crate) unsafe fn create_v1(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuCtxCreate);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { created(context, device, || real(context, flags, device)) }
-}
-
-/// `cuCtxCreate_v2`.
-pub(crate) unsafe fn create_v2(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuCtxCreate_v2);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { created(context, device, || real(context, flags, device)) }
-}
-
-/// `cuCtxCreate_v3` (execution affinity parameters).
-pub(crate) unsafe fn create_v3(
-    context: *mut CUcontext,
-    params: *mut c_void,
-    count: i32,
-    flags: u32,
-    device: CUdevice,
-) -> CUresult {
-    let real = real_or_missing!(real::cuCtxCreate_v3);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe {
-        created(context, device, || {
-            real(context, params, count, flags, device)
-        })
-    }
-}
-
-/// `cuCtxCreate_v4` (CUDA 12.5+: `CUctxCreateParams`).
-pub(crate) unsafe fn create_v4(
-    context: *mut CUcontext,
-    params: *mut c_void,
-    flags: u32,
-    device: CUdevice,
-) -> CUresult {
-    let real = real_or_missing!(real::cuCtxCreate_v4);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { created(context, device, || real(context, params, flags, device)) }
-}
-
-unsafe fn created(
+/// Every `cuCtxCreate` (v1 to v4: their other arguments are the driver's alone): the new
+/// context is charged what it took, and destroyed again if that does not fit.
+///
+/// # Safety
+/// `context` is the caller's out-pointer, null or writable, which `driver` writes on
+/// success.
+pub(crate) unsafe fn created(
+    driver: impl Fn() -> CUresult,
     context: *mut CUcontext,
     device: CUdevice,
-    driver: impl FnOnce() -> CUresult,
 ) -> CUresult {
     // A new context becomes the thread's current one. It is known only once made (and
     // this thread launches nothing before it is recorded).
@@ -241,21 +176,9 @@ unsafe fn created(
     }
 }
 
-/// `cuCtxDestroy_v2`.
-pub(crate) unsafe fn destroy(context: CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxDestroy_v2);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { destroyed(context, || real(context)) }
-}
-
-/// `cuCtxDestroy` (v1 name).
-pub(crate) unsafe fn destroy_v1(context: CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxDestroy);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { destroyed(context, || real(context)) }
-}
-
-unsafe fn destroyed(context: CUcontext, driver: impl FnOnce() -> CUresult) -> CUresult {
+/// `cuCtxDestroy` and its `_v2`: the watcher stops polling the context's streams first;
+/// once it is gone, so is its charge.
+pub(crate) fn destroyed(driver: impl Fn() -> CUresult, context: CUcontext) -> CUresult {
     let shim = shim_or!(driver());
     crate::hooks::stream::retire_context(context);
     let mut book = shim.contexts.book.lock();

@@ -13,7 +13,7 @@ use std::ffi::c_void;
 use crate::allocations::ChargeTable;
 use crate::cuda::*;
 use crate::exports::driver::real;
-use crate::hooks::{nvml_probe, pools, real_or_missing, shim_or};
+use crate::hooks::{nvml_probe, pools, shim_or};
 use crate::log::{Level, RateLimit, log};
 use crate::policy::footprint::{ArrayShape, pitch_padding};
 use crate::policy::memory::{Gpu, MemoryView, Refusal, Reservation};
@@ -78,31 +78,17 @@ fn uncharged(
     status
 }
 
-/// `cuMemAlloc_v2`.
-pub(crate) unsafe fn alloc(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
-    let real = real_or_missing!(real::cuMemAlloc_v2);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(dptr, bytes) };
-    let shim = shim_or!(call());
-    if dptr.is_null() {
-        return call();
-    }
-    let gpu = match shim.devices.current(&shim.memory) {
-        Ok(gpu) => gpu,
-        Err(status) => return status,
-    };
-    charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        let status = call();
-        // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
-        (status, Some(unsafe { *dptr }))
-    })
-}
-
-/// `cuMemAllocManaged`: managed memory may live on the device, so it counts.
-pub(crate) unsafe fn alloc_managed(dptr: *mut CUdeviceptr, bytes: usize, flags: u32) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocManaged);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(dptr, bytes, flags) };
+/// `cuMemAlloc_v2`, `cuMemAllocManaged` (managed memory may live on the device, so it
+/// counts): charges `bytes` on the current GPU to the device pointer the driver writes to
+/// `dptr`.
+///
+/// # Safety
+/// `dptr` is the caller's out-pointer, null or writable, which `call` writes on success.
+pub(crate) unsafe fn charged_out(
+    call: impl Fn() -> CUresult,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+) -> CUresult {
     let shim = shim_or!(call());
     if dptr.is_null() {
         return call();
@@ -121,15 +107,12 @@ pub(crate) unsafe fn alloc_managed(dptr: *mut CUdeviceptr, bytes: usize, flags: 
 /// `cuMemAllocPitch_v2`. The pitch is only known after the call: reserve the rows'
 /// width first, then the padding the driver chose; if the padding does not fit, undo.
 pub(crate) unsafe fn alloc_pitch(
+    call: impl Fn() -> CUresult,
     dptr: *mut CUdeviceptr,
     pitch: *mut usize,
     width: usize,
     height: usize,
-    element_size: u32,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocPitch_v2);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(dptr, pitch, width, height, element_size) };
     let shim = shim_or!(call());
     if dptr.is_null() || pitch.is_null() {
         return call();
@@ -169,14 +152,25 @@ pub(crate) unsafe fn alloc_pitch(
     status
 }
 
-/// `cuMemFree_v2`. A block of a memory pool is not in the table: it goes back to its pool,
-/// which keeps the memory (and its charge), so nothing is released.
-pub(crate) unsafe fn free(dptr: CUdeviceptr) -> CUresult {
-    let real = real_or_missing!(real::cuMemFree_v2);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(dptr) };
+/// Which table a released handle's charge is in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Table {
+    /// Device pointers (`cuMemFree_v2`).
+    Device,
+    /// Array and mipmapped array handles (`cuArrayDestroy`, `cuMipmappedArrayDestroy`).
+    Arrays,
+}
+
+/// `cuMemFree_v2`, `cuArrayDestroy`, `cuMipmappedArrayDestroy`: the handle's charge is
+/// released once the driver freed it. A block of a memory pool is not in the table: it
+/// goes back to its pool, which keeps the memory (and its charge), so nothing is released.
+pub(crate) fn released(call: impl Fn() -> CUresult, table: Table, handle: u64) -> CUresult {
     let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.device, dptr, call)
+    let table = match table {
+        Table::Device => &shim.allocations.device,
+        Table::Arrays => &shim.allocations.arrays,
+    };
+    uncharged(shim, table, handle, call)
 }
 
 /// The shape of an array as `policy::footprint` charges it.
@@ -198,12 +192,10 @@ fn array_shape(
 
 /// `cuArrayCreate_v2`.
 pub(crate) unsafe fn array_create(
+    call: impl Fn() -> CUresult,
     array: *mut CUarray,
     desc: *const CudaArrayDescriptor,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuArrayCreate_v2);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(array, desc) };
     let shim = shim_or!(call());
     if array.is_null() || desc.is_null() {
         return call();
@@ -217,12 +209,10 @@ pub(crate) unsafe fn array_create(
 
 /// `cuArray3DCreate_v2`.
 pub(crate) unsafe fn array3d_create(
+    call: impl Fn() -> CUresult,
     array: *mut CUarray,
     desc: *const CudaArray3dDescriptor,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuArray3DCreate_v2);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(array, desc) };
     let shim = shim_or!(call());
     if array.is_null() || desc.is_null() {
         return call();
@@ -236,13 +226,11 @@ pub(crate) unsafe fn array3d_create(
 
 /// `cuMipmappedArrayCreate`: every level, each half the size of the one before.
 pub(crate) unsafe fn mipmapped_create(
+    call: impl Fn() -> CUresult,
     array: *mut CUmipmappedArray,
     desc: *const CudaArray3dDescriptor,
     levels: u32,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuMipmappedArrayCreate);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(array, desc, levels) };
     let shim = shim_or!(call());
     if array.is_null() || desc.is_null() {
         return call();
@@ -274,28 +262,10 @@ unsafe fn array_charged(
     })
 }
 
-/// `cuArrayDestroy`.
-pub(crate) unsafe fn array_destroy(array: CUarray) -> CUresult {
-    let real = real_or_missing!(real::cuArrayDestroy);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(array) };
-    let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.arrays, array as u64, call)
-}
-
-/// `cuMipmappedArrayDestroy`.
-pub(crate) unsafe fn mipmapped_destroy(array: CUmipmappedArray) -> CUresult {
-    let real = real_or_missing!(real::cuMipmappedArrayDestroy);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(array) };
-    let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.arrays, array as u64, call)
-}
-
-/// The 32-bit entry points of CUDA before 3.2 (`cuMemAlloc` without `_v2`, ...). No
-/// program built in the last fifteen years calls them; refusing them keeps them from being
-/// a way around the quota.
-pub(crate) fn legacy_refused(name: &'static str) -> CUresult {
+/// The 32-bit entry points of CUDA before 3.2 (`cuMemAlloc` without `_v2`, ...), `name`:
+/// never forwarded. No program built in the last fifteen years calls them; refusing them
+/// keeps them from being a way around the quota.
+pub(crate) fn legacy_refused(_real: impl Fn() -> CUresult, name: &'static str) -> CUresult {
     static LOGGED: RateLimit = RateLimit::new();
     if LOGGED.admit().is_some() {
         log!(
@@ -307,10 +277,11 @@ pub(crate) fn legacy_refused(name: &'static str) -> CUresult {
 }
 
 /// `cuMemGetInfo_v2`: the quota as total, what is left of it as free.
-pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
-    let real = real_or_missing!(real::cuMemGetInfo_v2);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(free, total) };
+pub(crate) unsafe fn get_info(
+    call: impl Fn() -> CUresult,
+    free: *mut usize,
+    total: *mut usize,
+) -> CUresult {
     let shim = shim_or!(call());
     let status = call();
     if status != CUDA_SUCCESS || free.is_null() || total.is_null() {
@@ -341,10 +312,11 @@ pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
 }
 
 /// `cuDeviceTotalMem_v2`: the quota, never more than the device has.
-pub(crate) unsafe fn total_mem(bytes: *mut usize, device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDeviceTotalMem_v2);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(bytes, device) };
+pub(crate) unsafe fn total_mem(
+    call: impl Fn() -> CUresult,
+    bytes: *mut usize,
+    device: CUdevice,
+) -> CUresult {
     let shim = shim_or!(call());
     let status = call();
     if status != CUDA_SUCCESS || bytes.is_null() {

@@ -13,18 +13,6 @@ pub mod procaddr;
 pub mod stream;
 pub mod vmm;
 
-/// The real function a hook forwards to; `CUDA_ERROR_NOT_FOUND` from the hook when the
-/// installed driver lacks it.
-macro_rules! real_or_missing {
-    ($accessor:expr) => {
-        match $accessor() {
-            Some(real) => real,
-            None => return $crate::cuda::CUDA_ERROR_NOT_FOUND,
-        }
-    };
-}
-pub(crate) use real_or_missing;
-
 /// The enforcing shim; with no settings the hook returns `$pass_through` (the real call),
 /// with unusable settings it fails closed with `CUDA_ERROR_NOT_INITIALIZED`.
 macro_rules! shim_or {

@@ -2,17 +2,16 @@
 //! quota, not the whole GPU.
 
 use crate::cuda::*;
-use crate::exports::nvml::real;
 use crate::policy::memory::MemoryView;
 use crate::runtime::{Mode, mode};
 
 /// `nvmlDeviceGetMemoryInfo`: `used` stays `total - free`, as NVML's v1 struct defines it.
-pub(crate) unsafe fn memory_info(device: NvmlDevice, memory: *mut NvmlMemory) -> NvmlReturn {
-    let Some(real) = real::nvmlDeviceGetMemoryInfo() else {
-        return NVML_ERROR_UNINITIALIZED;
-    };
-    // SAFETY: the caller's arguments, unchanged.
-    let status = unsafe { real(device, memory) };
+pub(crate) unsafe fn memory_info(
+    call: impl Fn() -> NvmlReturn,
+    device: NvmlDevice,
+    memory: *mut NvmlMemory,
+) -> NvmlReturn {
+    let status = call();
     if status != NVML_SUCCESS || memory.is_null() {
         return status;
     }
@@ -37,12 +36,12 @@ pub(crate) unsafe fn memory_info(device: NvmlDevice, memory: *mut NvmlMemory) ->
 
 /// `nvmlDeviceGetMemoryInfo_v2`: `reserved` is what the quota has left that the GPU
 /// cannot give right now, so that `total = reserved + used + free` still holds.
-pub(crate) unsafe fn memory_info_v2(device: NvmlDevice, memory: *mut NvmlMemoryV2) -> NvmlReturn {
-    let Some(real) = real::nvmlDeviceGetMemoryInfo_v2() else {
-        return NVML_ERROR_UNINITIALIZED;
-    };
-    // SAFETY: the caller's arguments, unchanged.
-    let status = unsafe { real(device, memory) };
+pub(crate) unsafe fn memory_info_v2(
+    call: impl Fn() -> NvmlReturn,
+    device: NvmlDevice,
+    memory: *mut NvmlMemoryV2,
+) -> NvmlReturn {
+    let status = call();
     if status != NVML_SUCCESS || memory.is_null() {
         return status;
     }
