@@ -45,10 +45,10 @@ super::exports! {
     fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64) => vmm::map[ptr, size, handle];
     fn cuMemUnmap(ptr: CUdeviceptr, size: usize) => vmm::unmap;
     fn cuMemRetainAllocationHandle(handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) => vmm::retain;
-    fn cuArrayCreate_v2(array: *mut CUarray, desc: *const CudaArrayDescriptor) => memory::array_create;
-    fn cuArray3DCreate_v2(array: *mut CUarray, desc: *const CudaArray3dDescriptor) => memory::array3d_create;
+    fn cuArrayCreate_v2(array: *mut CUarray, desc: *const CudaArrayDescriptor) => memory::array_created[array, desc, 1];
+    fn cuArray3DCreate_v2(array: *mut CUarray, desc: *const CudaArray3dDescriptor) => memory::array_created[array, desc, 1];
     fn cuArrayDestroy(array: CUarray) => memory::released[memory::Table::Arrays, array as u64];
-    fn cuMipmappedArrayCreate(array: *mut CUmipmappedArray, desc: *const CudaArray3dDescriptor, levels: u32) => memory::mipmapped_create;
+    fn cuMipmappedArrayCreate(array: *mut CUmipmappedArray, desc: *const CudaArray3dDescriptor, levels: u32) => memory::array_created[array, desc, levels];
     fn cuMipmappedArrayDestroy(array: CUmipmappedArray) => memory::released[memory::Table::Arrays, array as u64];
     fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) => memory::get_info;
     fn cuDeviceTotalMem_v2(bytes: *mut usize, device: CUdevice) => memory::total_mem;

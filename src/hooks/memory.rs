@@ -173,72 +173,55 @@ pub(crate) fn released(call: impl Fn() -> CUresult, table: Table, handle: u64) -
     uncharged(shim, table, handle, call)
 }
 
-/// The shape of an array as `policy::footprint` charges it.
-fn array_shape(
-    width: usize,
-    height: usize,
-    depth: usize,
-    format: u32,
-    channels: u32,
-) -> ArrayShape {
-    ArrayShape {
-        width,
-        height,
-        depth,
-        format_bytes: array_format_bytes(format),
-        channels,
+/// A descriptor of an array's dimensions and element.
+pub(crate) trait ArrayDescriptor: Copy {
+    /// The array's shape as `policy::footprint` charges it.
+    fn shape(&self) -> ArrayShape;
+}
+
+impl ArrayDescriptor for CudaArrayDescriptor {
+    fn shape(&self) -> ArrayShape {
+        ArrayShape {
+            width: self.width,
+            height: self.height,
+            depth: 0,
+            format_bytes: array_format_bytes(self.format),
+            channels: self.num_channels,
+        }
     }
 }
 
-/// `cuArrayCreate_v2`.
-pub(crate) unsafe fn array_create(
-    call: impl Fn() -> CUresult,
-    array: *mut CUarray,
-    desc: *const CudaArrayDescriptor,
-) -> CUresult {
-    let shim = shim_or!(call());
-    if array.is_null() || desc.is_null() {
-        return call();
+impl ArrayDescriptor for CudaArray3dDescriptor {
+    fn shape(&self) -> ArrayShape {
+        ArrayShape {
+            width: self.width,
+            height: self.height,
+            depth: self.depth,
+            format_bytes: array_format_bytes(self.format),
+            channels: self.num_channels,
+        }
     }
-    // SAFETY: non-null, and the API requires a valid descriptor.
-    let d = unsafe { *desc };
-    let bytes = array_shape(d.width, d.height, 1, d.format, d.num_channels).bytes();
-    // SAFETY: `array` is non-null and is the out-pointer `call` writes.
-    unsafe { array_charged(shim, array, bytes, call) }
 }
 
-/// `cuArray3DCreate_v2`.
-pub(crate) unsafe fn array3d_create(
+/// `cuArrayCreate_v2`, `cuArray3DCreate_v2` (`levels` 1) and `cuMipmappedArrayCreate`
+/// (every level, each half the size of the one before): charged what the descriptor
+/// says, to the handle the driver writes to `array`.
+///
+/// # Safety
+/// `array` is the caller's out-pointer, null or writable, which `call` writes on success;
+/// `desc` null or a valid descriptor, as the C API requires.
+pub(crate) unsafe fn array_created<D: ArrayDescriptor>(
     call: impl Fn() -> CUresult,
-    array: *mut CUarray,
-    desc: *const CudaArray3dDescriptor,
-) -> CUresult {
-    let shim = shim_or!(call());
-    if array.is_null() || desc.is_null() {
-        return call();
-    }
-    // SAFETY: non-null, and the API requires a valid descriptor.
-    let d = unsafe { *desc };
-    let bytes = array_shape(d.width, d.height, d.depth, d.format, d.num_channels).bytes();
-    // SAFETY: `array` is non-null and is the out-pointer `call` writes.
-    unsafe { array_charged(shim, array, bytes, call) }
-}
-
-/// `cuMipmappedArrayCreate`: every level, each half the size of the one before.
-pub(crate) unsafe fn mipmapped_create(
-    call: impl Fn() -> CUresult,
-    array: *mut CUmipmappedArray,
-    desc: *const CudaArray3dDescriptor,
+    array: *mut *mut c_void,
+    desc: *const D,
     levels: u32,
 ) -> CUresult {
     let shim = shim_or!(call());
     if array.is_null() || desc.is_null() {
         return call();
     }
-    // SAFETY: non-null, and the API requires a valid descriptor.
-    let d = unsafe { *desc };
-    let bytes =
-        array_shape(d.width, d.height, d.depth, d.format, d.num_channels).mipmapped_bytes(levels);
+    // SAFETY: non-null, and valid per this function's contract.
+    let bytes = unsafe { *desc }.shape().mipmapped_bytes(levels);
     // SAFETY: `array` is non-null and is the out-pointer `call` writes.
     unsafe { array_charged(shim, array, bytes, call) }
 }
