@@ -56,7 +56,11 @@ fn render(kubectl: &Path) -> Overlay {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut overlay = Overlay::default();
-    for value in documents(&String::from_utf8(out.stdout).expect("UTF-8")) {
+    // kustomize 2.0.3 (kubectl 1.20) renders an object removed by `$patch: delete` as an
+    // empty document; current ones leave it out. A kubectl that old cannot talk to a cluster
+    // with DRA anyway (1.34+, kubectl within one minor version of it).
+    let rendered = documents(&String::from_utf8(out.stdout).expect("UTF-8"));
+    for value in rendered.into_iter().filter(|v| v != &serde_json::json!({})) {
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         let what = format!("{kind} of the dra overlay");
         match kind.as_str() {
