@@ -14,11 +14,11 @@
 //! into the plugin's container, is played by bind-mounting the simulated GPU as
 //! `libnvidia-ml.so.1`.
 //!
-//! Needs podman, debootstrap (for the base), cargo-zigbuild with zig (the shim the image
-//! ships is built against glibc 2.17) and strip. Where containers cannot run at all, or
-//! the Debian mirror cannot be reached, the tests say so loudly and skip; a missing tool is
-//! a skip too, unless `REQUIRE_IMAGE_TESTS` is set (CI sets it and `.ci/run` installs them),
-//! which makes it a failure.
+//! Needs podman (with runc), debootstrap (for the base), cargo-zigbuild with zig (the shim
+//! the image ships is built against glibc 2.17) and strip. Where containers cannot run at
+//! all, or the Debian mirror cannot be reached, the tests say so loudly and skip; a missing
+//! tool is a loud skip too, unless `REQUIRE_IMAGE_TESTS` is set (CI sets it, and `.ci/run`
+//! installs them), which makes it a failure.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -111,14 +111,17 @@ fn has_tools(test: &str) -> bool {
             .is_ok_and(|o| o.status.success())
     };
     let mut missing = Vec::new();
+    if let Some(why) = no_podman() {
+        missing.push(why);
+    }
     if !works("cargo-zigbuild", &["--version"]) {
-        missing.push("cargo-zigbuild");
+        missing.push("cargo-zigbuild".into());
     }
     if !works("python3", &["-c", "import ziglang"]) {
-        missing.push("zig (python3 -m ziglang)");
+        missing.push("zig (python3 -m ziglang)".into());
     }
     if !works("strip", &["--version"]) {
-        missing.push("strip (binutils)");
+        missing.push("strip (binutils)".into());
     }
     let base_cached = target_dir().join("image-base/bookworm.tar").is_file();
     if !base_cached
@@ -126,14 +129,14 @@ fn has_tools(test: &str) -> bool {
             .iter()
             .any(|p| Path::new(p).is_file())
     {
-        missing.push("debootstrap");
+        missing.push("debootstrap".into());
     }
     if missing.is_empty() {
         return true;
     }
     let why = format!(
-        "{} not installed (pip install cargo-zigbuild ziglang; apt-get install debootstrap \
-         binutils; .ci/run installs them)",
+        "missing: {} (apt-get install podman runc debootstrap binutils; pip install \
+         cargo-zigbuild ziglang; .ci/run installs them)",
         missing.join(", ")
     );
     assert!(
@@ -246,10 +249,15 @@ impl Image {
 
     /// `podman image inspect --format FORMAT`.
     fn inspect(&self, format: &str) -> String {
-        let out = finish(Command::new("podman").args([
-            "image", "inspect", "--format", format, &self.tag,
-        ]));
-        assert_eq!(out.code, Some(0), "podman image inspect: {}", describe(&out));
+        let out = finish(
+            Command::new("podman").args(["image", "inspect", "--format", format, &self.tag]),
+        );
+        assert_eq!(
+            out.code,
+            Some(0),
+            "podman image inspect: {}",
+            describe(&out)
+        );
         out.stdout.trim().to_string()
     }
 }
@@ -492,13 +500,15 @@ impl Drop for Background {
 fn probe_port(container: &Container, port: &IntOrString) -> i32 {
     match port {
         IntOrString::Int(n) => *n,
-        IntOrString::String(name) => container
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .unwrap_or_else(|| panic!("no container port named {name}"))
-            .container_port,
+        IntOrString::String(name) => {
+            container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .unwrap_or_else(|| panic!("no container port named {name}"))
+                .container_port
+        }
     }
 }
 
@@ -564,16 +574,13 @@ fn map_host_paths(value: &mut serde_json::Value, host: &Host) {
 #[test]
 fn image_runs_the_device_plugin_and_its_shim_as_the_daemonset_says() {
     let test = "image_runs_the_device_plugin_and_its_shim_as_the_daemonset_says";
-    if let Some(why) = no_podman() {
-        return skip(test, &why);
+    if !has_tools(test) {
+        return;
     }
     let work = tempfile::tempdir().expect("work dir");
     let workload_root = crate::podman::rootfs(work.path());
     if let Some(why) = cannot_run_containers(&workload_root) {
         return skip(test, &why);
-    }
-    if !has_tools(test) {
-        return;
     }
     // The base (debootstrap, the first time) and the shim's build at once.
     let base = std::thread::scope(|scope| {
@@ -622,8 +629,15 @@ fn image_runs_the_device_plugin_and_its_shim_as_the_daemonset_says() {
         std::fs::read(baseline_shim()).expect("the shipped shim"),
         "the init container did not copy the image's shim ({IMAGE_SHIM})"
     );
-    let mode = std::fs::metadata(&shim_on_host).expect("shim").permissions().mode();
-    assert_eq!(mode & 0o444, 0o444, "the shim is not readable by all: {mode:o}");
+    let mode = std::fs::metadata(&shim_on_host)
+        .expect("shim")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o444,
+        0o444,
+        "the shim is not readable by all: {mode:o}"
+    );
 
     runtime().block_on(async {
         // The kubelet's sockets, in the host directories the DaemonSet mounts.
@@ -648,7 +662,12 @@ fn image_runs_the_device_plugin_and_its_shim_as_the_daemonset_says() {
         };
 
         let registration = kubelet.registration().await;
-        assert_eq!(registration.resource_name, "gpuslice.dev/gpu", "{}", plugin.log());
+        assert_eq!(
+            registration.resource_name,
+            "gpuslice.dev/gpu",
+            "{}",
+            plugin.log()
+        );
         let mut client = kubelet.plugin(&registration.endpoint).await;
         let mut stream = watch(&mut client).await;
         let devices = first_list(&mut stream).await;
@@ -715,7 +734,13 @@ fn image_runs_the_device_plugin_and_its_shim_as_the_daemonset_says() {
                  exec /cudaprobe dlsym info fill 16M",
             ],
         ));
-        assert_eq!(out.code, Some(0), "{}\nplugin log:\n{}", describe(&out), plugin.log());
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{}\nplugin log:\n{}",
+            describe(&out),
+            plugin.log()
+        );
         assert!(
             out.stdout.contains(&format!(
                 "preload=/opt/gpuslice/lib/libgpuslice.so tenant={tenant}"
@@ -723,7 +748,12 @@ fn image_runs_the_device_plugin_and_its_shim_as_the_daemonset_says() {
             "{}",
             describe(&out)
         );
-        assert_eq!(field(&out.stdout, "info", "total"), SLICE_BYTES, "{}", describe(&out));
+        assert_eq!(
+            field(&out.stdout, "info", "total"),
+            SLICE_BYTES,
+            "{}",
+            describe(&out)
+        );
         assert_eq!(
             field(&out.stdout, "fill", "bytes"),
             SLICE_BYTES - CONTEXT,
@@ -762,16 +792,12 @@ fn image_runs_the_device_plugin_and_its_shim_as_the_daemonset_says() {
 #[test]
 fn the_build_context_holds_only_what_the_image_packs() {
     let test = "the_build_context_holds_only_what_the_image_packs";
-    if let Some(why) = no_podman() {
-        return skip(test, &why);
-    }
-    let work = tempfile::tempdir().expect("work dir");
-    let workload_root = crate::podman::rootfs(work.path());
-    if let Some(why) = cannot_run_containers(&workload_root) {
-        return skip(test, &why);
-    }
     if !has_tools(test) {
         return;
+    }
+    let work = tempfile::tempdir().expect("work dir");
+    if let Some(why) = cannot_run_containers(&crate::podman::rootfs(work.path())) {
+        return skip(test, &why);
     }
     let base = match base() {
         Ok(base) => base,
@@ -798,8 +824,11 @@ fn the_build_context_holds_only_what_the_image_packs() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
         std::fs::write(&path, file).expect("file");
     }
-    std::fs::copy(repository().join(".dockerignore"), context.join(".dockerignore"))
-        .expect("copy .dockerignore");
+    std::fs::copy(
+        repository().join(".dockerignore"),
+        context.join(".dockerignore"),
+    )
+    .expect("copy .dockerignore");
     let probe = work.path().join("Containerfile");
     std::fs::write(
         &probe,
@@ -815,7 +844,9 @@ fn the_build_context_holds_only_what_the_image_packs() {
             .args(["--tag", &tag])
             .arg(&context),
     );
-    let _ = Command::new("podman").args(["rmi", "--force", &tag]).output();
+    let _ = Command::new("podman")
+        .args(["rmi", "--force", &tag])
+        .output();
     assert_eq!(out.code, Some(0), "{}", describe(&out));
     let sent: Vec<&str> = out
         .stdout
