@@ -17,10 +17,10 @@
 #
 # What it does: debootstrap --variant=minbase of Debian 12 (bookworm, glibc 2.36) from
 # $DEBIAN_MIRROR (default http://deb.debian.org/debian), what debian:bookworm-slim also
-# leaves out removed (documentation, man pages, apt's package lists), then `podman import`
-# (or `docker import` where there is no podman). Needs root (debootstrap does), debootstrap
-# and podman or docker. Takes about two minutes, most of it downloading and unpacking 40 MB of packages;
-# the image is about 80 MB.
+# leaves out removed (documentation, man pages, translations, apt's package lists), then
+# `podman import` (or `docker import` where there is no podman). Needs root (debootstrap
+# does), debootstrap and podman or docker. Takes about two minutes, most of it downloading
+# and unpacking the packages; the image is about 80 MB. Prints the image's name last.
 set -euo pipefail
 
 RELEASE=bookworm
@@ -102,7 +102,10 @@ else
   source_tar=$temp_tar
 fi
 
-"$engine" import --quiet --change 'CMD ["/bin/bash"]' \
+# podman prints its progress on stderr unless asked not to; docker has no such flag.
+quiet=()
+[ "$engine" = podman ] && quiet=(--quiet)
+"$engine" import "${quiet[@]}" --change 'CMD ["/bin/bash"]' \
   --message "Debian $RELEASE minbase, made by scripts/image-base.sh" \
   "$source_tar" "$tag" >/dev/null
 echo "image-base.sh: made $tag ($engine); build the image on it with" \
