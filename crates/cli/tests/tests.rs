@@ -11,6 +11,8 @@ mod util;
 mod cdi;
 mod demo;
 mod doctor;
+mod dra;
+mod dra_deploy;
 mod end_to_end;
 mod image;
 mod kustomize;
