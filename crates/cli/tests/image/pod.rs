@@ -195,8 +195,9 @@ fn security_options(context: Option<&SecurityContext>) -> Vec<String> {
 pub fn pod_of(daemonset: &DaemonSet) -> (PodSpec, Container, Container) {
     let pod = daemonset
         .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.clone())
+        .template
+        .spec
+        .clone()
         .expect("the DaemonSet's pod spec");
     let init = pod
         .init_containers
