@@ -1051,3 +1051,46 @@ fn podman_runs_a_container_with_a_prepared_claims_cdi_spec_within_the_claims_quo
     assert_eq!(gpu["compute_limit_percent"], 30.0, "{status}");
     assert_eq!(gpu["priority"], "high", "{status}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Red team: what a careless operator or a hostile tenant can do to the driver.
+
+/// A claim as [`claim`] makes it, with its results in `pool` instead of this node's.
+fn claim_in_pool(name: &str, uid: &str, pool: &str) -> ResourceClaim {
+    let mut claim = claim(name, uid, &[("gpu", DEV0, "s", "1Gi", "10")], None);
+    for result in claim
+        .status
+        .as_mut()
+        .and_then(|s| s.allocation.as_mut())
+        .and_then(|a| a.devices.as_mut())
+        .and_then(|d| d.results.as_mut())
+        .expect("results")
+    {
+        result.pool = pool.to_string();
+    }
+    claim
+}
+
+/// A driver started with another node's name (a copied manifest, a typo) saw every claim's
+/// devices in a pool not its own, prepared nothing, and answered success with no CDI
+/// device: the pod started without its tenant, and where the runtime gives it the GPU some
+/// other way (NVIDIA's runtime and `NVIDIA_VISIBLE_DEVICES` in the image), without limits.
+#[test]
+fn a_claim_whose_devices_are_in_another_nodes_pool_is_refused_not_prepared_empty() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim_in_pool("c", UID_A, "node-b"));
+        let mut client = node.kubelet().v1().await;
+        let refused = prepare(&mut client, "c", UID_A).await;
+        assert!(refused.devices.is_empty(), "{refused:?}");
+        assert!(
+            refused.error.contains("pool node-b")
+                && refused.error.contains(&format!("this node's pool {NODE}"))
+                && refused.error.contains("--node-name"),
+            "{refused:?}"
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+    });
+}

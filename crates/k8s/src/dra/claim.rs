@@ -82,6 +82,23 @@ pub enum ClaimError {
         /// The claim.
         claim: Box<ClaimRef>,
     },
+    /// A device of this driver's in a pool that is not this node's: the driver runs under
+    /// another node's name, or the claim was allocated for another node.
+    #[error(
+        "claim {claim}: device {device} of {DRIVER} is in pool {found}, not in this node's pool \
+         {pool}; nothing was prepared (is the driver's --node-name, or NODE_NAME, this node's \
+         name?)"
+    )]
+    OtherPool {
+        /// The claim.
+        claim: Box<ClaimRef>,
+        /// The device name.
+        device: String,
+        /// The pool the allocation names.
+        found: String,
+        /// This node's pool.
+        pool: String,
+    },
     /// A device of this node's pool that this driver does not publish.
     #[error("claim {claim}: device {device} is not one of this driver's (expected gpu-<uuid>)")]
     UnknownDevice {
@@ -189,8 +206,20 @@ pub fn grants(
         .collect();
     let mut grants = Vec::new();
     for result in devices.results.iter().flatten() {
-        if result.driver != DRIVER || result.pool != pool {
+        if result.driver != DRIVER {
             continue;
+        }
+        // The kubelet asks this driver only about claims with devices of its own, and a pod
+        // gets devices only from the slices of its node. One in another pool is a mistake
+        // (a driver started under another node's name): answering with nothing would start
+        // the pod without its tenant.
+        if result.pool != pool {
+            return Err(ClaimError::OtherPool {
+                claim: Box::new(expected.clone()),
+                device: result.device.clone(),
+                found: result.pool.clone(),
+                pool: pool.to_string(),
+            });
         }
         let bad = |capacity: &str, value: &str, why: &str| ClaimError::BadCapacity {
             claim: Box::new(expected.clone()),
@@ -302,6 +331,7 @@ pub(crate) mod tests {
     use super::super::gpus::tests::gpu;
     use super::*;
     use gpuslice_ledger::Priority;
+    use k8s_openapi::api::resource::v1::DeviceRequestAllocationResult;
     use serde_json::json;
 
     /// One device of an allocation: request, device, share ID, consumed memory and compute.
@@ -401,34 +431,48 @@ pub(crate) mod tests {
         assert_eq!(grants[0].gpu, gpu(1, 0).uuid);
     }
 
-    #[test]
-    fn other_pools_and_drivers_are_left_to_whoever_owns_them() {
-        let mut claim = allocated_claim(UID, &[("gpu", DEV0, None, Some(("1Gi", "10")))], &[]);
-        let results = claim
+    /// The results of `claim`, to change.
+    fn results_of(claim: &mut ResourceClaim) -> &mut Vec<DeviceRequestAllocationResult> {
+        claim
             .status
             .as_mut()
+            .and_then(|s| s.allocation.as_mut())
+            .and_then(|a| a.devices.as_mut())
+            .and_then(|d| d.results.as_mut())
             .unwrap()
-            .allocation
-            .as_mut()
-            .unwrap()
-            .devices
-            .as_mut()
-            .unwrap()
-            .results
-            .as_mut()
-            .unwrap();
-        let mut other = results[0].clone();
-        other.pool = "node-b".into();
-        results.push(other);
+    }
+
+    #[test]
+    fn other_drivers_devices_are_left_to_them() {
+        let mut claim = allocated_claim(UID, &[("gpu", DEV0, None, Some(("1Gi", "10")))], &[]);
+        let results = results_of(&mut claim);
         let mut nvidia = results[0].clone();
         nvidia.driver = "gpu.nvidia.com".into();
         nvidia.device = "gpu-0".into();
+        nvidia.pool = "node-b".into();
         results.push(nvidia);
         assert_eq!(
             grants(&claim, &claim_ref(UID), "node-a", &inventory())
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn a_device_of_this_driver_in_another_pool_is_refused_naming_both_pools() {
+        let mut claim = allocated_claim(UID, &[("gpu", DEV0, None, Some(("1Gi", "10")))], &[]);
+        let results = results_of(&mut claim);
+        let mut other = results[0].clone();
+        other.pool = "node-b".into();
+        results.push(other);
+        let err = grants(&claim, &claim_ref(UID), "node-a", &inventory())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is in pool node-b, not in this node's pool node-a")
+                && err.contains("--node-name"),
+            "{err}"
         );
     }
 
