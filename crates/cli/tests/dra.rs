@@ -464,6 +464,11 @@ impl DraNode {
 
     /// Starts `gpuslice dra-driver` talking to `api`.
     pub fn start(&self, api: &ApiServer, extra: &[&str]) -> Daemon {
+        Daemon::spawn(self.command(api, &self.node.shim, extra))
+    }
+
+    /// `gpuslice dra-driver` talking to `api`, with `shim` as its shim.
+    pub fn command(&self, api: &ApiServer, shim: &Path, extra: &[&str]) -> std::process::Command {
         std::fs::create_dir_all(&self.registry_dir).expect("registry dir");
         let mut command = self.node.gpuslice(&["dra-driver", "--node-name", NODE]);
         command
@@ -474,7 +479,7 @@ impl DraNode {
             .arg("--dir")
             .arg(self.node.dir.ledger_dir())
             .arg("--shim")
-            .arg(&self.node.shim)
+            .arg(shim)
             .arg("--cdi-dir")
             .arg(&self.cdi_dir)
             .arg("--plugins-dir")
@@ -483,7 +488,7 @@ impl DraNode {
             .arg(&self.registry_dir)
             .args(["--health-interval-ms", "100"])
             .args(extra);
-        Daemon::spawn(command)
+        command
     }
 
     pub fn kubelet(&self) -> FakeKubelet {
@@ -1092,5 +1097,65 @@ fn a_claim_whose_devices_are_in_another_nodes_pool_is_refused_not_prepared_empty
             "{refused:?}"
         );
         assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+    });
+}
+
+/// `--shim` naming the shim's directory instead of the file (`/opt/gpuslice/lib`): the
+/// driver warned that it was "not a file" and prepared claims whose CDI spec mounted the
+/// directory and preloaded it; the dynamic loader ignores a directory in `LD_PRELOAD` (and
+/// in `/etc/ld.so.preload`) and starts the program without the shim, so without limits.
+#[test]
+fn a_shim_path_that_is_a_directory_is_refused_at_start() {
+    let node = DraNode::new();
+    let directory = node.node.dir.path().join("lib");
+    std::fs::create_dir_all(&directory).expect("directory");
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let out = finish(node.command(&api, &directory, &[]));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("the shim {} cannot be read", directory.display())),
+            "{out:?}"
+        );
+    });
+}
+
+/// The file the CDI specs mount as the shim replaced after the driver started (an upgrade
+/// that copied the wrong file, a failed init container): the driver checked it only at
+/// start, and went on preparing claims whose containers preload something that is not the
+/// shim, so run without limits.
+#[test]
+fn a_claim_is_not_prepared_while_the_shim_is_not_the_shim() {
+    let node = DraNode::new();
+    let shim = node
+        .node
+        .dir
+        .path()
+        .join("installed")
+        .join("libgpuslice.so");
+    std::fs::create_dir_all(shim.parent().expect("parent")).expect("directory");
+    std::fs::copy(&node.node.shim, &shim).expect("install the shim");
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = Daemon::spawn(node.command(&api, &shim, &[]));
+        let mut client = node.kubelet().v1().await;
+        std::fs::write(&shim, "").expect("replace the shim with an empty file");
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let refused = prepare(&mut client, "c", UID_A).await;
+        assert!(refused.devices.is_empty(), "{refused:?}");
+        assert!(
+            refused
+                .error
+                .contains(&format!("the shim {}", shim.display()))
+                && refused.error.contains("not an ELF shared object"),
+            "{refused:?}\n{}",
+            driver.log()
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+        assert!(!node.spec_of(UID_A).exists());
+        // With the shim back, the claim is prepared.
+        std::fs::copy(&node.node.shim, &shim).expect("put the shim back");
+        assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
     });
 }

@@ -58,6 +58,11 @@ pub trait TenantFiles: Send + Sync + fmt::Debug {
     fn install(&self, t: &TenantName) -> Result<String, String>;
     /// Removes tenant `t`'s CDI spec (the ledger's files go with the tenant).
     fn uninstall(&self, t: &TenantName) -> Result<(), String>;
+    /// Why no tenant's containers could be given their files now (the shim they preload is
+    /// not the shim, say), asked before anything of a claim is made; `Ok` if they can.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// One device of a prepared claim, as recorded.
@@ -294,7 +299,8 @@ impl Claims {
             return None;
         }
         Some(
-            self.install(claim, &tenant)
+            self.ready(claim)
+                .and_then(|()| self.install(claim, &tenant))
                 .map(|name| self.answer(&record, &name, inventory)),
         )
     }
@@ -313,6 +319,7 @@ impl Claims {
             return Ok(Vec::new());
         }
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ready(claim)?;
         let ledger_error = |source| PrepareError::Ledger {
             claim: Box::new(claim.clone()),
             source,
@@ -525,6 +532,14 @@ impl Claims {
             }
         }
         Ok(())
+    }
+
+    /// Whether tenants' containers can be given their files now.
+    fn ready(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
+        self.files.ready().map_err(|message| PrepareError::Files {
+            claim: Box::new(claim.clone()),
+            message,
+        })
     }
 
     /// Makes the tenant's files; its CDI device name.
