@@ -377,19 +377,35 @@ impl Claims {
             // A stale or different grant of the same claim: fresh counters.
             self.ledger.remove_tenant(&tenant).map_err(ledger_error)?;
         }
+        let fresh = !self.ledger.tenant_dir(&tenant).exists();
         let record = Record {
             claim: claim.clone(),
             devices,
             prepared_unix_ms: now_ms(),
         };
-        write_record(&self.ledger, &tenant, &record).map_err(|message| PrepareError::Files {
-            claim: Box::new(claim.clone()),
-            message,
-        })?;
-        self.ledger
-            .write_quota(&tenant, &quota)
-            .map_err(ledger_error)?;
-        let name = self.install(claim, &tenant)?;
+        let made = write_record(&self.ledger, &tenant, &record)
+            .map_err(|message| PrepareError::Files {
+                claim: Box::new(claim.clone()),
+                message,
+            })
+            .and_then(|()| {
+                self.ledger
+                    .write_quota(&tenant, &quota)
+                    .map_err(ledger_error)
+            })
+            .and_then(|()| self.install(claim, &tenant));
+        let name = match made {
+            Ok(name) => name,
+            Err(e) => {
+                // Half a tenant would hold the claim's share of the GPU against every later
+                // claim until the kubelet unprepares this one: what was made goes.
+                if fresh {
+                    let _ = self.files.uninstall(&tenant);
+                    let _ = self.ledger.remove_tenant(&tenant);
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(
             "prepared claim {claim} as tenant {tenant}: {}",
             describe(&record.devices)
@@ -1012,6 +1028,48 @@ mod tests {
             f.claims.unprepare(&claim_ref(&u)).unwrap(),
             Unprepared::NotPrepared
         );
+    }
+
+    /// Files that cannot be made (a CDI directory gone, a full filesystem).
+    #[derive(Debug)]
+    struct FailingFiles;
+
+    impl TenantFiles for FailingFiles {
+        fn install(&self, _t: &TenantName) -> Result<String, String> {
+            Err("could not write the CDI spec: no space left on device".into())
+        }
+
+        fn uninstall(&self, _t: &TenantName) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// The record and quota were written before the files, and stayed when the files could
+    /// not be made: half a tenant, whose record held the claim's share of the GPU against
+    /// every later claim although the claim had been told it was not prepared.
+    #[test]
+    fn a_claim_whose_files_cannot_be_made_leaves_no_half_tenant_holding_its_share() {
+        let f = fixture();
+        let claims = Claims::new(f.claims.ledger().clone(), Arc::new(FailingFiles), None);
+        let u = uid(11);
+        let g = grants_of(&f, &u, &[("gpu", DEV0, None, Some(("6Gi", "60")))]);
+        let err = claims
+            .prepare(&claim_ref(&u), &g, &f.inventory)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no space left on device"), "{err}");
+        assert!(
+            !claims
+                .ledger()
+                .tenant_dir(&tenant_of(&claim_ref(&u)).unwrap())
+                .exists()
+        );
+        assert!(claims.prepared().is_empty(), "no record holds the GPU");
+        let other = uid(12);
+        let g = grants_of(&f, &other, &[("gpu", DEV0, None, Some(("6Gi", "60")))]);
+        f.claims
+            .prepare(&claim_ref(&other), &g, &f.inventory)
+            .unwrap();
     }
 
     #[test]
