@@ -884,6 +884,27 @@ fn plugin_advertises_nothing_while_its_shim_is_not_the_shim() {
     }
 }
 
+/// `--shim` naming the shim's directory (`/opt/gpuslice/lib`) was only a warning ("not a
+/// file here"): the plugin advertised slices whose CDI specs preloaded the directory, which
+/// the dynamic loader ignores, and the containers ran without limits.
+#[test]
+fn plugin_advertises_nothing_while_its_shim_path_is_a_directory() {
+    let node = PluginNode::new();
+    let directory = node.node.dir.path().join("lib");
+    std::fs::create_dir_all(&directory).expect("directory");
+    let plugin = Daemon::spawn(node.plugin_command_with_shim(&directory, &[]));
+    plugin.wait_for_log("advertising nothing until the shim is in place");
+    assert!(
+        plugin
+            .log()
+            .contains(&format!("the shim {} cannot be read", directory.display())),
+        "{}",
+        plugin.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!node.socket().exists(), "the plugin served a resource");
+}
+
 #[test]
 fn bad_flags_are_a_usage_error() {
     let node = PluginNode::new();
