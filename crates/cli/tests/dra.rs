@@ -1159,3 +1159,54 @@ fn a_claim_is_not_prepared_while_the_shim_is_not_the_shim() {
         assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
     });
 }
+
+/// A claim's containers can write their usage and lock files (mounted read-write): one that
+/// grows them fills the ledger's filesystem (a tmpfs: the node's memory), and no tenant can
+/// be made any more. The device plugin's sweep cut a grown usage file back; the DRA driver
+/// never looked, and nobody looked at lock files.
+#[test]
+fn a_claims_usage_and_lock_files_grown_by_its_containers_are_cut_back() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &[]);
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
+        let ledger = node.node.dir.ledger();
+        let tenant = crate::util::tenant(&DraNode::tenant_of(UID_A));
+        let files = [ledger.usage_path(&tenant), ledger.lock_path(&tenant)];
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|f| std::fs::metadata(f).expect("file").len())
+            .collect();
+        // What a container can do with the two files it has read-write.
+        for file in &files {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .and_then(|f| f.set_len(64 * MIB))
+                .expect("grow the file");
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let now: Vec<u64> = files
+                .iter()
+                .map(|f| std::fs::metadata(f).expect("file").len())
+                .collect();
+            if now == sizes {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {now:?} bytes, not {sizes:?}; log:\n{}",
+                driver.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        driver.wait_for_log(&format!("had grown to {} bytes", 64 * MIB));
+        // The tenant is whole again: a process of it can claim a slot.
+        let usage = ledger.open_usage(&tenant).expect("usage file");
+        drop(usage.claim_slot().expect("a slot"));
+    });
+}

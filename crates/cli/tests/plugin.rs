@@ -905,6 +905,36 @@ fn plugin_advertises_nothing_while_its_shim_path_is_a_directory() {
     assert!(!node.socket().exists(), "the plugin served a resource");
 }
 
+/// A container can write its lock file as well as its usage file (both are mounted
+/// read-write): the sweep cut a grown usage file back, but a lock file grown to fill the
+/// ledger's filesystem stayed.
+#[test]
+fn a_lock_file_grown_by_its_container_is_cut_back_by_the_sweep() {
+    let node = PluginNode::new();
+    let config = node.node.dir.path().join("device-plugin.yaml");
+    std::fs::write(&config, "sweepIntervalSeconds: 0.2\n").expect("config");
+    let plugin = node.start(&["--config", config.to_str().expect("utf-8")]);
+    let id = slice(FAKE_GPU0, 0);
+    runtime().block_on(async {
+        let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
+        let registration = kubelet.registration().await;
+        let mut client = kubelet.plugin(&registration.endpoint).await;
+        allocate(&mut client, std::slice::from_ref(&id))
+            .await
+            .expect("Allocate");
+    });
+    let ledger = node.node.dir.ledger();
+    let lock = ledger.lock_path(&crate::util::tenant(&id));
+    let size = std::fs::metadata(&lock).expect("lock file").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock)
+        .and_then(|f| f.set_len(64 * MIB))
+        .expect("grow the lock file");
+    plugin.wait_for_log(&format!("had grown to {} bytes", 64 * MIB));
+    assert_eq!(std::fs::metadata(&lock).expect("lock file").len(), size);
+}
+
 #[test]
 fn bad_flags_are_a_usage_error() {
     let node = PluginNode::new();

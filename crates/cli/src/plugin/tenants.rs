@@ -33,7 +33,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use gpuslice_ledger::{Ledger, LedgerError, TenantName};
@@ -186,38 +186,6 @@ pub fn live_slots(ledger: &Ledger, t: &TenantName) -> Result<usize, TenantError>
     Ok(ledger.live_processes(t)?)
 }
 
-/// Cuts tenant `t`'s usage file back to the ledger's size if it grew (its containers can
-/// write it, and one that makes it grow fills the filesystem every tenant's files are on);
-/// returns the size it had grown to.
-pub fn cut_back_grown_usage(ledger: &Ledger, t: &TenantName) -> Result<Option<u64>, TenantError> {
-    let path = ledger.usage_path(t);
-    let io_error = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TenantError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let len = match fs::symlink_metadata(&path) {
-        Ok(meta) if meta.is_file() => meta.len(),
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error("inspect", &path)(e)),
-    };
-    let size = gpuslice_ledger::layout::USAGE_FILE_SIZE as u64;
-    if len <= size {
-        return Ok(None);
-    }
-    fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .and_then(|f| f.set_len(size))
-        .map_err(io_error("cut back", &path))?;
-    Ok(Some(len))
-}
-
 /// What became of a tenant the plugin wanted gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
@@ -301,12 +269,16 @@ pub fn sweep(
     }
     for (t, _) in &tenants {
         if kept.contains(t.as_str()) {
-            match cut_back_grown_usage(ledger, t) {
-                Ok(Some(grown)) => tracing::warn!(
-                    "tenant {t}'s usage file had grown to {grown} bytes, filling the ledger's \
-                     filesystem (its containers can write it); cut back to its size"
-                ),
-                Ok(None) => {}
+            match ledger.cut_back_grown_files(t) {
+                Ok(cut) => {
+                    for (path, grown) in cut {
+                        tracing::warn!(
+                            "tenant {t}: {} had grown to {grown} bytes, filling the ledger's \
+                             filesystem (its containers can write it); cut back to its size",
+                            path.display()
+                        );
+                    }
+                }
                 Err(e) => tracing::warn!("tenant {t}: {e}"),
             }
             match ensure_spec(&config.layout, &config.cdi_dir, t) {
@@ -415,27 +387,6 @@ mod tests {
             GpuUuid::parse(&format!("GPU-fa4ec0da-0000-4000-8000-0000000000{g:02x}")).unwrap(),
             i,
         )
-    }
-
-    #[test]
-    fn a_usage_file_that_grew_is_cut_back_and_one_of_its_size_is_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
-        let t = TenantName::new("pod").unwrap();
-        drop(ledger.open_usage(&t).unwrap());
-        assert_eq!(cut_back_grown_usage(&ledger, &t).unwrap(), None);
-        let size = gpuslice_ledger::layout::USAGE_FILE_SIZE as u64;
-        fs::OpenOptions::new()
-            .write(true)
-            .open(ledger.usage_path(&t))
-            .unwrap()
-            .set_len(size * 3)
-            .unwrap();
-        assert_eq!(cut_back_grown_usage(&ledger, &t).unwrap(), Some(size * 3));
-        assert_eq!(fs::metadata(ledger.usage_path(&t)).unwrap().len(), size);
-        ledger.snapshot_usage(&t).unwrap();
-        let absent = TenantName::new("absent").unwrap();
-        assert_eq!(cut_back_grown_usage(&ledger, &absent).unwrap(), None);
     }
 
     #[test]

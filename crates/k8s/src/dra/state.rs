@@ -475,6 +475,26 @@ impl Claims {
             .collect()
     }
 
+    /// Cuts back the usage and lock files of prepared claims' tenants that their containers
+    /// made grow (they can write both), before the ledger's filesystem fills; says so for
+    /// each.
+    pub fn cut_back_grown_files(&self) {
+        for (t, _) in self.prepared() {
+            match self.ledger.cut_back_grown_files(&t) {
+                Ok(cut) => {
+                    for (path, grown) in cut {
+                        tracing::warn!(
+                            "tenant {t}: {} had grown to {grown} bytes, filling the ledger's \
+                             filesystem (its containers can write it); cut back to its size",
+                            path.display()
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("tenant {t}: {e}"),
+            }
+        }
+    }
+
     /// Refuses a claim whose grants do not fit beside the other prepared claims.
     fn check_capacity(
         &self,
