@@ -155,6 +155,15 @@ fn delete(args: &TenantDeleteArgs) -> Result<u8, Failure> {
         );
         return Ok(exit::PROBLEMS);
     }
+    if made_by == MadeBy::DraDriver && !args.force {
+        println!(
+            "kept tenant {t}: the DRA driver made it for a ResourceClaim, and removes it when \
+             the kubelet unprepares the claim; --force deletes it even so (the claim's \
+             containers then run without its quota, and the driver no longer counts the \
+             claim's share of the GPU)"
+        );
+        return Ok(exit::PROBLEMS);
+    }
     let spec = spec_of(&ledger, t);
     let removal = tenancy::remove(&ledger, t, args.force).failed()?;
     let mut users = Vec::new();
@@ -325,6 +334,7 @@ enum MadeBy {
     TenantCreate,
     Run,
     DevicePlugin,
+    DraDriver,
     Other,
 }
 
@@ -334,6 +344,7 @@ impl MadeBy {
             MadeBy::TenantCreate => "tenant create",
             MadeBy::Run => "gpuslice run",
             MadeBy::DevicePlugin => "device plugin",
+            MadeBy::DraDriver => "DRA driver",
             MadeBy::Other => "-",
         }
     }
@@ -348,6 +359,8 @@ fn made_by(ledger: &Ledger, t: &TenantName) -> MadeBy {
         MadeBy::Run
     } else if dir.join(plugin_tenants::RECORD).exists() {
         MadeBy::DevicePlugin
+    } else if dir.join(gpuslice_k8s::dra::state::RECORD).exists() {
+        MadeBy::DraDriver
     } else {
         MadeBy::Other
     }

@@ -1210,3 +1210,43 @@ fn a_claims_usage_and_lock_files_grown_by_its_containers_are_cut_back() {
         drop(usage.claim_slot().expect("a slot"));
     });
 }
+
+/// `gpuslice tenant delete` kept the device plugin's tenants unless forced, but not the DRA
+/// driver's: a prepared claim's tenant went with its quota and record, so its containers
+/// started from then on without the claim's quota, and the driver forgot the claim's share
+/// of the GPU and granted it again. `tenant list` called it made by nobody ("-").
+#[test]
+fn tenant_delete_keeps_a_prepared_claims_tenant_unless_forced() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
+    });
+    let tenant = DraNode::tenant_of(UID_A);
+    let tenant_command = |args: &[&str]| {
+        let mut command = node.node.gpuslice(&["tenant"]);
+        command
+            .args(args)
+            .arg("--dir")
+            .arg(node.node.dir.ledger_dir());
+        command
+    };
+    let out = finish(tenant_command(&["list"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&tenant))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(row.ends_with("DRA driver"), "{out:?}");
+    let out = finish(tenant_command(&["delete", &tenant]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("the DRA driver made it"), "{out:?}");
+    assert!(node.node.dir.tenant_exists(&tenant));
+    let out = finish(tenant_command(&["delete", &tenant, "--force"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!node.node.dir.tenant_exists(&tenant));
+}
