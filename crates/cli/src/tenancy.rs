@@ -74,6 +74,16 @@ pub enum TenancyError {
         /// The tenant.
         tenant: TenantName,
     },
+    /// The tenant's entry lock stayed taken (by a process of the tenant, which can take it).
+    #[error(
+        "the entry lock of tenant {tenant} stayed taken for {} s (a process of the tenant \
+         holds it?); nothing was changed",
+        ENTRY_PATIENCE.as_secs()
+    )]
+    EntryHeld {
+        /// The tenant.
+        tenant: TenantName,
+    },
     /// The tenant kept disappearing while this run tried to enter it.
     #[error(
         "tenant {tenant} was removed and created again {ENTER_ATTEMPTS} times while this \
@@ -266,14 +276,21 @@ pub fn create(
     quota: &TenantQuota,
     marker_text: &str,
 ) -> Result<(), TenancyError> {
+    let exists = || TenancyError::Exists {
+        tenant: tenant.clone(),
+    };
     for _ in 0..ENTER_ATTEMPTS {
-        let Some((_locks, _entry)) = lock_entry(ledger, tenant, true)? else {
+        // Looked at before the lock too: a process of an existing tenant can hold its entry
+        // lock forever, and the answer for a tenant with a quota is "exists" whatever it
+        // does.
+        if ledger.read_quota(tenant)?.is_some() {
+            return Err(exists());
+        }
+        let Some((_locks, _entry)) = lock_entry_within(ledger, tenant, ENTRY_PATIENCE)? else {
             continue;
         };
         if ledger.read_quota(tenant)?.is_some() {
-            return Err(TenancyError::Exists {
-                tenant: tenant.clone(),
-            });
+            return Err(exists());
         }
         let dir = ledger.tenant_dir(tenant);
         DirBuilder::new()
@@ -358,6 +375,26 @@ fn is_abandoned(
 /// How many slots of the tenant's usage file a live process holds (0 without a usage file).
 fn live_slots(ledger: &Ledger, tenant: &TenantName) -> Result<usize, TenancyError> {
     Ok(ledger.live_processes(tenant)?)
+}
+
+/// Takes the tenant's entry lock as [`lock_entry`] does (creating its lock file), waiting for
+/// it at most `patience`: [`TenancyError::EntryHeld`] after that.
+fn lock_entry_within(
+    ledger: &Ledger,
+    tenant: &TenantName,
+    patience: std::time::Duration,
+) -> Result<Option<(LockFile, LockHandle)>, TenancyError> {
+    let locks = ledger.open_locks(tenant)?;
+    let entry = locks.handle()?;
+    if !entry.lock_within(lock_bytes::RUN_ENTRY, LockKind::Exclusive, patience)? {
+        return Err(TenancyError::EntryHeld {
+            tenant: tenant.clone(),
+        });
+    }
+    if !locks.is_still_at_its_path()? {
+        return Ok(None);
+    }
+    Ok(Some((locks, entry)))
 }
 
 /// Takes the tenant's entry lock (creating its lock file first if `create`), and returns the

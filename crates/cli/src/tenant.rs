@@ -76,6 +76,10 @@ fn create(args: &TenantCreateArgs) -> Result<u8, Failure> {
             ))
             .usage();
         }
+        // Someone is in it: in use, as for delete.
+        Err(e @ TenancyError::EntryHeld { .. }) => {
+            return Err(Failure::new(exit::PROBLEMS, e.into()));
+        }
         Err(e) => return Err(e).failed(),
     }
     // Everything a container of it mounts must exist before the first one starts.

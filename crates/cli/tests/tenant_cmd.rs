@@ -311,3 +311,55 @@ fn tenant_delete_does_not_hang_on_an_entry_lock_a_process_of_the_tenant_holds() 
     assert!(!t.tenant_exists("stuck"));
     drop(holder);
 }
+
+/// `tenant create` of a name that exists (a typo, a tenant the device plugin made) waited
+/// for the tenant's entry lock without end before it looked: a process of that tenant can
+/// take the lock (its containers have its lock file) and hung the operator's command
+/// forever, instead of its being told the tenant exists.
+#[test]
+fn tenant_create_of_an_existing_tenant_does_not_hang_on_an_entry_lock_it_holds() {
+    let t = TestDir::new();
+    create(&t, "taken", &[]);
+    let locks = t.ledger().open_locks(&tenant("taken")).unwrap();
+    let holder = locks.handle().unwrap();
+    assert!(
+        holder
+            .try_lock(
+                gpuslice_ledger::layout::lock_bytes::RUN_ENTRY,
+                gpuslice_ledger::LockKind::Exclusive
+            )
+            .unwrap()
+    );
+    let mut command = tenant_command(&t, &["create", "taken"]);
+    command.arg("--shim").arg(t.shim());
+    let out = finish(&mut command);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("tenant taken exists already"),
+        "{out:?}"
+    );
+
+    // A lock file without a quota (a tenant half made, or half removed) whose entry lock is
+    // held: a clear error after a while, not a wait without end.
+    let ledger = t.ledger();
+    let half = tenant("half");
+    let locks = ledger.open_locks(&half).unwrap();
+    let holder = locks.handle().unwrap();
+    assert!(
+        holder
+            .try_lock(
+                gpuslice_ledger::layout::lock_bytes::RUN_ENTRY,
+                gpuslice_ledger::LockKind::Exclusive
+            )
+            .unwrap()
+    );
+    let mut command = tenant_command(&t, &["create", "half"]);
+    command.arg("--shim").arg(t.shim());
+    let out = finish(&mut command);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("entry lock") && out.stderr.contains("half"),
+        "{out:?}"
+    );
+    assert!(ledger.read_quota(&half).unwrap().is_none());
+}
