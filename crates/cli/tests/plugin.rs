@@ -935,6 +935,55 @@ fn a_lock_file_grown_by_its_container_is_cut_back_by_the_sweep() {
     assert_eq!(std::fs::metadata(&lock).expect("lock file").len(), size);
 }
 
+/// A tenant someone else made under a slice's name (by hand, or with an older `gpuslice
+/// tenant create`): `Allocate` of that slice removed it when none of its processes held a
+/// slot, and otherwise wrote its own quota and record over it, putting the pod's container
+/// and the other tenant's processes in one tenant. The plugin's module says a tenant
+/// without its record is never touched.
+#[test]
+fn allocate_neither_removes_nor_takes_over_a_tenant_of_a_slices_name_it_did_not_make() {
+    let node = PluginNode::new();
+    let _plugin = node.start(&[]);
+    let name = slice(FAKE_GPU0, 0);
+    let ledger = node.node.dir.ledger();
+    let theirs = gpuslice_ledger::TenantQuota {
+        defaults: gpuslice_ledger::Limits {
+            memory_bytes: Some(3 * GIB),
+            ..Default::default()
+        },
+        per_gpu: Vec::new(),
+    };
+    ledger
+        .write_quota(&crate::util::tenant(&name), &theirs)
+        .expect("someone else's tenant");
+    runtime().block_on(async {
+        let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
+        let registration = kubelet.registration().await;
+        let mut client = kubelet.plugin(&registration.endpoint).await;
+        let refused = allocate(&mut client, std::slice::from_ref(&name))
+            .await
+            .expect_err("another's tenant");
+        assert!(
+            refused.message().contains(&format!(
+                "tenant {name} exists and was not made by the device plugin"
+            )),
+            "{refused:?}"
+        );
+    });
+    let quota = ledger
+        .read_quota(&crate::util::tenant(&name))
+        .expect("quota")
+        .expect("still there")
+        .quota();
+    assert_eq!(quota, theirs, "its quota is its own");
+    assert!(
+        !ledger
+            .tenant_dir(&crate::util::tenant(&name))
+            .join("device-plugin-allocation")
+            .exists()
+    );
+}
+
 #[test]
 fn bad_flags_are_a_usage_error() {
     let node = PluginNode::new();

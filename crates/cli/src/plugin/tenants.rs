@@ -90,6 +90,16 @@ pub enum TenantError {
         /// The parser's message.
         message: String,
     },
+    /// A tenant of the allocation's name that this plugin did not make.
+    #[error(
+        "tenant {tenant} exists and was not made by the device plugin (it has a quota and no \
+         {RECORD} record); not touched: remove it (gpuslice tenant delete {tenant}) to let \
+         the plugin use its slices"
+    )]
+    NotOurs {
+        /// The tenant.
+        tenant: TenantName,
+    },
     /// The CDI spec could not be written.
     #[error(transparent)]
     Cdi(#[from] cdi::CdiError),
