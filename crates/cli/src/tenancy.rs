@@ -74,6 +74,20 @@ pub enum TenancyError {
         /// The tenant.
         tenant: TenantName,
     },
+    /// The name is of the form the device plugin or the DRA driver names its tenants with.
+    #[error(
+        "tenant name {tenant} is of the form the {maker} names its tenants ({form}), and a \
+         tenant made under it would be taken for one of them (or keep the {maker} from \
+         making its own); choose another name"
+    )]
+    Reserved {
+        /// The tenant.
+        tenant: TenantName,
+        /// Who names tenants so.
+        maker: &'static str,
+        /// The form.
+        form: &'static str,
+    },
     /// The tenant's entry lock stayed taken (by a process of the tenant, which can take it).
     #[error(
         "the entry lock of tenant {tenant} stayed taken for {} s (a process of the tenant \
@@ -154,8 +168,42 @@ pub struct Membership {
     run_created: bool,
 }
 
+/// An error if `tenant` is a name the device plugin (`GPU-<uuid>-slice-<n>`) or the DRA
+/// driver (`dra-<claim uid>`) gives its tenants: a tenant made by anyone else under such a
+/// name would collide with theirs. Joining one that exists is another matter.
+pub fn check_not_reserved(tenant: &TenantName) -> Result<(), TenancyError> {
+    let reserved = |maker, form| {
+        Err(TenancyError::Reserved {
+            tenant: tenant.clone(),
+            maker,
+            form,
+        })
+    };
+    if crate::plugin::tenants::is_slice_name(tenant) {
+        return reserved("device plugin", "GPU-<uuid>-slice-<n>");
+    }
+    let dra = tenant
+        .as_str()
+        .strip_prefix(gpuslice_k8s::dra::state::TENANT_PREFIX)
+        .is_some_and(is_uuid);
+    if dra {
+        return reserved("DRA driver", "dra-<claim uid>");
+    }
+    Ok(())
+}
+
+/// Whether `s` is a UUID as Kubernetes writes them: 8-4-4-4-12 hexadecimal digits.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 /// Enters `tenant`: creates it with `quota` if it has no quota, else joins it (if `join`
-/// allows). A stale run-created tenant is removed and created afresh.
+/// allows). A stale run-created tenant is removed and created afresh. A tenant of a name
+/// [`check_not_reserved`] refuses is joined if it exists, never created.
 pub fn enter(
     ledger: &Ledger,
     tenant: &TenantName,
@@ -169,6 +217,7 @@ pub fn enter(
             continue;
         };
         let Some(existing) = ledger.read_quota(tenant)? else {
+            check_not_reserved(tenant)?;
             // Marker first: should this process die between the two, a quota without a
             // marker would pass for someone else's tenant and never be removed.
             DirBuilder::new()
@@ -276,6 +325,7 @@ pub fn create(
     quota: &TenantQuota,
     marker_text: &str,
 ) -> Result<(), TenancyError> {
+    check_not_reserved(tenant)?;
     let exists = || TenancyError::Exists {
         tenant: tenant.clone(),
     };

@@ -76,6 +76,7 @@ fn create(args: &TenantCreateArgs) -> Result<u8, Failure> {
             ))
             .usage();
         }
+        Err(e @ TenancyError::Reserved { .. }) => return Err(e).usage(),
         // Someone is in it: in use, as for delete.
         Err(e @ TenancyError::EntryHeld { .. }) => {
             return Err(Failure::new(exit::PROBLEMS, e.into()));

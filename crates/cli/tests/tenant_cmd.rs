@@ -363,3 +363,35 @@ fn tenant_create_of_an_existing_tenant_does_not_hang_on_an_entry_lock_it_holds()
     );
     assert!(ledger.read_quota(&half).unwrap().is_none());
 }
+
+/// A tenant made by `tenant create` or `run` under a name of the device plugin's form
+/// (`GPU-<uuid>-slice-<n>`) was removed by the plugin's next `Allocate` of that slice, or,
+/// with a process in it, put under the pod's quota beside the pod's container; one under
+/// `dra-<claim uid>` kept that claim from being prepared. Such names are refused when a
+/// tenant would be made under them (joining one that exists is still allowed).
+#[test]
+fn tenant_create_and_run_refuse_names_of_the_device_plugins_and_the_dra_drivers_form() {
+    let t = TestDir::new();
+    for name in [
+        format!("{FAKE_GPU0}-slice-0"),
+        "dra-6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f".to_string(),
+    ] {
+        let mut command = tenant_command(&t, &["create", &name]);
+        command.arg("--shim").arg(t.shim());
+        let out = finish(&mut command);
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("tenant name {name} is of the form")),
+            "{out:?}"
+        );
+        assert!(!t.tenant_exists(&name));
+        let out = finish(t.run(&["--tenant", &name, "--", "true"]));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains("choose another name"), "{out:?}");
+        assert!(!t.tenant_exists(&name));
+    }
+    // Names that only look alike are anyone's.
+    create(&t, "dra-team", &[]);
+    create(&t, "GPU-team-slice-0", &[]);
+}

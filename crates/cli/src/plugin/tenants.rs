@@ -115,6 +115,11 @@ pub fn tenant_name(slices: &[SliceId]) -> Result<TenantName, TenantError> {
     Ok(TenantName::new(&first)?)
 }
 
+/// Whether `t` is a name the plugin gives its tenants: a slice's, `GPU-<uuid>-slice-<n>`.
+pub fn is_slice_name(t: &TenantName) -> bool {
+    SliceId::parse(t.as_str()).is_some()
+}
+
 /// The record of tenant `t`; `None` when it has none (not the plugin's tenant).
 pub fn read_record(ledger: &Ledger, t: &TenantName) -> Result<Option<Record>, TenantError> {
     let path = ledger.tenant_dir(t).join(RECORD);
