@@ -315,6 +315,24 @@ pub fn claim(
     .expect("a valid ResourceClaim")
 }
 
+/// `claim` with `parameters` as a DeviceClass's configuration for all its requests, before
+/// the claim's own, as the scheduler lists them.
+pub fn with_class_config(mut claim: ResourceClaim, parameters: Value) -> ResourceClaim {
+    let devices = claim
+        .status
+        .as_mut()
+        .and_then(|s| s.allocation.as_mut())
+        .and_then(|a| a.devices.as_mut())
+        .expect("allocated devices");
+    let class = serde_json::from_value(json!({
+        "source": "FromClass",
+        "opaque": {"driver": "gpuslice.dev", "parameters": parameters},
+    }))
+    .expect("a configuration");
+    devices.config.get_or_insert_with(Vec::new).insert(0, class);
+    claim
+}
+
 // ---------------------------------------------------------------------------------------
 // The fake kubelet.
 
@@ -587,11 +605,14 @@ fn prepare_twice_gives_one_tenant_with_the_claims_quota_and_unprepare_twice_remo
     runtime().block_on(async {
         let api = ApiServer::start().await;
         let driver = node.start(&api, &[]);
-        api.put_claim(claim(
-            "small",
-            UID_A,
-            &[("gpu", DEV0, "share-1", "4Gi", "30")],
-            Some(config(json!({"computeLimit": 50, "priority": "high"}))),
+        api.put_claim(with_class_config(
+            claim(
+                "small",
+                UID_A,
+                &[("gpu", DEV0, "share-1", "4Gi", "30")],
+                Some(config(json!({"computeLimit": 50}))),
+            ),
+            config(json!({"priority": "high"})),
         ));
         let mut client = node.kubelet().v1().await;
         let first = prepare(&mut client, "small", UID_A).await;
@@ -977,11 +998,14 @@ fn podman_runs_a_container_with_a_prepared_claims_cdi_spec_within_the_claims_quo
         let api = ApiServer::start().await;
         // NVIDIA's CDI device does not exist here: the rootfs has the (simulated) driver.
         let driver = node.start(&api, &["--nvidia-cdi-device", ""]);
-        api.put_claim(claim(
-            "c",
-            UID_A,
-            &[("gpu", DEV0, "s", "512Mi", "30")],
-            Some(config(json!({"computeLimit": "share", "priority": "high"}))),
+        api.put_claim(with_class_config(
+            claim(
+                "c",
+                UID_A,
+                &[("gpu", DEV0, "s", "512Mi", "30")],
+                Some(config(json!({"computeLimit": "share"}))),
+            ),
+            config(json!({"priority": "high"})),
         ));
         let mut client = node.kubelet().v1().await;
         let answer = prepare(&mut client, "c", UID_A).await;
@@ -1249,4 +1273,49 @@ fn tenant_delete_keeps_a_prepared_claims_tenant_unless_forced() {
     let out = finish(tenant_command(&["delete", &tenant, "--force"]));
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(!node.node.dir.tenant_exists(&tenant));
+}
+
+/// Any user who may create a pod writes its claim, and a claim's opaque configuration gave
+/// its tenant priority high: it then held every neighbour on its GPU to little work in
+/// flight whenever it was active. High comes from a DeviceClass (an administrator's) only.
+#[test]
+fn a_claim_cannot_give_itself_priority_high() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim(
+            "c",
+            UID_A,
+            &[("gpu", DEV0, "s", "1Gi", "10")],
+            Some(config(json!({"priority": "high"}))),
+        ));
+        let mut client = node.kubelet().v1().await;
+        let refused = prepare(&mut client, "c", UID_A).await;
+        assert!(
+            refused
+                .error
+                .contains("field priority: high is given only by a DeviceClass's configuration"),
+            "{refused:?}"
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+        // From the class, it is given.
+        api.put_claim(with_class_config(
+            claim("d", UID_B, &[("gpu", DEV0, "s", "1Gi", "10")], None),
+            config(json!({"priority": "high"})),
+        ));
+        assert_eq!(prepare(&mut client, "d", UID_B).await.error, "");
+        let quota = node
+            .node
+            .dir
+            .ledger()
+            .read_quota(&crate::util::tenant(&DraNode::tenant_of(UID_B)))
+            .expect("quota")
+            .expect("a quota")
+            .quota();
+        assert_eq!(
+            quota.limits_for(&gpu(FAKE_GPU0)).priority,
+            Some(Priority::High)
+        );
+    });
 }

@@ -11,7 +11,7 @@
 use gpuslice_ledger::{GpuUuid, PERMILLE_MAX, parse_percent, parse_quantity};
 use k8s_openapi::api::resource::v1::{DeviceAllocationConfiguration, ResourceClaim};
 
-use super::config::{ComputeLimit, ConfigError, TenantConfig};
+use super::config::{ComputeLimit, ConfigError, Source, TenantConfig};
 use super::gpus::Inventory;
 use super::slice::{COMPUTE, DRIVER, MEMORY, MEMORY_STEP, gpu_of_device};
 
@@ -280,14 +280,13 @@ pub fn grants(
         let mut config = TenantConfig::default();
         for c in configs.iter().filter(|c| applies(c, &result.request)) {
             if let Some(opaque) = &c.opaque {
-                config =
-                    config
-                        .overlaid(&opaque.parameters.0)
-                        .map_err(|source| ClaimError::Config {
-                            claim: Box::new(expected.clone()),
-                            request: result.request.clone(),
-                            source,
-                        })?;
+                config = config
+                    .overlaid_from(&opaque.parameters.0, Source::of(&c.source))
+                    .map_err(|source| ClaimError::Config {
+                        claim: Box::new(expected.clone()),
+                        request: result.request.clone(),
+                        source,
+                    })?;
             }
         }
         let grant = Grant {
@@ -402,12 +401,12 @@ pub(crate) mod tests {
                 (
                     "FromClass",
                     &[],
-                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "low", "computeLimit": 50}),
+                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "high", "computeLimit": 50}),
                 ),
                 (
                     "FromClaim",
                     &["gpu"],
-                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "high"}),
+                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "low"}),
                 ),
             ],
         );
@@ -418,7 +417,7 @@ pub(crate) mod tests {
         assert_eq!(g.share_id.as_deref(), Some("a1b2c"));
         assert_eq!(g.memory_bytes, 4 << 30);
         assert_eq!(g.compute_permille, 300);
-        assert_eq!(g.config.priority, Some(Priority::High), "the claim's wins");
+        assert_eq!(g.config.priority, Some(Priority::Low), "the claim's wins");
         assert_eq!(g.limit_permille(), Some(500), "the class's stays");
     }
 
@@ -544,6 +543,19 @@ pub(crate) mod tests {
                 )],
             ),
             "field computeLimit: 20% is below the compute share of 30%",
+        );
+        check(
+            allocated_claim(
+                UID,
+                &[("gpu", DEV0, None, Some(("1Gi", "30")))],
+                &[(
+                    "FromClaim",
+                    &[],
+                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "high"}),
+                )],
+            ),
+            "request gpu: opaque configuration for gpuslice.dev: field priority: high is given \
+             only by a DeviceClass's configuration",
         );
     }
 

@@ -994,7 +994,7 @@ mod tests {
                     ("c", DEV1, Some("3"), Some(("1Gi", "5"))),
                 ],
                 &[(
-                    "FromClaim",
+                    "FromClass",
                     &["b"],
                     json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "computeLimit": "share", "priority": "high"}),
                 )],
