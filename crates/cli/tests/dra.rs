@@ -1266,6 +1266,12 @@ fn tenant_delete_keeps_a_prepared_claims_tenant_unless_forced() {
         .find(|l| l.starts_with(&tenant))
         .unwrap_or_else(|| panic!("{out:?}"));
     assert!(row.ends_with("DRA driver"), "{out:?}");
+    // The claim's share is on its GPU alone: shown there, not as "-".
+    assert!(
+        out.stdout
+            .contains(&format!("1 GiB on {FAKE_GPU0}, share 10%, priority normal")),
+        "{out:?}"
+    );
     let out = finish(tenant_command(&["delete", &tenant]));
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.contains("the DRA driver made it"), "{out:?}");
