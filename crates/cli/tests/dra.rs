@@ -1325,3 +1325,38 @@ fn a_claim_cannot_give_itself_priority_high() {
         );
     });
 }
+
+/// A claim with admin access (a monitoring pod in a namespace allowed it) is given a GPU
+/// that others use, and the scheduler counts none of its capacity; the driver took it for
+/// the whole GPU: where the GPU was free it recorded all of it as held and refused every
+/// later claim the scheduler placed there, and elsewhere it refused the admin claim for want
+/// of room. gpuslice has nothing to give such a claim: it is refused, and nothing is held.
+#[test]
+fn a_claim_with_admin_access_is_refused_and_holds_no_capacity() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        let mut admin = claim("admin", UID_A, &[], None);
+        let results = serde_json::from_value(json!([{
+            "request": "gpu", "driver": "gpuslice.dev", "pool": NODE, "device": DEV0,
+            "adminAccess": true,
+        }]))
+        .expect("results");
+        admin
+            .status
+            .as_mut()
+            .and_then(|s| s.allocation.as_mut())
+            .and_then(|a| a.devices.as_mut())
+            .expect("devices")
+            .results = Some(results);
+        api.put_claim(admin);
+        let mut client = node.kubelet().v1().await;
+        let refused = prepare(&mut client, "admin", UID_A).await;
+        assert!(refused.error.contains("admin access"), "{refused:?}");
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+        // The GPU is still all there for the claims the scheduler counts.
+        api.put_claim(claim("b", UID_B, &[("gpu", DEV0, "s", "8Gi", "100")], None));
+        assert_eq!(prepare(&mut client, "b", UID_B).await.error, "");
+    });
+}

@@ -99,6 +99,19 @@ pub enum ClaimError {
         /// This node's pool.
         pool: String,
     },
+    /// A device allocated with admin access, which consumes no capacity.
+    #[error(
+        "claim {claim}: device {device} is allocated with admin access, which gpuslice.dev \
+         does not give: such a claim shares a GPU others use and the scheduler counts none of \
+         its capacity, so there is no quota to hold it to; use a claim without adminAccess \
+         (for monitoring, gpuslice status and metrics read the ledger)"
+    )]
+    AdminAccess {
+        /// The claim.
+        claim: Box<ClaimRef>,
+        /// The device name.
+        device: String,
+    },
     /// A device of this node's pool that this driver does not publish.
     #[error("claim {claim}: device {device} is not one of this driver's (expected gpu-<uuid>)")]
     UnknownDevice {
@@ -228,6 +241,12 @@ pub fn grants(
             value: value.to_string(),
             why: why.to_string(),
         };
+        if result.admin_access == Some(true) {
+            return Err(ClaimError::AdminAccess {
+                claim: Box::new(expected.clone()),
+                device: result.device.clone(),
+            });
+        }
         let gpu = gpu_of_device(&result.device).ok_or_else(|| ClaimError::UnknownDevice {
             claim: Box::new(expected.clone()),
             device: result.device.clone(),
