@@ -416,23 +416,31 @@ fn v1_claim(name: &str, uid: &str) -> v1::Claim {
     }
 }
 
-/// Prepares one claim; its answer.
+/// Prepares one claim; its answer. Like the kubelet, it asks again while the driver has not
+/// looked at its GPUs yet (slow on a loaded machine), for up to 10 s.
 pub async fn prepare(
     client: &mut v1::dra_plugin_client::DraPluginClient<Channel>,
     name: &str,
     uid: &str,
 ) -> v1::NodePrepareResourceResponse {
-    let mut response = client
-        .node_prepare_resources(v1::NodePrepareResourcesRequest {
-            claims: vec![v1_claim(name, uid)],
-        })
-        .await
-        .expect("NodePrepareResources")
-        .into_inner();
-    response
-        .claims
-        .remove(uid)
-        .expect("an answer for the claim")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut response = client
+            .node_prepare_resources(v1::NodePrepareResourcesRequest {
+                claims: vec![v1_claim(name, uid)],
+            })
+            .await
+            .expect("NodePrepareResources")
+            .into_inner();
+        let answer = response
+            .claims
+            .remove(uid)
+            .expect("an answer for the claim");
+        if !answer.error.contains("are not known yet") || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Unprepares one claim; its error ("" for none).
@@ -1359,4 +1367,52 @@ fn a_claim_with_admin_access_is_refused_and_holds_no_capacity() {
         api.put_claim(claim("b", UID_B, &[("gpu", DEV0, "s", "8Gi", "100")], None));
         assert_eq!(prepare(&mut client, "b", UID_B).await.error, "");
     });
+}
+
+/// Every tenant reads the ledger's `tenants/` (mounted into its containers), and the record
+/// of a prepared claim there names the claim and its namespace: any pod could list the
+/// claims of every other namespace on its node. The record is the driver's alone now.
+#[test]
+fn another_user_cannot_read_a_prepared_claims_record() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
+    });
+    let record = node
+        .node
+        .dir
+        .ledger_dir()
+        .join("tenants")
+        .join(DraNode::tenant_of(UID_A))
+        .join("dra-claim");
+    let meta = std::fs::metadata(&record).expect("record");
+    assert_eq!(meta.mode() & 0o777, 0o600, "{}", record.display());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || meta.uid() != 0 {
+        return;
+    }
+    // As `nobody`, with the directories open to it as a container's mount is.
+    for dir in record
+        .ancestors()
+        .skip(1)
+        .take_while(|p| *p != Path::new("/"))
+    {
+        let mode = std::fs::metadata(dir).expect("dir").permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o005))
+            .expect("chmod");
+    }
+    let out = finish(
+        std::process::Command::new("cat")
+            .arg(&record)
+            .uid(65534)
+            .gid(65534),
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("Permission denied"), "{out:?}");
 }

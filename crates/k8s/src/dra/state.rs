@@ -31,7 +31,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -736,15 +737,26 @@ pub fn read_record(ledger: &Ledger, t: &TenantName) -> Result<Option<Record>, St
     Ok(Some(record))
 }
 
-/// Writes tenant `t`'s record whole (a temporary file renamed over it), creating its
-/// directory.
+/// Writes tenant `t`'s record whole (a temporary file renamed over it, mode 0600), creating
+/// its directory.
 fn write_record(ledger: &Ledger, t: &TenantName, record: &Record) -> Result<(), String> {
     let dir = ledger.tenant_dir(t);
     fs::create_dir_all(&dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
     let path = dir.join(RECORD);
     let temp: PathBuf = dir.join(format!(".{RECORD}.{}.tmp", std::process::id()));
     let text = serde_json::to_string_pretty(record).unwrap_or_default() + "\n";
-    fs::write(&temp, text)
+    // The driver's alone (mode 0600): the directory is every tenant's to read, and the
+    // record names the claim and its namespace, which are nobody else's business.
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut f| {
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            f.write_all(text.as_bytes())
+        })
         .and_then(|()| fs::rename(&temp, &path))
         .map_err(|e| {
             let _ = fs::remove_file(&temp);
