@@ -65,9 +65,10 @@
 
 use std::time::{Duration, Instant};
 
+use gpuslice_ledger::monotonic_ns;
+
 use crate::device::Device;
 use crate::error::{CuError, CuResult};
-use crate::ledger;
 
 /// How often an executing stream looks at how many processes execute on its device when no
 /// change wakes it: to refresh its heartbeat and to notice dead processes.
@@ -167,7 +168,7 @@ impl Share {
     /// now).
     pub fn begin(device: &'static Device, at: Instant) -> Share {
         let ledger = device.ledger();
-        let (now, now_ns) = (Instant::now(), ledger::now_ns());
+        let (now, now_ns) = (Instant::now(), monotonic_ns());
         let slot = ledger.begin_executing(now_ns, ns_at(at, now, now_ns));
         let mut share = Share {
             device,
@@ -187,7 +188,7 @@ impl Share {
     fn end_at(&mut self, at: Instant) {
         if let Some(slot) = self.slot.take() {
             let ledger = self.device.ledger();
-            ledger.end_executing(slot, ns_at(at, Instant::now(), ledger::now_ns()));
+            ledger.end_executing(slot, ns_at(at, Instant::now(), monotonic_ns()));
         }
     }
 
@@ -240,11 +241,11 @@ fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant 
     let slicing = Slicing {
         loss_percent: u128::from(share.device.switch_loss_percent),
     };
-    let start_ns = ns_at(start, Instant::now(), ledger::now_ns());
+    let start_ns = ns_at(start, Instant::now(), monotonic_ns());
     let mut remaining = u128::from(nanos(duration));
     let mut at = start;
     loop {
-        let (now, now_ns) = (Instant::now(), ledger::now_ns());
+        let (now, now_ns) = (Instant::now(), monotonic_ns());
         let (generation, changed_ns) = ledger.executing_generation();
         let k = share.executing(now_ns);
         let before = std::mem::replace(&mut share.k, k);
@@ -413,7 +414,7 @@ mod tests {
         }
         assert_eq!(clock - t0, Duration::from_millis(10));
         drop(share);
-        assert_eq!(dev.ledger().others_executing(None, ledger::now_ns()), 0);
+        assert_eq!(dev.ledger().others_executing(None, monotonic_ns()), 0);
     }
 
     #[test]
@@ -421,7 +422,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ours, theirs) = (device(dir.path()), device(dir.path()));
         let t0 = Instant::now();
-        let t0_ns = ledger::now_ns();
+        let t0_ns = monotonic_ns();
         let slot = theirs.ledger().begin_executing(t0_ns, t0_ns).unwrap();
         let mut share = Some(Share::begin(ours, t0));
         // The other process stops 2 ms in, dated exactly, and seen 3 ms in: 1 ms of progress
@@ -434,7 +435,7 @@ mod tests {
         assert!((took - 5.0).abs() < 0.01, "{took} ms");
         // With the other executing throughout (its heartbeat going stale on the way, but its
         // lock held), twice the time.
-        let now_ns = ledger::now_ns();
+        let now_ns = monotonic_ns();
         assert!(theirs.ledger().begin_executing(now_ns, now_ns).is_some());
         let t1 = Instant::now();
         let end = run(t1, Duration::from_millis(3), Some(ours), &mut share);
@@ -464,7 +465,7 @@ mod tests {
         let ms = |end: Instant| (end - t0).as_secs_f64() * 1e3;
         assert!((ms(first_end) - 4.0).abs() < 0.01, "{} ms", ms(first_end));
         assert!((ms(second_end) - 8.0).abs() < 0.01, "{} ms", ms(second_end));
-        assert_eq!(dev.ledger().others_executing(None, ledger::now_ns()), 0);
+        assert_eq!(dev.ledger().others_executing(None, monotonic_ns()), 0);
     }
 
     #[test]
@@ -472,7 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ours, theirs) = (device(dir.path()), device(dir.path()));
         let t0 = Instant::now();
-        let t0_ns = ledger::now_ns();
+        let t0_ns = monotonic_ns();
         let slot = theirs.ledger().begin_executing(t0_ns, t0_ns).unwrap();
         let mut share = Some(Share::begin(ours, t0));
         // The other process stops 2 ms in but says so 2 ms later, while this kernel has been

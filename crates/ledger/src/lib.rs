@@ -112,6 +112,7 @@ mod ledger;
 mod limits;
 mod locks;
 mod names;
+pub mod ofd;
 mod quantity;
 mod quota;
 mod slot;
