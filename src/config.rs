@@ -10,8 +10,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use gpuslice_ledger::{
-    PERCENT_FORM, Priority, SHIM_VARIABLES, TenantName, parse_percent, parse_priority,
-    parse_quantity,
+    PERCENT_FORM, Priority, QUANTITY_FORM, SHIM_VARIABLES, TenantName, parse_percent,
+    parse_priority, parse_quantity,
 };
 
 use crate::log::Level;
@@ -204,7 +204,7 @@ impl Config {
                         Some(parse_quantity(&value).ok_or_else(|| ConfigError::Invalid {
                             name: "GPUSLICE_MEMORY_LIMIT",
                             value: value.to_string(),
-                            expected: "a byte quantity such as 4Gi, 512Mi, 8G or 1073741824",
+                            expected: QUANTITY_FORM,
                         })?);
                 }
                 "GPUSLICE_COMPUTE_SHARE" => {
@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(
             err,
             "invalid GPUSLICE_MEMORY_LIMIT=\"4GB\": expected a byte quantity such as 4Gi, \
-             512Mi, 8G or 1073741824"
+             512Mi, 8G, 1.5Gi or 1073741824"
         );
     }
 

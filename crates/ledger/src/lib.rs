@@ -128,7 +128,7 @@ pub use ledger::Ledger;
 pub use limits::{Limits, PERMILLE_MAX, Priority, TenantQuota};
 pub use locks::{LockFile, LockHandle, LockKind};
 pub use names::{GpuUuid, MAX_TENANT_NAME_LEN, TenantName};
-pub use quantity::parse_quantity;
+pub use quantity::{QUANTITY_FORM, parse_quantity};
 pub use quota::QuotaFile;
 pub use slot::{OverLimit, ProcessSlot};
 pub use snapshot::{SlotCompute, UsageReader, UsageSnapshot};
