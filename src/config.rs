@@ -16,8 +16,7 @@ use gpuslice_ledger::{
 
 use crate::log::Level;
 
-/// The ledger directory when `GPUSLICE_DIR` is not set.
-pub const DEFAULT_DIR: &str = "/run/gpuslice";
+pub use gpuslice_ledger::DEFAULT_DIR;
 
 /// Where a container's tenant is pinned ([`gpuslice_ledger::PINNED_TENANT_FILE`]): where
 /// it exists, it decides the tenant and the ledger, and the environment (which a process can

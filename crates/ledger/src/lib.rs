@@ -133,7 +133,7 @@ pub use quota::QuotaFile;
 pub use slot::{OverLimit, ProcessSlot};
 pub use snapshot::{SlotCompute, UsageReader, UsageSnapshot};
 pub use usage::{GpuIndex, ReclaimReport, SlotInfo, UsageFile};
-pub use variables::{PINNED_TENANT_FILE, SHIM_VARIABLES};
+pub use variables::{DEFAULT_DIR, PINNED_TENANT_FILE, SHIM_VARIABLES};
 
 /// How many GPUs a ledger file can describe (per-GPU limits in a quota file, GPU table
 /// entries in a usage file).
