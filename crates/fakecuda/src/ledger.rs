@@ -373,8 +373,9 @@ impl Ledger {
     }
 
     /// Sleeps until the generation is no longer `seen`, for at most `timeout` (or less: any
-    /// signal or error ends the wait too, and the caller looks again).
-    pub fn wait_for_change(&self, seen: u32, timeout: std::time::Duration) {
+    /// signal or error ends the wait too, and the caller looks again): `false` if it slept
+    /// the whole timeout.
+    pub fn wait_for_change(&self, seen: u32, timeout: std::time::Duration) -> bool {
         let generation = &self.header().generation;
         let ts = libc::timespec {
             tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
@@ -384,7 +385,7 @@ impl Ledger {
         // the call; FUTEX_WAIT only reads it and sleeps at most the relative timeout, whose
         // timespec outlives the call. Its errors (EAGAIN when the word is no longer `seen`,
         // EINTR, ETIMEDOUT) all mean "look again".
-        unsafe {
+        let rc = unsafe {
             libc::syscall(
                 libc::SYS_futex,
                 generation.as_ptr(),
@@ -393,8 +394,9 @@ impl Ledger {
                 &raw const ts,
                 std::ptr::null::<u32>(),
                 0u32,
-            );
-        }
+            )
+        };
+        rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ETIMEDOUT)
     }
 
     /// Records that a slot started or stopped executing at `at_ns` and wakes every stream
@@ -700,9 +702,10 @@ mod tests {
             (generation.wrapping_add(4), now + 2)
         );
         // Waiting for a change that already happened returns at once.
-        let t = std::time::Instant::now();
-        b.wait_for_change(generation, std::time::Duration::from_secs(5));
-        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        assert!(
+            b.wait_for_change(generation, std::time::Duration::from_secs(5)),
+            "it slept out its timeout"
+        );
     }
 
     #[test]
