@@ -496,15 +496,22 @@ mod tests {
         write_quota_on(dir, &dir.join("quota"), &locks, q, clock).expect("the update goes through");
     }
 
+    /// A writer (holding `lock`) stopped mid-update of `view`: the update lock held and the
+    /// generation odd, which it returns.
+    fn stopped_mid_update(lock: &crate::locks::LockHandle, view: &View<QuotaLayout>) -> u64 {
+        lock.lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
+            .expect("lock");
+        let generation = &view.get().header.word;
+        let odd = generation.load(Relaxed) | 1;
+        generation.store(odd, Release);
+        odd
+    }
+
     #[test]
     fn reader_waits_for_a_writer_descheduled_mid_update() {
         let (_dir, reader, writer, view) = quota_file();
         let generation = &view.get().header.word;
-        writer
-            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
-            .expect("lock");
-        let odd = generation.load(Relaxed) | 1;
-        generation.store(odd, Release);
+        let odd = stopped_mid_update(&writer, &view);
         // Half an update: only the memory limit written so far.
         memory_only(2).defaults.store(&view.get().defaults);
         // The writer, holding the lock, finishes while the reader waits: the reader must be
@@ -527,11 +534,7 @@ mod tests {
     #[test]
     fn reader_does_not_hang_on_a_writer_stopped_mid_update() {
         let (_dir, reader, writer, view) = quota_file();
-        let generation = &view.get().header.word;
-        writer
-            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
-            .expect("lock");
-        generation.store(generation.load(Relaxed) | 1, Release);
+        stopped_mid_update(&writer, &view);
         let mut clock = fake_clock();
         assert_eq!(defaults_on(&reader, &mut clock).memory_bytes, Some(1));
         assert_eq!(
@@ -584,11 +587,7 @@ mod tests {
         let (dir, reader, other_writer, view) = quota_file();
         let generation = &view.get().header.word;
         // Odd, and the lock held: a writer stopped mid-update (or the tenant holds the byte).
-        other_writer
-            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
-            .expect("lock");
-        let odd = generation.load(Relaxed) | 1;
-        generation.store(odd, Release);
+        let odd = stopped_mid_update(&other_writer, &view);
         let mut clock = fake_clock();
         write_on(dir.path(), &memory_only(9), &mut clock);
         assert_eq!(clock.now, WRITER_WAIT, "it waited its while, and no longer");
@@ -603,11 +602,7 @@ mod tests {
     #[test]
     fn a_reader_that_cannot_ask_about_writers_settles_quickly() {
         let (dir, _reader, writer, view) = quota_file();
-        writer
-            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
-            .expect("lock");
-        let generation = &view.get().header.word;
-        generation.store(generation.load(Relaxed) | 1, Release);
+        stopped_mid_update(&writer, &view);
         // Another tenant's watcher: no lock file to probe. It must not stall its tick for
         // the second a tenant's own reader may wait.
         let blind = QuotaFile::open(&dir.path().join("quota"), None)
