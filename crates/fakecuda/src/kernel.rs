@@ -527,25 +527,71 @@ mod tests {
         assert_eq!(dev.ledger().others_executing(None, monotonic_ns()), 0);
     }
 
-    #[test]
-    fn a_kernel_progresses_at_half_speed_while_another_process_executes() {
+    /// This process's stream, executing on a device from the start of simulated time
+    /// (`t0`), and another process executing there too from then (in its slot `slot`).
+    struct BesideAnother {
+        _dir: tempfile::TempDir,
+        ours: &'static Device,
+        theirs: &'static Device,
+        clock: FakeClock,
+        t0: Instant,
+        t0_ns: u64,
+        slot: usize,
+        share: Option<Share>,
+    }
+
+    fn beside_another() -> BesideAnother {
         let dir = tempfile::tempdir().unwrap();
         let (ours, theirs) = (device(dir.path()), device(dir.path()));
-        let mut clock = FakeClock::new();
+        let clock = FakeClock::new();
         let (t0, t0_ns) = clock.now();
         let slot = theirs.ledger().begin_executing(t0_ns, t0_ns).unwrap();
-        let mut share = Some(Share::begin_on(ours, t0, &clock));
+        let share = Some(Share::begin_on(ours, t0, &clock));
+        BesideAnother {
+            _dir: dir,
+            ours,
+            theirs,
+            clock,
+            t0,
+            t0_ns,
+            slot,
+            share,
+        }
+    }
+
+    impl BesideAnother {
+        /// Runs a kernel of `duration` on our stream from `start`; returns its end.
+        fn run(&mut self, start: Instant, duration: Duration) -> Instant {
+            run_on(
+                start,
+                duration,
+                Some(self.ours),
+                &mut self.share,
+                &mut self.clock,
+            )
+        }
+
+        /// The other process stopping, dated `at` after the start.
+        fn their_stop(&self, at: Duration) -> impl FnOnce() + 'static {
+            let (theirs, slot, t0_ns) = (self.theirs, self.slot, self.t0_ns);
+            move || theirs.ledger().end_executing(slot, t0_ns + nanos(at))
+        }
+    }
+
+    #[test]
+    fn a_kernel_progresses_at_half_speed_while_another_process_executes() {
+        let mut b = beside_another();
         // The other process stops 2 ms in, dated exactly, and is seen 3 ms in: 1 ms of
         // progress at half speed, then 3 ms alone.
-        clock.advance(ms(3));
-        theirs.ledger().end_executing(slot, t0_ns + 2_000_000);
-        let end = run_on(t0, ms(4), Some(ours), &mut share, &mut clock);
-        assert_eq!(end - t0, ms(5));
+        b.clock.advance(ms(3));
+        b.their_stop(ms(2))();
+        let end = b.run(b.t0, ms(4));
+        assert_eq!(end - b.t0, ms(5));
         // With the other executing throughout (its heartbeat going stale on the way, but its
         // lock held), twice the time.
-        let (t1, t1_ns) = clock.now();
-        assert!(theirs.ledger().begin_executing(t1_ns, t1_ns).is_some());
-        let end = run_on(t1, ms(3), Some(ours), &mut share, &mut clock);
+        let (t1, t1_ns) = b.clock.now();
+        assert!(b.theirs.ledger().begin_executing(t1_ns, t1_ns).is_some());
+        let end = b.run(t1, ms(3));
         assert_eq!(end - t1, ms(6));
     }
 
@@ -573,21 +619,15 @@ mod tests {
 
     #[test]
     fn a_change_marked_late_is_credited_from_its_instant() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ours, theirs) = (device(dir.path()), device(dir.path()));
-        let mut clock = FakeClock::new();
-        let (t0, t0_ns) = clock.now();
-        let slot = theirs.ledger().begin_executing(t0_ns, t0_ns).unwrap();
-        let mut share = Some(Share::begin_on(ours, t0, &clock));
+        let mut b = beside_another();
         // The other process stops 2 ms in but says so 2 ms later, while this kernel has been
         // looking every millisecond: 1 ms of progress at half speed, then 19 ms alone.
-        clock.at(ms(4), move || {
-            theirs.ledger().end_executing(slot, t0_ns + 2_000_000);
-        });
-        let end = run_on(t0, ms(20), Some(ours), &mut share, &mut clock);
-        assert_eq!(end - t0, ms(21));
+        let stop = b.their_stop(ms(2));
+        b.clock.at(ms(4), stop);
+        let end = b.run(b.t0, ms(20));
+        assert_eq!(end - b.t0, ms(21));
         assert!(
-            clock.events.is_empty(),
+            b.clock.events.is_empty(),
             "the change came while the kernel ran"
         );
     }

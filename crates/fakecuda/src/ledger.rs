@@ -452,15 +452,7 @@ impl Ledger {
             if pid != std::process::id() {
                 return;
             }
-            let slot = self.slot(index);
-            let held = slot.used.swap(0, Ordering::AcqRel);
-            saturating_sub(&self.header().used, held);
-            slot.contexts.store(0, Ordering::Release);
-            if slot.executing.swap(0, Ordering::AcqRel) > 0 {
-                self.executing_changed(monotonic_ns());
-            }
-            slot.beat.store(0, Ordering::Release);
-            slot.pid.store(0, Ordering::Release);
+            self.clear_slot(self.slot(index));
             *own = OwnSlot::Released;
         }
     }
