@@ -98,8 +98,14 @@ pub const CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE: u32 = 17;
 pub const CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: u32 = 5;
 /// `CU_STREAM_CAPTURE_STATUS_ACTIVE`.
 pub const CU_STREAM_CAPTURE_STATUS_ACTIVE: u32 = 1;
+/// `CU_EVENT_DEFAULT`: an event that records its time.
+pub const CU_EVENT_DEFAULT: u32 = 0x0;
 /// `CU_EVENT_DISABLE_TIMING`: an event that records no time.
 pub const CU_EVENT_DISABLE_TIMING: u32 = 0x2;
+/// `CU_STREAM_LEGACY`, as a handle's address: the current context's NULL stream.
+pub const CU_STREAM_LEGACY: usize = 0x1;
+/// `CU_STREAM_PER_THREAD`, as a handle's address: the calling thread's default stream.
+pub const CU_STREAM_PER_THREAD: usize = 0x2;
 
 /// `CUuuid`.
 #[repr(C)]
