@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, fence};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::LedgerError;
 use crate::files::{self, Access, TempFile};
@@ -66,18 +66,12 @@ trait Clock {
     fn sleep(&mut self, time: Duration);
 }
 
-/// The real clock.
-struct RealClock(Instant);
-
-impl RealClock {
-    fn new() -> RealClock {
-        RealClock(Instant::now())
-    }
-}
+/// The real clock (`CLOCK_MONOTONIC`: its origin is the boot).
+struct RealClock;
 
 impl Clock for RealClock {
     fn now(&self) -> Duration {
-        self.0.elapsed()
+        Duration::from_nanos(crate::clock::monotonic_ns())
     }
 
     fn sleep(&mut self, time: Duration) {
@@ -186,7 +180,7 @@ impl QuotaFile {
     /// what is stored is returned: every field holds a value some writer stored, and the
     /// next update rewrites them all.
     fn read_consistent<R>(&self, read: impl Fn(&QuotaLayout) -> R) -> R {
-        self.read_consistent_on(read, &mut RealClock::new())
+        self.read_consistent_on(read, &mut RealClock)
     }
 
     /// [`QuotaFile::read_consistent`], its waits on `clock`.
@@ -295,7 +289,7 @@ pub(crate) fn write_quota(
     locks: &LockFile,
     q: &TenantQuota,
 ) -> Result<(), LedgerError> {
-    write_quota_on(dir, path, locks, q, &mut RealClock::new())
+    write_quota_on(dir, path, locks, q, &mut RealClock)
 }
 
 /// [`write_quota`], its waits on `clock`.
