@@ -10,6 +10,8 @@ mod util;
 mod cdi;
 mod demo;
 mod doctor;
+mod dra;
+mod dra_deploy;
 mod end_to_end;
 mod kustomize;
 mod logs;
