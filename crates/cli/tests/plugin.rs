@@ -235,7 +235,7 @@ impl podresources::pod_resources_lister_server::PodResourcesLister for FakePodRe
 }
 
 /// Serves the pod resources API at `socket`, listing `assigned` as one container's devices.
-fn serve_pod_resources(socket: &Path, assigned: Arc<Mutex<Vec<String>>>) {
+pub fn serve_pod_resources(socket: &Path, assigned: Arc<Mutex<Vec<String>>>) {
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket).expect("bind pod resources");
     let service = podresources::pod_resources_lister_server::PodResourcesListerServer::new(

@@ -18,14 +18,18 @@ use crate::util::*;
 /// directory).
 const SYSTEM_CDI_DIR: &str = "/var/run/cdi";
 
-/// A spec copied into [`SYSTEM_CDI_DIR`] for the test, removed when dropped.
-struct InstalledSpec(PathBuf);
+/// A spec copied into [`SYSTEM_CDI_DIR`] for the test, removed when dropped. Tests that
+/// run at once must install specs of different devices: podman refuses a device that two
+/// specs define.
+pub struct InstalledSpec(PathBuf);
 
 impl InstalledSpec {
-    fn install(spec: &Path) -> Result<InstalledSpec, String> {
+    pub fn install(spec: &Path) -> Result<InstalledSpec, String> {
+        static INSTALLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = Path::new(SYSTEM_CDI_DIR);
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {SYSTEM_CDI_DIR}: {e}"))?;
-        let target = dir.join(format!("gpuslice-test-{}.json", std::process::id()));
+        let n = INSTALLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let target = dir.join(format!("gpuslice-test-{}-{n}.json", std::process::id()));
         std::fs::copy(spec, &target)
             .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
         Ok(InstalledSpec(target))
@@ -62,7 +66,7 @@ pub fn podman_run(options: &[&str], rootfs: &Path, command_line: &[&str]) -> Com
 }
 
 /// Copies `file` into `rootfs` at the same path, with the shared libraries it needs.
-fn copy_with_libraries(file: &Path, rootfs: &Path) {
+pub fn copy_with_libraries(file: &Path, rootfs: &Path) {
     let mut files = vec![file.to_path_buf()];
     let ldd = Command::new("ldd").arg(file).output().expect("run ldd");
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {

@@ -2,8 +2,9 @@
 //! the environment it gives the command, tenant creation, joining and cleanup), `status`
 //! (JSON and table, damaged files), and both over the real shim and the simulated GPU, as
 //! does `demo`; `device-plugin` against a fake kubelet (`plugin`), its CDI specs in a
-//! real container runtime (`podman`), and its Kubernetes manifests rendered and decoded with
-//! the API types (`kustomize`).
+//! real container runtime (`podman`), its Kubernetes manifests rendered and decoded with
+//! the API types (`kustomize`), and the image built from `deploy/Dockerfile` run as those
+//! manifests run it (`image`).
 
 mod util;
 
@@ -13,6 +14,7 @@ mod doctor;
 mod dra;
 mod dra_deploy;
 mod end_to_end;
+mod image;
 mod kustomize;
 mod logs;
 mod metrics;
