@@ -27,9 +27,9 @@ use crate::shim::Shim;
 use crate::streams::{StreamEntry, StreamKind};
 
 /// `CU_STREAM_LEGACY`.
-const STREAM_LEGACY: usize = 0x1;
+const STREAM_LEGACY: usize = crate::cuda::CU_STREAM_LEGACY;
 /// `CU_STREAM_PER_THREAD`.
-const STREAM_PER_THREAD: usize = 0x2;
+const STREAM_PER_THREAD: usize = crate::cuda::CU_STREAM_PER_THREAD;
 
 static UNTRACKED: RateLimit = RateLimit::new();
 

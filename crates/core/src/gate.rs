@@ -175,9 +175,10 @@ impl Bell {
         self.rung.load(SeqCst)
     }
 
-    /// Sleeps for `timeout` unless it was rung since `rung()` said `seen`.
-    pub fn sleep(&self, seen: u32, timeout: Duration) {
-        futex_wait(&self.rung, seen, timeout);
+    /// Sleeps for `timeout` unless it was rung since `rung()` said `seen`: `false` if it
+    /// slept the whole timeout, `true` if a ring (before or during the sleep) cut it short.
+    pub fn sleep(&self, seen: u32, timeout: Duration) -> bool {
+        futex_wait(&self.rung, seen, timeout)
     }
 
     /// Wakes the sleeper.
@@ -291,22 +292,26 @@ impl LaunchGates {
     }
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+/// Waits while `word` holds `expected`, for at most `timeout`: `false` if the timeout ran
+/// out, `true` if the wait ended otherwise (the word was not or no longer `expected`, a
+/// wake, a signal).
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> bool {
     let timeout = libc::timespec {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(1),
         tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
     };
     // SAFETY: `word` is a live, aligned u32 for the duration of the call; the timeout is a
     // valid timespec. A spurious or timed-out return is fine: the caller loops.
-    unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             expected,
             &raw const timeout,
-        );
-    }
+        )
+    };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ETIMEDOUT)
 }
 
 fn futex_wake_all(word: &AtomicU32) {
@@ -473,9 +478,10 @@ mod tests {
         let bell = Bell::default();
         let seen = bell.rung();
         bell.ring();
-        let start = std::time::Instant::now();
-        bell.sleep(seen, Duration::from_secs(5));
-        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(
+            bell.sleep(seen, Duration::from_secs(5)),
+            "it slept out its timeout"
+        );
     }
 
     #[test]

@@ -86,7 +86,9 @@
 //! Read once, at the first `cuInit` or `nvmlInit`:
 //!
 //! - `FAKECUDA_DEVICES`: comma-separated capacities as byte quantities (`80Gi`, `512Mi`,
-//!   `8G`, `1073741824`), one per device; default one device of `80Gi`.
+//!   `8G`, `1073741824`), one per device; default one device of `80Gi`. Quantities here and
+//!   in the footprints are gpuslice's (`gpuslice_ledger::parse_quantity`), blanks around
+//!   each allowed.
 //! - `FAKECUDA_STATE_DIR`: directory of the shared state files, created if missing; default
 //!   `/tmp/fakecuda-<uid>`.
 //! - `FAKECUDA_CONTEXT_FOOTPRINT`: device memory each live context takes; default `64Mi`.

@@ -2,6 +2,7 @@
 
 use std::ffi::CStr;
 
+use gpuslice_cuda_abi as cuda;
 use parking_lot::Mutex;
 
 use crate::config::MAX_DEVICES;
@@ -14,23 +15,23 @@ use crate::faults;
 #[repr(u32)]
 pub enum NvmlError {
     /// `NVML_ERROR_UNINITIALIZED`.
-    Uninitialized = 1,
+    Uninitialized = cuda::NVML_ERROR_UNINITIALIZED,
     /// `NVML_ERROR_INVALID_ARGUMENT`.
-    InvalidArgument = 2,
+    InvalidArgument = cuda::NVML_ERROR_INVALID_ARGUMENT,
     /// `NVML_ERROR_NOT_FOUND`.
-    NotFound = 6,
+    NotFound = cuda::NVML_ERROR_NOT_FOUND,
     /// `NVML_ERROR_INSUFFICIENT_SIZE`.
-    InsufficientSize = 7,
+    InsufficientSize = cuda::NVML_ERROR_INSUFFICIENT_SIZE,
     /// `NVML_ERROR_DRIVER_NOT_LOADED`: the simulated driver's configuration is invalid.
-    DriverNotLoaded = 9,
+    DriverNotLoaded = cuda::NVML_ERROR_DRIVER_NOT_LOADED,
     /// `NVML_ERROR_GPU_IS_LOST`: the device is listed in the state directory's `lost-gpus`
     /// file (see `faults`).
-    GpuIsLost = 15,
+    GpuIsLost = cuda::NVML_ERROR_GPU_IS_LOST,
     /// `NVML_ERROR_FUNCTION_NOT_FOUND`: what driver 580 returns for a versioned struct of a
     /// version it does not know.
-    FunctionNotFound = 13,
+    FunctionNotFound = cuda::NVML_ERROR_FUNCTION_NOT_FOUND,
     /// `NVML_ERROR_UNKNOWN`: an internal failure (a caught panic).
-    Unknown = 999,
+    Unknown = cuda::NVML_ERROR_UNKNOWN,
 }
 
 /// The result of a simulated NVML call.
@@ -39,7 +40,7 @@ pub type NvmlResult<T = ()> = Result<T, NvmlError>;
 /// The `nvmlReturn_t` value of a result.
 pub fn code_of(result: NvmlResult) -> u32 {
     match result {
-        Ok(()) => 0,
+        Ok(()) => cuda::NVML_SUCCESS,
         Err(e) => e as u32,
     }
 }

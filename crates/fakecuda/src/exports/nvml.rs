@@ -7,14 +7,14 @@ use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::Out;
-use super::abi::{
-    NVML_MEMORY_V2, NVML_VALUE_NOT_AVAILABLE_U32, NvmlMemory, NvmlMemoryV2, NvmlProcessInfo,
-    NvmlProcessInfoV1,
-};
 use crate::device::{COMPUTE_CAPABILITY, NAME};
 use crate::exports::device::DRIVER_VERSION;
 use crate::ledger::Process;
 use crate::nvml::{self, NvmlError, NvmlResult};
+use gpuslice_cuda_abi::{
+    NVML_MEMORY_V2, NVML_VALUE_NOT_AVAILABLE_U32, NvmlMemory, NvmlMemoryV2, NvmlProcessInfo,
+    NvmlProcessInfoV1,
+};
 
 /// The driver version NVML reports (an R580 driver, which comes with CUDA 13.0).
 const DRIVER_VERSION_STRING: &str = "580.65.06";
