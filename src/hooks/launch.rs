@@ -26,11 +26,6 @@ use crate::runtime::{self, Mode};
 use crate::shim::Shim;
 use crate::streams::{StreamEntry, StreamKind};
 
-/// `CU_STREAM_LEGACY`.
-const STREAM_LEGACY: usize = crate::cuda::CU_STREAM_LEGACY;
-/// `CU_STREAM_PER_THREAD`.
-const STREAM_PER_THREAD: usize = crate::cuda::CU_STREAM_PER_THREAD;
-
 static UNTRACKED: RateLimit = RateLimit::new();
 
 /// The table index of the sole context's NULL-stream entry (see `sole_context`): an index
@@ -76,7 +71,7 @@ pub(crate) fn gated(
     let Some(gate) = shim.gates.gpu(entry.gpu()) else {
         return launch();
     };
-    if stream as usize == STREAM_PER_THREAD || (per_thread && stream.is_null()) {
+    if stream as usize == CU_STREAM_PER_THREAD || (per_thread && stream.is_null()) {
         entry.note_per_thread();
     }
     if !gate.may_pass() {
@@ -171,7 +166,8 @@ fn record(event: usize, stream: CUstream, per_thread: bool) -> bool {
 /// The table entry of the stream a launch goes to, registering it on first sight.
 #[inline]
 fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEntry> {
-    let default_stream = stream == 0 || stream == STREAM_LEGACY || stream == STREAM_PER_THREAD;
+    let default_stream =
+        stream == 0 || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD;
     if !default_stream {
         return match shim.streams.find(stream, 0) {
             Some(entry) => Some(entry),
@@ -261,22 +257,17 @@ fn current_context() -> Option<usize> {
     (status == CUDA_SUCCESS && !context.is_null()).then_some(context as usize)
 }
 
-/// The stream of a `CUlaunchConfig` (its eighth field, after seven `unsigned int`s).
+/// The stream of a `CUlaunchConfig`.
 ///
 /// # Safety
 /// `config` is null or points to a `CUlaunchConfig`, as `cuLaunchKernelEx` requires.
 unsafe fn config_stream(config: *const c_void) -> Option<CUstream> {
-    #[repr(C)]
-    struct LaunchConfigHead {
-        dims_and_shared: [u32; 7],
-        stream: CUstream,
-    }
     if config.is_null() {
         return None;
     }
-    // SAFETY: the caller's config, which the API requires to be a valid CUlaunchConfig; only
-    // its head (whose layout is fixed since CUDA 12.0) is read.
-    Some(unsafe { (*config.cast::<LaunchConfigHead>()).stream })
+    // SAFETY: the caller's config, which the API requires to be a valid CUlaunchConfig
+    // (its layout, checked in the ABI crate, is fixed since CUDA 12.0); one field is read.
+    Some(unsafe { (*config.cast::<CUlaunchConfig>()).stream })
 }
 
 /// `cuLaunchKernelEx` and its `_ptsz` twin: the stream is inside the config.
