@@ -172,6 +172,22 @@ pub struct NvmlProcessInfoV1 {
     pub used_gpu_memory: u64,
 }
 
+/// `nvmlEventData_t`, filled by `nvmlEventSetWait_v2`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NvmlEventData {
+    /// The device the event happened on (`nvmlDevice_t`).
+    pub device: usize,
+    /// The event's type (`nvmlEventType*`).
+    pub event_type: u64,
+    /// For an XID event, the XID.
+    pub event_data: u64,
+    /// The GPU instance (`NVML_VALUE_NOT_AVAILABLE` without MIG).
+    pub gpu_instance_id: u32,
+    /// The compute instance (`NVML_VALUE_NOT_AVAILABLE` without MIG).
+    pub compute_instance_id: u32,
+}
+
 /// `NVML_VALUE_NOT_AVAILABLE` as an `unsigned int`: the instance ids of a process on a GPU
 /// without MIG.
 pub const NVML_VALUE_NOT_AVAILABLE_U32: u32 = 0xFFFF_FFFF;
@@ -188,4 +204,5 @@ const _: () = {
     assert!(size_of::<NvmlProcessInfo>() == 24);
     assert!(size_of::<NvmlProcessInfoV1>() == 16);
     assert!(size_of::<NvmlMemoryV2>() == 40);
+    assert!(size_of::<NvmlEventData>() == 32);
 };
