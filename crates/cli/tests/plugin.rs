@@ -560,6 +560,94 @@ fn a_lost_gpu_turns_its_slices_unhealthy_and_back() {
     });
 }
 
+/// Appends XID events (`<device> <xid>` lines) for the simulated GPU to raise.
+fn raise_xids(node: &PluginNode, lines: &str) {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.gpu_state_dir().join("xid-events"))
+        .and_then(|mut f| f.write_all(lines.as_bytes()))
+        .expect("raise XID events");
+}
+
+/// Issue 16, item 5: a critical XID marks its GPU's slices unhealthy, as NVIDIA's plugin
+/// does, and they stay so through a change of settings, until the plugin restarts; an
+/// application's XID (13) leaves the GPU healthy.
+#[test]
+fn a_critical_xid_marks_its_gpu_unhealthy_until_the_plugin_restarts() {
+    let node = PluginNode::new();
+    let config = node.node.dir.path().join("plugin.yaml");
+    std::fs::write(&config, "slicesPerGpu: 4\n").expect("config");
+    let config_flag = ["--config", config.to_str().expect("utf-8")];
+    let plugin = node.start(&config_flag);
+    let rt = runtime();
+    let mut kubelet = rt.block_on(FakeKubelet::start(&node.kubelet_dir));
+    let registration = rt.block_on(kubelet.registration());
+    let mut client = rt.block_on(kubelet.plugin(&registration.endpoint));
+    let mut stream = rt.block_on(watch(&mut client));
+    let devices = rt.block_on(first_list(&mut stream));
+    assert!(devices.values().all(|h| h == "Healthy"), "{devices:?}");
+    plugin.wait_for_log("watching the GPUs' XID errors");
+
+    raise_xids(&node, "1 13\n");
+    plugin.wait_for_log("reported XID 13, which is ignored");
+    raise_xids(&node, &format!("{FAKE_GPU0} 79\n"));
+    // The first change: GPU 0 unhealthy, GPU 1 (the application error) still healthy.
+    let devices = rt.block_on(next_list(&mut stream));
+    assert_eq!(devices[&slice(FAKE_GPU0, 0)], "Unhealthy", "{devices:?}");
+    assert_eq!(devices[&slice(FAKE_GPU1, 0)], "Healthy", "{devices:?}");
+    plugin.wait_for_log("reported the critical XID 79");
+    let refused = rt
+        .block_on(allocate(&mut client, &[slice(FAKE_GPU0, 1)]))
+        .expect_err("allocated on a GPU with a critical XID");
+    assert!(refused.message().contains("XID 79"), "{refused:?}");
+
+    // New settings restart the plugin in place: the mark stays.
+    std::fs::write(&config, "slicesPerGpu: 2\n").expect("new config");
+    let registration = rt.block_on(kubelet.registration());
+    let mut client = rt.block_on(kubelet.plugin(&registration.endpoint));
+    let mut stream = rt.block_on(watch(&mut client));
+    let devices = rt.block_on(first_list(&mut stream));
+    assert_eq!(devices.len(), 4, "{devices:?}");
+    assert_eq!(devices[&slice(FAKE_GPU0, 1)], "Unhealthy", "{devices:?}");
+    assert_eq!(devices[&slice(FAKE_GPU1, 1)], "Healthy", "{devices:?}");
+
+    // A restarted plugin starts afresh (the XID is in the past; NVML does not repeat it).
+    assert_eq!(plugin.stop(libc::SIGTERM), Some(0));
+    let plugin = node.start(&config_flag);
+    let registration = rt.block_on(kubelet.registration());
+    let mut client = rt.block_on(kubelet.plugin(&registration.endpoint));
+    let mut stream = rt.block_on(watch(&mut client));
+    let devices = rt.block_on(first_list(&mut stream));
+    assert!(devices.values().all(|h| h == "Healthy"), "{devices:?}");
+    rt.block_on(allocate(&mut client, &[slice(FAKE_GPU0, 1)]))
+        .expect("healthy after the restart");
+    drop(plugin);
+}
+
+/// NVIDIA's variables say which XIDs are ignored; a value that is not an XID is refused.
+#[test]
+fn dp_disable_healthchecks_ignores_the_xids_it_lists_and_refuses_a_typo() {
+    let node = PluginNode::new();
+    let mut command = node.plugin_command(&[]);
+    command.env("DP_DISABLE_HEALTHCHECKS", "48");
+    let plugin = Daemon::spawn(command);
+    plugin.wait_for_log("XIDs 13, 31, 43, 45, 48, 68, 109 are ignored");
+    raise_xids(&node, "0 48\n");
+    plugin.wait_for_log("reported XID 48, which is ignored");
+    assert!(!plugin.log().contains("is unhealthy"), "{}", plugin.log());
+
+    let mut command = node.plugin_command(&[]);
+    command.env("DP_DISABLE_HEALTHCHECKS", "48,79x");
+    let out = finish(command);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("DP_DISABLE_HEALTHCHECKS") && out.stderr.contains("\"79x\""),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn plugin_registers_again_when_the_kubelet_restarts() {
     let node = PluginNode::new();

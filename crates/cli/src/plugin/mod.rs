@@ -6,7 +6,8 @@
 //! time, and a CDI device that puts the shim, the ledger and the tenant into it.
 //!
 //! ```text
-//! health (thread)  NVML -> GPUs and their health --watch--> ListAndWatch, Allocate, sweep
+//! health (thread)  NVML -> GPUs, their health and XID errors --watch--> ListAndWatch, ...
+//! xid              which XID errors make a GPU unhealthy (NVIDIA's rule and variables)
 //! kubelet          per resource: socket + gRPC server + registration, again on restart
 //! server           DevicePlugin: options, ListAndWatch, GetPreferredAllocation, Allocate
 //! allocate         slices -> tenant + quota (ledger) + CDI spec -> CDI device names
@@ -29,6 +30,7 @@ mod podresources;
 mod server;
 mod slices;
 pub(crate) mod tenants;
+mod xid;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +43,8 @@ use tokio::sync::watch;
 use crate::cli::DevicePluginArgs;
 use crate::exit::{self, Failure, ResultExt};
 use config::{Config, ConfigError};
-use health::Inventory;
+use health::{Inventory, XidHealth};
+use xid::XidPolicy;
 
 /// How often a config file is read again (to apply a change, or to see a fix).
 const CONFIG_POLL: Duration = Duration::from_secs(2);
@@ -54,6 +57,9 @@ pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
         .with_max_level(level)
         .with_target(false)
         .init();
+    // Read once, like a flag: the variables NVIDIA's plugin reads, so that a DaemonSet
+    // moved over keeps them.
+    let xids = Arc::new(XidHealth::new(XidPolicy::from_env().usage()?));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,7 +68,7 @@ pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
         .failed()?;
     runtime.block_on(async {
         let shutdown = watch_signals();
-        supervise(args, shutdown).await
+        supervise(args, xids, shutdown).await
     })
 }
 
@@ -103,7 +109,11 @@ enum End {
 }
 
 /// Loads the configuration, then runs the plugin, again with each new configuration.
-async fn supervise(args: DevicePluginArgs, shutdown: watch::Receiver<bool>) -> Result<u8, Failure> {
+async fn supervise(
+    args: DevicePluginArgs,
+    xids: Arc<XidHealth>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<u8, Failure> {
     let mut config = match Config::load(&args) {
         Ok(config) => config,
         // Flags alone do not change: a bad one is a usage error.
@@ -120,7 +130,7 @@ async fn supervise(args: DevicePluginArgs, shutdown: watch::Receiver<bool>) -> R
         start_metrics(address, config.layout.ledger_host.clone()).usage()?;
     }
     loop {
-        match run(&config, &args, &shutdown).await {
+        match run(&config, &args, &xids, &shutdown).await {
             End::Signal => return Ok(exit::OK),
             End::Reload(next) => {
                 tracing::info!("the config file changed: restarting with the new settings");
@@ -177,9 +187,14 @@ fn start_metrics(address: &str, ledger: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Runs the plugin with `config` until a signal, or until the config file changes.
-async fn run(config: &Config, args: &DevicePluginArgs, shutdown: &watch::Receiver<bool>) -> End {
+async fn run(
+    config: &Config,
+    args: &DevicePluginArgs,
+    xids: &Arc<XidHealth>,
+    shutdown: &watch::Receiver<bool>,
+) -> End {
     let (inventory_tx, inventory) = watch::channel(Inventory::default());
-    if let Err(e) = health::spawn(config.health_interval, inventory_tx) {
+    if let Err(e) = health::spawn(config.health_interval, inventory_tx, Arc::clone(xids)) {
         tracing::error!("could not start the health thread: {e}");
     }
     let ledger = loop {
