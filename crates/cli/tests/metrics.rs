@@ -77,7 +77,7 @@ fn populated(t: &TestDir) -> impl Sized {
 
 /// The numbers of [`populated`], checked in a scrape.
 fn check_populated(scrape: &Scrape) {
-    let a = [("tenant", "team-a"), ("gpu", GPU)];
+    let a = [("tenant", "team-a"), ("UUID", GPU)];
     assert_eq!(
         value(scrape, "gpuslice_memory_used_bytes", &a),
         (300 * MIB) as f64
@@ -88,7 +88,7 @@ fn check_populated(scrape: &Scrape) {
         value(scrape, "gpuslice_processes", &[("tenant", "team-a")]),
         2.0
     );
-    let free = [("tenant", "free"), ("gpu", GPU)];
+    let free = [("tenant", "free"), ("UUID", GPU)];
     assert_eq!(
         value(scrape, "gpuslice_memory_used_bytes", &free),
         (5 * MIB) as f64
@@ -109,10 +109,10 @@ fn check_populated(scrape: &Scrape) {
     assert_eq!(value(scrape, "gpuslice_throttled_seconds_total", &a), 0.02);
     assert_eq!(value(scrape, "gpuslice_compute_share_ratio", &a), 0.25);
     assert_eq!(value(scrape, "gpuslice_compute_limit_ratio", &a), 0.5);
-    let high = [("tenant", "team-a"), ("gpu", GPU), ("priority", "high")];
+    let high = [("tenant", "team-a"), ("UUID", GPU), ("priority", "high")];
     assert_eq!(value(scrape, "gpuslice_compute_priority", &high), 1.0);
     assert_eq!(value(scrape, "gpuslice_gpu_time_seconds_total", &free), 0.0);
-    let normal = [("tenant", "free"), ("gpu", GPU), ("priority", "normal")];
+    let normal = [("tenant", "free"), ("UUID", GPU), ("priority", "normal")];
     assert_eq!(value(scrape, "gpuslice_compute_priority", &normal), 1.0);
     for metric in [
         "gpuslice_compute_share_ratio",
@@ -205,7 +205,7 @@ fn damaged_tenant_is_counted_as_a_ledger_error_and_the_others_still_report() {
     assert_eq!(value(&scrape, "gpuslice_ledger_errors", &[]), 1.0);
     assert_eq!(value(&scrape, "gpuslice_tenants", &[]), 3.0);
     assert!(!out.stdout.contains("bad-usage"), "{}", out.stdout);
-    let a = [("tenant", "team-a"), ("gpu", GPU)];
+    let a = [("tenant", "team-a"), ("UUID", GPU)];
     assert_eq!(
         value(&scrape, "gpuslice_memory_used_bytes", &a),
         (300 * MIB) as f64

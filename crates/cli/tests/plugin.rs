@@ -43,9 +43,9 @@ use api::device_plugin_client::DevicePluginClient;
 use api::registration_server::{Registration, RegistrationServer};
 
 /// The UUID of the simulated GPU 1.
-const FAKE_GPU1: &str = "GPU-fa4ec0da-0000-4000-8000-000000000001";
+pub const FAKE_GPU1: &str = "GPU-fa4ec0da-0000-4000-8000-000000000001";
 /// How long the plugin gets to do anything the tests wait for.
-const WAIT: Duration = Duration::from_secs(15);
+pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A simulated node with two 8 GiB GPUs, a kubelet directory and a CDI directory.
 pub struct PluginNode {
@@ -205,9 +205,29 @@ impl Registration for FakeRegistration {
     }
 }
 
-/// The kubelet's pod resources service: one pod, one container, with the devices the test
-/// says are assigned.
-struct FakePodResources(Arc<Mutex<Vec<String>>>);
+/// A container as the fake kubelet's pod resources API lists it, with its devices.
+#[derive(Debug, Clone)]
+pub struct FakeContainer {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub devices: Vec<String>,
+}
+
+impl FakeContainer {
+    pub fn new(namespace: &str, pod: &str, container: &str, devices: &[String]) -> FakeContainer {
+        FakeContainer {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            container: container.into(),
+            devices: devices.to_vec(),
+        }
+    }
+}
+
+/// The kubelet's pod resources service: the containers the test says have devices, each
+/// pod with its containers.
+struct FakePodResources(Arc<Mutex<Vec<FakeContainer>>>);
 
 #[tonic::async_trait]
 impl podresources::pod_resources_lister_server::PodResourcesLister for FakePodResources {
@@ -215,27 +235,37 @@ impl podresources::pod_resources_lister_server::PodResourcesLister for FakePodRe
         &self,
         _request: tonic::Request<podresources::ListPodResourcesRequest>,
     ) -> Result<tonic::Response<podresources::ListPodResourcesResponse>, tonic::Status> {
-        let device_ids = self.0.lock().expect("assigned").clone();
+        let mut pods: Vec<podresources::PodResources> = Vec::new();
+        for c in self.0.lock().expect("assigned").iter() {
+            let container = podresources::ContainerResources {
+                name: c.container.clone(),
+                devices: vec![podresources::ContainerDevices {
+                    resource_name: "gpuslice.dev/gpu".into(),
+                    device_ids: c.devices.clone(),
+                }],
+            };
+            match pods
+                .iter_mut()
+                .find(|p| p.name == c.pod && p.namespace == c.namespace)
+            {
+                Some(pod) => pod.containers.push(container),
+                None => pods.push(podresources::PodResources {
+                    name: c.pod.clone(),
+                    namespace: c.namespace.clone(),
+                    containers: vec![container],
+                }),
+            }
+        }
         Ok(tonic::Response::new(
             podresources::ListPodResourcesResponse {
-                pod_resources: vec![podresources::PodResources {
-                    name: "pod".into(),
-                    namespace: "default".into(),
-                    containers: vec![podresources::ContainerResources {
-                        name: "main".into(),
-                        devices: vec![podresources::ContainerDevices {
-                            resource_name: "gpuslice.dev/gpu".into(),
-                            device_ids,
-                        }],
-                    }],
-                }],
+                pod_resources: pods,
             },
         ))
     }
 }
 
-/// Serves the pod resources API at `socket`, listing `assigned` as one container's devices.
-fn serve_pod_resources(socket: &Path, assigned: Arc<Mutex<Vec<String>>>) {
+/// Serves the pod resources API at `socket`, listing the containers in `assigned`.
+pub fn serve_pod_resources(socket: &Path, assigned: Arc<Mutex<Vec<FakeContainer>>>) {
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket).expect("bind pod resources");
     let service = podresources::pod_resources_lister_server::PodResourcesListerServer::new(
@@ -327,7 +357,7 @@ impl FakeKubelet {
 }
 
 /// A runtime for one test's async part.
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -336,7 +366,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The plugin's `ListAndWatch` stream.
-async fn watch(
+pub async fn watch(
     client: &mut DevicePluginClient<Channel>,
 ) -> tonic::Streaming<api::ListAndWatchResponse> {
     client
@@ -360,7 +390,7 @@ async fn next_list(
 
 /// The first device list of a `ListAndWatch` stream once the plugin has discovered its GPUs:
 /// until then it sends an empty list (slow on a loaded machine), as the kubelet expects.
-async fn first_list(
+pub async fn first_list(
     stream: &mut tonic::Streaming<api::ListAndWatchResponse>,
 ) -> HashMap<String, String> {
     loop {
@@ -372,7 +402,7 @@ async fn first_list(
 }
 
 /// Slice `i` of a simulated GPU.
-fn slice(gpu: &str, i: u32) -> String {
+pub fn slice(gpu: &str, i: u32) -> String {
     format!("{gpu}-slice-{i}")
 }
 
@@ -828,7 +858,12 @@ fn a_tenant_whose_pod_is_gone_is_removed() {
     .expect("config");
     let plugin = node.start(&["--config", config.to_str().expect("utf-8")]);
     let (stays, goes) = (slice(FAKE_GPU0, 0), slice(FAKE_GPU0, 1));
-    let assigned = Arc::new(Mutex::new(vec![stays.clone(), goes.clone()]));
+    let assigned = Arc::new(Mutex::new(vec![FakeContainer::new(
+        "default",
+        "pod",
+        "main",
+        &[stays.clone(), goes.clone()],
+    )]));
     runtime().block_on(async {
         serve_pod_resources(&node.pod_resources_socket(), Arc::clone(&assigned));
         let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
@@ -840,7 +875,9 @@ fn a_tenant_whose_pod_is_gone_is_removed() {
                 .expect("Allocate");
         }
         // The pod that had `goes` is deleted: the kubelet no longer lists its device.
-        assigned.lock().expect("assigned").retain(|d| *d != goes);
+        assigned.lock().expect("assigned")[0]
+            .devices
+            .retain(|d| *d != goes);
         tokio::task::spawn_blocking(move || {
             plugin.wait_for_log(&format!("removed tenant {goes}: no container"));
             plugin

@@ -13,6 +13,7 @@
 //! allocate         slices -> tenant + quota (ledger) + CDI spec -> CDI device names
 //! tenants          the plugin's tenants: names, records, cleanup
 //! podresources     the kubelet's pod resources API: which devices containers still have
+//! scrape           the metrics with pods and slices, and readiness (/metrics, /readyz)
 //! ```
 //!
 //! Nothing here exits on bad input from outside: a config file that does not parse is
@@ -27,12 +28,12 @@ mod health;
 mod kubelet;
 pub(crate) mod nvml;
 mod podresources;
+mod scrape;
 mod server;
 mod slices;
 pub(crate) mod tenants;
 mod xid;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ use crate::cli::DevicePluginArgs;
 use crate::exit::{self, Failure, ResultExt};
 use config::{Config, ConfigError};
 use health::{Inventory, XidHealth};
+use scrape::PluginSource;
 use xid::XidPolicy;
 
 /// How often a config file is read again (to apply a change, or to see a fix).
@@ -109,28 +111,40 @@ enum End {
 }
 
 /// Loads the configuration, then runs the plugin, again with each new configuration.
+///
+/// The metrics server starts first where its address is a flag (the DaemonSet passes
+/// `--metrics-listen`), so that `/healthz` answers and `/readyz` says why while the settings
+/// file is invalid; an address from the file can only be known once the file is valid.
 async fn supervise(
     args: DevicePluginArgs,
     xids: Arc<XidHealth>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<u8, Failure> {
+    let source = Arc::new(PluginSource::new(crate::metrics::node_name()));
+    let flag_address = args.metrics_listen.clone().filter(|a| !a.is_empty());
+    if let Some(address) = &flag_address {
+        start_metrics(address, &source).await.usage()?;
+    }
     let mut config = match Config::load(&args) {
         Ok(config) => config,
         // Flags alone do not change: a bad one is a usage error.
         Err(e) if args.config.is_none() => return Err(e).usage(),
         Err(e) => {
             tracing::error!("{e}; advertising nothing until the file is fixed");
-            match wait_for_valid_config(&args, &e.to_string(), &shutdown).await {
+            source.no_settings(e.to_string());
+            match wait_for_valid_config(&args, &e.to_string(), &shutdown, &source).await {
                 Some(config) => config,
                 None => return Ok(exit::OK),
             }
         }
     };
-    if let Some(address) = &config.metrics_listen {
-        start_metrics(address, config.layout.ledger_host.clone()).usage()?;
+    if flag_address.is_none()
+        && let Some(address) = &config.metrics_listen
+    {
+        start_metrics(address, &source).await.usage()?;
     }
     loop {
-        match run(&config, &args, &xids, &shutdown).await {
+        match run(&config, &args, &xids, &source, &shutdown).await {
             End::Signal => return Ok(exit::OK),
             End::Reload(next) => {
                 tracing::info!("the config file changed: restarting with the new settings");
@@ -145,6 +159,7 @@ async fn wait_for_valid_config(
     args: &DevicePluginArgs,
     last: &str,
     shutdown: &watch::Receiver<bool>,
+    source: &PluginSource,
 ) -> Option<Config> {
     let mut last = last.to_string();
     loop {
@@ -157,7 +172,10 @@ async fn wait_for_valid_config(
                 tracing::info!("the config file is valid now");
                 return Some(config);
             }
-            Err(e) => report_config_error(&e, &mut last),
+            Err(e) => {
+                report_config_error(&e, &mut last);
+                source.no_settings(e.to_string());
+            }
         }
     }
 }
@@ -172,17 +190,18 @@ fn report_config_error(e: &ConfigError, last: &mut String) {
     }
 }
 
-/// Serves Prometheus metrics of the ledger at `address` on a thread of its own.
-fn start_metrics(address: &str, ledger: PathBuf) -> anyhow::Result<()> {
-    let listener = std::net::TcpListener::bind(address)
+/// Serves the metrics, `/healthz` and `/readyz` at `address`, from `source`.
+async fn start_metrics(address: &str, source: &Arc<PluginSource>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
         .with_context(|| format!("could not listen on {address} for metrics"))?;
     if let Ok(local) = listener.local_addr() {
-        tracing::info!("serving metrics on http://{local}/metrics");
+        tracing::info!("serving metrics on http://{local}/metrics (and /healthz, /readyz)");
     }
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || crate::metrics::serve_forever(&listener, ledger))
-        .context("could not start the metrics thread")?;
+    tokio::spawn(crate::metrics::serve::serve(
+        listener,
+        Arc::clone(source) as Arc<dyn crate::metrics::serve::Source>,
+    ));
     Ok(())
 }
 
@@ -191,17 +210,20 @@ async fn run(
     config: &Config,
     args: &DevicePluginArgs,
     xids: &Arc<XidHealth>,
+    source: &PluginSource,
     shutdown: &watch::Receiver<bool>,
 ) -> End {
     let (inventory_tx, inventory) = watch::channel(Inventory::default());
     if let Err(e) = health::spawn(config.health_interval, inventory_tx, Arc::clone(xids)) {
         tracing::error!("could not start the health thread: {e}");
     }
+    source.preparing(config, &inventory, "starting".into());
     let ledger = loop {
         match prepare(config) {
             Ok(ledger) => break ledger,
             Err(e) => {
                 tracing::error!("{e:#}; retrying");
+                source.preparing(config, &inventory, format!("{e:#}"));
                 tokio::select! {
                     () = tokio::time::sleep(CONFIG_POLL) => {}
                     () = signalled(shutdown) => return End::Signal,
@@ -209,6 +231,7 @@ async fn run(
             }
         }
     };
+    source.serving(config, &inventory);
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::new();
     for resource in &config.resources {
