@@ -82,6 +82,9 @@ pub struct XidEvent {
     pub xid: Option<u64>,
 }
 
+/// The GPUs whose XIDs cannot be watched, each with why.
+pub type Unwatched<'g> = Vec<(&'g Gpu, String)>;
+
 /// An NVML event set with the XID critical errors of some GPUs registered in it.
 pub struct XidWatch<'n> {
     set: nvml_wrapper::EventSet<'n>,
@@ -182,7 +185,7 @@ impl Nvml {
     pub fn watch_xids<'g>(
         &self,
         gpus: &'g [Gpu],
-    ) -> Result<(XidWatch<'_>, Vec<(&'g Gpu, String)>), NvmlError> {
+    ) -> Result<(XidWatch<'_>, Unwatched<'g>), NvmlError> {
         let mut watched = Vec::new();
         let mut unwatched = Vec::new();
         for gpu in gpus {
