@@ -1029,15 +1029,20 @@ fn plugin_serves_metrics_of_the_ledger() {
         .and_then(|rest| rest.split('/').next())
         .expect("metrics address")
         .to_string();
-    let mut stream = std::net::TcpStream::connect(&address).expect("connect to metrics");
-    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+    // Served from the start; the ledger's series once the plugin is ready.
+    crate::plugin_metrics::wait_for_status(&address, "/readyz", 200);
+    let (status, body) = crate::metrics::get(&address, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let scrape = crate::metrics::parse(&body);
+    let tenants = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "gpuslice_tenants")
+        .unwrap_or_else(|| panic!("no gpuslice_tenants in {body}"));
     assert!(
-        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
-        "{answer}"
+        matches!(tenants.value, prometheus_parse::Value::Gauge(v) if v == 0.0),
+        "{tenants:?}"
     );
-    assert!(answer.contains("gpuslice_tenants 0"), "{answer}");
 }
 
 #[test]

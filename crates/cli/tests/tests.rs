@@ -8,12 +8,14 @@
 mod util;
 
 mod cdi;
+mod dashboard;
 mod demo;
 mod doctor;
 mod end_to_end;
 mod kustomize;
 mod metrics;
 mod plugin;
+mod plugin_metrics;
 mod podman;
 mod run;
 mod run_fails_closed;
