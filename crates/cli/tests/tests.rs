@@ -1,9 +1,10 @@
 //! The `gpuslice` command, tested by running the real binary: `run` (exit codes, signals,
 //! the environment it gives the command, tenant creation, joining and cleanup), `status`
 //! (JSON and table, damaged files), and both over the real shim and the simulated GPU, as
-//! does `demo`; `device-plugin` against a fake kubelet (`plugin`), its CDI specs in a
-//! real container runtime (`podman`), and its Kubernetes manifests rendered and decoded with
-//! the API types (`kustomize`).
+//! does `demo`; `device-plugin` against a fake kubelet (`plugin`), its metrics naming the
+//! pods that kubelet lists (`plugin_metrics`) and the Grafana dashboard's queries checked
+//! against them (`dashboard`), its CDI specs in a real container runtime (`podman`), and its
+//! Kubernetes manifests rendered and decoded with the API types (`kustomize`).
 
 mod util;
 
