@@ -7,8 +7,10 @@
 //!   tables that hand our hooks to programs that look the driver up by name or through
 //!   `cuGetProcAddress`. [`real`] reaches the real libraries without landing on our hooks.
 //! - [`hooks`]: what each hooked call does, by concern (memory, context, launch, NVML).
-//! - [`policy`]: the decisions (may this tenant take these bytes?), plain Rust over the
-//!   ledger (`gpuslice-ledger`), no CUDA.
+//! - [`policy`] and the rest of `gpuslice-core` (`crates/core`): the decisions (may this
+//!   tenant take these bytes? may this launch go now?) and the tables the hooks and the
+//!   watcher share, plain Rust over the ledger (`gpuslice-ledger`), no CUDA. They are
+//!   re-exported here under their old names, so `crate::policy` in a hook is the core's.
 //! - Compute shares: launches pass a per-GPU [`gate`] after marking their stream in the
 //!   [`streams`] table; the [`watcher`] thread measures GPU time, reads every tenant's
 //!   records ([`neighbours`]) and opens or closes the gates.
@@ -18,18 +20,13 @@
 //! A process that never calls CUDA pays for one thing only: our `dlsym` checking whether a
 //! looked-up name is one we hook.
 
-pub mod allocations;
+pub use gpuslice_core::{allocations, gate, log, neighbours, policy, streams, trace};
+
 pub mod config;
 pub mod cuda;
 pub mod exports;
-pub mod gate;
 pub(crate) mod hooks;
-pub mod log;
-pub mod neighbours;
-pub mod policy;
 pub mod real;
 pub mod runtime;
 pub mod shim;
-pub mod streams;
-pub mod trace;
 pub mod watcher;

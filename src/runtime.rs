@@ -152,12 +152,31 @@ fn register_process_handlers() {
 /// In a forked child: the parent's state stays the parent's. Leak it (its locks may be
 /// held by threads that do not exist here) with the parent's process slot, whose lock the
 /// child keeps holding until it exits or execs (as it keeps the parent's device memory),
-/// and start over on the child's first CUDA call.
+/// forget what the launch path and the NVML probe cached for the parent, and start over on
+/// the child's first CUDA call.
 extern "C" fn child_after_fork() {
-    let old = SHIM.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    if !old.is_null() {
-        // SAFETY: never freed; the child has a single thread, so nothing else uses it.
-        unsafe { &*old }.abandon_after_fork();
+    let reset = without_unwinding("the fork handler", || {
+        let old = SHIM.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: never freed; the child has a single thread, so nothing else uses it.
+            unsafe { &*old }.abandon_after_fork();
+        }
+        crate::hooks::forget_after_fork();
+    });
+    // Half reset, the child's CUDA calls are refused rather than let through unlimited.
+    PHASE.store(
+        if reset { UNINITIALIZED } else { FAILED },
+        Ordering::Release,
+    );
+}
+
+/// Runs a process handler (fork, exit) so that a panic in it never unwinds into C, which
+/// would abort the program: as every export does, it is caught and said. Whether it ran to
+/// its end.
+pub(crate) fn without_unwinding(what: &str, handler: impl FnOnce()) -> bool {
+    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)).is_ok();
+    if !finished {
+        log!(Level::Error, "internal error in {what}");
     }
-    PHASE.store(UNINITIALIZED, Ordering::Release);
+    finished
 }

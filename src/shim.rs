@@ -12,7 +12,7 @@ use crate::config::{DEFAULT_DIR, TenantSettings};
 use crate::gate::LaunchGates;
 use crate::hooks::context::Contexts;
 use crate::hooks::device::DeviceTable;
-use crate::hooks::driver_memory::DriverMemory;
+use crate::policy::driver_memory::DriverMemory;
 use crate::policy::memory::{Bytes, MemoryPolicy};
 use crate::policy::pools::PoolCharges;
 use crate::streams::StreamTable;
@@ -107,7 +107,7 @@ impl Shim {
             pools: PoolCharges::new(),
             devices: DeviceTable::new(),
             contexts: Contexts::new(),
-            driver_memory: DriverMemory::new(),
+            driver_memory: DriverMemory::new(crate::hooks::nvml_probe::nvml_sees_this_process()),
             streams: StreamTable::new(),
             gates: LaunchGates::new(),
             watcher_started: AtomicBool::new(false),

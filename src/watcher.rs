@@ -79,9 +79,11 @@ pub fn start(shim: &'static Shim) {
 /// At exit, before the driver's own teardown: no more CUDA calls from the watcher (a poll
 /// in progress ends first; none starts after).
 extern "C" fn stop_at_exit() {
-    if let crate::runtime::Mode::Enforcing(shim) = crate::runtime::current_mode() {
-        shim.gates.stop_polls();
-    }
+    crate::runtime::without_unwinding("the exit handler", || {
+        if let crate::runtime::Mode::Enforcing(shim) = crate::runtime::current_mode() {
+            shim.gates.stop_polls();
+        }
+    });
 }
 
 struct Watcher {

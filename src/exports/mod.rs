@@ -5,6 +5,14 @@
 //! function (a panic-proof boundary around the hook), a typed accessor for the real
 //! function (`real::cuMemAlloc_v2()`), and the table entry that `dlsym` and
 //! `cuGetProcAddress` use to hand out the hook instead of the real function.
+//!
+//! The export resolves the real function (a driver without it gets the family's `missing`
+//! status) and hands the hook a closure that calls it with the caller's arguments: the one
+//! `unsafe` forwarding call of the shim, with its SAFETY reason, is in the macro. A hook of
+//! a kind with many members is named on the line with its pattern's arguments in
+//! brackets, and is then one line: `=> launch::gated[stream, PER_THREAD]` gates a launch on
+//! `stream`, `=> memory::released[Table::Device, dptr]` releases a handle's charge,
+//! `=> memory::charged_out[dptr, bytes]` charges an allocation and reads its out-pointer.
 
 use std::ffi::{CStr, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -75,14 +83,14 @@ pub fn hook_for_name(name: &CStr) -> Option<&'static Export> {
 ///
 /// ```ignore
 /// exports! {
-///     library: crate::real::CUDA, failure: CUDA_ERROR_UNKNOWN;
+///     library: crate::real::CUDA, failure: CUDA_ERROR_UNKNOWN, missing: CUDA_ERROR_NOT_FOUND;
 ///     fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) => crate::hooks::memory::alloc;
 /// }
 /// ```
 macro_rules! exports {
     (
-        library: $library:path, failure: $failure:expr;
-        $( fn $name:ident ( $( $arg:ident : $ty:ty ),* $(,)? ) => $hook:path; )*
+        library: $library:path, failure: $failure:expr, missing: $missing:expr;
+        $( fn $name:ident ( $( $arg:ident : $ty:ty ),* $(,)? ) => $hook:path $( [ $( $pass:expr ),* ] )?; )*
     ) => {
         #[allow(non_camel_case_types, clippy::enum_variant_names)]
         #[derive(Clone, Copy, Debug)]
@@ -158,15 +166,39 @@ macro_rules! exports {
             #[doc = concat!("The contract of the C function `", stringify!($name), "`.")]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> u32 {
                 $crate::exports::boundary($failure, || {
-                    // SAFETY: the caller's arguments, forwarded as the C API received them;
-                    // the hook upholds the same contract as the real function.
-                    unsafe { $hook($($arg),*) }
+                    let Some(real) = real::$name() else {
+                        return $missing;
+                    };
+                    // SAFETY: the real function of this name, called with the caller's
+                    // arguments unchanged, as the C API received them: the caller's contract
+                    // is the real function's. Every hook forwards through this closure, so
+                    // this is the one place the shim calls a hooked function's real self.
+                    let forward = || unsafe { real($($arg),*) };
+                    // SAFETY: the hook upholds the same contract as the real function
+                    // (a hook of a pattern is a safe function: then there is nothing to
+                    // uphold).
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        $crate::exports::hook_call!($hook, forward, ($($arg),*) $(, ($($pass),*))?)
+                    }
                 })
             }
         )*
     };
 }
 pub(crate) use exports;
+
+/// The call an export makes to its hook: the forwarding closure, then the C arguments as
+/// they came, or (a hook of a pattern) only what the export's line passes in brackets.
+macro_rules! hook_call {
+    ($hook:path, $forward:ident, ($($arg:ident),*)) => {
+        $hook($forward, $($arg),*)
+    };
+    ($hook:path, $forward:ident, ($($arg:ident),*), ($($pass:expr),*)) => {
+        $hook($forward, $($pass),*)
+    };
+}
+pub(crate) use hook_call;
 
 #[cfg(test)]
 mod tests {

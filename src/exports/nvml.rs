@@ -4,8 +4,8 @@ use crate::cuda::*;
 use crate::hooks::nvml;
 
 super::exports! {
-    library: crate::real::NVML, failure: NVML_ERROR_UNKNOWN;
+    library: crate::real::NVML, failure: NVML_ERROR_UNKNOWN, missing: NVML_ERROR_UNINITIALIZED;
 
     fn nvmlDeviceGetMemoryInfo(device: NvmlDevice, memory: *mut NvmlMemory) => nvml::memory_info;
-    fn nvmlDeviceGetMemoryInfo_v2(device: NvmlDevice, memory: *mut NvmlMemoryV2) => nvml::memory_info_v2;
+    fn nvmlDeviceGetMemoryInfo_v2(device: NvmlDevice, memory: *mut NvmlMemoryV2) => nvml::memory_info;
 }

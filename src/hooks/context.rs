@@ -5,7 +5,6 @@
 //! cannot see this process, see `measure_footprint`).
 
 use std::collections::HashMap;
-use std::ffi::c_void;
 
 use gpuslice_ledger::GpuUuid;
 use parking_lot::Mutex;
@@ -13,20 +12,11 @@ use parking_lot::Mutex;
 use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::nvml_probe::{self, Listing};
-use crate::hooks::{real_or_missing, shim_or};
+use crate::hooks::shim_or;
 use crate::log::{Level, log};
+use crate::policy::footprint::{ContextReadings, context_footprint};
 use crate::policy::memory::{Bytes, Charge, Gpu, Refusal};
 use crate::shim::Shim;
-
-/// What a primary context took on an H100 80GB HBM3 (driver 580.159.04, CUDA 13.0) by the
-/// whole device's used memory in NVML (the process's own figure is 518 MiB). Charged when
-/// NVML cannot measure at all (no NVML on the machine) or measures nonsense: the larger
-/// figure, so that a guess errs towards the quota.
-pub const FALLBACK_CONTEXT_FOOTPRINT: u64 = 523 << 20;
-
-/// A measurement above this is another process's allocation landing in the same instant,
-/// not a context: the fallback is charged instead.
-const MAX_PLAUSIBLE_FOOTPRINT: u64 = 4 << 30;
 
 /// Contexts of this process and what each took.
 #[derive(Debug, Default)]
@@ -56,23 +46,17 @@ impl Contexts {
 }
 
 /// `cuInit`: where a process with unusable gpuslice settings is stopped.
-pub(crate) unsafe fn init(flags: u32) -> CUresult {
-    let real = real_or_missing!(real::cuInit);
-    // SAFETY: the caller's argument, unchanged.
-    let _enforcing = shim_or!(unsafe { real(flags) });
-    // SAFETY: as above.
-    unsafe { real(flags) }
+pub(crate) fn init(call: impl Fn() -> CUresult) -> CUresult {
+    let _enforcing = shim_or!(call());
+    call()
 }
 
 /// `cuDevicePrimaryCtxRetain`: the first retain creates the context and is charged.
-pub(crate) unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxRetain);
-    // SAFETY: the caller's arguments, unchanged (all `real` calls in this function).
-    let shim = shim_or!(unsafe { real(context, device) });
+pub(crate) fn primary_retain(call: impl Fn() -> CUresult, device: CUdevice) -> CUresult {
+    let shim = shim_or!(call());
     let mut book = shim.contexts.book.lock();
     if let Some(primary) = book.primary.get_mut(&device) {
-        // SAFETY: as above.
-        let status = unsafe { real(context, device) };
+        let status = call();
         if status == CUDA_SUCCESS {
             primary.retained += 1;
         }
@@ -82,8 +66,7 @@ pub(crate) unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
-    // SAFETY: as above.
-    let (status, footprint) = measure_footprint(&gpu.uuid, || unsafe { real(context, device) });
+    let (status, footprint) = measure_footprint(&gpu.uuid, &call);
     if status != CUDA_SUCCESS {
         return status;
     }
@@ -108,37 +91,17 @@ pub(crate) unsafe fn primary_retain(context: *mut CUcontext, device: CUdevice) -
     }
 }
 
-/// `cuDevicePrimaryCtxRelease_v2`.
-pub(crate) unsafe fn primary_release(device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxRelease_v2);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { primary_released(device, || real(device), false) }
-}
+/// `primary_released`: the count goes down by one (`cuDevicePrimaryCtxRelease` and its
+/// `_v2`)...
+pub(crate) const RELEASE: bool = false;
+/// ...or the context goes whatever its count (`cuDevicePrimaryCtxReset` and its `_v2`).
+pub(crate) const RESET: bool = true;
 
-/// `cuDevicePrimaryCtxRelease` (the pre-11.0 name, same contract).
-pub(crate) unsafe fn primary_release_v1(device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxRelease);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { primary_released(device, || real(device), false) }
-}
-
-/// `cuDevicePrimaryCtxReset_v2`: destroys the primary context whatever its count.
-pub(crate) unsafe fn primary_reset(device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxReset_v2);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { primary_released(device, || real(device), true) }
-}
-
-/// `cuDevicePrimaryCtxReset` (the pre-11.0 name).
-pub(crate) unsafe fn primary_reset_v1(device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDevicePrimaryCtxReset);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { primary_released(device, || real(device), true) }
-}
-
-unsafe fn primary_released(
+/// The primary context of `device` is released or reset (`RELEASE`, `RESET`): the watcher
+/// stops polling its streams first; once it is gone, so is its charge.
+pub(crate) fn primary_released(
+    driver: impl Fn() -> CUresult,
     device: CUdevice,
-    driver: impl FnOnce() -> CUresult,
     reset: bool,
 ) -> CUresult {
     let shim = shim_or!(driver());
@@ -161,53 +124,16 @@ unsafe fn primary_released(
     status
 }
 
-/// `cuCtxCreate` (v1 name; same arguments as `_v2`).
-pub(crate) unsafe fn create_v1(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuCtxCreate);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { created(context, device, || real(context, flags, device)) }
-}
-
-/// `cuCtxCreate_v2`.
-pub(crate) unsafe fn create_v2(context: *mut CUcontext, flags: u32, device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuCtxCreate_v2);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { created(context, device, || real(context, flags, device)) }
-}
-
-/// `cuCtxCreate_v3` (execution affinity parameters).
-pub(crate) unsafe fn create_v3(
-    context: *mut CUcontext,
-    params: *mut c_void,
-    count: i32,
-    flags: u32,
-    device: CUdevice,
-) -> CUresult {
-    let real = real_or_missing!(real::cuCtxCreate_v3);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe {
-        created(context, device, || {
-            real(context, params, count, flags, device)
-        })
-    }
-}
-
-/// `cuCtxCreate_v4` (CUDA 12.5+: `CUctxCreateParams`).
-pub(crate) unsafe fn create_v4(
-    context: *mut CUcontext,
-    params: *mut c_void,
-    flags: u32,
-    device: CUdevice,
-) -> CUresult {
-    let real = real_or_missing!(real::cuCtxCreate_v4);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { created(context, device, || real(context, params, flags, device)) }
-}
-
-unsafe fn created(
+/// Every `cuCtxCreate` (v1 to v4: their other arguments are the driver's alone): the new
+/// context is charged what it took, and destroyed again if that does not fit.
+///
+/// # Safety
+/// `context` is the caller's out-pointer, null or writable, which `driver` writes on
+/// success.
+pub(crate) unsafe fn created(
+    driver: impl Fn() -> CUresult,
     context: *mut CUcontext,
     device: CUdevice,
-    driver: impl FnOnce() -> CUresult,
 ) -> CUresult {
     // A new context becomes the thread's current one. It is known only once made (and
     // this thread launches nothing before it is recorded).
@@ -250,21 +176,9 @@ unsafe fn created(
     }
 }
 
-/// `cuCtxDestroy_v2`.
-pub(crate) unsafe fn destroy(context: CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxDestroy_v2);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { destroyed(context, || real(context)) }
-}
-
-/// `cuCtxDestroy` (v1 name).
-pub(crate) unsafe fn destroy_v1(context: CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxDestroy);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { destroyed(context, || real(context)) }
-}
-
-unsafe fn destroyed(context: CUcontext, driver: impl FnOnce() -> CUresult) -> CUresult {
+/// `cuCtxDestroy` and its `_v2`: the watcher stops polling the context's streams first;
+/// once it is gone, so is its charge.
+pub(crate) fn destroyed(driver: impl Fn() -> CUresult, context: CUcontext) -> CUresult {
     let shim = shim_or!(driver());
     crate::hooks::stream::retire_context(context);
     let mut book = shim.contexts.book.lock();
@@ -304,10 +218,8 @@ fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {
     }
 }
 
-/// Runs `create` and returns its status with the device memory it took: this process's own
-/// usage before and after, where NVML can tell (other processes creating contexts or
-/// allocating in the same instant then cannot be mistaken for ours); otherwise the whole
-/// device's, which they can skew.
+/// Runs `create` and returns its status with the device memory it took, from NVML's
+/// readings around it (`policy::footprint`).
 fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     let own_before = nvml_probe::process_listing(uuid);
     let device_before = nvml_probe::device_used(uuid);
@@ -315,27 +227,18 @@ fn measure_footprint(uuid: &GpuUuid, create: impl FnOnce() -> CUresult) -> (CUre
     if status != CUDA_SUCCESS {
         return (status, 0);
     }
-    if let Some(before) = own_before {
-        let before = match before {
-            Listing::Listed(bytes) => bytes,
-            Listing::NotListed => 0,
-        };
-        if let Some(Listing::Listed(after)) = nvml_probe::process_listing(uuid) {
-            return (status, plausible(after.checked_sub(before)));
-        }
-    }
-    let device_after = nvml_probe::device_used(uuid);
-    let footprint = match (device_before, device_after) {
-        (Some(before), Some(after)) => plausible(after.checked_sub(before)),
-        _ => FALLBACK_CONTEXT_FOOTPRINT,
+    // Read only where they can matter, as before: NVML's list again only where it listed
+    // this process before, the device only where this process's own reading cannot serve.
+    let own_after = own_before.and_then(|_| nvml_probe::process_listing(uuid));
+    let device_after = match own_after {
+        Some(Listing::Listed(_)) => None,
+        _ => nvml_probe::device_used(uuid),
     };
-    (status, footprint)
-}
-
-/// A measured footprint, or the fallback where the measurement makes no sense (negative, or
-/// more than any context takes).
-fn plausible(measured: Option<u64>) -> u64 {
-    measured
-        .filter(|bytes| *bytes <= MAX_PLAUSIBLE_FOOTPRINT)
-        .unwrap_or(FALLBACK_CONTEXT_FOOTPRINT)
+    let readings = ContextReadings {
+        own_before,
+        own_after,
+        device_before,
+        device_after,
+    };
+    (status, context_footprint(readings))
 }

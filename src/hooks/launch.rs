@@ -21,8 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use gpuslice_ledger::GpuIndex;
 
 use crate::cuda::*;
-use crate::exports::driver::real;
-use crate::hooks::real_or_missing;
 use crate::log::{Level, RateLimit, log};
 use crate::runtime::{self, Mode};
 use crate::shim::Shim;
@@ -44,10 +42,26 @@ thread_local! {
     static NULL_STREAM: Cell<(usize, usize, u64)> = const { Cell::new((usize::MAX, 0, 0)) };
 }
 
-/// Runs `launch` (the real driver call for `stream`) once the gate lets it through.
-/// `per_thread`: it came through a `_ptsz` entry point (the NULL stream is the thread's).
+/// In a forked child (one thread): the parent's stream table is not the child's.
+pub(crate) fn forget_after_fork() {
+    SOLE_NULL_STREAM.store(usize::MAX, Relaxed);
+    NULL_STREAM.set((usize::MAX, 0, 0));
+}
+
+/// A launch through the default-stream entry point (the NULL stream is the context's).
+pub(crate) const LEGACY: bool = false;
+/// A launch through a `_ptsz` entry point (the NULL stream is the thread's).
+pub(crate) const PER_THREAD: bool = true;
+
+/// Every launch whose stream is an argument (`cuLaunchKernel`, `cuLaunchCooperativeKernel`,
+/// `cuGraphLaunch` and their `_ptsz` twins): runs `launch` (the real driver call for
+/// `stream`) once the gate lets it through. `per_thread`: `PER_THREAD` or `LEGACY`.
 #[inline]
-fn gated(stream: CUstream, per_thread: bool, launch: impl FnOnce() -> CUresult) -> CUresult {
+pub(crate) fn gated(
+    launch: impl FnOnce() -> CUresult,
+    stream: CUstream,
+    per_thread: bool,
+) -> CUresult {
     let shim = match runtime::mode() {
         Mode::Enforcing(shim) => shim,
         Mode::PassThrough => return launch(),
@@ -265,130 +279,19 @@ unsafe fn config_stream(config: *const c_void) -> Option<CUstream> {
     Some(unsafe { (*config.cast::<LaunchConfigHead>()).stream })
 }
 
-/// `cuLaunchKernel` and `cuLaunchKernel_ptsz`, which share a signature.
-macro_rules! launch_kernel {
-    ($(#[$doc:meta])* $name:ident, $real:ident, $per_thread:expr) => {
-        $(#[$doc])*
-        #[allow(clippy::too_many_arguments)]
-        #[inline(always)]
-        pub(crate) unsafe fn $name(
-            f: CUfunction,
-            grid_x: u32,
-            grid_y: u32,
-            grid_z: u32,
-            block_x: u32,
-            block_y: u32,
-            block_z: u32,
-            shared_bytes: u32,
-            stream: CUstream,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
-            let real = real_or_missing!(real::$real);
-            gated(stream, $per_thread, || {
-                // SAFETY: the caller's arguments, unchanged.
-                unsafe {
-                    real(
-                        f, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes,
-                        stream, params, extra,
-                    )
-                }
-            })
-        }
-    };
-}
-
-launch_kernel!(
-    /// `cuLaunchKernel`.
-    kernel, cuLaunchKernel, false
-);
-launch_kernel!(
-    /// `cuLaunchKernel_ptsz`.
-    kernel_ptsz, cuLaunchKernel_ptsz, true
-);
-
-/// `cuLaunchCooperativeKernel` and its `_ptsz` twin.
-macro_rules! launch_cooperative {
-    ($(#[$doc:meta])* $name:ident, $real:ident, $per_thread:expr) => {
-        $(#[$doc])*
-        #[allow(clippy::too_many_arguments)]
-        #[inline(always)]
-        pub(crate) unsafe fn $name(
-            f: CUfunction,
-            grid_x: u32,
-            grid_y: u32,
-            grid_z: u32,
-            block_x: u32,
-            block_y: u32,
-            block_z: u32,
-            shared_bytes: u32,
-            stream: CUstream,
-            params: *mut *mut c_void,
-        ) -> CUresult {
-            let real = real_or_missing!(real::$real);
-            gated(stream, $per_thread, || {
-                // SAFETY: the caller's arguments, unchanged.
-                unsafe {
-                    real(
-                        f, grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes,
-                        stream, params,
-                    )
-                }
-            })
-        }
-    };
-}
-
-launch_cooperative!(
-    /// `cuLaunchCooperativeKernel`.
-    cooperative, cuLaunchCooperativeKernel, false
-);
-launch_cooperative!(
-    /// `cuLaunchCooperativeKernel_ptsz`.
-    cooperative_ptsz, cuLaunchCooperativeKernel_ptsz, true
-);
-
 /// `cuLaunchKernelEx` and its `_ptsz` twin: the stream is inside the config.
-macro_rules! launch_ex {
-    ($(#[$doc:meta])* $name:ident, $real:ident, $per_thread:expr) => {
-        $(#[$doc])*
-        pub(crate) unsafe fn $name(
-            config: *const c_void,
-            f: CUfunction,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
-            let real = real_or_missing!(real::$real);
-            // SAFETY: `config` is the caller's, as the API defines it.
-            let Some(stream) = (unsafe { config_stream(config) }) else {
-                // SAFETY: the caller's arguments, unchanged (the driver rejects the null).
-                return unsafe { real(config, f, params, extra) };
-            };
-            // SAFETY: the caller's arguments, unchanged.
-            gated(stream, $per_thread, || unsafe { real(config, f, params, extra) })
-        }
-    };
-}
-
-launch_ex!(
-    /// `cuLaunchKernelEx`.
-    kernel_ex, cuLaunchKernelEx, false
-);
-launch_ex!(
-    /// `cuLaunchKernelEx_ptsz`.
-    kernel_ex_ptsz, cuLaunchKernelEx_ptsz, true
-);
-
-/// `cuGraphLaunch`.
-pub(crate) unsafe fn graph(exec: CUgraphExec, stream: CUstream) -> CUresult {
-    let real = real_or_missing!(real::cuGraphLaunch);
-    // SAFETY: the caller's arguments, unchanged.
-    gated(stream, false, || unsafe { real(exec, stream) })
-}
-
-/// `cuGraphLaunch_ptsz`.
-pub(crate) unsafe fn graph_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
-    let real = real_or_missing!(real::cuGraphLaunch_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    gated(stream, true, || unsafe { real(exec, stream) })
+///
+/// # Safety
+/// `config` is the caller's, as the C API defines it (null or a valid `CUlaunchConfig`).
+pub(crate) unsafe fn gated_in_config(
+    launch: impl FnOnce() -> CUresult,
+    config: *const c_void,
+    per_thread: bool,
+) -> CUresult {
+    // SAFETY: per this function's contract.
+    match unsafe { config_stream(config) } {
+        Some(stream) => gated(launch, stream, per_thread),
+        // The driver rejects the null config itself.
+        None => launch(),
+    }
 }

@@ -13,8 +13,9 @@ use std::ffi::c_void;
 use crate::allocations::ChargeTable;
 use crate::cuda::*;
 use crate::exports::driver::real;
-use crate::hooks::{pools, real_or_missing, shim_or};
+use crate::hooks::{nvml_probe, pools, shim_or};
 use crate::log::{Level, RateLimit, log};
+use crate::policy::footprint::{ArrayShape, pitch_padding};
 use crate::policy::memory::{Gpu, MemoryView, Refusal, Reservation};
 use crate::shim::Shim;
 
@@ -27,7 +28,9 @@ pub(crate) fn reserve<'a>(
     bytes: u64,
 ) -> Result<Reservation<'a>, Refusal> {
     shim.driver_memory
-        .before_reserving(&shim.memory, gpu, bytes);
+        .before_reserving(&shim.memory, gpu, bytes, || {
+            nvml_probe::process_used(&gpu.uuid)
+        });
     shim.memory
         .reserve_making_room(gpu, bytes, || pools::make_room(shim, gpu, bytes))
 }
@@ -75,31 +78,17 @@ fn uncharged(
     status
 }
 
-/// `cuMemAlloc_v2`.
-pub(crate) unsafe fn alloc(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
-    let real = real_or_missing!(real::cuMemAlloc_v2);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(dptr, bytes) };
-    let shim = shim_or!(call());
-    if dptr.is_null() {
-        return call();
-    }
-    let gpu = match shim.devices.current(&shim.memory) {
-        Ok(gpu) => gpu,
-        Err(status) => return status,
-    };
-    charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        let status = call();
-        // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
-        (status, Some(unsafe { *dptr }))
-    })
-}
-
-/// `cuMemAllocManaged`: managed memory may live on the device, so it counts.
-pub(crate) unsafe fn alloc_managed(dptr: *mut CUdeviceptr, bytes: usize, flags: u32) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocManaged);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(dptr, bytes, flags) };
+/// `cuMemAlloc_v2`, `cuMemAllocManaged` (managed memory may live on the device, so it
+/// counts): charges `bytes` on the current GPU to the device pointer the driver writes to
+/// `dptr`.
+///
+/// # Safety
+/// `dptr` is the caller's out-pointer, null or writable, which `call` writes on success.
+pub(crate) unsafe fn charged_out(
+    call: impl Fn() -> CUresult,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+) -> CUresult {
     let shim = shim_or!(call());
     if dptr.is_null() {
         return call();
@@ -118,15 +107,12 @@ pub(crate) unsafe fn alloc_managed(dptr: *mut CUdeviceptr, bytes: usize, flags: 
 /// `cuMemAllocPitch_v2`. The pitch is only known after the call: reserve the rows'
 /// width first, then the padding the driver chose; if the padding does not fit, undo.
 pub(crate) unsafe fn alloc_pitch(
+    call: impl Fn() -> CUresult,
     dptr: *mut CUdeviceptr,
     pitch: *mut usize,
     width: usize,
     height: usize,
-    element_size: u32,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocPitch_v2);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(dptr, pitch, width, height, element_size) };
     let shim = shim_or!(call());
     if dptr.is_null() || pitch.is_null() {
         return call();
@@ -145,9 +131,7 @@ pub(crate) unsafe fn alloc_pitch(
     }
     // SAFETY: both out-pointers are non-null and written by the driver on success.
     let (address, actual_pitch) = unsafe { (*dptr, *pitch) };
-    let padding = (actual_pitch as u64)
-        .saturating_mul(height as u64)
-        .saturating_sub(requested);
+    let padding = pitch_padding(width, height, actual_pitch);
     let mut charge = reservation.commit();
     if padding > 0 {
         match reserve(shim, &gpu, padding) {
@@ -168,88 +152,76 @@ pub(crate) unsafe fn alloc_pitch(
     status
 }
 
-/// `cuMemFree_v2`. A block of a memory pool is not in the table: it goes back to its pool,
-/// which keeps the memory (and its charge), so nothing is released.
-pub(crate) unsafe fn free(dptr: CUdeviceptr) -> CUresult {
-    let real = real_or_missing!(real::cuMemFree_v2);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(dptr) };
-    let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.device, dptr, call)
+/// Which table a released handle's charge is in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Table {
+    /// Device pointers (`cuMemFree_v2`).
+    Device,
+    /// Array and mipmapped array handles (`cuArrayDestroy`, `cuMipmappedArrayDestroy`).
+    Arrays,
 }
 
-/// Bytes an array of these dimensions takes. A format this shim does not know is charged
-/// at 16 bytes per element, the most any format needs.
-fn array_bytes(width: usize, height: usize, depth: usize, format: u32, channels: u32) -> u64 {
-    let elements = (width.max(1) as u64)
-        .saturating_mul(height.max(1) as u64)
-        .saturating_mul(depth.max(1) as u64);
-    let element = match array_format_bytes(format) {
-        Some(bytes) => bytes.saturating_mul(u64::from(channels.max(1))),
-        None => 16,
+/// `cuMemFree_v2`, `cuArrayDestroy`, `cuMipmappedArrayDestroy`: the handle's charge is
+/// released once the driver freed it. A block of a memory pool is not in the table: it
+/// goes back to its pool, which keeps the memory (and its charge), so nothing is released.
+pub(crate) fn released(call: impl Fn() -> CUresult, table: Table, handle: u64) -> CUresult {
+    let shim = shim_or!(call());
+    let table = match table {
+        Table::Device => &shim.allocations.device,
+        Table::Arrays => &shim.allocations.arrays,
     };
-    elements.saturating_mul(element)
+    uncharged(shim, table, handle, call)
 }
 
-/// `cuArrayCreate_v2`.
-pub(crate) unsafe fn array_create(
-    array: *mut CUarray,
-    desc: *const CudaArrayDescriptor,
-) -> CUresult {
-    let real = real_or_missing!(real::cuArrayCreate_v2);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(array, desc) };
-    let shim = shim_or!(call());
-    if array.is_null() || desc.is_null() {
-        return call();
+/// A descriptor of an array's dimensions and element.
+pub(crate) trait ArrayDescriptor: Copy {
+    /// The array's shape as `policy::footprint` charges it.
+    fn shape(&self) -> ArrayShape;
+}
+
+impl ArrayDescriptor for CudaArrayDescriptor {
+    fn shape(&self) -> ArrayShape {
+        ArrayShape {
+            width: self.width,
+            height: self.height,
+            depth: 0,
+            format_bytes: array_format_bytes(self.format),
+            channels: self.num_channels,
+        }
     }
-    // SAFETY: non-null, and the API requires a valid descriptor.
-    let d = unsafe { *desc };
-    let bytes = array_bytes(d.width, d.height, 1, d.format, d.num_channels);
-    // SAFETY: `array` is non-null and is the out-pointer `call` writes.
-    unsafe { array_charged(shim, array, bytes, call) }
 }
 
-/// `cuArray3DCreate_v2`.
-pub(crate) unsafe fn array3d_create(
-    array: *mut CUarray,
-    desc: *const CudaArray3dDescriptor,
-) -> CUresult {
-    let real = real_or_missing!(real::cuArray3DCreate_v2);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(array, desc) };
-    let shim = shim_or!(call());
-    if array.is_null() || desc.is_null() {
-        return call();
+impl ArrayDescriptor for CudaArray3dDescriptor {
+    fn shape(&self) -> ArrayShape {
+        ArrayShape {
+            width: self.width,
+            height: self.height,
+            depth: self.depth,
+            format_bytes: array_format_bytes(self.format),
+            channels: self.num_channels,
+        }
     }
-    // SAFETY: non-null, and the API requires a valid descriptor.
-    let d = unsafe { *desc };
-    let bytes = array_bytes(d.width, d.height, d.depth, d.format, d.num_channels);
-    // SAFETY: `array` is non-null and is the out-pointer `call` writes.
-    unsafe { array_charged(shim, array, bytes, call) }
 }
 
-/// `cuMipmappedArrayCreate`: every level, each half the size of the one before.
-pub(crate) unsafe fn mipmapped_create(
-    array: *mut CUmipmappedArray,
-    desc: *const CudaArray3dDescriptor,
+/// `cuArrayCreate_v2`, `cuArray3DCreate_v2` (`levels` 1) and `cuMipmappedArrayCreate`
+/// (every level, each half the size of the one before): charged what the descriptor
+/// says, to the handle the driver writes to `array`.
+///
+/// # Safety
+/// `array` is the caller's out-pointer, null or writable, which `call` writes on success;
+/// `desc` null or a valid descriptor, as the C API requires.
+pub(crate) unsafe fn array_created<D: ArrayDescriptor>(
+    call: impl Fn() -> CUresult,
+    array: *mut *mut c_void,
+    desc: *const D,
     levels: u32,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuMipmappedArrayCreate);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(array, desc, levels) };
     let shim = shim_or!(call());
     if array.is_null() || desc.is_null() {
         return call();
     }
-    // SAFETY: non-null, and the API requires a valid descriptor.
-    let d = unsafe { *desc };
-    let (mut width, mut height, mut depth) = (d.width, d.height, d.depth);
-    let mut bytes = 0u64;
-    for _ in 0..levels.max(1) {
-        bytes = bytes.saturating_add(array_bytes(width, height, depth, d.format, d.num_channels));
-        (width, height, depth) = ((width / 2).max(1), (height / 2).max(1), (depth / 2).max(1));
-    }
+    // SAFETY: non-null, and valid per this function's contract.
+    let bytes = unsafe { *desc }.shape().mipmapped_bytes(levels);
     // SAFETY: `array` is non-null and is the out-pointer `call` writes.
     unsafe { array_charged(shim, array, bytes, call) }
 }
@@ -273,28 +245,10 @@ unsafe fn array_charged(
     })
 }
 
-/// `cuArrayDestroy`.
-pub(crate) unsafe fn array_destroy(array: CUarray) -> CUresult {
-    let real = real_or_missing!(real::cuArrayDestroy);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(array) };
-    let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.arrays, array as u64, call)
-}
-
-/// `cuMipmappedArrayDestroy`.
-pub(crate) unsafe fn mipmapped_destroy(array: CUmipmappedArray) -> CUresult {
-    let real = real_or_missing!(real::cuMipmappedArrayDestroy);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(array) };
-    let shim = shim_or!(call());
-    uncharged(shim, &shim.allocations.arrays, array as u64, call)
-}
-
-/// The 32-bit entry points of CUDA before 3.2 (`cuMemAlloc` without `_v2`, ...). No
-/// program built in the last fifteen years calls them; refusing them keeps them from being
-/// a way around the quota.
-pub(crate) fn legacy_refused(name: &'static str) -> CUresult {
+/// The 32-bit entry points of CUDA before 3.2 (`cuMemAlloc` without `_v2`, ...), `name`:
+/// never forwarded. No program built in the last fifteen years calls them; refusing them
+/// keeps them from being a way around the quota.
+pub(crate) fn legacy_refused(_real: impl Fn() -> CUresult, name: &'static str) -> CUresult {
     static LOGGED: RateLimit = RateLimit::new();
     if LOGGED.admit().is_some() {
         log!(
@@ -306,10 +260,11 @@ pub(crate) fn legacy_refused(name: &'static str) -> CUresult {
 }
 
 /// `cuMemGetInfo_v2`: the quota as total, what is left of it as free.
-pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
-    let real = real_or_missing!(real::cuMemGetInfo_v2);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(free, total) };
+pub(crate) unsafe fn get_info(
+    call: impl Fn() -> CUresult,
+    free: *mut usize,
+    total: *mut usize,
+) -> CUresult {
     let shim = shim_or!(call());
     let status = call();
     if status != CUDA_SUCCESS || free.is_null() || total.is_null() {
@@ -320,7 +275,8 @@ pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
         Err(status) => return status,
     };
     pools::refresh_gpu(shim, gpu.index);
-    shim.driver_memory.refresh(&shim.memory, &gpu);
+    shim.driver_memory
+        .refresh(&shim.memory, &gpu, || nvml_probe::process_used(&gpu.uuid));
     // SAFETY: both non-null and just written by the driver.
     let (physical_free, physical_total) = unsafe { (*free as u64, *total as u64) };
     let physical = MemoryView {
@@ -339,10 +295,11 @@ pub(crate) unsafe fn get_info(free: *mut usize, total: *mut usize) -> CUresult {
 }
 
 /// `cuDeviceTotalMem_v2`: the quota, never more than the device has.
-pub(crate) unsafe fn total_mem(bytes: *mut usize, device: CUdevice) -> CUresult {
-    let real = real_or_missing!(real::cuDeviceTotalMem_v2);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(bytes, device) };
+pub(crate) unsafe fn total_mem(
+    call: impl Fn() -> CUresult,
+    bytes: *mut usize,
+    device: CUdevice,
+) -> CUresult {
     let shim = shim_or!(call());
     let status = call();
     if status != CUDA_SUCCESS || bytes.is_null() {
@@ -358,19 +315,4 @@ pub(crate) unsafe fn total_mem(bytes: *mut usize, device: CUdevice) -> CUresult 
         unsafe { *bytes = (*bytes).min(limit) };
     }
     status
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arrays_are_charged_by_dimensions_and_format() {
-        // 1024 x 768 RGBA float: 4 channels x 4 bytes.
-        assert_eq!(array_bytes(1024, 768, 0, 0x20, 4), 1024 * 768 * 16);
-        // 1D arrays have height and depth 0.
-        assert_eq!(array_bytes(4096, 0, 0, 0x01, 1), 4096);
-        // An unknown format is charged the most any format takes.
-        assert_eq!(array_bytes(10, 10, 10, 0xfe, 1), 1000 * 16);
-    }
 }

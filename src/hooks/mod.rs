@@ -4,7 +4,6 @@
 
 pub mod context;
 pub mod device;
-pub mod driver_memory;
 pub mod launch;
 pub mod memory;
 pub mod nvml;
@@ -13,18 +12,6 @@ pub mod pools;
 pub mod procaddr;
 pub mod stream;
 pub mod vmm;
-
-/// The real function a hook forwards to; `CUDA_ERROR_NOT_FOUND` from the hook when the
-/// installed driver lacks it.
-macro_rules! real_or_missing {
-    ($accessor:expr) => {
-        match $accessor() {
-            Some(real) => real,
-            None => return $crate::cuda::CUDA_ERROR_NOT_FOUND,
-        }
-    };
-}
-pub(crate) use real_or_missing;
 
 /// The enforcing shim; with no settings the hook returns `$pass_through` (the real call),
 /// with unusable settings it fails closed with `CUDA_ERROR_NOT_INITIALIZED`.
@@ -38,3 +25,12 @@ macro_rules! shim_or {
     };
 }
 pub(crate) use shim_or;
+
+/// In a forked child, before anything else runs there: what the hooks cached for the
+/// parent (its sole context, the NULL-stream entries of its stream table, NVML's state)
+/// goes, so that the child's new state is never read through the parent's caches.
+pub(crate) fn forget_after_fork() {
+    stream::forget_after_fork();
+    launch::forget_after_fork();
+    nvml_probe::forget_after_fork();
+}

@@ -2,63 +2,71 @@
 //! quota, not the whole GPU.
 
 use crate::cuda::*;
-use crate::exports::nvml::real;
 use crate::policy::memory::MemoryView;
 use crate::runtime::{Mode, mode};
 
+/// NVML's answer to a memory query, in either of its structs.
+pub(crate) trait MemoryAnswer {
+    /// What NVML said of the whole GPU.
+    fn physical(&self) -> MemoryView;
+    /// Says the tenant's view instead.
+    fn show(&mut self, view: MemoryView);
+}
+
 /// `nvmlDeviceGetMemoryInfo`: `used` stays `total - free`, as NVML's v1 struct defines it.
-pub(crate) unsafe fn memory_info(device: NvmlDevice, memory: *mut NvmlMemory) -> NvmlReturn {
-    let Some(real) = real::nvmlDeviceGetMemoryInfo() else {
-        return NVML_ERROR_UNINITIALIZED;
-    };
-    // SAFETY: the caller's arguments, unchanged.
-    let status = unsafe { real(device, memory) };
-    if status != NVML_SUCCESS || memory.is_null() {
-        return status;
-    }
-    // SAFETY: non-null and just written by NVML.
-    let answer = unsafe { &mut *memory };
-    let physical = MemoryView {
-        total: answer.total,
-        free: answer.free,
-        used: answer.used,
-    };
-    match quota_view(device, physical) {
-        Ok(Some(view)) => {
-            answer.total = view.total;
-            answer.free = view.free;
-            answer.used = view.total - view.free;
-            NVML_SUCCESS
+impl MemoryAnswer for NvmlMemory {
+    fn physical(&self) -> MemoryView {
+        MemoryView {
+            total: self.total,
+            free: self.free,
+            used: self.used,
         }
-        Ok(None) => status,
-        Err(failure) => failure,
+    }
+
+    fn show(&mut self, view: MemoryView) {
+        self.total = view.total;
+        self.free = view.free;
+        self.used = view.total - view.free;
     }
 }
 
 /// `nvmlDeviceGetMemoryInfo_v2`: `reserved` is what the quota has left that the GPU
 /// cannot give right now, so that `total = reserved + used + free` still holds.
-pub(crate) unsafe fn memory_info_v2(device: NvmlDevice, memory: *mut NvmlMemoryV2) -> NvmlReturn {
-    let Some(real) = real::nvmlDeviceGetMemoryInfo_v2() else {
-        return NVML_ERROR_UNINITIALIZED;
-    };
-    // SAFETY: the caller's arguments, unchanged.
-    let status = unsafe { real(device, memory) };
+impl MemoryAnswer for NvmlMemoryV2 {
+    fn physical(&self) -> MemoryView {
+        MemoryView {
+            total: self.total,
+            free: self.free,
+            used: self.used,
+        }
+    }
+
+    fn show(&mut self, view: MemoryView) {
+        self.total = view.total;
+        self.free = view.free;
+        self.used = view.used;
+        self.reserved = view.total - view.used - view.free;
+    }
+}
+
+/// `nvmlDeviceGetMemoryInfo` and its `_v2`: the tenant's quota shown as the GPU's memory.
+///
+/// # Safety
+/// `memory` is the caller's out-pointer, null or writable, which `call` writes on success.
+pub(crate) unsafe fn memory_info<M: MemoryAnswer>(
+    call: impl Fn() -> NvmlReturn,
+    device: NvmlDevice,
+    memory: *mut M,
+) -> NvmlReturn {
+    let status = call();
     if status != NVML_SUCCESS || memory.is_null() {
         return status;
     }
     // SAFETY: non-null and just written by NVML.
     let answer = unsafe { &mut *memory };
-    let physical = MemoryView {
-        total: answer.total,
-        free: answer.free,
-        used: answer.used,
-    };
-    match quota_view(device, physical) {
+    match quota_view(device, answer.physical()) {
         Ok(Some(view)) => {
-            answer.total = view.total;
-            answer.free = view.free;
-            answer.used = view.used;
-            answer.reserved = view.total - view.used - view.free;
+            answer.show(view);
             NVML_SUCCESS
         }
         Ok(None) => status,
@@ -74,6 +82,8 @@ fn quota_view(device: NvmlDevice, physical: MemoryView) -> Result<Option<MemoryV
     };
     let gpu = shim.devices.by_nvml(&shim.memory, device)?;
     crate::hooks::pools::refresh_gpu(shim, gpu.index);
-    shim.driver_memory.refresh(&shim.memory, &gpu);
+    shim.driver_memory.refresh(&shim.memory, &gpu, || {
+        crate::hooks::nvml_probe::process_used(&gpu.uuid)
+    });
     Ok(shim.memory.view(&gpu, physical))
 }

@@ -30,14 +30,7 @@ pub fn process_used(uuid: &GpuUuid) -> Option<u64> {
     }
 }
 
-/// What NVML's process list says about this process on one GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listing {
-    /// Listed, with the device memory it uses.
-    Listed(u64),
-    /// The list was read and this process is not in it: it holds nothing there.
-    NotListed,
-}
+pub use crate::policy::footprint::Listing;
 
 /// Reads NVML's list of processes on the GPU with this UUID and finds this process in it.
 /// `None` when NVML cannot say, including when its PIDs are not this process's (a PID
@@ -77,23 +70,37 @@ pub fn process_listing(uuid: &GpuUuid) -> Option<Listing> {
     None
 }
 
+/// What a process-wide question has been answered so far.
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+
+/// Whether NVML's PIDs are this process's (`nvml_sees_this_process`).
+static SEES_THIS_PROCESS: AtomicU8 = AtomicU8::new(UNKNOWN);
+/// Whether NVML is initialized and usable for this process (`device`).
+static NVML_READY: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// In a forked child: NVML is initialized again on first use (the parent's initialization
+/// and handles were the parent's), and whether NVML's PIDs are this process's is asked
+/// again.
+pub(crate) fn forget_after_fork() {
+    NVML_READY.store(UNKNOWN, Ordering::Release);
+    SEES_THIS_PROCESS.store(UNKNOWN, Ordering::Relaxed);
+}
+
 /// Whether NVML's PIDs are this process's: only in the host's PID namespace.
 pub fn nvml_sees_this_process() -> bool {
     /// The inode number of the initial PID namespace, fixed by the kernel
     /// (`PROC_PID_INIT_INO`).
     const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
-    const UNKNOWN: u8 = 0;
-    const YES: u8 = 1;
-    const NO: u8 = 2;
-    static ANSWER: AtomicU8 = AtomicU8::new(UNKNOWN);
-    match ANSWER.load(Ordering::Relaxed) {
+    match SEES_THIS_PROCESS.load(Ordering::Relaxed) {
         YES => true,
         NO => false,
         _ => {
             use std::os::unix::fs::MetadataExt;
             let host = std::fs::metadata("/proc/self/ns/pid")
                 .is_ok_and(|ns| ns.ino() == INIT_PID_NAMESPACE);
-            ANSWER.store(if host { YES } else { NO }, Ordering::Relaxed);
+            SEES_THIS_PROCESS.store(if host { YES } else { NO }, Ordering::Relaxed);
             host
         }
     }
@@ -101,18 +108,13 @@ pub fn nvml_sees_this_process() -> bool {
 
 /// The NVML handle of the GPU with this UUID, NVML initialized on first use.
 fn device(uuid: &GpuUuid) -> Option<NvmlDevice> {
-    const UNKNOWN: u8 = 0;
-    const READY: u8 = 1;
-    const UNAVAILABLE: u8 = 2;
-    static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-
-    if STATE.load(Ordering::Acquire) == UNKNOWN {
+    if NVML_READY.load(Ordering::Acquire) == UNKNOWN {
         let ready = real::nvml::nvmlInit_v2()
             // SAFETY: nvmlInit_v2 takes no arguments and may be called more than once.
             .is_some_and(|init| unsafe { init() } == NVML_SUCCESS);
-        STATE.store(if ready { READY } else { UNAVAILABLE }, Ordering::Release);
+        NVML_READY.store(if ready { YES } else { NO }, Ordering::Release);
     }
-    if STATE.load(Ordering::Acquire) != READY {
+    if NVML_READY.load(Ordering::Acquire) != YES {
         return None;
     }
     let by_uuid = real::nvml::nvmlDeviceGetHandleByUUID()?;

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::memory::reserve;
-use crate::hooks::{real_or_missing, shim_or};
+use crate::hooks::shim_or;
 use crate::log::{Level, RateLimit, log};
 use crate::policy::memory::{Charge, Gpu, Reservation};
 use crate::policy::pools::{PoolCharge, PoolHome};
@@ -28,83 +28,23 @@ use crate::real::cuda as driver;
 use crate::runtime::{self, Mode};
 use crate::shim::Shim;
 
-/// `cuMemAllocAsync`.
-pub(crate) unsafe fn alloc_async(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    stream: CUstream,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocAsync);
-    // SAFETY: the caller's arguments, unchanged; `dptr` is checked before it is read.
-    unsafe {
-        allocated(dptr, bytes, stream, None, false, || {
-            real(dptr, bytes, stream)
-        })
-    }
-}
-
-/// `cuMemAllocAsync_ptsz`.
-pub(crate) unsafe fn alloc_async_ptsz(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    stream: CUstream,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocAsync_ptsz);
-    // SAFETY: as in `alloc_async`.
-    unsafe {
-        allocated(dptr, bytes, stream, None, true, || {
-            real(dptr, bytes, stream)
-        })
-    }
-}
-
-/// `cuMemAllocFromPoolAsync`.
-pub(crate) unsafe fn alloc_from_pool_async(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    pool: CUmemoryPool,
-    stream: CUstream,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocFromPoolAsync);
-    // SAFETY: as in `alloc_async`.
-    unsafe {
-        allocated(dptr, bytes, stream, Some(pool), false, || {
-            real(dptr, bytes, pool, stream)
-        })
-    }
-}
-
-/// `cuMemAllocFromPoolAsync_ptsz`.
-pub(crate) unsafe fn alloc_from_pool_async_ptsz(
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    pool: CUmemoryPool,
-    stream: CUstream,
-) -> CUresult {
-    let real = real_or_missing!(real::cuMemAllocFromPoolAsync_ptsz);
-    // SAFETY: as in `alloc_async`.
-    unsafe {
-        allocated(dptr, bytes, stream, Some(pool), true, || {
-            real(dptr, bytes, pool, stream)
-        })
-    }
-}
-
 /// A stream-ordered allocation: reserve, call the driver, then settle the pool's charge
 /// against what it holds now. `pool` is the explicit pool, if any (otherwise the driver
 /// took the stream's device's current pool, which the pointer tells); `per_thread` says the
 /// call is a `_ptsz` one (a NULL stream is the thread's own).
 ///
+/// `cuMemAllocAsync`, `cuMemAllocFromPoolAsync` and their `_ptsz` twins.
+///
 /// # Safety
 /// `driver` makes the real call with the caller's arguments; `dptr` is the out-pointer it
 /// writes on success.
-unsafe fn allocated(
+pub(crate) unsafe fn allocated(
+    driver: impl Fn() -> CUresult,
     dptr: *mut CUdeviceptr,
     bytes: usize,
     stream: CUstream,
     pool: Option<CUmemoryPool>,
     per_thread: bool,
-    driver: impl FnOnce() -> CUresult,
 ) -> CUresult {
     let shim = shim_or!(driver());
     if dptr.is_null() {
@@ -184,31 +124,15 @@ fn settle<'a>(
     }
 }
 
-/// `cuMemFreeAsync`.
-pub(crate) unsafe fn free_async(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    let real = real_or_missing!(real::cuMemFreeAsync);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { freed(dptr, stream, false, || real(dptr, stream)) }
-}
-
-/// `cuMemFreeAsync_ptsz`.
-pub(crate) unsafe fn free_async_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    let real = real_or_missing!(real::cuMemFreeAsync_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    unsafe { freed(dptr, stream, true, || real(dptr, stream)) }
-}
-
 /// A free in stream order. A pool's block stays the pool's: nothing to do. An allocation
 /// charged by its size (`cuMemAlloc`, or one whose pool could not be asked) is released
-/// when the stream reaches the free, not when it is queued.
-///
-/// # Safety
-/// `driver` makes the real call with the caller's arguments.
-unsafe fn freed(
+/// when the stream reaches the free, not when it is queued. `cuMemFreeAsync` and its
+/// `_ptsz`.
+pub(crate) fn freed(
+    driver: impl Fn() -> CUresult,
     dptr: CUdeviceptr,
     stream: CUstream,
     per_thread: bool,
-    driver: impl FnOnce() -> CUresult,
 ) -> CUresult {
     let shim = shim_or!(driver());
     let Some(charge) = shim.allocations.device.remove(dptr) else {
@@ -290,10 +214,11 @@ fn capturing(shim: &Shim, stream: CUstream, per_thread: bool) -> bool {
 
 /// `cuMemPoolCreate`: where the pool keeps its memory is recorded, so that a pool of host
 /// memory is not charged to a GPU.
-pub(crate) unsafe fn create(pool: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CUresult {
-    let real = real_or_missing!(real::cuMemPoolCreate);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(pool, props) };
+pub(crate) unsafe fn create(
+    call: impl Fn() -> CUresult,
+    pool: *mut CUmemoryPool,
+    props: *const CUmemPoolProps,
+) -> CUresult {
     let shim = shim_or!(call());
     let status = call();
     if status != CUDA_SUCCESS || pool.is_null() || props.is_null() {
@@ -327,10 +252,7 @@ pub(crate) unsafe fn create(pool: *mut CUmemoryPool, props: *const CUmemPoolProp
 /// memory is trimmed first and the charge brought to what is left; that stays charged until
 /// the process exits (the safe side: a program that destroys a pool with allocations still
 /// outstanding keeps their memory counted).
-pub(crate) unsafe fn destroy(pool: CUmemoryPool) -> CUresult {
-    let real = real_or_missing!(real::cuMemPoolDestroy);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(pool) };
+pub(crate) unsafe fn destroy(call: impl Fn() -> CUresult, pool: CUmemoryPool) -> CUresult {
     let shim = shim_or!(call());
     let key = pool as u64;
     let Some(charge) = shim.pools.existing(key) else {
@@ -350,10 +272,7 @@ pub(crate) unsafe fn destroy(pool: CUmemoryPool) -> CUresult {
 }
 
 /// `cuMemPoolTrimTo`: what the pool gave back is released at once.
-pub(crate) unsafe fn trim_to(pool: CUmemoryPool, keep: usize) -> CUresult {
-    let real = real_or_missing!(real::cuMemPoolTrimTo);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(pool, keep) };
+pub(crate) unsafe fn trim_to(call: impl Fn() -> CUresult, pool: CUmemoryPool) -> CUresult {
     let shim = shim_or!(call());
     let status = call();
     if status == CUDA_SUCCESS

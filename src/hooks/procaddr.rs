@@ -8,42 +8,21 @@
 //! `cuGetProcAddress` itself, it returns our hook of that too, so every later lookup comes
 //! back through here.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_void;
 
 use crate::cuda::*;
-use crate::exports::driver::{hook_for_real, real};
-use crate::hooks::real_or_missing;
+use crate::exports::driver::hook_for_real;
 
-/// `cuGetProcAddress` (CUDA 11.3 ABI).
+/// `cuGetProcAddress` (CUDA 11.3 ABI) and its `_v2` (CUDA 12.0 ABI, with the symbol
+/// status): the address the driver chose, swapped for our hook of it.
+///
+/// # Safety
+/// `pfn` is the caller's out-pointer, null or writable, which `call` writes on success.
 pub(crate) unsafe fn get_proc_address(
-    symbol: *const c_char,
+    call: impl Fn() -> CUresult,
     pfn: *mut *mut c_void,
-    version: i32,
-    flags: u64,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuGetProcAddress);
-    // SAFETY: the caller's arguments, unchanged.
-    let status = unsafe { real(symbol, pfn, version, flags) };
-    // SAFETY: `pfn` is only read after the driver wrote it successfully.
-    unsafe { substitute(status, pfn) }
-}
-
-/// `cuGetProcAddress_v2` (CUDA 12.0 ABI, with the symbol status).
-pub(crate) unsafe fn get_proc_address_v2(
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    version: i32,
-    flags: u64,
-    status_out: *mut i32,
-) -> CUresult {
-    let real = real_or_missing!(real::cuGetProcAddress_v2);
-    // SAFETY: the caller's arguments, unchanged.
-    let status = unsafe { real(symbol, pfn, version, flags, status_out) };
-    // SAFETY: as in `get_proc_address`.
-    unsafe { substitute(status, pfn) }
-}
-
-unsafe fn substitute(status: CUresult, pfn: *mut *mut c_void) -> CUresult {
+    let status = call();
     if status == CUDA_SUCCESS && !pfn.is_null() {
         // SAFETY: the driver wrote a function address to `*pfn` on success.
         let found = unsafe { *pfn };

@@ -3,12 +3,9 @@
 //! polled while one is captured: a query or an event recorded then would break the capture).
 
 use std::cell::Cell;
-use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::cuda::*;
-use crate::exports::driver::real;
-use crate::hooks::real_or_missing;
 use crate::runtime::{self, Mode};
 use crate::shim::Shim;
 
@@ -54,6 +51,13 @@ pub(crate) fn becomes_current(context: CUcontext) {
     }
 }
 
+/// In a forked child (one thread): no context made current yet, and the thread's cached
+/// NULL-stream entry stale.
+pub(crate) fn forget_after_fork() {
+    SOLE_CONTEXT.store(NO_CONTEXT, Relaxed);
+    CONTEXT_EPOCH.set(CONTEXT_EPOCH.get().wrapping_add(1).max(1));
+}
+
 /// The calling thread's context epoch (see `CONTEXT_EPOCH`).
 #[inline]
 pub(crate) fn context_epoch() -> u64 {
@@ -66,47 +70,18 @@ pub(crate) fn context_may_change() {
     CONTEXT_EPOCH.set(CONTEXT_EPOCH.get().wrapping_add(1));
 }
 
-/// `cuCtxSetCurrent`.
-pub(crate) unsafe fn set_current(context: CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxSetCurrent);
+/// `cuCtxSetCurrent`, `cuCtxPushCurrent` and its `_v2`: `context` becomes current on the
+/// calling thread.
+pub(crate) fn becoming_current(call: impl FnOnce() -> CUresult, context: CUcontext) -> CUresult {
     becomes_current(context);
     context_may_change();
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { real(context) }
+    call()
 }
 
-/// `cuCtxPushCurrent_v2`.
-pub(crate) unsafe fn push_current(context: CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxPushCurrent_v2);
-    becomes_current(context);
+/// `cuCtxPopCurrent` and its `_v2`: the calling thread's current context changes.
+pub(crate) fn context_changing(call: impl FnOnce() -> CUresult) -> CUresult {
     context_may_change();
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { real(context) }
-}
-
-/// `cuCtxPushCurrent` (v1 name).
-pub(crate) unsafe fn push_current_v1(context: CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxPushCurrent);
-    becomes_current(context);
-    context_may_change();
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { real(context) }
-}
-
-/// `cuCtxPopCurrent_v2`.
-pub(crate) unsafe fn pop_current(context: *mut CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxPopCurrent_v2);
-    context_may_change();
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { real(context) }
-}
-
-/// `cuCtxPopCurrent` (v1 name).
-pub(crate) unsafe fn pop_current_v1(context: *mut CUcontext) -> CUresult {
-    let real = real_or_missing!(real::cuCtxPopCurrent);
-    context_may_change();
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { real(context) }
+    call()
 }
 
 /// The enforcing shim, if any (these calls never fail on our account).
@@ -150,25 +125,17 @@ pub(crate) fn retire_device(device: CUdevice) {
     }
 }
 
-/// `cuStreamDestroy_v2`.
-pub(crate) unsafe fn destroy(stream: CUstream) -> CUresult {
-    let real = real_or_missing!(real::cuStreamDestroy_v2);
+/// `cuStreamDestroy` and its `_v2`: the watcher stops polling `stream` first.
+pub(crate) fn destroy(call: impl FnOnce() -> CUresult, stream: CUstream) -> CUresult {
     retire_stream(stream);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { real(stream) }
+    call()
 }
 
-/// `cuStreamDestroy` (the pre-4.0 name).
-pub(crate) unsafe fn destroy_v1(stream: CUstream) -> CUresult {
-    let real = real_or_missing!(real::cuStreamDestroy);
-    retire_stream(stream);
-    // SAFETY: the caller's argument, unchanged.
-    unsafe { real(stream) }
-}
-
-/// Runs `begin` (a capture-starting call) with polls held off; they stay held off until
-/// the matching end if it succeeds.
-fn capture(begin: impl FnOnce() -> CUresult) -> CUresult {
+/// Every call that begins a stream capture (`cuStreamBeginCapture`, its `_v2`, `_ptsz`
+/// and `ToGraph` forms): runs `begin` with polls held off; they stay held off until the
+/// matching end if it succeeds. (`cuStreamBeginCapture` of CUDA 10.0 has no mode argument:
+/// the second register passed is ignored, harmless in the x86-64 calling convention.)
+pub(crate) fn begin_capture(begin: impl FnOnce() -> CUresult) -> CUresult {
     let Some(shim) = shim() else {
         return begin();
     };
@@ -180,81 +147,11 @@ fn capture(begin: impl FnOnce() -> CUresult) -> CUresult {
     status
 }
 
-/// After a capture-ending call (whatever its result: the capture is over either way).
-fn captured(status: CUresult) -> CUresult {
+/// `cuStreamEndCapture` and its `_ptsz`: whatever its result, the capture is over.
+pub(crate) fn end_capture(call: impl FnOnce() -> CUresult) -> CUresult {
+    let status = call();
     if let Some(shim) = shim() {
         shim.gates.end_capture();
     }
     status
-}
-
-/// `cuStreamBeginCapture` (CUDA 10.0, no mode argument: a second register is passed and
-/// ignored, harmless in the x86-64 calling convention).
-pub(crate) unsafe fn begin_capture_v1(stream: CUstream, mode: u32) -> CUresult {
-    let real = real_or_missing!(real::cuStreamBeginCapture);
-    // SAFETY: the caller's arguments, unchanged.
-    capture(|| unsafe { real(stream, mode) })
-}
-
-/// `cuStreamBeginCapture_v2`.
-pub(crate) unsafe fn begin_capture(stream: CUstream, mode: u32) -> CUresult {
-    let real = real_or_missing!(real::cuStreamBeginCapture_v2);
-    // SAFETY: the caller's arguments, unchanged.
-    capture(|| unsafe { real(stream, mode) })
-}
-
-/// `cuStreamBeginCapture_ptsz`.
-pub(crate) unsafe fn begin_capture_ptsz(stream: CUstream, mode: u32) -> CUresult {
-    let real = real_or_missing!(real::cuStreamBeginCapture_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    capture(|| unsafe { real(stream, mode) })
-}
-
-/// `cuStreamBeginCapture_v2_ptsz`.
-pub(crate) unsafe fn begin_capture_v2_ptsz(stream: CUstream, mode: u32) -> CUresult {
-    let real = real_or_missing!(real::cuStreamBeginCapture_v2_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    capture(|| unsafe { real(stream, mode) })
-}
-
-/// `cuStreamBeginCaptureToGraph`.
-pub(crate) unsafe fn begin_capture_to_graph(
-    stream: CUstream,
-    graph: *mut c_void,
-    dependencies: *const c_void,
-    edges: *const c_void,
-    count: usize,
-    mode: u32,
-) -> CUresult {
-    let real = real_or_missing!(real::cuStreamBeginCaptureToGraph);
-    // SAFETY: the caller's arguments, unchanged.
-    capture(|| unsafe { real(stream, graph, dependencies, edges, count, mode) })
-}
-
-/// `cuStreamBeginCaptureToGraph_ptsz`.
-pub(crate) unsafe fn begin_capture_to_graph_ptsz(
-    stream: CUstream,
-    graph: *mut c_void,
-    dependencies: *const c_void,
-    edges: *const c_void,
-    count: usize,
-    mode: u32,
-) -> CUresult {
-    let real = real_or_missing!(real::cuStreamBeginCaptureToGraph_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    capture(|| unsafe { real(stream, graph, dependencies, edges, count, mode) })
-}
-
-/// `cuStreamEndCapture`.
-pub(crate) unsafe fn end_capture(stream: CUstream, graph: *mut *mut c_void) -> CUresult {
-    let real = real_or_missing!(real::cuStreamEndCapture);
-    // SAFETY: the caller's arguments, unchanged.
-    captured(unsafe { real(stream, graph) })
-}
-
-/// `cuStreamEndCapture_ptsz`.
-pub(crate) unsafe fn end_capture_ptsz(stream: CUstream, graph: *mut *mut c_void) -> CUresult {
-    let real = real_or_missing!(real::cuStreamEndCapture_ptsz);
-    // SAFETY: the caller's arguments, unchanged.
-    captured(unsafe { real(stream, graph) })
 }

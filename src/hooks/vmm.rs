@@ -8,9 +8,8 @@
 use std::ffi::c_void;
 
 use crate::cuda::*;
-use crate::exports::driver::real;
 use crate::hooks::memory::reserve;
-use crate::hooks::{real_or_missing, shim_or};
+use crate::hooks::shim_or;
 use crate::policy::memory::Charge;
 use crate::shim::Shim;
 
@@ -23,14 +22,11 @@ fn give_back(shim: &Shim, freed: impl IntoIterator<Item = Charge>) {
 
 /// `cuMemCreate`. Only device-located allocations take device memory.
 pub(crate) unsafe fn create(
+    call: impl Fn() -> CUresult,
     handle: *mut CUmemGenericAllocationHandle,
     bytes: usize,
     prop: *const CUmemAllocationProp,
-    flags: u64,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuMemCreate);
-    // SAFETY: the caller's arguments, unchanged, under the C API's contract.
-    let call = || unsafe { real(handle, bytes, prop, flags) };
     let shim = shim_or!(call());
     if handle.is_null() || prop.is_null() {
         return call();
@@ -61,10 +57,10 @@ pub(crate) unsafe fn create(
 
 /// `cuMemRelease`: one reference to the allocation goes; its memory (and charge) only with
 /// the last, which may be a mapping's.
-pub(crate) unsafe fn release(handle: CUmemGenericAllocationHandle) -> CUresult {
-    let real = real_or_missing!(real::cuMemRelease);
-    // SAFETY: the caller's argument, unchanged.
-    let call = || unsafe { real(handle) };
+pub(crate) unsafe fn release(
+    call: impl Fn() -> CUresult,
+    handle: CUmemGenericAllocationHandle,
+) -> CUresult {
     let shim = shim_or!(call());
     let pin = shim.allocations.vmm.pin_handle(handle);
     let status = call();
@@ -81,15 +77,11 @@ pub(crate) unsafe fn release(handle: CUmemGenericAllocationHandle) -> CUresult {
 
 /// `cuMemMap`: each mapping is a reference that keeps the allocation's memory.
 pub(crate) unsafe fn map(
+    call: impl Fn() -> CUresult,
     ptr: CUdeviceptr,
     size: usize,
-    offset: usize,
     handle: CUmemGenericAllocationHandle,
-    flags: u64,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuMemMap);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(ptr, size, offset, handle, flags) };
     let shim = shim_or!(call());
     let pin = shim.allocations.vmm.pin_handle(handle);
     let status = call();
@@ -102,10 +94,7 @@ pub(crate) unsafe fn map(
 }
 
 /// `cuMemUnmap`: every allocation mapped in the range loses that mapping.
-pub(crate) unsafe fn unmap(ptr: CUdeviceptr, size: usize) -> CUresult {
-    let real = real_or_missing!(real::cuMemUnmap);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(ptr, size) };
+pub(crate) unsafe fn unmap(call: impl Fn() -> CUresult, ptr: CUdeviceptr, size: usize) -> CUresult {
     let shim = shim_or!(call());
     let status = call();
     if status == CUDA_SUCCESS {
@@ -117,12 +106,10 @@ pub(crate) unsafe fn unmap(ptr: CUdeviceptr, size: usize) -> CUresult {
 /// `cuMemRetainAllocationHandle`: the handle of the memory mapped at `addr`, with one more
 /// reference that the program must release.
 pub(crate) unsafe fn retain(
+    call: impl Fn() -> CUresult,
     handle: *mut CUmemGenericAllocationHandle,
     addr: *mut c_void,
 ) -> CUresult {
-    let real = real_or_missing!(real::cuMemRetainAllocationHandle);
-    // SAFETY: the caller's arguments, unchanged.
-    let call = || unsafe { real(handle, addr) };
     let shim = shim_or!(call());
     if handle.is_null() {
         return call();

@@ -83,6 +83,11 @@ struct GpuPoll {
     /// Processes with work in flight on the GPU at the last tick followed, this one
     /// included (the controller's word).
     sharing: u64,
+    /// This process's streams on the GPU found busy at the last poll: a timed launch's
+    /// events bracket the kernels its other busy streams ran in between too (kernels of
+    /// two 4096² matmul streams that fill the GPU take turns; kernels that fit beside
+    /// each other overlap), so the time is shared among them as among processes.
+    busy_streams: u64,
     /// Some stream was busy with the same work throughout a tick since the controller
     /// last followed one; a stream with work was not saturated (`LaunchSamples`); what
     /// launches that ran through ticks charged whole took, counted since; and whether some
@@ -146,6 +151,7 @@ impl Poller {
     /// Polls every stream; returns, per GPU, whether the process has work in flight there.
     pub fn poll_streams(&mut self, shim: &Shim) -> [bool; MAX_GPUS] {
         let mut busy = [false; MAX_GPUS];
+        let mut busy_streams = [0u64; MAX_GPUS];
         let mut unfinished = [0u64; MAX_GPUS];
         let mut launched: [u64; MAX_GPUS] = std::array::from_fn(|g| self.gpus[g].retired_launches);
         // Before the streams' counts: launches from now on count against it, those made
@@ -202,6 +208,7 @@ impl Poller {
             tracked.polled_launches = launches;
             if let Some(g) = gpu {
                 busy[g] |= tracked.busy;
+                busy_streams[g] += u64::from(tracked.busy);
                 self.gpus[g].busy_throughout |= tracked.busy_throughout;
                 // Per-thread work's "in flight" is a guess (see `poll_legacy`): never a
                 // saturated queue's floor.
@@ -219,6 +226,7 @@ impl Poller {
         for (g, track) in self.gpus.iter_mut().enumerate() {
             track.finished = launched[g].saturating_sub(unfinished[g]);
             track.unfinished = unfinished[g];
+            track.busy_streams = busy_streams[g];
             if let Some(gate) = u32::try_from(g).ok().and_then(|g| shim.gates.gpu(g)) {
                 gate.set_unfinished(unfinished[g], seen[g]);
             }
@@ -248,7 +256,9 @@ impl Poller {
                             let g = usize::try_from(entry.gpu()).unwrap_or(0).min(MAX_GPUS - 1);
                             let lead = entry.sample_lead_ns();
                             let ran = ns.saturating_sub(lead);
-                            tracked.samples.add(ran, self.gpus[g].sharing, lead > 0);
+                            let gpu = &self.gpus[g];
+                            let ways = gpu.sharing.max(1).saturating_mul(gpu.busy_streams.max(1));
+                            tracked.samples.add(ran, ways, lead > 0);
                         }
                         // Streams run in order: what came before it has finished too (the
                         // only news of progress on a legacy stream that never drains).

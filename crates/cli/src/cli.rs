@@ -13,7 +13,8 @@ use crate::quantity::parse_memory_arg;
 const EXIT_CODES: &str = "\
 Exit codes:
   0    success (run: the command's own status is passed through)
-  1    doctor: at least one check failed; demo: a tenant did not get its quota
+  1    doctor: at least one check failed; demo: a tenant did not get its quota;
+       tenant delete: the tenant is in use and was kept
   2    usage or configuration error (a bad flag or value, no ledger directory,
        no shim, a setting above the quota of the tenant being joined)
   125  gpuslice itself failed (run: before it could start the command)
@@ -58,6 +59,12 @@ pub enum Command {
     /// Container Device Interface specs that inject the shim and a tenant.
     #[command(subcommand)]
     Cdi(CdiCommand),
+    /// The device plugin's config file: NVIDIA's format as gpuslice's.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Tenants that outlive a command, for podman and Docker: create, delete, list.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// One tenant's program of `demo` (run by `demo` itself, under the shim).
     #[command(name = "__demo-worker", hide = true)]
     DemoWorker(DemoWorkerArgs),
@@ -371,8 +378,10 @@ advertised to the kubelet as gpuslice.dev/gpu. A container that asks for k
 slices gets a tenant with k/N of the GPU's memory and a k/N share of its time,
 a CDI spec in --cdi-dir, and the CDI devices nvidia.com/gpu=<uuid> and
 gpuslice.dev/gpu=<tenant>. Flags override the --config file (YAML, see
-docs/kubernetes.md). A config file that cannot be used is reported and read
-again every 2 seconds; the plugin never exits over it.
+docs/kubernetes.md), which may also be NVIDIA's device plugin config (version:
+v1, sharing.timeSlicing), read as it is (docs/config.md). A config file that
+cannot be used is reported and read again every 2 seconds; the plugin never
+exits over it.
 
 Exit codes:
   0  stopped by SIGTERM or SIGINT
@@ -422,12 +431,178 @@ pub struct DevicePluginArgs {
     pub metrics_listen: Option<String>,
 
     /// The kubelet's pod resources socket, "" for none [default: /var/lib/kubelet/pod-resources/kubelet.sock]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = parse_path_or_none)]
     pub pod_resources_socket: Option<PathBuf>,
 
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: tracing::Level,
+
+    /// Log lines as text (coloured only on a terminal) or as JSON objects
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
+}
+
+/// `gpuslice tenant`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant with a quota, and print the flags that put a container in it.
+    #[command(after_help = TENANT_CREATE_HELP)]
+    Create(TenantCreateArgs),
+    /// Print the flags that put a container in an existing tenant.
+    Flags(TenantFlagsArgs),
+    /// Delete a tenant (refused while processes of it are alive, unless --force).
+    #[command(after_help = TENANT_DELETE_HELP)]
+    Delete(TenantDeleteArgs),
+    /// List the tenants with their quotas, who made them and their live processes.
+    List(TenantListArgs),
+}
+
+/// What `tenant create` does, after the flags in `--help`.
+const TENANT_CREATE_HELP: &str = "\
+The quota flags are run's (see gpuslice run --help). The tenant lasts until
+gpuslice tenant delete. On stdout, one line of flags for podman run or docker
+run: the shim mounted read-only and preloaded (LD_PRELOAD), the ledger's
+tenants mounted read-only, the tenant's usage and lock files read-write, and
+GPUSLICE_TENANT and GPUSLICE_DIR, so that
+
+  podman run $(gpuslice tenant create team-a --memory 4Gi) \\
+      --device nvidia.com/gpu=all IMAGE COMMAND
+
+runs COMMAND as team-a (docker: --gpus all instead of --device). The GPU itself
+comes from NVIDIA's container toolkit, as without gpuslice. With --cdi-dir DIR,
+a CDI spec for the tenant is written there (DIR/gpuslice.dev-gpu_NAME.json)
+and the line is --device gpuslice.dev/gpu=NAME instead (podman reads
+/etc/cdi and /var/run/cdi). gpuslice tenant flags NAME prints the line again.
+
+Exit codes:
+  0  created
+  2  usage error (a bad flag, the tenant exists, no shim, no such GPU)";
+
+/// What `tenant delete` does, after the flags in `--help`.
+const TENANT_DELETE_HELP: &str = "\
+A tenant in use is kept: while a process of it holds a live slot in the ledger
+(a container or a program of it is using a GPU), while a gpuslice run is in
+it, when the device plugin made it for a container, or when its entry lock
+stays taken for 2 seconds (runs hold it for a moment; a process of the tenant
+can hold it for good). --force deletes it even
+so: its running processes keep the quota they read, but one that starts in its
+containers afterwards finds no quota and runs without limits.
+
+Exit codes:
+  0  deleted
+  1  in use, and kept (the reason is printed)
+  2  usage error (no such tenant, no ledger)";
+
+/// The quota flags of `tenant create`, as `run` takes them.
+#[derive(Debug, Args)]
+pub struct TenantCreateArgs {
+    /// The tenant's name
+    #[arg(value_name = "NAME", value_parser = parse_tenant)]
+    pub name: TenantName,
+
+    /// Memory quota per GPU: 4Gi, 512Mi, 8G, 1.5Gi, bytes [default: unlimited]
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
+    pub memory: Option<u64>,
+
+    /// Guaranteed share of GPU time under contention, in percent: 30, 12.5
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent_arg)]
+    pub compute_share: Option<u32>,
+
+    /// Most GPU time the tenant may use even when the GPU is idle, in percent
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent_arg)]
+    pub compute_limit: Option<u32>,
+
+    /// Ordering against other tenants: high, normal or low
+    #[arg(long, value_name = "PRIORITY", value_parser = parse_priority_arg)]
+    pub priority: Option<Priority>,
+
+    /// Apply --memory to this GPU only (a UUID or an index NVML lists)
+    #[arg(long, value_name = "UUID|INDEX", requires = "memory")]
+    pub gpu: Option<String>,
+
+    /// Ledger directory [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Shim library (libgpuslice.so) [default: as for run]
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+
+    /// Write a CDI spec for the tenant into this directory, and print --device NAME
+    #[arg(long, value_name = "DIR")]
+    pub cdi_dir: Option<PathBuf>,
+}
+
+/// `gpuslice tenant flags`.
+#[derive(Debug, Args)]
+pub struct TenantFlagsArgs {
+    /// The tenant's name
+    #[arg(value_name = "NAME", value_parser = parse_tenant)]
+    pub name: TenantName,
+
+    /// Ledger directory [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Shim library (libgpuslice.so) [default: as for run]
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+}
+
+/// `gpuslice tenant delete`.
+#[derive(Debug, Args)]
+pub struct TenantDeleteArgs {
+    /// The tenant's name
+    #[arg(value_name = "NAME", value_parser = parse_tenant)]
+    pub name: TenantName,
+
+    /// Delete it even while it is in use
+    #[arg(long)]
+    pub force: bool,
+
+    /// Ledger directory [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `gpuslice tenant list`.
+#[derive(Debug, Args)]
+pub struct TenantListArgs {
+    /// Ledger directory [default: as for run]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `gpuslice config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the gpuslice equivalent of NVIDIA's device plugin config (version: v1).
+    #[command(after_help = CONFIG_CONVERT_HELP)]
+    Convert(ConfigConvertArgs),
+}
+
+/// What `config convert` prints, after the arguments in `--help`.
+const CONFIG_CONVERT_HELP: &str = "\
+FILE is a config file of NVIDIA's k8s-device-plugin (version: v1, flags,
+sharing.timeSlicing). The device plugin reads it as it is; this prints the same
+settings in gpuslice's format (YAML), with what gpuslice adds in comments: each
+slice's memory quota and compute share, the priority, the compute limit, and
+their defaults. sharing.mps, which the device plugin refuses, is converted to
+the slices that give what MPS's limits gave. A file in gpuslice's format is
+printed as it is.
+
+Exit codes:
+  0  printed
+  2  the file cannot be read, or is not a valid config (the error names the
+     field and what was wrong)";
+
+/// `gpuslice config convert`.
+#[derive(Debug, Args)]
+pub struct ConfigConvertArgs {
+    /// NVIDIA's device plugin config file (YAML or JSON)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// `gpuslice cdi`.
@@ -491,6 +666,12 @@ pub enum CdiFormat {
     Json,
     /// YAML.
     Yaml,
+}
+
+/// The value parser of a path flag whose `""` means "none": clap's own refuses an empty
+/// path.
+fn parse_path_or_none(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
 }
 
 /// `--tenant`'s value parser.

@@ -23,7 +23,7 @@ use gpuslice_ledger::{ComputeSettings, Ledger, TenantName};
 use crate::cli::{DemoArgs, DemoPhase};
 use crate::demo_compute::{self, ComputePhase};
 use crate::demo_memory::{self, MemoryPhase};
-use crate::demo_plot::{self, Plot};
+use crate::demo_plot::{self, Plot, PlotGpu};
 use crate::doctor;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
@@ -157,7 +157,12 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
             .map(|t| f64::from(t.share_permille) / 10.0)
             .collect();
         let steps = compute.over_time(demo_plot::STEP_NS);
-        plot.draw(compute.names(), &promised, &steps).failed()?;
+        let plotted = match gpu {
+            Gpu::Real(_) => PlotGpu::Real,
+            Gpu::Simulated { .. } => PlotGpu::Simulated,
+        };
+        plot.draw(plotted, compute.names(), &promised, &steps)
+            .failed()?;
         println!("\nplot: {}", plot.path().display());
     }
     let problems = tenants
@@ -173,6 +178,7 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
         })
         .collect::<Vec<_>>();
     if !problems.is_empty() {
+        println!("\n{}", demo_compute::verdict(&tenants, &compute, &problems));
         return Err(Failure::new(
             exit::PROBLEMS,
             anyhow!(
@@ -186,6 +192,7 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
          it) and could allocate again after freeing, while the other allocated side by\n\
          side; and each got its share of the GPU's time while both wanted all of it."
     );
+    println!("\n{}", demo_compute::verdict(&tenants, &compute, &[]));
     Ok(exit::OK)
 }
 

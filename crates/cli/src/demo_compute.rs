@@ -42,6 +42,8 @@ pub const TOLERANCE_POINTS: f64 = 5.0;
 const LIVE_NS: u64 = 500_000_000;
 /// How often the live display is redrawn (in the workers' time).
 const LIVE_EVERY_NS: u64 = 250_000_000;
+/// How often a plain progress line is printed when stdout is not a terminal.
+const PLAIN_EVERY_NS: u64 = 1_000_000_000;
 
 /// The size of the phase's kernels and what one takes on the GPU alone.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -284,7 +286,16 @@ impl ComputePhase {
         let Some(started) = self.started_ns else {
             return;
         };
-        if now < self.shown_ns.saturating_add(LIVE_EVERY_NS) {
+        // The first figures after a whole step, not at the first kernel.
+        if self.shown_ns == 0 {
+            self.shown_ns = started;
+        }
+        let every = if self.bars {
+            LIVE_EVERY_NS
+        } else {
+            PLAIN_EVERY_NS
+        };
+        if now < self.shown_ns.saturating_add(every) {
             return;
         }
         self.shown_ns = now;
@@ -302,18 +313,10 @@ impl ComputePhase {
         let elapsed = now.saturating_sub(started) as f64 / 1e9;
         let mut out = std::io::stdout().lock();
         if !self.bars {
-            let figures: Vec<String> = self
-                .names
-                .iter()
-                .zip(&shares)
-                .map(|(name, share)| format!("{name} {:.1}%", share * 100.0))
-                .collect();
             let _ = writeln!(
                 out,
-                "[compute] {elapsed:.1} s of {:.1} s: {} (over the last {} ms)",
-                self.for_ms as f64 / 1e3,
-                figures.join(", "),
-                LIVE_NS / 1_000_000
+                "{}",
+                plain_progress(&self.names, &shares, elapsed, self.for_ms)
             );
             return;
         }
@@ -370,6 +373,28 @@ impl Phase for ComputePhase {
     }
 }
 
+/// A progress line for a log: `compute, 1.0 s of 4.0 s: demo-a got 29.8%, demo-b 70.2% of
+/// the GPU over the last 0.5 s`.
+fn plain_progress(names: &[String], shares: &[f64], elapsed: f64, for_ms: u64) -> String {
+    let figures: Vec<String> = names
+        .iter()
+        .zip(shares)
+        .enumerate()
+        .map(|(i, (name, share))| {
+            let verb = if i == 0 { " got" } else { "" };
+            format!("{name}{verb} {:.1}%", share * 100.0)
+        })
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = |ns: u64| ns as f64 / 1e9;
+    format!(
+        "compute, {elapsed:.1} s of {:.1} s: {} of the GPU over the last {:.1} s",
+        seconds(for_ms * 1_000_000),
+        figures.join(", "),
+        seconds(LIVE_NS)
+    )
+}
+
 /// `demo-a  [#########.....................]  29.8%   1.5 s`.
 fn share_bar(name: &str, share: f64, elapsed: f64) -> String {
     const WIDTH: usize = 30;
@@ -403,6 +428,29 @@ fn memory_words(outcome: &MemoryOutcome) -> String {
         }
         _ => "-".into(),
     }
+}
+
+/// The closing verdict on one line: `verdict: PASS: ...` with the shares each tenant got,
+/// or `verdict: FAIL: ` and what went wrong.
+pub fn verdict(tenants: &[Tenant], compute: &ComputePhase, problems: &[String]) -> String {
+    if !problems.is_empty() {
+        return format!("verdict: FAIL: {}", problems.join("; "));
+    }
+    let shares: Vec<String> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let got = compute
+                .measured(i)
+                .map_or_else(|| "-".into(), |s| format!("{:.1}%", s * 100.0));
+            format!("{} {got} of {}%", t.name, t.share_permille / 10)
+        })
+        .collect();
+    format!(
+        "verdict: PASS: each tenant was refused at its memory quota and allocated again, and \
+         got its share of the GPU within {TOLERANCE_POINTS:.0} points ({})",
+        shares.join(", ")
+    )
 }
 
 /// The demo's closing table: per tenant, the memory quota and what happened at it, the
@@ -533,6 +581,16 @@ mod tests {
     }
 
     #[test]
+    fn plain_progress_is_one_readable_line() {
+        let names = ["demo-a".to_string(), "demo-b".to_string()];
+        assert_eq!(
+            plain_progress(&names, &[0.298, 0.7021], 1.04, 4000),
+            "compute, 1.0 s of 4.0 s: demo-a got 29.8%, demo-b 70.2% of the GPU over the last \
+             0.5 s"
+        );
+    }
+
+    #[test]
     fn shares_over_time_are_per_step() {
         let mut p = phase(6_666_667, 2_857_143, 4);
         p.started_ns = Some(1_000_000_000);
@@ -563,5 +621,24 @@ mod tests {
                 .unwrap()
                 .contains("long enough")
         );
+    }
+    #[test]
+    fn the_verdict_is_one_line_that_passes_or_says_why_not() {
+        let tenants = [tenant("a", 300), tenant("b", 700)];
+        // 2 ms kernels: every 6.67 ms is 30%, every 2.86 ms 70%.
+        let fair = phase(6_666_667, 2_857_143, 4);
+        let pass = verdict(&tenants, &fair, &[]);
+        assert!(pass.starts_with("verdict: PASS: "), "{pass}");
+        assert!(
+            pass.contains("a 30.0% of 30%") && pass.contains("b 70.0% of 70%"),
+            "{pass}"
+        );
+        assert!(!pass.contains('\n'), "{pass}");
+        let fail = verdict(
+            &tenants,
+            &fair,
+            &["a got 50.0%".into(), "b got 50.0%".into()],
+        );
+        assert_eq!(fail, "verdict: FAIL: a got 50.0%; b got 50.0%");
     }
 }

@@ -89,12 +89,15 @@ fn read_line(outcome: &mut MemoryOutcome, line: &str) {
     }
 }
 
-/// How progress is shown: a bar per tenant on a terminal, else the workers' lines.
+/// How progress is shown: a bar per tenant on a terminal, else a plain line per event (the
+/// total seen, each quarter of the quota allocated, the refusal, allocating again).
 #[derive(Debug)]
 struct Display {
     names: Vec<(String, u64)>,
     bars: bool,
     drawn: bool,
+    /// Per tenant, the last quarter of its quota a plain line was printed for.
+    quarters: Vec<u64>,
 }
 
 impl Display {
@@ -106,14 +109,24 @@ impl Display {
                 .collect(),
             bars: std::io::stdout().is_terminal(),
             drawn: false,
+            quarters: vec![0; tenants.len()],
         }
     }
 
-    /// Shows `line` of tenant `index`, or redraws the bars.
+    /// Shows what `line` of tenant `index` says, or redraws the bars.
     fn line(&mut self, index: usize, line: &str, outcomes: &[MemoryOutcome]) {
         let mut out = std::io::stdout().lock();
         if !self.bars {
-            let _ = writeln!(out, "[{}] {line}", self.names[index].0);
+            let (Some((name, quota)), Some(outcome), Some(quarter)) = (
+                self.names.get(index),
+                outcomes.get(index),
+                self.quarters.get_mut(index),
+            ) else {
+                return;
+            };
+            if let Some(text) = plain_line(name, *quota, outcome, line, quarter) {
+                let _ = writeln!(out, "{text}");
+            }
             return;
         }
         if self.drawn {
@@ -125,6 +138,57 @@ impl Display {
         let _ = out.flush();
         self.drawn = true;
     }
+}
+
+/// What a worker's `line` means, in words, for a log: `None` for a progress line that does
+/// not reach a new quarter of the quota (`quarter` is the last one told).
+fn plain_line(
+    name: &str,
+    quota: u64,
+    outcome: &MemoryOutcome,
+    line: &str,
+    quarter: &mut u64,
+) -> Option<String> {
+    if line.starts_with("total=") {
+        let total = outcome.total.map_or_else(|| "?".into(), exact_size);
+        return Some(format!(
+            "{name}: sees {total} of GPU memory in all (its quota: {})",
+            exact_size(quota)
+        ));
+    }
+    if line.starts_with("progress ") {
+        let reached = (outcome.allocated.min(quota) * 4)
+            .checked_div(quota)
+            .unwrap_or_default();
+        if reached <= *quarter {
+            return None;
+        }
+        *quarter = reached;
+        return Some(format!(
+            "{name}: {} of {} allocated",
+            exact_size(outcome.allocated),
+            exact_size(quota)
+        ));
+    }
+    if line.starts_with("refused_at=") {
+        let at = outcome.refused_at.map_or_else(|| "?".into(), exact_size);
+        let how = match outcome.refusal {
+            Some(CUDA_ERROR_OUT_OF_MEMORY) => "CUDA_ERROR_OUT_OF_MEMORY".to_string(),
+            Some(rc) => format!("CUDA error {rc}"),
+            None => "an error".into(),
+        };
+        return Some(format!("{name}: refused at {at} with {how}"));
+    }
+    if line.starts_with("never_refused ") {
+        return Some(format!(
+            "{name}: allocated {} without being refused",
+            exact_size(outcome.allocated)
+        ));
+    }
+    if line == "recovered=ok" {
+        return Some(format!("{name}: freed it all and allocated again"));
+    }
+    Some(format!("{name}: {line}"))
 }
 
 /// `demo-a  [########............]   640 MiB of 1 GiB  refused, allocated again`.
@@ -276,6 +340,39 @@ mod tests {
                 "again"
             ]
         );
+    }
+
+    #[test]
+    fn plain_lines_say_each_event_and_each_quarter_of_the_quota_once() {
+        let lines = [
+            "total=1073741824 free=1006632960",
+            "progress allocated=67108864",
+            "progress allocated=268435456",
+            "progress allocated=335544320",
+            "progress allocated=536870912",
+            "progress allocated=1006632960",
+            "refused_at=1006632960 error=2",
+            "recovered=ok",
+        ];
+        let mut outcome = MemoryOutcome::default();
+        let mut quarter = 0;
+        let mut said = Vec::new();
+        for line in lines {
+            read_line(&mut outcome, line);
+            said.extend(plain_line("demo-a", GIB, &outcome, line, &mut quarter));
+        }
+        assert_eq!(
+            said,
+            [
+                "demo-a: sees 1 GiB of GPU memory in all (its quota: 1 GiB)",
+                "demo-a: 256 MiB of 1 GiB allocated",
+                "demo-a: 512 MiB of 1 GiB allocated",
+                "demo-a: 960 MiB of 1 GiB allocated",
+                "demo-a: refused at 960 MiB with CUDA_ERROR_OUT_OF_MEMORY",
+                "demo-a: freed it all and allocated again",
+            ]
+        );
+        assert!(said.iter().all(|l| !l.contains('=')), "{said:?}");
     }
 
     #[test]

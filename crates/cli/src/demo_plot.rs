@@ -32,6 +32,24 @@ pub const STEP_NS: u64 = 200_000_000;
 /// The image's size in pixels.
 const SIZE: (u32, u32) = (960, 480);
 
+/// The GPU the demo ran on, as the plot's title says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlotGpu {
+    /// A real one.
+    Real,
+    /// The simulated GPU: said in the title, so that a plot passed around is not taken
+    /// for a measurement on hardware.
+    Simulated,
+}
+
+/// The plot's title.
+pub fn title(gpu: PlotGpu) -> &'static str {
+    match gpu {
+        PlotGpu::Real => "gpuslice demo: each tenant's share of the GPU",
+        PlotGpu::Simulated => "gpuslice demo: each tenant's share of the simulated GPU",
+    }
+}
+
 /// A plot ready to be drawn: its file and a font registered with plotters.
 #[derive(Debug)]
 pub struct Plot {
@@ -88,19 +106,21 @@ impl Plot {
     }
 
     /// Draws each tenant's share over time (`steps`: seconds, then one share per tenant,
-    /// as fractions) beside its `promised` share (percent).
+    /// as fractions) beside its `promised` share (percent), titled for the GPU it ran on.
     pub fn draw(
         &self,
+        gpu: PlotGpu,
         names: &[String],
         promised: &[f64],
         steps: &[(f64, Vec<f64>)],
     ) -> anyhow::Result<()> {
-        self.try_draw(names, promised, steps)
+        self.try_draw(gpu, names, promised, steps)
             .with_context(|| format!("could not draw the plot into {}", self.path.display()))
     }
 
     fn try_draw(
         &self,
+        gpu: PlotGpu,
         names: &[String],
         promised: &[f64],
         steps: &[(f64, Vec<f64>)],
@@ -114,7 +134,7 @@ impl Plot {
         builder.margin(14);
         if text {
             builder
-                .caption("gpuslice demo: each tenant's share of the GPU", (FONT, 22))
+                .caption(title(gpu), (FONT, 22))
                 .x_label_area_size(42)
                 .y_label_area_size(56);
         }
@@ -258,9 +278,16 @@ mod tests {
         };
         let steps = vec![(0.2, vec![0.3, 0.7]), (0.4, vec![0.29, 0.71])];
         let names = ["a".to_string(), "b".to_string()];
-        plot.draw(&names, &[30.0, 70.0], &steps).unwrap();
+        plot.draw(PlotGpu::Simulated, &names, &[30.0, 70.0], &steps)
+            .unwrap();
         let png = std::fs::read(plot.path()).unwrap();
         assert_eq!(png[..8], *b"\x89PNG\r\n\x1a\n");
+    }
+
+    #[test]
+    fn the_title_says_when_the_gpu_is_simulated() {
+        assert!(title(PlotGpu::Simulated).contains("simulated GPU"));
+        assert!(!title(PlotGpu::Real).contains("simulated"));
     }
 
     #[test]

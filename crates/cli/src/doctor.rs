@@ -50,8 +50,10 @@ pub fn doctor(args: DoctorArgs) -> Result<u8, Failure> {
     let mut findings = Findings::default();
     check_shim(&mut findings, args.shim.as_deref());
     check_driver(&mut findings);
+    let named =
+        args.dir.is_some() || std::env::var_os(locate::ENV_DIR).is_some_and(|dir| !dir.is_empty());
     match locate::ledger_dir(args.dir.as_deref()) {
-        Ok(dir) => check_ledger(&mut findings, &dir),
+        Ok(dir) => check_ledger(&mut findings, &dir, named),
         Err(e) => findings.say(Level::Fail, "ledger", &e.to_string()),
     }
     check_environment(&mut findings);
@@ -144,9 +146,22 @@ fn list_gpus() -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// How bad a missing ledger directory is.
+///
+/// Named (`--dir`, `GPUSLICE_DIR`), it is a failure: the user says the ledger is there, and
+/// the shim refuses a `GPUSLICE_DIR` that does not exist, so every process given it fails
+/// to start CUDA (a typo, or a device plugin that is not running). At the default place it
+/// is a warning: nothing has used gpuslice on this machine yet, and `gpuslice run` and the
+/// device plugin create it when they start; only a process with the shim preloaded by hand
+/// fails until then. An existing, empty directory is neither: it is a ledger without tenants
+/// yet, as `status` and `metrics` read it.
+fn missing_ledger_level(named: bool) -> Level {
+    if named { Level::Fail } else { Level::Warn }
+}
+
 /// The ledger: the directory exists and can be written (or which tenants' usage files can),
-/// and every tenant's files open.
-fn check_ledger(findings: &mut Findings, dir: &Path) {
+/// and every tenant's files open. `named`: the directory was given (`--dir`, `GPUSLICE_DIR`).
+fn check_ledger(findings: &mut Findings, dir: &Path, named: bool) {
     let shown = dir.display();
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
@@ -158,15 +173,20 @@ fn check_ledger(findings: &mut Findings, dir: &Path) {
             );
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return findings.say(
-                Level::Warn,
-                "ledger",
-                &format!(
+            let text = if named {
+                format!(
+                    "{shown} does not exist: the shim refuses a GPUSLICE_DIR that does not \
+                     exist, so processes given it cannot start CUDA (a typo? is the device \
+                     plugin running?)"
+                )
+            } else {
+                format!(
                     "{shown} does not exist yet: gpuslice run and the device plugin create it, \
                      and until then a process with the shim preloaded by hand fails to start \
                      CUDA (the shim never creates it)"
-                ),
-            );
+                )
+            };
+            return findings.say(missing_ledger_level(named), "ledger", &text);
         }
         Err(e) => return findings.say(Level::Fail, "ledger", &format!("{shown}: {e}")),
     }
@@ -175,7 +195,15 @@ fn check_ledger(findings: &mut Findings, dir: &Path) {
         Err(e) => return findings.say(Level::Fail, "ledger", &crate::message(&e)),
     };
     let ledger = gpuslice_ledger::Ledger::open_existing(dir);
-    if may_write(&dir.join("tenants")) {
+    // A ledger without tenants yet has no tenants/ either: whoever makes the first tenant
+    // creates it in the directory.
+    let tenants_dir = dir.join("tenants");
+    let target = if tenants_dir.exists() {
+        tenants_dir
+    } else {
+        dir.to_path_buf()
+    };
+    if may_write(&target) {
         findings.say(Level::Ok, "ledger", &format!("{shown} is writable"));
     } else {
         let writable: Vec<&str> = report
@@ -214,7 +242,13 @@ fn check_ledger(findings: &mut Findings, dir: &Path) {
             findings.say(Level::Fail, &format!("tenant {}", tenant.name), error);
         }
     }
-    if damaged == 0 {
+    if report.tenants.is_empty() {
+        findings.say(
+            Level::Ok,
+            "tenants",
+            "none yet (gpuslice run, gpuslice tenant create and the device plugin make them)",
+        );
+    } else if damaged == 0 {
         findings.say(
             Level::Ok,
             "tenants",
@@ -312,5 +346,16 @@ fn check_environment(findings: &mut Findings) {
     }
     if stray == 0 {
         findings.say(Level::Ok, "environment", "no stray GPUSLICE_ variables");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_ledger_fails_only_where_it_was_named() {
+        assert_eq!(missing_ledger_level(true), Level::Fail);
+        assert_eq!(missing_ledger_level(false), Level::Warn);
     }
 }

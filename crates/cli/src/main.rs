@@ -213,9 +213,12 @@ quota names).
 Checks, one `OK` / `WARN` / `FAIL` line each: the shim (found as `run` finds it) is what
 `run` accepts (the gpuslice shim of this ledger layout, preloaded by the dynamic loader); `libcuda.so.1` and
 `libnvidia-ml.so.1` load and NVML lists the GPUs (UUID, total and free memory) — without a
-driver or a GPU these are warnings; the ledger directory exists (a warning if not yet), is
-writable (else which tenants' usage files are), and every tenant's files can be read (each
-damaged tenant is a failure with the ledger's error); no `GPUSLICE_` variable is set that the
+driver or a GPU these are warnings; the ledger directory exists (missing, a failure where
+`--dir` or `GPUSLICE_DIR` names it, since the shim refuses a `GPUSLICE_DIR` that does not
+exist, and a warning at the default place, which `run` and the device plugin create; an
+existing, empty one is a ledger without tenants yet), is writable (else which tenants'
+usage files are), and every tenant's files can be read (each damaged tenant is a failure
+with the ledger's error); no `GPUSLICE_` variable is set that the
 shim would refuse (an unknown one, or a compute setting it cannot read). Exit 0 when nothing failed, 1 when something did.
 
 # `gpuslice demo [--dir DIR] [--shim PATH] [--simulated] [--compute-seconds S] [--plot FILE.png]`
@@ -227,9 +230,10 @@ shim, as `run` would start it.
 
 - **Memory**: the worker creates a context, reads `cuMemGetInfo`, allocates chunks until
   `CUDA_ERROR_OUT_OF_MEMORY`, frees them and allocates once more. Progress is shown as it
-  comes (a bar per tenant on a terminal, the workers' lines prefixed with the tenant
-  otherwise), then a table: promised, seen as total, allocated before the refusal, the
-  refusal, and whether allocating after freeing worked.
+  comes (a bar per tenant on a terminal; otherwise a plain line per event: the total the
+  tenant sees, each quarter of its quota allocated, the refusal, allocating again), then a
+  table: promised, seen as total, allocated before the refusal, the refusal, and whether
+  allocating after freeing worked.
 - **Compute**: the workers load `examples/ptx/spin.ptx` (compiled into the binary; a real
   driver JIT-compiles it) and launch `gpuslice_work` kernels (a fixed amount of work, which
   progresses only while the GPU runs their process) back to back on a stream of their own,
@@ -238,13 +242,16 @@ shim, as `run` would start it.
   `--compute-seconds` (default 4). The share each got is its finished kernels in the time
   both ran (less the first 300 ms and the last 50 ms), times their time alone, over that
   time: its part of what the GPU does for one alone. Progress shows the shares over the
-  last half second. `--plot FILE.png` draws them over time (checked before the demo starts:
+  last half second (bars on a terminal, a plain line a second otherwise). `--plot FILE.png`
+  draws them over time, titled with the simulated GPU when it ran on it (checked before the
+  demo starts:
   a `.png` in an existing directory; its text uses the first TrueType font found under
   `~/.local/share/fonts`, `~/.fonts`, `/usr/share/fonts` or `/usr/local/share/fonts`, and
   without one the plot is drawn without text, with a warning).
 
 It ends with a table per tenant: its memory quota, what happened at it, its promised share,
-the share it got, and how long its launches were throttled (from the ledger).
+the share it got, and how long its launches were throttled (from the ledger), and a verdict
+line, `verdict: PASS: ...` with the shares got, or `verdict: FAIL: ` and why.
 
 - **GPU**: the real one when NVML lists a GPU (as `doctor` asks), unless `--simulated`;
   otherwise the simulated GPU, `libfakecuda.so` from `$GPUSLICE_FAKECUDA`, else next to the
@@ -271,10 +278,43 @@ registration; tenants are found again in the ledger after a restart of the plugi
 container (from the kubelet's pod resources API), the GPUs' slices and health added;
 given as a flag, it is served from the start, so that `/healthz` answers and `/readyz`
 says why while the config file is invalid (`/readyz` is 200 once the plugin hands out
-slices and the ledger can be read). It logs to stderr and runs
-until SIGTERM or SIGINT (exit 0); a bad flag is exit 2, but a config file that cannot be
-used is reported and read again until it can. Settings, behaviour, deployment:
-`docs/kubernetes.md`.
+slices and the ledger can be read). It logs to stderr (text,
+coloured only on a terminal and without `NO_COLOR`; `--log-format json`: one JSON object a
+line, with `timestamp`, `level` and `message`) and runs until SIGTERM or SIGINT (exit 0); a
+bad flag is exit 2, but a config file that cannot be used is reported and read again until
+it can. The config file is gpuslice's format or NVIDIA's device plugin's (`version: v1`,
+`sharing.timeSlicing`), read as it is: its replicas are slices, its resource name is kept,
+`failRequestsGreaterThanOne` refuses more than one slice per container, `sharing.mps` is
+refused, and each setting it ignores is logged with why (`docs/config.md`). Settings,
+behaviour, deployment: `docs/kubernetes.md`.
+
+# `gpuslice config convert FILE`
+
+Prints gpuslice's equivalent of NVIDIA's device plugin config `FILE` (YAML), with what
+gpuslice adds in comments: each slice's memory quota and compute share, the resource's
+priority and compute limit and their defaults, and the settings it ignores. `sharing.mps`
+is converted to the slices that give what MPS's limits gave. A file in gpuslice's format
+is printed as it is (a note on stderr). A file that cannot be read or is invalid is exit 2,
+naming the file, the field and what was wrong.
+
+# `gpuslice tenant create NAME [QUOTA FLAGS] [--dir DIR] [--shim PATH] [--cdi-dir DIR]`, `tenant flags NAME`, `tenant delete NAME [--force]`, `tenant list`
+
+Tenants that outlive a command, for containers started with podman or Docker. `create`
+makes the tenant with `run`'s quota flags (`--memory`, `--compute-share`,
+`--compute-limit`, `--priority`, `--gpu`), under the tenant's entry lock, marked
+`created-by-tenant-create`, with its usage, lock and pin files, and prints on stdout one
+line of flags for `podman run` / `docker run`: a bind `--mount` per mount and `-e` per
+variable of the CDI spec `cdi generate` would write for it (words a shell would split are
+single-quoted). With `--cdi-dir DIR` it writes that spec as `DIR/gpuslice.dev-gpu_NAME.json`
+and prints `--device gpuslice.dev/gpu=NAME`. A tenant that exists is exit 2. `flags` prints
+the line of an existing tenant again. `delete` removes the tenant (and the spec `create`
+wrote) unless a process of it holds a live slot, a `gpuslice run` is in it, the device
+plugin made it, or its entry lock stays taken for 2 seconds (which runs hold for a moment,
+and a process of the tenant could hold for good): then it says which and exits 1; `--force` removes it anyway, warning that
+its containers' new processes will find no quota. `list` prints one row per tenant: its
+memory limit, share, limit, priority, live processes and who made it (`tenant create`,
+`gpuslice run`, `device plugin`), a line per GPU with a limit of its own, and the error of a
+damaged one; a ledger directory that does not exist is exit 2.
 
 # `gpuslice cdi generate [--tenant NAME]... [--dir DIR] [--shim PATH] [--format json|yaml] [--output FILE]`
 
@@ -299,7 +339,7 @@ Prints the shell's completion script, e.g. `gpuslice completions bash >
 | code | meaning |
 |---|---|
 | 0 | success; for `run`, the command exited 0 |
-| 1 | `doctor`: at least one check failed; `demo`: a tenant did not get what was promised |
+| 1 | `doctor`: at least one check failed; `demo`: a tenant did not get what was promised; `tenant delete`: the tenant is in use and was kept |
 | 2 | usage or configuration error: a bad flag or value, no usable ledger directory, no shim, no GPU for `demo`, an unknown `GPUSLICE_` variable, a `--memory`, `--compute-share`, `--compute-limit` or `--priority` above the quota of the tenant being joined, `top` without a terminal |
 | 125 | gpuslice itself failed; for `run`, before it could start the command (a damaged ledger file, a failed system call); for `status`, only if its output cannot be written |
 | 126 | `run`: the command was found but could not be executed |
@@ -325,6 +365,7 @@ mod doctor;
 mod exit;
 mod gpu;
 mod locate;
+mod logging;
 mod metrics;
 mod plugin;
 mod quantity;
@@ -333,6 +374,7 @@ mod shim_check;
 mod signals;
 mod status;
 mod tenancy;
+mod tenant;
 mod top;
 mod unenforced;
 
@@ -362,6 +404,8 @@ fn main() -> ExitCode {
         Command::DemoWorker(args) => demo_worker::worker(&args),
         Command::DevicePlugin(args) => plugin::device_plugin(args),
         Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),
+        Command::Config(cli::ConfigCommand::Convert(args)) => plugin::convert::convert(&args),
+        Command::Tenant(command) => tenant::tenant(command),
         Command::ShimProbe => Ok(shim_check::probe()),
     };
     match result {

@@ -537,13 +537,36 @@ fn render_unenforced(out: &mut String, check: &unenforced::Check) {
     }
 }
 
+/// The units a figure of the table is written with.
+const UNITS: [&str; 9] = ["ns", "ms", "s", "h", "B", "KiB", "MiB", "GiB", "TiB"];
+
+/// The words of `text` for wrapping, a figure and its unit kept as one (`0 s`, `250 ms,`,
+/// `3 GiB`): a line must not end with a bare number whose unit starts the next one.
+fn unbroken_words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        let unit = word.trim_end_matches([',', ';', '.', ')']);
+        let after_figure = words
+            .last()
+            .is_some_and(|last| last.ends_with(|c: char| c.is_ascii_digit()));
+        match words.last_mut() {
+            Some(last) if after_figure && UNITS.contains(&unit) => {
+                last.push(' ');
+                last.push_str(word);
+            }
+            _ => words.push(word.to_string()),
+        }
+    }
+    words
+}
+
 /// Appends `text` wrapped at [`WIDTH`] columns: the first line after `first`, the others
 /// after `rest`. A word longer than a whole line (a long path) is cut, filling each line.
 fn wrap(out: &mut String, text: &str, first: &str, rest: &str) {
     let longest = WIDTH.saturating_sub(rest.chars().count()).max(1);
     let mut line = first.to_string();
     let mut empty = true;
-    for word in text.split_whitespace() {
+    for word in unbroken_words(text) {
         let mut word: Vec<char> = word.chars().collect();
         loop {
             let separator = usize::from(!empty);
@@ -675,6 +698,44 @@ mod tests {
             &process[used_end - "1023 GiB".len()..used_end],
             "1023 GiB",
             "{text}"
+        );
+    }
+
+    /// Issue 16, item 6: a compute line wrapped between "0" and "s", leaving "s" alone at
+    /// the start of the next line.
+    #[test]
+    fn a_figure_is_never_split_from_its_unit() {
+        // "    " and 74 characters: " 0" would just fit on the line, " 0 s" does not.
+        let text = format!("{} 0 s, throttled 250 ms", "x".repeat(74));
+        let mut out = String::new();
+        wrap(&mut out, &text, "    ", "      ");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[1], "      0 s, throttled 250 ms", "{out}");
+        // In a whole table, with every duration 0 s.
+        let mut tenant = busy_tenant(&"y".repeat(20));
+        if let Some(usage) = tenant.usage.as_mut() {
+            for gpu in &mut usage.gpus {
+                gpu.gpu_time_ns = 0;
+                gpu.throttled_ns = 0;
+            }
+        }
+        let text = render_table(&report(vec![tenant]));
+        for pair in text.lines().collect::<Vec<_>>().windows(2) {
+            let next = pair[1].trim_start();
+            assert!(
+                !UNITS.iter().any(|u| next == *u
+                    || next.starts_with(&format!("{u} "))
+                    || next.starts_with(&format!("{u},"))),
+                "a unit starts a line:\n{text}"
+            );
+        }
+        assert_eq!(
+            unbroken_words("GPU time 0 s, throttled 12.3 s"),
+            ["GPU", "time", "0 s,", "throttled", "12.3 s"]
+        );
+        assert_eq!(
+            unbroken_words("slot 63, pid 4 s"),
+            ["slot", "63,", "pid", "4 s"]
         );
     }
 

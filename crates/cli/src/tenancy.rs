@@ -23,6 +23,12 @@
 //! A run-created tenant left behind (its last run was killed with SIGKILL) has a marker that
 //! nobody locks and no live slots: the next run that enters it removes it and starts afresh,
 //! so a stale quota never becomes the ceiling of an unrelated run.
+//!
+//! A run that joins a tenant made by someone else holds the membership lock too, though it
+//! never removes that tenant: `gpuslice tenant delete` ([`remove`]) takes the entry lock and
+//! asks the membership lock whether any run is in the tenant, so that it does not remove a
+//! tenant under a run whose command has not used the GPU yet. `gpuslice tenant create`
+//! ([`create`]) makes a tenant under the entry lock too, marked `created-by-tenant-create`.
 
 use std::fs::{DirBuilder, File};
 use std::io;
@@ -36,6 +42,9 @@ use gpuslice_ledger::{
 
 /// The marker a run-created tenant has in its directory.
 pub const MARKER: &str = "created-by-run";
+/// The marker of a tenant made by `gpuslice tenant create`; it names the CDI spec written
+/// for it, if any.
+pub const CREATE_MARKER: &str = "created-by-tenant-create";
 
 /// How many times entering starts over because the tenant was removed under it.
 const ENTER_ATTEMPTS: u32 = 100;
@@ -129,9 +138,10 @@ pub struct Membership {
     tenant: TenantName,
     /// How it entered.
     pub entry: Entry,
-    /// A description of the tenant's lock file holding the shared membership lock; `None`
-    /// in a tenant not created by a run.
-    membership: Option<LockHandle>,
+    /// A description of the tenant's lock file holding the shared membership lock.
+    membership: LockHandle,
+    /// Whether a run created the tenant (so that the last run out removes it).
+    run_created: bool,
 }
 
 /// Enters `tenant`: creates it with `quota` if it has no quota, else joins it (if `join`
@@ -170,18 +180,13 @@ pub fn enter(
                 ledger: ledger.clone(),
                 tenant: tenant.clone(),
                 entry: Entry::Created,
-                membership: Some(membership),
+                membership,
+                run_created: true,
             });
         };
         let run_created = marker_path.exists();
-        let membership = if run_created {
-            Some(locks.handle()?)
-        } else {
-            None
-        };
-        if let Some(membership) = &membership
-            && is_abandoned(ledger, tenant, membership)?
-        {
+        let membership = locks.handle()?;
+        if run_created && is_abandoned(ledger, tenant, &membership)? {
             ledger.remove_tenant(tenant)?;
             continue;
         }
@@ -190,15 +195,14 @@ pub fn enter(
                 tenant: tenant.clone(),
             });
         }
-        if let Some(membership) = &membership {
-            // Also turns the exclusive lock `is_abandoned` may have taken back into a shared one.
-            membership.lock_wait(lock_bytes::RUN_MEMBERS, LockKind::Shared)?;
-        }
+        // Also turns the exclusive lock `is_abandoned` may have taken back into a shared one.
+        membership.lock_wait(lock_bytes::RUN_MEMBERS, LockKind::Shared)?;
         return Ok(Membership {
             ledger: ledger.clone(),
             tenant: tenant.clone(),
             entry: Entry::Joined(existing.quota()),
             membership,
+            run_created,
         });
     }
     Err(TenancyError::Unstable {
@@ -215,9 +219,10 @@ impl Membership {
     /// Leaves the tenant, removing it if this run is the last of a run-created tenant and
     /// no process holds a live slot in it.
     pub fn leave(self) -> Result<Departure, TenancyError> {
-        let Some(membership) = &self.membership else {
+        if !self.run_created {
             return Ok(Departure::NotRunCreated);
-        };
+        }
+        let membership = &self.membership;
         let Some((_locks, _entry)) = lock_entry(&self.ledger, &self.tenant, false)? else {
             return Ok(Departure::AlreadyGone);
         };
@@ -232,6 +237,108 @@ impl Membership {
             n => Ok(Departure::LiveProcesses(n)),
         }
     }
+}
+
+/// Who was found using a tenant that was to be removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removal {
+    /// Whether a `gpuslice run` is in the tenant.
+    pub runs_inside: bool,
+    /// How many processes hold a live slot in it.
+    pub live_processes: usize,
+    /// Whether its entry lock stayed taken for [`ENTRY_PATIENCE`]: a run entering or
+    /// leaving holds it for a few system calls only, so someone else holds it (a process
+    /// of the tenant can, since its containers have its lock file).
+    pub entry_held: bool,
+    /// Whether it was removed (not in use, or forced).
+    pub removed: bool,
+}
+
+/// How long [`remove`] waits for a tenant's entry lock.
+pub const ENTRY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Creates `tenant` with `quota` for `gpuslice tenant create`, marked with
+/// [`CREATE_MARKER`] (holding `marker_text`), under the entry lock, so that a run entering
+/// at once either joins it or made it first. An error if it exists already.
+pub fn create(
+    ledger: &Ledger,
+    tenant: &TenantName,
+    quota: &TenantQuota,
+    marker_text: &str,
+) -> Result<(), TenancyError> {
+    for _ in 0..ENTER_ATTEMPTS {
+        let Some((_locks, _entry)) = lock_entry(ledger, tenant, true)? else {
+            continue;
+        };
+        if ledger.read_quota(tenant)?.is_some() {
+            return Err(TenancyError::Exists {
+                tenant: tenant.clone(),
+            });
+        }
+        let dir = ledger.tenant_dir(tenant);
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(TenancyError::io("create", &dir))?;
+        let marker = dir.join(CREATE_MARKER);
+        std::fs::write(&marker, marker_text).map_err(TenancyError::io("write", &marker))?;
+        ledger.write_quota(tenant, quota)?;
+        return Ok(());
+    }
+    Err(TenancyError::Unstable {
+        tenant: tenant.clone(),
+    })
+}
+
+/// Removes `tenant` unless a `gpuslice run` is in it or a process holds a live slot in it;
+/// with `force`, even then. The entry lock is held from the look to the removal, so no run
+/// enters in between (one waiting for it finds the tenant gone and starts afresh). The lock
+/// is waited for [`ENTRY_PATIENCE`] at most: the tenant's own processes can take it, and
+/// one that never lets go must not hang the command (unforced, the tenant is kept).
+pub fn remove(ledger: &Ledger, tenant: &TenantName, force: bool) -> Result<Removal, TenancyError> {
+    let mut removal = Removal {
+        runs_inside: false,
+        live_processes: 0,
+        entry_held: false,
+        removed: false,
+    };
+    // Held until the end of this function.
+    let mut _entry = None;
+    for _ in 0..ENTER_ATTEMPTS {
+        // No lock file: no run ever entered the tenant, nor can one be in it.
+        let Some(locks) = ledger.open_existing_locks(tenant)? else {
+            break;
+        };
+        let entry = locks.handle()?;
+        let deadline = std::time::Instant::now() + ENTRY_PATIENCE;
+        let mut held = false;
+        while !entry.try_lock(lock_bytes::RUN_ENTRY, LockKind::Exclusive)? {
+            if std::time::Instant::now() >= deadline {
+                held = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // A run that removed the tenant and made it afresh meanwhile has a new lock file,
+        // whose locks are the ones that count.
+        if !held && !locks.is_still_at_its_path()? {
+            continue;
+        }
+        let membership = locks.handle()?;
+        removal.entry_held = held;
+        removal.runs_inside = !membership.try_lock(lock_bytes::RUN_MEMBERS, LockKind::Exclusive)?;
+        _entry = Some((locks, entry, membership));
+        break;
+    }
+    removal.live_processes = live_slots(ledger, tenant)?;
+    let in_use = removal.runs_inside || removal.live_processes > 0 || removal.entry_held;
+    if in_use && !force {
+        return Ok(removal);
+    }
+    ledger.remove_tenant(tenant)?;
+    removal.removed = true;
+    Ok(removal)
 }
 
 /// Whether a run-created tenant has been left behind: no run holds its membership lock and

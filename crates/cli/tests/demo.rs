@@ -11,7 +11,7 @@ const DEMO_TIMEOUT: Duration = Duration::from_secs(60);
 fn row<'a>(stdout: &'a str, tenant: &str) -> Vec<&'a str> {
     stdout
         .lines()
-        .find(|l| l.starts_with(tenant) && l.contains("GiB"))
+        .find(|l| l.starts_with(&format!("{tenant} ")) && l.contains("GiB"))
         .unwrap_or_else(|| panic!("no table row for {tenant} in:\n{stdout}"))
         .split_whitespace()
         .collect()
@@ -21,7 +21,7 @@ fn row<'a>(stdout: &'a str, tenant: &str) -> Vec<&'a str> {
 fn summary_row<'a>(stdout: &'a str, tenant: &str) -> Vec<&'a str> {
     stdout
         .lines()
-        .rfind(|l| l.starts_with(tenant))
+        .rfind(|l| l.starts_with(&format!("{tenant} ")))
         .unwrap_or_else(|| panic!("no summary row for {tenant} in:\n{stdout}"))
         .split_whitespace()
         .collect()
@@ -99,13 +99,27 @@ fn simulated_demo_keeps_quotas_and_gives_the_tenants_30_and_70_percent() {
         ],
         "{out:?}"
     );
+    // Not on a terminal: plain lines in words, not the workers' key=value lines.
     assert!(
-        out.stdout.contains("[demo-a] progress allocated="),
+        out.stdout.contains("demo-a: 256 MiB of 1 GiB allocated\n"),
         "{out:?}"
     );
+    assert!(
+        out.stdout
+            .contains("demo-b: refused at 1984 MiB with CUDA_ERROR_OUT_OF_MEMORY\n"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("allocated="), "{out:?}");
 
     // The compute phase: progress, then the summary with the measured shares.
-    assert!(out.stdout.contains("[compute] "), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("\ncompute, 1.0 s of 4.0 s: demo-a got "),
+        "{out:?}"
+    );
+    // It ends with its verdict, on one line.
+    let last = out.stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("verdict: PASS: "), "{out:?}");
     let a = summary_row(&out.stdout, "demo-a");
     let b = summary_row(&out.stdout, "demo-b");
     assert_eq!(

@@ -125,3 +125,46 @@ fn completions_print_a_script_for_the_shell() {
     let out = finish(t.gpuslice(&["completions", "tcsh"]));
     assert_eq!(out.code, Some(2), "{out:?}");
 }
+
+/// Issue 16, item 6: a missing ledger was a warning and an empty one a failure. An empty
+/// ledger directory is a ledger without tenants (as status reads it); a missing one that was
+/// named (--dir, GPUSLICE_DIR) is a failure, since the shim refuses a GPUSLICE_DIR that does
+/// not exist.
+#[test]
+fn doctor_calls_an_empty_ledger_fine_and_a_missing_named_one_a_failure() {
+    let t = TestDir::new();
+    let empty = t.path().join("empty-ledger");
+    std::fs::create_dir(&empty).unwrap();
+    let shim = artifact("libgpuslice.so");
+    let out = finish(
+        t.gpuslice(&["doctor", "--dir"])
+            .arg(&empty)
+            .arg("--shim")
+            .arg(&shim),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let ledger = line(&out, "ledger");
+    assert!(
+        ledger.starts_with("OK") && ledger.contains("is writable"),
+        "{ledger}"
+    );
+    let tenants = line(&out, "tenants");
+    assert!(
+        tenants.starts_with("OK") && tenants.contains("none yet"),
+        "{tenants}"
+    );
+
+    let missing = t.path().join("missing-ledger");
+    for command in [
+        t.gpuslice(&["doctor", "--dir"]).arg(&missing),
+        t.gpuslice(&["doctor"]).env("GPUSLICE_DIR", &missing),
+    ] {
+        let out = finish(command.arg("--shim").arg(&shim));
+        assert_eq!(out.code, Some(1), "{out:?}");
+        let ledger = line(&out, "ledger");
+        assert!(
+            ledger.starts_with("FAIL") && ledger.contains("does not exist"),
+            "{ledger}"
+        );
+    }
+}

@@ -377,7 +377,7 @@ pub async fn watch(
 }
 
 /// The next device list of a `ListAndWatch` stream, as ID -> health.
-async fn next_list(
+pub async fn next_list(
     stream: &mut tonic::Streaming<api::ListAndWatchResponse>,
 ) -> HashMap<String, String> {
     let item = tokio::time::timeout(WAIT, stream.next())

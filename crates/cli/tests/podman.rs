@@ -41,7 +41,7 @@ impl Drop for InstalledSpec {
 /// `podman run OPTIONS --rootfs ROOTFS COMMAND...`, with what every container of this test
 /// needs. The lowered rlimits are what podman would otherwise raise, which a runtime
 /// without CAP_SYS_RESOURCE (a sandbox) may not do.
-fn podman_run(options: &[&str], rootfs: &Path, command_line: &[&str]) -> Command {
+pub fn podman_run(options: &[&str], rootfs: &Path, command_line: &[&str]) -> Command {
     let mut command = Command::new("podman");
     command.args([
         "run",
@@ -85,7 +85,7 @@ fn copy_with_libraries(file: &Path, rootfs: &Path) {
 /// A root filesystem: a shell, cudaprobe, and the simulated GPU as the driver libraries
 /// (in place of what NVIDIA's CDI device would mount). The shim is not in it: the CDI spec
 /// mounts it.
-fn rootfs(dir: &Path) -> PathBuf {
+pub fn rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("tmp")).expect("rootfs");
     copy_with_libraries(Path::new("/bin/sh"), &root);
@@ -105,7 +105,7 @@ fn rootfs(dir: &Path) -> PathBuf {
 }
 
 /// Why there is no podman to use, if there is none.
-fn no_podman() -> Option<String> {
+pub fn no_podman() -> Option<String> {
     match Command::new("podman").arg("--version").output() {
         Ok(out) if out.status.success() => None,
         Ok(out) => Some(format!("podman --version failed: {out:?}")),
@@ -114,7 +114,7 @@ fn no_podman() -> Option<String> {
 }
 
 /// Why containers cannot run here, if they cannot: podman fails a trivial container.
-fn cannot_run_containers(rootfs: &Path) -> Option<String> {
+pub fn cannot_run_containers(rootfs: &Path) -> Option<String> {
     let out = finish(podman_run(
         &[],
         rootfs,
@@ -242,10 +242,19 @@ fn podman_runs_a_container_as_the_tenant_of_its_allocation() {
 /// Says loudly that the test did not run, and why: on stderr itself, not through the test
 /// harness's capture (which would show it only for a failing test).
 fn skip(why: &str) {
+    skip_test(
+        "podman_runs_a_container_as_the_tenant_of_its_allocation",
+        "The CDI spec is",
+        why,
+    );
+}
+
+/// Says loudly that `test` did not run, and why; `what` is what goes untested.
+pub fn skip_test(test: &str, what: &str, why: &str) {
     let _ = writeln!(
         std::io::stderr().lock(),
-        "\n*** SKIPPED podman_runs_a_container_as_the_tenant_of_its_allocation: {why}\n\
-         *** The CDI spec is NOT tested with a container runtime on this machine.\n"
+        "\n*** SKIPPED {test}: {why}\n\
+         *** {what} NOT tested with a container runtime on this machine.\n"
     );
 }
 

@@ -51,6 +51,21 @@ pub enum AllocateError {
         /// What is wrong with it.
         problem: String,
     },
+    /// More slices than the resource gives one container (NVIDIA's
+    /// `failRequestsGreaterThanOne`).
+    #[error(
+        "request for '{resource}: {requested}' too large: a container may have at most {max} \
+         slice(s) of {resource} (maxSlicesPerContainer; failRequestsGreaterThanOne in NVIDIA's \
+         format), since {resource} is an access to a shared GPU; ask for {max}"
+    )]
+    TooMany {
+        /// The resource.
+        resource: String,
+        /// How many slices were asked for.
+        requested: usize,
+        /// How many are allowed.
+        max: u32,
+    },
     /// The GPUs have not been discovered yet (NVML not answering).
     #[error("the GPUs of this node are not known yet (NVML has not answered); retry")]
     NotDiscovered,
@@ -69,9 +84,9 @@ impl AllocateError {
     pub fn status(&self) -> tonic::Status {
         let message = self.to_string();
         match self {
-            AllocateError::Empty | AllocateError::Unknown { .. } => {
-                tonic::Status::invalid_argument(message)
-            }
+            AllocateError::Empty
+            | AllocateError::Unknown { .. }
+            | AllocateError::TooMany { .. } => tonic::Status::invalid_argument(message),
             AllocateError::GpuGone { .. } | AllocateError::GpuUnhealthy { .. } => {
                 tonic::Status::failed_precondition(message)
             }
@@ -186,6 +201,15 @@ impl Allocator {
                 .or_insert((state.gpu.clone(), 0))
                 .1 += 1;
             slices.push(slice);
+        }
+        if let Some(max) = self.resource.max_slices_per_container
+            && slices.len() > usize::try_from(max).unwrap_or(usize::MAX)
+        {
+            return Err(AllocateError::TooMany {
+                resource: self.resource.name.clone(),
+                requested: slices.len(),
+                max,
+            });
         }
         Ok((slices, counts.into_values().collect()))
     }
@@ -339,6 +363,7 @@ mod tests {
             slices: 4,
             priority,
             compute_limit,
+            max_slices_per_container: None,
         }
     }
 

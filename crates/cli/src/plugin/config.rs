@@ -1,6 +1,10 @@
 //! The device plugin's settings: a YAML (or JSON) file, usually a ConfigMap, with flags on
 //! top. Every value is checked before the plugin starts, and an error names the file, the
 //! field and what it accepts.
+//!
+//! The file is in gpuslice's format, or in NVIDIA's device plugin's (`version: v1`,
+//! `sharing.timeSlicing`: [`nvidia_config`](super::nvidia_config)), told apart by the
+//! fields only NVIDIA's has; a file with fields of both is refused.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -9,6 +13,7 @@ use std::time::Duration;
 use gpuslice_ledger::Priority;
 use serde::Deserialize;
 
+use super::nvidia_config::{self, Converted, NvidiaConfigError};
 use crate::cdi::{Layout, Preload};
 use crate::cli::DevicePluginArgs;
 
@@ -62,12 +67,51 @@ struct FileResource {
     slices: Option<u32>,
     priority: Option<PriorityName>,
     compute_limit: Option<ComputeLimit>,
+    max_slices_per_container: Option<u32>,
+}
+
+/// The top-level fields of gpuslice's format (those of [`File`]), to name them in a file
+/// that mixes them with NVIDIA's.
+const GPUSLICE_FIELDS: [&str; 15] = [
+    "slicesPerGpu",
+    "resources",
+    "ledgerDir",
+    "ledgerContainerDir",
+    "shim",
+    "shimContainerPath",
+    "preload",
+    "cdiDir",
+    "kubeletDir",
+    "nvidiaCdiDevice",
+    "healthIntervalSeconds",
+    "metricsListen",
+    "podResourcesSocket",
+    "sweepIntervalSeconds",
+    "cleanupGraceSeconds",
+];
+
+/// The format a settings file is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// gpuslice's own.
+    Gpuslice,
+    /// NVIDIA's device plugin's (`version: v1`).
+    Nvidia,
+}
+
+/// A settings file, read: gpuslice's settings, and what of NVIDIA's was accepted and
+/// ignored.
+#[derive(Debug)]
+struct Read {
+    file: File,
+    format: Format,
+    ignored: Vec<String>,
 }
 
 /// A priority as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum PriorityName {
+pub enum PriorityName {
     High,
     Normal,
     Low,
@@ -97,6 +141,8 @@ pub struct Resource {
     pub priority: Priority,
     /// Whether its tenants are capped at their share.
     pub compute_limit: ComputeLimit,
+    /// The most slices one container may have (`None`: any number).
+    pub max_slices_per_container: Option<u32>,
 }
 
 impl Resource {
@@ -137,6 +183,10 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// How old an allocation must be before the pod resources API's word removes it.
     pub cleanup_grace: Duration,
+    /// The format of the file (gpuslice's without one).
+    pub format: Format,
+    /// Settings of NVIDIA's format that were accepted and are ignored, each with why.
+    pub ignored: Vec<String>,
 }
 
 /// Settings that cannot be used.
@@ -158,6 +208,14 @@ pub enum ConfigError {
         /// The parser's message, with the line and column.
         message: String,
     },
+    /// The file is in NVIDIA's device plugin format, and something in it cannot be used.
+    #[error("invalid config file {} (NVIDIA device plugin format): {source}", .path.display())]
+    Nvidia {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        source: NvidiaConfigError,
+    },
     /// A value is out of range or malformed.
     #[error("invalid {field} {value:?} (in {origin}): expected {expected}")]
     Value {
@@ -175,32 +233,160 @@ pub enum ConfigError {
 impl Config {
     /// The settings: the file `args.config` names (if any), then the flags over it.
     pub fn load(args: &DevicePluginArgs) -> Result<Config, ConfigError> {
-        let (file, origin) = match &args.config {
+        let (read, origin) = match &args.config {
             Some(path) => (read_file(path)?, path.display().to_string()),
-            None => (File::default(), "flags".to_string()),
+            None => (
+                Read {
+                    file: File::default(),
+                    format: Format::Gpuslice,
+                    ignored: Vec::new(),
+                },
+                "flags".to_string(),
+            ),
         };
-        resolve(file, args, &origin)
+        resolve_read(read, args, &origin)
     }
 }
 
+/// [`resolve`], keeping what the file's reading found.
+fn resolve_read(read: Read, args: &DevicePluginArgs, origin: &str) -> Result<Config, ConfigError> {
+    let mut config = resolve(read.file, args, origin)?;
+    config.format = read.format;
+    config.ignored = read.ignored;
+    Ok(config)
+}
+
 /// Reads and parses the settings file.
-fn read_file(path: &Path) -> Result<File, ConfigError> {
+fn read_file(path: &Path) -> Result<Read, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text).map_err(|message| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message,
-    })
+    parse(&text, path)
 }
 
-/// Parses settings text (YAML, of which JSON is a subset). An empty file is all defaults.
-fn parse(text: &str) -> Result<File, String> {
-    if text.trim().is_empty() {
-        return Ok(File::default());
+/// Parses settings text (YAML, of which JSON is a subset) in either format. An empty file is
+/// all defaults.
+fn parse(text: &str, path: &Path) -> Result<Read, ConfigError> {
+    let parse_error = |message: String| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let format = detect(text).map_err(parse_error)?;
+    match format {
+        Format::Gpuslice => {
+            let file = if text.trim().is_empty() {
+                File::default()
+            } else {
+                serde_norway::from_str(text).map_err(|e| parse_error(e.to_string()))?
+            };
+            Ok(Read {
+                file,
+                format,
+                ignored: Vec::new(),
+            })
+        }
+        Format::Nvidia => {
+            let converted =
+                nvidia_config::parse(text, nvidia_config::Mps::Refuse).map_err(|source| {
+                    ConfigError::Nvidia {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?;
+            let ignored = converted.ignored.clone();
+            Ok(Read {
+                file: File::from_nvidia(converted),
+                format,
+                ignored,
+            })
+        }
     }
-    serde_norway::from_str(text).map_err(|e| e.to_string())
+}
+
+/// The format of settings text: NVIDIA's when it has a field only NVIDIA's format has,
+/// gpuslice's otherwise (text that is not a mapping is left to gpuslice's parser to refuse).
+/// An error for a file with fields of both.
+pub fn detect(text: &str) -> Result<Format, String> {
+    if text.trim().is_empty() {
+        return Ok(Format::Gpuslice);
+    }
+    let value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    let Some(mapping) = value.as_mapping() else {
+        return Ok(Format::Gpuslice);
+    };
+    if !nvidia_config::is_nvidia_format(mapping) {
+        return Ok(Format::Gpuslice);
+    }
+    let keys: Vec<&str> = mapping
+        .keys()
+        .filter_map(serde_norway::Value::as_str)
+        .collect();
+    // `resources` is in both formats: a list is gpuslice's, a mapping NVIDIA's.
+    let ours: Vec<&str> = mapping
+        .iter()
+        .filter_map(|(key, value)| {
+            let key = key.as_str()?;
+            let gpuslices = GPUSLICE_FIELDS.contains(&key)
+                && (!nvidia_config::TOP_LEVEL_FIELDS.contains(&key) || value.is_sequence());
+            gpuslices.then_some(key)
+        })
+        .collect();
+    if !ours.is_empty() {
+        let theirs: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| nvidia_config::TOP_LEVEL_FIELDS.contains(k) && !ours.contains(k))
+            .collect();
+        return Err(format!(
+            "it mixes fields of NVIDIA's device plugin format ({}) with gpuslice's ({}); a \
+             file is in one format or the other (gpuslice config convert turns NVIDIA's into \
+             gpuslice's)",
+            theirs.join(", "),
+            ours.join(", ")
+        ));
+    }
+    Ok(Format::Nvidia)
+}
+
+/// The settings in `text` (of the file `path`) with flags `args`, as [`Config::load`] makes
+/// them from a file.
+#[cfg(test)]
+pub(super) fn load_text(
+    text: &str,
+    path: &Path,
+    args: &DevicePluginArgs,
+) -> Result<Config, ConfigError> {
+    resolve_read(parse(text, path)?, args, &path.display().to_string())
+}
+
+/// Whether text in gpuslice's format parses (its values are checked when they are resolved);
+/// the parser's message if not.
+pub fn check_gpuslice_text(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    serde_norway::from_str::<File>(text)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+impl File {
+    /// gpuslice's settings for what a file in NVIDIA's format says.
+    fn from_nvidia(converted: Converted) -> File {
+        File {
+            slices_per_gpu: Some(converted.slices_per_gpu),
+            resources: Some(vec![FileResource {
+                name: converted.resource,
+                slices: None,
+                priority: None,
+                compute_limit: Some(converted.compute_limit),
+                max_slices_per_container: converted.max_slices_per_container,
+            }]),
+            nvidia_cdi_device: converted.nvidia_cdi_device,
+            ..File::default()
+        }
+    }
 }
 
 /// The file's values, with the flags over them, checked.
@@ -351,6 +537,8 @@ fn resolve(file: File, args: &DevicePluginArgs, origin: &str) -> Result<Config, 
         pod_resources_socket,
         sweep_interval,
         cleanup_grace,
+        format: Format::Gpuslice,
+        ignored: Vec::new(),
     })
 }
 
@@ -368,6 +556,7 @@ fn resources(
             slices: None,
             priority: None,
             compute_limit: None,
+            max_slices_per_container: None,
         }]
     });
     if listed.is_empty() {
@@ -411,6 +600,13 @@ fn resources(
                 "at least 1",
             ));
         }
+        if r.max_slices_per_container == Some(0) {
+            return Err(bad(
+                "resources[].maxSlicesPerContainer",
+                format!("0 (for {})", r.name),
+                "at least 1, or no field for any number",
+            ));
+        }
         out.push(Resource {
             name: r.name,
             first_slice: next,
@@ -421,6 +617,7 @@ fn resources(
                 Some(PriorityName::Normal) | None => Priority::Normal,
             },
             compute_limit: r.compute_limit.unwrap_or_default(),
+            max_slices_per_container: r.max_slices_per_container,
         });
         next = next.saturating_add(slices);
     }
@@ -494,11 +691,8 @@ mod tests {
     }
 
     fn from_text(text: &str, extra: &[&str]) -> Result<Config, ConfigError> {
-        let file = parse(text).map_err(|message| ConfigError::Parse {
-            path: "test.yaml".into(),
-            message,
-        })?;
-        resolve(file, &args(extra), "test.yaml")
+        let read = parse(text, Path::new("test.yaml"))?;
+        resolve_read(read, &args(extra), "test.yaml")
     }
 
     /// Issue 15, item 8: a path that is not UTF-8 would be written into CDI specs as
@@ -520,7 +714,7 @@ mod tests {
         else {
             unreachable!()
         };
-        let err = resolve(parse("{}").unwrap(), &args, "flags")
+        let err = resolve(File::default(), &args, "flags")
             .unwrap_err()
             .to_string();
         assert!(err.contains("ledgerDir") && err.contains("UTF-8"), "{err}");
@@ -554,6 +748,25 @@ mod tests {
         let c = from_text("podResourcesSocket: \"\"\ncleanupGraceSeconds: 0", &[]).unwrap();
         assert_eq!(c.pod_resources_socket, None);
         assert_eq!(c.cleanup_grace, Duration::ZERO);
+    }
+
+    /// Issue 16, item 6: `--pod-resources-socket ""` was documented as turning the lookup
+    /// off, and clap refused the empty path.
+    #[test]
+    fn an_empty_pod_resources_socket_flag_turns_the_lookup_off() {
+        let c = from_text("", &["--pod-resources-socket", ""]).unwrap();
+        assert_eq!(c.pod_resources_socket, None);
+        let c = from_text(
+            "podResourcesSocket: /elsewhere.sock",
+            &["--pod-resources-socket", ""],
+        )
+        .unwrap();
+        assert_eq!(c.pod_resources_socket, None, "the flag overrides the file");
+        let c = from_text("", &["--pod-resources-socket", "/run/pr.sock"]).unwrap();
+        assert_eq!(
+            c.pod_resources_socket.as_deref(),
+            Some(Path::new("/run/pr.sock"))
+        );
     }
 
     #[test]
@@ -618,10 +831,38 @@ healthIntervalSeconds: 0.5
             ("sweepIntervalSeconds: 0", "sweepIntervalSeconds"),
             ("cleanupGraceSeconds: -1", "cleanupGraceSeconds"),
             ("preload: ld_preload", "unknown variant"),
+            (
+                "resources: [{name: a.io/x, maxSlicesPerContainer: 0}]",
+                "maxSlicesPerContainer",
+            ),
+            ("version: v1\nslicesPerGpu: 4", "mixes fields"),
+            ("sharing: {}\nresources: [{name: a.io/x}]", "mixes fields"),
         ] {
             let err = from_text(text, &[]).unwrap_err().to_string();
             assert!(err.contains(field), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_resource_may_cap_the_slices_of_one_container() {
+        let c = from_text(
+            "resources: [{name: gpuslice.dev/gpu, maxSlicesPerContainer: 2}]",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.resources[0].max_slices_per_container, Some(2));
+        assert_eq!(c.format, Format::Gpuslice);
+        assert!(c.ignored.is_empty());
+    }
+
+    /// The list that names gpuslice's fields in a mixed file is the fields of [`File`].
+    #[test]
+    fn every_gpuslice_field_is_one_the_file_takes() {
+        for field in GPUSLICE_FIELDS {
+            let text = format!("{field}: null");
+            assert!(check_gpuslice_text(&text).is_ok(), "{field}");
+        }
+        assert!(check_gpuslice_text("slicesPerGpus: null").is_err());
     }
 
     #[test]

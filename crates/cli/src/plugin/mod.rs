@@ -24,8 +24,11 @@
 mod allocate;
 pub mod api;
 mod config;
+pub mod convert;
 mod health;
 mod kubelet;
+mod nvidia_config;
+mod nvidia_flags;
 pub(crate) mod nvml;
 mod podresources;
 mod scrape;
@@ -53,12 +56,7 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// Runs `gpuslice device-plugin` until SIGTERM or SIGINT.
 pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
-    let level = args.log_level;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_target(false)
-        .init();
+    crate::logging::init(args.log_level, args.log_format);
     // Read once, like a flag: the variables NVIDIA's plugin reads, so that a DaemonSet
     // moved over keeps them.
     let xids = Arc::new(XidHealth::new(XidPolicy::from_env().usage()?));
@@ -143,14 +141,46 @@ async fn supervise(
     {
         start_metrics(address, &source).await.usage()?;
     }
+    describe_config(&config, &args);
     loop {
         match run(&config, &args, &xids, &source, &shutdown).await {
             End::Signal => return Ok(exit::OK),
             End::Reload(next) => {
                 tracing::info!("the config file changed: restarting with the new settings");
                 config = *next;
+                describe_config(&config, &args);
             }
         }
+    }
+}
+
+/// Says what the plugin advertises, and, for a file in NVIDIA's format, which of its
+/// settings are ignored and why.
+fn describe_config(config: &Config, args: &DevicePluginArgs) {
+    let resources: Vec<String> = config
+        .resources
+        .iter()
+        .map(|r| {
+            format!(
+                "{} ({} of {} slices per GPU)",
+                r.name, r.slices, config.slices_per_gpu
+            )
+        })
+        .collect();
+    if config.format == config::Format::Nvidia {
+        let file = args
+            .config
+            .as_deref()
+            .map_or_else(String::new, |p| p.display().to_string());
+        tracing::info!(
+            "{file} is NVIDIA's device plugin config: advertising {}",
+            resources.join(", ")
+        );
+        for note in &config.ignored {
+            tracing::warn!("ignoring {note}");
+        }
+    } else {
+        tracing::info!("advertising {}", resources.join(", "));
     }
 }
 

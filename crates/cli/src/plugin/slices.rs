@@ -243,6 +243,7 @@ mod tests {
             slices: 2,
             priority: gpuslice_ledger::Priority::Normal,
             compute_limit: super::super::config::ComputeLimit::None,
+            max_slices_per_container: None,
         };
         let state = |g: u8, problem: Option<&str>| GpuState {
             gpu: Gpu {

@@ -2,6 +2,8 @@
 
 pub mod compute;
 pub mod controller;
+pub mod driver_memory;
+pub mod footprint;
 pub mod gpu_time;
 pub mod launch_time;
 pub mod memory;

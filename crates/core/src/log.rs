@@ -64,12 +64,16 @@ pub fn write_line(level: Level, args: std::fmt::Arguments<'_>) {
 }
 
 /// Logs at a given level: `log!(Level::Info, "tenant {name}")`.
-macro_rules! log {
+// Exported under a hidden name and re-exported here, so that both this crate and the shim
+// name it `log::log` beside `Level` and `RateLimit`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __gpuslice_log {
     ($level:expr, $($arg:tt)*) => {
         $crate::log::write_line($level, format_args!($($arg)*))
     };
 }
-pub(crate) use log;
+pub use crate::__gpuslice_log as log;
 
 /// Lets a message through at most once per second; counts the ones held back.
 #[derive(Debug)]

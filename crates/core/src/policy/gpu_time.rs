@@ -57,10 +57,11 @@ pub struct LaunchSamples {
 }
 
 impl LaunchSamples {
-    /// Adds one timed launch: it took `elapsed_ns` of wall time on the GPU while
-    /// `sharing` processes (this one included, at least 1) had work in flight there, each
-    /// getting an equal part of the time; `found_idle`: nothing of the stream was left to
-    /// run when it was made.
+    /// Adds one timed launch: it took `elapsed_ns` of wall time on the GPU while that
+    /// time was shared `sharing` ways (processes with work in flight there, this one
+    /// included, times this process's streams busy there: at least 1), each getting an
+    /// equal part of it; `found_idle`: nothing of the stream was left to run when it was
+    /// made.
     pub fn add(&mut self, elapsed_ns: u64, sharing: u64, found_idle: bool) {
         self.idle += IDLE_WEIGHT * (f64::from(u8::from(found_idle)) - self.idle);
         self.samples = self.samples.saturating_add(1);

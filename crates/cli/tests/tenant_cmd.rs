@@ -1,0 +1,313 @@
+//! `gpuslice tenant create|flags|delete|list`: tenants for podman and Docker users, which
+//! outlive any one command. A process given the printed flags runs under the quota (here
+//! without a container; `podman.rs` runs one), and a tenant in use is kept unless forced.
+
+use gpuslice_ledger::Priority;
+
+use crate::util::*;
+
+/// `gpuslice tenant ARGS` on `t`'s ledger, with its shim.
+fn tenant_command(t: &TestDir, args: &[&str]) -> std::process::Command {
+    let mut command = t.gpuslice(&["tenant"]);
+    command.args(args).arg("--dir").arg(t.ledger_dir());
+    command
+}
+
+/// `gpuslice tenant create NAME ARGS`, which must succeed; its flags line.
+fn create(t: &TestDir, name: &str, args: &[&str]) -> String {
+    let mut command = tenant_command(t, &["create", name]);
+    command.args(args).arg("--shim").arg(t.shim());
+    let out = finish(&mut command);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    out.stdout.trim_end().to_string()
+}
+
+/// The `-e NAME=value` flags of a flags line.
+fn env_of(line: &str) -> Vec<(String, String)> {
+    let words: Vec<&str> = line.split(' ').collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "-e")
+        .filter_map(|w| w[1].split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn tenant_create_writes_the_quota_and_prints_the_flags_of_its_containers() {
+    let t = TestDir::new();
+    let line = create(
+        &t,
+        "team-a",
+        &[
+            "--memory",
+            "1Gi",
+            "--compute-share",
+            "30",
+            "--priority",
+            "high",
+        ],
+    );
+    let quota = t
+        .ledger()
+        .read_quota(&tenant("team-a"))
+        .unwrap()
+        .expect("a quota")
+        .quota();
+    assert_eq!(quota.defaults.memory_bytes, Some(GIB));
+    assert_eq!(quota.defaults.compute_share_permille, Some(300));
+    assert_eq!(quota.defaults.priority, Some(Priority::High));
+    let env = env_of(&line);
+    assert!(
+        env.contains(&("GPUSLICE_TENANT".into(), "team-a".into())),
+        "{line}"
+    );
+    let ledger = t.ledger();
+    let usage = ledger.usage_path(&tenant("team-a"));
+    assert!(usage.is_file(), "the usage file a container mounts");
+    assert!(
+        line.contains(&format!(
+            "--mount type=bind,source={0},target={0} ",
+            usage.display()
+        )),
+        "{line}"
+    );
+
+    // Listed, with who made it.
+    let out = finish(tenant_command(&t, &["list"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let row: Vec<&str> = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("team-a "))
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        [
+            "team-a", "1", "GiB", "30%", "-", "high", "0", "tenant", "create"
+        ]
+    );
+
+    // Once only; flags prints the line again.
+    let mut again = tenant_command(&t, &["create", "team-a"]);
+    let out = finish(again.arg("--shim").arg(t.shim()));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("exists already"), "{out:?}");
+    let mut flags = tenant_command(&t, &["flags", "team-a"]);
+    let out = finish(flags.arg("--shim").arg(t.shim()));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim_end(), line);
+}
+
+#[test]
+fn a_process_given_the_printed_environment_runs_under_the_tenants_quota() {
+    let node = Node::new();
+    let line = create(&node.dir, "team-b", &["--memory", "512Mi"]);
+    // What a container started with these flags gets in its environment (the mounts put the
+    // same host paths at the same places).
+    let mut probe = node.bare(&cudaprobe());
+    for (name, value) in env_of(&line) {
+        probe.env(name, value);
+    }
+    let out = finish(probe.args(["dlsym", "info", "fill", "64M"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(field(&out.stdout, "info", "total"), 512 * MIB, "{out:?}");
+    assert_eq!(
+        field(&out.stdout, "fill", "bytes"),
+        512 * MIB - CONTEXT,
+        "{out:?}"
+    );
+    assert_eq!(
+        field(&out.stdout, "fill", "rc"),
+        2,
+        "refused at the quota: {out:?}"
+    );
+    // The tenant outlives its process.
+    assert!(node.dir.tenant_exists("team-b"));
+}
+
+#[test]
+fn tenant_delete_keeps_a_tenant_in_use_unless_forced() {
+    let t = TestDir::new();
+    create(&t, "busy", &["--memory", "1Gi"]);
+
+    // A process of it using the GPU (here: this test holding a slot).
+    let usage = t.ledger().open_usage(&tenant("busy")).unwrap();
+    let slot = usage.claim_slot().unwrap();
+    let out = finish(tenant_command(&t, &["delete", "busy"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("kept tenant busy: 1 process(es) of it hold a live slot"),
+        "{out:?}"
+    );
+    assert!(t.tenant_exists("busy"));
+    drop(slot);
+    let out = finish(tenant_command(&t, &["delete", "busy"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!t.tenant_exists("busy"));
+
+    // A gpuslice run in it whose command has not used the GPU yet.
+    create(&t, "joined", &[]);
+    let mut run = t.run(&["--tenant", "joined", "--"]);
+    run.args(hold(&t.release_file()));
+    let mut running = Running::spawn(&mut run);
+    running.wait_for_line("ready");
+    let out = finish(tenant_command(&t, &["delete", "joined"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("a gpuslice run is in it"), "{out:?}");
+    let out = finish(tenant_command(&t, &["delete", "joined", "--force"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("runs without limits"), "{out:?}");
+    assert!(!t.tenant_exists("joined"));
+    t.release();
+    assert_eq!(running.wait(TIMEOUT).code, Some(0));
+
+    // The device plugin's tenant is its own business.
+    let ledger = t.ledger();
+    ledger
+        .write_quota(&tenant("GPU-x-slice-0"), &Default::default())
+        .unwrap();
+    std::fs::write(
+        ledger
+            .tenant_dir(&tenant("GPU-x-slice-0"))
+            .join("device-plugin-allocation"),
+        "{}",
+    )
+    .unwrap();
+    let out = finish(tenant_command(&t, &["delete", "GPU-x-slice-0"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("the device plugin made it"), "{out:?}");
+    let out = finish(tenant_command(&t, &["delete", "GPU-x-slice-0", "--force"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let out = finish(tenant_command(&t, &["delete", "nobody"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("no tenant nobody"), "{out:?}");
+}
+
+#[test]
+fn tenant_create_with_a_cdi_dir_writes_its_spec_and_delete_removes_it() {
+    let t = TestDir::new();
+    let cdi_dir = t.path().join("cdi");
+    let line = create(
+        &t,
+        "team-c",
+        &[
+            "--memory",
+            "2Gi",
+            "--cdi-dir",
+            cdi_dir.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(line, "--device gpuslice.dev/gpu=team-c");
+    let spec_path = cdi_dir.join("gpuslice.dev-gpu_team-c.json");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&spec_path).expect("spec")).expect("JSON");
+    assert_eq!(spec["kind"], "gpuslice.dev/gpu");
+    assert_eq!(spec["devices"][0]["name"], "team-c");
+    let out = finish(tenant_command(&t, &["delete", "team-c"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!spec_path.exists(), "the spec was left behind");
+}
+
+#[test]
+fn tenant_list_of_a_missing_ledger_is_a_usage_error_and_of_an_empty_one_says_so() {
+    let t = TestDir::new();
+    let out = finish(tenant_command(&t, &["list"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("does not exist"), "{out:?}");
+    std::fs::create_dir(t.ledger_dir()).unwrap();
+    let out = finish(tenant_command(&t, &["list"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("(no tenants)"), "{out:?}");
+}
+
+#[test]
+fn podman_runs_a_container_in_a_tenant_made_by_tenant_create_with_the_printed_flags() {
+    use crate::podman::{cannot_run_containers, no_podman, podman_run, rootfs, skip_test};
+    let skip = |why: &str| {
+        skip_test(
+            "podman_runs_a_container_in_a_tenant_made_by_tenant_create_with_the_printed_flags",
+            "The flags of gpuslice tenant create are",
+            why,
+        );
+    };
+    let node = Node::new();
+    if let Some(why) = no_podman() {
+        return skip(&why);
+    }
+    let root = rootfs(node.dir.path());
+    if let Some(why) = cannot_run_containers(&root) {
+        return skip(&why);
+    }
+    let line = create(&node.dir, "team-p", &["--memory", "256Mi"]);
+    let mut options: Vec<String> = line.split(' ').map(String::from).collect();
+    // The simulated GPU stands in for what NVIDIA's toolkit would add.
+    for env in [
+        "FAKECUDA_DEVICES=1Gi",
+        "FAKECUDA_STATE_DIR=/tmp/gpu",
+        "LD_LIBRARY_PATH=/usr/lib/gpu",
+    ] {
+        options.push("-e".into());
+        options.push(env.into());
+    }
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let out = finish(podman_run(
+        &options,
+        &root,
+        &["/cudaprobe", "dlsym", "info", "fill", "16M"],
+    ));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(field(&out.stdout, "info", "total"), 256 * MIB, "{out:?}");
+    assert_eq!(
+        field(&out.stdout, "fill", "bytes"),
+        256 * MIB - CONTEXT,
+        "{out:?}"
+    );
+    assert_eq!(
+        field(&out.stdout, "fill", "rc"),
+        2,
+        "refused at the quota: {out:?}"
+    );
+    // What it did is in the ledger, through its read-write usage file, and the tenant is
+    // still there for the next container.
+    let status = node.dir.status_json();
+    let entry = status["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .find(|t| t["name"] == "team-p")
+        .cloned()
+        .expect("the tenant in status");
+    assert_eq!(entry["gpus"][0]["oom_refusals"], 1, "{status}");
+}
+
+/// A process of the tenant can take its entry lock (its containers have its lock file) and
+/// never let go: delete must not wait for it forever.
+#[test]
+fn tenant_delete_does_not_hang_on_an_entry_lock_a_process_of_the_tenant_holds() {
+    let t = TestDir::new();
+    create(&t, "stuck", &[]);
+    let locks = t.ledger().open_locks(&tenant("stuck")).unwrap();
+    let holder = locks.handle().unwrap();
+    assert!(
+        holder
+            .try_lock(
+                gpuslice_ledger::layout::lock_bytes::RUN_ENTRY,
+                gpuslice_ledger::LockKind::Exclusive
+            )
+            .unwrap()
+    );
+    let out = finish(tenant_command(&t, &["delete", "stuck"]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("entry lock stayed taken"), "{out:?}");
+    assert!(t.tenant_exists("stuck"));
+    let out = finish(tenant_command(&t, &["delete", "stuck", "--force"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!t.tenant_exists("stuck"));
+    drop(holder);
+}
