@@ -1,10 +1,16 @@
 //! Compiles the kubelet's device plugin API (`proto/deviceplugin/v1beta1/api.proto`) and pod
 //! resources API (`proto/podresources/v1/api.proto`) into Rust with protox, a protobuf
 //! compiler in Rust, so building needs no `protoc`. Also says which commit the binary is
-//! built from (`gpuslice_build_info`): `GPUSLICE_BUILD_COMMIT` where the build sets it (an
-//! image built without `.git`), else git's `HEAD`, else `unknown`.
+//! built from (`gpuslice_build_info`): `SOURCE_COMMIT` where the build sets it (an image
+//! built without `.git`), else git's `HEAD`, else `unknown`.
+//!
+//! The commit goes through a file in `OUT_DIR`, not `cargo::rustc-env`: cargo also sets a
+//! build script's variables in the environment of the tests it runs, where a `GPUSLICE_`
+//! variable the shim does not know makes it refuse CUDA, and one of another name could
+//! collide with a user's.
 
 use std::error::Error;
+use std::path::PathBuf;
 use std::process::Command;
 
 const PROTOS: [&str; 2] = [
@@ -13,7 +19,8 @@ const PROTOS: [&str; 2] = [
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
-    println!("cargo::rustc-env=GPUSLICE_BUILD_COMMIT={}", commit());
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("commit"), commit())?;
     for proto in PROTOS {
         println!("cargo::rerun-if-changed={proto}");
     }
@@ -27,8 +34,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
 /// The commit being built, as short as git makes it unambiguous (12 characters at least).
 fn commit() -> String {
-    println!("cargo::rerun-if-env-changed=GPUSLICE_BUILD_COMMIT");
-    if let Ok(commit) = std::env::var("GPUSLICE_BUILD_COMMIT")
+    println!("cargo::rerun-if-env-changed=SOURCE_COMMIT");
+    if let Ok(commit) = std::env::var("SOURCE_COMMIT")
         && !commit.trim().is_empty()
     {
         return commit.trim().to_string();

@@ -20,9 +20,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The version this binary was built from.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The commit this binary was built from (`GPUSLICE_BUILD_COMMIT`, else git's, else
+/// The commit this binary was built from (`SOURCE_COMMIT` at build time, else git's, else
 /// `unknown`; see build.rs).
-pub const COMMIT: &str = env!("GPUSLICE_BUILD_COMMIT");
+pub const COMMIT: &str = include_str!(concat!(env!("OUT_DIR"), "/commit"));
 
 /// A GPU as the metrics label it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -539,6 +539,27 @@ mod tests {
             memory_bytes: 80 << 30,
             healthy: None,
         }
+    }
+
+    /// The commit came as a variable of the build script: cargo set it in the environment
+    /// of the tests it ran too, and the shim under them refused CUDA for a `GPUSLICE_`
+    /// variable it did not know.
+    #[test]
+    fn the_build_leaves_no_gpuslice_variable_in_the_environment_of_what_cargo_runs() {
+        let unknown: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| name.starts_with("GPUSLICE_"))
+            .filter(|name| {
+                !gpuslice_ledger::SHIM_VARIABLES.contains(&name.as_str())
+                    && ![crate::locate::ENV_SHIM, crate::locate::ENV_FAKECUDA]
+                        .contains(&name.as_str())
+            })
+            .collect();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert!(
+            !COMMIT.is_empty() && !COMMIT.contains(char::is_whitespace),
+            "{COMMIT:?}"
+        );
     }
 
     #[test]
