@@ -56,6 +56,9 @@ pub enum Command {
     /// Kubernetes device plugin: advertise GPU slices to the kubelet, one tenant each.
     #[command(name = "device-plugin", after_help = DEVICE_PLUGIN_HELP)]
     DevicePlugin(DevicePluginArgs),
+    /// Kubernetes DRA driver gpuslice.dev: GPUs with memory and compute capacities.
+    #[command(name = "dra-driver", after_help = DRA_DRIVER_HELP)]
+    DraDriver(DraDriverArgs),
     /// Container Device Interface specs that inject the shim and a tenant.
     #[command(subcommand)]
     Cdi(CdiCommand),
@@ -433,6 +436,76 @@ pub struct DevicePluginArgs {
     /// The kubelet's pod resources socket, "" for none [default: /var/lib/kubelet/pod-resources/kubelet.sock]
     #[arg(long, value_name = "PATH", value_parser = parse_path_or_none)]
     pub pod_resources_socket: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug, trace
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: tracing::Level,
+
+    /// Log lines as text (coloured only on a terminal) or as JSON objects
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
+}
+
+/// What `dra-driver` does, after the flags in `--help`.
+const DRA_DRIVER_HELP: &str = "\
+Publishes this node's GPUs as a ResourceSlice of the driver gpuslice.dev (one
+device per GPU, capacities memory and compute, shareable by several claims),
+registers with the kubelet through --registry-dir, and prepares the claims of
+the node's pods: each claim becomes a tenant (dra-<claim uid>) whose quota is
+the memory and compute share the scheduler granted it, with a CDI spec in
+--cdi-dir. The API server is found as kubectl finds it: in a pod, its service
+account; elsewhere $KUBECONFIG or ~/.kube/config. See docs/kubernetes.md.";
+
+/// `gpuslice dra-driver`.
+#[derive(Debug, Args)]
+pub struct DraDriverArgs {
+    /// This node's name [default: $NODE_NAME]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Ledger directory on the host [default: /run/gpuslice]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// The ledger directory as containers see it [default: as on the host]
+    #[arg(long, value_name = "DIR")]
+    pub container_dir: Option<PathBuf>,
+
+    /// The shim on the host [default: as for run]
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+
+    /// The shim as containers see it [default: as on the host]
+    #[arg(long, value_name = "PATH")]
+    pub container_shim: Option<PathBuf>,
+
+    /// How containers preload the shim
+    #[arg(long, value_enum, default_value = "env")]
+    pub preload: crate::cdi::Preload,
+
+    /// Where CDI specs of claims are written
+    #[arg(long, value_name = "DIR", default_value = "/var/run/cdi")]
+    pub cdi_dir: PathBuf,
+
+    /// The kubelet's plugin directory (the socket goes in gpuslice.dev/)
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet/plugins")]
+    pub plugins_dir: PathBuf,
+
+    /// The kubelet's plugin registration directory
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/kubelet/plugins_registry"
+    )]
+    pub registry_dir: PathBuf,
+
+    /// NVIDIA's CDI device per GPU, {uuid} or {index}; "" for none
+    #[arg(long, value_name = "TEMPLATE", default_value = "nvidia.com/gpu={uuid}")]
+    pub nvidia_cdi_device: String,
+
+    /// Milliseconds between looks at the GPUs
+    #[arg(long, value_name = "MS", default_value = "5000", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub health_interval_ms: u64,
 
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]

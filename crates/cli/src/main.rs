@@ -263,6 +263,20 @@ line, `verdict: PASS: ...` with the shares got, or `verdict: FAIL: ` and why.
 - **Exit**: 0 when each tenant saw its quota as the total, was refused at or below it, could
   allocate again, and got its share within 5 points; 1 with the reason otherwise.
 
+# `gpuslice dra-driver [--node-name NAME] [FLAGS]`
+
+The Kubernetes Dynamic Resource Allocation driver `gpuslice.dev` (library: the
+`gpuslice-k8s` crate, module `dra`): publishes the node's ResourceSlice (one device per GPU
+with capacities `memory` and `compute`, `allowMultipleAllocations`), registers with the
+kubelet in `--registry-dir`, and serves the kubelet's DRA API (v1 and v1beta1) on
+`--plugins-dir`/gpuslice.dev/dra.sock. `NodePrepareResources` reads the claim from the API
+server (in a pod its service account, else `$KUBECONFIG`), creates the tenant `dra-<claim
+uid>` with the memory and compute share the scheduler granted and the opaque
+configuration's cap and priority, writes its CDI spec in `--cdi-dir`, and answers with
+`nvidia.com/gpu=<uuid>` and `gpuslice.dev/gpu=dra-<uid>`; `NodeUnprepareResources` removes
+the tenant once no process of it holds a live slot. Exit codes: 0 after SIGTERM or SIGINT,
+2 for bad flags or no API server configuration.
+
 # `gpuslice device-plugin [--config FILE] [--slices-per-gpu N] [FLAGS]`
 
 The Kubernetes device plugin (kubelet device plugin API v1beta1, over the Unix sockets of
@@ -362,6 +376,7 @@ mod demo_memory;
 mod demo_plot;
 mod demo_worker;
 mod doctor;
+mod dra;
 mod exit;
 mod gpu;
 mod locate;
@@ -403,6 +418,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::demo(args),
         Command::DemoWorker(args) => demo_worker::worker(&args),
         Command::DevicePlugin(args) => plugin::device_plugin(args),
+        Command::DraDriver(args) => dra::dra_driver(args),
         Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),
         Command::Config(cli::ConfigCommand::Convert(args)) => plugin::convert::convert(&args),
         Command::Tenant(command) => tenant::tenant(command),

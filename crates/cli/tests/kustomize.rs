@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 const IMAGE: &str = "gpuslice:0.1.0";
 /// The namespace everything is installed in.
 const NAMESPACE: &str = "gpuslice";
-/// The overlays there are, each tested below.
-const OVERLAYS: [&str; 2] = ["realtime", "time-slicing-migration"];
+/// The overlays there are, each tested below (dra in dra_deploy.rs).
+const OVERLAYS: [&str; 3] = ["dra", "realtime", "time-slicing-migration"];
 
 /// Host directories the plugin uses, each mounted at the same path in its container, and
 /// whether it writes there. The paths are the plugin's defaults (crates/cli/src/plugin/
@@ -119,7 +119,7 @@ impl Object {
 
 /// Decodes `value` as `T`, and checks that `T` serializes back to `value`: a field the type
 /// does not have is lost on the way, and fails the comparison.
-fn decode_strictly<T>(value: &serde_json::Value, what: &str) -> T
+pub fn decode_strictly<T>(value: &serde_json::Value, what: &str) -> T
 where
     T: serde::de::DeserializeOwned + Serialize,
 {
@@ -219,7 +219,7 @@ fn kubectls() -> Option<Vec<PathBuf>> {
 }
 
 /// Runs `test` once with each kubectl (nothing, loudly, without one).
-fn with_each_kubectl(test: impl Fn(&Path)) {
+pub fn with_each_kubectl(test: impl Fn(&Path)) {
     for kubectl in kubectls().unwrap_or_default() {
         test(&kubectl);
     }
@@ -271,11 +271,11 @@ fn configmap(objects: &[Object]) -> &ConfigMap {
 }
 
 fn pod_spec(ds: &DaemonSet) -> &PodSpec {
-    ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    ds.spec.template.spec.as_ref().unwrap()
 }
 
 fn pod_labels(ds: &DaemonSet) -> &BTreeMap<String, String> {
-    let template = &ds.spec.as_ref().unwrap().template;
+    let template = &ds.spec.template;
     template.metadata.as_ref().unwrap().labels.as_ref().unwrap()
 }
 
@@ -470,8 +470,9 @@ fn the_base_installs_the_plugin_with_what_it_needs() {
         );
         let annotations = ds
             .spec
+            .template
+            .metadata
             .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.as_ref())
             .unwrap();
         assert_eq!(
@@ -507,13 +508,7 @@ fn the_base_installs_the_plugin_with_what_it_needs() {
         assert_eq!(service_ports.len(), 1);
         assert_eq!(service_ports[0].target_port, Some(metrics));
         assert!(selects(
-            ds.spec
-                .as_ref()
-                .unwrap()
-                .selector
-                .match_labels
-                .as_ref()
-                .unwrap(),
+            ds.spec.selector.match_labels.as_ref().unwrap(),
             pod_labels(ds)
         ));
     });
@@ -601,7 +596,7 @@ fn the_migration_overlay_only_adds_the_takeover_node_affinity() {
         // Without that affinity, the overlay is the base.
         for o in &mut overlay {
             if let Object::DaemonSet(ds) = o {
-                let spec = ds.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+                let spec = ds.spec.template.spec.as_mut().unwrap();
                 spec.affinity = None;
             }
         }

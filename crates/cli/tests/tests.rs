@@ -12,6 +12,8 @@ mod cdi;
 mod dashboard;
 mod demo;
 mod doctor;
+mod dra;
+mod dra_deploy;
 mod end_to_end;
 mod kustomize;
 mod logs;

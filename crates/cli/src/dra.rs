@@ -1,0 +1,217 @@
+//! `gpuslice dra-driver`: the command-line side of the DRA driver (`gpuslice_k8s::dra`):
+//! its settings, the files a claim's containers mount (the same the device plugin makes for
+//! its tenants: usage and lock files, pin file, CDI spec), and the process (logging,
+//! signals, the async runtime, the API server's client).
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use gpuslice_k8s::dra::{self, gpus::NvmlSource, state::TenantFiles};
+use gpuslice_ledger::{Ledger, TenantName};
+use tokio::sync::watch;
+
+use crate::cdi::{self, Layout, Preload};
+use crate::cli::DraDriverArgs;
+use crate::exit::{self, Failure, ResultExt};
+use crate::plugin::tenants;
+
+/// Runs `gpuslice dra-driver` until SIGTERM or SIGINT.
+pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
+    crate::logging::init(args.log_level, args.log_format);
+    let node = args
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            anyhow!(
+                "the node's name is unknown: pass --node-name, or set NODE_NAME (in a pod, \
+                 from the field spec.nodeName)"
+            )
+        })
+        .usage()?;
+    let layout = layout(&args).usage()?;
+    let nvidia_cdi_device = match args.nvidia_cdi_device.as_str() {
+        "" => None,
+        t if is_device_template(t) => Some(t.to_string()),
+        t => {
+            return Err(anyhow!(
+                "--nvidia-cdi-device {t:?} is not a CDI device name with {{uuid}} or {{index}}, \
+                 such as nvidia.com/gpu={{uuid}}, nor \"\" to leave NVIDIA's device out"
+            ))
+            .usage();
+        }
+    };
+    if layout.shim_host.is_file() {
+        // Containers given another file in its place would run without limits.
+        crate::shim_check::identify(&layout.shim_host).usage()?;
+    } else {
+        tracing::warn!(
+            "the shim {} is not a file here; containers will fail to start unless it exists on \
+             the host",
+            layout.shim_host.display()
+        );
+    }
+    let ledger = Ledger::open(&layout.ledger_host).failed()?;
+    fs::create_dir_all(&args.cdi_dir)
+        .with_context(|| {
+            format!(
+                "could not create the CDI directory {}",
+                args.cdi_dir.display()
+            )
+        })
+        .failed()?;
+    let settings = dra::Settings {
+        node,
+        plugins_dir: args.plugins_dir.clone(),
+        registry_dir: args.registry_dir.clone(),
+        health_interval: Duration::from_millis(args.health_interval_ms),
+        nvidia_cdi_device,
+    };
+    let files = Arc::new(ContainerFiles {
+        ledger: ledger.clone(),
+        layout,
+        cdi_dir: args.cdi_dir.clone(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+        .failed()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context(
+                "no Kubernetes API server to talk to (in a pod: its service account; \
+                 elsewhere: $KUBECONFIG or ~/.kube/config)",
+            )
+            .usage()?;
+        let shutdown = watch_signals();
+        tracing::info!(
+            "DRA driver {} on node {}",
+            dra::slice::DRIVER,
+            settings.node
+        );
+        dra::run(
+            settings,
+            ledger,
+            files,
+            Box::new(NvmlSource::new()),
+            client,
+            shutdown,
+        )
+        .await;
+        Ok(exit::OK)
+    })
+}
+
+/// Whether `template` names a CDI device for any GPU: `vendor/class=name` with `{uuid}` or
+/// `{index}` in the name, giving a name CDI's rules accept (a runtime refuses the rest).
+fn is_device_template(template: &str) -> bool {
+    let Some((_, name)) = template.split_once('=') else {
+        return false;
+    };
+    (name.contains("{uuid}") || name.contains("{index}"))
+        && crate::cdi_rules::check_qualified_name(
+            &template
+                .replace("{uuid}", "GPU-ffffffff-ffff-ffff-ffff-ffffffffffff")
+                .replace("{index}", "15"),
+        )
+        .is_ok()
+}
+
+/// Where the ledger and the shim are, on the host and in containers.
+fn layout(args: &DraDriverArgs) -> anyhow::Result<Layout> {
+    let ledger_host = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::locate::SYSTEM_LEDGER_DIR));
+    let shim_host = match &args.shim {
+        Some(path) => path.clone(),
+        None => crate::locate::shim(None)?,
+    };
+    let layout = Layout {
+        ledger_container: args
+            .container_dir
+            .clone()
+            .unwrap_or_else(|| ledger_host.clone()),
+        shim_container: args
+            .container_shim
+            .clone()
+            .unwrap_or_else(|| shim_host.clone()),
+        ledger_host,
+        shim_host,
+        preload: args.preload,
+    };
+    layout.check_paths()?;
+    for (flag, path) in [
+        ("--dir", &layout.ledger_host),
+        ("--container-dir", &layout.ledger_container),
+        ("--shim", &layout.shim_host),
+        ("--container-shim", &layout.shim_container),
+    ] {
+        if !path.is_absolute() || path.to_str().is_none_or(|p| p.contains([' ', ':'])) {
+            return Err(anyhow!(
+                "{flag} {} is not an absolute path of UTF-8 text without spaces or ':' (a CDI \
+                 spec cannot hold it as it is)",
+                path.display()
+            ));
+        }
+    }
+    Ok(layout)
+}
+
+/// The files a claim's containers mount, made as the device plugin makes them.
+#[derive(Debug)]
+struct ContainerFiles {
+    ledger: Ledger,
+    layout: Layout,
+    cdi_dir: PathBuf,
+}
+
+impl TenantFiles for ContainerFiles {
+    fn install(&self, t: &TenantName) -> Result<String, String> {
+        tenants::prepare_usage(&self.ledger, t).map_err(|e| e.to_string())?;
+        if self.layout.preload == Preload::LdSoPreload {
+            cdi::ensure_preload_file(&self.layout).map_err(|e| e.to_string())?;
+        }
+        tenants::ensure_spec(&self.layout, &self.cdi_dir, t).map_err(|e| e.to_string())?;
+        Ok(cdi::device_name(t))
+    }
+
+    fn uninstall(&self, t: &TenantName) -> Result<(), String> {
+        let path = self.cdi_dir.join(cdi::spec_file_name(t));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("could not remove {}: {e}", path.display())),
+        }
+    }
+}
+
+/// A flag that turns true at SIGTERM or SIGINT (never, if the handlers cannot be installed).
+fn watch_signals() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = watch::channel(false);
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                    _ = int.recv() => tracing::info!("SIGINT: stopping"),
+                }
+                let _ = tx.send(true);
+            });
+        }
+        _ => tracing::warn!("cannot catch SIGTERM and SIGINT; they will kill the driver"),
+    }
+    rx
+}

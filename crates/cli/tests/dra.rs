@@ -1,0 +1,1053 @@
+//! `gpuslice dra-driver` on a simulated node: the real binary over the simulated GPU, a fake
+//! kubelet that speaks the real gRPC protocols over Unix sockets (plugin registration
+//! through the `plugins_registry` directory, then `NodePrepareResources` and
+//! `NodeUnprepareResources`, v1 and v1beta1), and an in-process stand-in of the API server
+//! that stores and serves real `resource.k8s.io/v1` objects: the ResourceSlice the driver
+//! writes, and ResourceClaims with their allocation as the scheduler writes them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gpuslice_k8s::dra::api::{registration, v1, v1beta1};
+use gpuslice_ledger::{GpuUuid, Priority};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::plugin::{Daemon, FAKE_GPU1, runtime};
+use crate::util::*;
+
+/// How long the driver gets to do anything the tests wait for.
+const WAIT: Duration = Duration::from_secs(15);
+/// The node the driver runs on.
+const NODE: &str = "node-a";
+/// The devices of the simulated GPUs 0 and 1, as the driver names them.
+const DEV0: &str = "gpu-fa4ec0da-0000-4000-8000-000000000000";
+const DEV1: &str = "gpu-fa4ec0da-0000-4000-8000-000000000001";
+
+// ---------------------------------------------------------------------------------------
+// The stand-in API server.
+
+/// What the stand-in stores: objects by name, each with the resource version it got.
+#[derive(Default)]
+struct Store {
+    slices: BTreeMap<String, ResourceSlice>,
+    claims: BTreeMap<(String, String), ResourceClaim>,
+    version: u64,
+    /// Every request, as `METHOD path`.
+    requests: Vec<String>,
+}
+
+/// An API server for the driver: `resourceslices` (get, create, replace) and
+/// `resourceclaims` (get), on 127.0.0.1, over plain HTTP.
+pub struct ApiServer {
+    addr: SocketAddr,
+    store: Arc<Mutex<Store>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A Kubernetes `Status` answer.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    respond(code, &body)
+}
+
+fn respond(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Decodes a written object as `T`, refusing what does not round-trip (a field the API type
+/// does not have).
+fn decode<T: serde::de::DeserializeOwned + serde::Serialize>(body: &[u8]) -> Result<T, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    if back != value {
+        return Err(format!("not a valid object of its type: {value}"));
+    }
+    Ok(typed)
+}
+
+async fn handle(
+    store: Arc<Mutex<Store>>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let body = match request.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Ok(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &e.to_string(),
+            ));
+        }
+    };
+    let mut store = store.lock().expect("store");
+    store.requests.push(format!("{method} {path}"));
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let answer = match (method, parts.as_slice()) {
+        (Method::GET, ["apis", "resource.k8s.io", "v1", "resourceslices", name]) => {
+            match store.slices.get(*name) {
+                Some(slice) => respond(StatusCode::OK, &serde_json::to_value(slice).expect("json")),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("resourceslices \"{name}\" not found"),
+                ),
+            }
+        }
+        (Method::POST, ["apis", "resource.k8s.io", "v1", "resourceslices"]) => {
+            match decode::<ResourceSlice>(&body) {
+                Err(e) => status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+                Ok(mut slice) => {
+                    let name = slice.metadata.name.clone().unwrap_or_default();
+                    if store.slices.contains_key(&name) {
+                        status(
+                            StatusCode::CONFLICT,
+                            "AlreadyExists",
+                            &format!("resourceslices \"{name}\" already exists"),
+                        )
+                    } else {
+                        store.version += 1;
+                        slice.metadata.resource_version = Some(store.version.to_string());
+                        slice.metadata.uid = Some(format!("slice-uid-{}", store.version));
+                        let value = serde_json::to_value(&slice).expect("json");
+                        store.slices.insert(name, slice);
+                        respond(StatusCode::CREATED, &value)
+                    }
+                }
+            }
+        }
+        (Method::PUT, ["apis", "resource.k8s.io", "v1", "resourceslices", name]) => {
+            match decode::<ResourceSlice>(&body) {
+                Err(e) => status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+                Ok(mut slice) => {
+                    let current = store
+                        .slices
+                        .get(*name)
+                        .map(|s| s.metadata.resource_version.clone());
+                    match current {
+                        None => status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            &format!("resourceslices \"{name}\" not found"),
+                        ),
+                        Some(version) if version != slice.metadata.resource_version => status(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            "the object has been modified; please apply your changes to the latest version",
+                        ),
+                        Some(_) => {
+                            store.version += 1;
+                            slice.metadata.resource_version = Some(store.version.to_string());
+                            let value = serde_json::to_value(&slice).expect("json");
+                            store.slices.insert((*name).to_string(), slice);
+                            respond(StatusCode::OK, &value)
+                        }
+                    }
+                }
+            }
+        }
+        (
+            Method::GET,
+            [
+                "apis",
+                "resource.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "resourceclaims",
+                name,
+            ],
+        ) => match store.claims.get(&((*ns).to_string(), (*name).to_string())) {
+            Some(claim) => respond(StatusCode::OK, &serde_json::to_value(claim).expect("json")),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("resourceclaims \"{name}\" not found"),
+            ),
+        },
+        (method, _) => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no {method} {path} here"),
+        ),
+    };
+    Ok(answer)
+}
+
+impl ApiServer {
+    /// Starts serving on a free port of 127.0.0.1.
+    pub async fn start() -> ApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let store = Arc::new(Mutex::new(Store::default()));
+        let shared = Arc::clone(&store);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let store = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |r| handle(Arc::clone(&store), r));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        ApiServer { addr, store, task }
+    }
+
+    /// A kubeconfig file in `dir` that points at this server.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{}\n\
+             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+             current-context: test\nusers:\n- name: test\n  user: {{}}\n",
+            self.addr
+        );
+        std::fs::write(&path, text).expect("kubeconfig");
+        path
+    }
+
+    /// Stores a claim, as the scheduler leaves it.
+    pub fn put_claim(&self, claim: ResourceClaim) {
+        let ns = claim.metadata.namespace.clone().expect("namespace");
+        let name = claim.metadata.name.clone().expect("name");
+        self.store
+            .lock()
+            .expect("store")
+            .claims
+            .insert((ns, name), claim);
+    }
+
+    /// The node's slice, once `wanted` holds for it.
+    pub fn wait_for_slice(&self, wanted: impl Fn(&ResourceSlice) -> bool) -> ResourceSlice {
+        let name = format!("{NODE}-gpuslice.dev");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let slice = self.store.lock().expect("store").slices.get(&name).cloned();
+            if let Some(slice) = slice.filter(|s| wanted(s)) {
+                return slice;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the slice never became as wanted: {:?}",
+                self.store.lock().expect("store").slices
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The requests so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.store.lock().expect("store").requests.clone()
+    }
+}
+
+/// The devices a slice lists, by name.
+fn device_names(slice: &ResourceSlice) -> Vec<String> {
+    slice
+        .spec
+        .devices
+        .iter()
+        .flatten()
+        .map(|d| d.name.clone())
+        .collect()
+}
+
+/// A claim allocated on this node as the scheduler writes it: `results` are (request,
+/// device, share ID, consumed memory and compute), `config` the claim's opaque parameters.
+pub fn claim(
+    name: &str,
+    uid: &str,
+    results: &[(&str, &str, &str, &str, &str)],
+    config: Option<Value>,
+) -> ResourceClaim {
+    let mut allocation = json!({"devices": {
+        "results": results.iter().map(|(request, device, share, memory, compute)| json!({
+            "request": request, "driver": "gpuslice.dev", "pool": NODE, "device": device,
+            "shareID": share, "consumedCapacity": {"memory": memory, "compute": compute},
+        })).collect::<Vec<_>>(),
+    }});
+    if let Some(parameters) = config {
+        allocation["devices"]["config"] = json!([{
+            "source": "FromClaim",
+            "opaque": {"driver": "gpuslice.dev", "parameters": parameters},
+        }]);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": "default", "uid": uid},
+        "spec": {"devices": {"requests": results.iter().map(|r| json!({
+            "name": r.0,
+            "exactly": {"deviceClassName": "gpuslice.dev", "capacity": {"requests": {"memory": r.3, "compute": r.4}}},
+        })).collect::<Vec<_>>()}},
+        "status": {"allocation": allocation},
+    }))
+    .expect("a valid ResourceClaim")
+}
+
+// ---------------------------------------------------------------------------------------
+// The fake kubelet.
+
+/// A gRPC channel over the Unix socket at `path`.
+async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_path_buf();
+    Endpoint::try_from("http://localhost")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// The kubelet, as far as a DRA driver can tell: it finds the registration socket in its
+/// `plugins_registry`, registers the driver, and calls the DRA service it names.
+pub struct FakeKubelet {
+    registry: PathBuf,
+}
+
+impl FakeKubelet {
+    /// Waits for a registration socket, registers the plugin, and returns what it said about
+    /// itself.
+    pub async fn register(&self) -> registration::PluginInfo {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let socket = std::fs::read_dir(&self.registry)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "sock"));
+            if let Some(socket) = socket
+                && tokio::net::UnixStream::connect(&socket).await.is_ok()
+            {
+                let mut client = registration::registration_client::RegistrationClient::new(
+                    unix_channel(&socket).await,
+                );
+                let info = client
+                    .get_info(registration::InfoRequest {})
+                    .await
+                    .expect("GetInfo")
+                    .into_inner();
+                client
+                    .notify_registration_status(registration::RegistrationStatus {
+                        plugin_registered: true,
+                        error: String::new(),
+                    })
+                    .await
+                    .expect("NotifyRegistrationStatus");
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no plugin registered in {}",
+                self.registry.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A v1 client of the registered plugin.
+    pub async fn v1(&self) -> v1::dra_plugin_client::DraPluginClient<Channel> {
+        let info = self.register().await;
+        v1::dra_plugin_client::DraPluginClient::new(unix_channel(Path::new(&info.endpoint)).await)
+    }
+}
+
+/// The claim as the kubelet names it.
+fn v1_claim(name: &str, uid: &str) -> v1::Claim {
+    v1::Claim {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: uid.into(),
+    }
+}
+
+/// Prepares one claim; its answer.
+pub async fn prepare(
+    client: &mut v1::dra_plugin_client::DraPluginClient<Channel>,
+    name: &str,
+    uid: &str,
+) -> v1::NodePrepareResourceResponse {
+    let mut response = client
+        .node_prepare_resources(v1::NodePrepareResourcesRequest {
+            claims: vec![v1_claim(name, uid)],
+        })
+        .await
+        .expect("NodePrepareResources")
+        .into_inner();
+    response
+        .claims
+        .remove(uid)
+        .expect("an answer for the claim")
+}
+
+/// Unprepares one claim; its error ("" for none).
+async fn unprepare(
+    client: &mut v1::dra_plugin_client::DraPluginClient<Channel>,
+    name: &str,
+    uid: &str,
+) -> String {
+    let mut response = client
+        .node_unprepare_resources(v1::NodeUnprepareResourcesRequest {
+            claims: vec![v1_claim(name, uid)],
+        })
+        .await
+        .expect("NodeUnprepareResources")
+        .into_inner();
+    response
+        .claims
+        .remove(uid)
+        .expect("an answer for the claim")
+        .error
+}
+
+// ---------------------------------------------------------------------------------------
+// The node.
+
+/// A simulated node with two GPUs, a kubelet's plugin directories and a CDI directory.
+pub struct DraNode {
+    pub node: Node,
+    pub plugins_dir: PathBuf,
+    pub registry_dir: PathBuf,
+    pub cdi_dir: PathBuf,
+    pub devices: String,
+}
+
+impl DraNode {
+    pub fn new() -> DraNode {
+        let node = Node::new();
+        let root = node.dir.path().to_path_buf();
+        DraNode {
+            plugins_dir: root.join("plugins"),
+            registry_dir: root.join("plugins_registry"),
+            cdi_dir: root.join("cdi"),
+            devices: "8Gi,8Gi".into(),
+            node,
+        }
+    }
+
+    /// Starts `gpuslice dra-driver` talking to `api`.
+    pub fn start(&self, api: &ApiServer, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(&self.registry_dir).expect("registry dir");
+        let mut command = self.node.gpuslice(&["dra-driver", "--node-name", NODE]);
+        command
+            .env("FAKECUDA_DEVICES", &self.devices)
+            .env("KUBECONFIG", api.kubeconfig(self.node.dir.path()))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("NODE_NAME")
+            .arg("--dir")
+            .arg(self.node.dir.ledger_dir())
+            .arg("--shim")
+            .arg(&self.node.shim)
+            .arg("--cdi-dir")
+            .arg(&self.cdi_dir)
+            .arg("--plugins-dir")
+            .arg(&self.plugins_dir)
+            .arg("--registry-dir")
+            .arg(&self.registry_dir)
+            .args(["--health-interval-ms", "100"])
+            .args(extra);
+        Daemon::spawn(command)
+    }
+
+    pub fn kubelet(&self) -> FakeKubelet {
+        FakeKubelet {
+            registry: self.registry_dir.clone(),
+        }
+    }
+
+    /// The simulated GPUs' state directory (where `lost-gpus` goes).
+    pub fn gpu_state_dir(&self) -> PathBuf {
+        self.node.dir.path().join("gpu")
+    }
+
+    /// The tenant of a claim.
+    pub fn tenant_of(uid: &str) -> String {
+        format!("dra-{uid}")
+    }
+
+    /// The CDI spec file of a claim's tenant.
+    pub fn spec_of(&self, uid: &str) -> PathBuf {
+        self.cdi_dir
+            .join(format!("gpuslice.dev-gpu_dra-{uid}.json"))
+    }
+}
+
+fn gpu(uuid: &str) -> GpuUuid {
+    GpuUuid::parse(uuid).expect("uuid")
+}
+
+const UID_A: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f";
+const UID_B: &str = "7a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
+
+fn config(extra: Value) -> Value {
+    let mut v = json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig"});
+    if let (Some(v), Value::Object(extra)) = (v.as_object_mut(), extra) {
+        v.extend(extra);
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn the_driver_publishes_each_gpu_with_its_capacities_and_registers_as_a_dra_plugin() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &[]);
+        let slice = api.wait_for_slice(|s| device_names(s).len() == 2);
+        assert_eq!(device_names(&slice), [DEV0, DEV1], "{}", driver.log());
+        assert_eq!(slice.spec.driver, "gpuslice.dev");
+        assert_eq!(slice.spec.node_name.as_deref(), Some(NODE));
+        assert_eq!(slice.spec.pool.name, NODE);
+        let device = &slice.spec.devices.as_ref().expect("devices")[0];
+        assert_eq!(device.allow_multiple_allocations, Some(true));
+        let capacity = device.capacity.as_ref().expect("capacity");
+        assert_eq!(capacity["memory"].value.0, "8Gi");
+        assert_eq!(capacity["compute"].value.0, "100");
+        let attributes = device.attributes.as_ref().expect("attributes");
+        assert_eq!(attributes["uuid"].string.as_deref(), Some(FAKE_GPU0));
+        assert_eq!(attributes["index"].int, Some(0));
+        assert!(attributes["productName"].string.is_some());
+        assert_eq!(
+            attributes["cudaComputeCapability"].version.as_deref(),
+            Some("9.0.0")
+        );
+        assert_eq!(
+            attributes["driverVersion"].version.as_deref(),
+            Some("580.65.6")
+        );
+
+        let info = node.kubelet().register().await;
+        assert_eq!(info.r#type, "DRAPlugin");
+        assert_eq!(info.name, "gpuslice.dev");
+        assert_eq!(
+            info.supported_versions,
+            ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+        );
+        assert_eq!(
+            PathBuf::from(&info.endpoint),
+            node.plugins_dir.join("gpuslice.dev/dra.sock")
+        );
+        driver.wait_for_log("the kubelet registered the driver");
+        assert_eq!(driver.stop(libc::SIGTERM), Some(0));
+        assert!(
+            !node.registry_dir.join("gpuslice.dev-reg.sock").exists(),
+            "sockets removed at exit"
+        );
+    });
+}
+
+#[test]
+fn prepare_twice_gives_one_tenant_with_the_claims_quota_and_unprepare_twice_removes_it_once() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &[]);
+        api.put_claim(claim(
+            "small",
+            UID_A,
+            &[("gpu", DEV0, "share-1", "4Gi", "30")],
+            Some(config(json!({"computeLimit": 50, "priority": "high"}))),
+        ));
+        let mut client = node.kubelet().v1().await;
+        let first = prepare(&mut client, "small", UID_A).await;
+        assert_eq!(first.error, "", "{}", driver.log());
+        let tenant = DraNode::tenant_of(UID_A);
+        assert_eq!(first.devices.len(), 1);
+        let device = &first.devices[0];
+        assert_eq!(device.request_names, ["gpu"]);
+        assert_eq!(device.pool_name, NODE);
+        assert_eq!(device.device_name, DEV0);
+        assert_eq!(device.share_id.as_deref(), Some("share-1"));
+        assert_eq!(
+            device.cdi_device_ids,
+            [
+                format!("nvidia.com/gpu={FAKE_GPU0}"),
+                format!("gpuslice.dev/gpu={tenant}")
+            ]
+        );
+        let ledger = node.node.dir.ledger();
+        let quota = ledger
+            .read_quota(&crate::util::tenant(&tenant))
+            .expect("quota")
+            .expect("a quota")
+            .quota();
+        let limits = quota.limits_for(&gpu(FAKE_GPU0));
+        assert_eq!(limits.memory_bytes, Some(4 * GIB));
+        assert_eq!(limits.compute_share_permille, Some(300));
+        assert_eq!(limits.compute_limit_permille, Some(500));
+        assert_eq!(limits.priority, Some(Priority::High));
+        assert_eq!(quota.limits_for(&gpu(FAKE_GPU1)).memory_bytes, Some(0));
+        assert!(node.spec_of(UID_A).is_file(), "CDI spec written");
+        let usage_inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(ledger.usage_path(&crate::util::tenant(&tenant)))
+                .expect("usage file"),
+        );
+
+        let again = prepare(&mut client, "small", UID_A).await;
+        assert_eq!(again, first, "prepare twice: the same answer");
+        let inode = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(ledger.usage_path(&crate::util::tenant(&tenant)))
+                .expect("usage file"),
+        );
+        assert_eq!(inode, usage_inode, "the same tenant, not made afresh");
+
+        assert_eq!(unprepare(&mut client, "small", UID_A).await, "");
+        assert!(!node.node.dir.tenant_exists(&tenant), "tenant removed");
+        assert!(!node.spec_of(UID_A).exists(), "CDI spec removed");
+        assert_eq!(
+            unprepare(&mut client, "small", UID_A).await,
+            "",
+            "unprepare twice"
+        );
+        assert_eq!(
+            unprepare(&mut client, "never-prepared", UID_B).await,
+            "",
+            "unprepare of an unknown claim"
+        );
+        let missing = prepare(&mut client, "never-made", UID_B).await;
+        assert!(
+            missing.error.contains("does not exist in the API server"),
+            "{missing:?}"
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_B)));
+    });
+}
+
+#[test]
+fn a_claim_survives_a_driver_restart_between_prepare_and_unprepare() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &[]);
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV1, "s", "2Gi", "25")], None));
+        let mut client = node.kubelet().v1().await;
+        let first = prepare(&mut client, "c", UID_A).await;
+        assert_eq!(first.error, "", "{}", driver.log());
+        drop(driver); // SIGKILL: nothing kept in memory survives.
+
+        let driver = node.start(&api, &[]);
+        driver.wait_for_log("1 claim(s) prepared before this start");
+        let mut client = node.kubelet().v1().await;
+        // The claim is gone from the API server: the answer comes from the ledger alone.
+        api.put_claim(claim(
+            "c",
+            "another-uid-0000-0000-0000-000000000000",
+            &[],
+            None,
+        ));
+        assert_eq!(prepare(&mut client, "c", UID_A).await, first);
+        // A second claim still sees the first's share of GPU 1.
+        api.put_claim(claim("d", UID_B, &[("gpu", DEV1, "t", "7Gi", "25")], None));
+        let refused = prepare(&mut client, "d", UID_B).await;
+        assert!(refused.error.contains("memory left"), "{refused:?}");
+        assert_eq!(unprepare(&mut client, "c", UID_A).await, "");
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+    });
+}
+
+#[test]
+fn a_kubelet_restart_registers_the_driver_again_and_prepared_claims_keep_their_tenants() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &[]);
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let mut client = node.kubelet().v1().await;
+        let first = prepare(&mut client, "c", UID_A).await;
+        assert_eq!(first.error, "");
+        let tenant = crate::util::tenant(&DraNode::tenant_of(UID_A));
+        // A process of the pod holds a slot in the tenant.
+        let ledger = node.node.dir.ledger();
+        let usage = ledger.open_usage(&tenant).expect("usage");
+        let slot = usage.claim_slot().expect("slot");
+
+        // The kubelet restarts: it clears its registration directory and looks again.
+        drop(client);
+        for entry in std::fs::read_dir(&node.registry_dir)
+            .expect("registry")
+            .flatten()
+        {
+            std::fs::remove_file(entry.path()).expect("remove socket");
+        }
+        let mut client = node.kubelet().v1().await;
+        driver.wait_for_log("making both again");
+        assert_eq!(
+            prepare(&mut client, "c", UID_A).await,
+            first,
+            "prepared again, same answer"
+        );
+        assert_eq!(
+            ledger.live_processes(&tenant).expect("live"),
+            1,
+            "the pod's process kept its tenant"
+        );
+        // Unprepare while the process lives: refused, the kubelet retries.
+        let error = unprepare(&mut client, "c", UID_A).await;
+        assert!(error.contains("1 process(es) of tenant"), "{error}");
+        drop(slot);
+        drop(usage);
+        assert_eq!(unprepare(&mut client, "c", UID_A).await, "");
+    });
+}
+
+#[test]
+fn a_lost_gpu_leaves_the_slice_and_claims_on_it_are_refused() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &[]);
+        let before = api.wait_for_slice(|s| device_names(s).len() == 2);
+        std::fs::write(node.gpu_state_dir().join("lost-gpus"), "1\n").expect("lose GPU 1");
+        let after = api.wait_for_slice(|s| device_names(s) == [DEV0]);
+        assert!(
+            after.spec.pool.generation > before.spec.pool.generation,
+            "a new generation"
+        );
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV1, "s", "1Gi", "10")], None));
+        let mut client = node.kubelet().v1().await;
+        let refused = prepare(&mut client, "c", UID_A).await;
+        assert!(
+            refused
+                .error
+                .contains(&format!("GPU {FAKE_GPU1} ({DEV1}) cannot be used")),
+            "{refused:?}"
+        );
+        assert!(refused.devices.is_empty());
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+        // Back again: published again.
+        std::fs::remove_file(node.gpu_state_dir().join("lost-gpus")).expect("find GPU 1");
+        api.wait_for_slice(|s| device_names(s).len() == 2);
+        assert_eq!(
+            prepare(&mut client, "c", UID_A).await.error,
+            "",
+            "{}",
+            driver.log()
+        );
+    });
+}
+
+#[test]
+fn a_claim_past_what_is_left_on_its_gpu_is_refused_with_a_clear_error_and_nothing_created() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim("a", UID_A, &[("gpu", DEV0, "s1", "6Gi", "60")], None));
+        api.put_claim(claim("b", UID_B, &[("gpu", DEV0, "s2", "1Gi", "50")], None));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(prepare(&mut client, "a", UID_A).await.error, "");
+        let refused = prepare(&mut client, "b", UID_B).await;
+        assert!(
+            refused
+                .error
+                .contains(&format!("GPU {FAKE_GPU0} has 400 permille of compute left")),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .error
+                .contains("the claim consumes 500; nothing was created"),
+            "{refused:?}"
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_B)));
+        assert!(!node.spec_of(UID_B).exists());
+    });
+}
+
+#[test]
+fn bad_opaque_config_is_refused_naming_the_field_and_nothing_is_created() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim(
+            "c",
+            UID_A,
+            &[("gpu", DEV0, "s", "1Gi", "10")],
+            Some(config(json!({"priorty": "high"}))),
+        ));
+        let mut client = node.kubelet().v1().await;
+        let refused = prepare(&mut client, "c", UID_A).await;
+        assert!(
+            refused
+                .error
+                .contains("opaque configuration for gpuslice.dev: unknown field \"priorty\""),
+            "{refused:?}"
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+        assert!(!node.spec_of(UID_A).exists());
+    });
+}
+
+#[test]
+fn a_claim_on_two_gpus_gets_a_quota_on_each_through_the_v1beta1_api() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &["--nvidia-cdi-device", "nvidia.com/gpu={index}"]);
+        api.put_claim(claim(
+            "two",
+            UID_A,
+            &[
+                ("a", DEV0, "s1", "1Gi", "10"),
+                ("b", DEV1, "s2", "3Gi", "40"),
+            ],
+            None,
+        ));
+        let info = node.kubelet().register().await;
+        let mut client = v1beta1::dra_plugin_client::DraPluginClient::new(
+            unix_channel(Path::new(&info.endpoint)).await,
+        );
+        let mut answer = client
+            .node_prepare_resources(v1beta1::NodePrepareResourcesRequest {
+                claims: vec![v1beta1::Claim {
+                    namespace: "default".into(),
+                    name: "two".into(),
+                    uid: UID_A.into(),
+                }],
+            })
+            .await
+            .expect("NodePrepareResources")
+            .into_inner();
+        let claim = answer.claims.remove(UID_A).expect("answer");
+        assert_eq!(claim.error, "");
+        let ids: Vec<Vec<String>> = claim
+            .devices
+            .iter()
+            .map(|d| d.cdi_device_ids.clone())
+            .collect();
+        let tenant = DraNode::tenant_of(UID_A);
+        assert_eq!(
+            ids,
+            [
+                vec![
+                    "nvidia.com/gpu=0".to_string(),
+                    format!("gpuslice.dev/gpu={tenant}")
+                ],
+                vec![
+                    "nvidia.com/gpu=1".to_string(),
+                    format!("gpuslice.dev/gpu={tenant}")
+                ],
+            ]
+        );
+        let quota = node
+            .node
+            .dir
+            .ledger()
+            .read_quota(&crate::util::tenant(&tenant))
+            .expect("quota")
+            .expect("a quota")
+            .quota();
+        assert_eq!(quota.limits_for(&gpu(FAKE_GPU0)).memory_bytes, Some(GIB));
+        assert_eq!(
+            quota.limits_for(&gpu(FAKE_GPU1)).memory_bytes,
+            Some(3 * GIB)
+        );
+        assert_eq!(
+            quota.limits_for(&gpu(FAKE_GPU1)).compute_share_permille,
+            Some(400)
+        );
+        let mut gone = client
+            .node_unprepare_resources(v1beta1::NodeUnprepareResourcesRequest {
+                claims: vec![v1beta1::Claim {
+                    namespace: "default".into(),
+                    name: "two".into(),
+                    uid: UID_A.into(),
+                }],
+            })
+            .await
+            .expect("NodeUnprepareResources")
+            .into_inner();
+        assert_eq!(gone.claims.remove(UID_A).expect("answer").error, "");
+        assert!(!node.node.dir.tenant_exists(&tenant));
+    });
+}
+
+#[test]
+fn without_an_api_server_configuration_the_driver_says_where_it_looked() {
+    let node = DraNode::new();
+    let mut command = node.node.gpuslice(&["dra-driver", "--node-name", NODE]);
+    command
+        .env(
+            "KUBECONFIG",
+            node.node.dir.path().join("missing-kubeconfig"),
+        )
+        .env("HOME", node.node.dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .arg("--dir")
+        .arg(node.node.dir.ledger_dir())
+        .arg("--shim")
+        .arg(&node.node.shim)
+        .arg("--cdi-dir")
+        .arg(&node.cdi_dir);
+    let out = finish(command);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("no Kubernetes API server to talk to"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_api_servers_requests_are_the_drivers_own_objects_only() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.wait_for_slice(|s| device_names(s).len() == 2);
+        for request in api.requests() {
+            assert!(
+                request.contains("/apis/resource.k8s.io/v1/resourceslices"),
+                "the driver asked for {request}"
+            );
+        }
+    });
+}
+
+/// The CDI spec of a prepared claim in a real container runtime: podman runs a container
+/// with the claim's CDI device on the simulated GPU; inside, the shim is preloaded, the
+/// process is the claim's tenant, the memory it sees and may take is the claim's, and the
+/// compute settings the shim reads are the claim's.
+#[test]
+fn podman_runs_a_container_with_a_prepared_claims_cdi_spec_within_the_claims_quota() {
+    use crate::podman::{cannot_run_containers, no_podman, podman_run, rootfs, skip_test};
+    let skip = |why: &str| {
+        skip_test(
+            "podman_runs_a_container_with_a_prepared_claims_cdi_spec_within_the_claims_quota",
+            "The DRA driver's CDI spec is",
+            why,
+        );
+    };
+    let mut node = DraNode::new();
+    node.devices = "1Gi".into();
+    if let Some(why) = no_podman() {
+        return skip(&why);
+    }
+    let root = rootfs(node.node.dir.path());
+    if let Some(why) = cannot_run_containers(&root) {
+        return skip(&why);
+    }
+    let tenant = DraNode::tenant_of(UID_A);
+    let names = runtime().block_on(async {
+        let api = ApiServer::start().await;
+        // NVIDIA's CDI device does not exist here: the rootfs has the (simulated) driver.
+        let driver = node.start(&api, &["--nvidia-cdi-device", ""]);
+        api.put_claim(claim(
+            "c",
+            UID_A,
+            &[("gpu", DEV0, "s", "512Mi", "30")],
+            Some(config(json!({"computeLimit": "share", "priority": "high"}))),
+        ));
+        let mut client = node.kubelet().v1().await;
+        let answer = prepare(&mut client, "c", UID_A).await;
+        assert_eq!(answer.error, "", "{}", driver.log());
+        answer.devices[0].cdi_device_ids.clone()
+    });
+    assert_eq!(names, [format!("gpuslice.dev/gpu={tenant}")]);
+
+    // Where podman reads CDI specs (Debian's podman 4.3 has no flag for another directory).
+    let installed =
+        Path::new("/var/run/cdi").join(format!("gpuslice-dra-test-{}.json", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all("/var/run/cdi")
+        .and_then(|()| std::fs::copy(node.spec_of(UID_A), &installed).map(|_| ()))
+    {
+        return skip(&format!("cannot install the spec in /var/run/cdi: {e}"));
+    }
+    let out = finish(podman_run(
+        &[
+            "--device",
+            &names[0],
+            "-e",
+            "FAKECUDA_DEVICES=1Gi",
+            "-e",
+            "FAKECUDA_STATE_DIR=/tmp/gpu",
+            "-e",
+            "LD_LIBRARY_PATH=/usr/lib/gpu",
+        ],
+        &root,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo \"preload=$LD_PRELOAD tenant=$GPUSLICE_TENANT\"; \
+             exec /cudaprobe dlsym info fill 16M",
+        ],
+    ));
+    let _ = std::fs::remove_file(&installed);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let shim = node.node.shim.display().to_string();
+    assert!(
+        out.stdout
+            .contains(&format!("preload={shim} tenant={tenant}")),
+        "{out:?}"
+    );
+    assert_eq!(
+        field(&out.stdout, "info", "total"),
+        512 * MIB,
+        "the claim's memory: {out:?}"
+    );
+    assert_eq!(
+        field(&out.stdout, "fill", "bytes"),
+        512 * MIB - CONTEXT,
+        "{out:?}"
+    );
+    assert_eq!(
+        field(&out.stdout, "fill", "rc"),
+        2,
+        "refused past the quota: {out:?}"
+    );
+    // What it did and what it was held to, in the ledger it wrote through its usage file.
+    let status = node.node.dir.status_json();
+    let entry = status["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .find(|t| t["name"] == tenant.as_str())
+        .cloned()
+        .expect("the tenant in status");
+    let gpu = &entry["gpus"][0];
+    assert_eq!(gpu["oom_refusals"], 1, "{status}");
+    assert_eq!(gpu["memory_limit_bytes"], 512 * MIB, "{status}");
+    assert_eq!(gpu["compute_share_percent"], 30.0, "{status}");
+    assert_eq!(gpu["compute_limit_percent"], 30.0, "{status}");
+    assert_eq!(gpu["priority"], "high", "{status}");
+}
