@@ -31,7 +31,8 @@ MONITOR_INTERVAL=${MONITOR_INTERVAL:-0.02}
 MIB=$((1 << 20))
 GIB=$((1 << 30))
 
-# bytes_of QUANTITY: a Kubernetes quantity (4Gi, 512Mi, 8G, bytes) in bytes.
+# bytes_of QUANTITY: QUANTITY in bytes, for the whole-number forms of gpuslice's quantity
+# grammar (crates/ledger/src/quantity.rs: bytes, Ki Mi Gi Ti, k M G T); any other is refused.
 bytes_of() {
   local text=$1 number unit
   number=${text%%[!0-9]*}

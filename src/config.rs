@@ -10,14 +10,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use gpuslice_ledger::{
-    PERCENT_FORM, Priority, SHIM_VARIABLES, TenantName, parse_percent, parse_priority,
-    parse_quantity,
+    PERCENT_FORM, Priority, QUANTITY_FORM, SHIM_VARIABLES, TenantName, parse_percent,
+    parse_priority, parse_quantity,
 };
 
 use crate::log::Level;
 
-/// The ledger directory when `GPUSLICE_DIR` is not set.
-pub const DEFAULT_DIR: &str = "/run/gpuslice";
+pub use gpuslice_ledger::DEFAULT_DIR;
 
 /// Where a container's tenant is pinned ([`gpuslice_ledger::PINNED_TENANT_FILE`]): where
 /// it exists, it decides the tenant and the ledger, and the environment (which a process can
@@ -204,7 +203,7 @@ impl Config {
                         Some(parse_quantity(&value).ok_or_else(|| ConfigError::Invalid {
                             name: "GPUSLICE_MEMORY_LIMIT",
                             value: value.to_string(),
-                            expected: "a byte quantity such as 4Gi, 512Mi, 8G or 1073741824",
+                            expected: QUANTITY_FORM,
                         })?);
                 }
                 "GPUSLICE_COMPUTE_SHARE" => {
@@ -493,7 +492,7 @@ mod tests {
         assert_eq!(
             err,
             "invalid GPUSLICE_MEMORY_LIMIT=\"4GB\": expected a byte quantity such as 4Gi, \
-             512Mi, 8G or 1073741824"
+             512Mi, 8G, 1.5Gi or 1073741824"
         );
     }
 

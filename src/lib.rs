@@ -14,6 +14,8 @@
 //! - Compute shares: launches pass a per-GPU [`gate`] after marking their stream in the
 //!   [`streams`] table; the [`watcher`] thread measures GPU time, reads every tenant's
 //!   records ([`neighbours`]) and opens or closes the gates.
+//! - [`cuda`] is the CUDA and NVML ABI the hooks read and write (the `gpuslice-cuda-abi`
+//!   crate, which the simulated GPU speaks too).
 //! - [`config`] reads the `GPUSLICE_*` settings; [`runtime`] builds the per-process state
 //!   ([`shim::Shim`]) lazily on the first CUDA call and again in a forked child.
 //!
@@ -23,7 +25,8 @@
 pub use gpuslice_core::{allocations, gate, log, neighbours, policy, streams, trace};
 
 pub mod config;
-pub mod cuda;
+/// The CUDA and NVML ABI (codes, handles, structs), shared with the simulated GPU.
+pub use gpuslice_cuda_abi as cuda;
 pub mod exports;
 pub(crate) mod hooks;
 pub mod real;

@@ -22,16 +22,16 @@ use crate::shim::Shim;
 use crate::streams::{CAPACITY, Occupancy, SampleState, StreamEntry, StreamKind};
 
 /// `CUDA_ERROR_NOT_READY`.
-const NOT_READY: CUresult = 600;
+const NOT_READY: CUresult = crate::cuda::CUDA_ERROR_NOT_READY;
 /// How long without launches before untimed work on a per-thread stream is taken as
 /// finished (`Poller::poll_legacy`): at least this...
 const PER_THREAD_SETTLE_NS: u64 = 2_000_000;
 /// ...and this before any of its launches was timed.
 const PER_THREAD_SETTLE_UNTIMED_NS: u64 = 20_000_000;
 /// `CU_EVENT_DISABLE_TIMING`.
-const EVENT_DISABLE_TIMING: u32 = 0x2;
+const EVENT_DISABLE_TIMING: u32 = crate::cuda::CU_EVENT_DISABLE_TIMING;
 /// `CU_EVENT_DEFAULT`: with timing, for sampled launches.
-const EVENT_TIMED: u32 = 0x0;
+const EVENT_TIMED: u32 = crate::cuda::CU_EVENT_DEFAULT;
 /// How often a stream has one of its launches timed (`policy::gpu_time`): two event
 /// records on that launch, so that this keeps their cost far below a launch's.
 const SAMPLE_EVERY_NS: u64 = 2_000_000;

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// The system-wide ledger directory (the shim's default, `GPUSLICE_DEFAULT_DIR`).
-pub const SYSTEM_LEDGER_DIR: &str = "/run/gpuslice";
+pub const SYSTEM_LEDGER_DIR: &str = gpuslice_ledger::DEFAULT_DIR;
 /// The variable that names the ledger directory (the shim reads it too).
 pub const ENV_DIR: &str = "GPUSLICE_DIR";
 /// The variable that names the shim library (read by this command only).

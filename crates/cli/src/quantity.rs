@@ -4,10 +4,7 @@
 //! The parser is the ledger crate's, the same one the shim uses for
 //! `GPUSLICE_MEMORY_LIMIT`, so both accept exactly the same forms.
 
-/// The accepted form, in words, for error messages.
-pub const QUANTITY_FORM: &str = "a byte quantity such as 4Gi, 512Mi, 8G, 1.5Gi or 1073741824";
-
-pub use gpuslice_ledger::parse_quantity;
+pub use gpuslice_ledger::{QUANTITY_FORM, parse_quantity};
 
 /// The `--memory` value parser: bytes, or a message saying what is accepted.
 pub fn parse_memory_arg(text: &str) -> Result<u64, String> {

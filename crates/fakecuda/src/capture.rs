@@ -398,6 +398,10 @@ mod tests {
     fn kernels_submitted_while_capturing_are_recorded_not_run() {
         let _serial = serial();
         let s = stream(1, 0);
+        // The stream's clock starts when its worker does: let it start.
+        let started = Marker::new();
+        s.submit(Op::Record(Arc::clone(&started))).unwrap();
+        started.wait();
         let id = begin(&s, Mode::Global).unwrap();
         assert_eq!(status(&s), Ok((Status::Active, id)));
         assert_eq!(s.submit(kernel(50)), Ok(Submitted::Captured(id)));
@@ -410,11 +414,19 @@ mod tests {
         let lengths: Vec<Duration> = kernels.iter().map(|k| k.duration).collect();
         assert_eq!(lengths, [50, 1, 2].map(Duration::from_millis));
         assert_eq!(status(&s), Ok((Status::None, 0)));
-        // Captured no longer: work runs again.
-        let t0 = Instant::now();
-        assert_eq!(s.submit(kernel(1)), Ok(Submitted::Queued));
-        s.synchronize();
-        assert!(t0.elapsed() < Duration::from_millis(50));
+        // Captured no longer: work runs again, at once (the stream's clock has nothing of the
+        // captured kernels before it).
+        let (before, after) = (Marker::new(), Marker::new());
+        let ops = vec![
+            Op::Record(Arc::clone(&before)),
+            kernel(1),
+            Op::Record(Arc::clone(&after)),
+        ];
+        assert_eq!(s.submit_all(ops), Ok(Submitted::Queued));
+        let submitted = Instant::now();
+        let ran = after.wait();
+        assert!(before.time().unwrap() <= submitted, "nothing ran before it");
+        assert_eq!(ran - before.time().unwrap(), Duration::from_millis(1));
         s.shutdown();
     }
 

@@ -1,64 +1,64 @@
 //! CUDA driver result codes: the ones fakecuda returns, and the names and descriptions of all
 //! of them (for `cuGetErrorName` / `cuGetErrorString`).
 //!
-//! Codes cross the FFI edge as plain `u32` values, never as a Rust enum read back from C.
+//! Codes cross the FFI edge as plain `u32` values, never as a Rust enum read back from C;
+//! their values are the shared ABI crate's (`gpuslice-cuda-abi`).
 
 use std::ffi::CStr;
 
-/// `CUDA_SUCCESS`.
-pub const CUDA_SUCCESS: u32 = 0;
+use gpuslice_cuda_abi as cuda;
 
 /// An error a simulated driver call returns; the discriminant is its `CUresult` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum CuError {
     /// `CUDA_ERROR_INVALID_VALUE`: a null pointer, an out-of-range size, an unknown flag.
-    InvalidValue = 1,
+    InvalidValue = cuda::CUDA_ERROR_INVALID_VALUE,
     /// `CUDA_ERROR_OUT_OF_MEMORY`: the simulated device is full.
-    OutOfMemory = 2,
+    OutOfMemory = cuda::CUDA_ERROR_OUT_OF_MEMORY,
     /// `CUDA_ERROR_NOT_INITIALIZED`: `cuInit` was not called (or was called in the parent of a fork).
-    NotInitialized = 3,
+    NotInitialized = cuda::CUDA_ERROR_NOT_INITIALIZED,
     /// `CUDA_ERROR_INVALID_DEVICE`: no device with that ordinal.
-    InvalidDevice = 101,
+    InvalidDevice = cuda::CUDA_ERROR_INVALID_DEVICE,
     /// `CUDA_ERROR_INVALID_IMAGE`: a module image that is not PTX text (a cubin, a fatbinary,
     /// text without `.version`).
-    InvalidImage = 200,
+    InvalidImage = cuda::CUDA_ERROR_INVALID_IMAGE,
     /// `CUDA_ERROR_INVALID_CONTEXT`: no current context, or a destroyed one.
-    InvalidContext = 201,
+    InvalidContext = cuda::CUDA_ERROR_INVALID_CONTEXT,
     /// `CUDA_ERROR_INVALID_PTX`: PTX text without `.target`.
-    InvalidPtx = 218,
+    InvalidPtx = cuda::CUDA_ERROR_INVALID_PTX,
     /// `CUDA_ERROR_FILE_NOT_FOUND`: `cuModuleLoad` of a missing file.
-    FileNotFound = 301,
+    FileNotFound = cuda::CUDA_ERROR_FILE_NOT_FOUND,
     /// `CUDA_ERROR_OPERATING_SYSTEM`: an mmap, memfd or state-file call failed.
-    OperatingSystem = 304,
+    OperatingSystem = cuda::CUDA_ERROR_OPERATING_SYSTEM,
     /// `CUDA_ERROR_INVALID_HANDLE`: an unknown stream, event, module, function, pool or handle.
-    InvalidHandle = 400,
+    InvalidHandle = cuda::CUDA_ERROR_INVALID_HANDLE,
     /// `CUDA_ERROR_ILLEGAL_STATE`: ending a capture on a stream that is not capturing, or
     /// beginning one on a stream that is.
-    IllegalState = 401,
+    IllegalState = cuda::CUDA_ERROR_ILLEGAL_STATE,
     /// `CUDA_ERROR_NOT_FOUND`: an unknown kernel or symbol name.
-    NotFound = 500,
+    NotFound = cuda::CUDA_ERROR_NOT_FOUND,
     /// `CUDA_ERROR_NOT_READY`: queued work has not finished yet.
-    NotReady = 600,
+    NotReady = cuda::CUDA_ERROR_NOT_READY,
     /// `CUDA_ERROR_NOT_SUPPORTED`: a call the simulator does not implement.
-    NotSupported = 801,
+    NotSupported = cuda::CUDA_ERROR_NOT_SUPPORTED,
     /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`: a call not permitted while a stream captures
     /// (it invalidates the capture).
-    StreamCaptureUnsupported = 900,
+    StreamCaptureUnsupported = cuda::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
     /// `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`: the capture was invalidated by an earlier
     /// call.
-    StreamCaptureInvalidated = 901,
+    StreamCaptureInvalidated = cuda::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
     /// `CUDA_ERROR_STREAM_CAPTURE_IMPLICIT`: work on the legacy NULL stream while a blocking
     /// stream of its context captures.
-    StreamCaptureImplicit = 906,
+    StreamCaptureImplicit = cuda::CUDA_ERROR_STREAM_CAPTURE_IMPLICIT,
     /// `CUDA_ERROR_CAPTURED_EVENT`: waiting for or querying an event last recorded in a
     /// capture.
-    CapturedEvent = 907,
+    CapturedEvent = cuda::CUDA_ERROR_CAPTURED_EVENT,
     /// `CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD`: a capture not begun in relaxed mode ended
     /// from another thread.
-    StreamCaptureWrongThread = 908,
+    StreamCaptureWrongThread = cuda::CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD,
     /// `CUDA_ERROR_UNKNOWN`: an internal failure (a caught panic).
-    Unknown = 999,
+    Unknown = cuda::CUDA_ERROR_UNKNOWN,
 }
 
 impl CuError {
@@ -74,7 +74,7 @@ pub type CuResult<T = ()> = Result<T, CuError>;
 /// Converts a result into the `CUresult` value returned to C.
 pub fn code_of(result: CuResult) -> u32 {
     match result {
-        Ok(()) => CUDA_SUCCESS,
+        Ok(()) => cuda::CUDA_SUCCESS,
         Err(e) => e.code(),
     }
 }

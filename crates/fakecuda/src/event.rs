@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use gpuslice_cuda_abi::CU_EVENT_DISABLE_TIMING as DISABLE_TIMING;
 use parking_lot::Mutex;
 
 use crate::capture;
@@ -11,8 +12,6 @@ use crate::error::{CuError, CuResult};
 use crate::handles::Table;
 use crate::stream::{Marker, Op, Stream, Submitted};
 
-/// `CU_EVENT_DISABLE_TIMING`.
-pub const DISABLE_TIMING: u32 = 0x2;
 /// Every `CU_EVENT_*` creation flag: BLOCKING_SYNC, DISABLE_TIMING, INTERPROCESS.
 const KNOWN_FLAGS: u32 = 0x1 | 0x2 | 0x4;
 

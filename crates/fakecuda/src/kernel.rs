@@ -7,7 +7,9 @@
 //!   same, as the simulated GPU's clock never changes);
 //! - `gpuslice_noop()` and every other kernel run in zero time.
 //!
-//! `run` is the one place where a kernel turns into device time.
+//! `run` is the one place where a kernel turns into device time. It reads the time and waits
+//! through a `Clock`: the real clocks, or in the unit tests simulated time that moves only
+//! while a kernel waits, so that they compute what a kernel takes instead of timing it.
 //!
 //! # Time-slicing
 //!
@@ -65,9 +67,11 @@
 
 use std::time::{Duration, Instant};
 
+use gpuslice_ledger::monotonic_ns;
+
 use crate::device::Device;
 use crate::error::{CuError, CuResult};
-use crate::ledger;
+use crate::ledger::Ledger;
 
 /// How often an executing stream looks at how many processes execute on its device when no
 /// change wakes it: to refresh its heartbeat and to notice dead processes.
@@ -123,6 +127,30 @@ impl Kernel {
     }
 }
 
+/// The time kernels run on: the real clocks, or in tests a simulated time that moves only
+/// while a kernel waits, so that what a kernel takes is computed, never timed.
+pub(crate) trait Clock {
+    /// Now, on the two clocks a kernel needs: its stream's (`Instant`) and the shared state
+    /// file's (`CLOCK_MONOTONIC` nanoseconds).
+    fn now(&self) -> (Instant, u64);
+    /// Waits until `ledger`'s executing generation is no longer `seen`, at most `timeout`.
+    fn wait_for_change(&mut self, ledger: &Ledger, seen: u32, timeout: Duration);
+}
+
+/// The real clocks.
+#[derive(Debug)]
+pub(crate) struct RealClock;
+
+impl Clock for RealClock {
+    fn now(&self) -> (Instant, u64) {
+        (Instant::now(), monotonic_ns())
+    }
+
+    fn wait_for_change(&mut self, ledger: &Ledger, seen: u32, timeout: Duration) {
+        ledger.wait_for_change(seen, timeout);
+    }
+}
+
 /// `at` on the `CLOCK_MONOTONIC` nanosecond clock of the shared state file, given that clock
 /// and `Instant` read together now.
 fn ns_at(at: Instant, now: Instant, now_ns: u64) -> u64 {
@@ -166,8 +194,13 @@ impl Share {
     /// Marks this process as executing on `device` from `at` (a stream's clock, not after
     /// now).
     pub fn begin(device: &'static Device, at: Instant) -> Share {
+        Share::begin_on(device, at, &RealClock)
+    }
+
+    /// [`Share::begin`] at `clock`'s now.
+    fn begin_on(device: &'static Device, at: Instant, clock: &impl Clock) -> Share {
         let ledger = device.ledger();
-        let (now, now_ns) = (Instant::now(), ledger::now_ns());
+        let (now, now_ns) = clock.now();
         let slot = ledger.begin_executing(now_ns, ns_at(at, now, now_ns));
         let mut share = Share {
             device,
@@ -181,13 +214,14 @@ impl Share {
 
     /// Removes the mark: this process stopped executing at `at` (a stream's clock).
     pub fn end(mut self, at: Instant) {
-        self.end_at(at);
+        self.end_at(at, &RealClock);
     }
 
-    fn end_at(&mut self, at: Instant) {
+    fn end_at(&mut self, at: Instant, clock: &impl Clock) {
         if let Some(slot) = self.slot.take() {
             let ledger = self.device.ledger();
-            ledger.end_executing(slot, ns_at(at, Instant::now(), ledger::now_ns()));
+            let (now, now_ns) = clock.now();
+            ledger.end_executing(slot, ns_at(at, now, now_ns));
         }
     }
 
@@ -208,7 +242,7 @@ impl Share {
 
 impl Drop for Share {
     fn drop(&mut self) {
-        self.end_at(Instant::now());
+        self.end_at(Instant::now(), &RealClock);
     }
 }
 
@@ -223,6 +257,17 @@ pub fn run(
     device: Option<&'static Device>,
     share: &mut Option<Share>,
 ) -> Instant {
+    run_on(start, duration, device, share, &mut RealClock)
+}
+
+/// [`run`] on `clock` (a kernel of no time or without a time-sliced device: on the real one).
+fn run_on(
+    start: Instant,
+    duration: Duration,
+    device: Option<&'static Device>,
+    share: &mut Option<Share>,
+    clock: &mut impl Clock,
+) -> Instant {
     let device = match device {
         Some(d) if d.time_sliced && !duration.is_zero() => d,
         _ => return run_alone(start, duration),
@@ -230,21 +275,27 @@ pub fn run(
     if let Some(other) = share.take_if(|s| !std::ptr::eq(s.device, device)) {
         other.end(start);
     }
-    let share = share.get_or_insert_with(|| Share::begin(device, start));
-    run_shared(start, duration, share)
+    let share = share.get_or_insert_with(|| Share::begin_on(device, start, clock));
+    run_shared(start, duration, share, clock)
 }
 
 /// Runs a kernel progressing at `1/(k·m)` of wall time: see the module's documentation.
-fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant {
+fn run_shared(
+    start: Instant,
+    duration: Duration,
+    share: &mut Share,
+    clock: &mut impl Clock,
+) -> Instant {
     let ledger = share.device.ledger();
     let slicing = Slicing {
         loss_percent: u128::from(share.device.switch_loss_percent),
     };
-    let start_ns = ns_at(start, Instant::now(), ledger::now_ns());
+    let (now, now_ns) = clock.now();
+    let start_ns = ns_at(start, now, now_ns);
     let mut remaining = u128::from(nanos(duration));
     let mut at = start;
     loop {
-        let (now, now_ns) = (Instant::now(), ledger::now_ns());
+        let (now, now_ns) = clock.now();
         let (generation, changed_ns) = ledger.executing_generation();
         let k = share.executing(now_ns);
         let before = std::mem::replace(&mut share.k, k);
@@ -285,7 +336,7 @@ fn run_shared(start: Instant, duration: Duration, share: &mut Share) -> Instant 
         // Look again when k changes, at the next tick, or exactly at the end if k stays.
         let to_end = slicing.wall_time(remaining, k);
         let to_end = Duration::from_nanos(u64::try_from(to_end).unwrap_or(u64::MAX));
-        ledger.wait_for_change(generation, to_end.min(TICK));
+        clock.wait_for_change(ledger, generation, to_end.min(TICK));
     }
 }
 
@@ -401,91 +452,184 @@ mod tests {
         Box::leak(Box::new(Device::open(0, sizes, dir, true, 0).unwrap()))
     }
 
+    /// Another process's move, at a time of the simulated clock.
+    type Event = (Duration, Box<dyn FnOnce()>);
+
+    /// Simulated time: it moves only while a kernel waits, to the end of its wait or to the
+    /// next scripted event (which then happens, as another process's move would wake it).
+    struct FakeClock {
+        origin: (Instant, u64),
+        elapsed: Duration,
+        events: Vec<Event>,
+    }
+
+    impl FakeClock {
+        fn new() -> FakeClock {
+            FakeClock {
+                origin: (Instant::now(), monotonic_ns()),
+                elapsed: Duration::ZERO,
+                events: Vec::new(),
+            }
+        }
+
+        /// Lets `time` pass (this thread doing something else).
+        fn advance(&mut self, time: Duration) {
+            self.elapsed += time;
+        }
+
+        /// `event` happens `after` the start.
+        fn at(&mut self, after: Duration, event: impl FnOnce() + 'static) {
+            self.events.push((after, Box::new(event)));
+            self.events.sort_by_key(|(at, _)| *at);
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> (Instant, u64) {
+            (
+                self.origin.0 + self.elapsed,
+                self.origin.1 + nanos(self.elapsed),
+            )
+        }
+
+        fn wait_for_change(&mut self, ledger: &Ledger, seen: u32, timeout: Duration) {
+            if ledger.executing_generation().0 != seen {
+                return;
+            }
+            let until = self.elapsed + timeout;
+            if self.events.first().is_some_and(|(at, _)| *at <= until) {
+                let (at, event) = self.events.remove(0);
+                self.elapsed = self.elapsed.max(at);
+                event();
+            } else {
+                self.elapsed = until;
+            }
+        }
+    }
+
+    const fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
     fn a_kernel_alone_takes_exactly_its_time() {
         let dir = tempfile::tempdir().unwrap();
         let dev = device(dir.path());
+        let mut clock = FakeClock::new();
         let mut share = None;
-        let t0 = Instant::now();
-        let mut clock = t0;
+        let t0 = clock.now().0;
+        let mut end = t0;
         for _ in 0..5 {
-            clock = run(clock, Duration::from_millis(2), Some(dev), &mut share);
+            end = run_on(end, ms(2), Some(dev), &mut share, &mut clock);
         }
-        assert_eq!(clock - t0, Duration::from_millis(10));
+        assert_eq!(end - t0, ms(10));
         drop(share);
-        assert_eq!(dev.ledger().others_executing(None, ledger::now_ns()), 0);
+        assert_eq!(dev.ledger().others_executing(None, monotonic_ns()), 0);
+    }
+
+    /// This process's stream, executing on a device from the start of simulated time
+    /// (`t0`), and another process executing there too from then (in its slot `slot`).
+    struct BesideAnother {
+        _dir: tempfile::TempDir,
+        ours: &'static Device,
+        theirs: &'static Device,
+        clock: FakeClock,
+        t0: Instant,
+        t0_ns: u64,
+        slot: usize,
+        share: Option<Share>,
+    }
+
+    fn beside_another() -> BesideAnother {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = (device(dir.path()), device(dir.path()));
+        let clock = FakeClock::new();
+        let (t0, t0_ns) = clock.now();
+        let slot = theirs.ledger().begin_executing(t0_ns, t0_ns).unwrap();
+        let share = Some(Share::begin_on(ours, t0, &clock));
+        BesideAnother {
+            _dir: dir,
+            ours,
+            theirs,
+            clock,
+            t0,
+            t0_ns,
+            slot,
+            share,
+        }
+    }
+
+    impl BesideAnother {
+        /// Runs a kernel of `duration` on our stream from `start`; returns its end.
+        fn run(&mut self, start: Instant, duration: Duration) -> Instant {
+            run_on(
+                start,
+                duration,
+                Some(self.ours),
+                &mut self.share,
+                &mut self.clock,
+            )
+        }
+
+        /// The other process stopping, dated `at` after the start.
+        fn their_stop(&self, at: Duration) -> impl FnOnce() + 'static {
+            let (theirs, slot, t0_ns) = (self.theirs, self.slot, self.t0_ns);
+            move || theirs.ledger().end_executing(slot, t0_ns + nanos(at))
+        }
     }
 
     #[test]
     fn a_kernel_progresses_at_half_speed_while_another_process_executes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ours, theirs) = (device(dir.path()), device(dir.path()));
-        let t0 = Instant::now();
-        let t0_ns = ledger::now_ns();
-        let slot = theirs.ledger().begin_executing(t0_ns, t0_ns).unwrap();
-        let mut share = Some(Share::begin(ours, t0));
-        // The other process stops 2 ms in, dated exactly, and seen 3 ms in: 1 ms of progress
-        // at half speed, then 3 ms alone. (However late this thread runs: sleeps never end
-        // early, and the change carries its own instant.)
-        std::thread::sleep(Duration::from_millis(3));
-        theirs.ledger().end_executing(slot, t0_ns + 2_000_000);
-        let end = run(t0, Duration::from_millis(4), Some(ours), &mut share);
-        let took = (end - t0).as_secs_f64() * 1e3;
-        assert!((took - 5.0).abs() < 0.01, "{took} ms");
+        let mut b = beside_another();
+        // The other process stops 2 ms in, dated exactly, and is seen 3 ms in: 1 ms of
+        // progress at half speed, then 3 ms alone.
+        b.clock.advance(ms(3));
+        b.their_stop(ms(2))();
+        let end = b.run(b.t0, ms(4));
+        assert_eq!(end - b.t0, ms(5));
         // With the other executing throughout (its heartbeat going stale on the way, but its
         // lock held), twice the time.
-        let now_ns = ledger::now_ns();
-        assert!(theirs.ledger().begin_executing(now_ns, now_ns).is_some());
-        let t1 = Instant::now();
-        let end = run(t1, Duration::from_millis(3), Some(ours), &mut share);
-        let took = (end - t1).as_secs_f64() * 1e3;
-        assert!((took - 6.0).abs() < 0.01, "{took} ms");
+        let (t1, t1_ns) = b.clock.now();
+        assert!(b.theirs.ledger().begin_executing(t1_ns, t1_ns).is_some());
+        let end = b.run(t1, ms(3));
+        assert_eq!(end - t1, ms(6));
     }
 
     #[test]
     fn streams_of_one_process_share_its_part_of_the_device() {
         let dir = tempfile::tempdir().unwrap();
         let dev = device(dir.path());
-        let t0 = Instant::now();
+        let mut clock = FakeClock::new();
+        let t0 = clock.now().0;
         // Two streams of the process start executing at once: a 2 ms kernel on one and a
         // 6 ms kernel on the other progress at half speed until the first ends, 4 ms in, and
-        // its stream stops executing; the rest of the second runs alone, to 8 ms. (The first
-        // stream's thread may run up to 8 ms late before the second would end without it.)
-        let mut first = Some(Share::begin(dev, t0));
-        let mut second = Some(Share::begin(dev, t0));
-        let other = std::thread::spawn(move || {
-            let end = run(t0, Duration::from_millis(6), Some(dev), &mut second);
-            (end, second)
-        });
-        let first_end = run(t0, Duration::from_millis(2), Some(dev), &mut first);
-        first.take().unwrap().end(first_end);
-        let (second_end, second) = other.join().unwrap();
+        // its stream stops executing; the rest of the second runs alone, to 8 ms. (The
+        // second is run after the first here, from the same start: it credits what it ran
+        // while the first did at their shared speed.)
+        let mut first = Some(Share::begin_on(dev, t0, &clock));
+        let mut second = Some(Share::begin_on(dev, t0, &clock));
+        let first_end = run_on(t0, ms(2), Some(dev), &mut first, &mut clock);
+        first.take().unwrap().end_at(first_end, &clock);
+        let second_end = run_on(t0, ms(6), Some(dev), &mut second, &mut clock);
+        assert_eq!(first_end - t0, ms(4));
+        assert_eq!(second_end - t0, ms(8));
         drop(second);
-        let ms = |end: Instant| (end - t0).as_secs_f64() * 1e3;
-        assert!((ms(first_end) - 4.0).abs() < 0.01, "{} ms", ms(first_end));
-        assert!((ms(second_end) - 8.0).abs() < 0.01, "{} ms", ms(second_end));
-        assert_eq!(dev.ledger().others_executing(None, ledger::now_ns()), 0);
+        assert_eq!(dev.ledger().others_executing(None, monotonic_ns()), 0);
     }
 
     #[test]
     fn a_change_marked_late_is_credited_from_its_instant() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ours, theirs) = (device(dir.path()), device(dir.path()));
-        let t0 = Instant::now();
-        let t0_ns = ledger::now_ns();
-        let slot = theirs.ledger().begin_executing(t0_ns, t0_ns).unwrap();
-        let mut share = Some(Share::begin(ours, t0));
+        let mut b = beside_another();
         // The other process stops 2 ms in but says so 2 ms later, while this kernel has been
-        // looking every millisecond: 1 ms of progress at half speed, then 19 ms alone. (The
-        // stopper may run up to 36 ms late before this kernel would end without it.)
-        let stopper = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(4));
-            theirs.ledger().end_executing(slot, t0_ns + 2_000_000);
-        });
-        let end = run(t0, Duration::from_millis(20), Some(ours), &mut share);
-        stopper.join().unwrap();
-        let took = (end - t0).as_secs_f64() * 1e3;
-        assert!((took - 21.0).abs() < 0.01, "{took} ms");
+        // looking every millisecond: 1 ms of progress at half speed, then 19 ms alone.
+        let stop = b.their_stop(ms(2));
+        b.clock.at(ms(4), stop);
+        let end = b.run(b.t0, ms(20));
+        assert_eq!(end - b.t0, ms(21));
+        assert!(
+            b.clock.events.is_empty(),
+            "the change came while the kernel ran"
+        );
     }
 
     #[test]

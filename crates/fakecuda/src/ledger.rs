@@ -2,40 +2,45 @@
 //! of the device's memory is in use, and by whom.
 //!
 //! The file is mapped by every process. Each process claims a slot by taking an OFD lock
-//! (`F_OFD_SETLK`) on the slot's first byte and counts its memory there, so that the memory of
-//! a process killed with SIGKILL (whose lock the kernel drops) can be reclaimed by any other
-//! process: a slot that holds memory but whose lock can be taken belongs to a dead process.
-//! The header's `used` is the device-wide total, reserved with a compare-and-swap so that two
-//! processes can never together pass the capacity. A process claims its slot when it first
-//! touches the device (its first context or reservation) and records its pid there; each slot
-//! also counts the process's live contexts, so that NVML can list the processes using the
-//! device (`nvmlDeviceGetComputeRunningProcesses`) from any process.
+//! (`F_OFD_SETLK`, through `gpuslice_ledger::ofd` as the ledger takes its own) on the
+//! slot's first byte and counts its memory there, so that the memory of a process killed
+//! with SIGKILL (whose lock the kernel drops) can be reclaimed by any other process: a slot
+//! that holds memory but whose lock can be taken belongs to a dead process. The header's
+//! `used` is the device-wide total, reserved with a compare-and-swap so that two processes
+//! can never together pass the capacity. A process claims its slot when it first touches
+//! the device (its first context or reservation) and records its pid there; each slot also
+//! counts the process's live contexts, so that NVML can list the processes using the device
+//! (`nvmlDeviceGetComputeRunningProcesses`) from any process.
 //!
 //! For time-slicing (see `kernel.rs`), each slot also counts the process's streams that are
-//! executing a kernel on the device (`executing`), with a heartbeat (`beat`, `CLOCK_MONOTONIC`
-//! nanoseconds) that those streams refresh at every look. A process reading how many
-//! processes execute counts the slots with `executing > 0`, without any lock; only a slot
-//! whose heartbeat is stale (its owner descheduled, stopped, or dead) costs an OFD lock test,
-//! and a dead owner's slot is then reclaimed, memory and mark together. The header's
-//! `claimed` bounds the slots ever claimed, so that this count scans only those. Whenever a
-//! stream starts or stops executing (a mark is added or removed, or a slot reclaimed), the
-//! header's `changed_ns` records when and its `generation` is incremented and woken as a
-//! futex, so that executing streams of every process look again at once instead of polling
-//! (those of the same process share its part of the device, so its own changes count too).
+//! executing a kernel on the device (`executing`), with a heartbeat (`beat`,
+//! `CLOCK_MONOTONIC` nanoseconds, `gpuslice_ledger::monotonic_ns`: the shim's clock too)
+//! that those streams refresh at every look. A process reading how many processes execute
+//! counts the slots with `executing > 0`, without any lock; only a slot whose heartbeat is
+//! stale (its owner descheduled, stopped, or dead) costs an OFD lock test, and a dead
+//! owner's slot is then reclaimed, memory and mark together. The header's `claimed` bounds
+//! the slots ever claimed, so that this count scans only those. Whenever a stream starts or
+//! stops executing (a mark is added or removed, or a slot reclaimed), the header's
+//! `changed_ns` records when and its `generation` is incremented and woken as a futex, so
+//! that executing streams of every process look again at once instead of polling (those of
+//! the same process share its part of the device, so its own changes count too).
 //!
 //! Layout (native endian, version 1): a 64-byte header (`magic` "FAKECUDA", `version`,
 //! `slot_count`, `used`, `claimed` u64, `generation` u32, a reserved u32, `changed_ns` u64;
 //! the rest reserved and zero) followed by `slot_count` 64-byte slots (`used` u64, `pid` u32,
 //! `contexts` u32, `executing` u32, a reserved u32, `beat` u64; the rest reserved and zero).
 //! Every field after `used` took reserved words, which older files hold as zero, so the
-//! layout version did not change.
+//! layout version did not change. While a process creates or validates the file it holds
+//! the lock of the header's first byte.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use gpuslice_ledger::ofd;
+use gpuslice_ledger::{LockKind, monotonic_ns};
 use parking_lot::Mutex;
 
 use crate::mapping::Mapping;
@@ -132,21 +137,6 @@ fn header_of(map: &Mapping) -> &Header {
     unsafe { &*(map.addr() as *const Header) }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `Instant` on Linux, the same in every
-/// process, as heartbeats and change times in the shared state file need.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec, which outlives the call; CLOCK_MONOTONIC
-    // always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
-}
-
 /// Whether a slot is unused: no memory, no owner recorded, no context, nothing executing.
 fn slot_is_empty(slot: &Slot) -> bool {
     slot.used.load(Ordering::Acquire) == 0
@@ -171,7 +161,7 @@ impl Ledger {
             .open(path)
             .map_err(named)?;
         let map = {
-            let _init = FileLock::exclusive(&file).map_err(named)?;
+            let _init = InitLock::take(&file).map_err(named)?;
             let size = file.metadata().map_err(named)?.len();
             let fresh = size == 0;
             if fresh {
@@ -383,8 +373,9 @@ impl Ledger {
     }
 
     /// Sleeps until the generation is no longer `seen`, for at most `timeout` (or less: any
-    /// signal or error ends the wait too, and the caller looks again).
-    pub fn wait_for_change(&self, seen: u32, timeout: std::time::Duration) {
+    /// signal or error ends the wait too, and the caller looks again): `false` if it slept
+    /// the whole timeout.
+    pub fn wait_for_change(&self, seen: u32, timeout: std::time::Duration) -> bool {
         let generation = &self.header().generation;
         let ts = libc::timespec {
             tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
@@ -394,7 +385,7 @@ impl Ledger {
         // the call; FUTEX_WAIT only reads it and sleeps at most the relative timeout, whose
         // timespec outlives the call. Its errors (EAGAIN when the word is no longer `seen`,
         // EINTR, ETIMEDOUT) all mean "look again".
-        unsafe {
+        let rc = unsafe {
             libc::syscall(
                 libc::SYS_futex,
                 generation.as_ptr(),
@@ -403,8 +394,9 @@ impl Ledger {
                 &raw const ts,
                 std::ptr::null::<u32>(),
                 0u32,
-            );
-        }
+            )
+        };
+        rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ETIMEDOUT)
     }
 
     /// Records that a slot started or stopped executing at `at_ns` and wakes every stream
@@ -460,15 +452,7 @@ impl Ledger {
             if pid != std::process::id() {
                 return;
             }
-            let slot = self.slot(index);
-            let held = slot.used.swap(0, Ordering::AcqRel);
-            saturating_sub(&self.header().used, held);
-            slot.contexts.store(0, Ordering::Release);
-            if slot.executing.swap(0, Ordering::AcqRel) > 0 {
-                self.executing_changed(now_ns());
-            }
-            slot.beat.store(0, Ordering::Release);
-            slot.pid.store(0, Ordering::Release);
+            self.clear_slot(self.slot(index));
             *own = OwnSlot::Released;
         }
     }
@@ -540,7 +524,7 @@ impl Ledger {
         saturating_sub(&self.header().used, held);
         slot.contexts.store(0, Ordering::Release);
         if slot.executing.swap(0, Ordering::AcqRel) > 0 {
-            self.executing_changed(now_ns());
+            self.executing_changed(monotonic_ns());
         }
         slot.beat.store(0, Ordering::Release);
         slot.pid.store(0, Ordering::Release);
@@ -548,56 +532,33 @@ impl Ledger {
     }
 
     fn try_lock_slot(&self, index: usize) -> io::Result<bool> {
-        match self.ofd_lock(index, libc::F_WRLCK) {
-            Ok(()) => Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
-            Err(e) => Err(e),
-        }
+        ofd::try_lock(self.file.as_fd(), slot_offset(index), LockKind::Exclusive)
     }
 
     fn unlock_slot(&self, index: usize) {
         // Unlocking a byte this description holds cannot fail in a way worth reporting.
-        let _ = self.ofd_lock(index, libc::F_UNLCK);
-    }
-
-    // F_WRLCK, F_UNLCK and SEEK_SET are small constants that fit the struct's shorts.
-    #[allow(clippy::cast_possible_truncation)]
-    fn ofd_lock(&self, index: usize, kind: libc::c_int) -> io::Result<()> {
-        let lock = libc::flock {
-            l_type: kind as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: slot_offset(index) as libc::off_t,
-            l_len: 1,
-            l_pid: 0,
-        };
-        // SAFETY: F_OFD_SETLK reads the flock struct, which outlives the call; the fd is open.
-        let ret = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        let _ = ofd::unlock(self.file.as_fd(), slot_offset(index));
     }
 }
 
-/// A whole-file `flock`, held while a state file is created or validated.
-struct FileLock<'a>(&'a File);
+/// The byte of a state file whose lock is held while the file is created or validated: in
+/// the header, apart from every slot's.
+const INIT_LOCK_BYTE: u64 = 0;
 
-impl<'a> FileLock<'a> {
-    fn exclusive(file: &'a File) -> io::Result<Self> {
-        // SAFETY: flock on an open fd has no memory-safety preconditions.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            Ok(FileLock(file))
-        } else {
-            Err(io::Error::last_os_error())
-        }
+/// The state file's initialization lock, held while it is created or validated.
+struct InitLock<'a>(&'a File);
+
+impl<'a> InitLock<'a> {
+    fn take(file: &'a File) -> io::Result<Self> {
+        ofd::lock_wait(file.as_fd(), INIT_LOCK_BYTE, LockKind::Exclusive)?;
+        Ok(InitLock(file))
     }
 }
 
-impl Drop for FileLock<'_> {
+impl Drop for InitLock<'_> {
     fn drop(&mut self) {
-        // SAFETY: as in exclusive.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        // Unlocking a byte this description holds cannot fail in a way worth reporting.
+        let _ = ofd::unlock(self.0.as_fd(), INIT_LOCK_BYTE);
     }
 }
 
@@ -709,7 +670,7 @@ mod tests {
         let path = dir.path().join("dev0");
         let a = Ledger::open(&path).unwrap();
         let b = Ledger::open(&path).unwrap();
-        let now = now_ns();
+        let now = monotonic_ns();
         let (generation, _) = b.executing_generation();
         assert_eq!(b.others_executing(None, now), 0);
         // Two streams of A: A counts once among the processes, both among its streams, and
@@ -733,9 +694,10 @@ mod tests {
             (generation.wrapping_add(4), now + 2)
         );
         // Waiting for a change that already happened returns at once.
-        let t = std::time::Instant::now();
-        b.wait_for_change(generation, std::time::Duration::from_secs(5));
-        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        assert!(
+            b.wait_for_change(generation, std::time::Duration::from_secs(5)),
+            "it slept out its timeout"
+        );
     }
 
     #[test]
@@ -743,7 +705,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev0");
         let survivor = Ledger::open(&path).unwrap();
-        let now = now_ns();
+        let now = monotonic_ns();
         let late = now + 10 * STALE_BEAT_NS;
         {
             let doomed = Ledger::open(&path).unwrap();
@@ -772,7 +734,7 @@ mod tests {
         let path = dir.path().join("dev0");
         let observer = Ledger::open(&path).unwrap();
         let user = Ledger::open(&path).unwrap();
-        let now = now_ns();
+        let now = monotonic_ns();
         let index = user.begin_executing(now, now).unwrap();
         assert_eq!(observer.others_executing(None, now), 1);
         user.release_all();

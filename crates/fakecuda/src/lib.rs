@@ -80,13 +80,19 @@
 //!   allocations, module memory); instance ids are `0xFFFFFFFF`, as without MIG.
 //! - **A lost GPU**: NVML calls on a device listed in `<FAKECUDA_STATE_DIR>/lost-gpus` fail
 //!   with `NVML_ERROR_GPU_IS_LOST`, read afresh at every call (see `faults`).
+//! - **XID events**: a line `<device> <xid>` appended to `<FAKECUDA_STATE_DIR>/xid-events`
+//!   raises a critical XID error on the device, which NVML's event sets
+//!   (`nvmlEventSetCreate`, `nvmlDeviceRegisterEvents`, `nvmlEventSetWait_v2`) deliver to
+//!   the programs watching it (see `xid`).
 //!
 //! # Environment
 //!
 //! Read once, at the first `cuInit` or `nvmlInit`:
 //!
 //! - `FAKECUDA_DEVICES`: comma-separated capacities as byte quantities (`80Gi`, `512Mi`,
-//!   `8G`, `1073741824`), one per device; default one device of `80Gi`.
+//!   `8G`, `1073741824`), one per device; default one device of `80Gi`. Quantities here and
+//!   in the footprints are gpuslice's (`gpuslice_ledger::parse_quantity`), blanks around
+//!   each allowed.
 //! - `FAKECUDA_STATE_DIR`: directory of the shared state files, created if missing; default
 //!   `/tmp/fakecuda-<uid>`.
 //! - `FAKECUDA_CONTEXT_FOOTPRINT`: device memory each live context takes; default `64Mi`.
@@ -173,3 +179,4 @@ pub mod pool;
 pub mod procaddr;
 pub mod stream;
 pub mod vmm;
+pub mod xid;

@@ -28,10 +28,7 @@ use crate::kernel;
 
 /// `CU_STREAM_NON_BLOCKING`: no implicit synchronization with the NULL stream.
 pub const NON_BLOCKING: u32 = 0x1;
-/// `CU_STREAM_LEGACY`.
-pub const LEGACY: usize = 0x1;
-/// `CU_STREAM_PER_THREAD`.
-pub const PER_THREAD: usize = 0x2;
+pub use gpuslice_cuda_abi::{CU_STREAM_LEGACY as LEGACY, CU_STREAM_PER_THREAD as PER_THREAD};
 /// Stream priorities run from 0 (lowest) to -5 (greatest), as on an H100.
 pub const PRIORITY_RANGE: (i32, i32) = (0, -5);
 

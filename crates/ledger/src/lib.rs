@@ -112,6 +112,7 @@ mod ledger;
 mod limits;
 mod locks;
 mod names;
+pub mod ofd;
 mod quantity;
 mod quota;
 mod slot;
@@ -127,12 +128,12 @@ pub use ledger::Ledger;
 pub use limits::{Limits, PERMILLE_MAX, Priority, TenantQuota};
 pub use locks::{LockFile, LockHandle, LockKind};
 pub use names::{GpuUuid, MAX_TENANT_NAME_LEN, TenantName};
-pub use quantity::parse_quantity;
+pub use quantity::{QUANTITY_FORM, parse_quantity};
 pub use quota::QuotaFile;
 pub use slot::{OverLimit, ProcessSlot};
 pub use snapshot::{SlotCompute, UsageReader, UsageSnapshot};
 pub use usage::{GpuIndex, ReclaimReport, SlotInfo, UsageFile};
-pub use variables::{PINNED_TENANT_FILE, SHIM_VARIABLES};
+pub use variables::{DEFAULT_DIR, PINNED_TENANT_FILE, SHIM_VARIABLES};
 
 /// How many GPUs a ledger file can describe (per-GPU limits in a quota file, GPU table
 /// entries in a usage file).

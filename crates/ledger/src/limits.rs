@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::error::LedgerError;
-use crate::layout::RawLimits;
+use crate::layout::{MEMORY_UNLIMITED, RawLimits};
 use crate::names::GpuUuid;
 
 /// How a tenant's work is ordered against other tenants' on a contended GPU. Ordered
@@ -100,7 +100,7 @@ impl Limits {
     /// Stores these limits (relaxed: callers order the stores with the generation).
     pub(crate) fn store(&self, raw: &RawLimits) {
         raw.memory_limit_bytes
-            .store(self.memory_bytes.unwrap_or(u64::MAX), Relaxed);
+            .store(self.memory_bytes.unwrap_or(MEMORY_UNLIMITED), Relaxed);
         raw.compute_share_permille
             .store(self.compute_share_permille.unwrap_or(0), Relaxed);
         raw.compute_limit_permille
@@ -118,7 +118,7 @@ impl Limits {
         let memory = raw.memory_limit_bytes.load(Relaxed);
         let permille = |v: u32| (v != 0).then_some(v.min(PERMILLE_MAX));
         Limits {
-            memory_bytes: (memory != u64::MAX).then_some(memory),
+            memory_bytes: (memory != MEMORY_UNLIMITED).then_some(memory),
             compute_share_permille: permille(raw.compute_share_permille.load(Relaxed)),
             compute_limit_permille: permille(raw.compute_limit_permille.load(Relaxed)),
             priority: Priority::from_raw(raw.priority.load(Relaxed)),

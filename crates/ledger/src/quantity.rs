@@ -1,9 +1,29 @@
-//! Byte quantities as Kubernetes writes them (`4Gi`, `512Mi`, `8G`, `1.5Gi`, `1e9`), shared
-//! by the shim's settings and the `gpuslice` command so both accept exactly the same forms.
+//! Byte quantities, the one grammar every part of gpuslice reads them by: the shim's
+//! `GPUSLICE_MEMORY_LIMIT`, the command's `--memory`, the simulated GPU's capacities and
+//! footprints (`FAKECUDA_*`) and the example programs' sizes.
+//!
+//! The grammar is Kubernetes' (`resource.Quantity`) for what a byte count can be:
+//!
+//! ```text
+//! quantity = number [ suffix ]
+//! number   = digits [ "." [ digits ] ]  |  "." digits
+//! digits   = "0".."9" { "0".."9" }
+//! suffix   = "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"      (powers of 1024)
+//!          | "k"  | "M"  | "G"  | "T"  | "P"  | "E"       (powers of 1000)
+//!          | ( "e" | "E" ) [ "+" ] digits                  (10 to that power, at most 30)
+//! ```
+//!
+//! The value is the number times the suffix, rounded up to a whole byte (as Kubernetes
+//! rounds), and must fit in a `u64`. Nothing else is accepted: no sign, no blank anywhere
+//! (around it included), no other letter case (`4gi`, `4K`), no unit word (`4GB`), no milli
+//! (`500m`), no hexadecimal. `E` alone is exa (`1E` = 10^18 bytes); followed by digits it is
+//! an exponent (`1E3` = 1000).
 
-/// Parses a Kubernetes-style byte quantity: `1073741824`, `4Gi`, `512Mi`, `8G`, `1.5Gi`,
-/// `1e9`. Fractions round up to whole bytes, as Kubernetes does. `None` for anything else,
-/// including overflow, a negative number and the milli suffix `m`.
+/// The accepted form in words, for the messages that refuse a quantity.
+pub const QUANTITY_FORM: &str = "a byte quantity such as 4Gi, 512Mi, 8G, 1.5Gi or 1073741824";
+
+/// Parses a byte quantity by the grammar above: `1073741824`, `4Gi`, `512Mi`, `8G`,
+/// `1.5Gi`, `1e9`. `None` for anything else, overflow included.
 pub fn parse_quantity(text: &str) -> Option<u64> {
     let digits_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -85,6 +105,39 @@ mod tests {
     }
 
     #[test]
+    fn every_production_of_the_grammar_is_accepted() {
+        // number: digits, digits ".", digits "." digits, "." digits.
+        assert_eq!(parse_quantity("7"), Some(7));
+        assert_eq!(parse_quantity("7."), Some(7));
+        assert_eq!(parse_quantity("7.25"), Some(8));
+        assert_eq!(parse_quantity(".25Ki"), Some(256));
+        // Every binary and decimal suffix.
+        let binary = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+        let decimal = ["k", "M", "G", "T", "P", "E"];
+        for (i, suffix) in binary.iter().enumerate() {
+            assert_eq!(
+                parse_quantity(&format!("3{suffix}")),
+                Some(3 << (10 * (i + 1)))
+            );
+        }
+        for (i, suffix) in decimal.iter().enumerate() {
+            let exp = u32::try_from(3 * (i + 1)).unwrap();
+            assert_eq!(
+                parse_quantity(&format!("3{suffix}")),
+                Some(3 * 10u64.pow(exp))
+            );
+        }
+        // Exponents: either letter, an optional plus, up to 30.
+        assert_eq!(parse_quantity("2e3"), Some(2000));
+        assert_eq!(parse_quantity("2E+3"), Some(2000));
+        assert_eq!(parse_quantity("1.5e1"), Some(15));
+        assert_eq!(parse_quantity("0e30"), Some(0));
+        // The largest quantity there is.
+        assert_eq!(parse_quantity("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_quantity("15.99Ei"), Some(18_435_214_858_663_483_147));
+    }
+
+    #[test]
     fn malformed_quantities_are_refused() {
         for bad in [
             "",
@@ -104,6 +157,13 @@ mod tests {
             "16Ei",
             "1e31",
             ".",
+            "1e+",
+            "1e3Gi",
+            "1..5",
+            "+1",
+            "1_000",
+            "1,000",
+            "\u{663}",
         ] {
             assert_eq!(parse_quantity(bad), None, "{bad:?} should be refused");
         }

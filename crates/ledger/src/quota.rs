@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, fence};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::LedgerError;
 use crate::files::{self, Access, TempFile};
@@ -48,12 +48,36 @@ const MAX_SLEEPS: u32 = 10_000;
 /// holds the byte, and the writer, often the device plugin serving every tenant, must not
 /// hang on either.
 const WRITER_WAIT: Duration = Duration::from_secs(2);
+/// How long such a writer sleeps between its looks.
+const WRITER_RETRY: Duration = Duration::from_millis(1);
 
 /// How many times a reader that cannot ask whether a writer is alive (it cannot open the
 /// tenant's lock file: another tenant, an observer of another user) sleeps before it settles
 /// for what is stored: briefly, since it cannot tell a slow writer from a dead one, and a
 /// neighbour's watcher reads quotas every tick.
 const BLIND_SLEEPS: u32 = 10;
+
+/// The time a quota reader or writer waits on: the real clock, or in tests one that moves
+/// only when they sleep, so that what they wait for is counted, never timed.
+trait Clock {
+    /// The time since an arbitrary origin.
+    fn now(&self) -> Duration;
+    /// Lets `time` pass.
+    fn sleep(&mut self, time: Duration);
+}
+
+/// The real clock (`CLOCK_MONOTONIC`: its origin is the boot).
+struct RealClock;
+
+impl Clock for RealClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(crate::clock::monotonic_ns())
+    }
+
+    fn sleep(&mut self, time: Duration) {
+        std::thread::sleep(time);
+    }
+}
 
 /// A tenant's quota file, mapped read-only and validated when opened.
 ///
@@ -156,6 +180,11 @@ impl QuotaFile {
     /// what is stored is returned: every field holds a value some writer stored, and the
     /// next update rewrites them all.
     fn read_consistent<R>(&self, read: impl Fn(&QuotaLayout) -> R) -> R {
+        self.read_consistent_on(read, &mut RealClock)
+    }
+
+    /// [`QuotaFile::read_consistent`], its waits on `clock`.
+    fn read_consistent_on<R>(&self, read: impl Fn(&QuotaLayout) -> R, clock: &mut impl Clock) -> R {
         let layout = self.view.get();
         let generation = &layout.header.word;
         let mut attempts: u32 = 0;
@@ -178,7 +207,7 @@ impl QuotaFile {
                 if attempts >= SPINS_BEFORE_SLEEPING + BLIND_SLEEPS {
                     return value;
                 }
-                std::thread::sleep(RETRY_SLEEP);
+                clock.sleep(RETRY_SLEEP);
                 continue;
             };
             if attempts >= SPINS_BEFORE_SLEEPING + MAX_SLEEPS {
@@ -189,7 +218,7 @@ impl QuotaFile {
             if before == after && !writer_holds_lock && generation.load(Acquire) == before {
                 return value;
             }
-            std::thread::sleep(RETRY_SLEEP);
+            clock.sleep(RETRY_SLEEP);
         }
     }
 }
@@ -260,8 +289,19 @@ pub(crate) fn write_quota(
     locks: &LockFile,
     q: &TenantQuota,
 ) -> Result<(), LedgerError> {
+    write_quota_on(dir, path, locks, q, &mut RealClock)
+}
+
+/// [`write_quota`], its waits on `clock`.
+fn write_quota_on(
+    dir: &Path,
+    path: &Path,
+    locks: &LockFile,
+    q: &TenantQuota,
+    clock: &mut impl Clock,
+) -> Result<(), LedgerError> {
     q.check(path)?;
-    if update_in_place(path, locks, q)? {
+    if update_in_place(path, locks, q, clock)? {
         return Ok(());
     }
     files::ensure_dir(dir)?;
@@ -280,7 +320,7 @@ pub(crate) fn write_quota(
         return Ok(());
     }
     // Another writer published first: update theirs, so no reader is left on a stale file.
-    if update_in_place(path, locks, q)? {
+    if update_in_place(path, locks, q, clock)? {
         Ok(())
     } else {
         Err(LedgerError::io(
@@ -296,8 +336,13 @@ pub(crate) fn write_quota(
 /// lock died mid-update and is taken over at once; otherwise it is waited for at most
 /// [`WRITER_WAIT`] and then taken over (moved to the next odd value, so that readers of the
 /// old one read again). `ours`: this writer holds the update lock.
-fn begin_update(generation: &AtomicU64, locks: &LockFile, ours: bool) -> u64 {
-    let started = Instant::now();
+fn begin_update(
+    generation: &AtomicU64,
+    locks: &LockFile,
+    ours: bool,
+    clock: &mut impl Clock,
+) -> u64 {
+    let started = clock.now();
     loop {
         let current = generation.load(Acquire);
         if current.is_multiple_of(2) {
@@ -313,7 +358,7 @@ fn begin_update(generation: &AtomicU64, locks: &LockFile, ours: bool) -> u64 {
         // generation odd holds none, so it died (or is a writer that could not take the
         // lock either, which the compare-and-swap below still keeps apart from this one).
         let writer_alive = !ours && locks.is_locked(lock_bytes::QUOTA_UPDATE);
-        if !writer_alive || started.elapsed() >= WRITER_WAIT {
+        if !writer_alive || clock.now().saturating_sub(started) >= WRITER_WAIT {
             let next = current.wrapping_add(2);
             if generation
                 .compare_exchange(current, next, AcqRel, Acquire)
@@ -323,12 +368,17 @@ fn begin_update(generation: &AtomicU64, locks: &LockFile, ours: bool) -> u64 {
             }
             continue;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        clock.sleep(WRITER_RETRY);
     }
 }
 
 /// Updates an existing quota file in place; `false` if there is none.
-fn update_in_place(path: &Path, locks: &LockFile, q: &TenantQuota) -> Result<bool, LedgerError> {
+fn update_in_place(
+    path: &Path,
+    locks: &LockFile,
+    q: &TenantQuota,
+    clock: &mut impl Clock,
+) -> Result<bool, LedgerError> {
     let Some(file) = files::open_existing(path, Access::ReadWrite)? else {
         return Ok(false);
     };
@@ -341,7 +391,7 @@ fn update_in_place(path: &Path, locks: &LockFile, q: &TenantQuota) -> Result<boo
     let ours = lock.try_lock(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)?;
     let layout = view.get();
     let generation = &layout.header.word;
-    let odd = begin_update(generation, locks, ours);
+    let odd = begin_update(generation, locks, ours, clock);
     // Orders the odd generation before the data stores (seqlock writer).
     fence(Release);
     store_quota(layout, q);
@@ -356,8 +406,6 @@ fn update_in_place(path: &Path, locks: &LockFile, q: &TenantQuota) -> Result<boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
-    use std::time::Instant;
 
     fn memory_only(bytes: u64) -> TenantQuota {
         TenantQuota {
@@ -401,47 +449,93 @@ mod tests {
         (dir, reader, writer_lock, view)
     }
 
+    /// A clock that moves only when it is slept on, counting the sleeps, and calls
+    /// `on_sleep` with their count at each (to act while a reader or writer waits).
+    struct FakeClock<F: FnMut(u32)> {
+        now: Duration,
+        sleeps: u32,
+        on_sleep: F,
+    }
+
+    fn fake_clock() -> FakeClock<impl FnMut(u32)> {
+        FakeClock {
+            now: Duration::ZERO,
+            sleeps: 0,
+            on_sleep: |_| {},
+        }
+    }
+
+    impl<F: FnMut(u32)> Clock for FakeClock<F> {
+        fn now(&self) -> Duration {
+            self.now
+        }
+
+        fn sleep(&mut self, time: Duration) {
+            self.now += time;
+            self.sleeps += 1;
+            (self.on_sleep)(self.sleeps);
+        }
+    }
+
+    /// The defaults, read with waits on `clock`.
+    fn defaults_on(reader: &QuotaFile, clock: &mut impl Clock) -> Limits {
+        reader.read_consistent_on(|l| Limits::load(&l.defaults), clock)
+    }
+
+    /// `q` written to `dir`'s quota file with waits on `clock`.
+    fn write_on(dir: &Path, q: &TenantQuota, clock: &mut impl Clock) {
+        let locks = LockFile::open(&dir.join("lock"), Access::ReadWrite)
+            .expect("open")
+            .expect("exists");
+        write_quota_on(dir, &dir.join("quota"), &locks, q, clock).expect("the update goes through");
+    }
+
+    /// A writer (holding `lock`) stopped mid-update of `view`: the update lock held and the
+    /// generation odd, which it returns.
+    fn stopped_mid_update(lock: &crate::locks::LockHandle, view: &View<QuotaLayout>) -> u64 {
+        lock.lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
+            .expect("lock");
+        let generation = &view.get().header.word;
+        let odd = generation.load(Relaxed) | 1;
+        generation.store(odd, Release);
+        odd
+    }
+
     #[test]
     fn reader_waits_for_a_writer_descheduled_mid_update() {
         let (_dir, reader, writer, view) = quota_file();
         let generation = &view.get().header.word;
-        writer
-            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
-            .expect("lock");
-        let odd = generation.load(Relaxed) | 1;
-        generation.store(odd, Release);
+        let odd = stopped_mid_update(&writer, &view);
         // Half an update: only the memory limit written so far.
         memory_only(2).defaults.store(&view.get().defaults);
-        let finished = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let read = s.spawn(|| {
-                let limits = reader.defaults();
-                finished.store(true, Release);
-                limits
-            });
-            // Far longer than the spinning; the writer still holds the lock, so no answer yet.
-            std::thread::sleep(Duration::from_millis(50));
-            assert!(!finished.load(Acquire), "read a half-written update");
-            memory_only(3).defaults.store(&view.get().defaults);
-            generation.store(odd + 1, Release);
-            writer.unlock(lock_bytes::QUOTA_UPDATE).expect("unlock");
-            assert_eq!(read.join().expect("reader").memory_bytes, Some(3));
-        });
+        // The writer, holding the lock, finishes while the reader waits: the reader must be
+        // waiting then (had it taken the half-written update, it would never sleep).
+        let mut clock = FakeClock {
+            now: Duration::ZERO,
+            sleeps: 0,
+            on_sleep: |sleeps| {
+                if sleeps == 3 {
+                    memory_only(3).defaults.store(&view.get().defaults);
+                    generation.store(odd + 1, Release);
+                    writer.unlock(lock_bytes::QUOTA_UPDATE).expect("unlock");
+                }
+            },
+        };
+        assert_eq!(defaults_on(&reader, &mut clock).memory_bytes, Some(3));
+        assert_eq!(clock.sleeps, 3, "it read as soon as the writer was done");
     }
 
     #[test]
     fn reader_does_not_hang_on_a_writer_stopped_mid_update() {
         let (_dir, reader, writer, view) = quota_file();
-        let generation = &view.get().header.word;
-        writer
-            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
-            .expect("lock");
-        generation.store(generation.load(Relaxed) | 1, Release);
-        let start = Instant::now();
-        assert_eq!(reader.defaults().memory_bytes, Some(1));
-        let waited = start.elapsed();
-        assert!(waited >= MAX_SLEEPS * RETRY_SLEEP, "{waited:?}");
-        assert!(waited < Duration::from_secs(30), "{waited:?}");
+        stopped_mid_update(&writer, &view);
+        let mut clock = fake_clock();
+        assert_eq!(defaults_on(&reader, &mut clock).memory_bytes, Some(1));
+        assert_eq!(
+            clock.sleeps, MAX_SLEEPS,
+            "it waited to the bound, and no longer"
+        );
+        assert_eq!(clock.now, RETRY_SLEEP * MAX_SLEEPS);
     }
 
     #[test]
@@ -451,13 +545,9 @@ mod tests {
         // Odd with nobody holding the lock: the writer is gone.
         generation.store(generation.load(Relaxed) | 1, Release);
         memory_only(2).defaults.store(&view.get().defaults);
-        let start = Instant::now();
-        assert_eq!(reader.defaults().memory_bytes, Some(2));
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            start.elapsed()
-        );
+        let mut clock = fake_clock();
+        assert_eq!(defaults_on(&reader, &mut clock).memory_bytes, Some(2));
+        assert_eq!(clock.sleeps, 0, "nothing to wait for");
     }
 
     #[test]
@@ -467,22 +557,9 @@ mod tests {
         tenant_lock
             .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
             .expect("lock");
-        let locks = LockFile::open(&dir.path().join("lock"), Access::ReadWrite)
-            .expect("open")
-            .expect("exists");
-        let start = Instant::now();
-        write_quota(
-            dir.path(),
-            &dir.path().join("quota"),
-            &locks,
-            &memory_only(7),
-        )
-        .expect("the update goes through");
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            start.elapsed()
-        );
+        let mut clock = fake_clock();
+        write_on(dir.path(), &memory_only(7), &mut clock);
+        assert_eq!(clock.sleeps, 0, "the writer did not wait");
         assert_eq!(reader.defaults().memory_bytes, Some(7));
     }
 
@@ -492,45 +569,41 @@ mod tests {
         let generation = &view.get().header.word;
         // Odd, with nobody holding the lock: a writer died mid-update.
         generation.store(generation.load(Relaxed) | 1, Release);
-        let locks = LockFile::open(&dir.path().join("lock"), Access::ReadWrite)
-            .expect("open")
-            .expect("exists");
-        let start = Instant::now();
-        write_quota(
-            dir.path(),
-            &dir.path().join("quota"),
-            &locks,
-            &memory_only(9),
-        )
-        .expect("the update goes through");
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            start.elapsed()
-        );
+        let mut clock = fake_clock();
+        write_on(dir.path(), &memory_only(9), &mut clock);
+        assert_eq!(clock.sleeps, 0, "the writer did not wait");
         assert!(generation.load(Acquire).is_multiple_of(2));
+        assert_eq!(reader.defaults().memory_bytes, Some(9));
+    }
+
+    #[test]
+    fn a_writer_takes_over_from_a_writer_stopped_mid_update_after_its_wait() {
+        let (dir, reader, other_writer, view) = quota_file();
+        let generation = &view.get().header.word;
+        // Odd, and the lock held: a writer stopped mid-update (or the tenant holds the byte).
+        let odd = stopped_mid_update(&other_writer, &view);
+        let mut clock = fake_clock();
+        write_on(dir.path(), &memory_only(9), &mut clock);
+        assert_eq!(clock.now, WRITER_WAIT, "it waited its while, and no longer");
+        // Moved past the stopped writer's odd value, so that its readers read again.
+        assert_eq!(generation.load(Acquire), odd + 3);
+        other_writer
+            .unlock(lock_bytes::QUOTA_UPDATE)
+            .expect("unlock");
         assert_eq!(reader.defaults().memory_bytes, Some(9));
     }
 
     #[test]
     fn a_reader_that_cannot_ask_about_writers_settles_quickly() {
         let (dir, _reader, writer, view) = quota_file();
-        writer
-            .lock_wait(lock_bytes::QUOTA_UPDATE, LockKind::Exclusive)
-            .expect("lock");
-        let generation = &view.get().header.word;
-        generation.store(generation.load(Relaxed) | 1, Release);
+        stopped_mid_update(&writer, &view);
         // Another tenant's watcher: no lock file to probe. It must not stall its tick for
         // the second a tenant's own reader may wait.
         let blind = QuotaFile::open(&dir.path().join("quota"), None)
             .expect("open")
             .expect("exists");
-        let start = Instant::now();
-        assert_eq!(blind.defaults().memory_bytes, Some(1));
-        assert!(
-            start.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            start.elapsed()
-        );
+        let mut clock = fake_clock();
+        assert_eq!(defaults_on(&blind, &mut clock).memory_bytes, Some(1));
+        assert_eq!(clock.sleeps, BLIND_SLEEPS);
     }
 }

@@ -12,9 +12,9 @@ use crate::compute::{Activity, ComputeSettings};
 use crate::error::LedgerError;
 use crate::files::{self, Access};
 use crate::layout::{
-    BITMAP_WORDS, SLOT_GPU_SIZE, SLOT_GPUS_OFFSET, Slot, SlotGpu, USAGE_BITMAP_OFFSET,
-    USAGE_ENTRY_SIZE, USAGE_FILE_SIZE, USAGE_GEOMETRY, USAGE_SLOT_OFFSET, USAGE_SLOT_SIZE,
-    USAGE_TABLE_OFFSET, UsageGpu, read_array, read_u32, read_u64, slot_lock_byte,
+    BITMAP_WORDS, GPU_REGISTERED, SLOT_GPU_SIZE, SLOT_GPUS_OFFSET, Slot, SlotGpu,
+    USAGE_BITMAP_OFFSET, USAGE_ENTRY_SIZE, USAGE_FILE_SIZE, USAGE_GEOMETRY, USAGE_SLOT_OFFSET,
+    USAGE_SLOT_SIZE, USAGE_TABLE_OFFSET, UsageGpu, read_array, read_u32, read_u64, slot_lock_byte,
 };
 use crate::locks::LockFile;
 use crate::names::GpuUuid;
@@ -173,7 +173,7 @@ impl UsageSnapshot {
         for (i, rec) in gpus.iter_mut().enumerate() {
             let at = USAGE_TABLE_OFFSET + i * USAGE_ENTRY_SIZE;
             *rec = GpuRecord {
-                registered: read_u32(bytes, at + offset_of!(UsageGpu, state)) == 1,
+                registered: read_u32(bytes, at + offset_of!(UsageGpu, state)) == GPU_REGISTERED,
                 uuid: read_array(bytes, at + offset_of!(UsageGpu, uuid)),
                 oom_refusals: read_u64(bytes, at + offset_of!(UsageGpu, oom_refusals)),
                 retired_gpu_time_ns: read_u64(

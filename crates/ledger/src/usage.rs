@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::LedgerError;
 use crate::files::{self, Access, TempFile};
 use crate::layout::{
-    BITMAP_WORDS, USAGE_FILE_SIZE, USAGE_GEOMETRY, UsageLayout, lock_bytes, slot_lock_byte,
-    uuid_bytes, uuid_words,
+    BITMAP_WORDS, GPU_EMPTY, GPU_REGISTERED, SLOT_FREE, SLOT_LIVE, USAGE_FILE_SIZE, USAGE_GEOMETRY,
+    UsageLayout, lock_bytes, slot_lock_byte, uuid_bytes, uuid_words,
 };
 use crate::locks::{LockFile, LockKind};
 use crate::names::GpuUuid;
@@ -26,10 +26,6 @@ use crate::{MAX_GPUS, MAX_SLOTS};
 // The occupied-slot bitmap is whole u64 words.
 const _: () = assert!(MAX_SLOTS.is_multiple_of(64) && BITMAP_WORDS * 64 == MAX_SLOTS);
 
-/// `state` of a GPU table entry that holds a GPU.
-const GPU_REGISTERED: u32 = 1;
-/// `state` of a slot owned by a live process.
-const SLOT_LIVE: u32 = 1;
 /// How long a registration waits for the GPU table's lock, which registrations hold for
 /// microseconds: a CUDA call must fail, not hang, when something else holds it.
 const LOCK_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -149,7 +145,7 @@ fn slot_in_use(layout: &UsageLayout, index: u32) -> bool {
         return false;
     };
     is_occupied(layout, index)
-        || slot.state.load(SeqCst) != 0
+        || slot.state.load(SeqCst) != SLOT_FREE
         || slot.gpus.iter().any(|g| {
             g.memory_bytes.load(SeqCst) != 0
                 || g.pending_bytes.load(SeqCst) != 0
@@ -200,7 +196,7 @@ pub(crate) fn clear_slot(layout: &UsageLayout, index: u32) -> [u64; MAX_GPUS] {
     slot.claimed_unix_ms.store(0, Relaxed);
     slot.reserved.store(0, Relaxed);
     slot.pid_namespace.store(0, Relaxed);
-    slot.state.store(0, SeqCst);
+    slot.state.store(SLOT_FREE, SeqCst);
     if let Some((w, mask)) = bit(index)
         && let Some(word) = layout.occupied.get(w)
     {
@@ -356,7 +352,7 @@ impl UsageFile {
         }
         let words = uuid_words(&uuid.0);
         for (i, e) in (0u32..).zip(&self.view.get().gpus) {
-            if e.state.load(Acquire) != 0 {
+            if e.state.load(Acquire) != GPU_EMPTY {
                 continue;
             }
             e.uuid[0].store(words[0], Relaxed);

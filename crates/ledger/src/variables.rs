@@ -2,6 +2,9 @@
 //! variable (a typo must not pass for a setting), and the command's `doctor` flags one
 //! before it gets that far: both read this list.
 
+/// The ledger directory where `GPUSLICE_DIR` is not set.
+pub const DEFAULT_DIR: &str = "/run/gpuslice";
+
 /// Where a container's tenant and ledger are pinned: a file mounted read-only there by the
 /// CDI specs gpuslice writes, `GPUSLICE_TENANT=<name>` and `GPUSLICE_DIR=<path>` lines.
 /// Where it exists the shim takes the tenant and the ledger from it, and the environment

@@ -4,7 +4,6 @@
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 
-use super::abi::LaunchConfig;
 use super::{Out, c_str, cuda_api, put, put_if, write_c_string};
 use crate::context::{self, Context};
 use crate::driver;
@@ -13,6 +12,7 @@ use crate::graph;
 use crate::launch::{self, Dims};
 use crate::module::{self, Kind};
 use crate::stream;
+use gpuslice_cuda_abi::CUlaunchConfig;
 
 /// Loads a module from an image argument: NUL-terminated PTX text (cubins and fatbinaries
 /// are refused by their magic bytes). It takes the module footprint on `ctx`'s device.
@@ -196,7 +196,7 @@ cuda_api! {
 
     /// `cuLaunchKernelEx`: launch attributes are ignored.
     fn cuLaunchKernelEx | cuLaunchKernelEx_ptsz (
-        config: Option<&LaunchConfig>,
+        config: Option<&CUlaunchConfig>,
         func: usize,
         params: *mut *mut c_void,
         extra: *mut *mut c_void,
@@ -204,7 +204,7 @@ cuda_api! {
         let c = config.ok_or(CuError::InvalidValue)?;
         let dims = Dims { grid: c.grid, block: c.block, shared_mem: c.shared_mem_bytes };
         // SAFETY: the caller passes params / extra as cuLaunchKernel documents.
-        unsafe { launch::launch(func, &dims, c.stream, params, extra) }
+        unsafe { launch::launch(func, &dims, c.stream as usize, params, extra) }
     }
 
     /// `cuLaunchCooperativeKernel`: as `cuLaunchKernel`.

@@ -3,7 +3,6 @@
 
 use std::ffi::c_void;
 
-use super::abi::{Array3dDescriptor, ArrayDescriptor, MEM_LOCATION_TYPE_DEVICE, MemPoolProps};
 use super::{Out, addr, cuda_api, put, put_if, size};
 use crate::context;
 use crate::driver;
@@ -11,6 +10,9 @@ use crate::error::{CuError, CuResult};
 use crate::memory::{self, Fill, Kind};
 use crate::ordered::{self, Direction};
 use crate::pool::{self, AttributeValue};
+use gpuslice_cuda_abi::{
+    CU_MEM_LOCATION_TYPE_DEVICE, CUmemPoolProps, CudaArray3dDescriptor, CudaArrayDescriptor,
+};
 
 /// `CU_MEM_ATTACH_GLOBAL` and `CU_MEM_ATTACH_HOST`, the flags `cuMemAllocManaged` accepts.
 const MANAGED_ATTACH_FLAGS: [u32; 2] = [0x1, 0x2];
@@ -280,7 +282,7 @@ cuda_api! {
     }
 
     /// `cuArrayCreate_v2`: charges width × height × channels × element size.
-    fn cuArrayCreate_v2(array: Out<'_, usize>, desc: Option<&ArrayDescriptor>) {
+    fn cuArrayCreate_v2(array: Out<'_, usize>, desc: Option<&CudaArrayDescriptor>) {
         let (out, d) = (array.ok_or(CuError::InvalidValue)?, desc.ok_or(CuError::InvalidValue)?);
         let bytes = memory::array_bytes(d.width, d.height, 0, d.format, d.num_channels)?;
         out.write(memory::create_array(&*context::current()?, bytes)?);
@@ -288,7 +290,7 @@ cuda_api! {
     }
 
     /// `cuArray3DCreate_v2`: charges width × height × depth × channels × element size.
-    fn cuArray3DCreate_v2(array: Out<'_, usize>, desc: Option<&Array3dDescriptor>) {
+    fn cuArray3DCreate_v2(array: Out<'_, usize>, desc: Option<&CudaArray3dDescriptor>) {
         let (out, d) = (array.ok_or(CuError::InvalidValue)?, desc.ok_or(CuError::InvalidValue)?);
         let bytes = memory::array_bytes(d.width, d.height, d.depth, d.format, d.num_channels)?;
         out.write(memory::create_array(&*context::current()?, bytes)?);
@@ -326,9 +328,9 @@ cuda_api! {
     }
 
     /// `cuMemPoolCreate`: a pool on the device of `props.location`.
-    fn cuMemPoolCreate(pool_out: Out<'_, usize>, props: Option<&MemPoolProps>) {
+    fn cuMemPoolCreate(pool_out: Out<'_, usize>, props: Option<&CUmemPoolProps>) {
         let (out, p) = (pool_out.ok_or(CuError::InvalidValue)?, props.ok_or(CuError::InvalidValue)?);
-        if p.location.kind != MEM_LOCATION_TYPE_DEVICE {
+        if p.location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
             return Err(CuError::NotSupported);
         }
         let device = driver::device(p.location.id)?;

@@ -8,7 +8,6 @@
 //! ABI passes exactly like a pointer. Output pointers are `Option<&mut MaybeUninit<T>>`
 //! (FFI-safe: NULL is `None`), so writing a result needs no `unsafe`.
 
-pub mod abi;
 pub mod context;
 pub mod device;
 pub mod launch;

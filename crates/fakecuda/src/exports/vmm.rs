@@ -2,20 +2,21 @@
 //! `cuMemAddressReserve`, `cuMemAddressFree`, `cuMemMap`, `cuMemUnmap`, `cuMemSetAccess`,
 //! `cuMemGetAllocationGranularity`.
 
-use super::abi::{
-    MEM_ALLOCATION_TYPE_PINNED, MEM_LOCATION_TYPE_DEVICE, MemAccessDesc, MemAllocationProp,
-};
 use super::{Out, addr, cuda_api, put};
 use crate::driver;
 use crate::error::CuError;
 use crate::mapping::Access;
 use crate::vmm::{self, GRANULARITY};
+use gpuslice_cuda_abi::{
+    CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE, CUmemAccessDesc,
+    CUmemAllocationProp,
+};
 
 cuda_api! {
     /// `cuMemCreate`: pinned device memory (a multiple of 2 MiB), charged at once.
-    fn cuMemCreate(handle: Out<'_, u64>, bytes: usize, prop: Option<&MemAllocationProp>, flags: u64) {
+    fn cuMemCreate(handle: Out<'_, u64>, bytes: usize, prop: Option<&CUmemAllocationProp>, flags: u64) {
         let (out, p) = (handle.ok_or(CuError::InvalidValue)?, prop.ok_or(CuError::InvalidValue)?);
-        if flags != 0 || p.kind != MEM_ALLOCATION_TYPE_PINNED || p.location.kind != MEM_LOCATION_TYPE_DEVICE {
+        if flags != 0 || p.kind != CU_MEM_ALLOCATION_TYPE_PINNED || p.location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
             return Err(CuError::InvalidValue);
         }
         out.write(vmm::create(driver::device(p.location.id)?, bytes)?);
@@ -72,7 +73,7 @@ cuda_api! {
     }
 
     /// `cuMemSetAccess`: the strongest access any descriptor grants.
-    fn cuMemSetAccess(ptr: u64, bytes: usize, desc: *const MemAccessDesc, count: usize) {
+    fn cuMemSetAccess(ptr: u64, bytes: usize, desc: *const CUmemAccessDesc, count: usize) {
         driver::get()?;
         if desc.is_null() || count == 0 {
             return Err(CuError::InvalidValue);
@@ -96,11 +97,11 @@ cuda_api! {
     /// `cuMemGetAllocationGranularity`: 2 MiB, minimum and recommended.
     fn cuMemGetAllocationGranularity(
         granularity: Out<'_, usize>,
-        prop: Option<&MemAllocationProp>,
+        prop: Option<&CUmemAllocationProp>,
         option: u32,
     ) {
         let p = prop.ok_or(CuError::InvalidValue)?;
-        if option > 1 || p.location.kind != MEM_LOCATION_TYPE_DEVICE {
+        if option > 1 || p.location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
             return Err(CuError::InvalidValue);
         }
         driver::device(p.location.id)?;
