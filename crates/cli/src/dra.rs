@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::cdi::{self, Layout, Preload};
 use crate::cli::DraDriverArgs;
 use crate::exit::{self, Failure, ResultExt};
 use crate::plugin::tenants;
+use crate::shim_check::ShimError;
 
 /// Runs `gpuslice dra-driver` until SIGTERM or SIGINT.
 pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
@@ -46,13 +47,10 @@ pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
             .usage();
         }
     };
-    if layout.shim_host.is_file() {
-        // Containers given another file in its place would run without limits.
-        crate::shim_check::identify(&layout.shim_host).usage()?;
-    } else {
+    if !shim_in_place(&layout.shim_host).usage()? {
         tracing::warn!(
-            "the shim {} is not a file here; containers will fail to start unless it exists on \
-             the host",
+            "the shim {} does not exist here; containers will fail to start unless it exists \
+             on the host",
             layout.shim_host.display()
         );
     }
@@ -125,6 +123,17 @@ fn is_device_template(template: &str) -> bool {
         .is_ok()
 }
 
+/// Why the file the CDI specs mount as the shim is not the shim, if it is not: a container
+/// that preloads anything else there (another file; a directory, which the dynamic loader
+/// ignores) runs without limits. `Ok(false)` when nothing is there, which is left to the
+/// container runtime: it refuses to mount it, and the container does not start.
+fn shim_in_place(path: &Path) -> Result<bool, ShimError> {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        _ => crate::shim_check::identify(path).map(|_| true),
+    }
+}
+
 /// Where the ledger and the shim are, on the host and in containers.
 fn layout(args: &DraDriverArgs) -> anyhow::Result<Layout> {
     let ledger_host = args
@@ -182,6 +191,18 @@ impl TenantFiles for ContainerFiles {
         }
         tenants::ensure_spec(&self.layout, &self.cdi_dir, t).map_err(|e| e.to_string())?;
         Ok(cdi::device_name(t))
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        // Asked at each claim, not only at start: the file may have been replaced since.
+        shim_in_place(&self.layout.shim_host)
+            .map(drop)
+            .map_err(|e| {
+                format!(
+                    "{e}; containers that preload it would run without limits, so no claim is \
+                     prepared until the shim is in place"
+                )
+            })
     }
 
     fn uninstall(&self, t: &TenantName) -> Result<(), String> {

@@ -6,7 +6,8 @@
 
 /// Everything went well (for `run`: the command exited 0).
 pub const OK: u8 = 0;
-/// `doctor`: at least one check failed.
+/// `doctor`: at least one check failed; `tenant delete` and `tenant create`: the tenant is in
+/// use.
 pub const PROBLEMS: u8 = 1;
 /// A usage or configuration error: a bad flag or value, no usable ledger directory, no shim,
 /// `--memory` above the quota of the tenant being joined. Also what clap exits with.

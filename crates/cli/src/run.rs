@@ -93,7 +93,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         },
     };
     let quota = new_quota(&wanted, gpu.as_ref());
-    let membership = tenancy::enter(&ledger, &tenant, &quota, join).failed()?;
+    let membership = match tenancy::enter(&ledger, &tenant, &quota, join) {
+        Ok(membership) => membership,
+        Err(e @ tenancy::TenancyError::Reserved { .. }) => return Err(e).usage(),
+        Err(e) => return Err(e).failed(),
+    };
     let lowered = match &membership.entry {
         Entry::Created => Lowered::default(),
         // On refusal `membership` is dropped: it withdraws without removing anything.

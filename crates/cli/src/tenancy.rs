@@ -74,6 +74,30 @@ pub enum TenancyError {
         /// The tenant.
         tenant: TenantName,
     },
+    /// The name is of the form the device plugin or the DRA driver names its tenants with.
+    #[error(
+        "tenant name {tenant} is of the form the {maker} names its tenants ({form}), and a \
+         tenant made under it would be taken for one of them (or keep the {maker} from \
+         making its own); choose another name"
+    )]
+    Reserved {
+        /// The tenant.
+        tenant: TenantName,
+        /// Who names tenants so.
+        maker: &'static str,
+        /// The form.
+        form: &'static str,
+    },
+    /// The tenant's entry lock stayed taken (by a process of the tenant, which can take it).
+    #[error(
+        "the entry lock of tenant {tenant} stayed taken for {} s (a process of the tenant \
+         holds it?); nothing was changed",
+        ENTRY_PATIENCE.as_secs()
+    )]
+    EntryHeld {
+        /// The tenant.
+        tenant: TenantName,
+    },
     /// The tenant kept disappearing while this run tried to enter it.
     #[error(
         "tenant {tenant} was removed and created again {ENTER_ATTEMPTS} times while this \
@@ -144,8 +168,42 @@ pub struct Membership {
     run_created: bool,
 }
 
+/// An error if `tenant` is a name the device plugin (`GPU-<uuid>-slice-<n>`) or the DRA
+/// driver (`dra-<claim uid>`) gives its tenants: a tenant made by anyone else under such a
+/// name would collide with theirs. Joining one that exists is another matter.
+pub fn check_not_reserved(tenant: &TenantName) -> Result<(), TenancyError> {
+    let reserved = |maker, form| {
+        Err(TenancyError::Reserved {
+            tenant: tenant.clone(),
+            maker,
+            form,
+        })
+    };
+    if crate::plugin::tenants::is_slice_name(tenant) {
+        return reserved("device plugin", "GPU-<uuid>-slice-<n>");
+    }
+    let dra = tenant
+        .as_str()
+        .strip_prefix(gpuslice_k8s::dra::state::TENANT_PREFIX)
+        .is_some_and(is_uuid);
+    if dra {
+        return reserved("DRA driver", "dra-<claim uid>");
+    }
+    Ok(())
+}
+
+/// Whether `s` is a UUID as Kubernetes writes them: 8-4-4-4-12 hexadecimal digits.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 /// Enters `tenant`: creates it with `quota` if it has no quota, else joins it (if `join`
-/// allows). A stale run-created tenant is removed and created afresh.
+/// allows). A stale run-created tenant is removed and created afresh. A tenant of a name
+/// [`check_not_reserved`] refuses is joined if it exists, never created.
 pub fn enter(
     ledger: &Ledger,
     tenant: &TenantName,
@@ -159,6 +217,7 @@ pub fn enter(
             continue;
         };
         let Some(existing) = ledger.read_quota(tenant)? else {
+            check_not_reserved(tenant)?;
             // Marker first: should this process die between the two, a quota without a
             // marker would pass for someone else's tenant and never be removed.
             DirBuilder::new()
@@ -266,14 +325,22 @@ pub fn create(
     quota: &TenantQuota,
     marker_text: &str,
 ) -> Result<(), TenancyError> {
+    check_not_reserved(tenant)?;
+    let exists = || TenancyError::Exists {
+        tenant: tenant.clone(),
+    };
     for _ in 0..ENTER_ATTEMPTS {
-        let Some((_locks, _entry)) = lock_entry(ledger, tenant, true)? else {
+        // Looked at before the lock too: a process of an existing tenant can hold its entry
+        // lock forever, and the answer for a tenant with a quota is "exists" whatever it
+        // does.
+        if ledger.read_quota(tenant)?.is_some() {
+            return Err(exists());
+        }
+        let Some((_locks, _entry)) = lock_entry_within(ledger, tenant, ENTRY_PATIENCE)? else {
             continue;
         };
         if ledger.read_quota(tenant)?.is_some() {
-            return Err(TenancyError::Exists {
-                tenant: tenant.clone(),
-            });
+            return Err(exists());
         }
         let dir = ledger.tenant_dir(tenant);
         DirBuilder::new()
@@ -358,6 +425,26 @@ fn is_abandoned(
 /// How many slots of the tenant's usage file a live process holds (0 without a usage file).
 fn live_slots(ledger: &Ledger, tenant: &TenantName) -> Result<usize, TenancyError> {
     Ok(ledger.live_processes(tenant)?)
+}
+
+/// Takes the tenant's entry lock as [`lock_entry`] does (creating its lock file), waiting for
+/// it at most `patience`: [`TenancyError::EntryHeld`] after that.
+fn lock_entry_within(
+    ledger: &Ledger,
+    tenant: &TenantName,
+    patience: std::time::Duration,
+) -> Result<Option<(LockFile, LockHandle)>, TenancyError> {
+    let locks = ledger.open_locks(tenant)?;
+    let entry = locks.handle()?;
+    if !entry.lock_within(lock_bytes::RUN_ENTRY, LockKind::Exclusive, patience)? {
+        return Err(TenancyError::EntryHeld {
+            tenant: tenant.clone(),
+        });
+    }
+    if !locks.is_still_at_its_path()? {
+        return Ok(None);
+    }
+    Ok(Some((locks, entry)))
 }
 
 /// Takes the tenant's entry lock (creating its lock file first if `create`), and returns the

@@ -76,6 +76,11 @@ fn create(args: &TenantCreateArgs) -> Result<u8, Failure> {
             ))
             .usage();
         }
+        Err(e @ TenancyError::Reserved { .. }) => return Err(e).usage(),
+        // Someone is in it: in use, as for delete.
+        Err(e @ TenancyError::EntryHeld { .. }) => {
+            return Err(Failure::new(exit::PROBLEMS, e.into()));
+        }
         Err(e) => return Err(e).failed(),
     }
     // Everything a container of it mounts must exist before the first one starts.
@@ -152,6 +157,15 @@ fn delete(args: &TenantDeleteArgs) -> Result<u8, Failure> {
             "kept tenant {t}: the device plugin made it for a container's GPU slices, and \
              removes it when the container is gone; --force deletes it even so (the \
              container then runs without its quota)"
+        );
+        return Ok(exit::PROBLEMS);
+    }
+    if made_by == MadeBy::DraDriver && !args.force {
+        println!(
+            "kept tenant {t}: the DRA driver made it for a ResourceClaim, and removes it when \
+             the kubelet unprepares the claim; --force deletes it even so (the claim's \
+             containers then run without its quota, and the driver no longer counts the \
+             claim's share of the GPU)"
         );
         return Ok(exit::PROBLEMS);
     }
@@ -325,6 +339,7 @@ enum MadeBy {
     TenantCreate,
     Run,
     DevicePlugin,
+    DraDriver,
     Other,
 }
 
@@ -334,6 +349,7 @@ impl MadeBy {
             MadeBy::TenantCreate => "tenant create",
             MadeBy::Run => "gpuslice run",
             MadeBy::DevicePlugin => "device plugin",
+            MadeBy::DraDriver => "DRA driver",
             MadeBy::Other => "-",
         }
     }
@@ -348,6 +364,8 @@ fn made_by(ledger: &Ledger, t: &TenantName) -> MadeBy {
         MadeBy::Run
     } else if dir.join(plugin_tenants::RECORD).exists() {
         MadeBy::DevicePlugin
+    } else if dir.join(gpuslice_k8s::dra::state::RECORD).exists() {
+        MadeBy::DraDriver
     } else {
         MadeBy::Other
     }
@@ -394,6 +412,26 @@ fn describe(quota: &TenantQuota) -> String {
         "priority {}",
         d.priority.map_or("normal", |p| p.name())
     ));
+    words.join(", ")
+}
+
+/// A GPU's own limits, for the line under a tenant's row: its memory, and the compute
+/// settings it sets (the device plugin and the DRA driver give their tenants these on their
+/// GPUs alone, so the row's defaults say nothing of them).
+fn describe_gpu(uuid: &gpuslice_ledger::GpuUuid, limits: &gpuslice_ledger::Limits) -> String {
+    let mut words = vec![format!(
+        "{} on {uuid}",
+        limits.memory_bytes.map_or("unlimited".into(), format_size)
+    )];
+    if let Some(share) = limits.compute_share_permille {
+        words.push(format!("share {}%", format_percent(share)));
+    }
+    if let Some(limit) = limits.compute_limit_permille {
+        words.push(format!("limit {}%", format_percent(limit)));
+    }
+    if let Some(priority) = limits.priority {
+        words.push(format!("priority {}", priority.name()));
+    }
     words.join(", ")
 }
 
@@ -455,8 +493,7 @@ fn render(rows: &[Row]) -> String {
                     r.made_by.words(),
                 ]));
                 for (uuid, limits) in &q.per_gpu {
-                    let memory = limits.memory_bytes.map_or("unlimited".into(), format_size);
-                    out.push_str(&format!("  {memory} on {uuid}\n"));
+                    out.push_str(&format!("  {}\n", describe_gpu(uuid, limits)));
                 }
             }
             Ok(None) => out.push_str(&line([
@@ -536,6 +573,7 @@ mod tests {
     #[test]
     fn the_list_shows_each_quota_and_its_per_gpu_limits() {
         let gpu = GpuUuid([7; 16]);
+        let other = GpuUuid([8; 16]);
         let rows = [
             Row {
                 name: "team-a".into(),
@@ -546,13 +584,24 @@ mod tests {
                         compute_limit_permille: None,
                         priority: Some(Priority::High),
                     },
-                    per_gpu: vec![(
-                        gpu,
-                        Limits {
-                            memory_bytes: Some(1 << 30),
-                            ..Limits::default()
-                        },
-                    )],
+                    per_gpu: vec![
+                        (
+                            gpu,
+                            Limits {
+                                memory_bytes: Some(1 << 30),
+                                ..Limits::default()
+                            },
+                        ),
+                        (
+                            other,
+                            Limits {
+                                memory_bytes: Some(2 << 30),
+                                compute_share_permille: Some(100),
+                                compute_limit_permille: Some(250),
+                                priority: Some(Priority::Low),
+                            },
+                        ),
+                    ],
                 })),
                 made_by: MadeBy::TenantCreate,
                 live: Ok(2),
@@ -579,6 +628,13 @@ mod tests {
         assert_eq!(
             lines[2],
             ["1", "GiB", "on", gpu.to_string().as_str()],
+            "{text}"
+        );
+        // A GPU's own compute settings are shown with its memory: a DRA claim's share is
+        // on its GPU alone, and the row above said "-".
+        assert_eq!(
+            text.lines().nth(3).map(str::trim),
+            Some(format!("2 GiB on {other}, share 10%, limit 25%, priority low").as_str()),
             "{text}"
         );
         assert!(text.contains("error: bad magic"), "{text}");

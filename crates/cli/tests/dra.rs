@@ -315,6 +315,24 @@ pub fn claim(
     .expect("a valid ResourceClaim")
 }
 
+/// `claim` with `parameters` as a DeviceClass's configuration for all its requests, before
+/// the claim's own, as the scheduler lists them.
+pub fn with_class_config(mut claim: ResourceClaim, parameters: Value) -> ResourceClaim {
+    let devices = claim
+        .status
+        .as_mut()
+        .and_then(|s| s.allocation.as_mut())
+        .and_then(|a| a.devices.as_mut())
+        .expect("allocated devices");
+    let class = serde_json::from_value(json!({
+        "source": "FromClass",
+        "opaque": {"driver": "gpuslice.dev", "parameters": parameters},
+    }))
+    .expect("a configuration");
+    devices.config.get_or_insert_with(Vec::new).insert(0, class);
+    claim
+}
+
 // ---------------------------------------------------------------------------------------
 // The fake kubelet.
 
@@ -398,23 +416,31 @@ fn v1_claim(name: &str, uid: &str) -> v1::Claim {
     }
 }
 
-/// Prepares one claim; its answer.
+/// Prepares one claim; its answer. Like the kubelet, it asks again while the driver has not
+/// looked at its GPUs yet (slow on a loaded machine), for up to 10 s.
 pub async fn prepare(
     client: &mut v1::dra_plugin_client::DraPluginClient<Channel>,
     name: &str,
     uid: &str,
 ) -> v1::NodePrepareResourceResponse {
-    let mut response = client
-        .node_prepare_resources(v1::NodePrepareResourcesRequest {
-            claims: vec![v1_claim(name, uid)],
-        })
-        .await
-        .expect("NodePrepareResources")
-        .into_inner();
-    response
-        .claims
-        .remove(uid)
-        .expect("an answer for the claim")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut response = client
+            .node_prepare_resources(v1::NodePrepareResourcesRequest {
+                claims: vec![v1_claim(name, uid)],
+            })
+            .await
+            .expect("NodePrepareResources")
+            .into_inner();
+        let answer = response
+            .claims
+            .remove(uid)
+            .expect("an answer for the claim");
+        if !answer.error.contains("are not known yet") || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Unprepares one claim; its error ("" for none).
@@ -464,6 +490,11 @@ impl DraNode {
 
     /// Starts `gpuslice dra-driver` talking to `api`.
     pub fn start(&self, api: &ApiServer, extra: &[&str]) -> Daemon {
+        Daemon::spawn(self.command(api, &self.node.shim, extra))
+    }
+
+    /// `gpuslice dra-driver` talking to `api`, with `shim` as its shim.
+    pub fn command(&self, api: &ApiServer, shim: &Path, extra: &[&str]) -> std::process::Command {
         std::fs::create_dir_all(&self.registry_dir).expect("registry dir");
         let mut command = self.node.gpuslice(&["dra-driver", "--node-name", NODE]);
         command
@@ -474,7 +505,7 @@ impl DraNode {
             .arg("--dir")
             .arg(self.node.dir.ledger_dir())
             .arg("--shim")
-            .arg(&self.node.shim)
+            .arg(shim)
             .arg("--cdi-dir")
             .arg(&self.cdi_dir)
             .arg("--plugins-dir")
@@ -483,7 +514,7 @@ impl DraNode {
             .arg(&self.registry_dir)
             .args(["--health-interval-ms", "100"])
             .args(extra);
-        Daemon::spawn(command)
+        command
     }
 
     pub fn kubelet(&self) -> FakeKubelet {
@@ -582,11 +613,14 @@ fn prepare_twice_gives_one_tenant_with_the_claims_quota_and_unprepare_twice_remo
     runtime().block_on(async {
         let api = ApiServer::start().await;
         let driver = node.start(&api, &[]);
-        api.put_claim(claim(
-            "small",
-            UID_A,
-            &[("gpu", DEV0, "share-1", "4Gi", "30")],
-            Some(config(json!({"computeLimit": 50, "priority": "high"}))),
+        api.put_claim(with_class_config(
+            claim(
+                "small",
+                UID_A,
+                &[("gpu", DEV0, "share-1", "4Gi", "30")],
+                Some(config(json!({"computeLimit": 50}))),
+            ),
+            config(json!({"priority": "high"})),
         ));
         let mut client = node.kubelet().v1().await;
         let first = prepare(&mut client, "small", UID_A).await;
@@ -972,11 +1006,14 @@ fn podman_runs_a_container_with_a_prepared_claims_cdi_spec_within_the_claims_quo
         let api = ApiServer::start().await;
         // NVIDIA's CDI device does not exist here: the rootfs has the (simulated) driver.
         let driver = node.start(&api, &["--nvidia-cdi-device", ""]);
-        api.put_claim(claim(
-            "c",
-            UID_A,
-            &[("gpu", DEV0, "s", "512Mi", "30")],
-            Some(config(json!({"computeLimit": "share", "priority": "high"}))),
+        api.put_claim(with_class_config(
+            claim(
+                "c",
+                UID_A,
+                &[("gpu", DEV0, "s", "512Mi", "30")],
+                Some(config(json!({"computeLimit": "share"}))),
+            ),
+            config(json!({"priority": "high"})),
         ));
         let mut client = node.kubelet().v1().await;
         let answer = prepare(&mut client, "c", UID_A).await;
@@ -1050,4 +1087,332 @@ fn podman_runs_a_container_with_a_prepared_claims_cdi_spec_within_the_claims_quo
     assert_eq!(gpu["compute_share_percent"], 30.0, "{status}");
     assert_eq!(gpu["compute_limit_percent"], 30.0, "{status}");
     assert_eq!(gpu["priority"], "high", "{status}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Red team: what a careless operator or a hostile tenant can do to the driver.
+
+/// A claim as [`claim`] makes it, with its results in `pool` instead of this node's.
+fn claim_in_pool(name: &str, uid: &str, pool: &str) -> ResourceClaim {
+    let mut claim = claim(name, uid, &[("gpu", DEV0, "s", "1Gi", "10")], None);
+    for result in claim
+        .status
+        .as_mut()
+        .and_then(|s| s.allocation.as_mut())
+        .and_then(|a| a.devices.as_mut())
+        .and_then(|d| d.results.as_mut())
+        .expect("results")
+    {
+        result.pool = pool.to_string();
+    }
+    claim
+}
+
+/// A driver started with another node's name (a copied manifest, a typo) saw every claim's
+/// devices in a pool not its own, prepared nothing, and answered success with no CDI
+/// device: the pod started without its tenant, and where the runtime gives it the GPU some
+/// other way (NVIDIA's runtime and `NVIDIA_VISIBLE_DEVICES` in the image), without limits.
+#[test]
+fn a_claim_whose_devices_are_in_another_nodes_pool_is_refused_not_prepared_empty() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim_in_pool("c", UID_A, "node-b"));
+        let mut client = node.kubelet().v1().await;
+        let refused = prepare(&mut client, "c", UID_A).await;
+        assert!(refused.devices.is_empty(), "{refused:?}");
+        assert!(
+            refused.error.contains("pool node-b")
+                && refused.error.contains(&format!("this node's pool {NODE}"))
+                && refused.error.contains("--node-name"),
+            "{refused:?}"
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+    });
+}
+
+/// `--shim` naming the shim's directory instead of the file (`/opt/gpuslice/lib`): the
+/// driver warned that it was "not a file" and prepared claims whose CDI spec mounted the
+/// directory and preloaded it; the dynamic loader ignores a directory in `LD_PRELOAD` (and
+/// in `/etc/ld.so.preload`) and starts the program without the shim, so without limits.
+#[test]
+fn a_shim_path_that_is_a_directory_is_refused_at_start() {
+    let node = DraNode::new();
+    let directory = node.node.dir.path().join("lib");
+    std::fs::create_dir_all(&directory).expect("directory");
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let out = finish(node.command(&api, &directory, &[]));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("the shim {} cannot be read", directory.display())),
+            "{out:?}"
+        );
+    });
+}
+
+/// The file the CDI specs mount as the shim replaced after the driver started (an upgrade
+/// that copied the wrong file, a failed init container): the driver checked it only at
+/// start, and went on preparing claims whose containers preload something that is not the
+/// shim, so run without limits.
+#[test]
+fn a_claim_is_not_prepared_while_the_shim_is_not_the_shim() {
+    let node = DraNode::new();
+    let shim = node
+        .node
+        .dir
+        .path()
+        .join("installed")
+        .join("libgpuslice.so");
+    std::fs::create_dir_all(shim.parent().expect("parent")).expect("directory");
+    std::fs::copy(&node.node.shim, &shim).expect("install the shim");
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = Daemon::spawn(node.command(&api, &shim, &[]));
+        let mut client = node.kubelet().v1().await;
+        std::fs::write(&shim, "").expect("replace the shim with an empty file");
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let refused = prepare(&mut client, "c", UID_A).await;
+        assert!(refused.devices.is_empty(), "{refused:?}");
+        assert!(
+            refused
+                .error
+                .contains(&format!("the shim {}", shim.display()))
+                && refused.error.contains("not an ELF shared object"),
+            "{refused:?}\n{}",
+            driver.log()
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+        assert!(!node.spec_of(UID_A).exists());
+        // With the shim back, the claim is prepared.
+        std::fs::copy(&node.node.shim, &shim).expect("put the shim back");
+        assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
+    });
+}
+
+/// A claim's containers can write their usage and lock files (mounted read-write): one that
+/// grows them fills the ledger's filesystem (a tmpfs: the node's memory), and no tenant can
+/// be made any more. The device plugin's sweep cut a grown usage file back; the DRA driver
+/// never looked, and nobody looked at lock files.
+#[test]
+fn a_claims_usage_and_lock_files_grown_by_its_containers_are_cut_back() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &[]);
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
+        let ledger = node.node.dir.ledger();
+        let tenant = crate::util::tenant(&DraNode::tenant_of(UID_A));
+        let files = [ledger.usage_path(&tenant), ledger.lock_path(&tenant)];
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|f| std::fs::metadata(f).expect("file").len())
+            .collect();
+        // What a container can do with the two files it has read-write.
+        for file in &files {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .and_then(|f| f.set_len(64 * MIB))
+                .expect("grow the file");
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let now: Vec<u64> = files
+                .iter()
+                .map(|f| std::fs::metadata(f).expect("file").len())
+                .collect();
+            if now == sizes {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {now:?} bytes, not {sizes:?}; log:\n{}",
+                driver.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        driver.wait_for_log(&format!("had grown to {} bytes", 64 * MIB));
+        // The tenant is whole again: a process of it can claim a slot.
+        let usage = ledger.open_usage(&tenant).expect("usage file");
+        drop(usage.claim_slot().expect("a slot"));
+    });
+}
+
+/// `gpuslice tenant delete` kept the device plugin's tenants unless forced, but not the DRA
+/// driver's: a prepared claim's tenant went with its quota and record, so its containers
+/// started from then on without the claim's quota, and the driver forgot the claim's share
+/// of the GPU and granted it again. `tenant list` called it made by nobody ("-").
+#[test]
+fn tenant_delete_keeps_a_prepared_claims_tenant_unless_forced() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
+    });
+    let tenant = DraNode::tenant_of(UID_A);
+    let tenant_command = |args: &[&str]| {
+        let mut command = node.node.gpuslice(&["tenant"]);
+        command
+            .args(args)
+            .arg("--dir")
+            .arg(node.node.dir.ledger_dir());
+        command
+    };
+    let out = finish(tenant_command(&["list"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&tenant))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(row.ends_with("DRA driver"), "{out:?}");
+    // The claim's share is on its GPU alone: shown there, not as "-".
+    assert!(
+        out.stdout
+            .contains(&format!("1 GiB on {FAKE_GPU0}, share 10%, priority normal")),
+        "{out:?}"
+    );
+    let out = finish(tenant_command(&["delete", &tenant]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("the DRA driver made it"), "{out:?}");
+    assert!(node.node.dir.tenant_exists(&tenant));
+    let out = finish(tenant_command(&["delete", &tenant, "--force"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!node.node.dir.tenant_exists(&tenant));
+}
+
+/// Any user who may create a pod writes its claim, and a claim's opaque configuration gave
+/// its tenant priority high: it then held every neighbour on its GPU to little work in
+/// flight whenever it was active. High comes from a DeviceClass (an administrator's) only.
+#[test]
+fn a_claim_cannot_give_itself_priority_high() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim(
+            "c",
+            UID_A,
+            &[("gpu", DEV0, "s", "1Gi", "10")],
+            Some(config(json!({"priority": "high"}))),
+        ));
+        let mut client = node.kubelet().v1().await;
+        let refused = prepare(&mut client, "c", UID_A).await;
+        assert!(
+            refused
+                .error
+                .contains("field priority: high is given only by a DeviceClass's configuration"),
+            "{refused:?}"
+        );
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+        // From the class, it is given.
+        api.put_claim(with_class_config(
+            claim("d", UID_B, &[("gpu", DEV0, "s", "1Gi", "10")], None),
+            config(json!({"priority": "high"})),
+        ));
+        assert_eq!(prepare(&mut client, "d", UID_B).await.error, "");
+        let quota = node
+            .node
+            .dir
+            .ledger()
+            .read_quota(&crate::util::tenant(&DraNode::tenant_of(UID_B)))
+            .expect("quota")
+            .expect("a quota")
+            .quota();
+        assert_eq!(
+            quota.limits_for(&gpu(FAKE_GPU0)).priority,
+            Some(Priority::High)
+        );
+    });
+}
+
+/// A claim with admin access (a monitoring pod in a namespace allowed it) is given a GPU
+/// that others use, and the scheduler counts none of its capacity; the driver took it for
+/// the whole GPU: where the GPU was free it recorded all of it as held and refused every
+/// later claim the scheduler placed there, and elsewhere it refused the admin claim for want
+/// of room. gpuslice has nothing to give such a claim: it is refused, and nothing is held.
+#[test]
+fn a_claim_with_admin_access_is_refused_and_holds_no_capacity() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        let mut admin = claim("admin", UID_A, &[], None);
+        let results = serde_json::from_value(json!([{
+            "request": "gpu", "driver": "gpuslice.dev", "pool": NODE, "device": DEV0,
+            "adminAccess": true,
+        }]))
+        .expect("results");
+        admin
+            .status
+            .as_mut()
+            .and_then(|s| s.allocation.as_mut())
+            .and_then(|a| a.devices.as_mut())
+            .expect("devices")
+            .results = Some(results);
+        api.put_claim(admin);
+        let mut client = node.kubelet().v1().await;
+        let refused = prepare(&mut client, "admin", UID_A).await;
+        assert!(refused.error.contains("admin access"), "{refused:?}");
+        assert!(!node.node.dir.tenant_exists(&DraNode::tenant_of(UID_A)));
+        // The GPU is still all there for the claims the scheduler counts.
+        api.put_claim(claim("b", UID_B, &[("gpu", DEV0, "s", "8Gi", "100")], None));
+        assert_eq!(prepare(&mut client, "b", UID_B).await.error, "");
+    });
+}
+
+/// Every tenant reads the ledger's `tenants/` (mounted into its containers), and the record
+/// of a prepared claim there names the claim and its namespace: any pod could list the
+/// claims of every other namespace on its node. The record is the driver's alone now.
+#[test]
+fn another_user_cannot_read_a_prepared_claims_record() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let _driver = node.start(&api, &[]);
+        api.put_claim(claim("c", UID_A, &[("gpu", DEV0, "s", "1Gi", "10")], None));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(prepare(&mut client, "c", UID_A).await.error, "");
+    });
+    let record = node
+        .node
+        .dir
+        .ledger_dir()
+        .join("tenants")
+        .join(DraNode::tenant_of(UID_A))
+        .join("dra-claim");
+    let meta = std::fs::metadata(&record).expect("record");
+    assert_eq!(meta.mode() & 0o777, 0o600, "{}", record.display());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || meta.uid() != 0 {
+        return;
+    }
+    // As `nobody`, with the directories open to it as a container's mount is.
+    for dir in record
+        .ancestors()
+        .skip(1)
+        .take_while(|p| *p != Path::new("/"))
+    {
+        let mode = std::fs::metadata(dir).expect("dir").permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o005))
+            .expect("chmod");
+    }
+    let out = finish(
+        std::process::Command::new("cat")
+            .arg(&record)
+            .uid(65534)
+            .gid(65534),
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("Permission denied"), "{out:?}");
 }

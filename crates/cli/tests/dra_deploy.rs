@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gpuslice_k8s::dra::config::TenantConfig;
+use gpuslice_k8s::dra::config::{Source, TenantConfig};
 use gpuslice_ledger::parse_quantity;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
@@ -179,25 +179,51 @@ fn the_dra_overlay_installs_the_driver_instead_of_the_device_plugin() {
             ("ServiceAccount", account, Some("gpuslice"))
         );
 
-        // The DeviceClass: cluster-scoped, every device of the driver.
-        let [class] = overlay.device_classes.as_slice() else {
-            panic!("one DeviceClass")
+        // The DeviceClasses: cluster-scoped, every device of the driver; the second gives
+        // priority high, which a claim cannot give itself.
+        let [class, high] = overlay.device_classes.as_slice() else {
+            panic!("two DeviceClasses")
         };
         assert_eq!(class.metadata.name.as_deref(), Some("gpuslice.dev"));
-        assert_eq!(
-            class.metadata.namespace, None,
-            "a DeviceClass has no namespace"
+        assert_eq!(high.metadata.name.as_deref(), Some("gpuslice.dev-high"));
+        for class in [class, high] {
+            assert_eq!(
+                class.metadata.namespace, None,
+                "a DeviceClass has no namespace"
+            );
+            let expression = &class
+                .spec
+                .as_ref()
+                .and_then(|s| s.selectors.as_ref())
+                .expect("selectors")[0]
+                .cel
+                .as_ref()
+                .expect("CEL")
+                .expression;
+            assert_eq!(expression, "device.driver == \"gpuslice.dev\"");
+        }
+        assert!(
+            class
+                .spec
+                .as_ref()
+                .and_then(|s| s.config.as_ref())
+                .is_none(),
+            "the plain class configures nothing"
         );
-        let expression = &class
+        let configs = high
             .spec
             .as_ref()
-            .and_then(|s| s.selectors.as_ref())
-            .expect("selectors")[0]
-            .cel
-            .as_ref()
-            .expect("CEL")
-            .expression;
-        assert_eq!(expression, "device.driver == \"gpuslice.dev\"");
+            .and_then(|s| s.config.as_ref())
+            .expect("config");
+        let mut given = TenantConfig::default();
+        for config in configs {
+            let opaque = config.opaque.as_ref().expect("opaque");
+            assert_eq!(opaque.driver, "gpuslice.dev");
+            given = given
+                .overlaid_from(&opaque.parameters.0, Source::Class)
+                .unwrap_or_else(|e| panic!("gpuslice.dev-high: {e}"));
+        }
+        assert_eq!(given.priority, Some(gpuslice_ledger::Priority::High));
     });
 }
 
@@ -209,7 +235,10 @@ fn check_claim(devices: &DeviceClaim, what: &str) {
             .exactly
             .as_ref()
             .unwrap_or_else(|| panic!("{what}: exactly"));
-        assert_eq!(exactly.device_class_name, "gpuslice.dev", "{what}");
+        assert!(
+            ["gpuslice.dev", "gpuslice.dev-high"].contains(&exactly.device_class_name.as_str()),
+            "{what}: a class of the dra overlay"
+        );
         let asked = &exactly
             .capacity
             .as_ref()
@@ -232,7 +261,7 @@ fn check_claim(devices: &DeviceClaim, what: &str) {
             .unwrap_or_else(|| panic!("{what}: opaque"));
         assert_eq!(opaque.driver, "gpuslice.dev");
         TenantConfig::default()
-            .overlaid(&opaque.parameters.0)
+            .overlaid_from(&opaque.parameters.0, Source::Claim)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
     }
 }

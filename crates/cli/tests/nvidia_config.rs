@@ -203,3 +203,44 @@ fn config_convert_names_the_file_and_the_field_of_a_bad_config() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("missing.yaml"), "{out:?}");
 }
+
+/// YAML merge keys (`<<: *anchor`), which NVIDIA's plugin applies (its YAML library does):
+/// gpuslice refused such a file with "unknown field `<<`", so a node whose ConfigMap uses
+/// them could not move to gpuslice as it is.
+#[test]
+fn config_convert_and_the_plugin_apply_yaml_merge_keys_as_nvidias_plugin_does() {
+    let dir = TestDir::new();
+    let merged = dir.path().join("merged.yaml");
+    std::fs::write(
+        &merged,
+        "version: v1\nsharing:\n  timeSlicing:\n    renameByDefault: false\n    resources:\n    - <<: &gpu {name: nvidia.com/gpu, replicas: 2}\n      replicas: 10\n",
+    )
+    .expect("write");
+    let plain = finish(
+        dir.gpuslice(&["config", "convert"])
+            .arg(fixture("time-slicing.yaml")),
+    );
+    let out = finish(dir.gpuslice(&["config", "convert"]).arg(&merged));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // What follows the header, which names the file.
+    let body = |text: &str| {
+        text.split_once("\nslicesPerGpu:")
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default()
+    };
+    assert!(!body(&plain.stdout).is_empty(), "{plain:?}");
+    assert_eq!(body(&out.stdout), body(&plain.stdout), "{out:?}");
+
+    let node = PluginNode::new();
+    let config = node.node.dir.path().join("merged.yaml");
+    std::fs::copy(&merged, &config).expect("copy");
+    let _plugin = node.start(&["--config", config.to_str().expect("utf-8")]);
+    runtime().block_on(async {
+        let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
+        let registration = kubelet.registration().await;
+        assert_eq!(registration.resource_name, "nvidia.com/gpu");
+        let mut client = kubelet.plugin(&registration.endpoint).await;
+        let mut stream = watch(&mut client).await;
+        assert_eq!(first_list(&mut stream).await.len(), 20, "2 GPUs x 10");
+    });
+}

@@ -1009,6 +1009,106 @@ fn plugin_advertises_nothing_while_its_shim_is_not_the_shim() {
     }
 }
 
+/// `--shim` naming the shim's directory (`/opt/gpuslice/lib`) was only a warning ("not a
+/// file here"): the plugin advertised slices whose CDI specs preloaded the directory, which
+/// the dynamic loader ignores, and the containers ran without limits.
+#[test]
+fn plugin_advertises_nothing_while_its_shim_path_is_a_directory() {
+    let node = PluginNode::new();
+    let directory = node.node.dir.path().join("lib");
+    std::fs::create_dir_all(&directory).expect("directory");
+    let plugin = Daemon::spawn(node.plugin_command_with_shim(&directory, &[]));
+    plugin.wait_for_log("advertising nothing until the shim is in place");
+    assert!(
+        plugin
+            .log()
+            .contains(&format!("the shim {} cannot be read", directory.display())),
+        "{}",
+        plugin.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!node.socket().exists(), "the plugin served a resource");
+}
+
+/// A container can write its lock file as well as its usage file (both are mounted
+/// read-write): the sweep cut a grown usage file back, but a lock file grown to fill the
+/// ledger's filesystem stayed.
+#[test]
+fn a_lock_file_grown_by_its_container_is_cut_back_by_the_sweep() {
+    let node = PluginNode::new();
+    let config = node.node.dir.path().join("device-plugin.yaml");
+    std::fs::write(&config, "sweepIntervalSeconds: 0.2\n").expect("config");
+    let plugin = node.start(&["--config", config.to_str().expect("utf-8")]);
+    let id = slice(FAKE_GPU0, 0);
+    runtime().block_on(async {
+        let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
+        let registration = kubelet.registration().await;
+        let mut client = kubelet.plugin(&registration.endpoint).await;
+        allocate(&mut client, std::slice::from_ref(&id))
+            .await
+            .expect("Allocate");
+    });
+    let ledger = node.node.dir.ledger();
+    let lock = ledger.lock_path(&crate::util::tenant(&id));
+    let size = std::fs::metadata(&lock).expect("lock file").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock)
+        .and_then(|f| f.set_len(64 * MIB))
+        .expect("grow the lock file");
+    plugin.wait_for_log(&format!("had grown to {} bytes", 64 * MIB));
+    assert_eq!(std::fs::metadata(&lock).expect("lock file").len(), size);
+}
+
+/// A tenant someone else made under a slice's name (by hand, or with an older `gpuslice
+/// tenant create`): `Allocate` of that slice removed it when none of its processes held a
+/// slot, and otherwise wrote its own quota and record over it, putting the pod's container
+/// and the other tenant's processes in one tenant. The plugin's module says a tenant
+/// without its record is never touched.
+#[test]
+fn allocate_neither_removes_nor_takes_over_a_tenant_of_a_slices_name_it_did_not_make() {
+    let node = PluginNode::new();
+    let _plugin = node.start(&[]);
+    let name = slice(FAKE_GPU0, 0);
+    let ledger = node.node.dir.ledger();
+    let theirs = gpuslice_ledger::TenantQuota {
+        defaults: gpuslice_ledger::Limits {
+            memory_bytes: Some(3 * GIB),
+            ..Default::default()
+        },
+        per_gpu: Vec::new(),
+    };
+    ledger
+        .write_quota(&crate::util::tenant(&name), &theirs)
+        .expect("someone else's tenant");
+    runtime().block_on(async {
+        let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
+        let registration = kubelet.registration().await;
+        let mut client = kubelet.plugin(&registration.endpoint).await;
+        let refused = allocate(&mut client, std::slice::from_ref(&name))
+            .await
+            .expect_err("another's tenant");
+        assert!(
+            refused.message().contains(&format!(
+                "tenant {name} exists and was not made by the device plugin"
+            )),
+            "{refused:?}"
+        );
+    });
+    let quota = ledger
+        .read_quota(&crate::util::tenant(&name))
+        .expect("quota")
+        .expect("still there")
+        .quota();
+    assert_eq!(quota, theirs, "its quota is its own");
+    assert!(
+        !ledger
+            .tenant_dir(&crate::util::tenant(&name))
+            .join("device-plugin-allocation")
+            .exists()
+    );
+}
+
 #[test]
 fn bad_flags_are_a_usage_error() {
     let node = PluginNode::new();

@@ -311,3 +311,87 @@ fn tenant_delete_does_not_hang_on_an_entry_lock_a_process_of_the_tenant_holds() 
     assert!(!t.tenant_exists("stuck"));
     drop(holder);
 }
+
+/// `tenant create` of a name that exists (a typo, a tenant the device plugin made) waited
+/// for the tenant's entry lock without end before it looked: a process of that tenant can
+/// take the lock (its containers have its lock file) and hung the operator's command
+/// forever, instead of its being told the tenant exists.
+#[test]
+fn tenant_create_of_an_existing_tenant_does_not_hang_on_an_entry_lock_it_holds() {
+    let t = TestDir::new();
+    create(&t, "taken", &[]);
+    let locks = t.ledger().open_locks(&tenant("taken")).unwrap();
+    let holder = locks.handle().unwrap();
+    assert!(
+        holder
+            .try_lock(
+                gpuslice_ledger::layout::lock_bytes::RUN_ENTRY,
+                gpuslice_ledger::LockKind::Exclusive
+            )
+            .unwrap()
+    );
+    let mut command = tenant_command(&t, &["create", "taken"]);
+    command.arg("--shim").arg(t.shim());
+    let out = finish(&mut command);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("tenant taken exists already"),
+        "{out:?}"
+    );
+
+    // A lock file without a quota (a tenant half made, or half removed) whose entry lock is
+    // held: a clear error after a while, not a wait without end.
+    let ledger = t.ledger();
+    let half = tenant("half");
+    let locks = ledger.open_locks(&half).unwrap();
+    let holder = locks.handle().unwrap();
+    assert!(
+        holder
+            .try_lock(
+                gpuslice_ledger::layout::lock_bytes::RUN_ENTRY,
+                gpuslice_ledger::LockKind::Exclusive
+            )
+            .unwrap()
+    );
+    let mut command = tenant_command(&t, &["create", "half"]);
+    command.arg("--shim").arg(t.shim());
+    let out = finish(&mut command);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("entry lock") && out.stderr.contains("half"),
+        "{out:?}"
+    );
+    assert!(ledger.read_quota(&half).unwrap().is_none());
+}
+
+/// A tenant made by `tenant create` or `run` under a name of the device plugin's form
+/// (`GPU-<uuid>-slice-<n>`) was removed by the plugin's next `Allocate` of that slice, or,
+/// with a process in it, put under the pod's quota beside the pod's container; one under
+/// `dra-<claim uid>` kept that claim from being prepared. Such names are refused when a
+/// tenant would be made under them (joining one that exists is still allowed).
+#[test]
+fn tenant_create_and_run_refuse_names_of_the_device_plugins_and_the_dra_drivers_form() {
+    let t = TestDir::new();
+    for name in [
+        format!("{FAKE_GPU0}-slice-0"),
+        "dra-6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f".to_string(),
+    ] {
+        let mut command = tenant_command(&t, &["create", &name]);
+        command.arg("--shim").arg(t.shim());
+        let out = finish(&mut command);
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("tenant name {name} is of the form")),
+            "{out:?}"
+        );
+        assert!(!t.tenant_exists(&name));
+        let out = finish(t.run(&["--tenant", &name, "--", "true"]));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains("choose another name"), "{out:?}");
+        assert!(!t.tenant_exists(&name));
+    }
+    // Names that only look alike are anyone's.
+    create(&t, "dra-team", &[]);
+    create(&t, "GPU-team-slice-0", &[]);
+}

@@ -228,6 +228,34 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Cuts tenant `t`'s usage and lock files back to their sizes where they grew, and
+    /// returns each file cut with the size it had grown to. A tenant's containers can write
+    /// both (they are mounted read-write), and one that makes them grow fills the filesystem
+    /// every tenant's files are on; whoever made the tenant calls this now and then. What is
+    /// past the size is nothing gpuslice reads (and locks on bytes past the end are kept).
+    /// A file that is missing or not a regular file is left alone.
+    pub fn cut_back_grown_files(&self, t: &TenantName) -> Result<Vec<(PathBuf, u64)>, LedgerError> {
+        let mut cut = Vec::new();
+        for (path, size) in [
+            (self.usage_path(t), crate::layout::USAGE_FILE_SIZE as u64),
+            (self.lock_path(t), crate::layout::LOCK_FILE_SIZE as u64),
+        ] {
+            let Some(file) = files::open_existing(&path, Access::ReadWrite)? else {
+                continue;
+            };
+            let meta = file
+                .metadata()
+                .map_err(|e| LedgerError::io(&path, "inspect", e))?;
+            if !meta.file_type().is_file() || meta.len() <= size {
+                continue;
+            }
+            file.set_len(size)
+                .map_err(|e| LedgerError::io(&path, "cut back", e))?;
+            cut.push((path, meta.len()));
+        }
+        Ok(cut)
+    }
+
     /// Removes the tenant's directory and everything in it, then its lock file. Processes
     /// that still have its files open keep their (now nameless) copies. Removing a tenant
     /// that does not exist is not an error.

@@ -425,3 +425,27 @@ fn a_tenant_that_damages_its_own_lock_file_does_not_make_its_dead_look_alive() {
         "an observer still sees the process is gone"
     );
 }
+
+#[test]
+fn grown_usage_and_lock_files_are_cut_back_and_files_of_their_size_left_alone() {
+    let (_dir, ledger, t) = with_usage();
+    assert_eq!(ledger.cut_back_grown_files(&t).unwrap(), []);
+    let usage = layout::USAGE_FILE_SIZE as u64;
+    let lock = layout::LOCK_FILE_SIZE as u64;
+    resize(&ledger.usage_path(&t), usage * 3);
+    resize(&ledger.lock_path(&t), 1 << 20);
+    assert_eq!(
+        ledger.cut_back_grown_files(&t).unwrap(),
+        [
+            (ledger.usage_path(&t), usage * 3),
+            (ledger.lock_path(&t), 1 << 20)
+        ]
+    );
+    for (path, len) in [(ledger.usage_path(&t), usage), (ledger.lock_path(&t), lock)] {
+        assert_eq!(std::fs::metadata(path).unwrap().len(), len);
+    }
+    // Whole again: its processes can open it and claim a slot.
+    drop(ledger.open_usage(&t).unwrap().claim_slot().unwrap());
+    // A tenant without files has nothing to cut.
+    assert_eq!(ledger.cut_back_grown_files(&tenant("absent")).unwrap(), []);
+}

@@ -252,6 +252,15 @@ impl Allocator {
         quota: &TenantQuota,
     ) -> Result<(), TenantError> {
         let exists = self.ledger.tenant_dir(tenant).exists();
+        if exists
+            && tenants::read_record(&self.ledger, tenant)?.is_none()
+            && self.ledger.read_quota(tenant)?.is_some()
+        {
+            // Someone else's (a run's, an administrator's): neither removed nor taken over.
+            return Err(TenantError::NotOurs {
+                tenant: tenant.clone(),
+            });
+        }
         if exists && tenants::live_slots(&self.ledger, tenant)? == 0 {
             // Fresh counters for a new container; a live one (a sidecar sharing the slices)
             // keeps its tenant.

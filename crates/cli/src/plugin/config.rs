@@ -278,7 +278,7 @@ fn parse(text: &str, path: &Path) -> Result<Read, ConfigError> {
             let file = if text.trim().is_empty() {
                 File::default()
             } else {
-                serde_norway::from_str(text).map_err(|e| parse_error(e.to_string()))?
+                nvidia_config::from_yaml(text).map_err(|e| parse_error(e.to_string()))?
             };
             Ok(Read {
                 file,
@@ -311,7 +311,7 @@ pub fn detect(text: &str) -> Result<Format, String> {
     if text.trim().is_empty() {
         return Ok(Format::Gpuslice);
     }
-    let value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    let value: serde_norway::Value = nvidia_config::from_yaml(text).map_err(|e| e.to_string())?;
     let Some(mapping) = value.as_mapping() else {
         return Ok(Format::Gpuslice);
     };
@@ -366,7 +366,7 @@ pub fn check_gpuslice_text(text: &str) -> Result<(), String> {
     if text.trim().is_empty() {
         return Ok(());
     }
-    serde_norway::from_str::<File>(text)
+    nvidia_config::from_yaml::<File>(text)
         .map(drop)
         .map_err(|e| e.to_string())
 }

@@ -306,17 +306,19 @@ fn prepare(config: &Config) -> anyhow::Result<Ledger> {
             config.cdi_dir.display()
         )
     })?;
-    if config.layout.shim_host.is_file() {
-        // Containers given another file in its place would run without limits: hand out
-        // nothing until the file there is the shim.
-        crate::shim_check::identify(&config.layout.shim_host)
-            .context("advertising nothing until the shim is in place")?;
-    } else {
-        tracing::warn!(
-            "the shim {} is not a file here; containers will fail to start unless it exists on \
-             the host",
+    match std::fs::metadata(&config.layout.shim_host) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
+            "the shim {} does not exist here; containers will fail to start unless it exists \
+             on the host",
             config.layout.shim_host.display()
-        );
+        ),
+        // Containers given anything else in its place (another file; a directory, which the
+        // dynamic loader ignores) would run without limits: hand out nothing until the file
+        // there is the shim.
+        _ => {
+            crate::shim_check::identify(&config.layout.shim_host)
+                .context("advertising nothing until the shim is in place")?;
+        }
     }
     Ok(ledger)
 }

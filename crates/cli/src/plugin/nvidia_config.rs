@@ -180,9 +180,36 @@ struct Imex {
 
 /// Parses text in NVIDIA's format and says what it means in gpuslice's terms.
 pub fn parse(text: &str, mps: Mps) -> Result<Converted, NvidiaConfigError> {
-    let file: File =
-        serde_norway::from_str(text).map_err(|e| NvidiaConfigError::Parse(e.to_string()))?;
+    let file: File = from_yaml(text).map_err(|e| NvidiaConfigError::Parse(e.to_string()))?;
     convert(file, mps)
+}
+
+/// `text` as NVIDIA's plugin reads YAML: with merge keys (`<<: *anchor`) applied, as its
+/// YAML library applies them. Text without them is read directly, so that errors keep
+/// their line and column.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_norway::Error> {
+    if !text.contains("<<") {
+        return serde_norway::from_str(text);
+    }
+    let mut value: serde_norway::Value = serde_norway::from_str(text)?;
+    if !has_merge_key(&value) {
+        return serde_norway::from_str(text);
+    }
+    value.apply_merge()?;
+    T::deserialize(value)
+}
+
+/// Whether a mapping anywhere in `value` has the merge key `<<`.
+fn has_merge_key(value: &serde_norway::Value) -> bool {
+    use serde_norway::Value;
+    match value {
+        Value::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        Value::Sequence(items) => items.iter().any(has_merge_key),
+        Value::Tagged(tagged) => has_merge_key(&tagged.value),
+        _ => false,
+    }
 }
 
 /// Whether a top-level mapping with these keys is in NVIDIA's format: it has one of the

@@ -33,7 +33,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use gpuslice_ledger::{Ledger, LedgerError, TenantName};
@@ -90,6 +90,16 @@ pub enum TenantError {
         /// The parser's message.
         message: String,
     },
+    /// A tenant of the allocation's name that this plugin did not make.
+    #[error(
+        "tenant {tenant} exists and was not made by the device plugin (it has a quota and no \
+         {RECORD} record); not touched: remove it (gpuslice tenant delete {tenant}) to let \
+         the plugin use its slices"
+    )]
+    NotOurs {
+        /// The tenant.
+        tenant: TenantName,
+    },
     /// The CDI spec could not be written.
     #[error(transparent)]
     Cdi(#[from] cdi::CdiError),
@@ -103,6 +113,11 @@ pub fn tenant_name(slices: &[SliceId]) -> Result<TenantName, TenantError> {
         .min()
         .unwrap_or_default();
     Ok(TenantName::new(&first)?)
+}
+
+/// Whether `t` is a name the plugin gives its tenants: a slice's, `GPU-<uuid>-slice-<n>`.
+pub fn is_slice_name(t: &TenantName) -> bool {
+    SliceId::parse(t.as_str()).is_some()
 }
 
 /// The record of tenant `t`; `None` when it has none (not the plugin's tenant).
@@ -184,38 +199,6 @@ pub fn live_slots(ledger: &Ledger, t: &TenantName) -> Result<usize, TenantError>
     // From the lock file alone: a departed pod that damaged its own usage file must not
     // keep its tenant (and so its slice's name) forever.
     Ok(ledger.live_processes(t)?)
-}
-
-/// Cuts tenant `t`'s usage file back to the ledger's size if it grew (its containers can
-/// write it, and one that makes it grow fills the filesystem every tenant's files are on);
-/// returns the size it had grown to.
-pub fn cut_back_grown_usage(ledger: &Ledger, t: &TenantName) -> Result<Option<u64>, TenantError> {
-    let path = ledger.usage_path(t);
-    let io_error = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TenantError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let len = match fs::symlink_metadata(&path) {
-        Ok(meta) if meta.is_file() => meta.len(),
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error("inspect", &path)(e)),
-    };
-    let size = gpuslice_ledger::layout::USAGE_FILE_SIZE as u64;
-    if len <= size {
-        return Ok(None);
-    }
-    fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .and_then(|f| f.set_len(size))
-        .map_err(io_error("cut back", &path))?;
-    Ok(Some(len))
 }
 
 /// What became of a tenant the plugin wanted gone.
@@ -301,12 +284,16 @@ pub fn sweep(
     }
     for (t, _) in &tenants {
         if kept.contains(t.as_str()) {
-            match cut_back_grown_usage(ledger, t) {
-                Ok(Some(grown)) => tracing::warn!(
-                    "tenant {t}'s usage file had grown to {grown} bytes, filling the ledger's \
-                     filesystem (its containers can write it); cut back to its size"
-                ),
-                Ok(None) => {}
+            match ledger.cut_back_grown_files(t) {
+                Ok(cut) => {
+                    for (path, grown) in cut {
+                        tracing::warn!(
+                            "tenant {t}: {} had grown to {grown} bytes, filling the ledger's \
+                             filesystem (its containers can write it); cut back to its size",
+                            path.display()
+                        );
+                    }
+                }
                 Err(e) => tracing::warn!("tenant {t}: {e}"),
             }
             match ensure_spec(&config.layout, &config.cdi_dir, t) {
@@ -415,27 +402,6 @@ mod tests {
             GpuUuid::parse(&format!("GPU-fa4ec0da-0000-4000-8000-0000000000{g:02x}")).unwrap(),
             i,
         )
-    }
-
-    #[test]
-    fn a_usage_file_that_grew_is_cut_back_and_one_of_its_size_is_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
-        let t = TenantName::new("pod").unwrap();
-        drop(ledger.open_usage(&t).unwrap());
-        assert_eq!(cut_back_grown_usage(&ledger, &t).unwrap(), None);
-        let size = gpuslice_ledger::layout::USAGE_FILE_SIZE as u64;
-        fs::OpenOptions::new()
-            .write(true)
-            .open(ledger.usage_path(&t))
-            .unwrap()
-            .set_len(size * 3)
-            .unwrap();
-        assert_eq!(cut_back_grown_usage(&ledger, &t).unwrap(), Some(size * 3));
-        assert_eq!(fs::metadata(ledger.usage_path(&t)).unwrap().len(), size);
-        ledger.snapshot_usage(&t).unwrap();
-        let absent = TenantName::new("absent").unwrap();
-        assert_eq!(cut_back_grown_usage(&ledger, &absent).unwrap(), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use gpuslice_ledger::{GpuUuid, PERMILLE_MAX, parse_percent, parse_quantity};
 use k8s_openapi::api::resource::v1::{DeviceAllocationConfiguration, ResourceClaim};
 
-use super::config::{ComputeLimit, ConfigError, TenantConfig};
+use super::config::{ComputeLimit, ConfigError, Source, TenantConfig};
 use super::gpus::Inventory;
 use super::slice::{COMPUTE, DRIVER, MEMORY, MEMORY_STEP, gpu_of_device};
 
@@ -81,6 +81,36 @@ pub enum ClaimError {
     NotAllocated {
         /// The claim.
         claim: Box<ClaimRef>,
+    },
+    /// A device of this driver's in a pool that is not this node's: the driver runs under
+    /// another node's name, or the claim was allocated for another node.
+    #[error(
+        "claim {claim}: device {device} of {DRIVER} is in pool {found}, not in this node's pool \
+         {pool}; nothing was prepared (is the driver's --node-name, or NODE_NAME, this node's \
+         name?)"
+    )]
+    OtherPool {
+        /// The claim.
+        claim: Box<ClaimRef>,
+        /// The device name.
+        device: String,
+        /// The pool the allocation names.
+        found: String,
+        /// This node's pool.
+        pool: String,
+    },
+    /// A device allocated with admin access, which consumes no capacity.
+    #[error(
+        "claim {claim}: device {device} is allocated with admin access, which gpuslice.dev \
+         does not give: such a claim shares a GPU others use and the scheduler counts none of \
+         its capacity, so there is no quota to hold it to; use a claim without adminAccess \
+         (for monitoring, gpuslice status and metrics read the ledger)"
+    )]
+    AdminAccess {
+        /// The claim.
+        claim: Box<ClaimRef>,
+        /// The device name.
+        device: String,
     },
     /// A device of this node's pool that this driver does not publish.
     #[error("claim {claim}: device {device} is not one of this driver's (expected gpu-<uuid>)")]
@@ -189,8 +219,20 @@ pub fn grants(
         .collect();
     let mut grants = Vec::new();
     for result in devices.results.iter().flatten() {
-        if result.driver != DRIVER || result.pool != pool {
+        if result.driver != DRIVER {
             continue;
+        }
+        // The kubelet asks this driver only about claims with devices of its own, and a pod
+        // gets devices only from the slices of its node. One in another pool is a mistake
+        // (a driver started under another node's name): answering with nothing would start
+        // the pod without its tenant.
+        if result.pool != pool {
+            return Err(ClaimError::OtherPool {
+                claim: Box::new(expected.clone()),
+                device: result.device.clone(),
+                found: result.pool.clone(),
+                pool: pool.to_string(),
+            });
         }
         let bad = |capacity: &str, value: &str, why: &str| ClaimError::BadCapacity {
             claim: Box::new(expected.clone()),
@@ -199,6 +241,12 @@ pub fn grants(
             value: value.to_string(),
             why: why.to_string(),
         };
+        if result.admin_access == Some(true) {
+            return Err(ClaimError::AdminAccess {
+                claim: Box::new(expected.clone()),
+                device: result.device.clone(),
+            });
+        }
         let gpu = gpu_of_device(&result.device).ok_or_else(|| ClaimError::UnknownDevice {
             claim: Box::new(expected.clone()),
             device: result.device.clone(),
@@ -251,14 +299,13 @@ pub fn grants(
         let mut config = TenantConfig::default();
         for c in configs.iter().filter(|c| applies(c, &result.request)) {
             if let Some(opaque) = &c.opaque {
-                config =
-                    config
-                        .overlaid(&opaque.parameters.0)
-                        .map_err(|source| ClaimError::Config {
-                            claim: Box::new(expected.clone()),
-                            request: result.request.clone(),
-                            source,
-                        })?;
+                config = config
+                    .overlaid_from(&opaque.parameters.0, Source::of(&c.source))
+                    .map_err(|source| ClaimError::Config {
+                        claim: Box::new(expected.clone()),
+                        request: result.request.clone(),
+                        source,
+                    })?;
             }
         }
         let grant = Grant {
@@ -302,6 +349,7 @@ pub(crate) mod tests {
     use super::super::gpus::tests::gpu;
     use super::*;
     use gpuslice_ledger::Priority;
+    use k8s_openapi::api::resource::v1::DeviceRequestAllocationResult;
     use serde_json::json;
 
     /// One device of an allocation: request, device, share ID, consumed memory and compute.
@@ -372,12 +420,12 @@ pub(crate) mod tests {
                 (
                     "FromClass",
                     &[],
-                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "low", "computeLimit": 50}),
+                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "high", "computeLimit": 50}),
                 ),
                 (
                     "FromClaim",
                     &["gpu"],
-                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "high"}),
+                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "low"}),
                 ),
             ],
         );
@@ -388,7 +436,7 @@ pub(crate) mod tests {
         assert_eq!(g.share_id.as_deref(), Some("a1b2c"));
         assert_eq!(g.memory_bytes, 4 << 30);
         assert_eq!(g.compute_permille, 300);
-        assert_eq!(g.config.priority, Some(Priority::High), "the claim's wins");
+        assert_eq!(g.config.priority, Some(Priority::Low), "the claim's wins");
         assert_eq!(g.limit_permille(), Some(500), "the class's stays");
     }
 
@@ -401,34 +449,48 @@ pub(crate) mod tests {
         assert_eq!(grants[0].gpu, gpu(1, 0).uuid);
     }
 
-    #[test]
-    fn other_pools_and_drivers_are_left_to_whoever_owns_them() {
-        let mut claim = allocated_claim(UID, &[("gpu", DEV0, None, Some(("1Gi", "10")))], &[]);
-        let results = claim
+    /// The results of `claim`, to change.
+    fn results_of(claim: &mut ResourceClaim) -> &mut Vec<DeviceRequestAllocationResult> {
+        claim
             .status
             .as_mut()
+            .and_then(|s| s.allocation.as_mut())
+            .and_then(|a| a.devices.as_mut())
+            .and_then(|d| d.results.as_mut())
             .unwrap()
-            .allocation
-            .as_mut()
-            .unwrap()
-            .devices
-            .as_mut()
-            .unwrap()
-            .results
-            .as_mut()
-            .unwrap();
-        let mut other = results[0].clone();
-        other.pool = "node-b".into();
-        results.push(other);
+    }
+
+    #[test]
+    fn other_drivers_devices_are_left_to_them() {
+        let mut claim = allocated_claim(UID, &[("gpu", DEV0, None, Some(("1Gi", "10")))], &[]);
+        let results = results_of(&mut claim);
         let mut nvidia = results[0].clone();
         nvidia.driver = "gpu.nvidia.com".into();
         nvidia.device = "gpu-0".into();
+        nvidia.pool = "node-b".into();
         results.push(nvidia);
         assert_eq!(
             grants(&claim, &claim_ref(UID), "node-a", &inventory())
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn a_device_of_this_driver_in_another_pool_is_refused_naming_both_pools() {
+        let mut claim = allocated_claim(UID, &[("gpu", DEV0, None, Some(("1Gi", "10")))], &[]);
+        let results = results_of(&mut claim);
+        let mut other = results[0].clone();
+        other.pool = "node-b".into();
+        results.push(other);
+        let err = grants(&claim, &claim_ref(UID), "node-a", &inventory())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is in pool node-b, not in this node's pool node-a")
+                && err.contains("--node-name"),
+            "{err}"
         );
     }
 
@@ -500,6 +562,19 @@ pub(crate) mod tests {
                 )],
             ),
             "field computeLimit: 20% is below the compute share of 30%",
+        );
+        check(
+            allocated_claim(
+                UID,
+                &[("gpu", DEV0, None, Some(("1Gi", "30")))],
+                &[(
+                    "FromClaim",
+                    &[],
+                    json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "high"}),
+                )],
+            ),
+            "request gpu: opaque configuration for gpuslice.dev: field priority: high is given \
+             only by a DeviceClass's configuration",
         );
     }
 

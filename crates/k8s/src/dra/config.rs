@@ -17,6 +17,13 @@
 //! leave a pod unprioritized without a word. Several configurations apply in order (the
 //! class's first, then the claim's, as the allocation lists them); a later one overrides
 //! the settings it names.
+//!
+//! **Priority `high` is an administrator's to give.** A high-priority tenant holds its
+//! neighbours on the GPU to little work in flight whenever it is active, so a claim (whose
+//! author is any user who may create pods) cannot give itself `high`: only a DeviceClass's
+//! configuration can (`gpuslice.dev-high` in the `dra` overlay), and who may use that class
+//! is the cluster's business (RBAC, ResourceQuota per device class). A claim may set
+//! `normal` or `low`, and any `computeLimit` (a cap binds only itself).
 
 use gpuslice_ledger::{PERCENT_FORM, Priority, parse_percent, parse_priority};
 use serde_json::Value;
@@ -34,6 +41,27 @@ pub enum ComputeLimit {
     /// At the claim's compute share: it gets its share, and never more even when the GPU is
     /// idle.
     Share,
+}
+
+/// Who wrote a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A DeviceClass (`FromClass`): an administrator.
+    Class,
+    /// The claim (`FromClaim`), or a source this driver does not know: its author.
+    Claim,
+}
+
+impl Source {
+    /// The source an allocation's configuration names (`FromClass`, `FromClaim`); anything
+    /// else is taken as the claim's, which may do less.
+    pub fn of(source: &str) -> Source {
+        if source == "FromClass" {
+            Source::Class
+        } else {
+            Source::Claim
+        }
+    }
 }
 
 /// The settings of a device's configurations, merged.
@@ -128,6 +156,31 @@ impl TenantConfig {
     }
 }
 
+impl TenantConfig {
+    /// These settings with those `parameters`, written by `source`, set on top: a claim's
+    /// may not raise the priority to `high` (see the module's documentation).
+    pub fn overlaid_from(
+        self,
+        parameters: &Value,
+        source: Source,
+    ) -> Result<TenantConfig, ConfigError> {
+        let merged = self.overlaid(parameters)?;
+        if source == Source::Claim
+            && merged.priority == Some(Priority::High)
+            && self.priority != Some(Priority::High)
+        {
+            return Err(ConfigError::new(
+                "field priority: high is given only by a DeviceClass's configuration (an \
+                 administrator's, such as the class gpuslice.dev-high), not by a claim's: a \
+                 high-priority tenant holds its neighbours on the GPU to little work in \
+                 flight; a claim may set normal or low"
+                    .to_string(),
+            ));
+        }
+        Ok(merged)
+    }
+}
+
 /// `computeLimit`: a number or string of percent, or `share`.
 fn compute_limit(value: &Value) -> Result<ComputeLimit, ConfigError> {
     let text = match value {
@@ -183,6 +236,40 @@ mod tests {
             .unwrap();
             assert_eq!(c.compute_limit, Some(limit));
         }
+    }
+
+    /// Any claim's author could give its tenant priority high and hold every neighbour on
+    /// its GPU to little work in flight.
+    #[test]
+    fn a_claim_cannot_raise_its_priority_to_high_but_a_device_class_can() {
+        let high =
+            json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "high"});
+        let low =
+            json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "priority": "low"});
+        let err = TenantConfig::default()
+            .overlaid_from(&high, Source::Claim)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("field priority: high is given only by a DeviceClass's configuration"),
+            "{err}"
+        );
+        let class = TenantConfig::default()
+            .overlaid_from(&high, Source::Class)
+            .unwrap();
+        assert_eq!(class.priority, Some(Priority::High));
+        // A claim of a high class may say high again, or lower it.
+        assert_eq!(
+            class.overlaid_from(&high, Source::Claim).unwrap().priority,
+            Some(Priority::High)
+        );
+        assert_eq!(
+            class.overlaid_from(&low, Source::Claim).unwrap().priority,
+            Some(Priority::Low)
+        );
+        // A source this driver does not know is a claim's.
+        assert_eq!(Source::of("FromSomewhere"), Source::Claim);
+        assert_eq!(Source::of("FromClass"), Source::Class);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! publish   the slice written to the API server, kept current
 //! claim     a ResourceClaim's allocation -> grants: GPU, memory, compute share, config
 //! config    the opaque configuration: compute limit, priority
-//! state     prepare/unprepare as tenants in the ledger (quota, record, files, CDI spec)
+//! state     prepare/unprepare as tenants in the ledger (quota, record, files, CDI spec);
+//!           the files a claim's containers can write, cut back if they grow
 //! kubelet   registration and the DRA gRPC service (v1, v1beta1) on Unix sockets
 //! api       the kubelet's APIs, generated from proto/
 //! ```
@@ -80,10 +81,15 @@ pub async fn run(
         );
     }
     let driver = Arc::new(kubelet::Driver::new(
-        claims,
+        Arc::clone(&claims),
         client.clone(),
         inventory.clone(),
         settings.node.clone(),
+    ));
+    let tidy = tokio::spawn(cut_back_forever(
+        Arc::clone(&claims),
+        settings.health_interval,
+        shutdown.clone(),
     ));
     let sockets = kubelet::Sockets::in_dirs(&settings.plugins_dir, &settings.registry_dir);
     let kubelet = tokio::spawn(kubelet::serve(sockets, driver, shutdown.clone()));
@@ -95,4 +101,22 @@ pub async fn run(
     ));
     let _ = kubelet.await;
     let _ = publisher.await;
+    let _ = tidy.await;
+}
+
+/// Looks at the prepared claims' files every `interval` (as at the GPUs) until `stop`
+/// turns true, cutting back those their containers made grow.
+async fn cut_back_forever(
+    claims: Arc<Claims>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let c = Arc::clone(&claims);
+        let _ = tokio::task::spawn_blocking(move || c.cut_back_grown_files()).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }

@@ -31,7 +31,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -58,6 +59,11 @@ pub trait TenantFiles: Send + Sync + fmt::Debug {
     fn install(&self, t: &TenantName) -> Result<String, String>;
     /// Removes tenant `t`'s CDI spec (the ledger's files go with the tenant).
     fn uninstall(&self, t: &TenantName) -> Result<(), String>;
+    /// Why no tenant's containers could be given their files now (the shim they preload is
+    /// not the shim, say), asked before anything of a claim is made; `Ok` if they can.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// One device of a prepared claim, as recorded.
@@ -294,7 +300,8 @@ impl Claims {
             return None;
         }
         Some(
-            self.install(claim, &tenant)
+            self.ready(claim)
+                .and_then(|()| self.install(claim, &tenant))
                 .map(|name| self.answer(&record, &name, inventory)),
         )
     }
@@ -313,6 +320,7 @@ impl Claims {
             return Ok(Vec::new());
         }
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ready(claim)?;
         let ledger_error = |source| PrepareError::Ledger {
             claim: Box::new(claim.clone()),
             source,
@@ -370,19 +378,35 @@ impl Claims {
             // A stale or different grant of the same claim: fresh counters.
             self.ledger.remove_tenant(&tenant).map_err(ledger_error)?;
         }
+        let fresh = !self.ledger.tenant_dir(&tenant).exists();
         let record = Record {
             claim: claim.clone(),
             devices,
             prepared_unix_ms: now_ms(),
         };
-        write_record(&self.ledger, &tenant, &record).map_err(|message| PrepareError::Files {
-            claim: Box::new(claim.clone()),
-            message,
-        })?;
-        self.ledger
-            .write_quota(&tenant, &quota)
-            .map_err(ledger_error)?;
-        let name = self.install(claim, &tenant)?;
+        let made = write_record(&self.ledger, &tenant, &record)
+            .map_err(|message| PrepareError::Files {
+                claim: Box::new(claim.clone()),
+                message,
+            })
+            .and_then(|()| {
+                self.ledger
+                    .write_quota(&tenant, &quota)
+                    .map_err(ledger_error)
+            })
+            .and_then(|()| self.install(claim, &tenant));
+        let name = match made {
+            Ok(name) => name,
+            Err(e) => {
+                // Half a tenant would hold the claim's share of the GPU against every later
+                // claim until the kubelet unprepares this one: what was made goes.
+                if fresh {
+                    let _ = self.files.uninstall(&tenant);
+                    let _ = self.ledger.remove_tenant(&tenant);
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(
             "prepared claim {claim} as tenant {tenant}: {}",
             describe(&record.devices)
@@ -450,6 +474,26 @@ impl Claims {
                 }
             })
             .collect()
+    }
+
+    /// Cuts back the usage and lock files of prepared claims' tenants that their containers
+    /// made grow (they can write both), before the ledger's filesystem fills; says so for
+    /// each.
+    pub fn cut_back_grown_files(&self) {
+        for (t, _) in self.prepared() {
+            match self.ledger.cut_back_grown_files(&t) {
+                Ok(cut) => {
+                    for (path, grown) in cut {
+                        tracing::warn!(
+                            "tenant {t}: {} had grown to {grown} bytes, filling the ledger's \
+                             filesystem (its containers can write it); cut back to its size",
+                            path.display()
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("tenant {t}: {e}"),
+            }
+        }
     }
 
     /// Refuses a claim whose grants do not fit beside the other prepared claims.
@@ -525,6 +569,14 @@ impl Claims {
             }
         }
         Ok(())
+    }
+
+    /// Whether tenants' containers can be given their files now.
+    fn ready(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
+        self.files.ready().map_err(|message| PrepareError::Files {
+            claim: Box::new(claim.clone()),
+            message,
+        })
     }
 
     /// Makes the tenant's files; its CDI device name.
@@ -685,15 +737,26 @@ pub fn read_record(ledger: &Ledger, t: &TenantName) -> Result<Option<Record>, St
     Ok(Some(record))
 }
 
-/// Writes tenant `t`'s record whole (a temporary file renamed over it), creating its
-/// directory.
+/// Writes tenant `t`'s record whole (a temporary file renamed over it, mode 0600), creating
+/// its directory.
 fn write_record(ledger: &Ledger, t: &TenantName, record: &Record) -> Result<(), String> {
     let dir = ledger.tenant_dir(t);
     fs::create_dir_all(&dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
     let path = dir.join(RECORD);
     let temp: PathBuf = dir.join(format!(".{RECORD}.{}.tmp", std::process::id()));
     let text = serde_json::to_string_pretty(record).unwrap_or_default() + "\n";
-    fs::write(&temp, text)
+    // The driver's alone (mode 0600): the directory is every tenant's to read, and the
+    // record names the claim and its namespace, which are nobody else's business.
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut f| {
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            f.write_all(text.as_bytes())
+        })
         .and_then(|()| fs::rename(&temp, &path))
         .map_err(|e| {
             let _ = fs::remove_file(&temp);
@@ -943,7 +1006,7 @@ mod tests {
                     ("c", DEV1, Some("3"), Some(("1Gi", "5"))),
                 ],
                 &[(
-                    "FromClaim",
+                    "FromClass",
                     &["b"],
                     json!({"apiVersion": "gpuslice.dev/v1", "kind": "TenantConfig", "computeLimit": "share", "priority": "high"}),
                 )],
@@ -997,6 +1060,48 @@ mod tests {
             f.claims.unprepare(&claim_ref(&u)).unwrap(),
             Unprepared::NotPrepared
         );
+    }
+
+    /// Files that cannot be made (a CDI directory gone, a full filesystem).
+    #[derive(Debug)]
+    struct FailingFiles;
+
+    impl TenantFiles for FailingFiles {
+        fn install(&self, _t: &TenantName) -> Result<String, String> {
+            Err("could not write the CDI spec: no space left on device".into())
+        }
+
+        fn uninstall(&self, _t: &TenantName) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// The record and quota were written before the files, and stayed when the files could
+    /// not be made: half a tenant, whose record held the claim's share of the GPU against
+    /// every later claim although the claim had been told it was not prepared.
+    #[test]
+    fn a_claim_whose_files_cannot_be_made_leaves_no_half_tenant_holding_its_share() {
+        let f = fixture();
+        let claims = Claims::new(f.claims.ledger().clone(), Arc::new(FailingFiles), None);
+        let u = uid(11);
+        let g = grants_of(&f, &u, &[("gpu", DEV0, None, Some(("6Gi", "60")))]);
+        let err = claims
+            .prepare(&claim_ref(&u), &g, &f.inventory)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no space left on device"), "{err}");
+        assert!(
+            !claims
+                .ledger()
+                .tenant_dir(&tenant_of(&claim_ref(&u)).unwrap())
+                .exists()
+        );
+        assert!(claims.prepared().is_empty(), "no record holds the GPU");
+        let other = uid(12);
+        let g = grants_of(&f, &other, &[("gpu", DEV0, None, Some(("6Gi", "60")))]);
+        f.claims
+            .prepare(&claim_ref(&other), &g, &f.inventory)
+            .unwrap();
     }
 
     #[test]
