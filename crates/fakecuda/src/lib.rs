@@ -162,6 +162,7 @@ pub mod exports;
 pub mod faults;
 pub mod graph;
 pub mod handles;
+pub mod ipc;
 pub mod kernel;
 pub mod launch;
 pub mod ledger;
