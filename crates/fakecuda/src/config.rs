@@ -207,8 +207,11 @@ pub fn visible_devices(value: &str, count: usize) -> Vec<usize> {
             entry.parse::<usize>().ok().filter(|&i| i < count)
         } else if entry.len() > 4 && entry.starts_with("GPU-") {
             let prefix = entry.to_ascii_lowercase();
-            let mut matching =
-                (0..count).filter(|&i| crate::device::uuid_string_of(i).to_ascii_lowercase().starts_with(&prefix));
+            let mut matching = (0..count).filter(|&i| {
+                crate::device::uuid_string_of(i)
+                    .to_ascii_lowercase()
+                    .starts_with(&prefix)
+            });
             match (matching.next(), matching.next()) {
                 (Some(only), None) => Some(only),
                 _ => None,
@@ -310,7 +313,11 @@ mod tests {
         assert_eq!(visible_devices("0,7,1", 2), [0]);
         assert_eq!(visible_devices("1,-1,0", 2), [1]);
         assert_eq!(visible_devices("1,0,1", 2), [1, 0]);
-        assert_eq!(visible_devices("0,GPU-fa4ec0da", 2), [0], "a prefix naming two");
+        assert_eq!(
+            visible_devices("0,GPU-fa4ec0da", 2),
+            [0],
+            "a prefix naming two"
+        );
         assert_eq!(visible_devices("0,GPU-", 2), [0]);
         assert_eq!(visible_devices("MIG-1,0", 2), [] as [usize; 0]);
         assert_eq!(visible_devices("", 2), [] as [usize; 0]);

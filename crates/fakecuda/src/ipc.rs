@@ -268,10 +268,7 @@ mod tests {
         };
         let handle = named.encode();
         assert_eq!(Named::decode(&handle), Ok(named));
-        assert_eq!(
-            named.path(Path::new("/s")),
-            PathBuf::from("/s/ipc/4242-7")
-        );
+        assert_eq!(named.path(Path::new("/s")), PathBuf::from("/s/ipc/4242-7"));
         let mut foreign = handle;
         foreign.reserved[0] ^= 1;
         assert_eq!(Named::decode(&foreign), Err(CuError::InvalidValue));
