@@ -343,11 +343,15 @@ int main(int argc, char **argv) {
   }
   const char *ordinal = getenv("PROBE_DEVICE");
   CALL(cuDeviceGet)(&device, ordinal ? atoi(ordinal) : 0);
-  CUcontext ctx;
-  rc = CALL(cuDevicePrimaryCtxRetain)(&ctx, device);
-  printf("context rc=%d\n", rc);
-  if (rc != 0) return 0;
-  CALL(cuCtxSetCurrent)(ctx);
+  CUcontext ctx = NULL;
+  /* PROBE_NO_CONTEXT=1: no context at all, for NVML-only commands that must not take GPU
+   * memory themselves (a watcher's view from outside). */
+  if (!getenv("PROBE_NO_CONTEXT")) {
+    rc = CALL(cuDevicePrimaryCtxRetain)(&ctx, device);
+    printf("context rc=%d\n", rc);
+    if (rc != 0) return 0;
+    CALL(cuCtxSetCurrent)(ctx);
+  }
 
   while (arg < argc) {
     const char *cmd = argv[arg++];
@@ -627,6 +631,8 @@ int main(int argc, char **argv) {
       int r1 = info(nvml_device, &m), r2 = info2(nvml_device, &m2);
       printf("nvml rc=%d total=%llu free=%llu used=%llu\n", r1, m.total, m.free, m.used);
       printf("nvml_v2 rc=%d total=%llu reserved=%llu free=%llu used=%llu\n", r2, m2.total, m2.reserved, m2.free, m2.used);
+    } else if (!strcmp(cmd, "pid")) {
+      printf("pid pid=%d\n", (int)getpid());
     } else if (!strcmp(cmd, "where")) {
       /* The current context's device: its CUDA ordinal and its UUID. */
       CUdevice current = -1;
@@ -671,6 +677,22 @@ int main(int argc, char **argv) {
       if (found == 0) { get_uuid(nvml_device, uuid, sizeof uuid); get_index(nvml_device, &index); }
       printf("%s rc=%d index=%u uuid=%s total=%llu free=%llu used=%llu\n", cmd, r, index, uuid,
              m.total, m.free, m.used);
+    } else if (!strcmp(cmd, "nvml-procs")) {
+      /* The processes NVML lists on the GPU with NVML index I, with the memory of each:
+       * `pids=PID:BYTES,...`. */
+      unsigned index = (unsigned)atoi(NEXT());
+      void *nvml_device = NULL;
+      int (*by_index)(unsigned, void **) = (int (*)(unsigned, void **))nvml_symbol("nvmlDeviceGetHandleByIndex_v2");
+      typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } ProcessInfo;
+      int (*list)(void *, unsigned *, ProcessInfo *) = (int (*)(void *, unsigned *, ProcessInfo *))nvml_symbol("nvmlDeviceGetComputeRunningProcesses_v3");
+      static ProcessInfo procs[256];
+      unsigned count = 256;
+      int r = by_index(index, &nvml_device);
+      if (r == 0) r = list(nvml_device, &count, procs);
+      if (r != 0) count = 0;
+      printf("nvml-procs rc=%d index=%u count=%u pids=", r, index, count);
+      for (unsigned i = 0; i < count; i++) printf("%s%u:%llu", i ? "," : "", procs[i].pid, procs[i].used);
+      printf("\n");
     } else if (!strcmp(cmd, "peer-copy")) {
       /* Peer-to-peer from the current GPU to ordinal ORD: peer access enabled (twice: the
        * second must say it already is), BYTES allocated on each GPU (kept, each charged to its
