@@ -207,8 +207,11 @@ pub struct StatusArgs {
 /// `gpuslice metrics`.
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
-    /// Address to serve GET /metrics on (port 0: any free port)
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9400")]
+    /// Address to serve /metrics, /healthz and /readyz on (port 0: any free port)
+    // 10400, not DCGM's 9400, so that both run on a GPU node; outside Prometheus' exporter
+    // range 9100-9999, which is all taken, and away from the kubelet's, kube-proxy's and
+    // the control plane's 10248-10260. The kustomize base serves on the same port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10400")]
     pub listen: String,
 
     /// Print the metrics once to stdout instead of serving them
@@ -426,7 +429,7 @@ pub struct DevicePluginArgs {
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub health_interval_ms: Option<u64>,
 
-    /// Serve Prometheus metrics of the ledger at this address (e.g. 0.0.0.0:9400)
+    /// Serve Prometheus metrics, /healthz and /readyz at this address (e.g. 0.0.0.0:10400)
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 

@@ -5,7 +5,6 @@
 //! a warning, not a failure to start), the ledger directory and every tenant's files, and
 //! the `GPUSLICE_` variables the shim would refuse.
 
-use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::Path;
 
 use gpuslice_ledger::SHIM_VARIABLES;
@@ -14,6 +13,7 @@ use crate::cli::DoctorArgs;
 use crate::compute;
 use crate::exit::{self, Failure};
 use crate::locate;
+use crate::plugin::nvml::{Nvml, NvmlError};
 use crate::quantity::format_size;
 use crate::shim_check;
 use crate::status;
@@ -90,26 +90,6 @@ fn check_shim(findings: &mut Findings, flag: Option<&Path>) {
     }
 }
 
-/// `nvmlReturn_t`.
-type NvmlReturn = c_int;
-/// `nvmlDevice_t`.
-type NvmlDevice = *mut c_void;
-/// `NVML_SUCCESS`.
-const NVML_SUCCESS: NvmlReturn = 0;
-/// `NVML_DEVICE_UUID_V2_BUFFER_SIZE`.
-const UUID_BUFFER: usize = 96;
-/// [`UUID_BUFFER`] as NVML takes it.
-const UUID_BUFFER_C: c_uint = 96;
-
-/// `nvmlMemory_t`.
-#[repr(C)]
-#[derive(Debug, Default)]
-struct NvmlMemory {
-    total: u64,
-    free: u64,
-    used: u64,
-}
-
 /// The driver: `libcuda.so.1` and `libnvidia-ml.so.1` load, NVML starts and lists GPUs.
 /// Everything here is a warning at worst: without a GPU nothing is enforced, but nothing
 /// breaks either.
@@ -124,18 +104,7 @@ fn check_driver(findings: &mut Findings) {
             &format!("libcuda.so.1 cannot be loaded ({e}): no NVIDIA driver, or no GPU here"),
         ),
     }
-    // SAFETY: as above, for NVML.
-    let nvml = match unsafe { libloading::Library::new("libnvidia-ml.so.1") } {
-        Ok(lib) => lib,
-        Err(e) => {
-            return findings.say(
-                Level::Warn,
-                "gpus",
-                &format!("libnvidia-ml.so.1 cannot be loaded ({e}): no GPU can be listed"),
-            );
-        }
-    };
-    match list_gpus(&nvml) {
+    match list_gpus() {
         Ok(gpus) if gpus.is_empty() => findings.say(Level::Warn, "gpus", "NVML sees no GPU"),
         Ok(gpus) => {
             for (index, line) in gpus.iter().enumerate() {
@@ -150,108 +119,31 @@ fn check_driver(findings: &mut Findings) {
 /// `None` when there is no NVIDIA driver or it sees no GPU. `gpuslice demo` asks this to
 /// choose between the real GPU and the simulated one.
 pub fn real_gpus() -> Option<Vec<String>> {
-    // SAFETY: loading NVML runs its initializers, as every program that uses it does.
-    let nvml = unsafe { libloading::Library::new("libnvidia-ml.so.1") }.ok()?;
-    list_gpus(&nvml).ok().filter(|gpus| !gpus.is_empty())
+    list_gpus().ok().filter(|gpus| !gpus.is_empty())
 }
 
 /// One line per GPU NVML lists (`UUID, N GiB total, M GiB free`), or why NVML failed.
-fn list_gpus(nvml: &libloading::Library) -> Result<Vec<String>, String> {
-    type Init = unsafe extern "C" fn() -> NvmlReturn;
-    type Count = unsafe extern "C" fn(*mut c_uint) -> NvmlReturn;
-    type Handle = unsafe extern "C" fn(c_uint, *mut NvmlDevice) -> NvmlReturn;
-    type Uuid = unsafe extern "C" fn(NvmlDevice, *mut c_char, c_uint) -> NvmlReturn;
-    type Memory = unsafe extern "C" fn(NvmlDevice, *mut NvmlMemory) -> NvmlReturn;
-    type ErrorString = unsafe extern "C" fn(NvmlReturn) -> *const c_char;
-    // SAFETY: each symbol is declared with its signature in nvml.h, and the copies are used
-    // only while `nvml` stays loaded (this function borrows it).
-    let (init, shutdown, count, handle, uuid, memory, error_string) = unsafe {
-        (
-            symbol::<Init>(nvml, "nvmlInit_v2")?,
-            symbol::<Init>(nvml, "nvmlShutdown")?,
-            symbol::<Count>(nvml, "nvmlDeviceGetCount_v2")?,
-            symbol::<Handle>(nvml, "nvmlDeviceGetHandleByIndex_v2")?,
-            symbol::<Uuid>(nvml, "nvmlDeviceGetUUID")?,
-            symbol::<Memory>(nvml, "nvmlDeviceGetMemoryInfo")?,
-            symbol::<ErrorString>(nvml, "nvmlErrorString")?,
-        )
-    };
-    let describe = |rc: NvmlReturn| -> String {
-        // SAFETY: nvmlErrorString returns a static NUL-terminated string (or null).
-        let text = unsafe { error_string(rc) };
-        if text.is_null() {
-            format!("NVML error {rc}")
-        } else {
-            // SAFETY: non-null, NUL-terminated and static, as NVML documents.
-            let text = unsafe { CStr::from_ptr(text) };
-            format!("{} (NVML error {rc})", text.to_string_lossy())
-        }
-    };
-    // SAFETY: nvmlInit_v2 takes no arguments.
-    let rc = unsafe { init() };
-    if rc != NVML_SUCCESS {
-        return Err(format!(
-            "NVML does not start: {}; no usable GPU here",
-            describe(rc)
-        ));
-    }
-    let mut n: c_uint = 0;
-    // SAFETY: `n` is a valid place for the count.
-    let rc = unsafe { count(&raw mut n) };
-    let result = if rc == NVML_SUCCESS {
-        Ok((0..n)
-            .map(|index| {
-                let mut device: NvmlDevice = std::ptr::null_mut();
-                // SAFETY: `device` is a valid place for the handle; `index` < count.
-                let rc = unsafe { handle(index, &raw mut device) };
-                if rc != NVML_SUCCESS {
-                    return format!("no handle: {}", describe(rc));
-                }
-                let mut buffer = [0 as c_char; UUID_BUFFER];
-                // SAFETY: the buffer holds UUID_BUFFER bytes, as the length says.
-                let rc = unsafe { uuid(device, buffer.as_mut_ptr(), UUID_BUFFER_C) };
-                let name = if rc == NVML_SUCCESS {
-                    buffer[UUID_BUFFER - 1] = 0;
-                    // SAFETY: NVML wrote a NUL-terminated string into the buffer, and its
-                    // last byte is NUL in any case.
-                    unsafe { CStr::from_ptr(buffer.as_ptr()) }
-                        .to_string_lossy()
-                        .into_owned()
-                } else {
-                    format!("UUID unknown ({})", describe(rc))
-                };
-                let mut info = NvmlMemory::default();
-                // SAFETY: `info` is a valid nvmlMemory_t (v1 layout) to fill.
-                let rc = unsafe { memory(device, &raw mut info) };
-                if rc == NVML_SUCCESS {
-                    format!(
-                        "{name}, {} total, {} free",
-                        format_size(info.total),
-                        format_size(info.free)
-                    )
-                } else {
-                    format!("{name}, memory unknown ({})", describe(rc))
-                }
-            })
-            .collect())
-    } else {
-        Err(format!("NVML cannot count the GPUs: {}", describe(rc)))
-    };
-    // SAFETY: NVML was initialized above; this balances it.
-    unsafe { shutdown() };
-    result
-}
-
-/// The function `name` of `lib`, as a plain function pointer.
-///
-/// # Safety
-///
-/// `T` must be the symbol's type, and the pointer must not be used after `lib` is unloaded.
-unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> Result<T, String> {
-    // SAFETY: the caller vouches for `T`.
-    unsafe { lib.get::<T>(name) }
-        .map(|s| *s)
-        .map_err(|e| format!("libnvidia-ml.so.1 lacks {name}: {e}"))
+fn list_gpus() -> Result<Vec<String>, String> {
+    let nvml = Nvml::open().map_err(|e| match e {
+        NvmlError::Load(_) => format!("{e}: no GPU can be listed"),
+        _ => format!("NVML does not start: {e}; no usable GPU here"),
+    })?;
+    let gpus = nvml
+        .gpus()
+        .map_err(|e| format!("NVML cannot list the GPUs: {e}"))?;
+    Ok(gpus
+        .iter()
+        .map(|gpu| match nvml.free_memory(&gpu.uuid) {
+            Ok(free) => format!(
+                "{}, {}, {} total, {} free",
+                gpu.uuid,
+                gpu.model,
+                format_size(gpu.memory_bytes),
+                format_size(free)
+            ),
+            Err(e) => format!("{}, {}, memory unknown ({e})", gpu.uuid, gpu.model),
+        })
+        .collect())
 }
 
 /// How bad a missing ledger directory is.

@@ -115,6 +115,7 @@ mod tests {
             .map(|(uuid, index)| Gpu {
                 index,
                 uuid: GpuUuid::parse(uuid).unwrap(),
+                model: "test GPU".into(),
                 memory_bytes: 80 << 30,
             })
             .collect()

@@ -164,32 +164,49 @@ points to `gpuslice status`.
 # `gpuslice metrics [--listen ADDR] [--once] [--dir DIR]`
 
 Serves the ledger as Prometheus metrics on `GET /metrics` (text format 0.0.4, `Content-Type:
-text/plain; version=0.0.4`), at `--listen` (default `127.0.0.1:9400`; port 0 picks a free
-port). It prints `gpuslice metrics: serving http://ADDR/metrics ...` on stdout once
-listening. Other paths are 404, other methods than `GET`/`HEAD` 405. The ledger is read
-afresh at every scrape (an existing, empty ledger directory has no tenants; a scrape of a
-missing or unreadable one is a 500 that says why); a tenant whose
-files are damaged has no series at that scrape and is counted in `gpuslice_ledger_errors`.
-At most 16 connections are served at once (more get 503); a request head may take 8 KiB and
-10 seconds. `--once` prints the exposition to stdout and exits (2 if the ledger cannot be
-read).
+text/plain; version=0.0.4`), at `--listen` (default `127.0.0.1:10400`, not DCGM's exporter's
+9400; port 0 picks a free port). It prints `gpuslice metrics: serving http://ADDR/metrics
+...` on stdout once listening. `GET /healthz` answers 200 `ok` while the server runs;
+`GET /readyz` 200 `ready` when the ledger can be read, else 503 with why, in one line.
+Other paths are 404, other methods than `GET`/`HEAD` 405. The ledger is read afresh at
+every scrape (an existing, empty ledger directory has no tenants); a scrape of a missing or
+unreadable ledger has only `gpuslice_build_info`, `gpuslice_ready 0` and the GPUs; a
+tenant whose files are damaged has no series at that scrape and is counted in
+`gpuslice_ledger_errors`. At most 16 connections are served at once (more wait), one
+request each; a request head must come within 10 seconds and the whole answer within 30.
+`--once` prints the exposition to stdout and exits (2 if the ledger cannot be read).
 
 | metric | type | labels | meaning |
 |---|---|---|---|
-| `gpuslice_memory_used_bytes` | gauge | `tenant`, `gpu` | memory held by the tenant's live processes on the GPU (as `status` counts it) |
-| `gpuslice_memory_limit_bytes` | gauge | `tenant`, `gpu` | the tenant's quota on the GPU; no series when unlimited |
-| `gpuslice_oom_refusals_total` | counter | `tenant`, `gpu` | allocations refused for being over the limit |
-| `gpuslice_gpu_time_seconds_total` | counter | `tenant`, `gpu` | GPU time charged to the tenant (`gpus[].gpu_time_ns`); `rate()` of it is the share the tenant gets |
-| `gpuslice_throttled_seconds_total` | counter | `tenant`, `gpu` | wall time its launches waited for their share (`gpus[].throttled_ns`) |
-| `gpuslice_compute_share_ratio` | gauge | `tenant`, `gpu` | the compute share it enforces, 0 to 1; no series when none |
-| `gpuslice_compute_limit_ratio` | gauge | `tenant`, `gpu` | the compute limit it enforces, 0 to 1; no series when none |
-| `gpuslice_compute_priority` | gauge | `tenant`, `gpu`, `priority` | 1, with `priority` `high`, `normal` or `low` |
-| `gpuslice_processes` | gauge | `tenant` | live processes of the tenant |
-| `gpuslice_tenants` | gauge | | tenants in the ledger, readable or not |
-| `gpuslice_ledger_errors` | gauge | | tenants whose files could not be read at this scrape |
+| `gpuslice_memory_used_bytes` | gauge | tenant, GPU | memory held by the tenant's live processes on the GPU (as `status` counts it) |
+| `gpuslice_memory_limit_bytes` | gauge | tenant, GPU | the tenant's quota on the GPU; no series when unlimited |
+| `gpuslice_oom_refusals_total` | counter | tenant, GPU | allocations refused for being over the limit |
+| `gpuslice_gpu_time_seconds_total` | counter | tenant, GPU | GPU time charged to the tenant (`gpus[].gpu_time_ns`); `rate()` of it is the share the tenant gets |
+| `gpuslice_throttled_seconds_total` | counter | tenant, GPU | wall time its launches waited for their share (`gpus[].throttled_ns`) |
+| `gpuslice_compute_share_ratio` | gauge | tenant, GPU | the compute share it enforces, 0 to 1; no series when none |
+| `gpuslice_compute_limit_ratio` | gauge | tenant, GPU | the compute limit it enforces, 0 to 1; no series when none |
+| `gpuslice_compute_priority` | gauge | tenant, GPU, `priority` | 1, with `priority` `high`, `normal` or `low` |
+| `gpuslice_processes` | gauge | tenant | live processes of the tenant |
+| `gpuslice_gpu_memory_total_bytes` | gauge | GPU | the GPU's memory, as NVML reports it (GPUs NVML lists) |
+| `gpuslice_gpu_memory_quota_allocated_bytes` | gauge | GPU | the tenants' memory limits on the GPU, added up |
+| `gpuslice_gpu_slices`, `gpuslice_gpu_slices_allocated` | gauge | GPU, `resource` | device plugin only: slices advertised, and held by its tenants |
+| `gpuslice_gpu_healthy` | gauge | GPU | device plugin only: 1 healthy, 0 lost or a critical XID |
+| `gpuslice_tenants` | gauge | `Hostname` | tenants in the ledger, readable or not |
+| `gpuslice_ledger_errors` | gauge | `Hostname` | tenants whose files could not be read at this scrape |
+| `gpuslice_unenforced_check_up`, `gpuslice_unenforced_processes` | gauge | `Hostname` | whether processes outside gpuslice's limits could be looked for, and how many there are |
+| `gpuslice_unenforced_process_memory_bytes` | gauge | tenant, GPU, `pid` | memory of one such process |
+| `gpuslice_ready` | gauge | `Hostname` | 1 when `/readyz` answers 200 |
+| `gpuslice_pod_resources_up` | gauge | `Hostname` | device plugin only: 0 when the kubelet's pod resources API did not answer |
+| `gpuslice_build_info` | gauge | `version`, `commit` | 1 |
 
-`gpu` is the GPU's UUID. Per-GPU series exist for the GPUs `status --json` lists for the
-tenant (those its processes used, then those its quota names).
+The labels are those of DCGM's exporter, so that the series join with its own. "GPU" is
+`gpu` (NVML's index), `UUID`, `device` (`nvidia<index>`), `modelName` and `Hostname` (the
+node: `NODE_NAME`, else the host name); a GPU NVML does not list has only `UUID`.
+"tenant" is `tenant`, `namespace`, `pod`, `container` and `Hostname`: the device plugin
+fills `namespace`, `pod` and `container` from the kubelet's pod resources API with the
+container its slices were given to; they are empty otherwise. Per-GPU series of a tenant
+exist for the GPUs `status --json` lists for it (those its processes used, then those its
+quota names).
 
 # `gpuslice doctor [--dir DIR] [--shim PATH]`
 
@@ -271,7 +288,11 @@ resource's priority, writes `gpuslice.dev-gpu_<tenant>.json` (a CDI spec) in `--
 and answers with the CDI devices `nvidia.com/gpu=<uuid>` and `gpuslice.dev/gpu=<tenant>`.
 GPU health (NVML) is followed in `ListAndWatch`; a kubelet restart is followed by a new
 registration; tenants are found again in the ledger after a restart of the plugin.
-`--metrics-listen ADDR` serves what `gpuslice metrics` serves. It logs to stderr (text,
+`--metrics-listen ADDR` serves what `gpuslice metrics` serves, with each tenant's pod
+container (from the kubelet's pod resources API), the GPUs' slices and health added;
+given as a flag, it is served from the start, so that `/healthz` answers and `/readyz`
+says why while the config file is invalid (`/readyz` is 200 once the plugin hands out
+slices and the ledger can be read). It logs to stderr (text,
 coloured only on a terminal and without `NO_COLOR`; `--log-format json`: one JSON object a
 line, with `timestamp`, `level` and `message`) and runs until SIGTERM or SIGINT (exit 0); a
 bad flag is exit 2, but a config file that cannot be used is reported and read again until

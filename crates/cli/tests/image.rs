@@ -386,7 +386,15 @@ fn image_runs_the_device_plugin_and_its_shim_as_the_daemonset_says() {
 
         // Not slice 0, whose spec the podman test installs meanwhile.
         let tenant = format!("{FAKE_GPU0}-slice-3");
-        assigned.lock().expect("assigned").push(tenant.clone());
+        assigned
+            .lock()
+            .expect("assigned")
+            .push(crate::plugin::FakeContainer::new(
+                "default",
+                "workload",
+                "main",
+                std::slice::from_ref(&tenant),
+            ));
         let answer = crate::plugin::allocate(&mut client, std::slice::from_ref(&tenant))
             .await
             .unwrap_or_else(|e| panic!("Allocate: {e}\nplugin log:\n{}", plugin.log()));

@@ -18,7 +18,7 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
+    ConfigMap, Container, Namespace, PodSpec, Probe, Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -74,6 +74,8 @@ struct PodMetricsEndpoint {
     path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    honor_labels: Option<bool>,
 }
 
 /// One rendered object, decoded. A kind not listed here fails the test that renders it:
@@ -456,8 +458,9 @@ fn the_base_installs_the_plugin_with_what_it_needs() {
             "{config_path}"
         );
 
-        // Probes on the metrics port the plugin serves.
+        // Probes on the metrics port the plugin serves, which is not DCGM's exporter's.
         let port = metrics_listen_port(plugin);
+        assert_ne!(port, 9400, "DCGM's exporter's port: both run on a GPU node");
         let ports = plugin.ports.as_ref().unwrap();
         assert!(
             ports
@@ -465,20 +468,32 @@ fn the_base_installs_the_plugin_with_what_it_needs() {
                 .any(|p| p.name.as_deref() == Some("metrics") && p.container_port == port),
             "{ports:?}"
         );
-        let metrics = IntOrString::String("metrics".into());
-        let readiness = plugin.readiness_probe.as_ref().expect("a readiness probe");
-        let get = readiness
-            .http_get
+        let annotations = ds
+            .spec
+            .template
+            .metadata
             .as_ref()
-            .expect("an HTTP readiness probe");
+            .and_then(|m| m.annotations.as_ref())
+            .unwrap();
         assert_eq!(
-            (get.path.as_deref(), &get.port),
-            (Some("/metrics"), &metrics)
+            annotations.get("prometheus.io/port"),
+            Some(&port.to_string())
         );
-        let liveness = plugin.liveness_probe.as_ref().expect("a liveness probe");
+        let metrics = IntOrString::String("metrics".into());
+        let http_probe = |probe: Option<&Probe>, what: &str| {
+            let get = probe
+                .and_then(|p| p.http_get.as_ref())
+                .unwrap_or_else(|| panic!("an HTTP {what} probe"));
+            assert_eq!(get.port, metrics, "{what}");
+            get.path.clone().unwrap_or_default()
+        };
         assert_eq!(
-            liveness.tcp_socket.as_ref().map(|t| &t.port),
-            Some(&metrics)
+            http_probe(plugin.readiness_probe.as_ref(), "readiness"),
+            "/readyz"
+        );
+        assert_eq!(
+            http_probe(plugin.liveness_probe.as_ref(), "liveness"),
+            "/healthz"
         );
 
         // The Service reaches every plugin pod's metrics port.
@@ -524,6 +539,9 @@ fn the_monitoring_addon_scrapes_the_plugins_metrics_port() {
             "{endpoint:?} names no port of the plugin: {ports:?}"
         );
         assert_eq!(endpoint.path, "/metrics");
+        // The workload's namespace, pod and container labels are kept, not renamed
+        // exported_*: the dashboard and DCGM's series name them so.
+        assert_eq!(endpoint.honor_labels, Some(true));
     });
 }
 

@@ -12,7 +12,7 @@ use crate::util::*;
 const GPU: &str = "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d";
 
 /// Parses an exposition with prometheus-parse.
-fn parse(text: &str) -> Scrape {
+pub fn parse(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .unwrap_or_else(|e| panic!("not the Prometheus text format ({e}):\n{text}"))
 }
@@ -77,7 +77,7 @@ fn populated(t: &TestDir) -> impl Sized {
 
 /// The numbers of [`populated`], checked in a scrape.
 fn check_populated(scrape: &Scrape) {
-    let a = [("tenant", "team-a"), ("gpu", GPU)];
+    let a = [("tenant", "team-a"), ("UUID", GPU)];
     assert_eq!(
         value(scrape, "gpuslice_memory_used_bytes", &a),
         (300 * MIB) as f64
@@ -88,7 +88,7 @@ fn check_populated(scrape: &Scrape) {
         value(scrape, "gpuslice_processes", &[("tenant", "team-a")]),
         2.0
     );
-    let free = [("tenant", "free"), ("gpu", GPU)];
+    let free = [("tenant", "free"), ("UUID", GPU)];
     assert_eq!(
         value(scrape, "gpuslice_memory_used_bytes", &free),
         (5 * MIB) as f64
@@ -109,10 +109,10 @@ fn check_populated(scrape: &Scrape) {
     assert_eq!(value(scrape, "gpuslice_throttled_seconds_total", &a), 0.02);
     assert_eq!(value(scrape, "gpuslice_compute_share_ratio", &a), 0.25);
     assert_eq!(value(scrape, "gpuslice_compute_limit_ratio", &a), 0.5);
-    let high = [("tenant", "team-a"), ("gpu", GPU), ("priority", "high")];
+    let high = [("tenant", "team-a"), ("UUID", GPU), ("priority", "high")];
     assert_eq!(value(scrape, "gpuslice_compute_priority", &high), 1.0);
     assert_eq!(value(scrape, "gpuslice_gpu_time_seconds_total", &free), 0.0);
-    let normal = [("tenant", "free"), ("gpu", GPU), ("priority", "normal")];
+    let normal = [("tenant", "free"), ("UUID", GPU), ("priority", "normal")];
     assert_eq!(value(scrape, "gpuslice_compute_priority", &normal), 1.0);
     for metric in [
         "gpuslice_compute_share_ratio",
@@ -205,7 +205,7 @@ fn damaged_tenant_is_counted_as_a_ledger_error_and_the_others_still_report() {
     assert_eq!(value(&scrape, "gpuslice_ledger_errors", &[]), 1.0);
     assert_eq!(value(&scrape, "gpuslice_tenants", &[]), 3.0);
     assert!(!out.stdout.contains("bad-usage"), "{}", out.stdout);
-    let a = [("tenant", "team-a"), ("gpu", GPU)];
+    let a = [("tenant", "team-a"), ("UUID", GPU)];
     assert_eq!(
         value(&scrape, "gpuslice_memory_used_bytes", &a),
         (300 * MIB) as f64
@@ -233,6 +233,30 @@ fn http(address: &str, request: &str) -> (String, Vec<(String, String)>, String)
     (status, headers, body.to_string())
 }
 
+/// `GET path` on `address`: the status code and the body.
+pub fn get(address: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    );
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status code in {status:?}"));
+    (code, body)
+}
+
+/// The address `gpuslice metrics` says it serves on.
+fn serving_address(server: &mut Running) -> String {
+    let line = server.wait_for_line("serving http://");
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string()
+}
+
 #[test]
 fn metrics_server_answers_get_metrics_on_an_ephemeral_port() {
     let t = TestDir::new();
@@ -241,13 +265,7 @@ fn metrics_server_answers_get_metrics_on_an_ephemeral_port() {
         t.gpuslice(&["metrics", "--listen", "127.0.0.1:0", "--dir"])
             .arg(t.ledger_dir()),
     );
-    let line = server.wait_for_line("serving http://");
-    let address = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let address = serving_address(&mut server);
 
     let (status, headers, body) = http(
         &address,
@@ -300,15 +318,10 @@ fn metrics_of_an_empty_ledger_directory_report_no_tenants() {
         t.gpuslice(&["metrics", "--listen", "127.0.0.1:0", "--dir"])
             .arg(t.ledger_dir()),
     );
-    let line = server.wait_for_line("serving http://");
-    let address = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let address = serving_address(&mut server);
+    // An HTTP/1.0 client (no Host header) is answered in its version.
     let (status, _, body) = http(&address, "GET /metrics HTTP/1.0\r\n\r\n");
-    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
     assert_eq!(value(&parse(&body), "gpuslice_tenants", &[]), 0.0);
     assert_eq!(value(&parse(&body), "gpuslice_ledger_errors", &[]), 0.0);
     assert!(
@@ -325,4 +338,49 @@ fn metrics_of_an_empty_ledger_directory_report_no_tenants() {
         )),
         "{out:?}"
     );
+}
+
+/// `/healthz` says the server answers; `/readyz` whether the ledger can be read, and if not
+/// why; `/metrics` still answers, with `gpuslice_ready 0`, so that the alert is about the
+/// ledger and not a scrape that failed.
+#[test]
+fn readyz_says_why_the_ledger_cannot_be_read_and_healthz_does_not_care() {
+    let t = TestDir::new();
+    let mut server = Running::spawn(
+        t.gpuslice(&["metrics", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(t.ledger_dir()),
+    );
+    let address = serving_address(&mut server);
+    assert_eq!(get(&address, "/healthz"), (200, "ok\n".to_string()));
+    let (status, reason) = get(&address, "/readyz");
+    assert_eq!(status, 503, "{reason}");
+    assert!(
+        reason.contains(&t.ledger_dir().display().to_string()) && reason.contains("does not exist"),
+        "{reason}"
+    );
+    let (status, body) = get(&address, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let scrape = parse(&body);
+    assert_eq!(value(&scrape, "gpuslice_ready", &[]), 0.0);
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "gpuslice_tenants"),
+        "{body}"
+    );
+
+    std::fs::create_dir(t.ledger_dir()).unwrap();
+    assert_eq!(get(&address, "/readyz"), (200, "ready\n".to_string()));
+    let (_, body) = get(&address, "/metrics");
+    let scrape = parse(&body);
+    assert_eq!(value(&scrape, "gpuslice_ready", &[]), 1.0);
+    assert_eq!(value(&scrape, "gpuslice_tenants", &[]), 0.0);
+    let build = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "gpuslice_build_info")
+        .unwrap();
+    assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+    drop(server);
 }

@@ -45,7 +45,7 @@ use api::registration_server::{Registration, RegistrationServer};
 /// The UUID of the simulated GPU 1.
 pub const FAKE_GPU1: &str = "GPU-fa4ec0da-0000-4000-8000-000000000001";
 /// How long the plugin gets to do anything the tests wait for.
-const WAIT: Duration = Duration::from_secs(15);
+pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A simulated node with two 8 GiB GPUs, a kubelet directory and a CDI directory.
 pub struct PluginNode {
@@ -205,9 +205,29 @@ impl Registration for FakeRegistration {
     }
 }
 
-/// The kubelet's pod resources service: one pod, one container, with the devices the test
-/// says are assigned.
-struct FakePodResources(Arc<Mutex<Vec<String>>>);
+/// A container as the fake kubelet's pod resources API lists it, with its devices.
+#[derive(Debug, Clone)]
+pub struct FakeContainer {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub devices: Vec<String>,
+}
+
+impl FakeContainer {
+    pub fn new(namespace: &str, pod: &str, container: &str, devices: &[String]) -> FakeContainer {
+        FakeContainer {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            container: container.into(),
+            devices: devices.to_vec(),
+        }
+    }
+}
+
+/// The kubelet's pod resources service: the containers the test says have devices, each
+/// pod with its containers.
+struct FakePodResources(Arc<Mutex<Vec<FakeContainer>>>);
 
 #[tonic::async_trait]
 impl podresources::pod_resources_lister_server::PodResourcesLister for FakePodResources {
@@ -215,27 +235,37 @@ impl podresources::pod_resources_lister_server::PodResourcesLister for FakePodRe
         &self,
         _request: tonic::Request<podresources::ListPodResourcesRequest>,
     ) -> Result<tonic::Response<podresources::ListPodResourcesResponse>, tonic::Status> {
-        let device_ids = self.0.lock().expect("assigned").clone();
+        let mut pods: Vec<podresources::PodResources> = Vec::new();
+        for c in self.0.lock().expect("assigned").iter() {
+            let container = podresources::ContainerResources {
+                name: c.container.clone(),
+                devices: vec![podresources::ContainerDevices {
+                    resource_name: "gpuslice.dev/gpu".into(),
+                    device_ids: c.devices.clone(),
+                }],
+            };
+            match pods
+                .iter_mut()
+                .find(|p| p.name == c.pod && p.namespace == c.namespace)
+            {
+                Some(pod) => pod.containers.push(container),
+                None => pods.push(podresources::PodResources {
+                    name: c.pod.clone(),
+                    namespace: c.namespace.clone(),
+                    containers: vec![container],
+                }),
+            }
+        }
         Ok(tonic::Response::new(
             podresources::ListPodResourcesResponse {
-                pod_resources: vec![podresources::PodResources {
-                    name: "pod".into(),
-                    namespace: "default".into(),
-                    containers: vec![podresources::ContainerResources {
-                        name: "main".into(),
-                        devices: vec![podresources::ContainerDevices {
-                            resource_name: "gpuslice.dev/gpu".into(),
-                            device_ids,
-                        }],
-                    }],
-                }],
+                pod_resources: pods,
             },
         ))
     }
 }
 
-/// Serves the pod resources API at `socket`, listing `assigned` as one container's devices.
-pub fn serve_pod_resources(socket: &Path, assigned: Arc<Mutex<Vec<String>>>) {
+/// Serves the pod resources API at `socket`, listing the containers in `assigned`.
+pub fn serve_pod_resources(socket: &Path, assigned: Arc<Mutex<Vec<FakeContainer>>>) {
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket).expect("bind pod resources");
     let service = podresources::pod_resources_lister_server::PodResourcesListerServer::new(
@@ -560,6 +590,94 @@ fn a_lost_gpu_turns_its_slices_unhealthy_and_back() {
     });
 }
 
+/// Appends XID events (`<device> <xid>` lines) for the simulated GPU to raise.
+fn raise_xids(node: &PluginNode, lines: &str) {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.gpu_state_dir().join("xid-events"))
+        .and_then(|mut f| f.write_all(lines.as_bytes()))
+        .expect("raise XID events");
+}
+
+/// Issue 16, item 5: a critical XID marks its GPU's slices unhealthy, as NVIDIA's plugin
+/// does, and they stay so through a change of settings, until the plugin restarts; an
+/// application's XID (13) leaves the GPU healthy.
+#[test]
+fn a_critical_xid_marks_its_gpu_unhealthy_until_the_plugin_restarts() {
+    let node = PluginNode::new();
+    let config = node.node.dir.path().join("plugin.yaml");
+    std::fs::write(&config, "slicesPerGpu: 4\n").expect("config");
+    let config_flag = ["--config", config.to_str().expect("utf-8")];
+    let plugin = node.start(&config_flag);
+    let rt = runtime();
+    let mut kubelet = rt.block_on(FakeKubelet::start(&node.kubelet_dir));
+    let registration = rt.block_on(kubelet.registration());
+    let mut client = rt.block_on(kubelet.plugin(&registration.endpoint));
+    let mut stream = rt.block_on(watch(&mut client));
+    let devices = rt.block_on(first_list(&mut stream));
+    assert!(devices.values().all(|h| h == "Healthy"), "{devices:?}");
+    plugin.wait_for_log("watching the GPUs' XID errors");
+
+    raise_xids(&node, "1 13\n");
+    plugin.wait_for_log("reported XID 13, which is ignored");
+    raise_xids(&node, &format!("{FAKE_GPU0} 79\n"));
+    // The first change: GPU 0 unhealthy, GPU 1 (the application error) still healthy.
+    let devices = rt.block_on(next_list(&mut stream));
+    assert_eq!(devices[&slice(FAKE_GPU0, 0)], "Unhealthy", "{devices:?}");
+    assert_eq!(devices[&slice(FAKE_GPU1, 0)], "Healthy", "{devices:?}");
+    plugin.wait_for_log("reported the critical XID 79");
+    let refused = rt
+        .block_on(allocate(&mut client, &[slice(FAKE_GPU0, 1)]))
+        .expect_err("allocated on a GPU with a critical XID");
+    assert!(refused.message().contains("XID 79"), "{refused:?}");
+
+    // New settings restart the plugin in place: the mark stays.
+    std::fs::write(&config, "slicesPerGpu: 2\n").expect("new config");
+    let registration = rt.block_on(kubelet.registration());
+    let mut client = rt.block_on(kubelet.plugin(&registration.endpoint));
+    let mut stream = rt.block_on(watch(&mut client));
+    let devices = rt.block_on(first_list(&mut stream));
+    assert_eq!(devices.len(), 4, "{devices:?}");
+    assert_eq!(devices[&slice(FAKE_GPU0, 1)], "Unhealthy", "{devices:?}");
+    assert_eq!(devices[&slice(FAKE_GPU1, 1)], "Healthy", "{devices:?}");
+
+    // A restarted plugin starts afresh (the XID is in the past; NVML does not repeat it).
+    assert_eq!(plugin.stop(libc::SIGTERM), Some(0));
+    let plugin = node.start(&config_flag);
+    let registration = rt.block_on(kubelet.registration());
+    let mut client = rt.block_on(kubelet.plugin(&registration.endpoint));
+    let mut stream = rt.block_on(watch(&mut client));
+    let devices = rt.block_on(first_list(&mut stream));
+    assert!(devices.values().all(|h| h == "Healthy"), "{devices:?}");
+    rt.block_on(allocate(&mut client, &[slice(FAKE_GPU0, 1)]))
+        .expect("healthy after the restart");
+    drop(plugin);
+}
+
+/// NVIDIA's variables say which XIDs are ignored; a value that is not an XID is refused.
+#[test]
+fn dp_disable_healthchecks_ignores_the_xids_it_lists_and_refuses_a_typo() {
+    let node = PluginNode::new();
+    let mut command = node.plugin_command(&[]);
+    command.env("DP_DISABLE_HEALTHCHECKS", "48");
+    let plugin = Daemon::spawn(command);
+    plugin.wait_for_log("XIDs 13, 31, 43, 45, 48, 68, 109 are ignored");
+    raise_xids(&node, "0 48\n");
+    plugin.wait_for_log("reported XID 48, which is ignored");
+    assert!(!plugin.log().contains("is unhealthy"), "{}", plugin.log());
+
+    let mut command = node.plugin_command(&[]);
+    command.env("DP_DISABLE_HEALTHCHECKS", "48,79x");
+    let out = finish(command);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("DP_DISABLE_HEALTHCHECKS") && out.stderr.contains("\"79x\""),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn plugin_registers_again_when_the_kubelet_restarts() {
     let node = PluginNode::new();
@@ -740,7 +858,12 @@ fn a_tenant_whose_pod_is_gone_is_removed() {
     .expect("config");
     let plugin = node.start(&["--config", config.to_str().expect("utf-8")]);
     let (stays, goes) = (slice(FAKE_GPU0, 0), slice(FAKE_GPU0, 1));
-    let assigned = Arc::new(Mutex::new(vec![stays.clone(), goes.clone()]));
+    let assigned = Arc::new(Mutex::new(vec![FakeContainer::new(
+        "default",
+        "pod",
+        "main",
+        &[stays.clone(), goes.clone()],
+    )]));
     runtime().block_on(async {
         serve_pod_resources(&node.pod_resources_socket(), Arc::clone(&assigned));
         let mut kubelet = FakeKubelet::start(&node.kubelet_dir).await;
@@ -752,7 +875,9 @@ fn a_tenant_whose_pod_is_gone_is_removed() {
                 .expect("Allocate");
         }
         // The pod that had `goes` is deleted: the kubelet no longer lists its device.
-        assigned.lock().expect("assigned").retain(|d| *d != goes);
+        assigned.lock().expect("assigned")[0]
+            .devices
+            .retain(|d| *d != goes);
         tokio::task::spawn_blocking(move || {
             plugin.wait_for_log(&format!("removed tenant {goes}: no container"));
             plugin
@@ -904,15 +1029,20 @@ fn plugin_serves_metrics_of_the_ledger() {
         .and_then(|rest| rest.split('/').next())
         .expect("metrics address")
         .to_string();
-    let mut stream = std::net::TcpStream::connect(&address).expect("connect to metrics");
-    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+    // Served from the start; the ledger's series once the plugin is ready.
+    crate::plugin_metrics::wait_for_status(&address, "/readyz", 200);
+    let (status, body) = crate::metrics::get(&address, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let scrape = crate::metrics::parse(&body);
+    let tenants = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "gpuslice_tenants")
+        .unwrap_or_else(|| panic!("no gpuslice_tenants in {body}"));
     assert!(
-        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
-        "{answer}"
+        matches!(tenants.value, prometheus_parse::Value::Gauge(v) if v == 0.0),
+        "{tenants:?}"
     );
-    assert!(answer.contains("gpuslice_tenants 0"), "{answer}");
 }
 
 #[test]

@@ -75,6 +75,8 @@ pub const CUDA_ERROR_ILLEGAL_STATE: CUresult = 401;
 pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
 /// `CUDA_ERROR_NOT_READY`: queued work has not finished yet.
 pub const CUDA_ERROR_NOT_READY: CUresult = 600;
+/// `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`.
+pub const CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: CUresult = 701;
 /// `CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED`.
 pub const CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED: CUresult = 704;
 /// `CUDA_ERROR_PEER_ACCESS_NOT_ENABLED`.
@@ -249,12 +251,16 @@ pub const NVML_SUCCESS: NvmlReturn = 0;
 pub const NVML_ERROR_UNINITIALIZED: NvmlReturn = 1;
 /// `NVML_ERROR_INVALID_ARGUMENT`.
 pub const NVML_ERROR_INVALID_ARGUMENT: NvmlReturn = 2;
+/// `NVML_ERROR_NOT_SUPPORTED`.
+pub const NVML_ERROR_NOT_SUPPORTED: NvmlReturn = 3;
 /// `NVML_ERROR_NOT_FOUND`.
 pub const NVML_ERROR_NOT_FOUND: NvmlReturn = 6;
 /// `NVML_ERROR_INSUFFICIENT_SIZE`.
 pub const NVML_ERROR_INSUFFICIENT_SIZE: NvmlReturn = 7;
 /// `NVML_ERROR_DRIVER_NOT_LOADED`.
 pub const NVML_ERROR_DRIVER_NOT_LOADED: NvmlReturn = 9;
+/// `NVML_ERROR_TIMEOUT`.
+pub const NVML_ERROR_TIMEOUT: NvmlReturn = 10;
 /// `NVML_ERROR_FUNCTION_NOT_FOUND`.
 pub const NVML_ERROR_FUNCTION_NOT_FOUND: NvmlReturn = 13;
 /// `NVML_ERROR_GPU_IS_LOST`.
@@ -337,6 +343,22 @@ pub struct CUipcMemHandle {
     pub reserved: [u8; 64],
 }
 
+/// `nvmlEventData_t`, filled by `nvmlEventSetWait_v2`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NvmlEventData {
+    /// The device the event happened on (`nvmlDevice_t`).
+    pub device: usize,
+    /// The event's type (`nvmlEventType*`).
+    pub event_type: u64,
+    /// For an XID event, the XID.
+    pub event_data: u64,
+    /// The GPU instance ([`NVML_VALUE_NOT_AVAILABLE_U32`] without MIG).
+    pub gpu_instance_id: u32,
+    /// The compute instance ([`NVML_VALUE_NOT_AVAILABLE_U32`] without MIG).
+    pub compute_instance_id: u32,
+}
+
 // The layouts of cuda.h and nvml.h (CUDA 13, LP64), checked where they are declared.
 const _: () = {
     assert!(size_of::<CUipcMemHandle>() == 64);
@@ -363,6 +385,7 @@ const _: () = {
     assert!(offset_of!(NvmlProcessInfo, used_gpu_memory) == 8);
     assert!(offset_of!(NvmlProcessInfo, gpu_instance_id) == 16);
     assert!(size_of::<NvmlProcessInfoV1>() == 16);
+    assert!(size_of::<NvmlEventData>() == 32);
 };
 
 #[cfg(test)]

@@ -101,6 +101,10 @@
 //!   allocations, module memory); instance ids are `0xFFFFFFFF`, as without MIG.
 //! - **A lost GPU**: NVML calls on a device listed in `<FAKECUDA_STATE_DIR>/lost-gpus` fail
 //!   with `NVML_ERROR_GPU_IS_LOST`, read afresh at every call (see `faults`).
+//! - **XID events**: a line `<device> <xid>` appended to `<FAKECUDA_STATE_DIR>/xid-events`
+//!   raises a critical XID error on the device, which NVML's event sets
+//!   (`nvmlEventSetCreate`, `nvmlDeviceRegisterEvents`, `nvmlEventSetWait_v2`) deliver to
+//!   the programs watching it (see `xid`).
 //!
 //! # Environment
 //!
@@ -213,3 +217,4 @@ pub mod pool;
 pub mod procaddr;
 pub mod stream;
 pub mod vmm;
+pub mod xid;

@@ -1,6 +1,7 @@
-//! NVML state: return codes, the initialization count, and device handles.
+//! NVML state: return codes, the initialization count, device handles and event sets.
 
 use std::ffi::CStr;
+use std::time::Duration;
 
 use gpuslice_cuda_abi as cuda;
 use parking_lot::Mutex;
@@ -18,12 +19,16 @@ pub enum NvmlError {
     Uninitialized = cuda::NVML_ERROR_UNINITIALIZED,
     /// `NVML_ERROR_INVALID_ARGUMENT`.
     InvalidArgument = cuda::NVML_ERROR_INVALID_ARGUMENT,
+    /// `NVML_ERROR_NOT_SUPPORTED`: an event type the simulated devices never raise.
+    NotSupported = cuda::NVML_ERROR_NOT_SUPPORTED,
     /// `NVML_ERROR_NOT_FOUND`.
     NotFound = cuda::NVML_ERROR_NOT_FOUND,
     /// `NVML_ERROR_INSUFFICIENT_SIZE`.
     InsufficientSize = cuda::NVML_ERROR_INSUFFICIENT_SIZE,
     /// `NVML_ERROR_DRIVER_NOT_LOADED`: the simulated driver's configuration is invalid.
     DriverNotLoaded = cuda::NVML_ERROR_DRIVER_NOT_LOADED,
+    /// `NVML_ERROR_TIMEOUT`: no event came in time.
+    Timeout = cuda::NVML_ERROR_TIMEOUT,
     /// `NVML_ERROR_GPU_IS_LOST`: the device is listed in the state directory's `lost-gpus`
     /// file (see `faults`).
     GpuIsLost = cuda::NVML_ERROR_GPU_IS_LOST,
@@ -135,4 +140,87 @@ pub fn not_lost(driver: &Driver, device: &'static Device) -> NvmlResult<&'static
         return Err(NvmlError::GpuIsLost);
     }
     Ok(device)
+}
+
+/// An event set: the devices registered in it for XID events, and how many lines of the
+/// `xid-events` file it has read (see `xid`).
+#[derive(Debug)]
+struct EventSet {
+    handle: usize,
+    devices: Vec<usize>,
+    seen: usize,
+}
+
+/// The live event sets.
+static EVENT_SETS: Mutex<Vec<EventSet>> = Mutex::new(Vec::new());
+/// The next `nvmlEventSet_t` value (never NULL).
+static NEXT_EVENT_SET: Mutex<usize> = Mutex::new(0x1000);
+
+/// `nvmlEventSetCreate`: a set that will deliver the events raised from now on.
+pub fn create_event_set() -> NvmlResult<usize> {
+    let driver = driver()?;
+    let mut next = NEXT_EVENT_SET.lock();
+    let handle = *next;
+    *next += 1;
+    EVENT_SETS.lock().push(EventSet {
+        handle,
+        devices: Vec::new(),
+        seen: crate::xid::current_end(&driver.config.state_dir),
+    });
+    Ok(handle)
+}
+
+/// `nvmlDeviceRegisterEvents`: the device's XID events go to the set from now on (ECC events
+/// are accepted and never raised). `NVML_ERROR_NOT_SUPPORTED` for other event types.
+pub fn register_events(device_handle: usize, types: u64, set: usize) -> NvmlResult {
+    let index = device(device_handle)?.index;
+    if types & !crate::xid::SUPPORTED_EVENTS != 0 {
+        return Err(NvmlError::NotSupported);
+    }
+    let mut sets = EVENT_SETS.lock();
+    let set = sets
+        .iter_mut()
+        .find(|s| s.handle == set)
+        .ok_or(NvmlError::InvalidArgument)?;
+    if types & crate::xid::EVENT_XID_CRITICAL != 0 && !set.devices.contains(&index) {
+        set.devices.push(index);
+    }
+    Ok(())
+}
+
+/// `nvmlEventSetWait_v2`: the next XID event of the set's devices as `(device, xid)`, or
+/// `NVML_ERROR_TIMEOUT` after `timeout`.
+pub fn wait_event(set: usize, timeout: Duration) -> NvmlResult<(usize, u64)> {
+    let driver = driver()?;
+    let (devices, mut seen) = {
+        let sets = EVENT_SETS.lock();
+        let found = sets
+            .iter()
+            .find(|s| s.handle == set)
+            .ok_or(NvmlError::InvalidArgument)?;
+        (found.devices.clone(), found.seen)
+    };
+    let uuids: Vec<String> = driver.devices.iter().map(Device::uuid_string).collect();
+    let event = crate::xid::wait(
+        &driver.config.state_dir,
+        &uuids,
+        &devices,
+        &mut seen,
+        timeout,
+    );
+    if let Some(found) = EVENT_SETS.lock().iter_mut().find(|s| s.handle == set) {
+        found.seen = found.seen.max(seen);
+    }
+    event.map(|e| (e.device, e.xid)).ok_or(NvmlError::Timeout)
+}
+
+/// `nvmlEventSetFree`.
+pub fn free_event_set(set: usize) -> NvmlResult {
+    let mut sets = EVENT_SETS.lock();
+    let before = sets.len();
+    sets.retain(|s| s.handle != set);
+    if sets.len() == before {
+        return Err(NvmlError::InvalidArgument);
+    }
+    Ok(())
 }

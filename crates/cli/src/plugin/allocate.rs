@@ -154,7 +154,7 @@ impl Allocator {
         };
         self.create_tenant(&tenant, &record, &quota)
             .map_err(failed)?;
-        let gpus: Vec<Gpu> = per_gpu.iter().map(|(gpu, _)| *gpu).collect();
+        let gpus: Vec<Gpu> = per_gpu.iter().map(|(gpu, _)| gpu.clone()).collect();
         tracing::info!(
             "allocated {} to tenant {tenant} ({})",
             devices.join(","),
@@ -196,7 +196,10 @@ impl Allocator {
                     problem: problem.clone(),
                 });
             }
-            counts.entry(state.gpu.index).or_insert((state.gpu, 0)).1 += 1;
+            counts
+                .entry(state.gpu.index)
+                .or_insert((state.gpu.clone(), 0))
+                .1 += 1;
             slices.push(slice);
         }
         if let Some(max) = self.resource.max_slices_per_container
@@ -300,8 +303,8 @@ pub fn quota(resource: &Resource, n: u32, per_gpu: &[(Gpu, u32)]) -> TenantQuota
         },
         per_gpu: per_gpu
             .iter()
-            .map(|&(gpu, k)| {
-                let k = k.min(n);
+            .map(|(gpu, k)| {
+                let k = (*k).min(n);
                 let memory = u128::from(gpu.memory_bytes) * u128::from(k) / u128::from(n);
                 let share = (1000 * k / n).max(1);
                 (
@@ -348,6 +351,7 @@ mod tests {
             index: u32::from(i),
             uuid: GpuUuid::parse(&format!("GPU-fa4ec0da-0000-4000-8000-0000000000{i:02x}"))
                 .unwrap(),
+            model: "test GPU".into(),
             memory_bytes: memory,
         }
     }
@@ -369,7 +373,7 @@ mod tests {
         let q = quota(
             &resource(Priority::Normal, ComputeLimit::None),
             4,
-            &[(g, 1)],
+            &[(g.clone(), 1)],
         );
         let l = q.limits_for(&g.uuid);
         assert_eq!(l.memory_bytes, Some(20 << 30));
@@ -378,7 +382,11 @@ mod tests {
         assert_eq!(l.priority, Some(Priority::Normal));
         assert_eq!(q.defaults.memory_bytes, Some(0), "nothing on other GPUs");
 
-        let q = quota(&resource(Priority::High, ComputeLimit::Share), 3, &[(g, 2)]);
+        let q = quota(
+            &resource(Priority::High, ComputeLimit::Share),
+            3,
+            &[(g.clone(), 2)],
+        );
         let l = q.limits_for(&g.uuid);
         assert_eq!(l.memory_bytes, Some((80u64 << 30) * 2 / 3));
         assert_eq!(l.compute_share_permille, Some(666));
@@ -392,7 +400,7 @@ mod tests {
         let q = quota(
             &resource(Priority::Low, ComputeLimit::None),
             4,
-            &[(a, 1), (b, 3)],
+            &[(a.clone(), 1), (b.clone(), 3)],
         );
         assert_eq!(q.limits_for(&a.uuid).memory_bytes, Some(2 << 30));
         assert_eq!(q.limits_for(&b.uuid).memory_bytes, Some(12 << 30));

@@ -6,12 +6,14 @@
 //! time, and a CDI device that puts the shim, the ledger and the tenant into it.
 //!
 //! ```text
-//! health (thread)  NVML -> GPUs and their health --watch--> ListAndWatch, Allocate, sweep
+//! health (thread)  NVML -> GPUs, their health and XID errors --watch--> ListAndWatch, ...
+//! xid              which XID errors make a GPU unhealthy (NVIDIA's rule and variables)
 //! kubelet          per resource: socket + gRPC server + registration, again on restart
 //! server           DevicePlugin: options, ListAndWatch, GetPreferredAllocation, Allocate
 //! allocate         slices -> tenant + quota (ledger) + CDI spec -> CDI device names
 //! tenants          the plugin's tenants: names, records, cleanup
 //! podresources     the kubelet's pod resources API: which devices containers still have
+//! scrape           the metrics with pods and slices, and readiness (/metrics, /readyz)
 //! ```
 //!
 //! Nothing here exits on bad input from outside: a config file that does not parse is
@@ -29,11 +31,12 @@ mod nvidia_config;
 mod nvidia_flags;
 pub(crate) mod nvml;
 mod podresources;
+mod scrape;
 mod server;
 mod slices;
 pub(crate) mod tenants;
+mod xid;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +47,9 @@ use tokio::sync::watch;
 use crate::cli::DevicePluginArgs;
 use crate::exit::{self, Failure, ResultExt};
 use config::{Config, ConfigError};
-use health::Inventory;
+use health::{Inventory, XidHealth};
+use scrape::PluginSource;
+use xid::XidPolicy;
 
 /// How often a config file is read again (to apply a change, or to see a fix).
 const CONFIG_POLL: Duration = Duration::from_secs(2);
@@ -52,6 +57,9 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// Runs `gpuslice device-plugin` until SIGTERM or SIGINT.
 pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
     crate::logging::init(args.log_level, args.log_format);
+    // Read once, like a flag: the variables NVIDIA's plugin reads, so that a DaemonSet
+    // moved over keeps them.
+    let xids = Arc::new(XidHealth::new(XidPolicy::from_env().usage()?));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -60,7 +68,7 @@ pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
         .failed()?;
     runtime.block_on(async {
         let shutdown = watch_signals();
-        supervise(args, shutdown).await
+        supervise(args, xids, shutdown).await
     })
 }
 
@@ -101,25 +109,41 @@ enum End {
 }
 
 /// Loads the configuration, then runs the plugin, again with each new configuration.
-async fn supervise(args: DevicePluginArgs, shutdown: watch::Receiver<bool>) -> Result<u8, Failure> {
+///
+/// The metrics server starts first where its address is a flag (the DaemonSet passes
+/// `--metrics-listen`), so that `/healthz` answers and `/readyz` says why while the settings
+/// file is invalid; an address from the file can only be known once the file is valid.
+async fn supervise(
+    args: DevicePluginArgs,
+    xids: Arc<XidHealth>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<u8, Failure> {
+    let source = Arc::new(PluginSource::new(crate::metrics::node_name()));
+    let flag_address = args.metrics_listen.clone().filter(|a| !a.is_empty());
+    if let Some(address) = &flag_address {
+        start_metrics(address, &source).await.usage()?;
+    }
     let mut config = match Config::load(&args) {
         Ok(config) => config,
         // Flags alone do not change: a bad one is a usage error.
         Err(e) if args.config.is_none() => return Err(e).usage(),
         Err(e) => {
             tracing::error!("{e}; advertising nothing until the file is fixed");
-            match wait_for_valid_config(&args, &e.to_string(), &shutdown).await {
+            source.no_settings(e.to_string());
+            match wait_for_valid_config(&args, &e.to_string(), &shutdown, &source).await {
                 Some(config) => config,
                 None => return Ok(exit::OK),
             }
         }
     };
-    if let Some(address) = &config.metrics_listen {
-        start_metrics(address, config.layout.ledger_host.clone()).usage()?;
+    if flag_address.is_none()
+        && let Some(address) = &config.metrics_listen
+    {
+        start_metrics(address, &source).await.usage()?;
     }
     describe_config(&config, &args);
     loop {
-        match run(&config, &args, &shutdown).await {
+        match run(&config, &args, &xids, &source, &shutdown).await {
             End::Signal => return Ok(exit::OK),
             End::Reload(next) => {
                 tracing::info!("the config file changed: restarting with the new settings");
@@ -165,6 +189,7 @@ async fn wait_for_valid_config(
     args: &DevicePluginArgs,
     last: &str,
     shutdown: &watch::Receiver<bool>,
+    source: &PluginSource,
 ) -> Option<Config> {
     let mut last = last.to_string();
     loop {
@@ -177,7 +202,10 @@ async fn wait_for_valid_config(
                 tracing::info!("the config file is valid now");
                 return Some(config);
             }
-            Err(e) => report_config_error(&e, &mut last),
+            Err(e) => {
+                report_config_error(&e, &mut last);
+                source.no_settings(e.to_string());
+            }
         }
     }
 }
@@ -192,31 +220,40 @@ fn report_config_error(e: &ConfigError, last: &mut String) {
     }
 }
 
-/// Serves Prometheus metrics of the ledger at `address` on a thread of its own.
-fn start_metrics(address: &str, ledger: PathBuf) -> anyhow::Result<()> {
-    let listener = std::net::TcpListener::bind(address)
+/// Serves the metrics, `/healthz` and `/readyz` at `address`, from `source`.
+async fn start_metrics(address: &str, source: &Arc<PluginSource>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
         .with_context(|| format!("could not listen on {address} for metrics"))?;
     if let Ok(local) = listener.local_addr() {
-        tracing::info!("serving metrics on http://{local}/metrics");
+        tracing::info!("serving metrics on http://{local}/metrics (and /healthz, /readyz)");
     }
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || crate::metrics::serve_forever(&listener, ledger))
-        .context("could not start the metrics thread")?;
+    tokio::spawn(crate::metrics::serve::serve(
+        listener,
+        Arc::clone(source) as Arc<dyn crate::metrics::serve::Source>,
+    ));
     Ok(())
 }
 
 /// Runs the plugin with `config` until a signal, or until the config file changes.
-async fn run(config: &Config, args: &DevicePluginArgs, shutdown: &watch::Receiver<bool>) -> End {
+async fn run(
+    config: &Config,
+    args: &DevicePluginArgs,
+    xids: &Arc<XidHealth>,
+    source: &PluginSource,
+    shutdown: &watch::Receiver<bool>,
+) -> End {
     let (inventory_tx, inventory) = watch::channel(Inventory::default());
-    if let Err(e) = health::spawn(config.health_interval, inventory_tx) {
+    if let Err(e) = health::spawn(config.health_interval, inventory_tx, Arc::clone(xids)) {
         tracing::error!("could not start the health thread: {e}");
     }
+    source.preparing(config, &inventory, "starting".into());
     let ledger = loop {
         match prepare(config) {
             Ok(ledger) => break ledger,
             Err(e) => {
                 tracing::error!("{e:#}; retrying");
+                source.preparing(config, &inventory, format!("{e:#}"));
                 tokio::select! {
                     () = tokio::time::sleep(CONFIG_POLL) => {}
                     () = signalled(shutdown) => return End::Signal,
@@ -224,6 +261,7 @@ async fn run(config: &Config, args: &DevicePluginArgs, shutdown: &watch::Receive
             }
         }
     };
+    source.serving(config, &inventory);
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::new();
     for resource in &config.resources {

@@ -1,6 +1,7 @@
 //! Which devices the kubelet has given to containers on this node, through its pod resources
 //! API (`List` on `/var/lib/kubelet/pod-resources/kubelet.sock`). The sweep removes a tenant
-//! whose slices no container has any more: its pod is gone.
+//! whose slices no container has any more: its pod is gone; the metrics name the pod
+//! container each tenant is.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -22,8 +23,21 @@ pub mod api {
 /// How long the kubelet has to answer.
 const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every device ID the kubelet has assigned to a container on this node, of any resource.
-pub async fn devices_in_use(socket: &Path) -> Result<HashSet<String>, KubeletError> {
+/// A container on this node and the devices the kubelet gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerDevices {
+    /// Its pod's namespace.
+    pub namespace: String,
+    /// Its pod.
+    pub pod: String,
+    /// The container's name.
+    pub container: String,
+    /// The IDs of its devices, of any resource.
+    pub devices: Vec<String>,
+}
+
+/// Every container on this node that the kubelet gave devices to, with them.
+pub async fn containers(socket: &Path) -> Result<Vec<ContainerDevices>, KubeletError> {
     let channel = kubelet::connect(socket).await?;
     let mut client = api::pod_resources_lister_client::PodResourcesListerClient::new(channel);
     let failed = |message: String| KubeletError::Connect {
@@ -38,8 +52,29 @@ pub async fn devices_in_use(socket: &Path) -> Result<HashSet<String>, KubeletErr
         .into_inner()
         .pod_resources
         .into_iter()
-        .flat_map(|pod| pod.containers)
-        .flat_map(|container| container.devices)
-        .flat_map(|devices| devices.device_ids)
+        .flat_map(|pod| {
+            pod.containers
+                .into_iter()
+                .map(move |container| ContainerDevices {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    container: container.name,
+                    devices: container
+                        .devices
+                        .into_iter()
+                        .flat_map(|d| d.device_ids)
+                        .collect(),
+                })
+        })
+        .filter(|c| !c.devices.is_empty())
+        .collect())
+}
+
+/// Every device ID the kubelet has assigned to a container on this node, of any resource.
+pub async fn devices_in_use(socket: &Path) -> Result<HashSet<String>, KubeletError> {
+    Ok(containers(socket)
+        .await?
+        .into_iter()
+        .flat_map(|c| c.devices)
         .collect())
 }

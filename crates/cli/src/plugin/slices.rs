@@ -249,6 +249,7 @@ mod tests {
             gpu: Gpu {
                 index: u32::from(g),
                 uuid: gpu(g),
+                model: "test GPU".into(),
                 memory_bytes: 1 << 30,
             },
             problem: problem.map(String::from),

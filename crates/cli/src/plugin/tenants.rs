@@ -519,6 +519,7 @@ mod tests {
         let gpu = |g: u8| super::super::nvml::Gpu {
             index: u32::from(g),
             uuid: slice(g, 0).gpu,
+            model: "test GPU".into(),
             memory_bytes: 1 << 30,
         };
         let inventory = Inventory {

@@ -1,6 +1,6 @@
 //! NVML: initialization, the driver version, device enumeration, names, UUIDs, memory
-//! information (the same numbers as `cuMemGetInfo`) and the processes using a device with
-//! the memory each holds.
+//! information (the same numbers as `cuMemGetInfo`), the processes using a device with
+//! the memory each holds, and event sets that deliver XID events (see `xid`).
 
 use std::ffi::{c_char, c_int, c_uint};
 use std::mem::MaybeUninit;
@@ -12,8 +12,8 @@ use crate::exports::device::DRIVER_VERSION;
 use crate::ledger::Process;
 use crate::nvml::{self, NvmlError, NvmlResult};
 use gpuslice_cuda_abi::{
-    NVML_MEMORY_V2, NVML_VALUE_NOT_AVAILABLE_U32, NvmlMemory, NvmlMemoryV2, NvmlProcessInfo,
-    NvmlProcessInfoV1,
+    NVML_MEMORY_V2, NVML_VALUE_NOT_AVAILABLE_U32, NvmlEventData, NvmlMemory, NvmlMemoryV2,
+    NvmlProcessInfo, NvmlProcessInfoV1,
 };
 
 /// The driver version NVML reports (an R580 driver, which comes with CUDA 13.0).
@@ -281,6 +281,45 @@ nvml_api! {
     ) {
         // SAFETY: the caller passes NULL or an array of *count elements.
         unsafe { running_processes(device, count, infos, process_info_v1) }
+    }
+
+    /// `nvmlDeviceGetSupportedEventTypes`: single- and double-bit ECC errors and critical
+    /// XID errors.
+    fn nvmlDeviceGetSupportedEventTypes(device: usize, types: Out<'_, u64>) {
+        nvml::device(device)?;
+        put(types, crate::xid::SUPPORTED_EVENTS)
+    }
+
+    /// `nvmlEventSetCreate`: a set that delivers the events raised from now on.
+    fn nvmlEventSetCreate(set: Out<'_, usize>) {
+        let handle = nvml::create_event_set()?;
+        put(set, handle)
+    }
+
+    /// `nvmlDeviceRegisterEvents`: the device's XID events go to the set.
+    fn nvmlDeviceRegisterEvents(device: usize, types: u64, set: usize) {
+        nvml::register_events(device, types, set)
+    }
+
+    /// `nvmlEventSetWait_v2`: the next XID event of the set's devices (instance ids
+    /// `0xFFFFFFFF`, as without MIG), or `NVML_ERROR_TIMEOUT` after `timeout_ms`.
+    fn nvmlEventSetWait_v2(set: usize, data: Out<'_, NvmlEventData>, timeout_ms: c_uint) {
+        let out = data.ok_or(NvmlError::InvalidArgument)?;
+        let (device, xid) =
+            nvml::wait_event(set, std::time::Duration::from_millis(u64::from(timeout_ms)))?;
+        out.write(NvmlEventData {
+            device: nvml::handle_of(device),
+            event_type: crate::xid::EVENT_XID_CRITICAL,
+            event_data: xid,
+            gpu_instance_id: NVML_VALUE_NOT_AVAILABLE_U32,
+            compute_instance_id: NVML_VALUE_NOT_AVAILABLE_U32,
+        });
+        Ok(())
+    }
+
+    /// `nvmlEventSetFree`.
+    fn nvmlEventSetFree(set: usize) {
+        nvml::free_event_set(set)
     }
 }
 
