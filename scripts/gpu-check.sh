@@ -3,9 +3,13 @@
 # example programs run under the shim, and what they see and do is asserted. CI has no GPU;
 # this is the only place the shim meets the real driver.
 #
-# usage: bash scripts/gpu-check.sh [DIST_DIR]     on the GPU machine; DIST_DIR (default dist,
-#                                                 from scripts/dist.sh) holds the shim & co.
-# env:   QUOTA              the tenant's memory limit in every check (default 4Gi)
+# usage: bash scripts/gpu-check.sh [--multi] [DIST_DIR]
+#                           on the GPU machine; DIST_DIR (default dist, from scripts/dist.sh)
+#                           holds the shim & co. --multi runs the checks of several GPUs
+#                           instead (scripts/gpu/multi.sh: CUDA_VISIBLE_DEVICES, one process
+#                           on two GPUs, IPC, torchrun DDP, NCCL bandwidth, shares per GPU);
+#                           on a machine with fewer than two GPUs it refuses (exit 2).
+# env:   QUOTA              the tenant's memory limit in every check, per GPU (default 4Gi)
 #        GPU_CHECK_LOG      also write everything printed to this file
 #        GPU_CHECK_ONLY     run only these checks (names separated by spaces)
 #        GPU_CHECK_VERBOSE  1: print every program's output, not only a failed check's
@@ -14,6 +18,10 @@
 #        PYTHON             the interpreter with torch, jax, cupy, triton, pynvml (python3)
 #        LIBCUDA_DIR        where libcuda.so.1 is, for linking cudaprobe (default: ldconfig)
 #        OUT                a folder: every program's output is also packed into it
+#        GPU_CHECK_PLAN     1: say which checks would run (after --multi's count of the GPUs)
+#                           and exit 0, running nothing on a GPU
+#        MULTI_ROUNDS       --multi: bare/shim rounds of the NCCL bandwidth check (default 3)
+#        MULTI_SECONDS      --multi: length of each load of the shares check (default 10)
 #
 # Prints one `PASS name: details` or `FAIL name: details` line per check, then
 # `gpu-check: N passed, M failed`; exits 1 if any check failed. Every check gets a fresh
@@ -23,6 +31,11 @@
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MULTI=0
+if [ "${1:-}" = --multi ]; then
+  MULTI=1
+  shift
+fi
 DIST=${1:-$ROOT/dist}
 QUOTA=${QUOTA:-4Gi}
 PYTHON=${PYTHON:-python3}
@@ -120,6 +133,32 @@ run() {
   local name=$1
   shift
   timeout -k 10 "$CHECK_TIMEOUT" "$@" <"/dev/null" >"$CHECK_DIR/$name.out" 2>"$CHECK_DIR/$name.err"
+}
+
+# background NAME COMMAND...: run's COMMAND without waiting for it; wait_background waits
+# for every one, and run_check ends those still running when its check returns.
+background() {
+  local name=$1
+  shift
+  timeout -k 10 "$CHECK_TIMEOUT" "$@" <"/dev/null" >"$CHECK_DIR/$name.out" 2>"$CHECK_DIR/$name.err" &
+  BACKGROUND+=($!)
+}
+
+wait_background() {
+  local pid
+  for pid in ${BACKGROUND[@]+"${BACKGROUND[@]}"}; do
+    wait "$pid" 2>/dev/null
+  done
+  BACKGROUND=()
+}
+
+kill_background() {
+  local pid
+  for pid in ${BACKGROUND[@]+"${BACKGROUND[@]}"}; do
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  BACKGROUND=()
 }
 
 # shim_env: sets SHIM to an `env ...` prefix that runs a command under the shim as this
@@ -612,8 +651,10 @@ run_check() {
   CHECK_DIR=$WORK/$name
   MONITOR_OUT=""
   MONITOR_PID=""
+  BACKGROUND=()
   mkdir -p "$CHECK_DIR"
   "$check"
+  kill_background
   monitor_stop
   [ -z "$MONITOR_OUT" ] || monitor_report
   if [ ${#PROBLEMS[@]} -eq 0 ]; then
@@ -654,7 +695,13 @@ build_probes() {
 
 header() {
   echo "gpu-check: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 1)"
+  if [ "$MULTI" = 1 ]; then
+    nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv,noheader 2>&1 |
+      sed 's/^/gpu: /'
+    echo "topology: $(nvidia-smi topo -m 2>/dev/null | sed -n 2p | tr -s ' \t' ' ')"
+  else
+    echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 1)"
+  fi
   echo "cuda: $(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' | head -n 1)"
   echo "python: $(command -v "$PYTHON"); $(env -u LD_PRELOAD "$PYTHON" "$ROOT/scripts/gpu/versions.py" 2>/dev/null)"
   echo "dist: $DIST ($(tr '\n' ' ' <"$DIST/BUILD-INFO" 2>/dev/null))"
@@ -666,8 +713,28 @@ CHECKS=(torch-mem-get-info torch-oom torch-expandable-oom torch-fine-oom jax-pre
   no-cuda-programs context-footprint fork-child-keeps-memory stream-ordered-frees
   pool-release-threshold vmm-release-while-mapped)
 
+# gpu_count: how many GPUs nvidia-smi lists (without the shim); 0 without nvidia-smi.
+gpu_count() {
+  env -u LD_PRELOAD nvidia-smi -L 2>/dev/null | grep -c '^GPU '
+}
+
 main() {
   local name
+  if [ "$MULTI" = 1 ]; then
+    # shellcheck source=gpu/multi.sh
+    source "$ROOT/scripts/gpu/multi.sh" || return 2
+    CHECKS=("${MULTI_CHECKS[@]}")
+    local gpus
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+      echo "gpu-check --multi: needs two or more GPUs, and there is no nvidia-smi to list them on this machine" >&2
+      return 2
+    fi
+    gpus=$(gpu_count)
+    if [ "${gpus:-0}" -lt 2 ]; then
+      echo "gpu-check --multi: needs two or more GPUs; nvidia-smi -L lists ${gpus:-0} on this machine (run it where a kind with several GPUs is lent, or run gpu-check.sh without --multi)" >&2
+      return 2
+    fi
+  fi
   for name in ${GPU_CHECK_ONLY:-}; do
     if [[ " ${CHECKS[*]} " != *" $name "* ]]; then
       echo "gpu-check: GPU_CHECK_ONLY names an unknown check '$name'; the checks: ${CHECKS[*]}" >&2
@@ -678,13 +745,23 @@ main() {
     echo "gpu-check: QUOTA=$QUOTA is not a quantity such as 4Gi" >&2
     return 2
   fi
+  if [ -n "${GPU_CHECK_PLAN:-}" ]; then
+    local planned=() check
+    for check in "${CHECKS[@]}"; do
+      [ -z "${GPU_CHECK_ONLY:-}" ] || [[ " $GPU_CHECK_ONLY " == *" $check "* ]] && planned+=("$check")
+    done
+    local mode=""
+    [ "$MULTI" = 0 ] || mode=" --multi"
+    echo "gpu-check$mode: ${gpus:+$gpus GPUs, }quota $QUOTA per GPU; would run: ${planned[*]}"
+    return 0
+  fi
   if [ ! -f "$DIST/libgpuslice.so" ]; then
     echo "gpu-check: no $DIST/libgpuslice.so (run scripts/dist.sh on the build machine and carry dist/)" >&2
     return 2
   fi
   DIST=$(cd "$DIST" && pwd)
   cd "$ROOT" || return 2
-  WORK=$(mktemp -d /tmp/gpuslice-check.XXXXXX)
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpuslice-check.XXXXXX")
   PASSED=0
   FAILED=0
 

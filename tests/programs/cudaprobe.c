@@ -36,6 +36,8 @@ typedef struct { size_t width, height; unsigned format, channels; } ArrayDesc;
 typedef struct { size_t width, height, depth; unsigned format, channels, flags; } Array3dDesc;
 typedef struct { unsigned long long total, free, used; } NvmlMemory;
 typedef struct { unsigned version; unsigned long long total, reserved, free, used; } NvmlMemoryV2;
+typedef struct { char bytes[16]; } CUuuid;
+typedef struct { char reserved[64]; } CUipcMemHandle;
 
 #define FUNCTIONS(X) \
   X(cuInit, CUresult, (unsigned)) \
@@ -77,7 +79,19 @@ typedef struct { unsigned version; unsigned long long total, reserved, free, use
   X(cuMemPoolDestroy, CUresult, (CUmemoryPool)) \
   X(cuMemPoolTrimTo, CUresult, (CUmemoryPool, size_t)) \
   X(cuMemPoolSetAttribute, CUresult, (CUmemoryPool, int, void *)) \
-  X(cuMemPoolGetAttribute, CUresult, (CUmemoryPool, int, void *))
+  X(cuMemPoolGetAttribute, CUresult, (CUmemoryPool, int, void *)) \
+  X(cuDeviceGetCount, CUresult, (int *)) \
+  X(cuDeviceGetUuid_v2, CUresult, (CUuuid *, CUdevice)) \
+  X(cuCtxGetDevice, CUresult, (CUdevice *)) \
+  X(cuCtxGetCurrent, CUresult, (CUcontext *)) \
+  X(cuDeviceCanAccessPeer, CUresult, (int *, CUdevice, CUdevice)) \
+  X(cuCtxEnablePeerAccess, CUresult, (CUcontext, unsigned)) \
+  X(cuMemcpyPeer, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t)) \
+  X(cuMemsetD32_v2, CUresult, (CUdeviceptr, unsigned, size_t)) \
+  X(cuMemcpyDtoH_v2, CUresult, (void *, CUdeviceptr, size_t)) \
+  X(cuIpcGetMemHandle, CUresult, (CUipcMemHandle *, CUdeviceptr)) \
+  X(cuIpcOpenMemHandle_v2, CUresult, (CUdeviceptr *, CUipcMemHandle, unsigned)) \
+  X(cuIpcCloseMemHandle, CUresult, (CUdeviceptr))
 
 #ifdef DIRECT
 #define DECLARE(name, ret, args) ret name args;
@@ -127,6 +141,26 @@ static CUmemoryPool pool_arg(void) {
   CALL(cuDeviceGetDefaultMemPool)(&pool, device);
   return pool;
 }
+
+/* IPC: the memory "ipc-open" opened last. */
+static CUdeviceptr opened;
+
+/* What IPC and peer copies write and check: the low half says who wrote it. */
+#define PATTERN 0x600df00du
+
+/* The UUID of a CUDA device as nvidia-smi prints it (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx). */
+static void uuid_text(CUdevice dev, char out[64]) {
+  CUuuid uuid;
+  memset(&uuid, 0, sizeof uuid);
+  if (CALL(cuDeviceGetUuid_v2)(&uuid, dev) != 0) { snprintf(out, 64, "?"); return; }
+  const unsigned char *b = (const unsigned char *)uuid.bytes;
+  snprintf(out, 64, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+           b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+           b[14], b[15]);
+}
+
+/* The last cuMemAlloc allocation still held (0: none). */
+static CUdeviceptr last_device_allocation(void);
 
 static void keep(char kind, uint64_t handle) {
   if (held_count < MAX_HELD) { held[held_count].kind = kind; held[held_count].handle = handle; held_count++; }
@@ -268,6 +302,12 @@ static CUresult grant_access(CUdeviceptr ptr, size_t bytes) {
   return CALL(cuMemSetAccess)(ptr, bytes, &access, 1);
 }
 
+static CUdeviceptr last_device_allocation(void) {
+  for (int i = held_count - 1; i >= 0; i--)
+    if (held[i].kind == 'd') return held[i].handle;
+  return 0;
+}
+
 static void free_all(void) {
   for (int i = 0; i < held_count; i++) {
     switch (held[i].kind) {
@@ -303,11 +343,15 @@ int main(int argc, char **argv) {
   }
   const char *ordinal = getenv("PROBE_DEVICE");
   CALL(cuDeviceGet)(&device, ordinal ? atoi(ordinal) : 0);
-  CUcontext ctx;
-  rc = CALL(cuDevicePrimaryCtxRetain)(&ctx, device);
-  printf("context rc=%d\n", rc);
-  if (rc != 0) return 0;
-  CALL(cuCtxSetCurrent)(ctx);
+  CUcontext ctx = NULL;
+  /* PROBE_NO_CONTEXT=1: no context at all, for NVML-only commands that must not take GPU
+   * memory themselves (a watcher's view from outside). */
+  if (!getenv("PROBE_NO_CONTEXT")) {
+    rc = CALL(cuDevicePrimaryCtxRetain)(&ctx, device);
+    printf("context rc=%d\n", rc);
+    if (rc != 0) return 0;
+    CALL(cuCtxSetCurrent)(ctx);
+  }
 
   while (arg < argc) {
     const char *cmd = argv[arg++];
@@ -607,6 +651,147 @@ int main(int argc, char **argv) {
       int r1 = info(nvml_device, &m), r2 = info2(nvml_device, &m2);
       printf("nvml rc=%d total=%llu free=%llu used=%llu\n", r1, m.total, m.free, m.used);
       printf("nvml_v2 rc=%d total=%llu reserved=%llu free=%llu used=%llu\n", r2, m2.total, m2.reserved, m2.free, m2.used);
+    } else if (!strcmp(cmd, "pid")) {
+      printf("pid pid=%d\n", (int)getpid());
+    } else if (!strcmp(cmd, "where")) {
+      /* The current context's device: its CUDA ordinal and its UUID. */
+      CUdevice current = -1;
+      char uuid[64];
+      rc = CALL(cuCtxGetDevice)(&current);
+      uuid_text(current, uuid);
+      printf("where rc=%d ordinal=%d uuid=%s\n", rc, current, uuid);
+    } else if (!strcmp(cmd, "devices")) {
+      /* What CUDA enumerates, in ordinal order. */
+      int count = 0;
+      rc = CALL(cuDeviceGetCount)(&count);
+      printf("devices rc=%d count=%d", rc, count);
+      for (int i = 0; i < count; i++) {
+        char uuid[64];
+        uuid_text(i, uuid);
+        printf(" %d=%s", i, uuid);
+      }
+      printf("\n");
+    } else if (!strcmp(cmd, "nvml-index") || !strcmp(cmd, "nvml-same")) {
+      /* NVML's memory view of the GPU with NVML index I ("nvml-index I"), or of the current
+       * context's GPU, found by its UUID ("nvml-same"), with the UUID NVML gives it. */
+      void *nvml_device = NULL;
+      int found;
+      if (!strcmp(cmd, "nvml-index")) {
+        int (*by_index)(unsigned, void **) = (int (*)(unsigned, void **))nvml_symbol("nvmlDeviceGetHandleByIndex_v2");
+        found = by_index((unsigned)atoi(NEXT()), &nvml_device);
+      } else {
+        CUdevice current = -1;
+        char uuid[64];
+        CALL(cuCtxGetDevice)(&current);
+        uuid_text(current, uuid);
+        int (*by_uuid)(const char *, void **) = (int (*)(const char *, void **))nvml_symbol("nvmlDeviceGetHandleByUUID");
+        found = by_uuid(uuid, &nvml_device);
+      }
+      int (*info)(void *, NvmlMemory *) = (int (*)(void *, NvmlMemory *))nvml_symbol("nvmlDeviceGetMemoryInfo");
+      int (*get_uuid)(void *, char *, unsigned) = (int (*)(void *, char *, unsigned))nvml_symbol("nvmlDeviceGetUUID");
+      int (*get_index)(void *, unsigned *) = (int (*)(void *, unsigned *))nvml_symbol("nvmlDeviceGetIndex");
+      NvmlMemory m = {0};
+      char uuid[96] = "?";
+      unsigned index = 0;
+      int r = found == 0 ? info(nvml_device, &m) : found;
+      if (found == 0) { get_uuid(nvml_device, uuid, sizeof uuid); get_index(nvml_device, &index); }
+      printf("%s rc=%d index=%u uuid=%s total=%llu free=%llu used=%llu\n", cmd, r, index, uuid,
+             m.total, m.free, m.used);
+    } else if (!strcmp(cmd, "nvml-procs")) {
+      /* The processes NVML lists on the GPU with NVML index I, with the memory of each:
+       * `pids=PID:BYTES,...`. */
+      unsigned index = (unsigned)atoi(NEXT());
+      void *nvml_device = NULL;
+      int (*by_index)(unsigned, void **) = (int (*)(unsigned, void **))nvml_symbol("nvmlDeviceGetHandleByIndex_v2");
+      typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } ProcessInfo;
+      int (*list)(void *, unsigned *, ProcessInfo *) = (int (*)(void *, unsigned *, ProcessInfo *))nvml_symbol("nvmlDeviceGetComputeRunningProcesses_v3");
+      static ProcessInfo procs[256];
+      unsigned count = 256;
+      int r = by_index(index, &nvml_device);
+      if (r == 0) r = list(nvml_device, &count, procs);
+      if (r != 0) count = 0;
+      printf("nvml-procs rc=%d index=%u count=%u pids=", r, index, count);
+      for (unsigned i = 0; i < count; i++) printf("%s%u:%llu", i ? "," : "", procs[i].pid, procs[i].used);
+      printf("\n");
+    } else if (!strcmp(cmd, "peer-copy")) {
+      /* Peer-to-peer from the current GPU to ordinal ORD: peer access enabled (twice: the
+       * second must say it already is), BYTES allocated on each GPU (kept, each charged to its
+       * own), the pattern written here, cuMemcpyPeer to the other, read back there. */
+      int ordinal = atoi(NEXT());
+      size_t bytes = quantity(NEXT());
+      CUcontext here = NULL, there = NULL;
+      CUdevice peer = -1;
+      int can = -1;
+      CUdeviceptr src = 0, dst = 0;
+      CALL(cuCtxGetCurrent)(&here);
+      rc = CALL(cuDeviceGet)(&peer, ordinal);
+      if (rc == 0) rc = CALL(cuDeviceCanAccessPeer)(&can, device, peer);
+      if (rc == 0) rc = CALL(cuDevicePrimaryCtxRetain)(&there, peer);
+      int enable = rc == 0 ? CALL(cuCtxEnablePeerAccess)(there, 0) : -1;
+      int again = rc == 0 ? CALL(cuCtxEnablePeerAccess)(there, 0) : -1;
+      int src_rc = CALL(cuMemAlloc_v2)(&src, bytes);
+      if (src_rc == 0) keep('d', src);
+      CALL(cuCtxSetCurrent)(there);
+      int dst_rc = CALL(cuMemAlloc_v2)(&dst, bytes);
+      if (dst_rc == 0) keep('d', dst);
+      CALL(cuCtxSetCurrent)(here);
+      int copy = -1, match = 0;
+      if (src_rc == 0 && dst_rc == 0) {
+        CALL(cuMemsetD32_v2)(src, PATTERN, bytes / 4);
+        copy = CALL(cuMemcpyPeer)(dst, there, src, here, bytes);
+        unsigned first = 0, last = 0;
+        CALL(cuCtxSetCurrent)(there);
+        CALL(cuMemcpyDtoH_v2)(&first, dst, 4);
+        CALL(cuMemcpyDtoH_v2)(&last, dst + bytes - 4, 4);
+        CALL(cuCtxSetCurrent)(here);
+        match = first == PATTERN && last == PATTERN;
+      }
+      printf("peer-copy rc=%d can=%d enable=%d again=%d src=%d dst=%d copy=%d match=%d\n", rc, can,
+             enable, again, src_rc, dst_rc, copy, match);
+    } else if (!strcmp(cmd, "ipc-export")) {
+      /* The last cuMemAlloc allocation, filled with the pattern, exported: its handle written
+       * to FILE (whole, by a rename). */
+      const char *path = NEXT();
+      CUdeviceptr p = last_device_allocation();
+      CUipcMemHandle handle, again;
+      memset(&handle, 0, sizeof handle);
+      memset(&again, 0, sizeof again);
+      CALL(cuMemsetD32_v2)(p, PATTERN, 1024);
+      rc = CALL(cuIpcGetMemHandle)(&handle, p);
+      int same = CALL(cuIpcGetMemHandle)(&again, p) == 0 && !memcmp(&handle, &again, sizeof handle);
+      if (rc == 0) {
+        char partial[4200];
+        snprintf(partial, sizeof partial, "%s.partial", path);
+        FILE *file = fopen(partial, "wb");
+        if (!file || fwrite(&handle, sizeof handle, 1, file) != 1 || fclose(file) != 0 ||
+            rename(partial, path) != 0) {
+          fprintf(stderr, "cannot write %s\n", path); return 2;
+        }
+      }
+      printf("ipc-export rc=%d same=%d\n", rc, same);
+    } else if (!strcmp(cmd, "ipc-open") || !strcmp(cmd, "ipc-open-self")) {
+      /* Opens the handle in FILE (waiting for it to appear) and reads the first word there;
+       * "ipc-open-self" opens the handle of this process's own last export. */
+      CUipcMemHandle handle;
+      memset(&handle, 0, sizeof handle);
+      if (!strcmp(cmd, "ipc-open")) {
+        const char *path = NEXT();
+        while (access(path, F_OK) != 0) usleep(1000);
+        FILE *file = fopen(path, "rb");
+        if (!file || fread(&handle, sizeof handle, 1, file) != 1) { fprintf(stderr, "cannot read %s\n", path); return 2; }
+        fclose(file);
+      } else {
+        CALL(cuIpcGetMemHandle)(&handle, last_device_allocation());
+      }
+      CUdeviceptr p = 0;
+      rc = CALL(cuIpcOpenMemHandle_v2)(&p, handle, 1 /* LAZY_ENABLE_PEER_ACCESS */);
+      unsigned value = 0;
+      int same = rc == 0 && opened != 0 && p == opened;
+      if (rc == 0) { CALL(cuMemcpyDtoH_v2)(&value, p, 4); opened = p; }
+      printf("%s rc=%d value=%u pattern=%d same=%d\n", cmd, rc, value, value == PATTERN, same);
+    } else if (!strcmp(cmd, "ipc-close")) {
+      rc = CALL(cuIpcCloseMemHandle)(opened);
+      printf("ipc-close rc=%d\n", rc);
     } else if (!strcmp(cmd, "stress-async")) {
       int threads = atoi(NEXT());
       long iterations = atol(NEXT());

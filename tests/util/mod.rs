@@ -473,3 +473,37 @@ pub fn device_used(node: &Node, index: usize) -> u64 {
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     u64::from_ne_bytes(bytes[16..24].try_into().expect("state file header"))
 }
+
+/// The UUID of the node's simulated GPU with physical index `index` (its place in
+/// `FAKECUDA_DEVICES`, its NVML index), as NVML prints it.
+pub fn gpu_uuid(index: usize) -> String {
+    format!("GPU-fa4ec0da-0000-4000-8000-{index:012x}")
+}
+
+/// What a tenant holds on the GPU with `uuid`, according to the ledger, counting only live
+/// processes (0 where the tenant never used that GPU).
+pub fn tenant_usage_on(node: &Node, tenant: &str, uuid: &str) -> u64 {
+    let ledger = node.ledger();
+    let name = gpuslice_ledger::TenantName::new(tenant).expect("tenant name");
+    let usage = ledger.snapshot_usage(&name).expect("usage snapshot");
+    let uuid = gpuslice_ledger::GpuUuid::parse(uuid).expect("GPU UUID");
+    let Some(gpu) = usage.gpu_index(&uuid) else {
+        return 0;
+    };
+    usage
+        .slots()
+        .iter()
+        .filter(|slot| slot.live)
+        .flat_map(|slot| slot.memory_bytes.iter())
+        .filter(|(index, _)| *index == gpu)
+        .map(|(_, bytes)| *bytes)
+        .sum()
+}
+
+/// The text `key=value` field of a line.
+pub fn text_field<'a>(line: &'a str, key: &str) -> &'a str {
+    let wanted = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(wanted.as_str()))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}

@@ -50,12 +50,17 @@ pub const CUDA_ERROR_INVALID_VALUE: CUresult = 1;
 pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
 /// `CUDA_ERROR_NOT_INITIALIZED`.
 pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
+/// `CUDA_ERROR_NO_DEVICE`: no device is visible (`CUDA_VISIBLE_DEVICES` lists none).
+pub const CUDA_ERROR_NO_DEVICE: CUresult = 100;
 /// `CUDA_ERROR_INVALID_DEVICE`.
 pub const CUDA_ERROR_INVALID_DEVICE: CUresult = 101;
 /// `CUDA_ERROR_INVALID_IMAGE`.
 pub const CUDA_ERROR_INVALID_IMAGE: CUresult = 200;
 /// `CUDA_ERROR_INVALID_CONTEXT`.
 pub const CUDA_ERROR_INVALID_CONTEXT: CUresult = 201;
+/// `CUDA_ERROR_MAP_FAILED`: an IPC handle whose memory cannot be mapped (freed, or its
+/// exporter gone).
+pub const CUDA_ERROR_MAP_FAILED: CUresult = 205;
 /// `CUDA_ERROR_INVALID_PTX`.
 pub const CUDA_ERROR_INVALID_PTX: CUresult = 218;
 /// `CUDA_ERROR_FILE_NOT_FOUND`.
@@ -72,6 +77,10 @@ pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
 pub const CUDA_ERROR_NOT_READY: CUresult = 600;
 /// `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`.
 pub const CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: CUresult = 701;
+/// `CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED`.
+pub const CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED: CUresult = 704;
+/// `CUDA_ERROR_PEER_ACCESS_NOT_ENABLED`.
+pub const CUDA_ERROR_PEER_ACCESS_NOT_ENABLED: CUresult = 705;
 /// `CUDA_ERROR_NOT_SUPPORTED`.
 pub const CUDA_ERROR_NOT_SUPPORTED: CUresult = 801;
 /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`.
@@ -322,6 +331,18 @@ pub struct NvmlProcessInfoV1 {
     pub used_gpu_memory: u64,
 }
 
+/// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`: the one flag `cuIpcOpenMemHandle` takes.
+pub const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS: u32 = 0x1;
+
+/// `CUipcMemHandle`: an opaque 64-byte handle to another process's device allocation,
+/// passed by value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CUipcMemHandle {
+    /// The driver's bytes (`CU_IPC_HANDLE_SIZE` of them).
+    pub reserved: [u8; 64],
+}
+
 /// `nvmlEventData_t`, filled by `nvmlEventSetWait_v2`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,6 +361,7 @@ pub struct NvmlEventData {
 
 // The layouts of cuda.h and nvml.h (CUDA 13, LP64), checked where they are declared.
 const _: () = {
+    assert!(size_of::<CUipcMemHandle>() == 64);
     assert!(size_of::<CUuuid>() == 16);
     assert!(size_of::<CUmemLocation>() == 8);
     assert!(size_of::<CUmemAllocationProp>() == 32);

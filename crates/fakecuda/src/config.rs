@@ -19,6 +19,9 @@ pub const ENV_MODULE_FOOTPRINT: &str = "FAKECUDA_MODULE_FOOTPRINT";
 pub const ENV_TIMESLICE: &str = "FAKECUDA_TIMESLICE";
 /// Percent of the device's time lost to switching while it time-slices between processes.
 pub const ENV_SWITCH_LOSS: &str = "FAKECUDA_SWITCH_LOSS";
+/// Which devices CUDA enumerates, in which order (NVML ignores it), as the real driver reads
+/// it.
+pub const ENV_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 /// The most `FAKECUDA_SWITCH_LOSS` may be: some of the time must still go to work.
 pub const MAX_SWITCH_LOSS: u32 = 90;
 
@@ -32,8 +35,12 @@ pub const DEFAULT_CONTEXT_FOOTPRINT: u64 = 64 << 20;
 /// The configuration of the simulated machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Memory capacity of each device, in bytes; the index is the device ordinal.
+    /// Memory capacity of each device, in bytes; the index is the physical device's (its
+    /// NVML index).
     pub devices: Vec<u64>,
+    /// The physical devices CUDA enumerates, in CUDA ordinal order (`CUDA_VISIBLE_DEVICES`;
+    /// all of them, in order, when it is unset).
+    pub visible: Vec<usize>,
     /// Directory holding the shared per-device state files.
     pub state_dir: PathBuf,
     /// Bytes of device memory each live context takes.
@@ -101,6 +108,11 @@ impl Config {
             })?,
         };
 
+        let visible = match text(ENV_VISIBLE_DEVICES)? {
+            None => (0..devices.len()).collect(),
+            Some(value) => visible_devices(&value, devices.len()),
+        };
+
         let quantity = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
             match text(var)? {
                 None => Ok(default),
@@ -153,6 +165,7 @@ impl Config {
 
         Ok(Config {
             devices,
+            visible,
             state_dir,
             context_footprint,
             module_footprint,
@@ -177,6 +190,41 @@ fn parse_devices(value: &str) -> Option<Vec<u64>> {
     (1..=MAX_DEVICES)
         .contains(&devices.len())
         .then_some(devices)
+}
+
+/// The physical devices `CUDA_VISIBLE_DEVICES` makes visible to CUDA, in its order, out of
+/// `count`, as the real driver reads the variable: a comma-separated list of indices (the
+/// physical order, which NVML's is too) or UUIDs as nvidia-smi prints them (`GPU-` and
+/// enough of the UUID's beginning to name one device). Enumeration stops at the first entry
+/// that names no device (`0,7,1` on two devices is `0`), so an empty value or a first entry
+/// that names none leaves no device. The simulator also stops at an entry naming a device
+/// listed already, and at `MIG-` entries (no MIG here). Never an error: the driver does not
+/// refuse the variable, it only sees fewer devices.
+pub fn visible_devices(value: &str, count: usize) -> Vec<usize> {
+    let mut visible = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        let device = if !entry.is_empty() && entry.bytes().all(|b| b.is_ascii_digit()) {
+            entry.parse::<usize>().ok().filter(|&i| i < count)
+        } else if entry.len() > 4 && entry.starts_with("GPU-") {
+            let prefix = entry.to_ascii_lowercase();
+            let mut matching = (0..count).filter(|&i| {
+                crate::device::uuid_string_of(i)
+                    .to_ascii_lowercase()
+                    .starts_with(&prefix)
+            });
+            match (matching.next(), matching.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match device {
+            Some(device) if !visible.contains(&device) => visible.push(device),
+            _ => break,
+        }
+    }
+    visible
 }
 
 /// A byte quantity in gpuslice's one grammar (`gpuslice_ledger::parse_quantity`); blanks
@@ -245,6 +293,44 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/x/y"));
         assert_eq!(c.context_footprint, 0);
         assert_eq!(c.module_footprint, 32 << 20);
+    }
+
+    #[test]
+    fn visible_devices_reorder_and_subset_by_index_or_uuid() {
+        assert_eq!(visible_devices("1,0", 2), [1, 0]);
+        assert_eq!(visible_devices("1", 2), [1]);
+        assert_eq!(visible_devices(" 2 , 0", 3), [2, 0]);
+        assert_eq!(
+            visible_devices("GPU-fa4ec0da-0000-4000-8000-000000000001,0", 2),
+            [1, 0]
+        );
+        // Enough of the beginning to name one device, in either case.
+        assert_eq!(
+            visible_devices("GPU-FA4EC0DA-0000-4000-8000-000000000002", 3),
+            [2]
+        );
+        // The first entry that names no device ends the list.
+        assert_eq!(visible_devices("0,7,1", 2), [0]);
+        assert_eq!(visible_devices("1,-1,0", 2), [1]);
+        assert_eq!(visible_devices("1,0,1", 2), [1, 0]);
+        assert_eq!(
+            visible_devices("0,GPU-fa4ec0da", 2),
+            [0],
+            "a prefix naming two"
+        );
+        assert_eq!(visible_devices("0,GPU-", 2), [0]);
+        assert_eq!(visible_devices("MIG-1,0", 2), [] as [usize; 0]);
+        assert_eq!(visible_devices("", 2), [] as [usize; 0]);
+        assert_eq!(visible_devices("2", 2), [] as [usize; 0]);
+
+        let two = |visible: Option<&str>| {
+            let mut vars = vec![(ENV_DEVICES, "1Gi,2Gi")];
+            vars.extend(visible.map(|v| (ENV_VISIBLE_DEVICES, v)));
+            config(&vars).unwrap().visible
+        };
+        assert_eq!(two(None), [0, 1], "unset: every device, in order");
+        assert_eq!(two(Some("1,0")), [1, 0]);
+        assert_eq!(two(Some("")), [] as [usize; 0]);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Context {
     streams: Mutex<Vec<Arc<Stream>>>,
     limits: Mutex<BTreeMap<u32, usize>>,
     cache_config: AtomicU32,
+    /// Handles of the contexts whose memory this one may access (`cuCtxEnablePeerAccess`).
+    peers: Mutex<Vec<usize>>,
 }
 
 /// The primary context of a device: a fixed handle, a reference count and flags.
@@ -108,6 +110,7 @@ impl Context {
             streams: Mutex::new(Vec::new()),
             limits: Mutex::new(BTreeMap::new()),
             cache_config: AtomicU32::new(0),
+            peers: Mutex::new(Vec::new()),
         });
         CONTEXTS.insert_at(handle, Arc::clone(&ctx));
         Ok(ctx)
@@ -222,6 +225,34 @@ impl Context {
     /// `cuCtxSetCacheConfig`.
     pub fn set_cache_config(&self, config: u32) {
         self.cache_config.store(config, Ordering::Relaxed);
+    }
+
+    /// `cuCtxEnablePeerAccess` from this context to `peer`'s memory: only a context of
+    /// another device (`CUDA_ERROR_INVALID_DEVICE` for one of the same, as
+    /// `cuDeviceCanAccessPeer` says), once (`CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED`). Only
+    /// recorded: the simulated devices share the host's address space, so copies between
+    /// them work with or without it.
+    pub fn enable_peer_access(&self, peer: &Context) -> CuResult {
+        if std::ptr::eq(self.device, peer.device) {
+            return Err(CuError::InvalidDevice);
+        }
+        let mut peers = self.peers.lock();
+        if peers.contains(&peer.handle) {
+            return Err(CuError::PeerAccessAlreadyEnabled);
+        }
+        peers.push(peer.handle);
+        Ok(())
+    }
+
+    /// `cuCtxDisablePeerAccess`: `CUDA_ERROR_PEER_ACCESS_NOT_ENABLED` unless enabled.
+    pub fn disable_peer_access(&self, peer: usize) -> CuResult {
+        let mut peers = self.peers.lock();
+        let before = peers.len();
+        peers.retain(|&p| p != peer);
+        if peers.len() == before {
+            return Err(CuError::PeerAccessNotEnabled);
+        }
+        Ok(())
     }
 }
 

@@ -19,11 +19,37 @@ pub const NAME: &CStr = c"gpuslice simulated GPU";
 /// Compute capability (major, minor): an H100's.
 pub const COMPUTE_CAPABILITY: (i32, i32) = (9, 0);
 
+/// The UUID of physical device `index`: `fa 4e c0 da 00 00 40 00 80 00 00 00 00 00 00
+/// <index>`.
+pub fn uuid_of(index: usize) -> [u8; 16] {
+    let mut uuid = [
+        0xfa, 0x4e, 0xc0, 0xda, 0x00, 0x00, 0x40, 0x00, 0x80, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    uuid[15] = u8::try_from(index).unwrap_or(u8::MAX);
+    uuid
+}
+
+/// The UUID of physical device `index` as NVML and nvidia-smi print it:
+/// `GPU-fa4ec0da-0000-4000-8000-00000000000<index>`.
+pub fn uuid_string_of(index: usize) -> String {
+    let mut s = String::from("GPU-");
+    for (i, byte) in uuid_of(index).iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        let _ = write!(s, "{byte:02x}");
+    }
+    s
+}
+
 /// One simulated device of this process's driver.
 #[derive(Debug)]
 pub struct Device {
-    /// The device ordinal.
+    /// The physical device's index: its place in `FAKECUDA_DEVICES`, its NVML index, the
+    /// last byte of its UUID and the name of its state file.
     pub index: usize,
+    /// Its CUDA ordinal in this process (`None`: hidden by `CUDA_VISIBLE_DEVICES`).
+    pub ordinal: Option<usize>,
     /// Memory capacity in bytes.
     pub capacity: u64,
     /// Device memory each live context takes.
@@ -125,6 +151,7 @@ impl Device {
         let default_pool = pool::create_default(index);
         Ok(Device {
             index,
+            ordinal: Some(index),
             capacity,
             context_footprint,
             module_footprint,
@@ -139,23 +166,21 @@ impl Device {
 
     /// The device's UUID: `fa 4e c0 da 00 00 40 00 80 00 00 00 00 00 00 <index>`.
     pub fn uuid(&self) -> [u8; 16] {
-        let mut uuid = [
-            0xfa, 0x4e, 0xc0, 0xda, 0x00, 0x00, 0x40, 0x00, 0x80, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        uuid[15] = u8::try_from(self.index).unwrap_or(u8::MAX);
-        uuid
+        uuid_of(self.index)
     }
 
     /// The UUID as NVML and nvidia-smi print it: `GPU-fa4ec0da-0000-4000-8000-00000000000<i>`.
     pub fn uuid_string(&self) -> String {
-        let mut s = String::from("GPU-");
-        for (i, byte) in self.uuid().iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                s.push('-');
-            }
-            let _ = write!(s, "{byte:02x}");
-        }
-        s
+        uuid_string_of(self.index)
+    }
+
+    /// The device's CUDA ordinal in this process: its place in `CUDA_VISIBLE_DEVICES`, or
+    /// `CUDA_ERROR_INVALID_DEVICE` if the variable hides it (no CUDA call can reach a
+    /// hidden device, but NVML still lists it).
+    pub fn ordinal(&self) -> CuResult<i32> {
+        self.ordinal
+            .and_then(|o| i32::try_from(o).ok())
+            .ok_or(CuError::InvalidDevice)
     }
 
     /// Reserves `bytes` of device memory, first reclaiming dead processes' memory if the

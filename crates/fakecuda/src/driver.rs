@@ -13,7 +13,8 @@ use crate::error::{CuError, CuResult};
 pub struct Driver {
     /// The configuration read at initialization.
     pub config: Config,
-    /// The devices, by ordinal.
+    /// Every device, by physical index (NVML's order, which `CUDA_VISIBLE_DEVICES` does
+    /// not change).
     pub devices: Vec<Device>,
     pid: u32,
 }
@@ -46,7 +47,7 @@ impl Driver {
                 format!("{}: {e}", config.state_dir.display()),
             ))
         })?;
-        let devices = config
+        let mut devices = config
             .devices
             .iter()
             .enumerate()
@@ -66,6 +67,9 @@ impl Driver {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(system)?;
+        for device in &mut devices {
+            device.ordinal = config.visible.iter().position(|&p| p == device.index);
+        }
         Ok(Driver {
             config,
             devices,
@@ -90,11 +94,15 @@ pub fn load() -> Result<&'static Driver, InitError> {
     DRIVER.get_or_init(Driver::start).as_ref().map_err(|e| *e)
 }
 
-/// `cuInit`. In a child forked after the parent initialized CUDA, it fails as on a real GPU.
+/// `cuInit`. In a child forked after the parent initialized CUDA, it fails as on a real GPU;
+/// where `CUDA_VISIBLE_DEVICES` leaves no device, it is `CUDA_ERROR_NO_DEVICE`.
 pub fn cu_init() -> CuResult {
     let driver = load().map_err(InitError::cu_error)?;
     if driver.pid != std::process::id() {
         return Err(CuError::NotInitialized);
+    }
+    if driver.config.visible.is_empty() {
+        return Err(CuError::NoDevice);
     }
     CUDA_INITIALIZED.store(true, Ordering::Release);
     Ok(())
@@ -111,18 +119,25 @@ pub fn get() -> CuResult<&'static Driver> {
     }
 }
 
-/// The device with `ordinal`.
+/// The device with CUDA ordinal `ordinal`: the `ordinal`-th of `CUDA_VISIBLE_DEVICES`.
 pub fn device(ordinal: i32) -> CuResult<&'static Device> {
     let driver = get()?;
     usize::try_from(ordinal)
         .ok()
-        .and_then(|i| driver.devices.get(i))
+        .and_then(|i| driver.config.visible.get(i))
+        .and_then(|&physical| driver.devices.get(physical))
         .ok_or(CuError::InvalidDevice)
+}
+
+/// How many devices CUDA enumerates (`cuDeviceGetCount`).
+pub fn visible_count() -> CuResult<usize> {
+    Ok(get()?.config.visible.len())
 }
 
 /// Gives back all device memory this process holds. Runs when the library is unloaded or
 /// the process exits normally; a killed process's memory is reclaimed by the others.
 extern "C" fn release_at_exit() {
+    crate::ipc::forget_exports();
     if let Some(Ok(driver)) = DRIVER.get() {
         for device in &driver.devices {
             device.release_all();

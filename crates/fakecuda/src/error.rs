@@ -18,6 +18,8 @@ pub enum CuError {
     OutOfMemory = cuda::CUDA_ERROR_OUT_OF_MEMORY,
     /// `CUDA_ERROR_NOT_INITIALIZED`: `cuInit` was not called (or was called in the parent of a fork).
     NotInitialized = cuda::CUDA_ERROR_NOT_INITIALIZED,
+    /// `CUDA_ERROR_NO_DEVICE`: `CUDA_VISIBLE_DEVICES` leaves no device visible.
+    NoDevice = cuda::CUDA_ERROR_NO_DEVICE,
     /// `CUDA_ERROR_INVALID_DEVICE`: no device with that ordinal.
     InvalidDevice = cuda::CUDA_ERROR_INVALID_DEVICE,
     /// `CUDA_ERROR_INVALID_IMAGE`: a module image that is not PTX text (a cubin, a fatbinary,
@@ -25,6 +27,9 @@ pub enum CuError {
     InvalidImage = cuda::CUDA_ERROR_INVALID_IMAGE,
     /// `CUDA_ERROR_INVALID_CONTEXT`: no current context, or a destroyed one.
     InvalidContext = cuda::CUDA_ERROR_INVALID_CONTEXT,
+    /// `CUDA_ERROR_MAP_FAILED`: an IPC handle whose memory is gone (freed, or its exporter
+    /// exited).
+    MapFailed = cuda::CUDA_ERROR_MAP_FAILED,
     /// `CUDA_ERROR_INVALID_PTX`: PTX text without `.target`.
     InvalidPtx = cuda::CUDA_ERROR_INVALID_PTX,
     /// `CUDA_ERROR_FILE_NOT_FOUND`: `cuModuleLoad` of a missing file.
@@ -40,6 +45,10 @@ pub enum CuError {
     NotFound = cuda::CUDA_ERROR_NOT_FOUND,
     /// `CUDA_ERROR_NOT_READY`: queued work has not finished yet.
     NotReady = cuda::CUDA_ERROR_NOT_READY,
+    /// `CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED`.
+    PeerAccessAlreadyEnabled = cuda::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED,
+    /// `CUDA_ERROR_PEER_ACCESS_NOT_ENABLED`.
+    PeerAccessNotEnabled = cuda::CUDA_ERROR_PEER_ACCESS_NOT_ENABLED,
     /// `CUDA_ERROR_NOT_SUPPORTED`: a call the simulator does not implement.
     NotSupported = cuda::CUDA_ERROR_NOT_SUPPORTED,
     /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`: a call not permitted while a stream captures
@@ -211,8 +220,12 @@ mod tests {
             CuError::InvalidValue,
             CuError::OutOfMemory,
             CuError::NotInitialized,
+            CuError::NoDevice,
             CuError::InvalidDevice,
             CuError::InvalidImage,
+            CuError::MapFailed,
+            CuError::PeerAccessAlreadyEnabled,
+            CuError::PeerAccessNotEnabled,
             CuError::InvalidContext,
             CuError::InvalidPtx,
             CuError::FileNotFound,

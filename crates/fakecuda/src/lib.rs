@@ -15,7 +15,28 @@
 //! - **Devices** with a memory capacity each, UUID
 //!   `GPU-fa4ec0da-0000-4000-8000-00000000000<i>`, name "gpuslice simulated GPU", compute
 //!   capability 9.0 and H100-like attributes (`MEMORY_POOLS_SUPPORTED` = 1; attributes it
-//!   does not model read 0).
+//!   does not model read 0). `<i>` is the device's physical index: its place in
+//!   `FAKECUDA_DEVICES`, its NVML index, its PCI bus id (`0x18 + i`) and its state file.
+//! - **`CUDA_VISIBLE_DEVICES`** as the real driver reads it (see `config::visible_devices`):
+//!   CUDA enumerates only the listed devices, in the listed order (indices, or UUIDs and
+//!   unique prefixes of them, `GPU-…`), so CUDA ordinal 0 under `CUDA_VISIBLE_DEVICES=1,0`
+//!   is physical device 1: `cuDeviceGet`, `cuDeviceGetCount`, `cuCtxGetDevice`, the
+//!   pointer attribute `DEVICE_ORDINAL` and every location id speak ordinals, while
+//!   `cuDeviceGetUuid` names the physical device. The first entry that names no device ends
+//!   the list; none visible makes `cuInit` return `CUDA_ERROR_NO_DEVICE`. NVML ignores the
+//!   variable, as the real one does: its indices and handles are the physical devices'.
+//! - **Peer access**: every two devices are peers (`cuDeviceCanAccessPeer` is 1, 0 for a
+//!   device and itself); `cuCtxEnablePeerAccess` / `cuCtxDisablePeerAccess` are recorded
+//!   per context with the driver's errors (`CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED`,
+//!   `_NOT_ENABLED`, `CUDA_ERROR_INVALID_DEVICE` for the same device); `cuMemcpyPeer[Async]`
+//!   copies whether or not it is enabled, as the real one does.
+//! - **IPC handles** between processes of one state directory (see `ipc`):
+//!   `cuIpcGetMemHandle` of a `cuMemAlloc` allocation moves its backing into a file of the
+//!   state directory (same address, same contents), `cuIpcOpenMemHandle[_v2]` maps that
+//!   file in another process (both see each other's writes; the same handle opened twice
+//!   gives the same address), `cuIpcCloseMemHandle` unmaps it after as many closes. The
+//!   memory stays charged to its owner's device and process only: opening takes nothing
+//!   and is not in the opener's NVML figure.
 //! - **Memory shared between processes**: every process using the same state directory
 //!   sees the same devices and shares their capacity, counted in a per-device state file
 //!   (see `ledger`). An allocation that would pass the capacity fails with
@@ -90,7 +111,10 @@
 //! Read once, at the first `cuInit` or `nvmlInit`:
 //!
 //! - `FAKECUDA_DEVICES`: comma-separated capacities as byte quantities (`80Gi`, `512Mi`,
-//!   `8G`, `1073741824`), one per device; default one device of `80Gi`. Quantities here and
+//!   `8G`, `1073741824`), one per device; default one device of `80Gi`. Devices may differ
+//!   (`80Gi,40Gi`).
+//! - `CUDA_VISIBLE_DEVICES`: which devices CUDA enumerates, in which order (above); unset,
+//!   all of them in order. Never an error, as on a real GPU. Quantities here and
 //!   in the footprints are gpuslice's (`gpuslice_ledger::parse_quantity`), blanks around
 //!   each allowed.
 //! - `FAKECUDA_STATE_DIR`: directory of the shared state files, created if missing; default
@@ -143,15 +167,28 @@
 //! the latest version, with and without the per-thread flag) and the edge cases pinned in
 //! `tests/processes.rs` (including NVML's process lists: sizes, NULL arguments, the v1
 //! stride, instance ids, killed processes) were compared with driver 580 (CUDA 13.0) on an
-//! H100 with the same C probe (the capture and graph entries since, which follow CUDA 13's
-//! `cudaTypedefs.h` and its documented return codes, were not). The real context footprint
+//! H100 with the same C probe (the capture and graph entries since, and the peer and IPC
+//! entries, which follow CUDA 13's `cudaTypedefs.h` and its documented return codes, were
+//! not; `CUDA_VISIBLE_DEVICES` follows the CUDA programming guide's description). The real context footprint
 //! there is about 518 MiB per process as NVML counts it; the default
 //! `FAKECUDA_CONTEXT_FOOTPRINT` is smaller. Not simulated: graphs other than captured
 //! kernels (nodes added by hand, copies or host functions in a graph, updates, capture
 //! into an existing graph, several streams joined into one capture), cubins and
-//! fatbinaries, array copies, 2D/3D copies, IPC, stream priorities, pre-3.2 (32-bit) entry
-//! points; a child forked after `cuInit` gets `CUDA_ERROR_NOT_INITIALIZED`, as on a real
-//! GPU.
+//! fatbinaries, array copies, 2D/3D copies, stream priorities, pre-3.2 (32-bit) entry
+//! points; IPC event handles and pool exports (`cuIpcGetEventHandle`,
+//! `cuMemPoolExportPointer`), pointer attributes of memory opened through IPC, peer access
+//! as a condition of kernels touching another device's memory (kernels touch no memory
+//! here), `CUDA_DEVICE_ORDER` (the simulated devices are alike, so fastest-first and PCI
+//! order agree), MIG; what a real driver does when an exporter frees memory another
+//! process still has open (undefined in CUDA's documentation; here the owner's charge goes
+//! and the opener's mapping stays), and whether a real NVML counts opened memory in the
+//! opener's per-process figure (`scripts/gpu-check.sh --multi` records it). A child forked
+//! after `cuInit` gets `CUDA_ERROR_NOT_INITIALIZED`, as on a real GPU. The choices the
+//! simulator makes where the driver's behaviour was not observed: an entry of
+//! `CUDA_VISIBLE_DEVICES` naming a device listed already ends the list;
+//! `cuIpcOpenMemHandle` of a handle the process exported itself is
+//! `CUDA_ERROR_INVALID_CONTEXT`, of memory freed (or of an exporter gone)
+//! `CUDA_ERROR_MAP_FAILED`.
 
 #![deny(missing_docs)]
 
@@ -166,6 +203,7 @@ pub mod exports;
 pub mod faults;
 pub mod graph;
 pub mod handles;
+pub mod ipc;
 pub mod kernel;
 pub mod launch;
 pub mod ledger;

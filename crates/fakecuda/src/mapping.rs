@@ -164,8 +164,9 @@ impl Drop for Mapping {
 ///
 /// # Safety
 ///
-/// The range must lie inside a reservation (`Mapping::reserve`) owned by the caller that
-/// nothing else currently uses.
+/// The range must lie inside a mapping owned by the caller (a reservation,
+/// `Mapping::reserve`, or an allocation's backing being exported) that nothing else
+/// currently uses.
 pub unsafe fn map_fixed_shared(
     addr: usize,
     len: usize,

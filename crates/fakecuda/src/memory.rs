@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::ptr;
 use std::sync::Arc;
 
+use gpuslice_cuda_abi::CUipcMemHandle;
 use parking_lot::{Condvar, Mutex};
 
 use crate::context::Context;
 use crate::device::Charge;
 use crate::error::{CuError, CuResult};
 use crate::handles::Table;
+use crate::ipc;
 use crate::mapping::{self, Mapping};
 use crate::pool::{Block, Pool};
 use crate::vmm;
@@ -35,9 +37,11 @@ pub enum Kind {
 
 #[derive(Debug)]
 struct Allocation {
-    _mapping: Mapping,
+    mapping: Mapping,
     info: Info,
     _memory: Held,
+    /// Its IPC export (`cuIpcGetMemHandle`), whose file goes with the allocation.
+    export: Option<ipc::Export>,
 }
 
 /// The memory behind an allocation, given back when it is dropped: to the device, or to
@@ -55,12 +59,15 @@ pub struct Info {
     pub base: usize,
     /// Its size in bytes.
     pub size: usize,
-    /// The device ordinal.
+    /// The device's CUDA ordinal.
     pub device: usize,
     /// The handle of the context it was made in.
     pub ctx: usize,
     /// How it was made.
     pub kind: Kind,
+    /// Whether its backing is shared with other processes (exported through IPC), so
+    /// that zeroing it must write zeros rather than drop pages.
+    pub shared: bool,
 }
 
 static ALLOCATIONS: Mutex<BTreeMap<usize, Allocation>> = Mutex::new(BTreeMap::new());
@@ -93,7 +100,8 @@ impl Drop for InFlight {
     }
 }
 
-fn wait_for_memory_ops() {
+/// Waits until no queued memset or copy may touch device memory.
+pub fn wait_for_memory_ops() {
     let mut count = IN_FLIGHT.lock();
     while *count > 0 {
         IN_FLIGHT_DONE.wait(&mut count);
@@ -131,19 +139,46 @@ fn map(ctx: &Context, bytes: usize, kind: Kind, memory: Held) -> CuResult<usize>
     let info = Info {
         base,
         size: bytes,
-        device: ctx.device.index,
+        device: ctx.device.ordinal.unwrap_or(ctx.device.index),
         ctx: ctx.handle,
         kind,
+        shared: false,
     };
     ALLOCATIONS.lock().insert(
         base,
         Allocation {
-            _mapping: mapping,
+            mapping,
             info,
             _memory: memory,
+            export: None,
         },
     );
     Ok(base)
+}
+
+/// `cuIpcGetMemHandle`: makes the allocation that starts at `base` (made by `cuMemAlloc` or
+/// `cuMemAllocPitch`) shareable with other processes, once, and returns its handle (the
+/// same handle each time). Other pointers, managed and stream-ordered memory are
+/// `CUDA_ERROR_INVALID_VALUE`.
+pub fn export(base: usize) -> CuResult<CUipcMemHandle> {
+    wait_for_memory_ops();
+    let mut allocations = ALLOCATIONS.lock();
+    let allocation = allocations.get_mut(&base).ok_or(CuError::InvalidValue)?;
+    if !matches!(allocation.info.kind, Kind::Device | Kind::Pitched) {
+        return Err(CuError::InvalidValue);
+    }
+    if let Some(export) = &allocation.export {
+        return Ok(export.handle);
+    }
+    let device = crate::context::get(allocation.info.ctx)?.device.index;
+    // SAFETY: the allocation's own private backing; queued operations were waited for,
+    // and the table's lock keeps it from being freed meanwhile (CUDA programs do not write
+    // memory they are exporting from another thread).
+    let export = unsafe { ipc::export(&allocation.mapping, allocation.info.size, device) }?;
+    let handle = export.handle;
+    allocation.export = Some(export);
+    allocation.info.shared = true;
+    Ok(handle)
 }
 
 /// The pitch of a `cuMemAllocPitch` allocation: the width rounded up to `PITCH_ALIGNMENT`.
@@ -205,7 +240,7 @@ pub fn check_device_range(ptr: usize, len: usize) -> CuResult {
             Err(CuError::InvalidValue)
         };
     }
-    if len == 0 || vmm::is_accessible(ptr, len) {
+    if len == 0 || vmm::is_accessible(ptr, len) || ipc::is_open(ptr, len) {
         Ok(())
     } else {
         Err(CuError::InvalidValue)
@@ -277,7 +312,8 @@ unsafe fn zero(ptr: usize, len: usize) {
     let page = mapping::page_size();
     let start = mapping::round_up(ptr, page).unwrap_or(usize::MAX);
     let end = (ptr + len) & !(page - 1);
-    let private = lookup(ptr).is_some_and(|info| ptr + len <= info.base + info.size);
+    let private =
+        lookup(ptr).is_some_and(|info| !info.shared && ptr + len <= info.base + info.size);
     // SAFETY: the caller guarantees the range is live and writable; whole pages are only
     // discarded inside a private anonymous allocation, where that zeroes them.
     unsafe {

@@ -115,16 +115,15 @@ cuda_api! {
         put(ctx, context::current_handle().unwrap_or(0))
     }
 
-    /// `cuCtxGetDevice`.
+    /// `cuCtxGetDevice`: the context's device's CUDA ordinal (its place in
+    /// `CUDA_VISIBLE_DEVICES`).
     fn cuCtxGetDevice(device: Out<'_, c_int>) {
-        let index = context::current()?.device.index;
-        put(device, c_int::try_from(index).unwrap_or(c_int::MAX))
+        put(device, context::current()?.device.ordinal()?)
     }
 
     /// `cuCtxGetDevice_v2` (CUDA 13): the device of `ctx` (NULL: the current context).
     fn cuCtxGetDevice_v2(device: Out<'_, c_int>, ctx: usize) {
-        let index = context_or_current(ctx)?.device.index;
-        put(device, c_int::try_from(index).unwrap_or(c_int::MAX))
+        put(device, context_or_current(ctx)?.device.ordinal()?)
     }
 
     /// `cuCtxGetFlags`.
@@ -183,6 +182,22 @@ cuda_api! {
     fn cuCtxGetApiVersion(ctx: usize, version: Out<'_, u32>) {
         context_or_current(ctx)?;
         put(version, CONTEXT_API_VERSION)
+    }
+
+    /// `cuCtxEnablePeerAccess`: the current context may access `peer`'s memory (recorded;
+    /// see `Context::enable_peer_access`). `flags` must be 0.
+    fn cuCtxEnablePeerAccess(peer: usize, flags: u32) {
+        if flags != 0 {
+            return Err(CuError::InvalidValue);
+        }
+        let ctx = context::current()?;
+        let peer = context::get(peer)?;
+        ctx.enable_peer_access(&peer)
+    }
+
+    /// `cuCtxDisablePeerAccess`.
+    fn cuCtxDisablePeerAccess(peer: usize) {
+        context::current()?.disable_peer_access(peer)
     }
 
     /// `cuCtxGetStreamPriorityRange`: least 0, greatest -5; either pointer may be NULL.

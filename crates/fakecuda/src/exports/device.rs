@@ -46,15 +46,16 @@ cuda_api! {
         name.map(drop).ok_or(CuError::InvalidValue)
     }
 
-    /// `cuDeviceGet`.
+    /// `cuDeviceGet`: ordinals count the devices `CUDA_VISIBLE_DEVICES` lists, in its order.
     fn cuDeviceGet(device: Out<'_, c_int>, ordinal: c_int) {
         driver::device(ordinal)?;
         put(device, ordinal)
     }
 
-    /// `cuDeviceGetCount`: the number of entries of `FAKECUDA_DEVICES`.
+    /// `cuDeviceGetCount`: the devices `CUDA_VISIBLE_DEVICES` lists (every entry of
+    /// `FAKECUDA_DEVICES` when it is unset).
     fn cuDeviceGetCount(count: Out<'_, c_int>) {
-        put(count, count_as_int(driver::get()?.devices.len()))
+        put(count, count_as_int(driver::visible_count()?))
     }
 
     /// `cuDeviceGetName`: "gpuslice simulated GPU".
@@ -65,7 +66,8 @@ cuda_api! {
         unsafe { write_c_string(name, len, NAME.to_bytes()) }.map(drop)
     }
 
-    /// `cuDeviceGetUuid`: `fa 4e c0 da 00 00 40 00 80 00 00 00 00 00 00 <ordinal>`.
+    /// `cuDeviceGetUuid`: `fa 4e c0 da 00 00 40 00 80 00 00 00 00 00 00 <physical index>`,
+    /// whatever the ordinal.
     fn cuDeviceGetUuid | cuDeviceGetUuid_v2 (uuid: Out<'_, [u8; 16]>, device: c_int) {
         put(uuid, driver::device(device)?.uuid())
     }
@@ -79,6 +81,13 @@ cuda_api! {
     /// `cuDeviceGetAttribute`: H100-like values; unknown attributes are 0.
     fn cuDeviceGetAttribute(value: Out<'_, c_int>, attribute: u32, device: c_int) {
         put(value, driver::device(device)?.attribute(attribute))
+    }
+
+    /// `cuDeviceCanAccessPeer`: 1 between two different devices (all simulated devices
+    /// are peers, as NVLinked GPUs are), 0 for a device and itself.
+    fn cuDeviceCanAccessPeer(can: Out<'_, c_int>, device: c_int, peer: c_int) {
+        let (device, peer) = (driver::device(device)?, driver::device(peer)?);
+        put(can, c_int::from(!std::ptr::eq(device, peer)))
     }
 
     /// `cuDeviceComputeCapability`: 9.0.

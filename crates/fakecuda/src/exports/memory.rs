@@ -7,11 +7,13 @@ use super::{Out, addr, cuda_api, put, put_if, size};
 use crate::context;
 use crate::driver;
 use crate::error::{CuError, CuResult};
+use crate::ipc;
 use crate::memory::{self, Fill, Kind};
 use crate::ordered::{self, Direction};
 use crate::pool::{self, AttributeValue};
 use gpuslice_cuda_abi::{
-    CU_MEM_LOCATION_TYPE_DEVICE, CUmemPoolProps, CudaArray3dDescriptor, CudaArrayDescriptor,
+    CU_MEM_LOCATION_TYPE_DEVICE, CUipcMemHandle, CUmemPoolProps, CudaArray3dDescriptor,
+    CudaArrayDescriptor,
 };
 
 /// `CU_MEM_ATTACH_GLOBAL` and `CU_MEM_ATTACH_HOST`, the flags `cuMemAllocManaged` accepts.
@@ -189,7 +191,8 @@ cuda_api! {
         ordered::copy(addr(dst)?, addr(src)?, bytes, Direction::Any, None)
     }
 
-    /// `cuMemcpyPeer`: all devices share one address space here.
+    /// `cuMemcpyPeer`: all devices share one address space here, so it works with or
+    /// without peer access, as the real one does (staging through the host without it).
     fn cuMemcpyPeer | cuMemcpyPeer_ptds (
         dst: u64,
         dst_ctx: usize,
@@ -249,6 +252,33 @@ cuda_api! {
         context::get(dst_ctx)?;
         context::get(src_ctx)?;
         ordered::copy(addr(dst)?, addr(src)?, bytes, Direction::DeviceToDevice, Some(stream))
+    }
+
+    /// `cuIpcGetMemHandle`: a handle to the `cuMemAlloc` allocation starting at `dptr`, for
+    /// another process of the same state directory (see `ipc`).
+    fn cuIpcGetMemHandle(handle: Out<'_, CUipcMemHandle>, dptr: u64) {
+        let out = handle.ok_or(CuError::InvalidValue)?;
+        driver::get()?;
+        out.write(memory::export(addr(dptr)?)?);
+        Ok(())
+    }
+
+    /// `cuIpcOpenMemHandle_v2` (`cuIpcOpenMemHandle` since CUDA 11.0): maps another
+    /// process's exported allocation; it stays charged to its owner.
+    fn cuIpcOpenMemHandle_v2 | cuIpcOpenMemHandle (
+        dptr: Out<'_, u64>,
+        handle: CUipcMemHandle,
+        flags: u32,
+    ) {
+        let out = dptr.ok_or(CuError::InvalidValue)?;
+        out.write(device_ptr(ipc::open(&handle, flags)?));
+        Ok(())
+    }
+
+    /// `cuIpcCloseMemHandle`: unmaps memory `cuIpcOpenMemHandle` mapped, once opened as
+    /// often as closed.
+    fn cuIpcCloseMemHandle(dptr: u64) {
+        ipc::close(addr(dptr)?)
     }
 
     /// `cuMemsetD8_v2`: synchronous; zeroing whole pages touches no memory.
