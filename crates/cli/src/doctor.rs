@@ -13,11 +13,11 @@ use crate::cli::DoctorArgs;
 use crate::compute;
 use crate::exit::{self, Failure};
 use crate::locate;
-use crate::plugin::nvml::{Nvml, NvmlError};
 use crate::quantity::format_size;
 use crate::shim_check;
 use crate::status;
 use crate::unenforced;
+use gpuslice_k8s::nvml::{Nvml, NvmlError};
 
 /// What a finding means for gpuslice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

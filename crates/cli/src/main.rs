@@ -366,7 +366,6 @@ change the exit code, which stays the command's.
 #![deny(missing_docs)]
 
 mod cdi;
-mod cdi_rules;
 mod cli;
 mod completions;
 mod compute;

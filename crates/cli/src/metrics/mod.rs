@@ -26,8 +26,8 @@ use anyhow::{Context, anyhow};
 use crate::cli::MetricsArgs;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
-use crate::plugin::nvml::Nvml;
 use crate::status;
+use gpuslice_k8s::nvml::Nvml;
 use render::{GpuInfo, Scrape};
 
 /// Runs `gpuslice metrics`.

@@ -461,7 +461,7 @@ mod tests {
                 .map(|(i, u)| SliceId::new(gpuslice_ledger::GpuUuid(*u), index + u32::try_from(i).unwrap()))
                 .collect();
             let t = tenant_name(&slices).unwrap();
-            proptest::prop_assert_eq!(crate::cdi_rules::check_device_name(t.as_str()), Ok(()));
+            proptest::prop_assert_eq!(crate::cdi::rules::check_device_name(t.as_str()), Ok(()));
         }
     }
 
@@ -503,20 +503,11 @@ mod tests {
 
     #[test]
     fn a_tenant_is_obsolete_when_its_gpu_is_gone_or_no_container_has_its_slices() {
-        let args = match <crate::cli::Cli as clap::Parser>::try_parse_from([
-            "gpuslice",
-            "device-plugin",
-            "--shim",
-            "/s.so",
-        ])
-        .unwrap()
-        .command
-        {
-            crate::cli::Command::DevicePlugin(a) => a,
-            _ => unreachable!(),
-        };
+        let args =
+            super::super::config::test_cli::parse(["gpuslice", "device-plugin", "--shim", "/s.so"])
+                .unwrap();
         let config = Config::load(&args).unwrap();
-        let gpu = |g: u8| super::super::nvml::Gpu {
+        let gpu = |g: u8| crate::nvml::Gpu {
             index: u32::from(g),
             uuid: slice(g, 0).gpu,
             model: "test GPU".into(),
