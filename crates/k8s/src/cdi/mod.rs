@@ -13,11 +13,11 @@
 //! rendered: a runtime that finds one thing wrong in a file refuses every device in it.
 
 use std::fs;
-use std::io::{self, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gpuslice_ledger::{Ledger, PINNED_TENANT_FILE, TenantName};
+use gpuslice_ledger::{FileError, Ledger, PINNED_TENANT_FILE, TenantName};
 use serde::{Deserialize, Serialize};
 
 use rules::Violation;
@@ -256,15 +256,8 @@ pub fn tenant_of_spec_file(file_name: &str) -> Option<&str> {
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
     /// A file operation failed.
-    #[error("could not {action} {}: {source}", .path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// A path a spec cannot hold as it is.
     #[error("the {what} {} is not UTF-8, which a CDI spec (JSON or YAML text) cannot hold \
              unchanged; use a path of UTF-8 text", .path.display())]
@@ -317,12 +310,8 @@ pub fn to_yaml(spec: &Spec) -> Result<String, CdiError> {
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), CdiError> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let io_error = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CdiError::Io {
-            action,
-            path,
-            source,
-        }
+        let make = FileError::on(action, path);
+        move |source| CdiError::Io(make(source))
     };
     let file_name = path
         .file_name()

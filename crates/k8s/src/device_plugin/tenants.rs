@@ -36,7 +36,7 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use gpuslice_ledger::{Ledger, LedgerError, TenantName};
+use gpuslice_ledger::{FileError, Ledger, LedgerError, TenantName};
 use serde::{Deserialize, Serialize};
 
 use super::config::Config;
@@ -73,15 +73,8 @@ pub enum TenantError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// A file operation failed.
-    #[error("could not {action} {}: {source}", .path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// A record that is not what this plugin writes.
     #[error("{} is not a valid allocation record ({message}); remove the tenant's directory if it is not in use", .path.display())]
     BadRecord {
@@ -112,11 +105,11 @@ pub fn read_record(ledger: &Ledger, t: &TenantName) -> Result<Option<Record>, Te
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(TenantError::Io {
+            return Err(TenantError::Io(FileError {
                 action: "read",
                 path,
                 source,
-            });
+            }));
         }
     };
     serde_json::from_str(&text)
@@ -130,10 +123,12 @@ pub fn read_record(ledger: &Ledger, t: &TenantName) -> Result<Option<Record>, Te
 /// Writes tenant `t`'s record (creating its directory).
 pub fn write_record(ledger: &Ledger, t: &TenantName, record: &Record) -> Result<(), TenantError> {
     let dir = ledger.tenant_dir(t);
-    fs::create_dir_all(&dir).map_err(|source| TenantError::Io {
-        action: "create",
-        path: dir.clone(),
-        source,
+    fs::create_dir_all(&dir).map_err(|source| {
+        TenantError::Io(FileError {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })
     })?;
     let text = serde_json::to_string_pretty(record).unwrap_or_default() + "\n";
     cdi::write_atomically(&dir.join(RECORD), &text)?;
@@ -148,11 +143,11 @@ pub fn prepare_usage(ledger: &Ledger, t: &TenantName) -> Result<PathBuf, TenantE
     ledger.open_usage(t)?;
     let chmod = |path: &Path, mode: u32| {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
-            TenantError::Io {
+            TenantError::Io(FileError {
                 action: "set the mode of",
                 path: path.to_path_buf(),
                 source,
-            }
+            })
         })
     };
     chmod(ledger.locks_dir(), 0o700)?;
@@ -192,12 +187,8 @@ pub fn live_slots(ledger: &Ledger, t: &TenantName) -> Result<usize, TenantError>
 pub fn cut_back_grown_usage(ledger: &Ledger, t: &TenantName) -> Result<Option<u64>, TenantError> {
     let path = ledger.usage_path(t);
     let io_error = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TenantError::Io {
-            action,
-            path,
-            source,
-        }
+        let make = FileError::on(action, path);
+        move |source| TenantError::Io(make(source))
     };
     let len = match fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_file() => meta.len(),
@@ -248,11 +239,11 @@ fn remove_spec(cdi_dir: &Path, tenant: &str) -> Result<(), TenantError> {
     match fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(TenantError::Io {
+        Err(source) => Err(TenantError::Io(FileError {
             action: "remove",
             path,
             source,
-        }),
+        })),
     }
 }
 
