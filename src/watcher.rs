@@ -36,12 +36,19 @@ use crate::trace::{Outcome, Refill, TickRecord, Trace};
 use poll::Poller;
 
 /// Starts the watcher of `shim` (once per process; again in a forked child). Without it
-/// the gates stay open: launches go ungated rather than fail.
+/// nothing would measure the tenant's work or close a gate: if it cannot start, or fails,
+/// the gates break and launches are refused rather than let through past the tenant's
+/// limits (a tenant could otherwise escape them by making the thread's creation fail, with
+/// a process limit of its own).
 pub fn start(shim: &'static Shim) {
     let ledger = match Ledger::open(shim.ledger_dir()) {
         Ok(ledger) => ledger,
         Err(error) => {
-            log!(Level::Error, "compute shares are not enforced: {error}");
+            shim.gates.fail_closed();
+            log!(
+                Level::Error,
+                "cannot start the compute watcher ({error}); launches are refused"
+            );
             return;
         }
     };
@@ -52,12 +59,15 @@ pub fn start(shim: &'static Shim) {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 watcher.run();
             }));
-            shim.gates.open_all();
             if outcome.is_err() {
+                shim.gates.fail_closed();
                 log!(
                     Level::Error,
-                    "the compute watcher failed; launches are no longer gated"
+                    "the compute watcher failed; launches are refused from now on"
                 );
+            } else {
+                // Its polls were stopped at exit: the process is ending.
+                shim.gates.open_all();
             }
         });
     match spawned {
@@ -68,9 +78,10 @@ pub fn start(shim: &'static Shim) {
             }
         }
         Err(error) => {
+            shim.gates.fail_closed();
             log!(
                 Level::Error,
-                "cannot start the compute watcher ({error}); launches are not gated"
+                "cannot start the compute watcher ({error}); launches are refused"
             );
         }
     }

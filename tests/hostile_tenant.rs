@@ -217,3 +217,45 @@ fn a_tenant_filling_the_ledger_filesystem_cannot_crash_a_neighbour() {
         .unwrap_err();
     assert!(err.to_string().contains("No space left"), "{err}");
 }
+
+/// Hole: a stream the launch path could not put in its table (more streams alive at once
+/// than the table holds) had its launches let through neither gated nor measured, so a
+/// tenant under a compute limit only had to keep that many streams alive to run past its
+/// limit on every stream after them. Such launches are refused now, and said so; the
+/// streams the table does hold still launch.
+#[test]
+fn launches_on_more_streams_than_gpuslice_can_follow_are_refused_not_let_through_unlimited() {
+    let ptx = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ptx/spin.ptx");
+    let capacity = gpuslice::streams::CAPACITY;
+    let node = Node::new();
+    for path in ALL_PATHS {
+        let mut command = node.probe(
+            path,
+            "many-streams",
+            None,
+            &["module", ptx, "streams-fill", &capacity.to_string()],
+        );
+        command.env("GPUSLICE_COMPUTE_LIMIT", "30");
+        let output = run(&mut command);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        let filled = line(&stdout, "streams-fill");
+        // As many streams as the table has entries (one of which the NULL stream may hold,
+        // and a lookup probes only so far): the last of them do not fit, and their launches
+        // are refused; most do fit, and theirs went through.
+        let refused = field(filled, "failed");
+        assert!(
+            refused > 0 && refused < (capacity / 8) as u64,
+            "{path:?}: {refused} of {capacity} launches refused: {stdout}{stderr}"
+        );
+        assert_eq!(
+            field(filled, "last"),
+            701,
+            "{path:?}: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES expected: {stdout}{stderr}"
+        );
+        assert!(
+            stderr.contains("refused a launch on a stream gpuslice cannot follow"),
+            "{path:?}: {stderr}"
+        );
+    }
+}

@@ -65,26 +65,78 @@ pub(crate) fn gated(
     if shim.gates.capturing() {
         return launch();
     }
-    let Some(entry) = stream_entry(shim, stream as usize) else {
-        return launch();
+    let entry = match stream_entry(shim, stream as usize) {
+        Ok(entry) => entry,
+        // No context current: the driver refuses the launch itself, nothing runs.
+        Err(Untracked::NoContext) => return launch(),
+        Err(Untracked::CannotFollow) => return refused_untracked(),
     };
     let Some(gate) = shim.gates.gpu(entry.gpu()) else {
-        return launch();
+        return refused_untracked();
     };
     if stream as usize == CU_STREAM_PER_THREAD || (per_thread && stream.is_null()) {
         entry.note_per_thread();
     }
-    if !gate.may_pass() {
-        gate.wait(
+    if !gate.may_pass()
+        && !gate.wait(
             shim.memory.usage(),
             GpuIndex(entry.gpu()),
             shim.gates.bell(),
-        );
+        )
+    {
+        return refused_unwatched();
     }
     if let Some(events) = entry.take_sample() {
         return timed(entry, gate, stream, per_thread, events, launch);
     }
     counted(entry, gate, launch())
+}
+
+/// Why a launch's stream has no entry in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Untracked {
+    /// The calling thread has no current context (the driver refuses such a launch).
+    NoContext,
+    /// The table has no room for it, or its GPU is not known: its work could be neither
+    /// gated nor measured.
+    CannotFollow,
+}
+
+/// A launch on a stream gpuslice cannot follow is refused, never let through unmeasured:
+/// otherwise a tenant would only have to keep more streams alive than the table holds to
+/// run past its limit on the rest.
+#[cold]
+#[inline(never)]
+fn refused_untracked() -> CUresult {
+    if let Some(held_back) = UNTRACKED.admit() {
+        log!(
+            Level::Error,
+            "refused a launch on a stream gpuslice cannot follow (more than {} streams at once, \
+             or one of an unknown GPU): its work could be neither gated nor measured{}",
+            crate::streams::CAPACITY,
+            if held_back > 0 {
+                format!(" ({held_back} more refused)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES
+}
+
+/// A launch whose gate is broken (the watcher could not start, or failed) is refused.
+#[cold]
+#[inline(never)]
+fn refused_unwatched() -> CUresult {
+    static REFUSED: RateLimit = RateLimit::new();
+    if REFUSED.admit().is_some() {
+        log!(
+            Level::Error,
+            "refused a launch: the compute watcher is not running (see its error above), \
+             so the tenant's compute limits could not hold"
+        );
+    }
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES
 }
 
 /// Counts a launch that reached the driver, in its stream and its gate.
@@ -165,12 +217,12 @@ fn record(event: usize, stream: CUstream, per_thread: bool) -> bool {
 
 /// The table entry of the stream a launch goes to, registering it on first sight.
 #[inline]
-fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEntry> {
+fn stream_entry(shim: &'static Shim, stream: usize) -> Result<&'static StreamEntry, Untracked> {
     let default_stream =
         stream == 0 || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD;
     if !default_stream {
         return match shim.streams.find(stream, 0) {
-            Some(entry) => Some(entry),
+            Some(entry) => Ok(entry),
             None => register(shim, stream),
         };
     }
@@ -185,7 +237,7 @@ fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEnt
         && let Some(entry) = shim.streams.get(SOLE_NULL_STREAM.load(Relaxed))
         && entry.is_legacy_of(context)
     {
-        return Some(entry);
+        return Ok(entry);
     }
     null_stream_entry(shim)
 }
@@ -193,7 +245,7 @@ fn stream_entry(shim: &'static Shim, stream: usize) -> Option<&'static StreamEnt
 /// The NULL-stream entry of the calling thread's current context, registering it on first
 /// sight.
 #[inline(never)]
-fn null_stream_entry(shim: &'static Shim) -> Option<&'static StreamEntry> {
+fn null_stream_entry(shim: &'static Shim) -> Result<&'static StreamEntry, Untracked> {
     // The thread's current context changes only through calls that bump its epoch, so
     // the entry found for it stays right until the epoch moves.
     let epoch = crate::hooks::stream::context_epoch();
@@ -202,9 +254,9 @@ fn null_stream_entry(shim: &'static Shim) -> Option<&'static StreamEntry> {
         && let Some(entry) = shim.streams.get(index)
         && entry.is_legacy_of(context)
     {
-        return Some(entry);
+        return Ok(entry);
     }
-    let context = current_context()?;
+    let context = current_context().ok_or(Untracked::NoContext)?;
     let entry = match shim.streams.find(0, context) {
         Some(entry) => entry,
         None => register(shim, 0)?,
@@ -215,20 +267,20 @@ fn null_stream_entry(shim: &'static Shim) -> Option<&'static StreamEntry> {
             SOLE_NULL_STREAM.store(index, Relaxed);
         }
     }
-    Some(entry)
+    Ok(entry)
 }
 
 #[cold]
 #[inline(never)]
-fn register(shim: &'static Shim, stream: usize) -> Option<&'static StreamEntry> {
+fn register(shim: &'static Shim, stream: usize) -> Result<&'static StreamEntry, Untracked> {
     shim.ensure_watcher();
-    let context = current_context()?;
+    let context = current_context().ok_or(Untracked::NoContext)?;
     let handle = stream as CUstream;
     let gpu = match stream {
         0 => shim.devices.current(&shim.memory),
         _ => shim.devices.of_stream(&shim.memory, handle),
     }
-    .ok()?;
+    .map_err(|_| Untracked::CannotFollow)?;
     let inserted = if stream == 0 {
         shim.streams
             .insert(0, context, context, gpu.index.0, StreamKind::Legacy)
@@ -236,15 +288,7 @@ fn register(shim: &'static Shim, stream: usize) -> Option<&'static StreamEntry> 
         shim.streams
             .insert(stream, 0, context, gpu.index.0, StreamKind::Created)
     };
-    if inserted.is_none() && UNTRACKED.admit().is_some() {
-        log!(
-            Level::Warn,
-            "more streams than gpuslice can follow ({} at once); launches on the others are \
-             not gated or measured",
-            crate::streams::CAPACITY
-        );
-    }
-    inserted
+    inserted.ok_or(Untracked::CannotFollow)
 }
 
 /// The calling thread's current context, if it has one.

@@ -373,6 +373,26 @@ int main(int argc, char **argv) {
       void *params[] = { &ns };
       if (rc == 0) rc = CALL(cuLaunchKernel)(spin, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
       printf("spin-on rc=%d\n", rc);
+    } else if (!strcmp(cmd, "streams-fill") || !strcmp(cmd, "spin-on-new")) {
+      /* streams-fill N: N more streams created and kept, each given one 1 µs kernel (a
+       * stream's first launch makes gpuslice follow it); spin-on-new NS: one kernel of NS
+       * nanoseconds on a stream created for it. Prints how many launches failed, and the
+       * last failure. */
+      int fill = !strcmp(cmd, "streams-fill");
+      long count = fill ? atol(NEXT()) : 1;
+      unsigned long long ns = fill ? 1000 : strtoull(NEXT(), NULL, 10);
+      void *spin = NULL;
+      rc = CALL(cuModuleGetFunction)(&spin, module, "gpuslice_spin");
+      void *params[] = { &ns };
+      long failed = 0;
+      int last = 0;
+      for (long i = 0; i < count && rc == 0; i++) {
+        CUstream stream = NULL;
+        if (CALL(cuStreamCreate)(&stream, 1) != 0) { fprintf(stderr, "cuStreamCreate failed\n"); exit(2); }
+        int launched = CALL(cuLaunchKernel)(spin, 1, 1, 1, 1, 1, 1, 0, stream, params, NULL);
+        if (launched != 0) { failed++; last = launched; }
+      }
+      printf("%s rc=%d failed=%ld last=%d\n", cmd, rc, failed, last);
     } else if (!strcmp(cmd, "sync")) {
       rc = CALL(cuStreamSynchronize)(stream_arg(NEXT()));
       printf("sync rc=%d\n", rc);

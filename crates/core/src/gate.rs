@@ -24,10 +24,19 @@ use gpuslice_ledger::{GpuIndex, MAX_GPUS, UsageFile, monotonic_ns};
 /// No bound on unfinished launches.
 pub const UNBOUNDED: u64 = u64::MAX;
 
+/// A gate's states: launches wait...
+const CLOSED: u32 = 0;
+/// ...go...
+const OPEN: u32 = 1;
+/// ...or are refused: nothing measures or opens the gate any more (its watcher could not
+/// start, or failed), and a launch let through would run past the tenant's limits.
+const BROKEN: u32 = 2;
+
 /// One GPU's gate.
 #[derive(Debug)]
 pub struct GpuGate {
-    /// 1 while the tenant has credit.
+    /// `OPEN` while the tenant has credit, `CLOSED` while it has none, `BROKEN` once
+    /// nothing watches it.
     open: AtomicU32,
     /// Bumped by the watcher each tick while threads wait; what they sleep on.
     generation: AtomicU32,
@@ -49,7 +58,7 @@ pub struct GpuGate {
 impl GpuGate {
     const fn new() -> GpuGate {
         GpuGate {
-            open: AtomicU32::new(1),
+            open: AtomicU32::new(OPEN),
             generation: AtomicU32::new(0),
             waiters: AtomicU32::new(0),
             bounded_launches: AtomicU64::new(0),
@@ -63,7 +72,7 @@ impl GpuGate {
     /// Whether a launch may go now. The launch fast path: atomic loads, nothing else.
     #[inline]
     pub fn may_pass(&self) -> bool {
-        if self.open.load(Relaxed) == 0 {
+        if self.open.load(Relaxed) != OPEN {
             return false;
         }
         let cap = self.in_flight_cap.load(Relaxed);
@@ -91,29 +100,39 @@ impl GpuGate {
     }
 
     /// Waits until a launch may go, adding the time waited to the tenant's throttled time;
-    /// the first to wait while launches in flight are bounded rings `watcher`.
+    /// the first to wait while launches in flight are bounded rings `watcher`. `false`:
+    /// the gate is broken, and the launch must be refused.
     #[cold]
     #[inline(never)]
-    pub fn wait(&self, usage: &UsageFile, gpu: GpuIndex, watcher: &Bell) {
+    pub fn wait(&self, usage: &UsageFile, gpu: GpuIndex, watcher: &Bell) -> bool {
         let start = monotonic_ns();
         if self.waiters.fetch_add(1, SeqCst) == 0 && self.in_flight_cap() != UNBOUNDED {
             watcher.ring();
         }
-        loop {
+        let may_go = loop {
             self.waited_at_ns.store(monotonic_ns(), Relaxed);
             let generation = self.generation.load(SeqCst);
             if self.may_pass() {
-                break;
+                break true;
+            }
+            if self.broken() {
+                break false;
             }
             futex_wait(&self.generation, generation, Duration::from_millis(2));
-        }
+        };
         self.waiters.fetch_sub(1, SeqCst);
         usage.add_throttled(gpu, monotonic_ns().saturating_sub(start));
+        may_go
+    }
+
+    /// Whether nothing watches the gate any more: launches are refused.
+    pub fn broken(&self) -> bool {
+        self.open.load(SeqCst) == BROKEN
     }
 
     /// The watcher's side: sets the gate and wakes whoever waits.
     pub fn set(&self, open: bool, in_flight_cap: u64) {
-        self.open.store(u32::from(open), SeqCst);
+        self.open.store(if open { OPEN } else { CLOSED }, SeqCst);
         self.in_flight_cap.store(in_flight_cap, SeqCst);
         self.wake_waiters();
     }
@@ -228,10 +247,20 @@ impl LaunchGates {
         &self.bell
     }
 
-    /// Opens every gate (the watcher is stopping: nothing would open them again).
+    /// Opens every gate (the watcher is stopping at exit: nothing would open them again).
     pub fn open_all(&self) {
         for gate in &self.gpus {
             gate.set(true, UNBOUNDED);
+        }
+    }
+
+    /// Breaks every gate: the watcher could not start, or failed, so nothing would measure
+    /// the tenant's work or close a gate again. Launches are refused from now on, and those
+    /// waiting are woken to be refused, rather than let through past the tenant's limits.
+    pub fn fail_closed(&self) {
+        for gate in &self.gpus {
+            gate.open.store(BROKEN, SeqCst);
+            gate.wake_waiters();
         }
     }
 
@@ -359,6 +388,32 @@ mod tests {
         while !gate.has_waiters() {
             std::thread::yield_now();
         }
+    }
+
+    /// Hole: a watcher that could not start, or failed, left the gates open and the tenant
+    /// unlimited. A broken gate refuses: whoever waits is woken and told so, and launches
+    /// that come later are refused without waiting.
+    #[test]
+    fn a_gate_nothing_watches_refuses_launches_instead_of_letting_them_through() {
+        let (_dir, usage, gpu) = usage();
+        let gates = Arc::new(LaunchGates::new());
+        let gate = gates.gpu(0).unwrap();
+        gate.set(false, UNBOUNDED);
+        let waiting = {
+            let (gates, usage) = (Arc::clone(&gates), Arc::clone(&usage));
+            std::thread::spawn(move || gates.gpu(0).unwrap().wait(&usage, gpu, gates.bell()))
+        };
+        until_waiting(gate);
+        gates.fail_closed();
+        assert!(
+            !waiting.join().unwrap(),
+            "the waiting launch must be refused"
+        );
+        assert!(!gate.may_pass() && gate.broken());
+        assert!(!gate.wait(&usage, gpu, gates.bell()), "a later launch too");
+        // Every GPU's gate, open ones included.
+        let open = gates.gpu(1).unwrap();
+        assert!(!open.may_pass() && open.broken());
     }
 
     #[test]

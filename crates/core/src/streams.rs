@@ -9,8 +9,9 @@
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 
-/// How many streams the table holds. A process with more live streams than this has its
-/// launches on the rest gated but not measured (a warning says so).
+/// How many streams the table holds. A launch on a stream the table cannot hold (past
+/// this, or past `PROBE` places from its hash) is refused: its work could be neither gated
+/// nor measured.
 pub const CAPACITY: usize = 1024;
 
 /// How far a lookup probes from the stream's hash before giving up.
