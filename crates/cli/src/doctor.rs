@@ -15,7 +15,6 @@ use crate::exit::{self, Failure};
 use crate::locate;
 use crate::quantity::format_size;
 use crate::shim_check;
-use crate::status;
 use crate::unenforced;
 use gpuslice_k8s::nvml::{Nvml, NvmlError};
 
@@ -190,7 +189,7 @@ fn check_ledger(findings: &mut Findings, dir: &Path, named: bool) {
         }
         Err(e) => return findings.say(Level::Fail, "ledger", &format!("{shown}: {e}")),
     }
-    let report = match status::read_report(dir) {
+    let report = match crate::report::read_report(dir) {
         Ok(report) => report,
         Err(e) => return findings.say(Level::Fail, "ledger", &crate::message(&e)),
     };

@@ -379,6 +379,7 @@ mod logging;
 mod metrics;
 mod plugin;
 mod quantity;
+mod report;
 mod run;
 mod shim_check;
 mod signals;

@@ -30,7 +30,6 @@ use crate::doctor;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
 use crate::run;
-use crate::status;
 use crate::tenancy::{self, Entry, Join, Membership};
 use compute::ComputePhase;
 use memory::MemoryPhase;
@@ -234,7 +233,7 @@ fn both_phases(
     let mut compute = ComputePhase::new(tenants, compute_seconds * 1000, calibration);
     run_phase(tenants, gpu, shim, dir, &mut compute)?;
     // What the ledger says, read while the tenants still exist.
-    if let Ok(report) = status::read_report(dir) {
+    if let Ok(report) = crate::report::read_report(dir) {
         compute.take_ledger(tenants, &report);
     }
     Ok((memory, compute))

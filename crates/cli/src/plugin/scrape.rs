@@ -15,7 +15,6 @@ use tokio::sync::watch;
 
 use crate::metrics::render::{self, GpuInfo, PodOwner, Scrape, SliceCount};
 use crate::metrics::{self, serve};
-use crate::status;
 use gpuslice_k8s::device_plugin::config::Config;
 use gpuslice_k8s::device_plugin::health::Inventory;
 use gpuslice_k8s::device_plugin::podresources::{self, ContainerDevices};
@@ -124,7 +123,7 @@ impl serve::Source for PluginSource {
         let inventory = inventory.borrow().clone();
         tokio::task::spawn_blocking(move || {
             let dir = &config.layout.ledger_host;
-            let report = status::read_report_checked(dir).ok();
+            let report = crate::report::read_report_checked(dir).ok();
             let records = Ledger::open_existing(dir)
                 .ok()
                 .and_then(|ledger| tenants::plugin_tenants(&ledger, |_, _| {}).ok())

@@ -15,7 +15,7 @@ use super::view::{View, render};
 use crate::cli::TopArgs;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
-use crate::status::{self, Report, read_report};
+use crate::report::{Report, read_report};
 
 /// Runs `gpuslice top` until the user quits.
 pub fn top(args: TopArgs) -> Result<u8, Failure> {
@@ -82,7 +82,7 @@ fn event_loop(dir: &Path, mut report: Report, interval: Duration) -> io::Result<
         if Instant::now() >= next_read {
             match read_report(dir) {
                 Ok(mut fresh) => {
-                    status::measure_gets(&report, &mut fresh);
+                    crate::report::measure_gets(&report, &mut fresh);
                     report = fresh;
                     refreshed = clock_now();
                     error = None;

@@ -1,7 +1,7 @@
 //! The report as the screen's lines: each GPU (in UUID order) with its tenants' figures, the
 //! tenants no GPU row shows, and the damaged ones. Nothing here draws.
 
-use crate::status::{Report, TenantUsage};
+use crate::report::{Report, TenantUsage};
 
 /// One line of the body.
 #[derive(Debug)]

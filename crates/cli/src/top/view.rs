@@ -11,7 +11,8 @@ use ratatui::widgets::{LineGauge, Paragraph};
 
 use super::model::{Item, Row, items};
 use crate::quantity::format_size;
-use crate::status::{Report, format_duration, percent_text};
+use crate::report::Report;
+use crate::status::{format_duration, percent_text};
 
 /// Below this many columns the view is narrow: no gauge bars, abbreviated UUIDs, short
 /// figures.
@@ -393,7 +394,7 @@ pub fn render(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{self, read_report};
+    use crate::report::read_report;
     use gpuslice_ledger::{
         ComputeSettings, GpuUuid, Ledger, Limits, Priority, TenantName, TenantQuota,
     };
@@ -514,7 +515,7 @@ mod tests {
 
         let mut report = read_report(dir.path()).unwrap();
         report.read_at = before.read_at + Duration::from_millis(400);
-        status::measure_gets(&before, &mut report);
+        crate::report::measure_gets(&before, &mut report);
         (dir, report, held)
     }
 
