@@ -1,8 +1,5 @@
-//! Compiles the kubelet's device plugin API (`proto/deviceplugin/v1beta1/api.proto`) and pod
-//! resources API (`proto/podresources/v1/api.proto`) into Rust with protox, a protobuf
-//! compiler in Rust, so building needs no `protoc`. Also says which commit the binary is
-//! built from (`gpuslice_build_info`): `SOURCE_COMMIT` where the build sets it (an image
-//! built without `.git`), else git's `HEAD`, else `unknown`.
+//! Says which commit the binary is built from (`gpuslice_build_info`): `SOURCE_COMMIT` where
+//! the build sets it (an image built without `.git`), else git's `HEAD`, else `unknown`.
 //!
 //! The commit goes through a file in `OUT_DIR`, not `cargo::rustc-env`: cargo also sets a
 //! build script's variables in the environment of the tests it runs, where a `GPUSLICE_`
@@ -13,22 +10,9 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROTOS: [&str; 2] = [
-    "proto/deviceplugin/v1beta1/api.proto",
-    "proto/podresources/v1/api.proto",
-];
-
 fn main() -> Result<(), Box<dyn Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("commit"), commit())?;
-    for proto in PROTOS {
-        println!("cargo::rerun-if-changed={proto}");
-    }
-    let descriptors = protox::compile(PROTOS, ["proto"])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(descriptors)?;
     Ok(())
 }
 

@@ -390,52 +390,11 @@ Exit codes:
   0  stopped by SIGTERM or SIGINT
   2  usage error (a bad flag, or no shim)";
 
-/// `gpuslice device-plugin`.
+/// `gpuslice device-plugin`: the plugin's settings, and how it logs.
 #[derive(Debug, Args)]
 pub struct DevicePluginArgs {
-    /// Settings file (YAML or JSON); flags override it
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// Slices each GPU is cut into [default: 4]
-    #[arg(long, value_name = "N")]
-    pub slices_per_gpu: Option<u32>,
-
-    /// Ledger directory on the host [default: /run/gpuslice]
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-
-    /// The shim on the host [default: as for run]
-    #[arg(long, value_name = "PATH")]
-    pub shim: Option<PathBuf>,
-
-    /// How containers preload the shim [default: env]
-    #[arg(long, value_enum)]
-    pub preload: Option<crate::cdi::Preload>,
-
-    /// Where CDI specs of allocations are written [default: /var/run/cdi]
-    #[arg(long, value_name = "DIR")]
-    pub cdi_dir: Option<PathBuf>,
-
-    /// The kubelet's device plugin directory [default: /var/lib/kubelet/device-plugins]
-    #[arg(long, value_name = "DIR")]
-    pub kubelet_dir: Option<PathBuf>,
-
-    /// NVIDIA's CDI device per GPU, {uuid} or {index}; "" for none [default: nvidia.com/gpu={uuid}]
-    #[arg(long, value_name = "TEMPLATE")]
-    pub nvidia_cdi_device: Option<String>,
-
-    /// Milliseconds between GPU health checks [default: 5000]
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
-    pub health_interval_ms: Option<u64>,
-
-    /// Serve Prometheus metrics, /healthz and /readyz at this address (e.g. 0.0.0.0:10400)
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<String>,
-
-    /// The kubelet's pod resources socket, "" for none [default: /var/lib/kubelet/pod-resources/kubelet.sock]
-    #[arg(long, value_name = "PATH", value_parser = parse_path_or_none)]
-    pub pod_resources_socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub plugin: gpuslice_k8s::device_plugin::Args,
 
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
@@ -481,7 +440,7 @@ pub struct DraDriverArgs {
 
     /// How containers preload the shim
     #[arg(long, value_enum, default_value = "env")]
-    pub preload: crate::cdi::Preload,
+    pub preload: gpuslice_k8s::cdi::Preload,
 
     /// Where CDI specs of claims are written
     #[arg(long, value_name = "DIR", default_value = "/var/run/cdi")]
@@ -721,7 +680,7 @@ pub struct CdiGenerateArgs {
 
     /// How containers preload the shim
     #[arg(long, value_enum, default_value = "env")]
-    pub preload: crate::cdi::Preload,
+    pub preload: gpuslice_k8s::cdi::Preload,
 
     /// Output format
     #[arg(long, value_enum, default_value = "json")]
@@ -739,12 +698,6 @@ pub enum CdiFormat {
     Json,
     /// YAML.
     Yaml,
-}
-
-/// The value parser of a path flag whose `""` means "none": clap's own refuses an empty
-/// path.
-fn parse_path_or_none(text: &str) -> Result<PathBuf, String> {
-    Ok(PathBuf::from(text))
 }
 
 /// `--tenant`'s value parser.

@@ -13,11 +13,10 @@ use crate::cli::DoctorArgs;
 use crate::compute;
 use crate::exit::{self, Failure};
 use crate::locate;
-use crate::plugin::nvml::{Nvml, NvmlError};
 use crate::quantity::format_size;
 use crate::shim_check;
-use crate::status;
 use crate::unenforced;
+use gpuslice_k8s::nvml::{Nvml, NvmlError};
 
 /// What a finding means for gpuslice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +189,7 @@ fn check_ledger(findings: &mut Findings, dir: &Path, named: bool) {
         }
         Err(e) => return findings.say(Level::Fail, "ledger", &format!("{shown}: {e}")),
     }
-    let report = match status::read_report(dir) {
+    let report = match crate::report::read_report(dir) {
         Ok(report) => report,
         Err(e) => return findings.say(Level::Fail, "ledger", &crate::message(&e)),
     };

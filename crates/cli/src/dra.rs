@@ -1,7 +1,5 @@
-//! `gpuslice dra-driver`: the command-line side of the DRA driver (`gpuslice_k8s::dra`):
-//! its settings, the files a claim's containers mount (the same the device plugin makes for
-//! its tenants: usage and lock files, pin file, CDI spec), and the process (logging,
-//! signals, the async runtime, the API server's client).
+//! `gpuslice dra-driver`: the command-line side of the DRA driver (`gpuslice_k8s::dra`): its
+//! settings and the process (logging, signals, the async runtime, the API server's client).
 
 use std::fs;
 use std::io;
@@ -10,14 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use gpuslice_k8s::dra::{self, gpus::NvmlSource, state::TenantFiles};
-use gpuslice_ledger::{Ledger, TenantName};
-use tokio::sync::watch;
+use gpuslice_k8s::cdi::{Layout, is_device_template};
+use gpuslice_k8s::dra::{self, files::ContainerFiles, gpus::NvmlSource};
+use gpuslice_ledger::Ledger;
 
-use crate::cdi::{self, Layout, Preload};
 use crate::cli::DraDriverArgs;
 use crate::exit::{self, Failure, ResultExt};
-use crate::plugin::tenants;
 use crate::shim_check::ShimError;
 
 /// Runs `gpuslice dra-driver` until SIGTERM or SIGINT.
@@ -70,11 +66,15 @@ pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
         health_interval: Duration::from_millis(args.health_interval_ms),
         nvidia_cdi_device,
     };
-    let files = Arc::new(ContainerFiles {
-        ledger: ledger.clone(),
+    let files = Arc::new(ContainerFiles::new(
+        ledger.clone(),
         layout,
-        cdi_dir: args.cdi_dir.clone(),
-    });
+        args.cdi_dir.clone(),
+        Box::new(|path: &Path| {
+            // Asked at each claim, not only at start: the file may have been replaced since.
+            shim_in_place(path).map(drop).map_err(|e| e.to_string())
+        }),
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,7 +89,7 @@ pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
                  elsewhere: $KUBECONFIG or ~/.kube/config)",
             )
             .usage()?;
-        let shutdown = watch_signals();
+        let shutdown = gpuslice_k8s::watch_signals("driver");
         tracing::info!(
             "DRA driver {} on node {}",
             dra::slice::DRIVER,
@@ -106,21 +106,6 @@ pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
         .await;
         Ok(exit::OK)
     })
-}
-
-/// Whether `template` names a CDI device for any GPU: `vendor/class=name` with `{uuid}` or
-/// `{index}` in the name, giving a name CDI's rules accept (a runtime refuses the rest).
-fn is_device_template(template: &str) -> bool {
-    let Some((_, name)) = template.split_once('=') else {
-        return false;
-    };
-    (name.contains("{uuid}") || name.contains("{index}"))
-        && crate::cdi_rules::check_qualified_name(
-            &template
-                .replace("{uuid}", "GPU-ffffffff-ffff-ffff-ffff-ffffffffffff")
-                .replace("{index}", "15"),
-        )
-        .is_ok()
 }
 
 /// Why the file the CDI specs mount as the shim is not the shim, if it is not: a container
@@ -173,66 +158,4 @@ fn layout(args: &DraDriverArgs) -> anyhow::Result<Layout> {
         }
     }
     Ok(layout)
-}
-
-/// The files a claim's containers mount, made as the device plugin makes them.
-#[derive(Debug)]
-struct ContainerFiles {
-    ledger: Ledger,
-    layout: Layout,
-    cdi_dir: PathBuf,
-}
-
-impl TenantFiles for ContainerFiles {
-    fn install(&self, t: &TenantName) -> Result<String, String> {
-        tenants::prepare_usage(&self.ledger, t).map_err(|e| e.to_string())?;
-        if self.layout.preload == Preload::LdSoPreload {
-            cdi::ensure_preload_file(&self.layout).map_err(|e| e.to_string())?;
-        }
-        tenants::ensure_spec(&self.layout, &self.cdi_dir, t).map_err(|e| e.to_string())?;
-        Ok(cdi::device_name(t))
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        // Asked at each claim, not only at start: the file may have been replaced since.
-        shim_in_place(&self.layout.shim_host)
-            .map(drop)
-            .map_err(|e| {
-                format!(
-                    "{e}; containers that preload it would run without limits, so no claim is \
-                     prepared until the shim is in place"
-                )
-            })
-    }
-
-    fn uninstall(&self, t: &TenantName) -> Result<(), String> {
-        let path = self.cdi_dir.join(cdi::spec_file_name(t));
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("could not remove {}: {e}", path.display())),
-        }
-    }
-}
-
-/// A flag that turns true at SIGTERM or SIGINT (never, if the handlers cannot be installed).
-fn watch_signals() -> watch::Receiver<bool> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = watch::channel(false);
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-                    _ = int.recv() => tracing::info!("SIGINT: stopping"),
-                }
-                let _ = tx.send(true);
-            });
-        }
-        _ => tracing::warn!("cannot catch SIGTERM and SIGINT; they will kill the driver"),
-    }
-    rx
 }

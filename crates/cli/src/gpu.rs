@@ -8,7 +8,7 @@
 
 use gpuslice_ledger::GpuUuid;
 
-use crate::plugin::nvml::{Gpu, Nvml};
+use gpuslice_k8s::nvml::{Gpu, Nvml};
 
 /// A `--gpu` value that names no GPU of this machine.
 #[derive(Debug, thiserror::Error)]

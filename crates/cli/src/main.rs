@@ -366,15 +366,10 @@ change the exit code, which stays the command's.
 #![deny(missing_docs)]
 
 mod cdi;
-mod cdi_rules;
 mod cli;
 mod completions;
 mod compute;
 mod demo;
-mod demo_compute;
-mod demo_memory;
-mod demo_plot;
-mod demo_worker;
 mod doctor;
 mod dra;
 mod exit;
@@ -384,6 +379,7 @@ mod logging;
 mod metrics;
 mod plugin;
 mod quantity;
+mod report;
 mod run;
 mod shim_check;
 mod signals;
@@ -416,7 +412,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::doctor(args),
         Command::Completions(args) => completions::completions(&args),
         Command::Demo(args) => demo::demo(args),
-        Command::DemoWorker(args) => demo_worker::worker(&args),
+        Command::DemoWorker(args) => demo::worker::worker(&args),
         Command::DevicePlugin(args) => plugin::device_plugin(args),
         Command::DraDriver(args) => dra::dra_driver(args),
         Command::Cdi(cli::CdiCommand::Generate(args)) => cdi::generate(&args),

@@ -33,11 +33,11 @@
 use std::fs::{DirBuilder, File};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use gpuslice_ledger::layout::lock_bytes;
 use gpuslice_ledger::{
-    Ledger, LedgerError, LockFile, LockHandle, LockKind, TenantName, TenantQuota,
+    FileError, Ledger, LedgerError, LockFile, LockHandle, LockKind, TenantName, TenantQuota,
 };
 
 /// The marker a run-created tenant has in its directory.
@@ -56,15 +56,8 @@ pub enum TenancyError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// A file operation on the tenant's directory or marker failed.
-    #[error("could not {action} {}: {source}", .path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// The tenant exists and this run may not join it (its name was generated).
     #[error(
         "tenant {tenant} already exists and is in use (a `gpuslice run` in another PID \
@@ -112,12 +105,8 @@ pub enum TenancyError {
 impl TenancyError {
     /// Shorthand for [`TenancyError::Io`].
     fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TenancyError {
-        let path = path.to_path_buf();
-        move |source| TenancyError::Io {
-            action,
-            path,
-            source,
-        }
+        let make = FileError::on(action, path);
+        move |source| TenancyError::Io(make(source))
     }
 }
 
@@ -179,7 +168,7 @@ pub fn check_not_reserved(tenant: &TenantName) -> Result<(), TenancyError> {
             form,
         })
     };
-    if crate::plugin::tenants::is_slice_name(tenant) {
+    if gpuslice_k8s::device_plugin::tenants::is_slice_name(tenant) {
         return reserved("device plugin", "GPU-<uuid>-slice-<n>");
     }
     let dra = tenant

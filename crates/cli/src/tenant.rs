@@ -14,17 +14,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 use gpuslice_ledger::{ComputeSettings, Ledger, TenantName, TenantQuota};
 
-use crate::cdi::{self, Layout, Preload};
 use crate::cli::{
     TenantCommand, TenantCreateArgs, TenantDeleteArgs, TenantFlagsArgs, TenantListArgs,
 };
 use crate::compute::format_percent;
 use crate::exit::{self, Failure, ResultExt};
-use crate::plugin::tenants as plugin_tenants;
 use crate::quantity::format_size;
 use crate::run::{self, Wanted};
 use crate::tenancy::{self, TenancyError};
 use crate::{gpu, locate, shim_check};
+use gpuslice_k8s::cdi::{self, Layout, Preload};
+use gpuslice_k8s::device_plugin::tenants as plugin_tenants;
 
 /// The line of the marker file that names the tenant's CDI spec.
 const CDI_SPEC_LINE: &str = "cdi-spec=";

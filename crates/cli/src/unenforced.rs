@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use gpuslice_ledger::{GpuUuid, Ledger, SlotInfo, TenantName};
 use serde::Serialize;
 
-use crate::plugin::nvml::{GpuProcess, Nvml};
+use gpuslice_k8s::nvml::{GpuProcess, Nvml};
 
 /// The inode of the initial PID namespace, fixed by the kernel (`PROC_PID_INIT_INO`).
 const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;

@@ -19,25 +19,9 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 
 use crate::util::*;
 
-mod api {
-    #![allow(
-        missing_docs,
-        missing_debug_implementations,
-        clippy::all,
-        clippy::pedantic
-    )]
-    tonic::include_proto!("v1beta1");
-}
-
-mod podresources {
-    #![allow(
-        missing_docs,
-        missing_debug_implementations,
-        clippy::all,
-        clippy::pedantic
-    )]
-    tonic::include_proto!("v1");
-}
+// The kubelet's side of the APIs, as the plugin's crate generates them.
+use gpuslice_k8s::device_plugin::api;
+use gpuslice_k8s::device_plugin::podresources::api as podresources;
 
 use api::device_plugin_client::DevicePluginClient;
 use api::registration_server::{Registration, RegistrationServer};

@@ -196,3 +196,47 @@ impl LedgerError {
         matches!(self, LedgerError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 }
+
+/// A file operation outside the ledger's own files that failed (a tenant's marker, a CDI
+/// spec, an allocation record): what was being done, to which file, and what the operating
+/// system said. The ledger's users share it rather than each declaring the same variant.
+#[derive(Debug, thiserror::Error)]
+#[error("could not {action} {}: {source}", .path.display())]
+pub struct FileError {
+    /// What was being done (`create`, `write`, `remove`, ...).
+    pub action: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The operating system's error.
+    pub source: io::Error,
+}
+
+impl FileError {
+    /// A maker of the error for `action` on `path`, for `map_err`.
+    pub fn on(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError + use<> {
+        let path = path.to_path_buf();
+        move |source| FileError {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod file_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_error_names_the_action_the_file_and_the_system_error() {
+        let make = FileError::on("remove", Path::new("/var/run/cdi/x.json"));
+        let e = make(io::Error::from(io::ErrorKind::PermissionDenied));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("could not remove /var/run/cdi/x.json: "),
+            "{text}"
+        );
+        assert!(text.contains("denied"), "{text}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

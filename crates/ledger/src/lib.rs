@@ -123,7 +123,7 @@ mod variables;
 
 pub use clock::monotonic_ns;
 pub use compute::{Activity, ComputeSettings, PERCENT_FORM, parse_percent, parse_priority};
-pub use error::LedgerError;
+pub use error::{FileError, LedgerError};
 pub use ledger::Ledger;
 pub use limits::{Limits, PERMILLE_MAX, Priority, TenantQuota};
 pub use locks::{LockFile, LockHandle, LockKind};

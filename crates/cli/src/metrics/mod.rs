@@ -2,7 +2,7 @@
 //! The device plugin serves the same exposition with the pods and its slices added
 //! (`plugin::scrape`).
 //!
-//! Every scrape reads the ledger afresh through [`status::read_report`], so the numbers are
+//! Every scrape reads the ledger afresh through [`crate::report::read_report`], so the numbers are
 //! those `gpuslice status` would print at that moment, and a tenant whose files are damaged
 //! is left out and counted in `gpuslice_ledger_errors` rather than failing the scrape. A
 //! ledger that cannot be read at all leaves only `gpuslice_build_info`, the GPUs and
@@ -26,8 +26,7 @@ use anyhow::{Context, anyhow};
 use crate::cli::MetricsArgs;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
-use crate::plugin::nvml::Nvml;
-use crate::status;
+use gpuslice_k8s::nvml::Nvml;
 use render::{GpuInfo, Scrape};
 
 /// Runs `gpuslice metrics`.
@@ -35,7 +34,7 @@ pub fn metrics(args: MetricsArgs) -> Result<u8, Failure> {
     let dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
     let hostname = node_name();
     if args.once {
-        let report = status::read_report_checked(&dir).usage()?;
+        let report = crate::report::read_report_checked(&dir).usage()?;
         let gpus = nvml_gpus();
         let text = render::render(&Scrape {
             report: Some(&report),
@@ -88,7 +87,7 @@ impl serve::Source for LedgerSource {
     async fn metrics(&self) -> String {
         let (dir, hostname) = (self.dir.clone(), self.hostname.clone());
         tokio::task::spawn_blocking(move || {
-            let report = status::read_report_checked(&dir).ok();
+            let report = crate::report::read_report_checked(&dir).ok();
             let gpus = nvml_gpus();
             render::render(&Scrape {
                 report: report.as_ref(),
@@ -112,7 +111,7 @@ impl serve::Source for LedgerSource {
 
 /// `Ok` when the ledger at `dir` can be read; otherwise why not.
 pub fn ledger_readiness(dir: &Path) -> Result<(), String> {
-    status::read_report(dir)
+    crate::report::read_report(dir)
         .map(|_| ())
         .map_err(|e| format!("the ledger is not usable: {}", crate::message(&e)))
 }

@@ -13,7 +13,7 @@ use std::fmt::{Display, Write as _};
 
 use gpuslice_ledger::GpuUuid;
 
-use crate::status::Report;
+use crate::report::Report;
 
 /// The exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -301,7 +301,7 @@ struct TenantGpuFamily {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    value: fn(&crate::status::GpuReport) -> Option<String>,
+    value: fn(&crate::report::GpuReport) -> Option<String>,
 }
 
 /// The tenants' series.
@@ -484,7 +484,7 @@ fn escape_help(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{GpuReport, SCHEMA_VERSION, TenantReport, TenantUsage};
+    use crate::report::{GpuReport, SCHEMA_VERSION, TenantReport, TenantUsage};
 
     const UUID: &str = "GPU-5f8c3a12-9b4e-4d7a-8c21-0e6f1a2b3c4d";
 

@@ -10,10 +10,10 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
 
-use super::config::{self, ComputeLimit, Format};
-use super::nvidia_config::{self, Converted, Mps, Sharing};
 use crate::cli::ConfigConvertArgs;
 use crate::exit::{self, Failure, ResultExt};
+use gpuslice_k8s::device_plugin::config::{self, ComputeLimit, Format};
+use gpuslice_k8s::device_plugin::nvidia_config::{self, Converted, Mps, Sharing};
 
 /// The width comments are wrapped at.
 const WIDTH: usize = 90;
@@ -252,7 +252,7 @@ mod tests {
             .join(name)
     }
 
-    fn args() -> crate::cli::DevicePluginArgs {
+    fn args() -> gpuslice_k8s::device_plugin::Args {
         let argv = [
             "gpuslice",
             "device-plugin",
@@ -260,7 +260,7 @@ mod tests {
             "/opt/gpuslice/lib/libgpuslice.so",
         ];
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::DevicePlugin(a) => a,
+            Command::DevicePlugin(a) => a.plugin,
             _ => unreachable!(),
         }
     }

@@ -1,41 +1,11 @@
-//! `gpuslice device-plugin`: the kubelet device plugin that hands out GPU slices.
-//!
-//! Each GPU is cut into N slices (`slicesPerGpu`), advertised as `gpuslice.dev/gpu` (or as
-//! several resources that split each GPU's slices between them). A container that asks for
-//! k slices gets a tenant whose quota is k/N of each GPU's memory and a k/N share of its
-//! time, and a CDI device that puts the shim, the ledger and the tenant into it.
-//!
-//! ```text
-//! health (thread)  NVML -> GPUs, their health and XID errors --watch--> ListAndWatch, ...
-//! xid              which XID errors make a GPU unhealthy (NVIDIA's rule and variables)
-//! kubelet          per resource: socket + gRPC server + registration, again on restart
-//! server           DevicePlugin: options, ListAndWatch, GetPreferredAllocation, Allocate
-//! allocate         slices -> tenant + quota (ledger) + CDI spec -> CDI device names
-//! tenants          the plugin's tenants: names, records, cleanup
-//! podresources     the kubelet's pod resources API: which devices containers still have
-//! scrape           the metrics with pods and slices, and readiness (/metrics, /readyz)
-//! ```
-//!
-//! Nothing here exits on bad input from outside: a config file that does not parse is
-//! reported and read again until it does (the previous configuration keeps running if there
-//! was one), NVML that does not answer is retried, the kubelet is waited for, and a bad
-//! request gets a gRPC error that says what was wrong.
+//! `gpuslice device-plugin`: the process around the device plugin of `gpuslice_k8s`
+//! ([`device_plugin`]): logging, signals, the async runtime, the metrics server and its
+//! readiness (`scrape`), the shim check, the loop that reloads the config file, and the sweep
+//! that also reports processes outside gpuslice's limits. Also `gpuslice config convert`
+//! (`convert`).
 
-mod allocate;
-pub mod api;
-mod config;
 pub mod convert;
-mod health;
-mod kubelet;
-mod nvidia_config;
-mod nvidia_flags;
-pub(crate) mod nvml;
-mod podresources;
 mod scrape;
-mod server;
-mod slices;
-pub(crate) mod tenants;
-mod xid;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,12 +14,14 @@ use anyhow::Context as _;
 use gpuslice_ledger::Ledger;
 use tokio::sync::watch;
 
+use gpuslice_k8s::device_plugin::config::{self, Args, Config, ConfigError};
+use gpuslice_k8s::device_plugin::health::{self, Inventory, XidHealth};
+use gpuslice_k8s::device_plugin::xid::XidPolicy;
+use gpuslice_k8s::device_plugin::{allocate, kubelet, podresources, tenants};
+
 use crate::cli::DevicePluginArgs;
 use crate::exit::{self, Failure, ResultExt};
-use config::{Config, ConfigError};
-use health::{Inventory, XidHealth};
 use scrape::PluginSource;
-use xid::XidPolicy;
 
 /// How often a config file is read again (to apply a change, or to see a fix).
 const CONFIG_POLL: Duration = Duration::from_secs(2);
@@ -67,31 +39,11 @@ pub fn device_plugin(args: DevicePluginArgs) -> Result<u8, Failure> {
         .context("could not start the async runtime")
         .failed()?;
     runtime.block_on(async {
-        let shutdown = watch_signals();
-        supervise(args, xids, shutdown).await
+        let shutdown = gpuslice_k8s::watch_signals("plugin");
+        let mut plugin = args.plugin;
+        plugin.find_shim = Some(|| crate::locate::shim(None).ok());
+        supervise(plugin, xids, shutdown).await
     })
-}
-
-/// A flag that turns true at SIGTERM or SIGINT (never, if the handlers cannot be installed).
-fn watch_signals() -> watch::Receiver<bool> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = watch::channel(false);
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-                    _ = int.recv() => tracing::info!("SIGINT: stopping"),
-                }
-                let _ = tx.send(true);
-            });
-        }
-        _ => tracing::warn!("cannot catch SIGTERM and SIGINT; they will kill the plugin"),
-    }
-    rx
 }
 
 /// Resolves once `shutdown` turns true.
@@ -114,7 +66,7 @@ enum End {
 /// `--metrics-listen`), so that `/healthz` answers and `/readyz` says why while the settings
 /// file is invalid; an address from the file can only be known once the file is valid.
 async fn supervise(
-    args: DevicePluginArgs,
+    args: Args,
     xids: Arc<XidHealth>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<u8, Failure> {
@@ -156,7 +108,7 @@ async fn supervise(
 
 /// Says what the plugin advertises, and, for a file in NVIDIA's format, which of its
 /// settings are ignored and why.
-fn describe_config(config: &Config, args: &DevicePluginArgs) {
+fn describe_config(config: &Config, args: &Args) {
     let resources: Vec<String> = config
         .resources
         .iter()
@@ -186,7 +138,7 @@ fn describe_config(config: &Config, args: &DevicePluginArgs) {
 
 /// Reads the config file until it is valid; `None` if a signal came first.
 async fn wait_for_valid_config(
-    args: &DevicePluginArgs,
+    args: &Args,
     last: &str,
     shutdown: &watch::Receiver<bool>,
     source: &PluginSource,
@@ -238,7 +190,7 @@ async fn start_metrics(address: &str, source: &Arc<PluginSource>) -> anyhow::Res
 /// Runs the plugin with `config` until a signal, or until the config file changes.
 async fn run(
     config: &Config,
-    args: &DevicePluginArgs,
+    args: &Args,
     xids: &Arc<XidHealth>,
     source: &PluginSource,
     shutdown: &watch::Receiver<bool>,
@@ -378,7 +330,7 @@ async fn sweep_forever(
 /// Waits until the config file holds a valid configuration different from `config`. An
 /// invalid file is reported and the plugin goes on with `config`. Never returns without a
 /// config file.
-async fn config_changed(config: &Config, args: &DevicePluginArgs) -> Config {
+async fn config_changed(config: &Config, args: &Args) -> Config {
     if args.config.is_none() {
         return std::future::pending().await;
     }

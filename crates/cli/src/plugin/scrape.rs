@@ -13,13 +13,12 @@ use std::sync::{Mutex, PoisonError};
 use gpuslice_ledger::Ledger;
 use tokio::sync::watch;
 
-use super::config::Config;
-use super::health::Inventory;
-use super::podresources::{self, ContainerDevices};
-use super::tenants::{self, Record};
 use crate::metrics::render::{self, GpuInfo, PodOwner, Scrape, SliceCount};
 use crate::metrics::{self, serve};
-use crate::status;
+use gpuslice_k8s::device_plugin::config::Config;
+use gpuslice_k8s::device_plugin::health::Inventory;
+use gpuslice_k8s::device_plugin::podresources::{self, ContainerDevices};
+use gpuslice_k8s::device_plugin::tenants::{self, Record};
 
 /// Where the plugin stands.
 #[derive(Debug, Clone)]
@@ -124,7 +123,7 @@ impl serve::Source for PluginSource {
         let inventory = inventory.borrow().clone();
         tokio::task::spawn_blocking(move || {
             let dir = &config.layout.ledger_host;
-            let report = status::read_report_checked(dir).ok();
+            let report = crate::report::read_report_checked(dir).ok();
             let records = Ledger::open_existing(dir)
                 .ok()
                 .and_then(|ledger| tenants::plugin_tenants(&ledger, |_, _| {}).ok())
@@ -225,7 +224,7 @@ fn slices(config: &Config, inventory: &Inventory, records: &[(String, Record)]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::slices::SliceId;
+    use gpuslice_k8s::device_plugin::slices::SliceId;
     use gpuslice_ledger::GpuUuid;
 
     fn record(resource: &str, slices: &[SliceId]) -> Record {

@@ -8,12 +8,12 @@
 //! problem, so that the driver can say why it no longer publishes it; one that appears is
 //! published at the next look.
 
-use std::ffi::OsStr;
-use std::fmt;
 use std::time::Duration;
 
 use gpuslice_ledger::GpuUuid;
 use tokio::sync::watch;
+
+use crate::nvml::Nvml;
 
 /// What the driver publishes of a GPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,16 +109,11 @@ pub trait GpuSource: Send + 'static {
     fn look(&mut self) -> Result<Vec<Result<Gpu, String>>, String>;
 }
 
-/// NVML, loaded at run time (`libnvidia-ml.so.1`), so that the driver starts and says why
-/// it publishes nothing on a node without a driver.
+/// NVML ([`crate::nvml`]), loaded at run time (`libnvidia-ml.so.1`), so that the driver
+/// starts and says why it publishes nothing on a node without a driver.
+#[derive(Debug, Default)]
 pub struct NvmlSource {
-    nvml: Option<nvml_wrapper::Nvml>,
-}
-
-impl fmt::Debug for NvmlSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("NvmlSource")
-    }
+    nvml: Option<Nvml>,
 }
 
 impl NvmlSource {
@@ -128,12 +123,9 @@ impl NvmlSource {
     }
 
     /// NVML, loaded and initialized.
-    fn nvml(&mut self) -> Result<&nvml_wrapper::Nvml, String> {
+    fn nvml(&mut self) -> Result<&Nvml, String> {
         if self.nvml.is_none() {
-            let nvml = nvml_wrapper::Nvml::builder()
-                .lib_path(OsStr::new("libnvidia-ml.so.1"))
-                .init()
-                .map_err(|e| format!("NVML (libnvidia-ml.so.1) cannot be used: {e}"))?;
+            let nvml = Nvml::open().map_err(|e| format!("NVML cannot be used: {e}"))?;
             self.nvml = Some(nvml);
         }
         self.nvml
@@ -142,48 +134,24 @@ impl NvmlSource {
     }
 }
 
-impl Default for NvmlSource {
-    fn default() -> Self {
-        NvmlSource::new()
-    }
-}
-
 impl GpuSource for NvmlSource {
     fn look(&mut self) -> Result<Vec<Result<Gpu, String>>, String> {
         let nvml = self.nvml()?;
-        let count = nvml
-            .device_count()
-            .map_err(|e| format!("nvmlDeviceGetCount failed: {e}"))?;
-        let driver_version = nvml
-            .sys_driver_version()
-            .map_err(|e| format!("nvmlSystemGetDriverVersion failed: {e}"))?;
-        Ok((0..count)
-            .map(|index| {
-                let at = |call: &str, e: nvml_wrapper::error::NvmlError| {
-                    format!("GPU {index}: {call} failed: {e}")
-                };
-                let device = nvml
-                    .device_by_index(index)
-                    .map_err(|e| at("nvmlDeviceGetHandleByIndex", e))?;
-                let uuid_text = device.uuid().map_err(|e| at("nvmlDeviceGetUUID", e))?;
-                let uuid = GpuUuid::parse(&uuid_text).map_err(|_| {
-                    format!("GPU {index}: NVML gave {uuid_text:?}, which is not a GPU UUID")
-                })?;
-                let memory = device
-                    .memory_info()
-                    .map_err(|e| at("nvmlDeviceGetMemoryInfo", e))?;
-                let capability = device
-                    .cuda_compute_capability()
-                    .map_err(|e| at("nvmlDeviceGetCudaComputeCapability", e))?;
+        let driver_version = nvml.driver_version().map_err(|e| e.to_string())?;
+        let found = nvml.each_gpu().map_err(|e| e.to_string())?;
+        Ok(found
+            .into_iter()
+            .map(|gpu| {
+                let gpu = gpu.map_err(|(index, e)| format!("GPU {index}: {e}"))?;
+                let compute_capability = nvml
+                    .compute_capability(&gpu.uuid)
+                    .map_err(|e| format!("GPU {}: {e}", gpu.index))?;
                 Ok(Gpu {
-                    index,
-                    uuid,
-                    product_name: device.name().map_err(|e| at("nvmlDeviceGetName", e))?,
-                    memory_bytes: memory.total,
-                    compute_capability: (
-                        u32::try_from(capability.major).unwrap_or(0),
-                        u32::try_from(capability.minor).unwrap_or(0),
-                    ),
+                    index: gpu.index,
+                    uuid: gpu.uuid,
+                    product_name: gpu.model,
+                    memory_bytes: gpu.memory_bytes,
+                    compute_capability,
                     driver_version: driver_version.clone(),
                 })
             })

@@ -10,6 +10,7 @@
 //! config    the opaque configuration: compute limit, priority
 //! state     prepare/unprepare as tenants in the ledger (quota, record, files, CDI spec);
 //!           the files a claim's containers can write, cut back if they grow
+//! files     a tenant's files and CDI spec on a node, as the device plugin makes them
 //! kubelet   registration and the DRA gRPC service (v1, v1beta1) on Unix sockets
 //! api       the kubelet's APIs, generated from proto/
 //! ```
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod claim;
 pub mod config;
+pub mod files;
 pub mod gpus;
 pub mod kubelet;
 pub mod publish;

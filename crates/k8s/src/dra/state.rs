@@ -25,8 +25,8 @@
 //! claim on one GPU (two requests sharing it) add up.
 //!
 //! The files a container mounts (usage and lock files, the pin file) and the CDI spec are
-//! made by a [`TenantFiles`], which the command provides: the same files the device plugin
-//! makes for its tenants.
+//! made by a [`TenantFiles`]: on a node [`ContainerFiles`](super::files::ContainerFiles), the
+//! same files the device plugin makes for its tenants.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -14,10 +14,10 @@ use tokio::sync::watch;
 use super::api;
 use super::config::{ComputeLimit, Config, Resource};
 use super::health::Inventory;
-use super::nvml::Gpu;
 use super::slices::SliceId;
 use super::tenants::{self, Record, Removal, TenantError};
 use crate::cdi::{self, Preload};
+use crate::nvml::Gpu;
 
 /// Why a container's slices could not be allocated.
 #[derive(Debug, thiserror::Error)]

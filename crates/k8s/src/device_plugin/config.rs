@@ -14,8 +14,67 @@ use gpuslice_ledger::Priority;
 use serde::Deserialize;
 
 use super::nvidia_config::{self, Converted, NvidiaConfigError};
-use crate::cdi::{Layout, Preload};
-use crate::cli::DevicePluginArgs;
+use crate::cdi::{Layout, Preload, is_device_template};
+
+/// `gpuslice device-plugin`'s flags (the command adds how it logs); each one, where given,
+/// overrides the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Settings file (YAML or JSON); flags override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Slices each GPU is cut into [default: 4]
+    #[arg(long, value_name = "N")]
+    pub slices_per_gpu: Option<u32>,
+
+    /// Ledger directory on the host [default: /run/gpuslice]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// The shim on the host [default: as for run]
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+
+    /// How containers preload the shim [default: env]
+    #[arg(long, value_enum)]
+    pub preload: Option<crate::cdi::Preload>,
+
+    /// Where CDI specs of allocations are written [default: /var/run/cdi]
+    #[arg(long, value_name = "DIR")]
+    pub cdi_dir: Option<PathBuf>,
+
+    /// The kubelet's device plugin directory [default: /var/lib/kubelet/device-plugins]
+    #[arg(long, value_name = "DIR")]
+    pub kubelet_dir: Option<PathBuf>,
+
+    /// NVIDIA's CDI device per GPU, {uuid} or {index}; "" for none [default: nvidia.com/gpu={uuid}]
+    #[arg(long, value_name = "TEMPLATE")]
+    pub nvidia_cdi_device: Option<String>,
+
+    /// Milliseconds between GPU health checks [default: 5000]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub health_interval_ms: Option<u64>,
+
+    /// Serve Prometheus metrics, /healthz and /readyz at this address (e.g. 0.0.0.0:10400)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// The kubelet's pod resources socket, "" for none [default: /var/lib/kubelet/pod-resources/kubelet.sock]
+    #[arg(long, value_name = "PATH", value_parser = parse_path_or_none)]
+    pub pod_resources_socket: Option<PathBuf>,
+
+    /// Where the shim is when neither `--shim` nor the file says (the command looks next to
+    /// itself); asked at each load of the settings.
+    #[arg(skip)]
+    pub find_shim: Option<fn() -> Option<PathBuf>>,
+}
+
+/// The value parser of a path flag whose `""` means "none": clap's own refuses an empty
+/// path.
+fn parse_path_or_none(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
+}
 
 /// The resource advertised when the file names none.
 pub const DEFAULT_RESOURCE: &str = "gpuslice.dev/gpu";
@@ -112,8 +171,11 @@ struct Read {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PriorityName {
+    /// `high`.
     High,
+    /// `normal`.
     Normal,
+    /// `low`.
     Low,
 }
 
@@ -232,7 +294,7 @@ pub enum ConfigError {
 
 impl Config {
     /// The settings: the file `args.config` names (if any), then the flags over it.
-    pub fn load(args: &DevicePluginArgs) -> Result<Config, ConfigError> {
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
         let (read, origin) = match &args.config {
             Some(path) => (read_file(path)?, path.display().to_string()),
             None => (
@@ -249,7 +311,7 @@ impl Config {
 }
 
 /// [`resolve`], keeping what the file's reading found.
-fn resolve_read(read: Read, args: &DevicePluginArgs, origin: &str) -> Result<Config, ConfigError> {
+fn resolve_read(read: Read, args: &Args, origin: &str) -> Result<Config, ConfigError> {
     let mut config = resolve(read.file, args, origin)?;
     config.format = read.format;
     config.ignored = read.ignored;
@@ -351,12 +413,7 @@ pub fn detect(text: &str) -> Result<Format, String> {
 
 /// The settings in `text` (of the file `path`) with flags `args`, as [`Config::load`] makes
 /// them from a file.
-#[cfg(test)]
-pub(super) fn load_text(
-    text: &str,
-    path: &Path,
-    args: &DevicePluginArgs,
-) -> Result<Config, ConfigError> {
+pub fn load_text(text: &str, path: &Path, args: &Args) -> Result<Config, ConfigError> {
     resolve_read(parse(text, path)?, args, &path.display().to_string())
 }
 
@@ -390,7 +447,7 @@ impl File {
 }
 
 /// The file's values, with the flags over them, checked.
-fn resolve(file: File, args: &DevicePluginArgs, origin: &str) -> Result<Config, ConfigError> {
+fn resolve(file: File, args: &Args, origin: &str) -> Result<Config, ConfigError> {
     let bad = |field: &'static str, value: String, expected: &str| ConfigError::Value {
         field,
         value,
@@ -414,12 +471,12 @@ fn resolve(file: File, args: &DevicePluginArgs, origin: &str) -> Result<Config, 
         .dir
         .clone()
         .or(file.ledger_dir)
-        .unwrap_or_else(|| PathBuf::from(crate::locate::SYSTEM_LEDGER_DIR));
+        .unwrap_or_else(|| PathBuf::from(gpuslice_ledger::DEFAULT_DIR));
     let shim_host = args
         .shim
         .clone()
         .or(file.shim)
-        .or_else(|| crate::locate::shim(None).ok())
+        .or_else(|| args.find_shim.and_then(|find| find()))
         .ok_or_else(|| {
             bad(
                 "shim",
@@ -653,30 +710,43 @@ fn is_resource_name(name: &str) -> bool {
         && label_ok(class, &['_', '.'])
 }
 
-/// A CDI device name template: `vendor/class=name` with `{uuid}` or `{index}` in the name,
-/// which gives a qualified name CDI accepts for any GPU (a runtime refuses a container that
-/// asks for a device by a name CDI's rules reject).
-fn is_device_template(template: &str) -> bool {
-    let Some((_, name)) = template.split_once('=') else {
-        return false;
-    };
-    let example =
-        |uuid: &str, index: &str| template.replace("{uuid}", uuid).replace("{index}", index);
-    (name.contains("{uuid}") || name.contains("{index}"))
-        && [
-            example("GPU-00000000-0000-0000-0000-000000000000", "0"),
-            example("GPU-ffffffff-ffff-ffff-ffff-ffffffffffff", "15"),
-        ]
-        .iter()
-        .all(|qualified| crate::cdi_rules::check_qualified_name(qualified).is_ok())
+/// `gpuslice device-plugin ...` parsed as the command parses it, for tests: the command's
+/// logging flags are accepted and dropped.
+#[cfg(test)]
+pub(crate) mod test_cli {
+    use std::ffi::OsString;
+
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "gpuslice")]
+    enum Cli {
+        DevicePlugin {
+            #[command(flatten)]
+            args: super::Args,
+            #[arg(long)]
+            log_level: Option<String>,
+            #[arg(long)]
+            log_format: Option<String>,
+        },
+    }
+
+    /// The device plugin's flags in `argv` (`gpuslice device-plugin FLAGS...`).
+    pub(crate) fn parse<I, T>(argv: I) -> Result<super::Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let Cli::DevicePlugin { args, .. } = Cli::try_parse_from(argv)?;
+        Ok(args)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    fn args(extra: &[&str]) -> DevicePluginArgs {
+    fn args(extra: &[&str]) -> Args {
         let mut argv = vec![
             "gpuslice",
             "device-plugin",
@@ -684,10 +754,7 @@ mod tests {
             "/opt/gpuslice/libgpuslice.so",
         ];
         argv.extend_from_slice(extra);
-        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::DevicePlugin(a) => a,
-            _ => unreachable!(),
-        }
+        test_cli::parse(argv).unwrap()
     }
 
     fn from_text(text: &str, extra: &[&str]) -> Result<Config, ConfigError> {
@@ -709,11 +776,7 @@ mod tests {
             std::ffi::OsStr::new("--dir"),
             dir,
         ];
-        let crate::cli::Command::DevicePlugin(args) =
-            crate::cli::Cli::try_parse_from(argv).unwrap().command
-        else {
-            unreachable!()
-        };
+        let args = test_cli::parse(argv).unwrap();
         let err = resolve(File::default(), &args, "flags")
             .unwrap_err()
             .to_string();
@@ -938,9 +1001,7 @@ healthIntervalSeconds: 0.5
                 .iter()
                 .map(|a| a.as_str().unwrap().to_string()),
         );
-        let crate::cli::Command::DevicePlugin(mut args) =
-            crate::cli::Cli::try_parse_from(&argv).unwrap().command
-        else {
+        let Ok(mut args) = test_cli::parse(&argv) else {
             panic!("the DaemonSet does not run device-plugin: {argv:?}")
         };
         assert!(args.config.is_some(), "the DaemonSet passes no --config");

@@ -36,7 +36,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use gpuslice_ledger::{Ledger, LedgerError, TenantName};
+use gpuslice_ledger::{FileError, Ledger, LedgerError, TenantName};
 use serde::{Deserialize, Serialize};
 
 use super::config::Config;
@@ -73,15 +73,8 @@ pub enum TenantError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// A file operation failed.
-    #[error("could not {action} {}: {source}", .path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// A record that is not what this plugin writes.
     #[error("{} is not a valid allocation record ({message}); remove the tenant's directory if it is not in use", .path.display())]
     BadRecord {
@@ -127,11 +120,11 @@ pub fn read_record(ledger: &Ledger, t: &TenantName) -> Result<Option<Record>, Te
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(TenantError::Io {
+            return Err(TenantError::Io(FileError {
                 action: "read",
                 path,
                 source,
-            });
+            }));
         }
     };
     serde_json::from_str(&text)
@@ -145,10 +138,12 @@ pub fn read_record(ledger: &Ledger, t: &TenantName) -> Result<Option<Record>, Te
 /// Writes tenant `t`'s record (creating its directory).
 pub fn write_record(ledger: &Ledger, t: &TenantName, record: &Record) -> Result<(), TenantError> {
     let dir = ledger.tenant_dir(t);
-    fs::create_dir_all(&dir).map_err(|source| TenantError::Io {
-        action: "create",
-        path: dir.clone(),
-        source,
+    fs::create_dir_all(&dir).map_err(|source| {
+        TenantError::Io(FileError {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })
     })?;
     let text = serde_json::to_string_pretty(record).unwrap_or_default() + "\n";
     cdi::write_atomically(&dir.join(RECORD), &text)?;
@@ -163,11 +158,11 @@ pub fn prepare_usage(ledger: &Ledger, t: &TenantName) -> Result<PathBuf, TenantE
     ledger.open_usage(t)?;
     let chmod = |path: &Path, mode: u32| {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
-            TenantError::Io {
+            TenantError::Io(FileError {
                 action: "set the mode of",
                 path: path.to_path_buf(),
                 source,
-            }
+            })
         })
     };
     chmod(ledger.locks_dir(), 0o700)?;
@@ -231,11 +226,11 @@ fn remove_spec(cdi_dir: &Path, tenant: &str) -> Result<(), TenantError> {
     match fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(TenantError::Io {
+        Err(source) => Err(TenantError::Io(FileError {
             action: "remove",
             path,
             source,
-        }),
+        })),
     }
 }
 
@@ -427,7 +422,7 @@ mod tests {
                 .map(|(i, u)| SliceId::new(gpuslice_ledger::GpuUuid(*u), index + u32::try_from(i).unwrap()))
                 .collect();
             let t = tenant_name(&slices).unwrap();
-            proptest::prop_assert_eq!(crate::cdi_rules::check_device_name(t.as_str()), Ok(()));
+            proptest::prop_assert_eq!(crate::cdi::rules::check_device_name(t.as_str()), Ok(()));
         }
     }
 
@@ -469,20 +464,11 @@ mod tests {
 
     #[test]
     fn a_tenant_is_obsolete_when_its_gpu_is_gone_or_no_container_has_its_slices() {
-        let args = match <crate::cli::Cli as clap::Parser>::try_parse_from([
-            "gpuslice",
-            "device-plugin",
-            "--shim",
-            "/s.so",
-        ])
-        .unwrap()
-        .command
-        {
-            crate::cli::Command::DevicePlugin(a) => a,
-            _ => unreachable!(),
-        };
+        let args =
+            super::super::config::test_cli::parse(["gpuslice", "device-plugin", "--shim", "/s.so"])
+                .unwrap();
         let config = Config::load(&args).unwrap();
-        let gpu = |g: u8| super::super::nvml::Gpu {
+        let gpu = |g: u8| crate::nvml::Gpu {
             index: u32::from(g),
             uuid: slice(g, 0).gpu,
             model: "test GPU".into(),

@@ -12,7 +12,7 @@ use gpuslice_ledger::GpuUuid;
 
 use super::api;
 use super::config::Resource;
-use super::nvml::Gpu;
+use crate::nvml::Gpu;
 
 /// One slice of one GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

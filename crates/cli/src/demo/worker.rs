@@ -61,7 +61,7 @@ type CuDevicePtr = u64;
 type Handle = *mut c_void;
 
 /// The kernels, as PTX text with the NUL that `cuModuleLoadData` needs.
-const SPIN_PTX: &str = concat!(include_str!("../../../examples/ptx/spin.ptx"), "\0");
+const SPIN_PTX: &str = concat!(include_str!("../../../../examples/ptx/spin.ptx"), "\0");
 /// The kernel that does its argument's rounds of work.
 const WORK_KERNEL: &CStr = c"gpuslice_work";
 

@@ -12,10 +12,11 @@
 use std::io::{IsTerminal, Write};
 
 use crate::cli::DemoPhase;
+use crate::demo::memory::MemoryOutcome;
+use crate::demo::worker::CUDA_ERROR_OUT_OF_MEMORY;
 use crate::demo::{Phase, Tenant, exact_size};
-use crate::demo_memory::MemoryOutcome;
-use crate::demo_worker::CUDA_ERROR_OUT_OF_MEMORY;
-use crate::status::{Report, format_duration};
+use crate::report::Report;
+use crate::status::format_duration;
 
 /// How long each kernel takes alone, once sized by the trial: long against the shim's
 /// watcher tick, short against a refresh of the progress display.

@@ -1,170 +1,24 @@
-//! `gpuslice top`: a live terminal view of the ledger, per GPU: every tenant's memory against
-//! its quota, its refusals, its compute share, limit and priority, the share of the GPU it
-//! gets and how long it was throttled, and its processes, read again a few times a second.
-//!
-//! The data is exactly what `gpuslice status` reads ([`status::read_report`]), regrouped by
-//! GPU ([`items`]). [`render`] draws it into any ratatui frame, so tests draw it on a
-//! `TestBackend`; [`top`] is the event loop around it on the real terminal, which a
-//! [`TerminalGuard`] gives back as it found it however the loop ends (`q`, an error, a panic).
-//!
-//! The table is a list of [`Column`]s chosen by the terminal's width: a column is a header,
-//! a width and a cell. What a tenant gets (GETS) is measured between two reads of the ledger
-//! ([`status::measure_gets`]): the GPU time it was charged over the wall time in between.
+//! The screen: the [`model`](super::model)'s lines drawn as a table whose [`Column`]s fit
+//! the terminal's width, under a header, scrolled.
 
-use std::io::{self, IsTerminal};
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::anyhow;
 use ratatui::Frame;
-use ratatui::Terminal;
-use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
-use ratatui::crossterm::{cursor, execute, terminal};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{LineGauge, Paragraph};
 
-use crate::cli::TopArgs;
-use crate::exit::{self, Failure, ResultExt};
-use crate::locate;
+use super::model::{Item, Row, items};
 use crate::quantity::format_size;
-use crate::status::{self, Report, TenantUsage, format_duration, percent_text, read_report};
+use crate::report::Report;
+use crate::status::{format_duration, percent_text};
 
 /// Below this many columns the view is narrow: no gauge bars, abbreviated UUIDs, short
 /// figures.
 const NARROW: u16 = 60;
 /// From this many columns on, the PIDs of each tenant's processes are shown too.
 const WIDE: u16 = 100;
-
-/// Runs `gpuslice top` until the user quits.
-pub fn top(args: TopArgs) -> Result<u8, Failure> {
-    if !io::stdout().is_terminal() {
-        return Err(anyhow!(
-            "gpuslice top needs a terminal on stdout; use `gpuslice status` (or `gpuslice \
-             status --json`) to print the same figures to a pipe or a file"
-        ))
-        .usage();
-    }
-    let dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
-    // A ledger that cannot be read at all is a usage error, as for status, before the
-    // screen is taken over.
-    let report = read_report(&dir).usage()?;
-    let interval = Duration::from_millis(args.interval);
-    let guard = TerminalGuard::enter()
-        .map_err(|e| anyhow!("could not set up the terminal: {e}"))
-        .failed()?;
-    let result = event_loop(&dir, report, interval)
-        .map_err(|e| anyhow!("terminal error: {e}"))
-        .failed();
-    drop(guard);
-    result.map(|()| exit::OK)
-}
-
-/// Draws, waits for a key or the next refresh, reads the ledger again; until `q`, Esc or
-/// Ctrl-C.
-fn event_loop(dir: &Path, mut report: Report, interval: Duration) -> io::Result<()> {
-    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
-    let mut refreshed = clock_now();
-    let mut error: Option<String> = None;
-    let mut scroll = 0usize;
-    let mut next_read = Instant::now() + interval;
-    loop {
-        let mut max_scroll = 0;
-        terminal.draw(|frame| {
-            let view = View {
-                report: &report,
-                refreshed: &refreshed,
-                interval,
-                error: error.as_deref(),
-                scroll,
-            };
-            max_scroll = render(frame, frame.area(), &view);
-        })?;
-        scroll = scroll.min(max_scroll);
-        // Anything but a key (a resize) only needs the redraw at the top of the loop.
-        if event::poll(next_read.saturating_duration_since(Instant::now()))?
-            && let Event::Key(key) = event::read()?
-            && key.kind != KeyEventKind::Release
-        {
-            let control = key.modifiers.contains(KeyModifiers::CONTROL);
-            match key.code {
-                KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
-                KeyCode::Char('c') if control => return Ok(()),
-                KeyCode::Down | KeyCode::Char('j') => scroll = scroll.saturating_add(1),
-                KeyCode::Up | KeyCode::Char('k') => scroll = scroll.saturating_sub(1),
-                KeyCode::PageDown | KeyCode::Char(' ') => scroll = scroll.saturating_add(10),
-                KeyCode::PageUp => scroll = scroll.saturating_sub(10),
-                KeyCode::Home => scroll = 0,
-                _ => {}
-            }
-        }
-        if Instant::now() >= next_read {
-            match read_report(dir) {
-                Ok(mut fresh) => {
-                    status::measure_gets(&report, &mut fresh);
-                    report = fresh;
-                    refreshed = clock_now();
-                    error = None;
-                }
-                // The ledger went away or became unreadable: keep the last figures, say so.
-                Err(e) => error = Some(crate::message(&e)),
-            }
-            next_read = Instant::now() + interval;
-        }
-    }
-}
-
-/// Raw mode and the alternate screen, for as long as it lives: dropping it (also while a
-/// panic unwinds) gives the terminal back. A panic hook gives it back before the panic
-/// message is printed, so that the message lands on the normal screen.
-#[derive(Debug)]
-struct TerminalGuard;
-
-impl TerminalGuard {
-    fn enter() -> io::Result<TerminalGuard> {
-        terminal::enable_raw_mode()?;
-        // From here on, dropping the guard undoes whatever part of the setup happened.
-        let guard = TerminalGuard;
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            restore_terminal();
-            previous(info);
-        }));
-        execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
-        Ok(guard)
-    }
-}
-
-impl Drop for TerminalGuard {
-    fn drop(&mut self) {
-        restore_terminal();
-    }
-}
-
-/// Leaves raw mode and the alternate screen; harmless when done twice.
-fn restore_terminal() {
-    let _ = terminal::disable_raw_mode();
-    let _ = execute!(io::stdout(), terminal::LeaveAlternateScreen, cursor::Show);
-}
-
-/// The local wall-clock time, `HH:MM:SS`.
-fn clock_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let time = libc::time_t::try_from(secs).unwrap_or(0);
-    // SAFETY: `libc::tm` is plain integers and a pointer, for which all zeroes is valid.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: localtime_r reads `time` and writes only `tm`, both valid for the call.
-    let local = unsafe { libc::localtime_r(&time, &mut tm) };
-    if local.is_null() {
-        let day = secs % 86_400;
-        return format!("{:02}:{:02}:{:02} UTC", day / 3600, day / 60 % 60, day % 60);
-    }
-    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
-}
 
 /// What one screen shows.
 #[derive(Debug)]
@@ -179,131 +33,6 @@ pub struct View<'a> {
     pub error: Option<&'a str>,
     /// How many lines of the body are scrolled out at the top.
     pub scroll: usize,
-}
-
-/// One line of the body.
-#[derive(Debug)]
-enum Item<'a> {
-    /// A GPU, heading the tenants that use it.
-    Gpu { uuid: &'a str, tenants: usize },
-    /// A heading of tenants that have no GPU row.
-    Heading(&'static str),
-    /// A tenant on the GPU above, or a tenant with no GPU used yet.
-    Tenant(Row<'a>),
-    /// A tenant whose files could not be read: one line of its error.
-    Damaged { name: &'a str, error: String },
-    /// A note in place of rows (`no tenants`).
-    Note(&'static str),
-}
-
-/// The figures of one tenant on one GPU: what the columns show.
-#[derive(Debug)]
-struct Row<'a> {
-    tenant: &'a str,
-    used: u64,
-    limit: Option<u64>,
-    oom: u64,
-    /// Compute share, limit (percent) and priority.
-    share: Option<f64>,
-    compute_limit: Option<f64>,
-    priority: Option<&'a str>,
-    /// The share received since the last refresh, in percent.
-    gets: Option<f64>,
-    /// Time its launches waited for credit, in total.
-    throttled_ns: Option<u64>,
-    /// Live processes: those holding memory on this GPU, or for a tenant with no GPU used
-    /// yet, those holding a slot.
-    processes: usize,
-    pids: Vec<u32>,
-}
-
-/// The report regrouped by GPU: each GPU (in UUID order) with its tenants (in name order),
-/// then the tenants no GPU row shows, then the damaged ones. `width` is the width error lines
-/// are wrapped at.
-fn items(report: &Report, width: u16) -> Vec<Item<'_>> {
-    let readable: Vec<(&str, &TenantUsage)> = report
-        .tenants
-        .iter()
-        .filter_map(|t| Some((t.name.as_str(), t.usage.as_ref()?)))
-        .collect();
-    let mut uuids: Vec<&str> = readable
-        .iter()
-        .flat_map(|(_, usage)| usage.gpus.iter().map(|g| g.uuid.as_str()))
-        .collect();
-    uuids.sort_unstable();
-    uuids.dedup();
-    let mut out = Vec::new();
-    for uuid in uuids {
-        let rows: Vec<Row<'_>> = readable
-            .iter()
-            .filter_map(|(name, usage)| {
-                let gpu = usage.gpus.iter().find(|g| g.uuid == uuid)?;
-                Some(Row {
-                    tenant: name,
-                    used: gpu.memory_used_bytes,
-                    limit: gpu.memory_limit_bytes,
-                    oom: gpu.oom_refusals,
-                    share: gpu.compute_share_percent,
-                    compute_limit: gpu.compute_limit_percent,
-                    priority: gpu.priority,
-                    gets: gpu.gets_percent,
-                    throttled_ns: Some(gpu.throttled_ns),
-                    processes: gpu.processes.len(),
-                    pids: gpu.processes.iter().map(|p| p.pid).collect(),
-                })
-            })
-            .collect();
-        out.push(Item::Gpu {
-            uuid,
-            tenants: rows.len(),
-        });
-        out.extend(rows.into_iter().map(Item::Tenant));
-    }
-    let idle: Vec<Row<'_>> = readable
-        .iter()
-        .filter(|(_, usage)| usage.gpus.is_empty())
-        .map(|(name, usage)| Row {
-            tenant: name,
-            used: 0,
-            limit: usage.memory_limit_bytes,
-            oom: 0,
-            share: usage.compute_share_percent,
-            compute_limit: usage.compute_limit_percent,
-            priority: usage.priority,
-            gets: None,
-            throttled_ns: None,
-            processes: usage.live_processes,
-            pids: Vec::new(),
-        })
-        .collect();
-    if !idle.is_empty() {
-        out.push(Item::Heading("no GPU used yet"));
-        out.extend(idle.into_iter().map(Item::Tenant));
-    }
-    let damaged: Vec<_> = report
-        .tenants
-        .iter()
-        .filter(|t| t.usage.is_none())
-        .collect();
-    if !damaged.is_empty() {
-        out.push(Item::Heading("unreadable"));
-    }
-    for tenant in damaged {
-        let error = tenant.error.as_deref().unwrap_or("unreadable");
-        // The name and `error: ` on the first line, the rest wrapped under it.
-        let text: Vec<char> = format!("{}  error: {error}", tenant.name).chars().collect();
-        let room = usize::from(width.saturating_sub(4)).max(1);
-        for (i, chunk) in text.chunks(room).enumerate() {
-            out.push(Item::Damaged {
-                name: if i == 0 { &tenant.name } else { "" },
-                error: chunk.iter().collect(),
-            });
-        }
-    }
-    if report.tenants.is_empty() {
-        out.push(Item::Note("(no tenants)"));
-    }
-    out
 }
 
 /// A column of the table. Adding one is a variant here, its header, its cell and its width,
@@ -665,9 +394,11 @@ pub fn render(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::read_report;
     use gpuslice_ledger::{
         ComputeSettings, GpuUuid, Ledger, Limits, Priority, TenantName, TenantQuota,
     };
+    use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
     const MIB: u64 = 1 << 20;
@@ -784,7 +515,7 @@ mod tests {
 
         let mut report = read_report(dir.path()).unwrap();
         report.read_at = before.read_at + Duration::from_millis(400);
-        status::measure_gets(&before, &mut report);
+        crate::report::measure_gets(&before, &mut report);
         (dir, report, held)
     }
 

@@ -4,8 +4,8 @@
 use std::io::{IsTerminal, Write};
 
 use crate::cli::DemoPhase;
+use crate::demo::worker::CUDA_ERROR_OUT_OF_MEMORY;
 use crate::demo::{Phase, Tenant, exact_size};
-use crate::demo_worker::CUDA_ERROR_OUT_OF_MEMORY;
 
 /// What each worker waits after an allocation, so that the progress can be watched; a whole
 /// memory phase on the simulated GPU takes about 31 of them.

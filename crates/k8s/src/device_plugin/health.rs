@@ -26,9 +26,9 @@ use std::time::Duration;
 use gpuslice_ledger::GpuUuid;
 use tokio::sync::watch;
 
-use super::nvml::{Gpu, Nvml, XidEvent, XidWatch};
 use super::slices::GpuState;
 use super::xid::XidPolicy;
+use crate::nvml::{Gpu, Nvml, XidEvent, XidWatch};
 
 /// What the health thread publishes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

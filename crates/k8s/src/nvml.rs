@@ -2,9 +2,9 @@
 //! (`libnvidia-ml.so.1`, loaded at run time by the `nvml-wrapper` crate, so that the command
 //! starts, and says why it sees no GPU, on a machine without a driver).
 //!
-//! Everything the command asks NVML goes through here: `--gpu`, `doctor`, the processes
-//! outside gpuslice's limits, the device plugin's GPUs and health, and the metrics' GPU
-//! labels. (The shim's own NVML hooks, in `src/`, are another matter.)
+//! Everything gpuslice asks NVML goes through here: `--gpu`, `doctor`, the processes
+//! outside gpuslice's limits, the device plugin's GPUs and health, the DRA driver's GPUs,
+//! and the metrics' GPU labels. (The shim's own NVML hooks, in `src/`, are another matter.)
 
 use std::fmt;
 use std::time::Duration;
@@ -62,6 +62,9 @@ fn failed(call: &'static str) -> impl FnOnce(WrapperError) -> NvmlError {
     move |source| NvmlError::Call { call, source }
 }
 
+/// A GPU NVML lists: described, or its index and why it cannot be read.
+pub type Found = Result<Gpu, (u32, NvmlError)>;
+
 /// NVML, loaded and initialized; shut down when dropped.
 pub struct Nvml {
     nvml: nvml_wrapper::Nvml,
@@ -108,27 +111,58 @@ impl Nvml {
 
     /// Every GPU NVML lists, in its order.
     pub fn gpus(&self) -> Result<Vec<Gpu>, NvmlError> {
+        self.each_gpu()?
+            .into_iter()
+            .map(|found| found.map_err(|(_, e)| e))
+            .collect()
+    }
+
+    /// Every GPU NVML lists, in its order: each described, or its index and why it cannot be
+    /// read (the others are listed all the same). An error when NVML cannot count them.
+    pub fn each_gpu(&self) -> Result<Vec<Found>, NvmlError> {
         let count = self
             .nvml
             .device_count()
             .map_err(failed("nvmlDeviceGetCount_v2"))?;
-        (0..count)
+        Ok((0..count)
             .map(|index| {
-                let device = self
-                    .nvml
-                    .device_by_index(index)
-                    .map_err(failed("nvmlDeviceGetHandleByIndex_v2"))?;
-                Ok(Gpu {
-                    index,
-                    uuid: uuid_of(&device)?,
-                    model: device.name().map_err(failed("nvmlDeviceGetName"))?,
-                    memory_bytes: device
-                        .memory_info()
-                        .map_err(failed("nvmlDeviceGetMemoryInfo_v2"))?
-                        .total,
-                })
+                let describe = || {
+                    let device = self
+                        .nvml
+                        .device_by_index(index)
+                        .map_err(failed("nvmlDeviceGetHandleByIndex_v2"))?;
+                    Ok(Gpu {
+                        index,
+                        uuid: uuid_of(&device)?,
+                        model: device.name().map_err(failed("nvmlDeviceGetName"))?,
+                        memory_bytes: device
+                            .memory_info()
+                            .map_err(failed("nvmlDeviceGetMemoryInfo_v2"))?
+                            .total,
+                    })
+                };
+                describe().map_err(|e| (index, e))
             })
-            .collect()
+            .collect())
+    }
+
+    /// The version of the NVIDIA driver (`nvmlSystemGetDriverVersion`).
+    pub fn driver_version(&self) -> Result<String, NvmlError> {
+        self.nvml
+            .sys_driver_version()
+            .map_err(failed("nvmlSystemGetDriverVersion"))
+    }
+
+    /// The CUDA compute capability (major, minor) of the GPU with this UUID.
+    pub fn compute_capability(&self, uuid: &GpuUuid) -> Result<(u32, u32), NvmlError> {
+        let capability = self
+            .device(uuid)?
+            .cuda_compute_capability()
+            .map_err(failed("nvmlDeviceGetCudaComputeCapability"))?;
+        Ok((
+            u32::try_from(capability.major).unwrap_or(0),
+            u32::try_from(capability.minor).unwrap_or(0),
+        ))
     }
 
     /// The free memory of the GPU with this UUID.

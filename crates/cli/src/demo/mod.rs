@@ -4,11 +4,11 @@
 //! The demo is made of what `run` does: it creates the tenants with their quota files
 //! ([`tenancy::enter`]) and starts each tenant's program under the shim
 //! ([`run::tenant_command`]). That program is this binary again, as the hidden
-//! `__demo-worker` subcommand ([`crate::demo_worker`]), so nothing else needs building.
+//! `__demo-worker` subcommand ([`worker`]), so nothing else needs building.
 //!
 //! The demo runs in [`Phase`]s, each a worker per tenant whose `key=value` lines are shown as
-//! they come and then judged: memory ([`crate::demo_memory`]), then compute
-//! ([`crate::demo_compute`]).
+//! they come and then judged: memory ([`memory`]), then compute
+//! ([`compute`]).
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,19 +17,23 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
+pub mod compute;
+pub mod memory;
+pub mod plot;
+pub mod worker;
+
 use anyhow::anyhow;
 use gpuslice_ledger::{ComputeSettings, Ledger, TenantName};
 
 use crate::cli::{DemoArgs, DemoPhase};
-use crate::demo_compute::{self, ComputePhase};
-use crate::demo_memory::{self, MemoryPhase};
-use crate::demo_plot::{self, Plot, PlotGpu};
 use crate::doctor;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
 use crate::run;
-use crate::status;
 use crate::tenancy::{self, Entry, Join, Membership};
+use compute::ComputePhase;
+use memory::MemoryPhase;
+use plot::{Plot, PlotGpu};
 
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
@@ -149,14 +153,14 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
 
     println!(
         "\n{}",
-        demo_compute::summary_table(&tenants, &memory.outcomes, &compute)
+        compute::summary_table(&tenants, &memory.outcomes, &compute)
     );
     if let Some(plot) = &plot {
         let promised: Vec<f64> = tenants
             .iter()
             .map(|t| f64::from(t.share_permille) / 10.0)
             .collect();
-        let steps = compute.over_time(demo_plot::STEP_NS);
+        let steps = compute.over_time(plot::STEP_NS);
         let plotted = match gpu {
             Gpu::Real(_) => PlotGpu::Real,
             Gpu::Simulated { .. } => PlotGpu::Simulated,
@@ -169,7 +173,7 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
         .iter()
         .enumerate()
         .filter_map(|(i, tenant)| {
-            let memory = demo_memory::memory_problem(tenant, &memory.outcomes[i]);
+            let memory = memory::memory_problem(tenant, &memory.outcomes[i]);
             let compute = compute.problem(i, tenant);
             match (memory, compute) {
                 (Some(m), Some(c)) => Some(format!("{m}; {c}")),
@@ -178,7 +182,7 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
         })
         .collect::<Vec<_>>();
     if !problems.is_empty() {
-        println!("\n{}", demo_compute::verdict(&tenants, &compute, &problems));
+        println!("\n{}", compute::verdict(&tenants, &compute, &problems));
         return Err(Failure::new(
             exit::PROBLEMS,
             anyhow!(
@@ -192,7 +196,7 @@ pub fn demo(args: DemoArgs) -> Result<u8, Failure> {
          it) and could allocate again after freeing, while the other allocated side by\n\
          side; and each got its share of the GPU's time while both wanted all of it."
     );
-    println!("\n{}", demo_compute::verdict(&tenants, &compute, &[]));
+    println!("\n{}", compute::verdict(&tenants, &compute, &[]));
     Ok(exit::OK)
 }
 
@@ -211,7 +215,7 @@ fn both_phases(
     );
     let mut memory = MemoryPhase::new(tenants);
     run_phase(tenants, gpu, shim, dir, &mut memory)?;
-    println!("\n{}", demo_memory::memory_table(tenants, &memory.outcomes));
+    println!("\n{}", memory::memory_table(tenants, &memory.outcomes));
 
     let mut trial = ComputePhase::trial(&tenants[0]);
     run_phase(&tenants[..1], gpu, shim, dir, &mut trial)?;
@@ -229,7 +233,7 @@ fn both_phases(
     let mut compute = ComputePhase::new(tenants, compute_seconds * 1000, calibration);
     run_phase(tenants, gpu, shim, dir, &mut compute)?;
     // What the ledger says, read while the tenants still exist.
-    if let Ok(report) = status::read_report(dir) {
+    if let Ok(report) = crate::report::read_report(dir) {
         compute.take_ledger(tenants, &report);
     }
     Ok((memory, compute))
