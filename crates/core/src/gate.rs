@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::time::Duration;
 
+use gpuslice_ledger::futex::{self, Scope};
 use gpuslice_ledger::{GpuIndex, MAX_GPUS, UsageFile, monotonic_ns};
 
 /// No bound on unfinished launches.
@@ -118,7 +119,12 @@ impl GpuGate {
             if self.broken() {
                 break false;
             }
-            futex_wait(&self.generation, generation, Duration::from_millis(2));
+            futex::wait(
+                &self.generation,
+                generation,
+                Duration::from_millis(2),
+                Scope::Process,
+            );
         };
         self.waiters.fetch_sub(1, SeqCst);
         usage.add_throttled(gpu, monotonic_ns().saturating_sub(start));
@@ -162,7 +168,7 @@ impl GpuGate {
     fn wake_waiters(&self) {
         if self.waiters.load(SeqCst) > 0 {
             self.generation.fetch_add(1, SeqCst);
-            futex_wake_all(&self.generation);
+            futex::wake_all(&self.generation, Scope::Process);
         }
     }
 
@@ -197,13 +203,13 @@ impl Bell {
     /// Sleeps for `timeout` unless it was rung since `rung()` said `seen`: `false` if it
     /// slept the whole timeout, `true` if a ring (before or during the sleep) cut it short.
     pub fn sleep(&self, seen: u32, timeout: Duration) -> bool {
-        futex_wait(&self.rung, seen, timeout)
+        futex::wait(&self.rung, seen, timeout, Scope::Process)
     }
 
     /// Wakes the sleeper.
     pub fn ring(&self) {
         self.rung.fetch_add(1, SeqCst);
-        futex_wake_all(&self.rung);
+        futex::wake_all(&self.rung, Scope::Process);
     }
 }
 
@@ -318,40 +324,6 @@ impl LaunchGates {
         while self.polling.load(SeqCst) {
             std::thread::yield_now();
         }
-    }
-}
-
-/// Waits while `word` holds `expected`, for at most `timeout`: `false` if the timeout ran
-/// out, `true` if the wait ended otherwise (the word was not or no longer `expected`, a
-/// wake, a signal).
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> bool {
-    let timeout = libc::timespec {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(1),
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
-    };
-    // SAFETY: `word` is a live, aligned u32 for the duration of the call; the timeout is a
-    // valid timespec. A spurious or timed-out return is fine: the caller loops.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &raw const timeout,
-        )
-    };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ETIMEDOUT)
-}
-
-fn futex_wake_all(word: &AtomicU32) {
-    // SAFETY: `word` is a live, aligned u32; waking has no other effect.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        );
     }
 }
 

@@ -39,6 +39,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use gpuslice_ledger::futex::{self, Scope};
 use gpuslice_ledger::ofd;
 use gpuslice_ledger::{LockKind, monotonic_ns};
 use parking_lot::Mutex;
@@ -376,27 +377,8 @@ impl Ledger {
     /// signal or error ends the wait too, and the caller looks again): `false` if it slept
     /// the whole timeout.
     pub fn wait_for_change(&self, seen: u32, timeout: std::time::Duration) -> bool {
-        let generation = &self.header().generation;
-        let ts = libc::timespec {
-            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
-        };
-        // SAFETY: the futex word is an aligned AtomicU32 in the shared mapping, which outlives
-        // the call; FUTEX_WAIT only reads it and sleeps at most the relative timeout, whose
-        // timespec outlives the call. Its errors (EAGAIN when the word is no longer `seen`,
-        // EINTR, ETIMEDOUT) all mean "look again".
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                generation.as_ptr(),
-                libc::FUTEX_WAIT,
-                seen,
-                &raw const ts,
-                std::ptr::null::<u32>(),
-                0u32,
-            )
-        };
-        rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ETIMEDOUT)
+        // Its errors (EAGAIN when the word is no longer `seen`, EINTR) mean "look again".
+        futex::wait(&self.header().generation, seen, timeout, Scope::Shared)
     }
 
     /// Records that a slot started or stopped executing at `at_ns` and wakes every stream
@@ -405,19 +387,7 @@ impl Ledger {
         let header = self.header();
         header.changed_ns.store(at_ns, Ordering::Release);
         header.generation.fetch_add(1, Ordering::AcqRel);
-        // SAFETY: as in wait_for_change; FUTEX_WAKE reads no memory but the futex word and
-        // ignores the other arguments.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                header.generation.as_ptr(),
-                libc::FUTEX_WAKE,
-                i32::MAX,
-                std::ptr::null::<libc::timespec>(),
-                std::ptr::null::<u32>(),
-                0u32,
-            );
-        }
+        futex::wake_all(&header.generation, Scope::Shared);
     }
 
     /// How many processes other than the owner of slot `own` execute a kernel on the device

@@ -107,6 +107,7 @@ mod clock;
 mod compute;
 mod error;
 mod files;
+pub mod futex;
 pub mod layout;
 mod ledger;
 mod limits;
