@@ -1,7 +1,7 @@
 //! The `gpuslice` command, tested by running the real binary: `run` (exit codes, signals,
 //! the environment it gives the command, tenant creation, joining and cleanup), `status`
-//! (JSON and table, damaged files), and both over the real shim and the simulated GPU, as
-//! does `demo`; `device-plugin` against a fake kubelet (`plugin`), its metrics naming the
+//! (JSON and table, damaged files), and both over the real shim and the simulated GPU (the
+//! `demo` is in the `timing` binary); `device-plugin` against a fake kubelet (`plugin`), its metrics naming the
 //! pods that kubelet lists (`plugin_metrics`) and the Grafana dashboard's queries checked
 //! against them (`dashboard`), its CDI specs in a real container runtime (`podman`), its
 //! Kubernetes manifests rendered and decoded with the API types (`kustomize`), and the
@@ -11,7 +11,6 @@ mod util;
 
 mod cdi;
 mod dashboard;
-mod demo;
 mod doctor;
 mod dra;
 mod dra_deploy;
