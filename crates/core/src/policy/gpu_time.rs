@@ -38,8 +38,12 @@
 //! mean of the mix) and charged its time a second time, spread over them. Measured on the
 //! simulated GPU (limit 30%, created and legacy stream, 6 runs each): one 20 ms kernel in 200
 //! of 20 µs got 25-32% before, 28-31% after; one 2 ms kernel in 20 of 20 µs got 18-27%
-//! before, 31-35% after (the part of a 2 ms kernel its whole ticks miss is still charged only
-//! through the average). Counting the launches that ran through those ticks at an average of
+//! before, 31-38% after (the part of a 2 ms kernel its whole ticks miss is still charged only
+//! through the average; branch residual-charge charges ticks busy throughout whole as they
+//! pass and counts launches at what timed ones ran outside them, which held that mix at
+//! 31-34% but charged short-heavy mixes 5-15% more than they ran on this machine, whose
+//! preempted launching thread stretches the events around short kernels on an idle stream:
+//! for a GPU to decide). Counting the launches that ran through those ticks at an average of
 //! their own kind instead was worse (18-23% for the 2 ms mix: it has few samples, and only
 //! the counts above the ticks' charge are charged, so its noise charges more, never less),
 //! and so was giving back what the ticks charged beyond the count (31-37%: the long kernel is
