@@ -466,6 +466,10 @@ pub struct DraDriverArgs {
     #[arg(long, value_name = "MS", default_value = "5000", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub health_interval_ms: u64,
 
+    /// Serve Prometheus metrics, /healthz and /readyz at this address (e.g. 0.0.0.0:10400)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: tracing::Level,

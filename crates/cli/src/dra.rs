@@ -1,5 +1,9 @@
 //! `gpuslice dra-driver`: the command-line side of the DRA driver (`gpuslice_k8s::dra`): its
-//! settings and the process (logging, signals, the async runtime, the API server's client).
+//! settings and the process (logging, signals, the async runtime, the API server's client),
+//! its metrics, `/healthz` and `/readyz` (`scrape`), and the log of processes outside
+//! gpuslice's limits.
+
+mod scrape;
 
 use std::fs;
 use std::io;
@@ -9,12 +13,18 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use gpuslice_k8s::cdi::{Layout, is_device_template};
-use gpuslice_k8s::dra::{self, files::ContainerFiles, gpus::NvmlSource};
+use gpuslice_k8s::dra::{self, files::ContainerFiles, gpus::NvmlSource, status::DriverStatus};
 use gpuslice_ledger::Ledger;
+use tokio::sync::watch;
 
 use crate::cli::DraDriverArgs;
 use crate::exit::{self, Failure, ResultExt};
 use crate::shim_check::ShimError;
+use scrape::DraSource;
+
+/// How often the GPUs' processes are checked for ones outside gpuslice's limits (as the
+/// device plugin's sweep does by default).
+const UNENFORCED_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs `gpuslice dra-driver` until SIGTERM or SIGINT.
 pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
@@ -66,6 +76,7 @@ pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
         health_interval: Duration::from_millis(args.health_interval_ms),
         nvidia_cdi_device,
     };
+    let ledger_dir = layout.ledger_host.clone();
     let files = Arc::new(ContainerFiles::new(
         ledger.clone(),
         layout,
@@ -82,6 +93,12 @@ pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
         .context("could not start the async runtime")
         .failed()?;
     runtime.block_on(async {
+        let status = Arc::new(DriverStatus::new());
+        if let Some(address) = args.metrics_listen.as_deref().filter(|a| !a.is_empty()) {
+            // `Hostname` is the node's name as the driver knows it (its pool's).
+            let source = DraSource::new(Arc::clone(&status), ledger_dir, settings.node.clone());
+            start_metrics(address, source).await.usage()?;
+        }
         let client = kube::Client::try_default()
             .await
             .context(
@@ -90,6 +107,7 @@ pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
             )
             .usage()?;
         let shutdown = gpuslice_k8s::watch_signals("driver");
+        let unenforced = tokio::spawn(log_unenforced(ledger.clone(), shutdown.clone()));
         tracing::info!(
             "DRA driver {} on node {}",
             dra::slice::DRIVER,
@@ -101,11 +119,47 @@ pub fn dra_driver(args: DraDriverArgs) -> Result<u8, Failure> {
             files,
             Box::new(NvmlSource::new()),
             client,
+            status,
             shutdown,
         )
         .await;
+        let _ = unenforced.await;
         Ok(exit::OK)
     })
+}
+
+/// Serves the metrics, `/healthz` and `/readyz` of `source` at `address`.
+async fn start_metrics(address: &str, source: DraSource) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| {
+            format!(
+                "--metrics-listen {address:?}: could not listen there for metrics (expected an \
+                 address and port such as 0.0.0.0:10400, or \"\" for no metrics)"
+            )
+        })?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!("serving metrics on http://{local}/metrics (and /healthz, /readyz)");
+    }
+    tokio::spawn(crate::metrics::serve::serve(listener, Arc::new(source)));
+    Ok(())
+}
+
+/// Checks the GPUs' processes for ones outside gpuslice's limits every
+/// [`UNENFORCED_INTERVAL`] until `stop` turns true, logging what it finds (each once) or
+/// why it cannot check.
+async fn log_unenforced(ledger: Ledger, mut stop: watch::Receiver<bool>) {
+    let mut log = crate::unenforced::UnenforcedLog::default();
+    loop {
+        let l = ledger.clone();
+        if let Ok(check) = tokio::task::spawn_blocking(move || crate::unenforced::check(&l)).await {
+            log.log(&check);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(UNENFORCED_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Why the file the CDI specs mount as the shim is not the shim, if it is not: a container

@@ -251,6 +251,50 @@ pub fn describe(p: &UnenforcedProcess) -> String {
     )
 }
 
+/// Logs processes that use a GPU outside gpuslice's limits, each once (while it lasts), and
+/// why the check cannot run or how many processes it could not look at, once until that
+/// changes. The device plugin and the DRA driver log through it.
+#[derive(Debug, Default)]
+pub struct UnenforcedLog {
+    seen: HashSet<(u32, String)>,
+    unavailable: Option<String>,
+    unresolved: usize,
+}
+
+impl UnenforcedLog {
+    /// Logs what `check` found that was not logged yet.
+    pub fn log(&mut self, check: &Check) {
+        if let Some(reason) = &check.reason {
+            if self.unavailable.as_ref() != Some(reason) {
+                tracing::warn!("cannot check for processes outside gpuslice's limits: {reason}");
+                self.unavailable = Some(reason.clone());
+            }
+            return;
+        }
+        self.unavailable = None;
+        if check.unresolved != self.unresolved && check.unresolved > 0 {
+            tracing::warn!(
+                "{} process(es) using a GPU could not be looked at (another user's, and this \
+                 process lacks CAP_SYS_PTRACE): whether they are under gpuslice's limits is \
+                 not known",
+                check.unresolved
+            );
+        }
+        self.unresolved = check.unresolved;
+        let now: HashSet<(u32, String)> = check
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.gpu.clone()))
+            .collect();
+        for p in &check.processes {
+            if !self.seen.contains(&(p.pid, p.gpu.clone())) {
+                tracing::warn!("{}", describe(p));
+            }
+        }
+        self.seen = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

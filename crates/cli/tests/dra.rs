@@ -20,7 +20,9 @@ use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::metrics::{get, parse};
 use crate::plugin::{Daemon, FAKE_GPU1, runtime};
+use crate::plugin_metrics::{metrics_address, number, one, samples};
 use crate::util::*;
 
 /// How long the driver gets to do anything the tests wait for.
@@ -42,6 +44,8 @@ struct Store {
     version: u64,
     /// Every request, as `METHOD path`.
     requests: Vec<String>,
+    /// Why writes of ResourceSlices are forbidden, while they are.
+    refuse_slices: Option<String>,
 }
 
 /// An API server for the driver: `resourceslices` (get, create, replace) and
@@ -108,6 +112,12 @@ async fn handle(
     let mut store = store.lock().expect("store");
     store.requests.push(format!("{method} {path}"));
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(why) = &store.refuse_slices
+        && (method == Method::POST || method == Method::PUT)
+        && parts.get(3) == Some(&"resourceslices")
+    {
+        return Ok(status(StatusCode::FORBIDDEN, "Forbidden", why));
+    }
     let answer = match (method, parts.as_slice()) {
         (Method::GET, ["apis", "resource.k8s.io", "v1", "resourceslices", name]) => {
             match store.slices.get(*name) {
@@ -263,6 +273,11 @@ impl ApiServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Forbids writes of ResourceSlices with `why` (as RBAC would), or allows them again.
+    pub fn refuse_slice_writes(&self, why: Option<&str>) {
+        self.store.lock().expect("store").refuse_slices = why.map(String::from);
     }
 
     /// The requests so far.
@@ -1415,4 +1430,317 @@ fn another_user_cannot_read_a_prepared_claims_record() {
     );
     assert_ne!(out.code, Some(0), "{out:?}");
     assert!(out.stderr.contains("Permission denied"), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Probes and metrics.
+
+/// `/readyz` once `wanted` holds for its status and body (asked every 50 ms for [`WAIT`]).
+fn wait_for_readyz(address: &str, wanted: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = get(address, "/readyz");
+        if wanted(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never answered as wanted; last {status}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `/metrics`, parsed.
+fn scrape(address: &str) -> (prometheus_parse::Scrape, String) {
+    let (status, body) = get(address, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    (parse(&body), body)
+}
+
+/// The value of the one sample of `metric` with `labels`.
+fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    number(one(scrape, metric, labels))
+}
+
+#[test]
+fn readyz_is_503_naming_what_is_missing_until_registered_and_published_then_200() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        api.refuse_slice_writes(Some(
+            "resourceslices.resource.k8s.io is forbidden: User cannot create resource",
+        ));
+        let driver = node.start(&api, &["--metrics-listen", "127.0.0.1:0"]);
+        let address = metrics_address(&driver);
+        assert_eq!(get(&address, "/healthz"), (200, "ok\n".to_string()));
+
+        // Neither registered nor published: both named, the API server's words included.
+        let (_, reason) = wait_for_readyz(&address, |status, body| {
+            status == 503 && body.contains("ResourceSlice not published: ")
+        });
+        assert!(
+            reason.contains("not registered with the kubelet yet"),
+            "{reason}"
+        );
+        assert!(reason.contains("is forbidden"), "{reason}");
+        assert_eq!(reason.lines().count(), 1, "{reason:?}");
+        let (metrics, body) = scrape(&address);
+        assert_eq!(value(&metrics, "gpuslice_ready", &[]), 0.0, "{body}");
+        assert_eq!(value(&metrics, "gpuslice_dra_kubelet_registered", &[]), 0.0);
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_resource_slice_published", &[]),
+            0.0
+        );
+        assert!(
+            samples(&metrics, "gpuslice_dra_memory_capacity_bytes", &[]).is_empty(),
+            "nothing published: {body}"
+        );
+
+        // The API server takes the slice: only the registration is missing.
+        api.refuse_slice_writes(None);
+        api.wait_for_slice(|s| device_names(s).len() == 2);
+        let (status, reason) = wait_for_readyz(&address, |status, body| {
+            status == 503 && !body.contains("ResourceSlice")
+        });
+        assert_eq!(
+            (status, reason.as_str()),
+            (503, "not registered with the kubelet yet\n")
+        );
+
+        node.kubelet().register().await;
+        let (_, body) = wait_for_readyz(&address, |status, _| status == 200);
+        assert_eq!(body, "ready\n");
+        let (metrics, body) = scrape(&address);
+        assert_eq!(value(&metrics, "gpuslice_ready", &[]), 1.0, "{body}");
+        assert_eq!(value(&metrics, "gpuslice_dra_kubelet_registered", &[]), 1.0);
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_resource_slice_published", &[]),
+            1.0
+        );
+        for gpu in [FAKE_GPU0, FAKE_GPU1] {
+            let labels = [("UUID", gpu), ("Hostname", NODE)];
+            assert_eq!(
+                value(&metrics, "gpuslice_dra_memory_capacity_bytes", &labels),
+                (8 * GIB) as f64,
+                "{body}"
+            );
+            assert_eq!(
+                value(&metrics, "gpuslice_dra_compute_capacity_ratio", &labels),
+                1.0
+            );
+            assert_eq!(
+                value(&metrics, "gpuslice_dra_prepared_claims", &labels),
+                0.0
+            );
+            assert_eq!(value(&metrics, "gpuslice_gpu_healthy", &labels), 1.0);
+        }
+
+        // The kubelet restarts and removes the sockets: not ready until it registers the
+        // driver again.
+        for entry in std::fs::read_dir(&node.registry_dir)
+            .expect("registry")
+            .flatten()
+        {
+            std::fs::remove_file(entry.path()).expect("remove socket");
+        }
+        let (status, reason) = wait_for_readyz(&address, |status, _| status == 503);
+        assert_eq!(
+            (status, reason.as_str()),
+            (503, "not registered with the kubelet yet\n")
+        );
+        node.kubelet().register().await;
+        wait_for_readyz(&address, |status, _| status == 200);
+    });
+}
+
+#[test]
+fn metrics_list_a_prepared_claims_tenant_and_the_dra_series_and_drop_them_after_unprepare() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &["--metrics-listen", "127.0.0.1:0"]);
+        let address = metrics_address(&driver);
+        api.put_claim(claim(
+            "small",
+            UID_A,
+            &[("gpu", DEV0, "share-1", "4Gi", "30")],
+            None,
+        ));
+        api.put_claim(claim(
+            "big",
+            UID_B,
+            &[("gpu", DEV0, "s", "6Gi", "10")],
+            None,
+        ));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(
+            prepare(&mut client, "small", UID_A).await.error,
+            "",
+            "{}",
+            driver.log()
+        );
+        let tenant = DraNode::tenant_of(UID_A);
+        let gpu0 = [("UUID", FAKE_GPU0), ("Hostname", NODE)];
+        let gpu1 = [("UUID", FAKE_GPU1), ("Hostname", NODE)];
+        let (metrics, body) = scrape(&address);
+        // The ledger's series, as every gpuslice exposition has them, in the claim's
+        // namespace.
+        let of_tenant = [
+            ("tenant", tenant.as_str()),
+            ("namespace", "default"),
+            ("pod", ""),
+            ("UUID", FAKE_GPU0),
+        ];
+        assert_eq!(
+            value(&metrics, "gpuslice_memory_limit_bytes", &of_tenant),
+            (4 * GIB) as f64,
+            "{body}"
+        );
+        assert_eq!(
+            value(&metrics, "gpuslice_compute_share_ratio", &of_tenant),
+            0.3
+        );
+        assert_eq!(
+            value(&metrics, "gpuslice_memory_used_bytes", &of_tenant),
+            0.0
+        );
+        // The driver's own.
+        assert_eq!(
+            value(
+                &metrics,
+                "gpuslice_dra_claim_info",
+                &[
+                    ("tenant", tenant.as_str()),
+                    ("namespace", "default"),
+                    ("claim", "small"),
+                    ("UUID", FAKE_GPU0),
+                ]
+            ),
+            1.0
+        );
+        assert_eq!(value(&metrics, "gpuslice_dra_prepared_claims", &gpu0), 1.0);
+        assert_eq!(value(&metrics, "gpuslice_dra_prepared_claims", &gpu1), 0.0);
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_memory_allocated_bytes", &gpu0),
+            (4 * GIB) as f64
+        );
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_compute_allocated_ratio", &gpu0),
+            0.3
+        );
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_memory_capacity_bytes", &gpu0),
+            (8 * GIB) as f64
+        );
+        // Whether processes outside gpuslice's limits are looked for: here, in the host's
+        // PID namespace (the simulated GPU's NVML lists processes), or not.
+        let host_pid_namespace = std::fs::metadata("/proc/self/ns/pid")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) == 0xEFFF_FFFC)
+            .unwrap_or(false);
+        assert_eq!(
+            value(&metrics, "gpuslice_unenforced_check_up", &[]),
+            if host_pid_namespace { 1.0 } else { 0.0 },
+            "{body}"
+        );
+        for reason in ["capacity_exceeded", "api_server", "invalid_config"] {
+            assert_eq!(
+                value(
+                    &metrics,
+                    "gpuslice_dra_prepare_errors_total",
+                    &[("reason", reason)]
+                ),
+                0.0,
+                "{body}"
+            );
+        }
+
+        // Failures, counted by reason: no room left, a claim the API server does not have,
+        // an unprepare while a process of the tenant lives.
+        let refused = prepare(&mut client, "big", UID_B).await;
+        assert!(refused.error.contains("memory left"), "{refused:?}");
+        let missing = prepare(
+            &mut client,
+            "never-made",
+            "8b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
+        )
+        .await;
+        assert!(missing.error.contains("does not exist"), "{missing:?}");
+        let ledger = node.node.dir.ledger();
+        let usage = ledger
+            .open_usage(&crate::util::tenant(&tenant))
+            .expect("usage");
+        let slot = usage.claim_slot().expect("slot");
+        let busy = unprepare(&mut client, "small", UID_A).await;
+        assert!(busy.contains("still use the GPU"), "{busy}");
+        let (metrics, body) = scrape(&address);
+        for (metric, reason, count) in [
+            (
+                "gpuslice_dra_prepare_errors_total",
+                "capacity_exceeded",
+                1.0,
+            ),
+            ("gpuslice_dra_prepare_errors_total", "api_server", 1.0),
+            ("gpuslice_dra_prepare_errors_total", "invalid_claim", 0.0),
+            ("gpuslice_dra_unprepare_errors_total", "in_use", 1.0),
+            ("gpuslice_dra_unprepare_errors_total", "files", 0.0),
+        ] {
+            assert_eq!(
+                value(&metrics, metric, &[("reason", reason)]),
+                count,
+                "{metric} {reason}: {body}"
+            );
+        }
+        assert_eq!(
+            value(
+                &metrics,
+                "gpuslice_processes",
+                &[("tenant", tenant.as_str())]
+            ),
+            1.0,
+            "{body}"
+        );
+
+        drop(slot);
+        drop(usage);
+        assert_eq!(unprepare(&mut client, "small", UID_A).await, "");
+        let (metrics, body) = scrape(&address);
+        assert!(
+            metrics
+                .samples
+                .iter()
+                .all(|s| s.labels.get("tenant") != Some(tenant.as_str())),
+            "the unprepared claim's tenant is gone from every series: {body}"
+        );
+        assert_eq!(value(&metrics, "gpuslice_dra_prepared_claims", &gpu0), 0.0);
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_memory_allocated_bytes", &gpu0),
+            0.0
+        );
+        assert!(samples(&metrics, "gpuslice_dra_claim_info", &[]).is_empty());
+    });
+}
+
+#[test]
+fn a_bad_metrics_listen_address_is_a_usage_error_naming_the_flag() {
+    let node = DraNode::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("address").to_string();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        for address in ["not-an-address", taken.as_str()] {
+            let out = finish(node.command(&api, &node.node.shim, &["--metrics-listen", address]));
+            assert_eq!(out.code, Some(2), "{address}: {out:?}");
+            assert!(
+                out.stderr
+                    .contains(&format!("--metrics-listen {address:?}")),
+                "{address}: {out:?}"
+            );
+            assert!(
+                !node.registry_dir.join("gpuslice.dev-reg.sock").exists(),
+                "it stopped before registering"
+            );
+        }
+        assert!(api.requests().is_empty(), "{:?}", api.requests());
+    });
 }

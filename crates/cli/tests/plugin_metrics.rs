@@ -48,8 +48,8 @@ pub struct PodNode {
     _runtime: tokio::runtime::Runtime,
 }
 
-/// The address `gpuslice device-plugin` logged it serves metrics on.
-fn metrics_address(plugin: &Daemon) -> String {
+/// The address `gpuslice device-plugin` (or `dra-driver`) logged it serves metrics on.
+pub fn metrics_address(plugin: &Daemon) -> String {
     plugin.wait_for_log("serving metrics on http://");
     plugin
         .log()
@@ -178,7 +178,7 @@ impl PodNode {
 }
 
 /// A sample's value.
-fn number(sample: &Sample) -> f64 {
+pub fn number(sample: &Sample) -> f64 {
     match sample.value {
         Value::Gauge(v) | Value::Counter(v) | Value::Untyped(v) => v,
         ref other => panic!("{}: unexpected {other:?}", sample.metric),
@@ -186,7 +186,7 @@ fn number(sample: &Sample) -> f64 {
 }
 
 /// The samples of `metric` whose labels include `labels`.
-fn samples<'s>(scrape: &'s Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<&'s Sample> {
+pub fn samples<'s>(scrape: &'s Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<&'s Sample> {
     scrape
         .samples
         .iter()
@@ -195,7 +195,7 @@ fn samples<'s>(scrape: &'s Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec
 }
 
 /// The one sample of `metric` with `labels`.
-fn one<'s>(scrape: &'s Scrape, metric: &str, labels: &[(&str, &str)]) -> &'s Sample {
+pub fn one<'s>(scrape: &'s Scrape, metric: &str, labels: &[(&str, &str)]) -> &'s Sample {
     let found = samples(scrape, metric, labels);
     assert_eq!(found.len(), 1, "{metric} {labels:?}: {found:#?}");
     found[0]

@@ -8,7 +8,7 @@
 //! `gpuslice run` or by hand has those three empty, as dcgm-exporter leaves a GPU no pod
 //! has; a GPU NVML does not list here has `gpu`, `device` and `modelName` empty.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{Display, Write as _};
 
 use gpuslice_ledger::GpuUuid;
@@ -63,6 +63,51 @@ pub struct SliceCount {
     pub allocated: u32,
 }
 
+/// What only the DRA driver knows (`gpuslice dra-driver`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DraScrape {
+    /// Whether the kubelet registered the driver.
+    pub registered: bool,
+    /// Whether the node's ResourceSlice is in the API server as the driver wants it.
+    pub slice_published: bool,
+    /// The devices of the slice last published: one per GPU.
+    pub devices: Vec<DraDevice>,
+    /// Each device of each prepared claim.
+    pub claims: Vec<DraClaim>,
+    /// Failed prepares since the driver started, by reason (every reason, zeros included).
+    pub prepare_errors: Vec<(&'static str, u64)>,
+    /// Failed unprepares since the driver started, by reason (every reason, zeros included).
+    pub unprepare_errors: Vec<(&'static str, u64)>,
+}
+
+/// A device of the driver's ResourceSlice: its GPU and the capacities it publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraDevice {
+    /// The GPU.
+    pub gpu: GpuUuid,
+    /// The `memory` capacity, bytes.
+    pub memory_bytes: u64,
+    /// The `compute` capacity, percent of the GPU's time.
+    pub compute_percent: u32,
+}
+
+/// A device of a prepared claim, as its record has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraClaim {
+    /// The claim's tenant.
+    pub tenant: String,
+    /// The claim's namespace.
+    pub namespace: String,
+    /// The claim's name.
+    pub claim: String,
+    /// The GPU's UUID, as recorded.
+    pub gpu: String,
+    /// Memory consumed, bytes.
+    pub memory_bytes: u64,
+    /// Compute consumed, permille of the GPU's time.
+    pub compute_permille: u32,
+}
+
 /// Everything one scrape found.
 #[derive(Debug, Default)]
 pub struct Scrape<'a> {
@@ -76,6 +121,8 @@ pub struct Scrape<'a> {
     pub slices: Vec<SliceCount>,
     /// Whether the kubelet's pod resources API answered; `None` where it is not asked.
     pub pod_resources_up: Option<bool>,
+    /// What the DRA driver adds; `None` elsewhere.
+    pub dra: Option<DraScrape>,
     /// What `/readyz` says.
     pub ready: bool,
     /// The node's name (`Hostname`).
@@ -197,10 +244,180 @@ pub fn render(scrape: &Scrape<'_>) -> String {
         f.sample(&[("Hostname", scrape.hostname)], u8::from(up));
     }
     render_gpus(&mut out, scrape);
+    if let Some(dra) = &scrape.dra {
+        render_dra(&mut out, scrape, dra);
+    }
     if let Some(report) = scrape.report {
         render_tenants(&mut out, scrape, report);
     }
     out
+}
+
+/// A GPU as the DRA driver's series count it.
+#[derive(Debug, Default)]
+struct DraGpu<'a> {
+    /// Its device in the published slice, if it is published.
+    device: Option<&'a DraDevice>,
+    /// Memory the prepared claims consume on it.
+    memory_bytes: u64,
+    /// Compute the prepared claims consume on it, permille.
+    compute_permille: u64,
+    /// Prepared claims with a device on it.
+    claims: usize,
+}
+
+/// The DRA driver's series: its registration and slice, each device's capacity published
+/// and consumed by prepared claims, the claims, and the failures by reason.
+fn render_dra(out: &mut String, scrape: &Scrape<'_>, dra: &DraScrape) {
+    let host = ("Hostname", scrape.hostname);
+    let mut f = Family::new(
+        out,
+        "gpuslice_dra_kubelet_registered",
+        "gauge",
+        "1 once the kubelet registered the DRA driver (since its sockets were last made), \
+         else 0.",
+    );
+    f.sample(&[host], u8::from(dra.registered));
+    let mut f = Family::new(
+        out,
+        "gpuslice_dra_resource_slice_published",
+        "gauge",
+        "1 while the node's ResourceSlice is in the API server as the DRA driver wants it, 0 \
+         before it was written or while writing it fails.",
+    );
+    f.sample(&[host], u8::from(dra.slice_published));
+
+    // Per GPU: the published devices, then any other GPU a prepared claim holds (a GPU
+    // taken out of the slice keeps its claims until they are unprepared).
+    let mut per_gpu: BTreeMap<String, DraGpu<'_>> = dra
+        .devices
+        .iter()
+        .map(|d| {
+            let gpu = DraGpu {
+                device: Some(d),
+                ..DraGpu::default()
+            };
+            (d.gpu.to_string(), gpu)
+        })
+        .collect();
+    let mut counted = HashSet::new();
+    for c in &dra.claims {
+        let gpu = per_gpu.entry(c.gpu.clone()).or_default();
+        gpu.memory_bytes = gpu.memory_bytes.saturating_add(c.memory_bytes);
+        gpu.compute_permille = gpu
+            .compute_permille
+            .saturating_add(u64::from(c.compute_permille));
+        if counted.insert((c.tenant.as_str(), c.gpu.as_str())) {
+            gpu.claims += 1;
+        }
+    }
+    let gpu_sample = |f: &mut Family<'_>, uuid: &str, value: String| {
+        let labels = GpuLabels::of(uuid, scrape.gpus);
+        let mut l = gpu_labels(&labels).to_vec();
+        l.push(host);
+        f.sample(&l, value);
+    };
+    let mut f = Family::new(
+        out,
+        "gpuslice_dra_prepared_claims",
+        "gauge",
+        "Claims the DRA driver has prepared on a GPU (a claim with several devices on one GPU \
+         counts once).",
+    );
+    for (uuid, gpu) in &per_gpu {
+        gpu_sample(&mut f, uuid, gpu.claims.to_string());
+    }
+    let mut f = Family::new(
+        out,
+        "gpuslice_dra_memory_capacity_bytes",
+        "gauge",
+        "The memory capacity the DRA driver publishes for a GPU's device in its ResourceSlice \
+         (no series for a GPU it does not publish).",
+    );
+    for (uuid, gpu) in &per_gpu {
+        if let Some(d) = gpu.device {
+            gpu_sample(&mut f, uuid, d.memory_bytes.to_string());
+        }
+    }
+    let mut f = Family::new(
+        out,
+        "gpuslice_dra_memory_allocated_bytes",
+        "gauge",
+        "Memory of a GPU's device consumed by the claims the DRA driver has prepared on it.",
+    );
+    for (uuid, gpu) in &per_gpu {
+        gpu_sample(&mut f, uuid, gpu.memory_bytes.to_string());
+    }
+    let mut f = Family::new(
+        out,
+        "gpuslice_dra_compute_capacity_ratio",
+        "gauge",
+        "The compute capacity the DRA driver publishes for a GPU's device, as a fraction of \
+         the GPU's time (the slice's 100 percent is 1; no series for a GPU it does not \
+         publish).",
+    );
+    for (uuid, gpu) in &per_gpu {
+        if let Some(d) = gpu.device {
+            gpu_sample(
+                &mut f,
+                uuid,
+                (f64::from(d.compute_percent) / 100.0).to_string(),
+            );
+        }
+    }
+    let mut f = Family::new(
+        out,
+        "gpuslice_dra_compute_allocated_ratio",
+        "gauge",
+        "Compute of a GPU's device consumed by the claims the DRA driver has prepared on it, \
+         as a fraction of the GPU's time (their guaranteed shares, added up).",
+    );
+    for (uuid, gpu) in &per_gpu {
+        #[allow(clippy::cast_precision_loss)]
+        let permille = gpu.compute_permille as f64;
+        gpu_sample(&mut f, uuid, (permille / 1000.0).to_string());
+    }
+    let mut f = Family::new(
+        out,
+        "gpuslice_dra_claim_info",
+        "gauge",
+        "1 for each GPU of each claim the DRA driver has prepared, naming the claim \
+         (namespace, claim) and its tenant.",
+    );
+    let mut named = HashSet::new();
+    for c in &dra.claims {
+        if !named.insert((c.tenant.as_str(), c.gpu.as_str())) {
+            continue;
+        }
+        let g = GpuLabels::of(&c.gpu, scrape.gpus);
+        let mut labels = vec![
+            ("tenant", c.tenant.as_str()),
+            ("namespace", c.namespace.as_str()),
+            ("claim", c.claim.as_str()),
+        ];
+        labels.extend(gpu_labels(&g));
+        labels.push(host);
+        f.sample(&labels, 1);
+    }
+    for (name, help, errors) in [
+        (
+            "gpuslice_dra_prepare_errors_total",
+            "Claims the DRA driver could not prepare since it started, by reason (the kubelet \
+             retries them).",
+            &dra.prepare_errors,
+        ),
+        (
+            "gpuslice_dra_unprepare_errors_total",
+            "Claims the DRA driver could not unprepare since it started, by reason (the \
+             kubelet retries them).",
+            &dra.unprepare_errors,
+        ),
+    ] {
+        let mut f = Family::new(out, name, "counter", help);
+        for (reason, n) in errors {
+            f.sample(&[("reason", reason), host], n);
+        }
+    }
 }
 
 /// Each GPU's capacity, allocation and health.
@@ -258,8 +475,8 @@ fn render_gpus(out: &mut String, scrape: &Scrape<'_>) {
             out,
             "gpuslice_gpu_healthy",
             "gauge",
-            "1 if the device plugin advertises a GPU's slices as healthy, 0 if unhealthy \
-             (lost, or a critical XID error).",
+            "1 if the device plugin advertises a GPU's slices as healthy (the DRA driver: \
+             publishes the GPU), 0 if not (lost, a critical XID error, not answering NVML).",
         );
         for g in scrape.gpus {
             if let Some(healthy) = g.healthy {
@@ -441,6 +658,14 @@ fn render_unenforced(out: &mut String, scrape: &Scrape<'_>, report: &Report) {
         "Processes using a GPU without a live gpuslice slot: not under its limits.",
     );
     f.sample(&[host], count(check.processes.len()));
+    let mut f = Family::new(
+        out,
+        "gpuslice_unenforced_unresolved_processes",
+        "gauge",
+        "Processes using a GPU that this check could not look at (another user's, seen \
+         without CAP_SYS_PTRACE): neither enforced nor unenforced as far as it knows.",
+    );
+    f.sample(&[host], count(check.unresolved));
     let mut f = Family::new(
         out,
         "gpuslice_unenforced_process_memory_bytes",
@@ -641,6 +866,7 @@ mod tests {
                 allocated: 1,
             }],
             pod_resources_up: Some(true),
+            dra: None,
             ready: true,
             hostname: "node-1",
         });
@@ -727,6 +953,10 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains("gpuslice_unenforced_unresolved_processes{Hostname=\"n\"} 0\n"),
+            "{text}"
+        );
+        assert!(
             text.contains(&format!(
                 r#"gpuslice_unenforced_process_memory_bytes{{tenant="pod-a",namespace="",pod="",container="",gpu="",UUID="{UUID}",device="",modelName="",Hostname="n",pid="4242"}} 1024"#
             )),
@@ -748,5 +978,85 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("gpuslice_unenforced_processes"), "{text}");
+    }
+
+    #[test]
+    fn the_dra_driver_adds_capacity_published_and_allocated_per_gpu_its_claims_and_errors() {
+        let gpus = [h100()];
+        let other = "GPU-fa4ec0da-0000-4000-8000-0000000000ff";
+        let claim = |tenant: &str, gpu: &str, memory, compute| DraClaim {
+            tenant: tenant.into(),
+            namespace: "ml".into(),
+            claim: format!("{tenant}-claim"),
+            gpu: gpu.into(),
+            memory_bytes: memory,
+            compute_permille: compute,
+        };
+        let text = render(&Scrape {
+            gpus: &gpus,
+            dra: Some(DraScrape {
+                registered: true,
+                slice_published: false,
+                devices: vec![DraDevice {
+                    gpu: gpus[0].uuid,
+                    memory_bytes: 80 << 30,
+                    compute_percent: 100,
+                }],
+                claims: vec![
+                    // Two devices of one claim on one GPU: one claim there.
+                    claim("dra-a", UUID, 4 << 30, 300),
+                    claim("dra-a", UUID, 1 << 30, 50),
+                    claim("dra-b", UUID, 2 << 30, 250),
+                    // A GPU taken out of the slice keeps its claim.
+                    claim("dra-c", other, 1 << 30, 100),
+                ],
+                prepare_errors: vec![("capacity_exceeded", 2), ("api_server", 0)],
+                unprepare_errors: vec![("in_use", 1)],
+            }),
+            hostname: "n",
+            ..Scrape::default()
+        });
+        let gpu =
+            format!(r#"gpu="3",UUID="{UUID}",device="nvidia3",modelName="NVIDIA H100 80GB HBM3""#);
+        let gone = format!(r#"gpu="",UUID="{other}",device="",modelName="""#);
+        for sample in [
+            r#"gpuslice_dra_kubelet_registered{Hostname="n"} 1"#.to_string(),
+            r#"gpuslice_dra_resource_slice_published{Hostname="n"} 0"#.to_string(),
+            format!(r#"gpuslice_dra_prepared_claims{{{gpu},Hostname="n"}} 2"#),
+            format!(r#"gpuslice_dra_prepared_claims{{{gone},Hostname="n"}} 1"#),
+            format!(r#"gpuslice_dra_memory_capacity_bytes{{{gpu},Hostname="n"}} 85899345920"#),
+            format!(r#"gpuslice_dra_memory_allocated_bytes{{{gpu},Hostname="n"}} 7516192768"#),
+            format!(r#"gpuslice_dra_memory_allocated_bytes{{{gone},Hostname="n"}} 1073741824"#),
+            format!(r#"gpuslice_dra_compute_capacity_ratio{{{gpu},Hostname="n"}} 1"#),
+            format!(r#"gpuslice_dra_compute_allocated_ratio{{{gpu},Hostname="n"}} 0.6"#),
+            format!(
+                r#"gpuslice_dra_claim_info{{tenant="dra-a",namespace="ml",claim="dra-a-claim",{gpu},Hostname="n"}} 1"#
+            ),
+            r#"gpuslice_dra_prepare_errors_total{reason="capacity_exceeded",Hostname="n"} 2"#
+                .to_string(),
+            r#"gpuslice_dra_prepare_errors_total{reason="api_server",Hostname="n"} 0"#.to_string(),
+            r#"gpuslice_dra_unprepare_errors_total{reason="in_use",Hostname="n"} 1"#.to_string(),
+        ] {
+            assert!(text.contains(&format!("{sample}\n")), "{sample} in {text}");
+        }
+        assert!(
+            !text.contains(&format!("gpuslice_dra_memory_capacity_bytes{{{gone}")),
+            "a GPU not published has no capacity: {text}"
+        );
+        assert_eq!(
+            text.matches("gpuslice_dra_claim_info{").count(),
+            3,
+            "one per claim and GPU: {text}"
+        );
+        assert!(text.contains("# TYPE gpuslice_dra_prepare_errors_total counter\n"));
+    }
+
+    #[test]
+    fn only_the_dra_driver_has_dra_series() {
+        let text = render(&Scrape {
+            hostname: "n",
+            ..Scrape::default()
+        });
+        assert!(!text.contains("gpuslice_dra_"), "{text}");
     }
 }

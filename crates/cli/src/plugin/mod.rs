@@ -284,7 +284,7 @@ async fn sweep_forever(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_error = String::new();
-    let mut unenforced = UnenforcedLog::default();
+    let mut unenforced = crate::unenforced::UnenforcedLog::default();
     loop {
         let in_use = match &config.pod_resources_socket {
             None => None,
@@ -342,37 +342,5 @@ async fn config_changed(config: &Config, args: &Args) -> Config {
             Ok(_) => last.clear(),
             Err(e) => report_config_error(&e, &mut last),
         }
-    }
-}
-
-/// Logs processes that use a GPU outside gpuslice's limits, each once (while it lasts), and
-/// why the check cannot run, once until that changes.
-#[derive(Debug, Default)]
-struct UnenforcedLog {
-    seen: std::collections::HashSet<(u32, String)>,
-    unavailable: Option<String>,
-}
-
-impl UnenforcedLog {
-    fn log(&mut self, check: &crate::unenforced::Check) {
-        if let Some(reason) = &check.reason {
-            if self.unavailable.as_ref() != Some(reason) {
-                tracing::warn!("cannot check for processes outside gpuslice's limits: {reason}");
-                self.unavailable = Some(reason.clone());
-            }
-            return;
-        }
-        self.unavailable = None;
-        let now: std::collections::HashSet<(u32, String)> = check
-            .processes
-            .iter()
-            .map(|p| (p.pid, p.gpu.clone()))
-            .collect();
-        for p in &check.processes {
-            if !self.seen.contains(&(p.pid, p.gpu.clone())) {
-                tracing::warn!("{}", crate::unenforced::describe(p));
-            }
-        }
-        self.seen = now;
     }
 }

@@ -154,6 +154,7 @@ impl serve::Source for PluginSource {
                     .unwrap_or_default(),
                 slices: slices(&config, &inventory, &records),
                 pod_resources_up: containers.as_ref().map(Option::is_some),
+                dra: None,
                 ready,
                 hostname: &hostname,
             })

@@ -14,6 +14,7 @@ use k8s_openapi::api::resource::v1::{DeviceAllocationConfiguration, ResourceClai
 use super::config::{ComputeLimit, ConfigError, Source, TenantConfig};
 use super::gpus::Inventory;
 use super::slice::{COMPUTE, DRIVER, MEMORY, MEMORY_STEP, gpu_of_device};
+use super::status::PrepareFailure;
 
 /// A claim as the kubelet names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -185,6 +186,26 @@ pub enum ClaimError {
         /// The share, percent.
         share: f64,
     },
+}
+
+impl ClaimError {
+    /// Why, as the metrics count it.
+    pub fn reason(&self) -> PrepareFailure {
+        match self {
+            ClaimError::Replaced { .. }
+            | ClaimError::NotAllocated { .. }
+            | ClaimError::OtherPool { .. }
+            | ClaimError::AdminAccess { .. }
+            | ClaimError::UnknownDevice { .. }
+            | ClaimError::BadCapacity { .. } => PrepareFailure::InvalidClaim,
+            ClaimError::Config { .. } | ClaimError::LimitBelowShare { .. } => {
+                PrepareFailure::InvalidConfig
+            }
+            ClaimError::NotDiscovered
+            | ClaimError::GpuGone { .. }
+            | ClaimError::GpuUnusable { .. } => PrepareFailure::GpuUnavailable,
+        }
+    }
 }
 
 /// The devices of `claim` (fetched from the API server for `expected`) that this driver
@@ -497,22 +518,28 @@ pub(crate) mod tests {
     #[test]
     fn a_claim_that_cannot_be_prepared_is_refused_with_what_is_wrong() {
         let inv = inventory();
-        let check = |claim: ResourceClaim, wanted: &str| {
-            let err = grants(&claim, &claim_ref(UID), "node-a", &inv)
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(wanted), "{err}");
+        // Each with what it says and why, as the metrics count it.
+        let check = |claim: ResourceClaim, wanted: &str, reason: PrepareFailure| {
+            let err = grants(&claim, &claim_ref(UID), "node-a", &inv).unwrap_err();
+            assert!(err.to_string().contains(wanted), "{err}");
+            assert_eq!(err.reason(), reason, "{err}");
         };
         check(
             allocated_claim("other-uid", &[("gpu", DEV0, None, None)], &[]),
             "with UID other-uid",
+            PrepareFailure::InvalidClaim,
         );
         let mut unallocated = allocated_claim(UID, &[], &[]);
         unallocated.status = None;
-        check(unallocated, "is not allocated");
+        check(
+            unallocated,
+            "is not allocated",
+            PrepareFailure::InvalidClaim,
+        );
         check(
             allocated_claim(UID, &[("gpu", "gpu-0", None, None)], &[]),
             "device gpu-0 is not one of this driver's",
+            PrepareFailure::InvalidClaim,
         );
         check(
             allocated_claim(
@@ -526,18 +553,22 @@ pub(crate) mod tests {
                 &[],
             ),
             "is not on this node",
+            PrepareFailure::GpuUnavailable,
         );
         check(
             allocated_claim(UID, &[("gpu", DEV0, None, Some(("4000m", "30")))], &[]),
             "consumed capacity memory = \"4000m\" is not a byte count",
+            PrepareFailure::InvalidClaim,
         );
         check(
             allocated_claim(UID, &[("gpu", DEV0, None, Some(("9Gi", "30")))], &[]),
             "is not between 1 byte and the GPU's",
+            PrepareFailure::InvalidClaim,
         );
         check(
             allocated_claim(UID, &[("gpu", DEV0, None, Some(("1Gi", "300")))], &[]),
             "consumed capacity compute = \"300\"",
+            PrepareFailure::InvalidClaim,
         );
         check(
             allocated_claim(
@@ -550,6 +581,7 @@ pub(crate) mod tests {
                 )],
             ),
             "request gpu: opaque configuration for gpuslice.dev: unknown field \"priorty\"",
+            PrepareFailure::InvalidConfig,
         );
         check(
             allocated_claim(
@@ -562,6 +594,7 @@ pub(crate) mod tests {
                 )],
             ),
             "field computeLimit: 20% is below the compute share of 30%",
+            PrepareFailure::InvalidConfig,
         );
         check(
             allocated_claim(
@@ -575,6 +608,7 @@ pub(crate) mod tests {
             ),
             "request gpu: opaque configuration for gpuslice.dev: field priority: high is given \
              only by a DeviceClass's configuration",
+            PrepareFailure::InvalidConfig,
         );
     }
 
@@ -589,6 +623,8 @@ pub(crate) mod tests {
             err.contains("cannot be used: NVML cannot read it: GPU 1: GPU is lost"),
             "{err}"
         );
+        let err = grants(&claim, &claim_ref(UID), "node-a", &Inventory::default()).unwrap_err();
+        assert_eq!(err.reason(), PrepareFailure::GpuUnavailable, "{err}");
     }
 
     #[test]

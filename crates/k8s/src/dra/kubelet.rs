@@ -33,6 +33,7 @@ use super::claim::{self, ClaimRef};
 use super::gpus::Inventory;
 use super::slice::DRIVER;
 use super::state::{Claims, PreparedDevice};
+use super::status::{DriverStatus, PrepareFailure, UnprepareFailure};
 
 /// How often the sockets are checked.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +46,7 @@ pub struct Driver {
     client: kube::Client,
     inventory: watch::Receiver<Inventory>,
     node: String,
+    status: Arc<DriverStatus>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -57,53 +59,78 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    /// A driver for `node` (the name of its pool), reading claims with `client`.
+    /// A driver for `node` (the name of its pool), reading claims with `client`, counting
+    /// its failures in `status`.
     pub fn new(
         claims: Arc<Claims>,
         client: kube::Client,
         inventory: watch::Receiver<Inventory>,
         node: String,
+        status: Arc<DriverStatus>,
     ) -> Driver {
         Driver {
             claims,
             client,
             inventory,
             node,
+            status,
         }
     }
 
     /// Prepares one claim: from its record if prepared already, else from the claim as the
-    /// API server has it.
+    /// API server has it. A failure is counted by its reason.
     pub async fn prepare(&self, claim: ClaimRef) -> Result<Vec<PreparedDevice>, String> {
+        self.try_prepare(claim).await.map_err(|(why, message)| {
+            self.status.prepare_failed(why);
+            message
+        })
+    }
+
+    /// [`Driver::prepare`], with why it failed.
+    async fn try_prepare(
+        &self,
+        claim: ClaimRef,
+    ) -> Result<Vec<PreparedDevice>, (PrepareFailure, String)> {
+        let internal = |e: tokio::task::JoinError, claim: &ClaimRef| {
+            (PrepareFailure::Internal, format!("claim {claim}: {e}"))
+        };
+        let failed = |e: super::state::PrepareError| (e.reason(), e.to_string());
         let inventory = self.inventory.borrow().clone();
         let claims = Arc::clone(&self.claims);
         let (c, inv) = (claim.clone(), inventory.clone());
         let known = tokio::task::spawn_blocking(move || claims.already_prepared(&c, &inv))
             .await
-            .map_err(|e| format!("claim {claim}: {e}"))?;
+            .map_err(|e| internal(e, &claim))?;
         if let Some(answer) = known {
-            return answer.map_err(|e| e.to_string());
+            return answer.map_err(failed);
         }
-        let object = self.read_claim(&claim).await?;
-        let grants =
-            claim::grants(&object, &claim, &self.node, &inventory).map_err(|e| e.to_string())?;
+        let object = self
+            .read_claim(&claim)
+            .await
+            .map_err(|e| (PrepareFailure::ApiServer, e))?;
+        let grants = claim::grants(&object, &claim, &self.node, &inventory)
+            .map_err(|e| (e.reason(), e.to_string()))?;
         let claims = Arc::clone(&self.claims);
         let c = claim.clone();
         tokio::task::spawn_blocking(move || claims.prepare(&c, &grants, &inventory))
             .await
-            .map_err(|e| format!("claim {claim}: {e}"))?
-            .map_err(|e| e.to_string())
+            .map_err(|e| internal(e, &claim))?
+            .map_err(failed)
     }
 
-    /// Unprepares one claim.
+    /// Unprepares one claim. A failure is counted by its reason.
     pub async fn unprepare(&self, claim: ClaimRef) -> Result<(), String> {
         let claims = Arc::clone(&self.claims);
         let c = claim.clone();
-        tokio::task::spawn_blocking(move || claims.unprepare(&c))
-            .await
-            .map_err(|e| format!("claim {claim}: {e}"))?
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let answer = match tokio::task::spawn_blocking(move || claims.unprepare(&c)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err((e.reason(), e.to_string())),
+            Err(e) => Err((UnprepareFailure::Internal, format!("claim {claim}: {e}"))),
+        };
+        answer.map_err(|(why, message)| {
+            self.status.unprepare_failed(why);
+            message
+        })
     }
 
     /// The claim as the API server has it.
@@ -310,6 +337,7 @@ impl v1beta1::dra_plugin_server::DraPlugin for V1beta1 {
 #[derive(Debug)]
 struct Registration {
     endpoint: PathBuf,
+    status: Arc<DriverStatus>,
 }
 
 #[tonic::async_trait]
@@ -335,8 +363,10 @@ impl registration::registration_server::Registration for Registration {
     ) -> Result<Response<registration::RegistrationStatusResponse>, Status> {
         let status = request.into_inner();
         if status.plugin_registered {
+            self.status.registered();
             tracing::info!("the kubelet registered the driver");
         } else {
+            self.status.registration_refused(&status.error);
             tracing::error!(
                 "the kubelet refused to register the driver: {}",
                 status.error
@@ -431,6 +461,8 @@ async fn serve_once(
     // The DRA socket first: the kubelet may call it as soon as it sees the registration.
     let plugin_listener = listen(&sockets.plugin)?;
     let registration_listener = listen(&sockets.registration)?;
+    // New sockets: the kubelet registers the driver anew (before the servers answer).
+    driver.status.sockets_made();
     let ours = (identity(&sockets.plugin), identity(&sockets.registration));
     let (round_tx, round) = watch::channel(false);
     let until_stopped = |mut round: watch::Receiver<bool>| async move {
@@ -454,6 +486,7 @@ async fn serve_once(
             .add_service(registration::registration_server::RegistrationServer::new(
                 Registration {
                     endpoint: sockets.plugin.clone(),
+                    status: Arc::clone(&driver.status),
                 },
             ))
             .serve_with_incoming_shutdown(

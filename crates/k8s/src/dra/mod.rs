@@ -12,6 +12,8 @@
 //!           the files a claim's containers can write, cut back if they grow
 //! files     a tenant's files and CDI spec on a node, as the device plugin makes them
 //! kubelet   registration and the DRA gRPC service (v1, v1beta1) on Unix sockets
+//! status    where the driver stands (registered, slice published, failures by reason),
+//!           for the command's /readyz and /metrics
 //! api       the kubelet's APIs, generated from proto/
 //! ```
 //!
@@ -29,6 +31,7 @@ pub mod kubelet;
 pub mod publish;
 pub mod slice;
 pub mod state;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +42,7 @@ use tokio::sync::watch;
 
 use gpus::{GpuSource, Inventory};
 use state::{Claims, TenantFiles};
+use status::DriverStatus;
 
 /// How the driver runs on its node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,16 +61,18 @@ pub struct Settings {
 }
 
 /// Runs the driver until `shutdown` turns true: watches the GPUs, publishes the node's
-/// ResourceSlice, and serves the kubelet.
+/// ResourceSlice, and serves the kubelet, telling `status` where it stands.
 pub async fn run(
     settings: Settings,
     ledger: Ledger,
     files: Arc<dyn TenantFiles>,
     source: Box<dyn GpuSource>,
     client: kube::Client,
+    status: Arc<DriverStatus>,
     shutdown: watch::Receiver<bool>,
 ) {
     let (inventory_tx, inventory) = watch::channel(Inventory::default());
+    status.watch_inventory(inventory.clone());
     if let Err(e) = gpus::spawn_watch(source, settings.health_interval, inventory_tx) {
         tracing::error!("could not start the thread that watches the GPUs: {e}");
     }
@@ -87,6 +93,7 @@ pub async fn run(
         client.clone(),
         inventory.clone(),
         settings.node.clone(),
+        Arc::clone(&status),
     ));
     let tidy = tokio::spawn(cut_back_forever(
         Arc::clone(&claims),
@@ -99,6 +106,7 @@ pub async fn run(
         client,
         settings.node.clone(),
         inventory,
+        status,
         shutdown,
     ));
     let _ = kubelet.await;

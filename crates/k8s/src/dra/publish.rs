@@ -7,6 +7,7 @@
 //! driver goes on from where the last one left it; the scheduler uses the generation to
 //! tell the current slice from a stale one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::resource::v1::{Device, ResourceSlice};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 
 use super::gpus::{Gpu, Inventory};
 use super::slice::{device, resource_slice, slice_name};
+use super::status::DriverStatus;
 
 /// How often the slice is looked at even when nothing changed.
 pub const RESYNC: Duration = Duration::from_secs(30);
@@ -65,11 +67,13 @@ pub async fn write_slice(
     }
 }
 
-/// Keeps the slice of `node` current until `stop` turns true.
+/// Keeps the slice of `node` current until `stop` turns true, telling `status` whether it
+/// is.
 pub async fn publish_forever(
     client: kube::Client,
     node: String,
     mut inventory: watch::Receiver<Inventory>,
+    status: Arc<DriverStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<ResourceSlice> = Api::all(client);
@@ -81,6 +85,7 @@ pub async fn publish_forever(
             let gpus: Vec<Gpu> = snapshot.healthy().cloned().collect();
             match write_slice(&api, &node, &gpus).await {
                 Ok(written) => {
+                    status.slice_published(&gpus);
                     if !last_error.is_empty() {
                         tracing::info!("the API server takes the ResourceSlice again");
                         last_error.clear();
@@ -104,6 +109,7 @@ pub async fn publish_forever(
                 }
                 Err(e) => {
                     let text = e.to_string();
+                    status.slice_failed(text.clone());
                     if text != last_error {
                         tracing::error!(
                             "could not write ResourceSlice {}: {text}; retrying",

@@ -89,6 +89,12 @@ pub fn semantic_version(text: &str) -> Option<String> {
     Some(format!("{}.{}.{}", get(0), get(1), get(2)))
 }
 
+/// The memory capacity a GPU's device publishes: its memory, and at least one step, so that
+/// the request range is never empty on a tiny (simulated) GPU.
+pub fn memory_capacity(gpu: &Gpu) -> u64 {
+    gpu.memory_bytes.max(MEMORY_STEP)
+}
+
 /// The device for a GPU.
 pub fn device(gpu: &Gpu) -> Device {
     let text = |s: &str| DeviceAttribute {
@@ -121,8 +127,7 @@ pub fn device(gpu: &Gpu) -> Device {
         "driverVersion".to_string(),
         semantic_version(&gpu.driver_version).map_or_else(|| text(&gpu.driver_version), version),
     );
-    // At least one step, so that the range is never empty on a tiny (simulated) GPU.
-    let memory_total = gpu.memory_bytes.max(MEMORY_STEP);
+    let memory_total = memory_capacity(gpu);
     let capacity = BTreeMap::from([
         (
             MEMORY.to_string(),

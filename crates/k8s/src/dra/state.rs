@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use super::claim::{ClaimRef, Grant};
 use super::gpus::Inventory;
 use super::slice::MEMORY_STEP;
+use super::status::{PrepareFailure, UnprepareFailure};
 
 /// The record's file name in the tenant's directory.
 pub const RECORD: &str = "dra-claim";
@@ -204,6 +205,29 @@ pub enum PrepareError {
         /// What went wrong.
         message: String,
     },
+    /// No tenant's containers can be given their files now (the shim they would preload is
+    /// not the shim).
+    #[error("claim {claim}: {message}")]
+    NotReady {
+        /// The claim.
+        claim: Box<ClaimRef>,
+        /// Why.
+        message: String,
+    },
+}
+
+impl PrepareError {
+    /// Why, as the metrics count it.
+    pub fn reason(&self) -> PrepareFailure {
+        match self {
+            PrepareError::BadUid { .. } => PrepareFailure::InvalidClaim,
+            PrepareError::CapacityExceeded { .. } => PrepareFailure::CapacityExceeded,
+            PrepareError::NotOurs { .. } => PrepareFailure::TenantConflict,
+            PrepareError::Ledger { .. } => PrepareFailure::Ledger,
+            PrepareError::Files { .. } => PrepareFailure::Files,
+            PrepareError::NotReady { .. } => PrepareFailure::Shim,
+        }
+    }
 }
 
 /// What became of a claim asked to be unprepared.
@@ -247,6 +271,17 @@ pub enum UnprepareError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl UnprepareError {
+    /// Why, as the metrics count it.
+    pub fn reason(&self) -> UnprepareFailure {
+        match self {
+            UnprepareError::InUse { .. } => UnprepareFailure::InUse,
+            UnprepareError::Ledger { .. } => UnprepareFailure::Ledger,
+            UnprepareError::Files { .. } => UnprepareFailure::Files,
+        }
+    }
 }
 
 /// The claims prepared on this node, kept in the ledger.
@@ -455,25 +490,7 @@ impl Claims {
     /// Every prepared claim's tenant and record. A record that cannot be read is logged and
     /// left out.
     pub fn prepared(&self) -> Vec<(TenantName, Record)> {
-        let tenants = match self.ledger.tenants() {
-            Ok(tenants) => tenants,
-            Err(e) => {
-                tracing::warn!("cannot list the ledger's tenants: {e}");
-                return Vec::new();
-            }
-        };
-        tenants
-            .into_iter()
-            .filter(|t| t.as_str().starts_with(TENANT_PREFIX))
-            .filter_map(|t| match read_record(&self.ledger, &t) {
-                Ok(Some(record)) => Some((t, record)),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!("tenant {t}: {e}");
-                    None
-                }
-            })
-            .collect()
+        prepared(&self.ledger, |problem| tracing::warn!("{problem}"))
     }
 
     /// Cuts back the usage and lock files of prepared claims' tenants that their containers
@@ -573,10 +590,12 @@ impl Claims {
 
     /// Whether tenants' containers can be given their files now.
     fn ready(&self, claim: &ClaimRef) -> Result<(), PrepareError> {
-        self.files.ready().map_err(|message| PrepareError::Files {
-            claim: Box::new(claim.clone()),
-            message,
-        })
+        self.files
+            .ready()
+            .map_err(|message| PrepareError::NotReady {
+                claim: Box::new(claim.clone()),
+                message,
+            })
     }
 
     /// Makes the tenant's files; its CDI device name.
@@ -711,6 +730,30 @@ fn describe(devices: &[RecordDevice]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Every prepared claim's tenant and record in `ledger`. What cannot be read (the list of
+/// tenants, a record) is left out and told to `problem`.
+pub fn prepared(ledger: &Ledger, mut problem: impl FnMut(&str)) -> Vec<(TenantName, Record)> {
+    let tenants = match ledger.tenants() {
+        Ok(tenants) => tenants,
+        Err(e) => {
+            problem(&format!("cannot list the ledger's tenants: {e}"));
+            return Vec::new();
+        }
+    };
+    tenants
+        .into_iter()
+        .filter(|t| t.as_str().starts_with(TENANT_PREFIX))
+        .filter_map(|t| match read_record(ledger, &t) {
+            Ok(Some(record)) => Some((t, record)),
+            Ok(None) => None,
+            Err(e) => {
+                problem(&format!("tenant {t}: {e}"));
+                None
+            }
+        })
+        .collect()
 }
 
 /// Tenant `t`'s record; `None` when it has none.
@@ -950,7 +993,9 @@ mod tests {
         let tenant = tenant_of(&c).unwrap();
         let usage = f.claims.ledger().open_usage(&tenant).unwrap();
         let slot = usage.claim_slot().unwrap();
-        let err = f.claims.unprepare(&c).unwrap_err().to_string();
+        let err = f.claims.unprepare(&c).unwrap_err();
+        assert_eq!(err.reason(), UnprepareFailure::InUse);
+        let err = err.to_string();
         assert!(err.contains("1 process(es) of tenant"), "{err}");
         assert!(f.claims.ledger().tenant_dir(&tenant).exists());
         drop(slot);
@@ -968,8 +1013,9 @@ mod tests {
         let err = f
             .claims
             .prepare(&claim_ref(&b), &g, &f.inventory)
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert_eq!(err.reason(), PrepareFailure::CapacityExceeded);
+        let err = err.to_string();
         assert!(
             err.contains(&format!("has {} bytes of memory left", 2u64 << 30)),
             "{err}"
@@ -1076,6 +1122,38 @@ mod tests {
         }
     }
 
+    /// Files whose containers would preload something that is not the shim.
+    #[derive(Debug)]
+    struct NoShim;
+
+    impl TenantFiles for NoShim {
+        fn install(&self, _t: &TenantName) -> Result<String, String> {
+            Ok("gpuslice.dev/gpu=t".into())
+        }
+
+        fn uninstall(&self, _t: &TenantName) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn ready(&self) -> Result<(), String> {
+            Err("/opt/gpuslice/lib/libgpuslice.so is a directory".into())
+        }
+    }
+
+    #[test]
+    fn a_claim_is_refused_for_the_shim_while_the_shim_is_not_in_place() {
+        let f = fixture();
+        let claims = Claims::new(f.claims.ledger().clone(), Arc::new(NoShim), None);
+        let u = uid(13);
+        let g = grants_of(&f, &u, &[("gpu", DEV0, None, Some(("1Gi", "10")))]);
+        let err = claims
+            .prepare(&claim_ref(&u), &g, &f.inventory)
+            .unwrap_err();
+        assert_eq!(err.reason(), PrepareFailure::Shim);
+        assert!(err.to_string().contains("is a directory"), "{err}");
+        assert!(claims.prepared().is_empty());
+    }
+
     /// The record and quota were written before the files, and stayed when the files could
     /// not be made: half a tenant, whose record held the claim's share of the GPU against
     /// every later claim although the claim had been told it was not prepared.
@@ -1087,8 +1165,9 @@ mod tests {
         let g = grants_of(&f, &u, &[("gpu", DEV0, None, Some(("6Gi", "60")))]);
         let err = claims
             .prepare(&claim_ref(&u), &g, &f.inventory)
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert_eq!(err.reason(), PrepareFailure::Files);
+        let err = err.to_string();
         assert!(err.contains("no space left on device"), "{err}");
         assert!(
             !claims
@@ -1115,11 +1194,9 @@ mod tests {
             .write_quota(&tenant, &TenantQuota::default())
             .unwrap();
         let g = grants_of(&f, &u, &[("gpu", DEV0, None, Some(("1Gi", "10")))]);
-        let err = f
-            .claims
-            .prepare(&c, &g, &f.inventory)
-            .unwrap_err()
-            .to_string();
+        let err = f.claims.prepare(&c, &g, &f.inventory).unwrap_err();
+        assert_eq!(err.reason(), PrepareFailure::TenantConflict);
+        let err = err.to_string();
         assert!(err.contains("was not made by the DRA driver"), "{err}");
         assert_eq!(f.claims.unprepare(&c).unwrap(), Unprepared::NotPrepared);
         assert!(f.claims.ledger().tenant_dir(&tenant).exists());
