@@ -10,14 +10,20 @@ use std::process::Command;
 use gpuslice_k8s::dra::config::{Source, TenantConfig};
 use gpuslice_ledger::parse_quantity;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Probe, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::resource::v1::{
     DeviceClaim, DeviceClass, ResourceClaim, ResourceClaimTemplate,
 };
 use serde::Deserialize;
 
-use crate::kustomize::{decode_strictly, with_each_kubectl};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::kustomize::{
+    added_capabilities, decode_strictly, label_selector_matches, render_with_documented_patch,
+    with_each_kubectl,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -35,14 +41,16 @@ fn documents(text: &str) -> Vec<serde_json::Value> {
 #[derive(Default)]
 struct Overlay {
     daemonsets: Vec<DaemonSet>,
+    services: Vec<Service>,
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
     bindings: Vec<ClusterRoleBinding>,
     device_classes: Vec<DeviceClass>,
 }
 
-fn render(kubectl: &Path) -> Overlay {
-    let dir = repo().join("deploy/kustomize/overlays/dra");
+/// `kubectl kustomize` of `dir` (under deploy/kustomize), every document as JSON.
+fn render_dir(kubectl: &Path, dir: &str) -> Vec<serde_json::Value> {
+    let dir = repo().join("deploy/kustomize").join(dir);
     let out = Command::new(kubectl)
         .arg("kustomize")
         .arg(&dir)
@@ -55,11 +63,19 @@ fn render(kubectl: &Path) -> Overlay {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+    documents(&String::from_utf8(out.stdout).expect("UTF-8"))
+}
+
+fn render(kubectl: &Path) -> Overlay {
+    decode_overlay(render_dir(kubectl, "overlays/dra"))
+}
+
+/// The objects of a render of the `dra` overlay, decoded.
+fn decode_overlay(rendered: Vec<serde_json::Value>) -> Overlay {
     let mut overlay = Overlay::default();
     // kustomize 2.0.3 (kubectl 1.20) renders an object removed by `$patch: delete` as an
     // empty document; current ones leave it out. A kubectl that old cannot talk to a cluster
     // with DRA anyway (1.34+, kubectl within one minor version of it).
-    let rendered = documents(&String::from_utf8(out.stdout).expect("UTF-8"));
     for value in rendered.into_iter().filter(|v| v != &serde_json::json!({})) {
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         let what = format!("{kind} of the dra overlay");
@@ -70,6 +86,7 @@ fn render(kubectl: &Path) -> Overlay {
                 .service_accounts
                 .push(decode_strictly(&value, &what)),
             "DaemonSet" => overlay.daemonsets.push(decode_strictly(&value, &what)),
+            "Service" => overlay.services.push(decode_strictly(&value, &what)),
             "ClusterRole" => overlay.cluster_roles.push(decode_strictly(&value, &what)),
             "ClusterRoleBinding" => overlay.bindings.push(decode_strictly(&value, &what)),
             "DeviceClass" => overlay.device_classes.push(decode_strictly(&value, &what)),
@@ -141,6 +158,117 @@ fn the_dra_overlay_installs_the_driver_instead_of_the_device_plugin() {
                 .unwrap_or_else(|| panic!("{host} is not mounted"));
             assert_eq!(mount.mount_path, host);
             assert_eq!(mount.read_only.unwrap_or(false), !writes, "{host}");
+        }
+
+        // Probes and metrics on the port the container declares and --metrics-listen names,
+        // as the device plugin's: /readyz for readiness, /healthz for liveness.
+        let args = container.args.as_deref().unwrap_or_default();
+        let listen = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--metrics-listen="))
+            .expect("the driver's args pass --metrics-listen=ADDRESS:PORT");
+        let port: i32 = listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("--metrics-listen={listen} names no port"));
+        assert!(
+            listen.starts_with("0.0.0.0:"),
+            "reachable from Prometheus: {listen}"
+        );
+        assert_ne!(port, 9400, "DCGM's exporter's port: both run on a GPU node");
+        let declared = container.ports.as_deref().unwrap_or_default();
+        let metrics_port = declared
+            .iter()
+            .find(|p| p.container_port == port)
+            .unwrap_or_else(|| panic!("port {port} is not declared: {declared:?}"));
+        let port_name = metrics_port.name.clone().expect("a named metrics port");
+        let probe_path = |probe: Option<&Probe>, what: &str| {
+            let get = probe
+                .and_then(|p| p.http_get.as_ref())
+                .unwrap_or_else(|| panic!("an HTTP {what} probe"));
+            let declares = match &get.port {
+                IntOrString::String(name) => *name == port_name,
+                IntOrString::Int(number) => *number == port,
+            };
+            assert!(
+                declares,
+                "the {what} probe's port {:?} is not {port}",
+                get.port
+            );
+            get.path.clone().unwrap_or_default()
+        };
+        assert_eq!(
+            probe_path(container.readiness_probe.as_ref(), "readiness"),
+            "/readyz"
+        );
+        assert_eq!(
+            probe_path(container.liveness_probe.as_ref(), "liveness"),
+            "/healthz"
+        );
+        let template = ds.spec.template.metadata.as_ref().expect("pod metadata");
+        let annotations = template.annotations.as_ref().expect("annotations");
+        assert_eq!(
+            annotations.get("prometheus.io/port"),
+            Some(&port.to_string())
+        );
+        assert_eq!(
+            annotations.get("prometheus.io/path").map(String::as_str),
+            Some("/metrics")
+        );
+        let pod_labels = template.labels.clone().expect("pod labels");
+        // Its metrics Service (the device plugin's goes with the plugin): headless, every
+        // driver pod, the metrics port.
+        let [service] = overlay.services.as_slice() else {
+            panic!(
+                "one Service, the driver's: {:?}",
+                overlay
+                    .services
+                    .iter()
+                    .map(|s| &s.metadata.name)
+                    .collect::<Vec<_>>()
+            )
+        };
+        assert_eq!(
+            service.metadata.name.as_deref(),
+            Some("gpuslice-dra-driver-metrics")
+        );
+        assert_eq!(service.metadata.namespace.as_deref(), Some("gpuslice"));
+        let spec = service.spec.as_ref().expect("service spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        let selector = spec.selector.clone().expect("a selector");
+        assert!(
+            !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{selector:?} does not select {pod_labels:?}"
+        );
+        let service_ports = spec.ports.as_deref().unwrap_or_default();
+        assert_eq!(service_ports.len(), 1);
+        assert_eq!(
+            service_ports[0].target_port,
+            Some(IntOrString::String(port_name.clone()))
+        );
+        // The monitoring add-on's PodMonitor scrapes the driver's pods on that port.
+        let monitoring = render_dir(kubectl, "monitoring");
+        let [monitor] = monitoring.as_slice() else {
+            panic!("the add-on is one PodMonitor")
+        };
+        let selector: LabelSelector =
+            decode_strictly(&monitor["spec"]["selector"], "the PodMonitor's selector");
+        assert!(
+            label_selector_matches(&selector, &pod_labels),
+            "the PodMonitor does not select the driver's pods {pod_labels:?}"
+        );
+        assert_eq!(
+            monitor["spec"]["podMetricsEndpoints"][0]["port"].as_str(),
+            Some(port_name.as_str())
+        );
+
+        // The host's PID namespace and SYS_PTRACE, for the unenforced check alone.
+        assert_eq!(pod.host_pid, Some(true));
+        assert_eq!(pod.host_network, None);
+        assert_eq!(added_capabilities(container), ["SYS_PTRACE"]);
+        for init in pod.init_containers.iter().flatten() {
+            assert!(added_capabilities(init).is_empty(), "{}", init.name);
         }
 
         // RBAC: the slices written, the claims read, bound to the driver's account.
@@ -342,4 +470,39 @@ fn the_dra_examples_are_api_objects_whose_claims_the_driver_prepares() {
             }
         }
     }
+}
+
+#[test]
+fn the_drivers_unenforced_check_can_be_turned_off_with_the_patch_docs_kubernetes_md_gives() {
+    with_each_kubectl(|kubectl| {
+        let patched = decode_overlay(render_with_documented_patch(
+            kubectl,
+            "overlays/dra",
+            "no-unenforced-check-dra.yaml",
+        ));
+        let [ds] = patched.daemonsets.as_slice() else {
+            panic!("one DaemonSet")
+        };
+        let pod = ds.spec.template.spec.as_ref().expect("pod spec");
+        assert_eq!(pod.host_pid, Some(false));
+        for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+            assert!(added_capabilities(c).is_empty(), "{}", c.name);
+        }
+        // The rest as the overlay has it: probes, metrics, mounts.
+        let [unpatched] = render(kubectl)
+            .daemonsets
+            .try_into()
+            .expect("one DaemonSet");
+        let container = &pod.containers[0];
+        let original = &unpatched
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .expect("pod")
+            .containers[0];
+        assert_eq!(container.args, original.args);
+        assert_eq!(container.readiness_probe, original.readiness_probe);
+        assert_eq!(container.volume_mounts, original.volume_mounts);
+    });
 }

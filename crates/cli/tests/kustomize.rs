@@ -324,6 +324,60 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// A label selector, matchLabels and matchExpressions both, matches `labels` (as the API
+/// server reads one; an empty selector is refused here, since it would select every pod).
+pub fn label_selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector.match_labels.clone().unwrap_or_default();
+    let expressions = selector.match_expressions.clone().unwrap_or_default();
+    assert!(
+        !by_labels.is_empty() || !expressions.is_empty(),
+        "an empty selector selects everything: {selector:?}"
+    );
+    by_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && expressions.iter().all(|e| {
+            let value = labels.get(&e.key);
+            let values = e.values.clone().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                other => panic!("no such selector operator {other}"),
+            }
+        })
+}
+
+/// The capabilities `container` adds to none (it drops ALL).
+pub fn added_capabilities(container: &Container) -> Vec<String> {
+    let capabilities = container
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref());
+    assert_eq!(
+        capabilities.and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()]),
+        "{} drops every capability first",
+        container.name
+    );
+    capabilities.and_then(|c| c.add.clone()).unwrap_or_default()
+}
+
+/// The YAML block that follows `marker` in docs/kubernetes.md.
+pub fn documented_yaml(marker: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/kubernetes.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let after = text
+        .split_once(marker)
+        .unwrap_or_else(|| panic!("docs/kubernetes.md has no {marker:?}"))
+        .1;
+    let block = after
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .unwrap_or_else(|| panic!("no YAML block after {marker:?} in docs/kubernetes.md"))
+        .0;
+    block.to_string()
+}
+
 #[test]
 fn the_base_installs_the_plugin_with_what_it_needs() {
     with_each_kubectl(|kubectl| {
@@ -406,6 +460,16 @@ fn the_base_installs_the_plugin_with_what_it_needs() {
             );
             let limits = resources.limits.as_ref().expect("limits");
             assert!(limits.contains_key("memory"), "{}", c.name);
+        }
+
+        // The host's PID namespace and SYS_PTRACE, for the unenforced check alone (as
+        // docs/kubernetes.md and docs/security.md say): the init container gets neither.
+        assert_eq!(spec.host_pid, Some(true));
+        assert_eq!(spec.host_network, None);
+        assert_eq!(spec.host_ipc, None);
+        assert_eq!(added_capabilities(plugin_container(ds)), ["SYS_PTRACE"]);
+        for init in spec.init_containers.iter().flatten() {
+            assert!(added_capabilities(init).is_empty(), "{}", init.name);
         }
 
         // The host paths the plugin uses, at the same paths, writable where it writes.
@@ -523,21 +587,29 @@ fn the_monitoring_addon_scrapes_the_plugins_metrics_port() {
             panic!("the add-on is one PodMonitor: {objects:?}")
         };
         assert_eq!(monitor.metadata.namespace.as_deref(), Some(NAMESPACE));
-        let ds = daemonset(&base);
-        assert!(selects(
-            monitor.spec.selector.match_labels.as_ref().unwrap(),
-            pod_labels(ds)
-        ));
-        let ports = plugin_container(ds).ports.as_ref().unwrap();
         let [endpoint] = monitor.spec.pod_metrics_endpoints.as_slice() else {
             panic!("one endpoint: {monitor:?}")
         };
+        // The device plugin's pods (the DRA driver's: dra_deploy.rs).
+        let ds = daemonset(&base);
+        assert!(label_selector_matches(
+            &monitor.spec.selector,
+            pod_labels(ds)
+        ));
+        let ports = plugin_container(ds).ports.as_ref().unwrap();
         assert!(
             ports
                 .iter()
                 .any(|p| p.name.as_deref() == Some(endpoint.port.as_str())),
             "{endpoint:?} names no port of the plugin: {ports:?}"
         );
+        // Nothing else in the namespace.
+        for labels in [
+            BTreeMap::from([("app.kubernetes.io/name".to_string(), "other".to_string())]),
+            BTreeMap::new(),
+        ] {
+            assert!(!label_selector_matches(&monitor.spec.selector, &labels));
+        }
         assert_eq!(endpoint.path, "/metrics");
         // The workload's namespace, pod and container labels are kept, not renamed
         // exported_*: the dashboard and DCGM's series name them so.
@@ -729,5 +801,78 @@ fn a_kustomization_of_your_own_sets_the_image_the_settings_and_monitoring() {
                 .count(),
             1
         );
+    });
+}
+
+/// Renders `dir` (a kustomization's directory under deploy/kustomize) with the patch
+/// docs/kubernetes.md gives after `marker` applied, as the docs say to apply it; the JSON
+/// of every object, removed ones (kustomize 2.0.3's empty documents) left out.
+pub fn render_with_documented_patch(
+    kubectl: &Path,
+    dir: &str,
+    marker: &str,
+) -> Vec<serde_json::Value> {
+    let mine = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let here = mine.path().canonicalize().unwrap();
+    let directories = if takes_directories_as_resources(kubectl) {
+        "resources"
+    } else {
+        "bases"
+    };
+    let kustomization = format!(
+        "{directories}:\n  - {}\npatchesStrategicMerge:\n  - {marker}\n",
+        relative(&here, &layout().join(dir)).display()
+    );
+    std::fs::write(mine.path().join("kustomization.yaml"), kustomization).unwrap();
+    std::fs::write(mine.path().join(marker), documented_yaml(marker)).unwrap();
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(mine.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} kustomize with {marker} failed: {}",
+        kubectl.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_norway::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|document| serde_json::Value::deserialize(document).unwrap())
+        .filter(|v| !v.is_null() && v != &serde_json::json!({}))
+        .collect()
+}
+
+#[test]
+fn the_unenforced_check_can_be_turned_off_with_the_patch_docs_kubernetes_md_gives() {
+    with_each_kubectl(|kubectl| {
+        let objects = render_with_documented_patch(kubectl, "base", "no-unenforced-check.yaml");
+        let daemonsets: Vec<DaemonSet> = objects
+            .iter()
+            .filter(|o| o["kind"] == "DaemonSet")
+            .map(|o| decode_strictly(o, "the patched DaemonSet"))
+            .collect();
+        let [ds] = daemonsets.as_slice() else {
+            panic!("one DaemonSet: {daemonsets:?}")
+        };
+        assert_eq!(pod_spec(ds).host_pid, Some(false));
+        for c in all_containers(ds) {
+            assert!(added_capabilities(c).is_empty(), "{}", c.name);
+        }
+        // Everything else as the base has it: the patch takes away only what the check needs.
+        let base = render(kubectl, &layout().join("base"));
+        let mut unpatched = daemonset(&base).clone();
+        let spec = unpatched.spec.template.spec.as_mut().unwrap();
+        spec.host_pid = Some(false);
+        for c in &mut spec.containers {
+            if let Some(caps) = c
+                .security_context
+                .as_mut()
+                .and_then(|s| s.capabilities.as_mut())
+                && caps.add.is_some()
+            {
+                caps.add = Some(Vec::new());
+            }
+        }
+        assert_eq!(ds, &unpatched);
     });
 }

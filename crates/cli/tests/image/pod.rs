@@ -109,6 +109,14 @@ impl Host {
     /// `command`.
     pub fn container_options(&self, pod: &PodSpec, container: &Container) -> Vec<String> {
         let mut options = security_options(container.security_context.as_ref());
+        // The host's PID namespace where the pod asks for it (for the unenforced check).
+        if pod.host_pid == Some(true) {
+            options.push("--pid=host".into());
+        }
+        assert!(
+            pod.host_network != Some(true) && pod.host_ipc != Some(true),
+            "a pod in the host's network or IPC namespace: the test would have to run it so"
+        );
         for env in container.env.iter().flatten() {
             let value = env
                 .value
