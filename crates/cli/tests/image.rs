@@ -267,8 +267,8 @@ impl Drop for Image {
 }
 
 /// The image's DaemonSet on a simulated node: the init container copies the image's shim
-/// onto the host; the device plugin from the image (as root with no capabilities, as the
-/// DaemonSet says) registers with the kubelet through the mounted socket directory,
+/// onto the host; the device plugin from the image (as root with no capabilities but
+/// SYS_PTRACE, in the host's PID namespace, as the DaemonSet says) registers with the kubelet through the mounted socket directory,
 /// advertises the GPU's 4 slices, answers its readiness probe and allocates a slice; a
 /// workload container with that slice's CDI device runs under the image's shim and is
 /// refused past its 256 MiB. The image runs as a non-root user by default.
