@@ -347,10 +347,13 @@ fn a_dropped_token_is_a_failed_call_and_wakes_those_waiting() {
 /// threads retaining and releasing at once, some of their calls failing.
 #[derive(Default)]
 struct Driver {
-    count: Mutex<u32>,
+    /// The driver's count, and the charge the book was given for the context's making.
+    context: Mutex<(u32, Option<Charge>)>,
     /// Set while a context is made (and measured) or ended on the GPU.
     changing: AtomicBool,
-    /// Charges held: made, less given back.
+    /// Contexts made, each charged differently so that charges can be told apart.
+    made: AtomicI64,
+    /// Charges made less charges given back.
     charged: AtomicI64,
 }
 
@@ -362,8 +365,14 @@ impl Driver {
         );
     }
 
+    /// The end of a making or an ending, which other threads may run into (measured
+    /// around) if the book lets them.
     fn changed(&self) {
-        self.changing.store(false, Ordering::SeqCst);
+        std::thread::yield_now();
+        assert!(
+            self.changing.swap(false, Ordering::SeqCst),
+            "two contexts made or ended on one GPU at once"
+        );
     }
 }
 
@@ -371,35 +380,39 @@ fn retain(book: &ContextBook, driver: &Driver, fail: bool) -> bool {
     match book.retain_primary(0, G0) {
         PrimaryRetain::Make(making) => {
             driver.change();
-            {
-                let mut count = driver.count.lock();
-                assert_eq!(*count, 0, "made while the driver holds it");
-                if !fail {
-                    *count = 1;
+            let made = {
+                let mut context = driver.context.lock();
+                assert_eq!(context.0, 0, "made while the driver holds it");
+                let made = (!fail).then(|| {
+                    let n = driver.made.fetch_add(1, Ordering::SeqCst);
+                    charge(G0, 500 + n.unsigned_abs())
+                });
+                if made.is_some() {
+                    *context = (1, made);
                 }
-            }
+                made
+            };
             driver.changed();
-            if fail {
+            let Some(made) = made else {
                 return false;
-            }
-            assert_eq!(
-                driver.charged.fetch_add(1, Ordering::SeqCst),
-                0,
-                "charged twice"
-            );
-            making.made(charge(G0, 500));
+            };
+            driver.charged.fetch_add(1, Ordering::SeqCst);
+            making.made(made);
             true
         }
         PrimaryRetain::Count(retaining) => {
             // Other threads run between the book's step and the driver's call.
             std::thread::yield_now();
             {
-                let mut count = driver.count.lock();
-                assert!(*count > 0, "counted on a context the driver does not hold");
+                let mut context = driver.context.lock();
+                assert!(
+                    context.0 > 0,
+                    "counted on a context the driver does not hold"
+                );
                 if fail {
                     return false;
                 }
-                *count += 1;
+                context.0 += 1;
             }
             retaining.succeeded();
             true
@@ -413,26 +426,29 @@ fn release(book: &ContextBook, driver: &Driver, fail: bool) -> bool {
         .expect("a context this thread holds a reference of is in the book");
     std::thread::yield_now();
     let ended = {
-        let mut count = driver.count.lock();
-        assert!(*count > 0);
+        let mut context = driver.context.lock();
+        assert!(context.0 > 0);
         if fail {
             return false;
         }
-        *count -= 1;
-        if *count == 0 {
+        context.0 -= 1;
+        if context.0 == 0 {
             driver.change();
-            driver.changed();
+            context.1.take()
+        } else {
+            None
         }
-        *count == 0
     };
+    if ended.is_some() {
+        driver.changed();
+    }
     let given_back = releasing.succeeded();
     assert_eq!(
-        given_back.is_some(),
-        ended,
-        "the charge goes with the release that ended the context, and only then"
+        given_back, ended,
+        "the context's charge goes with the release that ended it, and only then"
     );
     if given_back.is_some() {
-        assert_eq!(driver.charged.fetch_sub(1, Ordering::SeqCst), 1);
+        driver.charged.fetch_sub(1, Ordering::SeqCst);
     }
     true
 }
@@ -448,37 +464,108 @@ fn create_and_destroy(book: &ContextBook, driver: &Driver, handle: usize) {
     assert_eq!(destroying.succeeded(), charge(G0, 300));
 }
 
+/// A barrier for rounds of threads that breaks once one of them panicked (the others then
+/// panic at it too), so that a failed assertion fails the test instead of leaving the
+/// other threads waiting for ever.
+struct Rounds {
+    /// Threads arrived in this round, rounds over, broken.
+    state: Mutex<(usize, u64, bool)>,
+    over: parking_lot::Condvar,
+    threads: usize,
+}
+
+impl Rounds {
+    fn new(threads: usize) -> Rounds {
+        Rounds {
+            state: Mutex::new((0, 0, false)),
+            over: parking_lot::Condvar::new(),
+            threads,
+        }
+    }
+
+    /// Waits for every thread to arrive; true for one of them.
+    fn wait(&self) -> bool {
+        let mut state = self.state.lock();
+        assert!(!state.2, "another thread failed");
+        state.0 += 1;
+        if state.0 == self.threads {
+            state.0 = 0;
+            state.1 += 1;
+            self.over.notify_all();
+            return true;
+        }
+        let round = state.1;
+        while state.1 == round {
+            self.over.wait(&mut state);
+            assert!(!state.2, "another thread failed");
+        }
+        false
+    }
+}
+
+/// Breaks the rounds if its thread panics.
+struct TakingPart<'a>(&'a Rounds);
+
+impl Drop for TakingPart<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.state.lock().2 = true;
+            self.0.over.notify_all();
+        }
+    }
+}
+
 #[test]
 fn many_threads_retaining_and_releasing_charge_the_context_once_and_release_it_at_the_end() {
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 300;
     let book = ContextBook::new();
     let driver = Driver::default();
+    let round_over = Rounds::new(THREADS);
     std::thread::scope(|scope| {
-        for thread in 0..8u64 {
-            let (book, driver) = (&book, &driver);
+        for thread in 0..THREADS {
+            let (book, driver, round_over) = (&book, &driver, &round_over);
             scope.spawn(move || {
-                let mut held = 0u32;
-                let mut random = thread.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-                for step in 0..10_000usize {
+                let _taking_part = TakingPart(round_over);
+                let mut random = (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut next = move || {
                     random ^= random << 13;
                     random ^= random >> 7;
                     random ^= random << 17;
-                    let fail = random % 10 == 0;
-                    if thread == 7 && step % 100 == 0 {
-                        create_and_destroy(book, driver, 0x1_0000 + step);
-                    } else if held > 0 && (random >> 8) % 2 == 0 {
-                        held -= u32::from(release(book, driver, fail));
-                    } else {
-                        held += u32::from(retain(book, driver, fail));
+                    random
+                };
+                for round in 0..ROUNDS {
+                    // Retains and releases in a random order, some failing, ending with
+                    // none held; a created context made and destroyed now and then.
+                    let mut held = 0u32;
+                    for _ in 0..1 + next() % 6 {
+                        let fail = next() % 8 == 0;
+                        if held > 0 && next() % 2 == 0 {
+                            held -= u32::from(release(book, driver, fail));
+                        } else {
+                            held += u32::from(retain(book, driver, fail));
+                        }
                     }
-                }
-                while held > 0 {
-                    held -= u32::from(release(book, driver, false));
+                    while held > 0 {
+                        held -= u32::from(release(book, driver, next() % 8 == 0));
+                    }
+                    if thread == 0 && round % 10 == 0 {
+                        create_and_destroy(book, driver, 0x1_0000 + round);
+                    }
+                    if round_over.wait() {
+                        assert_eq!(*driver.context.lock(), (0, None));
+                        assert_eq!(book.primary_charge(0), None, "no reference left");
+                        assert_eq!(driver.charged.load(Ordering::SeqCst), 0);
+                    }
+                    round_over.wait();
                 }
             });
         }
     });
-    assert_eq!(*driver.count.lock(), 0);
-    assert_eq!(driver.charged.load(Ordering::SeqCst), 0);
-    assert_eq!(book.primary_charge(0), None);
+    let made = driver.made.load(Ordering::SeqCst);
+    assert!(
+        made >= ROUNDS as i64,
+        "made again in every round ({made} in {ROUNDS} rounds)"
+    );
     assert_eq!(book.waiting(), 0);
 }
