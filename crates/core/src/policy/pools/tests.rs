@@ -298,9 +298,9 @@ mod interleaved {
     fn call() -> impl Strategy<Value = Call> {
         prop_oneof![
             1 => Just(Call { alloc: None }),
-            3 => (1u64..8, 0u64..3).prop_map(|(bytes, how)| {
+            3 => (1u64..8, 0usize..3).prop_map(|(bytes, how)| {
                 // Served from idle memory, grown by the request, or by a larger step.
-                let growth = [0, bytes, bytes + 2][how as usize];
+                let growth = [0, bytes, bytes + 2][how];
                 Call { alloc: Some((bytes * MIB, growth * MIB)) }
             }),
         ]
