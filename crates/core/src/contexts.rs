@@ -67,7 +67,7 @@ struct Book {
     created: HashMap<usize, Charge>,
     /// GPUs where a context is being made (its footprint measured) or ended now.
     changing: HashSet<GpuIndex>,
-    /// Calls waiting for another to end (for tests, which wait for a call to wait).
+    /// Calls waiting for another to end.
     waiting: usize,
 }
 
@@ -335,15 +335,17 @@ impl ContextBook {
     }
 
     /// What the primary context of `device` is charged, if it is live.
-    pub fn primary_charge(&self, device: i32) -> Option<Charge> {
+    #[cfg(test)]
+    fn primary_charge(&self, device: i32) -> Option<Charge> {
         match self.book.lock().primary.get(&device) {
             Some(Primary::Live(live)) => Some(live.charge),
             _ => None,
         }
     }
 
-    /// How many calls wait for another to end.
-    pub fn waiting(&self) -> usize {
+    /// How many calls wait for another to end (a test waits for a call to wait).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.book.lock().waiting
     }
 }
