@@ -345,9 +345,10 @@ mod tests {
     use super::*;
     use gpuslice_ledger::ComputeSettings;
 
-    fn quota(memory: Option<u64>) -> TenantQuota {
+    fn quota(memory: Option<u64>, gpu: Option<GpuUuid>) -> TenantQuota {
         QuotaRequest {
             memory,
+            gpu,
             ..QuotaRequest::default()
         }
         .new_tenant_quota()
@@ -356,7 +357,7 @@ mod tests {
     #[test]
     fn joining_may_lower_the_quota_but_not_raise_it() {
         let t = TenantName::new("t").unwrap();
-        let q = quota(Some(4 << 30));
+        let q = quota(Some(4 << 30), None);
         assert_eq!(lowered_limit(&t, &q, None, None).unwrap(), None);
         assert_eq!(lowered_limit(&t, &q, Some(4 << 30), None).unwrap(), None);
         assert_eq!(
@@ -369,7 +370,7 @@ mod tests {
         assert!(msg.contains("8Gi") && msg.contains("4Gi"), "{msg}");
         // An unlimited tenant can be lowered to anything.
         assert_eq!(
-            lowered_limit(&t, &quota(None), Some(1), None).unwrap(),
+            lowered_limit(&t, &quota(None, None), Some(1), None).unwrap(),
             Some(1)
         );
     }
@@ -377,12 +378,7 @@ mod tests {
     #[test]
     fn joining_a_per_gpu_quota_is_held_to_that_gpus_limit_only() {
         let gpu = GpuUuid([7; 16]);
-        let q = QuotaRequest {
-            memory: Some(1 << 30),
-            gpu: Some(gpu),
-            ..QuotaRequest::default()
-        }
-        .new_tenant_quota();
+        let q = quota(Some(1 << 30), Some(gpu));
         let t = TenantName::new("t").unwrap();
         assert!(lowered_limit(&t, &q, Some(2 << 30), Some(&gpu)).is_err());
         assert_eq!(

@@ -124,42 +124,31 @@ impl Driver {
             )),
         }
     }
+}
 
-    /// Prepares each claim; per claim UID, the answer in the caller's version's terms.
-    async fn prepare_all<R: From<PrepareAnswer>>(
-        &self,
-        claims: Vec<impl Into<ClaimRef>>,
-    ) -> HashMap<String, R> {
-        let mut out = HashMap::new();
-        for claim in claims {
-            let claim = claim.into();
-            let uid = claim.uid.clone();
-            let answer = self.prepare(claim.clone()).await;
-            if let Err(e) = &answer {
-                tracing::warn!("could not prepare claim {claim}: {e}");
-            }
-            out.insert(uid, R::from(answer));
+/// Calls `call` on each claim in turn (`what` it does, for the log); per claim UID, its
+/// answer in the terms of the caller's version, an error included (the kubelet retries that
+/// claim alone).
+async fn answer_each<T, R, Answer>(
+    what: &str,
+    claims: Vec<impl Into<ClaimRef>>,
+    call: impl Fn(ClaimRef) -> Answer,
+) -> HashMap<String, R>
+where
+    Answer: Future<Output = Result<T, String>>,
+    R: From<Result<T, String>>,
+{
+    let mut out = HashMap::new();
+    for claim in claims {
+        let claim = claim.into();
+        let uid = claim.uid.clone();
+        let answer = call(claim.clone()).await;
+        if let Err(e) = &answer {
+            tracing::warn!("could not {what} claim {claim}: {e}");
         }
-        out
+        out.insert(uid, R::from(answer));
     }
-
-    /// Unprepares each claim; per claim UID, the answer in the caller's version's terms.
-    async fn unprepare_all<R: From<UnprepareAnswer>>(
-        &self,
-        claims: Vec<impl Into<ClaimRef>>,
-    ) -> HashMap<String, R> {
-        let mut out = HashMap::new();
-        for claim in claims {
-            let claim = claim.into();
-            let uid = claim.uid.clone();
-            let answer = self.unprepare(claim.clone()).await;
-            if let Err(e) = &answer {
-                tracing::warn!("could not unprepare claim {claim}: {e}");
-            }
-            out.insert(uid, R::from(answer));
-        }
-        out
-    }
+    out
 }
 
 /// What preparing one claim gave: its devices, or why not.
@@ -218,7 +207,10 @@ macro_rules! dra_service {
                 &self,
                 request: Request<$version::NodePrepareResourcesRequest>,
             ) -> Result<Response<$version::NodePrepareResourcesResponse>, Status> {
-                let claims = self.0.prepare_all(request.into_inner().claims).await;
+                let claims = answer_each("prepare", request.into_inner().claims, |claim| {
+                    self.0.prepare(claim)
+                })
+                .await;
                 Ok(Response::new($version::NodePrepareResourcesResponse { claims }))
             }
 
@@ -226,7 +218,10 @@ macro_rules! dra_service {
                 &self,
                 request: Request<$version::NodeUnprepareResourcesRequest>,
             ) -> Result<Response<$version::NodeUnprepareResourcesResponse>, Status> {
-                let claims = self.0.unprepare_all(request.into_inner().claims).await;
+                let claims = answer_each("unprepare", request.into_inner().claims, |claim| {
+                    self.0.unprepare(claim)
+                })
+                .await;
                 Ok(Response::new($version::NodeUnprepareResourcesResponse { claims }))
             }
         }
