@@ -22,7 +22,7 @@
 //! A process that never calls CUDA pays for one thing only: our `dlsym` checking whether a
 //! looked-up name is one we hook.
 
-pub use gpuslice_core::{allocations, gate, log, neighbours, policy, streams, trace};
+pub use gpuslice_core::{allocations, contexts, gate, log, neighbours, policy, streams, trace};
 
 pub mod config;
 /// The CUDA and NVML ABI (codes, handles, structs), shared with the simulated GPU.

@@ -9,8 +9,8 @@ use gpuslice_ledger::{ComputeSettings, GpuUuid, Ledger, LedgerError, Limits, Ten
 
 use crate::allocations::Allocations;
 use crate::config::{DEFAULT_DIR, TenantSettings};
+use crate::contexts::ContextBook;
 use crate::gate::LaunchGates;
-use crate::hooks::context::Contexts;
 use crate::hooks::device::DeviceTable;
 use crate::policy::driver_memory::DriverMemory;
 use crate::policy::memory::{Bytes, MemoryPolicy};
@@ -32,7 +32,7 @@ pub struct Shim {
     /// CUDA ordinals and NVML handles mapped to the tenant's GPUs.
     pub devices: DeviceTable,
     /// Contexts and the memory their creation took.
-    pub contexts: Contexts,
+    pub contexts: ContextBook,
     /// Memory the driver took for this process on its own.
     pub driver_memory: DriverMemory,
     /// The streams this process launches on.
@@ -106,7 +106,7 @@ impl Shim {
             allocations: Allocations::default(),
             pools: PoolCharges::new(),
             devices: DeviceTable::new(),
-            contexts: Contexts::new(),
+            contexts: ContextBook::new(),
             driver_memory: DriverMemory::new(crate::hooks::nvml_probe::nvml_sees_this_process()),
             streams: StreamTable::new(),
             gates: LaunchGates::new(),

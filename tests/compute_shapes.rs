@@ -420,35 +420,39 @@ fn field_f64(line: &str, name: &str) -> f64 {
 
 /// Red team: one 20 ms kernel among 200 of 20 µs is rarely the launch the watcher times, so
 /// the average launch it charged was near 20 µs and a tenant limited to 30% got 58% of the
-/// GPU. Ticks a stream is busy through with the same work are now charged whole.
+/// GPU. Ticks a stream is busy through with the same work are now charged whole. And the
+/// other way: the long kernel's own samples, averaged into what the short launches were
+/// counted at, charged its time twice (25 to 32% of the GPU; 18 to 27% for a 2 ms kernel
+/// in 20): launches outside those ticks are counted at their own average.
 #[test]
-fn a_rare_long_kernel_among_short_ones_cannot_take_more_than_the_limit() {
+fn a_rare_long_kernel_among_short_ones_gets_the_limit() {
     let _serial = serial();
     let node = Node::new();
     let limit = [("GPUSLICE_COMPUTE_LIMIT", LIMIT)];
-    let args = [
-        "--for",
-        "3000",
-        "--ns",
+    // What each mix may get, as a share of the GPU: the limit ± 3 points (28 to 31% over
+    // runs on the 2-core machine, docs/benchmarks.md).
+    let mixes = [(
+        "a 20 ms kernel every 200 of 20 µs, 8 in flight",
         "20000000",
-        "--depth",
         "8",
-        "--mix",
         "20000:200",
-    ];
-    // What this test holds is the limit: the tenant gets no more than 30% (± 3). It may get
-    // less: 23 to 31% over runs on the 2-core machine (docs/benchmarks.md), which is the
-    // open part of measuring such mixes.
-    for place in [&[][..], &["--legacy"][..]] {
-        let mut command = tenant_spin(&node, "mixed", &limit);
-        command.args(place);
-        let got = reported_busy_fraction(&mut command, &args);
-        eprintln!("a 20 ms kernel every 200 of 20 µs {place:?}, limited to {LIMIT}%: {got:.3}");
-        assert!(
-            got <= LIMIT_SHARE + 0.03,
-            "a 20 ms kernel every 200 of 20 µs {place:?}, limited to {LIMIT}%, got {:.1}%",
-            got * 100.0
-        );
+        0.03,
+    )];
+    for (what, long_ns, depth, mix, over) in mixes {
+        let args = [
+            "--for", "3000", "--ns", long_ns, "--depth", depth, "--mix", mix,
+        ];
+        for place in [&[][..], &["--legacy"][..]] {
+            let mut command = tenant_spin(&node, "mixed", &limit);
+            command.args(place);
+            let got = reported_busy_fraction(&mut command, &args);
+            eprintln!("{what} {place:?}, limited to {LIMIT}%: {got:.3}");
+            assert!(
+                got >= LIMIT_SHARE - 0.03 && got <= LIMIT_SHARE + over,
+                "{what} {place:?}, limited to {LIMIT}%, got {:.1}%",
+                got * 100.0
+            );
+        }
     }
 }
 

@@ -569,3 +569,33 @@ fn contexts_created_at_the_same_moment_are_each_charged_once() {
         );
     }
 }
+
+/// Threads of one process retaining and releasing the primary context at once, so that
+/// it is made and ended many times under them: a thread that holds it always sees it
+/// charged exactly once (never uncharged while live, never twice), and once every thread
+/// released it the ledger holds nothing, as the device does. The shim holds no lock across
+/// these driver calls; the context book's states keep the count.
+#[test]
+fn threads_retaining_and_releasing_the_primary_context_at_once_charge_it_once() {
+    let node = Node::new();
+    let mut command = node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("1Gi"),
+        &["stress-primary", "8", "150", "hold"],
+    );
+    command.env("PROBE_NO_CONTEXT", "1");
+    let mut holder = Running::spawn(&mut command);
+    let out = holder.wait_for_line("holding", Duration::from_secs(120));
+    let stress = line(&out, "stress-primary");
+    assert_eq!(field(stress, "other"), 0, "{out}");
+    assert_eq!(field(stress, "ok"), 8 * 150, "{out}");
+    assert_eq!(field(stress, "samples"), 8 * 150, "{out}");
+    assert_eq!(
+        (field(stress, "used_min"), field(stress, "used_max")),
+        (CONTEXT, CONTEXT),
+        "{out}"
+    );
+    assert_eq!(device_used(&node, 0), 0, "every thread released it: {out}");
+    assert_eq!(tenant_usage(&node, "a"), 0, "{out}");
+}

@@ -427,3 +427,40 @@ fn concurrent_stream_ordered_allocations_are_counted_once() {
     assert_eq!(device_used(&node, 0), CONTEXT);
     assert_eq!(tenant_usage(&node, "a"), CONTEXT);
 }
+
+/// Threads allocating from one pool at once that keeps what it grew to (its release
+/// threshold above it): each reads what the pool holds with no lock held, the readings
+/// come back in any order, and only the newest is applied, so once they are done the
+/// ledger holds exactly the context and what the pool holds, as the device does.
+#[test]
+fn concurrent_allocations_from_a_pool_that_keeps_its_memory_leave_the_charge_at_what_it_holds() {
+    let node = Node::new();
+    let mut holder = Running::spawn(&mut node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("2Gi"),
+        &[
+            "pool-threshold",
+            "4G",
+            "stress-async",
+            "12",
+            "200",
+            "8M",
+            "sync",
+            "0",
+            "pool-reserved",
+            "hold",
+        ],
+    ));
+    let out = holder.wait_for_line("holding", Duration::from_secs(120));
+    let stress = line(&out, "stress-async");
+    assert_eq!(
+        (field(stress, "other"), field(stress, "refused")),
+        (0, 0),
+        "{out}"
+    );
+    let reserved = field(line(&out, "pool-reserved"), "reserved");
+    assert!(reserved >= 8 * MIB, "the pool kept memory: {out}");
+    assert_eq!(device_used(&node, 0), CONTEXT + reserved, "{out}");
+    assert_eq!(tenant_usage(&node, "a"), CONTEXT + reserved, "{out}");
+}

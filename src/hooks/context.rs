@@ -4,11 +4,9 @@
 //! NVML just before and just after the context is created (the whole device's where NVML
 //! cannot see this process, see `measure_footprint`).
 
-use std::collections::HashMap;
-
 use gpuslice_ledger::GpuUuid;
-use parking_lot::Mutex;
 
+use crate::contexts::PrimaryRetain;
 use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::nvml_probe::{self, Listing};
@@ -18,53 +16,30 @@ use crate::policy::footprint::{ContextReadings, context_footprint};
 use crate::policy::memory::{Bytes, Charge, Gpu, Refusal};
 use crate::shim::Shim;
 
-/// Contexts of this process and what each took.
-#[derive(Debug, Default)]
-pub struct Contexts {
-    book: Mutex<Book>,
-}
-
-#[derive(Debug, Default)]
-struct Book {
-    /// Primary contexts by ordinal: how often retained, and what creating it took.
-    primary: HashMap<CUdevice, Primary>,
-    /// Contexts made by `cuCtxCreate*`, by handle.
-    created: HashMap<usize, Charge>,
-}
-
-#[derive(Debug)]
-struct Primary {
-    retained: u32,
-    charge: Charge,
-}
-
-impl Contexts {
-    /// No contexts yet.
-    pub fn new() -> Contexts {
-        Contexts::default()
-    }
-}
-
 /// `cuInit`: where a process with unusable gpuslice settings is stopped.
 pub(crate) fn init(call: impl Fn() -> CUresult) -> CUresult {
     let _enforcing = shim_or!(call());
     call()
 }
 
-/// `cuDevicePrimaryCtxRetain`: the first retain creates the context and is charged.
+/// `cuDevicePrimaryCtxRetain`: the first retain creates the context and is charged; later
+/// ones are counted (`crate::contexts` says who waits for whom; no lock is held while the
+/// driver or NVML is asked).
 pub(crate) fn primary_retain(call: impl Fn() -> CUresult, device: CUdevice) -> CUresult {
     let shim = shim_or!(call());
-    let mut book = shim.contexts.book.lock();
-    if let Some(primary) = book.primary.get_mut(&device) {
-        let status = call();
-        if status == CUDA_SUCCESS {
-            primary.retained += 1;
-        }
-        return status;
-    }
     let gpu = match shim.devices.by_ordinal(&shim.memory, device) {
         Ok(gpu) => gpu,
         Err(status) => return status,
+    };
+    let making = match shim.contexts.retain_primary(device, gpu.index) {
+        PrimaryRetain::Count(retaining) => {
+            let status = call();
+            if status == CUDA_SUCCESS {
+                retaining.succeeded();
+            }
+            return status;
+        }
+        PrimaryRetain::Make(making) => making,
     };
     let (status, footprint) = measure_footprint(&gpu.uuid, &call);
     if status != CUDA_SUCCESS {
@@ -72,13 +47,7 @@ pub(crate) fn primary_retain(call: impl Fn() -> CUresult, device: CUdevice) -> C
     }
     match charge_context(shim, &gpu, footprint) {
         Some(charge) => {
-            book.primary.insert(
-                device,
-                Primary {
-                    retained: 1,
-                    charge,
-                },
-            );
+            making.made(charge);
             status
         }
         None => {
@@ -86,6 +55,7 @@ pub(crate) fn primary_retain(call: impl Fn() -> CUresult, device: CUdevice) -> C
                 // SAFETY: undoing the retain that just succeeded.
                 unsafe { release(device) };
             }
+            drop(making);
             CUDA_ERROR_OUT_OF_MEMORY
         }
     }
@@ -106,20 +76,15 @@ pub(crate) fn primary_released(
 ) -> CUresult {
     let shim = shim_or!(driver());
     crate::hooks::stream::retire_device(device);
-    let mut book = shim.contexts.book.lock();
+    let Some(releasing) = shim.contexts.release_primary(device, reset) else {
+        return driver();
+    };
     let status = driver();
     if status != CUDA_SUCCESS {
         return status;
     }
-    if let Some(primary) = book.primary.get_mut(&device) {
-        primary.retained = primary.retained.saturating_sub(1);
-        if reset || primary.retained == 0 {
-            let charge = primary.charge;
-            book.primary.remove(&device);
-            shim.memory.release(charge);
-            // The context's allocations went with it, and its pools gave memory back.
-            crate::hooks::pools::refresh_gpu(shim, charge.gpu);
-        }
+    if let Some(charge) = releasing.succeeded() {
+        gone(shim, charge);
     }
     status
 }
@@ -154,7 +119,7 @@ pub(crate) unsafe fn created(
         Ok(gpu) => gpu,
         Err(status) => return status,
     };
-    let mut book = shim.contexts.book.lock();
+    let creating = shim.contexts.create(gpu.index);
     let (status, footprint) = measure_footprint(&gpu.uuid, driver);
     if status != CUDA_SUCCESS {
         return status;
@@ -163,7 +128,9 @@ pub(crate) unsafe fn created(
     let handle = unsafe { *context };
     match charge_context(shim, &gpu, footprint) {
         Some(charge) => {
-            book.created.insert(handle as usize, charge);
+            if let Some(stale) = creating.made(handle as usize, charge) {
+                shim.memory.release(stale);
+            }
             status
         }
         None => {
@@ -171,6 +138,7 @@ pub(crate) unsafe fn created(
                 // SAFETY: destroying the context that was just created for us.
                 unsafe { destroy(handle) };
             }
+            drop(creating);
             CUDA_ERROR_OUT_OF_MEMORY
         }
     }
@@ -181,15 +149,21 @@ pub(crate) unsafe fn created(
 pub(crate) fn destroyed(driver: impl Fn() -> CUresult, context: CUcontext) -> CUresult {
     let shim = shim_or!(driver());
     crate::hooks::stream::retire_context(context);
-    let mut book = shim.contexts.book.lock();
+    let Some(destroying) = shim.contexts.destroy(context as usize) else {
+        return driver();
+    };
     let status = driver();
-    if status == CUDA_SUCCESS
-        && let Some(charge) = book.created.remove(&(context as usize))
-    {
-        shim.memory.release(charge);
-        crate::hooks::pools::refresh_gpu(shim, charge.gpu);
+    if status == CUDA_SUCCESS {
+        gone(shim, destroying.succeeded());
     }
     status
+}
+
+/// A context ended: its charge goes, and so did its allocations, and its pools gave memory
+/// back.
+fn gone(shim: &Shim, charge: Charge) {
+    shim.memory.release(charge);
+    crate::hooks::pools::refresh_gpu(shim, charge.gpu);
 }
 
 fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {

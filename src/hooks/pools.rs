@@ -10,12 +10,16 @@
 //! When a reservation on a GPU would be refused, the pools there are first looked at again
 //! and, if that is not enough, trimmed (`make_room`); a trim gives back only memory whose
 //! frees have completed, never memory behind a queued free.
+//!
+//! No lock is held while the driver is asked or trims: each reading is taken under a ticket
+//! (after the call that changed the pool returned) and applied only if no later reading
+//! was, so that threads allocating from one pool at once never take its charge back to an
+//! older state (`policy::pools`).
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use gpuslice_ledger::GpuIndex;
-use parking_lot::Mutex;
 
 use crate::cuda::*;
 use crate::exports::driver::real;
@@ -23,7 +27,7 @@ use crate::hooks::memory::reserve;
 use crate::hooks::shim_or;
 use crate::log::{Level, RateLimit, log};
 use crate::policy::memory::{Charge, Gpu, Reservation};
-use crate::policy::pools::{PoolCharge, PoolHome};
+use crate::policy::pools::{PoolCharge, PoolHome, Settled};
 use crate::real::cuda as driver;
 use crate::runtime::{self, Mode};
 use crate::shim::Shim;
@@ -106,7 +110,8 @@ pub(crate) unsafe fn allocated(
 }
 
 /// Settles `pool`'s charge after an allocation that reserved `reservation`; gives the
-/// reservation back untouched if the driver cannot say what the pool holds.
+/// reservation back untouched if the driver cannot say what the pool holds, or the pool
+/// was destroyed meanwhile.
 fn settle<'a>(
     shim: &'a Shim,
     pool: u64,
@@ -114,13 +119,36 @@ fn settle<'a>(
     reservation: Reservation<'a>,
 ) -> Result<(), Reservation<'a>> {
     let charge = shim.pools.charge_of(pool, gpu);
-    let mut charge = charge.lock();
+    match look(shim, pool, &charge, Some(reservation)) {
+        Looked::Settled(Settled::Destroyed(Some(reservation)))
+        | Looked::Unread(Some(reservation)) => Err(reservation),
+        _ => Ok(()),
+    }
+}
+
+/// What a look at a pool came to.
+enum Looked<'a> {
+    /// The reading was handed to the charge.
+    Settled(Settled<'a>),
+    /// The driver would not say what the pool holds; the reservation, if any, is back.
+    Unread(Option<Reservation<'a>>),
+}
+
+/// Reads what `pool` holds and settles its charge with it. The ticket is taken first (the
+/// call that changed the pool has returned), the driver asked with no lock held, and the
+/// reading applied only if no later one was (`policy::pools`).
+fn look<'a>(
+    shim: &'a Shim,
+    pool: u64,
+    charge: &PoolCharge,
+    reservation: Option<Reservation<'a>>,
+) -> Looked<'a> {
+    let ticket = charge.ticket();
     match reserved_bytes(pool) {
         Some(reserved) => {
-            charge.settle(reserved, Some(reservation), &shim.memory);
-            Ok(())
+            Looked::Settled(charge.settle(ticket, reserved, reservation, &shim.memory))
         }
-        None => Err(reservation),
+        None => Looked::Unread(reservation),
     }
 }
 
@@ -252,21 +280,27 @@ pub(crate) unsafe fn create(
 /// memory is trimmed first and the charge brought to what is left; that stays charged until
 /// the process exits (the safe side: a program that destroys a pool with allocations still
 /// outstanding keeps their memory counted).
+///
+/// No lock is held across the trim, the reading and the destroy, and nothing is lost to a
+/// thread that looks at the pool meanwhile (`refresh_gpu`, `make_room`, an allocation the
+/// program races with the destroy): once the driver destroyed the pool its charge is
+/// closed under its lock (`PoolCharges::destroyed`), so a settle applied before that is in
+/// what the pool keeps, and one that comes after changes nothing (an allocation's
+/// reservation is then charged by size, as when the pool cannot be asked). A look that
+/// started before the destroy may still trim the handle after it; a trim takes nothing in
+/// use, and if the handle was given to a new pool meanwhile, that pool's next look sees it.
 pub(crate) unsafe fn destroy(call: impl Fn() -> CUresult, pool: CUmemoryPool) -> CUresult {
     let shim = shim_or!(call());
     let key = pool as u64;
-    let Some(charge) = shim.pools.existing(key) else {
-        let status = call();
-        if status == CUDA_SUCCESS {
-            shim.pools.destroyed(key, None);
-        }
-        return status;
-    };
-    let mut charge = charge.lock();
-    trim(shim, pool, &mut charge);
+    if let Some(charge) = shim.pools.existing(key) {
+        trim(shim, pool, &charge);
+    }
     let status = call();
     if status == CUDA_SUCCESS {
-        shim.pools.destroyed(key, Some(&charge));
+        // No lock was held across the trim and the destroy: a look by another thread may
+        // have settled the charge meanwhile (then what is kept is its newer reading), and
+        // one that settles after this changes nothing (`PoolCharges::destroyed`).
+        shim.pools.destroyed(key);
     }
     status
 }
@@ -312,10 +346,7 @@ pub(crate) fn make_room(shim: &Shim, gpu: &Gpu, bytes: u64) -> bool {
         return released;
     }
     for (pool, charge) in &pools {
-        let mut charge = charge.lock();
-        let before = charge.charged();
-        trim(shim, *pool as CUmemoryPool, &mut charge);
-        released |= charge.charged() < before;
+        released |= trim(shim, *pool as CUmemoryPool, charge);
     }
     if released {
         log!(
@@ -329,26 +360,25 @@ pub(crate) fn make_room(shim: &Shim, gpu: &Gpu, bytes: u64) -> bool {
 }
 
 /// Brings `pool`'s charge to what it holds now; whether it went down.
-fn refresh(shim: &Shim, pool: u64, charge: &Mutex<PoolCharge>) -> bool {
-    let mut charge = charge.lock();
-    let before = charge.charged();
-    if let Some(reserved) = reserved_bytes(pool) {
-        charge.settle(reserved, None, &shim.memory);
-    }
-    charge.charged() < before
+fn refresh(shim: &Shim, pool: u64, charge: &PoolCharge) -> bool {
+    matches!(
+        look(shim, pool, charge, None),
+        Looked::Settled(Settled::Applied { went_down: true })
+    )
 }
 
 /// Trims `pool` to nothing (what the driver can give back: memory whose frees completed)
-/// and settles its charge, held locked by the caller.
-fn trim(shim: &Shim, pool: CUmemoryPool, charge: &mut PoolCharge) {
+/// and settles its charge; whether it went down. A pool destroyed meanwhile is left alone.
+fn trim(shim: &Shim, pool: CUmemoryPool, charge: &PoolCharge) -> bool {
+    if charge.is_destroyed() {
+        return false;
+    }
     if let Some(trim_to) = real::cuMemPoolTrimTo() {
         // SAFETY: a pool handle the program allocated from; trimming never touches memory
         // in use.
         unsafe { trim_to(pool, 0) };
     }
-    if let Some(reserved) = reserved_bytes(pool as u64) {
-        charge.settle(reserved, None, &shim.memory);
-    }
+    refresh(shim, pool as u64, charge)
 }
 
 /// What `pool` holds on its device (`CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT`), if the driver

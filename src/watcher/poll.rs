@@ -16,7 +16,7 @@ use gpuslice_ledger::{MAX_GPUS, monotonic_ns};
 use crate::cuda::{CUDA_SUCCESS, CUresult};
 use crate::log::{Level, RateLimit, log};
 use crate::policy::controller::Poll;
-use crate::policy::gpu_time::LaunchSamples;
+use crate::policy::gpu_time::{Covered, LaunchSamples};
 use crate::real;
 use crate::shim::Shim;
 use crate::streams::{CAPACITY, Occupancy, SampleState, StreamEntry, StreamKind};
@@ -57,6 +57,10 @@ struct Tracked {
     launches_at_arm: u64,
     /// Launches already counted at their sampled time.
     counted: u64,
+    /// A timed launch read but not yet added to the averages: it goes into its kind's
+    /// (`Covered`) as its launch is counted, so that a kind's average is made of the
+    /// launches counted as that kind.
+    unfiled: Option<TimedLaunch>,
     /// Busy with the same work from the poll before to this one (`policy::gpu_time`).
     busy_throughout: bool,
     /// The launches up to this count ran through ticks charged whole (`busy_throughout`).
@@ -65,6 +69,16 @@ struct Tracked {
     polled_launches: u64,
     /// When a poll last saw its launch count change.
     launched_at_ns: u64,
+}
+
+/// One timed launch, as `LaunchSamples::add` takes it.
+#[derive(Clone, Copy, Debug)]
+struct TimedLaunch {
+    /// Its count (the first launch is 1).
+    launch: u64,
+    ran_ns: u64,
+    sharing: u64,
+    found_idle: bool,
 }
 
 /// What the poller keeps about one GPU.
@@ -258,7 +272,12 @@ impl Poller {
                             let ran = ns.saturating_sub(lead);
                             let gpu = &self.gpus[g];
                             let ways = gpu.sharing.max(1).saturating_mul(gpu.busy_streams.max(1));
-                            tracked.samples.add(ran, ways, lead > 0);
+                            tracked.unfiled = Some(TimedLaunch {
+                                launch: entry.sample_launch(),
+                                ran_ns: ran,
+                                sharing: ways,
+                                found_idle: lead > 0,
+                            });
                         }
                         // Streams run in order: what came before it has finished too (the
                         // only news of progress on a legacy stream that never drains).
@@ -401,22 +420,36 @@ impl Poller {
 
 /// The stream's launches up to `finished` have finished: adds those not counted yet to
 /// its GPU's count at their sampled time, those that ran through ticks charged whole apart
-/// (`policy::gpu_time`); without samples, marks the GPU uncounted (the controller falls
+/// and each kind at its own kind's average (`policy::gpu_time`); without samples, marks the GPU uncounted (the controller falls
 /// back to the polled estimate).
 fn count_finished(gpu: &mut GpuPoll, stream: &mut Tracked, finished: u64) {
     let covered_end = stream.covered_through.min(finished);
+    // A timed launch is read at the poll that learns it finished (its second event comes
+    // before any marker behind it), so it is filed with the kind it is counted as now; one
+    // counted at an earlier poll (its reading came late) by where it stands now.
+    if let Some(timed) = stream.unfiled.filter(|t| t.launch <= finished) {
+        stream.unfiled = None;
+        let covered = if timed.launch <= covered_end {
+            Covered::Yes
+        } else {
+            Covered::No
+        };
+        stream
+            .samples
+            .add(timed.ran_ns, timed.sharing, timed.found_idle, covered);
+    }
     let covered = covered_end.saturating_sub(stream.counted);
     let uncovered = finished.saturating_sub(stream.counted.max(covered_end));
     stream.counted = stream.counted.max(finished);
     if stream.counted < stream.covered_through {
         gpu.covering = true;
     }
-    for (launches, into_covered) in [(covered, true), (uncovered, false)] {
+    for (launches, kind) in [(covered, Covered::Yes), (uncovered, Covered::No)] {
         if launches == 0 {
             continue;
         }
-        match stream.samples.time_of(launches) {
-            Some(ns) if into_covered => gpu.covered_ns = gpu.covered_ns.saturating_add(ns),
+        match stream.samples.time_of_kind(launches, kind) {
+            Some(ns) if kind == Covered::Yes => gpu.covered_ns = gpu.covered_ns.saturating_add(ns),
             Some(ns) => gpu.counted_ns = gpu.counted_ns.saturating_add(ns),
             None => gpu.uncounted = true,
         }

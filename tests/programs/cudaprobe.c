@@ -215,7 +215,11 @@ static void *nvml_symbol(const char *name) {
   return dlsym(nvml, name);
 }
 
-struct stress { long iterations; size_t bytes; long ok, refused, other, violations; };
+struct stress {
+  long iterations; size_t bytes; long ok, refused, other, violations;
+  /* stress-primary: what cuMemGetInfo said was used (total - free), lowest and highest. */
+  long samples; size_t used_min, used_max;
+};
 
 /* The witness: a counter in a file every stressing process maps, holding the bytes that are
  * granted and not yet freed across all of them (PROBE_WITNESS). A grant that takes it past
@@ -274,6 +278,30 @@ static void *stress_async_thread(void *arg) {
     else s->other++;
   }
   if (CALL(cuStreamSynchronize)(stream) != 0) s->other++;
+  return NULL;
+}
+
+/* Primary-context churn: each thread retains the device's primary context, reads what
+ * cuMemGetInfo says is used while it holds it, and releases it again, all threads at once,
+ * so that the context is made and ended many times under them. */
+static void *stress_primary_thread(void *arg) {
+  struct stress *s = arg;
+  for (long i = 0; i < s->iterations; i++) {
+    CUcontext ctx;
+    if (CALL(cuDevicePrimaryCtxRetain)(&ctx, device) != 0) { s->other++; continue; }
+    s->ok++;
+    size_t free = 0, total = 0;
+    if (CALL(cuCtxSetCurrent)(ctx) == 0 && CALL(cuMemGetInfo_v2)(&free, &total) == 0) {
+      size_t used = total - free;
+      if (s->samples == 0 || used < s->used_min) s->used_min = used;
+      if (s->samples == 0 || used > s->used_max) s->used_max = used;
+      s->samples++;
+    } else {
+      s->other++;
+    }
+    CALL(cuCtxSetCurrent)(NULL);
+    if (CALL(cuDevicePrimaryCtxRelease_v2)(device) != 0) s->other++;
+  }
   return NULL;
 }
 
@@ -808,6 +836,28 @@ int main(int argc, char **argv) {
         ok += work[t].ok; refused += work[t].refused; other += work[t].other;
       }
       printf("stress-async ok=%ld refused=%ld other=%ld\n", ok, refused, other);
+    } else if (!strcmp(cmd, "stress-primary")) {
+      int threads = atoi(NEXT());
+      long iterations = atol(NEXT());
+      pthread_t *ids = calloc((size_t)threads, sizeof *ids);
+      struct stress *work = calloc((size_t)threads, sizeof *work);
+      for (int t = 0; t < threads; t++) {
+        work[t].iterations = iterations;
+        pthread_create(&ids[t], NULL, stress_primary_thread, &work[t]);
+      }
+      long ok = 0, other = 0, samples = 0;
+      size_t used_min = 0, used_max = 0;
+      for (int t = 0; t < threads; t++) {
+        pthread_join(ids[t], NULL);
+        ok += work[t].ok; other += work[t].other;
+        if (work[t].samples > 0) {
+          if (samples == 0 || work[t].used_min < used_min) used_min = work[t].used_min;
+          if (samples == 0 || work[t].used_max > used_max) used_max = work[t].used_max;
+          samples += work[t].samples;
+        }
+      }
+      printf("stress-primary ok=%ld other=%ld samples=%ld used_min=%zu used_max=%zu\n", ok, other,
+             samples, used_min, used_max);
     } else if (!strcmp(cmd, "stress")) {
       int threads = atoi(NEXT());
       long iterations = atol(NEXT());

@@ -9,6 +9,8 @@
 //! - [`gate`]: the per-GPU gate a launch passes, opened and closed by the watcher.
 //! - [`streams`]: the table of streams the launch path marks and the watcher polls.
 //! - [`allocations`]: what each allocation was charged, to release it exactly once.
+//! - [`contexts`]: the process's contexts and their charges, made and ended without a lock
+//!   held across the driver's call.
 //! - [`neighbours`]: every tenant's records on the node, read each tick.
 //! - [`trace`]: the watcher's decisions written down, and replayed in tests.
 //! - [`log`]: the shim's one-line diagnostics on stderr.
@@ -17,6 +19,7 @@
 //! accounts (`policy::memory`), each with its `// SAFETY:` reason.
 
 pub mod allocations;
+pub mod contexts;
 pub mod gate;
 pub mod log;
 pub mod neighbours;

@@ -8,6 +8,15 @@
 //! charge is its reserved memory (`CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT`), which the hooks
 //! read from the driver and hand to [`PoolCharge::settle`]; frees change nothing here. No
 //! CUDA in this module.
+//!
+//! No lock is held while the driver is asked (`cuMemPoolGetAttribute`, `cuMemPoolTrimTo`).
+//! Threads that allocate from one pool at once each read what it holds, and their
+//! readings may come back in any order; applying an older one after a newer one would take
+//! the charge below what the pool holds. So each reading gets a [`Ticket`] (after the
+//! call that changed the pool returned, before the reading), and a reading is applied only
+//! if no later ticket's was. A later ticket's reading saw every change an earlier one
+//! could have seen, so a dropped reading loses nothing: its growth was charged by the later
+//! one, and its reservation goes back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,13 +35,50 @@ pub enum PoolHome {
     Host,
 }
 
-/// What one pool is charged, and on which GPU. Settling is done under the pool's lock, the
-/// driver asked while it is held, so that two threads allocating from one pool at once
-/// cannot both count the same growth.
+/// What one pool is charged, and on which GPU. Its lock is held only for the short steps
+/// below, never while the driver is asked what the pool holds: readings are ordered by
+/// [`Ticket`]s instead, and only the newest is applied (see [`PoolCharge::settle`]).
 #[derive(Debug)]
 pub struct PoolCharge {
     gpu: Gpu,
+    account: Mutex<Account>,
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    /// What the pool is charged: what it held at the newest reading applied.
     charged: u64,
+    /// Tickets handed out.
+    issued: u64,
+    /// The ticket of the newest reading applied (0: none yet).
+    applied: u64,
+    /// The pool was destroyed: its charge is an orphan's now, and nothing changes it.
+    destroyed: bool,
+}
+
+/// The place of one reading of what a pool holds among all readings of that pool. Taken
+/// after the call that changed the pool (an allocation, a trim) returned and before the
+/// reading: a reading with a later ticket then sees at least every change whose reading
+/// has an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// What became of a reading handed to [`PoolCharge::settle`].
+#[derive(Debug)]
+pub enum Settled<'a> {
+    /// Applied: the charge is what the pool held at the reading. `went_down`: it fell.
+    Applied {
+        /// Whether the charge is lower than before.
+        went_down: bool,
+    },
+    /// A reading with a later ticket was applied first: this one is older news and is
+    /// dropped. The growth it would have seen was in the later reading, which charged it
+    /// (beyond that reading's own reservation, if any), so the reservation went back.
+    Superseded,
+    /// The pool was destroyed before this reading could be applied: nothing changed. The
+    /// reservation, if any, is the caller's to charge otherwise (by size, as an allocation
+    /// of its own: the growth it covers may not be in what the destroyed pool keeps).
+    Destroyed(Option<Reservation<'a>>),
 }
 
 /// How a pool's charge moves to what it holds now, for an allocation that reserved some
@@ -66,6 +112,13 @@ pub fn settlement(charged: u64, reserved: u64, reservation: u64) -> Settlement {
 }
 
 impl PoolCharge {
+    fn new(gpu: Gpu) -> PoolCharge {
+        PoolCharge {
+            gpu,
+            account: Mutex::new(Account::default()),
+        }
+    }
+
     /// The GPU the pool is charged on.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
@@ -73,19 +126,62 @@ impl PoolCharge {
 
     /// What the pool is charged now.
     pub fn charged(&self) -> u64 {
-        self.charged
+        self.account.lock().charged
     }
 
-    /// Makes the pool's charge what it holds, `reserved` (just read from the driver). An
-    /// allocation's `reservation` pays for the growth it covers and the rest of it is given
-    /// back; growth beyond it is charged unasked; a shrink is released. A reservation made
-    /// on another GPU than the pool's pays for nothing and is given back whole.
-    pub fn settle(
-        &mut self,
+    /// Whether the pool was destroyed (it is not to be asked or trimmed any more).
+    pub fn is_destroyed(&self) -> bool {
+        self.account.lock().destroyed
+    }
+
+    /// The ticket of a reading about to be taken: after the call that changed the pool
+    /// returned, before the driver is asked what the pool holds.
+    pub fn ticket(&self) -> Ticket {
+        let mut account = self.account.lock();
+        account.issued += 1;
+        Ticket(account.issued)
+    }
+
+    /// Makes the pool's charge what it holds, `reserved`, read from the driver under
+    /// `ticket`, unless a reading with a later ticket was applied already (then this one is
+    /// dropped: applying it would take the charge back to an older state, below what the
+    /// pool holds). An allocation's `reservation` pays for the growth it covers and the
+    /// rest of it is given back; growth beyond it is charged unasked; a shrink is released.
+    /// A reservation made on another GPU than the pool's pays for nothing and is given back
+    /// whole; so is the reservation of a superseded reading.
+    pub fn settle<'a>(
+        &self,
+        ticket: Ticket,
+        reserved: u64,
+        reservation: Option<Reservation<'a>>,
+        memory: &MemoryPolicy,
+    ) -> Settled<'a> {
+        let mut account = self.account.lock();
+        if ticket.0 <= account.applied {
+            // Also after a destroy: the later reading is in what the destroyed pool keeps.
+            drop(reservation);
+            return Settled::Superseded;
+        }
+        if account.destroyed {
+            return Settled::Destroyed(reservation);
+        }
+        account.applied = ticket.0;
+        let before = account.charged;
+        account.charged = self.apply(before, reserved, reservation, memory);
+        Settled::Applied {
+            went_down: account.charged < before,
+        }
+    }
+
+    /// The charge after a reading of `reserved` applied to a pool charged `charged`, the
+    /// ledger moved to match.
+    fn apply(
+        &self,
+        charged: u64,
         reserved: u64,
         reservation: Option<Reservation<'_>>,
         memory: &MemoryPolicy,
-    ) {
+    ) -> u64 {
         let reserved_for_call = reservation.map(Reservation::commit);
         let paid = reserved_for_call
             .filter(|charge| charge.gpu == self.gpu.index)
@@ -95,7 +191,7 @@ impl PoolCharge {
         {
             memory.release(charge);
         }
-        let due = settlement(self.charged, reserved, paid);
+        let due = settlement(charged, reserved, paid);
         let gpu = self.gpu.index;
         if due.unused > 0 {
             memory.release(Charge {
@@ -118,12 +214,26 @@ impl PoolCharge {
         } else {
             0
         };
-        self.charged = self.charged - due.shrunk + due.kept + beyond;
+        charged - due.shrunk + due.kept + beyond
+    }
+
+    /// The pool was destroyed: its charge now is what it keeps until the process exits;
+    /// nothing changes it after this. `None` if it was destroyed already.
+    fn close(&self) -> Option<Charge> {
+        let mut account = self.account.lock();
+        if account.destroyed {
+            return None;
+        }
+        account.destroyed = true;
+        Some(Charge {
+            gpu: self.gpu.index,
+            bytes: account.charged,
+        })
     }
 }
 
-/// A pool's charge, locked while it is settled.
-pub type SharedCharge = Arc<Mutex<PoolCharge>>;
+/// A pool's charge, shared by the threads that allocate from it.
+pub type SharedCharge = Arc<PoolCharge>;
 
 /// The pools this process allocates from, and what each is charged.
 #[derive(Debug, Default)]
@@ -159,13 +269,9 @@ impl PoolCharges {
     /// The charge of `pool`, charged on `gpu` from its first allocation on.
     pub fn charge_of(&self, pool: u64, gpu: &Gpu) -> SharedCharge {
         let mut pools = self.pools.lock();
-        let (_, charge) = pools.entry(pool).or_insert_with(|| {
-            let charge = PoolCharge {
-                gpu: *gpu,
-                charged: 0,
-            };
-            (gpu.index, Arc::new(Mutex::new(charge)))
-        });
+        let (_, charge) = pools
+            .entry(pool)
+            .or_insert_with(|| (gpu.index, Arc::new(PoolCharge::new(*gpu))));
         Arc::clone(charge)
     }
 
@@ -187,17 +293,19 @@ impl PoolCharges {
             .collect()
     }
 
-    /// `pool` was destroyed, holding what `charge` says (settled just before; `None` for a
-    /// pool never allocated from). The handle may be reused for a new pool; what the old one
-    /// still held stays charged.
-    pub fn destroyed(&self, pool: u64, charge: Option<&PoolCharge>) {
-        self.pools.lock().remove(&pool);
+    /// `pool` was destroyed (its charge settled just before, after a trim). It is taken out
+    /// of the table, so no later allocation or look finds it (the handle may be reused for
+    /// a new pool, which starts from nothing), and its charge is closed: a settle that
+    /// comes after this changes nothing, one that came before is in what is kept. What
+    /// it still holds stays charged until the process exits.
+    pub fn destroyed(&self, pool: u64) {
+        let charge = self.pools.lock().remove(&pool);
         self.homes.lock().remove(&pool);
-        if let Some(charge) = charge.filter(|charge| charge.charged > 0) {
-            self.orphaned.lock().push(Charge {
-                gpu: charge.gpu.index,
-                bytes: charge.charged,
-            });
+        if let Some(kept) = charge
+            .and_then(|(_, charge)| charge.close())
+            .filter(|kept| kept.bytes > 0)
+        {
+            self.orphaned.lock().push(kept);
         }
     }
 
@@ -213,167 +321,4 @@ impl PoolCharges {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use gpuslice_ledger::{GpuUuid, Ledger, TenantName};
-
-    const MIB: u64 = 1 << 20;
-
-    /// A policy with a 1 GiB limit over a fresh ledger, and its GPU.
-    fn policy() -> (tempfile::TempDir, MemoryPolicy, Gpu) {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
-        let usage = ledger.open_usage(&TenantName::new("t").unwrap()).unwrap();
-        let policy = MemoryPolicy::new(usage, None, Some(1024 * MIB));
-        let gpu = policy.gpu(GpuUuid([1; 16])).unwrap();
-        (dir, policy, gpu)
-    }
-
-    #[test]
-    fn growth_is_paid_by_the_reservation_first() {
-        assert_eq!(
-            settlement(100, 164, 64),
-            Settlement {
-                kept: 64,
-                unused: 0,
-                beyond: 0,
-                shrunk: 0
-            }
-        );
-        // Served from idle memory: the whole reservation goes back.
-        assert_eq!(
-            settlement(100, 100, 64),
-            Settlement {
-                kept: 0,
-                unused: 64,
-                beyond: 0,
-                shrunk: 0
-            }
-        );
-        // Grown by a whole step of the pool: the rest is charged beyond the reservation.
-        assert_eq!(
-            settlement(0, 2 * MIB, MIB),
-            Settlement {
-                kept: MIB,
-                unused: 0,
-                beyond: MIB,
-                shrunk: 0
-            }
-        );
-        // The pool released memory since it was charged (a synchronization, a trim).
-        assert_eq!(
-            settlement(300, 100, 64),
-            Settlement {
-                kept: 0,
-                unused: 64,
-                beyond: 0,
-                shrunk: 200
-            }
-        );
-    }
-
-    #[test]
-    fn a_pool_is_charged_what_it_holds() {
-        let (_dir, memory, gpu) = policy();
-        let pools = PoolCharges::new();
-        let charge = pools.charge_of(7, &gpu);
-        let mut pool = charge.lock();
-        // 100 MiB asked; the pool grew by 100 MiB.
-        let reservation = memory.reserve(&gpu, 100 * MIB).unwrap();
-        pool.settle(100 * MIB, Some(reservation), &memory);
-        assert_eq!(
-            (pool.charged(), memory.used_now(gpu.index)),
-            (100 * MIB, 100 * MIB)
-        );
-        // 50 MiB asked, served from idle memory: nothing more charged.
-        let reservation = memory.reserve(&gpu, 50 * MIB).unwrap();
-        pool.settle(100 * MIB, Some(reservation), &memory);
-        assert_eq!(memory.used_now(gpu.index), 100 * MIB);
-        // 1 MiB asked; the pool grew by 2 MiB.
-        let reservation = memory.reserve(&gpu, MIB).unwrap();
-        pool.settle(102 * MIB, Some(reservation), &memory);
-        assert_eq!(
-            (pool.charged(), memory.used_now(gpu.index)),
-            (102 * MIB, 102 * MIB)
-        );
-        // A synchronization released 60 MiB; a refresh sees it.
-        pool.settle(42 * MIB, None, &memory);
-        assert_eq!(
-            (pool.charged(), memory.used_now(gpu.index)),
-            (42 * MIB, 42 * MIB)
-        );
-    }
-
-    #[test]
-    fn growth_beyond_the_reservation_is_charged_even_past_the_limit() {
-        let (_dir, memory, gpu) = policy();
-        let pools = PoolCharges::new();
-        let charge = pools.charge_of(7, &gpu);
-        let mut pool = charge.lock();
-        let reservation = memory.reserve(&gpu, 1023 * MIB).unwrap();
-        pool.settle(1024 * MIB + MIB, Some(reservation), &memory);
-        assert_eq!(
-            memory.used_now(gpu.index),
-            1025 * MIB,
-            "the GPU holds it either way: the ledger never counts less"
-        );
-        assert!(memory.reserve(&gpu, MIB).is_err());
-    }
-
-    #[test]
-    fn a_reservation_on_another_gpu_is_given_back_whole() {
-        let (_dir, memory, gpu) = policy();
-        let other = memory.gpu(GpuUuid([2; 16])).unwrap();
-        let pools = PoolCharges::new();
-        let charge = pools.charge_of(7, &gpu);
-        let reservation = memory.reserve(&other, 64 * MIB).unwrap();
-        charge.lock().settle(64 * MIB, Some(reservation), &memory);
-        assert_eq!(memory.used_now(other.index), 0);
-        assert_eq!(memory.used_now(gpu.index), 64 * MIB);
-    }
-
-    #[test]
-    fn a_destroyed_pool_keeps_the_charge_of_what_it_held_and_frees_its_handle() {
-        let (_dir, memory, gpu) = policy();
-        let pools = PoolCharges::new();
-        pools.created(7, PoolHome::Gpu(gpu));
-        let charge = pools.charge_of(7, &gpu);
-        let reservation = memory.reserve(&gpu, 64 * MIB).unwrap();
-        charge.lock().settle(64 * MIB, Some(reservation), &memory);
-        pools.destroyed(7, Some(&charge.lock()));
-        assert_eq!(pools.orphaned_on(gpu.index), 64 * MIB);
-        assert_eq!(memory.used_now(gpu.index), 64 * MIB);
-        assert!(pools.existing(7).is_none() && pools.home(7).is_none());
-        assert!(pools.on_gpu(gpu.index).is_empty());
-        // The handle reused for a new pool starts from nothing.
-        assert_eq!(pools.charge_of(7, &gpu).lock().charged(), 0);
-    }
-
-    #[test]
-    fn pools_are_listed_by_gpu_and_host_pools_are_told_apart() {
-        let (_dir, memory, gpu) = policy();
-        let other = memory.gpu(GpuUuid([2; 16])).unwrap();
-        let pools = PoolCharges::new();
-        pools.created(1, PoolHome::Host);
-        pools.created(2, PoolHome::Gpu(other));
-        assert_eq!(pools.home(1), Some(PoolHome::Host));
-        assert_eq!(
-            pools.home(3),
-            None,
-            "a default pool was never created by the program"
-        );
-        pools.charge_of(2, &other);
-        pools.charge_of(3, &gpu);
-        let on = |gpu: &Gpu| -> Vec<u64> {
-            let mut handles: Vec<u64> = pools
-                .on_gpu(gpu.index)
-                .into_iter()
-                .map(|(h, _)| h)
-                .collect();
-            handles.sort_unstable();
-            handles
-        };
-        assert_eq!(on(&gpu), [3]);
-        assert_eq!(on(&other), [2]);
-    }
-}
+mod tests;

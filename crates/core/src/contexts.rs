@@ -1,0 +1,504 @@
+//! The contexts of a process and what each was charged, kept so that no lock is held while
+//! the driver makes or ends a context.
+//!
+//! Three things must hold, and once held because one lock was kept across every context
+//! call; they are states here instead, changed in short steps under a lock that is never
+//! held across a driver or NVML call:
+//! - Two threads retaining one primary context at once charge it once. The first retain of
+//!   a device makes the context ([`PrimaryRetain::Make`]); retains that come meanwhile wait
+//!   until it is live (or was not made), then count theirs.
+//! - A context is charged this process's memory on its GPU measured around its making, so
+//!   no two contexts are made on one GPU at once, nor one made while another ends there:
+//!   each would measure the other. The GPU is marked as changing for the while; a making or
+//!   an ending on a marked GPU waits.
+//! - A release that may end a primary context must not race a retain (its charge dropped
+//!   while the driver still holds the context, or a retain counted on a context the driver
+//!   then ends and makes again unmeasured). Such a release goes alone: it waits until no
+//!   retain or release of the device is in the driver, and retains wait for it.
+//!
+//! Retains of a live context and releases that cannot end it go at once. A retain is
+//! counted as in flight before the driver call and becomes a reference once the driver
+//! succeeded (it is undone if the driver failed); a release is counted as in flight and
+//! takes its reference once the driver succeeded. A release cannot end the context while
+//! the references that no release in flight takes are two or more: the driver's count is
+//! never below the references less the releases in flight. The release that takes the last
+//! reference, after the driver succeeded, ends the charge; a reset ends it whatever the
+//! count.
+//!
+//! Each call begins with a step that returns a token ([`MakingPrimary`], [`Retaining`],
+//! [`Releasing`], [`Creating`], [`Destroying`]) and ends when the token is told the driver's answer;
+//! a token dropped without an answer means the driver call failed (or never ran), so that
+//! an early return never leaves a device waited on forever. No CUDA here: devices are CUDA
+//! ordinals, contexts their handles as numbers.
+
+use std::collections::{HashMap, HashSet};
+
+use gpuslice_ledger::GpuIndex;
+use parking_lot::{Condvar, Mutex};
+
+use crate::policy::memory::Charge;
+
+/// The contexts of this process: primary contexts by device ordinal, created ones by
+/// handle, and what each was charged.
+#[derive(Debug, Default)]
+pub struct ContextBook {
+    book: Mutex<Book>,
+    /// Notified whenever a call in flight ends, so that waiting calls decide again.
+    settled: Condvar,
+}
+
+/// What a retain of a primary context does next.
+#[derive(Debug)]
+pub enum PrimaryRetain<'a> {
+    /// The device has no primary context: this retain makes it (the driver's retain,
+    /// measured), charges it, then [`MakingPrimary::made`]. Other calls on the GPU wait
+    /// meanwhile.
+    Make(MakingPrimary<'a>),
+    /// The context is live: this retain is counted in flight; [`Retaining::succeeded`] once
+    /// the driver succeeded.
+    Count(Retaining<'a>),
+}
+
+/// The book's contents, changed only in the short steps below.
+#[derive(Debug, Default)]
+struct Book {
+    primary: HashMap<i32, Primary>,
+    /// Contexts made by `cuCtxCreate*`, by handle.
+    created: HashMap<usize, Charge>,
+    /// GPUs where a context is being made (its footprint measured) or ended now.
+    changing: HashSet<GpuIndex>,
+    /// Calls waiting for another to end.
+    waiting: usize,
+}
+
+/// A device's primary context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Primary {
+    /// Its first retain is in the driver (and its footprint being measured, then charged).
+    Making,
+    /// Made and charged.
+    Live(Live),
+    /// A release that may end it, or a reset, is in the driver: it holds `references`.
+    Ending { charge: Charge, references: u32 },
+}
+
+/// A live primary context's count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Live {
+    charge: Charge,
+    /// Retains the driver confirmed, less releases it confirmed: at least one.
+    references: u32,
+    /// Retains in the driver now.
+    retaining: u32,
+    /// Releases in the driver now, none of which can end the context: `references` is at
+    /// least `releasing + 1`.
+    releasing: u32,
+}
+
+/// A step's answer: go on (with what the token needs), or wait for a call in flight.
+#[derive(Debug, PartialEq, Eq)]
+enum Step<T> {
+    Go(T),
+    Wait,
+}
+
+/// How a release goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// It leaves references: counted in flight.
+    Leaving,
+    /// It may end the context (or is a reset): alone, with the GPU marked as changing.
+    Last(GpuIndex),
+}
+
+impl Book {
+    fn begin_retain(&mut self, device: i32, gpu: GpuIndex) -> Step<bool> {
+        match self.primary.get_mut(&device) {
+            None if self.changing.contains(&gpu) => Step::Wait,
+            None => {
+                self.primary.insert(device, Primary::Making);
+                self.changing.insert(gpu);
+                Step::Go(true)
+            }
+            Some(Primary::Live(live)) => {
+                live.retaining += 1;
+                Step::Go(false)
+            }
+            Some(Primary::Making | Primary::Ending { .. }) => Step::Wait,
+        }
+    }
+
+    fn end_retain(&mut self, device: i32, succeeded: bool) {
+        if let Some(Primary::Live(live)) = self.primary.get_mut(&device) {
+            live.retaining = live.retaining.saturating_sub(1);
+            if succeeded {
+                live.references += 1;
+            }
+        }
+    }
+
+    fn end_making_primary(&mut self, device: i32, gpu: GpuIndex, charge: Option<Charge>) {
+        self.changing.remove(&gpu);
+        match charge {
+            Some(charge) => {
+                let live = Live {
+                    charge,
+                    references: 1,
+                    retaining: 0,
+                    releasing: 0,
+                };
+                self.primary.insert(device, Primary::Live(live));
+            }
+            None => {
+                self.primary.remove(&device);
+            }
+        }
+    }
+
+    /// `Go(None)`: the book has no such context; the release is the driver's alone.
+    fn begin_release(&mut self, device: i32, reset: bool) -> Step<Option<Ending>> {
+        let live = match self.primary.get_mut(&device) {
+            None => return Step::Go(None),
+            Some(Primary::Live(live)) => live,
+            Some(Primary::Making | Primary::Ending { .. }) => return Step::Wait,
+        };
+        if !reset && live.references >= live.releasing + 2 {
+            live.releasing += 1;
+            return Step::Go(Some(Ending::Leaving));
+        }
+        let gpu = live.charge.gpu;
+        if live.retaining > 0 || live.releasing > 0 || self.changing.contains(&gpu) {
+            return Step::Wait;
+        }
+        let ending = Primary::Ending {
+            charge: live.charge,
+            references: live.references,
+        };
+        self.primary.insert(device, ending);
+        self.changing.insert(gpu);
+        Step::Go(Some(Ending::Last(gpu)))
+    }
+
+    /// The charge to give back, if this release ended the context.
+    fn end_release(&mut self, device: i32, ending: Ending, succeeded: bool) -> Option<Charge> {
+        match ending {
+            Ending::Leaving => {
+                if let Some(Primary::Live(live)) = self.primary.get_mut(&device) {
+                    live.releasing = live.releasing.saturating_sub(1);
+                    if succeeded {
+                        live.references = live.references.saturating_sub(1);
+                    }
+                }
+                None
+            }
+            Ending::Last(gpu) => {
+                self.changing.remove(&gpu);
+                let Some(&Primary::Ending { charge, references }) = self.primary.get(&device)
+                else {
+                    return None;
+                };
+                if succeeded {
+                    self.primary.remove(&device);
+                    return Some(charge);
+                }
+                let live = Live {
+                    charge,
+                    references,
+                    retaining: 0,
+                    releasing: 0,
+                };
+                self.primary.insert(device, Primary::Live(live));
+                None
+            }
+        }
+    }
+
+    fn begin_making(&mut self, gpu: GpuIndex) -> Step<()> {
+        if self.changing.insert(gpu) {
+            Step::Go(())
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// A stale charge under the same handle (a context ended behind the book's back whose
+    /// handle the driver gave out again), to give back.
+    fn end_making(&mut self, gpu: GpuIndex, made: Option<(usize, Charge)>) -> Option<Charge> {
+        self.changing.remove(&gpu);
+        made.and_then(|(handle, charge)| self.created.insert(handle, charge))
+    }
+
+    /// `Go(None)`: the book has no such context.
+    fn begin_destroy(&mut self, handle: usize) -> Step<Option<Charge>> {
+        let Some(&charge) = self.created.get(&handle) else {
+            return Step::Go(None);
+        };
+        if !self.changing.insert(charge.gpu) {
+            return Step::Wait;
+        }
+        self.created.remove(&handle);
+        Step::Go(Some(charge))
+    }
+
+    fn end_destroy(&mut self, handle: usize, charge: Charge, succeeded: bool) {
+        self.changing.remove(&charge.gpu);
+        if !succeeded {
+            self.created.insert(handle, charge);
+        }
+    }
+}
+
+impl ContextBook {
+    /// No contexts yet.
+    pub fn new() -> ContextBook {
+        ContextBook::default()
+    }
+
+    /// Runs `step` under the lock until it goes, waiting between tries for a call in flight
+    /// to end.
+    fn when<T>(&self, mut step: impl FnMut(&mut Book) -> Step<T>) -> T {
+        let mut book = self.book.lock();
+        loop {
+            match step(&mut book) {
+                Step::Go(value) => return value,
+                Step::Wait => {
+                    book.waiting += 1;
+                    self.settled.wait(&mut book);
+                    book.waiting -= 1;
+                }
+            }
+        }
+    }
+
+    /// Ends a call in flight and wakes the calls waiting for one.
+    fn end<T>(&self, change: impl FnOnce(&mut Book) -> T) -> T {
+        let result = change(&mut self.book.lock());
+        self.settled.notify_all();
+        result
+    }
+
+    /// `cuDevicePrimaryCtxRetain` of `device`, whose GPU is `gpu`: make the context or count
+    /// the retain (waiting while the device's context is being made or ended, and, to make
+    /// it, while another context is made or ended on the GPU).
+    pub fn retain_primary(&self, device: i32, gpu: GpuIndex) -> PrimaryRetain<'_> {
+        if self.when(|book| book.begin_retain(device, gpu)) {
+            PrimaryRetain::Make(MakingPrimary {
+                book: self,
+                device,
+                gpu,
+                ended: false,
+            })
+        } else {
+            PrimaryRetain::Count(Retaining {
+                book: self,
+                device,
+                ended: false,
+            })
+        }
+    }
+
+    /// `cuDevicePrimaryCtxRelease` (`reset` false) or `cuDevicePrimaryCtxReset` (true) of
+    /// `device`; `None` if the book has no primary context there (the call is the driver's
+    /// alone). Waits while the context is being made or ended, and a release that may end
+    /// it (or a reset) also while retains or releases of it are in the driver or another
+    /// context is made or ended on its GPU.
+    pub fn release_primary(&self, device: i32, reset: bool) -> Option<Releasing<'_>> {
+        let ending = self.when(|book| book.begin_release(device, reset))?;
+        Some(Releasing {
+            book: self,
+            device,
+            ending,
+            ended: false,
+        })
+    }
+
+    /// `cuCtxCreate*` on `gpu`: waits while another context is made or ended there.
+    pub fn create(&self, gpu: GpuIndex) -> Creating<'_> {
+        self.when(|book| book.begin_making(gpu));
+        Creating {
+            book: self,
+            gpu,
+            ended: false,
+        }
+    }
+
+    /// `cuCtxDestroy*` of `handle`; `None` if the book has no such context (the call is the
+    /// driver's alone). Waits while another context is made or ended on its GPU.
+    pub fn destroy(&self, handle: usize) -> Option<Destroying<'_>> {
+        let charge = self.when(|book| book.begin_destroy(handle))?;
+        Some(Destroying {
+            book: self,
+            handle,
+            charge,
+            ended: false,
+        })
+    }
+
+    /// What the primary context of `device` is charged, if it is live.
+    #[cfg(test)]
+    fn primary_charge(&self, device: i32) -> Option<Charge> {
+        match self.book.lock().primary.get(&device) {
+            Some(Primary::Live(live)) => Some(live.charge),
+            _ => None,
+        }
+    }
+
+    /// How many calls wait for another to end (a test waits for a call to wait).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.book.lock().waiting
+    }
+}
+
+/// A device's primary context being made; its GPU is marked as changing until this ends.
+/// Dropped without [`made`](MakingPrimary::made), the context was not made (the driver
+/// failed, or the caller undid the retain because its charge did not fit).
+#[derive(Debug)]
+pub struct MakingPrimary<'a> {
+    book: &'a ContextBook,
+    device: i32,
+    gpu: GpuIndex,
+    ended: bool,
+}
+
+impl MakingPrimary<'_> {
+    /// The context was made and charged `charge`: live, with one reference.
+    pub fn made(mut self, charge: Charge) {
+        self.ended = true;
+        let (device, gpu) = (self.device, self.gpu);
+        self.book
+            .end(|book| book.end_making_primary(device, gpu, Some(charge)));
+    }
+}
+
+impl Drop for MakingPrimary<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let (device, gpu) = (self.device, self.gpu);
+            self.book
+                .end(|book| book.end_making_primary(device, gpu, None));
+        }
+    }
+}
+
+/// A context being created (`cuCtxCreate*`) on a GPU, which is marked as changing until
+/// this ends. Dropped without [`made`](Creating::made), the context was not made (the
+/// driver failed, or the caller destroyed it again because its charge did not fit).
+#[derive(Debug)]
+pub struct Creating<'a> {
+    book: &'a ContextBook,
+    gpu: GpuIndex,
+    ended: bool,
+}
+
+impl Creating<'_> {
+    /// The context `handle` was made and charged `charge`. Returns a stale charge to give
+    /// back: one the book still held under the same handle, for a context that ended
+    /// without the book seeing it.
+    pub fn made(mut self, handle: usize, charge: Charge) -> Option<Charge> {
+        self.ended = true;
+        let gpu = self.gpu;
+        self.book
+            .end(|book| book.end_making(gpu, Some((handle, charge))))
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let gpu = self.gpu;
+            self.book.end(|book| book.end_making(gpu, None));
+        }
+    }
+}
+
+/// A retain of a live primary context, counted in flight. Dropped without
+/// [`succeeded`](Retaining::succeeded), the driver failed and the count is undone.
+#[derive(Debug)]
+pub struct Retaining<'a> {
+    book: &'a ContextBook,
+    device: i32,
+    ended: bool,
+}
+
+impl Retaining<'_> {
+    /// The driver retained the context: one more reference.
+    pub fn succeeded(mut self) {
+        self.ended = true;
+        let device = self.device;
+        self.book.end(|book| book.end_retain(device, true));
+    }
+}
+
+impl Drop for Retaining<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let device = self.device;
+            self.book.end(|book| book.end_retain(device, false));
+        }
+    }
+}
+
+/// A release (or reset) of a primary context in the driver. Dropped without
+/// [`succeeded`](Releasing::succeeded), the driver failed and the context keeps its count.
+#[derive(Debug)]
+pub struct Releasing<'a> {
+    book: &'a ContextBook,
+    device: i32,
+    ending: Ending,
+    ended: bool,
+}
+
+impl Releasing<'_> {
+    /// The driver released (or reset) the context. Returns its charge if that ended it:
+    /// the caller gives it back.
+    pub fn succeeded(mut self) -> Option<Charge> {
+        self.ended = true;
+        let (device, ending) = (self.device, self.ending);
+        self.book.end(|book| book.end_release(device, ending, true))
+    }
+}
+
+impl Drop for Releasing<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let (device, ending) = (self.device, self.ending);
+            self.book
+                .end(|book| book.end_release(device, ending, false));
+        }
+    }
+}
+
+/// A created context being destroyed; its GPU is marked as changing until this ends.
+/// Dropped without [`succeeded`](Destroying::succeeded), the driver failed and the context
+/// keeps its charge.
+#[derive(Debug)]
+pub struct Destroying<'a> {
+    book: &'a ContextBook,
+    handle: usize,
+    charge: Charge,
+    ended: bool,
+}
+
+impl Destroying<'_> {
+    /// The driver destroyed the context: its charge, for the caller to give back.
+    pub fn succeeded(mut self) -> Charge {
+        self.ended = true;
+        let (handle, charge) = (self.handle, self.charge);
+        self.book.end(|book| book.end_destroy(handle, charge, true));
+        charge
+    }
+}
+
+impl Drop for Destroying<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let (handle, charge) = (self.handle, self.charge);
+            self.book
+                .end(|book| book.end_destroy(handle, charge, false));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
