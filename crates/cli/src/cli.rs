@@ -127,9 +127,11 @@ Exit codes:
   126     the command was found but could not be executed
   127     the command was not found";
 
-/// `gpuslice run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// The quota flags `run` and `tenant create` share: one definition, so that both accept
+/// and refuse exactly the same values with the same messages; [`QuotaFlags::request`]
+/// (`quota_flags.rs`) checks what clap cannot and makes the tenant's quota of them.
+#[derive(Debug, Default, Args)]
+pub struct QuotaFlags {
     /// Memory quota per GPU: 4Gi, 512Mi, 8G, 1.5Gi, bytes
     #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
     pub memory: Option<u64>,
@@ -146,13 +148,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "PRIORITY", value_parser = parse_priority_arg)]
     pub priority: Option<Priority>,
 
+    /// Apply --memory to this GPU only (a UUID or an index NVML lists)
+    #[arg(long, value_name = "UUID|INDEX", requires = "memory")]
+    pub gpu: Option<String>,
+}
+
+/// `gpuslice run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub quota: QuotaFlags,
+
     /// Tenant to create or join
     #[arg(long, value_name = "NAME", value_parser = parse_tenant)]
     pub tenant: Option<TenantName>,
-
-    /// Apply --memory to this GPU only
-    #[arg(long, value_name = "UUID|INDEX", requires = "memory")]
-    pub gpu: Option<String>,
 
     /// Ledger directory
     #[arg(long, value_name = "DIR")]
@@ -496,11 +505,12 @@ pub enum TenantCommand {
 
 /// What `tenant create` does, after the flags in `--help`.
 const TENANT_CREATE_HELP: &str = "\
-The quota flags are run's (see gpuslice run --help). The tenant lasts until
-gpuslice tenant delete. On stdout, one line of flags for podman run or docker
-run: the shim mounted read-only and preloaded (LD_PRELOAD), the ledger's
-tenants mounted read-only, the tenant's usage and lock files read-write, and
-GPUSLICE_TENANT and GPUSLICE_DIR, so that
+The quota flags are run's (see gpuslice run --help): without them the tenant
+has no memory limit, no compute share or limit, and normal priority. The
+tenant lasts until gpuslice tenant delete. On stdout, one line of flags for
+podman run or docker run: the shim mounted read-only and preloaded
+(LD_PRELOAD), the ledger's tenants mounted read-only, the tenant's usage and
+lock files read-write, and GPUSLICE_TENANT and GPUSLICE_DIR, so that
 
   podman run $(gpuslice tenant create team-a --memory 4Gi) \\
       --device nvidia.com/gpu=all IMAGE COMMAND
@@ -530,32 +540,15 @@ Exit codes:
   1  in use, and kept (the reason is printed)
   2  usage error (no such tenant, no ledger)";
 
-/// The quota flags of `tenant create`, as `run` takes them.
+/// `gpuslice tenant create`.
 #[derive(Debug, Args)]
 pub struct TenantCreateArgs {
     /// The tenant's name
     #[arg(value_name = "NAME", value_parser = parse_tenant)]
     pub name: TenantName,
 
-    /// Memory quota per GPU: 4Gi, 512Mi, 8G, 1.5Gi, bytes [default: unlimited]
-    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory_arg)]
-    pub memory: Option<u64>,
-
-    /// Guaranteed share of GPU time under contention, in percent: 30, 12.5
-    #[arg(long, value_name = "PERCENT", value_parser = parse_percent_arg)]
-    pub compute_share: Option<u32>,
-
-    /// Most GPU time the tenant may use even when the GPU is idle, in percent
-    #[arg(long, value_name = "PERCENT", value_parser = parse_percent_arg)]
-    pub compute_limit: Option<u32>,
-
-    /// Ordering against other tenants: high, normal or low
-    #[arg(long, value_name = "PRIORITY", value_parser = parse_priority_arg)]
-    pub priority: Option<Priority>,
-
-    /// Apply --memory to this GPU only (a UUID or an index NVML lists)
-    #[arg(long, value_name = "UUID|INDEX", requires = "memory")]
-    pub gpu: Option<String>,
+    #[command(flatten)]
+    pub quota: QuotaFlags,
 
     /// Ledger directory [default: as for run]
     #[arg(long, value_name = "DIR")]
@@ -726,7 +719,7 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(run.memory, Some(1 << 30));
+        assert_eq!(run.quota.memory, Some(1 << 30));
         assert_eq!(run.command, ["sh", "-c", "x"]);
     }
 
@@ -748,9 +741,9 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(run.compute_share, Some(125));
-        assert_eq!(run.compute_limit, Some(500));
-        assert_eq!(run.priority, Some(Priority::High));
+        assert_eq!(run.quota.compute_share, Some(125));
+        assert_eq!(run.quota.compute_limit, Some(500));
+        assert_eq!(run.quota.priority, Some(Priority::High));
         for (flag, bad) in [
             ("--compute-share", "0"),
             ("--compute-limit", "30.25"),

@@ -315,7 +315,8 @@ naming the file, the field and what was wrong.
 
 Tenants that outlive a command, for containers started with podman or Docker. `create`
 makes the tenant with `run`'s quota flags (`--memory`, `--compute-share`,
-`--compute-limit`, `--priority`, `--gpu`), under the tenant's entry lock, marked
+`--compute-limit`, `--priority`, `--gpu`: one definition, so both take and refuse the same
+values with the same messages, and make the same quota of them), under the tenant's entry lock, marked
 `created-by-tenant-create`, with its usage, lock and pin files, and prints on stdout one
 line of flags for `podman run` / `docker run`: a bind `--mount` per mount and `-e` per
 variable of the CDI spec `cdi generate` would write for it (words a shell would split are
@@ -379,6 +380,7 @@ mod logging;
 mod metrics;
 mod plugin;
 mod quantity;
+mod quota_flags;
 mod report;
 mod run;
 mod shim_check;

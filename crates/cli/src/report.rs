@@ -337,3 +337,391 @@ fn gpu_report(
         processes: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_ledger::Limits;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    const GPU_A: GpuUuid = GpuUuid([0xa; 16]);
+    const GPU_B: GpuUuid = GpuUuid([0xb; 16]);
+    const GPU_C: GpuUuid = GpuUuid([0xc; 16]);
+
+    fn name(text: &str) -> TenantName {
+        TenantName::new(text).unwrap()
+    }
+
+    /// A fresh ledger in a temporary directory.
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        (dir, ledger)
+    }
+
+    fn tenant<'a>(report: &'a Report, name: &str) -> &'a TenantReport {
+        report
+            .tenants
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no tenant {name} in {report:#?}"))
+    }
+
+    fn usage_of<'a>(report: &'a Report, name: &str) -> &'a TenantUsage {
+        let t = tenant(report, name);
+        assert_eq!(t.error, None, "{t:#?}");
+        t.usage.as_ref().expect("usage")
+    }
+
+    fn gpu<'a>(usage: &'a TenantUsage, uuid: &GpuUuid) -> &'a GpuReport {
+        usage
+            .gpus
+            .iter()
+            .find(|g| g.uuid == uuid.to_string())
+            .unwrap_or_else(|| panic!("no GPU {uuid} in {usage:#?}"))
+    }
+
+    #[test]
+    fn a_missing_ledger_directory_is_an_error_and_an_empty_one_has_no_tenants() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = read_report(&missing).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!missing.exists(), "reading created the ledger");
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = read_report(&file).unwrap_err().to_string();
+        assert!(err.contains("is not a directory"), "{err}");
+
+        let report = read_report(dir.path()).unwrap();
+        assert!(report.tenants.is_empty());
+        assert_eq!(report.version, SCHEMA_VERSION);
+        assert_eq!(report.ledger, dir.path().display().to_string());
+        assert_eq!(report.gets_window_ms, None);
+    }
+
+    #[test]
+    fn a_tenant_without_usage_shows_its_quota_and_nothing_used() {
+        let (dir, ledger) = ledger();
+        let quota = TenantQuota {
+            defaults: Limits {
+                memory_bytes: Some(4 * GIB),
+                compute_share_permille: Some(300),
+                compute_limit_permille: Some(725),
+                priority: Some(Priority::Low),
+            },
+            per_gpu: vec![(
+                GPU_B,
+                Limits {
+                    memory_bytes: Some(GIB),
+                    compute_share_permille: Some(100),
+                    ..Limits::default()
+                },
+            )],
+        };
+        ledger.write_quota(&name("idle"), &quota).unwrap();
+
+        let report = read_report(dir.path()).unwrap();
+        let usage = usage_of(&report, "idle");
+        assert_eq!(usage.memory_limit_bytes, Some(4 * GIB));
+        assert_eq!(usage.compute_share_percent, Some(30.0));
+        assert_eq!(usage.compute_limit_percent, Some(72.5));
+        assert_eq!(usage.priority, Some("low"));
+        assert_eq!(usage.live_processes, 0);
+        // Only the GPU the quota names, with its own limits, from the quota.
+        assert_eq!(usage.gpus.len(), 1, "{usage:#?}");
+        let b = gpu(usage, &GPU_B);
+        assert_eq!(b.memory_limit_bytes, Some(GIB));
+        assert_eq!(b.compute_share_percent, Some(10.0));
+        assert_eq!(b.compute_limit_percent, None);
+        assert_eq!(b.compute_source, "quota");
+        assert_eq!(
+            (b.memory_used_bytes, b.gpu_time_ns, b.oom_refusals),
+            (0, 0, 0)
+        );
+        assert!(b.processes.is_empty());
+    }
+
+    #[test]
+    fn a_tenant_on_several_gpus_shows_each_gpus_memory_time_and_processes() {
+        let (dir, ledger) = ledger();
+        let t = name("busy");
+        ledger
+            .write_quota(
+                &t,
+                &TenantQuota {
+                    defaults: Limits {
+                        memory_bytes: Some(4 * GIB),
+                        ..Limits::default()
+                    },
+                    per_gpu: vec![
+                        (
+                            GPU_B,
+                            Limits {
+                                memory_bytes: Some(2 * GIB),
+                                ..Limits::default()
+                            },
+                        ),
+                        (
+                            GPU_C,
+                            Limits {
+                                memory_bytes: Some(GIB),
+                                ..Limits::default()
+                            },
+                        ),
+                    ],
+                },
+            )
+            .unwrap();
+        let usage = ledger.open_usage(&t).unwrap();
+        let a = usage.register_gpu(&GPU_A).unwrap();
+        let b = usage.register_gpu(&GPU_B).unwrap();
+        let first = usage.claim_slot().unwrap();
+        let second = usage.claim_slot().unwrap();
+        first.try_reserve(a, GIB, 4 * GIB).unwrap();
+        first.try_reserve(b, 256 * MIB, 2 * GIB).unwrap();
+        second.try_reserve(a, 512 * MIB, 4 * GIB).unwrap();
+        first.add_gpu_time(a, 3_000);
+        second.add_gpu_time(a, 4_000);
+        first.add_gpu_time(b, 500);
+        usage.record_oom(b);
+        usage.record_oom(b);
+        usage.add_throttled(b, 7_000);
+
+        let report = read_report(dir.path()).unwrap();
+        let tenant = usage_of(&report, "busy");
+        assert_eq!(tenant.live_processes, 2);
+        // The GPUs used, in the order they were first used, then those only the quota names.
+        let uuids: Vec<&str> = tenant.gpus.iter().map(|g| g.uuid.as_str()).collect();
+        assert_eq!(
+            uuids,
+            [GPU_A, GPU_B, GPU_C].map(|g| g.to_string()),
+            "{tenant:#?}"
+        );
+
+        let on_a = gpu(tenant, &GPU_A);
+        assert_eq!(on_a.memory_used_bytes, GIB + 512 * MIB);
+        assert_eq!(on_a.memory_limit_bytes, Some(4 * GIB), "the defaults");
+        assert_eq!(on_a.gpu_time_ns, 7_000);
+        assert_eq!((on_a.oom_refusals, on_a.throttled_ns), (0, 0));
+        let slots: Vec<(u32, u64, u64)> = on_a
+            .processes
+            .iter()
+            .map(|p| (p.slot, p.memory_bytes, p.gpu_time_ns))
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                (first.index(), GIB, 3_000),
+                (second.index(), 512 * MIB, 4_000)
+            ]
+        );
+        assert!(on_a.processes.iter().all(|p| p.pid == std::process::id()));
+
+        let on_b = gpu(tenant, &GPU_B);
+        assert_eq!(on_b.memory_used_bytes, 256 * MIB);
+        assert_eq!(on_b.memory_limit_bytes, Some(2 * GIB), "its own entry");
+        assert_eq!(on_b.gpu_time_ns, 500);
+        assert_eq!((on_b.oom_refusals, on_b.throttled_ns), (2, 7_000));
+        // A process with nothing on a GPU is not listed under it.
+        assert_eq!(
+            on_b.processes.iter().map(|p| p.slot).collect::<Vec<_>>(),
+            [first.index()]
+        );
+
+        let on_c = gpu(tenant, &GPU_C);
+        assert_eq!(on_c.memory_limit_bytes, Some(GIB));
+        assert_eq!(on_c.memory_used_bytes, 0);
+        assert!(on_c.processes.is_empty());
+        drop((first, second));
+    }
+
+    #[test]
+    fn processes_that_are_gone_hold_nothing_but_their_gpu_time_stays() {
+        let (dir, ledger) = ledger();
+        let t = name("left");
+        let usage = ledger.open_usage(&t).unwrap();
+        let a = usage.register_gpu(&GPU_A).unwrap();
+        let live = usage.claim_slot().unwrap();
+        live.try_reserve(a, 100 * MIB, u64::MAX).unwrap();
+        let dead = usage.claim_slot().unwrap();
+        dead.try_reserve(a, 200 * MIB, u64::MAX).unwrap();
+        dead.add_gpu_time(a, 9_000);
+        dead.publish_compute(
+            a,
+            ComputeSettings {
+                share_permille: Some(900),
+                ..ComputeSettings::default()
+            },
+        );
+        // What the kernel leaves of a process that died: its slot, without its lock.
+        dead.close_as_if_dead();
+        let exited = usage.claim_slot().unwrap();
+        exited.add_gpu_time(a, 1_000);
+        // A clean exit: the slot is emptied, its GPU time retired into the tenant's.
+        drop(exited);
+
+        let report = read_report(dir.path()).unwrap();
+        let tenant = usage_of(&report, "left");
+        assert_eq!(tenant.live_processes, 1);
+        assert_eq!(tenant.memory_limit_bytes, None, "no quota file: unlimited");
+        let on_a = gpu(tenant, &GPU_A);
+        assert_eq!(on_a.memory_used_bytes, 100 * MIB);
+        assert_eq!(on_a.processes.len(), 1);
+        assert_eq!(on_a.processes[0].slot, live.index());
+        assert_eq!(on_a.gpu_time_ns, 10_000, "departed processes' time counts");
+        // What a dead process published is not what the tenant enforces.
+        assert_eq!(on_a.compute_share_percent, None);
+        assert_eq!(on_a.compute_source, "quota");
+        drop(live);
+    }
+
+    #[test]
+    fn live_processes_settings_are_shown_under_the_quotas_ceiling() {
+        let (dir, ledger) = ledger();
+        let t = name("capped");
+        ledger
+            .write_quota(
+                &t,
+                &TenantQuota {
+                    defaults: Limits {
+                        compute_share_permille: Some(500),
+                        compute_limit_permille: Some(800),
+                        ..Limits::default()
+                    },
+                    per_gpu: Vec::new(),
+                },
+            )
+            .unwrap();
+        let usage = ledger.open_usage(&t).unwrap();
+        let a = usage.register_gpu(&GPU_A).unwrap();
+        let b = usage.register_gpu(&GPU_B).unwrap();
+        let slot = usage.claim_slot().unwrap();
+        // Lower than the quota on A; above it on B (a process wrote its own usage file).
+        slot.publish_compute(
+            a,
+            ComputeSettings {
+                share_permille: Some(250),
+                limit_permille: Some(500),
+                priority: Some(Priority::Low),
+            },
+        );
+        slot.publish_compute(
+            b,
+            ComputeSettings {
+                share_permille: Some(1000),
+                limit_permille: None,
+                priority: Some(Priority::High),
+            },
+        );
+
+        let report = read_report(dir.path()).unwrap();
+        let tenant = usage_of(&report, "capped");
+        assert_eq!(tenant.compute_share_percent, Some(50.0), "the quota's");
+        let on_a = gpu(tenant, &GPU_A);
+        assert_eq!(
+            (
+                on_a.compute_share_percent,
+                on_a.compute_limit_percent,
+                on_a.priority,
+                on_a.compute_source
+            ),
+            (Some(25.0), Some(50.0), Some("low"), "published")
+        );
+        let on_b = gpu(tenant, &GPU_B);
+        assert_eq!(
+            (
+                on_b.compute_share_percent,
+                on_b.compute_limit_percent,
+                on_b.priority,
+            ),
+            (Some(50.0), Some(80.0), Some("normal")),
+            "capped by the quota: {on_b:#?}"
+        );
+        drop(slot);
+    }
+
+    #[test]
+    fn damaged_files_are_their_tenants_error_and_the_others_are_still_reported() {
+        let (dir, ledger) = ledger();
+        for t in ["a-fine", "b-bad-quota", "c-short-usage"] {
+            ledger
+                .write_quota(&name(t), &TenantQuota::default())
+                .unwrap();
+        }
+        ledger.open_usage(&name("c-short-usage")).unwrap();
+        let bad_quota = ledger.quota_path(&name("b-bad-quota"));
+        std::fs::write(&bad_quota, "not a quota file").unwrap();
+        let short_usage = ledger.usage_path(&name("c-short-usage"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&short_usage)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+
+        let report = read_report(dir.path()).unwrap();
+        let names: Vec<&str> = report.tenants.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a-fine", "b-bad-quota", "c-short-usage"], "by name");
+        assert!(usage_of(&report, "a-fine").gpus.is_empty());
+        for (t, path) in [("b-bad-quota", &bad_quota), ("c-short-usage", &short_usage)] {
+            let entry = tenant(&report, t);
+            assert!(entry.usage.is_none(), "{entry:#?}");
+            let error = entry.error.as_deref().expect("an error");
+            assert!(error.contains(&path.display().to_string()), "{error}");
+            // In JSON: the name and the error, no usage fields.
+            let json = serde_json::to_value(entry).unwrap();
+            assert_eq!(
+                json,
+                serde_json::json!({ "name": t, "error": error }),
+                "{json:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tenant_directory_with_nothing_in_it_is_shown_and_one_that_is_gone_is_not() {
+        let (_dir, ledger) = ledger();
+        let empty = name("empty");
+        std::fs::create_dir(ledger.tenant_dir(&empty)).unwrap();
+        let shown = tenant_report(&ledger, &empty).expect("an empty tenant is still one");
+        let usage = shown.usage.as_ref().expect("usage");
+        assert_eq!(
+            (
+                usage.memory_limit_bytes,
+                usage.live_processes,
+                usage.gpus.len()
+            ),
+            (None, 0, 0)
+        );
+        // Listed, then removed before it was read.
+        assert!(tenant_report(&ledger, &name("gone")).is_none());
+    }
+
+    #[test]
+    fn gets_is_the_gpu_time_gained_over_the_wall_time_between_two_reports() {
+        let (dir, ledger) = ledger();
+        let t = name("worker");
+        let usage = ledger.open_usage(&t).unwrap();
+        let a = usage.register_gpu(&GPU_A).unwrap();
+        let slot = usage.claim_slot().unwrap();
+        slot.add_gpu_time(a, 5_000_000);
+        let before = read_report(dir.path()).unwrap();
+        // 250 ms of GPU time in a second of wall time; a GPU first used in between has no
+        // earlier reading to measure against.
+        slot.add_gpu_time(a, 250_000_000);
+        let b = usage.register_gpu(&GPU_B).unwrap();
+        slot.add_gpu_time(b, 1_000);
+        let mut after = read_report(dir.path()).unwrap();
+        after.read_at = before.read_at + Duration::from_secs(1);
+        measure_gets(&before, &mut after);
+
+        assert_eq!(after.gets_window_ms, Some(1000));
+        let tenant = usage_of(&after, "worker");
+        assert_eq!(gpu(tenant, &GPU_A).gets_percent, Some(25.0));
+        assert_eq!(gpu(tenant, &GPU_B).gets_percent, None);
+        drop(slot);
+    }
+}

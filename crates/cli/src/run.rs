@@ -7,16 +7,14 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::anyhow;
-use gpuslice_ledger::{
-    ComputeSettings, GpuUuid, Ledger, Limits, Priority, TenantName, TenantQuota,
-};
+use gpuslice_ledger::{GpuUuid, Ledger, Priority, TenantName, TenantQuota};
 
 use crate::cli::RunArgs;
 use crate::compute::format_percent;
 use crate::exit::{self, Failure, ResultExt};
-use crate::gpu;
 use crate::locate::{self, ENV_DIR, ENV_FAKECUDA, ENV_SHIM};
 use crate::quantity::format_quantity;
+use crate::quota_flags::QuotaRequest;
 use crate::shim_check;
 use crate::signals::{self, Forwarder};
 use crate::tenancy::{self, Entry, Join};
@@ -42,16 +40,6 @@ const FROM_FLAGS: [(&str, &str); 4] = [
     (ENV_PRIORITY, "--priority"),
 ];
 
-/// What a run asks for: the quota of a tenant it creates, the ceiling it must stay under
-/// in a tenant it joins.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Wanted {
-    /// `--memory`.
-    pub memory: Option<u64>,
-    /// `--compute-share`, `--compute-limit`, `--priority`.
-    pub compute: ComputeSettings,
-}
-
 /// Settings below the joined tenant's quota, which the command gets in its environment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Lowered {
@@ -73,7 +61,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // Nothing starts until the shim is shown to be the shim, preloaded by the loader, and
     // the GPU named to exist: any of them wrong, the command would run without limits.
     let shim = shim_check::proven(args.shim.as_deref()).usage()?;
-    let gpu = args.gpu.as_deref().map(gpu::resolve).transpose().usage()?;
+    let request = args.quota.request().usage()?;
     let (tenant, join) = match args.tenant {
         Some(tenant) => (tenant, Join::Allowed),
         None => (generated_tenant(), Join::Refused),
@@ -84,15 +72,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let forwarder = Forwarder::install()
         .map_err(|e| anyhow!("could not install signal handlers: {e}"))
         .failed()?;
-    let wanted = Wanted {
-        memory: args.memory,
-        compute: ComputeSettings {
-            share_permille: args.compute_share,
-            limit_permille: args.compute_limit,
-            priority: args.priority,
-        },
-    };
-    let quota = new_quota(&wanted, gpu.as_ref());
+    let quota = request.new_tenant_quota();
     let membership = match tenancy::enter(&ledger, &tenant, &quota, join) {
         Ok(membership) => membership,
         Err(e @ tenancy::TenancyError::Reserved { .. }) => return Err(e).usage(),
@@ -101,7 +81,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let lowered = match &membership.entry {
         Entry::Created => Lowered::default(),
         // On refusal `membership` is dropped: it withdraws without removing anything.
-        Entry::Joined(existing) => lowered(&tenant, existing, &wanted, gpu.as_ref())?,
+        Entry::Joined(existing) => lowered(&tenant, existing, &request)?,
     };
 
     let mut command = tenant_command(program, &shim, &tenant, &dir);
@@ -204,45 +184,14 @@ fn generated_tenant() -> TenantName {
     TenantName::new(&name).unwrap_or_else(|e| unreachable!("{name}: {e}"))
 }
 
-/// The quota of a tenant this run creates: the memory limit on every GPU, or on `gpu` only;
-/// the compute settings in the defaults, as the shim reads them there for every GPU.
-pub fn new_quota(wanted: &Wanted, gpu: Option<&GpuUuid>) -> TenantQuota {
-    let compute = Limits {
-        compute_share_permille: wanted.compute.share_permille,
-        compute_limit_permille: wanted.compute.limit_permille,
-        priority: wanted.compute.priority,
-        ..Limits::default()
-    };
-    match gpu {
-        Some(gpu) => TenantQuota {
-            defaults: compute,
-            per_gpu: vec![(
-                *gpu,
-                Limits {
-                    memory_bytes: wanted.memory,
-                    ..compute
-                },
-            )],
-        },
-        None => TenantQuota {
-            defaults: Limits {
-                memory_bytes: wanted.memory,
-                ..compute
-            },
-            per_gpu: Vec::new(),
-        },
-    }
-}
-
 /// What a run joining a tenant with quota `existing` passes to its command: each setting
 /// below the quota; an error naming both values for one above it.
 fn lowered(
     tenant: &TenantName,
     existing: &TenantQuota,
-    wanted: &Wanted,
-    gpu: Option<&GpuUuid>,
+    wanted: &QuotaRequest,
 ) -> Result<Lowered, Failure> {
-    let memory = lowered_limit(tenant, existing, wanted.memory, gpu)?;
+    let memory = lowered_limit(tenant, existing, wanted.memory, wanted.gpu.as_ref())?;
     let ceiling = existing.defaults;
     let share = lowered_percent(
         tenant,
@@ -394,21 +343,21 @@ fn spawn_failure(program: &OsStr, e: io::Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpuslice_ledger::ComputeSettings;
 
-    fn quota(memory: Option<u64>) -> TenantQuota {
-        new_quota(
-            &Wanted {
-                memory,
-                ..Wanted::default()
-            },
-            None,
-        )
+    fn quota(memory: Option<u64>, gpu: Option<GpuUuid>) -> TenantQuota {
+        QuotaRequest {
+            memory,
+            gpu,
+            ..QuotaRequest::default()
+        }
+        .new_tenant_quota()
     }
 
     #[test]
     fn joining_may_lower_the_quota_but_not_raise_it() {
         let t = TenantName::new("t").unwrap();
-        let q = quota(Some(4 << 30));
+        let q = quota(Some(4 << 30), None);
         assert_eq!(lowered_limit(&t, &q, None, None).unwrap(), None);
         assert_eq!(lowered_limit(&t, &q, Some(4 << 30), None).unwrap(), None);
         assert_eq!(
@@ -421,23 +370,15 @@ mod tests {
         assert!(msg.contains("8Gi") && msg.contains("4Gi"), "{msg}");
         // An unlimited tenant can be lowered to anything.
         assert_eq!(
-            lowered_limit(&t, &quota(None), Some(1), None).unwrap(),
+            lowered_limit(&t, &quota(None, None), Some(1), None).unwrap(),
             Some(1)
         );
     }
 
     #[test]
-    fn per_gpu_quota_applies_to_that_gpu_only() {
+    fn joining_a_per_gpu_quota_is_held_to_that_gpus_limit_only() {
         let gpu = GpuUuid([7; 16]);
-        let q = new_quota(
-            &Wanted {
-                memory: Some(1 << 30),
-                ..Wanted::default()
-            },
-            Some(&gpu),
-        );
-        assert_eq!(q.limits_for(&gpu).memory_bytes, Some(1 << 30));
-        assert_eq!(q.limits_for(&GpuUuid([8; 16])).memory_bytes, None);
+        let q = quota(Some(1 << 30), Some(gpu));
         let t = TenantName::new("t").unwrap();
         assert!(lowered_limit(&t, &q, Some(2 << 30), Some(&gpu)).is_err());
         assert_eq!(
@@ -446,45 +387,22 @@ mod tests {
         );
     }
 
-    fn compute(share: Option<u32>, limit: Option<u32>, priority: Option<Priority>) -> Wanted {
-        Wanted {
-            memory: None,
+    fn compute(share: Option<u32>, limit: Option<u32>, priority: Option<Priority>) -> QuotaRequest {
+        QuotaRequest {
             compute: ComputeSettings {
                 share_permille: share,
                 limit_permille: limit,
                 priority,
             },
+            ..QuotaRequest::default()
         }
-    }
-
-    #[test]
-    fn compute_settings_go_into_the_defaults_even_with_a_gpu() {
-        let gpu = GpuUuid([7; 16]);
-        let wanted = Wanted {
-            memory: Some(1 << 30),
-            ..compute(Some(300), Some(500), Some(Priority::High))
-        };
-        let q = new_quota(&wanted, Some(&gpu));
-        assert_eq!(q.defaults.compute_share_permille, Some(300));
-        assert_eq!(q.defaults.compute_limit_permille, Some(500));
-        assert_eq!(q.defaults.priority, Some(Priority::High));
-        assert_eq!(q.defaults.memory_bytes, None);
-        let on_gpu = q.limits_for(&gpu);
-        assert_eq!(on_gpu.memory_bytes, Some(1 << 30));
-        assert_eq!(on_gpu.compute_share_permille, Some(300));
     }
 
     #[test]
     fn joining_may_lower_compute_settings_but_not_raise_them() {
         let t = TenantName::new("t").unwrap();
-        let q = new_quota(&compute(Some(500), Some(800), Some(Priority::Normal)), None);
-        let got = lowered(
-            &t,
-            &q,
-            &compute(Some(300), Some(800), Some(Priority::Low)),
-            None,
-        )
-        .unwrap();
+        let q = compute(Some(500), Some(800), Some(Priority::Normal)).new_tenant_quota();
+        let got = lowered(&t, &q, &compute(Some(300), Some(800), Some(Priority::Low))).unwrap();
         assert_eq!(got.share, Some(300));
         assert_eq!(got.limit, None, "the same as the quota: nothing to set");
         assert_eq!(got.priority, Some(Priority::Low));
@@ -496,18 +414,17 @@ mod tests {
                 ["high", "normal"],
             ),
         ] {
-            let err = lowered(&t, &q, &wanted, None).unwrap_err();
+            let err = lowered(&t, &q, &wanted).unwrap_err();
             assert_eq!(err.status, exit::USAGE);
             let msg = format!("{:#}", err.error);
             assert!(msg.contains(names[0]) && msg.contains(names[1]), "{msg}");
         }
         // A tenant without compute settings may be given any.
-        let free = new_quota(&Wanted::default(), None);
+        let free = QuotaRequest::default().new_tenant_quota();
         let got = lowered(
             &t,
             &free,
             &compute(Some(1000), Some(1), Some(Priority::High)),
-            None,
         )
         .unwrap();
         assert_eq!(

@@ -3,7 +3,7 @@
 //!
 //! A tenant made by `gpuslice run` lasts as long as its runs; a container started by hand
 //! needs one that is there before it and after it. `create` writes the quota as `run` would
-//! (the same flags, [`run::new_quota`]), under the tenant's entry lock
+//! (the same flags, [`QuotaFlags::request`]), under the tenant's entry lock
 //! ([`tenancy::create`]), with a marker of its own; the container's flags come from the same
 //! CDI spec `gpuslice cdi generate` writes ([`cdi::Layout::spec`]), rendered as `--mount`
 //! and `-e` flags that podman and Docker both take, so the two cannot say different things.
@@ -12,17 +12,18 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow};
-use gpuslice_ledger::{ComputeSettings, Ledger, TenantName, TenantQuota};
+use gpuslice_ledger::{Ledger, TenantName, TenantQuota};
 
+#[cfg(doc)]
+use crate::cli::QuotaFlags;
 use crate::cli::{
     TenantCommand, TenantCreateArgs, TenantDeleteArgs, TenantFlagsArgs, TenantListArgs,
 };
 use crate::compute::format_percent;
 use crate::exit::{self, Failure, ResultExt};
 use crate::quantity::format_size;
-use crate::run::{self, Wanted};
 use crate::tenancy::{self, TenancyError};
-use crate::{gpu, locate, shim_check};
+use crate::{locate, shim_check};
 use gpuslice_k8s::cdi::{self, Layout, Preload};
 use gpuslice_k8s::device_plugin::tenants as plugin_tenants;
 
@@ -43,18 +44,9 @@ pub fn tenant(command: TenantCommand) -> Result<u8, Failure> {
 fn create(args: &TenantCreateArgs) -> Result<u8, Failure> {
     let dir = locate::ledger_dir(args.dir.as_deref()).usage()?;
     let layout = layout(dir, args.shim.as_deref())?;
-    let gpu = args.gpu.as_deref().map(gpu::resolve).transpose().usage()?;
+    let quota = args.quota.request().usage()?.new_tenant_quota();
     let ledger = Ledger::open(&layout.ledger_host).usage()?;
     let t = &args.name;
-    let wanted = Wanted {
-        memory: args.memory,
-        compute: ComputeSettings {
-            share_permille: args.compute_share,
-            limit_permille: args.compute_limit,
-            priority: args.priority,
-        },
-    };
-    let quota = run::new_quota(&wanted, gpu.as_ref());
     let spec_path = args
         .cdi_dir
         .as_ref()

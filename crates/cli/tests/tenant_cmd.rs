@@ -395,3 +395,161 @@ fn tenant_create_and_run_refuse_names_of_the_device_plugins_and_the_dra_drivers_
     create(&t, "dra-team", &[]);
     create(&t, "GPU-team-slice-0", &[]);
 }
+
+/// `run` and `tenant create` take one set of quota flags (issue 17: they were two copies,
+/// free to drift): a table of flag sets, each given to both, must be accepted by both with
+/// the same quota file, or refused by both with the same message naming the flag.
+#[test]
+fn run_and_tenant_create_accept_and_refuse_exactly_the_same_quota_flags() {
+    use gpuslice_ledger::{GpuUuid, Ledger, Limits, TenantQuota};
+
+    let node = Node::new();
+    let gpu0 = GpuUuid::parse(FAKE_GPU0).unwrap();
+    let gpu1 = GpuUuid::parse("GPU-fa4ec0da-0000-4000-8000-000000000001").unwrap();
+    let memory = |bytes: u64| TenantQuota {
+        defaults: Limits {
+            memory_bytes: Some(bytes),
+            ..Limits::default()
+        },
+        per_gpu: Vec::new(),
+    };
+    let compute = Limits {
+        compute_share_permille: Some(125),
+        compute_limit_permille: Some(500),
+        priority: Some(Priority::Low),
+        ..Limits::default()
+    };
+    let high = Limits {
+        priority: Some(Priority::High),
+        ..Limits::default()
+    };
+    // Each flag set, and what both must make of it: the quota, or a flag the refusal names.
+    let table: Vec<(&[&str], Result<TenantQuota, &str>)> = vec![
+        (&[], Ok(TenantQuota::default())),
+        (&["--memory", "1.5Gi"], Ok(memory(3 * GIB / 2))),
+        (
+            &[
+                "--memory",
+                "512Mi",
+                "--compute-share",
+                "12.5%",
+                "--compute-limit",
+                "50",
+                "--priority",
+                "low",
+            ],
+            Ok(TenantQuota {
+                defaults: Limits {
+                    memory_bytes: Some(512 * MIB),
+                    ..compute
+                },
+                per_gpu: Vec::new(),
+            }),
+        ),
+        (
+            &["--memory", "1Gi", "--gpu", "1"],
+            Ok(TenantQuota {
+                defaults: Limits::default(),
+                per_gpu: vec![(
+                    gpu1,
+                    Limits {
+                        memory_bytes: Some(GIB),
+                        ..Limits::default()
+                    },
+                )],
+            }),
+        ),
+        (
+            &["--priority", "High", "--memory", "2G", "--gpu", FAKE_GPU0],
+            Ok(TenantQuota {
+                defaults: high,
+                per_gpu: vec![(
+                    gpu0,
+                    Limits {
+                        memory_bytes: Some(2_000_000_000),
+                        ..high
+                    },
+                )],
+            }),
+        ),
+        (&["--memory", "4GB"], Err("--memory")),
+        (&["--memory", "1Gi", "--memory", "2Gi"], Err("--memory")),
+        (&["--compute-share", "0"], Err("--compute-share")),
+        (&["--compute-share", "100.1"], Err("--compute-share")),
+        (&["--compute-limit", "30.25"], Err("--compute-limit")),
+        (&["--priority", "urgent"], Err("--priority")),
+        // --gpu places --memory; alone it would place nothing.
+        (&["--gpu", "0"], Err("--memory")),
+        (&["--memory", "1Gi", "--gpu", "2"], Err("--gpu 2")),
+        (
+            &["--memory", "1Gi", "--gpu", "GPU-nope"],
+            Err("--gpu \"GPU-nope\""),
+        ),
+    ];
+    let two_gpus = |mut command: std::process::Command| {
+        command.env("FAKECUDA_DEVICES", "80Gi,80Gi");
+        command
+    };
+    let from_run = node.dir.path().join("from-run");
+    let ledger = node.dir.ledger();
+    for (i, (flags, expected)) in table.into_iter().enumerate() {
+        let name = format!("quota-{i}");
+        // run: its command copies the quota file of the tenant it was given, which run
+        // removes when it exits, into a ledger of its own.
+        let copy_dir = from_run.join("tenants").join(&name);
+        let copy = format!(
+            "mkdir -p '{0}' && cp '{1}' '{0}/quota'",
+            copy_dir.display(),
+            ledger.quota_path(&tenant(&name)).display()
+        );
+        let mut run = two_gpus(node.run(&["--tenant", &name]));
+        run.args(flags).args(["--", "sh", "-c", &copy]);
+        let by_run = finish(run);
+        assert!(!node.dir.tenant_exists(&name), "{flags:?}: run left it");
+
+        let mut create = two_gpus(node.gpuslice(&["tenant", "create", &name]));
+        create
+            .args(flags)
+            .arg("--dir")
+            .arg(node.dir.ledger_dir())
+            .arg("--shim")
+            .arg(&node.shim);
+        let by_create = finish(create);
+
+        match expected {
+            Ok(quota) => {
+                assert_eq!(by_run.code, Some(0), "{flags:?}: {by_run:?}");
+                assert_eq!(by_create.code, Some(0), "{flags:?}: {by_create:?}");
+                let read = |ledger: &Ledger| {
+                    ledger
+                        .read_quota(&tenant(&name))
+                        .expect("a readable quota")
+                        .unwrap_or_else(|| panic!("{flags:?}: no quota file"))
+                        .quota()
+                };
+                assert_eq!(read(&ledger), quota, "{flags:?}: tenant create");
+                assert_eq!(read(&Ledger::at_path(&from_run)), quota, "{flags:?}: run");
+                assert_eq!(
+                    std::fs::read(copy_dir.join("quota")).unwrap(),
+                    std::fs::read(ledger.quota_path(&tenant(&name))).unwrap(),
+                    "{flags:?}: the two quota files differ"
+                );
+            }
+            Err(flag) => {
+                assert_eq!(by_run.code, Some(2), "{flags:?}: {by_run:?}");
+                assert_eq!(by_create.code, Some(2), "{flags:?}: {by_create:?}");
+                // The same message (clap's usage line, which names the subcommand, aside).
+                let message =
+                    |stderr: &str| stderr.split("Usage:").next().unwrap_or("").to_string();
+                assert_eq!(
+                    message(&by_run.stderr),
+                    message(&by_create.stderr),
+                    "{flags:?}"
+                );
+                assert!(by_run.stderr.contains(flag), "{flags:?}: {by_run:?}");
+                assert!(!copy_dir.exists(), "{flags:?}: run ran its command");
+                assert!(!node.dir.tenant_exists(&name), "{flags:?}: created");
+            }
+        }
+    }
+}

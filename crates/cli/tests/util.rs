@@ -184,7 +184,9 @@ impl Running {
         let stdout = self.child().stdout.as_mut().expect("piped stdout");
         let mut seen = Vec::new();
         let mut byte = [0u8; 1];
-        while Instant::now() < deadline {
+        // Each read waits only as long as is left: a child that stays silent must fail the
+        // test at the deadline, not hang it.
+        while readable_within(stdout, deadline.saturating_duration_since(Instant::now())) {
             match stdout.read(&mut byte) {
                 Ok(1) => {
                     seen.push(byte[0]);
@@ -195,12 +197,15 @@ impl Running {
                 _ => break,
             }
         }
+        // Killed first: its stderr ends only when every process holding it is gone, and a
+        // child that is still running (a slow start past the deadline) would hang the test.
+        kill_group(self.child());
         let mut stderr = String::new();
         if let Some(err) = self.child().stderr.as_mut() {
             let _ = err.read_to_string(&mut stderr);
         }
         panic!(
-            "never printed {marker:?}; stdout:\n{}\nstderr:\n{stderr}",
+            "never printed {marker:?} within {TIMEOUT:?}; stdout:\n{}\nstderr:\n{stderr}",
             String::from_utf8_lossy(&seen)
         );
     }
@@ -242,6 +247,24 @@ impl Drop for Running {
         if let Some(mut child) = self.child.take() {
             kill_group(&child);
             let _ = child.wait();
+        }
+    }
+}
+
+/// Whether `pipe` has something to read (or its end) within `time`.
+fn readable_within(pipe: &impl std::os::fd::AsRawFd, time: Duration) -> bool {
+    let mut poll = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(time.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: one pollfd, valid for the call; the descriptor is open (the pipe is
+        // borrowed).
+        let ready = unsafe { libc::poll(&mut poll, 1, ms) };
+        if ready >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return ready > 0;
         }
     }
 }

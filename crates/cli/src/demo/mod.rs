@@ -29,6 +29,7 @@ use crate::cli::{DemoArgs, DemoPhase};
 use crate::doctor;
 use crate::exit::{self, Failure, ResultExt};
 use crate::locate;
+use crate::quota_flags::QuotaRequest;
 use crate::run;
 use crate::tenancy::{self, Entry, Join, Membership};
 use compute::ComputePhase;
@@ -268,14 +269,15 @@ fn choose_gpu(simulated: bool, scratch: &Path) -> Result<Gpu, Failure> {
 /// Creates `tenant` with its quota, as `run` does; one that exists already is refused, as
 /// its quota may not be the demo's.
 fn enter(ledger: &Ledger, dir: &Path, tenant: &Tenant) -> Result<Membership, Failure> {
-    let wanted = run::Wanted {
+    let quota = QuotaRequest {
         memory: Some(tenant.quota),
         compute: ComputeSettings {
             share_permille: Some(tenant.share_permille),
             ..ComputeSettings::default()
         },
-    };
-    let quota = run::new_quota(&wanted, None);
+        gpu: None,
+    }
+    .new_tenant_quota();
     let membership = tenancy::enter(ledger, &tenant.name, &quota, Join::Allowed).failed()?;
     if let Entry::Joined(_) = membership.entry {
         return Err(anyhow!(

@@ -12,7 +12,9 @@
 //!
 //! The services only translate: what a call does is [`Driver::prepare`] and
 //! [`Driver::unprepare`], one claim at a time, and each claim's failure is its own entry in
-//! the answer (the kubelet retries that claim), never an error of the whole call.
+//! the answer (the kubelet retries that claim), never an error of the whole call. Both
+//! versions are one implementation: `dra_service!` writes each version's service over the
+//! same driver from its generated types, which differ only in what a device carries.
 
 use std::collections::HashMap;
 use std::io;
@@ -149,187 +151,148 @@ impl Driver {
             )),
         }
     }
+}
 
-    /// Prepares each claim; per claim UID, its devices or why not.
-    async fn prepare_all(
-        &self,
-        claims: Vec<ClaimRef>,
-    ) -> HashMap<String, Result<Vec<PreparedDevice>, String>> {
-        let mut out = HashMap::new();
-        for claim in claims {
-            let uid = claim.uid.clone();
-            let answer = self.prepare(claim.clone()).await;
-            if let Err(e) = &answer {
-                tracing::warn!("could not prepare claim {claim}: {e}");
-            }
-            out.insert(uid, answer);
+/// Calls `call` on each claim in turn (`what` it does, for the log); per claim UID, its
+/// answer in the terms of the caller's version, an error included (the kubelet retries that
+/// claim alone).
+async fn answer_each<T, R, Answer>(
+    what: &str,
+    claims: Vec<impl Into<ClaimRef>>,
+    call: impl Fn(ClaimRef) -> Answer,
+) -> HashMap<String, R>
+where
+    Answer: Future<Output = Result<T, String>>,
+    R: From<Result<T, String>>,
+{
+    let mut out = HashMap::new();
+    for claim in claims {
+        let claim = claim.into();
+        let uid = claim.uid.clone();
+        let answer = call(claim.clone()).await;
+        if let Err(e) = &answer {
+            tracing::warn!("could not {what} claim {claim}: {e}");
         }
-        out
+        out.insert(uid, R::from(answer));
     }
+    out
+}
 
-    /// Unprepares each claim; per claim UID, an error or nothing.
-    async fn unprepare_all(&self, claims: Vec<ClaimRef>) -> HashMap<String, String> {
-        let mut out = HashMap::new();
-        for claim in claims {
-            let uid = claim.uid.clone();
-            let error = match self.unprepare(claim.clone()).await {
-                Ok(()) => String::new(),
-                Err(e) => {
-                    tracing::warn!("could not unprepare claim {claim}: {e}");
-                    e
+/// What preparing one claim gave: its devices, or why not.
+type PrepareAnswer = Result<Vec<PreparedDevice>, String>;
+/// What unpreparing one claim gave: nothing, or why not.
+type UnprepareAnswer = Result<(), String>;
+
+/// The DRA service of one version of the kubelet's API (`api::v1`, `api::v1beta1`), over the
+/// one [`Driver`]. The versions' generated types have the same names and fields but for what
+/// a prepared device carries, so this writes the translation once: a claim the kubelet sends
+/// as a [`ClaimRef`], each claim's answer as its response (devices through the version's
+/// `From<PreparedDevice>`, written out below, since that is where versions differ; an error
+/// as the claim's `error`, which the kubelet retries), and the service's two calls.
+macro_rules! dra_service {
+    ($(#[$doc:meta])* $service:ident serves $version:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        struct $service(Arc<Driver>);
+
+        impl From<$version::Claim> for ClaimRef {
+            fn from(claim: $version::Claim) -> ClaimRef {
+                ClaimRef {
+                    namespace: claim.namespace,
+                    name: claim.name,
+                    uid: claim.uid,
                 }
-            };
-            out.insert(uid, error);
+            }
         }
-        out
-    }
-}
 
-/// A claim as the kubelet sends it.
-fn claim_ref(namespace: String, name: String, uid: String) -> ClaimRef {
-    ClaimRef {
-        namespace,
-        name,
-        uid,
-    }
-}
-
-/// The v1 service.
-#[derive(Debug)]
-struct V1(Arc<Driver>);
-
-#[tonic::async_trait]
-impl v1::dra_plugin_server::DraPlugin for V1 {
-    async fn node_prepare_resources(
-        &self,
-        request: Request<v1::NodePrepareResourcesRequest>,
-    ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
-            .into_iter()
-            .map(|c| claim_ref(c.namespace, c.name, c.uid))
-            .collect();
-        let claims = self
-            .0
-            .prepare_all(claims)
-            .await
-            .into_iter()
-            .map(|(uid, answer)| {
-                let response = match answer {
-                    Ok(devices) => v1::NodePrepareResourceResponse {
-                        devices: devices
-                            .into_iter()
-                            .map(|d| v1::Device {
-                                request_names: vec![d.request],
-                                pool_name: d.pool,
-                                device_name: d.device,
-                                cdi_device_ids: d.cdi_device_ids,
-                                share_id: d.share_id,
-                            })
-                            .collect(),
+        impl From<PrepareAnswer> for $version::NodePrepareResourceResponse {
+            fn from(answer: PrepareAnswer) -> Self {
+                match answer {
+                    Ok(devices) => Self {
+                        devices: devices.into_iter().map($version::Device::from).collect(),
                         error: String::new(),
                     },
-                    Err(error) => v1::NodePrepareResourceResponse {
+                    Err(error) => Self {
                         devices: Vec::new(),
                         error,
                     },
-                };
-                (uid, response)
-            })
-            .collect();
-        Ok(Response::new(v1::NodePrepareResourcesResponse { claims }))
-    }
+                }
+            }
+        }
 
-    async fn node_unprepare_resources(
-        &self,
-        request: Request<v1::NodeUnprepareResourcesRequest>,
-    ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
-            .into_iter()
-            .map(|c| claim_ref(c.namespace, c.name, c.uid))
-            .collect();
-        let claims = self
-            .0
-            .unprepare_all(claims)
-            .await
-            .into_iter()
-            .map(|(uid, error)| (uid, v1::NodeUnprepareResourceResponse { error }))
-            .collect();
-        Ok(Response::new(v1::NodeUnprepareResourcesResponse { claims }))
+        impl From<UnprepareAnswer> for $version::NodeUnprepareResourceResponse {
+            fn from(answer: UnprepareAnswer) -> Self {
+                Self {
+                    error: answer.err().unwrap_or_default(),
+                }
+            }
+        }
+
+        #[tonic::async_trait]
+        impl $version::dra_plugin_server::DraPlugin for $service {
+            async fn node_prepare_resources(
+                &self,
+                request: Request<$version::NodePrepareResourcesRequest>,
+            ) -> Result<Response<$version::NodePrepareResourcesResponse>, Status> {
+                let claims = answer_each("prepare", request.into_inner().claims, |claim| {
+                    self.0.prepare(claim)
+                })
+                .await;
+                Ok(Response::new($version::NodePrepareResourcesResponse { claims }))
+            }
+
+            async fn node_unprepare_resources(
+                &self,
+                request: Request<$version::NodeUnprepareResourcesRequest>,
+            ) -> Result<Response<$version::NodeUnprepareResourcesResponse>, Status> {
+                let claims = answer_each("unprepare", request.into_inner().claims, |claim| {
+                    self.0.unprepare(claim)
+                })
+                .await;
+                Ok(Response::new($version::NodeUnprepareResourcesResponse { claims }))
+            }
+        }
+    };
+}
+
+dra_service!(
+    /// The v1 service (kubelets of Kubernetes 1.34 and later).
+    V1 serves v1
+);
+dra_service!(
+    /// The v1beta1 service (kubelets of 1.32 and 1.33).
+    V1beta1 serves v1beta1
+);
+
+/// A v1 device answers with its share ID (set where the claim consumed part of a device).
+impl From<PreparedDevice> for v1::Device {
+    fn from(device: PreparedDevice) -> v1::Device {
+        v1::Device {
+            request_names: vec![device.request],
+            pool_name: device.pool,
+            device_name: device.device,
+            cdi_device_ids: device.cdi_device_ids,
+            share_id: device.share_id,
+        }
     }
 }
 
-/// The v1beta1 service: the same, without share IDs.
-#[derive(Debug)]
-struct V1beta1(Arc<Driver>);
-
-#[tonic::async_trait]
-impl v1beta1::dra_plugin_server::DraPlugin for V1beta1 {
-    async fn node_prepare_resources(
-        &self,
-        request: Request<v1beta1::NodePrepareResourcesRequest>,
-    ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
-            .into_iter()
-            .map(|c| claim_ref(c.namespace, c.name, c.uid))
-            .collect();
-        let claims = self
-            .0
-            .prepare_all(claims)
-            .await
-            .into_iter()
-            .map(|(uid, answer)| {
-                let response = match answer {
-                    Ok(devices) => v1beta1::NodePrepareResourceResponse {
-                        devices: devices
-                            .into_iter()
-                            .map(|d| v1beta1::Device {
-                                request_names: vec![d.request],
-                                pool_name: d.pool,
-                                device_name: d.device,
-                                cdi_device_ids: d.cdi_device_ids,
-                            })
-                            .collect(),
-                        error: String::new(),
-                    },
-                    Err(error) => v1beta1::NodePrepareResourceResponse {
-                        devices: Vec::new(),
-                        error,
-                    },
-                };
-                (uid, response)
-            })
-            .collect();
-        Ok(Response::new(v1beta1::NodePrepareResourcesResponse {
-            claims,
-        }))
-    }
-
-    async fn node_unprepare_resources(
-        &self,
-        request: Request<v1beta1::NodeUnprepareResourcesRequest>,
-    ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = request
-            .into_inner()
-            .claims
-            .into_iter()
-            .map(|c| claim_ref(c.namespace, c.name, c.uid))
-            .collect();
-        let claims = self
-            .0
-            .unprepare_all(claims)
-            .await
-            .into_iter()
-            .map(|(uid, error)| (uid, v1beta1::NodeUnprepareResourceResponse { error }))
-            .collect();
-        Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse {
-            claims,
-        }))
+/// A v1beta1 device has no share ID: the v1 device without it.
+impl From<PreparedDevice> for v1beta1::Device {
+    fn from(device: PreparedDevice) -> v1beta1::Device {
+        let v1::Device {
+            request_names,
+            pool_name,
+            device_name,
+            cdi_device_ids,
+            share_id: _,
+        } = device.into();
+        v1beta1::Device {
+            request_names,
+            pool_name,
+            device_name,
+            cdi_device_ids,
+        }
     }
 }
 
@@ -521,4 +484,102 @@ async fn serve_once(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(share_id: Option<&str>) -> PreparedDevice {
+        PreparedDevice {
+            request: "gpu".into(),
+            pool: "node-a".into(),
+            device: "gpu-0".into(),
+            share_id: share_id.map(String::from),
+            cdi_device_ids: vec![
+                "nvidia.com/gpu=GPU-0".into(),
+                "gpuslice.dev/gpu=dra-1".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_claim_of_either_version_is_the_same_claim() {
+        let expected = ClaimRef {
+            namespace: "ns".into(),
+            name: "claim".into(),
+            uid: "uid-1".into(),
+        };
+        let from_v1 = ClaimRef::from(v1::Claim {
+            namespace: "ns".into(),
+            name: "claim".into(),
+            uid: "uid-1".into(),
+        });
+        let from_v1beta1 = ClaimRef::from(v1beta1::Claim {
+            namespace: "ns".into(),
+            name: "claim".into(),
+            uid: "uid-1".into(),
+        });
+        assert_eq!(from_v1, expected);
+        assert_eq!(from_v1beta1, expected);
+    }
+
+    #[test]
+    fn a_prepared_claim_answers_its_devices_with_the_share_id_where_the_version_has_one() {
+        let answer = || Ok(vec![device(Some("share-1")), device(None)]);
+        let v1 = v1::NodePrepareResourceResponse::from(answer());
+        assert_eq!(v1.error, "");
+        assert_eq!(
+            v1.devices,
+            [
+                v1::Device {
+                    request_names: vec!["gpu".into()],
+                    pool_name: "node-a".into(),
+                    device_name: "gpu-0".into(),
+                    cdi_device_ids: vec![
+                        "nvidia.com/gpu=GPU-0".into(),
+                        "gpuslice.dev/gpu=dra-1".into()
+                    ],
+                    share_id: Some("share-1".into()),
+                },
+                v1::Device {
+                    share_id: None,
+                    ..v1.devices[0].clone()
+                },
+            ]
+        );
+        let v1beta1 = v1beta1::NodePrepareResourceResponse::from(answer());
+        assert_eq!(v1beta1.error, "");
+        let expected = v1beta1::Device {
+            request_names: vec!["gpu".into()],
+            pool_name: "node-a".into(),
+            device_name: "gpu-0".into(),
+            cdi_device_ids: vec![
+                "nvidia.com/gpu=GPU-0".into(),
+                "gpuslice.dev/gpu=dra-1".into(),
+            ],
+        };
+        assert_eq!(v1beta1.devices, [expected.clone(), expected]);
+    }
+
+    #[test]
+    fn a_claim_that_failed_answers_its_error_and_no_devices_in_either_version() {
+        let error = || Err("claim ns/claim: no room on GPU-0".to_string());
+        let v1 = v1::NodePrepareResourceResponse::from(error());
+        assert_eq!(
+            (v1.devices.len(), v1.error.as_str()),
+            (0, "claim ns/claim: no room on GPU-0")
+        );
+        let v1beta1 = v1beta1::NodePrepareResourceResponse::from(error());
+        assert_eq!(
+            (v1beta1.devices.len(), v1beta1.error.as_str()),
+            (0, "claim ns/claim: no room on GPU-0")
+        );
+        for (answer, expected) in [(Ok(()), ""), (Err("in use".to_string()), "in use")] {
+            let v1 = v1::NodeUnprepareResourceResponse::from(answer.clone());
+            let v1beta1 = v1beta1::NodeUnprepareResourceResponse::from(answer);
+            assert_eq!(v1.error, expected);
+            assert_eq!(v1beta1.error, expected);
+        }
+    }
 }
