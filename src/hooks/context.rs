@@ -83,9 +83,7 @@ pub(crate) fn primary_released(
     if status != CUDA_SUCCESS {
         return status;
     }
-    if let Some(charge) = releasing.succeeded() {
-        gone(shim, charge);
-    }
+    releasing.succeeded(|charge| gone(shim, charge));
     status
 }
 
@@ -154,7 +152,7 @@ pub(crate) fn destroyed(driver: impl Fn() -> CUresult, context: CUcontext) -> CU
     };
     let status = driver();
     if status == CUDA_SUCCESS {
-        gone(shim, destroying.succeeded());
+        destroying.succeeded(|charge| gone(shim, charge));
     }
     status
 }

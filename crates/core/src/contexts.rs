@@ -308,7 +308,7 @@ impl ContextBook {
             book: self,
             device,
             ending,
-            ended: false,
+            driver_succeeded: false,
         })
     }
 
@@ -330,8 +330,16 @@ impl ContextBook {
             book: self,
             handle,
             charge,
-            ended: false,
+            driver_succeeded: false,
         })
+    }
+
+    /// What the primary context of `device`, being ended, is charged.
+    fn ending_charge(&self, device: i32) -> Option<Charge> {
+        match self.book.lock().primary.get(&device) {
+            Some(Primary::Ending { charge, .. }) => Some(*charge),
+            _ => None,
+        }
     }
 
     /// What the primary context of `device` is charged, if it is live.
@@ -446,26 +454,31 @@ pub struct Releasing<'a> {
     book: &'a ContextBook,
     device: i32,
     ending: Ending,
-    ended: bool,
+    driver_succeeded: bool,
 }
 
 impl Releasing<'_> {
-    /// The driver released (or reset) the context. Returns its charge if that ended it:
-    /// the caller gives it back.
-    pub fn succeeded(mut self) -> Option<Charge> {
-        self.ended = true;
-        let (device, ending) = (self.device, self.ending);
-        self.book.end(|book| book.end_release(device, ending, true))
+    /// The driver released (or reset) the context. If that ended it, `give_back` gets its
+    /// charge while the device's other calls still wait, so that a retain making the
+    /// context anew never finds the old one's charge still counted beside its own (a thread
+    /// holding the new context saw it charged twice when the old charge went after the
+    /// book let the retain go). Returns whether it ended the context.
+    pub fn succeeded(mut self, give_back: impl FnOnce(Charge)) -> bool {
+        self.driver_succeeded = true;
+        let charge = match self.ending {
+            Ending::Last(_) => self.book.ending_charge(self.device),
+            Ending::Leaving => None,
+        };
+        charge.map(give_back).is_some()
+        // Dropping `self` then ends the release.
     }
 }
 
 impl Drop for Releasing<'_> {
     fn drop(&mut self) {
-        if !self.ended {
-            let (device, ending) = (self.device, self.ending);
-            self.book
-                .end(|book| book.end_release(device, ending, false));
-        }
+        let (device, ending, succeeded) = (self.device, self.ending, self.driver_succeeded);
+        self.book
+            .end(|book| book.end_release(device, ending, succeeded));
     }
 }
 
@@ -477,26 +490,25 @@ pub struct Destroying<'a> {
     book: &'a ContextBook,
     handle: usize,
     charge: Charge,
-    ended: bool,
+    driver_succeeded: bool,
 }
 
 impl Destroying<'_> {
-    /// The driver destroyed the context: its charge, for the caller to give back.
-    pub fn succeeded(mut self) -> Charge {
-        self.ended = true;
-        let (handle, charge) = (self.handle, self.charge);
-        self.book.end(|book| book.end_destroy(handle, charge, true));
-        charge
+    /// The driver destroyed the context: `give_back` gets its charge while the GPU is still
+    /// marked as changing, so that a context made next on it is not measured or refused
+    /// beside a charge that is going.
+    pub fn succeeded(mut self, give_back: impl FnOnce(Charge)) {
+        self.driver_succeeded = true;
+        give_back(self.charge);
+        // Dropping `self` then ends the destroy.
     }
 }
 
 impl Drop for Destroying<'_> {
     fn drop(&mut self) {
-        if !self.ended {
-            let (handle, charge) = (self.handle, self.charge);
-            self.book
-                .end(|book| book.end_destroy(handle, charge, false));
-        }
+        let (handle, charge, succeeded) = (self.handle, self.charge, self.driver_succeeded);
+        self.book
+            .end(|book| book.end_destroy(handle, charge, succeeded));
     }
 }
 
