@@ -49,6 +49,24 @@ pub fn watch_signals(what: &str) -> watch::Receiver<bool> {
     rx
 }
 
+/// Cuts back tenant `t`'s usage and lock files where its containers made them grow (they
+/// can write both) before the ledger's filesystem fills, and logs each; for whichever made
+/// the tenant, the device plugin or the DRA driver.
+pub fn cut_back_grown_files(ledger: &gpuslice_ledger::Ledger, t: &gpuslice_ledger::TenantName) {
+    match ledger.cut_back_grown_files(t) {
+        Ok(cut) => {
+            for (path, grown) in cut {
+                tracing::warn!(
+                    "tenant {t}: {} had grown to {grown} bytes, filling the ledger's \
+                     filesystem (its containers can write it); cut back to its size",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => tracing::warn!("tenant {t}: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

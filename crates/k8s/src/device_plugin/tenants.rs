@@ -279,18 +279,7 @@ pub fn sweep(
     }
     for (t, _) in &tenants {
         if kept.contains(t.as_str()) {
-            match ledger.cut_back_grown_files(t) {
-                Ok(cut) => {
-                    for (path, grown) in cut {
-                        tracing::warn!(
-                            "tenant {t}: {} had grown to {grown} bytes, filling the ledger's \
-                             filesystem (its containers can write it); cut back to its size",
-                            path.display()
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!("tenant {t}: {e}"),
-            }
+            crate::cut_back_grown_files(ledger, t);
             match ensure_spec(&config.layout, &config.cdi_dir, t) {
                 Ok(true) => tracing::info!(
                     "rewrote the CDI spec of tenant {t}: it was missing or out of date"

@@ -498,18 +498,7 @@ impl Claims {
     /// each.
     pub fn cut_back_grown_files(&self) {
         for (t, _) in self.prepared() {
-            match self.ledger.cut_back_grown_files(&t) {
-                Ok(cut) => {
-                    for (path, grown) in cut {
-                        tracing::warn!(
-                            "tenant {t}: {} had grown to {grown} bytes, filling the ledger's \
-                             filesystem (its containers can write it); cut back to its size",
-                            path.display()
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!("tenant {t}: {e}"),
-            }
+            crate::cut_back_grown_files(&self.ledger, &t);
         }
     }
 
