@@ -599,3 +599,55 @@ fn threads_retaining_and_releasing_the_primary_context_at_once_charge_it_once() 
     assert_eq!(device_used(&node, 0), 0, "every thread released it: {out}");
     assert_eq!(tenant_usage(&node, "a"), 0, "{out}");
 }
+
+/// A reset ends the primary context but keeps its retains (the driver's documentation:
+/// "resetting the primary context does not release it"), so a retain after it makes the
+/// context anew and an older holder's release then leaves it live. It must stay charged
+/// while it is live. Before, the book forgot the retains at the reset and that release
+/// gave the new context's charge back: the ledger said 0 beside a live context, and in a
+/// container (its own PID namespace, where the shim cannot read its process's memory from
+/// NVML to catch it) the tenant then filled its whole quota beside the context.
+#[test]
+fn a_reset_between_retains_cannot_leave_a_live_context_uncharged() {
+    let node = Node::new();
+    let go = node.root.path().join("go");
+    let mut command = node.probe(
+        CallPath::Dlsym,
+        "a",
+        Some("256Mi"),
+        &[
+            "retain-primary",
+            "reset-primary",
+            "retain-primary",
+            "release-primary",
+            "wait-file",
+            go.to_str().unwrap(),
+            "fill",
+            "16M",
+            "hold",
+        ],
+    );
+    let mut holder = Running::spawn(&mut command);
+    let out = holder.wait_for_line("waiting", Duration::from_secs(30));
+    for step in ["retain-primary", "reset-primary", "release-primary"] {
+        assert_eq!(field(line(&out, step), "rc"), 0, "{step}: {out}");
+    }
+    assert_eq!(device_used(&node, 0), CONTEXT, "the context is live: {out}");
+    assert_eq!(
+        tenant_usage(&node, "a"),
+        CONTEXT,
+        "a live context is charged: {out}"
+    );
+    std::fs::write(&go, b"").unwrap();
+    let out = holder.wait_for_line("holding", Duration::from_secs(30));
+    assert!(
+        device_used(&node, 0) <= 256 * MIB,
+        "the device holds {} MiB for a tenant limited to 256 MiB: {out}",
+        device_used(&node, 0) / MIB
+    );
+    assert_eq!(
+        tenant_usage(&node, "a"),
+        device_used(&node, 0),
+        "the ledger counts what the device holds: {out}"
+    );
+}

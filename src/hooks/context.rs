@@ -55,6 +55,14 @@ pub(crate) fn primary_retain(call: impl Fn() -> CUresult, device: CUdevice) -> C
                 // SAFETY: undoing the retain that just succeeded.
                 unsafe { release(device) };
             }
+            // Beside references a reset kept, that release left the context live (the
+            // driver's count is still above zero): a reset ends it again and keeps them.
+            if making.after_reset()
+                && let Some(reset) = real::cuDevicePrimaryCtxReset_v2()
+            {
+                // SAFETY: ending the context this retain made, which nothing uses yet.
+                unsafe { reset(device) };
+            }
             drop(making);
             CUDA_ERROR_OUT_OF_MEMORY
         }

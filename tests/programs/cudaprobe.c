@@ -44,6 +44,7 @@ typedef struct { char reserved[64]; } CUipcMemHandle;
   X(cuDeviceGet, CUresult, (CUdevice *, int)) \
   X(cuDevicePrimaryCtxRetain, CUresult, (CUcontext *, CUdevice)) \
   X(cuDevicePrimaryCtxRelease_v2, CUresult, (CUdevice)) \
+  X(cuDevicePrimaryCtxReset_v2, CUresult, (CUdevice)) \
   X(cuCtxSetCurrent, CUresult, (CUcontext)) \
   X(cuCtxCreate_v2, CUresult, (CUcontext *, unsigned, CUdevice)) \
   X(cuCtxDestroy_v2, CUresult, (CUcontext)) \
@@ -667,6 +668,15 @@ int main(int argc, char **argv) {
     } else if (!strcmp(cmd, "release-primary")) {
       rc = CALL(cuDevicePrimaryCtxRelease_v2)(device);
       printf("release-primary rc=%d\n", rc);
+    } else if (!strcmp(cmd, "retain-primary")) {
+      /* One more retain of the device's primary context (made anew if a reset ended it). */
+      CUcontext primary = NULL;
+      rc = CALL(cuDevicePrimaryCtxRetain)(&primary, device);
+      printf("retain-primary rc=%d same=%d\n", rc, primary == ctx);
+    } else if (!strcmp(cmd, "reset-primary")) {
+      /* Ends the primary context; its retains stay to be released. */
+      rc = CALL(cuDevicePrimaryCtxReset_v2)(device);
+      printf("reset-primary rc=%d\n", rc);
     } else if (!strcmp(cmd, "nvml")) {
       void *nvml_device = NULL;
       int (*by_index)(unsigned, void **) = (int (*)(unsigned, void **))nvml_symbol("nvmlDeviceGetHandleByIndex_v2");

@@ -25,6 +25,14 @@
 //! reference, after the driver succeeded, ends the charge; a reset ends it whatever the
 //! count.
 //!
+//! A reset ends the context but not its references: "resetting the primary context does
+//! not release it", the driver's documentation says, and each holder still releases its
+//! retain. So the book keeps them ([`Primary::Reset`]): their releases take them without
+//! ending anything, and the next retain makes the context anew (measured and charged) on
+//! top of them, so that the last release, not the first, ends it. Forgetting them let a
+//! holder's release after such a retain give back the new context's charge while the
+//! context stayed live: a context the tenant's quota never paid for.
+//!
 //! Each call begins with a step that returns a token ([`MakingPrimary`], [`Retaining`],
 //! [`Releasing`], [`Creating`], [`Destroying`]) and ends when the token is told the driver's answer;
 //! a token dropped without an answer means the driver call failed (or never ran), so that
@@ -74,12 +82,17 @@ struct Book {
 /// A device's primary context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Primary {
-    /// Its first retain is in the driver (and its footprint being measured, then charged).
-    Making,
+    /// Its first retain is in the driver (and its footprint being measured, then charged);
+    /// `kept` references a reset left are counted beside it.
+    Making { kept: u32 },
     /// Made and charged.
     Live(Live),
     /// A release that may end it, or a reset, is in the driver: it holds `references`.
     Ending { charge: Charge, references: u32 },
+    /// Ended by a reset, which kept the driver's count: `references` retains are still to
+    /// be released, `releasing` of them in the driver now. Nothing is charged; the next
+    /// retain makes the context anew.
+    Reset { references: u32, releasing: u32 },
 }
 
 /// A live primary context's count.
@@ -107,25 +120,39 @@ enum Step<T> {
 enum Ending {
     /// It leaves references: counted in flight.
     Leaving,
-    /// It may end the context (or is a reset): alone, with the GPU marked as changing.
+    /// It may end the context: alone, with the GPU marked as changing.
     Last(GpuIndex),
+    /// A reset: alone, with the GPU marked as changing; it ends the context but keeps its
+    /// references.
+    Reset(GpuIndex),
+    /// A release of a context a reset ended: it takes one of the references the reset
+    /// kept, and ends nothing.
+    AfterReset,
 }
 
 impl Book {
-    fn begin_retain(&mut self, device: i32, gpu: GpuIndex) -> Step<bool> {
-        match self.primary.get_mut(&device) {
-            None if self.changing.contains(&gpu) => Step::Wait,
-            None => {
-                self.primary.insert(device, Primary::Making);
-                self.changing.insert(gpu);
-                Step::Go(true)
-            }
+    /// `Go(Some(kept))`: this retain makes the context, beside `kept` references a reset
+    /// left; `Go(None)`: it counts on the live context.
+    fn begin_retain(&mut self, device: i32, gpu: GpuIndex) -> Step<Option<u32>> {
+        let kept = match self.primary.get_mut(&device) {
+            None => 0,
             Some(Primary::Live(live)) => {
                 live.retaining += 1;
-                Step::Go(false)
+                return Step::Go(None);
             }
-            Some(Primary::Making | Primary::Ending { .. }) => Step::Wait,
+            Some(&mut Primary::Reset {
+                references,
+                releasing: 0,
+            }) => references,
+            Some(Primary::Making { .. } | Primary::Ending { .. } | Primary::Reset { .. }) => {
+                return Step::Wait;
+            }
+        };
+        if !self.changing.insert(gpu) {
+            return Step::Wait;
         }
+        self.primary.insert(device, Primary::Making { kept });
+        Step::Go(Some(kept))
     }
 
     fn end_retain(&mut self, device: i32, succeeded: bool) {
@@ -139,15 +166,26 @@ impl Book {
 
     fn end_making_primary(&mut self, device: i32, gpu: GpuIndex, charge: Option<Charge>) {
         self.changing.remove(&gpu);
+        let kept = match self.primary.get(&device) {
+            Some(&Primary::Making { kept }) => kept,
+            _ => 0,
+        };
         match charge {
             Some(charge) => {
                 let live = Live {
                     charge,
-                    references: 1,
+                    references: kept + 1,
                     retaining: 0,
                     releasing: 0,
                 };
                 self.primary.insert(device, Primary::Live(live));
+            }
+            None if kept > 0 => {
+                let reset = Primary::Reset {
+                    references: kept,
+                    releasing: 0,
+                };
+                self.primary.insert(device, reset);
             }
             None => {
                 self.primary.remove(&device);
@@ -160,7 +198,13 @@ impl Book {
         let live = match self.primary.get_mut(&device) {
             None => return Step::Go(None),
             Some(Primary::Live(live)) => live,
-            Some(Primary::Making | Primary::Ending { .. }) => return Step::Wait,
+            // Nothing live to reset.
+            Some(Primary::Reset { .. }) if reset => return Step::Go(None),
+            Some(Primary::Reset { releasing, .. }) => {
+                *releasing += 1;
+                return Step::Go(Some(Ending::AfterReset));
+            }
+            Some(Primary::Making { .. } | Primary::Ending { .. }) => return Step::Wait,
         };
         if !reset && live.references >= live.releasing + 2 {
             live.releasing += 1;
@@ -176,7 +220,11 @@ impl Book {
         };
         self.primary.insert(device, ending);
         self.changing.insert(gpu);
-        Step::Go(Some(Ending::Last(gpu)))
+        Step::Go(Some(if reset {
+            Ending::Reset(gpu)
+        } else {
+            Ending::Last(gpu)
+        }))
     }
 
     /// The charge to give back, if this release ended the context.
@@ -191,14 +239,38 @@ impl Book {
                 }
                 None
             }
-            Ending::Last(gpu) => {
+            Ending::AfterReset => {
+                if let Some(Primary::Reset {
+                    references,
+                    releasing,
+                }) = self.primary.get_mut(&device)
+                {
+                    *releasing = releasing.saturating_sub(1);
+                    if succeeded {
+                        *references = references.saturating_sub(1);
+                    }
+                    if *references == 0 && *releasing == 0 {
+                        self.primary.remove(&device);
+                    }
+                }
+                None
+            }
+            Ending::Last(gpu) | Ending::Reset(gpu) => {
                 self.changing.remove(&gpu);
                 let Some(&Primary::Ending { charge, references }) = self.primary.get(&device)
                 else {
                     return None;
                 };
                 if succeeded {
-                    self.primary.remove(&device);
+                    if matches!(ending, Ending::Reset(_)) {
+                        let reset = Primary::Reset {
+                            references,
+                            releasing: 0,
+                        };
+                        self.primary.insert(device, reset);
+                    } else {
+                        self.primary.remove(&device);
+                    }
                     return Some(charge);
                 }
                 let live = Live {
@@ -281,19 +353,19 @@ impl ContextBook {
     /// the retain (waiting while the device's context is being made or ended, and, to make
     /// it, while another context is made or ended on the GPU).
     pub fn retain_primary(&self, device: i32, gpu: GpuIndex) -> PrimaryRetain<'_> {
-        if self.when(|book| book.begin_retain(device, gpu)) {
-            PrimaryRetain::Make(MakingPrimary {
+        match self.when(|book| book.begin_retain(device, gpu)) {
+            Some(kept) => PrimaryRetain::Make(MakingPrimary {
                 book: self,
                 device,
                 gpu,
+                kept,
                 ended: false,
-            })
-        } else {
-            PrimaryRetain::Count(Retaining {
+            }),
+            None => PrimaryRetain::Count(Retaining {
                 book: self,
                 device,
                 ended: false,
-            })
+            }),
         }
     }
 
@@ -366,10 +438,18 @@ pub struct MakingPrimary<'a> {
     book: &'a ContextBook,
     device: i32,
     gpu: GpuIndex,
+    kept: u32,
     ended: bool,
 }
 
 impl MakingPrimary<'_> {
+    /// Whether references a reset kept are counted beside this retain: then releasing this
+    /// retain does not end the context it made (the driver's count stays above zero), and
+    /// undoing its making takes a reset too, which keeps them.
+    pub fn after_reset(&self) -> bool {
+        self.kept > 0
+    }
+
     /// The context was made and charged `charge`: live, with one reference.
     pub fn made(mut self, charge: Charge) {
         self.ended = true;
@@ -466,8 +546,8 @@ impl Releasing<'_> {
     pub fn succeeded(mut self, give_back: impl FnOnce(Charge)) -> bool {
         self.driver_succeeded = true;
         let charge = match self.ending {
-            Ending::Last(_) => self.book.ending_charge(self.device),
-            Ending::Leaving => None,
+            Ending::Last(_) | Ending::Reset(_) => self.book.ending_charge(self.device),
+            Ending::Leaving | Ending::AfterReset => None,
         };
         charge.map(give_back).is_some()
         // Dropping `self` then ends the release.

@@ -284,18 +284,20 @@ pub fn get(handle: usize) -> CuResult<Arc<Context>> {
     CONTEXTS.get(handle).ok_or(CuError::InvalidContext)
 }
 
-/// `cuDevicePrimaryCtxRetain`: the primary context, created (and its footprint taken) on the
-/// first retain.
+/// `cuDevicePrimaryCtxRetain`: the primary context, created (and its footprint taken) when
+/// it is not live: at the first retain, and at the first retain after a reset, which ended
+/// it but kept its references.
 pub fn retain_primary(device: &'static Device) -> CuResult<usize> {
     let mut primary = device.primary.lock();
-    if primary.refcount == 0 {
+    if get(primary.handle).is_err() {
         Context::create(device, primary.handle, primary.flags, true)?;
     }
     primary.refcount += 1;
     Ok(primary.handle)
 }
 
-/// `cuDevicePrimaryCtxRelease`: ends the primary context when the last retain is released.
+/// `cuDevicePrimaryCtxRelease`: ends the primary context when the last retain is released
+/// (`CUDA_ERROR_INVALID_CONTEXT` when none is left to release).
 pub fn release_primary(device: &'static Device) -> CuResult {
     let mut primary = device.primary.lock();
     if primary.refcount == 0 {
@@ -310,15 +312,15 @@ pub fn release_primary(device: &'static Device) -> CuResult {
     Ok(())
 }
 
-/// `cuDevicePrimaryCtxReset`: ends the primary context whatever its reference count.
+/// `cuDevicePrimaryCtxReset`: ends the primary context whatever its reference count, and,
+/// as the driver's documentation says ("resetting the primary context does not release
+/// it"), keeps that count: each holder still releases its retain, and the next retain makes
+/// the context anew.
 pub fn reset_primary(device: &'static Device) -> CuResult {
     let mut primary = device.primary.lock();
-    if primary.refcount > 0
-        && let Ok(ctx) = get(primary.handle)
-    {
+    if let Ok(ctx) = get(primary.handle) {
         teardown(&ctx);
     }
-    primary.refcount = 0;
     primary.flags = 0;
     Ok(())
 }
@@ -326,7 +328,7 @@ pub fn reset_primary(device: &'static Device) -> CuResult {
 /// `cuDevicePrimaryCtxGetState`: (flags, active).
 pub fn primary_state(device: &'static Device) -> (u32, bool) {
     let primary = device.primary.lock();
-    (primary.flags, primary.refcount > 0)
+    (primary.flags, get(primary.handle).is_ok())
 }
 
 /// `cuDevicePrimaryCtxSetFlags`.

@@ -13,10 +13,10 @@ fn charge(gpu: GpuIndex, bytes: u64) -> Charge {
 fn live(references: u32) -> (Book, Charge) {
     let mut book = Book::default();
     let context = charge(G0, 500);
-    assert_eq!(book.begin_retain(0, G0), Step::Go(true));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(Some(0)));
     book.end_making_primary(0, G0, Some(context));
     for _ in 1..references {
-        assert_eq!(book.begin_retain(0, G0), Step::Go(false));
+        assert_eq!(book.begin_retain(0, G0), Step::Go(None));
         book.end_retain(0, true);
     }
     (book, context)
@@ -32,14 +32,14 @@ fn references(book: &Book, device: i32) -> Option<u32> {
 #[test]
 fn the_first_retain_makes_the_context_and_retains_meanwhile_wait_then_count() {
     let mut book = Book::default();
-    assert_eq!(book.begin_retain(0, G0), Step::Go(true));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(Some(0)));
     assert_eq!(
         book.begin_retain(0, G0),
         Step::Wait,
         "made once, charged once"
     );
     book.end_making_primary(0, G0, Some(charge(G0, 500)));
-    assert_eq!(book.begin_retain(0, G0), Step::Go(false));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(None));
     book.end_retain(0, true);
     assert_eq!(references(&book, 0), Some(2));
     assert!(book.changing.is_empty());
@@ -48,12 +48,12 @@ fn the_first_retain_makes_the_context_and_retains_meanwhile_wait_then_count() {
 #[test]
 fn a_first_retain_that_failed_leaves_nothing_behind() {
     let mut book = Book::default();
-    assert_eq!(book.begin_retain(0, G0), Step::Go(true));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(Some(0)));
     book.end_making_primary(0, G0, None);
     assert!(book.primary.is_empty() && book.changing.is_empty());
     assert_eq!(
         book.begin_retain(0, G0),
-        Step::Go(true),
+        Step::Go(Some(0)),
         "the next retain makes it"
     );
 }
@@ -61,7 +61,7 @@ fn a_first_retain_that_failed_leaves_nothing_behind() {
 #[test]
 fn a_failed_retain_of_a_live_context_is_undone() {
     let (mut book, _) = live(1);
-    assert_eq!(book.begin_retain(0, G0), Step::Go(false));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(None));
     book.end_retain(0, false);
     assert_eq!(references(&book, 0), Some(1));
     assert_eq!(
@@ -80,7 +80,7 @@ fn retains_and_releases_that_leave_references_go_at_once() {
     );
     assert_eq!(
         book.begin_retain(0, G0),
-        Step::Go(false),
+        Step::Go(None),
         "a retain during a release that leaves references"
     );
     assert_eq!(book.end_release(0, Ending::Leaving, true), None);
@@ -108,7 +108,7 @@ fn a_release_that_may_end_the_context_waits_for_the_calls_in_the_driver() {
     // One reference and a retain in the driver: whether the release ends the context
     // depends on which reaches the driver first, so the release waits for the retain.
     let (mut book, _) = live(1);
-    assert_eq!(book.begin_retain(0, G0), Step::Go(false));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(None));
     assert_eq!(book.begin_release(0, false), Step::Wait);
     book.end_retain(0, true);
     assert_eq!(
@@ -154,7 +154,7 @@ fn retains_wait_while_the_context_may_be_ending_and_then_make_it_anew() {
     assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(context));
     assert_eq!(
         book.begin_retain(0, G0),
-        Step::Go(true),
+        Step::Go(Some(0)),
         "the driver ended it: made again, measured and charged again"
     );
 
@@ -166,29 +166,111 @@ fn retains_wait_while_the_context_may_be_ending_and_then_make_it_anew() {
     );
     assert_eq!(book.begin_retain(0, G0), Step::Wait);
     assert_eq!(book.end_release(0, Ending::Last(G0), false), None);
-    assert_eq!(book.begin_retain(0, G0), Step::Go(false));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(None));
 }
 
 #[test]
-fn a_reset_ends_the_context_whatever_its_count() {
+fn a_reset_ends_the_context_whatever_its_count_and_keeps_its_references() {
     let (mut book, context) = live(3);
     assert_eq!(
         book.begin_release(0, true),
-        Step::Go(Some(Ending::Last(G0)))
+        Step::Go(Some(Ending::Reset(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(context));
-    assert!(book.primary.is_empty());
+    assert_eq!(book.end_release(0, Ending::Reset(G0), true), Some(context));
+    assert!(book.changing.is_empty());
+    assert_eq!(
+        book.begin_release(0, true),
+        Step::Go(None),
+        "a reset of an ended context is the driver's alone"
+    );
+    // Its holders' releases take the references the reset kept, ending nothing.
+    for left in [2, 1] {
+        assert_eq!(
+            book.begin_release(0, false),
+            Step::Go(Some(Ending::AfterReset))
+        );
+        assert_eq!(book.end_release(0, Ending::AfterReset, true), None);
+        assert_eq!(
+            book.primary.get(&0),
+            Some(&Primary::Reset {
+                references: left,
+                releasing: 0
+            })
+        );
+    }
     assert_eq!(
         book.begin_release(0, false),
-        Step::Go(None),
-        "later releases of its holders are the driver's alone"
+        Step::Go(Some(Ending::AfterReset))
     );
+    assert_eq!(book.end_release(0, Ending::AfterReset, true), None);
+    assert!(book.primary.is_empty(), "every reference released");
+    assert_eq!(book.begin_release(0, false), Step::Go(None));
+}
+
+/// The hole this closes: a retain after a reset made the context anew and was charged, and
+/// a release by one of the holders from before the reset, which the driver leaves live,
+/// gave that charge back (the book had forgotten their references).
+#[test]
+fn a_release_after_a_reset_and_a_retain_leaves_the_new_context_charged() {
+    let (mut book, _) = live(2);
+    assert_eq!(
+        book.begin_release(0, true),
+        Step::Go(Some(Ending::Reset(G0)))
+    );
+    book.end_release(0, Ending::Reset(G0), true);
+    assert_eq!(
+        book.begin_retain(0, G0),
+        Step::Go(Some(2)),
+        "made anew, beside the two references the reset kept"
+    );
+    let again = charge(G0, 600);
+    book.end_making_primary(0, G0, Some(again));
+    assert_eq!(references(&book, 0), Some(3));
+    for _ in 0..2 {
+        assert_eq!(
+            book.begin_release(0, false),
+            Step::Go(Some(Ending::Leaving)),
+            "the old holders' releases leave it live"
+        );
+        assert_eq!(book.end_release(0, Ending::Leaving, true), None);
+    }
+    assert_eq!(
+        book.begin_release(0, false),
+        Step::Go(Some(Ending::Last(G0)))
+    );
+    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(again));
+    assert!(book.primary.is_empty());
+}
+
+#[test]
+fn a_retain_after_a_reset_waits_for_releases_of_the_kept_references() {
+    let (mut book, _) = live(2);
+    book.begin_release(0, true);
+    book.end_release(0, Ending::Reset(G0), true);
+    assert_eq!(
+        book.begin_release(0, false),
+        Step::Go(Some(Ending::AfterReset))
+    );
+    assert_eq!(book.begin_retain(0, G0), Step::Wait);
+    assert_eq!(book.end_release(0, Ending::AfterReset, true), None);
+    assert_eq!(book.begin_retain(0, G0), Step::Go(Some(1)));
+    assert_eq!(book.begin_release(0, false), Step::Wait, "being made");
+    book.end_making_primary(0, G0, None);
+    assert_eq!(
+        book.primary.get(&0),
+        Some(&Primary::Reset {
+            references: 1,
+            releasing: 0
+        }),
+        "the making failed (or was undone): the kept reference stays"
+    );
+    assert!(book.changing.is_empty());
 }
 
 #[test]
 fn a_reset_waits_for_the_calls_in_the_driver_and_a_failed_one_keeps_the_count() {
     let (mut book, _) = live(2);
-    assert_eq!(book.begin_retain(0, G0), Step::Go(false));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(None));
     assert_eq!(book.begin_release(0, true), Step::Wait);
     book.end_retain(0, true);
     assert_eq!(
@@ -199,9 +281,9 @@ fn a_reset_waits_for_the_calls_in_the_driver_and_a_failed_one_keeps_the_count() 
     book.end_release(0, Ending::Leaving, true);
     assert_eq!(
         book.begin_release(0, true),
-        Step::Go(Some(Ending::Last(G0)))
+        Step::Go(Some(Ending::Reset(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Last(G0), false), None);
+    assert_eq!(book.end_release(0, Ending::Reset(G0), false), None);
     assert_eq!(references(&book, 0), Some(2));
 }
 
@@ -216,7 +298,7 @@ fn a_release_of_a_context_the_book_does_not_hold_is_the_drivers_alone() {
 #[test]
 fn no_context_is_made_on_a_gpu_while_another_is_measured_there() {
     let mut book = Book::default();
-    assert_eq!(book.begin_retain(0, G0), Step::Go(true));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(Some(0)));
     assert_eq!(
         book.begin_making(G0),
         Step::Wait,
@@ -235,7 +317,7 @@ fn no_context_is_made_on_a_gpu_while_another_is_measured_there() {
     book.end_making_primary(0, G0, Some(charge(G0, 500)));
     assert_eq!(book.begin_making(G0), Step::Go(()));
     assert_eq!(book.end_making(G1, Some((0x1000, charge(G1, 300)))), None);
-    assert_eq!(book.begin_retain(1, G1), Step::Go(true));
+    assert_eq!(book.begin_retain(1, G1), Step::Go(Some(0)));
     assert_eq!(
         book.begin_release(0, false),
         Step::Wait,
@@ -248,7 +330,7 @@ fn no_context_is_ended_on_a_gpu_while_one_is_made_there() {
     let mut book = Book::default();
     assert_eq!(book.begin_making(G0), Step::Go(()));
     book.end_making(G0, Some((0x1000, charge(G0, 300))));
-    assert_eq!(book.begin_retain(0, G0), Step::Go(true));
+    assert_eq!(book.begin_retain(0, G0), Step::Go(Some(0)));
     assert_eq!(book.begin_destroy(0x1000), Step::Wait);
     book.end_making_primary(0, G0, None);
     assert_eq!(book.begin_destroy(0x1000), Step::Go(Some(charge(G0, 300))));

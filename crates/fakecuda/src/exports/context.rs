@@ -36,7 +36,8 @@ cuda_api! {
         context::release_primary(driver::device(device)?)
     }
 
-    /// `cuDevicePrimaryCtxReset`: ends the primary context whatever its reference count.
+    /// `cuDevicePrimaryCtxReset`: ends the primary context whatever its reference count,
+    /// which it keeps (each holder still releases; the next retain makes the context anew).
     fn cuDevicePrimaryCtxReset | cuDevicePrimaryCtxReset_v2 (device: c_int) {
         context::reset_primary(driver::device(device)?)
     }
