@@ -460,13 +460,14 @@ impl Claims {
         let Ok(tenant) = tenant_of(claim) else {
             return Ok(Unprepared::NotPrepared);
         };
-        let record =
-            read_record(&self.ledger, &tenant).map_err(|message| UnprepareError::Files {
-                claim: Box::new(claim.clone()),
-                message,
-            })?;
-        if record.is_none_or(|r| r.claim.uid != claim.uid) {
-            return Ok(Unprepared::NotPrepared);
+        match read_record(&self.ledger, &tenant) {
+            Ok(Some(record)) if record.claim.uid == claim.uid => {}
+            Ok(_) => return Ok(Unprepared::NotPrepared),
+            // The record is there but cannot be read (damaged, or of another version of
+            // the driver): the tenant is still the claim's (its name is the claim's UID,
+            // which no other maker of tenants may use), and refusing would keep it, its
+            // quota and its share of the GPU for ever, the kubelet asking again and again.
+            Err(problem) => tracing::warn!("{problem}; unpreparing claim {claim} all the same"),
         }
         let live = self.ledger.live_processes(&tenant).map_err(ledger_error)?;
         if live > 0 {
@@ -510,12 +511,12 @@ impl Claims {
         grants: &[Grant],
         inventory: &Inventory,
     ) -> Result<(), PrepareError> {
-        let others: Vec<Record> = self
-            .prepared()
-            .into_iter()
-            .filter(|(t, _)| t != tenant)
-            .map(|(_, r)| r)
-            .collect();
+        let others = self
+            .held_by_others(tenant)
+            .map_err(|message| PrepareError::Files {
+                claim: Box::new(claim.clone()),
+                message,
+            })?;
         for (gpu, asked) in per_gpu(grants) {
             let Some(state) = inventory.gpu(&gpu) else {
                 continue;
@@ -526,20 +527,14 @@ impl Claims {
                 ..Limits::default()
             };
             let mut holders = 0;
-            for device in others.iter().flat_map(|r| &r.devices) {
-                if device.gpu() == Some(gpu) {
-                    holders += 1;
-                    held.memory_bytes = Some(
-                        held.memory_bytes
-                            .unwrap_or(0)
-                            .saturating_add(device.memory_bytes),
-                    );
-                    held.compute_share_permille = Some(
-                        held.compute_share_permille
-                            .unwrap_or(0)
-                            .saturating_add(device.compute_permille),
-                    );
-                }
+            for &(_, memory, compute) in others.iter().filter(|(on, ..)| *on == gpu) {
+                holders += 1;
+                held.memory_bytes = Some(held.memory_bytes.unwrap_or(0).saturating_add(memory));
+                held.compute_share_permille = Some(
+                    held.compute_share_permille
+                        .unwrap_or(0)
+                        .saturating_add(compute),
+                );
             }
             let checks = [
                 (
@@ -575,6 +570,53 @@ impl Claims {
             }
         }
         Ok(())
+    }
+
+    /// What every other prepared claim (than `tenant`'s) holds, device by device: GPU,
+    /// memory, compute permille. From its record; where that cannot be read (damaged, or
+    /// of another version of the driver), from its quota, which still holds its containers
+    /// (left out, it let claims beside it take the same share of the GPU again). An error
+    /// where the tenants cannot be listed, or a claim's record and quota both cannot be
+    /// read: then what the claims hold is unknown, and no claim is prepared.
+    fn held_by_others(&self, tenant: &TenantName) -> Result<Vec<(GpuUuid, u64, u32)>, String> {
+        let tenants = self
+            .ledger
+            .tenants()
+            .map_err(|e| format!("cannot list the ledger's tenants: {e}"))?;
+        let mut held = Vec::new();
+        for t in tenants
+            .iter()
+            .filter(|t| *t != tenant && t.as_str().starts_with(TENANT_PREFIX))
+        {
+            match read_record(&self.ledger, t) {
+                Ok(Some(record)) => held.extend(
+                    record
+                        .devices
+                        .iter()
+                        .filter_map(|d| Some((d.gpu()?, d.memory_bytes, d.compute_permille))),
+                ),
+                Ok(None) => {}
+                Err(problem) => {
+                    let Some(quota) = self.ledger.read_quota(t).ok().flatten() else {
+                        return Err(format!(
+                            "{problem}, and the quota of tenant {t} cannot be read either: \
+                             what that claim holds of the GPUs is unknown, so no claim is \
+                             prepared until it is put right or removed"
+                        ));
+                    };
+                    tracing::warn!("{problem}; counting what its quota gives instead");
+                    held.extend(quota.quota().per_gpu.iter().map(|(gpu, limits)| {
+                        (
+                            *gpu,
+                            // Unlimited: the whole GPU.
+                            limits.memory_bytes.unwrap_or(u64::MAX),
+                            limits.compute_share_permille.unwrap_or(0),
+                        )
+                    }));
+                }
+            }
+        }
+        Ok(held)
     }
 
     /// Whether tenants' containers can be given their files now.
@@ -1189,5 +1231,74 @@ mod tests {
         assert!(err.contains("was not made by the DRA driver"), "{err}");
         assert_eq!(f.claims.unprepare(&c).unwrap(), Unprepared::NotPrepared);
         assert!(f.claims.ledger().tenant_dir(&tenant).exists());
+    }
+
+    /// Damages the record of the claim with `u` (an operator's edit, a record of another
+    /// version of the driver).
+    fn damage_record(f: &Fixture, u: &str) {
+        let tenant = tenant_of(&claim_ref(u)).unwrap();
+        fs::write(
+            f.claims.ledger().tenant_dir(&tenant).join(RECORD),
+            "{\"claim\": ",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_claim_whose_record_cannot_be_read_still_holds_its_share_of_the_gpu() {
+        let f = fixture();
+        let (a, b) = (uid(13), uid(14));
+        let g = grants_of(&f, &a, &[("gpu", DEV0, Some("1"), Some(("6Gi", "60")))]);
+        f.claims.prepare(&claim_ref(&a), &g, &f.inventory).unwrap();
+        damage_record(&f, &a);
+        // Its quota still holds its containers to 6Gi: a claim beside it may not take more
+        // than what is left.
+        let g = grants_of(&f, &b, &[("gpu", DEV0, Some("2"), Some(("3Gi", "30")))]);
+        let err = f
+            .claims
+            .prepare(&claim_ref(&b), &g, &f.inventory)
+            .unwrap_err();
+        assert_eq!(err.reason(), PrepareFailure::CapacityExceeded, "{err}");
+        let g = grants_of(&f, &b, &[("gpu", DEV0, Some("2"), Some(("2Gi", "40")))]);
+        f.claims.prepare(&claim_ref(&b), &g, &f.inventory).unwrap();
+    }
+
+    #[test]
+    fn a_claim_whose_record_and_quota_cannot_be_read_keeps_new_claims_off_the_node() {
+        let f = fixture();
+        let (a, b) = (uid(15), uid(16));
+        let g = grants_of(&f, &a, &[("gpu", DEV0, Some("1"), Some(("6Gi", "60")))]);
+        f.claims.prepare(&claim_ref(&a), &g, &f.inventory).unwrap();
+        damage_record(&f, &a);
+        let tenant = tenant_of(&claim_ref(&a)).unwrap();
+        fs::write(f.claims.ledger().quota_path(&tenant), b"damaged").unwrap();
+        let g = grants_of(&f, &b, &[("gpu", DEV1, Some("2"), Some(("1Gi", "10")))]);
+        let err = f
+            .claims
+            .prepare(&claim_ref(&b), &g, &f.inventory)
+            .unwrap_err();
+        assert_eq!(err.reason(), PrepareFailure::Files, "{err}");
+        assert!(err.to_string().contains(tenant.as_str()), "{err}");
+    }
+
+    #[test]
+    fn a_claim_whose_record_cannot_be_read_is_still_unprepared() {
+        let f = fixture();
+        let u = uid(17);
+        let g = grants_of(&f, &u, &[("gpu", DEV0, Some("1"), Some(("6Gi", "60")))]);
+        f.claims.prepare(&claim_ref(&u), &g, &f.inventory).unwrap();
+        damage_record(&f, &u);
+        assert_eq!(
+            f.claims.unprepare(&claim_ref(&u)).unwrap(),
+            Unprepared::Removed
+        );
+        let tenant = tenant_of(&claim_ref(&u)).unwrap();
+        assert!(!f.claims.ledger().tenant_dir(&tenant).exists());
+        // And the GPU is free again.
+        let other = uid(18);
+        let g = grants_of(&f, &other, &[("gpu", DEV0, None, Some(("8Gi", "100")))]);
+        f.claims
+            .prepare(&claim_ref(&other), &g, &f.inventory)
+            .unwrap();
     }
 }
