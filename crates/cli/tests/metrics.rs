@@ -384,3 +384,78 @@ fn readyz_says_why_the_ledger_cannot_be_read_and_healthz_does_not_care() {
     assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
     drop(server);
 }
+
+/// A TCP connection to `address` from the local address `source` (another loopback address
+/// plays another pod).
+fn connect_from(source: &str, address: &str) -> std::io::Result<TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse().expect("source address"))?;
+        let address = address.parse().expect("server address");
+        let stream = tokio::time::timeout(TIMEOUT, socket.connect(address))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    })
+}
+
+/// The node agents serve /healthz (the kubelet's liveness probe) and /metrics on a port any
+/// pod of the cluster can reach. One client holding many connections, each sending its
+/// request head a byte at a time, used to keep every connection slot taken, and the probe
+/// waited behind its connections in the listen backlog until it timed out: three such
+/// probes and the kubelet restarts the driver. Connections are now counted per peer
+/// address, and one past a limit is closed at once instead of waiting.
+#[test]
+fn a_client_holding_slow_connections_cannot_keep_the_health_check_out() {
+    let t = TestDir::new();
+    let mut server = Running::spawn(
+        t.gpuslice(&["metrics", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(t.ledger_dir()),
+    );
+    let address = serving_address(&mut server);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..64)
+        .map(|_| {
+            let (address, stop) = (address.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut stream) = connect_from("127.0.0.3", &address) else {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    };
+                    let mut sent = stream.write_all(b"GET /metrics HTTP/1.1\r\n").is_ok();
+                    while sent && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        sent = stream.write_all(b"X").is_ok();
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let answer = connect_from("127.0.0.2", &address).and_then(|mut stream| {
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\n\r\n")?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        });
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1 200")),
+            "the probe got {answer:?} after {:?} beside a client holding slow connections",
+            started.elapsed()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in slow {
+        let _ = thread.join();
+    }
+    drop(server);
+}

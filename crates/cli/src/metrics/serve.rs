@@ -3,12 +3,20 @@
 //! ready, else 503 with a one-line reason). HEAD works too; other methods get 405.
 //!
 //! Connections are taken by our own accept loop, so that a node agent listening on every
-//! address stays bounded: at most [`MAX_CONNECTIONS`] at once (more wait in the listen
-//! backlog), one request each, a request head within [`HEADER_TIME`] and the whole answer
+//! address stays bounded: at most [`MAX_CONNECTIONS`] at once and [`MAX_PER_PEER`] from one
+//! address, one request each, a request head within [`HEADER_TIME`] and the whole answer
 //! within [`CONNECTION_TIME`]. A scrape is one small request every few seconds from a
 //! handful of Prometheus servers.
+//!
+//! A connection past a limit is closed at once, never left waiting: the port is open to
+//! every pod of the cluster, and when connections waited in the listen backlog, one client
+//! holding slow ones kept every slot and the kubelet's liveness probe queued behind them
+//! until it timed out (and the kubelet restarted the node agent). Counted per address, such
+//! a client holds [`MAX_PER_PEER`] slots; the probe, Prometheus and the rest still get in.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,12 +27,13 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::render::CONTENT_TYPE;
 
 /// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 16;
+pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once from one peer address.
+pub const MAX_PER_PEER: usize = 4;
 /// How long a client has to send its request head.
 const HEADER_TIME: Duration = Duration::from_secs(10);
 /// How long a connection may last, request and answer (a scrape reads the ledger, asks NVML
@@ -79,16 +88,60 @@ fn one_line(text: &str) -> String {
     line
 }
 
+/// The connections being served, in all and by peer address.
+#[derive(Debug, Default)]
+struct Connections {
+    all: usize,
+    by_peer: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place among those served; given back when it is dropped.
+#[derive(Debug)]
+struct Slot {
+    connections: Arc<Mutex<Connections>>,
+    peer: IpAddr,
+}
+
+impl Slot {
+    /// A place for a connection from `peer`, unless the limits are reached.
+    fn take(connections: &Arc<Mutex<Connections>>, peer: IpAddr) -> Option<Slot> {
+        let mut c = connections.lock().unwrap_or_else(PoisonError::into_inner);
+        let from_peer = c.by_peer.get(&peer).copied().unwrap_or(0);
+        if c.all >= MAX_CONNECTIONS || from_peer >= MAX_PER_PEER {
+            return None;
+        }
+        c.all += 1;
+        c.by_peer.insert(peer, from_peer + 1);
+        Some(Slot {
+            connections: Arc::clone(connections),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        c.all = c.all.saturating_sub(1);
+        if let Some(n) = c.by_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Serves the routes of `source` on `listener` for as long as the process runs.
 pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
     let app = router(source);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Mutex::new(Connections::default()));
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors, say: wait a little instead of spinning.
                 tracing::debug!("accepting a metrics connection failed: {e}");
@@ -96,9 +149,14 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
                 continue;
             }
         };
+        let Some(slot) = Slot::take(&connections, peer.ip()) else {
+            // Closed at once: waiting, it would hold the ones behind it in the backlog.
+            drop(stream);
+            continue;
+        };
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIME)
@@ -112,6 +170,31 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_limited_per_peer_and_in_all_and_given_back() {
+        let connections = Arc::new(Mutex::new(Connections::default()));
+        let peer = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let mine: Vec<Slot> = (0..MAX_PER_PEER)
+            .map(|_| Slot::take(&connections, peer(0)).expect("room"))
+            .collect();
+        assert!(
+            Slot::take(&connections, peer(0)).is_none(),
+            "one peer's limit"
+        );
+        let others: Vec<Slot> = (1..)
+            .map_while(|i| Slot::take(&connections, peer(i)))
+            .collect();
+        assert_eq!(
+            mine.len() + others.len(),
+            MAX_CONNECTIONS,
+            "the limit in all"
+        );
+        drop(others);
+        drop(mine);
+        let c = connections.lock().unwrap();
+        assert_eq!((c.all, c.by_peer.len()), (0, 0), "every slot given back");
+    }
 
     #[test]
     fn a_reason_is_one_line() {
