@@ -166,10 +166,7 @@ mod tests {
         let table = ChargeTable::new();
         assert_eq!(table.insert(0x7000_0000_0000, held(G0, 64, Some(A))), None);
         assert_eq!(table.insert(0x7000_0020_0000, held(G0, 128, Some(A))), None);
-        assert_eq!(
-            table.remove(0x7000_0000_0000),
-            Some(held(G0, 64, Some(A)))
-        );
+        assert_eq!(table.remove(0x7000_0000_0000), Some(held(G0, 64, Some(A))));
         assert_eq!(table.remove(0x7000_0000_0000), None);
         assert_eq!(table.len(), 1);
     }
@@ -186,8 +183,12 @@ mod tests {
         // The red team's case: 150 MiB in the primary context, which a reset ends; the
         // driver freed it, so the quota gets it back.
         let allocations = Allocations::default();
-        allocations.device.insert(0x7000_0000_0000, held(G0, 150, Some(A)));
-        allocations.device.insert(0x7000_1000_0000, held(G0, 20, Some(A)));
+        allocations
+            .device
+            .insert(0x7000_0000_0000, held(G0, 150, Some(A)));
+        allocations
+            .device
+            .insert(0x7000_1000_0000, held(G0, 20, Some(A)));
         allocations.arrays.insert(0x5000, held(G0, 8, Some(A)));
         assert_eq!(
             allocations.context_ended(A, G0),
@@ -223,8 +224,14 @@ mod tests {
             })
         );
         assert_eq!(allocations.device.len(), 3);
-        assert_eq!(allocations.device.remove(2 << 20), Some(held(G0, 10, Some(B))));
-        assert_eq!(allocations.device.remove(3 << 20), Some(held(G1, 20, Some(A))));
+        assert_eq!(
+            allocations.device.remove(2 << 20),
+            Some(held(G0, 10, Some(B)))
+        );
+        assert_eq!(
+            allocations.device.remove(3 << 20),
+            Some(held(G1, 20, Some(A)))
+        );
         assert_eq!(allocations.device.remove(4 << 20), Some(held(G0, 30, None)));
     }
 

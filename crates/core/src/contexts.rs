@@ -337,11 +337,7 @@ impl Book {
 
     /// A stale context under the same handle (one ended behind the book's back whose
     /// handle the driver gave out again), to give back.
-    fn end_making(
-        &mut self,
-        gpu: GpuIndex,
-        made: Option<(usize, Charge)>,
-    ) -> Option<EndedContext> {
+    fn end_making(&mut self, gpu: GpuIndex, made: Option<(usize, Charge)>) -> Option<EndedContext> {
         self.changing.remove(&gpu);
         let (handle, charge) = made?;
         let stale = self.created.insert(handle, charge)?;

@@ -114,7 +114,10 @@ fn a_release_that_may_end_the_context_waits_for_the_calls_in_the_driver() {
         book.begin_release(0, false),
         Step::Go(Some(Ending::Last(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(primary(context)));
+    assert_eq!(
+        book.end_release(0, Ending::Last(G0), true),
+        Some(primary(context))
+    );
     assert!(book.primary.is_empty() && book.changing.is_empty());
 
     // One reference and a retain in the driver: whether the release ends the context
@@ -151,7 +154,10 @@ fn a_failed_release_keeps_the_count() {
         book.begin_release(0, false),
         Step::Go(Some(Ending::Last(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(primary(context)));
+    assert_eq!(
+        book.end_release(0, Ending::Last(G0), true),
+        Some(primary(context))
+    );
 }
 
 #[test]
@@ -163,7 +169,10 @@ fn retains_wait_while_the_context_may_be_ending_and_then_make_it_anew() {
     );
     assert_eq!(book.begin_retain(0, G0), Step::Wait);
     assert_eq!(book.begin_release(0, false), Step::Wait);
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(primary(context)));
+    assert_eq!(
+        book.end_release(0, Ending::Last(G0), true),
+        Some(primary(context))
+    );
     assert_eq!(
         book.begin_retain(0, G0),
         Step::Go(Some(0)),
@@ -188,7 +197,10 @@ fn a_reset_ends_the_context_whatever_its_count_and_keeps_its_references() {
         book.begin_release(0, true),
         Step::Go(Some(Ending::Reset(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Reset(G0), true), Some(primary(context)));
+    assert_eq!(
+        book.end_release(0, Ending::Reset(G0), true),
+        Some(primary(context))
+    );
     assert!(book.changing.is_empty());
     assert_eq!(
         book.begin_release(0, true),
@@ -250,7 +262,10 @@ fn a_release_after_a_reset_and_a_retain_leaves_the_new_context_charged() {
         book.begin_release(0, false),
         Step::Go(Some(Ending::Last(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(primary(again)));
+    assert_eq!(
+        book.end_release(0, Ending::Last(G0), true),
+        Some(primary(again))
+    );
     assert!(book.primary.is_empty());
 }
 
@@ -402,7 +417,11 @@ fn an_ended_context_is_handed_over_with_its_handle() {
     let mut given_back = None;
     let reset = book.release_primary(0, true).expect("live");
     assert!(reset.succeeded(|ended| given_back = Some(ended)));
-    assert_eq!(given_back, Some(primary(charge(G0, 500))), "a reset ends it");
+    assert_eq!(
+        given_back,
+        Some(primary(charge(G0, 500))),
+        "a reset ends it"
+    );
 
     // Made anew by a retain beside the reference the reset kept, under another handle.
     let again = ContextHandle(0xd000);
@@ -684,7 +703,11 @@ fn allocate(driver: &Driver, key: u64, free: bool) {
     assert_eq!(driver.allocations.device.insert(key, held), None);
     driver.allocated.fetch_add(1024, Ordering::SeqCst);
     if free {
-        let freed = driver.allocations.device.remove(key).expect("not ended: held");
+        let freed = driver
+            .allocations
+            .device
+            .remove(key)
+            .expect("not ended: held");
         driver.allocated.fetch_sub(
             i64::try_from(freed.charge.bytes).expect("small"),
             Ordering::SeqCst,
