@@ -651,3 +651,146 @@ fn a_reset_between_retains_cannot_leave_a_live_context_uncharged() {
         "the ledger counts what the device holds: {out}"
     );
 }
+
+/// Runs the probe with `commands` then "hold", under a 256 MiB limit, and checks, once it
+/// holds, that the ledger counts what the simulated GPU holds (judged by the device's own
+/// count) and that this is `expected`. Returns its output.
+fn holding_at(node: &Node, commands: &[&str], expected: u64) -> String {
+    let mut all = commands.to_vec();
+    all.push("hold");
+    let mut command = node.probe(CallPath::Dlsym, "a", Some("256Mi"), &all);
+    let mut holder = Running::spawn(&mut command);
+    let out = holder.wait_for_line("holding", Duration::from_secs(30));
+    assert_eq!(
+        device_used(node, 0),
+        expected,
+        "the device holds {} MiB: {out}",
+        device_used(node, 0) / MIB
+    );
+    assert_eq!(
+        tenant_usage(node, "a"),
+        device_used(node, 0),
+        "the ledger counts what the device holds: {out}"
+    );
+    out
+}
+
+/// The red team's case: cuDevicePrimaryCtxReset (what cudaDeviceReset calls) frees every
+/// allocation of the primary context, and the shim kept them charged, so the second 150 MiB
+/// was refused ("uses 214 MiB of its 256 MiB limit") until the process exited. Device,
+/// managed, pitched and array memory all go with the context; the same address given out
+/// again in the context made anew is charged once, and a free of an old pointer after the
+/// reset gives back nothing more.
+#[test]
+fn memory_freed_by_a_primary_context_reset_does_not_stay_charged() {
+    let node = Node::new();
+    let out = holding_at(
+        &node,
+        &[
+            "alloc",
+            "150M",
+            "reset-primary",
+            "retain-primary",
+            "alloc",
+            "150M",
+            "info",
+        ],
+        CONTEXT + 150 * MIB,
+    );
+    assert_eq!(field(line(&out, "reset-primary"), "rc"), 0, "{out}");
+    let allocs: Vec<_> = out.lines().filter(|l| l.starts_with("alloc ")).collect();
+    assert_eq!(allocs.len(), 2, "{out}");
+    for alloc in &allocs {
+        assert_eq!(field(alloc, "rc"), 0, "{alloc}: {out}");
+    }
+    assert_eq!(
+        field(line(&out, "info"), "free"),
+        256 * MIB - CONTEXT - 150 * MIB,
+        "{out}"
+    );
+
+    // Every kind of memory a context owns, then a free of each old handle after the
+    // reset (one of which the new allocation may have been given), then of the new one.
+    let node = Node::new();
+    let out = holding_at(
+        &node,
+        &[
+            "alloc",
+            "100M",
+            "managed",
+            "16M",
+            "pitch",
+            "1M",
+            "16",
+            "array",
+            "1024",
+            "1024",
+            "reset-primary",
+            "retain-primary",
+            "alloc",
+            "150M",
+            "info",
+            "free-all",
+            "info",
+        ],
+        CONTEXT,
+    );
+    for step in [
+        "managed",
+        "pitch",
+        "array",
+        "reset-primary",
+        "retain-primary",
+    ] {
+        assert_eq!(field(line(&out, step), "rc"), 0, "{step}: {out}");
+    }
+    let infos: Vec<_> = out.lines().filter(|l| l.starts_with("info")).collect();
+    assert_eq!(
+        field(infos[0], "free"),
+        256 * MIB - CONTEXT - 150 * MIB,
+        "{out}"
+    );
+    assert_eq!(
+        field(infos[1], "free"),
+        256 * MIB - CONTEXT,
+        "freed once each, nothing given back twice: {out}"
+    );
+}
+
+/// The last release of the primary context ends it as a reset does.
+#[test]
+fn memory_freed_by_the_last_release_of_the_primary_context_does_not_stay_charged() {
+    let node = Node::new();
+    let out = holding_at(
+        &node,
+        &[
+            "alloc",
+            "150M",
+            "release-primary",
+            "retain-primary",
+            "alloc",
+            "150M",
+        ],
+        CONTEXT + 150 * MIB,
+    );
+    assert_eq!(field(line(&out, "release-primary"), "rc"), 0, "{out}");
+    for alloc in out.lines().filter(|l| l.starts_with("alloc ")) {
+        assert_eq!(field(alloc, "rc"), 0, "{alloc}: {out}");
+    }
+}
+
+/// cuCtxDestroy frees what was allocated in the context.
+#[test]
+fn memory_freed_by_destroying_its_context_does_not_stay_charged() {
+    let node = Node::new();
+    let out = holding_at(
+        &node,
+        &["ctx-alloc-destroy", "100M", "alloc", "150M"],
+        CONTEXT + 150 * MIB,
+    );
+    let made = line(&out, "ctx-alloc-destroy");
+    for key in ["rc", "alloc", "destroy"] {
+        assert_eq!(field(made, key), 0, "{key}: {out}");
+    }
+    assert_eq!(field(line(&out, "alloc "), "rc"), 0, "{out}");
+}

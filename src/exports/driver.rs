@@ -14,7 +14,7 @@ super::exports! {
 
     // Initialization and contexts.
     fn cuInit(flags: u32) => context::init[];
-    fn cuDevicePrimaryCtxRetain(context: *mut CUcontext, device: CUdevice) => context::primary_retain[device];
+    fn cuDevicePrimaryCtxRetain(context: *mut CUcontext, device: CUdevice) => context::primary_retain[context, device];
     fn cuDevicePrimaryCtxRelease(device: CUdevice) => context::primary_released[device, context::RELEASE];
     fn cuDevicePrimaryCtxRelease_v2(device: CUdevice) => context::primary_released[device, context::RELEASE];
     fn cuDevicePrimaryCtxReset(device: CUdevice) => context::primary_released[device, context::RESET];

@@ -6,7 +6,8 @@
 
 use gpuslice_ledger::GpuUuid;
 
-use crate::contexts::PrimaryRetain;
+use crate::allocations::ContextHandle;
+use crate::contexts::{EndedContext, PrimaryRetain};
 use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::nvml_probe::{self, Listing};
@@ -24,8 +25,16 @@ pub(crate) fn init(call: impl Fn() -> CUresult) -> CUresult {
 
 /// `cuDevicePrimaryCtxRetain`: the first retain creates the context and is charged; later
 /// ones are counted (`crate::contexts` says who waits for whom; no lock is held while the
-/// driver or NVML is asked).
-pub(crate) fn primary_retain(call: impl Fn() -> CUresult, device: CUdevice) -> CUresult {
+/// driver or NVML is asked). The context's handle, which the driver writes to `context`,
+/// is recorded with it: allocations made in it are recorded under it.
+///
+/// # Safety
+/// `context` is the caller's out-pointer, null or writable, which `call` writes on success.
+pub(crate) unsafe fn primary_retain(
+    call: impl Fn() -> CUresult,
+    context: *mut CUcontext,
+    device: CUdevice,
+) -> CUresult {
     let shim = shim_or!(call());
     let gpu = match shim.devices.by_ordinal(&shim.memory, device) {
         Ok(gpu) => gpu,
@@ -45,9 +54,15 @@ pub(crate) fn primary_retain(call: impl Fn() -> CUresult, device: CUdevice) -> C
     if status != CUDA_SUCCESS {
         return status;
     }
+    let handle = if context.is_null() {
+        0 // the driver refuses a null out-pointer; no allocation is recorded under 0
+    } else {
+        // SAFETY: non-null and written by the driver on success.
+        unsafe { *context as usize }
+    };
     match charge_context(shim, &gpu, footprint) {
         Some(charge) => {
-            making.made(charge);
+            making.made(ContextHandle(handle), charge);
             status
         }
         None => {
@@ -91,7 +106,7 @@ pub(crate) fn primary_released(
     if status != CUDA_SUCCESS {
         return status;
     }
-    releasing.succeeded(|charge| gone(shim, charge));
+    releasing.succeeded(|ended| gone(shim, ended));
     status
 }
 
@@ -135,7 +150,7 @@ pub(crate) unsafe fn created(
     match charge_context(shim, &gpu, footprint) {
         Some(charge) => {
             if let Some(stale) = creating.made(handle as usize, charge) {
-                shim.memory.release(stale);
+                gone(shim, stale);
             }
             status
         }
@@ -160,16 +175,29 @@ pub(crate) fn destroyed(driver: impl Fn() -> CUresult, context: CUcontext) -> CU
     };
     let status = driver();
     if status == CUDA_SUCCESS {
-        destroying.succeeded(|charge| gone(shim, charge));
+        destroying.succeeded(|ended| gone(shim, ended));
     }
     status
 }
 
-/// A context ended: its charge goes, and so did its allocations, and its pools gave memory
-/// back.
-fn gone(shim: &Shim, charge: Charge) {
-    shim.memory.release(charge);
-    crate::hooks::pools::refresh_gpu(shim, charge.gpu);
+/// A context ended: its charge goes, and so does what the driver freed with it (its
+/// allocations, arrays and managed memory: `crate::allocations`); pools, whose memory is no
+/// context's, are looked at again, since the driver may have given some back. Called while
+/// the book still keeps other calls on the GPU waiting, so that nothing allocated in a
+/// context made anew under the same handle is taken for the old one's.
+fn gone(shim: &Shim, ended: EndedContext) {
+    shim.memory.release(ended.charge);
+    let gpu = ended.charge.gpu;
+    if let Some(freed) = shim.allocations.context_ended(ended.handle, gpu) {
+        log!(
+            Level::Debug,
+            "a context ended on GPU {}; {} allocated in it went with it",
+            gpu.0,
+            Bytes(freed.bytes)
+        );
+        shim.memory.release(freed);
+    }
+    crate::hooks::pools::refresh_gpu(shim, gpu);
 }
 
 fn charge_context(shim: &Shim, gpu: &Gpu, footprint: u64) -> Option<Charge> {

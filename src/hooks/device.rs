@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use gpuslice_ledger::GpuUuid;
 use parking_lot::Mutex;
 
+use crate::allocations::ContextHandle;
 use crate::cuda::{
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, CUdevice, CUresult, CUstream, CUuuid,
     NVML_ERROR_UNKNOWN, NVML_SUCCESS, NVML_UUID_BUFFER, NvmlDevice, NvmlReturn,
@@ -65,6 +66,16 @@ impl DeviceTable {
         self.by_ordinal(policy, device)
     }
 
+    /// The GPU of the calling thread's current context, and that context (`None` where the
+    /// driver would not say), to record an allocation made in it under.
+    pub fn current_with_context(
+        &self,
+        policy: &MemoryPolicy,
+    ) -> Result<(Gpu, Option<ContextHandle>), CUresult> {
+        let gpu = self.current(policy)?;
+        Ok((gpu, current_context().map(ContextHandle)))
+    }
+
     /// The GPU a stream-ordered call runs on: the stream's own device where the driver can
     /// say (CUDA 12.8 and later), else the current context's.
     pub fn of_stream(&self, policy: &MemoryPolicy, stream: CUstream) -> Result<Gpu, CUresult> {
@@ -109,6 +120,16 @@ impl Default for DeviceTable {
     fn default() -> Self {
         DeviceTable::new()
     }
+}
+
+/// The calling thread's current context, if it has one.
+#[inline]
+pub(crate) fn current_context() -> Option<usize> {
+    let get = real::cuda::cuCtxGetCurrent()?;
+    let mut context: crate::cuda::CUcontext = std::ptr::null_mut();
+    // SAFETY: `context` is a valid place for the driver to write a handle.
+    let status = unsafe { get(&raw mut context) };
+    (status == CUDA_SUCCESS && !context.is_null()).then_some(context as usize)
 }
 
 /// The UUID of a CUDA device ordinal, from the driver.

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use gpuslice_ledger::GpuIndex;
 
 use crate::cuda::*;
+use crate::hooks::device::current_context;
 use crate::log::{Level, RateLimit, log};
 use crate::runtime::{self, Mode};
 use crate::shim::Shim;
@@ -289,16 +290,6 @@ fn register(shim: &'static Shim, stream: usize) -> Result<&'static StreamEntry, 
             .insert(stream, 0, context, gpu.index.0, StreamKind::Created)
     };
     inserted.ok_or(Untracked::CannotFollow)
-}
-
-/// The calling thread's current context, if it has one.
-#[inline]
-fn current_context() -> Option<usize> {
-    let get = crate::real::cuda::cuCtxGetCurrent()?;
-    let mut context: CUcontext = std::ptr::null_mut();
-    // SAFETY: `context` is a valid place for the driver to write a handle.
-    let status = unsafe { get(&raw mut context) };
-    (status == CUDA_SUCCESS && !context.is_null()).then_some(context as usize)
 }
 
 /// The stream of a `CUlaunchConfig`.

@@ -7,10 +7,14 @@
 //! out of the table, call the driver, and only after it succeeded release the bytes (a
 //! failed free puts the charge back). That way the ledger never counts less than the driver
 //! holds, and an address the driver reuses at once can never meet a stale charge.
+//!
+//! Each charge is recorded with the context the memory was made in (the calling thread's
+//! current one), since the driver frees it with that context (`crate::allocations`,
+//! `hooks::context`).
 
 use std::ffi::c_void;
 
-use crate::allocations::ChargeTable;
+use crate::allocations::{ChargeTable, ContextHandle, Held};
 use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::{nvml_probe, pools, shim_or};
@@ -36,11 +40,13 @@ pub(crate) fn reserve<'a>(
 }
 
 /// Reserves `bytes` on `gpu`, runs the driver call, and records the charge under the key
-/// the call produced. Returns the driver's status, or out-of-memory if refused.
+/// the call produced, made in `context` (the one whose end frees it, if any). Returns the
+/// driver's status, or out-of-memory if refused.
 pub(crate) fn charged(
     shim: &Shim,
     table: &ChargeTable,
     gpu: &Gpu,
+    context: Option<ContextHandle>,
     bytes: u64,
     driver_call: impl FnOnce() -> (CUresult, Option<u64>),
 ) -> CUresult {
@@ -50,7 +56,13 @@ pub(crate) fn charged(
     let (status, key) = driver_call();
     if status == CUDA_SUCCESS
         && let Some(key) = key
-        && let Some(stale) = table.insert(key, reservation.commit())
+        && let Some(stale) = table.insert(
+            key,
+            Held {
+                charge: reservation.commit(),
+                context,
+            },
+        )
     {
         // The driver handed out a handle we still had: a free we never saw.
         shim.memory.release(stale);
@@ -59,19 +71,20 @@ pub(crate) fn charged(
 }
 
 /// Takes back the charge of `key`, runs the driver's free, and releases the bytes only if
-/// the free worked.
+/// the free worked. A key not in the table (never charged, freed already, or given back
+/// with its context) releases nothing.
 fn uncharged(
     shim: &Shim,
     table: &ChargeTable,
     key: u64,
     driver_call: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    let charge = table.remove(key);
+    let held = table.remove(key);
     let status = driver_call();
-    match charge {
-        Some(charge) if status == CUDA_SUCCESS => shim.memory.release(charge),
-        Some(charge) => {
-            table.insert(key, charge);
+    match held {
+        Some(held) if status == CUDA_SUCCESS => shim.memory.release(held.charge),
+        Some(held) => {
+            table.insert(key, held);
         }
         None => {}
     }
@@ -93,15 +106,22 @@ pub(crate) unsafe fn charged_out(
     if dptr.is_null() {
         return call();
     }
-    let gpu = match shim.devices.current(&shim.memory) {
-        Ok(gpu) => gpu,
+    let (gpu, context) = match shim.devices.current_with_context(&shim.memory) {
+        Ok(current) => current,
         Err(status) => return status,
     };
-    charged(shim, &shim.allocations.device, &gpu, bytes as u64, || {
-        let status = call();
-        // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
-        (status, Some(unsafe { *dptr }))
-    })
+    charged(
+        shim,
+        &shim.allocations.device,
+        &gpu,
+        context,
+        bytes as u64,
+        || {
+            let status = call();
+            // SAFETY: `dptr` is non-null and the driver has written it when `call` succeeded.
+            (status, Some(unsafe { *dptr }))
+        },
+    )
 }
 
 /// `cuMemAllocPitch_v2`. The pitch is only known after the call: reserve the rows'
@@ -117,8 +137,8 @@ pub(crate) unsafe fn alloc_pitch(
     if dptr.is_null() || pitch.is_null() {
         return call();
     }
-    let gpu = match shim.devices.current(&shim.memory) {
-        Ok(gpu) => gpu,
+    let (gpu, context) = match shim.devices.current_with_context(&shim.memory) {
+        Ok(current) => current,
         Err(status) => return status,
     };
     let requested = (width as u64).saturating_mul(height as u64);
@@ -146,7 +166,11 @@ pub(crate) unsafe fn alloc_pitch(
             }
         }
     }
-    if let Some(stale) = shim.allocations.device.insert(address, charge) {
+    if let Some(stale) = shim
+        .allocations
+        .device
+        .insert(address, Held { charge, context })
+    {
         shim.memory.release(stale);
     }
     status
@@ -234,11 +258,11 @@ unsafe fn array_charged(
     bytes: u64,
     driver: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    let gpu = match shim.devices.current(&shim.memory) {
-        Ok(gpu) => gpu,
+    let (gpu, context) = match shim.devices.current_with_context(&shim.memory) {
+        Ok(current) => current,
         Err(status) => return status,
     };
-    charged(shim, &shim.allocations.arrays, &gpu, bytes, || {
+    charged(shim, &shim.allocations.arrays, &gpu, context, bytes, || {
         let status = driver();
         // SAFETY: per this function's contract, written by the driver when it succeeded.
         (status, Some(unsafe { *array } as u64))

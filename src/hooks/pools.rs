@@ -21,6 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use gpuslice_ledger::GpuIndex;
 
+use crate::allocations::Held;
 use crate::cuda::*;
 use crate::exports::driver::real;
 use crate::hooks::memory::reserve;
@@ -65,11 +66,13 @@ pub(crate) unsafe fn allocated(
     };
     if capturing(shim, stream, per_thread) {
         // A graph's allocation, made when the graph runs, from the graph's own pool:
-        // charged by its size, as any allocation, until it is freed.
+        // charged by its size, as any allocation, until it is freed (no context's end
+        // frees it).
         return crate::hooks::memory::charged(
             shim,
             &shim.allocations.device,
             &gpu,
+            None,
             bytes as u64,
             || {
                 let status = driver();
@@ -97,12 +100,13 @@ pub(crate) unsafe fn allocated(
     };
     if let Some(reservation) = unsettled {
         // The driver would not say which pool, or what it holds: charged by size, as an
-        // allocation of its own, until it is freed.
-        if let Some(stale) = shim
-            .allocations
-            .device
-            .insert(address, reservation.commit())
-        {
+        // allocation of its own, until it is freed. The driver frees stream-ordered memory
+        // with no context ("not associated with any CUDA context"), so none is recorded.
+        let held = Held {
+            charge: reservation.commit(),
+            context: None,
+        };
+        if let Some(stale) = shim.allocations.device.insert(address, held) {
             shim.memory.release(stale);
         }
     }
@@ -163,15 +167,15 @@ pub(crate) fn freed(
     per_thread: bool,
 ) -> CUresult {
     let shim = shim_or!(driver());
-    let Some(charge) = shim.allocations.device.remove(dptr) else {
+    let Some(held) = shim.allocations.device.remove(dptr) else {
         return driver();
     };
     let status = driver();
     if status != CUDA_SUCCESS {
-        shim.allocations.device.insert(dptr, charge);
+        shim.allocations.device.insert(dptr, held);
         return status;
     }
-    release_when_reached(shim, stream, per_thread, charge);
+    release_when_reached(shim, stream, per_thread, held.charge);
     status
 }
 

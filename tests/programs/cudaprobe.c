@@ -405,7 +405,7 @@ int main(int argc, char **argv) {
         kind = 'a';
       }
       if (rc == 0) keep(kind, p);
-      printf("%s %zu rc=%d\n", cmd, bytes, rc);
+      printf("%s %zu rc=%d at=%llu\n", cmd, bytes, rc, (unsigned long long)p);
     } else if (!strcmp(cmd, "async-on") || !strcmp(cmd, "pool-alloc-on")) {
       /* A stream-ordered allocation on stream S: from the device's current pool, or from
        * the pool "pool-create" made (or the default pool). */
@@ -633,6 +633,20 @@ int main(int argc, char **argv) {
         printf("ctx-destroy rc=%d\n", rc);
         CALL(cuCtxSetCurrent)(ctx);
       }
+    } else if (!strcmp(cmd, "ctx-alloc-destroy")) {
+      /* Creates a context (current), allocates SIZE in it, destroys it (which frees the
+       * allocation), and makes the primary context current again. */
+      size_t bytes = quantity(NEXT());
+      CUcontext extra = NULL;
+      CUdeviceptr p = 0;
+      int rc_alloc = -1, rc_destroy = -1;
+      rc = CALL(cuCtxCreate_v2)(&extra, 0, device);
+      if (rc == 0) {
+        rc_alloc = CALL(cuMemAlloc_v2)(&p, bytes);
+        rc_destroy = CALL(cuCtxDestroy_v2)(extra);
+        CALL(cuCtxSetCurrent)(ctx);
+      }
+      printf("ctx-alloc-destroy rc=%d alloc=%d destroy=%d\n", rc, rc_alloc, rc_destroy);
     } else if (!strcmp(cmd, "use-device")) {
       /* Makes another GPU's primary context current: a process with two contexts. */
       int ordinal = atoi(NEXT());

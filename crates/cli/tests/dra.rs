@@ -1721,6 +1721,122 @@ fn metrics_list_a_prepared_claims_tenant_and_the_dra_series_and_drop_them_after_
     });
 }
 
+/// The red team's case: a prepared claim whose record (its tenant's `dra-claim` file) was
+/// damaged vanished from the gpuslice_dra_* figures while its quota still held its share
+/// of the GPU (and the capacity check counted it by that quota). The figures count it the
+/// same way, and gpuslice_dra_unreadable_claim_records says there is such a claim.
+#[test]
+fn metrics_count_a_claim_whose_record_cannot_be_read_by_its_quota() {
+    let node = DraNode::new();
+    runtime().block_on(async {
+        let api = ApiServer::start().await;
+        let driver = node.start(&api, &["--metrics-listen", "127.0.0.1:0"]);
+        let address = metrics_address(&driver);
+        api.put_claim(claim(
+            "small",
+            UID_A,
+            &[("gpu", DEV0, "share-1", "4Gi", "30")],
+            None,
+        ));
+        let mut client = node.kubelet().v1().await;
+        assert_eq!(
+            prepare(&mut client, "small", UID_A).await.error,
+            "",
+            "{}",
+            driver.log()
+        );
+        let tenant = DraNode::tenant_of(UID_A);
+        let gpu0 = [("UUID", FAKE_GPU0), ("Hostname", NODE)];
+        let (metrics, body) = scrape(&address);
+        for counted_by in ["quota", "nothing"] {
+            assert_eq!(
+                value(
+                    &metrics,
+                    "gpuslice_dra_unreadable_claim_records",
+                    &[("counted_by", counted_by)]
+                ),
+                0.0,
+                "{body}"
+            );
+        }
+
+        let ledger = node.node.dir.ledger();
+        let dir = ledger.tenant_dir(&crate::util::tenant(&tenant));
+        std::fs::write(dir.join("dra-claim"), "{\"claim\": ").expect("damage the record");
+        let (metrics, body) = scrape(&address);
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_prepared_claims", &gpu0),
+            1.0,
+            "{body}"
+        );
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_memory_allocated_bytes", &gpu0),
+            (4 * GIB) as f64,
+            "{body}"
+        );
+        assert_eq!(
+            value(&metrics, "gpuslice_dra_compute_allocated_ratio", &gpu0),
+            0.3,
+            "{body}"
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "gpuslice_dra_claim_info",
+                &[
+                    ("tenant", tenant.as_str()),
+                    ("namespace", ""),
+                    ("claim", ""),
+                    ("UUID", FAKE_GPU0),
+                ]
+            ),
+            1.0,
+            "{body}"
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "gpuslice_dra_unreadable_claim_records",
+                &[("counted_by", "quota")]
+            ),
+            1.0,
+            "{body}"
+        );
+        // The capacity check agrees: what is left beside it is 4 GiB, not 8.
+        api.put_claim(claim(
+            "big",
+            UID_B,
+            &[("gpu", DEV0, "s", "6Gi", "10")],
+            None,
+        ));
+        let refused = prepare(&mut client, "big", UID_B).await;
+        assert!(refused.error.contains("memory left"), "{refused:?}");
+
+        // Its quota damaged too: counted nowhere, and said so.
+        std::fs::write(ledger.quota_path(&crate::util::tenant(&tenant)), b"damaged")
+            .expect("damage the quota");
+        let (metrics, body) = scrape(&address);
+        assert_eq!(
+            value(
+                &metrics,
+                "gpuslice_dra_unreadable_claim_records",
+                &[("counted_by", "nothing")]
+            ),
+            1.0,
+            "{body}"
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "gpuslice_dra_unreadable_claim_records",
+                &[("counted_by", "quota")]
+            ),
+            0.0,
+            "{body}"
+        );
+    });
+}
+
 #[test]
 fn a_bad_metrics_listen_address_is_a_usage_error_naming_the_flag() {
     let node = DraNode::new();

@@ -33,6 +33,14 @@
 //! holder's release after such a retain give back the new context's charge while the
 //! context stayed live: a context the tenant's quota never paid for.
 //!
+//! A context that ends takes its memory with it: the driver frees what was allocated in it
+//! (`crate::allocations` says which allocations those are). So the book knows each
+//! context's handle, the primary context's too (recorded at its making), and hands the
+//! ended context over ([`EndedContext`]) while the calls waiting on its device and GPU
+//! still wait: its allocations are taken out before a context can be made anew there
+//! under the same handle (kept, they stayed charged until the process exited, and a
+//! program that called `cudaDeviceReset` lost that much of its quota).
+//!
 //! Each call begins with a step that returns a token ([`MakingPrimary`], [`Retaining`],
 //! [`Releasing`], [`Creating`], [`Destroying`]) and ends when the token is told the driver's answer;
 //! a token dropped without an answer means the driver call failed (or never ran), so that
@@ -44,6 +52,7 @@ use std::collections::{HashMap, HashSet};
 use gpuslice_ledger::GpuIndex;
 use parking_lot::{Condvar, Mutex};
 
+use crate::allocations::ContextHandle;
 use crate::policy::memory::Charge;
 
 /// The contexts of this process: primary contexts by device ordinal, created ones by
@@ -53,6 +62,16 @@ pub struct ContextBook {
     book: Mutex<Book>,
     /// Notified whenever a call in flight ends, so that waiting calls decide again.
     settled: Condvar,
+}
+
+/// A context the driver ended: its own charge, and its handle, under which its allocations
+/// were recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndedContext {
+    /// The context's handle.
+    pub handle: ContextHandle,
+    /// What the context itself was charged.
+    pub charge: Charge,
 }
 
 /// What a retain of a primary context does next.
@@ -88,7 +107,10 @@ enum Primary {
     /// Made and charged.
     Live(Live),
     /// A release that may end it, or a reset, is in the driver: it holds `references`.
-    Ending { charge: Charge, references: u32 },
+    Ending {
+        context: EndedContext,
+        references: u32,
+    },
     /// Ended by a reset, which kept the driver's count: `references` retains are still to
     /// be released, `releasing` of them in the driver now. Nothing is charged; the next
     /// retain makes the context anew.
@@ -99,6 +121,8 @@ enum Primary {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Live {
     charge: Charge,
+    /// The context's handle, as its making retain returned it.
+    handle: ContextHandle,
     /// Retains the driver confirmed, less releases it confirmed: at least one.
     references: u32,
     /// Retains in the driver now.
@@ -164,16 +188,22 @@ impl Book {
         }
     }
 
-    fn end_making_primary(&mut self, device: i32, gpu: GpuIndex, charge: Option<Charge>) {
+    fn end_making_primary(
+        &mut self,
+        device: i32,
+        gpu: GpuIndex,
+        made: Option<(ContextHandle, Charge)>,
+    ) {
         self.changing.remove(&gpu);
         let kept = match self.primary.get(&device) {
             Some(&Primary::Making { kept }) => kept,
             _ => 0,
         };
-        match charge {
-            Some(charge) => {
+        match made {
+            Some((handle, charge)) => {
                 let live = Live {
                     charge,
+                    handle,
                     references: kept + 1,
                     retaining: 0,
                     releasing: 0,
@@ -215,7 +245,10 @@ impl Book {
             return Step::Wait;
         }
         let ending = Primary::Ending {
-            charge: live.charge,
+            context: EndedContext {
+                handle: live.handle,
+                charge: live.charge,
+            },
             references: live.references,
         };
         self.primary.insert(device, ending);
@@ -227,8 +260,13 @@ impl Book {
         }))
     }
 
-    /// The charge to give back, if this release ended the context.
-    fn end_release(&mut self, device: i32, ending: Ending, succeeded: bool) -> Option<Charge> {
+    /// The context to give back, if this release ended it.
+    fn end_release(
+        &mut self,
+        device: i32,
+        ending: Ending,
+        succeeded: bool,
+    ) -> Option<EndedContext> {
         match ending {
             Ending::Leaving => {
                 if let Some(Primary::Live(live)) = self.primary.get_mut(&device) {
@@ -257,7 +295,10 @@ impl Book {
             }
             Ending::Last(gpu) | Ending::Reset(gpu) => {
                 self.changing.remove(&gpu);
-                let Some(&Primary::Ending { charge, references }) = self.primary.get(&device)
+                let Some(&Primary::Ending {
+                    context,
+                    references,
+                }) = self.primary.get(&device)
                 else {
                     return None;
                 };
@@ -271,10 +312,11 @@ impl Book {
                     } else {
                         self.primary.remove(&device);
                     }
-                    return Some(charge);
+                    return Some(context);
                 }
                 let live = Live {
-                    charge,
+                    charge: context.charge,
+                    handle: context.handle,
                     references,
                     retaining: 0,
                     releasing: 0,
@@ -293,11 +335,16 @@ impl Book {
         }
     }
 
-    /// A stale charge under the same handle (a context ended behind the book's back whose
+    /// A stale context under the same handle (one ended behind the book's back whose
     /// handle the driver gave out again), to give back.
-    fn end_making(&mut self, gpu: GpuIndex, made: Option<(usize, Charge)>) -> Option<Charge> {
+    fn end_making(&mut self, gpu: GpuIndex, made: Option<(usize, Charge)>) -> Option<EndedContext> {
         self.changing.remove(&gpu);
-        made.and_then(|(handle, charge)| self.created.insert(handle, charge))
+        let (handle, charge) = made?;
+        let stale = self.created.insert(handle, charge)?;
+        Some(EndedContext {
+            handle: ContextHandle(handle),
+            charge: stale,
+        })
     }
 
     /// `Go(None)`: the book has no such context.
@@ -406,10 +453,10 @@ impl ContextBook {
         })
     }
 
-    /// What the primary context of `device`, being ended, is charged.
-    fn ending_charge(&self, device: i32) -> Option<Charge> {
+    /// The primary context of `device`, being ended.
+    fn ending_context(&self, device: i32) -> Option<EndedContext> {
         match self.book.lock().primary.get(&device) {
-            Some(Primary::Ending { charge, .. }) => Some(*charge),
+            Some(Primary::Ending { context, .. }) => Some(*context),
             _ => None,
         }
     }
@@ -450,12 +497,12 @@ impl MakingPrimary<'_> {
         self.kept > 0
     }
 
-    /// The context was made and charged `charge`: live, with one reference.
-    pub fn made(mut self, charge: Charge) {
+    /// The context `handle` was made and charged `charge`: live, with one reference.
+    pub fn made(mut self, handle: ContextHandle, charge: Charge) {
         self.ended = true;
         let (device, gpu) = (self.device, self.gpu);
         self.book
-            .end(|book| book.end_making_primary(device, gpu, Some(charge)));
+            .end(|book| book.end_making_primary(device, gpu, Some((handle, charge))));
     }
 }
 
@@ -480,10 +527,11 @@ pub struct Creating<'a> {
 }
 
 impl Creating<'_> {
-    /// The context `handle` was made and charged `charge`. Returns a stale charge to give
-    /// back: one the book still held under the same handle, for a context that ended
-    /// without the book seeing it.
-    pub fn made(mut self, handle: usize, charge: Charge) -> Option<Charge> {
+    /// The context `handle` was made and charged `charge`. Returns a stale context to give
+    /// back (its charge and its allocations): one the book still held under the same
+    /// handle, which ended without the book seeing it. Nothing was allocated in the new
+    /// context yet: its handle is not the program's before this returns.
+    pub fn made(mut self, handle: usize, charge: Charge) -> Option<EndedContext> {
         self.ended = true;
         let gpu = self.gpu;
         self.book
@@ -538,18 +586,20 @@ pub struct Releasing<'a> {
 }
 
 impl Releasing<'_> {
-    /// The driver released (or reset) the context. If that ended it, `give_back` gets its
-    /// charge while the device's other calls still wait, so that a retain making the
-    /// context anew never finds the old one's charge still counted beside its own (a thread
-    /// holding the new context saw it charged twice when the old charge went after the
-    /// book let the retain go). Returns whether it ended the context.
-    pub fn succeeded(mut self, give_back: impl FnOnce(Charge)) -> bool {
+    /// The driver released (or reset) the context. If that ended it, `give_back` gets it
+    /// (its charge and its handle, to give back its allocations too) while the device's
+    /// other calls still wait, so that a retain making the context anew never finds the
+    /// old one's charges still counted beside its own (a thread holding the new context saw
+    /// it charged twice when the old charge went after the book let the retain go), and
+    /// nothing allocated in the new context under the same handle is taken for the old
+    /// one's. Returns whether it ended the context.
+    pub fn succeeded(mut self, give_back: impl FnOnce(EndedContext)) -> bool {
         self.driver_succeeded = true;
-        let charge = match self.ending {
-            Ending::Last(_) | Ending::Reset(_) => self.book.ending_charge(self.device),
+        let context = match self.ending {
+            Ending::Last(_) | Ending::Reset(_) => self.book.ending_context(self.device),
             Ending::Leaving | Ending::AfterReset => None,
         };
-        charge.map(give_back).is_some()
+        context.map(give_back).is_some()
         // Dropping `self` then ends the release.
     }
 }
@@ -574,12 +624,17 @@ pub struct Destroying<'a> {
 }
 
 impl Destroying<'_> {
-    /// The driver destroyed the context: `give_back` gets its charge while the GPU is still
-    /// marked as changing, so that a context made next on it is not measured or refused
-    /// beside a charge that is going.
-    pub fn succeeded(mut self, give_back: impl FnOnce(Charge)) {
+    /// The driver destroyed the context: `give_back` gets it (its charge and its handle,
+    /// to give back its allocations too) while the GPU is still marked as changing, so that
+    /// a context made next on it is not measured or refused beside charges that are going,
+    /// and nothing allocated in one made there under the same handle is taken for this
+    /// one's.
+    pub fn succeeded(mut self, give_back: impl FnOnce(EndedContext)) {
         self.driver_succeeded = true;
-        give_back(self.charge);
+        give_back(EndedContext {
+            handle: ContextHandle(self.handle),
+            charge: self.charge,
+        });
         // Dropping `self` then ends the destroy.
     }
 }

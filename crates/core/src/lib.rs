@@ -8,7 +8,8 @@
 //!   and the charging formulas, over the ledger (`gpuslice-ledger`).
 //! - [`gate`]: the per-GPU gate a launch passes, opened and closed by the watcher.
 //! - [`streams`]: the table of streams the launch path marks and the watcher polls.
-//! - [`allocations`]: what each allocation was charged, to release it exactly once.
+//! - [`allocations`]: what each allocation was charged and in which context, to release it
+//!   exactly once, at its free or with its context.
 //! - [`contexts`]: the process's contexts and their charges, made and ended without a lock
 //!   held across the driver's call.
 //! - [`neighbours`]: every tenant's records on the node, read each tick.

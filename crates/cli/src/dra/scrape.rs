@@ -6,6 +6,10 @@
 //!
 //! The driver tells [`DriverStatus`] where it stands as it goes; the endpoints read a
 //! snapshot of it, and the prepared claims from their records in the ledger, at each request.
+//! A prepared claim whose record cannot be read is counted by its tenant's quota, as the
+//! capacity check counts it (`state::holdings`), and counted in
+//! `gpuslice_dra_unreadable_claim_records` (left out, it vanished from the figures while its
+//! quota still held its share of the GPU).
 //! `/readyz` answers 200 once the kubelet registered the driver, its slice is published and
 //! the ledger can be read; otherwise 503 naming every part that is missing.
 
@@ -14,11 +18,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use gpuslice_k8s::dra::slice::{COMPUTE_TOTAL_PERCENT, memory_capacity};
-use gpuslice_k8s::dra::state::{self, Record};
+use gpuslice_k8s::dra::state::{self, Holding};
 use gpuslice_k8s::dra::status::{DriverStatus, Snapshot};
 use gpuslice_ledger::{Ledger, TenantName};
 
-use crate::metrics::render::{self, DraClaim, DraDevice, DraScrape, GpuInfo, PodOwner, Scrape};
+use crate::metrics::render::{
+    self, DraClaim, DraDevice, DraScrape, GpuInfo, PodOwner, Scrape, UnreadableRecords,
+};
 use crate::metrics::{self, serve};
 
 /// The driver as the metrics endpoints see it.
@@ -48,15 +54,16 @@ impl serve::Source for DraSource {
         let (dir, hostname) = (self.ledger_dir.clone(), self.hostname.clone());
         tokio::task::spawn_blocking(move || {
             let report = crate::report::read_report_checked(&dir).ok();
-            let records = Ledger::open_existing(&dir)
-                .map(|ledger| state::prepared(&ledger, |_| {}))
+            let holdings = Ledger::open_existing(&dir)
+                .ok()
+                .and_then(|ledger| state::holdings(&ledger).ok())
                 .unwrap_or_default();
             let gpus = gpus(&snapshot);
             render::render(&Scrape {
                 report: report.as_ref(),
                 gpus: &gpus,
-                owners: owners(&records),
-                dra: Some(dra(&snapshot, &records)),
+                owners: owners(&holdings),
+                dra: Some(dra(&snapshot, &holdings)),
                 ready: snapshot.readiness().is_ok() && report.is_some(),
                 hostname: &hostname,
                 ..Scrape::default()
@@ -101,10 +108,15 @@ fn gpus(snapshot: &Snapshot) -> Vec<GpuInfo> {
 }
 
 /// The namespace of each prepared claim's tenant: its claim's, which is every pod's that
-/// uses it. The pod and the container stay empty: a claim may be shared by several.
-fn owners(records: &[(TenantName, Record)]) -> HashMap<String, PodOwner> {
-    records
+/// uses it (unknown where its record cannot be read). The pod and the container stay empty:
+/// a claim may be shared by several.
+fn owners(holdings: &[(TenantName, Holding)]) -> HashMap<String, PodOwner> {
+    holdings
         .iter()
+        .filter_map(|(tenant, holding)| match holding {
+            Holding::Recorded(record) => Some((tenant, record)),
+            Holding::Unreadable { .. } => None,
+        })
         .map(|(tenant, record)| {
             (
                 tenant.as_str().to_string(),
@@ -118,34 +130,60 @@ fn owners(records: &[(TenantName, Record)]) -> HashMap<String, PodOwner> {
         .collect()
 }
 
-/// What the driver adds to the scrape: `snapshot` and the prepared claims' `records`.
-fn dra(snapshot: &Snapshot, records: &[(TenantName, Record)]) -> DraScrape {
-    DraScrape {
-        registered: snapshot.registered(),
-        slice_published: snapshot.slice_published(),
-        devices: snapshot
-            .published
-            .iter()
-            .flatten()
-            .map(|gpu| DraDevice {
-                gpu: gpu.uuid,
-                memory_bytes: memory_capacity(gpu),
-                compute_percent: COMPUTE_TOTAL_PERCENT,
-            })
-            .collect(),
-        claims: records
-            .iter()
-            .flat_map(|(tenant, record)| {
-                record.devices.iter().map(move |d| DraClaim {
+/// What the driver adds to the scrape: `snapshot` and the prepared claims' `holdings`.
+fn dra(snapshot: &Snapshot, holdings: &[(TenantName, Holding)]) -> DraScrape {
+    let devices: Vec<DraDevice> = snapshot
+        .published
+        .iter()
+        .flatten()
+        .map(|gpu| DraDevice {
+            gpu: gpu.uuid,
+            memory_bytes: memory_capacity(gpu),
+            compute_percent: COMPUTE_TOTAL_PERCENT,
+        })
+        .collect();
+    let mut claims = Vec::new();
+    let mut unreadable_records = UnreadableRecords::default();
+    for (tenant, holding) in holdings {
+        match holding {
+            Holding::Recorded(record) => {
+                claims.extend(record.devices.iter().map(|d| DraClaim {
                     tenant: tenant.as_str().to_string(),
                     namespace: record.claim.namespace.clone(),
                     claim: record.claim.name.clone(),
                     gpu: d.gpu.clone(),
                     memory_bytes: d.memory_bytes,
                     compute_permille: d.compute_permille,
-                })
-            })
-            .collect(),
+                }));
+            }
+            Holding::Unreadable {
+                by_quota: Some(by_quota),
+                ..
+            } => {
+                unreadable_records.counted_by_quota += 1;
+                claims.extend(by_quota.iter().map(|h| DraClaim {
+                    tenant: tenant.as_str().to_string(),
+                    namespace: String::new(),
+                    claim: String::new(),
+                    gpu: h.gpu.to_string(),
+                    // A quota without a memory limit holds the whole GPU: its capacity, where
+                    // it is published.
+                    memory_bytes: match devices.iter().find(|d| d.gpu == h.gpu) {
+                        Some(d) => h.memory_bytes.min(d.memory_bytes),
+                        None => h.memory_bytes,
+                    },
+                    compute_permille: h.compute_permille,
+                }));
+            }
+            Holding::Unreadable { by_quota: None, .. } => unreadable_records.uncounted += 1,
+        }
+    }
+    DraScrape {
+        registered: snapshot.registered(),
+        slice_published: snapshot.slice_published(),
+        devices,
+        claims,
+        unreadable_records,
         prepare_errors: snapshot
             .prepare_errors
             .iter()
@@ -164,7 +202,7 @@ mod tests {
     use super::*;
     use gpuslice_k8s::dra::claim::ClaimRef;
     use gpuslice_k8s::dra::gpus::{Gpu, GpuState, Inventory};
-    use gpuslice_k8s::dra::state::RecordDevice;
+    use gpuslice_k8s::dra::state::{GpuHolding, Record, RecordDevice};
     use gpuslice_k8s::dra::status::PrepareFailure;
     use gpuslice_ledger::GpuUuid;
 
@@ -221,20 +259,59 @@ mod tests {
         });
         status.watch_inventory(rx);
         let snapshot = status.snapshot();
+        let unlimited = GpuHolding {
+            gpu: h100().uuid,
+            memory_bytes: u64::MAX,
+            compute_permille: 150,
+        };
         let records = vec![
             (
                 TenantName::new("dra-a").unwrap(),
-                record("ml", "train", &[(4 << 30, 300), (1 << 30, 100)]),
+                Holding::Recorded(record("ml", "train", &[(4 << 30, 300), (1 << 30, 100)])),
             ),
             (
                 TenantName::new("dra-b").unwrap(),
-                record("web", "infer", &[(2 << 30, 200)]),
+                Holding::Recorded(record("web", "infer", &[(2 << 30, 200)])),
+            ),
+            (
+                TenantName::new("dra-c").unwrap(),
+                Holding::Unreadable {
+                    problem: "damaged".into(),
+                    by_quota: Some(vec![unlimited]),
+                },
+            ),
+            (
+                TenantName::new("dra-d").unwrap(),
+                Holding::Unreadable {
+                    problem: "damaged".into(),
+                    by_quota: None,
+                },
             ),
         ];
         let owners = owners(&records);
         assert_eq!(owners["dra-a"].namespace, "ml");
         assert_eq!(owners["dra-b"].pod, "");
+        assert!(!owners.contains_key("dra-c"), "its namespace is not known");
         let dra = dra(&snapshot, &records);
+        assert_eq!(
+            dra.unreadable_records,
+            UnreadableRecords {
+                counted_by_quota: 1,
+                uncounted: 1
+            }
+        );
+        assert_eq!(
+            dra.claims[3],
+            DraClaim {
+                tenant: "dra-c".into(),
+                namespace: String::new(),
+                claim: String::new(),
+                gpu: UUID.into(),
+                memory_bytes: 80 << 30,
+                compute_permille: 150,
+            },
+            "counted by its quota; without a memory limit, the whole GPU"
+        );
         assert!(dra.registered && dra.slice_published);
         assert_eq!(
             dra.devices,
@@ -244,7 +321,7 @@ mod tests {
                 compute_percent: 100,
             }]
         );
-        assert_eq!(dra.claims.len(), 3, "one per device of each claim");
+        assert_eq!(dra.claims.len(), 4, "one per device of each claim");
         assert_eq!(dra.claims[2].claim, "infer");
         assert!(dra.prepare_errors.contains(&("capacity_exceeded", 1)));
         assert!(dra.unprepare_errors.contains(&("in_use", 0)));

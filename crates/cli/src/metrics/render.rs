@@ -72,8 +72,11 @@ pub struct DraScrape {
     pub slice_published: bool,
     /// The devices of the slice last published: one per GPU.
     pub devices: Vec<DraDevice>,
-    /// Each device of each prepared claim.
+    /// Each device of each prepared claim; a claim whose record cannot be read, by what its
+    /// quota gives.
     pub claims: Vec<DraClaim>,
+    /// Prepared claims whose record cannot be read.
+    pub unreadable_records: UnreadableRecords,
     /// Failed prepares since the driver started, by reason (every reason, zeros included).
     pub prepare_errors: Vec<(&'static str, u64)>,
     /// Failed unprepares since the driver started, by reason (every reason, zeros included).
@@ -91,7 +94,19 @@ pub struct DraDevice {
     pub compute_percent: u32,
 }
 
-/// A device of a prepared claim, as its record has it.
+/// Prepared claims whose record (the `dra-claim` file in the tenant's directory) cannot be
+/// read: damaged, or of another version of the driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnreadableRecords {
+    /// Counted by their quota instead, in the capacity check and the figures.
+    pub counted_by_quota: usize,
+    /// Whose quota cannot be read either: counted nowhere, and while there is one the
+    /// driver prepares no claim.
+    pub uncounted: usize,
+}
+
+/// A device of a prepared claim, as its record has it (or, where the record cannot be read,
+/// a GPU of its quota, with the namespace and claim empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DraClaim {
     /// The claim's tenant.
@@ -379,10 +394,25 @@ fn render_dra(out: &mut String, scrape: &Scrape<'_>, dra: &DraScrape) {
     }
     let mut f = Family::new(
         out,
+        "gpuslice_dra_unreadable_claim_records",
+        "gauge",
+        "Claims the DRA driver has prepared whose record in the ledger (the tenant's \
+         dra-claim file) cannot be read: counted_by=\"quota\" are counted by their tenant's \
+         quota instead; counted_by=\"nothing\" have an unreadable quota too, and while there \
+         is one the driver prepares no claim.",
+    );
+    let unreadable = dra.unreadable_records;
+    f.sample(
+        &[("counted_by", "quota"), host],
+        unreadable.counted_by_quota,
+    );
+    f.sample(&[("counted_by", "nothing"), host], unreadable.uncounted);
+    let mut f = Family::new(
+        out,
         "gpuslice_dra_claim_info",
         "gauge",
         "1 for each GPU of each claim the DRA driver has prepared, naming the claim \
-         (namespace, claim) and its tenant.",
+         (namespace, claim; both empty where its record cannot be read) and its tenant.",
     );
     let mut named = HashSet::new();
     for c in &dra.claims {
@@ -1010,6 +1040,10 @@ mod tests {
                     // A GPU taken out of the slice keeps its claim.
                     claim("dra-c", other, 1 << 30, 100),
                 ],
+                unreadable_records: UnreadableRecords {
+                    counted_by_quota: 1,
+                    uncounted: 0,
+                },
                 prepare_errors: vec![("capacity_exceeded", 2), ("api_server", 0)],
                 unprepare_errors: vec![("in_use", 1)],
             }),
@@ -1036,6 +1070,10 @@ mod tests {
                 .to_string(),
             r#"gpuslice_dra_prepare_errors_total{reason="api_server",Hostname="n"} 0"#.to_string(),
             r#"gpuslice_dra_unprepare_errors_total{reason="in_use",Hostname="n"} 1"#.to_string(),
+            r#"gpuslice_dra_unreadable_claim_records{counted_by="quota",Hostname="n"} 1"#
+                .to_string(),
+            r#"gpuslice_dra_unreadable_claim_records{counted_by="nothing",Hostname="n"} 0"#
+                .to_string(),
         ] {
             assert!(text.contains(&format!("{sample}\n")), "{sample} in {text}");
         }

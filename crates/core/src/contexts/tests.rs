@@ -1,12 +1,24 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::*;
+use crate::allocations::{Allocations, Held};
 
 const G0: GpuIndex = GpuIndex(0);
 const G1: GpuIndex = GpuIndex(1);
 
+/// The handle of device 0's primary context.
+const PRIMARY: ContextHandle = ContextHandle(0xc000);
+
 fn charge(gpu: GpuIndex, bytes: u64) -> Charge {
     Charge { gpu, bytes }
+}
+
+/// Device 0's primary context, ended, charged `charge`.
+fn primary(charge: Charge) -> EndedContext {
+    EndedContext {
+        handle: PRIMARY,
+        charge,
+    }
 }
 
 /// A book where device 0's primary context (on G0) is live with `references`.
@@ -14,7 +26,7 @@ fn live(references: u32) -> (Book, Charge) {
     let mut book = Book::default();
     let context = charge(G0, 500);
     assert_eq!(book.begin_retain(0, G0), Step::Go(Some(0)));
-    book.end_making_primary(0, G0, Some(context));
+    book.end_making_primary(0, G0, Some((PRIMARY, context)));
     for _ in 1..references {
         assert_eq!(book.begin_retain(0, G0), Step::Go(None));
         book.end_retain(0, true);
@@ -38,7 +50,7 @@ fn the_first_retain_makes_the_context_and_retains_meanwhile_wait_then_count() {
         Step::Wait,
         "made once, charged once"
     );
-    book.end_making_primary(0, G0, Some(charge(G0, 500)));
+    book.end_making_primary(0, G0, Some((PRIMARY, charge(G0, 500))));
     assert_eq!(book.begin_retain(0, G0), Step::Go(None));
     book.end_retain(0, true);
     assert_eq!(references(&book, 0), Some(2));
@@ -102,7 +114,10 @@ fn a_release_that_may_end_the_context_waits_for_the_calls_in_the_driver() {
         book.begin_release(0, false),
         Step::Go(Some(Ending::Last(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(context));
+    assert_eq!(
+        book.end_release(0, Ending::Last(G0), true),
+        Some(primary(context))
+    );
     assert!(book.primary.is_empty() && book.changing.is_empty());
 
     // One reference and a retain in the driver: whether the release ends the context
@@ -139,7 +154,10 @@ fn a_failed_release_keeps_the_count() {
         book.begin_release(0, false),
         Step::Go(Some(Ending::Last(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(context));
+    assert_eq!(
+        book.end_release(0, Ending::Last(G0), true),
+        Some(primary(context))
+    );
 }
 
 #[test]
@@ -151,7 +169,10 @@ fn retains_wait_while_the_context_may_be_ending_and_then_make_it_anew() {
     );
     assert_eq!(book.begin_retain(0, G0), Step::Wait);
     assert_eq!(book.begin_release(0, false), Step::Wait);
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(context));
+    assert_eq!(
+        book.end_release(0, Ending::Last(G0), true),
+        Some(primary(context))
+    );
     assert_eq!(
         book.begin_retain(0, G0),
         Step::Go(Some(0)),
@@ -176,7 +197,10 @@ fn a_reset_ends_the_context_whatever_its_count_and_keeps_its_references() {
         book.begin_release(0, true),
         Step::Go(Some(Ending::Reset(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Reset(G0), true), Some(context));
+    assert_eq!(
+        book.end_release(0, Ending::Reset(G0), true),
+        Some(primary(context))
+    );
     assert!(book.changing.is_empty());
     assert_eq!(
         book.begin_release(0, true),
@@ -224,7 +248,7 @@ fn a_release_after_a_reset_and_a_retain_leaves_the_new_context_charged() {
         "made anew, beside the two references the reset kept"
     );
     let again = charge(G0, 600);
-    book.end_making_primary(0, G0, Some(again));
+    book.end_making_primary(0, G0, Some((PRIMARY, again)));
     assert_eq!(references(&book, 0), Some(3));
     for _ in 0..2 {
         assert_eq!(
@@ -238,7 +262,10 @@ fn a_release_after_a_reset_and_a_retain_leaves_the_new_context_charged() {
         book.begin_release(0, false),
         Step::Go(Some(Ending::Last(G0)))
     );
-    assert_eq!(book.end_release(0, Ending::Last(G0), true), Some(again));
+    assert_eq!(
+        book.end_release(0, Ending::Last(G0), true),
+        Some(primary(again))
+    );
     assert!(book.primary.is_empty());
 }
 
@@ -314,7 +341,7 @@ fn no_context_is_made_on_a_gpu_while_another_is_measured_there() {
         Step::Wait,
         "a primary context on G1 waits for the created one"
     );
-    book.end_making_primary(0, G0, Some(charge(G0, 500)));
+    book.end_making_primary(0, G0, Some((PRIMARY, charge(G0, 500))));
     assert_eq!(book.begin_making(G0), Step::Go(()));
     assert_eq!(book.end_making(G1, Some((0x1000, charge(G1, 300)))), None);
     assert_eq!(book.begin_retain(1, G1), Step::Go(Some(0)));
@@ -372,9 +399,117 @@ fn a_handle_made_again_gives_back_the_stale_charge() {
     assert_eq!(book.begin_making(G0), Step::Go(()));
     assert_eq!(
         book.end_making(G0, Some((0x1000, charge(G0, 310)))),
-        Some(charge(G0, 300))
+        Some(EndedContext {
+            handle: ContextHandle(0x1000),
+            charge: charge(G0, 300)
+        })
     );
     assert_eq!(book.created.get(&0x1000), Some(&charge(G0, 310)));
+}
+
+#[test]
+fn an_ended_context_is_handed_over_with_its_handle() {
+    let book = ContextBook::new();
+    let PrimaryRetain::Make(making) = book.retain_primary(0, G0) else {
+        panic!("the first retain makes the context");
+    };
+    making.made(PRIMARY, charge(G0, 500));
+    let mut given_back = None;
+    let reset = book.release_primary(0, true).expect("live");
+    assert!(reset.succeeded(|ended| given_back = Some(ended)));
+    assert_eq!(
+        given_back,
+        Some(primary(charge(G0, 500))),
+        "a reset ends it"
+    );
+
+    // Made anew by a retain beside the reference the reset kept, under another handle.
+    let again = ContextHandle(0xd000);
+    let PrimaryRetain::Make(making) = book.retain_primary(0, G0) else {
+        panic!("a retain after a reset makes the context anew");
+    };
+    making.made(again, charge(G0, 510));
+    let release = book.release_primary(0, false).expect("live");
+    assert!(!release.succeeded(|_| panic!("one reference is left")));
+    let release = book.release_primary(0, false).expect("live");
+    assert!(release.succeeded(|ended| given_back = Some(ended)));
+    assert_eq!(
+        given_back,
+        Some(EndedContext {
+            handle: again,
+            charge: charge(G0, 510)
+        }),
+        "the last release ends the context made anew, by its own handle"
+    );
+
+    assert_eq!(book.create(G0).made(0x2000, charge(G0, 300)), None);
+    book.destroy(0x2000)
+        .expect("created")
+        .succeeded(|ended| given_back = Some(ended));
+    assert_eq!(
+        given_back,
+        Some(EndedContext {
+            handle: ContextHandle(0x2000),
+            charge: charge(G0, 300)
+        }),
+        "a destroy ends a created context"
+    );
+}
+
+#[test]
+fn memory_allocated_in_a_reset_context_is_given_back_with_it_once() {
+    // The red team's case, as the hooks keep it: 150 MiB allocated in the primary
+    // context, a reset, a retain that makes it anew (under the same handle, as the driver
+    // may), and 150 MiB again, which may get the same address.
+    let book = ContextBook::new();
+    let allocations = Allocations::default();
+    let mut charged = 0u64;
+    let PrimaryRetain::Make(making) = book.retain_primary(0, G0) else {
+        panic!("the first retain makes the context");
+    };
+    making.made(PRIMARY, charge(G0, 64));
+    let in_primary = |bytes| Held {
+        charge: charge(G0, bytes),
+        context: Some(PRIMARY),
+    };
+    assert_eq!(allocations.device.insert(1 << 20, in_primary(150)), None);
+    charged += 64 + 150;
+    let reset = book.release_primary(0, true).expect("live");
+    assert!(reset.succeeded(|ended| {
+        charged -= ended.charge.bytes;
+        if let Some(freed) = allocations.context_ended(ended.handle, ended.charge.gpu) {
+            charged -= freed.bytes;
+        }
+    }));
+    assert_eq!(charged, 0, "the reset gave back the context and its memory");
+    assert_eq!(
+        allocations.device.remove(1 << 20),
+        None,
+        "a free of the old pointer after the reset gives nothing back"
+    );
+
+    let PrimaryRetain::Make(making) = book.retain_primary(0, G0) else {
+        panic!("made anew");
+    };
+    making.made(PRIMARY, charge(G0, 64));
+    assert_eq!(
+        allocations.device.insert(1 << 20, in_primary(150)),
+        None,
+        "the reused address is charged afresh"
+    );
+    charged += 64 + 150;
+    // The holder from before the reset releases, then the one after: that ends it.
+    let release = book.release_primary(0, false).expect("live");
+    assert!(!release.succeeded(|_| panic!("a reference is left")));
+    let release = book.release_primary(0, false).expect("live");
+    assert!(release.succeeded(|ended| {
+        charged -= ended.charge.bytes;
+        if let Some(freed) = allocations.context_ended(ended.handle, ended.charge.gpu) {
+            charged -= freed.bytes;
+        }
+    }));
+    assert_eq!(charged, 0);
+    assert!(allocations.device.is_empty());
 }
 
 /// Waits (without sleeping) until `count` calls wait in `book`.
@@ -390,13 +525,13 @@ fn a_retain_waits_for_a_release_that_may_end_the_context_then_makes_it_anew() {
     let PrimaryRetain::Make(making) = book.retain_primary(0, G0) else {
         panic!("the first retain makes the context");
     };
-    making.made(charge(G0, 500));
+    making.made(PRIMARY, charge(G0, 500));
     let release = book.release_primary(0, false).expect("a live context");
     std::thread::scope(|scope| {
         let retain = scope.spawn(|| matches!(book.retain_primary(0, G0), PrimaryRetain::Make(_)));
         until_waiting(&book, 1);
         let mut given_back = None;
-        assert!(release.succeeded(|charge| given_back = Some(charge)));
+        assert!(release.succeeded(|ended| given_back = Some(ended.charge)));
         assert_eq!(given_back, Some(charge(G0, 500)));
         assert!(
             retain.join().expect("no panic"),
@@ -424,7 +559,7 @@ fn a_dropped_token_is_a_failed_call_and_wakes_those_waiting() {
     let mut given_back = None;
     book.destroy(0x2000)
         .expect("still there after a failed destroy")
-        .succeeded(|charge| given_back = Some(charge));
+        .succeeded(|ended| given_back = Some(ended.charge));
     assert_eq!(given_back, Some(charge(G0, 300)));
 }
 
@@ -440,6 +575,11 @@ struct Driver {
     made: AtomicI64,
     /// Charges made less charges given back.
     charged: AtomicI64,
+    /// Allocations made in the primary context, recorded as the hooks record them.
+    allocations: Allocations,
+    /// Bytes allocated in the primary context less bytes given back (by a free, or with
+    /// the context).
+    allocated: AtomicI64,
 }
 
 impl Driver {
@@ -488,7 +628,7 @@ fn retain(book: &ContextBook, driver: &Driver, fail: bool) -> bool {
                 0,
                 "a context charged while the ended one's charge was still counted"
             );
-            making.made(made);
+            making.made(PRIMARY, made);
             true
         }
         PrimaryRetain::Count(retaining) => {
@@ -534,16 +674,45 @@ fn release(book: &ContextBook, driver: &Driver, fail: bool) -> bool {
         driver.changed();
     }
     let mut given_back = None;
-    releasing.succeeded(|charge| {
+    releasing.succeeded(|ended| {
         // Given back before any other call on the device goes on.
         driver.charged.fetch_sub(1, Ordering::SeqCst);
-        given_back = Some(charge);
+        assert_eq!(ended.handle, PRIMARY);
+        // What the driver freed with the context goes with it.
+        if let Some(freed) = driver.allocations.context_ended(ended.handle, G0) {
+            driver
+                .allocated
+                .fetch_sub(i64::try_from(freed.bytes).expect("small"), Ordering::SeqCst);
+        }
+        given_back = Some(ended.charge);
     });
     assert_eq!(
         given_back, ended,
         "the context's charge goes with the release that ended it, and only then"
     );
     true
+}
+
+/// Allocates 1 KiB in the primary context (which the calling thread holds) under `key`,
+/// and frees it at once if `free`.
+fn allocate(driver: &Driver, key: u64, free: bool) {
+    let held = Held {
+        charge: charge(G0, 1024),
+        context: Some(PRIMARY),
+    };
+    assert_eq!(driver.allocations.device.insert(key, held), None);
+    driver.allocated.fetch_add(1024, Ordering::SeqCst);
+    if free {
+        let freed = driver
+            .allocations
+            .device
+            .remove(key)
+            .expect("not ended: held");
+        driver.allocated.fetch_sub(
+            i64::try_from(freed.charge.bytes).expect("small"),
+            Ordering::SeqCst,
+        );
+    }
 }
 
 fn create_and_destroy(book: &ContextBook, driver: &Driver, handle: usize) {
@@ -555,7 +724,7 @@ fn create_and_destroy(book: &ContextBook, driver: &Driver, handle: usize) {
     driver.change();
     driver.changed();
     let mut given_back = None;
-    destroying.succeeded(|charge| given_back = Some(charge));
+    destroying.succeeded(|ended| given_back = Some(ended.charge));
     assert_eq!(given_back, Some(charge(G0, 300)));
 }
 
@@ -633,12 +802,18 @@ fn many_threads_retaining_and_releasing_charge_the_context_once_and_release_it_a
                     // Retains and releases in a random order, some failing, ending with
                     // none held; a created context made and destroyed now and then.
                     let mut held = 0u32;
-                    for _ in 0..1 + next() % 6 {
+                    for step in 0..1 + next() % 6 {
                         let fail = next() % 8 == 0;
                         if held > 0 && next() % 2 == 0 {
                             held -= u32::from(release(book, driver, fail));
                         } else {
                             held += u32::from(retain(book, driver, fail));
+                        }
+                        if held > 0 && next() % 2 == 0 {
+                            // Memory allocated in the context this thread holds, freed
+                            // now and then; the rest goes with the context.
+                            let key = (thread as u64) << 40 | (round as u64) << 8 | step;
+                            allocate(driver, key, next() % 4 == 0);
                         }
                     }
                     while held > 0 {
@@ -651,6 +826,12 @@ fn many_threads_retaining_and_releasing_charge_the_context_once_and_release_it_a
                         assert_eq!(*driver.context.lock(), (0, None));
                         assert_eq!(book.primary_charge(0), None, "no reference left");
                         assert_eq!(driver.charged.load(Ordering::SeqCst), 0);
+                        assert_eq!(
+                            driver.allocated.load(Ordering::SeqCst),
+                            0,
+                            "what was allocated in the ended context was given back, once"
+                        );
+                        assert!(driver.allocations.device.is_empty());
                     }
                     round_over.wait();
                 }

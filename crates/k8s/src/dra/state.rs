@@ -527,13 +527,17 @@ impl Claims {
                 ..Limits::default()
             };
             let mut holders = 0;
-            for &(_, memory, compute) in others.iter().filter(|(on, ..)| *on == gpu) {
+            for other in others.iter().filter(|h| h.gpu == gpu) {
                 holders += 1;
-                held.memory_bytes = Some(held.memory_bytes.unwrap_or(0).saturating_add(memory));
+                held.memory_bytes = Some(
+                    held.memory_bytes
+                        .unwrap_or(0)
+                        .saturating_add(other.memory_bytes),
+                );
                 held.compute_share_permille = Some(
                     held.compute_share_permille
                         .unwrap_or(0)
-                        .saturating_add(compute),
+                        .saturating_add(other.compute_permille),
                 );
             }
             let checks = [
@@ -572,47 +576,36 @@ impl Claims {
         Ok(())
     }
 
-    /// What every other prepared claim (than `tenant`'s) holds, device by device: GPU,
-    /// memory, compute permille. From its record; where that cannot be read (damaged, or
-    /// of another version of the driver), from its quota, which still holds its containers
-    /// (left out, it let claims beside it take the same share of the GPU again). An error
-    /// where the tenants cannot be listed, or a claim's record and quota both cannot be
-    /// read: then what the claims hold is unknown, and no claim is prepared.
-    fn held_by_others(&self, tenant: &TenantName) -> Result<Vec<(GpuUuid, u64, u32)>, String> {
-        let tenants = self
-            .ledger
-            .tenants()
-            .map_err(|e| format!("cannot list the ledger's tenants: {e}"))?;
+    /// What every other prepared claim (than `tenant`'s) holds, device by device. From its
+    /// record; where that cannot be read (damaged, or of another version of the driver),
+    /// from its quota, which still holds its containers (left out, it let claims beside it
+    /// take the same share of the GPU again). An error where the tenants cannot be listed,
+    /// or a claim's record and quota both cannot be read: then what the claims hold is
+    /// unknown, and no claim is prepared.
+    fn held_by_others(&self, tenant: &TenantName) -> Result<Vec<GpuHolding>, String> {
         let mut held = Vec::new();
-        for t in tenants
-            .iter()
-            .filter(|t| *t != tenant && t.as_str().starts_with(TENANT_PREFIX))
-        {
-            match read_record(&self.ledger, t) {
-                Ok(Some(record)) => held.extend(
-                    record
-                        .devices
-                        .iter()
-                        .filter_map(|d| Some((d.gpu()?, d.memory_bytes, d.compute_permille))),
-                ),
-                Ok(None) => {}
-                Err(problem) => {
-                    let Some(quota) = self.ledger.read_quota(t).ok().flatten() else {
-                        return Err(format!(
-                            "{problem}, and the quota of tenant {t} cannot be read either: \
-                             what that claim holds of the GPUs is unknown, so no claim is \
-                             prepared until it is put right or removed"
-                        ));
-                    };
+        for (t, holding) in holdings(&self.ledger)? {
+            if &t == tenant {
+                continue;
+            }
+            match holding {
+                Holding::Recorded(record) => held.extend(record.holdings()),
+                Holding::Unreadable {
+                    problem,
+                    by_quota: Some(by_quota),
+                } => {
                     tracing::warn!("{problem}; counting what its quota gives instead");
-                    held.extend(quota.quota().per_gpu.iter().map(|(gpu, limits)| {
-                        (
-                            *gpu,
-                            // Unlimited: the whole GPU.
-                            limits.memory_bytes.unwrap_or(u64::MAX),
-                            limits.compute_share_permille.unwrap_or(0),
-                        )
-                    }));
+                    held.extend(by_quota);
+                }
+                Holding::Unreadable {
+                    problem,
+                    by_quota: None,
+                } => {
+                    return Err(format!(
+                        "{problem}, and the quota of tenant {t} cannot be read either: what \
+                         that claim holds of the GPUs is unknown, so no claim is prepared \
+                         until it is put right or removed"
+                    ));
                 }
             }
         }
@@ -785,6 +778,89 @@ pub fn prepared(ledger: &Ledger, mut problem: impl FnMut(&str)) -> Vec<(TenantNa
             }
         })
         .collect()
+}
+
+/// What a prepared claim holds of one GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuHolding {
+    /// The GPU.
+    pub gpu: GpuUuid,
+    /// Memory, bytes (`u64::MAX`: the whole GPU, a quota without a memory limit).
+    pub memory_bytes: u64,
+    /// Compute share, permille of the GPU's time.
+    pub compute_permille: u32,
+}
+
+impl Record {
+    /// What the claim holds, device by device (a device whose GPU UUID does not parse
+    /// holds nothing the driver can count).
+    pub fn holdings(&self) -> impl Iterator<Item = GpuHolding> + '_ {
+        self.devices.iter().filter_map(|d| {
+            Some(GpuHolding {
+                gpu: d.gpu()?,
+                memory_bytes: d.memory_bytes,
+                compute_permille: d.compute_permille,
+            })
+        })
+    }
+}
+
+/// A prepared claim as the ledger shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holding {
+    /// Its record.
+    Recorded(Record),
+    /// Its record is there but cannot be read (damaged, or of another version of the
+    /// driver); its quota still holds its containers, so it is counted by what that gives,
+    /// GPU by GPU: `by_quota`, `None` where the quota cannot be read either.
+    Unreadable {
+        /// What is wrong with the record.
+        problem: String,
+        /// What the claim's quota gives, GPU by GPU.
+        by_quota: Option<Vec<GpuHolding>>,
+    },
+}
+
+/// Every prepared claim in `ledger` (every tenant of the driver's with a record, readable
+/// or not) and what it holds: what the capacity check counts, and the metrics with it. An
+/// error where the tenants cannot be listed.
+pub fn holdings(ledger: &Ledger) -> Result<Vec<(TenantName, Holding)>, String> {
+    let tenants = ledger
+        .tenants()
+        .map_err(|e| format!("cannot list the ledger's tenants: {e}"))?;
+    Ok(tenants
+        .into_iter()
+        .filter(|t| t.as_str().starts_with(TENANT_PREFIX))
+        .filter_map(|t| {
+            let holding = match read_record(ledger, &t) {
+                Ok(Some(record)) => Holding::Recorded(record),
+                Ok(None) => return None,
+                Err(problem) => Holding::Unreadable {
+                    problem,
+                    by_quota: held_by_quota(ledger, &t),
+                },
+            };
+            Some((t, holding))
+        })
+        .collect())
+}
+
+/// What tenant `t`'s quota gives, GPU by GPU (memory `u64::MAX` where it has no memory
+/// limit: the whole GPU); `None` if it cannot be read.
+fn held_by_quota(ledger: &Ledger, t: &TenantName) -> Option<Vec<GpuHolding>> {
+    let quota = ledger.read_quota(t).ok().flatten()?;
+    Some(
+        quota
+            .quota()
+            .per_gpu
+            .iter()
+            .map(|(gpu, limits)| GpuHolding {
+                gpu: *gpu,
+                memory_bytes: limits.memory_bytes.unwrap_or(u64::MAX),
+                compute_permille: limits.compute_share_permille.unwrap_or(0),
+            })
+            .collect(),
+    )
 }
 
 /// Tenant `t`'s record; `None` when it has none.
