@@ -399,7 +399,16 @@ mod tests {
         let waiter = waiter(&gates, &usage, gpu);
         until_waiting(gate);
         let seen_waiting = monotonic_ns();
-        assert_eq!(gates.bell().rung(), 1, "the first waiter rings the watcher");
+        // The waiter counts itself waiting before it rings: wait for the ring, not past it.
+        assert!(
+            gates.bell().sleep(0, Duration::from_secs(10)),
+            "the first waiter rings the watcher"
+        );
+        assert_eq!(
+            gates.bell().rung(),
+            1,
+            "the first waiter rings the watcher once"
+        );
         let opened = monotonic_ns();
         gate.set(true, UNBOUNDED);
         let went = waiter.join().unwrap();
