@@ -28,6 +28,7 @@ use std::time::Duration;
 use gpuslice_ledger::{Activity, ComputeSettings, TenantName};
 
 use crate::gate::UNBOUNDED;
+use crate::policy::arrivals::{Arrivals, Room};
 use crate::policy::compute::Credit;
 use crate::policy::gpu_time::{Charge, TickUse};
 use crate::policy::launch_time::{LaunchTime, TickWork};
@@ -82,7 +83,9 @@ pub enum NextTick {
     Normal,
     /// After `FAST_TICK`: the process yields to a high-priority tenant (the sooner it sees
     /// one of its few launches in flight finish, the less the GPU idles between them), or
-    /// is high-priority beside others (who hold back while its work is in flight). Only
+    /// is high-priority beside others that have work in flight or waiting (they hold back
+    /// while its work is in flight, and learn when its work comes from the times it
+    /// publishes, `policy::arrivals`: a tick is their resolution). Only
     /// there: between tenants of the same priority, a process ticking faster than the
     /// others would see their published state relatively later, and be charged less for
     /// time they shared (on the H100, shares 25/75 came out 28/65 with fast ticks while
@@ -98,10 +101,15 @@ pub enum NextTick {
 impl NextTick {
     /// How long the watcher sleeps before it.
     pub fn duration(self) -> Duration {
+        Duration::from_nanos(self.duration_ns())
+    }
+
+    /// The same, in nanoseconds.
+    pub const fn duration_ns(self) -> u64 {
         match self {
-            NextTick::Normal => Duration::from_micros(500),
-            NextTick::Fast => Duration::from_micros(50),
-            NextTick::Held => Duration::from_micros(10),
+            NextTick::Normal => 500_000,
+            NextTick::Fast => 50_000,
+            NextTick::Held => 10_000,
         }
     }
 }
@@ -260,6 +268,8 @@ pub struct Controller {
     launch_time: LaunchTime,
     /// What it may queue beyond the bound beside a high-priority tenant, to keep its share.
     relief: Relief,
+    /// When a high-priority tenant's next burst of work is due, where they come regularly.
+    arrivals: Arrivals,
     /// This process's GPU time as of the last tick it followed (`None` before the first,
     /// and after ticks it skipped).
     consumed: Option<u64>,
@@ -295,6 +305,7 @@ impl Controller {
             finished: 0,
             launch_time: LaunchTime::default(),
             relief: Relief::default(),
+            arrivals: Arrivals::default(),
             consumed: None,
             progress_at_ns: 0,
             charge: Charge::default(),
@@ -366,7 +377,8 @@ impl Controller {
             held: gate.in_flight_cap != UNBOUNDED
                 && (gate.waiters || gate.waited_at_ns >= now.saturating_sub(elapsed)),
         });
-        if poll.finished != self.finished || (poll.busy && !self.busy) {
+        let progressed = poll.finished != self.finished;
+        if progressed || (poll.busy && !self.busy) {
             self.progress_at_ns = now;
         }
         self.finished = poll.finished;
@@ -401,7 +413,10 @@ impl Controller {
         let waited = gate.waited_at_ns;
         let backlogged = (waited != 0 && now.saturating_sub(waited) <= BACKLOG_NS)
             || (poll.busy && now.saturating_sub(self.busy_since_ns) >= BACKLOG_NS);
-        if poll.busy || backlogged {
+        // Launches seen finished count too: a high-priority tenant's short request may
+        // start and end between two polls, and the tenants yielding to it learn when its
+        // requests come from this time (`policy::arrivals`).
+        if poll.busy || backlogged || progressed {
             self.last_active_ns = now;
         }
         let wanting = own_processes_wanting_more(tenants, &self.tenant, now).max(1);
@@ -496,7 +511,21 @@ impl Controller {
                 .rivals
                 .iter()
                 .any(|r| r.high && r.in_flight && r.long_queue);
-            YIELD.in_flight(self.launch_time.per_launch_ns(), &self.relief, high_running)
+            let high_in_flight = standing.rivals.iter().any(|r| r.high && r.in_flight);
+            let per_launch = self.launch_time.per_launch_ns();
+            self.arrivals.observe(standing.high_seen_at_ns);
+            // What it may keep in flight whatever is due: what it is owed beyond the bound.
+            let owed_cap = YIELD.in_flight(per_launch, &self.relief, true);
+            // The next tick comes about as long after this one as this one after the last.
+            let tick_ns = elapsed.max(NextTick::Fast.duration_ns());
+            match self.arrivals.room(now, tick_ns, per_launch, high_in_flight) {
+                Room::Free => YIELD.in_flight(per_launch, &self.relief, high_running),
+                Room::Hold => owed_cap,
+                Room::Launches(most) => YIELD
+                    .in_flight(per_launch, &self.relief, high_running)
+                    .min(most)
+                    .max(owed_cap),
+            }
         } else {
             self.relief = Relief::default();
             UNBOUNDED
@@ -515,7 +544,7 @@ impl Controller {
         let next_tick = if held {
             NextTick::Held
         } else if standing.yield_to_high
-            || (standing.high && standing.rivals.iter().any(|r| r.in_flight))
+            || (standing.high && standing.rivals.iter().any(|r| r.in_flight || r.backlogged))
         {
             NextTick::Fast
         } else {

@@ -1,5 +1,6 @@
 //! Policies: what a tenant may do, decided from its quota and the ledger. No CUDA here.
 
+pub mod arrivals;
 pub mod compute;
 pub mod controller;
 pub mod driver_memory;

@@ -85,6 +85,9 @@ pub struct Standing {
     /// The fraction of the GPU guaranteed to it while it wants it (its share when every
     /// active tenant wants all it may get).
     pub guaranteed: f64,
+    /// The latest time a process of another high-priority tenant was published active
+    /// (0: none is): what `policy::arrivals` learns their bursts of work from.
+    pub high_seen_at_ns: u64,
 }
 
 /// Each tenant's rate of use of one GPU, as one process measures it from the GPU time the
@@ -133,6 +136,7 @@ pub fn standing(
     let mut demands = Vec::with_capacity(tenants.len());
     let mut own_index = None;
     let mut high_active_elsewhere = false;
+    let mut high_seen_at_ns = 0;
     let mut rivals = Vec::with_capacity(tenants.len());
     for tenant in tenants {
         let is_own = tenant.name == *own;
@@ -157,6 +161,12 @@ pub fn standing(
             own_index = Some(demands.len());
         } else {
             high_active_elsewhere |= active && high;
+            if high {
+                high_seen_at_ns = tenant
+                    .seen_within(now, ACTIVE_NS)
+                    .map(|s| s.activity.at_ns)
+                    .fold(high_seen_at_ns, u64::max);
+            }
             let fresh = || tenant.seen_within(now, FRESH_NS).map(|s| s.activity);
             rivals.push(Contender {
                 in_flight: fresh().any(|a| a.in_flight),
@@ -191,6 +201,7 @@ pub fn standing(
         high,
         rivals,
         guaranteed,
+        high_seen_at_ns,
     }
 }
 

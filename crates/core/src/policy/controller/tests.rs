@@ -298,6 +298,9 @@ fn yielding_to_a_high_priority_tenant_bounds_the_launches_in_flight() {
         (n, h, None, "", true, 2, true, Held),
         // High itself beside a busy tenant: unbounded, and it ticks fast.
         (h, n, None, "i", false, u, true, Fast),
+        // Or beside one whose launches wait: it learns when the high tenant's work comes
+        // from the times it publishes (`policy::arrivals`).
+        (h, n, None, "b", false, u, true, Fast),
         // A tenant whose quota does not give it high priority is not yielded to.
         (n, h, Some(n), "i", false, u, true, Normal),
         // No high tenant active: nothing to yield to.
@@ -343,6 +346,71 @@ fn yielding_to_a_high_priority_tenant_bounds_the_launches_in_flight() {
         caps.push(decision.in_flight_cap);
     }
     assert_eq!(caps, [1, 2, 4], "none measured, at most 50 µs, 25 µs");
+}
+
+/// A tenant of 200 µs kernels beside a high-priority tenant whose short bursts come every
+/// 2 ms: until it has seen four regular gaps it fills the GPU beside them as beside any
+/// short work; from then on it starts nothing that would run when the next is due, nor
+/// beside it, and goes on once it is over.
+#[test]
+fn a_tenant_starts_nothing_that_would_run_when_a_regular_high_priority_burst_is_due() {
+    const FAST: u64 = 50_000;
+    let (high, normal) = (
+        settings(None, None, Some(Priority::High)),
+        ComputeSettings::default(),
+    );
+    let mut controller = Controller::new(name("own"));
+    // The high tenant's bursts: 50 µs each, 2 ms apart, published at both ends.
+    let published = |now: u64| {
+        let since = now - T0;
+        let start = T0 + since / (2 * MS) * 2 * MS;
+        let activity = if now < start + FAST {
+            seen(start, "i")
+        } else {
+            seen(start + FAST, "")
+        };
+        [
+            tenant("own", normal, MS, &[(0, Activity::default())]),
+            tenant("other", high, MS, &[(0, activity)]),
+        ]
+    };
+    let mut decisions = Vec::new();
+    for k in 0..240 {
+        let now = T0 + k * FAST;
+        // One launch of its own in flight throughout, one finished every 200 µs, except
+        // at the ticks where the test looks at an empty queue.
+        let busy = k == 0 || now % (2 * MS) != 0;
+        let observation = Observation {
+            elapsed_ns: FAST,
+            poll: Poll {
+                unfinished: u64::from(busy),
+                ..observed(now, busy, k / 4, Some(0)).poll
+            },
+            ..observed(now, busy, k / 4, Some(0))
+        };
+        let (_, decision) = tick(&mut controller, &observation, &published(now), plenty(0));
+        decisions.push((now - T0, decision.open, decision.in_flight_cap));
+    }
+    let at = |us: u64| {
+        decisions
+            .iter()
+            .find(|d| d.0 == us * 1_000)
+            .map(|d| (d.1, d.2))
+            .unwrap()
+    };
+    // Three gaps seen: a burst in flight is short work, filled beside.
+    assert_eq!(at(6_000), (true, 1), "at 6 ms");
+    // Four: the next burst is due at 10 ms.
+    assert_eq!(at(9_000), (true, 1), "at 9 ms, room for more than one");
+    assert_eq!(at(10_000), (false, 1), "at 10 ms, the burst in flight");
+    // Over: it goes on.
+    assert_eq!(at(10_100), (true, 1), "at 10.1 ms");
+    // Between 9.65 and 10 ms nothing new may start: the one in flight is all it keeps.
+    for &(t, open, cap) in &decisions {
+        if (9_650_000..10_000_000).contains(&t) {
+            assert!(cap <= 1, "at {t} ns: {open} {cap}");
+        }
+    }
 }
 
 /// A tenant of 200 µs kernels guaranteed 70% beside an active high-priority tenant
