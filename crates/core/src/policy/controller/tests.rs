@@ -379,7 +379,7 @@ fn a_tenant_starts_nothing_that_would_run_when_a_regular_high_priority_burst_is_
         let now = T0 + k * FAST;
         // One launch of its own in flight throughout, one finished every 200 µs, except
         // at the ticks where the test looks at an empty queue.
-        let busy = k == 0 || now % (2 * MS) != 0;
+        let busy = k == 0 || !now.is_multiple_of(2 * MS);
         let observation = Observation {
             elapsed_ns: FAST,
             poll: Poll {
