@@ -10,7 +10,8 @@
 //!                                 kernels of D ns for MS milliseconds, idle for a while in
 //!                                 the middle if asked
 //! spin --for MS --requests-every P [--ns D] [--launches K [--gap-us G]]
-//!                                 requests for MS milliseconds, P milliseconds apart: K
+//!                                 requests for MS milliseconds, P milliseconds apart (or
+//!                                 LO-HI: a pause drawn at random, uniform, each time): K
 //!                                 kernels of D ns (default 1), each followed by G µs of
 //!                                 host work (a busy wait, as a framework's Python between
 //!                                 two launches: K short kernels with a gap longer than
@@ -74,7 +75,7 @@ const USAGE: &str = "usage: spin [--kernels N] [--ns D] | spin --noop N | \
                      spin --for MS [--ns D] [--streams K | --legacy | --per-thread] \
                      [--depth K [--mix S:E] | --sync-every N [--pause-us U] | --graph N [--pause-us U]] \
                      [--idle-after MS --idle-for MS] | \
-                     spin --for MS --requests-every P [--ns D] [--launches K [--gap-us G]]";
+                     spin --for MS --requests-every P|LO-HI [--ns D] [--launches K [--gap-us G]]";
 
 enum Mode {
     Spin { kernels: u64, ns: u64 },
@@ -102,8 +103,8 @@ struct Requests {
     millis: u64,
     /// Each kernel's length.
     ns: u64,
-    /// The pause after each request.
-    every_ms: u64,
+    /// The pause after each request, milliseconds: drawn from this range, uniform.
+    every_ms: (u64, u64),
     /// Kernels per request.
     launches: u64,
     /// Host work after each launch.
@@ -323,6 +324,7 @@ fn run(mode: Mode) -> Result<(), String> {
         }
         Mode::Load(load) => run_load(&ctx, &streams, &launcher, &load)?,
         Mode::Requests(requests) => {
+            let mut random = XorShift::seeded();
             let start = Instant::now();
             let mut latencies = Vec::new();
             while start.elapsed().as_millis() < u128::from(requests.millis) {
@@ -338,7 +340,9 @@ fn run(mode: Mode) -> Result<(), String> {
                 let latency = answered.saturating_sub(sent);
                 println!("request at_ns={answered} latency_ns={latency}");
                 latencies.push(latency);
-                std::thread::sleep(Duration::from_millis(requests.every_ms));
+                let (low, high) = requests.every_ms;
+                let pause_us = low * 1_000 + random.below((high - low) * 1_000 + 1);
+                std::thread::sleep(Duration::from_micros(pause_us));
             }
             latencies.sort_unstable();
             let at = |percent: usize| {
@@ -581,7 +585,7 @@ fn parse_args() -> Result<Mode, String> {
             "--launches" => launches = Some(count("--launches", argv.next())?),
             "--gap-us" => gap_us = Some(number("--gap-us", argv.next())?),
             "--requests-every" => {
-                every_ms = Some(number("--requests-every", argv.next())?);
+                every_ms = Some(range_ms("--requests-every", argv.next())?);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -647,6 +651,41 @@ fn parse_args() -> Result<Mode, String> {
 }
 
 /// `--mix SHORT_NS:EVERY`.
+/// `P` or `LO-HI` (milliseconds, LO no more than HI).
+fn range_ms(flag: &str, value: Option<String>) -> Result<(u64, u64), String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+    let Some((low, high)) = value.split_once('-') else {
+        let every = number(flag, Some(value))?;
+        return Ok((every, every));
+    };
+    let (low, high) = (
+        number(flag, Some(low.to_string()))?,
+        number(flag, Some(high.to_string()))?,
+    );
+    if low > high {
+        return Err(format!("{flag} {value:?}: LO is more than HI\n{USAGE}"));
+    }
+    Ok((low, high))
+}
+
+/// A small pseudo-random generator for pauses that no one can anticipate (xorshift64*):
+/// a dependency would be more than this test program needs.
+struct XorShift(u64);
+
+impl XorShift {
+    fn seeded() -> XorShift {
+        XorShift(monotonic_ns() ^ (u64::from(std::process::id()) << 32) | 1)
+    }
+
+    /// A number below `bound` (at least 1), nearly uniform.
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1)
+    }
+}
+
 fn mix_of(value: Option<String>) -> Result<(u64, u64), String> {
     let value = value.ok_or("--mix needs SHORT_NS:EVERY")?;
     let (short, every) = value

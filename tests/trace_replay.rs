@@ -89,3 +89,40 @@ fn a_neighbour_yielding_to_a_high_priority_tenant_replays() {
     assert!(ticks_with("priority-high", "next_tick", |t| t == "f") >= 50);
     assert!(ticks_with("priority-high", "step", |s| s == "q") >= 1);
 }
+
+/// A low tenant beside a high-priority tenant's regular requests: its gate closes while no
+/// work of the high tenant is in flight (the next request is due), which only anticipation
+/// does.
+#[test]
+fn a_neighbour_anticipating_regular_requests_replays() {
+    replays("priority-regular-low", 200, 20);
+    let tenants = COLUMNS
+        .split_whitespace()
+        .position(|c| c == "tenants")
+        .unwrap();
+    let open = COLUMNS
+        .split_whitespace()
+        .position(|c| c == "open")
+        .unwrap();
+    let text = std::fs::read_to_string(traces_dir().join("priority-regular-low.trace")).unwrap();
+    let anticipated = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|c| c.get(open) == Some(&"0"))
+        .filter(|c| {
+            // The high tenant's record: `high,...:<flags>@<ago>`, no `i` (in flight).
+            c.get(tenants).is_some_and(|t| {
+                t.split(';').filter(|r| r.starts_with("high,")).any(|r| {
+                    r.rsplit(':')
+                        .next()
+                        .is_some_and(|f| !f.split('@').next().unwrap_or("").contains('i'))
+                })
+            })
+        })
+        .count();
+    assert!(
+        anticipated >= 10,
+        "the gate closed before a request only {anticipated} times"
+    );
+}

@@ -68,4 +68,16 @@ GPUSLICE_PRIORITY=high traced priority high priority-high \
 first=$!
 traced priority low priority-low --for "$((run_ms / 2))" --ns 200000 --depth 8
 wait "$first"
+# A high-priority tenant's requests (1 ms, then a pause of 8 ms) beside a low neighbour of
+# 0.5 ms kernels (traced): once the gaps between requests are regular, the neighbour holds
+# its launches before each request is due (`policy::arrivals`).
+node regular
+rm -f "$here/priority-regular-low.trace"
+env LD_LIBRARY_PATH="$nodes/regular/lib" FAKECUDA_STATE_DIR="$nodes/regular/gpu" \
+  FAKECUDA_DEVICES=80Gi GPUSLICE_DIR="$nodes/regular/ledger" LD_PRELOAD="$shim" \
+  GPUSLICE_TENANT=high GPUSLICE_PRIORITY=high \
+  "$spin" --for 130 --requests-every 8 --ns 1000000 >/dev/null &
+first=$!
+GPUSLICE_PRIORITY=low traced regular low priority-regular-low --for 150 --ns 500000 --depth 8
+wait "$first"
 wc -lc "$here"/*.trace >&2
