@@ -16,7 +16,11 @@
  *                           bursts a batch). This is the cost a launch hook adds to.
  *   spin10us_per_kernel_ns  gpuslice_spin of NS ns (10000) N times a batch (2000), then
  *                           cuCtxSynchronize: ns per kernel; NS plus the gap between kernels
- * The last line is `alloc_free_pair_ns=<x> launch_ns=<y> spin10us_per_kernel_ns=<z>`; the
+ *   launch_sync_ns          one noop launch then cuCtxSynchronize, N / 20 times a batch: a
+ *                           synchronous loop of tiny kernels, where the launch, the wait and
+ *                           whatever else the shim does beside them (its watcher's polls)
+ *                           all count
+ * The last line is `alloc_free_pair_ns=<x> launch_ns=<y> ... launch_sync_ns=<w>`; the
  * lines before it give the batches and what cuMemGetInfo reported (the quota, under the shim).
  */
 #define _GNU_SOURCE
@@ -143,6 +147,16 @@ static void launches(CUfunction f, long n, void **params) {
   check(p_cuCtxSynchronize(), "cuCtxSynchronize");
 }
 
+/* One launch and a synchronization, n times: ns per round. */
+static double launch_sync(CUfunction f, long n) {
+  double start = now_ns();
+  for (long i = 0; i < n; i++) {
+    check(p_cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL), "cuLaunchKernel");
+    check(p_cuCtxSynchronize(), "cuCtxSynchronize");
+  }
+  return (now_ns() - start) / (double)n;
+}
+
 /* CPU time per cuLaunchKernel call, in bursts short enough never to fill the launch queue. */
 static double launch_enqueue(CUfunction f, long bursts) {
   enum { BURST = 256 };
@@ -219,7 +233,7 @@ int main(int argc, char **argv) {
   launches(spin, 100, spin_params);
 
   double pair_ns[MAX_BATCHES], launch_ns[MAX_BATCHES], enqueue_ns[MAX_BATCHES],
-      spin_each_ns[MAX_BATCHES];
+      spin_each_ns[MAX_BATCHES], sync_ns[MAX_BATCHES];
   for (int b = 0; b < batches; b++) {
     double start = now_ns();
     alloc_free_pairs(pairs);
@@ -237,15 +251,20 @@ int main(int argc, char **argv) {
     spin_each_ns[b] = (now_ns() - start) / (double)spins;
   }
 
+  for (int b = 0; b < batches; b++) sync_ns[b] = launch_sync(noop, noops / 20 + 1);
+
   print_batches("alloc_free_pair_ns", pair_ns, (int)batches);
   print_batches("launch_ns", launch_ns, (int)batches);
   print_batches("launch_enqueue_ns", enqueue_ns, (int)batches);
   print_batches("spin10us_per_kernel_ns", spin_each_ns, (int)batches);
+  print_batches("launch_sync_ns", sync_ns, (int)batches);
   printf("settings pairs=%ld launches=%ld spins=%ld spin_ns=%llu batches=%ld\n", pairs, noops,
          spins, (unsigned long long)spin_ns, batches);
-  printf("alloc_free_pair_ns=%.1f launch_ns=%.1f launch_enqueue_ns=%.1f spin10us_per_kernel_ns=%.1f\n",
+  printf("alloc_free_pair_ns=%.1f launch_ns=%.1f launch_enqueue_ns=%.1f spin10us_per_kernel_ns=%.1f "
+         "launch_sync_ns=%.1f\n",
          median(pair_ns, (int)batches), median(launch_ns, (int)batches),
-         median(enqueue_ns, (int)batches), median(spin_each_ns, (int)batches));
+         median(enqueue_ns, (int)batches), median(spin_each_ns, (int)batches),
+         median(sync_ns, (int)batches));
   free(ptx);
   return 0;
 }
