@@ -303,7 +303,9 @@ struct gpuslice_slot_gpu {
                                GPU; bit 59: its queued work takes more than 1 ms to finish
                                (a high-priority process's: more than 100 us)
                                (see docs/architecture.md); bits 0-58: CLOCK_MONOTONIC ns it
-                               last had work in flight or waited for credit (atomic) */
+                               last had work in flight, saw launches finish or waited for
+                               credit; others learn when a high-priority process's regular
+                               work comes from it (atomic) */
     uint64_t compute;       /* the compute settings the process enforces on this GPU: bit 63
                                published; bits 0-15 share permille, 16-31 limit permille,
                                32-39 priority (GPUSLICE_PRIORITY_*); 0 = unset (atomic).

@@ -153,7 +153,9 @@ pub struct Activity {
     /// process's, longer than the others may keep queued beside it (they start nothing
     /// beside a long one).
     pub long_queue: bool,
-    /// When it was seen so (`CLOCK_MONOTONIC`, nanoseconds); 0 never.
+    /// When it was last seen active (`CLOCK_MONOTONIC`, nanoseconds: work in flight,
+    /// launches seen finished, or wanting more); 0 never. Tenants yielding to a
+    /// high-priority one learn when its regular work comes from it (`policy::arrivals`).
     pub at_ns: u64,
 }
 
