@@ -32,6 +32,10 @@
 #        PYTHON       the Python with torch and transformers (default python3)
 #        NVCC         the CUDA compiler (default nvcc)
 #        SHAPES_DEVICE  cuda (default); cpu only for a dry run without a GPU
+#        BASELINE_DIST  another build's dist/ (only libgpuslice.so and spin.ptx are needed):
+#                     the "bare" process of each pair runs under that build instead, with
+#                     the same settings, so the ratio is this build's cost against that
+#                     one's (is a change no worse?) rather than against no shim
 set -uo pipefail
 
 : "${OUT:?set OUT to a folder for the logs}"
@@ -45,6 +49,10 @@ clear_gpuslice_env
 
 dist=$(require_dist "${1:-dist}") || exit 1
 shim=$dist/libgpuslice.so
+baseline=""
+if [ -n "${BASELINE_DIST:-}" ]; then
+  baseline=$(require_dist "$BASELINE_DIST") || exit 1
+fi
 py=${PYTHON:-python3}
 pairs=${PAIRS:-10}
 require_int PAIRS "$pairs"
@@ -80,7 +88,7 @@ failures=()
 
 wants() { [[ " $only " == *" $1 "* || " $only " == *" $2 "* ]]; }
 
-say "bench-overhead: dist $dist, $pairs pairs ($hf_pairs of hf), ONLY='$only'"
+say "bench-overhead: dist $dist, $pairs pairs ($hf_pairs of hf), ONLY='$only'${baseline:+, against $baseline instead of bare}"
 warn_if_gpu_busy
 
 # --- the programs ----------------------------------------------------------------------
@@ -120,7 +128,8 @@ fi
 say "programs built; cases: ${cases[*]}"
 
 write_info "$out/info.txt" "$dist" "$py" "pairs=$pairs" "hf_pairs=$hf_pairs" \
-  "bench_args=${bench_args[*]}" "launches=$launches" "hf_requests=$hf_requests" "device=$device"
+  "bench_args=${bench_args[*]}" "launches=$launches" "hf_requests=$hf_requests" "device=$device" \
+  ${baseline:+"baseline=$(tr '\n' ' ' <"$baseline/BUILD-INFO" 2>/dev/null | sed 's/commit=\([0-9a-f]*\).*/\1/')"}
 
 # command_of CASE: the program and its arguments.
 command_of() {
@@ -145,10 +154,12 @@ run_one() {
   local case=$1 mode=$2 pair=$3
   local name=$case-$mode-$pair
   local -a launcher=(env -u LD_PRELOAD)
-  if [ "$mode" = shim ]; then
+  local preload=$shim
+  [ "$mode" = bare ] && preload=${baseline:+$baseline/libgpuslice.so}
+  if [ -n "$preload" ]; then
     local ledger
     ledger=$(mktemp -d "$work/ledger.XXXXXX")
-    launcher=(env LD_PRELOAD="$shim" GPUSLICE_DIR="$ledger" GPUSLICE_TENANT=overhead)
+    launcher=(env LD_PRELOAD="$preload" GPUSLICE_DIR="$ledger" GPUSLICE_TENANT=overhead)
     case $case in *-share50) launcher+=(GPUSLICE_COMPUTE_SHARE=50) ;; esac
   fi
   local -a command
@@ -158,7 +169,7 @@ run_one() {
   local rc=$? metrics
   metrics=$(metrics_of "$case" "$out/runs/$name.out")
   # ld.so only warns when a preload cannot be loaded; the run would then measure nothing.
-  if [ "$mode" = shim ] && grep -q 'cannot be preloaded' "$out/runs/$name.err"; then
+  if [ -n "$preload" ] && grep -q 'cannot be preloaded' "$out/runs/$name.err"; then
     rc=99
   fi
   if [ "$rc" -ne 0 ] || [ -z "$metrics" ]; then

@@ -794,7 +794,12 @@ def main(argv=None):
         if "priority" in parts:
             lines += priority_markdown(parts["priority"], images)
     if "overhead" in parts:
-        lines += header(read_kv(os.path.join(overhead_dir, "info.txt")), "bench-overhead.sh")
+        overhead_info = read_kv(os.path.join(overhead_dir, "info.txt"))
+        lines += header(overhead_info, "bench-overhead.sh")
+        if overhead_info.get("baseline"):
+            lines += [f"**Against the shim at {overhead_info['baseline'][:7]}, not bare**: "
+                      "each pair's \"bare\" process ran under that build (BASELINE_DIST) with "
+                      "the same settings, so a ratio is this build's cost against that one's.", ""]
         lines += overhead_markdown(parts["overhead"])
     text = "\n".join(collapse_blank(lines)).rstrip() + "\n"
     if args.md:
