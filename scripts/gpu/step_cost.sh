@@ -5,8 +5,13 @@
 # stream table), and as a tenant limited to LIMIT% (on a loop that uses less than that, so
 # the limit itself never holds it back). The configurations alternate, ROUNDS times.
 #
+# With DIAG_DIST, a build of branch diag-step (never merged: its watcher reads GSDIAG), the
+# tenant also runs under it with parts of its watcher switched off: nopoll (the watcher
+# calls no CUDA function), nosample (no launch is timed), nolegacy (the legacy stream is
+# not queried).
+#
 # usage: OUT=/some/dir bash scripts/gpu/step_cost.sh DIST_DIR     (on the GPU machine)
-# env:   OUT, ROUNDS (2), SECONDS_EACH (3), LIMIT (30), PYTHON (python3)
+# env:   OUT, ROUNDS (2), SECONDS_EACH (3), LIMIT (30), PYTHON (python3), DIAG_DIST
 # Writes $OUT/step_cost.log: one line per run, `loop=<l> config=<c> round=<r> <metrics>`,
 # and prints the medians per loop and configuration.
 set -uo pipefail
@@ -15,6 +20,12 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=scripts/gpu/bench_common.sh
 . "$ROOT/scripts/gpu/bench_common.sh"
 dist=$(require_dist "${1:?usage: step_cost.sh DIST_DIR}") || exit 1
+configs="bare pass tenant limit"
+diag=""
+if [ -n "${DIAG_DIST:-}" ]; then
+  diag=$(require_dist "$DIAG_DIST") || exit 1
+  configs="$configs diag-nopoll diag-nosample diag-nolegacy"
+fi
 rounds=${ROUNDS:-2} each=${SECONDS_EACH:-3} limit=${LIMIT:-30} py=${PYTHON:-python3}
 require_int ROUNDS "$rounds"
 require_int SECONDS_EACH "$each"
@@ -34,12 +45,13 @@ launcher() {
     pass) echo "env LD_PRELOAD=$dist/libgpuslice.so" ;;
     tenant) echo "env LD_PRELOAD=$dist/libgpuslice.so GPUSLICE_DIR=$work/ledger GPUSLICE_TENANT=steps" ;;
     limit) echo "env LD_PRELOAD=$dist/libgpuslice.so GPUSLICE_DIR=$work/ledger GPUSLICE_TENANT=steps GPUSLICE_COMPUTE_LIMIT=$limit" ;;
+    diag-*) echo "env LD_PRELOAD=$diag/libgpuslice.so GPUSLICE_DIR=$work/ledger GPUSLICE_TENANT=steps GSDIAG=${1#diag-}" ;;
   esac
 }
 
 mkdir -p "$work/ledger"
 for round in $(seq 1 "$rounds"); do
-  for config in bare pass tenant limit; do
+  for config in $configs; do
     # shellcheck disable=SC2046
     line=$($(launcher "$config") "$py" "$ROOT/scripts/gpu/shapes.py" torch-loop --size 1024 \
       --sync-every 1 --seconds "$each" 2>"$work/err" | grep '^summary' | tail -n 1)
