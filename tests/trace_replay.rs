@@ -3,6 +3,12 @@
 //! controller, which must decide exactly what was recorded at every tick. A change to the
 //! controller that changes a decision fails here, naming the trace, the line and the
 //! decision; if the change is meant, record the traces again (and say why in the commit).
+//!
+//! `tests/traces/h100-*.trace` were recorded on an H100, not by `record.sh`: the first
+//! ticks of processes of `scripts/bench-isolation.sh` run with `TRACE=1` (`head -n` of
+//! the watcher's trace, so that a fresh controller replays them from the start). A meant
+//! change to a decision they make can only be recorded again on a GPU
+//! (`scripts/gpu-session.sh` packs the traces); until then the commit says why they fail.
 
 use std::path::{Path, PathBuf};
 
@@ -125,4 +131,62 @@ fn a_neighbour_anticipating_regular_requests_replays() {
         anticipated >= 10,
         "the gate closed before a request only {anticipated} times"
     );
+}
+
+/// Traces recorded on an H100 (scripts/bench-isolation.sh with TRACE=1 at 177795f,
+/// 2026-12-07; the first ticks of each process, so that a fresh controller replays them):
+/// the controller decides on the real GPU's timings as it did there.
+mod h100 {
+    use super::*;
+
+    /// How many ticks of `name` have the gate closed while the tenant `high`'s record
+    /// shows no work in flight: holds only anticipation makes.
+    fn closed_before_a_request(name: &str) -> usize {
+        let column = |name: &str| COLUMNS.split_whitespace().position(|c| c == name).unwrap();
+        let (tenants, open) = (column("tenants"), column("open"));
+        std::fs::read_to_string(traces_dir().join(format!("{name}.trace")))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .filter(|c| c.get(open) == Some(&"0"))
+            .filter(|c| {
+                c.get(tenants).is_some_and(|t| {
+                    t.split(';').filter(|r| r.starts_with("high,")).any(|r| {
+                        r.rsplit(':')
+                            .next()
+                            .and_then(|f| f.split('@').next())
+                            .is_some_and(|flags| !flags.contains('i'))
+                    })
+                })
+            })
+            .count()
+    }
+
+    /// A 4096² loop yielding to a high-priority 2048² request every 2 ms: once the
+    /// requests' gaps are regular it holds before each is due.
+    #[test]
+    fn a_neighbour_anticipating_requests_on_the_h100_replays() {
+        replays("h100-requests-low", 2000, 100);
+        assert!(closed_before_a_request("h100-requests-low") >= 100);
+    }
+
+    /// A 1024² matmul and a synchronization each step, limited to 30% but using less: no
+    /// launch ever waits, and the gate is closed only at the first two ticks, before the
+    /// tenant's credit was first refilled.
+    #[test]
+    fn a_launch_bound_step_under_its_limit_on_the_h100_replays_never_held() {
+        replays("h100-step1024-limit30", 350, 0);
+        assert_eq!(
+            ticks_with("h100-step1024-limit30", "waiters", |v| v != "0"),
+            0
+        );
+        assert_eq!(ticks_with("h100-step1024-limit30", "open", |v| v == "0"), 2);
+    }
+
+    /// 4096² matmuls on two streams at once, limited to 30%: closed most of the time.
+    #[test]
+    fn two_streams_limited_on_the_h100_replay() {
+        replays("h100-streams4096-limit30", 350, 150);
+    }
 }
