@@ -97,7 +97,9 @@ Percentages are 0.1 to 100 with at most one decimal (30, 12.5, 30%), as the
 shim reads GPUSLICE_COMPUTE_SHARE and GPUSLICE_COMPUTE_LIMIT. The share is the
 part of the GPU's time the tenant is guaranteed while others want the GPU too;
 the limit caps it even on an idle GPU; a high priority makes other tenants
-keep little work queued while this one is active. They apply on every GPU
+keep little work queued while this one is active, and none when its work comes
+at regular intervals and the next is due (never below their own share). They
+apply on every GPU
 (--gpu places --memory only). Both are fractions of the GPU's time, the time
 its kernels run: what nvidia-smi's utilization and DCGM's GPU_UTIL report, not
 of its throughput (a GPU held to 30% of its time clocks higher than a
