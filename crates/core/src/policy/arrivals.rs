@@ -11,8 +11,10 @@
 //! know when the next request is due: it learns the idle gaps between the high tenant's
 //! bursts of work (from the time the high tenant's processes last published themselves
 //! active, `Activity::at_ns`), and once they are regular, starts nothing that would still
-//! run when the next burst is due, and nothing beside that burst once it has come; it goes
-//! on as soon as the burst is over, or once it has not come when it was due.
+//! run when the next burst is due, and, where the bursts are short (requests), nothing
+//! beside that burst once it has come; it goes on as soon as the burst is over, or once it
+//! has not come when it was due. Beside long bursts of short kernels (an inference
+//! server's generate) it fills the gaps between them as the bound lets it.
 //!
 //! What it costs the neighbour is the stretch before each burst that its kernels do not
 //! fit in, and the burst itself: where the gaps are too short to run anything in, or vary
@@ -49,8 +51,12 @@ pub struct Arrivals {
     /// How far apart the high tenant's ticks publish it within a burst, on average (0: not
     /// seen yet): how late its work may be published.
     tick_ns: u64,
-    /// The latest gaps, oldest overwritten first; `recorded` of them are known.
+    /// When the current burst was first seen.
+    burst_start_ns: u64,
+    /// The latest gaps, and the bursts before them (first to last time seen), oldest
+    /// overwritten first; `recorded` of them are known.
     gaps: [u64; GAPS],
+    bursts: [u64; GAPS],
     recorded: usize,
     next: usize,
 }
@@ -86,7 +92,10 @@ impl Arrivals {
         }
         let gap = seen_ns - self.last_seen_ns;
         if self.last_seen_ns == 0 || gap > MAX_GAP_NS {
-            *self = Arrivals::default();
+            *self = Arrivals {
+                burst_start_ns: seen_ns,
+                ..Arrivals::default()
+            };
         } else if gap < BURST_GAP_NS {
             self.tick_ns = if self.tick_ns == 0 {
                 gap
@@ -95,6 +104,8 @@ impl Arrivals {
             };
         } else {
             self.gaps[self.next] = gap;
+            self.bursts[self.next] = self.last_seen_ns - self.burst_start_ns;
+            self.burst_start_ns = seen_ns;
             self.next = (self.next + 1) % GAPS;
             self.recorded = (self.recorded + 1).min(GAPS);
         }
@@ -151,7 +162,15 @@ impl Arrivals {
             return Room::Free;
         }
         if high_in_flight {
-            return Room::Hold;
+            // Beside a short burst (a request) work started now would share the GPU with
+            // much of it; beside a long one of short kernels (an inference server's
+            // generate) the bound does as before: the tenant fills the gaps between them.
+            let longest_burst = self.bursts[..self.recorded].iter().copied().max();
+            return if longest_burst.is_some_and(|b| b <= 4 * (per_launch + margin)) {
+                Room::Hold
+            } else {
+                Room::Free
+            };
         }
         if now_ns > due.latest_ns.saturating_add(margin + shortest_gap / 8) {
             // It did not come when due (its start is published up to a margin late, and
@@ -180,6 +199,21 @@ mod tests {
         for k in 0..count {
             let start = first + k * period;
             arrivals.observe(start);
+            arrivals.observe(start + burst);
+        }
+        arrivals
+    }
+
+    /// The same, the high tenant published every 50 µs through each burst.
+    fn ticking(first: u64, period: u64, burst: u64, count: u64) -> Arrivals {
+        let mut arrivals = Arrivals::default();
+        for k in 0..count {
+            let start = first + k * period;
+            let mut t = start;
+            while t < start + burst {
+                arrivals.observe(t);
+                t += 50 * US;
+            }
             arrivals.observe(start + burst);
         }
         arrivals
@@ -304,7 +338,7 @@ mod tests {
             (2_400, Some(200), false, Room::Hold),
             // It did not come: the tenant goes on.
             (2_401, Some(200), false, Room::Free),
-            // Its burst in flight: nothing starts beside it.
+            // Its burst in flight (these are short): nothing starts beside it.
             (0, Some(200), true, Room::Hold),
             // Launches not measured yet, or too long to fit four in a gap: nothing is
             // anticipated.
@@ -354,6 +388,33 @@ mod tests {
         assert_eq!(
             slow.room(last + 6_201 * US, 100 * US, Some(500 * US), false),
             Room::Hold
+        );
+    }
+
+    /// Long bursts (200 ms of an inference server's generate, 2 ms apart): the tenant still
+    /// holds before each is due, but beside one it fills the gaps as the bound lets it.
+    #[test]
+    fn beside_a_long_burst_the_bound_applies() {
+        let arrivals = ticking(10 * MS, 202 * MS, 200 * MS, 6);
+        let last = arrivals.last_seen_ns;
+        assert_eq!(
+            arrivals.room(last + MS, 50 * US, Some(200 * US), true),
+            Room::Free
+        );
+        assert_eq!(
+            arrivals.room(last + 1_800 * US, 50 * US, Some(200 * US), false),
+            Room::Hold
+        );
+        // Bursts up to four launches and margins long count as short.
+        let short = ticking(10 * MS, 8 * MS, 1_400 * US, 6);
+        assert_eq!(
+            short.room(short.last_seen_ns + MS, 50 * US, Some(200 * US), true),
+            Room::Hold
+        );
+        let long = ticking(10 * MS, 8 * MS, 1_401 * US, 6);
+        assert_eq!(
+            long.room(long.last_seen_ns + MS, 50 * US, Some(200 * US), true),
+            Room::Free
         );
     }
 
