@@ -158,7 +158,9 @@ impl Arrivals {
         // neighbour would hold all the time, and the bound does better.
         let margin = self.margin_ns();
         let shortest_gap = due.earliest_ns - self.last_seen_ns;
-        if shortest_gap < 4 * (per_launch + margin) {
+        // A launch and a margin, four times: what counts as room, and as a short burst.
+        let four_launches = per_launch.saturating_add(margin).saturating_mul(4);
+        if shortest_gap < four_launches {
             return Room::Free;
         }
         if high_in_flight {
@@ -166,7 +168,7 @@ impl Arrivals {
             // much of it; beside a long one of short kernels (an inference server's
             // generate) the bound does as before: the tenant fills the gaps between them.
             let longest_burst = self.bursts[..self.recorded].iter().copied().max();
-            return if longest_burst.is_some_and(|b| b <= 4 * (per_launch + margin)) {
+            return if longest_burst.is_some_and(|b| b <= four_launches) {
                 Room::Hold
             } else {
                 Room::Free
