@@ -102,35 +102,36 @@ fn a_neighbour_yielding_to_a_high_priority_tenant_replays() {
 #[test]
 fn a_neighbour_anticipating_regular_requests_replays() {
     replays("priority-regular-low", 200, 20);
-    let tenants = COLUMNS
-        .split_whitespace()
-        .position(|c| c == "tenants")
-        .unwrap();
-    let open = COLUMNS
-        .split_whitespace()
-        .position(|c| c == "open")
-        .unwrap();
-    let text = std::fs::read_to_string(traces_dir().join("priority-regular-low.trace")).unwrap();
-    let anticipated = text
+    let anticipated = closed_before_a_request("priority-regular-low");
+    assert!(
+        anticipated >= 10,
+        "the gate closed before a request only {anticipated} times"
+    );
+}
+
+/// How many ticks of `name` have the gate closed while the tenant `high`'s record
+/// (`high,...:<flags>@<ago>`) shows no work in flight (no `i`): holds only anticipation
+/// makes.
+fn closed_before_a_request(name: &str) -> usize {
+    let column = |name: &str| COLUMNS.split_whitespace().position(|c| c == name).unwrap();
+    let (tenants, open) = (column("tenants"), column("open"));
+    std::fs::read_to_string(traces_dir().join(format!("{name}.trace")))
+        .unwrap()
         .lines()
         .filter(|l| !l.starts_with('#'))
         .map(|l| l.split(' ').collect::<Vec<_>>())
         .filter(|c| c.get(open) == Some(&"0"))
         .filter(|c| {
-            // The high tenant's record: `high,...:<flags>@<ago>`, no `i` (in flight).
             c.get(tenants).is_some_and(|t| {
                 t.split(';').filter(|r| r.starts_with("high,")).any(|r| {
                     r.rsplit(':')
                         .next()
-                        .is_some_and(|f| !f.split('@').next().unwrap_or("").contains('i'))
+                        .and_then(|f| f.split('@').next())
+                        .is_some_and(|flags| !flags.contains('i'))
                 })
             })
         })
-        .count();
-    assert!(
-        anticipated >= 10,
-        "the gate closed before a request only {anticipated} times"
-    );
+        .count()
 }
 
 /// Traces recorded on an H100 (scripts/bench-isolation.sh with TRACE=1 at 177795f,
@@ -138,30 +139,6 @@ fn a_neighbour_anticipating_regular_requests_replays() {
 /// the controller decides on the real GPU's timings as it did there.
 mod h100 {
     use super::*;
-
-    /// How many ticks of `name` have the gate closed while the tenant `high`'s record
-    /// shows no work in flight: holds only anticipation makes.
-    fn closed_before_a_request(name: &str) -> usize {
-        let column = |name: &str| COLUMNS.split_whitespace().position(|c| c == name).unwrap();
-        let (tenants, open) = (column("tenants"), column("open"));
-        std::fs::read_to_string(traces_dir().join(format!("{name}.trace")))
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| l.split(' ').collect::<Vec<_>>())
-            .filter(|c| c.get(open) == Some(&"0"))
-            .filter(|c| {
-                c.get(tenants).is_some_and(|t| {
-                    t.split(';').filter(|r| r.starts_with("high,")).any(|r| {
-                        r.rsplit(':')
-                            .next()
-                            .and_then(|f| f.split('@').next())
-                            .is_some_and(|flags| !flags.contains('i'))
-                    })
-                })
-            })
-            .count()
-    }
 
     /// A 4096² loop yielding to a high-priority 2048² request every 2 ms: once the
     /// requests' gaps are regular it holds before each is due.
