@@ -420,6 +420,29 @@ mod tests {
         );
     }
 
+    /// A high-priority tenant's processes write their own records: one that publishes a
+    /// time far ahead (a hostile one, or a clock gone wrong) starts the learning again and
+    /// makes the others hold nothing; the times after it, older, are not taken as bursts
+    /// until the clock has caught up.
+    #[test]
+    fn a_time_published_ahead_of_the_clock_holds_nothing() {
+        let mut arrivals = bursts(10 * MS, 2 * MS, 0, 8);
+        let now = arrivals.last_seen_ns + MS;
+        assert!(arrivals.next_due().is_some());
+        arrivals.observe(now + 3_600_000 * MS);
+        assert_eq!(arrivals.next_due(), None);
+        for k in 0..8 {
+            arrivals.observe(now + k * 2 * MS);
+        }
+        assert_eq!(arrivals.next_due(), None);
+        for k in 0..8 {
+            assert_eq!(
+                arrivals.room(now + k * 2 * MS, 50 * US, Some(200 * US), false),
+                Room::Free
+            );
+        }
+    }
+
     #[test]
     fn irregular_bursts_leave_the_room_free() {
         let mut arrivals = bursts(10 * MS, 2 * MS, 0, 3);
