@@ -2,16 +2,20 @@
 # What a synchronous loop of short work costs under the shim, and which part of the shim it
 # is: each loop runs bare, under the shim with no tenant (only the interposition: every
 # call passes through), as a tenant with no compute settings (the watcher, the gate, the
-# stream table), and as a tenant limited to LIMIT% (on a loop that uses less than that, so
-# the limit itself never holds it back). The configurations alternate, ROUNDS times.
+# stream table), as a tenant limited to LIMIT%, and limited to 100% (the limit's
+# bookkeeping, but a limit that never holds anything back). The configurations alternate,
+# ROUNDS times.
 #
 # With DIAG_DIST, a build of branch diag-step (never merged: its watcher reads GSDIAG), the
-# tenant also runs under it with parts of its watcher switched off: nopoll (the watcher
-# calls no CUDA function), nosample (no launch is timed), nolegacy (the legacy stream is
-# not queried).
+# tenant also runs under it limited to LIMIT% with one part of its watcher changed, one
+# run per word of DIAG (default "nosample samplenouse sample20 sample200"): nosample (no
+# launch is timed: the charge follows the polls), samplenouse (launches timed as usual,
+# what they measured thrown away), sample20 / sample200 (a launch timed every 20 / 200 ms
+# instead of 2), nolegacy (the legacy stream is not queried), nopoll (the watcher calls no
+# CUDA function: nothing is measured, the limit does not hold).
 #
 # usage: OUT=/some/dir bash scripts/gpu/step_cost.sh DIST_DIR     (on the GPU machine)
-# env:   OUT, ROUNDS (2), SECONDS_EACH (3), LIMIT (30), PYTHON (python3), DIAG_DIST
+# env:   OUT, ROUNDS (2), SECONDS_EACH (3), LIMIT (30), PYTHON (python3), DIAG_DIST, DIAG
 # Writes $OUT/step_cost.log: one line per run, `loop=<l> config=<c> round=<r> <metrics>`,
 # and prints the medians per loop and configuration.
 set -uo pipefail
@@ -20,11 +24,16 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=scripts/gpu/bench_common.sh
 . "$ROOT/scripts/gpu/bench_common.sh"
 dist=$(require_dist "${1:?usage: step_cost.sh DIST_DIR}") || exit 1
-configs="bare pass tenant limit"
+configs="bare pass tenant limit limit100"
 diag=""
 if [ -n "${DIAG_DIST:-}" ]; then
   diag=$(require_dist "$DIAG_DIST") || exit 1
-  configs="$configs diag-nopoll diag-nosample diag-nolegacy"
+  for word in ${DIAG:-nosample samplenouse sample20 sample200}; do
+    case $word in
+      nopoll | nosample | nolegacy | sample20 | sample200 | samplenouse) configs="$configs diag-$word" ;;
+      *) echo "step_cost.sh: DIAG: unknown switch '$word' (nopoll nosample nolegacy sample20 sample200 samplenouse)" >&2; exit 2 ;;
+    esac
+  done
 fi
 rounds=${ROUNDS:-2} each=${SECONDS_EACH:-3} limit=${LIMIT:-30} py=${PYTHON:-python3}
 require_int ROUNDS "$rounds"
@@ -45,7 +54,8 @@ launcher() {
     pass) echo "env LD_PRELOAD=$dist/libgpuslice.so" ;;
     tenant) echo "env LD_PRELOAD=$dist/libgpuslice.so GPUSLICE_DIR=$work/ledger GPUSLICE_TENANT=steps" ;;
     limit) echo "env LD_PRELOAD=$dist/libgpuslice.so GPUSLICE_DIR=$work/ledger GPUSLICE_TENANT=steps GPUSLICE_COMPUTE_LIMIT=$limit" ;;
-    diag-*) echo "env LD_PRELOAD=$diag/libgpuslice.so GPUSLICE_DIR=$work/ledger GPUSLICE_TENANT=steps GSDIAG=${1#diag-}" ;;
+    limit100) echo "env LD_PRELOAD=$dist/libgpuslice.so GPUSLICE_DIR=$work/ledger GPUSLICE_TENANT=steps GPUSLICE_COMPUTE_LIMIT=100" ;;
+    diag-*) echo "env LD_PRELOAD=$diag/libgpuslice.so GPUSLICE_DIR=$work/ledger GPUSLICE_TENANT=steps GPUSLICE_COMPUTE_LIMIT=$limit GSDIAG=${1#diag-}" ;;
   esac
 }
 
