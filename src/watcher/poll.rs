@@ -110,6 +110,8 @@ struct GpuPoll {
     unsaturated: bool,
     covered_ns: u64,
     covering: bool,
+    /// Some of the launches in `covered_ns` were of a stream whose launches differ widely.
+    covered_mixed: bool,
 }
 
 /// The polls of one process's streams.
@@ -146,6 +148,7 @@ impl Poller {
             covered_ns: gpu.covered_ns,
             covered_done: !gpu.covering,
             saturated: !gpu.unsaturated,
+            covered_mixed: gpu.covered_mixed,
         }
     }
 
@@ -160,6 +163,7 @@ impl Poller {
         gpu.unsaturated = false;
         gpu.covered_ns = 0;
         gpu.covering = false;
+        gpu.covered_mixed = false;
     }
 
     /// Polls every stream; returns, per GPU, whether the process has work in flight there.
@@ -449,7 +453,10 @@ fn count_finished(gpu: &mut GpuPoll, stream: &mut Tracked, finished: u64) {
             continue;
         }
         match stream.samples.time_of_kind(launches, kind) {
-            Some(ns) if kind == Covered::Yes => gpu.covered_ns = gpu.covered_ns.saturating_add(ns),
+            Some(ns) if kind == Covered::Yes => {
+                gpu.covered_ns = gpu.covered_ns.saturating_add(ns);
+                gpu.covered_mixed |= stream.samples.mixed();
+            }
             Some(ns) => gpu.counted_ns = gpu.counted_ns.saturating_add(ns),
             None => gpu.uncounted = true,
         }

@@ -39,8 +39,9 @@ pub const FORMAT: &str = "v3";
 /// - `gpu`: the GPU's index in the tenant's usage file; `elapsed_ns`: since the previous
 ///   tick; `poll_ns`: how long the poll of the streams took (not an input: a diagnostic);
 /// - the observation: `slot`, the process's slot; `busy`, `finished`, `unfinished`,
-///   `counted_ns` (`-`: some launches had no sample), `throughout`, `covered_ns`,
-///   `covered_done`, `saturated` (`policy::controller::Poll`), the poll's answer; `waiters`,
+///   `counted_ns` (`-`: some launches had no sample), `throughout`, `covered_ns` (with an
+///   `m` after it where `covered_mixed`; traces from before it have none), `covered_done`,
+///   `saturated` (`policy::controller::Poll`), the poll's answer; `waiters`,
 ///   `waited_ago_ns`, `gate_cap` (`-`: unbounded), the gate's state; `settings`, the
 ///   process's compute settings as `share/limit/priority` (`-` unset; priority `h`, `n`,
 ///   `l`);
@@ -198,9 +199,10 @@ pub fn format_tick(out: &mut String, record: &TickRecord) {
     write_optional(out, o.poll.counted_ns);
     let _ = write!(
         out,
-        " {} {} {} {}",
+        " {} {}{} {} {}",
         u8::from(o.poll.busy_throughout),
         o.poll.covered_ns,
+        if o.poll.covered_mixed { "m" } else { "" },
         u8::from(o.poll.covered_done),
         u8::from(o.poll.saturated),
     );
@@ -340,6 +342,11 @@ fn write_tenants(out: &mut String, tenants: &[PublishedTenant], now: u64) {
     }
 }
 
+/// `covered_ns` without the `m` that marks it mixed.
+fn strip_mixed(covered: &str) -> &str {
+    covered.strip_suffix('m').unwrap_or(covered)
+}
+
 /// Reads a tick line back (what [`format_tick`] wrote); the error says which column is
 /// wrong and why.
 pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
@@ -374,9 +381,11 @@ pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
             unfinished: number("unfinished")?,
             counted_ns: parse_optional(column("counted_ns")).map_err(in_column("counted_ns"))?,
             busy_throughout: flag("throughout")?,
-            covered_ns: number("covered_ns")?,
+            covered_ns: parse_u64(strip_mixed(column("covered_ns")))
+                .map_err(in_column("covered_ns"))?,
             covered_done: flag("covered_done")?,
             saturated: flag("saturated")?,
+            covered_mixed: column("covered_ns") != strip_mixed(column("covered_ns")),
         },
         gate: GateState {
             waiters: flag("waiters")?,
@@ -615,6 +624,7 @@ mod tests {
                     covered_ns: 7,
                     covered_done: false,
                     saturated: true,
+                    covered_mixed: false,
                 },
                 gate: GateState {
                     waiters: true,
@@ -709,6 +719,30 @@ mod tests {
         );
         assert_eq!(line.split(' ').count(), COLUMNS.split_whitespace().count());
         assert_eq!(parse_tick(&line), Ok(record));
+    }
+
+    /// Launches of a mixed stream are marked on their `covered_ns`, so that traces written
+    /// before the mark (none) read as they were.
+    #[test]
+    fn covered_launches_of_a_mixed_stream_are_marked_and_read_back() {
+        let mut record = decided();
+        record.observation.poll.covered_mixed = true;
+        let mut line = String::new();
+        format_tick(&mut line, &record);
+        assert!(
+            line.starts_with("10000000 1 500 7 3 1 12 4 - 1 7m 0 1 "),
+            "{line}"
+        );
+        assert_eq!(line.split(' ').count(), COLUMNS.split_whitespace().count());
+        assert_eq!(parse_tick(&line), Ok(record));
+        let unmarked = line.replacen(" 7m ", " 7 ", 1);
+        assert_eq!(parse_tick(&unmarked), Ok(decided()));
+        let twice = line.replacen(" 7m ", " 7mm ", 1);
+        assert!(
+            parse_tick(&twice)
+                .unwrap_err()
+                .starts_with("column covered_ns: ")
+        );
     }
 
     #[test]

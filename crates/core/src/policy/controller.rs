@@ -133,6 +133,9 @@ pub struct Poll {
     pub covered_ns: u64,
     pub covered_done: bool,
     pub saturated: bool,
+    /// Some of those launches were of a stream whose timed launches differ widely
+    /// (`LaunchSamples::mixed`): their count is no measure of them.
+    pub covered_mixed: bool,
 }
 
 /// The launch gate's state as the tick read it.
@@ -367,6 +370,7 @@ impl Controller {
             covered_ns: poll.covered_ns,
             covered_done: poll.covered_done,
             saturated: poll.saturated,
+            covered_mixed: poll.covered_mixed,
         });
         self.polled_ns = elapsed * (u64::from(self.busy) + u64::from(poll.busy)) / 2 / (others + 1);
         self.launch_time.observe(TickWork {

@@ -73,7 +73,21 @@ pub struct LaunchSamples {
     /// How often a timed launch found the stream idle (moving average).
     idle: f64,
     samples: u32,
+    /// The longest and shortest recent timed launches, each drifting towards the other by
+    /// `SPREAD_DRIFT` a sample, so that one seen a while ago still counts.
+    high_ns: f64,
+    low_ns: f64,
 }
+
+/// How far the longest and shortest recent timed launches drift towards each other at each
+/// sample: a long kernel timed one sample in twenty (a 2 ms kernel among 20 of 20 µs)
+/// keeps the stream mixed until it is timed again.
+const SPREAD_DRIFT: f64 = 0.02;
+/// A stream whose recent timed launches differ by more than this factor runs launches of
+/// widely different lengths (`LaunchSamples::mixed`)...
+const MIXED_SPREAD: f64 = 4.0;
+/// ...once this many have been timed.
+const MIXED_AFTER: u32 = 8;
 
 /// Whether a timed launch ran through a tick charged whole (`LaunchSamples::add`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +108,12 @@ impl LaunchSamples {
         self.samples = self.samples.saturating_add(1);
         #[allow(clippy::cast_precision_loss)]
         let own = elapsed_ns as f64 / sharing.max(1) as f64;
+        if self.samples == 1 {
+            (self.high_ns, self.low_ns) = (own, own);
+        } else {
+            self.high_ns = own.max(self.high_ns * (1.0 - SPREAD_DRIFT));
+            self.low_ns = own.min(self.low_ns * (1.0 + SPREAD_DRIFT));
+        }
         moving_average(&mut self.average_ns, own);
         if covered == Covered::No {
             moving_average(&mut self.uncovered_average_ns, own);
@@ -103,6 +123,13 @@ impl LaunchSamples {
     /// Whether the stream's queue never runs dry, as far as its timed launches tell.
     pub fn saturated(&self) -> bool {
         self.samples >= SATURATED_AFTER && self.idle < SATURATED_BELOW
+    }
+
+    /// Whether the stream's recent timed launches differ widely in length: then a count of
+    /// a few of them at their average says little of what those few took (a long kernel
+    /// among short ones is counted as one of the average).
+    pub fn mixed(&self) -> bool {
+        self.samples >= MIXED_AFTER && self.high_ns > MIXED_SPREAD * self.low_ns.max(1.0)
     }
 
     /// The GPU time one launch takes, nanoseconds (`None` before the first sample).
@@ -180,6 +207,9 @@ pub struct TickUse {
     /// Every stream with work in this tick never runs dry (`LaunchSamples::saturated`):
     /// the polled estimate is at most what its kernels ran.
     pub saturated: bool,
+    /// Some launches in `covered_ns` are of a stream whose launches differ widely in
+    /// length (`LaunchSamples::mixed`): their count says little of what they took.
+    pub covered_mixed: bool,
 }
 
 /// The GPU time charged to one process on one GPU, tick by tick.
@@ -195,6 +225,9 @@ pub struct Charge {
     /// Time charged for ticks of a saturated queue ahead of its count, which the launches
     /// counted next pay back.
     prepaid_saturated_ns: u64,
+    /// What the work in flight at the end of the latest tick not busy throughout may have
+    /// run of it uncharged: what that tick's charge fell short of it.
+    lead_in_ns: u64,
 }
 
 impl Charge {
@@ -224,11 +257,27 @@ impl Charge {
         // none that goes over, so mixes got less than their limit).
         let repaid = tick.covered_ns.min(self.prepaid_ns);
         self.prepaid_ns -= repaid;
+        let prepaid_before = self.prepaid_ns.saturating_add(repaid);
+        let beyond = if tick.covered_mixed {
+            0
+        } else {
+            tick.covered_ns - repaid
+        };
+        let mut ends_ns = 0;
         if tick.covered_done {
+            // Launches of widely different lengths are charged the ticks they ran through
+            // and what they ran of the ticks on either side, not their count: a 2 ms kernel
+            // among 20 µs ones, two to a queue, was counted as one or two average launches
+            // (0.3-0.5 ms of each 2) and got 41% of the GPU under a 30% limit. Of the tick
+            // before, what its charge left of it (the work ran from its start where the
+            // gate opened it, the common case of a limited tenant); of the last, half.
+            if tick.covered_mixed && prepaid_before > 0 {
+                ends_ns = (tick.tick_ns / sharing / 2).saturating_add(self.lead_in_ns);
+            }
             self.prepaid_ns = 0;
         }
         // The rest pays for what a saturated queue's ticks were charged ahead of it.
-        let counted = counted.saturating_add(tick.covered_ns - repaid);
+        let counted = counted.saturating_add(beyond).saturating_add(ends_ns);
         let repaid = counted.min(self.prepaid_saturated_ns);
         self.prepaid_saturated_ns -= repaid;
         // Launches counted late (a queue seen finished only once it drained) may take
@@ -258,6 +307,14 @@ impl Charge {
             self.allowance_ns = self.allowance_ns.saturating_sub(ahead);
             *prepaid = prepaid.saturating_add(ahead).min(most);
         }
+        if !tick.busy_throughout {
+            let in_flight = if tick.busy_after {
+                tick.tick_ns / sharing
+            } else {
+                0
+            };
+            self.lead_in_ns = in_flight.saturating_sub(charged);
+        }
         charged
     }
 }
@@ -280,6 +337,7 @@ mod tests {
             covered_ns: 0,
             covered_done: true,
             saturated: false,
+            covered_mixed: false,
         }
     }
 
@@ -426,6 +484,71 @@ mod tests {
         let all = samples.time_of(1).unwrap_or_default();
         assert!(all > 1_000_000 && all < 20_000_000, "{all}");
         assert_eq!(samples.time_of_kind(1, Covered::Yes), Some(all));
+    }
+
+    #[test]
+    fn a_stream_is_mixed_while_its_recent_timed_launches_differ_fourfold() {
+        let mut samples = LaunchSamples::default();
+        for _ in 0..MIXED_AFTER {
+            samples.add(20_000, 1, false, Covered::No);
+        }
+        assert!(!samples.mixed(), "alike");
+        samples.add(2_000_000, 1, false, Covered::Yes);
+        assert!(samples.mixed(), "one long among short ones");
+        for _ in 0..100 {
+            samples.add(20_000, 1, false, Covered::No);
+        }
+        assert!(
+            samples.mixed(),
+            "a long one timed a hundred samples ago still counts"
+        );
+        for _ in 0..100 {
+            samples.add(20_000, 1, false, Covered::No);
+        }
+        assert!(!samples.mixed(), "none long for two hundred samples");
+        let mut noisy = LaunchSamples::default();
+        for i in 0..100 {
+            noisy.add(
+                if i % 2 == 0 { 2_000_000 } else { 2_600_000 },
+                1,
+                false,
+                Covered::No,
+            );
+        }
+        assert!(!noisy.mixed(), "a kernel's own spread is not a mix");
+    }
+
+    /// Red team, on the simulated GPU: one 2 ms kernel every 20 of 20 µs, two to a queue,
+    /// limited to 30%, got 39-43% of the GPU. The launches that ran through the ticks charged
+    /// whole were the long kernel and one short one, counted at two average launches; the
+    /// parts of the long kernel in the ticks it started and ended in went uncharged.
+    #[test]
+    fn a_long_kernel_in_a_shallow_queue_is_charged_its_ticks_and_their_ends() {
+        let run = |mixed: bool| {
+            let mut charge = Charge::default();
+            // The gate opens at a poll: five short launches finish in the tick, and the long
+            // one starts after them (the tick's other 400 µs).
+            let mut total = charge.tick(tick(false, true, 5, Some(100_000)));
+            let through = TickUse {
+                busy_throughout: true,
+                covered_done: false,
+                ..tick(true, true, 0, Some(0))
+            };
+            total += charge.tick(through);
+            total += charge.tick(through);
+            // It ends in the next tick, with a short one behind it: the two counted at two
+            // average launches; two more short ones counted as such.
+            total += charge.tick(TickUse {
+                covered_ns: 300_000,
+                covered_mixed: mixed,
+                ..tick(true, false, 4, Some(40_000))
+            });
+            total
+        };
+        // Its ticks (1 ms), what the tick before left (400 µs), half the last (250 µs).
+        assert_eq!(run(true), 100_000 + 2 * TICK + 400_000 + TICK / 2 + 40_000);
+        // A stream of launches alike is charged as before: its count, at least its ticks.
+        assert_eq!(run(false), 100_000 + 2 * TICK + 40_000);
     }
 
     #[test]
