@@ -54,6 +54,7 @@ LIMIT_SHAPES = [
     ("streams4096", "PyTorch on two streams at once, 4096²"),
     ("procs4096", "one tenant of two processes, 4096² loops"),
     ("light2048", "light: 8 2048² matmuls + sync, then 1 ms sleep"),
+    ("mix8192", "PyTorch 8192² matmul every 20 of 256², two in flight"),
 ]
 PRIORITY_CASES = [
     ("requests", "2048² request + sync every 2 ms"),

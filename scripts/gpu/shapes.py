@@ -21,6 +21,9 @@ Modes:
   torch-loop     bf16 SIZE² matmuls, synchronizing every SYNC_EVERY (1: every step)
   torch-streams  the same, spread round-robin over STREAMS created streams
   torch-graph    a CUDA graph of PER_GRAPH matmuls, replayed, synchronizing after each
+  torch-mix      one SIZE² matmul every MIX_EVERY, SMALL² ones between, at most DEPTH in
+                 flight (each waits for the one DEPTH before it): kernels of widely mixed
+                 lengths in a shallow queue
   jax-chain      a jitted chain of CHAIN SIZE² bf16 matmuls, blocking on each call
   light          BURST matmuls + synchronize, then SLEEP_MS of sleep (a light user)
   requests       one SIZE² matmul + synchronize per request, INTERVAL_MS apart
@@ -34,6 +37,7 @@ a dry run of the benchmark scripts on a machine without a GPU, never a measureme
 """
 
 import argparse
+import collections
 import math
 import os
 import signal
@@ -175,6 +179,41 @@ def torch_loop(run, args):
         sync()
         run.done(args.sync_every)
     run.finish(size=args.size, sync_every=args.sync_every)
+
+
+def torch_mix(run, args):
+    torch, a, b, out, sync = torch_setup(args)
+    small = min(args.small, args.size)
+    sa = torch.randn(small, small, device=a.device, dtype=a.dtype)
+    sb = torch.randn(small, small, device=a.device, dtype=a.dtype) / math.sqrt(small)
+    sout = torch.empty_like(sa)
+    cuda = args.device == "cuda"
+    for i in range(2 * args.mix_every):
+        if i % args.mix_every == 0:
+            torch.matmul(a, b, out=out)
+        else:
+            torch.matmul(sa, sb, out=sout)
+    sync()
+    in_flight = collections.deque()
+    launched = 0
+    run.begin()
+    while run.going():
+        if launched % args.mix_every == 0:
+            torch.matmul(a, b, out=out)
+        else:
+            torch.matmul(sa, sb, out=sout)
+        launched += 1
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+            in_flight.append(event)
+            if len(in_flight) >= args.depth:
+                in_flight.popleft().synchronize()
+                run.done(1)
+        else:
+            run.done(1)
+    sync()
+    run.finish(size=args.size, small=small, mix_every=args.mix_every, depth=args.depth)
 
 
 def torch_streams(run, args):
@@ -356,6 +395,7 @@ def jax_chain(run, args):
 MODES = {
     "torch-loop": torch_loop,
     "torch-streams": torch_streams,
+    "torch-mix": torch_mix,
     "torch-graph": torch_graph,
     "jax-chain": jax_chain,
     "light": light,
@@ -373,6 +413,9 @@ def parse(argv):
     p.add_argument("--sync-every", type=int, default=8)
     p.add_argument("--streams", type=int, default=2)
     p.add_argument("--per-graph", type=int, default=16)
+    p.add_argument("--small", type=int, default=256)
+    p.add_argument("--mix-every", type=int, default=20)
+    p.add_argument("--depth", type=int, default=2)
     p.add_argument("--chain", type=int, default=8)
     p.add_argument("--burst", type=int, default=8)
     p.add_argument("--sleep-ms", type=float, default=1.0)
@@ -389,7 +432,8 @@ def parse(argv):
     p.add_argument("--expect-shim", type=int, choices=[0, 1],
                    help="exit unless libgpuslice.so is (1) or is not (0) in this process")
     args = p.parse_args(argv)
-    for name in ("seconds", "size", "sync_every", "streams", "per_graph", "chain", "burst",
+    for name in ("seconds", "size", "sync_every", "streams", "per_graph", "small", "mix_every",
+                 "depth", "chain", "burst",
                  "hidden", "layers", "vocab", "prompt_tokens", "new_tokens"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
