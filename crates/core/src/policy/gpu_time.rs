@@ -108,11 +108,16 @@ impl LaunchSamples {
         self.samples = self.samples.saturating_add(1);
         #[allow(clippy::cast_precision_loss)]
         let own = elapsed_ns as f64 / sharing.max(1) as f64;
-        if self.samples == 1 {
-            (self.high_ns, self.low_ns) = (own, own);
-        } else {
-            self.high_ns = own.max(self.high_ns * (1.0 - SPREAD_DRIFT));
-            self.low_ns = own.min(self.low_ns * (1.0 + SPREAD_DRIFT));
+        // A launch timed at nothing (shorter than what recording its events took, which is
+        // taken off) says nothing of its length; as the shortest it would stay there, since
+        // nothing drifts up from zero, and keep the stream mixed for good.
+        if own > 0.0 {
+            if self.low_ns == 0.0 {
+                (self.high_ns, self.low_ns) = (own, own);
+            } else {
+                self.high_ns = own.max(self.high_ns * (1.0 - SPREAD_DRIFT));
+                self.low_ns = own.min(self.low_ns * (1.0 + SPREAD_DRIFT));
+            }
         }
         moving_average(&mut self.average_ns, own);
         if covered == Covered::No {
@@ -516,6 +521,25 @@ mod tests {
             );
         }
         assert!(!noisy.mixed(), "a kernel's own spread is not a mix");
+    }
+
+    /// A launch timed at nothing (its events' recording took longer than it ran) was taken
+    /// as the shortest, and nothing drifts up from zero: the stream stayed mixed for good.
+    #[test]
+    fn a_launch_timed_at_nothing_does_not_make_a_stream_mixed_for_good() {
+        let mut samples = LaunchSamples::default();
+        samples.add(0, 1, true, Covered::No);
+        for _ in 0..MIXED_AFTER {
+            samples.add(20_000, 1, false, Covered::No);
+        }
+        assert!(!samples.mixed(), "timed at nothing first");
+        samples.add(0, 1, true, Covered::No);
+        for _ in 0..10 {
+            samples.add(20_000, 1, false, Covered::No);
+        }
+        assert!(!samples.mixed(), "timed at nothing later");
+        samples.add(2_000_000, 1, false, Covered::Yes);
+        assert!(samples.mixed(), "a long one among them");
     }
 
     /// Red team, on the simulated GPU: one 2 ms kernel every 20 of 20 µs, two to a queue,
