@@ -67,6 +67,12 @@ struct Tracked {
     covered_through: u64,
     /// The launch count at the poll before.
     polled_launches: u64,
+    /// ...and at the poll before that.
+    polled_launches_before: u64,
+    /// The launch count when the tick before the latest run of ticks busy throughout began
+    /// (`polled_launches_before` at its first such tick): launches made before it ran
+    /// before that tick, not through the run.
+    covered_from: u64,
     /// When a poll last saw its launch count change.
     launched_at_ns: u64,
 }
@@ -213,6 +219,7 @@ impl Poller {
                 Occupancy::Live => {}
             }
             let launches = entry.launches();
+            let was_throughout = self.streams[i].busy_throughout;
             match entry.kind() {
                 StreamKind::Created => {
                     self.poll_created(i, entry.stream(), entry.owner(), launches);
@@ -223,6 +230,10 @@ impl Poller {
             }
             self.follow_sample(i, entry);
             let tracked = &mut self.streams[i];
+            if tracked.busy_throughout && !was_throughout {
+                tracked.covered_from = tracked.polled_launches_before;
+            }
+            tracked.polled_launches_before = tracked.polled_launches;
             tracked.polled_launches = launches;
             if let Some(g) = gpu {
                 busy[g] |= tracked.busy;
@@ -442,8 +453,20 @@ fn count_finished(gpu: &mut GpuPoll, stream: &mut Tracked, finished: u64) {
             .samples
             .add(timed.ran_ns, timed.sharing, timed.found_idle, covered);
     }
-    let covered = covered_end.saturating_sub(stream.counted);
-    let uncovered = finished.saturating_sub(stream.counted.max(covered_end));
+    // A mixed stream's covered launches are charged the run's ticks and their ends, not
+    // their count (`policy::gpu_time`): those made before the tick ahead of the run ran
+    // before it, and are counted as any other (on a legacy stream, seen finished only at a
+    // drain or a timed launch, they can be many).
+    let counted = stream.counted;
+    let start = if stream.samples.mixed() {
+        counted.max(stream.covered_from).min(covered_end)
+    } else {
+        counted
+    };
+    let covered = covered_end.saturating_sub(start);
+    let uncovered = start
+        .saturating_sub(counted)
+        .saturating_add(finished.saturating_sub(counted.max(covered_end)));
     stream.counted = stream.counted.max(finished);
     if stream.counted < stream.covered_through {
         gpu.covering = true;

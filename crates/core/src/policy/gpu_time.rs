@@ -230,9 +230,11 @@ pub struct Charge {
     /// Time charged for ticks of a saturated queue ahead of its count, which the launches
     /// counted next pay back.
     prepaid_saturated_ns: u64,
-    /// What the work in flight at the end of the latest tick not busy throughout may have
-    /// run of it uncharged: what that tick's charge fell short of it.
+    /// What the work in flight at the end of the latest tick ahead of a run of ticks busy
+    /// throughout may have run of it uncharged: what that tick's charge fell short of it.
     lead_in_ns: u64,
+    /// Mixed launches were counted since the last tick that found none covered left.
+    mixed_run: bool,
 }
 
 impl Charge {
@@ -260,14 +262,16 @@ impl Charge {
         // back (the ticks charged whole only bring forward what their count charges: a
         // floor that stayed would charge every error of the count that falls short, and
         // none that goes over, so mixes got less than their limit).
-        let repaid = tick.covered_ns.min(self.prepaid_ns);
-        self.prepaid_ns -= repaid;
-        let prepaid_before = self.prepaid_ns.saturating_add(repaid);
-        let beyond = if tick.covered_mixed {
-            0
+        // A mixed count repays nothing: the run's ticks stand for it (below).
+        let (repaid, beyond) = if tick.covered_mixed {
+            (0, 0)
         } else {
-            tick.covered_ns - repaid
+            let repaid = tick.covered_ns.min(self.prepaid_ns);
+            (repaid, tick.covered_ns - repaid)
         };
+        self.prepaid_ns -= repaid;
+        // Counts of mixed launches may come at ticks before the one that finds none left.
+        self.mixed_run |= tick.covered_mixed;
         let mut ends_ns = 0;
         if tick.covered_done {
             // Launches of widely different lengths are charged the ticks they ran through
@@ -276,10 +280,11 @@ impl Charge {
             // (0.3-0.5 ms of each 2) and got 41% of the GPU under a 30% limit. Of the tick
             // before, what its charge left of it (the work ran from its start where the
             // gate opened it, the common case of a limited tenant); of the last, half.
-            if tick.covered_mixed && prepaid_before > 0 {
+            if self.mixed_run && self.prepaid_ns > 0 {
                 ends_ns = (tick.tick_ns / sharing / 2).saturating_add(self.lead_in_ns);
             }
             self.prepaid_ns = 0;
+            self.mixed_run = false;
         }
         // The rest pays for what a saturated queue's ticks were charged ahead of it.
         let counted = counted.saturating_add(beyond).saturating_add(ends_ns);
@@ -312,7 +317,9 @@ impl Charge {
             self.allowance_ns = self.allowance_ns.saturating_sub(ahead);
             *prepaid = prepaid.saturating_add(ahead).min(most);
         }
-        if !tick.busy_throughout {
+        // Only a tick ahead of a run: one after it, while its launches are still being
+        // counted, is not what the run's work began in.
+        if !tick.busy_throughout && self.prepaid_ns == 0 {
             let in_flight = if tick.busy_after {
                 tick.tick_ns / sharing
             } else {
@@ -573,6 +580,30 @@ mod tests {
         assert_eq!(run(true), 100_000 + 2 * TICK + 400_000 + TICK / 2 + 40_000);
         // A stream of launches alike is charged as before: its count, at least its ticks.
         assert_eq!(run(false), 100_000 + 2 * TICK + 40_000);
+
+        // The mixed count comes a tick before the one that finds nothing covered left
+        // (another stream's covered launches were counted then): the ends still count,
+        // and that stream's count repays what the run's ticks charged ahead.
+        let mut charge = Charge::default();
+        let mut total = charge.tick(tick(false, true, 5, Some(100_000)));
+        let through = TickUse {
+            busy_throughout: true,
+            covered_done: false,
+            ..tick(true, true, 0, Some(0))
+        };
+        total += charge.tick(through);
+        total += charge.tick(through);
+        total += charge.tick(TickUse {
+            covered_ns: 300_000,
+            covered_mixed: true,
+            covered_done: false,
+            ..tick(true, true, 2, Some(40_000))
+        });
+        total += charge.tick(TickUse {
+            covered_ns: 50_000,
+            ..tick(true, false, 0, Some(0))
+        });
+        assert_eq!(total, 100_000 + 2 * TICK + 40_000 + 400_000 + TICK / 2);
     }
 
     #[test]
