@@ -342,11 +342,6 @@ fn write_tenants(out: &mut String, tenants: &[PublishedTenant], now: u64) {
     }
 }
 
-/// `covered_ns` without the `m` that marks it mixed.
-fn strip_mixed(covered: &str) -> &str {
-    covered.strip_suffix('m').unwrap_or(covered)
-}
-
 /// Reads a tick line back (what [`format_tick`] wrote); the error says which column is
 /// wrong and why.
 pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
@@ -369,6 +364,8 @@ pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
     let number = |name: &'static str| parse_u64(column(name)).map_err(in_column(name));
     let flag = |name: &'static str| parse_flag(column(name)).map_err(in_column(name));
     let now = number("at_ns")?;
+    // `covered_ns`, with an `m` after it where the launches are of a mixed stream.
+    let covered = column("covered_ns");
     let gpu = u32::try_from(number("gpu")?).map_err(|_| in_column("gpu")("too large".into()))?;
     let slot = u32::try_from(number("slot")?).map_err(|_| in_column("slot")("too large".into()))?;
     let observation = Observation {
@@ -381,11 +378,11 @@ pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
             unfinished: number("unfinished")?,
             counted_ns: parse_optional(column("counted_ns")).map_err(in_column("counted_ns"))?,
             busy_throughout: flag("throughout")?,
-            covered_ns: parse_u64(strip_mixed(column("covered_ns")))
+            covered_ns: parse_u64(covered.strip_suffix('m').unwrap_or(covered))
                 .map_err(in_column("covered_ns"))?,
             covered_done: flag("covered_done")?,
             saturated: flag("saturated")?,
-            covered_mixed: column("covered_ns") != strip_mixed(column("covered_ns")),
+            covered_mixed: covered.ends_with('m'),
         },
         gate: GateState {
             waiters: flag("waiters")?,

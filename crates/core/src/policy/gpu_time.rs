@@ -555,18 +555,21 @@ mod tests {
     /// parts of the long kernel in the ticks it started and ended in went uncharged.
     #[test]
     fn a_long_kernel_in_a_shallow_queue_is_charged_its_ticks_and_their_ends() {
-        let run = |mixed: bool| {
-            let mut charge = Charge::default();
-            // The gate opens at a poll: five short launches finish in the tick, and the long
-            // one starts after them (the tick's other 400 µs).
-            let mut total = charge.tick(tick(false, true, 5, Some(100_000)));
+        // The gate opens at a poll: five short launches finish in the tick, and the long one
+        // starts after them (the tick's other 400 µs), then runs through two ticks.
+        let started = |charge: &mut Charge| {
             let through = TickUse {
                 busy_throughout: true,
                 covered_done: false,
                 ..tick(true, true, 0, Some(0))
             };
-            total += charge.tick(through);
-            total += charge.tick(through);
+            charge.tick(tick(false, true, 5, Some(100_000)))
+                + charge.tick(through)
+                + charge.tick(through)
+        };
+        let run = |mixed: bool| {
+            let mut charge = Charge::default();
+            let mut total = started(&mut charge);
             // It ends in the next tick, with a short one behind it: the two counted at two
             // average launches; two more short ones counted as such.
             total += charge.tick(TickUse {
@@ -585,14 +588,7 @@ mod tests {
         // (another stream's covered launches were counted then): the ends still count,
         // and that stream's count repays what the run's ticks charged ahead.
         let mut charge = Charge::default();
-        let mut total = charge.tick(tick(false, true, 5, Some(100_000)));
-        let through = TickUse {
-            busy_throughout: true,
-            covered_done: false,
-            ..tick(true, true, 0, Some(0))
-        };
-        total += charge.tick(through);
-        total += charge.tick(through);
+        let mut total = started(&mut charge);
         total += charge.tick(TickUse {
             covered_ns: 300_000,
             covered_mixed: true,
