@@ -32,6 +32,10 @@
 #        PYTHON       the Python with torch and transformers (default python3)
 #        NVCC         the CUDA compiler (default nvcc)
 #        SHAPES_DEVICE  cuda (default); cpu only for a dry run without a GPU
+#        PIN          a CPU list (taskset -c) every process runs on, bare or not: whole
+#                     processes of launch-bound loops run at one of two speeds on some
+#                     machines depending on where they are placed (docs/benchmarks.md), which
+#                     widens the intervals; default: not pinned
 #        BASELINE_DIST  another build's dist/ (only libgpuslice.so and spin.ptx are needed):
 #                     the "bare" process of each pair runs under that build instead, with
 #                     the same settings, so the ratio is this build's cost against that
@@ -74,6 +78,11 @@ for word in $only; do
     exit 2
   fi
 done
+pin=${PIN:-}
+if [ -n "$pin" ] && ! taskset -c "$pin" true 2>/dev/null; then
+  echo "bench-overhead: PIN=$pin: not a CPU list this machine can run on (taskset -c)" >&2
+  exit 2
+fi
 out=${OUT:?set OUT to a folder for the logs}/overhead
 nvcc=${NVCC:-nvcc}
 # Any one process: start-up and the timed loops take a few seconds; a hang must not eat the
@@ -129,6 +138,7 @@ say "programs built; cases: ${cases[*]}"
 
 write_info "$out/info.txt" "$dist" "$py" "pairs=$pairs" "hf_pairs=$hf_pairs" \
   "bench_args=${bench_args[*]}" "launches=$launches" "hf_requests=$hf_requests" "device=$device" \
+  "pin=${pin:-none}" \
   ${baseline:+"baseline=$(tr '\n' ' ' <"$baseline/BUILD-INFO" 2>/dev/null | sed 's/commit=\([0-9a-f]*\).*/\1/')"}
 
 # command_of CASE: the program and its arguments.
@@ -164,6 +174,7 @@ run_one() {
   fi
   local -a command
   read -r -a command <<<"$(command_of "$case")"
+  [ -n "$pin" ] && launcher=(taskset -c "$pin" "${launcher[@]}")
   timeout -k 5 "$process_timeout" "${launcher[@]}" "${command[@]}" </dev/null \
     >"$out/runs/$name.out" 2>"$out/runs/$name.err"
   local rc=$? metrics
