@@ -23,6 +23,7 @@ use gpuslice_ledger::GpuIndex;
 use crate::cuda::*;
 use crate::hooks::device::current_context;
 use crate::log::{Level, RateLimit, log};
+use crate::policy::gpu_time::TimedSpan;
 use crate::runtime::{self, Mode};
 use crate::shim::Shim;
 use crate::streams::{StreamEntry, StreamKind};
@@ -163,34 +164,22 @@ fn timed(
     (start, end): (usize, usize),
     launch: impl FnOnce() -> CUresult,
 ) -> CUresult {
+    // What was not the launch's work between the events: `TimedSpan::not_run_ns`.
     let before = gpuslice_ledger::monotonic_ns();
     let started = record(start, stream, per_thread);
-    let recorded = gpuslice_ledger::monotonic_ns();
     let status = counted(entry, gate, launch());
-    // On an idle stream the first event is reached as soon as it is recorded, before the
-    // launch is submitted: the time its own recording took was not the launch's. (The
-    // launch call's time is the launch's, or near enough: on an H100 its work reaches the
-    // GPU early in the call, and taking the whole call off undercounted 2048² matmuls
-    // synchronized one by one by 5 µs each, a fifth of their time.) On a busy stream the
-    // first event is reached when the work before it ends, when the launch starts.
-    let lead_ns = if reached(start) {
-        recorded.saturating_sub(before)
-    } else {
-        0
-    };
-    // Likewise at the other end: a kernel shorter than the launch call has ended before the
-    // second event is recorded, which the GPU then reaches as soon as it is recorded. The
-    // time that recording took was not the kernel's either (on the H100, 1024² matmuls
-    // synchronized one by one were charged about a quarter more than NVML saw them run).
     let launched = gpuslice_ledger::monotonic_ns();
+    let found_idle = reached(start);
+    let tail_from = gpuslice_ledger::monotonic_ns();
     let ended = started && status == CUDA_SUCCESS && record(end, stream, per_thread);
     let end_recorded = gpuslice_ledger::monotonic_ns();
-    let tail_ns = if ended && reached(end) {
-        end_recorded.saturating_sub(launched)
-    } else {
-        0
+    let span = TimedSpan {
+        lead_ns: launched.saturating_sub(before),
+        found_idle,
+        tail_ns: end_recorded.saturating_sub(tail_from),
+        ended_before: ended && reached(end),
     };
-    entry.sample_recorded(ended, lead_ns.saturating_add(tail_ns));
+    entry.sample_recorded(ended, span.not_run_ns());
     status
 }
 

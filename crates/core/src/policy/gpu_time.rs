@@ -53,6 +53,63 @@
 //! average launch's noise from undercharging it: kernels of 2 ms and 20 µs mixed, 4 in
 //! flight, limited to 30%, got 24 to 34% of the simulated GPU without it.
 
+/// What the launching thread saw around a timed launch (`hooks::launch::timed`): how long
+/// it took from just before it recorded the first event to the launch call's return, and
+/// from then to the second event's recording's return, and whether each event was found
+/// reached right after. The GPU stamps the first event when it reaches it and the second
+/// when the launch's work is done; [`TimedSpan::not_run_ns`] is the part of the time
+/// between them that was not the launch's work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimedSpan {
+    /// From before the first event's recording to the launch call's return.
+    pub lead_ns: u64,
+    /// The first event was reached when the launch call had returned: the stream was idle.
+    pub found_idle: bool,
+    /// From the launch call's return (and the first query) to the second event's
+    /// recording's return.
+    pub tail_ns: u64,
+    /// The second event was reached as soon as it was recorded: the work had ended before.
+    pub ended_before: bool,
+}
+
+/// The most of a timed launch's lead taken off its sample: the first event's recording and
+/// the launch call, about 3.5 µs on an H100, 6 µs at times under load.
+pub const LEAD_MOST_NS: u64 = 10_000;
+/// The most of its tail taken off: the second event's recording, about 1 µs.
+pub const TAIL_MOST_NS: u64 = 5_000;
+
+impl TimedSpan {
+    /// What of the time between the two events the launch's work did not run.
+    ///
+    /// On an idle stream the GPU reaches the first event as soon as it is recorded, and
+    /// the launch's work only once the launch call has submitted it and the GPU has started
+    /// it: all of that lead was idle. (Taking off only the recording left 1024² matmuls
+    /// synchronized one by one, 7 µs each on an H100, charged 8.6 µs: a 30% limit held them
+    /// at 24.7% in NVML; taking off the launch call too, 27.6-29.1%, and 2048² matmuls went
+    /// from 28.7-28.9% to 30.7-31.5%.) On a busy stream the first event is reached when the
+    /// work before it ends, when the launch starts: nothing to take off. Likewise at the
+    /// other end: a kernel shorter than the launch call has ended before the second event
+    /// is recorded, which the GPU then reaches as soon as it is recorded.
+    ///
+    /// Each is taken off only up to what it honestly takes (`LEAD_MOST_NS`,
+    /// `TAIL_MOST_NS`): the launching thread's clock is the tenant's, and a call stretched
+    /// after its work reached the GPU (a signal handler that runs on the launching thread,
+    /// a preemption) would otherwise take the kernel's own time off its sample.
+    pub fn not_run_ns(self) -> u64 {
+        let lead = if self.found_idle {
+            self.lead_ns.min(LEAD_MOST_NS)
+        } else {
+            0
+        };
+        let tail = if self.ended_before {
+            self.tail_ns.min(TAIL_MOST_NS)
+        } else {
+            0
+        };
+        lead + tail
+    }
+}
+
 /// The weight of a new sample in a stream's average launch time.
 const SAMPLE_WEIGHT: f64 = 0.1;
 /// The weight of a new sample in how often a timed launch found its stream idle.
@@ -351,6 +408,54 @@ mod tests {
             saturated: false,
             covered_mixed: false,
         }
+    }
+
+    #[test]
+    fn an_idle_streams_sample_loses_the_recording_and_the_launch_call() {
+        let span = |lead_ns, found_idle, tail_ns, ended_before| TimedSpan {
+            lead_ns,
+            found_idle,
+            tail_ns,
+            ended_before,
+        };
+        for (what, span, not_run) in [
+            (
+                "busy stream, long kernel",
+                span(3_500, false, 1_000, false),
+                0,
+            ),
+            (
+                "idle stream, long kernel",
+                span(3_500, true, 1_000, false),
+                3_500,
+            ),
+            (
+                "idle stream, kernel ended first",
+                span(3_500, true, 1_000, true),
+                4_500,
+            ),
+            (
+                "busy stream, ended first",
+                span(3_500, false, 1_000, true),
+                1_000,
+            ),
+        ] {
+            assert_eq!(span.not_run_ns(), not_run, "{what}");
+        }
+    }
+
+    /// The launching thread's clock is the tenant's: a launch call stretched after its work
+    /// was submitted (a signal handler on the launching thread) must not take the kernel's
+    /// own time off its sample.
+    #[test]
+    fn a_stretched_launch_call_cannot_take_the_kernel_off_its_sample() {
+        let stretched = TimedSpan {
+            lead_ns: 900_000,
+            found_idle: true,
+            tail_ns: 400_000,
+            ended_before: true,
+        };
+        assert_eq!(stretched.not_run_ns(), LEAD_MOST_NS + TAIL_MOST_NS);
     }
 
     #[test]
