@@ -94,7 +94,12 @@ impl TimedSpan {
     /// Each is taken off only up to what it honestly takes (`LEAD_MOST_NS`,
     /// `TAIL_MOST_NS`): the launching thread's clock is the tenant's, and a call stretched
     /// after its work reached the GPU (a signal handler that runs on the launching thread,
-    /// a preemption) would otherwise take the kernel's own time off its sample.
+    /// a preemption) would otherwise take the kernel's own time off its sample. A stream
+    /// whose earlier work ends during the launch call looks idle too (the first event is
+    /// reached by the time the call returns) although the kernel may have started at once;
+    /// what that takes off wrongly is at most the call, within the same bound. (Querying
+    /// the first event before the launch would tell the two apart only where the GPU
+    /// reaches an event within the query's time of its recording, which is not known.)
     pub fn not_run_ns(self) -> u64 {
         let lead = if self.found_idle {
             self.lead_ns.min(LEAD_MOST_NS)
