@@ -445,16 +445,18 @@ fn a_rare_long_kernel_among_short_ones_gets_the_limit() {
         ),
         // Two to a queue, the launches that ran through the ticks charged whole were the
         // long kernel and a short one, counted as two average launches: 39-43%. Charged
-        // those ticks and their ends, 29-31.5% in release builds; in debug builds 27.7-29.4%
-        // on an idle 2-core machine and 26.9% once beside a build: the short launches are
-        // host-bound there, and the GPU idles between them in the tick before the long
-        // one, which is charged whole.
+        // those ticks and their ends, 29-31.5% in release builds; in debug builds 27.0-29.4%
+        // on an idle 2-core machine, 26.9% beside a build and 25.4% once in the whole
+        // suite: the short launches are host-bound there, and the GPU idles between them in
+        // the tick before the long one, which is charged whole (the H100 shows the same
+        // with Python's launches: 26.1-26.5%, docs/benchmarks.md). What this guards is the
+        // charge going over.
         (
             "a 2 ms kernel every 20 of 20 µs, 2 in flight",
             "2000000",
             "2",
             "20000:20",
-            0.04,
+            0.06,
         ),
     ];
     for (what, long_ns, depth, mix, under) in mixes {
