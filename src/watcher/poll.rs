@@ -116,8 +116,10 @@ struct GpuPoll {
     unsaturated: bool,
     covered_ns: u64,
     covering: bool,
-    /// Some of the launches in `covered_ns` were of a stream whose launches differ widely.
+    /// Some of the launches in `covered_ns` were of a stream whose launches differ widely,
+    /// and the longest of what such streams' long launches take (0: not known).
     covered_mixed: bool,
+    covered_long_ns: u64,
 }
 
 /// The polls of one process's streams.
@@ -155,6 +157,7 @@ impl Poller {
             covered_done: !gpu.covering,
             saturated: !gpu.unsaturated,
             covered_mixed: gpu.covered_mixed,
+            covered_long_ns: (gpu.covered_long_ns > 0).then_some(gpu.covered_long_ns),
         }
     }
 
@@ -170,6 +173,7 @@ impl Poller {
         gpu.covered_ns = 0;
         gpu.covering = false;
         gpu.covered_mixed = false;
+        gpu.covered_long_ns = 0;
     }
 
     /// Polls every stream; returns, per GPU, whether the process has work in flight there.
@@ -471,14 +475,22 @@ fn count_finished(gpu: &mut GpuPoll, stream: &mut Tracked, finished: u64) {
     if stream.counted < stream.covered_through {
         gpu.covering = true;
     }
+    // A mixed stream's covered launches are reported at what a short one takes (the
+    // average of those outside such runs): the run's long ones are charged by its ticks and
+    // what its long launches take (`policy::gpu_time`), its short ones by this.
+    let mixed = stream.samples.mixed();
     for (launches, kind) in [(covered, Covered::Yes), (uncovered, Covered::No)] {
         if launches == 0 {
             continue;
         }
-        match stream.samples.time_of_kind(launches, kind) {
+        let average = if mixed { Covered::No } else { kind };
+        match stream.samples.time_of_kind(launches, average) {
             Some(ns) if kind == Covered::Yes => {
                 gpu.covered_ns = gpu.covered_ns.saturating_add(ns);
-                gpu.covered_mixed |= stream.samples.mixed();
+                gpu.covered_mixed |= mixed;
+                if let Some(long) = stream.samples.long_launch_ns() {
+                    gpu.covered_long_ns = gpu.covered_long_ns.max(long);
+                }
             }
             Some(ns) => gpu.counted_ns = gpu.counted_ns.saturating_add(ns),
             None => gpu.uncounted = true,

@@ -40,7 +40,8 @@ pub const FORMAT: &str = "v3";
 ///   tick; `poll_ns`: how long the poll of the streams took (not an input: a diagnostic);
 /// - the observation: `slot`, the process's slot; `busy`, `finished`, `unfinished`,
 ///   `counted_ns` (`-`: some launches had no sample), `throughout`, `covered_ns` (with an
-///   `m` after it where `covered_mixed`; traces from before it have none), `covered_done`,
+///   `m` after it where `covered_mixed`, and after that `covered_long_ns` where known;
+///   traces from before them have none), `covered_done`,
 ///   `saturated` (`policy::controller::Poll`), the poll's answer; `waiters`,
 ///   `waited_ago_ns`, `gate_cap` (`-`: unbounded), the gate's state; `settings`, the
 ///   process's compute settings as `share/limit/priority` (`-` unset; priority `h`, `n`,
@@ -199,10 +200,19 @@ pub fn format_tick(out: &mut String, record: &TickRecord) {
     write_optional(out, o.poll.counted_ns);
     let _ = write!(
         out,
-        " {} {}{} {} {}",
+        " {} {}",
         u8::from(o.poll.busy_throughout),
-        o.poll.covered_ns,
-        if o.poll.covered_mixed { "m" } else { "" },
+        o.poll.covered_ns
+    );
+    if o.poll.covered_mixed {
+        out.push('m');
+        if let Some(long) = o.poll.covered_long_ns {
+            let _ = write!(out, "{long}");
+        }
+    }
+    let _ = write!(
+        out,
+        " {} {}",
         u8::from(o.poll.covered_done),
         u8::from(o.poll.saturated),
     );
@@ -366,6 +376,16 @@ pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
     let now = number("at_ns")?;
     // `covered_ns`, with an `m` after it where the launches are of a mixed stream.
     let covered = column("covered_ns");
+    // `<ns>`, `<ns>m` or `<ns>m<long ns>`.
+    let (covered_ns, covered_mixed, covered_long_ns) = match covered.split_once('m') {
+        None => (covered, false, None),
+        Some((ns, "")) => (ns, true, None),
+        Some((ns, long)) => (
+            ns,
+            true,
+            Some(parse_u64(long).map_err(in_column("covered_ns"))?),
+        ),
+    };
     let gpu = u32::try_from(number("gpu")?).map_err(|_| in_column("gpu")("too large".into()))?;
     let slot = u32::try_from(number("slot")?).map_err(|_| in_column("slot")("too large".into()))?;
     let observation = Observation {
@@ -378,11 +398,11 @@ pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
             unfinished: number("unfinished")?,
             counted_ns: parse_optional(column("counted_ns")).map_err(in_column("counted_ns"))?,
             busy_throughout: flag("throughout")?,
-            covered_ns: parse_u64(covered.strip_suffix('m').unwrap_or(covered))
-                .map_err(in_column("covered_ns"))?,
+            covered_ns: parse_u64(covered_ns).map_err(in_column("covered_ns"))?,
             covered_done: flag("covered_done")?,
             saturated: flag("saturated")?,
-            covered_mixed: covered.ends_with('m'),
+            covered_mixed,
+            covered_long_ns,
         },
         gate: GateState {
             waiters: flag("waiters")?,
@@ -622,6 +642,7 @@ mod tests {
                     covered_done: false,
                     saturated: true,
                     covered_mixed: false,
+                    covered_long_ns: None,
                 },
                 gate: GateState {
                     waiters: true,
@@ -737,6 +758,31 @@ mod tests {
         let twice = line.replacen(" 7m ", " 7mm ", 1);
         assert!(
             parse_tick(&twice)
+                .unwrap_err()
+                .starts_with("column covered_ns: ")
+        );
+    }
+
+    /// What a long launch of the mixed stream takes follows the mark; traces written
+    /// before it (a bare `m`) read as not knowing it.
+    #[test]
+    fn a_mixed_streams_long_launch_is_written_after_its_mark_and_read_back() {
+        let mut record = decided();
+        record.observation.poll.covered_mixed = true;
+        record.observation.poll.covered_long_ns = Some(1_500_000);
+        let mut line = String::new();
+        format_tick(&mut line, &record);
+        assert!(
+            line.starts_with("10000000 1 500 7 3 1 12 4 - 1 7m1500000 0 1 "),
+            "{line}"
+        );
+        assert_eq!(parse_tick(&line), Ok(record.clone()));
+        let unknown = line.replacen(" 7m1500000 ", " 7m ", 1);
+        record.observation.poll.covered_long_ns = None;
+        assert_eq!(parse_tick(&unknown), Ok(record));
+        let garbled = line.replacen(" 7m1500000 ", " 7m15x ", 1);
+        assert!(
+            parse_tick(&garbled)
                 .unwrap_err()
                 .starts_with("column covered_ns: ")
         );

@@ -134,8 +134,10 @@ pub struct Poll {
     pub covered_done: bool,
     pub saturated: bool,
     /// Some of those launches were of a stream whose timed launches differ widely
-    /// (`LaunchSamples::mixed`): their count is no measure of them.
+    /// (`LaunchSamples::mixed`): their count is no measure of them; and what a long launch
+    /// of such a stream takes, where known (`LaunchSamples::long_launch_ns`).
     pub covered_mixed: bool,
+    pub covered_long_ns: Option<u64>,
 }
 
 /// The launch gate's state as the tick read it.
@@ -371,6 +373,7 @@ impl Controller {
             covered_done: poll.covered_done,
             saturated: poll.saturated,
             covered_mixed: poll.covered_mixed,
+            covered_long_ns: poll.covered_long_ns,
         });
         self.polled_ns = elapsed * (u64::from(self.busy) + u64::from(poll.busy)) / 2 / (others + 1);
         self.launch_time.observe(TickWork {

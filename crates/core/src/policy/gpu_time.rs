@@ -139,7 +139,15 @@ pub struct LaunchSamples {
     /// `SPREAD_DRIFT` a sample, so that one seen a while ago still counts.
     high_ns: f64,
     low_ns: f64,
+    /// The moving average of the timed launches that were long (`MIXED_SPREAD` times the
+    /// shortest recent one or more, and half the longest or more).
+    long_ns: Option<f64>,
 }
+
+/// The weight of a new long sample in `LaunchSamples::long_ns`: long launches are timed
+/// rarely (one sample in twenty where one launch in twenty is long), so it follows them
+/// faster than the average follows every launch.
+const LONG_WEIGHT: f64 = 0.25;
 
 /// How far the longest and shortest recent timed launches drift towards each other at each
 /// sample: a long kernel timed one sample in twenty (a 2 ms kernel among 20 of 20 µs)
@@ -181,6 +189,14 @@ impl LaunchSamples {
                 self.low_ns = own.min(self.low_ns * (1.0 + SPREAD_DRIFT));
             }
         }
+        // Long: far above the shortest, and near the longest (a short launch whose events
+        // the launching thread's preemption stretched is neither).
+        if own > MIXED_SPREAD * self.low_ns.max(1.0) && own >= self.high_ns / 2.0 {
+            self.long_ns = Some(match self.long_ns {
+                Some(long) => long + LONG_WEIGHT * (own - long),
+                None => own,
+            });
+        }
         moving_average(&mut self.average_ns, own);
         if covered == Covered::No {
             moving_average(&mut self.uncovered_average_ns, own);
@@ -197,6 +213,16 @@ impl LaunchSamples {
     /// among short ones is counted as one of the average).
     pub fn mixed(&self) -> bool {
         self.samples >= MIXED_AFTER && self.high_ns > MIXED_SPREAD * self.low_ns.max(1.0)
+    }
+
+    /// What a long launch of a mixed stream takes, nanoseconds (`None` where the stream is
+    /// not mixed or none was timed).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    pub fn long_launch_ns(&self) -> Option<u64> {
+        if !self.mixed() {
+            return None;
+        }
+        self.long_ns.map(|ns| ns.round().max(0.0) as u64)
     }
 
     /// The GPU time one launch takes, nanoseconds (`None` before the first sample).
@@ -220,6 +246,48 @@ impl LaunchSamples {
         };
         average.map(|ns| times(ns, launches))
     }
+}
+
+/// A run of ticks busy throughout with launches of a mixed stream.
+#[derive(Clone, Copy, Debug)]
+struct RunOfMixed {
+    /// The ticks it ran through whole.
+    ticks_ns: u64,
+    /// What a long launch of its stream takes (0: not known).
+    long_ns: u64,
+    /// Its launches counted at what a short one takes (`covered_ns` of a mixed stream).
+    short_ns: u64,
+}
+
+/// What a run of mixed launches ran outside the ticks it ran through whole, in the tick
+/// before and the tick that found it done (`tick_ns` each, about).
+///
+/// Where its long launches take a tick or more (`long_ns`, from the stream's timed long
+/// launches), the run is its short launches and that many long ones, the number that comes
+/// nearest to filling its whole ticks and one more (half of each end); what they took
+/// beyond its whole ticks ran at its ends. Its error is each run's long launches against
+/// their average, none on average where they are alike, whichever part of the ticks on
+/// either side the run ran in. Otherwise, or before a long launch was timed: what the tick
+/// before it left uncharged (`lead_in_ns`: a limited tenant's work starts where its gate
+/// opened it) and half of the last. Neither is more than the two ticks could hold:
+/// `lead_in_ns` and a tick. (The tick before is the one that misleads: on an H100, twenty
+/// short launches paced by Python came first, over most of that tick, and the long one only
+/// after; charged as if it had started with them, a 30% limit gave 26.1-26.5%.)
+fn run_ends_ns(run: RunOfMixed, tick_ns: u64, lead_in_ns: u64) -> u64 {
+    let most = lead_in_ns.saturating_add(tick_ns);
+    if run.long_ns == 0 || run.long_ns < tick_ns || run.ticks_ns == 0 {
+        return (tick_ns / 2).saturating_add(lead_in_ns).min(most);
+    }
+    let midway = run
+        .ticks_ns
+        .saturating_add(tick_ns)
+        .saturating_sub(run.short_ns);
+    let longs = (midway.saturating_add(run.long_ns / 2) / run.long_ns).max(1);
+    longs
+        .saturating_mul(run.long_ns)
+        .saturating_add(run.short_ns)
+        .saturating_sub(run.ticks_ns)
+        .min(most)
 }
 
 fn moving_average(average: &mut Option<f64>, sample: f64) {
@@ -277,6 +345,9 @@ pub struct TickUse {
     /// Some launches in `covered_ns` are of a stream whose launches differ widely in
     /// length (`LaunchSamples::mixed`): their count says little of what they took.
     pub covered_mixed: bool,
+    /// What a long launch of that stream takes (`LaunchSamples::long_launch_ns`; the
+    /// longest of such streams'), where known.
+    pub covered_long_ns: Option<u64>,
 }
 
 /// The GPU time charged to one process on one GPU, tick by tick.
@@ -297,6 +368,12 @@ pub struct Charge {
     lead_in_ns: u64,
     /// Mixed launches were counted since the last tick that found none covered left.
     mixed_run: bool,
+    /// The ticks busy throughout since then, the longest launch of the mixed streams
+    /// counted in them (0: not known), and what their covered launches took at the
+    /// average of the short ones.
+    run_ns: u64,
+    run_long_ns: u64,
+    run_short_ns: u64,
 }
 
 impl Charge {
@@ -334,6 +411,10 @@ impl Charge {
         self.prepaid_ns -= repaid;
         // Counts of mixed launches may come at ticks before the one that finds none left.
         self.mixed_run |= tick.covered_mixed;
+        if tick.covered_mixed {
+            self.run_long_ns = self.run_long_ns.max(tick.covered_long_ns.unwrap_or(0));
+            self.run_short_ns = self.run_short_ns.saturating_add(tick.covered_ns);
+        }
         let mut ends_ns = 0;
         if tick.covered_done {
             // Launches of widely different lengths are charged the ticks they ran through
@@ -343,10 +424,21 @@ impl Charge {
             // before, what its charge left of it (the work ran from its start where the
             // gate opened it, the common case of a limited tenant); of the last, half.
             if self.mixed_run && self.prepaid_ns > 0 {
-                ends_ns = (tick.tick_ns / sharing / 2).saturating_add(self.lead_in_ns);
+                ends_ns = run_ends_ns(
+                    RunOfMixed {
+                        ticks_ns: self.run_ns,
+                        long_ns: self.run_long_ns,
+                        short_ns: self.run_short_ns,
+                    },
+                    tick.tick_ns / sharing,
+                    self.lead_in_ns,
+                );
             }
             self.prepaid_ns = 0;
             self.mixed_run = false;
+            self.run_ns = 0;
+            self.run_long_ns = 0;
+            self.run_short_ns = 0;
         }
         // The rest pays for what a saturated queue's ticks were charged ahead of it.
         let counted = counted.saturating_add(beyond).saturating_add(ends_ns);
@@ -371,6 +463,9 @@ impl Charge {
         } else {
             None
         };
+        if tick.busy_throughout {
+            self.run_ns = self.run_ns.saturating_add(tick.tick_ns / sharing);
+        }
         if let Some((floor, prepaid, most)) = floor
             && charged < floor
         {
@@ -412,6 +507,7 @@ mod tests {
             covered_done: true,
             saturated: false,
             covered_mixed: false,
+            covered_long_ns: None,
         }
     }
 
@@ -710,6 +806,102 @@ mod tests {
             ..tick(true, false, 0, Some(0))
         });
         assert_eq!(total, 100_000 + 2 * TICK + 40_000 + 400_000 + TICK / 2);
+    }
+
+    /// Where the stream's long launch is known, a run is charged what that many long
+    /// launches took, whichever part of the ticks on either side it ran in: the H100's
+    /// shape (short launches paced by the host over most of the tick before, the long one
+    /// after them) was charged the tick before as the long kernel's.
+    #[test]
+    fn a_run_of_known_long_launches_is_charged_their_length_whatever_the_ticks_around_it() {
+        const LONG: u64 = 1_500_000;
+        // Five short launches finish in the tick the gate opened (100 µs of it), the long
+        // one then runs through two ticks and ends in the next, with a short one behind it.
+        let run = |long: Option<u64>| {
+            let mut charge = Charge::default();
+            let through = TickUse {
+                busy_throughout: true,
+                covered_done: false,
+                ..tick(true, true, 0, Some(0))
+            };
+            charge.tick(tick(false, true, 5, Some(100_000)))
+                + charge.tick(through)
+                + charge.tick(through)
+                // The long one and the short one behind it, counted at a short one's
+                // 20 µs each; two more short ones counted as such.
+                + charge.tick(TickUse {
+                    covered_ns: 40_000,
+                    covered_mixed: true,
+                    covered_long_ns: long,
+                    ..tick(true, false, 4, Some(40_000))
+                })
+        };
+        // The short ones before, the long one (its two ticks and 500 µs more) and the short
+        // one behind it, the short ones after; the long one's count is among the short
+        // ones' too (20 µs too many a long launch).
+        assert_eq!(run(Some(LONG)), 100_000 + LONG + 2 * 20_000 + 40_000);
+        // Not known (traces from before, or no long launch timed yet): the tick before and
+        // half the last.
+        assert_eq!(run(None), 100_000 + 2 * TICK + 400_000 + TICK / 2 + 40_000);
+    }
+
+    #[test]
+    fn a_mixed_runs_ends_follow_its_long_launches_within_the_ticks_around_it() {
+        const MS: u64 = 1_000_000;
+        for (what, run_ns, long_ns, lead_in_ns, ends) in [
+            ("not known", 2 * TICK, 0, 300_000, TICK / 2 + 300_000),
+            (
+                "shorter than a tick",
+                2 * TICK,
+                TICK / 2,
+                300_000,
+                TICK / 2 + 300_000,
+            ),
+            (
+                "one of 1.5 ms over two ticks",
+                2 * TICK,
+                3 * MS / 2,
+                400_000,
+                MS / 2,
+            ),
+            ("one of 2 ms over three ticks", 3 * TICK, 2 * MS, 0, MS / 2),
+            ("two of 1 ms over three ticks", 3 * TICK, MS, 0, MS / 2),
+            ("filling its ticks exactly", 4 * TICK, 2 * MS, 0, 0),
+            (
+                "longer than two ticks could hold",
+                TICK,
+                3 * MS,
+                100_000,
+                100_000 + TICK,
+            ),
+        ] {
+            let run = RunOfMixed {
+                ticks_ns: run_ns,
+                long_ns,
+                short_ns: 0,
+            };
+            assert_eq!(run_ends_ns(run, TICK, lead_in_ns), ends, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_mixed_stream_knows_its_long_launch_from_its_long_samples() {
+        let mut samples = LaunchSamples::default();
+        for i in 0..40 {
+            let ns = if i % 10 == 9 { 1_500_000 } else { 5_000 };
+            samples.add(ns, 1, true, Covered::No);
+        }
+        assert!(samples.mixed());
+        assert_eq!(samples.long_launch_ns(), Some(1_500_000));
+        // A short one stretched (its launching thread preempted) is not one of them.
+        samples.add(300_000, 1, true, Covered::No);
+        assert_eq!(samples.long_launch_ns(), Some(1_500_000));
+        // Not mixed: nothing is long.
+        let mut alike = LaunchSamples::default();
+        for _ in 0..40 {
+            alike.add(5_000, 1, true, Covered::No);
+        }
+        assert_eq!(alike.long_launch_ns(), None);
     }
 
     #[test]
