@@ -167,6 +167,7 @@ fn timed(
     // What was not the launch's work between the events: `TimedSpan::not_run_ns`.
     let before = gpuslice_ledger::monotonic_ns();
     let started = record(start, stream, per_thread);
+    let recorded = gpuslice_ledger::monotonic_ns();
     let status = counted(entry, gate, launch());
     let launched = gpuslice_ledger::monotonic_ns();
     let found_idle = reached(start);
@@ -174,7 +175,8 @@ fn timed(
     let ended = started && status == CUDA_SUCCESS && record(end, stream, per_thread);
     let end_recorded = gpuslice_ledger::monotonic_ns();
     let span = TimedSpan {
-        lead_ns: launched.saturating_sub(before),
+        record_ns: recorded.saturating_sub(before),
+        call_ns: launched.saturating_sub(recorded),
         found_idle,
         tail_ns: end_recorded.saturating_sub(tail_from),
         ended_before: ended && reached(end),

@@ -288,7 +288,10 @@ impl Poller {
                         if let Some(ns) = elapsed_ns(start, end) {
                             let g = usize::try_from(entry.gpu()).unwrap_or(0).min(MAX_GPUS - 1);
                             let lead = entry.sample_lead_ns();
-                            let ran = ns.saturating_sub(lead);
+                            // Never more than half of what the events measured: the
+                            // lead is the launching thread's clock, which is the tenant's
+                            // (`TimedSpan::not_run_ns`).
+                            let ran = ns.saturating_sub(lead.min(ns / 2));
                             let gpu = &self.gpus[g];
                             let ways = gpu.sharing.max(1).saturating_mul(gpu.busy_streams.max(1));
                             tracked.unfiled = Some(TimedLaunch {

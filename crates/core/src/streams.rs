@@ -88,12 +88,11 @@ struct SampleSlot {
     /// The events recorded before and after it.
     start: AtomicUsize,
     end: AtomicUsize,
-    /// The time between the events that was not the launch's: how long recording the
-    /// first event took, when the stream had nothing left before it (the first event was
-    /// reached by the time the launch call returned: the GPU had reached it before the
-    /// launch was submitted); and from the launch call's return to the second event's
-    /// recording, when the launch had already finished by then (the second event was
-    /// reached as soon as it was recorded). Not 0: the stream was found idle.
+    /// The time between the events that was not the launch's
+    /// (`policy::gpu_time::TimedSpan::not_run_ns`): the first event's recording and the
+    /// launch call where the stream had nothing left before it, and the second event's
+    /// recording where the launch had finished by then. Not 0: the stream was found idle,
+    /// or the launch had finished before its second event was recorded.
     lead_ns: AtomicU64,
     /// The count of the launch that was timed: once its second event is reached, every
     /// launch of the stream up to it has finished.

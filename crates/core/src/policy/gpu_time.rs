@@ -54,15 +54,16 @@
 //! flight, limited to 30%, got 24 to 34% of the simulated GPU without it.
 
 /// What the launching thread saw around a timed launch (`hooks::launch::timed`): how long
-/// it took from just before it recorded the first event to the launch call's return, and
-/// from then to the second event's recording's return, and whether each event was found
-/// reached right after. The GPU stamps the first event when it reaches it and the second
-/// when the launch's work is done; [`TimedSpan::not_run_ns`] is the part of the time
-/// between them that was not the launch's work.
+/// recording the first event took, then the launch call, then recording the second event,
+/// and whether each event was found reached right after. The GPU stamps the first event
+/// when it reaches it and the second when the launch's work is done; [`TimedSpan::not_run_ns`]
+/// is the part of the time between them that was not the launch's work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimedSpan {
-    /// From before the first event's recording to the launch call's return.
-    pub lead_ns: u64,
+    /// Recording the first event.
+    pub record_ns: u64,
+    /// The launch call.
+    pub call_ns: u64,
     /// The first event was reached when the launch call had returned: the stream was idle.
     pub found_idle: bool,
     /// From the launch call's return (and the first query) to the second event's
@@ -72,11 +73,11 @@ pub struct TimedSpan {
     pub ended_before: bool,
 }
 
-/// The most of a timed launch's lead taken off its sample: the first event's recording and
-/// the launch call, about 3.5 µs on an H100, 6 µs at times under load.
+/// The most taken off a timed launch for the first event's recording and the launch call:
+/// about 3.5 µs on an H100, 6 µs at times under load.
 pub const LEAD_MOST_NS: u64 = 10_000;
-/// The most of its tail taken off: the second event's recording, about 1 µs.
-pub const TAIL_MOST_NS: u64 = 5_000;
+/// The most taken off for one event's recording alone, about 1 µs.
+pub const RECORD_MOST_NS: u64 = 5_000;
 
 impl TimedSpan {
     /// What of the time between the two events the launch's work did not run.
@@ -91,23 +92,26 @@ impl TimedSpan {
     /// other end: a kernel shorter than the launch call has ended before the second event
     /// is recorded, which the GPU then reaches as soon as it is recorded.
     ///
-    /// Each is taken off only up to what it honestly takes (`LEAD_MOST_NS`,
-    /// `TAIL_MOST_NS`): the launching thread's clock is the tenant's, and a call stretched
-    /// after its work reached the GPU (a signal handler that runs on the launching thread,
-    /// a preemption) would otherwise take the kernel's own time off its sample. A stream
-    /// whose earlier work ends during the launch call looks idle too (the first event is
-    /// reached by the time the call returns) although the kernel may have started at once;
-    /// what that takes off wrongly is at most the call, within the same bound. (Querying
-    /// the first event before the launch would tell the two apart only where the GPU
-    /// reaches an event within the query's time of its recording, which is not known.)
+    /// The launching thread's clock is the tenant's, and its calls can be stretched after
+    /// their work reached the GPU (a signal handler, or a driver-API callback, run on that
+    /// thread), which would take the kernel's own time off its sample. So each part is
+    /// taken off only up to what it honestly takes (`LEAD_MOST_NS`, `RECORD_MOST_NS`); where
+    /// the kernel had ended before the second event was recorded, the launch call is not
+    /// taken off at all (the kernel may have run all through it: stretched, a 7 µs kernel
+    /// would otherwise be timed at nothing), only the recordings; and the watcher never
+    /// takes off more than half of what the events measured (`follow_sample`). What a
+    /// tenant can still take off its kernels that way is the launch call's part of
+    /// `LEAD_MOST_NS`, on kernels that outlast the stretched call. A stream whose earlier
+    /// work ends during the launch call looks idle too although the kernel may have started
+    /// at once; what that takes off wrongly is within the same bound.
     pub fn not_run_ns(self) -> u64 {
-        let lead = if self.found_idle {
-            self.lead_ns.min(LEAD_MOST_NS)
-        } else {
-            0
+        let lead = match (self.found_idle, self.ended_before) {
+            (false, _) => 0,
+            (true, true) => self.record_ns.min(RECORD_MOST_NS),
+            (true, false) => (self.record_ns + self.call_ns).min(LEAD_MOST_NS),
         };
         let tail = if self.ended_before {
-            self.tail_ns.min(TAIL_MOST_NS)
+            self.tail_ns.min(RECORD_MOST_NS)
         } else {
             0
         };
@@ -262,20 +266,23 @@ struct RunOfMixed {
 /// What a run of mixed launches ran outside the ticks it ran through whole, in the tick
 /// before and the tick that found it done (`tick_ns` each, about).
 ///
-/// Where its long launches take a tick or more (`long_ns`, from the stream's timed long
+/// Where its long launches take two ticks or more (`long_ns`, from the stream's timed long
 /// launches), the run is its short launches and that many long ones, the number that comes
-/// nearest to filling its whole ticks and one more (half of each end); what they took
-/// beyond its whole ticks ran at its ends. Its error is each run's long launches against
-/// their average, none on average where they are alike, whichever part of the ticks on
-/// either side the run ran in. Otherwise, or before a long launch was timed: what the tick
-/// before it left uncharged (`lead_in_ns`: a limited tenant's work starts where its gate
-/// opened it) and half of the last. Neither is more than the two ticks could hold:
-/// `lead_in_ns` and a tick. (The tick before is the one that misleads: on an H100, twenty
-/// short launches paced by Python came first, over most of that tick, and the long one only
-/// after; charged as if it had started with them, a 30% limit gave 26.1-26.5%.)
+/// nearest to filling its whole ticks and one more (the ends take less than two ticks, so
+/// that number is the right one); what they took beyond its whole ticks ran at its ends.
+/// A run whose long launches are as long as their average is then charged what it ran,
+/// whichever part of the ticks on either side it ran in. It is charged no less than what
+/// the tick before left uncharged, the most of that tick the run can have had (short
+/// launches counted honestly fill the rest), so it is charged at most a tick less than it
+/// ran. Otherwise (shorter long launches, which that count gets wrong one way, or none
+/// timed yet): that, and half of the last tick, at most half a tick less than it ran.
+/// Never more than the two ticks could hold: `lead_in_ns` and a tick. (The tick before is
+/// the one that misleads: on an H100, twenty short launches paced by Python came first,
+/// over most of that tick, and the long one only after; charged as if it had started with
+/// them, a 30% limit gave 26.1-26.5%.)
 fn run_ends_ns(run: RunOfMixed, tick_ns: u64, lead_in_ns: u64) -> u64 {
     let most = lead_in_ns.saturating_add(tick_ns);
-    if run.long_ns == 0 || run.long_ns < tick_ns || run.ticks_ns == 0 {
+    if run.long_ns < LONG_IN_TICKS.saturating_mul(tick_ns) || run.ticks_ns == 0 {
         return (tick_ns / 2).saturating_add(lead_in_ns).min(most);
     }
     let midway = run
@@ -287,8 +294,15 @@ fn run_ends_ns(run: RunOfMixed, tick_ns: u64, lead_in_ns: u64) -> u64 {
         .saturating_mul(run.long_ns)
         .saturating_add(run.short_ns)
         .saturating_sub(run.ticks_ns)
+        .max(lead_in_ns)
         .min(most)
 }
+
+/// Long launches of at least this many ticks are what `run_ends_ns` counts a run in: the
+/// ends of a run take less than two ticks, so the number of them that comes nearest is the
+/// right one. Shorter ones are miscounted one way, systematically (a run that ran more than
+/// half a long launch into its last tick was counted one short).
+const LONG_IN_TICKS: u64 = 2;
 
 fn moving_average(average: &mut Option<f64>, sample: f64) {
     *average = Some(match *average {
@@ -423,7 +437,9 @@ impl Charge {
             // (0.3-0.5 ms of each 2) and got 41% of the GPU under a 30% limit. Of the tick
             // before, what its charge left of it (the work ran from its start where the
             // gate opened it, the common case of a limited tenant); of the last, half.
-            if self.mixed_run && self.prepaid_ns > 0 {
+            // The run's ticks, not what is left of their charge: another stream's count
+            // may have paid that back first.
+            if self.mixed_run && self.run_ns > 0 {
                 ends_ns = run_ends_ns(
                     RunOfMixed {
                         ticks_ns: self.run_ns,
@@ -511,33 +527,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_idle_streams_sample_loses_the_recording_and_the_launch_call() {
-        let span = |lead_ns, found_idle, tail_ns, ended_before| TimedSpan {
-            lead_ns,
+    fn span(
+        record_ns: u64,
+        call_ns: u64,
+        found_idle: bool,
+        tail_ns: u64,
+        ended_before: bool,
+    ) -> TimedSpan {
+        TimedSpan {
+            record_ns,
+            call_ns,
             found_idle,
             tail_ns,
             ended_before,
-        };
+        }
+    }
+
+    #[test]
+    fn an_idle_streams_sample_loses_the_recording_and_the_launch_call() {
         for (what, span, not_run) in [
             (
                 "busy stream, long kernel",
-                span(3_500, false, 1_000, false),
+                span(1_000, 2_500, false, 1_000, false),
                 0,
             ),
             (
                 "idle stream, long kernel",
-                span(3_500, true, 1_000, false),
+                span(1_000, 2_500, true, 1_000, false),
                 3_500,
             ),
             (
                 "idle stream, kernel ended first",
-                span(3_500, true, 1_000, true),
-                4_500,
+                span(1_000, 2_500, true, 1_000, true),
+                2_000,
             ),
             (
                 "busy stream, ended first",
-                span(3_500, false, 1_000, true),
+                span(1_000, 2_500, false, 1_000, true),
                 1_000,
             ),
         ] {
@@ -545,18 +571,21 @@ mod tests {
         }
     }
 
-    /// The launching thread's clock is the tenant's: a launch call stretched after its work
-    /// was submitted (a signal handler on the launching thread) must not take the kernel's
-    /// own time off its sample.
+    /// The launching thread's clock is the tenant's: calls stretched after their work was
+    /// submitted (a signal handler or a driver-API callback on the launching thread) must
+    /// not take the kernel's own time off its sample.
     #[test]
     fn a_stretched_launch_call_cannot_take_the_kernel_off_its_sample() {
-        let stretched = TimedSpan {
-            lead_ns: 900_000,
-            found_idle: true,
-            tail_ns: 400_000,
-            ended_before: true,
-        };
-        assert_eq!(stretched.not_run_ns(), LEAD_MOST_NS + TAIL_MOST_NS);
+        // A kernel that outlasts the stretched call: at most the cap.
+        assert_eq!(
+            span(900_000, 900_000, true, 400_000, false).not_run_ns(),
+            LEAD_MOST_NS
+        );
+        // A short kernel that ended inside the stretched call: the call is not taken off.
+        assert_eq!(
+            span(1_000, 900_000, true, 400_000, true).not_run_ns(),
+            1_000 + RECORD_MOST_NS
+        );
     }
 
     #[test]
@@ -845,6 +874,33 @@ mod tests {
         assert_eq!(run(None), 100_000 + 2 * TICK + 400_000 + TICK / 2 + 40_000);
     }
 
+    /// Two streams ran through the same ticks, one mixed: the other's count, coming last,
+    /// paid back the ticks' charge, and the mixed run's ends were dropped with it.
+    #[test]
+    fn a_mixed_runs_ends_are_charged_when_another_streams_count_repaid_its_ticks() {
+        let mut charge = Charge::default();
+        let through = TickUse {
+            busy_throughout: true,
+            covered_done: false,
+            ..tick(true, true, 0, Some(0))
+        };
+        let mut total = charge.tick(tick(false, true, 0, Some(0)));
+        total += charge.tick(through) + charge.tick(through);
+        total += charge.tick(TickUse {
+            covered_ns: 20_000,
+            covered_mixed: true,
+            covered_done: false,
+            ..tick(true, true, 2, Some(0))
+        });
+        total += charge.tick(TickUse {
+            covered_ns: 2 * TICK,
+            ..tick(true, false, 8, Some(0))
+        });
+        // The tick before (nothing of it charged), the run's ticks, and its ends: what the
+        // tick before left and half the last.
+        assert!(total >= 2 * TICK + TICK + TICK / 2, "charged {total}");
+    }
+
     #[test]
     fn a_mixed_runs_ends_follow_its_long_launches_within_the_ticks_around_it() {
         const MS: u64 = 1_000_000;
@@ -867,6 +923,22 @@ mod tests {
             ("one of 2 ms over three ticks", 3 * TICK, 2 * MS, 0, MS / 2),
             ("two of 1 ms over three ticks", 3 * TICK, MS, 0, MS / 2),
             ("filling its ticks exactly", 4 * TICK, 2 * MS, 0, 0),
+            (
+                "filling its ticks, the tick before left uncharged",
+                4 * TICK,
+                2 * MS,
+                300_000,
+                300_000,
+            ),
+            // One long launch of 1.5 ticks after short ones over the tick before, ending
+            // 0.4 ms into the last: counted at the nearest number it would be one short.
+            (
+                "between one tick and two",
+                2 * TICK,
+                3 * TICK / 2,
+                100_000,
+                TICK / 2 + 100_000,
+            ),
             (
                 "longer than two ticks could hold",
                 TICK,
