@@ -4,11 +4,13 @@
 //! set against the real timeline (the workload's own timed events, NVML's utilization).
 //!
 //! The file is text. Each process that opens it appends a header line,
-//! `# gpuslice trace v2 pid=<pid> tenant=<tenant> columns: <the columns>`, then its lines,
+//! `# gpuslice trace v3 pid=<pid> tenant=<tenant> columns: <the columns>`, then its lines,
 //! one per GPU per tick, the columns separated by single spaces ([`COLUMNS`], documented
 //! there). Quiet ticks (nothing in flight, finished or waiting) are written only when they
 //! change the controller's state: the first of a run. Give each process its own path: two
-//! writing one file at once interleave their lines.
+//! writing one file at once interleave their lines. Columns have grown within v3 only in
+//! ways older readers of v3 refuse by name (a value they cannot parse), and this reader
+//! takes every earlier v3 line as it was.
 //!
 //! Written by the watcher thread only, buffered, never on a launch path. A trace that
 //! cannot be opened or written is logged once and dropped: it is a diagnostic, and the
