@@ -12,7 +12,7 @@
 #        CHECK_S        seconds for gpu-check.sh (default 150)
 #        ISOLATION_S    seconds for bench-isolation.sh (default 200)
 #        OVERHEAD_S     seconds for bench-overhead.sh (default 180)
-#        ISOLATION_ONLY its ONLY (default "step1024 streams4096 requests")
+#        ISOLATION_ONLY its ONLY (default "step1024 step2048 mix8192 streams4096 requests")
 #        OVERHEAD_ONLY  its ONLY (default "runtime driver")
 # Prints each part's last lines; writes $OUT/session.log, $OUT/check.tgz, $OUT/isolation.tgz
 # (the traces apart in $OUT/traces.tar.xz) and $OUT/overhead.tgz.
@@ -43,7 +43,7 @@ part() { # NAME SECONDS COMMAND...
 part check "${CHECK_S:-150}" env OUT="$work/check" GPU_CHECK_LOG="$work/check.log" \
   bash scripts/gpu-check.sh "$dist"
 part isolation "${ISOLATION_S:-200}" env OUT="$work/isolation" TRACE=1 \
-  ONLY="${ISOLATION_ONLY:-step1024 streams4096 requests}" SECONDS_EACH=5 PRIORITY_SECONDS=8 \
+  ONLY="${ISOLATION_ONLY:-step1024 step2048 mix8192 streams4096 requests}" SECONDS_EACH=5 PRIORITY_SECONDS=8 \
   bash scripts/bench-isolation.sh "$dist"
 part overhead "${OVERHEAD_S:-180}" env OUT="$work/overhead" ONLY="${OVERHEAD_ONLY:-runtime driver}" \
   PAIRS=10 TIME_BUDGET=$((${OVERHEAD_S:-180} - 20)) bash scripts/bench-overhead.sh "$dist"
