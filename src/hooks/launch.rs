@@ -181,7 +181,7 @@ fn timed(
         tail_ns: end_recorded.saturating_sub(tail_from),
         ended_before: ended && reached(end),
     };
-    entry.sample_recorded(ended, span.not_run_ns());
+    entry.sample_recorded(ended, span.not_run_ns(), found_idle);
     status
 }
 

@@ -298,7 +298,7 @@ impl Poller {
                                 launch: entry.sample_launch(),
                                 ran_ns: ran,
                                 sharing: ways,
-                                found_idle: lead > 0,
+                                found_idle: entry.sample_found_idle(),
                             });
                         }
                         // Streams run in order: what came before it has finished too (the

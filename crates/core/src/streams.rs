@@ -91,9 +91,11 @@ struct SampleSlot {
     /// The time between the events that was not the launch's
     /// (`policy::gpu_time::TimedSpan::not_run_ns`): the first event's recording and the
     /// launch call where the stream had nothing left before it, and the second event's
-    /// recording where the launch had finished by then. Not 0: the stream was found idle,
-    /// or the launch had finished before its second event was recorded.
+    /// recording where the launch had finished by then.
     lead_ns: AtomicU64,
+    /// The first event was reached when the launch call returned: nothing of the stream was
+    /// left to run when the launch was made.
+    found_idle: std::sync::atomic::AtomicBool,
     /// The count of the launch that was timed: once its second event is reached, every
     /// launch of the stream up to it has finished.
     launch: AtomicU64,
@@ -116,6 +118,7 @@ impl StreamEntry {
                 start: AtomicUsize::new(0),
                 end: AtomicUsize::new(0),
                 lead_ns: AtomicU64::new(0),
+                found_idle: std::sync::atomic::AtomicBool::new(false),
                 launch: AtomicU64::new(0),
             },
             per_thread: std::sync::atomic::AtomicBool::new(false),
@@ -164,10 +167,11 @@ impl StreamEntry {
     }
 
     /// The launch path's side, after a launch it took to time: whether both events were
-    /// recorded around it, and the time between the events that was not the launch's
-    /// (see `SampleSlot::lead_ns`).
-    pub fn sample_recorded(&self, recorded: bool, lead_ns: u64) {
+    /// recorded around it, the time between the events that was not the launch's (see
+    /// `SampleSlot::lead_ns`), and whether it found the stream idle.
+    pub fn sample_recorded(&self, recorded: bool, lead_ns: u64, found_idle: bool) {
         self.sample.lead_ns.store(lead_ns, Relaxed);
+        self.sample.found_idle.store(found_idle, Relaxed);
         self.sample
             .launch
             .store(self.launches.load(Relaxed), Relaxed);
@@ -204,6 +208,11 @@ impl StreamEntry {
     /// The time between the recorded sample's events that was not its launch's.
     pub fn sample_lead_ns(&self) -> u64 {
         self.sample.lead_ns.load(Relaxed)
+    }
+
+    /// Whether the recorded sample's launch found its stream idle.
+    pub fn sample_found_idle(&self) -> bool {
+        self.sample.found_idle.load(Relaxed)
     }
 
     /// Where its sampled launch stands.
@@ -465,14 +474,14 @@ mod tests {
         // Arming again while it is out changes nothing.
         e.arm_sample(4, 0xc, 0xd);
         assert_eq!(e.sample_state(), SampleState::Taken);
-        e.sample_recorded(true, 0);
+        e.sample_recorded(true, 0, false);
         assert_eq!(e.sample_state(), SampleState::Recorded);
         e.finish_sample();
         assert_eq!(e.sample_state(), SampleState::Idle);
         // A launch past the one asked for (another thread's got there first) takes it.
         e.arm_sample(1, 0xa, 0xb);
         assert_eq!(e.take_sample(), Some((0xa, 0xb)));
-        e.sample_recorded(false, 0);
+        e.sample_recorded(false, 0, false);
         assert_eq!(
             e.sample_state(),
             SampleState::Idle,
