@@ -108,14 +108,17 @@ impl TimedSpan {
         let lead = match (self.found_idle, self.ended_before) {
             (false, _) => 0,
             (true, true) => self.record_ns.min(RECORD_MOST_NS),
-            (true, false) => (self.record_ns + self.call_ns).min(LEAD_MOST_NS),
+            (true, false) => self
+                .record_ns
+                .saturating_add(self.call_ns)
+                .min(LEAD_MOST_NS),
         };
         let tail = if self.ended_before {
             self.tail_ns.min(RECORD_MOST_NS)
         } else {
             0
         };
-        lead + tail
+        lead.saturating_add(tail)
     }
 }
 
