@@ -26,7 +26,7 @@ use crate::log::{Level, RateLimit, log};
 use crate::policy::gpu_time::TimedSpan;
 use crate::runtime::{self, Mode};
 use crate::shim::Shim;
-use crate::streams::{StreamEntry, StreamKind};
+use crate::streams::{Sampled, StreamEntry, StreamKind};
 
 static UNTRACKED: RateLimit = RateLimit::new();
 
@@ -88,10 +88,13 @@ pub(crate) fn gated(
     {
         return refused_unwatched();
     }
-    if let Some(events) = entry.take_sample() {
-        return timed(entry, gate, stream, per_thread, events, launch);
+    match entry.take_sample() {
+        None => counted(entry, gate, launch()),
+        Some(Sampled::Timed(start, end)) => {
+            timed(entry, gate, stream, per_thread, (start, end), launch)
+        }
+        Some(Sampled::Reference) => reference(entry, gate, launch),
     }
-    counted(entry, gate, launch())
 }
 
 /// Why a launch's stream has no entry in the table.
@@ -180,8 +183,26 @@ fn timed(
         found_idle,
         tail_ns: end_recorded.saturating_sub(tail_from),
         ended_before: ended && reached(end),
+        reference_call_ns: entry.reference_call_ns(),
     };
     entry.sample_recorded(ended, span.not_run_ns(), found_idle);
+    status
+}
+
+/// The launch just before a timed one: its call timed with the clock alone, which no CUDA
+/// call and nothing a tenant can see tells from any other launch, so that the timed
+/// launch's call cannot be stretched to take its kernel off its sample
+/// (`TimedSpan::reference_call_ns`).
+#[cold]
+#[inline(never)]
+fn reference(
+    entry: &StreamEntry,
+    gate: &crate::gate::GpuGate,
+    launch: impl FnOnce() -> CUresult,
+) -> CUresult {
+    let before = gpuslice_ledger::monotonic_ns();
+    let status = counted(entry, gate, launch());
+    entry.reference_call(gpuslice_ledger::monotonic_ns().saturating_sub(before));
     status
 }
 

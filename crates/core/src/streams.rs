@@ -58,6 +58,16 @@ pub struct StreamEntry {
     per_thread: std::sync::atomic::AtomicBool,
 }
 
+/// What the launch path is to do with a launch the watcher asked about
+/// ([`StreamEntry::take_sample`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampled {
+    /// Time its call with the clock alone: it is the launch just before the timed one.
+    Reference,
+    /// Record these two events (start, end) around it.
+    Timed(usize, usize),
+}
+
 /// Where a sampled launch stands (`policy::gpu_time`): the watcher arms one launch of a
 /// stream to be timed with two of its events; the launching thread that reaches it takes
 /// it, records the events around the launch and says so; the watcher reads the time once
@@ -96,6 +106,9 @@ struct SampleSlot {
     /// The first event was reached when the launch call returned: nothing of the stream was
     /// left to run when the launch was made.
     found_idle: std::sync::atomic::AtomicBool,
+    /// How long the launch call just before the timed one took, untimed (0: not measured):
+    /// what the stream's launch calls take, from one the tenant cannot tell from any other.
+    reference_call_ns: AtomicU64,
     /// The count of the launch that was timed: once its second event is reached, every
     /// launch of the stream up to it has finished.
     launch: AtomicU64,
@@ -119,6 +132,7 @@ impl StreamEntry {
                 end: AtomicUsize::new(0),
                 lead_ns: AtomicU64::new(0),
                 found_idle: std::sync::atomic::AtomicBool::new(false),
+                reference_call_ns: AtomicU64::new(0),
                 launch: AtomicU64::new(0),
             },
             per_thread: std::sync::atomic::AtomicBool::new(false),
@@ -139,31 +153,50 @@ impl StreamEntry {
         self.per_thread.load(Relaxed)
     }
 
-    /// The launch path's side: the events to record around this launch, if it is the
-    /// one the watcher asked to have timed (then the caller must end with
-    /// [`StreamEntry::sample_recorded`]). One relaxed load while none is asked, two while
-    /// one is.
+    /// The launch path's side: whether this launch is the one the watcher asked to have
+    /// timed (then the caller records the events around it and must end with
+    /// [`StreamEntry::sample_recorded`]), or the one just before it, whose call the caller
+    /// times with the clock alone ([`StreamEntry::reference_call`]). One relaxed load while
+    /// none is asked, two while one is.
     #[inline]
-    pub fn take_sample(&self) -> Option<(usize, usize)> {
+    pub fn take_sample(&self) -> Option<Sampled> {
         let at = self.sample.at.load(Acquire);
-        if at == 0 || self.launches.load(Relaxed).saturating_add(1) < at {
+        if at == 0 || self.launches.load(Relaxed).saturating_add(2) < at {
             return None;
         }
-        self.take_sample_slow()
+        self.take_sample_slow(at)
     }
 
     #[cold]
     #[inline(never)]
-    fn take_sample_slow(&self) -> Option<(usize, usize)> {
+    fn take_sample_slow(&self, at: u64) -> Option<Sampled> {
+        if self.launches.load(Relaxed).saturating_add(2) == at {
+            return Some(Sampled::Reference);
+        }
         self.sample
             .state
             .compare_exchange(SAMPLE_ARMED, SAMPLE_TAKEN, Acquire, Relaxed)
             .ok()?;
         self.sample.at.store(0, Relaxed);
-        Some((
+        Some(Sampled::Timed(
             self.sample.start.load(Relaxed),
             self.sample.end.load(Relaxed),
         ))
+    }
+
+    /// The launch path's side, after the launch just before the timed one: how long its
+    /// call took.
+    pub fn reference_call(&self, call_ns: u64) {
+        self.sample.reference_call_ns.store(call_ns.max(1), Relaxed);
+    }
+
+    /// How long the launch call before the timed one took (`None`: not measured, as when
+    /// the timed launch was the next one when asked for).
+    pub fn reference_call_ns(&self) -> Option<u64> {
+        match self.sample.reference_call_ns.load(Relaxed) {
+            0 => None,
+            ns => Some(ns),
+        }
     }
 
     /// The launch path's side, after a launch it took to time: whether both events were
@@ -194,6 +227,7 @@ impl StreamEntry {
         {
             self.sample.start.store(start, Relaxed);
             self.sample.end.store(end, Relaxed);
+            self.sample.reference_call_ns.store(0, Relaxed);
             // Last: a launch that sees it sees the events.
             self.sample.at.store(at.max(1), Release);
         }
@@ -463,12 +497,15 @@ mod tests {
             .unwrap();
         assert_eq!(e.take_sample(), None, "nothing asked");
         e.count_launch();
-        // The third launch is to be timed: the second passes, the third takes it.
+        // The third launch is to be timed: the second is its reference, the third takes it.
         e.arm_sample(3, 0xa, 0xb);
         assert_eq!(e.sample_state(), SampleState::Armed);
-        assert_eq!(e.take_sample(), None);
+        assert_eq!(e.take_sample(), Some(Sampled::Reference));
+        assert_eq!(e.reference_call_ns(), None);
+        e.reference_call(2_300);
         e.count_launch();
-        assert_eq!(e.take_sample(), Some((0xa, 0xb)));
+        assert_eq!(e.take_sample(), Some(Sampled::Timed(0xa, 0xb)));
+        assert_eq!(e.reference_call_ns(), Some(2_300));
         assert_eq!(e.sample_state(), SampleState::Taken);
         assert_eq!(e.take_sample(), None, "taken once");
         // Arming again while it is out changes nothing.
@@ -478,9 +515,11 @@ mod tests {
         assert_eq!(e.sample_state(), SampleState::Recorded);
         e.finish_sample();
         assert_eq!(e.sample_state(), SampleState::Idle);
-        // A launch past the one asked for (another thread's got there first) takes it.
+        // A launch past the one asked for (another thread's got there first) takes it;
+        // arming forgets the last reference.
         e.arm_sample(1, 0xa, 0xb);
-        assert_eq!(e.take_sample(), Some((0xa, 0xb)));
+        assert_eq!(e.reference_call_ns(), None);
+        assert_eq!(e.take_sample(), Some(Sampled::Timed(0xa, 0xb)));
         e.sample_recorded(false, 0, false);
         assert_eq!(
             e.sample_state(),

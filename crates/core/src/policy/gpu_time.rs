@@ -71,6 +71,8 @@ pub struct TimedSpan {
     pub tail_ns: u64,
     /// The second event was reached as soon as it was recorded: the work had ended before.
     pub ended_before: bool,
+    /// How long the launch call just before it took, untimed (`None`: not measured).
+    pub reference_call_ns: Option<u64>,
 }
 
 /// The most taken off a timed launch for the first event's recording and the launch call:
@@ -99,9 +101,13 @@ impl TimedSpan {
     /// the kernel had ended before the second event was recorded, the launch call is not
     /// taken off at all (the kernel may have run all through it: stretched, a 7 µs kernel
     /// would otherwise be timed at nothing), only the recordings; and the watcher never
-    /// takes off more than half of what the events measured (`follow_sample`). What a
-    /// tenant can still take off its kernels that way is the launch call's part of
-    /// `LEAD_MOST_NS`, on kernels that outlast the stretched call. A stream whose earlier
+    /// takes off more than half of what the events measured (`follow_sample`). Nor is more
+    /// of the call taken off than twice what the untimed launch just before it took
+    /// (`reference_call_ns`: a tenant cannot tell that one from any other), which keeps a
+    /// stretch made only where a launch is timed (a driver-API callback sees the shim record
+    /// the first event) to about one honest call. What a tenant that stretches every launch
+    /// call can still take off its kernels is the call's part of `LEAD_MOST_NS`, on kernels
+    /// that outlast the stretched call. A stream whose earlier
     /// work ends during the launch call looks idle too although the kernel may have started
     /// at once; what that takes off wrongly is within the same bound.
     pub fn not_run_ns(self) -> u64 {
@@ -110,7 +116,7 @@ impl TimedSpan {
             (true, true) => self.record_ns.min(RECORD_MOST_NS),
             (true, false) => self
                 .record_ns
-                .saturating_add(self.call_ns)
+                .saturating_add(self.honest_call_ns())
                 .min(LEAD_MOST_NS),
         };
         let tail = if self.ended_before {
@@ -119,6 +125,20 @@ impl TimedSpan {
             0
         };
         lead.saturating_add(tail)
+    }
+
+    /// The launch call, at most what an untimed one took twice over, and 1 µs: a call
+    /// stretched only where it is timed (a driver-API callback sees the shim record the
+    /// timed launch's first event) is not taken off beyond that.
+    fn honest_call_ns(self) -> u64 {
+        match self.reference_call_ns {
+            Some(reference) => self.call_ns.min(
+                reference
+                    .saturating_mul(2)
+                    .max(reference.saturating_add(1_000)),
+            ),
+            None => self.call_ns,
+        }
     }
 }
 
@@ -543,6 +563,7 @@ mod tests {
             found_idle,
             tail_ns,
             ended_before,
+            reference_call_ns: None,
         }
     }
 
@@ -589,6 +610,19 @@ mod tests {
             span(1_000, 900_000, true, 400_000, true).not_run_ns(),
             1_000 + RECORD_MOST_NS
         );
+        // Only the timed launch's call stretched (by 6 µs): no more of it is taken off than
+        // twice what the untimed launch before it took.
+        let selective = TimedSpan {
+            reference_call_ns: Some(2_300),
+            ..span(1_000, 8_300, true, 1_000, false)
+        };
+        assert_eq!(selective.not_run_ns(), 1_000 + 4_600);
+        // Honest: the timed call is like the one before, all of it comes off.
+        let honest = TimedSpan {
+            reference_call_ns: Some(2_300),
+            ..span(1_000, 2_500, true, 1_000, false)
+        };
+        assert_eq!(honest.not_run_ns(), 3_500);
     }
 
     #[test]
