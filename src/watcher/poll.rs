@@ -16,7 +16,7 @@ use gpuslice_ledger::{MAX_GPUS, monotonic_ns};
 use crate::cuda::{CUDA_SUCCESS, CUresult};
 use crate::log::{Level, RateLimit, log};
 use crate::policy::controller::Poll;
-use crate::policy::gpu_time::{Covered, LaunchSamples};
+use crate::policy::gpu_time::{Covered, LaunchSamples, timed_launch_ran_ns};
 use crate::real;
 use crate::shim::Shim;
 use crate::streams::{CAPACITY, Occupancy, SampleState, StreamEntry, StreamKind};
@@ -287,11 +287,7 @@ impl Poller {
                     CUDA_SUCCESS => {
                         if let Some(ns) = elapsed_ns(start, end) {
                             let g = usize::try_from(entry.gpu()).unwrap_or(0).min(MAX_GPUS - 1);
-                            let lead = entry.sample_lead_ns();
-                            // Never more than half of what the events measured: the
-                            // lead is the launching thread's clock, which is the tenant's
-                            // (`TimedSpan::not_run_ns`).
-                            let ran = ns.saturating_sub(lead.min(ns / 2));
+                            let ran = timed_launch_ran_ns(ns, entry.sample_lead_ns());
                             let gpu = &self.gpus[g];
                             let ways = gpu.sharing.max(1).saturating_mul(gpu.busy_streams.max(1));
                             tracked.unfiled = Some(TimedLaunch {
@@ -464,8 +460,9 @@ fn count_finished(gpu: &mut GpuPoll, stream: &mut Tracked, finished: u64) {
     // their count (`policy::gpu_time`): those made before the tick ahead of the run ran
     // before it, and are counted as any other (on a legacy stream, seen finished only at a
     // drain or a timed launch, they can be many).
+    let mixed = stream.samples.mixed();
     let counted = stream.counted;
-    let start = if stream.samples.mixed() {
+    let start = if mixed {
         counted.max(stream.covered_from).min(covered_end)
     } else {
         counted
@@ -481,7 +478,6 @@ fn count_finished(gpu: &mut GpuPoll, stream: &mut Tracked, finished: u64) {
     // A mixed stream's covered launches are reported at what a short one takes (the
     // average of those outside such runs): the run's long ones are charged by its ticks and
     // what its long launches take (`policy::gpu_time`), its short ones by this.
-    let mixed = stream.samples.mixed();
     for (launches, kind) in [(covered, Covered::Yes), (uncovered, Covered::No)] {
         if launches == 0 {
             continue;

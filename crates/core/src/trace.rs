@@ -376,9 +376,8 @@ pub fn parse_tick(line: &str) -> Result<TickRecord, String> {
     let number = |name: &'static str| parse_u64(column(name)).map_err(in_column(name));
     let flag = |name: &'static str| parse_flag(column(name)).map_err(in_column(name));
     let now = number("at_ns")?;
-    // `covered_ns`, with an `m` after it where the launches are of a mixed stream.
+    // `covered_ns`: `<ns>`, `<ns>m` (launches of a mixed stream) or `<ns>m<long ns>`.
     let covered = column("covered_ns");
-    // `<ns>`, `<ns>m` or `<ns>m<long ns>`.
     let (covered_ns, covered_mixed, covered_long_ns) = match covered.split_once('m') {
         None => (covered, false, None),
         Some((ns, "")) => (ns, true, None),

@@ -142,6 +142,13 @@ impl TimedSpan {
     }
 }
 
+/// What a timed launch ran, of `measured_ns` between its events, `not_run_ns` of which
+/// the launching thread said was not its work (`TimedSpan::not_run_ns`): never less than
+/// half, since that thread's clock is the tenant's.
+pub fn timed_launch_ran_ns(measured_ns: u64, not_run_ns: u64) -> u64 {
+    measured_ns.saturating_sub(not_run_ns.min(measured_ns / 2))
+}
+
 /// The weight of a new sample in a stream's average launch time.
 const SAMPLE_WEIGHT: f64 = 0.1;
 /// The weight of a new sample in how often a timed launch found its stream idle.
@@ -275,14 +282,18 @@ impl LaunchSamples {
     }
 }
 
-/// A run of ticks busy throughout with launches of a mixed stream.
-#[derive(Clone, Copy, Debug)]
+/// What the ticks since the last one that found no covered launch left knew of the run of
+/// ticks busy throughout among them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct RunOfMixed {
+    /// Launches of a mixed stream were counted in it (their counts may come at ticks
+    /// before the one that finds none left).
+    mixed: bool,
     /// The ticks it ran through whole.
     ticks_ns: u64,
-    /// What a long launch of its stream takes (0: not known).
+    /// What a long launch of its mixed streams takes, the longest (0: not known).
     long_ns: u64,
-    /// Its launches counted at what a short one takes (`covered_ns` of a mixed stream).
+    /// Its mixed streams' covered launches, counted at what a short one takes.
     short_ns: u64,
 }
 
@@ -403,14 +414,8 @@ pub struct Charge {
     /// What the work in flight at the end of the latest tick ahead of a run of ticks busy
     /// throughout may have run of it uncharged: what that tick's charge fell short of it.
     lead_in_ns: u64,
-    /// Mixed launches were counted since the last tick that found none covered left.
-    mixed_run: bool,
-    /// The ticks busy throughout since then, the longest launch of the mixed streams
-    /// counted in them (0: not known), and what their covered launches took at the
-    /// average of the short ones.
-    run_ns: u64,
-    run_long_ns: u64,
-    run_short_ns: u64,
+    /// The run of ticks busy throughout since the last tick that found none covered left.
+    run: RunOfMixed,
 }
 
 impl Charge {
@@ -446,38 +451,24 @@ impl Charge {
             (repaid, tick.covered_ns - repaid)
         };
         self.prepaid_ns -= repaid;
-        // Counts of mixed launches may come at ticks before the one that finds none left.
-        self.mixed_run |= tick.covered_mixed;
         if tick.covered_mixed {
-            self.run_long_ns = self.run_long_ns.max(tick.covered_long_ns.unwrap_or(0));
-            self.run_short_ns = self.run_short_ns.saturating_add(tick.covered_ns);
+            self.run.mixed = true;
+            self.run.long_ns = self.run.long_ns.max(tick.covered_long_ns.unwrap_or(0));
+            self.run.short_ns = self.run.short_ns.saturating_add(tick.covered_ns);
         }
         let mut ends_ns = 0;
         if tick.covered_done {
             // Launches of widely different lengths are charged the ticks they ran through
-            // and what they ran of the ticks on either side, not their count: a 2 ms kernel
-            // among 20 µs ones, two to a queue, was counted as one or two average launches
-            // (0.3-0.5 ms of each 2) and got 41% of the GPU under a 30% limit. Of the tick
-            // before, what its charge left of it (the work ran from its start where the
-            // gate opened it, the common case of a limited tenant); of the last, half.
-            // The run's ticks, not what is left of their charge: another stream's count
-            // may have paid that back first.
-            if self.mixed_run && self.run_ns > 0 {
-                ends_ns = run_ends_ns(
-                    RunOfMixed {
-                        ticks_ns: self.run_ns,
-                        long_ns: self.run_long_ns,
-                        short_ns: self.run_short_ns,
-                    },
-                    tick.tick_ns / sharing,
-                    self.lead_in_ns,
-                );
+            // and what they ran of the ticks on either side (`run_ends_ns`), not their
+            // count: a 2 ms kernel among 20 µs ones, two to a queue, was counted as one or
+            // two average launches (0.3-0.5 ms of each 2) and got 41% of the GPU under a 30%
+            // limit. Whether the run had whole ticks is its own, not what is left of their
+            // charge: another stream's count may have paid that back first.
+            if self.run.mixed && self.run.ticks_ns > 0 {
+                ends_ns = run_ends_ns(self.run, tick.tick_ns / sharing, self.lead_in_ns);
             }
             self.prepaid_ns = 0;
-            self.mixed_run = false;
-            self.run_ns = 0;
-            self.run_long_ns = 0;
-            self.run_short_ns = 0;
+            self.run = RunOfMixed::default();
         }
         // The rest pays for what a saturated queue's ticks were charged ahead of it.
         let counted = counted.saturating_add(beyond).saturating_add(ends_ns);
@@ -503,7 +494,7 @@ impl Charge {
             None
         };
         if tick.busy_throughout {
-            self.run_ns = self.run_ns.saturating_add(tick.tick_ns / sharing);
+            self.run.ticks_ns = self.run.ticks_ns.saturating_add(tick.tick_ns / sharing);
         }
         if let Some((floor, prepaid, most)) = floor
             && charged < floor
@@ -548,6 +539,23 @@ mod tests {
             covered_mixed: false,
             covered_long_ns: None,
         }
+    }
+
+    /// A tick a stream was busy throughout, its launches still running.
+    fn through() -> TickUse {
+        TickUse {
+            busy_throughout: true,
+            covered_done: false,
+            ..tick(true, true, 0, Some(0))
+        }
+    }
+
+    /// A run's start in a shallow queue: the gate opens at a poll, five short launches
+    /// finish in the tick (100 µs of it), and a long one runs after them through two ticks.
+    fn gated_run_start(charge: &mut Charge) -> u64 {
+        charge.tick(tick(false, true, 5, Some(100_000)))
+            + charge.tick(through())
+            + charge.tick(through())
     }
 
     fn span(
@@ -598,6 +606,13 @@ mod tests {
     /// The launching thread's clock is the tenant's: calls stretched after their work was
     /// submitted (a signal handler or a driver-API callback on the launching thread) must
     /// not take the kernel's own time off its sample.
+    #[test]
+    fn a_timed_launch_keeps_at_least_half_of_what_its_events_measured() {
+        assert_eq!(timed_launch_ran_ns(10_500, 3_500), 7_000);
+        assert_eq!(timed_launch_ran_ns(10_500, 10_000), 5_250);
+        assert_eq!(timed_launch_ran_ns(0, 3_500), 0);
+    }
+
     #[test]
     fn a_stretched_launch_call_cannot_take_the_kernel_off_its_sample() {
         // A kernel that outlasts the stretched call: at most the cap.
@@ -717,13 +732,8 @@ mod tests {
     fn a_long_kernel_rarely_sampled_is_charged_the_ticks_it_ran_through_once() {
         let mut charge = Charge::default();
         let mut total = 0;
-        let long = TickUse {
-            busy_throughout: true,
-            covered_done: false,
-            ..tick(true, true, 0, Some(0))
-        };
         for _ in 0..40 {
-            total += charge.tick(long);
+            total += charge.tick(through());
         }
         assert_eq!(total, 40 * TICK);
         // It finishes, counted at the average sample (far less than it took)...
@@ -741,7 +751,7 @@ mod tests {
         let mut exact = Charge::default();
         let mut total = 0;
         for _ in 0..40 {
-            total += exact.tick(long);
+            total += exact.tick(through());
         }
         total += exact.tick(TickUse {
             covered_ns: 41 * TICK,
@@ -827,21 +837,10 @@ mod tests {
     /// parts of the long kernel in the ticks it started and ended in went uncharged.
     #[test]
     fn a_long_kernel_in_a_shallow_queue_is_charged_its_ticks_and_their_ends() {
-        // The gate opens at a poll: five short launches finish in the tick, and the long one
-        // starts after them (the tick's other 400 µs), then runs through two ticks.
-        let started = |charge: &mut Charge| {
-            let through = TickUse {
-                busy_throughout: true,
-                covered_done: false,
-                ..tick(true, true, 0, Some(0))
-            };
-            charge.tick(tick(false, true, 5, Some(100_000)))
-                + charge.tick(through)
-                + charge.tick(through)
-        };
+        // The long one starts after the short ones (the tick's other 400 µs).
         let run = |mixed: bool| {
             let mut charge = Charge::default();
-            let mut total = started(&mut charge);
+            let mut total = gated_run_start(&mut charge);
             // It ends in the next tick, with a short one behind it: the two counted at two
             // average launches; two more short ones counted as such.
             total += charge.tick(TickUse {
@@ -860,7 +859,7 @@ mod tests {
         // (another stream's covered launches were counted then): the ends still count,
         // and that stream's count repays what the run's ticks charged ahead.
         let mut charge = Charge::default();
-        let mut total = started(&mut charge);
+        let mut total = gated_run_start(&mut charge);
         total += charge.tick(TickUse {
             covered_ns: 300_000,
             covered_mixed: true,
@@ -885,14 +884,7 @@ mod tests {
         // one then runs through two ticks and ends in the next, with a short one behind it.
         let run = |long: Option<u64>| {
             let mut charge = Charge::default();
-            let through = TickUse {
-                busy_throughout: true,
-                covered_done: false,
-                ..tick(true, true, 0, Some(0))
-            };
-            charge.tick(tick(false, true, 5, Some(100_000)))
-                + charge.tick(through)
-                + charge.tick(through)
+            gated_run_start(&mut charge)
                 // The long one and the short one behind it, counted at a short one's
                 // 20 µs each; two more short ones counted as such.
                 + charge.tick(TickUse {
@@ -916,13 +908,8 @@ mod tests {
     #[test]
     fn a_mixed_runs_ends_are_charged_when_another_streams_count_repaid_its_ticks() {
         let mut charge = Charge::default();
-        let through = TickUse {
-            busy_throughout: true,
-            covered_done: false,
-            ..tick(true, true, 0, Some(0))
-        };
         let mut total = charge.tick(tick(false, true, 0, Some(0)));
-        total += charge.tick(through) + charge.tick(through);
+        total += charge.tick(through()) + charge.tick(through());
         total += charge.tick(TickUse {
             covered_ns: 20_000,
             covered_mixed: true,
@@ -985,6 +972,7 @@ mod tests {
             ),
         ] {
             let run = RunOfMixed {
+                mixed: true,
                 ticks_ns: run_ns,
                 long_ns,
                 short_ns: 0,
