@@ -185,7 +185,7 @@ fn timed(
         ended_before: ended && reached(end),
         reference_call_ns: entry.reference_call_ns(),
     };
-    entry.sample_recorded(ended, span.not_run_ns(), found_idle);
+    entry.sample_recorded(ended, span);
     status
 }
 

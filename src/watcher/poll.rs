@@ -16,7 +16,7 @@ use gpuslice_ledger::{MAX_GPUS, monotonic_ns};
 use crate::cuda::{CUDA_SUCCESS, CUresult};
 use crate::log::{Level, RateLimit, log};
 use crate::policy::controller::Poll;
-use crate::policy::gpu_time::{Covered, LaunchSamples, timed_launch_ran_ns};
+use crate::policy::gpu_time::{Covered, LaunchSamples, keep_timed_launch, timed_launch_ran_ns};
 use crate::real;
 use crate::shim::Shim;
 use crate::streams::{CAPACITY, Occupancy, SampleState, StreamEntry, StreamKind};
@@ -61,6 +61,9 @@ struct Tracked {
     /// (`Covered`) as its launch is counted, so that a kind's average is made of the
     /// launches counted as that kind.
     unfiled: Option<TimedLaunch>,
+    /// Timed launches left out in a row because their lead was unsure
+    /// (`policy::gpu_time::keep_timed_launch`).
+    unsure_in_a_row: u32,
     /// Busy with the same work from the poll before to this one (`policy::gpu_time`).
     busy_throughout: bool,
     /// The launches up to this count ran through ticks charged whole (`busy_throughout`).
@@ -285,7 +288,14 @@ impl Poller {
                 }) {
                     NOT_READY => {}
                     CUDA_SUCCESS => {
-                        if let Some(ns) = elapsed_ns(start, end) {
+                        let unsure = entry.sample_lead_unsure();
+                        let keep = keep_timed_launch(unsure, tracked.unsure_in_a_row);
+                        tracked.unsure_in_a_row = if keep {
+                            0
+                        } else {
+                            tracked.unsure_in_a_row.saturating_add(1)
+                        };
+                        if let Some(ns) = elapsed_ns(start, end).filter(|_| keep) {
                             let g = usize::try_from(entry.gpu()).unwrap_or(0).min(MAX_GPUS - 1);
                             let ran = timed_launch_ran_ns(ns, entry.sample_lead_ns());
                             let gpu = &self.gpus[g];

@@ -9,6 +9,8 @@
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 
+use crate::policy::gpu_time::TimedSpan;
+
 /// How many streams the table holds. A launch on a stream the table cannot hold (past
 /// this, or past `PROBE` places from its hash) is refused: its work could be neither gated
 /// nor measured.
@@ -106,6 +108,9 @@ struct SampleSlot {
     /// The first event was reached when the launch call returned: nothing of the stream was
     /// left to run when the launch was made.
     found_idle: std::sync::atomic::AtomicBool,
+    /// The lead took longer than an honest one does
+    /// (`policy::gpu_time::TimedSpan::lead_unsure`).
+    lead_unsure: std::sync::atomic::AtomicBool,
     /// How long the launch call just before the timed one took, untimed (0: not measured):
     /// what the stream's launch calls take, from one the tenant cannot tell from any other.
     reference_call_ns: AtomicU64,
@@ -132,6 +137,7 @@ impl StreamEntry {
                 end: AtomicUsize::new(0),
                 lead_ns: AtomicU64::new(0),
                 found_idle: std::sync::atomic::AtomicBool::new(false),
+                lead_unsure: std::sync::atomic::AtomicBool::new(false),
                 reference_call_ns: AtomicU64::new(0),
                 launch: AtomicU64::new(0),
             },
@@ -200,11 +206,11 @@ impl StreamEntry {
     }
 
     /// The launch path's side, after a launch it took to time: whether both events were
-    /// recorded around it, the time between the events that was not the launch's (see
-    /// `SampleSlot::lead_ns`), and whether it found the stream idle.
-    pub fn sample_recorded(&self, recorded: bool, lead_ns: u64, found_idle: bool) {
-        self.sample.lead_ns.store(lead_ns, Relaxed);
-        self.sample.found_idle.store(found_idle, Relaxed);
+    /// recorded around it, and what the launching thread saw around it.
+    pub fn sample_recorded(&self, recorded: bool, span: TimedSpan) {
+        self.sample.lead_ns.store(span.not_run_ns(), Relaxed);
+        self.sample.found_idle.store(span.found_idle, Relaxed);
+        self.sample.lead_unsure.store(span.lead_unsure(), Relaxed);
         self.sample
             .launch
             .store(self.launches.load(Relaxed), Relaxed);
@@ -247,6 +253,11 @@ impl StreamEntry {
     /// Whether the recorded sample's launch found its stream idle.
     pub fn sample_found_idle(&self) -> bool {
         self.sample.found_idle.load(Relaxed)
+    }
+
+    /// Whether the recorded sample's lead took longer than an honest one does.
+    pub fn sample_lead_unsure(&self) -> bool {
+        self.sample.lead_unsure.load(Relaxed)
     }
 
     /// Where its sampled launch stands.
@@ -511,7 +522,7 @@ mod tests {
         // Arming again while it is out changes nothing.
         e.arm_sample(4, 0xc, 0xd);
         assert_eq!(e.sample_state(), SampleState::Taken);
-        e.sample_recorded(true, 0, false);
+        e.sample_recorded(true, TimedSpan::default());
         assert_eq!(e.sample_state(), SampleState::Recorded);
         e.finish_sample();
         assert_eq!(e.sample_state(), SampleState::Idle);
@@ -520,7 +531,7 @@ mod tests {
         e.arm_sample(1, 0xa, 0xb);
         assert_eq!(e.reference_call_ns(), None);
         assert_eq!(e.take_sample(), Some(Sampled::Timed(0xa, 0xb)));
-        e.sample_recorded(false, 0, false);
+        e.sample_recorded(false, TimedSpan::default());
         assert_eq!(
             e.sample_state(),
             SampleState::Idle,

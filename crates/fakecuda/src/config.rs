@@ -19,6 +19,10 @@ pub const ENV_MODULE_FOOTPRINT: &str = "FAKECUDA_MODULE_FOOTPRINT";
 pub const ENV_TIMESLICE: &str = "FAKECUDA_TIMESLICE";
 /// Percent of the device's time lost to switching while it time-slices between processes.
 pub const ENV_SWITCH_LOSS: &str = "FAKECUDA_SWITCH_LOSS";
+/// Nanoseconds a kernel launch call takes before the kernel is queued.
+pub const ENV_LAUNCH_NS: &str = "FAKECUDA_LAUNCH_NS";
+/// The most `FAKECUDA_LAUNCH_NS` may be: a millisecond, far beyond any real driver's call.
+pub const MAX_LAUNCH_NS: u64 = 1_000_000;
 /// Which devices CUDA enumerates, in which order (NVML ignores it), as the real driver reads
 /// it.
 pub const ENV_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
@@ -53,6 +57,9 @@ pub struct Config {
     /// Percent of the device's time lost while it time-slices between processes
     /// (`FAKECUDA_SWITCH_LOSS`, 0 by default).
     pub switch_loss_percent: u32,
+    /// Nanoseconds each kernel launch call takes, the kernel queued at its end
+    /// (`FAKECUDA_LAUNCH_NS`); 0 (the default) queues it as of the call's start.
+    pub launch_ns: u64,
 }
 
 /// An environment variable with a value fakecuda cannot use.
@@ -151,6 +158,19 @@ impl Config {
                 })?,
         };
 
+        let launch_ns = match text(ENV_LAUNCH_NS)? {
+            None => 0,
+            Some(value) => value
+                .parse::<u64>()
+                .ok()
+                .filter(|&ns| ns <= MAX_LAUNCH_NS)
+                .ok_or_else(|| ConfigError {
+                    var: ENV_LAUNCH_NS,
+                    value: value.clone(),
+                    expected: format!("whole nanoseconds from 0 to {MAX_LAUNCH_NS}"),
+                })?,
+        };
+
         let state_dir = match lookup(ENV_STATE_DIR) {
             Some(dir) if dir.is_empty() => {
                 return Err(ConfigError {
@@ -171,6 +191,7 @@ impl Config {
             module_footprint,
             timeslice,
             switch_loss_percent,
+            launch_ns,
         })
     }
 }
@@ -283,11 +304,14 @@ mod tests {
             (ENV_MODULE_FOOTPRINT, "32Mi"),
             (ENV_TIMESLICE, "off"),
             (ENV_SWITCH_LOSS, "10"),
+            (ENV_LAUNCH_NS, "8000"),
         ])
         .unwrap();
         assert!(!c.timeslice);
         assert_eq!(c.switch_loss_percent, 10);
+        assert_eq!(c.launch_ns, 8000);
         assert_eq!(config(&[]).unwrap().switch_loss_percent, 0);
+        assert_eq!(config(&[]).unwrap().launch_ns, 0);
         assert!(config(&[(ENV_TIMESLICE, "on")]).unwrap().timeslice);
         assert_eq!(c.devices, vec![80 << 30, 512 << 20, 1 << 30]);
         assert_eq!(c.state_dir, PathBuf::from("/x/y"));
@@ -348,6 +372,9 @@ mod tests {
             (ENV_SWITCH_LOSS, "91"),
             (ENV_SWITCH_LOSS, "10%"),
             (ENV_SWITCH_LOSS, "-1"),
+            (ENV_LAUNCH_NS, "1000001"),
+            (ENV_LAUNCH_NS, "8us"),
+            (ENV_LAUNCH_NS, "-1"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

@@ -2,6 +2,7 @@
 //! queuing the kernel on its stream.
 
 use std::ffi::c_void;
+use std::time::{Duration, Instant};
 
 use crate::error::{CuError, CuResult};
 use crate::module;
@@ -101,7 +102,7 @@ pub unsafe fn launch(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CuResult {
-    let called = std::time::Instant::now();
+    let called = Instant::now();
     let f = module::function(func)?;
     dims.check()?;
     let s = stream::resolve(stream)?;
@@ -112,8 +113,24 @@ pub unsafe fn launch(
         None
     };
     let device = s.ctx.upgrade().map(|ctx| ctx.device);
-    s.submit_at(Op::Kernel(f.kernel.duration(argument)?, device), called)
-        .map(drop)
+    let op = Op::Kernel(f.kernel.duration(argument)?, device);
+    s.submit_at(op, queued_at(called)).map(drop)
+}
+
+/// When a launch called at `called` queues its kernel: as of the call's start, or, with
+/// `FAKECUDA_LAUNCH_NS`, that long after it, the call returning no earlier (spinning, as a
+/// driver's call is CPU work), as on an H100 where a short kernel starts at the end of its
+/// launch call. A call preempted on the way has submitted its kernel all the same.
+fn queued_at(called: Instant) -> Instant {
+    let took = match crate::driver::load() {
+        Ok(driver) if driver.config.launch_ns > 0 => Duration::from_nanos(driver.config.launch_ns),
+        _ => return called,
+    };
+    let queued = called + took;
+    while Instant::now() < queued {
+        std::hint::spin_loop();
+    }
+    queued
 }
 
 #[cfg(test)]

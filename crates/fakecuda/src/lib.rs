@@ -140,6 +140,12 @@
 //!   what a real GPU loses switching between contexts (an H100 running two matmul loops
 //!   side by side gets through about 10% less than one alone). Set it alike in every
 //!   process of a test.
+//! - `FAKECUDA_LAUNCH_NS`: whole nanoseconds from 0 (the default) to 1,000,000 that each
+//!   kernel launch call (`cuLaunchKernel`, `cuLaunchKernelEx`, `cuLaunchCooperativeKernel`)
+//!   takes, spinning, before it queues its kernel: what an H100's driver does, where a short
+//!   kernel on an idle stream starts only as its launch call ends (about 8 µs from the event
+//!   recorded before the call, in a 1024² PyTorch step). With 0, a kernel is queued as of
+//!   the call's start, so that the simulator's own slowness in debug builds adds nothing.
 //!
 //! An invalid value makes `cuInit` return `CUDA_ERROR_INVALID_VALUE` (and `nvmlInit`
 //! `NVML_ERROR_DRIVER_NOT_LOADED`) after printing one line naming the variable.

@@ -119,11 +119,25 @@ pub struct Queue {
 
 impl Queue {
     /// Queues `ops` in order, all at once, as submitted at `enqueued`.
+    ///
+    /// A marker recorded while the stream is idle is reached there and then, as a GPU
+    /// reaches it, rather than when the worker thread next runs: on a machine of two cores
+    /// that thread can wait tens of microseconds for a CPU (behind a launch call spinning
+    /// with `FAKECUDA_LAUNCH_NS`, say), and an event recorded before a launch on an idle
+    /// stream would then look like one recorded behind earlier work. The worker would have
+    /// completed it at the same time: on an idle stream its clock is behind `enqueued`.
     fn push_all(&self, ops: impl IntoIterator<Item = Op>, enqueued: Instant) {
         let mut state = self.state.lock();
         for op in ops {
-            state.entries.push_back(Entry { op, enqueued });
             state.submitted += 1;
+            let idle = state.entries.is_empty() && state.completed + 1 == state.submitted;
+            match op {
+                Op::Record(marker) if idle => {
+                    marker.complete(enqueued);
+                    state.completed += 1;
+                }
+                op => state.entries.push_back(Entry { op, enqueued }),
+            }
         }
         drop(state);
         self.changed.notify_all();
@@ -351,18 +365,22 @@ impl Stream {
 pub fn start_worker() -> CuResult<Arc<Queue>> {
     let queue = Arc::new(Queue::default());
     let worker = Arc::clone(&queue);
+    let created = Instant::now();
     std::thread::Builder::new()
         .name("fakecuda-stream".to_owned())
-        .spawn(move || run_worker(&worker))
+        .spawn(move || run_worker(&worker, created))
         .map_err(|_| CuError::OperatingSystem)?;
     Ok(queue)
 }
 
-fn run_worker(queue: &Queue) {
+/// Runs the stream's work in order, its clock starting when the stream was `created`
+/// (not when this thread first runs, which may be after work was queued and a marker on
+/// the idle stream reached: `Queue::push_all`).
+fn run_worker(queue: &Queue, created: Instant) {
     // Sleeps end within a few microseconds of their deadline instead of the default 50 µs.
     // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-    let mut clock = Instant::now();
+    let mut clock = created;
     // This process's mark as executing on the device (see `kernel.rs`): kept while kernels
     // (and the event records between them) follow one another with no gap, ended when the
     // stream stops executing kernels, dated by the stream's clock.
@@ -469,6 +487,30 @@ mod tests {
         assert_eq!(end - first.time().unwrap(), Duration::from_millis(10));
         stream.synchronize();
         assert!(stream.is_idle());
+        stream.shutdown();
+    }
+
+    /// A GPU reaches an event recorded on an idle stream at once; the simulator's worker
+    /// thread may not run for tens of microseconds on a busy machine, and an event queried
+    /// right after its recording (gpuslice's timed launches) must not look queued behind
+    /// earlier work.
+    #[test]
+    fn a_marker_recorded_on_an_idle_stream_is_reached_as_it_is_recorded() {
+        let stream = Stream::spawn(Weak::new(), 0, 0, 0, 0).unwrap();
+        let before = Instant::now();
+        let idle = Marker::new();
+        stream.submit(Op::Record(Arc::clone(&idle))).unwrap();
+        let reached = idle.time().expect("reached when recorded");
+        assert!(reached >= before && reached <= Instant::now());
+        assert!(stream.is_idle());
+
+        stream
+            .submit(Op::Kernel(Duration::from_millis(20), None))
+            .unwrap();
+        let behind = Marker::new();
+        stream.submit(Op::Record(Arc::clone(&behind))).unwrap();
+        assert_eq!(behind.time(), None, "behind a kernel: reached when it ends");
+        assert!(behind.wait() - reached >= Duration::from_millis(20));
         stream.shutdown();
     }
 
