@@ -258,6 +258,20 @@ fn assert_limit_holds(shape: &Shape) {
     );
 }
 
+/// Asserts that a tenant limited to 30% receives 30 ± 3% of the GPU running `shape`, or
+/// what it takes without gpuslice where that is less (a loop that runs dry between its
+/// kernels).
+fn assert_limit_or_bare_share_holds(shape: &Shape) {
+    let _serial = serial();
+    let bare = bare_share(shape);
+    eprintln!("{}, without gpuslice: {:.1}%", shape.what, bare * 100.0);
+    assert_near(
+        &format!("{}, limited to {LIMIT}%", shape.what),
+        limited_share(shape),
+        LIMIT_SHARE.min(bare),
+    );
+}
+
 /// Kernels per second over a report's run, leaving out its first `SETTLE_MS`: from the first
 /// sighting after that to the last, so that whole steps are counted (a 10 ms step and its
 /// pause take 67 ms, and a window cutting steps would be off by as much as one).
@@ -336,18 +350,7 @@ fn a_30_percent_limit_holds_on_steps_of_8_kernels_and_a_synchronization() {
 /// holds it to 30%, or to what it takes without gpuslice where that is less.
 #[test]
 fn a_30_percent_limit_holds_on_a_loop_of_100_us_kernels_synchronized_after_each() {
-    let _serial = serial();
-    let bare = bare_share(&SHORT_KERNELS);
-    eprintln!(
-        "{}, without gpuslice: {:.1}%",
-        SHORT_KERNELS.what,
-        bare * 100.0
-    );
-    assert_near(
-        &format!("{}, limited to {LIMIT}%", SHORT_KERNELS.what),
-        limited_share(&SHORT_KERNELS),
-        LIMIT_SHARE.min(bare),
-    );
+    assert_limit_or_bare_share_holds(&SHORT_KERNELS);
 }
 
 /// On the H100 a 1024² PyTorch step synchronized after each, limited to 30%, received 25%
@@ -357,18 +360,7 @@ fn a_30_percent_limit_holds_on_a_loop_of_100_us_kernels_synchronized_after_each(
 /// the 2-core development machine).
 #[test]
 fn a_launch_call_that_delays_its_kernel_is_not_charged_as_kernel_time() {
-    let _serial = serial();
-    let bare = bare_share(&LAUNCH_BOUND);
-    eprintln!(
-        "{}, without gpuslice: {:.1}%",
-        LAUNCH_BOUND.what,
-        bare * 100.0
-    );
-    assert_near(
-        &format!("{}, limited to {LIMIT}%", LAUNCH_BOUND.what),
-        limited_share(&LAUNCH_BOUND),
-        LIMIT_SHARE.min(bare),
-    );
+    assert_limit_or_bare_share_holds(&LAUNCH_BOUND);
 }
 
 #[test]

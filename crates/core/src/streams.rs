@@ -7,7 +7,7 @@
 //! looking at them: a retired entry is freed by the watcher itself.
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 
 use crate::policy::gpu_time::TimedSpan;
 
@@ -52,12 +52,12 @@ pub struct StreamEntry {
     /// Launches that reached the driver on it.
     launches: AtomicU64,
     /// Retired because its context was destroyed (its events went with it).
-    context_gone: std::sync::atomic::AtomicBool,
+    context_gone: AtomicBool,
     /// A launch the watcher asked to have timed.
     sample: SampleSlot,
     /// Launches went to a per-thread default stream through this (legacy) entry: work the
     /// legacy stream's query does not see.
-    per_thread: std::sync::atomic::AtomicBool,
+    per_thread: AtomicBool,
 }
 
 /// What the launch path is to do with a launch the watcher asked about
@@ -107,10 +107,10 @@ struct SampleSlot {
     lead_ns: AtomicU64,
     /// The first event was reached when the launch call returned: nothing of the stream was
     /// left to run when the launch was made.
-    found_idle: std::sync::atomic::AtomicBool,
+    found_idle: AtomicBool,
     /// The lead took longer than an honest one does
     /// (`policy::gpu_time::TimedSpan::lead_unsure`).
-    lead_unsure: std::sync::atomic::AtomicBool,
+    lead_unsure: AtomicBool,
     /// How long the launch call just before the timed one took, untimed (0: not measured):
     /// what the stream's launch calls take, from one the tenant cannot tell from any other.
     reference_call_ns: AtomicU64,
@@ -129,19 +129,19 @@ impl StreamEntry {
             gpu: AtomicU32::new(0),
             kind: AtomicU8::new(0),
             launches: AtomicU64::new(0),
-            context_gone: std::sync::atomic::AtomicBool::new(false),
+            context_gone: AtomicBool::new(false),
             sample: SampleSlot {
                 at: AtomicU64::new(0),
                 state: AtomicU8::new(SAMPLE_IDLE),
                 start: AtomicUsize::new(0),
                 end: AtomicUsize::new(0),
                 lead_ns: AtomicU64::new(0),
-                found_idle: std::sync::atomic::AtomicBool::new(false),
-                lead_unsure: std::sync::atomic::AtomicBool::new(false),
+                found_idle: AtomicBool::new(false),
+                lead_unsure: AtomicBool::new(false),
                 reference_call_ns: AtomicU64::new(0),
                 launch: AtomicU64::new(0),
             },
-            per_thread: std::sync::atomic::AtomicBool::new(false),
+            per_thread: AtomicBool::new(false),
         }
     }
 

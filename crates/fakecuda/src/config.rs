@@ -145,31 +145,28 @@ impl Config {
             }
         };
 
-        let switch_loss_percent = match text(ENV_SWITCH_LOSS)? {
-            None => 0,
-            Some(value) => value
-                .parse::<u32>()
-                .ok()
-                .filter(|&p| p <= MAX_SWITCH_LOSS)
-                .ok_or_else(|| ConfigError {
-                    var: ENV_SWITCH_LOSS,
-                    value: value.clone(),
-                    expected: format!("a whole percent from 0 to {MAX_SWITCH_LOSS}"),
-                })?,
+        // A whole number from 0 to `most`, 0 where unset; `unit` names it in the error.
+        let whole = |var: &'static str, most: u64, unit: &str| -> Result<u64, ConfigError> {
+            match text(var)? {
+                None => Ok(0),
+                Some(value) => value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n <= most)
+                    .ok_or_else(|| ConfigError {
+                        var,
+                        value: value.clone(),
+                        expected: format!("{unit} from 0 to {most}"),
+                    }),
+            }
         };
-
-        let launch_ns = match text(ENV_LAUNCH_NS)? {
-            None => 0,
-            Some(value) => value
-                .parse::<u64>()
-                .ok()
-                .filter(|&ns| ns <= MAX_LAUNCH_NS)
-                .ok_or_else(|| ConfigError {
-                    var: ENV_LAUNCH_NS,
-                    value: value.clone(),
-                    expected: format!("whole nanoseconds from 0 to {MAX_LAUNCH_NS}"),
-                })?,
-        };
+        let switch_loss_percent = u32::try_from(whole(
+            ENV_SWITCH_LOSS,
+            u64::from(MAX_SWITCH_LOSS),
+            "a whole percent",
+        )?)
+        .unwrap_or(MAX_SWITCH_LOSS);
+        let launch_ns = whole(ENV_LAUNCH_NS, MAX_LAUNCH_NS, "whole nanoseconds")?;
 
         let state_dir = match lookup(ENV_STATE_DIR) {
             Some(dir) if dir.is_empty() => {

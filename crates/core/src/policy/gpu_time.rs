@@ -101,7 +101,7 @@ impl TimedSpan {
     /// the kernel had ended before the second event was recorded, the launch call is not
     /// taken off at all (the kernel may have run all through it: stretched, a 7 µs kernel
     /// would otherwise be timed at nothing), only the recordings; and the watcher never
-    /// takes off more than half of what the events measured (`follow_sample`). Nor is more
+    /// takes off more than half of what the events measured (`timed_launch_ran_ns`). Nor is more
     /// of the call taken off than twice what the untimed launch just before it took
     /// (`reference_call_ns`: a tenant cannot tell that one from any other), which keeps a
     /// stretch made only where a launch is timed (a driver-API callback sees the shim record
@@ -114,10 +114,7 @@ impl TimedSpan {
         let lead = match (self.found_idle, self.ended_before) {
             (false, _) => 0,
             (true, true) => self.record_ns.min(RECORD_MOST_NS),
-            (true, false) => self
-                .record_ns
-                .saturating_add(self.honest_call_ns())
-                .min(LEAD_MOST_NS),
+            (true, false) => self.idle_lead_ns().min(LEAD_MOST_NS),
         };
         let tail = if self.ended_before {
             self.tail_ns.min(RECORD_MOST_NS)
@@ -133,9 +130,13 @@ impl TimedSpan {
     /// not known, and the sample would be charged up to all of the excess
     /// ([`keep_timed_launch`]).
     pub fn lead_unsure(self) -> bool {
-        self.found_idle
-            && !self.ended_before
-            && self.record_ns.saturating_add(self.honest_call_ns()) > LEAD_MOST_NS
+        self.found_idle && !self.ended_before && self.idle_lead_ns() > LEAD_MOST_NS
+    }
+
+    /// The first event's recording and the launch call (as far as it is honest): what an
+    /// idle stream's GPU idled through before the kernel, uncapped.
+    fn idle_lead_ns(self) -> u64 {
+        self.record_ns.saturating_add(self.honest_call_ns())
     }
 
     /// The launch call, at most what an untimed one took twice over, and 1 µs: a call
