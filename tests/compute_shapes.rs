@@ -492,9 +492,10 @@ fn a_rare_long_kernel_among_short_ones_gets_the_limit() {
         // the tick before the long one, which is charged whole (the H100 shows the same
         // with Python's launches: 26.1-26.5%, docs/benchmarks.md). Since the simulated GPU
         // is built optimized (and 46d9d6f), 27.6-32.7% in 60 runs on the legacy stream, and
-        // 33.8-33.9% twice beside them: the stream was not known to be mixed for the first
-        // 0.75 s (no long kernel timed yet), when its runs' ends went uncharged
-        // (docs/benchmarks.md).
+        // 33.8-34.3% three times beside them: the stream was not known to be mixed for the
+        // first 0.75 s (no long kernel timed yet), when its runs' ends went uncharged. Now
+        // such a run is charged its ends all the same (`RunOfMixed::with_ends`): 26.9-31.0%
+        // in 20 runs (docs/benchmarks.md).
         (
             "a 2 ms kernel every 20 of 20 µs, 2 in flight",
             "2000000",
